@@ -1,0 +1,486 @@
+"""Pure nginx configuration rendering for ultrascale.
+
+Everything here is a pure function from a frozen :class:`NginxSettings` (plus a list of ready
+servers) to bytes.  No subprocess, psutil or aiohttp imports: the process control lives in
+:mod:`ultrascaled.nginx`.  Output is byte-stable: the same input always gives the same bytes,
+servers are sorted by (port, host) and de-duplicated.
+
+Three renderers:
+
+* :func:`render_upstream` -- the generated include file (upstream blocks with only the ready
+  instances, plus a ``geo`` variable telling the server block whether any instance is ready);
+* :func:`render_site_conf` -- the http-level part (include of the upstream file, maps, limit
+  zones, server blocks); used as is for ``etc/nginx/ultrascale.conf`` in system mode;
+* :func:`render_main_conf` -- a complete nginx.conf for managed mode, with every path inside the
+  prefix, embedding :func:`render_site_conf`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+MODES = ("managed", "system", "off")
+SOCKETIO_BALANCE = ("hash", "ip_hash")
+
+# Placeholder used when no instance is ready: nginx needs at least one server per upstream.
+# It is marked ``down`` so nginx never connects to it ("no live upstreams" -> 502 at once), and
+# the server block answers 503 before even reaching the upstream (see ``$<name>_ready``).
+PLACEHOLDER_SERVER = ("127.0.0.1", 1)
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass(frozen=True)
+class NginxSettings:
+    """Every nginx knob of ultrascale.  Field names are the keys of the spec's ``nginx:`` section.
+
+    Sequences given as strings (``reload_command``, ``test_command``, ``stub_status_allow``) are
+    split (shlex / whitespace) in ``__post_init__`` so the spec loader can pass YAML strings or
+    lists alike.
+    """
+
+    mode: str = _f("managed", "managed: ultrascaled runs its own nginx master in `prefix`; "
+                   "system: it only rewrites `upstream_file` and reloads the system nginx; "
+                   "off: no nginx at all")
+    listen: int = _f(8080, "TCP port the managed nginx listens on for HTTP (also used in the "
+                     "system-mode example site)")
+    listen_host: str = _f("127.0.0.1", "address the HTTP (and TLS) server binds to")
+    binary: str = _f("nginx", "nginx executable; looked up on PATH, then in /usr/sbin, "
+                     "/usr/local/sbin, /usr/local/nginx/sbin")
+    prefix: str = _f("", "managed mode working directory (absolute; conf/, logs/, temp/ live "
+                     "under it); the daemon passes a path under its state dir")
+    upstream_file: str = _f("", "path of the generated upstream include; managed default "
+                            "<prefix>/conf/upstream.conf; system mode e.g. "
+                            "/etc/nginx/ultrascale/upstream.conf (required)")
+    upstream_name: str = _f("ultrascale", "name of the upstream block (the Socket.IO one is "
+                            "<name>_socketio); also prefixes zone and variable names")
+    reload_command: tuple[str, ...] = _f(("nginx", "-s", "reload"),
+                                         "system mode: command that reloads the system nginx")
+    test_command: tuple[str, ...] = _f(("nginx", "-t"), "system mode: command that checks the "
+                                       "configuration (managed mode runs "
+                                       "`<binary> -t -p <prefix> -c <conf>`)")
+    system_pid_file: str = _f("/run/nginx.pid", "system mode: pid file of the system nginx "
+                              "master, used to wait until a reload has taken effect")
+    balance: str = _f("least_conn", "load-balancing directive of the main upstream: "
+                      "least_conn, random two least_conn, or '' for round robin")
+    keepalive: int = _f(512, "idle keepalive connections to the instances cached per worker "
+                        "(0 = off); 512 measured best in PEERS.md")
+    keepalive_requests: int = _f(10000, "requests served over one upstream keepalive "
+                                 "connection before it is closed")
+    keepalive_timeout: str = _f("60s", "how long an idle upstream keepalive connection is kept")
+    max_fails: int = _f(0, "passive failure marking: failed attempts before a server is "
+                        "skipped for fail_timeout; 0 = never mark (see PEERS.md)")
+    fail_timeout: str = _f("10s", "window/skip time for max_fails (only rendered when "
+                           "max_fails > 0)")
+    proxy_next_upstream: str = _f("error timeout http_502 http_503", "conditions on which a "
+                                  "request is passed to the next instance (nginx never resends "
+                                  "a non-idempotent request that reached an instance)")
+    proxy_next_upstream_tries: int = _f(3, "maximum attempts per request across instances "
+                                        "(0 = unlimited)")
+    proxy_next_upstream_timeout: str = _f("10s", "time limit for passing a request to the next "
+                                          "instance (0 = unlimited)")
+    rate_limit: int = _f(0, "limit_req: requests per second per client IP (0 = off)")
+    rate_limit_burst: int = _f(0, "limit_req burst (requests above the rate served at once, "
+                               "nodelay)")
+    rate_limit_status: int = _f(429, "status returned when rate_limit or conn_limit rejects")
+    conn_limit: int = _f(0, "limit_conn: concurrent connections per client IP (0 = off)")
+    limit_zone_size: str = _f("10m", "shared memory size of the limit_req / limit_conn zones")
+    tls_cert: str = _f("", "PEM certificate (chain) file; with tls_key enables the TLS server")
+    tls_key: str = _f("", "PEM private key file; with tls_cert enables the TLS server")
+    tls_listen: int = _f(8443, "TLS port (only used when tls_cert and tls_key are set)")
+    tls_protocols: str = _f("TLSv1.2 TLSv1.3", "ssl_protocols of the TLS server")
+    http2: bool = _f(False, "enable http2 on the TLS listener")
+    server_name: str = _f("_", "server_name of the generated server blocks")
+    worker_processes: str = _f("auto", "managed mode: nginx worker processes (number or auto)")
+    worker_connections: int = _f(4096, "managed mode: connections per worker (clients + "
+                                 "upstream)")
+    worker_rlimit_nofile: int = _f(0, "managed mode: open-file limit for workers (0 = inherit)")
+    worker_shutdown_timeout: str = _f("30s", "managed mode: how long old workers may linger "
+                                      "after a reload (bounds WebSocket connections)")
+    user: str = _f("", "managed mode, master run as root: `user` directive for workers "
+                   "('' = nginx default, nobody)")
+    error_log_level: str = _f("warn", "error_log level")
+    access_log: str = _f("off", "access_log path (managed: relative to prefix) or 'off'")
+    proxy_connect_timeout: str = _f("2s", "connect timeout to an instance (loopback: a busy "
+                                    "instance fails fast and the next one is tried)")
+    proxy_send_timeout: str = _f("60s", "timeout between two writes to an instance")
+    proxy_read_timeout: str = _f("60s", "timeout between two reads from an instance")
+    client_header_timeout: str = _f("15s", "timeout for reading the client request header")
+    client_body_timeout: str = _f("60s", "timeout between two reads of the client body")
+    send_timeout: str = _f("60s", "timeout between two writes to the client")
+    client_keepalive_timeout: str = _f("65s", "idle keepalive timeout of client connections")
+    client_max_body_size: str = _f("10m", "largest accepted request body")
+    client_body_buffer_size: str = _f("128k", "request body buffered in memory before a temp "
+                                      "file")
+    proxy_buffering: bool = _f(True, "buffer instance responses (frees instances from slow "
+                               "clients)")
+    proxy_buffer_size: str = _f("8k", "buffer for the response header from an instance")
+    proxy_buffers: str = _f("16 8k", "number and size of response buffers per connection")
+    stub_status: bool = _f(True, "serve nginx stub_status on stub_status_path")
+    stub_status_path: str = _f("/nginx_status", "location of stub_status")
+    stub_status_allow: tuple[str, ...] = _f(("127.0.0.1", "::1"), "addresses allowed to read "
+                                            "stub_status (all others get 403)")
+    socketio: bool = _f(True, "route socketio_path to a sticky upstream with WebSocket upgrade")
+    socketio_path: str = _f("/socket.io/", "Socket.IO location prefix")
+    socketio_balance: str = _f("hash", "sticky method for Socket.IO: hash ($remote_addr "
+                               "consistent) or ip_hash")
+    socketio_read_timeout: str = _f("3600s", "read timeout of upgraded WebSocket connections")
+    reload_timeout: float = _f(10.0, "seconds to wait for a reload (new workers) to take effect")
+    command_timeout: float = _f(15.0, "seconds allowed for nginx -t / reload commands")
+    start_timeout: float = _f(10.0, "seconds to wait for a managed master to listen")
+    stop_timeout: float = _f(10.0, "seconds to wait for a graceful stop before SIGKILL")
+    extra_http: str = _f("", "raw directives appended at http level (escape hatch)")
+    extra_server: str = _f("", "raw directives appended to every generated server block")
+    extra_upstream: str = _f("", "raw directives appended inside the upstream blocks")
+
+    def __post_init__(self) -> None:
+        for name in ("reload_command", "test_command"):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                object.__setattr__(self, name, tuple(shlex.split(v)))
+            elif not isinstance(v, tuple):
+                object.__setattr__(self, name, tuple(v))
+        v = self.stub_status_allow
+        if isinstance(v, str):
+            object.__setattr__(self, "stub_status_allow", tuple(v.split()))
+        elif not isinstance(v, tuple):
+            object.__setattr__(self, "stub_status_allow", tuple(v))
+
+    # Derived paths --------------------------------------------------------------------------
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
+    @property
+    def conf_path(self) -> str:
+        """Managed mode: the main nginx.conf."""
+        return os.path.join(self.prefix, "conf", "nginx.conf")
+
+    @property
+    def pid_path(self) -> str:
+        return os.path.join(self.prefix, "logs", "nginx.pid")
+
+    @property
+    def error_log_path(self) -> str:
+        return os.path.join(self.prefix, "logs", "error.log")
+
+    @property
+    def effective_upstream_file(self) -> str:
+        if self.upstream_file:
+            return self.upstream_file
+        if self.mode == "managed" and self.prefix:
+            return os.path.join(self.prefix, "conf", "upstream.conf")
+        return ""
+
+
+def settings_help() -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for every field, in declaration order (for docs / spec)."""
+    out = []
+    for f in dataclasses.fields(NginxSettings):
+        t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        out.append((f.name, t, f.default, f.metadata["help"]))
+    return out
+
+
+def validate(s: NginxSettings) -> list[str]:
+    """Every problem with the settings, each naming the field; [] when valid."""
+    errs: list[str] = []
+
+    def port(name: str) -> None:
+        v = getattr(s, name)
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65535:
+            errs.append(f"nginx.{name}: must be a port 1-65535, got {v!r}")
+
+    if s.mode not in MODES:
+        errs.append(f"nginx.mode: must be one of {', '.join(MODES)}, got {s.mode!r}")
+    if s.mode == "off":
+        return errs
+    port("listen")
+    if s.tls_enabled:
+        port("tls_listen")
+        if s.mode == "managed" and s.tls_listen == s.listen:
+            errs.append("nginx.tls_listen: must differ from nginx.listen")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        errs.append("nginx.tls_cert/tls_key: set both or neither")
+    if s.mode == "managed" and not os.path.isabs(s.prefix or ""):
+        errs.append(f"nginx.prefix: managed mode needs an absolute path, got {s.prefix!r}")
+    if s.mode == "system" and not os.path.isabs(s.upstream_file or ""):
+        errs.append(f"nginx.upstream_file: system mode needs an absolute path, "
+                    f"got {s.upstream_file!r}")
+    if s.mode == "system" and not s.reload_command:
+        errs.append("nginx.reload_command: must not be empty in system mode")
+    if not s.upstream_name or not s.upstream_name.replace("_", "a").isalnum():
+        errs.append(f"nginx.upstream_name: letters, digits and _ only, got {s.upstream_name!r}")
+    for name in ("keepalive", "keepalive_requests", "max_fails", "proxy_next_upstream_tries",
+                 "rate_limit", "rate_limit_burst", "conn_limit", "worker_rlimit_nofile"):
+        v = getattr(s, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            errs.append(f"nginx.{name}: must be an integer >= 0, got {v!r}")
+    if s.worker_connections < 16:
+        errs.append(f"nginx.worker_connections: must be >= 16, got {s.worker_connections!r}")
+    if s.socketio_balance not in SOCKETIO_BALANCE:
+        errs.append(f"nginx.socketio_balance: must be one of {', '.join(SOCKETIO_BALANCE)}, "
+                    f"got {s.socketio_balance!r}")
+    if s.balance not in ("", "least_conn", "random", "random two", "random two least_conn"):
+        errs.append(f"nginx.balance: unsupported value {s.balance!r}")
+    if not 400 <= s.rate_limit_status <= 599:
+        errs.append(f"nginx.rate_limit_status: must be 400-599, got {s.rate_limit_status!r}")
+    for name in ("socketio_path", "stub_status_path"):
+        if not getattr(s, name).startswith("/"):
+            errs.append(f"nginx.{name}: must start with /, got {getattr(s, name)!r}")
+    for name in ("reload_timeout", "command_timeout", "start_timeout", "stop_timeout"):
+        if not getattr(s, name) > 0:
+            errs.append(f"nginx.{name}: must be > 0, got {getattr(s, name)!r}")
+    return errs
+
+
+# Rendering ------------------------------------------------------------------------------------
+
+HEADER = "# Generated by ultrascaled (ultrascaled/nginx_conf.py); do not edit: rewritten on change.\n"
+
+
+def normalize_servers(servers: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Sorted by (port, host), duplicates removed."""
+    return sorted({(str(h), int(p)) for h, p in servers}, key=lambda hp: (hp[1], hp[0]))
+
+
+def _addr(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def _indent(text: str, n: int) -> list[str]:
+    pad = " " * n
+    return [pad + line if line.strip() else "" for line in text.strip("\n").splitlines()]
+
+
+def ready_var(s: NginxSettings) -> str:
+    return f"${s.upstream_name}_ready"
+
+
+def render_upstream(s: NginxSettings, servers: Sequence[tuple[str, int]]) -> bytes:
+    """The generated include: upstream block(s) listing only ``servers`` (the ready ones).
+
+    With no server, each upstream holds the placeholder ``server 127.0.0.1:1 down;`` (valid for
+    nginx, never connected to) and ``$<name>_ready`` is 0 so the server block answers 503.
+    """
+    srv = normalize_servers(servers)
+    ready = len(srv)
+    lines = [HEADER.rstrip("\n"), f"# ready servers: {ready}", ""]
+    lines.append(f"geo {ready_var(s)} {{ default {1 if ready else 0}; }}")
+    blocks = [(s.upstream_name, s.balance)]
+    if s.socketio:
+        sticky = "hash $remote_addr consistent" if s.socketio_balance == "hash" else "ip_hash"
+        blocks.append((f"{s.upstream_name}_socketio", sticky))
+    for name, method in blocks:
+        lines.append("")
+        lines.append(f"upstream {name} {{")
+        if method:
+            lines.append(f"    {method};")
+        if srv:
+            for host, port in srv:
+                params = f" max_fails={s.max_fails}"
+                if s.max_fails > 0:
+                    params += f" fail_timeout={s.fail_timeout}"
+                lines.append(f"    server {_addr(host, port)}{params};")
+        else:
+            lines.append(f"    server {_addr(*PLACEHOLDER_SERVER)} down;  # no ready instance")
+        if s.keepalive > 0:
+            lines.append(f"    keepalive {s.keepalive};")
+            lines.append(f"    keepalive_requests {s.keepalive_requests};")
+            lines.append(f"    keepalive_timeout {s.keepalive_timeout};")
+        if s.extra_upstream.strip():
+            lines.extend(_indent(s.extra_upstream, 4))
+        lines.append("}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _proxy_common(s: NginxSettings) -> list[str]:
+    out = [
+        "proxy_http_version 1.1;",
+        "proxy_set_header Host $http_host;",
+        "proxy_set_header X-Real-IP $remote_addr;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Forwarded-Proto $scheme;",
+        f"proxy_next_upstream {s.proxy_next_upstream};" if s.proxy_next_upstream.strip()
+        else "proxy_next_upstream off;",
+        f"proxy_next_upstream_tries {s.proxy_next_upstream_tries};",
+        f"proxy_next_upstream_timeout {s.proxy_next_upstream_timeout};",
+        f"proxy_connect_timeout {s.proxy_connect_timeout};",
+        f"proxy_send_timeout {s.proxy_send_timeout};",
+    ]
+    return out
+
+
+def _limits(s: NginxSettings) -> list[str]:
+    out = []
+    if s.rate_limit > 0:
+        burst = f" burst={s.rate_limit_burst} nodelay" if s.rate_limit_burst > 0 else ""
+        out.append(f"limit_req zone={s.upstream_name}_req{burst};")
+        out.append(f"limit_req_status {s.rate_limit_status};")
+    if s.conn_limit > 0:
+        out.append(f"limit_conn {s.upstream_name}_conn {s.conn_limit};")
+        out.append(f"limit_conn_status {s.rate_limit_status};")
+    return out
+
+
+def _server_block(s: NginxSettings, tls: bool) -> list[str]:
+    name = s.upstream_name
+    host = _addr(s.listen_host, s.tls_listen if tls else s.listen)
+    b = ["server {"]
+    if tls:
+        b.append(f"    listen {host} ssl{' http2' if s.http2 else ''};")
+    else:
+        b.append(f"    listen {host};")
+    b.append(f"    server_name {s.server_name};")
+    if tls:
+        b += [f"    ssl_certificate {s.tls_cert};",
+              f"    ssl_certificate_key {s.tls_key};",
+              f"    ssl_protocols {s.tls_protocols};",
+              "    ssl_session_cache shared:" + name + "_tls:10m;",
+              "    ssl_session_timeout 1h;"]
+    b += [f"    client_max_body_size {s.client_max_body_size};",
+          f"    client_body_buffer_size {s.client_body_buffer_size};"]
+    b += ["    " + x for x in _limits(s)]
+    if s.stub_status:
+        b += ["", f"    location = {s.stub_status_path} {{", "        stub_status;"]
+        b += [f"        allow {a};" for a in s.stub_status_allow]
+        b += ["        deny all;", "        access_log off;", "    }"]
+    if s.socketio:
+        b += ["", f"    location {s.socketio_path} {{",
+              f"        if ({ready_var(s)} = 0) {{ return 503; }}"]
+        b += ["        " + x for x in _proxy_common(s)]
+        b += [f"        proxy_set_header Upgrade $http_upgrade;",
+              f"        proxy_set_header Connection ${name}_connection_upgrade;",
+              f"        proxy_read_timeout {s.socketio_read_timeout};",
+              "        proxy_buffering off;",
+              f"        proxy_pass http://{name}_socketio;",
+              "    }"]
+    b += ["", "    location / {", f"        if ({ready_var(s)} = 0) {{ return 503; }}"]
+    b += ["        " + x for x in _proxy_common(s)]
+    b += ['        proxy_set_header Connection "";',
+          f"        proxy_read_timeout {s.proxy_read_timeout};",
+          f"        proxy_buffering {'on' if s.proxy_buffering else 'off'};",
+          f"        proxy_buffer_size {s.proxy_buffer_size};",
+          f"        proxy_buffers {s.proxy_buffers};",
+          f"        proxy_pass http://{name};",
+          "    }"]
+    if s.extra_server.strip():
+        b += [""] + _indent(s.extra_server, 4)
+    b.append("}")
+    return b
+
+
+def render_site_conf(s: NginxSettings, upstream_file: str | None = None) -> bytes:
+    """http-level configuration: include of the upstream file, maps, zones, server blocks.
+
+    In system mode this is the site file (``etc/nginx/ultrascale.conf``); managed mode embeds it
+    in :func:`render_main_conf`.
+    """
+    up = upstream_file if upstream_file is not None else s.effective_upstream_file
+    lines = [HEADER.rstrip("\n")] + _site_lines(s, up)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _site_lines(s: NginxSettings, up: str) -> list[str]:
+    name = s.upstream_name
+    lines = [f"include {up};", ""]
+    if s.socketio:
+        lines += [f"map $http_upgrade ${name}_connection_upgrade {{",
+                  "    default upgrade;",
+                  "    ''      '';",
+                  "}", ""]
+    if s.rate_limit > 0:
+        lines.append(f"limit_req_zone $binary_remote_addr zone={name}_req:{s.limit_zone_size} "
+                     f"rate={s.rate_limit}r/s;")
+    if s.conn_limit > 0:
+        lines.append(f"limit_conn_zone $binary_remote_addr zone={name}_conn:{s.limit_zone_size};")
+    if s.rate_limit > 0 or s.conn_limit > 0:
+        lines.append("")
+    lines += _server_block(s, tls=False)
+    if s.tls_enabled:
+        lines.append("")
+        lines += _server_block(s, tls=True)
+    if s.extra_http.strip():
+        lines += [""] + _indent(s.extra_http, 0)
+    return lines
+
+
+def render_main_conf(s: NginxSettings, upstream_file: str | None = None) -> bytes:
+    """Managed mode: a complete nginx.conf; pid, logs and temp paths all inside ``s.prefix``.
+
+    The master daemonizes (``daemon on``) and writes its pid to ``<prefix>/logs/nginx.pid``; the
+    controller reads it and checks the process is the nginx master of this prefix.
+    """
+    p = s.prefix.rstrip("/")
+    tmp = f"{p}/temp"
+    lines = [HEADER.rstrip("\n"), "daemon on;", "master_process on;"]
+    if s.user:
+        lines.append(f"user {s.user};")
+    lines += [f"worker_processes {s.worker_processes};"]
+    if s.worker_rlimit_nofile > 0:
+        lines.append(f"worker_rlimit_nofile {s.worker_rlimit_nofile};")
+    lines += [f"worker_shutdown_timeout {s.worker_shutdown_timeout};",
+              f"pid {s.pid_path};",
+              f"error_log {s.error_log_path} {s.error_log_level};",
+              "",
+              "events {",
+              f"    worker_connections {s.worker_connections};",
+              "    multi_accept on;",
+              "}",
+              "",
+              "http {",
+              "    default_type application/octet-stream;",
+              "    sendfile on;",
+              "    tcp_nopush on;",
+              "    tcp_nodelay on;",
+              "    server_tokens off;",
+              f"    keepalive_timeout {s.client_keepalive_timeout};",
+              f"    client_header_timeout {s.client_header_timeout};",
+              f"    client_body_timeout {s.client_body_timeout};",
+              f"    send_timeout {s.send_timeout};",
+              f"    client_body_temp_path {tmp}/client_body;",
+              f"    proxy_temp_path {tmp}/proxy;",
+              f"    fastcgi_temp_path {tmp}/fastcgi;",
+              f"    uwsgi_temp_path {tmp}/uwsgi;",
+              f"    scgi_temp_path {tmp}/scgi;"]
+    if s.access_log == "off" or not s.access_log:
+        lines.append("    access_log off;")
+    else:
+        al = s.access_log if os.path.isabs(s.access_log) else f"{p}/{s.access_log}"
+        lines.append(f"    access_log {al};")
+    lines.append("")
+    up = upstream_file if upstream_file is not None else s.effective_upstream_file
+    lines += [("    " + x) if x else "" for x in _site_lines(s, up)]
+    lines.append("}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def example_system_settings() -> NginxSettings:
+    """Settings used to generate ``etc/nginx/ultrascale.conf`` (system-mode example)."""
+    return NginxSettings(mode="system", upstream_file="/etc/nginx/ultrascale/upstream.conf")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ultrascaled.nginx_conf example`` prints the system-mode example site."""
+    import sys
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["example"]:
+        sys.stdout.write(render_site_conf(example_system_settings()).decode())
+        return 0
+    if args[:1] == ["upstream-example"]:
+        sys.stdout.write(render_upstream(example_system_settings(),
+                                         [("127.0.0.1", 8001), ("127.0.0.1", 8000)]).decode())
+        return 0
+    sys.stderr.write("usage: python -m ultrascaled.nginx_conf example|upstream-example\n")
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
