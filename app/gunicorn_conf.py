@@ -1,0 +1,153 @@
+"""gunicorn config file for the ultrascale fleet:
+
+    gunicorn -c app/gunicorn_conf.py app.wsgi:application
+
+Every value reads an environment variable (table in docs/app.md) so the daemon can pass
+overrides; command-line flags (``--bind``, ``--workers``, ...) still win over this file.
+:func:`settings_from_env` is pure (tests call it with a dict); the module globals below are
+what gunicorn reads. Hooks: ``post_fork`` resets per-process clients (Redis, MongoDB, cache,
+metrics) that a preloaded app may have created in the master; ``child_exit`` marks the dead
+worker in the Prometheus multiprocess directory.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def auto_workers(cpus: int, mem_available_bytes: int | None, worker_memory_mb: int = 256,
+                 cap: int = 8) -> int:
+    """One gevent worker per core (each worker multiplexes its connections), no more than
+    the available memory holds at ``worker_memory_mb`` each, at most ``cap``, at least 1."""
+    n = max(1, cpus)
+    if mem_available_bytes:
+        n = min(n, max(1, mem_available_bytes // (worker_memory_mb * 1024 * 1024)))
+    return max(1, min(n, cap))
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _mem_available() -> int | None:
+    try:  # sysinfo(2) via sysconf: no file read
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def settings_from_env(env, cpus=None, mem_available=None) -> dict:
+    """Pure: gunicorn settings from an env mapping. Raises ConfigError naming every bad variable."""
+    errors: list[str] = []
+
+    def integer(name, default, lo, hi):
+        raw = env.get(name, "")
+        if raw == "":
+            return default
+        try:
+            v = int(raw)
+        except ValueError:
+            errors.append(f"{name}: must be an integer, got {raw!r}")
+            return default
+        if not lo <= v <= hi:
+            errors.append(f"{name}: must be {lo}-{hi}, got {v}")
+            return default
+        return v
+
+    def boolean(name, default):
+        raw = env.get(name)
+        if raw is None:
+            return default
+        raw = raw.strip().lower()
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        errors.append(f"{name}: must be true/false, got {env[name]!r}")
+        return default
+
+    instance = env.get("ULTRASCALE_INSTANCE", "") or "0"
+    port = integer("ULTRASCALE_PORT", None, 1, 65535) or integer("PORT", 8000, 1, 65535)
+    host = env.get("GUNICORN_HOST", "127.0.0.1")
+    bind = env.get("GUNICORN_BIND") or f"{host}:{port}"
+
+    raw_workers = (env.get("GUNICORN_WORKERS") or env.get("WEB_CONCURRENCY") or "auto").strip()
+    worker_memory_mb = integer("GUNICORN_WORKER_MEMORY_MB", 256, 16, 1_048_576)
+    max_workers = integer("GUNICORN_MAX_WORKERS", 8, 1, 1024)
+    if raw_workers == "auto":
+        workers = auto_workers(cpus if cpus is not None else _cpus(),
+                               mem_available if mem_available is not None else _mem_available(),
+                               worker_memory_mb, max_workers)
+    else:
+        try:
+            workers = int(raw_workers)
+            if not 1 <= workers <= 1024:
+                raise ValueError
+        except ValueError:
+            errors.append(f"GUNICORN_WORKERS: must be 'auto' or 1-1024, got {raw_workers!r}")
+            workers = 1
+
+    loglevel = (env.get("LOG_LEVEL") or "info").lower()
+    if loglevel not in ("debug", "info", "warning", "error", "critical"):
+        errors.append(f"LOG_LEVEL: must be debug/info/warning/error/critical, got {loglevel!r}")
+        loglevel = "info"
+
+    s = {
+        "bind": [bind],
+        "workers": workers,
+        "worker_class": env.get("GUNICORN_WORKER_CLASS", "gevent"),
+        "worker_connections": integer("GUNICORN_WORKER_CONNECTIONS", 1000, 1, 1_000_000),
+        "timeout": integer("GUNICORN_TIMEOUT", 30, 0, 86_400),
+        "graceful_timeout": integer("GUNICORN_GRACEFUL_TIMEOUT", 30, 0, 86_400),
+        # Behind nginx: longer than nginx's upstream keepalive_timeout (60 s) so that nginx,
+        # not gunicorn, closes idle upstream connections (no race on a reused socket).
+        "keepalive": integer("GUNICORN_KEEPALIVE", 65, 0, 3_600),
+        "max_requests": integer("GUNICORN_MAX_REQUESTS", 10_000, 0, 10**9),
+        "max_requests_jitter": integer("GUNICORN_MAX_REQUESTS_JITTER", 1_000, 0, 10**9),
+        "backlog": integer("GUNICORN_BACKLOG", 2048, 1, 65_535),
+        "preload_app": boolean("GUNICORN_PRELOAD", False),
+        "control_socket_disable": not boolean("GUNICORN_CONTROL_SOCKET", False),
+        "loglevel": loglevel,
+        "accesslog": env.get("GUNICORN_ACCESSLOG") or None,   # off by default: throughput
+        "errorlog": env.get("GUNICORN_ERRORLOG") or "-",
+        "proc_name": env.get("GUNICORN_NAME") or f"ultrascale-{instance}",
+        "forwarded_allow_ips": env.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+    }
+    if os.path.isdir("/dev/shm"):  # heartbeat file on tmpfs, not a possibly slow disk
+        s["worker_tmp_dir"] = env.get("GUNICORN_WORKER_TMP_DIR", "/dev/shm")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return s
+
+
+def post_fork(server, worker):
+    # Runs in the child before gevent monkey-patches it: only reset what a preloaded app
+    # already imported; importing nothing new keeps the patching clean.
+    for name in ("app.wsgi", "app.mongo"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            mod.reset_after_fork()
+
+
+def child_exit(server, worker):
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(worker.pid, path)
+
+
+try:
+    globals().update(settings_from_env(os.environ))
+except ConfigError as _exc:
+    sys.stderr.write(f"app/gunicorn_conf.py: {_exc}\n")
+    raise

@@ -1,0 +1,329 @@
+"""MongoDB client settings from env, one lazy client per worker process, indexes in one place.
+
+Reuse in a user's app::
+
+    from app import mongo
+    db = mongo.get_database()          # lazily creates this process's MongoClient
+    doc = db.items.find_one({"_id": "42"})
+
+    # gunicorn post_fork hook (app/gunicorn_conf.py does this):
+    mongo.reset_after_fork()
+
+    # once per deploy, not in every worker:
+    #   python -m app.mongo ensure-indexes
+
+Pool sizes come from ``MONGO_MAX_POOL_SIZE`` / ``MONGO_MIN_POOL_SIZE``; the daemon computes them
+so that instances x workers x max pool stays within the fleet's connection budget.
+:func:`settings_from_env` and :func:`client_kwargs` are pure and unit-tested.
+Nothing here does I/O at import time; ``pymongo`` itself is imported only when a client is made.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Mapping
+
+_READ_PREFERENCES = ("primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest")
+_COMPRESSORS = ("zlib", "snappy", "zstd")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class MongoSettings:
+    """Each field: (env variable, default). See docs/app.md for the table."""
+    uri: str | None = None                      # MONGODB_URI
+    database: str = "ultrascale"                # MONGODB_DB (else the URI's path, else this)
+    max_pool_size: int = 10                     # MONGO_MAX_POOL_SIZE (per process)
+    min_pool_size: int = 0                      # MONGO_MIN_POOL_SIZE
+    max_idle_time_ms: int = 60_000              # MONGO_MAX_IDLE_TIME_MS
+    wait_queue_timeout_ms: int = 1_000          # MONGO_WAIT_QUEUE_TIMEOUT_MS
+    server_selection_timeout_ms: int = 2_000    # MONGO_SERVER_SELECTION_TIMEOUT_MS
+    connect_timeout_ms: int = 2_000             # MONGO_CONNECT_TIMEOUT_MS
+    socket_timeout_ms: int = 5_000              # MONGO_SOCKET_TIMEOUT_MS
+    compressors: tuple[str, ...] = ("zlib",)    # MONGO_COMPRESSORS (comma list, "" = none)
+    zlib_level: int = 1                         # MONGO_ZLIB_LEVEL (-1..9)
+    read_preference: str = "primaryPreferred"   # MONGO_READ_PREFERENCE
+    retry_reads: bool = True                    # MONGO_RETRY_READS
+    retry_writes: bool = True                   # MONGO_RETRY_WRITES
+    app_name: str = "ultrascale"                # MONGO_APP_NAME (+ "-<ULTRASCALE_INSTANCE>")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.uri)
+
+
+class MongoSettingsError(ValueError):
+    """All problems found in the environment, one per line, each naming its variable."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("; ".join(errors))
+
+
+def _database_from_uri(uri: str) -> str | None:
+    # mongodb://host:port/dbname?opts -> dbname (no I/O, no pymongo import)
+    rest = uri.split("://", 1)[-1]
+    if "/" not in rest:
+        return None
+    path = rest.split("/", 1)[1].split("?", 1)[0]
+    return path or None
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> MongoSettings:
+    """Pure: build :class:`MongoSettings` from a mapping. Collects every error before raising."""
+    env = os.environ if env is None else env
+    errors: list[str] = []
+    d = MongoSettings()
+    values: dict = {}
+
+    def integer(name, field, lo, hi):
+        raw = env.get(name, "")
+        if raw == "":
+            return
+        try:
+            v = int(raw)
+        except ValueError:
+            errors.append(f"{name}: must be an integer, got {raw!r}")
+            return
+        if not lo <= v <= hi:
+            errors.append(f"{name}: must be {lo}-{hi}, got {v}")
+            return
+        values[field] = v
+
+    def boolean(name, field):
+        raw = env.get(name, "").strip().lower()
+        if raw == "":
+            return
+        if raw in _TRUE:
+            values[field] = True
+        elif raw in _FALSE:
+            values[field] = False
+        else:
+            errors.append(f"{name}: must be true/false, got {env[name]!r}")
+
+    uri = env.get("MONGODB_URI", "").strip() or None
+    if uri and not uri.startswith(("mongodb://", "mongodb+srv://")):
+        errors.append(f"MONGODB_URI: must start with mongodb:// or mongodb+srv://, got {uri.split('://')[0]!r}")
+    values["uri"] = uri
+    db = env.get("MONGODB_DB", "").strip() or (uri and _database_from_uri(uri)) or d.database
+    values["database"] = db
+
+    integer("MONGO_MAX_POOL_SIZE", "max_pool_size", 1, 10_000)
+    integer("MONGO_MIN_POOL_SIZE", "min_pool_size", 0, 10_000)
+    integer("MONGO_MAX_IDLE_TIME_MS", "max_idle_time_ms", 0, 86_400_000)
+    integer("MONGO_WAIT_QUEUE_TIMEOUT_MS", "wait_queue_timeout_ms", 1, 600_000)
+    integer("MONGO_SERVER_SELECTION_TIMEOUT_MS", "server_selection_timeout_ms", 1, 600_000)
+    integer("MONGO_CONNECT_TIMEOUT_MS", "connect_timeout_ms", 1, 600_000)
+    integer("MONGO_SOCKET_TIMEOUT_MS", "socket_timeout_ms", 1, 600_000)
+    integer("MONGO_ZLIB_LEVEL", "zlib_level", -1, 9)
+    boolean("MONGO_RETRY_READS", "retry_reads")
+    boolean("MONGO_RETRY_WRITES", "retry_writes")
+
+    if "MONGO_COMPRESSORS" in env:
+        comps = tuple(c.strip() for c in env["MONGO_COMPRESSORS"].split(",") if c.strip())
+        bad = [c for c in comps if c not in _COMPRESSORS]
+        if bad:
+            errors.append(f"MONGO_COMPRESSORS: unknown {', '.join(bad)}; choose from {', '.join(_COMPRESSORS)}")
+        else:
+            values["compressors"] = comps
+
+    rp = env.get("MONGO_READ_PREFERENCE", "").strip()
+    if rp:
+        if rp not in _READ_PREFERENCES:
+            errors.append(f"MONGO_READ_PREFERENCE: must be one of {', '.join(_READ_PREFERENCES)}, got {rp!r}")
+        else:
+            values["read_preference"] = rp
+
+    app_name = env.get("MONGO_APP_NAME", "").strip() or d.app_name
+    instance = env.get("ULTRASCALE_INSTANCE", "").strip()
+    values["app_name"] = f"{app_name}-{instance}" if instance else app_name
+
+    max_pool = values.get("max_pool_size", d.max_pool_size)
+    min_pool = values.get("min_pool_size", d.min_pool_size)
+    if min_pool > max_pool:
+        errors.append(f"MONGO_MIN_POOL_SIZE: must be <= MONGO_MAX_POOL_SIZE ({max_pool}), got {min_pool}")
+
+    if errors:
+        raise MongoSettingsError(errors)
+    return dataclasses.replace(d, **values)
+
+
+def client_kwargs(settings: MongoSettings) -> dict:
+    """Pure: the keyword arguments for ``pymongo.MongoClient(settings.uri, **kwargs)``."""
+    kw = {
+        "maxPoolSize": settings.max_pool_size,
+        "minPoolSize": settings.min_pool_size,
+        "maxIdleTimeMS": settings.max_idle_time_ms,
+        "waitQueueTimeoutMS": settings.wait_queue_timeout_ms,
+        "serverSelectionTimeoutMS": settings.server_selection_timeout_ms,
+        "connectTimeoutMS": settings.connect_timeout_ms,
+        "socketTimeoutMS": settings.socket_timeout_ms,
+        "readPreference": settings.read_preference,
+        "retryReads": settings.retry_reads,
+        "retryWrites": settings.retry_writes,
+        "appname": settings.app_name,
+        # Start the background monitor at once (it does not block the caller) so /health can
+        # report the server state from the topology; the client itself is only made after fork.
+        "connect": True,
+    }
+    if settings.compressors:
+        kw["compressors"] = ",".join(settings.compressors)
+        if "zlib" in settings.compressors:
+            kw["zlibCompressionLevel"] = settings.zlib_level
+    return kw
+
+
+# -- the app's indexes, declared once ---------------------------------------------------------
+# collection -> list of (keys, options). Created by `python -m app.mongo ensure-indexes`.
+INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
+    "items": [
+        ([("sku", 1)], {"name": "sku_unique", "unique": True, "sparse": True}),
+        ([("updated_at", -1)], {"name": "updated_at_desc"}),
+    ],
+}
+
+
+def index_models(indexes=None) -> dict:
+    """collection -> [pymongo.IndexModel]; imports pymongo."""
+    from pymongo import IndexModel
+    indexes = INDEXES if indexes is None else indexes
+    return {coll: [IndexModel(keys, **opts) for keys, opts in specs] for coll, specs in indexes.items()}
+
+
+def ensure_indexes(db, indexes=None) -> dict:
+    """Create the declared indexes (idempotent). Returns collection -> created index names."""
+    created = {}
+    for coll, models in index_models(indexes).items():
+        created[coll] = db[coll].create_indexes(models)
+    return created
+
+
+# -- one client per process -------------------------------------------------------------------
+class MongoHandle:
+    """A lazily created client bound to the pid that made it. ``state`` answers without I/O
+    from what pymongo's background monitor already knows."""
+
+    def __init__(self, settings: MongoSettings | None = None, client_factory=None):
+        self._settings = settings
+        self._client_factory = client_factory
+        self._client = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    @property
+    def settings(self) -> MongoSettings:
+        if self._settings is None:
+            self._settings = settings_from_env()
+        return self._settings
+
+    @property
+    def configured(self) -> bool:
+        return self.settings.configured
+
+    def client(self):
+        pid = os.getpid()
+        if self._client is not None and self._pid == pid:
+            return self._client
+        if not self.configured:
+            raise RuntimeError("MONGODB_URI is not set")
+        with self._lock:
+            if self._client is None or self._pid != pid:
+                if self._client_factory is not None:
+                    self._client = self._client_factory(self.settings)
+                else:
+                    from pymongo import MongoClient
+                    self._client = MongoClient(self.settings.uri, **client_kwargs(self.settings))
+                self._pid = pid
+        return self._client
+
+    def database(self):
+        return self.client()[self.settings.database]
+
+    def state(self) -> str:
+        """``not_configured``, ``ok`` (a readable server is known) or ``down``; no I/O.
+        The client is created on first call; that starts pymongo's monitor in the background
+        and does not wait for a server."""
+        if not self.configured:
+            return "not_configured"
+        try:
+            client = self.client()
+            td = client.topology_description
+            return "ok" if td.has_readable_server(client.read_preference) else "down"
+        except Exception:
+            return "down"
+
+    def reset_after_fork(self) -> None:
+        """Forget the parent's client (its sockets and monitor threads belong to the parent)."""
+        self._client = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._client is not None and self._pid == os.getpid():
+            self._client.close()
+        self._client = None
+        self._pid = None
+
+
+_default = MongoHandle()
+
+
+def get_client():
+    return _default.client()
+
+
+def get_database():
+    return _default.database()
+
+
+def state() -> str:
+    return _default.state()
+
+
+def reset_after_fork() -> None:
+    _default.reset_after_fork()
+
+
+def default_handle() -> MongoHandle:
+    return _default
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    parser = argparse.ArgumentParser(prog="python -m app.mongo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("ensure-indexes", help="create the app's declared indexes (once per deploy)")
+    sub.add_parser("show-settings", help="print the MongoClient kwargs built from the environment")
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_env()
+    except MongoSettingsError as exc:
+        for e in exc.errors:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.cmd == "show-settings":
+        print(json.dumps({"configured": settings.configured, "database": settings.database,
+                          "kwargs": client_kwargs(settings)}, indent=2))
+        return 0
+    if not settings.configured:
+        print("error: MONGODB_URI is not set", file=sys.stderr)
+        return 2
+    handle = MongoHandle(settings)
+    try:
+        created = ensure_indexes(handle.database())
+    except Exception as exc:
+        print(f"error: ensure-indexes failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        handle.close()
+    print(json.dumps({"database": settings.database, "indexes": created}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
