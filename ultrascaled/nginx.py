@@ -245,6 +245,21 @@ class ProcessOps:
                 out[c.pid] = title
         return out
 
+    def strays(self, prefix: str) -> list[int]:
+        """nginx processes (e.g. workers orphaned by a killed master) holding a file open under
+        ``prefix``; they keep the listening socket and would make a new master's bind fail."""
+        root = os.path.normpath(prefix) + os.sep
+        out = []
+        for p in psutil.process_iter(["name"]):
+            try:
+                if p.info["name"] != "nginx" or p.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if any(f.path.startswith(root) for f in p.open_files()):
+                    out.append(p.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return out
+
     def signal(self, pid: int, sig: int) -> bool:
         try:
             os.kill(pid, sig)
@@ -594,6 +609,14 @@ class NginxController:
         self.adopted = False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(s.pid_path)  # stale
+        strays = self.procs.strays(s.prefix)
+        if strays:
+            log.warning("nginx.killing_strays", pids=strays)
+            for p in strays:
+                self.procs.signal(p, signal.SIGKILL)
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and any(self.procs.alive(p) for p in strays):
+                await asyncio.sleep(self.poll)
         pos = self._err_size()
         r = await self.runner(self.start_argv(), s.start_timeout)
         if not r.ok:

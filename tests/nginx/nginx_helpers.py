@@ -198,6 +198,9 @@ class FakeProcs:
             return {}
         return {10000 + self.gen: "nginx: worker process"}
 
+    def strays(self, prefix):
+        return []
+
     def signal(self, pid, sig):
         self.signals.append((pid, sig))
         if sig == signal.SIGHUP and not self.hup_fails:

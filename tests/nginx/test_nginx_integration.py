@@ -1,0 +1,223 @@
+"""Integration tests with the real Debian nginx in managed mode, on free loopback ports, with a
+prefix in a tmp dir and tiny real HTTP backends.  Every process is killed by pid afterwards."""
+import asyncio
+import dataclasses
+import os
+import signal
+import ssl
+import subprocess
+import time
+from collections import Counter
+
+import psutil
+import pytest
+
+from nginx_helpers import (backends, free_port, get, have_openssl,  # noqa: F401
+                           nginx_pids_of_prefix, nginx_prefix)
+from ultrascaled.nginx import NginxController, NginxSettings, ProcessOps
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def settings(prefix, **kw):
+    return NginxSettings(prefix=prefix, listen=free_port(), worker_processes="2",
+                         worker_connections=256, reload_timeout=5, start_timeout=8,
+                         stop_timeout=5, **kw)
+
+
+def hits(port, n=12, path="/"):
+    c = Counter()
+    for _ in range(n):
+        status, body = get(f"http://127.0.0.1:{port}{path}")
+        c[body if status == 200 else status] += 1
+    return c
+
+
+def servers(*ports):
+    return [("127.0.0.1", p) for p in ports]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_routes_only_to_ready_servers_and_503_when_none(nginx_prefix, backends):
+    a, b = backends(2)
+    s = settings(nginx_prefix)
+    ctl = NginxController(s)
+
+    async def scenario():
+        r = await ctl.start([])
+        assert r.ok and r.restarted, r
+        try:
+            t = time.monotonic()
+            assert get(f"http://127.0.0.1:{s.listen}/")[0] == 503
+            assert time.monotonic() - t < 0.5
+
+            r = await ctl.apply(servers(a))
+            assert r.ok and r.reloaded, r
+            assert hits(s.listen) == {str(a): 12}
+
+            r = await ctl.apply(servers(b, a))
+            assert r.ok and r.servers == tuple(servers(a, b))
+            assert set(hits(s.listen, 20)) == {str(a), str(b)}
+
+            # apply returns once the reload took effect: no request reaches a afterwards
+            r = await ctl.apply(servers(b))
+            assert r.ok
+            assert hits(s.listen, 20) == {str(b): 20}
+
+            assert (await ctl.apply(servers(b))).code == "unchanged"
+
+            r = await ctl.apply([])
+            assert r.ok
+            t = time.monotonic()
+            assert hits(s.listen, 5) == {503: 5}
+            assert time.monotonic() - t < 1.0
+            st = ctl.status()
+            assert st["running"] and st["servers"] == [] and st["reload_count"] == 4
+        finally:
+            pid = ctl.pid
+            assert await ctl.stop()
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        assert nginx_pids_of_prefix(nginx_prefix) == []
+        assert ctl.status()["running"] is False
+
+    run(scenario())
+
+
+def test_failed_check_restores_previous_upstream_and_keeps_serving(nginx_prefix, backends):
+    (a,) = backends(1)
+    s = settings(nginx_prefix)
+    ctl = NginxController(s)
+
+    async def scenario():
+        assert (await ctl.start(servers(a))).ok
+        try:
+            before = open(ctl.upstream_file, "rb").read()
+            main_before = open(s.conf_path, "rb").read()
+            # port 0 is rejected by nginx -t
+            r = await ctl.apply(servers(a) + [("127.0.0.1", 0)])
+            assert not r.ok and r.code == "check_failed"
+            assert "invalid port" in r.error and "[emerg]" in r.error
+            assert open(ctl.upstream_file, "rb").read() == before
+            assert hits(s.listen) == {str(a): 12}
+
+            # an invalid directive injected through a settings field
+            bad = dataclasses.replace(s, extra_upstream="no_such_directive on;")
+            r = await ctl.reconfigure(bad)
+            assert r.code == "check_failed" and "unknown directive" in r.error
+            assert ctl.settings is s
+            assert open(ctl.upstream_file, "rb").read() == before
+            assert open(s.conf_path, "rb").read() == main_before
+            assert hits(s.listen) == {str(a): 12}
+            st = ctl.status()
+            assert st["failure_count"] == 2 and st["servers"] == [f"127.0.0.1:{a}"]
+
+            # a valid reconfigure (rate limit) takes effect
+            r = await ctl.reconfigure(dataclasses.replace(s, rate_limit=1000))
+            assert r.ok and r.reloaded
+            assert b"limit_req zone=ultrascale_req" in open(s.conf_path, "rb").read()
+            assert hits(s.listen, 3) == {str(a): 3}
+        finally:
+            assert await ctl.stop()
+
+    run(scenario())
+
+
+def test_stub_status_answers_on_loopback(nginx_prefix, backends):
+    (a,) = backends(1)
+    s = settings(nginx_prefix)
+    ctl = NginxController(s)
+
+    async def scenario():
+        assert (await ctl.start(servers(a))).ok
+        try:
+            status, body = get(f"http://127.0.0.1:{s.listen}/nginx_status")
+            assert status == 200 and body.startswith("Active connections:")
+        finally:
+            assert await ctl.stop()
+
+    run(scenario())
+
+
+def _make_cert(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=30)
+    return str(cert), str(key)
+
+
+def test_tls_server_answers_over_https(nginx_prefix, backends, tmp_path):
+    if not have_openssl():
+        pytest.skip("openssl CLI not installed (needed to make a self-signed cert)")
+    (a,) = backends(1)
+    cert, key = _make_cert(tmp_path)
+    s = settings(nginx_prefix, tls_cert=cert, tls_key=key, tls_listen=free_port())
+    ctl = NginxController(s)
+
+    async def scenario():
+        assert (await ctl.start(servers(a))).ok
+        try:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            assert get(f"https://127.0.0.1:{s.tls_listen}/", context=ctx) == (200, str(a))
+            assert get(f"http://127.0.0.1:{s.listen}/") == (200, str(a))
+        finally:
+            assert await ctl.stop()
+
+    run(scenario())
+
+
+def test_new_controller_adopts_running_master_of_same_prefix(nginx_prefix, backends):
+    a, b = backends(2)
+    s = settings(nginx_prefix)
+
+    async def scenario():
+        first = NginxController(s)
+        assert (await first.start(servers(a))).ok
+        pid = first.pid
+        del first  # dropped without stop(), as when the daemon is killed
+        second = NginxController(s)
+        try:
+            r = await second.start(None)  # keeps the upstream file on disk
+            assert r.ok and second.adopted and second.pid == pid, r
+            masters = [p for p in nginx_pids_of_prefix(nginx_prefix)
+                       if "master" in " ".join(psutil.Process(p).cmdline())]
+            assert masters == [pid]
+            assert r.servers == tuple(servers(a))
+            assert hits(s.listen) == {str(a): 12}
+            assert (await second.apply(servers(b))).ok
+            assert hits(s.listen) == {str(b): 12}
+        finally:
+            assert await second.stop()
+        assert nginx_pids_of_prefix(nginx_prefix) == []
+
+    run(scenario())
+
+
+def test_killed_master_is_restarted_with_the_upstream_in_effect(nginx_prefix, backends):
+    (a,) = backends(1)
+    s = settings(nginx_prefix)
+    ctl = NginxController(s)
+
+    async def scenario():
+        assert (await ctl.start(servers(a))).ok
+        try:
+            old = ctl.pid
+            os.kill(old, signal.SIGKILL)  # its workers live on, holding the port
+            deadline = time.monotonic() + 3
+            while ProcessOps().alive(old) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            r = await ctl.ensure_running()
+            assert r.ok and r.restarted, r
+            assert ctl.pid != old
+            assert hits(s.listen) == {str(a): 12}
+            assert ctl.status()["restart_count"] == 2
+        finally:
+            assert await ctl.stop()
+        assert nginx_pids_of_prefix(nginx_prefix) == []
+
+    run(scenario())
