@@ -191,14 +191,19 @@ class CircuitBreaker:
     def allow(self) -> bool:
         if self.state == self.CLOSED:
             return True
-        if self.probe is not None and not self._probing and self.clock() >= self._next_probe:
+        self.poll()
+        return False
+
+    def poll(self) -> None:
+        """If open and a probe is due, start one in the background. Never blocks."""
+        if (self.state == self.OPEN and self.probe is not None and not self._probing
+                and self.clock() >= self._next_probe):
             self._probing = True
             self._next_probe = self.clock() + self.retry_interval
             try:
                 self.spawn(self._run_probe)
             except Exception:
                 self._probing = False
-        return False
 
     def _run_probe(self) -> None:
         try:
@@ -349,10 +354,15 @@ class TwoTierCache:
     # -- state -----------------------------------------------------------------------------
     @property
     def redis_state(self) -> str:
-        """``not_configured``, ``ok`` or ``down`` (breaker open: serving from memory)."""
+        """``not_configured``, ``ok`` or ``down`` (breaker open: serving from memory).
+        No I/O; while down, asking also starts a background probe when one is due, so a
+        health check polled every few hundred ms notices recovery even with no cache misses."""
         if self.redis is None:
             return "not_configured"
-        return "down" if self.breaker.is_open else "ok"
+        if self.breaker.is_open:
+            self.breaker.poll()
+            return "down" if self.breaker.is_open else "ok"
+        return "ok"
 
     def reset_after_fork(self) -> None:
         """New Redis client, fresh locks and breaker in a forked child. Memory is kept
