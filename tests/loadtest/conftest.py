@@ -17,6 +17,7 @@ FLEET_RSS = 100 * 1024 * 1024
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     chunks = CHUNKS
+    disable_nagle_algorithm = True  # several small writes per response: avoid 40 ms ACK stalls
 
     def log_message(self, *args):  # keep test output clean
         pass

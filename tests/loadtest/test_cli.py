@@ -1,0 +1,129 @@
+"""The command line end to end (real worker processes, real local server) and run()."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ultrascaled.loadtest import Config, Targets, run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, timeout=60):
+    """Run the CLI in a subprocess; the process is always reaped (run() kills on timeout)."""
+    return subprocess.run([sys.executable, "-m", "ultrascaled.loadtest", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_request_bound_json_to_stdout_exit_0(server):
+    p = cli(f"{server.base}/ok", "-u", "4", "-n", "60", "-q", "--procs", "2", "--json", "-",
+            "--max-error-rate", "0", "--max-p99", "2000")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["total"] == 60 and data["ok"] == 60 and data["failed"] == 0
+    assert data["status_counts"] == {"200": 60}
+    assert data["procs"] == 2
+    assert data["passed"] is True
+    assert server.requests == 60
+    assert "Verdict     PASS" in p.stderr  # the summary moves to stderr when JSON goes to stdout
+
+
+def test_missed_error_rate_exits_1(server):
+    p = cli(f"{server.base}/500", "-u", "2", "-n", "20", "-q", "--procs", "1", "--max-error-rate", "1")
+    assert p.returncode == 1, p.stderr
+    assert "http_5xx: 20" in p.stdout
+    assert "500: 20" in p.stdout
+    assert "FAIL  error rate" in p.stdout
+
+
+def test_missed_p99_exits_1_and_timeouts_counted(server):
+    server.slow_seconds = 0.6
+    p = cli(f"{server.base}/slow", "-u", "2", "-n", "4", "-q", "--procs", "1", "--timeout", "0.2",
+            "--max-p99", "100", "--json", "-")
+    assert p.returncode == 1, p.stderr
+    data = json.loads(p.stdout)
+    assert data["error_counts"] == {"timeout": 4}
+    assert data["failed"] == 4 and data["ok"] == 0
+    assert data["checks"][0]["passed"] is False
+
+
+def test_duration_bound_stops_by_itself_with_progress(server):
+    start = time.monotonic()
+    p = cli(f"{server.base}/ok", "-u", "3", "-d", "1.5", "--procs", "1")
+    assert p.returncode == 0, p.stderr
+    assert time.monotonic() - start < 15
+    assert "req/s  p95(last 1s)" in p.stderr  # live progress once a second
+    assert "Requests    " in p.stdout and "0 failed" in p.stdout
+
+
+def test_quiet_suppresses_progress(server):
+    p = cli(f"{server.base}/ok", "-u", "2", "-d", "1.2", "--procs", "1", "-q")
+    assert p.returncode == 0
+    assert "p95(last 1s)" not in p.stderr
+
+
+@pytest.mark.parametrize("url", ["http://10.1.2.3:80/", "http://example.com/", "http://0.0.0.0:8080/"])
+def test_non_loopback_exit_2(url):
+    p = cli(url, "-n", "1")
+    assert p.returncode == 2
+    assert "non-loopback" in p.stderr
+    assert "Requests" not in p.stdout
+
+
+@pytest.mark.parametrize("args,names", [
+    (["-u", "0"], "--users"),
+    (["-u", "x"], "--users"),
+    (["--duration", "-1"], "--duration"),
+    (["--requests", "0"], "--requests"),
+    (["--timeout", "0"], "--timeout"),
+    (["--path", "noslash:2"], "--path"),
+    (["--path", "/a:0"], "--path"),
+    (["--procs", "0"], "--procs"),
+    (["--ramp", "5", "--duration", "2"], "--ramp"),
+    (["--max-p99", "abc"], "--max-p99"),
+    (["--series", "10,x"], "--series"),
+    (["--chart", "x.png"], "--chart"),
+])
+def test_bad_arguments_exit_2_naming_the_argument(args, names):
+    p = cli("http://127.0.0.1:9/", *args)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert names in p.stderr
+
+
+def test_missing_url_exit_2():
+    p = cli()
+    assert p.returncode == 2 and "url" in p.stderr
+
+
+def test_run_api_path_mix_and_json_file(server, tmp_path):
+    cfg = Config(url=f"{server.base}/ignored", users=4, duration=None, requests=400, procs=2,
+                 paths=[("/ok", 3), ("/chunked", 1)], targets=Targets(max_error_rate_pct=0))
+    r = run(cfg)
+    assert r.total == 400 and r.failed == 0 and r.passed
+    assert set(r.path_counts) == {"/ok", "/chunked"}
+    assert 240 <= r.path_counts["/ok"] <= 360  # 3:1 weights -> ~300
+    assert r.latency.count == 400 and r.latency.p50 <= r.latency.p99 <= r.latency.max
+    assert r.connects == 4 and r.client_cpu_s > 0 and len(r.client_cpu_per_proc) == 2
+    out = tmp_path / "r.json"
+    p = cli(f"{server.base}/ok", "-n", "10", "-u", "1", "-q", "--json", str(out))
+    assert p.returncode == 0
+    assert json.loads(out.read_text())["ok"] == 10
+
+
+def test_run_api_connect_refused(free_port):
+    r = run(Config(url=f"http://127.0.0.1:{free_port}/", users=2, duration=None, requests=10, procs=1))
+    assert r.failed == 10 and r.error_counts == {"connect_refused": 10} and r.ok == 0
+    assert r.checks == [] and r.passed  # no targets given: nothing to miss
+
+
+def test_run_api_ramp_delays_users(server):
+    r = run(Config(url=f"{server.base}/ok", users=4, duration=1.2, ramp=0.8, procs=1, think_ms=50))
+    # users start at 0, 0.2, 0.4, 0.6 s, so they are active 1.2+1.0+0.8+0.6 = 3.6 user-seconds;
+    # at >= 50 ms per request that is <= 72 (+4 in flight); without the ramp it would be ~94
+    assert r.failed == 0 and 30 < r.total <= 76
+    assert server.connections == 4
