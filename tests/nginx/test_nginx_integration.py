@@ -221,3 +221,44 @@ def test_killed_master_is_restarted_with_the_upstream_in_effect(nginx_prefix, ba
         assert nginx_pids_of_prefix(nginx_prefix) == []
 
     run(scenario())
+
+
+def test_removing_then_killing_an_instance_under_load_fails_no_request(nginx_prefix, backends):
+    """The daemon's scale-down order: apply without the instance, then stop it."""
+    import threading
+    a, b = backends(2)
+    s = settings(nginx_prefix)
+    ctl = NginxController(s)
+    results: Counter = Counter()
+    stop = threading.Event()
+
+    def load():
+        while not stop.is_set():
+            try:
+                status, body = get(f"http://127.0.0.1:{s.listen}/", timeout=2)
+                results[body if status == 200 else status] += 1
+            except Exception as e:  # connection errors count as failures
+                results[type(e).__name__] += 1
+
+    async def scenario():
+        assert (await ctl.start(servers(a, b))).ok
+        threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+        try:
+            for t in threads:
+                t.start()
+            await asyncio.sleep(0.5)
+            assert (await ctl.apply(servers(b))).ok
+            victim = [p for p in psutil.Process().children()
+                      if str(a) in " ".join(p.cmdline())]
+            assert len(victim) == 1
+            victim[0].kill()
+            await asyncio.sleep(0.7)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(5)
+            assert await ctl.stop()
+        assert set(results) == {str(a), str(b)}, results
+        assert results[str(b)] > 20
+
+    run(scenario())
