@@ -25,7 +25,7 @@ import signal
 import stat
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, Sequence
 
 import psutil
