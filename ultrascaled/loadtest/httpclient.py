@@ -77,6 +77,7 @@ class Connection:
         self.connects = 0
         self.reconnects = 0
         self._used = False  # a response has been read on the current connection
+        self._requests: dict[str, bytes] = {}  # path -> encoded request
 
     def close(self) -> None:
         if self.writer is not None:
@@ -111,8 +112,11 @@ class Connection:
         asyncio.IncompleteReadError (closed early) or BadResponse. The caller applies
         the timeout and must :meth:`close` the connection after any exception.
         """
-        request = (f"GET {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
-                   "User-Agent: ultrascale-loadtest\r\nAccept: */*\r\n\r\n").encode("latin-1")
+        request = self._requests.get(path)
+        if request is None:
+            request = self._requests[path] = (
+                f"GET {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
+                "User-Agent: ultrascale-loadtest\r\nAccept: */*\r\n\r\n").encode("latin-1")
         if self.writer is None:
             await self._connect()
         elif self._used:
@@ -130,7 +134,8 @@ class Connection:
     async def _exchange(self, request: bytes) -> tuple[int, int]:
         reader, writer = self.reader, self.writer
         writer.write(request)
-        await writer.drain()
+        if writer.transport.get_write_buffer_size() > 65536:  # drain() is costly; rarely needed
+            await writer.drain()
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:

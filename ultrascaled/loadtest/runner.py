@@ -22,6 +22,7 @@ from .stats import (ERROR_KINDS, Check, LatencyStats, Tally, Targets, evaluate, 
 from .worker import WorkerSpec, worker_entry
 
 CPU_SATURATION = 0.90  # fraction of one core per worker process that triggers a warning
+HOST_CPU_SATURATION = 95.0  # psutil.cpu_percent over the run (all cores) that triggers a warning
 
 
 class ConfigError(ValueError):
@@ -340,6 +341,10 @@ def _collect(config, workers, t0, procs, stop, progress, thread_cpu0, live) -> R
                 f"(> {CPU_SATURATION * 100:.0f}%); latencies may include client queueing - "
                 "use more --procs or fewer users per process")
             break
+    if host_cpu is not None and host_cpu > HOST_CPU_SATURATION:
+        warnings.append(
+            f"host CPU was {host_cpu:.0f}% busy over the run: the load client and the server "
+            "compete for the same cores, so latencies include CPU contention")
     result = Result(
         url=config.url, users=config.users, procs=procs, duration_s=config.duration,
         requests_limit=config.requests, wall_s=wall, ok=total.ok, failed=total.failed,
