@@ -256,6 +256,23 @@ class MongoHandle:
         except Exception:
             return "down"
 
+    def known_down(self) -> bool:
+        """True when pymongo's monitor has already checked every known server and every check
+        failed: callers can answer 503 at once instead of waiting serverSelectionTimeoutMS.
+        False before the first check completes (a fresh client is given the benefit of doubt).
+        No I/O."""
+        client = self._client
+        if client is None or self._pid != os.getpid():
+            return False
+        try:
+            td = client.topology_description
+            if td.has_readable_server(client.read_preference):
+                return False
+            servers = list(td.server_descriptions().values())
+            return bool(servers) and all(sd.error is not None for sd in servers)
+        except Exception:
+            return False
+
     def reset_after_fork(self) -> None:
         """Forget the parent's client (its sockets and monitor threads belong to the parent)."""
         self._client = None

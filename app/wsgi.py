@@ -75,6 +75,10 @@ def route_of(environ) -> str:
 _EXACT_TEMPLATES = {p: p for p in ("/", "/health", "/io", "/debug/alloc", "/debug/free")}
 
 
+class MongoUnavailable(Exception):
+    pass
+
+
 class Allocations:
     """Memory a worker holds on purpose (memory-watchdog tests)."""
 
@@ -228,6 +232,8 @@ class ReferenceApp:
             return 400, {"error": "bad_id", "message": "id must be 1-128 characters without '/'"}
 
         def load():
+            if self.mongo.known_down():       # don't queue behind serverSelectionTimeoutMS
+                raise MongoUnavailable("every MongoDB server failed its last check")
             doc = self.mongo.database()["items"].find_one({"_id": item_id})
             return json.loads(_dumps(doc)) if doc is not None else None
 

@@ -165,3 +165,19 @@ def test_lazy_application_builds_once_per_process():
     lazy.reset_after_fork()
     call_raw(lazy, "/")
     assert built == [1, 1]
+
+
+def test_items_fail_fast_once_mongodb_is_known_down():
+    from app.mongo import MongoHandle, settings_from_env
+    from app_helpers import wait_for
+    handle = MongoHandle(settings_from_env({"MONGODB_URI": f"mongodb://127.0.0.1:{free_port()}/x"}))
+    app = create_app({}, mongo_handle=handle)
+    try:
+        assert call(app, "/health")[1]["mongodb"] == "down"      # creates the client, starts its monitor
+        wait_for(handle.known_down, timeout=5, what="the monitor's first failed check")
+        t0 = time.monotonic()
+        status, body = call(app, "/items/1")
+        assert time.monotonic() - t0 < 0.2                          # not serverSelectionTimeoutMS (2 s)
+        assert status == 503 and body["error"] == "mongodb_unavailable"
+    finally:
+        handle.close()
