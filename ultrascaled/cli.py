@@ -1,0 +1,269 @@
+"""ultrascalectl: the operator's CLI. Standard library only, so it answers in milliseconds.
+
+Exit codes: 0 done; 1 the operation failed or timed out; 2 bad arguments; 3 the daemon cannot
+be reached; 4 the daemon refused the request (its message says why).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+DEFAULT_API = "http://127.0.0.1:9000"
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 3, 4
+
+
+class CtlError(Exception):
+    def __init__(self, message: str, code: int):
+        self.code = code
+        super().__init__(message)
+
+
+class Api:
+    def __init__(self, base: str, token: str | None, timeout: float = 10.0):
+        self.base = base.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict | None = None, ok=(200, 202)) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            payload = exc.read()
+            try:
+                parsed = json.loads(payload)
+            except ValueError:
+                parsed = {}
+            if exc.code in ok:
+                return parsed
+            err = parsed.get("error") if isinstance(parsed, dict) else None
+            if isinstance(err, dict):
+                msg = err.get("message", "")
+                extra = err.get("errors")
+                if extra:
+                    msg += "\n" + "\n".join(f"  {e}" for e in extra)
+                raise CtlError(f"{err.get('code', exc.code)}: {msg}", EXIT_REFUSED)
+            raise CtlError(f"HTTP {exc.code} from {self.base}{path}", EXIT_REFUSED)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CtlError(f"cannot reach ultrascaled at {self.base}: {reason}", EXIT_UNREACHABLE)
+
+
+def fmt_bytes(n: int | None) -> str:
+    if not n:
+        return "-"
+    return f"{n / (1024 * 1024):.0f}M"
+
+
+def fmt_uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def render_status(fleet: dict) -> str:
+    rows = [("PORT", "PID", "STATE", "UPTIME", "WORKERS", "RSS/WORKER", "RESTARTS", "UPSTREAM", "LAST EXIT")]
+    for i in fleet["instances"]:
+        workers = i.get("workers") or []
+        rss = ",".join(fmt_bytes(w["rss"]) for w in workers) or "-"
+        rows.append((str(i["port"]), str(i["pid"] or "-"), i["state"], fmt_uptime(i.get("uptime")),
+                     str(len(workers)), rss, str(i["restarts"]), "yes" if i.get("in_upstream") else "no",
+                     i.get("last_exit") or "-"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    mem = fleet.get("memory", {})
+    head = (f"fleet {fleet['fleet']}: {fleet['ready']}/{fleet['desired']} ready; "
+            f"memory {fmt_bytes(mem.get('total_rss_bytes'))} of {fmt_bytes(mem.get('budget_bytes'))}")
+    up = fleet.get("upstream") or {}
+    if up.get("ok") is False:
+        head += f"\nupstream update FAILED: {up.get('error')}"
+    notes = [f"  {i['port']}: {i['reason']}" for i in fleet["instances"]
+             if i["state"] in ("backoff", "fatal") and i.get("reason")]
+    return "\n".join([head, *lines] + (["reasons:", *notes] if notes else []))
+
+
+def wait_until(api: Api, done, timeout: float, show) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        fleet = api.request("GET", "/fleet")
+        line = show(fleet)
+        if line != last:
+            print(line, file=sys.stderr)
+            last = line
+        if done(fleet):
+            return fleet
+        if time.monotonic() >= deadline:
+            raise CtlError(f"timed out after {timeout:g}s; {line}", EXIT_FAILED)
+        time.sleep(0.1)
+
+
+def progress(fleet: dict) -> str:
+    states: dict[str, int] = {}
+    for i in fleet["instances"]:
+        states[i["state"]] = states.get(i["state"], 0) + 1
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    return f"{fleet['ready']}/{fleet['desired']} ready ({parts or 'no instances'})"
+
+
+def fleet_converged(fleet: dict) -> bool:
+    ports = set(fleet["ports"])
+    inst = {i["port"]: i for i in fleet["instances"]}
+    return (set(inst) == ports and all(i["state"] == "running" and not i.get("restart_pending")
+                                       for i in inst.values()))
+
+
+def cmd_status(api: Api, args) -> int:
+    fleet = api.request("GET", "/fleet")
+    print(json.dumps(fleet, indent=2) if args.json else render_status(fleet))
+    ok = fleet["ready"] == fleet["desired"]
+    return 0 if ok else EXIT_FAILED
+
+
+def cmd_scale(api: Api, args) -> int:
+    api.request("POST", "/fleet/scale", {"instances": args.instances})
+    if args.no_wait:
+        print(f"desired instances: {args.instances}")
+        return 0
+    fleet = wait_until(api, fleet_converged, args.timeout, progress)
+    print(f"fleet at {fleet['ready']} instances: ports {', '.join(map(str, fleet['ports'])) or 'none'}")
+    return 0
+
+
+def cmd_restart(api: Api, args) -> int:
+    if args.all == (args.port is not None):
+        raise CtlError("give a PORT or --all", EXIT_USAGE)
+    path = "/fleet/restart" if args.all else f"/instances/{args.port}/restart"
+    started = api.request("POST", path)
+    ports = started.get("restarting", [])
+    if args.no_wait:
+        print(f"restarting: {', '.join(map(str, ports))}")
+        return 0
+    t0 = time.time()
+
+    def done(fleet):
+        inst = {i["port"]: i for i in fleet["instances"]}
+        return fleet_converged(fleet) and all(
+            p in inst and inst[p]["since"] >= t0 - 1 and inst[p]["state"] == "running" for p in ports)
+    wait_until(api, done, args.timeout, progress)
+    print(f"restarted: {', '.join(map(str, ports))}")
+    return 0
+
+
+def cmd_reload(api: Api, args) -> int:
+    result = api.request("POST", "/fleet/reload")
+    changed = ", ".join(result.get("changed") or []) or "nothing"
+    restarting = ", ".join(map(str, result.get("restarting") or [])) or "none"
+    print(f"spec reloaded; changed: {changed}; restarting: {restarting}")
+    return 0
+
+
+def cmd_events(api: Api, args) -> int:
+    if not args.follow:
+        data = api.request("GET", f"/events?limit={args.lines}")
+        for e in data["events"]:
+            print(format_event(e))
+        return 0
+    req = urllib.request.Request(api.base + f"/events?follow=1&since={max(0, args.since)}")
+    try:
+        with urllib.request.urlopen(req, timeout=None) as resp:
+            for raw in resp:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("data: "):
+                    print(format_event(json.loads(line[6:])), flush=True)
+    except KeyboardInterrupt:
+        return 0
+    except (urllib.error.URLError, OSError) as exc:
+        raise CtlError(f"event stream ended: {getattr(exc, 'reason', exc)}", EXIT_UNREACHABLE)
+    return 0
+
+
+def format_event(e: dict) -> str:
+    t = time.strftime("%H:%M:%S", time.localtime(e["time"])) + f".{int(e['time'] * 1000) % 1000:03d}"
+    rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("seq", "time", "event", "level"))
+    return f"{t} {e['level'][:4].upper():4} {e['event']} {rest}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ultrascalectl", description="Control an ultrascaled fleet.")
+    p.add_argument("--api", default=os.environ.get("ULTRASCALE_API", DEFAULT_API),
+                   help=f"daemon API address (env ULTRASCALE_API, default {DEFAULT_API})")
+    p.add_argument("--token-file", default=os.environ.get("ULTRASCALE_TOKEN_FILE"),
+                   help="file with the bearer token (env ULTRASCALE_TOKEN_FILE)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("status", help="the fleet as a table")
+    s.add_argument("--json", action="store_true", help="print /fleet as JSON")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("scale", help="set the number of instances and wait until they serve")
+    s.add_argument("instances", type=_count, help="number of instances")
+    s.add_argument("--no-wait", action="store_true")
+    s.add_argument("--timeout", type=float, default=120.0)
+    s.set_defaults(func=cmd_scale)
+
+    s = sub.add_parser("restart", help="restart one instance, or all one at a time")
+    s.add_argument("port", nargs="?", type=_count)
+    s.add_argument("--all", action="store_true", help="rolling restart of the whole fleet")
+    s.add_argument("--no-wait", action="store_true")
+    s.add_argument("--timeout", type=float, default=300.0)
+    s.set_defaults(func=cmd_restart)
+
+    s = sub.add_parser("reload", help="re-read the spec file")
+    s.set_defaults(func=cmd_reload)
+
+    s = sub.add_parser("events", help="recent events; -f follows")
+    s.add_argument("-f", "--follow", action="store_true")
+    s.add_argument("-n", "--lines", type=_count, default=50)
+    s.add_argument("--since", type=int, default=0, help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_events)
+    return p
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}")
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {n}")
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            print(f"ultrascalectl: --token-file: {exc.strerror}: {args.token_file}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        return args.func(Api(args.api, token), args)
+    except CtlError as exc:
+        print(f"ultrascalectl: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

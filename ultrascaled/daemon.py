@@ -1,0 +1,133 @@
+"""ultrascaled: the composition root. Reads the spec, wires the parts, runs until stopped.
+
+Exit status: 0 after a clean stop, 2 for an invalid spec or arguments, 1 for any other failure
+to start (API port taken, nginx cannot start).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from ultrascaled import logs, sdnotify
+from ultrascaled.events import EventLog
+from ultrascaled.spec import Spec, SpecError, load_spec
+from ultrascaled.supervisor import NoUpstream, Supervisor
+
+DEFAULT_SPEC = os.environ.get("ULTRASCALE_SPEC", "/etc/ultrascaled/fleet.yaml")
+
+
+def make_upstream(spec: Spec, events: EventLog):
+    if spec.nginx.mode == "off":
+        return NoUpstream()
+    from ultrascaled.nginx import NginxUpstream
+    return NginxUpstream(spec, events)
+
+
+async def serve(spec_path: str, spec: Spec) -> int:
+    log = structlog.get_logger("ultrascaled")
+    events = EventLog()
+    sup = Supervisor(spec, events, make_upstream(spec, events))
+
+    from aiohttp import web
+    from ultrascaled.api import build_app, read_token
+
+    def reload_spec() -> dict:
+        new = load_spec(spec_path)
+        return sup.reload_spec(new)
+
+    try:
+        token = read_token(spec)
+    except (OSError, ValueError) as exc:
+        print(f"ultrascaled: api.token_file: {exc}", file=sys.stderr)
+        return 2
+    runner = web.AppRunner(build_app(sup, token, reload_spec), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, spec.api.host, spec.api.port, reuse_address=True).start()
+    except OSError as exc:
+        print(f"ultrascaled: cannot serve the API on {spec.api.host}:{spec.api.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        await runner.cleanup()
+        return 1
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_hup() -> None:
+        try:
+            result = reload_spec()
+            log.info("spec.reload_done", **result)
+        except SpecError as exc:
+            events.emit("spec.refused", level="error", errors=exc.errors)
+        except Exception as exc:  # the running spec stays in force whatever went wrong
+            events.emit("spec.refused", level="error", errors=[str(exc)])
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+    events.emit("daemon.starting", spec=spec.source, pid=os.getpid(), api=f"{spec.api.host}:{spec.api.port}",
+                desired=spec.instances.count)
+    try:
+        await sup.start()
+    except Exception as exc:
+        events.emit("daemon.start_failed", level="error", error=f"{type(exc).__name__}: {exc}")
+        await sup.shutdown(timeout=10)
+        await runner.cleanup()
+        return 1
+
+    async def announce_ready() -> None:
+        await sup.ready_event.wait()
+        sdnotify.notify(f"READY=1\nSTATUS=serving {sup.count} instances")
+
+    async def watchdog(interval: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    helpers = [asyncio.create_task(announce_ready(), name="sd-ready")]
+    interval = sdnotify.watchdog_interval()
+    if interval:
+        helpers.append(asyncio.create_task(watchdog(interval), name="sd-watchdog"))
+    await stop.wait()
+    sdnotify.notify("STOPPING=1")
+    for t in helpers:
+        t.cancel()
+    await sup.shutdown()
+    await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ultrascaled", description="Supervise a gunicorn fleet behind nginx.")
+    p.add_argument("--spec", "-c", default=DEFAULT_SPEC, help=f"fleet spec (default {DEFAULT_SPEC})")
+    p.add_argument("--check", action="store_true", help="validate the spec, print it resolved, and exit")
+    p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["json", "console"], default=None,
+                   help="default: json when stderr is not a terminal")
+    args = p.parse_args(argv)
+    logs.configure(args.log_level, None if args.log_format is None else args.log_format == "json")
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        print(f"ultrascaled: invalid spec {args.spec}:", file=sys.stderr)
+        for e in exc.errors:
+            print(f"  {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        import json
+        print(json.dumps(dataclasses.asdict(spec), indent=2))
+        return 0
+    return asyncio.run(serve(args.spec, spec))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The event log: a bounded ring buffer of what the daemon did, mirrored to the structured log.
+
+Every event has a sequence number, a wall-clock time, a dotted name (`instance.state`,
+`nginx.reloaded`, `watchdog.recycled`, ...) and flat fields. Followers (the SSE stream,
+`ultrascalectl events -f`) get each new event through an asyncio queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Any
+
+import structlog
+
+
+class EventLog:
+    def __init__(self, size: int = 2000, clock=time.time, logger=None):
+        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+        self._seq = 0
+        self._clock = clock
+        self._followers: set[asyncio.Queue] = set()
+        self.log = logger or structlog.get_logger("ultrascaled")
+
+    def emit(self, event: str, level: str = "info", **fields: Any) -> dict[str, Any]:
+        self._seq += 1
+        record = {"seq": self._seq, "time": round(self._clock(), 3), "event": event,
+                  "level": level, **fields}
+        self._events.append(record)
+        getattr(self.log, level)(event, **fields)
+        for q in list(self._followers):
+            try:
+                q.put_nowait(record)
+            except asyncio.QueueFull:  # a follower that does not read loses old events, not us
+                self._followers.discard(q)
+        return record
+
+    def since(self, seq: int = 0, limit: int | None = None, name_prefix: str = "") -> list[dict]:
+        out = [e for e in self._events if e["seq"] > seq and e["event"].startswith(name_prefix)]
+        return out[-limit:] if limit else out
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def follow(self, maxsize: int = 1000) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize=maxsize)
+        self._followers.add(q)
+        return q
+
+    def unfollow(self, q: asyncio.Queue) -> None:
+        self._followers.discard(q)

@@ -1,0 +1,238 @@
+"""The thin OS layer for gunicorn instances: spawn, watch, signal, reap, find leftovers.
+
+Each instance is a gunicorn master started in its own session (`setsid`), so its process
+group id equals its pid and every worker it forks is in that group. Exits are noticed at once
+through a pidfd (for our children and for masters adopted from an earlier run alike), not by a
+polling tick.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass
+from typing import Callable
+
+import psutil
+
+
+def marker(fleet: str, port: int) -> str:
+    """The `--name` given to gunicorn; it stays in every process's command line."""
+    return f"ultrascale-{fleet}-{port}"
+
+
+class Proc:
+    """A running gunicorn master: our child (`popen` set) or adopted from an earlier run."""
+
+    def __init__(self, pid: int, popen: subprocess.Popen | None = None):
+        self.pid = pid
+        self.popen = popen
+        self._fd: int | None = None
+
+    @property
+    def pgid(self) -> int:
+        return self.pid  # started with setsid
+
+    def watch(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[[int | None], None]) -> bool:
+        """Call on_exit(returncode or None) once the process has exited. False if already gone."""
+        try:
+            self._fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            on_exit(self._reap())
+            return False
+
+        def ready() -> None:
+            loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            on_exit(self._reap())
+
+        loop.add_reader(self._fd, ready)
+        return True
+
+    def unwatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._fd is not None:
+            loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def _reap(self) -> int | None:
+        if self.popen is None:
+            return None
+        try:
+            return self.popen.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def send(self, sig: int) -> bool:
+        try:
+            os.kill(self.pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def kill_group(self, sig: int = signal.SIGKILL) -> bool:
+        return kill_group(self.pgid, sig)
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    """True while a process of the group is still running. Zombies do not count: they hold no
+    sockets, and the reaper of orphans (PID 1) may take a second to collect them."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+async def wait_group_gone(pgid: int, timeout: float = 5.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while group_alive(pgid):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+def spawn(argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> Proc:
+    with open(log_path, "ab", buffering=0) as log:
+        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 cwd=cwd, env=env, start_new_session=True, close_fds=True)
+    return Proc(popen.pid, popen)
+
+
+@dataclass(frozen=True)
+class PortHolder:
+    pid: int | None
+    name: str
+
+
+def port_in_use(host: str, port: int) -> PortHolder | None:
+    """None if `host:port` can be bound now; else who holds it (when we can tell)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        return None
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            return PortHolder(None, exc.strerror or str(exc))
+    finally:
+        s.close()
+    try:
+        for c in psutil.net_connections("inet"):
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+                try:
+                    return PortHolder(c.pid, psutil.Process(c.pid).name())
+                except psutil.Error:
+                    return PortHolder(c.pid, "?")
+    except psutil.Error:
+        pass
+    return PortHolder(None, "unknown program")
+
+
+@dataclass(frozen=True)
+class Leftover:
+    pid: int
+    port: int
+    cmdline: tuple[str, ...]
+    is_master: bool             # leads its own process group (we start masters with setsid)
+    master_alive: bool          # for a worker: its group leader still exists
+
+
+def find_leftovers(fleet: str) -> list[Leftover]:
+    """gunicorn processes of this fleet from an earlier run of the daemon."""
+    prefix = marker(fleet, 0)[:-1]
+    found = []
+    me = os.getpid()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = p.info["cmdline"] or []
+            text = " ".join(cmd)
+            if p.pid == me or prefix not in text:
+                continue
+            tail = text.split(prefix, 1)[1]
+            digits = "".join(ch for ch in tail[:5] if ch.isdigit())
+            if not digits:
+                continue
+            pgid = os.getpgid(p.pid)
+            found.append(Leftover(p.pid, int(digits), tuple(cmd), pgid == p.pid,
+                                  pgid == p.pid or psutil.pid_exists(pgid)))
+        except (psutil.Error, ProcessLookupError, OSError):
+            continue
+    return found
+
+
+@dataclass(frozen=True)
+class ProcMem:
+    pid: int
+    rss: int
+    uss: int | None = None
+    pss: int | None = None
+    cpu: float = 0.0          # cumulative CPU seconds
+
+
+_PROCS: dict[int, psutil.Process] = {}
+
+
+def sample_group(master_pid: int, metric: str = "rss") -> tuple[ProcMem | None, list[ProcMem]]:
+    """Memory of a master and its workers; processes that vanish meanwhile are skipped."""
+    def read(pid: int) -> ProcMem | None:
+        p = _PROCS.get(pid)
+        try:
+            if p is None:
+                p = _PROCS[pid] = psutil.Process(pid)
+            if metric == "rss":
+                mi = p.memory_info()
+                rss, uss, pss = mi.rss, None, None
+            else:
+                mi = p.memory_full_info()
+                rss, uss, pss = mi.rss, mi.uss, getattr(mi, "pss", None)
+            t = p.cpu_times()
+            return ProcMem(pid, rss, uss, pss, t.user + t.system)
+        except psutil.Error:
+            _PROCS.pop(pid, None)
+            return None
+
+    master = read(master_pid)
+    if master is None:
+        return None, []
+    try:
+        kids = [c.pid for c in _PROCS[master_pid].children()]
+    except psutil.Error:
+        kids = []
+    workers = [m for m in map(read, kids) if m is not None]
+    return master, workers
+
+
+def forget_pids(pids) -> None:
+    for pid in pids:
+        _PROCS.pop(pid, None)
