@@ -18,7 +18,8 @@ import structlog
 from ultrascaled import logs, sdnotify
 from ultrascaled.events import EventLog
 from ultrascaled.spec import Spec, SpecError, load_spec
-from ultrascaled.supervisor import NoUpstream, Supervisor
+from ultrascaled.supervisor import Supervisor
+from ultrascaled.upstream import NoUpstream
 
 DEFAULT_SPEC = os.environ.get("ULTRASCALE_SPEC", "/etc/ultrascaled/fleet.yaml")
 
@@ -26,7 +27,7 @@ DEFAULT_SPEC = os.environ.get("ULTRASCALE_SPEC", "/etc/ultrascaled/fleet.yaml")
 def make_upstream(spec: Spec, events: EventLog):
     if spec.nginx.mode == "off":
         return NoUpstream()
-    from ultrascaled.nginx import NginxUpstream
+    from ultrascaled.upstream import NginxUpstream
     return NginxUpstream(spec, events)
 
 

@@ -22,12 +22,14 @@ class EventLog:
         self._followers: set[asyncio.Queue] = set()
         self.log = logger or structlog.get_logger("ultrascaled")
 
-    def emit(self, event: str, level: str = "info", **fields: Any) -> dict[str, Any]:
+    def emit(self, event: str, level: str = "info", log: bool = True, **fields: Any) -> dict[str, Any]:
+        """Record an event; `log=False` when the acting component has logged it already."""
         self._seq += 1
         record = {"seq": self._seq, "time": round(self._clock(), 3), "event": event,
                   "level": level, **fields}
         self._events.append(record)
-        getattr(self.log, level)(event, **fields)
+        if log:
+            getattr(self.log, level)(event, **fields)
         for q in list(self._followers):
             try:
                 q.put_nowait(record)

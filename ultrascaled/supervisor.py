@@ -15,40 +15,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ultrascaled import procs
 from ultrascaled.events import EventLog
 from ultrascaled.plan import InstanceView, Policy, backoff_delay, describe_exit, on_exit, plan
 from ultrascaled.spec import MB, Spec, budget_errors
 from ultrascaled.states import LIVE, State, check_transition
+from ultrascaled.upstream import NoUpstream, Upstream
 
 S = State
-
-
-class Upstream(Protocol):
-    """Where ready instances are published (nginx, or nothing)."""
-
-    async def start(self) -> None: ...
-    async def apply(self, servers: list[tuple[str, int]]) -> tuple[bool, str]: ...
-    async def stop(self) -> None: ...
-    def status(self) -> dict[str, Any]: ...
-
-
-class NoUpstream:
-    """nginx.mode = off: instances are reached on their own ports."""
-
-    async def start(self) -> None:
-        pass
-
-    async def apply(self, servers):
-        return True, "no upstream (nginx.mode is off)"
-
-    async def stop(self) -> None:
-        pass
-
-    def status(self):
-        return {"mode": "off"}
 
 
 @dataclass
@@ -165,6 +141,8 @@ class Supervisor:
         self._side_tasks: set[asyncio.Task] = set()
         self._settled_once = asyncio.Event()
         self._adopting = False
+        self._next_upstream_check = 0.0
+        self._pending_nginx = False
         self.ready_event = asyncio.Event()   # the first time the fleet is fully up
         self.state_dir = Path(spec.paths.state_dir)
         self.log_dir = Path(spec.paths.log_dir)
@@ -230,6 +208,8 @@ class Supervisor:
         if errors:
             raise ScaleRefused("spec_invalid", "; ".join(errors))
         self.spec = new
+        if new.nginx != old.nginx:
+            self._pending_nginx = True
         if new.instances.count != old.instances.count:
             self.count = new.instances.count
         self.count = max(new.instances.min, min(new.instances.max, self.count))
@@ -386,6 +366,14 @@ class Supervisor:
             result = plan(self.wanted, views, self.applied_upstream, policy, now)
             for action in result.actions:
                 await self._perform(action)
+            if self._pending_nginx:
+                self._pending_nginx = False
+                ok, detail = await self.upstream.reconfigure(self.spec)
+                self.events.emit("nginx.reconfigured" if ok else "nginx.reconfigure_failed",
+                                 level="info" if ok else "error", detail=detail)
+            if now >= self._next_upstream_check:
+                self._next_upstream_check = now + self.spec.health.interval
+                await self.upstream.check()
             if self._adopting and any(i.adopted and i.state is S.STARTING for i in self.instances.values()):
                 pass  # keep the upstream as the last run left it until adopted instances are probed
             else:
@@ -398,7 +386,8 @@ class Supervisor:
                                      ports=sorted(self.instances))
             if result.actions:
                 continue  # act on the consequences at once
-            timeout = None if result.wake_at is None else max(0.0, result.wake_at - self.clock())
+            wake_at = min(result.wake_at or self._next_upstream_check, self._next_upstream_check)
+            timeout = max(0.0, wake_at - self.clock())
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()

@@ -1,0 +1,83 @@
+"""Where ready instances are published: nginx (managed or system) or nowhere (mode off).
+
+The supervisor calls `apply(servers)` once per reconcile pass with the ports that are ready;
+the nginx controller writes, checks, reloads and rolls back, and returns only when the reload
+has taken effect, so a removed instance can then be stopped without a request reaching it.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ultrascaled.events import EventLog
+from ultrascaled.spec import Spec
+
+
+class Upstream(Protocol):
+    async def start(self) -> None: ...
+    async def apply(self, servers: list[tuple[str, int]]) -> tuple[bool, str]: ...
+    async def check(self) -> None: ...
+    async def reconfigure(self, spec: Spec) -> tuple[bool, str]: ...
+    async def stop(self) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+class NoUpstream:
+    """nginx.mode = off: instances are reached on their own ports."""
+
+    async def start(self) -> None:
+        pass
+
+    async def apply(self, servers):
+        return True, "no upstream (nginx.mode is off)"
+
+    async def check(self) -> None:
+        pass
+
+    async def reconfigure(self, spec):
+        return True, "nginx.mode is off"
+
+    async def stop(self) -> None:
+        pass
+
+    def status(self):
+        return {"mode": "off"}
+
+
+class NginxUpstream:
+    def __init__(self, spec: Spec, events: EventLog):
+        from ultrascaled.nginx import NginxController
+        self.events = events
+        self.ctl = NginxController(spec.nginx)
+
+    async def start(self) -> None:
+        # None keeps the upstream file of an earlier run, so adopted instances keep serving.
+        r = await self.ctl.start(None)
+        if not r.ok:
+            self.events.emit("nginx.start_failed", level="error", code=r.code, error=r.error)
+            raise RuntimeError(f"nginx did not start ({r.code}): {r.error}")
+        self.events.emit("nginx.started", log=False, mode=self.ctl.settings.mode, pid=self.ctl.pid,
+                         adopted=self.ctl.adopted, restarted=r.restarted)
+
+    async def apply(self, servers):
+        r = await self.ctl.apply(servers)
+        if r.ok and r.reloaded:
+            self.events.emit("nginx.reloaded", log=False, upstreams=len(servers), seconds=round(r.duration, 3))
+        elif not r.ok:
+            self.events.emit("nginx.reload_failed", level="error", log=False, code=r.code, error=r.error,
+                             rolled_back=True)
+        return r.ok, (r.code if r.ok else f"{r.code}: {r.error}")
+
+    async def check(self) -> None:
+        r = await self.ctl.ensure_running()
+        if r.restarted:
+            self.events.emit("nginx.restarted", level="warning", pid=self.ctl.pid, ok=r.ok, error=r.error)
+
+    async def reconfigure(self, spec: Spec):
+        r = await self.ctl.reconfigure(spec.nginx)
+        return r.ok, (r.code if r.ok else f"{r.code}: {r.error}")
+
+    async def stop(self) -> None:
+        await self.ctl.stop()
+
+    def status(self):
+        return self.ctl.status()
