@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import types
 import typing
@@ -260,12 +261,12 @@ def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[
             errors.append(f"{where(f'{path}.{key}' if path else key)}: unknown key{hint}")
     kwargs = {}
     for name, fld in fields.items():
-        if name not in data:
-            continue
         sub = f"{path}.{name}" if path else name
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, data[name], sub, lines, errors, base_dir)
+        if dataclasses.is_dataclass(tp):  # absent sections still resolve their relative paths
+            kwargs[name] = _build(tp, data.get(name), sub, lines, errors, base_dir)
+            continue
+        if name not in data:
             continue
         value, err = _check_value(fld, tp, data[name])
         if err:
@@ -353,6 +354,12 @@ def budget_errors(spec: Spec, count: int, lines: dict[str, int] | None = None) -
     return errors
 
 
+def _line_of(error: str) -> int:
+    _, _, rest = error.partition("(line ")
+    digits = rest.split(")", 1)[0]
+    return int(digits) if digits.isdigit() else 0
+
+
 def parse_spec(text: str, source: str = "<spec>", base_dir: Path | None = None,
                cpu_count: int | None = None) -> Spec:
     """Parse and validate spec text; raise SpecError listing every problem."""
@@ -368,7 +375,7 @@ def parse_spec(text: str, source: str = "<spec>", base_dir: Path | None = None,
     errors: list[str] = []
     spec = _build(Spec, data, "", lines, errors, base_dir)
     if errors:
-        raise SpecError(errors)
+        raise SpecError(sorted(errors, key=_line_of))
     if spec.gunicorn.workers == "auto":
         workers = resolve_auto_workers(cpu_count or os.cpu_count() or 1)
         spec = dataclasses.replace(spec, gunicorn=dataclasses.replace(spec.gunicorn, workers=workers))
@@ -419,11 +426,21 @@ def _describe_type(fld: dataclasses.Field, tp: Any) -> str:
             dict: "map of strings"}.get(tp, str(tp))
     choices = fld.metadata.get("choices")
     if choices:
-        name += " (" + " | ".join(map(str, choices)) + ")"
+        name += ": " + ", ".join(map(str, choices))
     if fld.metadata.get("path"):
         name = "path"
     return name
 
 
-def to_dict(obj: Any) -> Any:
-    return dataclasses.asdict(obj)
+def reference_markdown() -> str:
+    """The key table of docs/configuration.md, generated from the declarations above."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for path, tname, default, help_text in iter_settings():
+        shown = "null" if default is None else json.dumps(list(default) if isinstance(default, tuple)
+                                                           else default)
+        rows.append(f"| `{path}` | {tname} | `{shown}` | {help_text.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m ultrascaled.spec: print the reference table
+    print(reference_markdown(), end="")
