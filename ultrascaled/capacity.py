@@ -1,0 +1,647 @@
+"""Capacity planner: every capacity figure computed from the spec, with the arithmetic shown.
+
+Two pure entry points (no psutil, aiohttp or subprocess; resource limits are passed in):
+
+* :func:`budget_problems` -- every budget a spec cannot hold for ``count`` instances (memory,
+  MongoDB connections, file descriptors, gunicorn connections vs what nginx can proxy), each a
+  message naming the spec key and the arithmetic, e.g.
+  ``memory.fleet_budget_mb: 4 instances x (2 workers + 1 master) x 500 MiB = 6000 MiB exceeds
+  the budget of 4096 MiB by 1904 MiB``.
+* :func:`plan_for` -- instances, workers, connections, MongoDB pool, memory, file descriptors and
+  (from a load-test calibration) throughput for N concurrent users, as a :class:`CapacityPlan`
+  whose ``arithmetic`` lists every figure as ``figure = formula = value``.
+
+:func:`add_arguments` / :func:`run` are the ``ultrascalectl plan`` command; only ``run`` reads the
+host (CPU count, /proc/meminfo, RLIMIT_NOFILE) and the spec file. This module imports only the
+standard library at import time (``ultrascalectl`` must stay fast; ``spec.py`` imports it too, so
+it never imports ``ultrascaled.spec`` at module level). Formulas and constants: docs/capacity.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
+
+    from ultrascaled.spec import Spec
+
+MIB = 1024 * 1024
+
+# pymongo keeps, besides its pool, one monitor connection per server plus one RTT connection
+# per server with the streaming protocol (MongoDB >= 4.4): docs/app.md.
+MONGO_MONITOR_PER_SERVER = 2
+# Typical RSS of master + 1 gevent worker of the reference app, measured in PEERS.md (56 MiB),
+# i.e. 28 MiB per process; used as the expected case when no calibration is given.
+TYPICAL_INSTANCE_RSS_MIB = 56
+TYPICAL_PROCESS_RSS_MIB = TYPICAL_INSTANCE_RSS_MIB / 2
+# File descriptors that are not connections. Allowances, not measurements (docs/capacity.md):
+DAEMON_BASE_FDS = 64           # stdio, event loop, API listener + clients, logs, nginx pidfd
+DAEMON_FDS_PER_INSTANCE = 4    # pidfd, health probe socket, /proc reads, a spare
+NGINX_WORKER_BASE_FDS = 32     # listeners, log files, event fds, temp files
+GUNICORN_WORKER_BASE_FDS = 32  # stdio, listener, heartbeat file, hub fds, Redis, metrics file
+# The target a calibration must have met for its rate to count as capacity.
+TARGET_P99_MS = 2000.0
+TARGET_MAX_ERROR_RATE_PCT = 1.0
+
+EXIT_FITS, EXIT_OVER_BUDGET, EXIT_USAGE = 0, 1, 2
+DEFAULT_SPEC = "/etc/ultrascaled/fleet.yaml"
+FALLBACK_SPEC = "etc/ultrascaled/fleet.yaml"
+
+
+# ---- small helpers ------------------------------------------------------------------------
+
+def _n(v: float) -> str:
+    """Integers without decimals, other numbers with at most one."""
+    if isinstance(v, int) or float(v).is_integer():
+        return f"{int(v):,}".replace(",", "")
+    return f"{v:.1f}"
+
+
+def _s(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def nginx_worker_count(spec: "Spec", cpu_count: int | None) -> tuple[int, str]:
+    """nginx worker processes from ``nginx.worker_processes`` and how that was decided."""
+    wp = str(spec.nginx.worker_processes).strip()
+    if wp == "auto":
+        if cpu_count:
+            return cpu_count, f"auto = {cpu_count} cores"
+        return 1, "auto, counted as 1: cpu count unknown"
+    try:
+        return max(1, int(wp)), wp
+    except ValueError:
+        return 1, f"{wp!r} not a number, counted as 1"
+
+
+def mongo_connections_per_process(pool: int, mongo_servers: int = 1) -> int:
+    """Connections one worker process may hold: (pool + monitoring) to every server."""
+    return mongo_servers * (pool + MONGO_MONITOR_PER_SERVER)
+
+
+def mongo_pool_that_fits(spec: "Spec", mongo_servers: int = 1) -> int:
+    """Largest maxPoolSize per process with instances.max x workers x servers x (pool + 2)
+    within mongodb.connection_budget (may be < 1: then no pool fits)."""
+    return (spec.mongodb.connection_budget // (spec.instances.max * spec.workers * mongo_servers)
+            - MONGO_MONITOR_PER_SERVER)
+
+
+def gunicorn_worker_fds(spec: "Spec", pool: int, mongo_servers: int = 1) -> int:
+    return (spec.gunicorn.worker_connections + mongo_connections_per_process(pool, mongo_servers)
+            + GUNICORN_WORKER_BASE_FDS)
+
+
+def daemon_fds(instances: int) -> int:
+    return DAEMON_BASE_FDS + instances * DAEMON_FDS_PER_INSTANCE
+
+
+# ---- budgets ------------------------------------------------------------------------------
+
+def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None,
+                    mongo_servers: int = 1, cpu_count: int | None = None,
+                    lines: Mapping[str, int] | None = None) -> list[str]:
+    """Every budget that cannot hold for ``count`` instances; [] when they all hold.
+
+    Memory and the nginx/gunicorn connection balance are checked for ``count``; MongoDB
+    connections and the daemon's file descriptors for ``instances.max`` (the pool is sized for
+    it and the daemon may be scaled to it). File-descriptor checks need ``nofile_limit`` (the
+    daemon's RLIMIT_NOFILE, inherited by gunicorn and by a managed nginx unless
+    ``nginx.worker_rlimit_nofile`` is set) and are skipped without it. ``cpu_count`` resolves
+    ``nginx.worker_processes: auto`` (counted as 1 without it). ``lines`` maps key paths to YAML
+    lines, as in spec.py's messages (``memory.fleet_budget_mb (line 3): ...``).
+    """
+    lines = lines or {}
+
+    def where(p: str) -> str:
+        return f"{p} (line {lines[p]})" if p in lines else p
+
+    problems: list[str] = []
+    w = spec.workers
+    imax = spec.instances.max
+
+    # Memory, worst case: every process at the per-worker limit (the master counted alike).
+    limit = spec.memory.worker_limit_mb
+    budget = spec.memory.fleet_budget_mb
+    need = count * (w + 1) * limit
+    if need > budget:
+        problems.append(
+            f"{where('memory.fleet_budget_mb')}: {_s(count, 'instance')} x ({_s(w, 'worker')} + 1 master)"
+            f" x {limit} MiB = {need} MiB exceeds the budget of {budget} MiB by {need - budget} MiB")
+
+    # MongoDB: the pool the daemon hands out, plus monitoring, to every server, at instances.max.
+    cb = spec.mongodb.connection_budget
+    pool = spec.mongo_pool_per_process()
+    fit = mongo_pool_that_fits(spec, mongo_servers)
+    servers = _s(mongo_servers, "server")
+    if pool < 1:
+        need1 = imax * w * mongo_connections_per_process(1, mongo_servers)
+        problems.append(
+            f"{where('mongodb.connection_budget')}: {cb} connections cannot give each of "
+            f"{imax} instances x {_s(w, 'worker')} a pool of 1: {imax} x {w} x (1 pool + "
+            f"{MONGO_MONITOR_PER_SERVER} monitoring) x {servers} = {need1} needed, "
+            f"over by {need1 - cb}")
+    else:
+        per = mongo_connections_per_process(pool, mongo_servers)
+        need = imax * w * per
+        if need > cb:
+            hint = (f"a pool of {fit} per process fits ({cb} // ({imax} x {w} x {mongo_servers})"
+                    f" - {MONGO_MONITOR_PER_SERVER})" if fit >= 1 else
+                    f"no pool fits; the budget must be at least "
+                    f"{imax * w * mongo_connections_per_process(1, mongo_servers)}")
+            problems.append(
+                f"{where('mongodb.connection_budget')}: {imax} instances (instances.max) x "
+                f"{_s(w, 'worker')} x ({pool} pool + {MONGO_MONITOR_PER_SERVER} monitoring) x "
+                f"{servers} = {need} connections exceeds the budget of {cb} by {need - cb}; {hint}")
+        if spec.mongodb.min_pool_size > pool:
+            problems.append(
+                f"{where('mongodb.min_pool_size')}: {spec.mongodb.min_pool_size} exceeds the pool "
+                f"each process gets ({pool} = {cb} // ({imax} x {w}))")
+
+    # nginx (managed: its settings are ours) proxies each client over 2 connections.
+    ng = spec.nginx
+    if ng.mode == "managed":
+        nw, how = nginx_worker_count(spec, cpu_count)
+        proxied = nw * ng.worker_connections // 2
+        fleet = count * w * spec.gunicorn.worker_connections
+        if fleet > proxied:
+            problems.append(
+                f"{where('gunicorn.worker_connections')}: {_s(count, 'instance')} x "
+                f"{_s(w, 'worker')} x {spec.gunicorn.worker_connections} = {fleet} connections "
+                f"exceed what nginx can proxy, {nw} nginx workers ({how}) x "
+                f"{ng.worker_connections} nginx.worker_connections / 2 (client + upstream) = "
+                f"{proxied}, by {fleet - proxied}")
+        ng_nofile, src = ((ng.worker_rlimit_nofile, "nginx.worker_rlimit_nofile")
+                          if ng.worker_rlimit_nofile > 0 else (nofile_limit, "inherited from the daemon"))
+        if ng_nofile is not None:
+            need = ng.worker_connections + NGINX_WORKER_BASE_FDS
+            if need > ng_nofile:
+                problems.append(
+                    f"{where('nginx.worker_connections')}: {ng.worker_connections} connections + "
+                    f"{NGINX_WORKER_BASE_FDS} other files per nginx worker = {need} file "
+                    f"descriptors exceeds its nofile limit of {ng_nofile} ({src}) by "
+                    f"{need - ng_nofile}")
+
+    if nofile_limit is not None:
+        need = gunicorn_worker_fds(spec, max(pool, 0), mongo_servers)
+        if need > nofile_limit:
+            problems.append(
+                f"{where('gunicorn.worker_connections')}: {spec.gunicorn.worker_connections} "
+                f"connections + {mongo_connections_per_process(max(pool, 0), mongo_servers)} MongoDB "
+                f"({servers} x ({max(pool, 0)} pool + {MONGO_MONITOR_PER_SERVER} monitoring)) + "
+                f"{GUNICORN_WORKER_BASE_FDS} other files per gunicorn worker = {need} file "
+                f"descriptors exceeds the nofile limit of {nofile_limit} by {need - nofile_limit}")
+        need = daemon_fds(imax)
+        if need > nofile_limit:
+            problems.append(
+                f"{where('instances.max')}: the daemon needs {DAEMON_BASE_FDS} + {imax} instances"
+                f" x {DAEMON_FDS_PER_INSTANCE} = {need} file descriptors, over its nofile limit "
+                f"of {nofile_limit} by {need - nofile_limit}")
+    return problems
+
+
+# ---- calibration --------------------------------------------------------------------------
+
+class CalibrationError(ValueError):
+    """The calibration data cannot be used; the message says why and what is expected."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One measured point: ``instances`` served ``users`` concurrent users at ``rps`` req/s."""
+    instances: int
+    rps: float
+    p99_ms: float
+    users: int | None = None
+    error_rate_pct: float | None = None
+    rss_per_instance_bytes: int | None = None
+    source: str = "calibration"
+
+    @property
+    def meets_target(self) -> bool:
+        return self.p99_ms < TARGET_P99_MS and (self.error_rate_pct or 0.0) < TARGET_MAX_ERROR_RATE_PCT
+
+    @property
+    def rps_per_instance(self) -> float:
+        return self.rps / self.instances
+
+    @property
+    def users_per_instance(self) -> float | None:
+        return None if self.users is None else self.users / self.instances
+
+
+def _num(data: Mapping[str, Any], key: str, *, required: bool, integer: bool = False) -> Any:
+    v = data.get(key)
+    if v is None:
+        if required:
+            raise CalibrationError(f"calibration: `{key}` is missing")
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise CalibrationError(f"calibration: `{key}` must be a number >= 0, got {v!r}")
+    return int(v) if integer else float(v)
+
+
+def parse_calibration(data: Any, instances: int | None = None) -> Calibration:
+    """Read one of the accepted calibration shapes (docs/capacity.md):
+
+    * small: ``{"instances": 4, "users": 1000, "rps": 11850, "p99_ms": 849,
+      "error_rate_pct": 0, "rss_per_instance_bytes": 58720256}`` (users, error rate, RSS optional;
+      ``fleet_rss_bytes`` is accepted instead of the per-instance RSS);
+    * ``python -m ultrascaled.loadtest ... --json FILE`` output (``rps``, ``users``,
+      ``latency.p99``, ``error_rate_pct``) with ``"instances"`` added;
+    * its ``--series`` output (``{"steps": [...]}``): the step with the most users that met
+      p99 < 2 s and < 1 % errors (else the first step), with ``"instances"`` added.
+
+    ``instances`` (from ``--calibration-instances``) overrides the file's.
+    """
+    if not isinstance(data, Mapping):
+        raise CalibrationError(f"calibration: expected a JSON object, got {type(data).__name__}")
+    src = "calibration"
+    if isinstance(data.get("steps"), list):
+        steps = [s for s in data["steps"] if isinstance(s, Mapping)]
+        if not steps:
+            raise CalibrationError("calibration: `steps` is empty")
+        parsed = []
+        for s in steps:
+            flat = dict(s)
+            flat.setdefault("instances", data.get("instances"))
+            parsed.append(parse_calibration(flat, instances))
+        good = [c for c in parsed if c.meets_target]
+        best = max(good, key=lambda c: (c.users or 0, c.rps)) if good else parsed[0]
+        return dataclasses.replace(best, source=f"load-test series step of {best.users} users")
+    flat = dict(data)
+    if isinstance(data.get("latency"), Mapping):  # the load tester's --json of one run
+        flat.setdefault("p99_ms", data["latency"].get("p99"))
+        src = f"load test of {data.get('url', '?')}"
+    if instances is not None:
+        flat["instances"] = instances
+    n = _num(flat, "instances", required=False, integer=True)
+    if not n:
+        raise CalibrationError(
+            "calibration: `instances` (how many instances served the load test) is missing or 0;"
+            " add \"instances\": N to the JSON or pass --calibration-instances N")
+    rss = _num(flat, "rss_per_instance_bytes", required=False, integer=True)
+    fleet_rss = _num(flat, "fleet_rss_bytes", required=False, integer=True)
+    if rss is None and fleet_rss:
+        rss = fleet_rss // n
+    rps = _num(flat, "rps", required=True)
+    p99 = _num(flat, "p99_ms", required=True)
+    return Calibration(instances=n, rps=rps, p99_ms=p99,
+                       users=_num(flat, "users", required=False, integer=True),
+                       error_rate_pct=_num(flat, "error_rate_pct", required=False),
+                       rss_per_instance_bytes=rss or None, source=src)
+
+
+# ---- the plan -----------------------------------------------------------------------------
+
+@dataclass
+class CapacityPlan:
+    """What :func:`plan_for` found; ``arithmetic`` holds every figure as a formula."""
+    users: int
+    instances: int
+    workers_per_instance: int
+    worker_connections: int
+    connection_capacity: int              # instances x workers x worker_connections
+    nginx_capacity: int | None            # concurrent proxied clients (managed nginx), else None
+    mongo_pool_per_process: int           # the largest pool that keeps the fleet in budget
+    mongo_pool_daemon: int                # what spec.mongo_pool_per_process() hands out
+    mongo_connections: int                # at instances.max with the daemon's pool
+    mongo_budget: int
+    memory_worst_mib: int
+    memory_expected_mib: float
+    memory_expected_source: str
+    memory_budget_mib: int
+    mem_total_mib: int
+    fds_gunicorn_worker: int
+    fds_nginx_worker: int | None
+    fds_daemon: int
+    nofile_limit: int
+    nofile_nginx: int | None              # nginx.worker_rlimit_nofile, else inherited
+    throughput_rps: float | None          # None: not measured
+    verdict: str                          # holds | extrapolated | does not hold | not measured
+    arithmetic: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    calibration: Calibration | None = None
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["fits"] = self.fits
+        d["throughput_measured"] = self.throughput_rps is not None
+        return d
+
+
+def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calibration | None = None,
+             cpu_count: int, mem_total_bytes: int, nofile_limit: int,
+             mongo_servers: int = 1) -> CapacityPlan:
+    """Instances, workers, connections, MongoDB pool, memory, file descriptors and throughput
+    for ``users`` concurrent users (each holding one connection with a request in flight)."""
+    if users < 1:
+        raise ValueError(f"users must be >= 1, got {users}")
+    cal = (calibration if isinstance(calibration, Calibration) or calibration is None
+           else parse_calibration(calibration))
+    ar: list[str] = []
+    problems: list[str] = []
+    notes: list[str] = []
+    inst = spec.instances
+    w = spec.workers
+    wc = spec.gunicorn.worker_connections
+
+    # Instances: enough connection slots, and (with a calibration) enough measured capacity.
+    per_instance_conns = w * wc
+    by_conns = math.ceil(users / per_instance_conns)
+    ar.append(f"connections per instance = gunicorn.workers x gunicorn.worker_connections = "
+              f"{w} x {wc} = {per_instance_conns}")
+    ar.append(f"instances for connections = ceil(users / connections per instance) = "
+              f"ceil({users} / {per_instance_conns}) = {by_conns}")
+    need = by_conns
+    by_measured = None
+    if cal is not None and cal.meets_target and cal.users_per_instance:
+        by_measured = math.ceil(users / cal.users_per_instance)
+        ar.append(f"users per instance (measured) = calibration users / instances = "
+                  f"{cal.users} / {cal.instances} = {_n(cal.users_per_instance)}")
+        ar.append(f"instances for measured capacity = ceil({users} / {_n(cal.users_per_instance)}) "
+                  f"= {by_measured}")
+        need = max(need, by_measured)
+    instances = max(need, inst.min)
+    ar.append(f"instances = max(needed, instances.min) = max({need}, {inst.min}) = {instances}")
+    if instances > inst.max:
+        problems.append(f"instances.max: {users} users need {instances} instances, more than "
+                        f"instances.max {inst.max}")
+    capacity = instances * per_instance_conns
+    ar.append(f"connection capacity = instances x workers x worker_connections = "
+              f"{instances} x {w} x {wc} = {capacity}")
+
+    # nginx in front: each proxied client takes a client and an upstream connection.
+    nginx_capacity = None
+    if spec.nginx.mode == "managed":
+        nw, how = nginx_worker_count(spec, cpu_count)
+        nginx_capacity = nw * spec.nginx.worker_connections // 2
+        ar.append(f"nginx capacity = nginx workers ({how}) x nginx.worker_connections / 2 = "
+                  f"{nw} x {spec.nginx.worker_connections} / 2 = {nginx_capacity}")
+        if users > nginx_capacity:
+            problems.append(f"nginx.worker_connections: {users} users exceed what nginx can proxy"
+                            f" ({nw} x {spec.nginx.worker_connections} / 2 = {nginx_capacity}) by "
+                            f"{users - nginx_capacity}")
+    else:
+        notes.append(f"nginx.mode is {spec.nginx.mode}: its connection capacity is not ours to "
+                     "compute")
+
+    # MongoDB.
+    cb = spec.mongodb.connection_budget
+    daemon_pool = spec.mongo_pool_per_process()
+    fit = mongo_pool_that_fits(spec, mongo_servers)
+    mongo_conns = inst.max * w * mongo_connections_per_process(max(daemon_pool, 0), mongo_servers)
+    ar.append(f"MongoDB pool handed out = mongodb.connection_budget // (instances.max x workers) = "
+              f"{cb} // ({inst.max} x {w}) = {daemon_pool}")
+    ar.append(f"MongoDB connections = instances.max x workers x servers x (pool + "
+              f"{MONGO_MONITOR_PER_SERVER} monitoring) = {inst.max} x {w} x {mongo_servers} x "
+              f"({daemon_pool} + {MONGO_MONITOR_PER_SERVER}) = {mongo_conns} (budget {cb})")
+    ar.append(f"MongoDB pool that fits = connection_budget // (instances.max x workers x servers) "
+              f"- {MONGO_MONITOR_PER_SERVER} = {cb} // ({inst.max} x {w} x {mongo_servers}) - "
+              f"{MONGO_MONITOR_PER_SERVER} = {fit}")
+
+    # Memory.
+    limit = spec.memory.worker_limit_mb
+    budget = spec.memory.fleet_budget_mb
+    mem_total_mib = mem_total_bytes // MIB
+    worst = instances * (w + 1) * limit
+    ar.append(f"memory worst case = instances x (workers + 1 master) x memory.worker_limit_mb = "
+              f"{instances} x ({w} + 1) x {limit} MiB = {worst} MiB (budget {budget} MiB, "
+              f"host {mem_total_mib} MiB)")
+    if cal is not None and cal.rss_per_instance_bytes:
+        per = cal.rss_per_instance_bytes / MIB
+        expected = instances * per
+        mem_src = f"measured {_n(per)} MiB per instance ({cal.source})"
+        ar.append(f"memory expected = instances x measured RSS per instance = {instances} x "
+                  f"{_n(per)} MiB = {_n(expected)} MiB")
+    else:
+        per = TYPICAL_PROCESS_RSS_MIB * (w + 1)
+        expected = instances * per
+        mem_src = (f"typical {TYPICAL_INSTANCE_RSS_MIB} MiB for master + 1 gevent worker "
+                   "(PEERS.md), not measured for this app")
+        ar.append(f"memory expected = instances x {_n(TYPICAL_PROCESS_RSS_MIB)} MiB per process x "
+                  f"(workers + 1) = {instances} x {_n(TYPICAL_PROCESS_RSS_MIB)} x ({w} + 1) = "
+                  f"{_n(expected)} MiB (typical, PEERS.md)")
+    if worst > mem_total_mib:
+        problems.append(f"memory.worker_limit_mb: worst case {instances} x ({w} + 1) x {limit} MiB ="
+                        f" {worst} MiB exceeds this host's memory of {mem_total_mib} MiB by "
+                        f"{worst - mem_total_mib} MiB")
+    if expected > budget:
+        problems.append(f"memory.fleet_budget_mb: expected {instances} x {_n(per)} MiB = "
+                        f"{_n(expected)} MiB exceeds the budget of {budget} MiB")
+
+    # File descriptors.
+    fds_g = gunicorn_worker_fds(spec, max(daemon_pool, 0), mongo_servers)
+    ar.append(f"fds per gunicorn worker = worker_connections + MongoDB + other = {wc} + "
+              f"{mongo_connections_per_process(max(daemon_pool, 0), mongo_servers)} + "
+              f"{GUNICORN_WORKER_BASE_FDS} = {fds_g} (nofile {nofile_limit})")
+    fds_n = ng_nofile = None
+    if spec.nginx.mode == "managed":
+        ng_nofile = spec.nginx.worker_rlimit_nofile or nofile_limit
+        fds_n = spec.nginx.worker_connections + NGINX_WORKER_BASE_FDS
+        ar.append(f"fds per nginx worker = nginx.worker_connections + other = "
+                  f"{spec.nginx.worker_connections} + {NGINX_WORKER_BASE_FDS} = {fds_n} "
+                  f"(nofile {ng_nofile})")
+    fds_d = daemon_fds(inst.max)
+    ar.append(f"fds of the daemon = {DAEMON_BASE_FDS} + instances.max x {DAEMON_FDS_PER_INSTANCE} = "
+              f"{DAEMON_BASE_FDS} + {inst.max} x {DAEMON_FDS_PER_INSTANCE} = {fds_d} "
+              f"(nofile {nofile_limit})")
+
+    problems.extend(p for p in budget_problems(spec, instances, nofile_limit=nofile_limit,
+                                               mongo_servers=mongo_servers, cpu_count=cpu_count)
+                    if p not in problems)
+
+    # Throughput: only from a measurement.
+    throughput = None
+    if cal is None:
+        verdict = "not measured"
+        notes.append("throughput is not measured: run the fleet with N instances, then "
+                     f"`python -m ultrascaled.loadtest http://127.0.0.1:{spec.nginx.listen}/ -u "
+                     f"{users} -d 30 --json cal.json`, and plan again with `--calibration cal.json "
+                     "--calibration-instances N`")
+    else:
+        ar.append(f"calibration: {cal.instances} instances, {cal.users if cal.users is not None else '?'}"
+                  f" users, {_n(cal.rps)} req/s, p99 {_n(cal.p99_ms)} ms"
+                  + (f", errors {cal.error_rate_pct:.2f}%" if cal.error_rate_pct is not None else "")
+                  + f" ({cal.source})")
+        if not cal.meets_target:
+            verdict = "not measured"
+            notes.append(f"the calibration missed the target (p99 < {_n(TARGET_P99_MS)} ms, errors < "
+                         f"{_n(TARGET_MAX_ERROR_RATE_PCT)}%): its rate is not a capacity; measure "
+                         "again with fewer users")
+        else:
+            throughput = instances * cal.rps_per_instance
+            ar.append(f"throughput = instances x measured req/s per instance = {instances} x "
+                      f"({_n(cal.rps)} / {cal.instances}) = {_n(throughput)} req/s at p99 "
+                      f"{_n(cal.p99_ms)} ms")
+            if by_measured is None:
+                verdict = "not measured"
+                notes.append("the calibration has no `users`: whether the target holds for "
+                             f"{users} users is not known")
+            elif instances > inst.max:
+                verdict = "does not hold"
+            elif instances > cal.instances:
+                verdict = "extrapolated"
+                notes.append(f"{instances} instances is more than the {cal.instances} measured; "
+                             "instances on one host share its cores, so measure at that count")
+            else:
+                verdict = "holds"
+    return CapacityPlan(
+        users=users, instances=instances, workers_per_instance=w, worker_connections=wc,
+        connection_capacity=capacity, nginx_capacity=nginx_capacity,
+        mongo_pool_per_process=fit, mongo_pool_daemon=daemon_pool, mongo_connections=mongo_conns,
+        mongo_budget=cb, memory_worst_mib=worst, memory_expected_mib=round(expected, 1),
+        memory_expected_source=mem_src, memory_budget_mib=budget, mem_total_mib=mem_total_mib,
+        fds_gunicorn_worker=fds_g, fds_nginx_worker=fds_n, fds_daemon=fds_d,
+        nofile_limit=nofile_limit, nofile_nginx=ng_nofile, throughput_rps=throughput, verdict=verdict,
+        arithmetic=ar, problems=problems, notes=notes, calibration=cal)
+
+
+# ---- output -------------------------------------------------------------------------------
+
+def render(plan: CapacityPlan) -> str:
+    """A table of the figures, then the arithmetic behind each, then problems and notes."""
+    def mib(v: float) -> str:
+        return f"{_n(v)} MiB"
+
+    rows = [
+        ("users (concurrent)", str(plan.users), ""),
+        ("instances", str(plan.instances), ""),
+        ("workers per instance", str(plan.workers_per_instance), ""),
+        ("connections", f"{plan.connection_capacity}",
+         f"{plan.users} needed" + (f"; nginx proxies {plan.nginx_capacity}"
+                                   if plan.nginx_capacity is not None else "")),
+        ("MongoDB pool per process", str(plan.mongo_pool_per_process),
+         f"daemon hands out {plan.mongo_pool_daemon}: {plan.mongo_connections} of "
+         f"{plan.mongo_budget} connections"),
+        ("memory, worst case", mib(plan.memory_worst_mib), f"budget {mib(plan.memory_budget_mib)}, "
+         f"host {mib(plan.mem_total_mib)}"),
+        ("memory, expected", mib(plan.memory_expected_mib), plan.memory_expected_source),
+        ("fds per gunicorn worker", str(plan.fds_gunicorn_worker), f"nofile {plan.nofile_limit}"),
+    ]
+    if plan.fds_nginx_worker is not None:
+        rows.append(("fds per nginx worker", str(plan.fds_nginx_worker),
+                     f"nofile {plan.nofile_nginx}"))
+    rows.append(("fds of the daemon", str(plan.fds_daemon), f"nofile {plan.nofile_limit}"))
+    rows.append(("throughput", "not measured" if plan.throughput_rps is None
+                 else f"{_n(plan.throughput_rps)} req/s", f"target p99 < {_n(TARGET_P99_MS)} ms: "
+                 f"{plan.verdict}"))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    out = [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
+    out += ["", "Arithmetic:"] + [f"  {line}" for line in plan.arithmetic]
+    if plan.notes:
+        out += ["", "Notes:"] + [f"  {line}" for line in plan.notes]
+    if plan.problems:
+        out += ["", f"DOES NOT FIT ({len(plan.problems)} budget(s) cannot hold):"]
+        out += [f"  {line}" for line in plan.problems]
+    else:
+        out += ["", "FITS: every budget holds."]
+    return "\n".join(out) + "\n"
+
+
+# ---- ultrascalectl plan -------------------------------------------------------------------
+
+def add_arguments(parser: "argparse.ArgumentParser") -> None:
+    """Options of ``ultrascalectl plan``."""
+    parser.add_argument("--users", type=int, required=True, metavar="N",
+                        help="concurrent users to plan for")
+    parser.add_argument("--spec", metavar="PATH", default=None,
+                        help=f"fleet spec (default: $ULTRASCALE_SPEC, else {DEFAULT_SPEC}, "
+                             f"else {FALLBACK_SPEC})")
+    parser.add_argument("--calibration", metavar="FILE", default=None,
+                        help="load-test result (JSON) with measured capacity; see docs/capacity.md")
+    parser.add_argument("--calibration-instances", type=int, metavar="N", default=None,
+                        help="instances that served the calibration load test (if not in the file)")
+    parser.add_argument("--nofile", type=int, metavar="N", default=None,
+                        help="the daemon's open-file limit (default: this process's RLIMIT_NOFILE)")
+    parser.add_argument("--mongo-servers", type=int, metavar="N", default=1,
+                        help="MongoDB servers each client connects to (default 1)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def default_spec_path(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    if env.get("ULTRASCALE_SPEC"):
+        return env["ULTRASCALE_SPEC"]
+    return DEFAULT_SPEC if os.path.exists(DEFAULT_SPEC) else FALLBACK_SPEC
+
+
+def mem_total_bytes(meminfo: str = "/proc/meminfo") -> int:
+    with open(meminfo) as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{meminfo}: no MemTotal line")
+
+
+def run(args: "argparse.Namespace") -> int:
+    """``ultrascalectl plan``: 0 the plan fits, 1 a budget cannot hold, 2 bad arguments/spec."""
+    import resource
+    import sys
+
+    from ultrascaled.spec import SpecError, load_spec
+
+    def usage(msg: str) -> int:
+        sys.stderr.write(f"ultrascalectl plan: {msg}\n")
+        return EXIT_USAGE
+
+    if args.users is None or args.users < 1:
+        return usage(f"--users must be >= 1, got {args.users}")
+    if args.mongo_servers < 1:
+        return usage(f"--mongo-servers must be >= 1, got {args.mongo_servers}")
+    if args.nofile is not None and args.nofile < 1:
+        return usage(f"--nofile must be >= 1, got {args.nofile}")
+    cpu_count = os.cpu_count() or 1
+    path = args.spec or default_spec_path()
+    try:
+        spec = load_spec(path, cpu_count=cpu_count)
+    except SpecError as exc:
+        over = [e for e in exc.errors if "exceeds" in e or "cannot give" in e]
+        if over and len(over) == len(exc.errors):  # the spec is valid but over its budgets
+            sys.stderr.write(f"{path}: budgets that cannot hold:\n")
+            sys.stderr.writelines(f"  {e}\n" for e in exc.errors)
+            return EXIT_OVER_BUDGET
+        sys.stderr.write(f"{path}: invalid spec:\n")
+        sys.stderr.writelines(f"  {e}\n" for e in exc.errors)
+        return EXIT_USAGE
+    cal = None
+    if args.calibration:
+        try:
+            with open(args.calibration) as f:
+                data = json.load(f)
+            cal = parse_calibration(data, instances=args.calibration_instances)
+        except OSError as exc:
+            return usage(f"{args.calibration}: cannot read: {exc.strerror or exc}")
+        except json.JSONDecodeError as exc:
+            return usage(f"{args.calibration}: not JSON: {exc}")
+        except CalibrationError as exc:
+            return usage(f"{args.calibration}: {exc}")
+    nofile = args.nofile or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile == resource.RLIM_INFINITY or nofile < 0:
+        nofile = 1 << 20
+    try:
+        mem = mem_total_bytes()
+    except (OSError, ValueError) as exc:
+        return usage(f"cannot read the host's memory: {exc}")
+    plan = plan_for(spec, args.users, calibration=cal, cpu_count=cpu_count,
+                    mem_total_bytes=mem, nofile_limit=nofile, mongo_servers=args.mongo_servers)
+    if args.json:
+        sys.stdout.write(json.dumps(dict(plan.to_dict(), spec=path), indent=2) + "\n")
+    else:
+        sys.stdout.write(f"Plan for {args.users} users, spec {path}, {cpu_count} cores\n\n")
+        sys.stdout.write(render(plan))
+    if plan.problems:
+        if args.json:
+            sys.stderr.writelines(f"{p}\n" for p in plan.problems)
+        return EXIT_OVER_BUDGET
+    return EXIT_FITS
