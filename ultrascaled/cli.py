@@ -145,7 +145,7 @@ def progress(fleet: dict) -> str:
 def fleet_converged(fleet: dict) -> bool:
     ports = set(fleet["ports"])
     inst = {i["port"]: i for i in fleet["instances"]}
-    return (set(inst) == ports and all(i["state"] == "running" and not i.get("restart_pending")
+    return (set(inst) == ports and all(i["serving"] and not i.get("restart_pending")
                                        for i in inst.values()))
 
 

@@ -85,8 +85,13 @@ def gunicorn_argv(spec: Spec, port: int) -> list[str]:
     return argv + list(g.args) + [spec.app.module]
 
 
+# systemd's variables are the daemon's: gunicorn would answer NOTIFY_SOCKET with its own READY=1.
+DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                   "LISTEN_FDNAMES")
+
+
 def instance_env(spec: Spec, index: int, port: int, metrics_dir: str) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in DAEMON_ONLY_ENV}
     env.update(spec.app.env)
     env.update({
         "PORT": str(port), "ULTRASCALE_PORT": str(port), "ULTRASCALE_INSTANCE": str(index),
@@ -560,6 +565,7 @@ class Supervisor:
             if status == 200 and inst.state is S.STARTING and inst.proc is proc:
                 self.change_state(inst, S.RUNNING, "health check passed",
                                   boot_seconds=round(self.clock() - inst.since, 3))
+                inst.master_mem, inst.workers = procs.sample_group(proc.pid, self.spec.memory.metric)
                 self.wake()
                 return
             await asyncio.sleep(h.probe_interval)
@@ -605,6 +611,7 @@ class Supervisor:
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
         items = []
+        nginx_on = self.spec.nginx.mode != "off"
         for port in sorted(self.instances):
             i = self.instances[port]
             items.append({
@@ -613,13 +620,14 @@ class Supervisor:
                 "uptime": round(now - i.started_wall, 1) if i.started_wall and i.pid else None,
                 "restarts": i.restarts, "last_exit": i.last_exit, "reason": i.reason,
                 "in_upstream": port in self.applied_upstream, "adopted": i.adopted,
+                "serving": i.state is S.RUNNING and (port in self.applied_upstream or not nginx_on),
                 "restart_pending": i.restart_requested,
                 "master_rss": i.master_mem.rss if i.master_mem else None,
                 "workers": [{"pid": w.pid, "rss": w.rss} for w in i.workers],
                 "rss_total": self.instance_rss(i),
             })
         total = sum(x["rss_total"] for x in items)
-        ready = sum(1 for x in items if x["state"] == "running" and x["port"] in self.wanted)
+        ready = sum(1 for x in items if x["serving"] and x["port"] in self.wanted)
         return {
             "fleet": self.spec.name, "desired": self.count, "ready": ready,
             "min": self.spec.instances.min, "max": self.spec.instances.max,
