@@ -1,0 +1,70 @@
+"""Under continuous load through nginx, scaling, a rolling restart and kill -9 of a master
+fail no request (issue 3, point 2). The load client counts any non-2xx/3xx status, transport
+error or timeout as a failure."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from ultrascaled.loadtest import BackgroundLoad
+
+pytestmark = pytest.mark.integration
+
+USERS = 200
+
+
+@pytest.fixture
+def loaded(make_daemon):
+    d = make_daemon({"instances": {"count": 2}}).start()
+    load = BackgroundLoad(f"http://127.0.0.1:{d.nginx_port}/", users=USERS, duration_limit=120,
+                          timeout=5.0, procs=1)
+    load.start()
+    load.wait_for_ok(500, timeout=30)
+    try:
+        yield d, load
+    finally:
+        if load.running:
+            load.stop()
+
+
+def finish(load, min_ok: int = 1000):
+    time.sleep(0.5)  # keep the load on the settled fleet for a moment
+    result = load.stop()
+    assert result.failed == 0, (result.status_counts, result.error_counts, result.error_samples[:5])
+    assert result.ok >= min_ok
+    return result
+
+
+def test_scale_up_and_down_under_load_fails_no_request(loaded):
+    d, load = loaded
+    assert d.ctl("scale", "4").returncode == 0
+    assert d.fleet()["upstream"]["servers"] == [d.base_port + k for k in range(4)]
+    assert d.ctl("scale", "2").returncode == 0
+    assert d.fleet()["upstream"]["servers"] == [d.base_port, d.base_port + 1]
+    finish(load)
+
+
+def test_rolling_restart_under_load_fails_no_request_and_keeps_n_minus_1_serving(loaded):
+    d, load = loaded
+    assert d.ctl("scale", "3").returncode == 0
+    before = {i["port"]: i["pid"] for i in d.fleet()["instances"]}
+    out = d.ctl("restart", "--all")
+    assert out.returncode == 0, out.stderr
+    after = {i["port"]: i["pid"] for i in d.fleet()["instances"]}
+    assert all(before[p] != after[p] for p in before), "every instance was replaced"
+    # the upstream never had fewer than N-1 servers
+    sizes = [len(e["servers"]) for e in d.events("upstream.applied")]
+    assert min(sizes[sizes.index(3):]) >= 2, sizes
+    finish(load)
+
+
+def test_kill_9_of_a_master_under_load_fails_no_request(loaded):
+    d, load = loaded
+    victim = d.fleet()["instances"][0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    d.wait_until(lambda f: f["instances"][0]["pid"] not in (None, victim["pid"])
+                 and f["instances"][0]["serving"], timeout=15, what="replacement serving")
+    finish(load)
