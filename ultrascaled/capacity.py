@@ -165,7 +165,7 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
                     f"no pool fits; the budget must be at least "
                     f"{imax * w * mongo_connections_per_process(1, mongo_servers)}")
             problems.append(
-                f"{where('mongodb.connection_budget')}: {imax} instances (instances.max) x "
+                f"{where('mongodb.connection_budget')}: {_s(imax, 'instance')} (instances.max) x "
                 f"{_s(w, 'worker')} x ({pool} pool + {MONGO_MONITOR_PER_SERVER} monitoring) x "
                 f"{servers} = {need} connections exceeds the budget of {cb} by {need - cb}; {hint}")
         if spec.mongodb.min_pool_size > pool:

@@ -1,0 +1,182 @@
+"""plan_for: instances, pool, memory, fds and throughput from known inputs; render; to_dict."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ultrascaled import capacity
+from ultrascaled.capacity import CalibrationError, parse_calibration, plan_for, render
+
+from capacity_helpers import make_spec
+
+GiB = 1024 ** 3
+PEERS = {"instances": 4, "users": 1000, "rps": 11850, "p99_ms": 849}  # PEERS.md, 4 x 1 gevent
+
+
+def plan(spec, users, **kw):
+    kw.setdefault("cpu_count", 2)
+    kw.setdefault("mem_total_bytes", 24 * GiB)
+    kw.setdefault("nofile_limit", 65536)
+    return plan_for(spec, users, **kw)
+
+
+def test_assessment_64_workers_500_mb_512000_connections_is_refused_with_the_arithmetic():
+    # One instance of 64 gevent workers x 8000 connections = 512,000; 500 MB per worker in an
+    # 8 GB budget; MongoDB: 500 connections for the fleet (docs/app.md), the daemon's pool.
+    spec = make_spec(count=1, min=1, max=1, workers=64, worker_connections=8000, limit_mb=500,
+                     budget_mb=8192, mongo_budget=500, pool="daemon",
+                     nginx={"worker_processes": "auto"})
+    p = plan(spec, 512_000, nofile_limit=1024)
+    assert p.instances == 1 and p.connection_capacity == 512_000
+    assert p.nginx_capacity == 4096  # 2 cores x 4096 / 2
+    assert p.mongo_pool_daemon == 7 and p.mongo_pool_per_process == 5
+    assert p.memory_worst_mib == 32_500
+    assert not p.fits
+    assert ("memory.fleet_budget_mb: 1 instance x (64 workers + 1 master) x 500 MiB = 32500 MiB "
+            "exceeds the budget of 8192 MiB by 24308 MiB") in p.problems
+    assert ("mongodb.connection_budget: 1 instance (instances.max) x 64 workers x (7 pool + "
+            "2 monitoring) x 1 server = 576 connections exceeds the budget of 500 by 76; a pool of"
+            " 5 per process fits (500 // (1 x 64 x 1) - 2)") in p.problems
+    assert ("nginx.worker_connections: 512000 users exceed what nginx can proxy (2 x 4096 / 2 = "
+            "4096) by 507904") in p.problems
+    assert any(m.startswith("gunicorn.worker_connections: 8000 connections + 9 MongoDB")
+               and m.endswith("= 8041 file descriptors exceeds the nofile limit of 1024 by 7017")
+               for m in p.problems)
+    assert p.verdict == "not measured" and p.throughput_rps is None
+
+
+def test_assessment_500_pooled_connections_per_worker_needs_32128():
+    spec = make_spec(count=1, max=1, workers=64, mongo_budget=500, pool=500, budget_mb=100_000,
+                     worker_connections=10)
+    [msg] = [m for m in plan(spec, 10).problems if m.startswith("mongodb")]
+    assert "= 32128 connections exceeds the budget of 500 by 31628" in msg
+    assert msg.endswith("a pool of 5 per process fits (500 // (1 x 64 x 1) - 2)")
+
+
+def test_peers_calibration_holds_for_the_measured_load():
+    spec = make_spec(count=2, max=8, workers=1, mongo_budget=1000)
+    p = plan(spec, 1000, calibration=PEERS)
+    assert p.instances == 4  # ceil(1000 / (1000 / 4))
+    assert p.throughput_rps == pytest.approx(11850)
+    assert p.verdict == "holds" and p.fits
+    assert "throughput = instances x measured req/s per instance = 4 x (11850 / 4) = 11850 req/s " \
+           "at p99 849 ms" in p.arithmetic
+
+
+def test_more_users_than_measured_is_extrapolated_and_past_max_does_not_hold():
+    spec = make_spec(count=2, max=8, workers=1, mongo_budget=1000)
+    p = plan(spec, 2000, calibration=PEERS)
+    assert p.instances == 8 and p.verdict == "extrapolated"
+    assert p.throughput_rps == pytest.approx(23700)
+    assert any("share its cores" in n for n in p.notes)
+    p = plan(spec, 3000, calibration=PEERS)
+    assert p.instances == 12 and p.verdict == "does not hold"
+    assert "instances.max: 3000 users need 12 instances, more than instances.max 8" in p.problems
+
+
+def test_connections_decide_the_instances_without_calibration():
+    spec = make_spec(count=1, min=1, max=8, workers=2, worker_connections=500, mongo_budget=1000)
+    p = plan(spec, 2500)
+    assert p.instances == 3  # ceil(2500 / (2 x 500))
+    assert p.connection_capacity == 3000
+    assert "instances for connections = ceil(users / connections per instance) = ceil(2500 / 1000)"\
+           " = 3" in p.arithmetic
+    assert p.throughput_rps is None and p.verdict == "not measured"
+    assert any("python -m ultrascaled.loadtest" in n and "--json" in n for n in p.notes)
+
+
+def test_instances_min_is_a_floor():
+    spec = make_spec(count=3, min=3, max=8, mongo_budget=1000)
+    assert plan(spec, 1).instances == 3
+
+
+def test_memory_expected_typical_and_measured():
+    spec = make_spec(count=2, max=8, workers=3, mongo_budget=1000, budget_mb=10_000)
+    p = plan(spec, 100)
+    assert p.instances == 1
+    assert p.memory_worst_mib == 2000            # 1 x (3 + 1) x 500
+    assert p.memory_expected_mib == 112          # 1 x 28 x (3 + 1)
+    assert "PEERS.md" in p.memory_expected_source
+    cal = dict(PEERS, instances=1, users=1000, rss_per_instance_bytes=200 * 1024 * 1024)
+    p = plan(spec, 100, calibration=cal)
+    assert p.memory_expected_mib == 200 and "measured 200 MiB" in p.memory_expected_source
+
+
+def test_worst_case_beyond_the_hosts_memory_is_a_problem():
+    spec = make_spec(count=1, max=4, workers=4, mongo_budget=1000, budget_mb=100_000)
+    p = plan(spec, 10, mem_total_bytes=2 * GiB)
+    assert ("memory.worker_limit_mb: worst case 1 x (4 + 1) x 500 MiB = 2500 MiB exceeds this "
+            "host's memory of 2048 MiB by 452 MiB") in p.problems
+
+
+def test_fds_are_planned_against_the_limit():
+    spec = make_spec(max=4, workers=1, worker_connections=2000, mongo_budget=1000)
+    p = plan(spec, 10, nofile_limit=1024)
+    assert p.fds_gunicorn_worker == 2000 + (248 + 2) + 32
+    assert any(m.startswith("gunicorn.worker_connections: 2000 connections") for m in p.problems)
+    assert plan(spec, 10, nofile_limit=8192).fits
+
+
+def test_a_calibration_that_missed_the_target_is_not_a_capacity():
+    spec = make_spec(count=2, max=8, mongo_budget=1000)
+    p = plan(spec, 1000, calibration=dict(PEERS, p99_ms=2500))
+    assert p.throughput_rps is None and p.verdict == "not measured"
+    assert any("missed the target" in n for n in p.notes)
+
+
+@pytest.mark.parametrize("data, instances, expected", [
+    (PEERS, None, (4, 1000, 11850.0, 849.0)),
+    ({"url": "http://127.0.0.1:8080/", "users": 200, "rps": 14200.0, "latency": {"p99": 45.0},
+      "error_rate_pct": 0.0}, 4, (4, 200, 14200.0, 45.0)),
+    ({"instances": 4, "steps": [
+        {"users": 100, "rps": 9000.0, "p99_ms": 20.0, "error_rate_pct": 0.0, "fleet_rss_bytes": 4 << 20},
+        {"users": 1000, "rps": 11850.0, "p99_ms": 849.0, "error_rate_pct": 0.0, "fleet_rss_bytes": 8 << 20},
+        {"users": 5000, "rps": 9000.0, "p99_ms": 2000.0, "error_rate_pct": 3.0}]},
+     None, (4, 1000, 11850.0, 849.0)),
+])
+def test_calibration_shapes(data, instances, expected):
+    c = parse_calibration(data, instances)
+    assert (c.instances, c.users, c.rps, c.p99_ms) == expected
+
+
+def test_series_fleet_rss_becomes_per_instance():
+    c = parse_calibration({"instances": 4, "steps": [
+        {"users": 10, "rps": 1.0, "p99_ms": 1.0, "fleet_rss_bytes": 400 << 20}]})
+    assert c.rss_per_instance_bytes == 100 << 20
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"users": 10, "rps": 1, "p99_ms": 1}, "`instances`"),
+    ({"instances": 2, "p99_ms": 1}, "`rps` is missing"),
+    ({"instances": 2, "rps": "fast", "p99_ms": 1}, "`rps` must be a number"),
+    ([1, 2], "JSON object"),
+])
+def test_bad_calibration_says_what_is_wrong(data, fragment):
+    with pytest.raises(CalibrationError, match=fragment):
+        parse_calibration(data)
+
+
+def test_render_shows_the_table_the_arithmetic_and_the_verdict():
+    spec = make_spec(count=2, max=8, workers=1, mongo_budget=500, pool="daemon")
+    text = render(plan(spec, 1000, calibration=PEERS))
+    assert "instances" in text and "11850 req/s" in text
+    assert "Arithmetic:" in text
+    assert "  MongoDB pool that fits = connection_budget // (instances.max x workers x servers) " \
+           "- 2 = 500 // (8 x 1 x 1) - 2 = 60" in text
+    assert "DOES NOT FIT (1 budget(s) cannot hold):" in text
+    assert "512 connections exceeds the budget of 500 by 12" in text
+    text = render(plan(make_spec(count=2, max=8, mongo_budget=1000), 10))
+    assert "FITS: every budget holds." in text and "not measured" in text
+
+
+def test_to_dict_is_json_and_carries_the_figures():
+    p = plan(make_spec(count=2, max=8, mongo_budget=1000), 1000, calibration=PEERS)
+    d = json.loads(json.dumps(p.to_dict()))
+    assert d["instances"] == 4 and d["fits"] is True and d["throughput_measured"] is True
+    assert d["calibration"]["rps"] == 11850 and d["arithmetic"] == p.arithmetic
+
+
+def test_users_must_be_positive():
+    with pytest.raises(ValueError):
+        plan(make_spec(), 0)
