@@ -68,14 +68,27 @@ class Proc:
             return None
 
     def send(self, sig: int) -> bool:
-        try:
-            os.kill(self.pid, sig)
-            return True
-        except ProcessLookupError:
-            return False
+        return signal_pid(self.pid, sig)
 
     def kill_group(self, sig: int = signal.SIGKILL) -> bool:
         return kill_group(self.pgid, sig)
+
+
+def signal_pid(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def pid_running(pid: int) -> bool:
+    """True unless the pid is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:

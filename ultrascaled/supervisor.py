@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ultrascaled import procs
+from ultrascaled import procs, watchdog
 from ultrascaled.events import EventLog
 from ultrascaled.plan import InstanceView, Policy, backoff_delay, describe_exit, on_exit, plan
 from ultrascaled.spec import MB, Spec, budget_errors
@@ -148,6 +148,11 @@ class Supervisor:
         self._adopting = False
         self._next_upstream_check = 0.0
         self._pending_nginx = False
+        self._streaks: dict[int, int] = {}
+        self._recycling: dict[int, tuple[int, float]] = {}   # worker pid -> (port, SIGKILL deadline)
+        self._due_recycles: list[watchdog.Recycle] = []
+        self._over_budget = False
+        self.counters: dict[str, Any] = {"watchdog_recycles": {}}
         self.ready_event = asyncio.Event()   # the first time the fleet is fully up
         self.state_dir = Path(spec.paths.state_dir)
         self.log_dir = Path(spec.paths.log_dir)
@@ -325,7 +330,7 @@ class Supervisor:
         for lo in leftovers:
             if not lo.is_master:
                 if not lo.master_alive:
-                    procs.kill_group(os.getpgid(lo.pid) if _exists(lo.pid) else lo.pid)
+                    procs.kill_group(os.getpgid(lo.pid) if procs.pid_running(lo.pid) else lo.pid)
                     self.events.emit("adopt.orphan_killed", level="warning", pid=lo.pid, port=lo.port)
                 continue
             if lo.port in self.instances:  # two masters for one port: keep the first
@@ -371,6 +376,8 @@ class Supervisor:
             result = plan(self.wanted, views, self.applied_upstream, policy, now)
             for action in result.actions:
                 await self._perform(action)
+            if self._due_recycles or self._recycling:
+                self._perform_recycles()
             if self._pending_nginx:
                 self._pending_nginx = False
                 ok, detail = await self.upstream.reconfigure(self.spec)
@@ -596,11 +603,57 @@ class Supervisor:
             self.sample()
 
     def sample(self) -> None:
-        metric = self.spec.memory.metric
+        """Read every master's and worker's memory; queue recycles the watchdog asks for."""
+        mem = self.spec.memory
+        samples: list[watchdog.MemSample] = []
         for inst in self.instances.values():
             if inst.proc is None:
                 continue
-            inst.master_mem, inst.workers = procs.sample_group(inst.proc.pid, metric)
+            inst.master_mem, inst.workers = procs.sample_group(inst.proc.pid, mem.metric)
+            if inst.state is not S.RUNNING:
+                continue
+            for role, items in (("master", [inst.master_mem] if inst.master_mem else []),
+                                ("worker", inst.workers)):
+                samples += [watchdog.MemSample(inst.port, m.pid, role, _metric(m, mem.metric)) for m in items]
+        limit = mem.worker_limit_mb * MB
+        self._streaks, due = watchdog.decide(self._streaks, samples, limit, mem.samples_over,
+                                             frozenset(self._recycling))
+        if due:
+            self._due_recycles.extend(due)
+            self.wake()
+        total = sum(self.instance_rss(i) for i in self.instances.values())
+        crossed = watchdog.budget_crossed(total, mem.fleet_budget_mb * MB, self._over_budget)
+        if crossed is not None:
+            self._over_budget = crossed
+            self.events.emit("alert.memory_budget" if crossed else "alert.memory_budget_resolved",
+                             level="error" if crossed else "info", total_bytes=total,
+                             budget_bytes=mem.fleet_budget_mb * MB)
+
+    def _perform_recycles(self) -> None:
+        """Signal what the watchdog decided (the reconciler is the one that signals)."""
+        now = self.clock()
+        for r in self._due_recycles:
+            inst = self.instances.get(r.port)
+            if inst is None or inst.proc is None:
+                continue
+            self.counters["watchdog_recycles"][r.port] = self.counters["watchdog_recycles"].get(r.port, 0) + 1
+            fields = dict(port=r.port, pid=r.pid, role=r.role, value_bytes=r.value, limit_bytes=r.limit,
+                          metric=self.spec.memory.metric, samples=r.samples)
+            if r.role == "master" or r.pid == inst.proc.pid:
+                inst.restart_requested = True
+                self.events.emit("watchdog.recycled", level="warning", action="graceful restart", **fields)
+            elif procs.signal_pid(r.pid, signal.SIGTERM):
+                self._recycling[r.pid] = (r.port, now + self.spec.gunicorn.graceful_timeout + 5)
+                self.events.emit("watchdog.recycled", level="warning", action="SIGTERM to worker", **fields)
+        self._due_recycles.clear()
+        for pid, (port, deadline) in list(self._recycling.items()):
+            if not procs.pid_running(pid):
+                del self._recycling[pid]
+            elif now >= deadline:
+                procs.signal_pid(pid, signal.SIGKILL)
+                del self._recycling[pid]
+                self.events.emit("watchdog.killed", level="error", port=port, pid=pid,
+                                 reason="worker still alive after graceful timeout")
 
     def instance_rss(self, inst: Instance) -> int:
         total = inst.master_mem.rss if inst.master_mem else 0
@@ -652,12 +705,9 @@ class Supervisor:
         return not reasons, reasons
 
 
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
+def _metric(m: procs.ProcMem, metric: str) -> int:
+    value = getattr(m, metric, None)
+    return value if value is not None else m.rss
 
 
 def _create_time(pid: int) -> float:

@@ -1,0 +1,53 @@
+"""The watchdog's decision as tables: K consecutive samples over the limit, per pid."""
+from ultrascaled.watchdog import MemSample, budget_crossed, decide
+
+LIMIT = 100
+
+
+def w(pid, value, port=8001, role="worker"):
+    return MemSample(port, pid, role, value)
+
+
+def test_a_worker_is_recycled_only_after_k_consecutive_samples_over_the_limit():
+    streaks = {}
+    streaks, due = decide(streaks, [w(1, 150)], LIMIT, 3)
+    assert due == [] and streaks == {1: 1}
+    streaks, due = decide(streaks, [w(1, 150)], LIMIT, 3)
+    assert due == [] and streaks == {1: 2}
+    streaks, due = decide(streaks, [w(1, 150)], LIMIT, 3)
+    assert [(r.pid, r.role, r.value, r.limit, r.samples) for r in due] == [(1, "worker", 150, 100, 3)]
+    assert streaks == {}
+
+
+def test_one_sample_under_the_limit_resets_the_streak():
+    streaks, _ = decide({}, [w(1, 150)], LIMIT, 3)
+    streaks, _ = decide(streaks, [w(1, 150)], LIMIT, 3)
+    streaks, due = decide(streaks, [w(1, 90)], LIMIT, 3)
+    assert due == [] and streaks == {}
+
+
+def test_only_the_offender_is_recycled_not_its_neighbours():
+    streaks, due = decide({1: 1}, [w(1, 200), w(2, 99), w(3, 100, port=8002)], LIMIT, 2)
+    assert [r.pid for r in due] == [1]
+
+
+def test_a_pid_already_being_recycled_is_not_signalled_again():
+    streaks, due = decide({1: 5}, [w(1, 200)], LIMIT, 2, recycling=frozenset({1}))
+    assert due == [] and streaks == {1: 6}
+
+
+def test_a_master_over_the_limit_is_reported_as_master():
+    _, due = decide({}, [w(7, 300, role="master")], LIMIT, 1)
+    assert due[0].role == "master"
+
+
+def test_vanished_pids_are_forgotten():
+    streaks, _ = decide({1: 2, 2: 1}, [w(2, 150)], LIMIT, 5)
+    assert streaks == {2: 2}
+
+
+def test_budget_crossing_fires_once_and_resolves_once():
+    assert budget_crossed(120, 100, was_over=False) is True
+    assert budget_crossed(130, 100, was_over=True) is None
+    assert budget_crossed(90, 100, was_over=True) is False
+    assert budget_crossed(90, 100, was_over=False) is None
