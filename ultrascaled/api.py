@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from ultrascaled.spec import Spec, SpecError, load_spec
+from ultrascaled.spec import Spec, SpecError
 from ultrascaled.supervisor import ScaleRefused, Supervisor
 
 ERROR_CODES = {

@@ -171,21 +171,11 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
         if spec.mongodb.min_pool_size > pool:
             problems.append(
                 f"{where('mongodb.min_pool_size')}: {spec.mongodb.min_pool_size} exceeds the pool "
-                f"each process gets ({pool} = {cb} // ({imax} x {w}))")
+                f"each process gets ({pool} = {cb} // ({imax} x {w}) - {MONGO_MONITOR_PER_SERVER})")
 
     # nginx (managed: its settings are ours) proxies each client over 2 connections.
     ng = spec.nginx
     if ng.mode == "managed":
-        nw, how = nginx_worker_count(spec, cpu_count)
-        proxied = nw * ng.worker_connections // 2
-        fleet = count * w * spec.gunicorn.worker_connections
-        if fleet > proxied:
-            problems.append(
-                f"{where('gunicorn.worker_connections')}: {_s(count, 'instance')} x "
-                f"{_s(w, 'worker')} x {spec.gunicorn.worker_connections} = {fleet} connections "
-                f"exceed what nginx can proxy, {nw} nginx workers ({how}) x "
-                f"{ng.worker_connections} nginx.worker_connections / 2 (client + upstream) = "
-                f"{proxied}, by {fleet - proxied}")
         ng_nofile, src = ((ng.worker_rlimit_nofile, "nginx.worker_rlimit_nofile")
                           if ng.worker_rlimit_nofile > 0 else (nofile_limit, "inherited from the daemon"))
         if ng_nofile is not None:

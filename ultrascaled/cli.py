@@ -214,6 +214,13 @@ def cmd_events(api: Api, args) -> int:
     return 0
 
 
+def cmd_plan(api, args) -> int:
+    from ultrascaled import capacity  # imported here: it costs ~60 ms that `status` must not pay
+    p = argparse.ArgumentParser(prog="ultrascalectl plan", description="Capacity plan for N users.")
+    capacity.add_arguments(p)
+    return capacity.run(p.parse_args(args.rest))
+
+
 def format_event(e: dict) -> str:
     t = time.strftime("%H:%M:%S", time.localtime(e["time"])) + f".{int(e['time'] * 1000) % 1000:03d}"
     rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("seq", "time", "event", "level"))
@@ -248,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("reload", help="re-read the spec file")
     s.set_defaults(func=cmd_reload)
 
+    s = sub.add_parser("plan", add_help=False,
+                       help="capacity plan for N users from the spec, with the arithmetic (plan --help)")
+    s.set_defaults(func=cmd_plan, local=True)
+
     s = sub.add_parser("events", help="recent events; -f follows")
     s.add_argument("-f", "--follow", action="store_true")
     s.add_argument("-n", "--lines", type=_count, default=50)
@@ -267,7 +278,12 @@ def _count(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.cmd == "plan":
+        args.rest = rest  # parsed by the planner's own parser
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     token = None
     if args.token_file:
         try:
@@ -277,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ultrascalectl: --token-file: {exc.strerror}: {args.token_file}", file=sys.stderr)
             return EXIT_USAGE
     try:
+        if getattr(args, "local", False):  # works from the spec file, without the daemon
+            return args.func(None, args)
         return args.func(Api(args.api, token), args)
     except CtlError as exc:
         print(f"ultrascalectl: {exc}", file=sys.stderr)

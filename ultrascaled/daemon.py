@@ -11,7 +11,6 @@ import dataclasses
 import os
 import signal
 import sys
-from pathlib import Path
 
 import structlog
 
@@ -31,7 +30,7 @@ def make_upstream(spec: Spec, events: EventLog):
     return NginxUpstream(spec, events)
 
 
-async def serve(spec_path: str, spec: Spec) -> int:
+async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     log = structlog.get_logger("ultrascaled")
     events = EventLog()
     sup = Supervisor(spec, events, make_upstream(spec, events))
@@ -40,7 +39,7 @@ async def serve(spec_path: str, spec: Spec) -> int:
     from ultrascaled.api import build_app, read_token
 
     def reload_spec() -> dict:
-        new = load_spec(spec_path)
+        new = load_spec(spec_path, nofile_limit=nofile)
         return sup.reload_spec(new)
 
     try:
@@ -106,6 +105,20 @@ async def serve(spec_path: str, spec: Spec) -> int:
     return 0
 
 
+def raise_nofile(want: int = 65536) -> int:
+    """Raise the soft open-files limit towards the hard one (nginx and gunicorn inherit it)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ultrascaled", description="Supervise a gunicorn fleet behind nginx.")
     p.add_argument("--spec", "-c", default=DEFAULT_SPEC, help=f"fleet spec (default {DEFAULT_SPEC})")
@@ -116,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: json when stderr is not a terminal")
     args = p.parse_args(argv)
     logs.configure(args.log_level, None if args.log_format is None else args.log_format == "json")
+    nofile = raise_nofile()
     try:
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec, nofile_limit=nofile)
     except SpecError as exc:
         print(f"ultrascaled: invalid spec {args.spec}:", file=sys.stderr)
         for e in exc.errors:
@@ -127,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         import json
         print(json.dumps(dataclasses.asdict(spec), indent=2))
         return 0
-    return asyncio.run(serve(args.spec, spec))
+    return asyncio.run(serve(args.spec, spec, nofile))
 
 
 if __name__ == "__main__":

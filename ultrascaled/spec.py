@@ -155,8 +155,9 @@ class Spec:
         return int(self.gunicorn.workers)
 
     def mongo_pool_per_process(self) -> int:
-        """maxPoolSize per worker so that max instances x workers x pool <= the budget."""
-        return self.mongodb.connection_budget // (self.instances.max * self.workers)
+        """maxPoolSize per worker process: max instances x workers x (pool + 2 monitoring
+        connections pymongo keeps per server) stays within the fleet's connection budget."""
+        return self.mongodb.connection_budget // (self.instances.max * self.workers) - 2
 
 
 class SpecError(Exception):
@@ -290,7 +291,7 @@ def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[
     return dataclasses.replace(obj, **fixes) if fixes else obj
 
 
-def _cross_checks(spec: Spec, lines: dict[str, int]) -> list[str]:
+def _cross_checks(spec: Spec, lines: dict[str, int], nofile_limit: int | None = None) -> list[str]:
     """Checks across keys, including the budgets the fleet must fit in."""
     def where(p: str) -> str:
         line = lines.get(p)
@@ -326,32 +327,15 @@ def _cross_checks(spec: Spec, lines: dict[str, int]) -> list[str]:
     if spec.api.host not in ("127.0.0.1", "localhost", "::1") and not spec.api.token_file:
         errors.append(f"{where('api.host')}: {spec.api.host} is not loopback, so api.token_file "
                       "must name a file with the bearer token")
-    errors.extend(budget_errors(spec, spec.instances.count, lines))
+    errors.extend(budget_errors(spec, spec.instances.count, lines, nofile_limit))
     return errors
 
 
-def budget_errors(spec: Spec, count: int, lines: dict[str, int] | None = None) -> list[str]:
-    """The worst-case budgets for `count` instances; empty when they hold."""
-    lines = lines or {}
-    where = (lambda p: f"{p} (line {lines[p]})" if p in lines else p)
-    errors = []
-    per_instance = (spec.workers + 1) * spec.memory.worker_limit_mb
-    need = count * per_instance
-    if need > spec.memory.fleet_budget_mb:
-        errors.append(
-            f"{where('memory.fleet_budget_mb')}: {count} instances x ({spec.workers} workers + 1 master)"
-            f" x {spec.memory.worker_limit_mb} MiB = {need} MiB exceeds the budget of "
-            f"{spec.memory.fleet_budget_mb} MiB by {need - spec.memory.fleet_budget_mb} MiB")
-    if spec.mongo_pool_per_process() < 1:
-        errors.append(
-            f"{where('mongodb.connection_budget')}: {spec.mongodb.connection_budget} connections "
-            f"cannot give each of {spec.instances.max} instances x {spec.workers} workers a pool of 1")
-    elif spec.mongodb.min_pool_size > spec.mongo_pool_per_process():
-        errors.append(
-            f"{where('mongodb.min_pool_size')}: {spec.mongodb.min_pool_size} exceeds the pool each "
-            f"process gets ({spec.mongo_pool_per_process()} = {spec.mongodb.connection_budget} // "
-            f"({spec.instances.max} x {spec.workers}))")
-    return errors
+def budget_errors(spec: Spec, count: int, lines: dict[str, int] | None = None,
+                  nofile_limit: int | None = None) -> list[str]:
+    """The budgets (memory, MongoDB connections, file descriptors) for `count` instances."""
+    from ultrascaled.capacity import budget_problems
+    return budget_problems(spec, count, lines=lines, nofile_limit=nofile_limit)
 
 
 def _line_of(error: str) -> int:
@@ -361,7 +345,7 @@ def _line_of(error: str) -> int:
 
 
 def parse_spec(text: str, source: str = "<spec>", base_dir: Path | None = None,
-               cpu_count: int | None = None) -> Spec:
+               cpu_count: int | None = None, nofile_limit: int | None = None) -> Spec:
     """Parse and validate spec text; raise SpecError listing every problem."""
     base_dir = base_dir or Path.cwd()
     try:
@@ -383,19 +367,23 @@ def parse_spec(text: str, source: str = "<spec>", base_dir: Path | None = None,
         prefix = str(Path(spec.paths.state_dir) / "nginx")
         spec = dataclasses.replace(spec, nginx=dataclasses.replace(spec.nginx, prefix=prefix))
     spec = dataclasses.replace(spec, source=source)
-    errors = _cross_checks(spec, lines)
+    errors = _cross_checks(spec, lines, nofile_limit)
     if errors:
         raise SpecError(errors)
     return spec
 
 
-def load_spec(path: str | os.PathLike, cpu_count: int | None = None) -> Spec:
+def load_spec(path: str | os.PathLike, cpu_count: int | None = None,
+              nofile_limit: int | None = None) -> Spec:
+    """Read and validate a spec file; `nofile_limit` (the daemon's RLIMIT_NOFILE) enables the
+    file-descriptor budget checks."""
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as exc:
         raise SpecError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
-    return parse_spec(text, source=str(p.resolve()), base_dir=p.resolve().parent, cpu_count=cpu_count)
+    return parse_spec(text, source=str(p.resolve()), base_dir=p.resolve().parent, cpu_count=cpu_count,
+                      nofile_limit=nofile_limit)
 
 
 def iter_settings(cls: type = Spec, prefix: str = ""):

@@ -7,7 +7,6 @@ Observations (a master exited, a probe answered) update an instance's record thr
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import signal

@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from ultrascaled import capacity
-from ultrascaled.spec import Spec
 
 FITS = "instances: {count: 2, min: 1, max: 4}\ngunicorn: {workers: 1}\nmongodb: {connection_budget: 1000}\n"
 
@@ -29,24 +28,10 @@ def spec_file(tmp_path):
     return write
 
 
-@pytest.fixture
-def fitting_pool(monkeypatch):
-    """The daemon's pool with monitoring connections subtracted (what it should hand out)."""
-    monkeypatch.setattr(Spec, "mongo_pool_per_process",
-                        lambda self: capacity.mongo_pool_that_fits(self))
-
-
-def test_exit_0_when_the_plan_fits(spec_file, fitting_pool, capsys):
+def test_exit_0_when_the_plan_fits(spec_file, capsys):
     assert run("--users", "100", "--spec", spec_file(FITS), "--nofile", "65536") == 0
     out = capsys.readouterr().out
     assert "FITS: every budget holds." in out and "Arithmetic:" in out
-
-
-def test_exit_1_and_the_budget_when_the_daemons_pool_ignores_monitoring(spec_file, capsys):
-    # spec.py today hands out 1000 // (4 x 1) = 250 per process: 4 x (250 + 2) = 1008 > 1000.
-    assert run("--users", "100", "--spec", spec_file(FITS), "--nofile", "65536") == 1
-    out = capsys.readouterr().out
-    assert "= 1008 connections exceeds the budget of 1000 by 8" in out
 
 
 def test_exit_1_when_the_spec_loader_itself_refuses_a_budget(spec_file, capsys):
@@ -57,12 +42,12 @@ def test_exit_1_when_the_spec_loader_itself_refuses_a_budget(spec_file, capsys):
     assert "budgets that cannot hold" in err and "exceeds the budget of 4096 MiB by 3904 MiB" in err
 
 
-def test_exit_1_for_too_few_file_descriptors(spec_file, fitting_pool, capsys):
+def test_exit_1_for_too_few_file_descriptors(spec_file, capsys):
     assert run("--users", "100", "--spec", spec_file(FITS), "--nofile", "512") == 1
     assert "file descriptors exceeds" in capsys.readouterr().out
 
 
-def test_json_output(spec_file, fitting_pool, tmp_path, capsys):
+def test_json_output(spec_file, tmp_path, capsys):
     cal = tmp_path / "cal.json"
     cal.write_text(json.dumps({"url": "http://127.0.0.1:8080/", "users": 1000, "rps": 11850.0,
                                "latency": {"p99": 849.0}, "error_rate_pct": 0.0}))

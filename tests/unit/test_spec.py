@@ -77,8 +77,8 @@ def test_memory_budget_refusal_gives_the_numbers():
 
 def test_mongo_pool_per_process_keeps_the_fleet_within_its_connection_budget():
     s = parse_spec("instances: {max: 10}\ngunicorn: {workers: 4}\nmongodb: {connection_budget: 500}\n")
-    assert s.mongo_pool_per_process() == 12  # 500 // (10 x 4)
-    assert s.instances.max * s.workers * s.mongo_pool_per_process() <= 500
+    assert s.mongo_pool_per_process() == 10  # 500 // (10 x 4) - 2 monitoring connections
+    assert s.instances.max * s.workers * (s.mongo_pool_per_process() + 2) <= 500
     errors = errors_of("instances: {max: 10}\ngunicorn: {workers: 4}\nmongodb: {connection_budget: 20}\n")
     assert any("mongodb.connection_budget" in e for e in errors)
 
