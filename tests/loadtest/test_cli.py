@@ -127,3 +127,13 @@ def test_run_api_ramp_delays_users(server):
     # at >= 50 ms per request that is <= 72 (+4 in flight); without the ramp it would be ~94
     assert r.failed == 0 and 30 < r.total <= 76
     assert server.connections == 4
+
+
+def test_dead_target_duration_run_stops_on_time(free_port):
+    """Connect failures can fail without yielding; the run must still end at its deadline."""
+    t0 = time.monotonic()
+    r = run(Config(url=f"http://127.0.0.1:{free_port}/", users=20, duration=0.5, procs=1))
+    assert time.monotonic() - t0 < 8
+    assert r.ok == 0 and r.failed == r.error_counts["connect_refused"] > 0
+    assert r.failed < 20 * 0.5 / 0.01 + 40  # users pause 10 ms after a failed connect
+    assert "workers did not finish" not in " ".join(r.warnings)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from .httpclient import Connection, timed_get
 
 MAX_ERROR_SAMPLES = 20
+CONNECT_ERROR_PAUSE = 0.01  # seconds a user waits after a failed connect
 
 
 @dataclass
@@ -119,6 +120,13 @@ class _Worker:
                         self.samples_left -= 1
                         b.samples.append({"t": round(time.monotonic() - t0, 3), "kind": kind,
                                           "path": path, "detail": detail[:200]})
+                    # A failed connect can fail synchronously (EMFILE, refused on loopback)
+                    # without ever yielding: always give the loop a turn, and pause briefly
+                    # so a dead target is not hammered in a tight loop.
+                    if kind in ("connect_refused", "connect_error"):
+                        await self.sleep_or_stop(CONNECT_ERROR_PAUSE)
+                    else:
+                        await asyncio.sleep(0)
                 if think:
                     await self.sleep_or_stop(think)
         finally:
@@ -182,9 +190,22 @@ class _Worker:
             c.close()
 
 
+def _raise_nofile_limit(users: int) -> None:
+    """One socket per user: lift the soft open-files limit towards the hard one if needed."""
+    need = users + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def worker_entry(spec: WorkerSpec, conn) -> None:
     """Process target: wait for "go", run the users, report, exit."""
     wall0 = time.monotonic()
+    _raise_nofile_limit(len(spec.start_offsets))
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     try:
         conn.send(("ready",))
