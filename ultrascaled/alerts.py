@@ -37,62 +37,7 @@ import structlog
 log = structlog.get_logger("ultrascaled.alerts")
 
 
-# ---- the spec section ----------------------------------------------------------------------
-
-def _setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-             choices: tuple = (), path: bool = False) -> Any:
-    """Same metadata as ``ultrascaled.spec.setting`` (tests check they agree).
-
-    spec.py will import :class:`AlertsSection` to declare ``Spec.alerts``; importing
-    ``spec.setting`` here would make that import circular."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "path": path}
-    return field(default=default, metadata=meta)
-
-
-@dataclass(frozen=True)
-class AlertsSection:
-    evaluation_interval: float = _setting(5.0, "Seconds between alert evaluations (each compares "
-                                          "two scrapes of the fleet's metrics).", min=0.5, max=3600)
-    min_requests: int = _setting(20, "Requests (cache lookups for the cache rule) an interval needs "
-                                 "before the latency, error-rate and cache rules are judged; "
-                                 "below it they count as not holding.", min=0)
-    p95_latency_seconds: Optional[float] = _setting(2.0, "Fire when the fleet's 95th percentile "
-                                                    "request latency is over this; null = off.",
-                                                    min=0.001)
-    p95_latency_for: float = _setting(30.0, "Seconds the p95 latency must stay over before firing.",
-                                      min=0)
-    error_rate: Optional[float] = _setting(0.01, "Fire when the share of 5xx responses is over "
-                                           "this (0.01 = 1%); null = off.", min=0, max=1)
-    error_rate_for: float = _setting(30.0, "Seconds the error rate must stay over before firing.",
-                                     min=0)
-    cpu_percent: Optional[float] = _setting(80.0, "Fire when the fleet's processes use more than "
-                                            "this percent of the host's CPUs; null = off.",
-                                            min=1, max=100)
-    cpu_for: float = _setting(30.0, "Seconds CPU must stay over before firing.", min=0)
-    memory_budget_fraction: Optional[float] = _setting(1.0, "Fire when the fleet's memory is over "
-                                                       "this fraction of `memory.fleet_budget_mb`; "
-                                                       "null = off.", min=0.01, max=10)
-    memory_for: float = _setting(30.0, "Seconds memory must stay over before firing.", min=0)
-    cache_hit_rate: Optional[float] = _setting(0.8, "Fire when the cache hit rate (hits / "
-                                               "(hits + misses), all tiers) is under this; "
-                                               "null = off.", min=0, max=1)
-    cache_hit_rate_for: float = _setting(30.0, "Seconds the hit rate must stay under before "
-                                         "firing.", min=0)
-    db_connections_fraction: Optional[float] = _setting(1.0, "Fire when MongoDB connections in "
-                                                        "use are over this fraction of "
-                                                        "`mongodb.connection_budget`; null = off.",
-                                                        min=0.01, max=10)
-    db_connections_for: float = _setting(30.0, "Seconds connections must stay over before firing.",
-                                         min=0)
-    webhook_url: Optional[str] = _setting(None, "URL that gets a JSON POST for every firing and "
-                                          "resolved alert; null = none.")
-    webhook_timeout: float = _setting(2.0, "Seconds one webhook POST may take.", min=0.05, max=60)
-    webhook_retries: int = _setting(3, "Retries after a failed POST (timeout, connection error, "
-                                    "5xx, 429), with doubling backoff.", min=0, max=20)
-    webhook_backoff: float = _setting(0.5, "Seconds before the first retry; doubles each time.",
-                                      min=0, max=60)
-    webhook_queue: int = _setting(100, "Notifications waiting to be sent; more are dropped and "
-                                  "counted.", min=1, max=100000)
+from ultrascaled.spec import AlertsSection  # noqa: E402  (declared with the other spec sections)
 
 
 # ---- rules, samples, evaluation (pure) -----------------------------------------------------

@@ -38,7 +38,9 @@ def read_token(spec: Spec) -> str | None:
     return token
 
 
-def build_app(sup: Supervisor, token: str | None, reload_spec: Callable[[], dict]) -> web.Application:
+def build_app(sup: Supervisor, token: str | None, reload_spec: Callable[[], dict],
+              alerts=None) -> web.Application:
+    """`alerts`: the AlertManager (or None); its firing list is GET /alerts."""
     routes = web.RouteTableDef()
 
     @web.middleware
@@ -120,6 +122,41 @@ def build_app(sup: Supervisor, token: str | None, reload_spec: Callable[[], dict
         except ScaleRefused as exc:
             raise ApiError(exc.code, str(exc))
         return web.json_response(result)
+
+    def counters() -> dict:
+        return {**sup.counters, **(alerts.counters() if alerts else {})}
+
+    @routes.get("/metrics")
+    async def metrics(request):
+        from ultrascaled import metrics as m
+        body = await m.render_async(sup.snapshot(), sup.upstream.status(), counters(), sup.metrics_dirs())
+        return web.Response(body=body, headers={"Content-Type": m.CONTENT_TYPE})
+
+    @routes.get("/alerts")
+    async def firing(request):
+        return web.json_response({"firing": alerts.firing() if alerts else [],
+                                  "enabled": alerts is not None})
+
+    @routes.get("/instances/{port}/log")
+    async def instance_log(request):
+        from ultrascaled import logfiles
+        raw = request.match_info["port"]
+        if not raw.isdigit():
+            raise ApiError("bad_request", f"port must be a number, got {raw!r}")
+        path = sup.log_path(int(raw))
+        if int(raw) not in sup.instances and not path.exists():
+            raise ApiError("not_found", f"no instance on port {raw}; instances: {sorted(sup.instances)}")
+        q = request.query
+        try:
+            if "offset" in q:
+                data, offset = await asyncio.to_thread(logfiles.read_from, path, int(q["offset"]))
+            else:
+                text = await asyncio.to_thread(logfiles.tail, path, int(q.get("lines", "50")))
+                data, offset = text.encode(), (path.stat().st_size if path.exists() else 0)
+        except ValueError:
+            raise ApiError("bad_request", "`offset` and `lines` must be integers")
+        return web.Response(body=data, headers={"Content-Type": "text/plain; charset=utf-8",
+                                                "X-Offset": str(offset)})
 
     @routes.get("/events")
     async def events(request):

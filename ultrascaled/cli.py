@@ -38,7 +38,7 @@ class Api:
         self.timeout = timeout
 
     def open(self, method: str, path: str, body: bytes | None = None, timeout: float | None = -1):
-        """Send the request; return (status, socket file positioned at the body)."""
+        """Send the request; return (status, headers, socket file positioned at the body)."""
         head = [f"{method} {path} HTTP/1.0", f"Host: {self.host}:{self.port}"]
         if self.token:
             head.append(f"Authorization: Bearer {self.token}")
@@ -50,34 +50,45 @@ class Api:
             sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + (body or b""))
             f = sock.makefile("rb")
             sock.close()  # the file keeps the connection open
-            status_line = f.readline().split()
-            while f.readline().strip():
-                pass  # headers
-            return int(status_line[1]), f
+            status = int(f.readline().split()[1])
+            headers = {}
+            while (line := f.readline().strip()):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            return status, headers, f
         except (OSError, IndexError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or exc
             raise CtlError(f"cannot reach ultrascaled at {self.base}: {reason}", EXIT_UNREACHABLE)
 
-    def request(self, method: str, path: str, body: dict | None = None) -> dict:
-        status, f = self.open(method, path, json.dumps(body).encode() if body is not None else None)
+    def fetch(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
+        status, headers, f = self.open(method, path, body)
         with f:
             try:
-                raw = f.read()
+                return status, headers, f.read()
             except OSError as exc:
                 raise CtlError(f"lost the connection to {self.base}: {exc}", EXIT_UNREACHABLE)
-        try:
-            parsed = json.loads(raw or b"{}")
-        except ValueError:
-            parsed = {}
+
+    @staticmethod
+    def check(status: int, raw: bytes) -> None:
+        """Raise the daemon's error (code and message) for a non-2xx answer."""
         if 200 <= status < 300:
-            return parsed
-        err = parsed.get("error") if isinstance(parsed, dict) else None
-        if isinstance(err, dict):
-            msg = err.get("message", "")
-            if err.get("errors"):
-                msg += "\n" + "\n".join(f"  {e}" for e in err["errors"])
-            raise CtlError(f"{err.get('code', status)}: {msg}", EXIT_REFUSED)
-        raise CtlError(f"HTTP {status} from {self.base}{path}", EXIT_REFUSED)
+            return
+        try:
+            err = json.loads(raw)["error"]
+        except (ValueError, KeyError, TypeError):
+            raise CtlError(f"HTTP {status}", EXIT_REFUSED)
+        msg = err.get("message", "")
+        if err.get("errors"):
+            msg += "\n" + "\n".join(f"  {e}" for e in err["errors"])
+        raise CtlError(f"{err.get('code', status)}: {msg}", EXIT_REFUSED)
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        status, _, raw = self.fetch(method, path, json.dumps(body).encode() if body is not None else None)
+        self.check(status, raw)
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            raise CtlError(f"not JSON from {self.base}{path}", EXIT_FAILED)
 
 
 def fmt_bytes(n: int | None) -> str:
@@ -200,7 +211,7 @@ def cmd_events(api: Api, args) -> int:
         for e in data["events"]:
             print(format_event(e))
         return 0
-    status, f = api.open("GET", f"/events?follow=1&since={max(0, args.since)}", timeout=None)
+    status, _, f = api.open("GET", f"/events?follow=1&since={max(0, args.since)}", timeout=None)
     try:
         with f:
             for raw in f:
@@ -211,6 +222,36 @@ def cmd_events(api: Api, args) -> int:
         return 0
     except OSError as exc:
         raise CtlError(f"event stream ended: {exc}", EXIT_UNREACHABLE)
+    return 0
+
+
+def cmd_alerts(api: Api, args) -> int:
+    data = api.request("GET", "/alerts")
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif not data["firing"]:
+        print("no alert is firing")
+    for a in data["firing"]:
+        print(f"FIRING {a['alert']}: {a['message']} (since {time.strftime('%H:%M:%S', time.localtime(a['since']))})")
+    return 1 if data["firing"] else 0
+
+
+def cmd_logs(api: Api, args) -> int:
+    status, headers, body = api.fetch("GET", f"/instances/{args.port}/log?lines={args.lines}")
+    api.check(status, body)
+    sys.stdout.write(body.decode(errors="replace"))
+    sys.stdout.flush()
+    offset = int(headers.get("x-offset", "0"))
+    try:
+        while args.follow:
+            time.sleep(0.5)
+            status, headers, chunk = api.fetch("GET", f"/instances/{args.port}/log?offset={offset}")
+            api.check(status, chunk)
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+            offset = int(headers.get("x-offset", offset))
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -258,6 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", add_help=False,
                        help="capacity plan for N users from the spec, with the arithmetic (plan --help)")
     s.set_defaults(func=cmd_plan, local=True)
+
+    s = sub.add_parser("alerts", help="alerts firing now (exit 1 when any)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_alerts)
+
+    s = sub.add_parser("logs", help="an instance's output; -f follows")
+    s.add_argument("port", type=_count)
+    s.add_argument("-f", "--follow", action="store_true")
+    s.add_argument("-n", "--lines", type=_count, default=50)
+    s.set_defaults(func=cmd_logs)
 
     s = sub.add_parser("events", help="recent events; -f follows")
     s.add_argument("-f", "--follow", action="store_true")

@@ -30,6 +30,15 @@ def make_upstream(spec: Spec, events: EventLog):
     return NginxUpstream(spec, events)
 
 
+def make_alerts(spec: Spec, sup: Supervisor, events: EventLog):
+    """Alert rules evaluated over two scrapes of the fleet's own metrics (no HTTP involved)."""
+    from ultrascaled import alerts, metrics
+    sampler = alerts.Sampler(lambda: metrics.families_async(
+        sup.snapshot(), sup.upstream.status(), sup.counters, sup.metrics_dirs()))
+    return alerts.AlertManager(spec.alerts, sampler, events.emit, fleet=spec.name,
+                               db_connection_budget=spec.mongodb.connection_budget)
+
+
 async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     log = structlog.get_logger("ultrascaled")
     events = EventLog()
@@ -47,7 +56,9 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"ultrascaled: api.token_file: {exc}", file=sys.stderr)
         return 2
-    runner = web.AppRunner(build_app(sup, token, reload_spec), access_log=None, handle_signals=False)
+    alerts = make_alerts(spec, sup, events)
+    runner = web.AppRunner(build_app(sup, token, reload_spec, alerts), access_log=None,
+                           handle_signals=False)
     await runner.setup()
     try:
         await web.TCPSite(runner, spec.api.host, spec.api.port, reuse_address=True).start()
@@ -92,7 +103,8 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
             sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
-    helpers = [asyncio.create_task(announce_ready(), name="sd-ready")]
+    helpers = [asyncio.create_task(announce_ready(), name="sd-ready"),
+               asyncio.create_task(alerts.run(), name="alerts")]
     interval = sdnotify.watchdog_interval()
     if interval:
         helpers.append(asyncio.create_task(watchdog(interval), name="sd-watchdog"))
@@ -101,6 +113,7 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     for t in helpers:
         t.cancel()
     await sup.shutdown()
+    await alerts.close(drain=2.0)
     await runner.cleanup()
     return 0
 

@@ -132,6 +132,60 @@ class PathsSection:
 
 
 @dataclass(frozen=True)
+class AlertsSection:
+    evaluation_interval: float = setting(5.0, "Seconds between alert evaluations (each compares "
+                                         "two scrapes of the fleet's metrics).", min=0.5, max=3600)
+    min_requests: int = setting(20, "Requests (cache lookups for the cache rule) an interval needs "
+                                "before the latency, error-rate and cache rules are judged; "
+                                "below it they count as not holding.", min=0)
+    p95_latency_seconds: Optional[float] = setting(2.0, "Fire when the fleet's 95th percentile "
+                                                   "request latency is over this; null = off.",
+                                                   min=0.001)
+    p95_latency_for: float = setting(30.0, "Seconds the p95 latency must stay over before firing.",
+                                     min=0)
+    error_rate: Optional[float] = setting(0.01, "Fire when the share of 5xx responses is over "
+                                          "this (0.01 = 1%); null = off.", min=0, max=1)
+    error_rate_for: float = setting(30.0, "Seconds the error rate must stay over before firing.",
+                                    min=0)
+    cpu_percent: Optional[float] = setting(80.0, "Fire when the fleet's processes use more than "
+                                           "this percent of the host's CPUs; null = off.",
+                                           min=1, max=100)
+    cpu_for: float = setting(30.0, "Seconds CPU must stay over before firing.", min=0)
+    memory_budget_fraction: Optional[float] = setting(1.0, "Fire when the fleet's memory is over "
+                                                      "this fraction of `memory.fleet_budget_mb`; "
+                                                      "null = off.", min=0.01, max=10)
+    memory_for: float = setting(30.0, "Seconds memory must stay over before firing.", min=0)
+    cache_hit_rate: Optional[float] = setting(0.8, "Fire when the cache hit rate (hits / "
+                                              "(hits + misses), all tiers) is under this; "
+                                              "null = off.", min=0, max=1)
+    cache_hit_rate_for: float = setting(30.0, "Seconds the hit rate must stay under before "
+                                        "firing.", min=0)
+    db_connections_fraction: Optional[float] = setting(1.0, "Fire when MongoDB connections in "
+                                                       "use are over this fraction of "
+                                                       "`mongodb.connection_budget`; null = off.",
+                                                       min=0.01, max=10)
+    db_connections_for: float = setting(30.0, "Seconds connections must stay over before firing.",
+                                        min=0)
+    webhook_url: Optional[str] = setting(None, "URL that gets a JSON POST for every firing and "
+                                         "resolved alert; null = none.")
+    webhook_timeout: float = setting(2.0, "Seconds one webhook POST may take.", min=0.05, max=60)
+    webhook_retries: int = setting(3, "Retries after a failed POST (timeout, connection error, "
+                                   "5xx, 429), with doubling backoff.", min=0, max=20)
+    webhook_backoff: float = setting(0.5, "Seconds before the first retry; doubles each time.",
+                                     min=0, max=60)
+    webhook_queue: int = setting(100, "Notifications waiting to be sent; more are dropped and "
+                                 "counted.", min=1, max=100000)
+
+
+@dataclass(frozen=True)
+class LogsSection:
+    max_bytes: int = setting(50 * 1024 * 1024, "Size at which an instance's log file is rotated "
+                             "(copy, then truncate; the instance keeps writing).", min=4096)
+    backups: int = setting(5, "Rotated files kept per instance (`instance-PORT.log.1` .. `.N`).",
+                           min=0, max=100)
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str = setting("ultrascale", "Fleet name; marks its processes (`--name ultrascale-NAME-PORT`).")
     app: AppSection = field(default_factory=AppSection)
@@ -143,6 +197,8 @@ class Spec:
     mongodb: MongoSection = field(default_factory=MongoSection)
     api: ApiSection = field(default_factory=ApiSection)
     paths: PathsSection = field(default_factory=PathsSection)
+    logs: LogsSection = field(default_factory=LogsSection)
+    alerts: AlertsSection = field(default_factory=AlertsSection)
     nginx: NginxSettings = field(default_factory=NginxSettings)
     source: Optional[str] = field(default=None, metadata={"internal": True})
 

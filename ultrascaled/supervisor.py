@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ultrascaled import procs, watchdog
+from ultrascaled import logfiles, procs, watchdog
 from ultrascaled.events import EventLog
 from ultrascaled.plan import InstanceView, Policy, backoff_delay, describe_exit, on_exit, plan
 from ultrascaled.spec import MB, Spec, budget_errors
@@ -487,7 +487,7 @@ class Supervisor:
             f.unlink(missing_ok=True)
         argv = gunicorn_argv(spec, inst.port)
         env = instance_env(spec, inst.index, inst.port, str(metrics_dir))
-        log_path = self.log_dir / f"instance-{inst.port}.log"
+        log_path = self.log_path(inst.port)
         try:
             proc = procs.spawn(argv, env, spec.app.directory, str(log_path))
         except OSError as exc:
@@ -545,7 +545,7 @@ class Supervisor:
 
     def _log_tail(self, port: int, lines: int = 3) -> str:
         try:
-            with open(self.log_dir / f"instance-{port}.log", "rb") as f:
+            with open(self.log_path(port), "rb") as f:
                 f.seek(0, 2)
                 f.seek(max(0, f.tell() - 4096))
                 tail = f.read().decode(errors="replace").strip().splitlines()[-lines:]
@@ -597,9 +597,23 @@ class Supervisor:
                     self.wake()
 
     async def _sample_loop(self) -> None:
+        next_rotation = 0.0
         while True:
             await asyncio.sleep(self.spec.memory.sample_interval)
             self.sample()
+            if self.clock() >= next_rotation:  # instance logs: copy-then-truncate past max_bytes
+                next_rotation = self.clock() + min(10.0, 5 * self.spec.memory.sample_interval)
+                for port in list(self.instances):
+                    rotated = await asyncio.to_thread(logfiles.rotate_if_needed, self.log_path(port),
+                                                      self.spec.logs.max_bytes, self.spec.logs.backups)
+                    if rotated:
+                        self.events.emit("instance.log_rotated", port=port, path=str(self.log_path(port)))
+
+    def log_path(self, port: int) -> Path:
+        return self.log_dir / f"instance-{port}.log"
+
+    def metrics_dirs(self) -> dict[int, str]:
+        return {p: str(self.state_dir / "metrics" / str(p)) for p in sorted(self.instances)}
 
     def sample(self) -> None:
         """Read every master's and worker's memory; queue recycles the watchdog asks for."""
@@ -675,7 +689,8 @@ class Supervisor:
                 "serving": i.state is S.RUNNING and (port in self.applied_upstream or not nginx_on),
                 "restart_pending": i.restart_requested,
                 "master_rss": i.master_mem.rss if i.master_mem else None,
-                "workers": [{"pid": w.pid, "rss": w.rss} for w in i.workers],
+                "cpu_seconds": round(i.master_mem.cpu, 3) if i.master_mem else None,  # the master's own
+                "workers": [{"pid": w.pid, "rss": w.rss, "cpu_seconds": round(w.cpu, 3)} for w in i.workers],
                 "rss_total": self.instance_rss(i),
             })
         total = sum(x["rss_total"] for x in items)
