@@ -1,0 +1,489 @@
+"""The four setups, each started and stopped by the benchmark.
+
+  sync         (a) one gunicorn, 5 sync workers, hit directly
+  supervisord  (b) N gunicorn x 1 gevent worker under supervisord, behind nginx
+  handwired    (c) the same instances started by hand (setsid each), static nginx upstream
+  ultrascaled  (d) ultrascaled with the same instances behind its managed nginx
+
+Every instance runs the command ultrascaled itself builds (`ultrascaled.supervisor.gunicorn_argv`)
+with the environment it builds (`instance_env`), and (b) and (c) get the nginx configuration
+from the same renderer (`ultrascaled.nginx_conf`) with default `NginxSettings`, so between
+(b), (c) and (d) only the supervisor differs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from ultrascaled.nginx_conf import NginxSettings, render_main_conf, render_upstream
+from ultrascaled.spec import Spec, parse_spec
+from ultrascaled.supervisor import gunicorn_argv, instance_env
+
+from bench.util import REPO, VENV_BIN, Tracker, log, nginx_binary, port_free, probe, stop_pid, wait_ok
+
+# Loopback ports of each setup: instances at base, base+1, ...; nginx / API next to them.
+PORTS = {
+    "sync": {"base": 18801},
+    "supervisord": {"base": 18601, "nginx": 18680},
+    "handwired": {"base": 18701, "nginx": 18780},
+    "ultrascaled": {"base": 18501, "nginx": 18580, "api": 19500},
+}
+MAX_INSTANCES = 8
+
+
+class NotSupported(Exception):
+    """The setup has no way to do this (the table says so)."""
+
+
+def bench_spec(name: str, base_port: int, count: int, state_dir: Path, *, workers: int = 1,
+               worker_class: str = "gevent", api_port: int = 19500, nginx_port: int = 18580,
+               nginx_mode: str = "managed") -> Spec:
+    state_dir = Path(state_dir)
+    text = f"""
+name: {name}
+app: {{directory: {REPO}, python: {VENV_BIN / 'python'}}}
+instances: {{count: {count}, min: 1, max: 16, base_port: {base_port}}}
+gunicorn: {{workers: {workers}, worker_class: {worker_class}}}
+api: {{port: {api_port}}}
+paths: {{state_dir: {state_dir / 'state'}, log_dir: {state_dir / 'log'}}}
+nginx: {{mode: {nginx_mode}, listen: {nginx_port}}}
+"""
+    return parse_spec(text, source=f"<bench {name}>", base_dir=REPO)
+
+
+def instance_command(spec: Spec, index: int, metrics_root: Path) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of instance `index`, exactly as ultrascaled would start it."""
+    port = spec.port(index)
+    mdir = metrics_root / str(port)
+    mdir.mkdir(parents=True, exist_ok=True)
+    return gunicorn_argv(spec, port), instance_env(spec, index, port, str(mdir))
+
+
+def check_ports(ports: list[int]) -> None:
+    busy = [p for p in ports if not port_free(p)]
+    if busy:
+        raise RuntimeError(f"ports already in use (another bench run?): {busy}")
+
+
+def master_of(port: int) -> psutil.Process | None:
+    """The gunicorn master listening on `port`: the listener whose parent is not a listener."""
+    for c in psutil.net_connections("tcp"):
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+            try:
+                p = psutil.Process(c.pid)
+                parent = p.parent()
+                if parent and "gunicorn" in " ".join(parent.cmdline()):
+                    return parent
+                return p
+            except psutil.Error:
+                continue
+    return None
+
+
+class NginxFront:
+    """nginx for (b) and (c): the config ultrascaled would write, driven like an operator would."""
+
+    def __init__(self, tracker: Tracker, prefix: Path, listen: int):
+        self.tracker = tracker
+        self.settings = NginxSettings(mode="managed", prefix=str(prefix), listen=listen)
+        self.prefix = Path(prefix)
+        self.binary = nginx_binary()
+
+    def _args(self) -> list[str]:
+        s = self.settings
+        return [self.binary, "-p", str(self.prefix) + "/", "-c", s.conf_path, "-e", s.error_log_path]
+
+    def write_upstream(self, ports: list[int]) -> None:
+        Path(self.settings.effective_upstream_file).write_bytes(
+            render_upstream(self.settings, [("127.0.0.1", p) for p in ports]))
+
+    def start(self, ports: list[int]) -> None:
+        for sub in ("conf", "logs", "temp"):
+            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        Path(self.settings.conf_path).write_bytes(render_main_conf(self.settings))
+        self.write_upstream(ports)
+        subprocess.run(self._args(), check=True, env=self.tracker.env(), capture_output=True, timeout=15)
+        deadline = time.monotonic() + 10
+        while probe(self.settings.listen, "/nginx_status")[0] != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nginx on {self.settings.listen} did not start")
+            time.sleep(0.05)
+
+    def set_upstream(self, ports: list[int]) -> None:
+        """Rewrite the upstream file and `nginx -s reload` (returns once the signal is sent)."""
+        self.write_upstream(ports)
+        subprocess.run(self._args() + ["-s", "reload"], check=True, capture_output=True, timeout=15)
+
+    def pid(self) -> int | None:
+        try:
+            return int(Path(self.settings.pid_path).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid:
+            stop_pid(pid, signal.SIGQUIT, timeout=10)
+
+
+class Setup:
+    key = ""
+    label = ""
+    url = ""
+
+    def __init__(self, tracker: Tracker, run_dir: Path):
+        self.tracker = tracker
+        self.dir = Path(run_dir) / self.key
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    # lifecycle
+    def start(self, count: int) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # fleet
+    def ports(self) -> list[int]:
+        raise NotImplementedError
+
+    def master_pid(self, port: int) -> int:
+        m = master_of(port)
+        if not m:
+            raise RuntimeError(f"no gunicorn master listens on {port}")
+        return m.pid
+
+    def supervisor_pid(self) -> int | None:
+        return None
+
+    def wait_stable(self, timeout: float = 60.0) -> None:
+        for p in self.ports():
+            if not wait_ok(p, timeout=timeout):
+                raise RuntimeError(f"{self.key}: instance {p} not answering")
+
+    # operations (NotSupported where the setup has no such thing)
+    def scale(self, n: int) -> str:
+        raise NotSupported
+
+    def restart_all(self) -> str:
+        raise NotSupported
+
+    def restart_each(self) -> str:
+        raise NotSupported
+
+    def status_argv(self) -> list[str]:
+        raise NotSupported
+
+
+class SyncDirect(Setup):
+    """(a) one gunicorn, `--workers 5 --worker-class sync`, no nginx."""
+    key, label = "sync", "(a) 1 gunicorn, 5 sync workers, direct"
+
+    def start(self, count: int = 1) -> None:
+        base = PORTS["sync"]["base"]
+        check_ports([base])
+        spec = bench_spec("bench-sync", base, 1, self.dir, workers=5, worker_class="sync",
+                          nginx_mode="off", api_port=19599)
+        argv, env = instance_command(spec, 0, self.dir / "metrics")
+        self.proc = self.tracker.spawn(argv, env=env, cwd=str(REPO), log_path=self.dir / "gunicorn.log")
+        self.port = base
+        self.url = f"http://127.0.0.1:{base}"
+        if not wait_ok(base, timeout=30):
+            raise RuntimeError("sync gunicorn did not start; see " + str(self.dir / "gunicorn.log"))
+
+    def ports(self) -> list[int]:
+        return [self.port]
+
+    def stop(self) -> None:
+        if getattr(self, "proc", None) and self.proc.poll() is None:
+            stop_pid(self.proc.pid, signal.SIGTERM, timeout=35)
+
+
+class HandWired(Setup):
+    """(c) instances started directly, each with setsid, and a static nginx upstream."""
+    key, label = "handwired", "(c) hand-wired: setsid instances + static nginx upstream"
+
+    def start(self, count: int = 4) -> None:
+        cfg = PORTS["handwired"]
+        check_ports([cfg["base"] + i for i in range(count)] + [cfg["nginx"]])
+        self.spec = bench_spec("bench-hw", cfg["base"], count, self.dir, nginx_port=cfg["nginx"])
+        self.procs = {}
+        for i in range(count):
+            argv, env = instance_command(self.spec, i, self.dir / "metrics")
+            port = self.spec.port(i)
+            self.procs[port] = self.tracker.spawn(argv, env=env, cwd=str(REPO),
+                                                  log_path=self.dir / f"gunicorn-{port}.log")
+        for port in self.procs:
+            if not wait_ok(port, timeout=30):
+                raise RuntimeError(f"hand-wired instance {port} did not start")
+        self.nginx = NginxFront(self.tracker, self.dir / "nginx", cfg["nginx"])
+        self.nginx.start(sorted(self.procs))
+        self.url = f"http://127.0.0.1:{cfg['nginx']}"
+
+    def ports(self) -> list[int]:
+        return sorted(self.procs)
+
+    def stop(self) -> None:
+        if getattr(self, "nginx", None):
+            self.nginx.stop()
+        for p in getattr(self, "procs", {}).values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in getattr(self, "procs", {}).values():
+            try:
+                p.wait(timeout=35)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+SUPERVISORD_HEAD = """\
+; Generated by scripts/bench: one program per instance port, supervisord's defaults otherwise.
+[unix_http_server]
+file={dir}/supervisor.sock
+
+[supervisord]
+logfile={dir}/supervisord.log
+pidfile={dir}/supervisord.pid
+childlogdir={dir}/log
+nodaemon=true
+loglevel=info
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{dir}/supervisor.sock
+"""
+
+PROGRAM = """
+[program:{name}]
+command={command}
+directory={directory}
+autostart={autostart}
+autorestart=true
+redirect_stderr=true
+stdout_logfile={dir}/log/{name}.log
+environment={environment}
+"""
+
+
+def _supervisor_env(env: dict[str, str], base: dict[str, str]) -> str:
+    """supervisord's `environment=` value: the keys that differ from its own environment."""
+    items = []
+    for k, v in sorted(env.items()):
+        if base.get(k) != v:
+            v = v.replace("%", "%%").replace('"', '\\"')
+            items.append(f'{k}="{v}"')
+    return ",".join(items)
+
+
+def render_supervisord_conf(spec: Spec, count: int, max_instances: int, run_dir: Path,
+                            base_env: dict[str, str]) -> str:
+    """supervisord.conf for `max_instances` programs `i<PORT>`; the first `count` autostart."""
+    run_dir = Path(run_dir)
+    out = [SUPERVISORD_HEAD.format(dir=run_dir)]
+    for i in range(max_instances):
+        argv, env = instance_command(spec, i, run_dir / "metrics")
+        out.append(PROGRAM.format(name=f"i{spec.port(i)}", command=shlex.join(argv),
+                                  directory=spec.app.directory,
+                                  autostart="true" if i < count else "false", dir=run_dir,
+                                  environment=_supervisor_env(env, base_env)))
+    return "".join(out)
+
+
+class Supervisord(Setup):
+    """(b) supervisord with one program per instance, nginx driven by hand.
+
+    Scaling is what an operator would do: up = `supervisorctl start` the new programs, wait
+    until they answer, add them to the upstream, `nginx -s reload`; down = remove them from the
+    upstream, reload, wait 1 s, `supervisorctl stop`. supervisord itself has no such command.
+    """
+    key, label = "supervisord", "(b) supervisord + nginx"
+
+    def start(self, count: int = 4) -> None:
+        cfg = PORTS["supervisord"]
+        check_ports([cfg["base"] + i for i in range(MAX_INSTANCES)] + [cfg["nginx"]])
+        (self.dir / "log").mkdir(exist_ok=True)
+        self.spec = bench_spec("bench-sv", cfg["base"], min(count, 16), self.dir, nginx_port=cfg["nginx"])
+        self.conf = self.dir / "supervisord.conf"
+        base_env = self.tracker.env()
+        self.conf.write_text(render_supervisord_conf(self.spec, count, MAX_INSTANCES, self.dir, base_env))
+        self.proc = self.tracker.spawn([str(VENV_BIN / "supervisord"), "-c", str(self.conf)],
+                                       env=base_env, cwd=str(self.dir),
+                                       log_path=self.dir / "supervisord.out")
+        self.running = [self.spec.port(i) for i in range(count)]
+        for port in self.running:
+            if not wait_ok(port, timeout=30):
+                raise RuntimeError(f"supervisord instance {port} did not start")
+        self.nginx = NginxFront(self.tracker, self.dir / "nginx", cfg["nginx"])
+        self.nginx.start(self.running)
+        self.url = f"http://127.0.0.1:{cfg['nginx']}"
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(VENV_BIN / "supervisorctl"), "-c", str(self.conf), *args],
+                           capture_output=True, text=True, timeout=120)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"supervisorctl {' '.join(args)}: exit {r.returncode}: {r.stdout}{r.stderr}")
+        return r
+
+    def status_argv(self) -> list[str]:
+        return [str(VENV_BIN / "supervisorctl"), "-c", str(self.conf), "status"]
+
+    def ports(self) -> list[int]:
+        return sorted(self.running)
+
+    def supervisor_pid(self) -> int | None:
+        return self.proc.pid
+
+    def master_pid(self, port: int) -> int:
+        r = self.ctl("pid", f"i{port}")
+        return int(r.stdout.strip())
+
+    def scale(self, n: int) -> str:
+        cur = self.ports()
+        want = [self.spec.port(i) for i in range(n)]
+        if n > len(cur):
+            new = [p for p in want if p not in cur]
+            self.ctl("start", *[f"i{p}" for p in new])
+            for p in new:
+                wait_ok(p, timeout=30)
+            self.nginx.set_upstream(want)
+            self.running = want
+            return "supervisorctl start, wait for /health, rewrite upstream, nginx -s reload"
+        gone = [p for p in cur if p not in want]
+        self.nginx.set_upstream(want)
+        time.sleep(1.0)
+        self.ctl("stop", *[f"i{p}" for p in gone])
+        self.running = want
+        return "rewrite upstream, nginx -s reload, sleep 1 s, supervisorctl stop"
+
+    def restart_all(self) -> str:
+        self.ctl("restart", "all")
+        return "supervisorctl restart all"
+
+    def restart_each(self) -> str:
+        for p in self.ports():
+            self.ctl("restart", f"i{p}")
+        return "supervisorctl restart iPORT, one after another"
+
+    def wait_stable(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.ctl("status", check=False)
+            states = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines() if line.strip()}
+            if all(states.get(f"i{p}") == "RUNNING" for p in self.ports()):
+                break
+            time.sleep(0.2)
+        super().wait_stable(max(1.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        # nginx first: its idle keep-alive connections would hold each gunicorn's graceful stop
+        if getattr(self, "nginx", None):
+            self.nginx.stop()
+        if getattr(self, "proc", None) and self.proc.poll() is None:
+            stop_pid(self.proc.pid, signal.SIGTERM, timeout=40)
+
+
+class Ultrascaled(Setup):
+    """(d) `ultrascaled --spec` with its managed nginx; operations through `ultrascalectl`."""
+    key, label = "ultrascaled", "(d) ultrascaled"
+
+    def start(self, count: int = 4) -> None:
+        cfg = PORTS["ultrascaled"]
+        check_ports([cfg["base"] + i for i in range(MAX_INSTANCES)] + [cfg["nginx"], cfg["api"]])
+        self.api = f"http://127.0.0.1:{cfg['api']}"
+        spec_path = self.dir / "spec.yaml"
+        spec_path.write_text(f"""\
+# Generated by scripts/bench
+name: bench-us
+app: {{directory: {REPO}}}
+instances: {{count: {count}, min: 1, max: 16, base_port: {cfg['base']}}}
+gunicorn: {{workers: 1}}
+api: {{port: {cfg['api']}}}
+paths: {{state_dir: {self.dir / 'state'}, log_dir: {self.dir / 'log'}}}
+nginx: {{mode: managed, listen: {cfg['nginx']}}}
+""")
+        self.proc = self.tracker.spawn([str(VENV_BIN / "ultrascaled"), "--spec", str(spec_path)],
+                                       cwd=str(REPO), log_path=self.dir / "ultrascaled.log")
+        self.url = f"http://127.0.0.1:{cfg['nginx']}"
+        self.wait_stable(60)
+
+    def fleet(self) -> dict:
+        with urllib.request.urlopen(self.api + "/fleet", timeout=5) as r:
+            return json.load(r)
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(VENV_BIN / "ultrascalectl"), "--api", self.api, *args],
+                           capture_output=True, text=True, timeout=300)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"ultrascalectl {' '.join(args)}: exit {r.returncode}: {r.stdout}{r.stderr}")
+        return r
+
+    def events(self, n: int = 100) -> str:
+        return self.ctl("events", "-n", str(n), check=False).stdout
+
+    def status_argv(self) -> list[str]:
+        return [str(VENV_BIN / "ultrascalectl"), "--api", self.api, "status"]
+
+    def wait_stable(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ultrascaled exited {self.proc.returncode}; see {self.dir}/ultrascaled.log")
+            try:
+                f = self.fleet()
+                inst = {i["port"]: i for i in f["instances"]}
+                if (f["ready"] == f["desired"] and set(inst) == set(f["ports"])
+                        and all(i["state"] == "running" and i.get("in_upstream") for i in inst.values())):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("ultrascaled fleet did not become ready")
+            time.sleep(0.1)
+
+    def ports(self) -> list[int]:
+        return sorted(self.fleet()["ports"])
+
+    def supervisor_pid(self) -> int | None:
+        return self.proc.pid
+
+    def master_pid(self, port: int) -> int:
+        for i in self.fleet()["instances"]:
+            if i["port"] == port and i["pid"]:
+                return int(i["pid"])
+        raise RuntimeError(f"ultrascaled reports no pid for {port}")
+
+    def scale(self, n: int) -> str:
+        self.ctl("scale", str(n))
+        return f"ultrascalectl scale {n}"
+
+    def restart_all(self) -> str:
+        self.ctl("restart", "--all")
+        return "ultrascalectl restart --all"
+
+    def restart_each(self) -> str:
+        for p in self.ports():
+            self.ctl("restart", str(p))
+        return "ultrascalectl restart PORT, one after another"
+
+    def stop(self) -> None:
+        if getattr(self, "proc", None) and self.proc.poll() is None:
+            stop_pid(self.proc.pid, signal.SIGTERM, timeout=60)
+
+
+SETUPS = {cls.key: cls for cls in (SyncDirect, Supervisord, HandWired, Ultrascaled)}
