@@ -1,0 +1,137 @@
+"""Smoke tests of the benchmark suite (scripts/bench): the generated configs and tables, and a
+2-second micro-run of one setup. Fast (< 30 s); the real numbers come from scripts/bench."""
+from __future__ import annotations
+
+import configparser
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bench import report  # noqa: E402
+from bench.setups import bench_spec, render_supervisord_conf  # noqa: E402
+from bench.util import parse_wrk  # noqa: E402
+from ultrascaled.supervisor import gunicorn_argv  # noqa: E402
+
+WRK_OUT = """\
+Running 5s test @ http://127.0.0.1:18580/
+  2 threads and 1000 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   208.84ms   72.13ms    1.62s    82.60%
+    Req/Sec     2.34k   507.72     3.41k    71.00%
+  Latency Distribution
+     50%  210.32ms
+     75%  243.08ms
+     90%  275.73ms
+     99%    1.50s
+  23461 requests in 5.10s, 4.00MB read
+  Socket errors: connect 0, read 3, write 0, timeout 17
+  Non-2xx or 3xx responses: 5
+Requests/sec:   4600.23
+Transfer/sec:    804.14KB
+"""
+
+
+def test_parse_wrk_reads_rate_percentiles_and_errors():
+    r = parse_wrk(WRK_OUT)
+    assert r.rps == 4600.23 and r.requests == 23461 and r.seconds == pytest.approx(5.1)
+    assert r.p50_ms == pytest.approx(210.32) and r.p99_ms == pytest.approx(1500.0)
+    assert r.socket_errors == {"connect": 0, "read": 3, "write": 0, "timeout": 17}
+    assert r.non_2xx == 5 and r.errors == 25
+    assert r.error_pct == pytest.approx(100 * 25 / (23461 + 17))
+
+
+def test_supervisord_conf_runs_the_same_command_as_ultrascaled(tmp_path):
+    from supervisor.datatypes import dict_of_key_value_pairs
+
+    spec = bench_spec("bench-sv", 18601, 2, tmp_path)
+    text = render_supervisord_conf(spec, count=2, max_instances=4, run_dir=tmp_path,
+                                   base_env={"PATH": os.environ.get("PATH", "")})
+    cp = configparser.RawConfigParser()
+    cp.read_string(text)
+    programs = [s for s in cp.sections() if s.startswith("program:")]
+    assert programs == [f"program:i{18601 + i}" for i in range(4)]
+    assert [cp[p]["autostart"] for p in programs] == ["true", "true", "false", "false"]
+    for i, p in enumerate(programs):
+        assert shlex.split(cp[p]["command"]) == gunicorn_argv(spec, 18601 + i)
+        env = dict_of_key_value_pairs(cp[p]["environment"])
+        assert env["PORT"] == str(18601 + i) and env["ULTRASCALE_INSTANCE"] == str(i)
+        assert env["PROMETHEUS_MULTIPROC_DIR"].endswith(f"metrics/{18601 + i}")
+    argv = shlex.split(cp["program:i18601"]["command"])
+    assert argv[argv.index("--worker-class") + 1] == "gevent"
+    assert argv[argv.index("--workers") + 1] == "1"
+    assert cp["supervisord"]["nodaemon"] == "true"
+
+
+def _fake_results() -> dict:
+    cell = {"rps": 5000.0, "p50_ms": 100.0, "p99_ms": 300.0, "errors": 0, "error_pct": 0.0,
+            "timeouts": 0, "non_2xx": 0, "runs": 1, "rps_all": [5000]}
+    slow = dict(cell, rps=1000.0, rps_all=[1000])
+    return {
+        "date": "2026-01-01 00:00 UTC", "quick": True, "command": "scripts/bench --quick",
+        "elapsed_s": 60.0, "json_path": "/tmp/x.json", "leftovers": [],
+        "machine": {"cores": 2, "cpu_model": "cpu", "memory_gib": 4, "os": "Debian", "kernel": "6",
+                    "python": "3.11", "nginx": "1.22", "gunicorn": "27", "gevent": "26",
+                    "supervisor": "4.3", "ultrascale": "0.1", "wrk": "wrk 4"},
+        "loads": {"throughput": {"loadavg": [2.0, 1.0, 0.5], "host_cpu_pct": 50.0,
+                                 "others": ["python 90%"]}},
+        "throughput": {"conns": 1000, "runs": 1, "duration": 5,
+                       "labels": {"sync": "(a) sync", "handwired": "(c) hand", "ultrascaled": "(d) us"},
+                       "summary": {"sync": {"/": slow, "cached": slow},
+                                   "handwired": {"/": cell, "cached": cell},
+                                   "ultrascaled": {"/": cell, "cached": dict(cell, rps=6000.0)}}},
+        "recovery": {"kills": 1, "labels": {"ultrascaled": "(d) us"},
+                     "results": {"ultrascaled": {"samples": [{"back_s": 0.3}], "median_s": 0.3,
+                                                 "min_s": 0.3, "max_s": 0.3, "missing": 0,
+                                                 "old_answered_median_s": None}}},
+    }
+
+
+def test_report_states_goals_and_shared_machine():
+    md = report.render(_fake_results())
+    assert "| (d) us | 5,000 | 5.00x |" in md
+    assert "≥ 5x (a) met" in md and "≥ (c) met" in md
+    assert "**Shared machine:**" in md and "python" in md
+    assert "| (d) us | 0.30 s |" in md
+    assert "### Goals missed by ultrascaled in this run\n\nNone." in md
+
+
+def test_report_names_a_missed_goal():
+    res = _fake_results()
+    res["throughput"]["summary"]["ultrascaled"]["/"] = dict(
+        res["throughput"]["summary"]["ultrascaled"]["/"], rps=4000.0, p99_ms=2500.0)
+    md = report.render(res)
+    assert "≥ 5x (a) **MISSED**" in md and "p99 < 2 s **MISSED**" in md
+    assert "- throughput /: 80% of hand-wired (c)" in md
+
+
+def test_write_doc_replaces_only_the_generated_section(tmp_path):
+    doc = tmp_path / "b.md"
+    doc.write_text(f"# Intro\n\nhand-written\n\n{report.BEGIN}\nold\n{report.END}\n\n## After\n")
+    report.write_doc(doc, "new tables\n")
+    text = doc.read_text()
+    assert text.startswith("# Intro\n\nhand-written\n\n")
+    assert "new tables" in text and "old" not in text and text.endswith("## After\n")
+    report.write_doc(doc, "newer\n")
+    assert doc.read_text().count(report.BEGIN) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk not installed (scripts/setup test,bench)")
+def test_micro_run_prints_the_throughput_table():
+    env = dict(os.environ, PATH=f"{REPO / '.venv/bin'}:{os.environ.get('PATH', '')}:/usr/sbin")
+    r = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "bench", "--quick", "--only", "throughput",
+                        "--setups", "handwired", "--duration", "2", "--connections", "50", "--no-doc"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=55)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "### 1. Throughput at 50 connections" in r.stdout
+    assert "| (c) hand-wired" in r.stdout
+    assert "killed leftover" not in r.stderr
