@@ -80,7 +80,7 @@ class GunicornSection:
 class HealthSection:
     path: str = setting("/health", "Path that answers 200 when an instance is ready.")
     start_timeout: float = setting(30.0, "Seconds an instance may take to become ready.", min=0.5)
-    probe_interval: float = setting(0.05, "Seconds between readiness probes while starting.",
+    probe_interval: float = setting(0.02, "Seconds between readiness probes while starting.",
                                     min=0.01, max=5)
     interval: float = setting(2.0, "Seconds between health probes of running instances.",
                               min=0.1, max=300)

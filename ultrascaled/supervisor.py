@@ -120,6 +120,9 @@ async def http_status(host: str, port: int, path: str, timeout: float) -> int | 
             writer.close()
 
 
+UPSTREAM_RETRY_SECONDS = 5.0
+
+
 class ScaleRefused(Exception):
     def __init__(self, code: str, message: str):
         self.code = code
@@ -147,6 +150,8 @@ class Supervisor:
         self._adopting = False
         self._next_upstream_check = 0.0
         self._pending_nginx = False
+        self._failed_upstream: frozenset[int] | None = None
+        self._upstream_retry_at = 0.0
         self._streaks: dict[int, int] = {}
         self._recycling: dict[int, tuple[int, float]] = {}   # worker pid -> (port, SIGKILL deadline)
         self._due_recycles: list[watchdog.Recycle] = []
@@ -414,6 +419,8 @@ class Supervisor:
         want = frozenset(wanted)
         if want == self.applied_upstream and self.upstream_ok is not False:
             return
+        if want == self._failed_upstream and self.clock() < self._upstream_retry_at:
+            return  # the same change failed a moment ago: retry on the next change or in a while
         host = self.spec.instances.host
         ok, detail = await self.upstream.apply([(host, p) for p in sorted(want)])
         now = self.clock()
@@ -426,8 +433,11 @@ class Supervisor:
                     inst.left_upstream_at = now
             if self.upstream_ok is not True or removed or want:
                 self.events.emit("upstream.applied", servers=sorted(want), detail=detail)
+            self._failed_upstream = None
         else:
-            self.events.emit("upstream.failed", level="error", servers=sorted(want), error=detail)
+            self.events.emit("upstream.failed", level="error", servers=sorted(want), error=detail,
+                             retry_in=UPSTREAM_RETRY_SECONDS)
+            self._failed_upstream, self._upstream_retry_at = want, now + UPSTREAM_RETRY_SECONDS
         self.upstream_ok, self.upstream_error = ok, ("" if ok else detail)
         for inst in self.instances.values():  # draining ones that were never in the upstream
             if inst.state is S.DRAINING and inst.port not in self.applied_upstream \
