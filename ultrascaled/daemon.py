@@ -80,8 +80,16 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
         except Exception as exc:  # the running spec stays in force whatever went wrong
             events.emit("spec.refused", level="error", errors=[str(exc)])
 
+    detach = False
+
+    def on_quit() -> None:  # leave the fleet running for the next daemon to adopt (upgrades)
+        nonlocal detach
+        detach = True
+        stop.set()
+
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGQUIT, on_quit)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
     events.emit("daemon.starting", spec=spec.source, pid=os.getpid(), api=f"{spec.api.host}:{spec.api.port}",
@@ -112,6 +120,10 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     sdnotify.notify("STOPPING=1")
     for t in helpers:
         t.cancel()
+    if detach:
+        await sup.detach()
+        await runner.cleanup()
+        return 0
     await sup.shutdown()
     await alerts.close(drain=2.0)
     await runner.cleanup()

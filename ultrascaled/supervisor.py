@@ -325,6 +325,19 @@ class Supervisor:
         await self.upstream.stop()
         self.events.emit("daemon.stopped")
 
+    async def detach(self) -> None:
+        """Exit without touching the fleet: instances and nginx keep serving for the next daemon."""
+        for t in [self._loop_task, *self._side_tasks]:
+            if t:
+                t.cancel()
+        loop = asyncio.get_running_loop()
+        for inst in self.instances.values():
+            self._cancel_probe(inst)
+            if inst.proc:
+                inst.proc.unwatch(loop)
+        self.events.emit("daemon.detached", instances=sorted(self.instances),
+                         note="the fleet keeps running; the next start adopts it")
+
     # ---- adoption of an earlier run's processes ---------------------------------------------------
 
     def _adopt_leftovers(self) -> None:

@@ -104,6 +104,18 @@ def test_sigkill_of_the_daemon_then_restart_adopts_the_running_instances(make_da
     assert any(e["event"] == "adopt.done" for e in d.events("adopt"))
 
 
+def test_sigquit_detaches_leaving_the_fleet_serving_for_the_next_daemon(make_daemon):
+    d = make_daemon().start()
+    before = masters(d)
+    nginx = d.nginx_pid()
+    d.proc.send_signal(signal.SIGQUIT)
+    assert d.proc.wait(15) == 0
+    assert masters(d) == before and pid_alive(nginx)
+    assert http_get(d.nginx_port)[0] == 200
+    d.start()
+    assert masters(d) == before and d.nginx_pid() == nginx
+
+
 def test_orphaned_workers_of_a_killed_fleet_are_cleaned_up_at_start(make_daemon):
     d = make_daemon().start()
     inst = d.fleet()["instances"][0]
