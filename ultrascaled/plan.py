@@ -22,6 +22,7 @@ class InstanceView:
     group_alive: bool = False          # processes of the last run are still being reaped
     left_upstream_at: float | None = None  # DRAINING: when the upstream without it took effect
     stop_sent_at: float | None = None
+    kill_sent: bool = False            # SIGKILL sent; waiting for the exit to be observed
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
         elif st is S.STARTING:
             if not want:
                 act("stop", port, "scale down")
+            elif v.kill_sent:
+                pass
             elif now - v.since >= policy.start_timeout:
                 act("kill", port, f"not ready after {policy.start_timeout:g}s")
             else:
@@ -112,7 +115,9 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
                 timers.append(v.since + policy.drain_max_wait)
         elif st is S.STOPPING:
             sent = v.stop_sent_at if v.stop_sent_at is not None else v.since
-            if now - sent >= policy.stop_timeout:
+            if v.kill_sent:
+                pass
+            elif now - sent >= policy.stop_timeout:
                 act("kill", port, f"still running {policy.stop_timeout:g}s after SIGTERM")
             else:
                 timers.append(sent + policy.stop_timeout)

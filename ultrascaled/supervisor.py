@@ -45,6 +45,7 @@ class Instance:
     group_alive: bool = False
     left_upstream_at: float | None = None
     stop_sent_at: float | None = None
+    kill_sent: bool = False
     health_failures: int = 0
     adopted: bool = False
     fingerprint: str = ""
@@ -54,7 +55,7 @@ class Instance:
 
     def view(self) -> InstanceView:
         return InstanceView(self.port, self.state, self.since, self.next_start, self.restart_requested,
-                            self.group_alive, self.left_upstream_at, self.stop_sent_at)
+                            self.group_alive, self.left_upstream_at, self.stop_sent_at, self.kill_sent)
 
     @property
     def pid(self) -> int | None:
@@ -414,7 +415,8 @@ class Supervisor:
                     self.events.emit("fleet.ready", instances=len(self.instances),
                                      ports=sorted(self.instances))
             if result.actions:
-                continue  # act on the consequences at once
+                await asyncio.sleep(0)  # let exits and probes land, then act on the consequences
+                continue
             wake_at = min(result.wake_at or self._next_upstream_check, self._next_upstream_check)
             timeout = max(0.0, wake_at - self.clock())
             try:
@@ -478,6 +480,7 @@ class Supervisor:
         elif action.kind == "kill":
             self.events.emit("instance.killed", level="warning", port=port, pid=inst.pid, reason=action.reason)
             inst.reason = action.reason
+            inst.kill_sent = True
             if inst.proc:
                 inst.proc.kill_group(signal.SIGKILL)
         elif action.kind == "forget":
@@ -513,10 +516,13 @@ class Supervisor:
         log_path = self.log_path(inst.port)
         try:
             proc = procs.spawn(argv, env, spec.app.directory, str(log_path))
-        except OSError as exc:
-            inst.crashes += (self.clock(),)
-            self.change_state(inst, S.FATAL if inst.state is not S.FATAL else S.STOPPED,
-                              f"cannot start gunicorn: {exc}")
+        except OSError as exc:  # e.g. app.python does not exist: permanent until the spec changes
+            inst.restart_requested = False
+            msg = f"cannot start gunicorn: {exc}"
+            if inst.state is S.FATAL:
+                inst.reason = msg
+            else:
+                self.change_state(inst, S.FATAL, msg)
             return
         if inst.state is not S.STOPPED or inst.restart_requested or inst.last_exit:
             inst.restarts += 1 if inst.started_wall is not None else 0
@@ -525,6 +531,7 @@ class Supervisor:
         inst.restart_requested = False
         inst.health_failures = 0
         inst.left_upstream_at = inst.stop_sent_at = None
+        inst.kill_sent = False
         inst.started_wall = time.time()
         inst.fingerprint = self.fingerprint(inst.index, inst.port)
         inst.master_mem, inst.workers = None, []
