@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,6 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self._side_tasks: set[asyncio.Task] = set()
-        self._settled_once = asyncio.Event()
         self._adopting = False
         self._next_upstream_check = 0.0
         self._pending_nginx = False
@@ -216,9 +215,8 @@ class Supervisor:
     def reload_spec(self, new: Spec) -> dict[str, Any]:
         """Take a validated spec: restart instances whose command changes, roll them one by one."""
         old = self.spec
-        changes = [k for k in ("app", "gunicorn", "instances", "health", "restart", "memory", "mongodb",
-                               "nginx", "api", "paths", "name")
-                   if getattr(old, k) != getattr(new, k)]
+        changes = [f.name for f in fields(Spec)
+                   if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
         errors = budget_errors(new, max(self.count, new.instances.min))
         if errors:
             raise ScaleRefused("spec_invalid", "; ".join(errors))
@@ -231,14 +229,15 @@ class Supervisor:
         self._save_state()
         restarted = []
         for inst in self.instances.values():
-            if inst.state in LIVE and inst.fingerprint != self.fingerprint(inst.index, inst.port):
+            if inst.state in LIVE and inst.fingerprint != self.fingerprint(inst.port):
                 inst.restart_requested = True
                 restarted.append(inst.port)
         self.events.emit("spec.reloaded", changed=changes, restarting=restarted, desired=self.count)
         self.wake()
         return {"changed": changes, "restarting": restarted, "desired": self.count}
 
-    def fingerprint(self, index: int, port: int) -> str:
+    def fingerprint(self, port: int) -> str:
+        """What an instance was started with; a reload restarts those whose fingerprint changes."""
         spec = self.spec
         return json.dumps([gunicorn_argv(spec, port), spec.app.env, spec.mongo_pool_per_process()],
                           sort_keys=True)
@@ -348,7 +347,7 @@ class Supervisor:
         for lo in leftovers:
             if not lo.is_master:
                 if not lo.master_alive:
-                    procs.kill_group(os.getpgid(lo.pid) if procs.pid_running(lo.pid) else lo.pid)
+                    procs.signal_pid(lo.pid, signal.SIGKILL)
                     self.events.emit("adopt.orphan_killed", level="warning", pid=lo.pid, port=lo.port)
                 continue
             if lo.port in self.instances:  # two masters for one port: keep the first
@@ -358,7 +357,7 @@ class Supervisor:
             index = lo.port - self.spec.instances.base_port
             inst = Instance(index=index, port=lo.port, adopted=True)
             inst.proc = procs.Proc(lo.pid)
-            inst.fingerprint = self.fingerprint(index, lo.port)
+            inst.fingerprint = self.fingerprint(lo.port)
             if list(lo.cmdline) != gunicorn_argv(self.spec, lo.port):
                 inst.restart_requested = True  # spec changed while we were away: roll it
                 inst.fingerprint = "adopted-with-other-command"
@@ -533,7 +532,7 @@ class Supervisor:
         inst.left_upstream_at = inst.stop_sent_at = None
         inst.kill_sent = False
         inst.started_wall = time.time()
-        inst.fingerprint = self.fingerprint(inst.index, inst.port)
+        inst.fingerprint = self.fingerprint(inst.port)
         inst.master_mem, inst.workers = None, []
         self.change_state(inst, S.STARTING, reason, pid=proc.pid)
         loop = asyncio.get_running_loop()
