@@ -43,12 +43,13 @@ def free_port_block(n: int) -> int:
 
 
 class Daemon:
-    def __init__(self, tmp: Path, spec_overrides: dict | None = None, nginx: bool = True):
-        base = free_port_block(12)
+    def __init__(self, tmp: Path, spec_overrides: dict | None = None, nginx: bool = True, span: int = 12):
+        """`span` free ports: instances from the first, the API and nginx on the last two."""
+        base = free_port_block(span)
         self.name = "t" + uuid.uuid4().hex[:8]
         self.base_port = base
-        self.api_port = base + 10
-        self.nginx_port = base + 11
+        self.api_port = base + span - 2
+        self.nginx_port = base + span - 1
         self.tmp = tmp
         self.spec = {
             "name": self.name,
