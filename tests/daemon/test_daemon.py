@@ -291,3 +291,22 @@ def test_an_instance_that_never_gets_ready_is_killed_and_retried_without_wedging
     assert any(e["event"] == "instance.killed" and "not ready after 1s" in e["reason"]
                for e in d.events("instance.killed"))
     assert d.fleet_processes() == []
+
+
+def test_events_follow_streams_new_events_as_they_happen(daemon):
+    follower = subprocess.Popen([str(BIN / "ultrascalectl"), "--api", daemon.api_url, "events", "-f"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        assert daemon.ctl("scale", "3").returncode == 0
+        deadline = time.monotonic() + 15
+        seen = []
+        while time.monotonic() < deadline:
+            line = follower.stdout.readline()
+            seen.append(line)
+            if "fleet.scale" in line and "desired=3" in line:
+                break
+        assert any("fleet.scale" in s and "desired=3" in s for s in seen), seen[-5:]
+    finally:
+        follower.kill()
+        follower.wait()

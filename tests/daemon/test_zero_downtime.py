@@ -68,3 +68,15 @@ def test_kill_9_of_a_master_under_load_fails_no_request(loaded):
     d.wait_until(lambda f: f["instances"][0]["pid"] not in (None, victim["pid"])
                  and f["instances"][0]["serving"], timeout=15, what="replacement serving")
     finish(load)
+
+
+def test_the_daemon_killed_under_load_then_restarted_fails_no_request_and_adopts(loaded):
+    d, load = loaded
+    before = sorted((lo.port, lo.pid) for lo in d.fleet_processes() if lo.is_master)
+    d.proc.kill()
+    d.proc.wait()
+    time.sleep(1.0)  # the fleet serves on without its daemon
+    d.start()
+    after = sorted((lo.port, lo.pid) for lo in d.fleet_processes() if lo.is_master)
+    assert after == before, "exactly the desired instances, adopted, no duplicates"
+    finish(load, min_ok=500)

@@ -1,0 +1,73 @@
+"""System mode against a real nginx that the daemon does not own: the test starts it (as the host
+would), the daemon only rewrites the upstream include, checks the whole configuration and
+reloads it; stopping the daemon empties the upstream and leaves that nginx running."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import http_get, pid_alive
+from ultrascaled.nginx_conf import NginxSettings, render_site_conf, render_upstream
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def system_nginx(tmp_path, make_daemon):
+    d = make_daemon(nginx=False)
+    prefix = tmp_path / "sysnginx"
+    (prefix / "logs").mkdir(parents=True)
+    upstream = prefix / "upstream.conf"
+    conf = prefix / "nginx.conf"
+    settings = NginxSettings(mode="system", listen=d.nginx_port, upstream_file=str(upstream))
+    upstream.write_bytes(render_upstream(settings, []))
+    (prefix / "site.conf").write_bytes(render_site_conf(settings))
+    conf.write_text(f"""pid {prefix}/logs/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp_body; proxy_temp_path {prefix}/tmp_proxy;
+    fastcgi_temp_path {prefix}/tmp_fcgi; uwsgi_temp_path {prefix}/tmp_uwsgi; scgi_temp_path {prefix}/tmp_scgi;
+    include {prefix}/site.conf;
+}}
+""")
+    nginx = [os.environ.get("NGINX", "/usr/sbin/nginx"), "-p", str(prefix), "-c", str(conf)]
+    subprocess.run(nginx, check=True, timeout=30)
+    pid = int((prefix / "logs" / "nginx.pid").read_text())
+    d.spec["nginx"] = {"mode": "system", "listen": d.nginx_port, "upstream_file": str(upstream),
+                       "test_command": [*nginx, "-t"], "reload_command": [*nginx, "-s", "reload"],
+                       "system_pid_file": str(prefix / "logs" / "nginx.pid")}
+    d.write_spec()
+    try:
+        yield d, pid, upstream
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def ports_seen(d, n=20):
+    return {json.loads(body)["port"] for status, body in (http_get(d.nginx_port) for _ in range(n))
+            if status == 200}
+
+
+def test_system_mode_keeps_the_hosts_nginx_in_step_and_leaves_it_running(system_nginx):
+    d, nginx_pid, upstream = system_nginx
+    d.start()
+    assert ports_seen(d) == {d.base_port, d.base_port + 1}
+    assert d.api("GET", "/health")[1]["nginx"]["mode"] == "system"
+    assert d.ctl("scale", "3").returncode == 0
+    assert ports_seen(d, 30) == {d.base_port + k for k in range(3)}
+    assert f"127.0.0.1:{d.base_port + 2}" in upstream.read_text()
+    assert d.stop() == 0
+    assert pid_alive(nginx_pid), "the host's nginx is not the daemon's to stop"
+    status, _ = http_get(d.nginx_port)
+    assert status == 503, "no instance left in the upstream: nginx answers 503 at once"
+    assert not any(f"127.0.0.1:{d.base_port + k}" in upstream.read_text() for k in range(3))
