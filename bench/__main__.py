@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, help="wrk runs per cell (default 3; quick 1)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 10; quick 5)")
     p.add_argument("--connections", type=int, default=1000)
+    p.add_argument("--endpoints", default="/,cached",
+                   help="throughput endpoints: / (hello), cached (the /cached/<key> mix), io (/io?ms=2)")
     p.add_argument("--kills", type=int, help="kills per setup in the recovery section (default 5; quick 3)")
     p.add_argument("--idle", type=float, help="idle seconds in the footprint section (default 30; quick 10)")
     p.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"),
@@ -48,6 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     a.only = [x.strip() for x in a.only.split(",") if x.strip()]
     a.setups = [x.strip() for x in a.setups.split(",") if x.strip()]
+    a.endpoints = tuple(x.strip() for x in a.endpoints.split(",") if x.strip())
+    for x in a.endpoints:
+        if x not in ("/", "cached", "io"):
+            p.error(f"--endpoints: unknown endpoint {x!r}; choose from /, cached, io")
     for x in a.only:
         if x not in SECTIONS:
             p.error(f"--only: unknown section {x!r}; choose from {', '.join(SECTIONS)}")
@@ -89,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"run folder {run_dir}; sections {','.join(args.only)}")
     try:
         if "throughput" in args.only and which("throughput"):
-            results["throughput"] = scenarios.throughput(ctx, which("throughput"), args.connections)
+            results["throughput"] = scenarios.throughput(ctx, which("throughput"), args.connections,
+                                                         args.endpoints)
         if "failures" in args.only and which("failures"):
             results["failures"] = scenarios.failures(ctx, which("failures"))
         if "recovery" in args.only and which("recovery"):

@@ -56,8 +56,8 @@ def throughput_md(t: dict, loads: dict) -> tuple[str, list[str]]:
            "(connect/read/write/timeout) + non-2xx, summed over the runs. (a) is hit directly, "
            "(b)-(d) through nginx. wrk leaves timed-out requests out of its percentiles, so read "
            "p99 together with the timeout count.\n", _load(loads, "throughput")]
-    for ep, title in (("/", "`/`"), ("cached", "`/cached/<key>`, 90 % of requests over 100 hot "
-                                                 "keys, 10 % over 100,000 keys")):
+    endpoints = t.get("endpoints") or {"/": "`/`", "cached": "`/cached/<key>`"}
+    for ep, title in endpoints.items():
         rows = []
         base = s.get("sync", {}).get(ep, {}).get("rps")
         hand = s.get("handwired", {}).get(ep, {}).get("rps")
@@ -194,7 +194,9 @@ def footprint_md(fp: dict, loads: dict) -> tuple[str, list[str]]:
                 missed.append(f"footprint: RSS {r['rss_mib']:.1f} MiB")
         tag = "" if key == "ultrascaled" else " (info)"
         rows.append([label, f"{r['rss_mib']:.1f} MiB", f"{r['uss_mib']:.1f} MiB", f"{r['cpu_pct']:.2f} %",
-                     str(r["threads"]), f"{r['fleet_rss_mib']:.0f} MiB",
+                     str(r["threads"]), f"{r['fleet_rss_mib']:.0f} MiB"
+                     + ("" if r.get("fleet_counted", fp["instances"]) == fp["instances"]
+                        else f" ({r['fleet_counted']} counted)"),
                      f"CPU {verdict(cpu_ok)}; RSS {verdict(rss_ok)}{tag}"])
     out.append(table(["setup", "RSS", "USS", "CPU", "threads", f"{fp['instances']} instances' RSS "
                       "(masters + workers)", "goals"], rows, "lrrrrrl"))

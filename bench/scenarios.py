@@ -38,7 +38,13 @@ request = function()
 end
 """
 
-ENDPOINTS = {"/": "/", "cached": "/cached/<key> (90 % of 100 hot keys, 10 % of 100k)"}
+# name -> (path or None for the Lua key mix, title in the report)
+ENDPOINTS = {
+    "/": ("/", "`/`"),
+    "cached": (None, "`/cached/<key>`, 90 % of requests over 100 hot keys, 10 % over 100,000 keys"),
+    "io": ("/io?ms=2", "`/io?ms=2` (2 ms in gevent.sleep, a stand-in for a database call; "
+                       "not in the default run)"),
+}
 
 
 @dataclass
@@ -75,14 +81,15 @@ def run_wrk(url: str, conns: int, seconds: int, script: Path | None = None, thre
     return parse_wrk(r.stdout), r.stdout
 
 
-def throughput(ctx: Context, keys: list[str], conns: int = 1000) -> dict:
+def throughput(ctx: Context, keys: list[str], conns: int = 1000,
+               endpoints: tuple[str, ...] = ("/", "cached")) -> dict:
     """wrk -t2 -c1000 on / and the /cached mix for every setup, runs interleaved round-robin so
     that background load on a shared machine spreads over all setups alike."""
     ctx.snapshot("throughput")
     script = ctx.run_dir / "cached_mix.lua"
     script.write_text(CACHED_MIX_LUA)
     setups: dict[str, Setup] = {}
-    raw: dict[str, dict[str, list[dict]]] = {k: {"/": [], "cached": []} for k in keys}
+    raw: dict[str, dict[str, list[dict]]] = {k: {ep: [] for ep in endpoints} for k in keys}
     try:
         for key in keys:
             s = ctx.setup(key)
@@ -91,13 +98,14 @@ def throughput(ctx: Context, keys: list[str], conns: int = 1000) -> dict:
             s.start(1 if key == "sync" else 4)
         warm = 1 if ctx.quick else 2
         for key, s in setups.items():  # warm-up: caches, keep-alive pools, lazy imports
-            run_wrk(s.url + "/", 100, warm)
-            run_wrk(s.url, 100, warm, script)
+            for ep in endpoints:
+                path = ENDPOINTS[ep][0]
+                run_wrk(s.url + (path or ""), 100, warm, None if path else script)
         for i in range(ctx.runs):
-            for ep in ("/", "cached"):
+            for ep in endpoints:
+                path = ENDPOINTS[ep][0]
                 for key, s in setups.items():
-                    res, out = run_wrk(s.url + "/" if ep == "/" else s.url, conns, ctx.duration,
-                                       script if ep == "cached" else None)
+                    res, out = run_wrk(s.url + (path or ""), conns, ctx.duration, None if path else script)
                     raw[key][ep].append({"rps": res.rps, "requests": res.requests, "p50_ms": res.p50_ms,
                                          "p99_ms": res.p99_ms, "socket_errors": res.socket_errors,
                                          "non_2xx": res.non_2xx, "errors": res.errors,
@@ -110,7 +118,7 @@ def throughput(ctx: Context, keys: list[str], conns: int = 1000) -> dict:
     summary = {}
     for key in keys:
         summary[key] = {}
-        for ep in ("/", "cached"):
+        for ep in endpoints:
             runs = raw[key][ep]
             if not runs:
                 continue
@@ -128,6 +136,7 @@ def throughput(ctx: Context, keys: list[str], conns: int = 1000) -> dict:
                 "rps_all": [round(r["rps"]) for r in runs],
             }
     return {"conns": conns, "runs": ctx.runs, "duration": ctx.duration, "summary": summary,
+            "endpoints": {ep: ENDPOINTS[ep][1] for ep in endpoints},
             "labels": {k: SETUPS[k].label for k in keys}, "raw": raw}
 
 
@@ -267,6 +276,7 @@ def recovery(ctx: Context, keys: list[str], kills: int = 5, timeout: float = 15.
                     f"{'%.3f s' % back if back is not None else 'never'} "
                     f"(old worker answered until {last_old})")
             s.wait_stable(60)
+            events = s.events(60) if hasattr(s, "events") else ""
         finally:
             s.stop()
         backs = [x["back_s"] for x in samples if x["back_s"] is not None]
@@ -274,7 +284,8 @@ def recovery(ctx: Context, keys: list[str], kills: int = 5, timeout: float = 15.
         out[key] = {"samples": samples, "median_s": statistics.median(backs) if backs else None,
                     "min_s": min(backs) if backs else None, "max_s": max(backs) if backs else None,
                     "missing": len(samples) - len(backs),
-                    "old_answered_median_s": statistics.median(olds) if olds else None}
+                    "old_answered_median_s": statistics.median(olds) if olds else None,
+                    "events": events}
     return {"kills": kills, "results": out, "labels": {k: SETUPS[k].label for k in keys}}
 
 
@@ -292,15 +303,17 @@ def _cli_times(argv: list[str], n: int) -> dict:
                                                           for i, a in enumerate(argv))}
 
 
-def fleet_rss(ports: list[int], setup: Setup) -> int:
-    total = 0
+def fleet_rss(ports: list[int], setup: Setup) -> tuple[int, int]:
+    """(RSS of masters + workers, instances counted)."""
+    total = counted = 0
     for port in ports:
         try:
             m = psutil.Process(setup.master_pid(port))
             total += m.memory_info().rss + sum(c.memory_info().rss for c in m.children(recursive=True))
-        except (psutil.Error, RuntimeError):
-            pass
-    return total
+            counted += 1
+        except (psutil.Error, RuntimeError) as exc:
+            log(f"footprint: cannot read the memory of instance {port}: {exc}")
+    return total, counted
 
 
 def footprint_and_cli(ctx: Context, keys: list[str], *, do_footprint: bool, do_cli: bool,
@@ -334,8 +347,9 @@ def footprint_and_cli(ctx: Context, keys: list[str], *, do_footprint: bool, do_c
                 out["footprint"][key] = {
                     "rss_mib": max(rss) / 2**20, "uss_mib": max(uss) / 2**20, "cpu_pct": cpu,
                     "threads": proc.num_threads(), "children": len(kids),
-                    "fleet_rss_mib": fleet_rss(s.ports(), s) / 2**20,
                 }
+                fr, counted = fleet_rss(s.ports(), s)
+                out["footprint"][key].update(fleet_rss_mib=fr / 2**20, fleet_counted=counted)
                 log(f"footprint {key:12s} RSS {max(rss) / 2**20:.1f} MiB USS {max(uss) / 2**20:.1f} MiB "
                     f"CPU {cpu:.2f}% over {wall:.0f} s")
             if do_cli:

@@ -130,8 +130,8 @@ class NginxFront:
 
     def stop(self) -> None:
         pid = self.pid()
-        if pid:
-            stop_pid(pid, signal.SIGQUIT, timeout=10)
+        if pid:  # fast shutdown: the load runs are over when a setup stops
+            stop_pid(pid, signal.SIGTERM, timeout=10)
 
 
 class Setup:
@@ -269,6 +269,8 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 serverurl=unix://{dir}/supervisor.sock
 """
 
+GROUP = "web"
+
 PROGRAM = """
 [program:{name}]
 command={command}
@@ -296,6 +298,10 @@ def render_supervisord_conf(spec: Spec, count: int, max_instances: int, run_dir:
     """supervisord.conf for `max_instances` programs `i<PORT>`; the first `count` autostart."""
     run_dir = Path(run_dir)
     out = [SUPERVISORD_HEAD.format(dir=run_dir)]
+    # One group, as numprocs would make: supervisord then stops the programs in parallel
+    # (separate groups are stopped one after another on shutdown).
+    names = ",".join(f"i{spec.port(i)}" for i in range(max_instances))
+    out.append(f"\n[group:{GROUP}]\nprograms={names}\n")
     for i in range(max_instances):
         argv, env = instance_command(spec, i, run_dir / "metrics")
         out.append(PROGRAM.format(name=f"i{spec.port(i)}", command=shlex.join(argv),
@@ -350,7 +356,7 @@ class Supervisord(Setup):
         return self.proc.pid
 
     def master_pid(self, port: int) -> int:
-        r = self.ctl("pid", f"i{port}")
+        r = self.ctl("pid", f"{GROUP}:i{port}")
         return int(r.stdout.strip())
 
     def scale(self, n: int) -> str:
@@ -358,7 +364,7 @@ class Supervisord(Setup):
         want = [self.spec.port(i) for i in range(n)]
         if n > len(cur):
             new = [p for p in want if p not in cur]
-            self.ctl("start", *[f"i{p}" for p in new])
+            self.ctl("start", *[f"{GROUP}:i{p}" for p in new])
             for p in new:
                 wait_ok(p, timeout=30)
             self.nginx.set_upstream(want)
@@ -367,7 +373,7 @@ class Supervisord(Setup):
         gone = [p for p in cur if p not in want]
         self.nginx.set_upstream(want)
         time.sleep(1.0)
-        self.ctl("stop", *[f"i{p}" for p in gone])
+        self.ctl("stop", *[f"{GROUP}:i{p}" for p in gone])
         self.running = want
         return "rewrite upstream, nginx -s reload, sleep 1 s, supervisorctl stop"
 
@@ -377,15 +383,15 @@ class Supervisord(Setup):
 
     def restart_each(self) -> str:
         for p in self.ports():
-            self.ctl("restart", f"i{p}")
-        return "supervisorctl restart iPORT, one after another"
+            self.ctl("restart", f"{GROUP}:i{p}")
+        return f"supervisorctl restart {GROUP}:iPORT, one after another"
 
     def wait_stable(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             r = self.ctl("status", check=False)
             states = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines() if line.strip()}
-            if all(states.get(f"i{p}") == "RUNNING" for p in self.ports()):
+            if all(states.get(f"{GROUP}:i{p}") == "RUNNING" for p in self.ports()):
                 break
             time.sleep(0.2)
         super().wait_stable(max(1.0, deadline - time.monotonic()))
