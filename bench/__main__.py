@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench import report, scenarios
-from bench.util import REPO, Tracker, log, machine_info
+from bench.util import REPO, OthersSampler, Tracker, log, machine_info
 
 SECTIONS = ("throughput", "failures", "recovery", "footprint", "cli")
 ALL_SETUPS = ("sync", "supervisord", "handwired", "ultrascaled")
@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True)
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGHUP, _on_term)
-    ctx = scenarios.Context(tracker, run_dir, quick=args.quick, runs=args.runs, duration=args.duration)
+    others = OthersSampler(tracker).start()
+    ctx = scenarios.Context(tracker, run_dir, quick=args.quick, runs=args.runs, duration=args.duration,
+                            others=others)
     which = lambda section: [k for k in SECTION_SETUPS[section] if k in args.setups]  # noqa: E731
     t_start = time.monotonic()
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "quick": args.quick,
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the cleanup finish
+        others.stop()
+        results["others"] = others.summary()
         leftovers = tracker.cleanup()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if leftovers:

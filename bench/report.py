@@ -43,8 +43,36 @@ def _load(loads: dict, section: str) -> str:
     if not snap:
         return ""
     la = ", ".join(f"{x:.2f}" for x in snap["loadavg"])
-    others = "; other processes using >= 5 % CPU: " + ", ".join(snap["others"]) if snap["others"] else ""
-    return f"_Before this section: load average {la}, host CPU {snap['host_cpu_pct']:.0f} %{others}._\n\n"
+    text = f"_Load average before this section {la} (includes this benchmark's previous section)"
+    during = snap.get("during")
+    if during:
+        busy = f"; busiest: {', '.join(during['busy'])}" if during["busy"] else ""
+        text += (f"; CPU used by processes that are not this benchmark's during it: mean "
+                 f"{during['mean_pct']:.0f} %, max {during['max_pct']:.0f} % of one core{busy}")
+    elif snap["others"]:
+        text += "; other processes using >= 5 % CPU just before it: " + ", ".join(snap["others"])
+    return text + "._\n\n"
+
+
+def shared_note(loads: dict) -> str:
+    """A line for the header: was anything else using the machine?"""
+    during = {k: v["during"] for k, v in loads.items() if v.get("during")}
+    if during:
+        worst = max(during.values(), key=lambda d: d["mean_pct"])
+        peak = max(d["max_pct"] for d in during.values())
+        names = sorted({n for d in during.values() for n in d["busy"]})
+        if worst["mean_pct"] >= 10 or peak >= 50:
+            return (f"- **Shared machine:** other processes used CPU while these numbers were taken "
+                    f"(up to {worst['mean_pct']:.0f} % of a core on average over a section, peaks of "
+                    f"{peak:.0f} %" + (f"; busiest: {', '.join(names)}" if names else "")
+                    + "). Treat differences of a few percent as noise; per-section figures below.")
+        return (f"- Other processes used at most {worst['mean_pct']:.0f} % of a core on average over "
+                f"a section (peak {peak:.0f} %): the machine was quiet apart from this benchmark.")
+    names = sorted({o.split()[0] for s in loads.values() for o in s.get("others", [])})
+    if names:
+        return (f"- **Shared machine:** other busy processes were seen before some sections "
+                f"({', '.join(names)}). Treat differences of a few percent as noise.")
+    return ""
 
 
 def throughput_md(t: dict, loads: dict) -> tuple[str, list[str]]:
@@ -227,7 +255,10 @@ def cli_md(fp: dict, loads: dict) -> tuple[str, list[str]]:
 
 def render(results: dict) -> str:
     m = results["machine"]
-    loads = results.get("loads", {})
+    loads = {k: dict(v) for k, v in results.get("loads", {}).items()}
+    for section, during in (results.get("others") or {}).items():
+        if section in loads:
+            loads[section]["during"] = during
     parts = [f"## Results ({results['date']})\n",
              f"- Command: `{results['command']}` ({'quick' if results['quick'] else 'full'} mode; "
              f"took {results['elapsed_s'] / 60:.1f} min)",
@@ -236,13 +267,9 @@ def render(results: dict) -> str:
              f"- Versions: Python {m['python']}, nginx {m['nginx']}, gunicorn {m['gunicorn']}, gevent "
              f"{m['gevent']}, supervisor {m['supervisor']}, ultrascale {m['ultrascale']}, {m['wrk']}",
              f"- Load generators run on the same {m['cores']} cores as the servers."]
-    busiest = max((max(s["loadavg"][0], 0) for s in loads.values()), default=0)
-    others = sorted({o.split()[0] for s in loads.values() for o in s["others"]})
-    if busiest > 0.5 or others:
-        parts.append(f"- **Shared machine:** other work was running while these numbers were "
-                     f"taken (1-min load average up to {busiest:.2f} before a section"
-                     + (f"; busy processes not ours: {', '.join(others)}" if others else "")
-                     + "). Treat differences of a few percent as noise.")
+    note = shared_note(loads)
+    if note:
+        parts.append(note)
     parts.append("")
     missed: list[str] = []
     for key, fn in (("throughput", throughput_md), ("failures", failures_md), ("recovery", recovery_md)):

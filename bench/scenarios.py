@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from bench.setups import SETUPS, NotSupported, Setup
-from bench.util import Tracker, WrkResult, health_pid, load_snapshot, log, parse_wrk
+from bench.util import OthersSampler, Tracker, WrkResult, health_pid, load_snapshot, log, parse_wrk
 
 # 90 % of the requests over 100 hot keys, 10 % over 100,000 cold ones (mostly computed fresh:
 # ~2 ms of CPU in the app). Each wrk thread has its own Lua state and seed.
@@ -55,8 +55,11 @@ class Context:
     runs: int = 3
     duration: int = 10
     loads: dict = field(default_factory=dict)   # section -> load snapshot before it
+    others: OthersSampler | None = None          # other processes' CPU during each section
 
     def snapshot(self, section: str) -> None:
+        if self.others:
+            self.others.section = section
         snap = load_snapshot(self.tracker)
         self.loads[section] = snap
         others = ", ".join(snap["others"]) or "none"
@@ -243,7 +246,7 @@ def recovery(ctx: Context, keys: list[str], kills: int = 5, timeout: float = 15.
         try:
             log(f"recovery: starting {s.label} with {kills} instances")
             s.start(kills)
-            time.sleep(1.0)
+            time.sleep(0.5 if ctx.quick else 1.0)
             for port in s.ports()[:kills]:
                 s.wait_stable(60)
                 time.sleep(0.5)
@@ -291,6 +294,13 @@ def recovery(ctx: Context, keys: list[str], kills: int = 5, timeout: float = 15.
 
 # ---- 4. footprint and 5. CLI latency ------------------------------------------------------
 
+def _shown(argv: list[str]) -> str:
+    """The command as shown in the table: program name only, run folder elided."""
+    words = [Path(argv[0]).name] + [("…/" + Path(a).name) if a.startswith("/tmp/ultrascale-bench-") else a
+                                    for a in argv[1:]]
+    return " ".join(words)
+
+
 def _cli_times(argv: list[str], n: int) -> dict:
     times, codes = [], set()
     for _ in range(n):
@@ -299,8 +309,7 @@ def _cli_times(argv: list[str], n: int) -> dict:
         times.append((time.perf_counter() - t0) * 1000)
         codes.add(r.returncode)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-            "exit_codes": sorted(codes), "argv": " ".join(Path(argv[0]).name if i == 0 else a
-                                                          for i, a in enumerate(argv))}
+            "exit_codes": sorted(codes), "argv": _shown(argv)}
 
 
 def fleet_rss(ports: list[int], setup: Setup) -> tuple[int, int]:
@@ -329,7 +338,7 @@ def footprint_and_cli(ctx: Context, keys: list[str], *, do_footprint: bool, do_c
             log(f"footprint/cli: starting {s.label} with {instances} instances")
             s.start(instances)
             s.wait_stable(90)
-            time.sleep(3.0)  # let the start-up settle (imports, first samples)
+            time.sleep(1.0 if ctx.quick else 3.0)  # let the start-up settle (imports, first samples)
             if do_footprint:
                 proc = psutil.Process(s.supervisor_pid())
                 kids = {c.pid for c in proc.children(recursive=False)}

@@ -344,3 +344,78 @@ def load_snapshot(tracker: Tracker | None = None, seconds: float = 1.0) -> dict:
     busy.sort(reverse=True)
     return {"loadavg": [round(x, 2) for x in os.getloadavg()], "host_cpu_pct": host,
             "others": [f"{name} {pct}%" for pct, name in busy[:4]]}
+
+
+class OthersSampler:
+    """Background thread: every `interval` s, the CPU used by processes that are not this run's
+    (in % of one core), filed under the current section. Tells a shared machine's load apart
+    from the benchmark's own (the load average counts both)."""
+
+    def __init__(self, tracker: Tracker, interval: float = 3.0):
+        import threading
+        self.tracker = tracker
+        self.interval = interval
+        self.section = "setup"
+        self.samples: dict[str, list[tuple[float, list[str]]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-others", daemon=True)
+        self._prev: dict[int, float] = {}
+
+    def start(self) -> "OthersSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _ours(self) -> set[int]:
+        me = psutil.Process()
+        pids = {me.pid} | {p.pid for p in self.tracker.ours()}
+        try:
+            pids |= {c.pid for c in me.children(recursive=True)}
+        except psutil.Error:
+            pass
+        return pids
+
+    def _tick(self) -> tuple[float, list[str]] | None:
+        ours = self._ours()
+        cur: dict[int, float] = {}
+        names: dict[int, str] = {}
+        for p in psutil.process_iter(["name"]):
+            if p.pid in ours:
+                continue
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            cur[p.pid] = t.user + t.system
+            names[p.pid] = p.info["name"] or "?"
+        prev, self._prev = self._prev, cur
+        if not prev:
+            return None
+        used = {pid: (c - prev[pid]) / self.interval * 100 for pid, c in cur.items() if pid in prev}
+        busy = sorted(((u, names[pid]) for pid, u in used.items() if u >= 5), reverse=True)
+        return sum(used.values()), [f"{n} {u:.0f}%" for u, n in busy[:3]]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                s = self._tick()
+            except Exception:  # noqa: BLE001 - never break the run for a statistic
+                continue
+            if s is not None:
+                self.samples.setdefault(self.section, []).append(s)
+
+    def summary(self) -> dict[str, dict]:
+        out = {}
+        for section, samples in self.samples.items():
+            cpu = [c for c, _ in samples]
+            top: dict[str, int] = {}
+            for _, busy in samples:
+                for b in busy:
+                    name = b.rsplit(" ", 1)[0]
+                    top[name] = top.get(name, 0) + 1
+            out[section] = {"mean_pct": sum(cpu) / len(cpu), "max_pct": max(cpu), "samples": len(cpu),
+                            "busy": sorted(top, key=top.get, reverse=True)[:3]}
+        return out

@@ -99,6 +99,9 @@ def test_report_states_goals_and_shared_machine():
     assert "| (d) us | 5,000 | 5.00x |" in md
     assert "≥ 5x (a) met" in md and "≥ (c) met" in md
     assert "**Shared machine:**" in md and "python" in md
+    res = _fake_results()
+    res["others"] = {"throughput": {"mean_pct": 3.0, "max_pct": 8.0, "samples": 4, "busy": []}}
+    assert "the machine was quiet" in report.render(res)
     assert "| (d) us | 0.30 s |" in md
     assert "### Goals missed by ultrascaled in this run\n\nNone." in md
 
