@@ -99,6 +99,7 @@ def throughput(ctx: Context, keys: list[str], conns: int = 1000,
             setups[key] = s
             log(f"throughput: starting {s.label}")
             s.start(1 if key == "sync" else 4)
+            s.check_count(1 if key == "sync" else 4)
         warm = 1 if ctx.quick else 2
         for key, s in setups.items():  # warm-up: caches, keep-alive pools, lazy imports
             for ep in endpoints:
@@ -162,13 +163,13 @@ def _kill_master(s: Setup, port: int, timeout: float = 20.0) -> str:
     return f"kill -9 master of {port}; NOT back within {timeout:g} s"
 
 
-FAILURE_ACTIONS = [
-    ("scale 2→4", lambda s: s.scale(4)),
-    ("scale 4→2", lambda s: s.scale(2)),
-    (None, lambda s: s.scale(4)),                         # back to 4, not measured
-    ("restart all", lambda s: s.restart_all()),
-    ("restart one at a time", lambda s: s.restart_each()),
-    ("kill -9 one instance master", lambda s: _kill_master(s, s.ports()[1])),
+FAILURE_ACTIONS = [  # (name, action, instances afterwards)
+    ("scale 2→4", lambda s: s.scale(4), 4),
+    ("scale 4→2", lambda s: s.scale(2), 2),
+    (None, lambda s: s.scale(4), 4),                      # back to 4, not measured
+    ("restart all", lambda s: s.restart_all(), 4),
+    ("restart one at a time", lambda s: s.restart_each(), 4),
+    ("kill -9 one instance master", lambda s: _kill_master(s, s.ports()[1]), 4),
 ]
 
 
@@ -188,10 +189,12 @@ def failures(ctx: Context, keys: list[str], users: int = 200) -> dict:
         try:
             log(f"failures: starting {s.label} with 2 instances")
             s.start(2)
-            for name, action in actions:
+            s.check_count(2)
+            for name, action, expect in actions:
                 if name is None:
                     action(s)
                     s.wait_stable()
+                    s.check_count(expect)
                     continue
                 bg = BackgroundLoad(s.url + "/", users=users, duration_limit=300, timeout=2.0)
                 bg.start()
@@ -223,6 +226,7 @@ def failures(ctx: Context, keys: list[str], users: int = 200) -> dict:
                     f"({row['error_counts']}) action {took:.1f} s")
                 try:
                     s.wait_stable(60)
+                    s.check_count(expect)
                 except Exception as exc:  # noqa: BLE001
                     log(f"failures: {key} did not settle after {name}: {exc}")
                     row["error"] = (row["error"] or "") + f" did not settle: {exc}"
@@ -246,6 +250,7 @@ def recovery(ctx: Context, keys: list[str], kills: int = 5, timeout: float = 15.
         try:
             log(f"recovery: starting {s.label} with {kills} instances")
             s.start(kills)
+            s.check_count(kills)
             time.sleep(0.5 if ctx.quick else 1.0)
             for port in s.ports()[:kills]:
                 s.wait_stable(60)
@@ -338,6 +343,7 @@ def footprint_and_cli(ctx: Context, keys: list[str], *, do_footprint: bool, do_c
             log(f"footprint/cli: starting {s.label} with {instances} instances")
             s.start(instances)
             s.wait_stable(90)
+            s.check_count(instances)
             time.sleep(1.0 if ctx.quick else 3.0)  # let the start-up settle (imports, first samples)
             if do_footprint:
                 proc = psutil.Process(s.supervisor_pid())

@@ -141,8 +141,13 @@ class Setup:
 
     def __init__(self, tracker: Tracker, run_dir: Path):
         self.tracker = tracker
-        self.dir = Path(run_dir) / self.key
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # A fresh folder for every start: ultrascaled keeps the last scaled count in its
+        # state_dir and would start with it instead of the spec's count.
+        n = 1
+        while (Path(run_dir) / f"{self.key}-{n}").exists():
+            n += 1
+        self.dir = Path(run_dir) / f"{self.key}-{n}"
+        self.dir.mkdir(parents=True)
 
     # lifecycle
     def start(self, count: int) -> None:
@@ -169,6 +174,11 @@ class Setup:
 
     def supervisor_pid(self) -> int | None:
         return None
+
+    def check_count(self, count: int) -> None:
+        ports = self.ports()
+        if len(ports) != count:
+            raise RuntimeError(f"{self.key}: asked for {count} instances, got {len(ports)}: {ports}")
 
     def wait_stable(self, timeout: float = 60.0) -> None:
         for p in self.ports():
@@ -427,6 +437,7 @@ nginx: {{mode: managed, listen: {cfg['nginx']}}}
                                        cwd=str(REPO), log_path=self.dir / "ultrascaled.log")
         self.url = f"http://127.0.0.1:{cfg['nginx']}"
         self.wait_stable(60)
+        self.check_count(count)
 
     def fleet(self) -> dict:
         with urllib.request.urlopen(self.api + "/fleet", timeout=5) as r:
