@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             results["footprint_cli"] = scenarios.footprint_and_cli(
                 ctx, which("footprint"), do_footprint=fp, do_cli=cli, idle_s=args.idle)
     except KeyboardInterrupt as exc:
-        log(f"interrupted ({exc or 'Ctrl-C'}); stopping everything")
+        log(f"interrupted ({str(exc) or 'Ctrl-C'}); stopping everything")
         code = 130
     except Exception as exc:  # noqa: BLE001 - report what we have, then fail
         import traceback

@@ -131,7 +131,12 @@ def failures_md(f: dict, loads: dict) -> tuple[str, list[str]]:
            f"Load tester (`BackgroundLoad`, {f['users']} keep-alive users on `/`, 2 s timeout) "
            f"through nginx; the window is {f['pre_s']:g} s of load, the action, then "
            f"{f['post_s']:g} s more. Failed = any non-2xx/3xx, reset, timeout or refused "
-           "connect. Goal: zero for ultrascaled.\n", _load(loads, "failures")]
+           "connect. Goal: zero for ultrascaled. _Retried_ = requests the load tester sent again "
+           "because nginx closed a reused keep-alive connection before any byte of the answer "
+           "(what a browser does; not counted as failed). Every `nginx -s reload` causes some: "
+           "the old workers close their idle client connections. A client that does not retry "
+           "(wrk) sees each of them as a read error; see \"nginx reloads and keep-alive clients\" "
+           "above.\n", _load(loads, "failures")]
     actions = []
     for key in keys:
         for r in f["rows"].get(key, []):
@@ -139,7 +144,7 @@ def failures_md(f: dict, loads: dict) -> tuple[str, list[str]]:
                 actions.append(r["action"])
     head = ["action"]
     for key in keys:
-        head += [f"{f['labels'][key]}: failed / requests", "action took"]
+        head += [f"{f['labels'][key]}: failed / requests", "retried", "action took"]
     head.append("goal (ultrascaled: 0)")
     rows = []
     for a in actions:
@@ -148,23 +153,23 @@ def failures_md(f: dict, loads: dict) -> tuple[str, list[str]]:
         for key in keys:
             r = next((x for x in f["rows"].get(key, []) if x["action"] == a), None)
             if r is None:
-                row += ["-", "-"]
+                row += ["-", "-", "-"]
                 continue
             if r.get("error") == "n/a":
-                row += ["no such command", "-"]
+                row += ["no such command", "-", "-"]
                 continue
             kinds = ", ".join(f"{k} {v:,}" for k, v in r["error_counts"].items())
             cell = f"{r['failed']:,} / {r['ok'] + r['failed']:,}" + (f" ({kinds})" if kinds else "")
             if r.get("error"):
                 cell += f" — {r['error']}"
-            row += [cell, f"{r['action_s']:.1f} s"]
+            row += [cell, f"{r.get('reconnects', 0):,}", f"{r['action_s']:.1f} s"]
             if key == "ultrascaled":
                 goal = r["failed"] == 0 and not r.get("error")
                 if not goal:
                     missed.append(f"failures: {a}: {r['failed']} failed requests under ultrascaled")
         row.append(verdict(goal))
         rows.append(row)
-    out.append(table(head, rows, "l" + "rr" * len(keys) + "l"))
+    out.append(table(head, rows, "l" + "rrr" * len(keys) + "l"))
     hows = []
     for key in keys:
         for r in f["rows"].get(key, []):

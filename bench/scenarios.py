@@ -215,6 +215,7 @@ def failures(ctx: Context, keys: list[str], users: int = 200) -> dict:
                     res = bg.stop()
                 row = {"action": name, "how": how, "error": err, "action_s": round(took, 2),
                        "window_s": round(res.wall_s, 1), "ok": res.ok, "failed": res.failed,
+                       "reconnects": res.reconnects,
                        "error_counts": {k: v for k, v in res.error_counts.items() if v},
                        "status_counts": {str(k): v for k, v in res.status_counts.items()},
                        "samples": [f"{e.get('kind')} {e.get('detail', '')}"[:160]
@@ -223,7 +224,7 @@ def failures(ctx: Context, keys: list[str], users: int = 200) -> dict:
                     row["events"] = s.events(100)
                 rows.append(row)
                 log(f"failures {key:12s} {name:28s} failed {res.failed:>8} of {res.total:>8} "
-                    f"({row['error_counts']}) action {took:.1f} s")
+                    f"({row['error_counts']}) reconnects {res.reconnects} action {took:.1f} s")
                 try:
                     s.wait_stable(60)
                     s.check_count(expect)

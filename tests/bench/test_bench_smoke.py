@@ -138,3 +138,16 @@ def test_micro_run_prints_the_throughput_table():
     assert "### 1. Throughput at 50 connections" in r.stdout
     assert "| (c) hand-wired" in r.stdout
     assert "killed leftover" not in r.stderr
+
+
+def test_failures_table_shows_failed_retried_and_missing_commands():
+    res = _fake_results()
+    row = {"action": "restart all", "how": "x", "error": None, "action_s": 4.0, "window_s": 6.0,
+           "ok": 990, "failed": 10, "reconnects": 7, "error_counts": {"http_5xx": 10},
+           "status_counts": {}, "samples": []}
+    res["failures"] = {"users": 200, "pre_s": 1.0, "post_s": 1.5,
+                       "labels": {"supervisord": "(b) sv", "ultrascaled": "(d) us"},
+                       "rows": {"supervisord": [dict(row, error="n/a")], "ultrascaled": [row]}}
+    md = report.render(res)
+    assert "| restart all | no such command | - | - | 10 / 1,000 (http_5xx 10) | 7 | 4.0 s | **MISSED** |" in md
+    assert "- failures: restart all: 10 failed requests under ultrascaled" in md
