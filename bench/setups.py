@@ -460,7 +460,8 @@ nginx: {{mode: managed, listen: {cfg['nginx']}}}
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ultrascaled exited {self.proc.returncode}; see {self.dir}/ultrascaled.log")
+                raise RuntimeError(f"ultrascaled exited {self.proc.returncode}; "
+                                   f"see {self.dir}/ultrascaled.log")
             try:
                 f = self.fleet()
                 inst = {i["port"]: i for i in f["instances"]}

@@ -149,5 +149,6 @@ def test_failures_table_shows_failed_retried_and_missing_commands():
                        "labels": {"supervisord": "(b) sv", "ultrascaled": "(d) us"},
                        "rows": {"supervisord": [dict(row, error="n/a")], "ultrascaled": [row]}}
     md = report.render(res)
-    assert "| restart all | no such command | - | - | 10 / 1,000 (http_5xx 10) | 7 | 4.0 s | **MISSED** |" in md
+    assert ("| restart all | no such command | - | - | 10 / 1,000 (http_5xx 10) | 7 | 4.0 s "
+            "| **MISSED** |") in md
     assert "- failures: restart all: 10 failed requests under ultrascaled" in md
