@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,23 @@ def test_failures_table_shows_failed_retried_and_missing_commands():
     assert ("| restart all | no such command | - | - | 10 / 1,000 (http_5xx 10) | 7 | 4.0 s "
             "| **MISSED** |") in md
     assert "- failures: restart all: 10 failed requests under ultrascaled" in md
+
+
+def test_tracker_cleanup_kills_what_escaped_into_another_session(tmp_path):
+    import psutil
+
+    from bench.util import Tracker
+
+    t = Tracker(cmdline_marker=str(tmp_path))
+    pidfile = tmp_path / "grandchild.pid"
+    p = t.spawn(["bash", "-c", f"setsid sleep 300 & echo $! > {pidfile}; exec sleep 300"])
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.02)
+    grandchild = int(pidfile.read_text())
+    assert psutil.pid_exists(grandchild)
+    killed = t.cleanup(grace=2)
+    assert p.poll() is not None
+    assert grandchild in killed
+    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
