@@ -347,6 +347,8 @@ def footprint_and_cli(ctx: Context, keys: list[str], *, do_footprint: bool, do_c
             s.check_count(instances)
             time.sleep(1.0 if ctx.quick else 3.0)  # let the start-up settle (imports, first samples)
             if do_footprint:
+                if ctx.others:
+                    ctx.others.section = "footprint"
                 proc = psutil.Process(s.supervisor_pid())
                 kids = {c.pid for c in proc.children(recursive=False)}
                 c0 = proc.cpu_times()
@@ -369,6 +371,10 @@ def footprint_and_cli(ctx: Context, keys: list[str], *, do_footprint: bool, do_c
                 log(f"footprint {key:12s} RSS {max(rss) / 2**20:.1f} MiB USS {max(uss) / 2**20:.1f} MiB "
                     f"CPU {cpu:.2f}% over {wall:.0f} s")
             if do_cli:
+                if do_footprint and key == keys[0]:
+                    ctx.snapshot("cli")
+                elif ctx.others:
+                    ctx.others.section = "cli"
                 out["cli"][key] = _cli_times(s.status_argv(), cli_runs)
                 log(f"cli {key:12s} status median {out['cli'][key]['median_ms']:.1f} ms")
         finally:
