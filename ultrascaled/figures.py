@@ -54,7 +54,7 @@ def daemon_usage(pid: int, seconds: float, during=None) -> dict:
 
 def footprint(quick: bool) -> dict:
     d = Daemon(tmpdir("footprint"), {"instances": {"count": 16, "max": 16}, "gunicorn": {"workers": 1},
-                                     "memory": {"sample_interval": 1.0}}, span=20)
+                                     "memory": {"sample_interval": 1.0, "fleet_budget_mb": 16384}}, span=20)
     try:
         d.start()
         time.sleep(3)

@@ -216,33 +216,61 @@ class ProcMem:
 _PROCS: dict[int, psutil.Process] = {}
 
 
-def sample_group(master_pid: int, metric: str = "rss") -> tuple[ProcMem | None, list[ProcMem]]:
-    """Memory of a master and its workers; processes that vanish meanwhile are skipped."""
-    def read(pid: int) -> ProcMem | None:
-        p = _PROCS.get(pid)
+def children_map() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from one pass over /proc (what psutil's children() does on
+    every call)."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
         try:
-            if p is None:
-                p = _PROCS[pid] = psutil.Process(pid)
-            if metric == "rss":
-                mi = p.memory_info()
-                rss, uss, pss = mi.rss, None, None
-            else:
-                mi = p.memory_full_info()
-                rss, uss, pss = mi.rss, mi.uss, getattr(mi, "pss", None)
-            t = p.cpu_times()
-            return ProcMem(pid, rss, uss, pss, t.user + t.system)
-        except psutil.Error:
-            _PROCS.pop(pid, None)
-            return None
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
 
-    master = read(master_pid)
+
+def _read_mem(pid: int, metric: str) -> ProcMem | None:
+    p = _PROCS.get(pid)
+    try:
+        if p is None:
+            p = _PROCS[pid] = psutil.Process(pid)
+        if metric == "rss":
+            rss, uss, pss = p.memory_info().rss, None, None
+        else:
+            mi = p.memory_full_info()
+            rss, uss, pss = mi.rss, mi.uss, getattr(mi, "pss", None)
+        t = p.cpu_times()
+        return ProcMem(pid, rss, uss, pss, t.user + t.system)
+    except psutil.Error:
+        _PROCS.pop(pid, None)
+        return None
+
+
+def children_of(pid: int) -> list[int] | None:
+    """Direct children from /proc/PID/task/PID/children (one small read), or None when the
+    kernel does not provide that file."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return []
+
+
+def sample_group(master_pid: int, metric: str = "rss") -> tuple[ProcMem | None, list[ProcMem]]:
+    """Memory and CPU of a master and its workers; processes that vanish meanwhile are skipped."""
+    master = _read_mem(master_pid, metric)
     if master is None:
         return None, []
-    try:
-        kids = [c.pid for c in _PROCS[master_pid].children()]
-    except psutil.Error:
-        kids = []
-    workers = [m for m in map(read, kids) if m is not None]
+    kids = children_of(master_pid)
+    if kids is None:  # no children file in this kernel: one pass over /proc
+        kids = children_map().get(master_pid, [])
+    workers = [m for m in (_read_mem(pid, metric) for pid in kids) if m is not None]
     return master, workers
 
 

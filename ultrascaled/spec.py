@@ -82,7 +82,8 @@ class HealthSection:
     start_timeout: float = setting(30.0, "Seconds an instance may take to become ready.", min=0.5)
     probe_interval: float = setting(0.02, "Seconds between readiness probes while starting.",
                                     min=0.01, max=5)
-    interval: float = setting(2.0, "Seconds between health probes of running instances.",
+    interval: float = setting(10.0, "Seconds between health probes of running instances (exits "
+                              "are noticed at once anyway; this catches hung ones) and nginx checks.",
                               min=0.1, max=300)
     timeout: float = setting(1.0, "Seconds a health probe may take.", min=0.05, max=60)
     failures: int = setting(3, "Consecutive failed probes that restart a running instance.", min=1)
@@ -133,7 +134,7 @@ class PathsSection:
 
 @dataclass(frozen=True)
 class AlertsSection:
-    evaluation_interval: float = setting(5.0, "Seconds between alert evaluations (each compares "
+    evaluation_interval: float = setting(10.0, "Seconds between alert evaluations (each compares "
                                          "two scrapes of the fleet's metrics).", min=0.5, max=3600)
     min_requests: int = setting(20, "Requests (cache lookups for the cache rule) an interval needs "
                                 "before the latency, error-rate and cache rules are judged; "

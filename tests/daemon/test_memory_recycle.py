@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import http_get, pid_alive
+from ultrascaled.harness import http_get, pid_alive
 from ultrascaled.loadtest import BackgroundLoad
 
 pytestmark = pytest.mark.integration

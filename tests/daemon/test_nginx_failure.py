@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import http_get
+from ultrascaled.harness import http_get
 
 pytestmark = pytest.mark.integration
 

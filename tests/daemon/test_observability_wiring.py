@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import http_get
+from ultrascaled.harness import http_get
 
 pytestmark = pytest.mark.integration
 

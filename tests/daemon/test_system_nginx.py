@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import http_get, pid_alive
+from ultrascaled.harness import http_get, pid_alive
 from ultrascaled.nginx_conf import NginxSettings, render_site_conf, render_upstream
 
 pytestmark = pytest.mark.integration
