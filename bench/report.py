@@ -210,10 +210,13 @@ def footprint_md(fp: dict, loads: dict) -> tuple[str, list[str]]:
     missed = []
     if not fp["footprint"]:
         return "", missed
+    iv = fp.get("ultrascaled_intervals") or {}
+    sampling = (f"ultrascaled samples the fleet's memory every {iv['memory_s']:g} s and probes each "
+                f"instance's health every {iv['health_s']:g} s (its defaults) during this. "
+                if iv else "")
     out = [f"### 4. Supervisor footprint, idle with {fp['instances']} instances\n",
            f"The supervisor process alone (not nginx, not the instances), sampled each second for "
-           f"{fp['idle_s']:g} s without load: peak RSS and USS, CPU time / wall time. ultrascaled "
-           "samples the fleet's memory every second and probes health every 2 s during this. "
+           f"{fp['idle_s']:g} s without load: peak RSS and USS, CPU time / wall time. {sampling}"
            "Goals: idle CPU < 1 %, RSS < 50 MiB.\n", _load(loads, "footprint")]
     rows = []
     for key, label in fp["labels"].items():

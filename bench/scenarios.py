@@ -336,8 +336,11 @@ def footprint_and_cli(ctx: Context, keys: list[str], *, do_footprint: bool, do_c
     """With `instances` running and no load: the supervisor process's own RSS/USS and CPU % over
     `idle_s` (sampled each second), then `cli_runs` timed status commands."""
     ctx.snapshot("footprint" if do_footprint else "cli")
+    from ultrascaled.spec import HealthSection, MemorySection
     out = {"footprint": {}, "cli": {}, "instances": instances, "idle_s": idle_s, "cli_runs": cli_runs,
-           "labels": {k: SETUPS[k].label for k in keys}}
+           "labels": {k: SETUPS[k].label for k in keys},
+           "ultrascaled_intervals": {"memory_s": MemorySection().sample_interval,
+                                     "health_s": HealthSection().interval}}
     for key in keys:
         s = ctx.setup(key)
         try:
