@@ -92,8 +92,7 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     loop.add_signal_handler(signal.SIGQUIT, on_quit)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
-    events.emit("daemon.starting", spec=spec.source, pid=os.getpid(), api=f"{spec.api.host}:{spec.api.port}",
-                desired=spec.instances.count)
+    events.emit("daemon.starting", spec=spec.source, pid=os.getpid(), api=f"{spec.api.host}:{spec.api.port}")
     try:
         await sup.start()
     except Exception as exc:

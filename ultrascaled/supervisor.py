@@ -154,6 +154,7 @@ class Supervisor:
         self._next_upstream_check = 0.0
         self._pending_nginx = False
         self._failed_upstream: frozenset[int] | None = None
+        self._publisher: asyncio.Task | None = None
         self._upstream_retry_at = 0.0
         self._streaks: dict[int, int] = {}
         self._recycling: dict[int, tuple[int, float]] = {}   # worker pid -> (port, SIGKILL deadline)
@@ -256,17 +257,19 @@ class Supervisor:
         tmp.write_text(json.dumps({"desired": self.count}))
         os.replace(tmp, path)
 
-    def _load_state(self) -> None:
+    def _load_state(self) -> bool:
+        """Restore the last scaled count; True when it was."""
         try:
             saved = json.loads(self._state_file().read_text())["desired"]
         except (OSError, ValueError, KeyError, TypeError):
-            return
+            return False
         lo, hi = self.spec.instances.min, self.spec.instances.max
         if isinstance(saved, int) and lo <= saved <= hi:
             self.count = saved
-        else:
-            self.events.emit("state.ignored", level="warning", saved=saved,
-                             reason=f"outside instances.min..max ({lo}..{hi})")
+            return True
+        self.events.emit("state.ignored", level="warning", saved=saved,
+                         reason=f"outside instances.min..max ({lo}..{hi})")
+        return False
 
     # ---- the one function that moves an instance ------------------------------------------------
 
@@ -289,7 +292,9 @@ class Supervisor:
     async def start(self) -> None:
         for d in (self.state_dir, self.log_dir, self.state_dir / "metrics"):
             d.mkdir(parents=True, exist_ok=True)
-        self._load_state()
+        restored = self._load_state()
+        self.events.emit("fleet.desired", desired=self.count,
+                         source="state.json (last scale)" if restored else "instances.count")
         self._adopt_leftovers()
         await self.upstream.start()
         self._loop_task = asyncio.create_task(self._run(), name="reconciler")
@@ -320,11 +325,10 @@ class Supervisor:
                 if inst.proc:
                     inst.proc.kill_group(signal.SIGKILL)
             self.events.emit("daemon.stop_timeout", level="error", killed=sorted(self.instances))
-        for t in [self._loop_task, *self._side_tasks]:
-            if t:
-                t.cancel()
-        await asyncio.gather(*[t for t in [self._loop_task, *self._side_tasks] if t],
-                             return_exceptions=True)
+        tasks = [t for t in [self._loop_task, self._publisher, *self._side_tasks] if t]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.upstream.stop()
         self.events.emit("daemon.stopped")
 
@@ -408,10 +412,11 @@ class Supervisor:
                 await self.upstream.check()
             if self._adopting and any(i.adopted and i.state is S.STARTING for i in self.instances.values()):
                 pass  # keep the upstream as the last run left it until adopted instances are probed
-            else:
+            elif not result.actions:  # after actions the loop plans again at once: publish then
                 self._adopting = False
-                await self._sync_upstream(result.upstream if not result.actions else None)
-            if result.settled and not result.actions and not self.shutting_down:
+                self._publish(result.upstream)
+            in_effect = self._publisher is None and self.applied_upstream == frozenset(result.upstream)
+            if result.settled and in_effect and not result.actions and not self.shutting_down:
                 if not self.ready_event.is_set():
                     self.ready_event.set()
                     self.events.emit("fleet.ready", instances=len(self.instances),
@@ -428,16 +433,35 @@ class Supervisor:
                 pass
             self._wake.clear()
 
-    async def _sync_upstream(self, wanted: tuple[int, ...] | None) -> None:
-        if wanted is None:
-            views = {p: i.view() for p, i in self.instances.items()}
-            wanted = plan(self.wanted, views, self.applied_upstream, policy_of(self.spec),
-                          self.clock()).upstream
+    def _publish(self, wanted: tuple[int, ...]) -> None:
+        """Start publishing the ready set to the upstream unless it is in effect or on its way.
+
+        The apply (write, nginx -t, reload, wait for the new workers) runs as its own task, so a
+        respawn never waits for the reload that takes its dead predecessor out. Its end wakes
+        the loop, which then publishes whatever changed meanwhile.
+        """
+        if self._publisher is not None:
+            return
+        now = self.clock()
+        for inst in self.instances.values():  # draining ones nginx does not route to (any more)
+            if inst.state is S.DRAINING and inst.port not in self.applied_upstream \
+                    and inst.left_upstream_at is None:
+                inst.left_upstream_at = now
         want = frozenset(wanted)
         if want == self.applied_upstream and self.upstream_ok is not False:
             return
-        if want == self._failed_upstream and self.clock() < self._upstream_retry_at:
+        if want == self._failed_upstream and now < self._upstream_retry_at:
             return  # the same change failed a moment ago: retry on the next change or in a while
+        self._publisher = asyncio.get_running_loop().create_task(self._apply_upstream(want),
+                                                                 name="upstream-publisher")
+        self._publisher.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Task) -> None:
+        self._publisher = None
+        self._task_died(task)
+        self.wake()
+
+    async def _apply_upstream(self, want: frozenset[int]) -> None:
         host = self.spec.instances.host
         ok, detail = await self.upstream.apply([(host, p) for p in sorted(want)])
         now = self.clock()
@@ -448,18 +472,13 @@ class Supervisor:
                 inst = self.instances.get(p)
                 if inst and inst.state is S.DRAINING and inst.left_upstream_at is None:
                     inst.left_upstream_at = now
-            if self.upstream_ok is not True or removed or want:
-                self.events.emit("upstream.applied", servers=sorted(want), detail=detail)
+            self.events.emit("upstream.applied", servers=sorted(want), detail=detail)
             self._failed_upstream = None
         else:
             self.events.emit("upstream.failed", level="error", servers=sorted(want), error=detail,
                              retry_in=UPSTREAM_RETRY_SECONDS)
             self._failed_upstream, self._upstream_retry_at = want, now + UPSTREAM_RETRY_SECONDS
         self.upstream_ok, self.upstream_error = ok, ("" if ok else detail)
-        for inst in self.instances.values():  # draining ones that were never in the upstream
-            if inst.state is S.DRAINING and inst.port not in self.applied_upstream \
-                    and inst.left_upstream_at is None:
-                inst.left_upstream_at = now
 
     async def _perform(self, action) -> None:
         port = action.port
