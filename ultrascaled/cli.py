@@ -5,7 +5,6 @@ be reached; 4 the daemon refused the request (its message says why).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -256,6 +255,8 @@ def cmd_logs(api: Api, args) -> int:
 
 
 def cmd_plan(api, args) -> int:
+    import argparse
+
     from ultrascaled import capacity  # imported here: it costs ~60 ms that `status` must not pay
     p = argparse.ArgumentParser(prog="ultrascalectl plan", description="Capacity plan for N users.")
     capacity.add_arguments(p)
@@ -268,73 +269,143 @@ def format_event(e: dict) -> str:
     return f"{t} {e['level'][:4].upper():4} {e['event']} {rest}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ultrascalectl", description="Control an ultrascaled fleet.")
-    p.add_argument("--api", default=os.environ.get("ULTRASCALE_API", DEFAULT_API),
-                   help=f"daemon API address (env ULTRASCALE_API, default {DEFAULT_API})")
-    p.add_argument("--token-file", default=os.environ.get("ULTRASCALE_TOKEN_FILE"),
-                   help="file with the bearer token (env ULTRASCALE_TOKEN_FILE)")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+# The command table. argparse would cost ~17 ms of imports and set-up on every call, about a
+# third of `status`; this small parser covers what the commands need.
+# name: (function, help, positionals [(name, type, required)], options {flag: (dest, type, default)})
+COMMANDS: dict[str, tuple] = {
+    "status": ("cmd_status", "the fleet as a table", [], {"--json": ("json", bool, False)}),
+    "scale": ("cmd_scale", "set the number of instances and wait until they serve",
+              [("instances", "count", True)],
+              {"--no-wait": ("no_wait", bool, False), "--timeout": ("timeout", "seconds", 120.0)}),
+    "restart": ("cmd_restart", "restart one instance (PORT), or --all one at a time",
+                [("port", "count", False)],
+                {"--all": ("all", bool, False), "--no-wait": ("no_wait", bool, False),
+                 "--timeout": ("timeout", "seconds", 300.0)}),
+    "reload": ("cmd_reload", "re-read the spec file", [], {}),
+    "alerts": ("cmd_alerts", "alerts firing now (exit 1 when any)", [], {"--json": ("json", bool, False)}),
+    "logs": ("cmd_logs", "an instance's output (PORT); -f follows", [("port", "count", True)],
+             {"-f": ("follow", bool, False), "--follow": ("follow", bool, False),
+              "-n": ("lines", "count", 50), "--lines": ("lines", "count", 50)}),
+    "events": ("cmd_events", "recent events; -f follows", [],
+               {"-f": ("follow", bool, False), "--follow": ("follow", bool, False),
+                "-n": ("lines", "count", 50), "--lines": ("lines", "count", 50),
+                "--since": ("since", "count", 0)}),
+    "plan": ("cmd_plan", "capacity plan for N users from the spec, with the arithmetic (plan --help)",
+             None, None),
+}
 
-    s = sub.add_parser("status", help="the fleet as a table")
-    s.add_argument("--json", action="store_true", help="print /fleet as JSON")
-    s.set_defaults(func=cmd_status)
+USAGE = f"""usage: ultrascalectl [--api URL] [--token-file FILE] COMMAND [ARGS]
 
-    s = sub.add_parser("scale", help="set the number of instances and wait until they serve")
-    s.add_argument("instances", type=_count, help="number of instances")
-    s.add_argument("--no-wait", action="store_true")
-    s.add_argument("--timeout", type=float, default=120.0)
-    s.set_defaults(func=cmd_scale)
+Control an ultrascaled fleet.
 
-    s = sub.add_parser("restart", help="restart one instance, or all one at a time")
-    s.add_argument("port", nargs="?", type=_count)
-    s.add_argument("--all", action="store_true", help="rolling restart of the whole fleet")
-    s.add_argument("--no-wait", action="store_true")
-    s.add_argument("--timeout", type=float, default=300.0)
-    s.set_defaults(func=cmd_restart)
+options:
+  --api URL          daemon API address (env ULTRASCALE_API, default {DEFAULT_API})
+  --token-file FILE  file with the bearer token (env ULTRASCALE_TOKEN_FILE)
 
-    s = sub.add_parser("reload", help="re-read the spec file")
-    s.set_defaults(func=cmd_reload)
-
-    s = sub.add_parser("plan", add_help=False,
-                       help="capacity plan for N users from the spec, with the arithmetic (plan --help)")
-    s.set_defaults(func=cmd_plan, local=True)
-
-    s = sub.add_parser("alerts", help="alerts firing now (exit 1 when any)")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_alerts)
-
-    s = sub.add_parser("logs", help="an instance's output; -f follows")
-    s.add_argument("port", type=_count)
-    s.add_argument("-f", "--follow", action="store_true")
-    s.add_argument("-n", "--lines", type=_count, default=50)
-    s.set_defaults(func=cmd_logs)
-
-    s = sub.add_parser("events", help="recent events; -f follows")
-    s.add_argument("-f", "--follow", action="store_true")
-    s.add_argument("-n", "--lines", type=_count, default=50)
-    s.add_argument("--since", type=int, default=0, help=argparse.SUPPRESS)
-    s.set_defaults(func=cmd_events)
-    return p
+commands:
+""" + "".join(f"  {name:<9}{spec[1]}\n" for name, spec in COMMANDS.items()) + """
+exit codes: 0 done, 1 failed or timed out, 2 bad arguments, 3 daemon unreachable, 4 refused"""
 
 
-def _count(text: str) -> int:
+class UsageError(Exception):
+    pass
+
+
+class Args:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _convert(kind, text: str, what: str):
+    if kind == "count":
+        try:
+            n = int(text)
+        except ValueError:
+            raise UsageError(f"{what}: must be a whole number, got {text!r}")
+        if n < 0:
+            raise UsageError(f"{what}: must not be negative, got {n}")
+        return n
     try:
-        n = int(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}")
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {n}")
-    return n
+        raise UsageError(f"{what}: must be a number of seconds, got {text!r}")
+
+
+def parse_args(argv: list[str]) -> Args:
+    args = Args(api=os.environ.get("ULTRASCALE_API", DEFAULT_API),
+                token_file=os.environ.get("ULTRASCALE_TOKEN_FILE"), cmd=None, help=False)
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):  # global options
+        flag, _, inline = argv[i].partition("=")
+        if flag in ("-h", "--help"):
+            args.help = True
+            return args
+        if flag not in ("--api", "--token-file"):
+            raise UsageError(f"unknown option {flag}")
+        if not inline:
+            i += 1
+            if i >= len(argv):
+                raise UsageError(f"{flag} needs a value")
+            inline = argv[i]
+        setattr(args, flag[2:].replace("-", "_"), inline)
+        i += 1
+    if i >= len(argv):
+        raise UsageError("give a COMMAND")
+    args.cmd, rest = argv[i], argv[i + 1:]
+    if args.cmd not in COMMANDS:
+        raise UsageError(f"unknown command {args.cmd!r}; commands: {', '.join(COMMANDS)}")
+    func, _, positionals, options = COMMANDS[args.cmd]
+    args.func = globals()[func]
+    if positionals is None:  # plan: the planner parses its own arguments
+        args.rest = rest
+        return args
+    for flag, (dest, _, default) in options.items():
+        setattr(args, dest, default)
+    values = []
+    j = 0
+    while j < len(rest):
+        word = rest[j]
+        if word in ("-h", "--help"):
+            args.help = True
+            return args
+        if word.startswith("-") and not word.lstrip("-").isdigit():
+            flag, _, inline = word.partition("=")
+            if flag not in options:
+                raise UsageError(f"{args.cmd}: unknown option {flag}; options: {', '.join(options) or 'none'}")
+            dest, kind, _ = options[flag]
+            if kind is bool:
+                setattr(args, dest, True)
+            else:
+                if not inline:
+                    j += 1
+                    if j >= len(rest):
+                        raise UsageError(f"{args.cmd}: {flag} needs a value")
+                    inline = rest[j]
+                setattr(args, dest, _convert(kind, inline, f"{args.cmd} {flag}"))
+        else:
+            values.append(word)
+        j += 1
+    if len(values) > len(positionals):
+        raise UsageError(f"{args.cmd}: unexpected argument(s) {' '.join(values[len(positionals):])}")
+    for k, (name, kind, required) in enumerate(positionals):
+        if k < len(values):
+            setattr(args, name, _convert(kind, values[k], f"{args.cmd} {name.upper()}"))
+        elif required:
+            raise UsageError(f"{args.cmd}: give {name.upper()}")
+        else:
+            setattr(args, name, None)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.cmd == "plan":
-        args.rest = rest  # parsed by the planner's own parser
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"{USAGE.splitlines()[0]}\nultrascalectl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.help:
+        print(USAGE)
+        return 0
     token = None
     if args.token_file:
         try:
@@ -344,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ultrascalectl: --token-file: {exc.strerror}: {args.token_file}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        if getattr(args, "local", False):  # works from the spec file, without the daemon
+        if args.cmd == "plan":  # works from the spec file, without the daemon
             return args.func(None, args)
         return args.func(Api(args.api, token), args)
     except CtlError as exc:

@@ -66,10 +66,11 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
         actions.append(Action(kind, port, reason))
 
     # A rolling restart takes one instance out at a time, and only while every other wanted
-    # instance is serving, so at least N-1 stay in the upstream throughout.
+    # instance is serving (running and in the upstream in effect), so at least N-1 stay in the
+    # upstream throughout.
     def others_running(port: int) -> bool:
         return all(instances.get(p) is not None and instances[p].state is S.RUNNING
-                   for p in wanted if p != port)
+                   and p in applied_upstream for p in wanted if p != port)
 
     rolling = False  # one restart drain per plan: the others wait for it to come back
 

@@ -60,6 +60,7 @@ def test_rolling_restart_takes_one_instance_out_at_a_time():
     inst[1] = v(1, S.STARTING, since=0)  # the first one is on its way back
     assert kinds(plan((1, 2, 3), inst, frozenset((2, 3)), P, 1)) == []
     inst[1] = v(1, S.RUNNING)
+    assert kinds(plan((1, 2, 3), inst, frozenset((2, 3)), P, 2)) == [], "running, but not yet in nginx"
     assert kinds(plan((1, 2, 3), inst, frozenset((1, 2, 3)), P, 2)) == [("drain", 2)]
 
 
