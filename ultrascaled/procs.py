@@ -110,6 +110,11 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return any(pgrp == pgid and state not in (b"Z", b"X") for _, state, _, pgrp in proc_stats())
+
+
+def proc_stats():
+    """(pid, state, ppid, pgrp) of every process, from one pass over /proc/*/stat."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -119,9 +124,7 @@ def group_alive(pgid: int) -> bool:
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
+        yield int(entry.name), fields[0], int(fields[1]), int(fields[2])
 
 
 async def wait_group_gone(pgid: int, timeout: float = 5.0) -> bool:
@@ -220,16 +223,8 @@ def children_map() -> dict[int, list[int]]:
     """Parent pid -> child pids, from one pass over /proc (what psutil's children() does on
     every call)."""
     kids: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
-        kids.setdefault(ppid, []).append(int(entry.name))
+    for pid, _, ppid, _ in proc_stats():
+        kids.setdefault(ppid, []).append(pid)
     return kids
 
 
