@@ -151,9 +151,11 @@ class Daemon:
             return None
 
     def cleanup(self) -> None:
+        """End everything this fleet started: gracefully when the daemon still runs (it stops
+        its instances and nginx), then by pid whatever is left."""
+        import psutil
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.stop(timeout=20)
         for lo in self.fleet_processes():
             try:
                 os.killpg(os.getpgid(lo.pid), signal.SIGKILL)
@@ -162,9 +164,12 @@ class Daemon:
         pid = self.nginx_pid()
         if pid:
             try:
-                if "nginx" in Path(f"/proc/{pid}/cmdline").read_text():
-                    os.kill(pid, signal.SIGKILL)
-            except OSError:
+                master = psutil.Process(pid)
+                if "nginx" in master.name():
+                    for worker in master.children():  # nginx workers outlive a killed master
+                        worker.kill()
+                    master.kill()
+            except psutil.Error:
                 pass
         from ultrascaled.nginx import ProcessOps
         for stray in ProcessOps().strays(str(self.tmp / "state" / "nginx")):

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 
 import pytest
 
@@ -47,9 +45,16 @@ http {{
     try:
         yield d, pid, upstream
     finally:
+        import psutil
+        subprocess.run([*nginx, "-s", "quit"], capture_output=True, timeout=30)
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            master = psutil.Process(pid)
+            workers = master.children()
+            master.wait(timeout=10)
+        except psutil.TimeoutExpired:
+            for p in [*workers, master]:  # nginx workers outlive a killed master: end both
+                p.kill()
+        except psutil.NoSuchProcess:
             pass
 
 
