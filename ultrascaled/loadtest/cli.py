@@ -6,11 +6,10 @@ non-loopback target.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .httpclient import LoopbackError, parse_target
-from .runner import Config, ConfigError, progress_printer, run
+from .runner import Config, ConfigError, progress_printer, run, write_json
 from .stats import Targets
 
 EXIT_OK, EXIT_MISSED, EXIT_USAGE = 0, 1, 2
@@ -91,15 +90,6 @@ def config_from_args(args) -> Config:
                         max_error_rate_pct=args.max_error_rate, min_rps=args.min_rps))
 
 
-def _write_json(dest: str, data) -> None:
-    text = json.dumps(data, indent=2)
-    if dest == "-":
-        sys.stdout.write(text + "\n")
-    else:
-        with open(dest, "w") as f:
-            f.write(text + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -130,5 +120,5 @@ def main(argv: list[str] | None = None) -> int:
     out.write(result.summary() + "\n")
     out.flush()
     if args.json:
-        _write_json(args.json, result.to_dict())
+        write_json(args.json, result.to_dict())
     return EXIT_OK if result.passed else EXIT_MISSED

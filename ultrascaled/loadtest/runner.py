@@ -463,3 +463,13 @@ class BackgroundLoad:
         if self._thread is not None and self.running:
             self._stop.set()
             self._thread.join(self.config.timeout + 60.0)
+
+
+def write_json(dest: str, data) -> None:
+    """Write `data` as indented JSON to the file `dest`, or to stdout when `dest` is "-"."""
+    text = json.dumps(data, indent=2) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+    else:
+        with open(dest, "w") as f:
+            f.write(text)

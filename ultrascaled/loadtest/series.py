@@ -8,7 +8,7 @@ import time
 import urllib.request
 from typing import TextIO
 
-from .runner import Config, Result, progress_printer, run
+from .runner import Config, Result, progress_printer, run, write_json
 
 
 def fleet_memory_bytes(api: str, timeout: float = 2.0) -> int | None:
@@ -117,10 +117,5 @@ def run_series(base: Config, steps: list[int], *, fleet_api: str | None, chart: 
     out.flush()
     if json_dest:
         data = {"steps": [dict(row, result=res.to_dict()) for row, res in zip(rows, results)]}
-        text = json.dumps(data, indent=2)
-        if json_dest == "-":
-            sys.stdout.write(text + "\n")
-        else:
-            with open(json_dest, "w") as f:
-                f.write(text + "\n")
+        write_json(json_dest, data)
     return 0 if all(res.passed for res in results) else 1
