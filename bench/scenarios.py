@@ -146,13 +146,17 @@ def throughput(ctx: Context, keys: list[str], conns: int = 1000,
 
 # ---- 2. failed requests under load --------------------------------------------------------
 
+def _family(pid: int) -> set[int]:
+    """A master and all its descendants: the pids that must not answer after it is killed."""
+    try:
+        return {pid} | {c.pid for c in psutil.Process(pid).children(recursive=True)}
+    except psutil.Error:
+        return {pid}
+
+
 def _kill_master(s: Setup, port: int, timeout: float = 20.0) -> str:
     pid = s.master_pid(port)
-    old = {pid}
-    try:
-        old |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
-    except psutil.Error:
-        pass
+    old = _family(pid)
     os.kill(pid, signal.SIGKILL)
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -257,11 +261,7 @@ def recovery(ctx: Context, keys: list[str], kills: int = 5, timeout: float = 15.
                 s.wait_stable(60)
                 time.sleep(0.5)
                 pid = s.master_pid(port)
-                old = {pid}
-                try:
-                    old |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
-                except psutil.Error:
-                    pass
+                old = _family(pid)
                 last_old = first_fail = back = None
                 t0 = time.monotonic()
                 os.kill(pid, signal.SIGKILL)

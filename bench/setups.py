@@ -27,7 +27,7 @@ from ultrascaled.nginx_conf import NginxSettings, render_main_conf, render_upstr
 from ultrascaled.spec import Spec, parse_spec
 from ultrascaled.supervisor import gunicorn_argv, instance_env
 
-from bench.util import REPO, VENV_BIN, Tracker, log, nginx_binary, port_free, probe, stop_pid, wait_ok
+from bench.util import REPO, VENV_BIN, Tracker, nginx_binary, port_free, probe, stop_pid, wait_ok
 
 # Loopback ports of each setup: instances at base, base+1, ...; nginx / API next to them.
 PORTS = {
