@@ -451,6 +451,7 @@ class AlertManager:
         self.clock = clock
         self.wall = wall
         self.state = AlertState()
+        self.raised: dict[str, dict] = {}   # alerts raised by the daemon itself, by key
         self.fired = 0
         self.evaluations = 0
         self.last_sample: Optional[MetricSample] = None
@@ -478,8 +479,9 @@ class AlertManager:
                                 "fleet": self.fleet, "time": round(wall, 3)})
         return transitions
 
-    async def run(self) -> None:
-        """The background task; one failed evaluation is logged and the loop goes on."""
+    async def run(self, beat: Callable[[], None] = lambda: None) -> None:
+        """The background task; one failed evaluation is logged and the loop goes on. `beat`
+        tells the daemon's task guard the loop is alive."""
         interval = self.section.evaluation_interval
         while True:
             started = self.clock()
@@ -489,11 +491,38 @@ class AlertManager:
                 raise
             except Exception as exc:  # noqa: BLE001 - a bad scrape must not end alerting
                 log.exception("alert.evaluation_failed", error=repr(exc))
+            beat()
             await asyncio.sleep(max(0.0, interval - (self.clock() - started)))
+
+    # ---- alerts the daemon raises itself (an instance FATAL, a task dead, the budget crossed) ----
+
+    def fire(self, name: str, message: str, **labels: Any) -> None:
+        """Raise an alert that no metric rule can see; the same path as rule alerts: the
+        ``alert.firing`` event, the webhook, ``GET /alerts``. Raising it again updates it."""
+        key = _key(name, labels)
+        known = self.raised.get(key)
+        if known is not None:
+            known["message"] = message
+            return
+        self.raised[key] = {"alert": name, "message": message, "since": round(self.wall(), 3), **labels}
+        self._notify(name, "firing", message, labels)
+
+    def resolve(self, name: str, message: str = "", **labels: Any) -> None:
+        if self.raised.pop(_key(name, labels), None) is not None:
+            self._notify(name, "resolved", message or f"{name} resolved", labels)
+
+    def _notify(self, name: str, status: str, message: str, labels: dict) -> None:
+        if status == "firing":
+            self.fired += 1
+        self.emit(f"alert.{status}", level="error" if status == "firing" else "info", alert=name,
+                  message=message, **labels)
+        if self.sink is not None:
+            self.sink.send({"alert": name, "status": status, "message": message, "fleet": self.fleet,
+                            "time": round(self.wall(), 3), **labels})
 
     def firing(self) -> list[dict]:
         """What is firing now, for ``GET /alerts`` and ``ultrascalectl alerts``."""
-        out = []
+        out = [dict(a) for _, a in sorted(self.raised.items())]
         now, wall = self.clock(), self.wall()
         by_name = {r.name: r for r in self.rules}
         for name, st in sorted(self.state.rules.items()):
@@ -516,3 +545,25 @@ class AlertManager:
     async def close(self, drain: float = 0.0) -> None:
         if self.sink is not None:
             await self.sink.close(drain)
+
+
+def _key(name: str, labels: dict) -> str:
+    return name + "".join(f",{k}={labels[k]}" for k in sorted(labels))
+
+
+class EventAlerts:
+    """fire/resolve for a daemon without an AlertManager (tests, alerts disabled): events only."""
+
+    def __init__(self, emit: Callable[..., Any]):
+        self.emit = emit
+        self.raised: dict[str, dict] = {}
+
+    def fire(self, name: str, message: str, **labels: Any) -> None:
+        key = _key(name, labels)
+        if key not in self.raised:
+            self.raised[key] = {"alert": name, "message": message, **labels}
+            self.emit("alert.firing", level="error", alert=name, message=message, **labels)
+
+    def resolve(self, name: str, message: str = "", **labels: Any) -> None:
+        if self.raised.pop(_key(name, labels), None) is not None:
+            self.emit("alert.resolved", alert=name, message=message or f"{name} resolved", **labels)

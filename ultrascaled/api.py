@@ -19,7 +19,7 @@ from ultrascaled.supervisor import ScaleRefused, Supervisor
 ERROR_CODES = {
     "bad_request": 400, "bad_json": 400, "out_of_range": 400, "spec_invalid": 400,
     "unauthorized": 401, "not_found": 404, "method_not_allowed": 405,
-    "over_budget": 409, "shutting_down": 503,
+    "over_budget": 409, "shutting_down": 503, "internal": 500,
 }
 
 

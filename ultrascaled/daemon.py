@@ -16,6 +16,7 @@ import structlog
 
 from ultrascaled import logs, sdnotify
 from ultrascaled.events import EventLog
+from ultrascaled.fleetlock import FleetLocked
 from ultrascaled.spec import Spec, SpecError, load_spec
 from ultrascaled.supervisor import Supervisor
 from ultrascaled.upstream import NoUpstream
@@ -43,6 +44,11 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     log = structlog.get_logger("ultrascaled")
     events = EventLog()
     sup = Supervisor(spec, events, make_upstream(spec, events))
+    try:
+        sup.lock.acquire()  # before anything else: never touch another daemon's fleet
+    except (FleetLocked, OSError) as exc:
+        print(f"ultrascaled: {exc}", file=sys.stderr)
+        return 2
 
     from aiohttp import web
     from ultrascaled.api import build_app, read_token
@@ -57,6 +63,7 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
         print(f"ultrascaled: api.token_file: {exc}", file=sys.stderr)
         return 2
     alerts = make_alerts(spec, sup, events)
+    sup.set_alerts(alerts)
     runner = web.AppRunner(build_app(sup, token, reload_spec, alerts), access_log=None,
                            handle_signals=False)
     await runner.setup()
@@ -66,6 +73,7 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
         print(f"ultrascaled: cannot serve the API on {spec.api.host}:{spec.api.port}: {exc.strerror or exc}",
               file=sys.stderr)
         await runner.cleanup()
+        sup.lock.release()
         return 1
 
     loop = asyncio.get_running_loop()
@@ -95,6 +103,10 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     events.emit("daemon.starting", spec=spec.source, pid=os.getpid(), api=f"{spec.api.host}:{spec.api.port}")
     try:
         await sup.start()
+    except FleetLocked as exc:
+        print(f"ultrascaled: {exc}", file=sys.stderr)
+        await runner.cleanup()
+        return 2
     except Exception as exc:
         events.emit("daemon.start_failed", level="error", error=f"{type(exc).__name__}: {exc}")
         await sup.shutdown(timeout=10)
@@ -105,20 +117,28 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
         await sup.ready_event.wait()
         sdnotify.notify(f"READY=1\nSTATUS=serving {sup.count} instances")
 
-    async def watchdog(interval: float) -> None:
+    async def systemd_watchdog(interval: float) -> None:
+        """Ping only while every loop of the daemon is alive and on time: a dead or stalled one
+        stops the pings, and systemd restarts the daemon, which adopts the fleet."""
+        silent = False
         while True:
-            sdnotify.notify("WATCHDOG=1")
+            problems = sup.guard.problems()
+            if not problems:
+                sdnotify.notify("WATCHDOG=1")
+            elif not silent:
+                events.emit("daemon.watchdog_withheld", level="error", problems=problems)
+            silent = bool(problems)
             await asyncio.sleep(interval)
 
-    helpers = [asyncio.create_task(announce_ready(), name="sd-ready"),
-               asyncio.create_task(alerts.run(), name="alerts")]
+    sd_ready = asyncio.create_task(announce_ready(), name="sd-ready")
+    sup.start_guarded("alerts", lambda: alerts.run(beat=lambda: sup.guard.beat("alerts")),
+                      interval=spec.alerts.evaluation_interval)
     interval = sdnotify.watchdog_interval()
     if interval:
-        helpers.append(asyncio.create_task(watchdog(interval), name="sd-watchdog"))
+        sup.start_guarded("sd-watchdog", lambda: systemd_watchdog(interval))
     await stop.wait()
     sdnotify.notify("STOPPING=1")
-    for t in helpers:
-        t.cancel()
+    sd_ready.cancel()
     if detach:
         await sup.detach()
         await runner.cleanup()

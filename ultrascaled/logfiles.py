@@ -1,17 +1,13 @@
-"""Instance log files: size-based copy-then-truncate rotation, tail, and offset polling.
+"""Instance log files: rename-and-reopen rotation, tail, and offset polling.
 
-gunicorn writes its output to a file the daemon opened with ``O_APPEND`` before spawning it;
-the instance keeps that fd for its whole life. Renaming the file would leave gunicorn writing
-into the renamed one, so rotation copies the live file to ``path.1`` and truncates the live file
-in place: the writer keeps its fd and, because of ``O_APPEND``, its next write lands at the new
-end of file (offset 0) -- no hole, no NUL bytes.
+gunicorn writes its own and the app's output to the file named by ``--error-logfile`` (with
+``--capture-output`` the workers' stdout and stderr go there too) and reopens that name on
+SIGUSR1, master and workers alike. Rotation is therefore: rename the live file to ``path.1``
+(older backups shift up), then SIGUSR1. Lines written between the two land in ``path.1``, the
+rest in the new file: no line is lost, no byte is copied. :func:`shift` does the renames; the
+reconciler sends the signal.
 
-The price of copy-then-truncate is a small window: bytes written after the copy read the end
-of the file and before the truncate are lost. :func:`rotate_if_needed` keeps that window short by
-copying again whatever arrived during the copy before it truncates.
-
-These are plain blocking file operations; from the event loop call them through
-``asyncio.to_thread`` (copying a 50 MiB file takes some tens of milliseconds).
+``read_from`` is the polling step of ``logs -f``; these are plain blocking file operations.
 """
 from __future__ import annotations
 
@@ -24,53 +20,25 @@ def backup_path(path: str | os.PathLike, n: int) -> str:
     return f"{os.fspath(path)}.{n}"
 
 
-def rotate_if_needed(path: str | os.PathLike, max_bytes: int, backups: int) -> bool:
-    """Rotate ``path`` when it holds ``max_bytes`` or more; True if it rotated.
-
-    Keeps ``path.1`` (newest) .. ``path.<backups>`` (oldest); ``backups=0`` only truncates.
-    A missing file is not an error (nothing to rotate)."""
+def shift(path: str | os.PathLike, backups: int) -> None:
+    """Move ``path`` to ``path.1``, ``path.1`` to ``path.2`` ... dropping ``path.<backups>``;
+    ``backups=0`` removes ``path`` (its writer goes on into the unlinked file until it reopens).
+    Only renames in one folder: no copy, so it is quick and a full disk cannot fail it."""
     path = os.fspath(path)
-    try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        return False
-    if max_bytes <= 0 or size < max_bytes:
-        return False
     if backups <= 0:
-        os.truncate(path, 0)
-        return True
-    tmp = backup_path(path, 1) + ".tmp"
-    with open(path, "rb") as src, open(tmp, "wb") as dst:
-        copied = 0
-        while True:  # copy until a read finds nothing new, then truncate at once
-            n = os.sendfile(dst.fileno(), src.fileno(), copied, _CHUNK) if _has_sendfile() else \
-                _copy_chunk(src, dst, copied)
-            if n == 0:
-                break
-            copied += n
-        os.truncate(path, 0)
-    # Shift the older backups up, dropping the oldest, then put the new one in place.
-    oldest = backup_path(path, backups)
-    if os.path.exists(oldest):
-        os.remove(oldest)
+        _missing_ok(os.unlink, path)
+        return
+    _missing_ok(os.unlink, backup_path(path, backups))
     for n in range(backups - 1, 0, -1):
-        src_name = backup_path(path, n)
-        if os.path.exists(src_name):
-            os.replace(src_name, backup_path(path, n + 1))
-    os.replace(tmp, backup_path(path, 1))
-    return True
+        _missing_ok(os.replace, backup_path(path, n), backup_path(path, n + 1))
+    _missing_ok(os.replace, path, backup_path(path, 1))
 
 
-def _has_sendfile() -> bool:
-    return hasattr(os, "sendfile")
-
-
-def _copy_chunk(src, dst, offset: int) -> int:
-    src.seek(offset)
-    data = src.read(_CHUNK)
-    dst.write(data)
-    dst.flush()
-    return len(data)
+def _missing_ok(fn, *args) -> None:
+    try:
+        fn(*args)
+    except FileNotFoundError:
+        pass
 
 
 def tail(path: str | os.PathLike, lines: int) -> str:
@@ -103,10 +71,10 @@ def tail(path: str | os.PathLike, lines: int) -> str:
 
 def read_from(path: str | os.PathLike, offset: int, limit: int = _CHUNK) -> tuple[bytes, int]:
     """Bytes after ``offset`` (at most ``limit``) and the offset to ask for next: the polling
-    step of ``logs -f``. If the file is now shorter than ``offset`` it was truncated by a
+    step of ``logs -f``. If the file is now shorter than ``offset`` it is a new file after a
     rotation, and reading starts again at 0. A missing file gives ``(b"", 0)``.
 
-    A file that was truncated and then grew past ``offset`` between two polls cannot be told
+    A file that was rotated and then grew past ``offset`` between two polls cannot be told
     apart from one that only grew; poll more often than the file fills ``max_bytes``."""
     try:
         f = open(path, "rb")

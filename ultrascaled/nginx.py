@@ -22,8 +22,6 @@ import contextlib
 import os
 import shutil
 import signal
-import stat
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, Sequence
@@ -31,6 +29,7 @@ from typing import Awaitable, Callable, Iterable, Sequence
 import psutil
 import structlog
 
+from .files import WriteOutcome, restore_file, write_atomic  # noqa: F401  (re-exported)
 from .nginx_conf import (  # noqa: F401  (re-exported public API)
     NginxSettings,
     normalize_servers,
@@ -117,65 +116,6 @@ def find_binary(name: str) -> str:
 
 
 # Atomic files -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WriteOutcome:
-    path: str
-    changed: bool
-    previous: bytes | None  # bytes before the write; None when the file did not exist
-
-
-def write_atomic(path: str, data: bytes, default_mode: int = 0o644) -> WriteOutcome:
-    """Write ``data`` to ``path`` atomically, only if different.
-
-    Same bytes -> nothing is written (``changed=False``).  Otherwise a temp file is created in the
-    same folder, written, fsynced, given the previous file's mode (``default_mode`` for a new
-    file) and renamed over ``path``; the folder is fsynced too.  Raises OSError on I/O failure
-    (the temp file is removed).
-    """
-    try:
-        with open(path, "rb") as f:
-            previous: bytes | None = f.read()
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        previous, mode = None, default_mode
-    if previous == data:
-        return WriteOutcome(path, False, previous)
-    _replace(path, data, mode)
-    return WriteOutcome(path, True, previous)
-
-
-def restore_file(path: str, previous: bytes | None) -> None:
-    """Undo a :func:`write_atomic`: put ``previous`` back the same atomic way (remove the file
-    if it did not exist before)."""
-    if previous is None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    write_atomic(path, previous)
-
-
-def _replace(path: str, data: bytes, mode: int) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
 
 # Processes ----------------------------------------------------------------------------------
 
@@ -378,6 +318,19 @@ class NginxController:
         by pid.  True when no process of the master is left.  System/off: nothing to stop."""
         async with self._lock:
             return await self._stop()
+
+    def config_stamp(self) -> tuple:
+        """(path, mtime) of the main configuration (managed mode) or the folder holding the
+        upstream file (system mode, where the site's files live beside it)."""
+        s = self.settings
+        paths = [s.conf_path] if s.mode == "managed" else [os.path.dirname(self.upstream_file)]
+        out = []
+        for p in paths:
+            try:
+                out.append((p, os.stat(p).st_mtime_ns))
+            except OSError:
+                out.append((p, None))
+        return tuple(out)
 
     def status(self) -> dict:
         s = self.settings

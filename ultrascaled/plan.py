@@ -1,10 +1,13 @@
-"""Pure decisions of the supervisor: what to do next, given what is wanted and what is seen.
+"""Pure decisions of the reconciler: what to do next, given what is wanted and what is seen.
 
-Nothing here performs I/O or reads a clock; the supervisor passes `now` (monotonic seconds)
-and performs the returned actions. Unit tests drive these functions with tables.
+Nothing here performs I/O or reads a clock; the reconciler passes `now` (monotonic seconds)
+and performs the returned actions, which are typed values (one dataclass per kind of effect).
+Every timer lives here too: a plan says when it next needs the loop (`wake_at`). Unit tests
+drive these functions with tables; component tests drive the whole loop with a fake runner.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ultrascaled.states import State
@@ -23,6 +26,18 @@ class InstanceView:
     left_upstream_at: float | None = None  # DRAINING: when the upstream without it took effect
     stop_sent_at: float | None = None
     kill_sent: bool = False            # SIGKILL sent; waiting for the exit to be observed
+    probing: bool = False              # a probe is in flight
+    next_probe: float = 0.0            # earliest time for the next probe
+    health_failures: int = 0           # consecutive failed health probes while RUNNING
+    last_probe: str = ""               # what the last probe got ("HTTP 404", "connection refused")
+    recycles: tuple["WorkerRecycle", ...] = ()  # workers sent SIGTERM by the memory watchdog
+    workers: frozenset[int] = frozenset()       # worker pids seen in the last sample
+
+
+@dataclass(frozen=True)
+class WorkerRecycle:
+    pid: int
+    deadline: float                    # SIGKILL if still alive then
 
 
 @dataclass(frozen=True)
@@ -35,13 +50,88 @@ class Policy:
     backoff_max: float = 30.0
     fatal_crashes: int = 5
     fatal_window: float = 60.0
+    probe_interval: float = 0.02       # readiness probes start this fast, then slow down
+    probe_interval_max: float = 1.0
+    health_interval: float = 10.0      # liveness probes of running instances
+    health_failures: int = 3
+    upstream_retry_initial: float = 1.0
+    upstream_retry_max: float = 60.0
+
+
+# ---- actions: one type per effect; the reconciler matches on them exhaustively ---------------
+
+@dataclass(frozen=True)
+class Spawn:
+    port: int
+    reason: str = ""
 
 
 @dataclass(frozen=True)
-class Action:
-    kind: str        # spawn | drain | undrain | stop | kill | forget
+class Drain:
     port: int
     reason: str = ""
+    restart: bool = False              # come back once stopped (rolling restart, failed health)
+
+
+@dataclass(frozen=True)
+class Undrain:
+    port: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Stop:                            # SIGTERM to the master: graceful shutdown
+    port: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Kill:                            # SIGKILL to the whole process group
+    port: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Forget:
+    port: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Probe:                           # one HTTP probe of the health path
+    port: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class KillWorker:                      # a recycled worker outlived its graceful timeout
+    port: int
+    pid: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Publish:                         # make the upstream list exactly these ports
+    servers: tuple[int, ...]
+    reason: str = ""
+    port: int = 0
+
+
+Action = Spawn | Drain | Undrain | Stop | Kill | Forget | Probe | KillWorker | Publish
+
+
+def kind(action: Action) -> str:
+    return type(action).__name__.lower()
+
+
+@dataclass(frozen=True)
+class UpstreamView:
+    applied: frozenset[int] = frozenset()   # in effect in nginx
+    in_flight: bool = False                 # an apply is running
+    failed: frozenset[int] | None = None    # the set whose last apply failed
+    failed_temporary: bool = True
+    retry_at: float = 0.0                   # temporary failure: not before this
+    holding: bool = False                   # adoption: keep the last run's upstream for now
 
 
 @dataclass(frozen=True)
@@ -52,105 +142,186 @@ class Plan:
     settled: bool                      # every wanted instance is RUNNING, nothing else is alive
 
 
-def desired_ports(base_port: int, count: int) -> tuple[int, ...]:
-    return tuple(range(base_port, base_port + count))
+def probe_delay(elapsed: float, policy: Policy) -> float:
+    """Readiness probes: fast while a boot is young, then a tenth of the time waited so far, so an
+    app that never gets ready is probed tens of times per attempt, not thousands."""
+    return max(policy.probe_interval, min(policy.probe_interval_max, 0.1 * elapsed))
 
 
 def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, InstanceView],
-         applied_upstream: frozenset[int], policy: Policy, now: float) -> Plan:
+         upstream: UpstreamView | frozenset[int], policy: Policy, now: float,
+         keep_serving: int | None = None) -> Plan:
+    """`keep_serving`: never drain an unwanted instance if that leaves fewer serving (defaults to
+    the wanted count; 0 on shutdown)."""
+    if not isinstance(upstream, UpstreamView):
+        upstream = UpstreamView(applied=frozenset(upstream))
+    applied = upstream.applied
     wanted = frozenset(wanted)
+    keep = len(wanted) if keep_serving is None else keep_serving
     actions: list[Action] = []
     timers: list[float] = []
 
-    def act(kind: str, port: int, reason: str = "") -> None:
-        actions.append(Action(kind, port, reason))
+    def serving(p: int) -> bool:
+        v = instances.get(p)
+        return v is not None and v.state is S.RUNNING and p in applied
 
     # A rolling restart takes one instance out at a time, and only while every other wanted
-    # instance is serving (running and in the upstream in effect), so at least N-1 stay in the
-    # upstream throughout.
-    def others_running(port: int) -> bool:
-        return all(instances.get(p) is not None and instances[p].state is S.RUNNING
-                   and p in applied_upstream for p in wanted if p != port)
+    # instance is serving, so at least N-1 stay in the upstream throughout.
+    def others_serving(port: int) -> bool:
+        return all(serving(p) for p in wanted if p != port)
 
     rolling = False  # one restart drain per plan: the others wait for it to come back
+    still_serving = sum(1 for p in instances if serving(p))
 
     for port in sorted(wanted | instances.keys()):
         v = instances.get(port)
         want = port in wanted
         if v is None:
-            act("spawn", port, "scale up")
+            actions.append(Spawn(port, "scale up"))
             continue
         st = v.state
         if st is S.STOPPED:
             if not want:
-                act("forget", port)
+                actions.append(Forget(port))
             elif not v.group_alive:
-                act("spawn", port, "restart" if v.restart_requested else "start")
+                actions.append(Spawn(port, "restart" if v.restart_requested else "start"))
         elif st is S.STARTING:
             if not want:
-                act("stop", port, "scale down")
+                actions.append(Stop(port, "scale down"))
             elif v.kill_sent:
                 pass
             elif now - v.since >= policy.start_timeout:
-                act("kill", port, f"not ready after {policy.start_timeout:g}s")
+                last = f" (last probe: {v.last_probe})" if v.last_probe else ""
+                actions.append(Kill(port, f"not ready after {policy.start_timeout:g}s{last}"))
             else:
                 timers.append(v.since + policy.start_timeout)
+                _probe(v, now, policy, actions, timers)
         elif st is S.RUNNING:
+            unhealthy = v.health_failures >= policy.health_failures
             if not want:
-                act("drain", port, "scale down")
-            elif v.restart_requested and not rolling and others_running(port):
-                act("drain", port, "rolling restart")
+                if not serving(port) or still_serving - 1 >= keep:
+                    actions.append(Drain(port, "scale down"))
+                    still_serving -= serving(port)
+            elif unhealthy:
+                actions.append(Drain(port, f"health check failed {v.health_failures} times in a row "
+                                           f"(last: {v.last_probe or 'no answer'})", restart=True))
+                still_serving -= serving(port)
+            elif v.restart_requested and not rolling and others_serving(port):
+                actions.append(Drain(port, "rolling restart", restart=True))
+                still_serving -= serving(port)
                 rolling = True
+            else:
+                _probe(v, now, policy, actions, timers)
+            _recycle_deadlines(v, now, actions, timers)
         elif st is S.DRAINING:
             if want and not v.restart_requested:
-                act("undrain", port, "wanted again")
-            elif v.left_upstream_at is not None and port not in applied_upstream:
+                actions.append(Undrain(port, "wanted again"))
+            elif v.left_upstream_at is not None and port not in applied:
                 ready_at = v.left_upstream_at + policy.drain_seconds
                 if now >= ready_at:
-                    act("stop", port, "drained")
+                    actions.append(Stop(port, "drained"))
                 else:
                     timers.append(ready_at)
             elif now - v.since >= policy.drain_max_wait:
-                act("stop", port, "upstream change not confirmed; stopping anyway")
+                actions.append(Stop(port, "upstream change not confirmed; stopping anyway"))
             else:
                 timers.append(v.since + policy.drain_max_wait)
+            _recycle_deadlines(v, now, actions, timers)
         elif st is S.STOPPING:
             sent = v.stop_sent_at if v.stop_sent_at is not None else v.since
             if v.kill_sent:
                 pass
             elif now - sent >= policy.stop_timeout:
-                act("kill", port, f"still running {policy.stop_timeout:g}s after SIGTERM")
+                actions.append(Kill(port, f"still running {policy.stop_timeout:g}s after SIGTERM"))
             else:
                 timers.append(sent + policy.stop_timeout)
         elif st is S.BACKOFF:
             if not want:
-                act("forget", port)
+                actions.append(Forget(port))
             elif v.group_alive:
                 pass
             elif v.restart_requested or now >= v.next_start:
-                act("spawn", port, "restart after backoff")
+                actions.append(Spawn(port, "restart after backoff"))
             else:
                 timers.append(v.next_start)
         elif st is S.FATAL:
             if not want:
-                act("forget", port)
+                actions.append(Forget(port))
             elif v.restart_requested and not v.group_alive:
-                act("spawn", port, "operator restart")
+                actions.append(Spawn(port, "operator restart"))
+        else:  # pragma: no cover - a new state must be planned for
+            raise AssertionError(f"plan: unhandled state {st!r}")
 
-    upstream = tuple(sorted(p for p, v in instances.items() if v.state is S.RUNNING and p in wanted))
-    settled = (not actions and all(instances.get(p) is not None and instances[p].state is S.RUNNING
+    # The upstream lists every running instance that is not on its way out, wanted or not: an
+    # unwanted one keeps serving until the wanted ones can take its place (a port change).
+    draining = {a.port for a in actions if isinstance(a, Drain)}
+    ups = tuple(sorted(p for p, v in instances.items() if v.state is S.RUNNING and p not in draining))
+    publish = _publish(ups, upstream, now, policy, timers)
+    if publish is not None:
+        actions.append(publish)
+    settled = (all(isinstance(a, Probe) for a in actions) and all(instances.get(p) is not None and instances[p].state is S.RUNNING
                                    and not instances[p].restart_requested for p in wanted)
                and instances.keys() <= wanted)
-    return Plan(tuple(actions), upstream, min(timers) if timers else None, settled)
+    return Plan(tuple(actions), ups, min(timers) if timers else None, settled)
 
+
+def _probe(v: InstanceView, now: float, policy: Policy, actions: list, timers: list) -> None:
+    if v.probing:
+        return
+    if now >= v.next_probe:
+        actions.append(Probe(v.port, "readiness" if v.state is S.STARTING else "liveness"))
+    else:
+        timers.append(v.next_probe)
+
+
+def next_probe_at(v: InstanceView, now: float, policy: Policy) -> float:
+    """When to probe again after a probe that finished at `now`."""
+    if v.state is S.STARTING:
+        return now + probe_delay(now - v.since, policy)
+    return now + policy.health_interval
+
+
+def _recycle_deadlines(v: InstanceView, now: float, actions: list, timers: list) -> None:
+    for r in v.recycles:
+        if r.pid not in v.workers:
+            continue
+        if now >= r.deadline:
+            actions.append(KillWorker(v.port, r.pid, "worker still alive after graceful timeout"))
+        else:
+            timers.append(r.deadline)
+
+
+def _publish(ups: tuple[int, ...], u: UpstreamView, now: float, policy: Policy,
+             timers: list) -> Publish | None:
+    want = frozenset(ups)
+    if u.in_flight or u.holding:
+        return None
+    if want == u.applied and u.failed is None:
+        return None
+    if u.failed == want:
+        if not u.failed_temporary:
+            return None  # nginx rejects this input: wait for a change (servers, spec, nginx files)
+        if now < u.retry_at:
+            timers.append(u.retry_at)
+            return None
+        return Publish(ups, "retry after a temporary failure")
+    return Publish(ups, "ready set changed")
+
+
+def upstream_retry_delay(failures: int, policy: Policy) -> float:
+    return min(policy.upstream_retry_max, policy.upstream_retry_initial * 2 ** max(0, failures - 1))
+
+
+# ---- what happens when a gunicorn master exits --------------------------------------------------
 
 @dataclass(frozen=True)
 class ExitDecision:
     state: State
     next_start: float
-    crashes: tuple[float, ...]
+    crashes: tuple[float, ...]         # crashes after serving, within fatal_window
+    start_failures: int                # consecutive failures to become ready
     reason: str
-    counted: bool = field(default=True)
+    crash_loop: bool = False           # crashes after serving reached fatal_crashes in the window
 
 
 # gunicorn's own exit codes for an app that cannot be loaded (arbiter.py): permanent failures.
@@ -171,24 +342,66 @@ def describe_exit(returncode: int | None) -> str:
     return f"exit {returncode}"
 
 
-def on_exit(state: State, returncode: int | None, crashes: tuple[float, ...], policy: Policy,
-            now: float) -> ExitDecision:
-    """Where an instance goes when its gunicorn master exits while in `state`."""
-    what = describe_exit(returncode)
-    if state in (S.STOPPING,):
-        return ExitDecision(S.STOPPED, now, crashes, f"stopped ({what})", counted=False)
-    if state is S.STARTING and returncode in (WORKER_BOOT_ERROR, APP_LOAD_ERROR):
-        kind = "app failed to load" if returncode == APP_LOAD_ERROR else "worker failed to boot"
-        return ExitDecision(S.FATAL, now, crashes, f"{kind} ({what}); not retrying")
+def on_exit(state: State, returncode: int | None, crashes: tuple[float, ...], start_failures: int,
+            policy: Policy, now: float, why: str = "") -> ExitDecision:
+    """Where an instance goes when its gunicorn master exits while in `state`.
+
+    Two kinds of failure, as supervisord and Kubernetes tell them apart:
+    - failing to start (exit while STARTING, or not ready in time): counted in a row; after
+      `fatal_crashes` of them the instance is FATAL (the app is broken; an operator must act);
+    - crashing after it served: never FATAL (something keeps killing a working app, e.g. the
+      OOM killer): restarts back off up to `backoff_max`, and `fatal_crashes` of them within
+      `fatal_window` raise the crash-loop alert.
+    """
+    what = describe_exit(returncode) + (f" ({why})" if why else "")
+    if state is S.STOPPING:
+        return ExitDecision(S.STOPPED, now, crashes, start_failures, f"stopped ({what})")
+    if state is S.STARTING:
+        if returncode in (WORKER_BOOT_ERROR, APP_LOAD_ERROR):
+            kind = "app failed to load" if returncode == APP_LOAD_ERROR else "worker failed to boot"
+            return ExitDecision(S.FATAL, now, crashes, start_failures + 1, f"{kind} ({what}); not retrying")
+        failures = start_failures + 1
+        if failures >= policy.fatal_crashes:
+            return ExitDecision(S.FATAL, now, crashes, failures,
+                                f"{what}; failed to start {failures} times in a row")
+        return ExitDecision(S.BACKOFF, now + backoff_delay(failures, policy), crashes, failures,
+                            f"{what}; start failure {failures} of {policy.fatal_crashes}")
     recent = tuple(t for t in crashes if now - t < policy.fatal_window) + (now,)
-    if len(recent) >= policy.fatal_crashes:
-        return ExitDecision(S.FATAL, now, recent,
-                            f"{what}; {len(recent)} crashes within {policy.fatal_window:g}s")
-    return ExitDecision(S.BACKOFF, now + backoff_delay(len(recent), policy), recent, what)
+    loop = len(recent) >= policy.fatal_crashes
+    reason = what + (f"; {len(recent)} crashes within {policy.fatal_window:g}s" if loop else "")
+    return ExitDecision(S.BACKOFF, now + backoff_delay(len(recent), policy), recent, 0, reason, loop)
 
 
 def backoff_delay(crash_count: int, policy: Policy) -> float:
-    """0 for the first crash in the window, then initial, 2x initial, ... capped."""
+    """0 for the first failure, then initial, 2x initial, ... capped at backoff_max."""
     if crash_count <= 1:
         return 0.0
-    return min(policy.backoff_max, policy.backoff_initial * 2 ** (crash_count - 2))
+    delay = policy.backoff_initial * 2 ** min(crash_count - 2, 64)
+    return min(policy.backoff_max, delay) if math.isfinite(delay) else policy.backoff_max
+
+
+# ---- a spec reload is a diff ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReloadDiff:
+    added: tuple[int, ...] = ()        # newly wanted ports
+    removed: tuple[int, ...] = ()      # no longer wanted
+    changed: tuple[int, ...] = ()      # to restart: their command changed, or FATAL/BACKOFF
+    unchanged: tuple[int, ...] = field(default=())
+
+
+def reload_diff(instances: dict[int, tuple[State, str]], wanted: tuple[int, ...],
+                fingerprint: dict[int, str]) -> ReloadDiff:
+    """`instances`: port -> (state, fingerprint it was started with); `fingerprint`: what each
+    wanted port would be started with now. A FATAL or backing-off instance is restarted by any
+    reload (the operator asked to try again); a live one only when its command changes."""
+    want = set(wanted)
+    changed, unchanged = [], []
+    for port in sorted(instances.keys() & want):
+        state, fp = instances[port]
+        if state in (S.FATAL, S.BACKOFF) or (state is not S.STOPPED and fp != fingerprint.get(port)):
+            changed.append(port)
+        else:
+            unchanged.append(port)
+    return ReloadDiff(tuple(sorted(want - instances.keys())), tuple(sorted(instances.keys() - want)),
+                      tuple(changed), tuple(unchanged))

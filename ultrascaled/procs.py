@@ -19,45 +19,56 @@ from typing import Callable
 import psutil
 
 
-def marker(fleet: str, port: int) -> str:
-    """The `--name` given to gunicorn; it stays in every process's command line."""
-    return f"ultrascale-{fleet}-{port}"
+from ultrascaled.command import marker  # noqa: E402  (re-exported: the harness uses it)
 
 
 class Proc:
-    """A running gunicorn master: our child (`popen` set) or adopted from an earlier run."""
+    """A running gunicorn master: our child (`popen` set) or adopted from an earlier run.
+
+    It holds a pidfd from the moment it is made, so a signal never reaches another process
+    that took the pid over after ours exited (pidfd_send_signal)."""
 
     def __init__(self, pid: int, popen: subprocess.Popen | None = None):
         self.pid = pid
         self.popen = popen
-        self._fd: int | None = None
+        self._watching = False
+        try:
+            self._fd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._fd = None
 
     @property
     def pgid(self) -> int:
         return self.pid  # started with setsid
 
+    @property
+    def exited(self) -> bool:
+        return self._fd is None
+
     def watch(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[[int | None], None]) -> bool:
         """Call on_exit(returncode or None) once the process has exited. False if already gone."""
-        try:
-            self._fd = os.pidfd_open(self.pid)
-        except ProcessLookupError:
-            on_exit(self._reap())
+        if self._fd is None:
+            loop.call_soon(on_exit, self._reap())
             return False
 
         def ready() -> None:
-            loop.remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = None
+            self._close(loop)
             on_exit(self._reap())
 
         loop.add_reader(self._fd, ready)
+        self._watching = True
         return True
 
-    def unwatch(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _close(self, loop: asyncio.AbstractEventLoop | None) -> None:
         if self._fd is not None:
-            loop.remove_reader(self._fd)
+            if self._watching and loop is not None:
+                loop.remove_reader(self._fd)
             os.close(self._fd)
             self._fd = None
+        self._watching = False
+
+    def unwatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._close(loop)
 
     def _reap(self) -> int | None:
         if self.popen is None:
@@ -68,7 +79,14 @@ class Proc:
             return None
 
     def send(self, sig: int) -> bool:
-        return signal_pid(self.pid, sig)
+        """Signal this very process (not whatever holds its pid now); False once it exited."""
+        if self._fd is None:
+            return False
+        try:
+            signal.pidfd_send_signal(self._fd, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
 
     def kill_group(self, sig: int = signal.SIGKILL) -> bool:
         return kill_group(self.pgid, sig)
@@ -138,9 +156,14 @@ async def wait_group_gone(pgid: int, timeout: float = 5.0) -> bool:
 
 
 def spawn(argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> Proc:
-    with open(log_path, "ab", buffering=0) as log:
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    """Start a master in its own session, its output appended to `log_path` (never through a
+    symlink planted there)."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    try:
+        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
                                  cwd=cwd, env=env, start_new_session=True, close_fds=True)
+    finally:
+        os.close(fd)
     return Proc(popen.pid, popen)
 
 
@@ -184,23 +207,50 @@ class Leftover:
     master_alive: bool          # for a worker: its group leader still exists
 
 
+def marker_port(cmdline: list[str] | tuple[str, ...], fleet: str) -> int | None:
+    """The port in this fleet's exact marker, if `cmdline` is one of this fleet's gunicorn
+    processes: `... -m gunicorn ... --name ultrascale-FLEET-PORT ...` as started, or the title
+    `gunicorn: master [ultrascale-FLEET-PORT]` when setproctitle rewrote it. A neighbour fleet
+    whose name shares a prefix (`demo` and `demo-2`), or any other program that merely mentions
+    the marker, does not match."""
+    prefix = f"ultrascale-{fleet}-"
+
+    def port_of(name: str) -> int | None:
+        rest = name[len(prefix):] if name.startswith(prefix) else ""
+        return int(rest) if rest.isascii() and rest.isdigit() and len(rest) <= 5 else None
+
+    args = list(cmdline)
+    if len(args) == 1 and args[0].startswith("gunicorn: "):  # setproctitle: one string
+        title = args[0].split()
+        if len(title) == 3 and title[1] in ("master", "worker") and title[2].startswith("[") \
+                and title[2].endswith("]"):
+            return port_of(title[2][1:-1])
+        return None
+    is_gunicorn = any(a == "gunicorn" or a.endswith("/gunicorn") for a in args[:3]) or \
+        any(args[i] == "-m" and args[i + 1] == "gunicorn" for i in range(min(len(args) - 1, 4)))
+    if not is_gunicorn:
+        return None
+    for i, a in enumerate(args):
+        if a == "--name" and i + 1 < len(args):
+            return port_of(args[i + 1])
+        if a.startswith("--name="):
+            return port_of(a[len("--name="):])
+    return None
+
+
 def find_leftovers(fleet: str) -> list[Leftover]:
-    """gunicorn processes of this fleet from an earlier run of the daemon."""
-    prefix = marker(fleet, 0)[:-1]
+    """gunicorn processes of this fleet from an earlier run of the daemon, by exact marker."""
     found = []
     me = os.getpid()
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            cmd = p.info["cmdline"] or []
-            text = " ".join(cmd)
-            if p.pid == me or prefix not in text:
+            if p.pid == me:
                 continue
-            tail = text.split(prefix, 1)[1]
-            digits = "".join(ch for ch in tail[:5] if ch.isdigit())
-            if not digits:
+            port = marker_port(p.info["cmdline"] or [], fleet)
+            if port is None:
                 continue
             pgid = os.getpgid(p.pid)
-            found.append(Leftover(p.pid, int(digits), tuple(cmd), pgid == p.pid,
+            found.append(Leftover(p.pid, port, tuple(p.info["cmdline"]), pgid == p.pid,
                                   pgid == p.pid or psutil.pid_exists(pgid)))
         except (psutil.Error, ProcessLookupError, OSError):
             continue
@@ -267,6 +317,20 @@ def sample_group(master_pid: int, metric: str = "rss") -> tuple[ProcMem | None, 
         kids = children_map().get(master_pid, [])
     workers = [m for m in (_read_mem(pid, metric) for pid in kids) if m is not None]
     return master, workers
+
+
+def signal_worker(pid: int, sig: int) -> bool:
+    """Signal a worker seen by `sample_group`, only if it is still that process: psutil compares
+    the start time it recorded with the pid's current one (a reused pid is left alone)."""
+    p = _PROCS.get(pid)
+    if p is None:
+        return False
+    try:
+        p.send_signal(sig)
+        return True
+    except psutil.Error:
+        _PROCS.pop(pid, None)
+        return False
 
 
 def forget_pids(pids) -> None:

@@ -2,15 +2,15 @@
 
     STOPPED ──spawn──► STARTING ──health 200──► RUNNING ──leave upstream──► DRAINING
        ▲                 │  │                     │                            │
-       │        exit/    │  │ app cannot load     │ exit                       │ drained
-       │        timeout  ▼  ▼                     ▼                            ▼
-       │             BACKOFF ──too many──► FATAL  BACKOFF                   STOPPING ──exit──► STOPPED
-       │                │  ▲                │
-       │                └──┘ (wait, then    └── operator restart / spec change ──► STARTING
-       │                      spawn again)
+       │   exit/not      │  │ app cannot load     │ exit (crash after serving: │ drained
+       │   ready in time ▼  ▼                     ▼  backoff, never FATAL)     ▼
+       │             BACKOFF ──K start──► FATAL  BACKOFF                   STOPPING ──exit──► STOPPED
+       │                │  ▲   failures     │  ▲
+       │                └──┘ (wait, then    │  └─ operator restart, port busy / fds short
+       │                      spawn again)  └──── operator restart / any spec reload ──► STARTING
        └──────────────────────────────── STOPPING (from any live state on shutdown)
 
-`change_state` in the supervisor is the one function that performs a move.
+`Reconciler.change_state` is the one function that performs a move.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.DRAINING: frozenset({S.STOPPING, S.BACKOFF, S.STOPPED, S.RUNNING}),
     S.STOPPING: frozenset({S.STOPPED}),
     S.BACKOFF: frozenset({S.STARTING, S.FATAL, S.STOPPED}),
-    S.FATAL: frozenset({S.STARTING, S.STOPPED}),
+    S.FATAL: frozenset({S.STARTING, S.BACKOFF, S.STOPPED}),
 }
 
 # States in which a gunicorn master of ours is (or may be) alive.

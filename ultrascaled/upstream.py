@@ -14,7 +14,10 @@ from ultrascaled.spec import Spec
 
 class Upstream(Protocol):
     async def start(self) -> None: ...
-    async def apply(self, servers: list[tuple[str, int]]) -> tuple[bool, str]: ...
+    async def apply(self, servers: list[tuple[str, int]]) -> tuple[bool, str, bool]: ...
+    """(ok, detail, temporary): a temporary failure is worth retrying with backoff; a permanent
+    one (nginx rejects the configuration) is not, until the servers, spec or nginx's files change."""
+    def config_stamp(self) -> Any: ...
     async def check(self) -> None: ...
     async def reconfigure(self, spec: Spec) -> tuple[bool, str]: ...
     async def stop(self) -> None: ...
@@ -28,7 +31,10 @@ class NoUpstream:
         pass
 
     async def apply(self, servers):
-        return True, "no upstream (nginx.mode is off)"
+        return True, "no upstream (nginx.mode is off)", True
+
+    def config_stamp(self):
+        return None
 
     async def check(self) -> None:
         pass
@@ -65,7 +71,12 @@ class NginxUpstream:
         elif not r.ok:
             self.events.emit("nginx.reload_failed", level="error", log=False, code=r.code, error=r.error,
                              rolled_back=True)
-        return r.ok, (r.code if r.ok else f"{r.code}: {r.error}")
+        return r.ok, (r.code if r.ok else f"{r.code}: {r.error}"), r.retryable
+
+    def config_stamp(self):
+        """Modification times of nginx's configuration files: a change there may mend a
+        configuration nginx rejected, so a refused upstream is tried again."""
+        return self.ctl.config_stamp()
 
     async def check(self) -> None:
         r = await self.ctl.ensure_running()

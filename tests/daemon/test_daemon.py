@@ -211,7 +211,10 @@ def test_an_app_that_cannot_load_is_fatal_not_a_restart_loop(make_daemon):
     assert status == 503 and "fatal" in health["reasons"][0]
     out = d.ctl("status")
     assert out.returncode == 1 and "fatal" in out.stdout
-    assert any(e["event"] == "alert.instance_fatal" for e in d.events("alert"))
+    assert any(e["event"] == "alert.firing" and e["alert"] == "instance_fatal" for e in d.events("alert"))
+    firing = d.api("GET", "/alerts")[1]["firing"]
+    assert sorted(a["port"] for a in firing if a["alert"] == "instance_fatal") == [d.base_port, d.base_port + 1], \
+        "regression (issue 10, defect 4): FATAL reaches GET /alerts, not only the event log"
 
 
 def test_a_port_taken_by_another_program_is_reported_with_its_pid(make_daemon):
@@ -287,7 +290,8 @@ def test_an_instance_that_never_gets_ready_is_killed_and_retried_without_wedging
                      "restart": {"fatal_crashes": 2, "backoff_initial": 0.1}}, nginx=False).start(wait=False)
     fleet = d.wait_until(lambda f: f["instances"] and all(i["state"] == "fatal" for i in f["instances"]),
                          timeout=30, what="fatal after repeated start timeouts")
-    assert "2 crashes" in fleet["instances"][0]["reason"]
+    reason = fleet["instances"][0]["reason"]
+    assert "failed to start 2 times in a row" in reason and "last probe: HTTP 404" in reason
     assert any(e["event"] == "instance.killed" and "not ready after 1s" in e["reason"]
                for e in d.events("instance.killed"))
     assert d.fleet_processes() == []

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from ultrascaled import nginx
+from ultrascaled import files
 from ultrascaled.nginx import restore_file, write_atomic
 
 
@@ -41,14 +41,14 @@ def test_change_keeps_mode_and_replaces_by_rename(tmp_path):
 
 def test_temp_file_is_created_in_the_same_folder(tmp_path, monkeypatch):
     seen = []
-    real = nginx.tempfile.mkstemp
+    real = files.tempfile.mkstemp
 
     def spy(*a, **kw):
         fd, name = real(*a, **kw)
         seen.append(name)
         return fd, name
 
-    monkeypatch.setattr(nginx.tempfile, "mkstemp", spy)
+    monkeypatch.setattr(files.tempfile, "mkstemp", spy)
     write_atomic(str(tmp_path / "up.conf"), b"x")
     assert len(seen) == 1 and os.path.dirname(seen[0]) == str(tmp_path)
 
@@ -60,7 +60,7 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(nginx.os, "replace", boom)
+    monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(OSError):
         write_atomic(str(p), b"new\n")
     assert p.read_bytes() == b"old\n"

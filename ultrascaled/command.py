@@ -1,0 +1,68 @@
+"""What an instance runs, pure: gunicorn's argv, its environment, the fingerprint a reload
+compares, and the reconciler's policy, all derived from the spec."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from ultrascaled.plan import Policy
+from ultrascaled.spec import Spec
+
+# systemd's variables are the daemon's: gunicorn would answer NOTIFY_SOCKET with its own READY=1.
+DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                   "LISTEN_FDNAMES")
+
+
+def marker(fleet: str, port: int) -> str:
+    """The `--name` given to gunicorn; it stays in every process's command line (or title)."""
+    return f"ultrascale-{fleet}-{port}"
+
+
+def policy_of(spec: Spec) -> Policy:
+    h = spec.health
+    return Policy(start_timeout=h.start_timeout, drain_seconds=spec.restart.drain_seconds,
+                  stop_timeout=spec.gunicorn.graceful_timeout + 2.0,
+                  backoff_initial=spec.restart.backoff_initial, backoff_max=spec.restart.backoff_max,
+                  fatal_crashes=spec.restart.fatal_crashes, fatal_window=spec.restart.fatal_window,
+                  probe_interval=h.probe_interval, probe_interval_max=max(h.probe_interval, 1.0),
+                  health_interval=h.interval, health_failures=h.failures)
+
+
+def gunicorn_argv(spec: Spec, port: int, log_path: str | None = None) -> list[str]:
+    """`log_path`: gunicorn writes its own and the app's output there (--capture-output) and
+    reopens it on SIGUSR1, which is how the daemon rotates it without losing a line."""
+    g = spec.gunicorn
+    argv = [spec.app.python or sys.executable, "-m", "gunicorn",
+            "--bind", f"{spec.instances.host}:{port}",
+            "--workers", str(spec.workers), "--worker-class", g.worker_class,
+            "--worker-connections", str(g.worker_connections),
+            "--timeout", str(g.timeout), "--graceful-timeout", str(g.graceful_timeout),
+            "--keep-alive", str(g.keepalive),
+            "--max-requests", str(g.max_requests), "--max-requests-jitter", str(g.max_requests_jitter),
+            "--name", marker(spec.name, port), "--no-control-socket",
+            "--chdir", spec.app.directory]
+    if log_path:
+        argv += ["--error-logfile", log_path, "--capture-output"]
+    if spec.app.config:
+        argv += ["-c", spec.app.config]
+    return argv + list(g.args) + [spec.app.module]
+
+
+def instance_env(spec: Spec, index: int, port: int, metrics_dir: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DAEMON_ONLY_ENV}
+    env.update(spec.app.env)
+    env.update({
+        "PORT": str(port), "ULTRASCALE_PORT": str(port), "ULTRASCALE_INSTANCE": str(index),
+        "ULTRASCALE_FLEET": spec.name, "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+        "MONGO_MAX_POOL_SIZE": str(spec.mongo_pool_per_process()),
+        "MONGO_MIN_POOL_SIZE": str(spec.mongodb.min_pool_size),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def fingerprint(spec: Spec, port: int, log_path: str | None = None) -> str:
+    """What an instance was started with; a reload restarts those whose fingerprint changes."""
+    return json.dumps([gunicorn_argv(spec, port, log_path), spec.app.env, spec.mongo_pool_per_process()],
+                      sort_keys=True)

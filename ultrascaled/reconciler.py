@@ -1,0 +1,740 @@
+"""The reconciler: the one writer of the fleet's state, and the only part that acts on it.
+
+    observations ──► messages ──► fold into records ──► plan(...) ──► perform(actions) via runner
+    (exit, probe, sample,          (only the loop         (pure, typed    (spawn, signal, kill,
+     group gone, upstream)          writes them)           actions)        probe, publish)
+
+Observers (a pidfd callback, a probe or reap task, the sampler, an upstream apply) never touch
+an instance: they post a message and wake the loop. Side effects go through the `Runner` and
+the `Upstream`, so the whole loop runs in tests with a fake runner and a fake clock.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ultrascaled import command, watchdog
+from ultrascaled.events import EventLog
+from ultrascaled.plan import (Drain, ExitDecision, Forget, InstanceView, Kill, KillWorker, Probe, Publish,
+                              Spawn, Stop, Undrain, UpstreamView, WorkerRecycle, backoff_delay, describe_exit,
+                              kind, next_probe_at, on_exit, plan, upstream_retry_delay)
+from ultrascaled.runner import Clock, Handle, ProbeResult, ProcMem, Runner, is_transient
+from ultrascaled.spec import MB, Spec
+from ultrascaled.states import State, check_transition
+
+S = State
+
+
+@dataclass
+class Instance:
+    """One port's record. Written only by the reconciler's loop."""
+    index: int
+    port: int
+    state: State = S.STOPPED
+    since: float = 0.0
+    since_wall: float = 0.0
+    handle: Handle | None = None
+    started_wall: float | None = None
+    restarts: int = 0
+    crashes: tuple[float, ...] = ()     # crashes after serving, within the window
+    start_failures: int = 0             # failures to become ready, in a row
+    daemon_failures: int = 0            # spawns that failed on the daemon's side, in a row
+    last_exit: str | None = None
+    reason: str = ""
+    next_start: float = 0.0
+    restart_requested: bool = False
+    group_alive: bool = False
+    left_upstream_at: float | None = None
+    stop_sent_at: float | None = None
+    kill_sent: bool = False
+    kill_reason: str = ""
+    health_failures: int = 0
+    probing: bool = False
+    next_probe: float = 0.0
+    last_probe: str = ""
+    adopted: bool = False
+    fingerprint: str = ""
+    master_mem: ProcMem | None = None
+    workers: list[ProcMem] = field(default_factory=list)
+    recycles: dict[int, float] = field(default_factory=dict)   # worker pid -> SIGKILL deadline
+
+    def view(self) -> InstanceView:
+        return InstanceView(self.port, self.state, self.since, self.next_start, self.restart_requested,
+                            self.group_alive, self.left_upstream_at, self.stop_sent_at, self.kill_sent,
+                            self.probing, self.next_probe, self.health_failures, self.last_probe,
+                            tuple(WorkerRecycle(p, d) for p, d in self.recycles.items()),
+                            frozenset(w.pid for w in self.workers))
+
+    @property
+    def pid(self) -> int | None:
+        return self.handle.pid if self.handle else None
+
+    @property
+    def rss(self) -> int:
+        return (self.master_mem.rss if self.master_mem else 0) + sum(w.rss for w in self.workers)
+
+
+# ---- messages: what observers tell the loop --------------------------------------------------
+
+@dataclass(frozen=True)
+class Exited:
+    port: int
+    handle: Any
+    returncode: int | None
+
+
+@dataclass(frozen=True)
+class Probed:
+    port: int
+    handle: Any
+    result: ProbeResult
+
+
+@dataclass(frozen=True)
+class GroupGone:
+    port: int
+    pgid: int
+
+
+@dataclass(frozen=True)
+class Sampled:
+    port: int
+    handle: Any
+    master: ProcMem | None
+    workers: tuple[ProcMem, ...]
+    log_size: int = 0
+
+
+@dataclass(frozen=True)
+class UpstreamDone:
+    servers: frozenset[int]
+    ok: bool
+    detail: str
+    temporary: bool = True
+
+
+@dataclass(frozen=True)
+class SamplesDone:          # a round of samples is in: judge memory
+    pass
+
+
+Message = Exited | Probed | GroupGone | Sampled | SamplesDone | UpstreamDone
+
+
+class Reconciler:
+    HEARTBEAT = 5.0   # the loop wakes at least this often, so a stall is visible
+
+    def __init__(self, spec: Spec, events: EventLog, runner: Runner, upstream, *, clock: Clock | None = None,
+                 alerts=None, beat: Callable[[], None] = lambda: None):
+        from ultrascaled.alerts import EventAlerts
+        self.spec = spec
+        self.events = events
+        self.runner = runner
+        self.upstream = upstream
+        self.clock = clock or Clock()
+        self.alerts = alerts or EventAlerts(events.emit)
+        self.beat = beat
+        self.instances: dict[int, Instance] = {}
+        self.count = spec.instances.count
+        self.shutting_down = False
+        self.applied: frozenset[int] = frozenset()
+        self.upstream_ok: bool | None = None
+        self.upstream_error = ""
+        self.publishing = False
+        self.failed_upstream: frozenset[int] | None = None
+        self.failed_temporary = True
+        self.upstream_failures = 0
+        self.upstream_retry_at = 0.0
+        self.upstream_stamp: Any = None
+        self.holding_upstream = False       # adoption: keep the last run's upstream until probed
+        self.pending_nginx = False
+        self.next_upstream_check = 0.0
+        self.streaks: dict[int, int] = {}
+        self.over_budget = False
+        self.counters: dict[str, Any] = {"watchdog_recycles": {}}
+        self.ready_event = asyncio.Event()
+        self._inbox: list[Message] = []
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self.state_dir = Path(spec.paths.state_dir)
+        self.log_dir = Path(spec.paths.log_dir)
+
+    # ---- what is wanted ---------------------------------------------------------------------
+
+    @property
+    def wanted(self) -> tuple[int, ...]:
+        if self.shutting_down:
+            return ()
+        return tuple(self.spec.port(i) for i in range(self.count))
+
+    def policy(self):
+        return command.policy_of(self.spec)
+
+    def log_path(self, port: int) -> Path:
+        return self.log_dir / f"instance-{port}.log"
+
+    def post(self, msg: Message) -> None:
+        self._inbox.append(msg)
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- the one function that moves an instance ---------------------------------------------
+
+    def change_state(self, inst: Instance, new: State, reason: str = "", **fields: Any) -> None:
+        """Check the move first, then make it whole: a refused move raises before anything
+        changed, and the caller (the loop) reports it loudly."""
+        old = inst.state
+        check_transition(old, new)
+        inst.state = new
+        inst.since = self.clock.now()
+        inst.since_wall = self.clock.wall()
+        inst.reason = reason
+        level = "warning" if new in (S.BACKOFF, S.FATAL) else "info"
+        fields.setdefault("pid", inst.pid)
+        self.events.emit("instance.state", level=level, port=inst.port, old=old.value, new=new.value,
+                         reason=reason, **fields)
+        if new is S.FATAL:
+            self.alerts.fire("instance_fatal", f"instance {inst.port} is FATAL: {reason}", port=inst.port)
+        elif old is S.FATAL:
+            self.alerts.resolve("instance_fatal", f"instance {inst.port} is {new.value} again", port=inst.port)
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            wake_at = self.step()
+            self.beat()
+            timeout = self.HEARTBEAT if wake_at is None else min(self.HEARTBEAT, wake_at - self.clock.now())
+            if self._inbox:
+                timeout = 0
+            if timeout > 0:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+            else:
+                await asyncio.sleep(0)  # let exits and probes land, then act on the consequences
+            self._wake.clear()
+
+    def step(self) -> float | None:
+        """Fold every message, then plan and act until the plan has nothing more to do now.
+        Returns when the loop is next needed by a timer."""
+        inbox, self._inbox = self._inbox, []
+        for msg in inbox:
+            try:
+                self.fold(msg)
+            except Exception as exc:  # noqa: BLE001 - loud, and the next message still counts
+                self._internal_error(f"while handling {type(msg).__name__}", exc)
+        now = self.clock.now()
+        self._housekeeping(now)
+        for _ in range(20):
+            result = plan(self.wanted, {p: i.view() for p, i in self.instances.items()}, self._upstream_view(),
+                          self.policy(), now, keep_serving=None if not self.shutting_down else 0)
+            if not result.actions:
+                break
+            for action in result.actions:
+                try:
+                    self.perform(action)
+                except Exception as exc:  # noqa: BLE001
+                    self._internal_error(f"while performing {kind(action)} {action.port}", exc)
+                    return now + 0.5
+        else:
+            self._internal_error("planning", RuntimeError("the plan did not settle in 20 passes"))
+        if result.settled and not self.publishing and self.applied == frozenset(result.upstream) \
+                and not self.shutting_down and not self.ready_event.is_set():
+            self.ready_event.set()
+            self.events.emit("fleet.ready", instances=len(self.instances), ports=sorted(self.instances))
+        timers = [t for t in (result.wake_at, self.next_upstream_check if self.upstream_check_due() else None)
+                  if t is not None]
+        return min(timers) if timers else None
+
+    def _internal_error(self, where: str, exc: BaseException) -> None:
+        self.events.emit("reconciler.error", level="error", where=where, error=f"{type(exc).__name__}: {exc}")
+        self.alerts.fire("reconciler_error", f"reconciler error {where}: {type(exc).__name__}: {exc}")
+
+    def _upstream_view(self) -> UpstreamView:
+        holding = self.holding_upstream and any(i.adopted and i.state is S.STARTING
+                                                for i in self.instances.values())
+        if self.holding_upstream and not holding:
+            self.holding_upstream = False
+        return UpstreamView(self.applied, self.publishing, self.failed_upstream, self.failed_temporary,
+                            self.upstream_retry_at, holding)
+
+    # ---- folding observations -------------------------------------------------------------------
+
+    def fold(self, msg: Message) -> None:
+        match msg:
+            case Exited(port, handle, rc):
+                self._exited(port, handle, rc)
+            case Probed(port, handle, result):
+                self._probed(port, handle, result)
+            case GroupGone(port, pgid):
+                inst = self.instances.get(port)
+                if inst is not None:
+                    inst.group_alive = False
+            case Sampled():
+                self._sampled(msg)
+            case SamplesDone():
+                self.check_memory()
+            case UpstreamDone():
+                self._upstream_done(msg)
+            case _:
+                raise TypeError(f"unknown message {msg!r}")
+
+    def _exited(self, port: int, handle: Any, rc: int | None) -> None:
+        inst = self.instances.get(port)
+        if inst is None or inst.handle is not handle:
+            return
+        now = self.clock.now()
+        why = inst.kill_reason if inst.kill_sent else ""
+        d: ExitDecision = on_exit(inst.state, rc, inst.crashes, inst.start_failures, self.policy(), now, why)
+        reason = d.reason
+        if d.state is S.FATAL:
+            reason += self._log_excerpt(port)
+        pids = [handle.pid] + [w.pid for w in inst.workers]
+        if not (inst.state is S.FATAL and d.state is S.FATAL):
+            self.change_state(inst, d.state, reason, returncode=rc)
+        inst.last_exit = describe_exit(rc)
+        inst.crashes, inst.start_failures, inst.next_start = d.crashes, d.start_failures, d.next_start
+        inst.handle = None
+        inst.probing = False
+        inst.kill_sent, inst.kill_reason = False, ""
+        inst.master_mem, inst.workers, inst.recycles = None, [], {}
+        self.runner.forget(pids)
+        if d.crash_loop:
+            self.alerts.fire("instance_crash_loop", f"instance {port} keeps crashing after it served: "
+                             f"{reason}; restarting with backoff", port=port)
+        # Orphaned workers keep the port for up to a second: end the whole group before respawning.
+        inst.group_alive = True
+        self._start_task(f"reap-{port}", self._reap(port, handle.pgid))
+
+    def _probed(self, port: int, handle: Any, r: ProbeResult) -> None:
+        inst = self.instances.get(port)
+        if inst is None or inst.handle is not handle:
+            return
+        inst.probing = False
+        inst.last_probe = r.detail
+        now = self.clock.now()
+        inst.next_probe = next_probe_at(inst.view(), now, self.policy())
+        if inst.state is S.STARTING and r.ok:
+            self.change_state(inst, S.RUNNING, "health check passed", boot_seconds=round(now - inst.since, 3))
+            inst.start_failures = 0
+            inst.health_failures = 0
+            inst.next_probe = now + self.policy().health_interval
+            self._start_task(f"sample-{port}", self._sample_one(port, handle))  # workers in /fleet at once
+        elif inst.state is S.RUNNING:
+            if r.ok:
+                inst.health_failures = 0
+                if inst.crashes and now - inst.crashes[-1] >= self.policy().fatal_window:
+                    inst.crashes = ()
+                    self.alerts.resolve("instance_crash_loop", f"instance {port} has served for "
+                                        f"{self.policy().fatal_window:g}s", port=port)
+            else:
+                inst.health_failures += 1
+                self.events.emit("instance.unhealthy", level="warning", port=port, pid=inst.pid,
+                                 probe=r.detail, failures=inst.health_failures)
+
+    def _sampled(self, s: Sampled) -> None:
+        inst = self.instances.get(s.port)
+        if inst is None or inst.handle is not s.handle:
+            return
+        inst.master_mem, inst.workers = s.master, list(s.workers)
+        alive = {w.pid for w in s.workers}
+        for pid in [p for p in inst.recycles if p not in alive]:
+            del inst.recycles[pid]
+        if s.log_size >= self.spec.logs.max_bytes:
+            self._rotate_log(inst)
+
+    def check_memory(self) -> None:
+        """After a round of samples: the memory watchdog's decision, and the fleet budget."""
+        mem = self.spec.memory
+        samples = []
+        for inst in self.instances.values():
+            if inst.state is not S.RUNNING or inst.handle is None:
+                continue
+            for role, items in (("master", [inst.master_mem] if inst.master_mem else []), ("worker", inst.workers)):
+                samples += [watchdog.MemSample(inst.port, m.pid, role, _metric(m, mem.metric)) for m in items]
+        recycling = frozenset(p for i in self.instances.values() for p in i.recycles)
+        self.streaks, due = watchdog.decide(self.streaks, samples, mem.worker_limit_mb * MB, mem.samples_over,
+                                            recycling)
+        for r in due:
+            self._recycle(r)
+        total = sum(i.rss for i in self.instances.values())
+        budget = mem.fleet_budget_mb * MB
+        crossed = watchdog.budget_crossed(total, budget, self.over_budget)
+        if crossed is not None:
+            self.over_budget = crossed
+            if crossed:
+                self.alerts.fire("memory_budget", f"fleet memory {total / MB:.0f} MiB is over memory."
+                                 f"fleet_budget_mb {mem.fleet_budget_mb} MiB")
+            else:
+                self.alerts.resolve("memory_budget", f"fleet memory {total / MB:.0f} MiB is back under "
+                                    f"{mem.fleet_budget_mb} MiB")
+
+    def _recycle(self, r: watchdog.Recycle) -> None:
+        inst = self.instances.get(r.port)
+        if inst is None or inst.handle is None:
+            return
+        by_port = self.counters["watchdog_recycles"]
+        by_port[r.port] = by_port.get(r.port, 0) + 1
+        fields = dict(port=r.port, pid=r.pid, role=r.role, value_bytes=r.value, limit_bytes=r.limit,
+                      metric=self.spec.memory.metric, samples=r.samples)
+        if r.role == "master" or r.pid == inst.pid:
+            inst.restart_requested = True
+            self.events.emit("watchdog.recycled", level="warning", action="graceful restart", **fields)
+        elif self.runner.signal_worker(r.pid, signal.SIGTERM):
+            inst.recycles[r.pid] = self.clock.now() + self.spec.gunicorn.graceful_timeout + 5
+            self.events.emit("watchdog.recycled", level="warning", action="SIGTERM to worker", **fields)
+
+    def _upstream_done(self, m: UpstreamDone) -> None:
+        self.publishing = False
+        now = self.clock.now()
+        if m.ok:
+            removed = self.applied - m.servers
+            self.applied = m.servers
+            for p in removed:
+                inst = self.instances.get(p)
+                if inst and inst.state is S.DRAINING and inst.left_upstream_at is None:
+                    inst.left_upstream_at = now
+            if self.failed_upstream is not None:
+                self.alerts.resolve("upstream_failed", "the upstream is in step again")
+            self.failed_upstream, self.upstream_failures = None, 0
+            self.events.emit("upstream.applied", servers=sorted(m.servers), detail=m.detail)
+        else:
+            self.upstream_failures = self.upstream_failures + 1 if self.failed_upstream == m.servers else 1
+            self.failed_upstream, self.failed_temporary = m.servers, m.temporary
+            retry = upstream_retry_delay(self.upstream_failures, self.policy())
+            self.upstream_retry_at = now + retry
+            self.upstream_stamp = self._stamp()
+            self.events.emit("upstream.failed", level="error", servers=sorted(m.servers), error=m.detail,
+                             temporary=m.temporary, retry_in=retry if m.temporary else None)
+            if not m.temporary or self.upstream_failures >= 3:
+                self.alerts.fire("upstream_failed", f"nginx refused the upstream {sorted(m.servers)}: {m.detail}"
+                                 + ("" if m.temporary else "; not retrying until the servers, the spec "
+                                    "or nginx's files change"))
+        self.upstream_ok, self.upstream_error = m.ok, ("" if m.ok else m.detail)
+
+    def _stamp(self) -> Any:
+        stamp = getattr(self.upstream, "config_stamp", None)
+        try:
+            return stamp() if stamp else None
+        except OSError:
+            return None
+
+    # ---- timers outside the plan: nginx checks, a permanent failure's inputs ------------------------
+
+    def upstream_check_due(self) -> bool:
+        return not self.shutting_down
+
+    def _housekeeping(self, now: float) -> None:
+        # Draining instances that nginx no longer routes to start their drain clock.
+        for inst in self.instances.values():
+            if inst.state is S.DRAINING and inst.port not in self.applied and inst.left_upstream_at is None \
+                    and not self.publishing:
+                inst.left_upstream_at = now
+        if self.pending_nginx and not self.publishing:
+            self.pending_nginx = False
+            self.publishing = True
+            self._start_task("nginx-reconfigure", self._reconfigure_nginx())
+        if now >= self.next_upstream_check and not self.shutting_down:
+            self.next_upstream_check = now + self.spec.health.interval
+            self._start_task("nginx-check", self._check_nginx())
+            if self.failed_upstream is not None and not self.failed_temporary \
+                    and self._stamp() != self.upstream_stamp:
+                self.failed_temporary, self.upstream_retry_at = True, now  # nginx's files changed: retry
+
+    # ---- performing actions ------------------------------------------------------------------------
+
+    def perform(self, action) -> None:
+        inst = self.instances.get(action.port)
+        match action:
+            case Spawn(port, reason):
+                if inst is None:
+                    inst = self.instances[port] = Instance(index=port - self.spec.instances.base_port, port=port,
+                                                           since=self.clock.now(), since_wall=self.clock.wall())
+                self._spawn(inst, reason)
+            case Drain(port, reason, restart):
+                self.change_state(inst, S.DRAINING, reason)
+                inst.left_upstream_at = None
+                inst.restart_requested = inst.restart_requested or restart
+                inst.health_failures = 0
+            case Undrain(port, reason):
+                self.change_state(inst, S.RUNNING, reason)
+                inst.left_upstream_at = None
+            case Stop(port, reason):
+                self.change_state(inst, S.STOPPING, reason)
+                inst.stop_sent_at = self.clock.now()
+                if inst.handle is not None:
+                    self.runner.signal(inst.handle, signal.SIGTERM)  # gunicorn: graceful shutdown
+            case Kill(port, reason):
+                self.events.emit("instance.killed", level="warning", port=port, pid=inst.pid, reason=reason)
+                inst.reason = reason
+                inst.kill_sent, inst.kill_reason = True, reason
+                if inst.handle is not None:
+                    self.runner.kill_group(inst.handle.pgid, signal.SIGKILL)
+            case Forget(port):
+                if inst.state is not S.STOPPED:
+                    self.change_state(inst, S.STOPPED, "no longer wanted")
+                self.alerts.resolve("instance_fatal", f"instance {port} is no longer wanted", port=port)
+                self.alerts.resolve("instance_crash_loop", port=port)
+                del self.instances[port]
+            case Probe(port):
+                inst.probing = True
+                self._start_task(f"probe-{port}", self._probe(inst.port, inst.handle))
+            case KillWorker(port, pid, reason):
+                inst.recycles.pop(pid, None)
+                if self.runner.signal_worker(pid, signal.SIGKILL):
+                    self.events.emit("watchdog.killed", level="error", port=port, pid=pid, reason=reason)
+            case Publish(servers):
+                self.publishing = True
+                self._start_task("upstream-publisher", self._publish(frozenset(servers)))
+            case _:
+                raise TypeError(f"unknown action {action!r}")
+
+    def _spawn(self, inst: Instance, reason: str) -> None:
+        spec = self.spec
+        now = self.clock.now()
+        try:
+            holder = self.runner.port_in_use(spec.instances.host, inst.port)
+        except OSError as exc:
+            return self._daemon_failure(inst, f"cannot check port {inst.port}: {exc}")
+        if holder is not None:
+            who = f"pid {holder.pid} ({holder.name})" if holder.pid else holder.name
+            self._daemon_failure(inst, f"port {spec.instances.host}:{inst.port} is in use by {who}",
+                                 event="instance.port_in_use", holder_pid=holder.pid, holder=holder.name)
+            return
+        log_path = str(self.log_path(inst.port))
+        metrics_dir = str(self.state_dir / "metrics" / str(inst.port))
+        try:
+            self.runner.prepare_metrics_dir(metrics_dir)
+            argv = command.gunicorn_argv(spec, inst.port, log_path)
+            env = command.instance_env(spec, inst.index, inst.port, metrics_dir)
+            handle = self.runner.spawn(argv, env, spec.app.directory, log_path)
+        except OSError as exc:
+            if is_transient(exc):   # the daemon is short of fds or memory: not the app's fault
+                return self._daemon_failure(inst, f"cannot start gunicorn: {exc}")
+            return self._spawn_refused(inst, f"cannot start gunicorn: {exc}")
+        except (ValueError, TypeError) as exc:  # e.g. a NUL in an argument: the spec must change
+            return self._spawn_refused(inst, f"cannot start gunicorn: {exc}")
+        if inst.started_wall is not None:
+            inst.restarts += 1
+        inst.handle = handle
+        inst.adopted = False
+        inst.restart_requested = False
+        inst.daemon_failures = 0
+        inst.health_failures = 0
+        inst.left_upstream_at = inst.stop_sent_at = None
+        inst.kill_sent = False
+        inst.probing, inst.next_probe, inst.last_probe = False, now, ""
+        inst.started_wall = self.clock.wall()
+        inst.fingerprint = command.fingerprint(spec, inst.port, log_path)
+        inst.master_mem, inst.workers, inst.recycles = None, [], {}
+        self.change_state(inst, S.STARTING, reason, pid=handle.pid)
+        self._watch(inst, handle)
+
+    def _watch(self, inst: Instance, handle: Handle) -> None:
+        port = inst.port
+        self.runner.watch(handle, lambda rc: self.post(Exited(port, handle, rc)))
+
+    def _daemon_failure(self, inst: Instance, msg: str, event: str = "instance.spawn_failed", **fields) -> None:
+        """A failure on the daemon's side (port busy, fds short): back off, never FATAL."""
+        inst.daemon_failures += 1
+        delay = max(0.5, backoff_delay(inst.daemon_failures + 1, self.policy()))
+        inst.next_start = self.clock.now() + delay
+        inst.restart_requested = False
+        msg = f"{msg}; retrying in {delay:g}s"
+        if inst.state is not S.BACKOFF:
+            self.change_state(inst, S.BACKOFF, msg)
+        else:
+            inst.reason = msg
+        self.events.emit(event, level="warning", port=inst.port, reason=msg, **fields)
+        if inst.daemon_failures == 5:
+            self.alerts.fire("instance_cannot_start", f"instance {inst.port}: {msg}", port=inst.port)
+
+    def _spawn_refused(self, inst: Instance, msg: str) -> None:
+        """The command itself cannot run (app.python missing, bad argument): FATAL until the spec
+        or the host changes, with an alert."""
+        inst.restart_requested = False
+        if inst.state is S.FATAL:
+            inst.reason = msg
+        else:
+            self.change_state(inst, S.FATAL, msg)
+
+    def _rotate_log(self, inst: Instance) -> None:
+        path = str(self.log_path(inst.port))
+        try:
+            self.runner.rotate_log(path, self.spec.logs.backups)
+        except OSError as exc:
+            self.events.emit("instance.log_rotate_failed", level="error", port=inst.port, error=str(exc))
+            return
+        if inst.handle is not None:
+            self.runner.signal(inst.handle, signal.SIGUSR1)  # gunicorn reopens its log file
+        self.events.emit("instance.log_rotated", port=inst.port, path=path)
+
+    # ---- effects that take time: tasks that end by posting a message ---------------------------------
+
+    def _start_task(self, name: str, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._internal_error(f"in task {task.get_name()}", task.exception())
+        self.wake()
+
+    async def _probe(self, port: int, handle: Any) -> None:
+        h = self.spec.health
+        try:
+            result = await self.runner.probe(self.spec.instances.host, port, h.path, h.timeout)
+        except Exception as exc:  # noqa: BLE001 - a probe that cannot run says so
+            result = ProbeResult(None, f"probe failed: {type(exc).__name__}: {exc}")
+        self.post(Probed(port, handle, result))
+
+    async def _reap(self, port: int, pgid: int) -> None:
+        """SIGKILL what is left of a dead master's group and wait until it is gone. Survives a
+        shortage of file descriptors (/proc cannot be read): it retries with backoff."""
+        delay, lingered, waited = 0.005, False, 0.0
+        while True:
+            try:
+                self.runner.kill_group(pgid, signal.SIGKILL)
+                if not self.runner.group_alive(pgid):
+                    break
+            except OSError as exc:
+                self.events.emit("instance.reap_retry", level="warning", port=port, pgid=pgid, error=str(exc))
+                delay = min(1.0, max(delay * 2, 0.1))
+            await asyncio.sleep(delay)
+            waited += delay
+            if waited > 5.0 and not lingered:
+                lingered = True
+                self.events.emit("instance.group_lingers", level="warning", port=port, pgid=pgid)
+        self.post(GroupGone(port, pgid))
+
+    async def _publish(self, servers: frozenset[int]) -> None:
+        host = self.spec.instances.host
+        try:
+            r = await self.upstream.apply([(host, p) for p in sorted(servers)])
+            ok, detail = r[0], r[1]
+            temporary = r[2] if len(r) > 2 else True
+        except Exception as exc:  # noqa: BLE001 - an apply that raises is a temporary failure
+            ok, detail, temporary = False, f"{type(exc).__name__}: {exc}", True
+        self.post(UpstreamDone(servers, ok, detail, temporary))
+
+    async def _reconfigure_nginx(self) -> None:
+        try:
+            ok, detail = await self.upstream.reconfigure(self.spec)
+        except Exception as exc:  # noqa: BLE001
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        self.events.emit("nginx.reconfigured" if ok else "nginx.reconfigure_failed",
+                         level="info" if ok else "error", detail=detail)
+        if not ok:
+            self.alerts.fire("nginx_reconfigure_failed", f"nginx settings not applied: {detail}")
+        else:
+            self.alerts.resolve("nginx_reconfigure_failed")
+        self.publishing = False
+
+    async def _check_nginx(self) -> None:
+        await self.upstream.check()
+
+    async def sample_all(self) -> None:
+        """One round of memory samples (the sampler task calls this every sample_interval)."""
+        for port, inst in list(self.instances.items()):
+            if inst.handle is not None:
+                await self._sample_one(port, inst.handle)
+        self.post(SamplesDone())
+
+    async def _sample_one(self, port: int, handle: Any) -> None:
+        master, workers = await asyncio.to_thread(self.runner.sample, handle.pid, self.spec.memory.metric)
+        size = self.runner.log_size(str(self.log_path(port)))
+        self.post(Sampled(port, handle, master, tuple(workers), size))
+
+    # ---- adoption of an earlier run's processes ---------------------------------------------------
+
+    def adopt_leftovers(self) -> list[int]:
+        """Adopt masters a killed daemon left running (exact marker, ports of this fleet only);
+        kill orphaned workers of dead masters."""
+        spec = self.spec
+        lo_port, hi_port = spec.instances.base_port, spec.port(spec.instances.max - 1)
+        adopted = []
+        for lo in self.runner.find_leftovers(spec.name):
+            if not lo_port <= lo.port <= hi_port:
+                self.events.emit("adopt.ignored", level="warning", pid=lo.pid, port=lo.port,
+                                 reason=f"port outside this fleet's range {lo_port}..{hi_port}")
+                continue
+            if not lo.is_master:
+                if not lo.master_alive and self.runner.signal_worker(lo.pid, signal.SIGKILL):
+                    self.events.emit("adopt.orphan_killed", level="warning", pid=lo.pid, port=lo.port)
+                continue
+            if lo.port in self.instances:  # two masters for one port: keep the first
+                self.runner.kill_group(lo.pid, signal.SIGTERM)
+                self.events.emit("adopt.duplicate_stopped", level="warning", pid=lo.pid, port=lo.port)
+                continue
+            handle = self.runner.adopt(lo.pid)
+            inst = Instance(index=lo.port - spec.instances.base_port, port=lo.port, adopted=True,
+                            since=self.clock.now(), since_wall=self.clock.wall())
+            inst.handle = handle
+            log_path = str(self.log_path(lo.port))
+            inst.fingerprint = command.fingerprint(spec, lo.port, log_path)
+            if list(lo.cmdline) != command.gunicorn_argv(spec, lo.port, log_path):
+                inst.restart_requested = True  # spec changed while we were away: roll it
+                inst.fingerprint = "adopted-with-other-command"
+            inst.started_wall = self.runner.start_time(lo.pid)
+            self.instances[lo.port] = inst
+            self.change_state(inst, S.STARTING, "adopted from an earlier run", pid=lo.pid)
+            inst.next_probe = self.clock.now()
+            self._watch(inst, handle)
+            self.holding_upstream = True
+            adopted.append(lo.port)
+        if adopted:
+            self.events.emit("adopt.done", masters=sorted(adopted))
+        return adopted
+
+    def detach(self) -> None:
+        for inst in self.instances.values():
+            if inst.handle is not None:
+                self.runner.unwatch(inst.handle)
+
+    async def cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _log_excerpt(self, port: int) -> str:
+        """The app's own error from the end of its log: the exception line (`SyntaxError: ...`)
+        rather than gunicorn's shutdown lines after it."""
+        from ultrascaled import logfiles
+        try:
+            lines = logfiles.tail(self.log_path(port), 40).strip().splitlines()
+        except OSError:
+            return ""
+        return excerpt(lines)
+
+
+def excerpt(lines: list[str]) -> str:
+    """': <the last exception line>' (else the last line) from an instance's log lines."""
+    if not lines:
+        return ""
+    gunicorn_noise = ("[INFO]", "Worker exiting", "Shutting down", "Reason: ")
+    error = next((ln.strip() for ln in reversed(lines)
+                  if _looks_like_exception(ln) and not any(n in ln for n in gunicorn_noise)), "")
+    return ": " + (error or lines[-1].strip())[:300]
+
+
+def _looks_like_exception(line: str) -> bool:
+    head = line.strip().split(":", 1)[0]
+    return bool(head) and " " not in head and (head.endswith(("Error", "Exception")) or head in
+                                                ("KeyboardInterrupt", "SystemExit"))
+
+
+def _metric(m: ProcMem, metric: str) -> int:
+    value = getattr(m, metric, None)
+    return value if value is not None else m.rss
+

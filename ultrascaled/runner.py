@@ -1,0 +1,185 @@
+"""The reconciler's seam to the operating system: processes, signals, /proc, sockets, files.
+
+`Runner` is what the reconciler is given; `OsRunner` is the real thing (tested against real
+processes), and the component tests pass a fake that records calls and fails on demand. Every
+method may raise OSError; the reconciler treats that as a temporary failure of its own, never
+as the app crashing.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from ultrascaled import logfiles, procs
+from ultrascaled.procs import Leftover, PortHolder, ProcMem
+
+__all__ = ["Runner", "OsRunner", "Clock", "ProbeResult", "Leftover", "PortHolder", "ProcMem",
+           "Handle", "is_transient"]
+
+
+class Handle(Protocol):
+    """A gunicorn master the runner started or adopted."""
+    pid: int
+    pgid: int
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    status: int | None      # HTTP status, None when nothing sensible answered
+    detail: str             # "HTTP 200", "connection refused", "timed out after 1s", ...
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+class Clock:
+    """Monotonic time for timers, wall time for what people read."""
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+
+# errnos that say the daemon is short of a resource for a moment, not that the app is broken
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM, errno.ENOSPC,
+                              errno.EINTR, errno.ENOBUFS})
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+
+
+class Runner(Protocol):
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> Handle: ...
+    def adopt(self, pid: int) -> Handle: ...
+    def watch(self, handle: Handle, on_exit: Callable[[int | None], None]) -> None: ...
+    def unwatch(self, handle: Handle) -> None: ...
+    def signal(self, handle: Handle, sig: int) -> bool: ...
+    def kill_group(self, pgid: int, sig: int) -> bool: ...
+    def group_alive(self, pgid: int) -> bool: ...
+    def signal_worker(self, pid: int, sig: int) -> bool: ...
+    def sample(self, pid: int, metric: str) -> tuple[ProcMem | None, list[ProcMem]]: ...
+    def forget(self, pids: list[int]) -> None: ...
+    def find_leftovers(self, fleet: str) -> list[Leftover]: ...
+    def start_time(self, pid: int) -> float | None: ...
+    def port_in_use(self, host: str, port: int) -> PortHolder | None: ...
+    async def probe(self, host: str, port: int, path: str, timeout: float) -> ProbeResult: ...
+    def prepare_metrics_dir(self, path: str) -> None: ...
+    def log_size(self, path: str) -> int: ...
+    def rotate_log(self, path: str, backups: int) -> None: ...
+
+
+class OsRunner:
+    """The real runner: subprocess, pidfds, /proc and sockets on this host."""
+
+    def spawn(self, argv, env, cwd, log_path):
+        return procs.spawn(argv, env, cwd, log_path)
+
+    def adopt(self, pid):
+        return procs.Proc(pid)
+
+    def watch(self, handle, on_exit):
+        handle.watch(asyncio.get_running_loop(), on_exit)
+
+    def unwatch(self, handle):
+        handle.unwatch(asyncio.get_running_loop())
+
+    def signal(self, handle, sig):
+        return handle.send(sig)
+
+    def kill_group(self, pgid, sig):
+        return procs.kill_group(pgid, sig)
+
+    def group_alive(self, pgid):
+        return procs.group_alive(pgid)
+
+    def signal_worker(self, pid, sig):
+        return procs.signal_worker(pid, sig)
+
+    def sample(self, pid, metric):
+        return procs.sample_group(pid, metric)
+
+    def forget(self, pids):
+        procs.forget_pids(pids)
+
+    def find_leftovers(self, fleet):
+        return procs.find_leftovers(fleet)
+
+    def start_time(self, pid):
+        import psutil
+        try:
+            return psutil.Process(pid).create_time()
+        except psutil.Error:
+            return None
+
+    def port_in_use(self, host, port):
+        return procs.port_in_use(host, port)
+
+    async def probe(self, host, port, path, timeout):
+        return await http_probe(host, port, path, timeout)
+
+    def prepare_metrics_dir(self, path):
+        os.makedirs(path, exist_ok=True)
+        for entry in os.scandir(path):
+            if entry.name.endswith(".db"):
+                with_missing_ok(os.unlink, entry.path)
+
+    def log_size(self, path):
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return 0
+
+    def rotate_log(self, path, backups):
+        logfiles.shift(path, backups)
+
+
+def with_missing_ok(fn, *args) -> None:
+    try:
+        fn(*args)
+    except FileNotFoundError:
+        pass
+
+
+async def http_probe(host: str, port: int, path: str, timeout: float) -> ProbeResult:
+    """GET path with raw socket calls on the loop (stream objects per probe were most of the
+    daemon's idle CPU); says what it got when it is not a 200."""
+    loop = asyncio.get_running_loop()
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        return ProbeResult(None, f"cannot open a socket: {exc.strerror or exc}")
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, (host, port))
+            await loop.sock_sendall(sock, f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n"
+                                          f"User-Agent: ultrascaled\r\n\r\n".encode())
+            head = await loop.sock_recv(sock, 64)
+        parts = head.split(None, 2)
+        if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
+            return ProbeResult(int(parts[1]), f"HTTP {int(parts[1])}")
+        return ProbeResult(None, "answer is not HTTP" if head else "connection closed without an answer")
+    except TimeoutError:
+        return ProbeResult(None, f"timed out after {timeout:g}s")
+    except ConnectionRefusedError:
+        return ProbeResult(None, "connection refused")
+    except OSError as exc:
+        return ProbeResult(None, exc.strerror or type(exc).__name__)
+    finally:
+        sock.close()
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
