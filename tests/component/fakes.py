@@ -1,0 +1,252 @@
+"""A fake runner, clock and upstream for the reconciler: hand-written, recording every call and
+failing on demand (the seam's contract is `ultrascaled.runner.Runner`). A test drives the loop
+with `Harness.settle()` and moves time with `Harness.advance()`; a crash loop or a 30 s start
+timeout runs in milliseconds."""
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+
+from ultrascaled.events import EventLog
+from ultrascaled.runner import Leftover, PortHolder, ProbeResult, ProcMem
+from ultrascaled.spec import parse_spec
+from ultrascaled.supervisor import Supervisor
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return 1_700_000_000.0 + self.t
+
+
+@dataclass(eq=False)
+class FakeProc:
+    pid: int
+    port: int
+    argv: list
+    alive: bool = True
+    on_exit: object = None
+    workers: list = field(default_factory=list)
+
+    @property
+    def pgid(self) -> int:
+        return self.pid
+
+
+class FakeRunner:
+    def __init__(self):
+        self.next_pid = 100
+        self.procs: dict[int, FakeProc] = {}        # pid -> proc
+        self.calls: list[tuple] = []
+        self.spawn_error: BaseException | None = None   # raised by the next spawns until cleared
+        self.busy: dict[int, PortHolder] = {}
+        self.answers: dict[int, ProbeResult] = {}  # port -> what its probes get (default 200)
+        self.probes: list[int] = []
+        self.group_error: OSError | None = None
+        self.lingering: set[int] = set()          # pgids whose group survives SIGKILL
+        self.leftovers: list[Leftover] = []
+        self.rss: dict[int, int] = {}              # pid -> rss
+        self.rotated: list[str] = []
+        self.log_sizes: dict[str, int] = {}
+
+    # -- processes
+    def spawn(self, argv, env, cwd, log_path):
+        self.calls.append(("spawn", argv))
+        if self.spawn_error is not None:
+            raise self.spawn_error
+        port = int(argv[argv.index("--bind") + 1].rsplit(":", 1)[1])
+        return self._new(port, argv)
+
+    def _new(self, port, argv) -> FakeProc:
+        self.next_pid += 10
+        p = FakeProc(self.next_pid, port, argv, workers=[self.next_pid + 1])
+        self.procs[p.pid] = p
+        return p
+
+    def adopt(self, pid):
+        lo = next(lo for lo in self.leftovers if lo.pid == pid)
+        p = FakeProc(pid, lo.port, list(lo.cmdline), workers=[pid + 1])
+        self.procs[pid] = p
+        return p
+
+    def watch(self, handle, on_exit):
+        handle.on_exit = on_exit
+
+    def unwatch(self, handle):
+        handle.on_exit = None
+
+    def exit(self, port: int, rc: int | None = -9) -> FakeProc:
+        """The master on `port` exits (kill -9 from outside, a crash, ...)."""
+        p = self.master(port)
+        p.alive = False
+        asyncio.get_running_loop().call_soon(p.on_exit, rc)
+        return p
+
+    def master(self, port: int) -> FakeProc:
+        return next(p for p in self.procs.values() if p.port == port and p.alive)
+
+    def signal(self, handle, sig):
+        self.calls.append(("signal", handle.port, sig))
+        if not handle.alive:
+            return False
+        if sig == signal.SIGTERM:   # gunicorn stops gracefully
+            handle.alive = False
+            asyncio.get_running_loop().call_soon(handle.on_exit, 0)
+        return True
+
+    def kill_group(self, pgid, sig):
+        self.calls.append(("kill_group", pgid, sig))
+        p = self.procs.get(pgid)
+        if p is not None and p.alive and sig == signal.SIGKILL:
+            p.alive = False
+            asyncio.get_running_loop().call_soon(p.on_exit, -9)
+        return True
+
+    def group_alive(self, pgid):
+        if self.group_error is not None:
+            raise self.group_error
+        return pgid in self.lingering
+
+    def signal_worker(self, pid, sig):
+        self.calls.append(("signal_worker", pid, sig))
+        return True
+
+    def sample(self, pid, metric):
+        p = self.procs.get(pid)
+        if p is None or not p.alive:
+            return None, []
+        return (ProcMem(pid, self.rss.get(pid, 10 << 20)),
+                [ProcMem(w, self.rss.get(w, 20 << 20)) for w in p.workers])
+
+    def forget(self, pids):
+        pass
+
+    def find_leftovers(self, fleet):
+        return list(self.leftovers)
+
+    def start_time(self, pid):
+        return 1_600_000_000.0
+
+    def port_in_use(self, host, port):
+        return self.busy.get(port)
+
+    async def probe(self, host, port, path, timeout):
+        self.probes.append(port)
+        return self.answers.get(port, ProbeResult(200, "HTTP 200"))
+
+    def prepare_metrics_dir(self, path):
+        pass
+
+    def log_size(self, path):
+        return self.log_sizes.get(path, 0)
+
+    def rotate_log(self, path, backups):
+        self.rotated.append(path)
+        self.log_sizes[path] = 0
+
+    def kinds(self) -> list:
+        return [c[0] for c in self.calls]
+
+
+class FakeUpstream:
+    def __init__(self):
+        self.results: list[tuple[bool, str, bool]] = []   # next apply results (default ok)
+        self.applied: list[list[int]] = []
+        self.stamp = 1
+
+    async def start(self):
+        pass
+
+    async def apply(self, servers):
+        self.applied.append([p for _, p in servers])
+        return self.results.pop(0) if self.results else (True, "ok", True)
+
+    def config_stamp(self):
+        return self.stamp
+
+    async def check(self):
+        pass
+
+    async def reconfigure(self, spec):
+        return True, "ok"
+
+    async def stop(self):
+        pass
+
+    def status(self):
+        return {"mode": "fake"}
+
+
+SPEC = """
+name: comp
+app: {{directory: {dir}}}
+instances: {{count: 2, min: 0, max: 6, base_port: 8001}}
+gunicorn: {{workers: 1, graceful_timeout: 5}}
+health: {{start_timeout: 30, interval: 10}}
+restart: {{drain_seconds: 0.5, backoff_initial: 0.5, backoff_max: 30, fatal_crashes: 5, fatal_window: 60}}
+memory: {{worker_limit_mb: 100, samples_over: 2, fleet_budget_mb: 1000}}
+paths: {{state_dir: {dir}/state, log_dir: {dir}/logs}}
+nginx: {{mode: "off"}}
+{extra}
+"""
+
+
+class Harness:
+    def __init__(self, tmp_path, extra: str = ""):
+        self.spec = parse_spec(SPEC.format(dir=tmp_path, extra=extra), base_dir=tmp_path)
+        self.clock = FakeClock()
+        self.runner = FakeRunner()
+        self.upstream = FakeUpstream()
+        self.events = EventLog(clock=self.clock.wall)
+        self.sup = Supervisor(self.spec, self.events, self.upstream, runner=self.runner, clock=self.clock,
+                              lock=False)  # tests/component/test_fleetlock.py tests the lock
+        self.rec = self.sup.rec
+        self.sup.guard.BACKOFF_INITIAL = 0.001
+
+    async def start(self):
+        """What Supervisor.start does, without the background loops: the test drives them."""
+        for d in (self.rec.state_dir, self.rec.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.sup._load_state()
+        self.rec.adopt_leftovers()
+        await self.settle()
+
+    async def settle(self, rounds: int = 50):
+        """Step the loop until nothing is left to do at this instant."""
+        for _ in range(rounds):
+            self.rec.step()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            if self.rec._tasks:  # sampling runs in a thread: wait for it, not for wall time
+                await asyncio.wait(list(self.rec._tasks), timeout=5)
+            if not self.rec._inbox and not self.rec._tasks:
+                self.rec.step()
+                if not self.rec._inbox and not self.rec._tasks:
+                    return
+        raise AssertionError("the reconciler did not settle")
+
+    async def advance(self, seconds: float, step: float = 0.25):
+        """Move the fake clock forward, letting the loop act at each step (timers fire)."""
+        end = self.clock.t + seconds
+        while self.clock.t < end:
+            self.clock.t = min(end, self.clock.t + step)
+            await self.settle()
+
+    async def sample(self):
+        await self.rec.sample_all()
+        await self.settle()
+
+    def states(self) -> dict[int, str]:
+        return {p: i.state.value for p, i in sorted(self.rec.instances.items())}
+
+    def events_named(self, name: str) -> list[dict]:
+        return [e for e in self.events.since(0) if e["event"] == name]
+
+    def alerts(self) -> dict[str, dict]:
+        return dict(self.rec.alerts.raised)
