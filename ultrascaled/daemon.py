@@ -183,6 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         import json
+
+        from ultrascaled import fleetlock
+        problems = fleetlock.check(spec.name, spec.paths.state_dir)
+        if problems:
+            print(f"ultrascaled: {args.spec} cannot start here now:", file=sys.stderr)
+            for e in problems:
+                print(f"  {e}", file=sys.stderr)
+            return 2
         print(json.dumps(dataclasses.asdict(spec), indent=2))
         return 0
     return asyncio.run(serve(args.spec, spec, nofile))

@@ -15,6 +15,8 @@ def make_daemon(tmp_path):
     made: list[Daemon] = []
 
     def make(spec_overrides: dict | None = None, nginx: bool = True, sub: str = "") -> Daemon:
+        if sub:
+            (tmp_path / sub).mkdir(exist_ok=True)
         d = Daemon(tmp_path / sub if sub else tmp_path, spec_overrides, nginx)
         made.append(d)
         return d

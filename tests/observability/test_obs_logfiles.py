@@ -1,28 +1,33 @@
-"""Log rotation with a live O_APPEND writer, tail and offset polling."""
+"""Log rotation (rename, then the writer reopens on SIGUSR1, as gunicorn does), tail and
+offset polling."""
 import os
+import select
+import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from ultrascaled.logfiles import backup_path, read_from, rotate_if_needed, tail
+from ultrascaled.logfiles import backup_path, read_from, shift, tail
 
-# Writes numbered lines to stdout (the O_APPEND fd the test opened, as the daemon does for
-# gunicorn), one write per line, then "done".
+# Writes numbered lines to a file it opened itself, reopening the name on SIGUSR1 (gunicorn's
+# --capture-output --error-logfile behaviour), then "done". Says "ready" first.
 WRITER = r"""
-import os, sys, time
-n = int(sys.argv[1])
+import os, signal, sys
+path, n = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def reopen(*_):  # as gunicorn's reopen_files: the new file is dup2'ed onto the same fd
+    new = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(new, fd)
+    os.close(new)
+signal.signal(signal.SIGUSR1, reopen)
+sys.stdout.write("ready\n"); sys.stdout.flush()
 for i in range(n):
-    os.write(1, b"%08d %s\n" % (i, b"x" * 50))
-    if i % 20 == 0:
-        time.sleep(0.001)
-os.write(1, b"done\n")
+    os.write(fd, b"%08d %s\n" % (i, b"x" * 50))
+os.write(fd, b"done\n")
+sys.stdout.write("finished\n"); sys.stdout.flush()
+sys.stdin.read()  # exit when told: a SIGUSR1 during interpreter shutdown would kill it
 """
-
-
-def open_append(path):
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
 
 def read_all(path, backups):
@@ -36,66 +41,52 @@ def read_all(path, backups):
 
 
 @pytest.mark.timeout(60)
-def test_rotation_under_a_live_writer_loses_at_most_the_copy_window(tmp_path):
+def test_regression_rotation_under_a_live_writer_loses_no_line(tmp_path):
+    """issue 10, defect 8: copy-then-truncate lost the lines written between the copy and the
+    truncate, and the test bounding that loss failed on a busy machine. Rename-and-reopen
+    loses none, however the writer and the rotation interleave."""
     path = str(tmp_path / "instance-8001.log")
-    fd = open_append(path)
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, "12000"], stdout=fd)
-    os.close(fd)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, path, "30000"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
     rotations = 0
     try:
-        while proc.poll() is None:
-            rotations += rotate_if_needed(path, 32 * 1024, backups=200)
-            time.sleep(0.005)
+        assert proc.stdout.readline() == b"ready\n"
+        while not select.select([proc.stdout], [], [], 0)[0]:
+            if os.path.exists(path) and os.path.getsize(path) >= 32 * 1024:
+                shift(path, 500)
+                os.kill(proc.pid, signal.SIGUSR1)
+                rotations += 1
+        assert proc.stdout.readline() == b"finished\n"
+        proc.stdin.close()
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert rotations >= 5, rotations
-    assert os.path.exists(backup_path(path, 1)) and os.path.exists(backup_path(path, rotations))
-    live = open(path, "rb").read()
-    assert len(live) < 32 * 1024 + 100_000          # the live file shrank after each rotation
-    assert live.endswith(b"done\n")                  # the writer kept writing to the live file
-    data = read_all(path, 200)
-    assert b"\0" not in data                        # O_APPEND: no hole after a truncate
+    data = read_all(path, 500)
     numbers = [int(line[:8]) for line in data.splitlines() if line != b"done"]
-    assert numbers == sorted(set(numbers))           # no duplicate, no reordering
-    lost = 12000 - len(numbers)
-    print(f"\n{rotations} rotations under the writer, {lost} of 12000 lines lost")
-    # Only lines written between the last copy read and the truncate are lost; on a loaded
-    # host that is a preemption's worth per rotation at most.
-    assert lost <= 12000 * 3 // 100, lost
+    assert numbers == list(range(30000)), "every line, once, in order"
+    assert data.endswith(b"done\n") and rotations >= 1
 
 
-def test_backups_are_capped_and_shifted_newest_first(tmp_path):
+def test_shift_keeps_backups_newest_first_and_caps_them(tmp_path):
     path = str(tmp_path / "a.log")
     for generation in range(5):
         with open(path, "ab") as f:
-            f.write(b"gen %d\n" % generation * 20)
-        assert rotate_if_needed(path, 100, backups=2) is True
-        assert os.path.getsize(path) == 0
-    assert open(backup_path(path, 1), "rb").read().startswith(b"gen 4")
-    assert open(backup_path(path, 2), "rb").read().startswith(b"gen 3")
+            f.write(b"gen %d\n" % generation)
+        shift(path, 2)
+        assert not os.path.exists(path)
+    assert open(backup_path(path, 1), "rb").read() == b"gen 4\n"
+    assert open(backup_path(path, 2), "rb").read() == b"gen 3\n"
     assert not os.path.exists(backup_path(path, 3))
-    assert not os.path.exists(backup_path(path, 1) + ".tmp")
 
 
-@pytest.mark.parametrize("size,max_bytes,backups,rotated", [
-    (99, 100, 3, False),
-    (100, 100, 3, True),
-    (500, 0, 3, False),      # 0 = rotation off
-    (500, 100, 0, True),     # no backups: truncated only
-])
-def test_rotates_only_at_max_bytes(tmp_path, size, max_bytes, backups, rotated):
+def test_shift_without_backups_removes_and_of_a_missing_file_does_nothing(tmp_path):
     path = str(tmp_path / "b.log")
-    open(path, "wb").write(b"y" * size)
-    assert rotate_if_needed(path, max_bytes, backups) is rotated
-    assert os.path.getsize(path) == (0 if rotated else size)
-    assert os.path.exists(backup_path(path, 1)) is (rotated and backups > 0)
-
-
-def test_rotate_of_a_missing_file_is_nothing(tmp_path):
-    assert rotate_if_needed(str(tmp_path / "none.log"), 10, 3) is False
+    open(path, "wb").write(b"y")
+    shift(path, 0)
+    assert os.listdir(tmp_path) == []
+    shift(str(tmp_path / "none.log"), 3)
 
 
 @pytest.mark.parametrize("content,n,expected", [
@@ -122,10 +113,10 @@ def test_tail_of_a_big_file_reads_across_blocks(tmp_path):
     assert tail(tmp_path / "missing.log", 5) == ""
 
 
-def test_read_from_follows_appends_and_restarts_after_truncation(tmp_path):
+def test_read_from_follows_appends_and_restarts_after_rotation(tmp_path):
     p = str(tmp_path / "f.log")
     assert read_from(p, 0) == (b"", 0)
-    fd = open_append(p)
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, b"one\ntwo\n")
         data, off = read_from(p, 0)
@@ -133,10 +124,11 @@ def test_read_from_follows_appends_and_restarts_after_truncation(tmp_path):
         assert read_from(p, off) == (b"", 8)
         os.write(fd, b"three\n")
         assert read_from(p, off) == (b"three\n", 14)
-        open(p, "ab").write(b"x" * 100)
-        assert rotate_if_needed(p, 50, 1)
-        os.write(fd, b"four\n")                      # the writer's fd lands at the new end
-        assert read_from(p, 14) == (b"four\n", 5)     # offset 14 > size 5: start again at 0
+        shift(p, 1)                                  # rotated: the writer reopens the name
+        os.close(fd)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(fd, b"four\n")
+        assert read_from(p, 14) == (b"four\n", 5)     # offset 14 > size 5: a new file, from 0
         data, off = read_from(p, 0, limit=2)
         assert (data, off) == (b"fo", 2)
     finally:
