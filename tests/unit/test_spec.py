@@ -15,8 +15,8 @@ def errors_of(text: str, **kw) -> list[str]:
     return info.value.errors
 
 
-def test_empty_spec_gives_the_documented_defaults():
-    s = parse_spec("", base_dir=Path("/srv/fleet"), cpu_count=8)
+def test_empty_mapping_gives_the_documented_defaults():
+    s = parse_spec("{}", base_dir=Path("/srv/fleet"), cpu_count=8)
     assert s.instances.count == 2 and s.instances.base_port == 8001
     assert s.memory.worker_limit_mb == 500 and s.memory.fleet_budget_mb == 8192
     assert (s.api.host, s.api.port) == ("127.0.0.1", 9000)
@@ -27,7 +27,7 @@ def test_empty_spec_gives_the_documented_defaults():
 
 @pytest.mark.parametrize("cores,workers", [(1, 1), (2, 1), (4, 2), (8, 4), (64, 4)])
 def test_auto_workers_follow_cores_with_a_cap(cores, workers):
-    assert parse_spec("", cpu_count=cores).workers == workers
+    assert parse_spec("{}", cpu_count=cores).workers == workers
 
 
 def test_repository_default_spec_is_valid():
@@ -100,7 +100,7 @@ def test_unreadable_spec_file_is_a_spec_error(tmp_path):
 
 
 def test_spec_is_frozen():
-    s = parse_spec("")
+    s = parse_spec("{}")
     with pytest.raises(Exception):
         s.instances.count = 3  # type: ignore[misc]
 
