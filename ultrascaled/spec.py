@@ -73,9 +73,13 @@ class GunicornSection:
     timeout: int = setting(30, "Seconds a silent worker lives before its master kills it.", min=1)
     graceful_timeout: int = setting(30, "Seconds a stopping instance gets to finish in-flight requests.",
                                     min=1)
-    keepalive: int = setting(5, "Seconds an idle keep-alive connection stays open.", min=0)
-    max_requests: int = setting(0, "Requests after which a worker is replaced (0 = never).", min=0)
-    max_requests_jitter: int = setting(0, "Random extra requests added to max_requests.", min=0)
+    keepalive: int = setting(65, "Seconds an idle keep-alive connection stays open; must be "
+                             "longer than `nginx.keepalive_timeout` (60s) so that nginx, not "
+                             "gunicorn, closes idle upstream connections.", min=1, max=3600)
+    max_requests: int = setting(10000, "Requests after which a worker is replaced (0 = never).",
+                                min=0, max=10 ** 9)
+    max_requests_jitter: int = setting(1000, "Random extra requests added to max_requests, so "
+                                       "workers are not replaced together.", min=0, max=10 ** 9)
     args: list = setting([], "Extra gunicorn command-line arguments.")
 
 
@@ -116,7 +120,12 @@ class MemorySection:
 @dataclass(frozen=True)
 class MongoSection:
     connection_budget: int = setting(500, "MongoDB connections the whole fleet may hold.", min=1)
-    min_pool_size: int = setting(0, "minPoolSize per worker process.", min=0)
+    min_pool_size: int = setting(0, "minPoolSize per worker process (`MONGO_MIN_POOL_SIZE`); at "
+                                 "most the pool each process gets.", min=0, max=10000)
+    max_connecting: int = setting(2, "maxConnecting per worker process (`MONGO_MAX_CONNECTING`): "
+                                  "connections a pool opens at once (pymongo's default, 2, "
+                                  "spares the server a connection storm at start); at most the "
+                                  "pool each process gets.", min=1, max=1000)
 
 
 @dataclass(frozen=True)
@@ -592,6 +601,7 @@ _BUDGET_INPUTS = {
     "memory.fleet_budget_mb": ("instances.count", "gunicorn.workers", "memory"),
     "mongodb.connection_budget": ("instances.max", "gunicorn.workers", "mongodb"),
     "mongodb.min_pool_size": ("instances.max", "gunicorn.workers", "mongodb"),
+    "mongodb.max_connecting": ("instances.max", "gunicorn.workers", "mongodb"),
     "nginx.worker_connections": ("nginx",),
     "gunicorn.worker_connections": ("gunicorn.worker_connections", "gunicorn.workers",
                                     "instances.max", "mongodb"),
@@ -666,6 +676,14 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
     if ok("api.token_file") and token and not os.path.isfile(token):
         why = "is a directory" if os.path.isdir(token) else "does not exist"
         errors.append(f"{where('api.token_file')}: {token} {why}; it must hold the bearer token")
+    keepalive = nginx_conf.parse_time(ng.keepalive_timeout)
+    if ng.mode != "off" and ng.keepalive > 0 and keepalive is not None and \
+            ok("gunicorn.keepalive", "nginx.mode", "nginx.keepalive", "nginx.keepalive_timeout") \
+            and not spec.gunicorn.keepalive > keepalive:
+        errors.append(f"{where('gunicorn.keepalive')}: {spec.gunicorn.keepalive} s must be longer "
+                      f"than nginx.keepalive_timeout ({ng.keepalive_timeout}), so that nginx, not "
+                      "gunicorn, closes idle upstream connections (else a request nginx sends on a "
+                      "connection gunicorn is closing fails)")
     for msg in budget_errors(spec, spec.instances.count, lines, nofile_limit):
         inputs = _BUDGET_INPUTS.get(msg.split(" ", 1)[0].rstrip(":"), ())
         if ok(*inputs):
