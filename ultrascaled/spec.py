@@ -818,6 +818,70 @@ def load_spec(path: str | os.PathLike, cpu_count: int | None = None,
                       nofile_limit=nofile_limit)
 
 
+# ---- `ultrascaled --check`: what can be checked on this host (never part of loading) -------
+
+# Worker classes and the package each needs besides gunicorn.
+WORKER_PACKAGES = {"gevent": "gevent", "eventlet": "eventlet", "gthread": None, "sync": None}
+
+
+def saved_count(spec: Spec) -> int | None:
+    """The desired count a daemon saved in `paths.state_dir/state.json`, when readable."""
+    try:
+        with open(Path(spec.paths.state_dir) / "state.json", "rb") as f:
+            saved = json.loads(f.read(1 << 16))["desired"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return saved if isinstance(saved, int) and not isinstance(saved, bool) and saved >= 0 else None
+
+
+def reload_count(spec: Spec) -> int:
+    """The count a reload judges the budgets for: the larger of instances.count and the saved
+    count (a scaled fleet keeps its count across a reload)."""
+    return max(spec.instances.count, saved_count(spec) or 0)
+
+
+def host_problems(spec: Spec, nofile_limit: int | None = None, timeout: float = 30.0) -> list[str]:
+    """What keeps this host from running a valid spec: app.directory, app.python, app.config,
+    the worker class's package, and the budgets for the count a reload would use. Runs
+    `app.python -c "import ..."`; only `ultrascaled --check` calls this, never load_spec."""
+    import shutil
+    import subprocess
+    import sys
+
+    problems = []
+    directory = spec.app.directory
+    if not os.path.isdir(directory):
+        why = "is not a folder" if os.path.exists(directory) else "does not exist"
+        problems.append(f"app.directory: {directory} {why}")
+    python = spec.app.python or sys.executable
+    found = python if os.sep in python else shutil.which(python)
+    if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
+        problems.append(f"app.python: {python} is not an executable file")
+        found = None
+    if spec.app.config and not os.path.isfile(os.path.join(directory, spec.app.config)):
+        problems.append(f"app.config: {os.path.join(directory, spec.app.config)} does not exist")
+    if found:
+        wanted = ["gunicorn"] + [p for p in [WORKER_PACKAGES.get(spec.gunicorn.worker_class)] if p]
+        for package in wanted:
+            try:
+                out = subprocess.run([found, "-c", f"import {package}"], capture_output=True,
+                                     text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                                     cwd=directory if os.path.isdir(directory) else None)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                problems.append(f"app.python: {python} -c 'import {package}' failed: {exc}")
+                continue
+            if out.returncode != 0:
+                needed = ("gunicorn runs the instances" if package == "gunicorn" else
+                          f"gunicorn.worker_class {spec.gunicorn.worker_class} needs it")
+                problems.append(f"app.python: {python} cannot import {package} ({needed}); "
+                                f"install it: {python} -m pip install {package}")
+    count = reload_count(spec)
+    if count > spec.instances.count:
+        problems += [f"{e} (for the count {count} saved in paths.state_dir/state.json, which a "
+                     "reload keeps)" for e in budget_errors(spec, count, nofile_limit=nofile_limit)]
+    return problems
+
+
 def iter_settings(cls: type = Spec, prefix: str = ""):
     """Yield (path, type name, default, help) for every key: the configuration reference."""
     hints = typing.get_type_hints(cls)
