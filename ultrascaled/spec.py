@@ -269,18 +269,22 @@ class _Node:
     implicit: tuple = (False, True)
 
 
-def _compose(text: str) -> Optional[_Node]:
-    """The document as a tree of _Node, from parser events and without recursion. An alias is
-    its anchor's node, shared: _Reader counts what the sharing expands to."""
+def _compose(text: str) -> tuple[Optional[_Node], int]:
+    """The document as a tree of _Node, from parser events and without recursion, and how many
+    aliases it uses. An alias is its anchor's node, shared: _Reader counts what the sharing
+    expands to."""
     anchors: dict[str, _Node] = {}
     open_anchors: set[str] = set()
     stack: list[tuple[_Node, Optional[str]]] = []
     root = None
-    documents = aliases = 0
+    documents = aliases = nodes = 0
     for ev in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
         if isinstance(ev, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
             continue
         line = ev.start_mark.line + 1
+        nodes += 1
+        if nodes > 2 * MAX_YAML_VALUES:  # keys and values
+            raise _Refused(line, f"more than {MAX_YAML_VALUES} values: not a spec")
         if isinstance(ev, yaml.DocumentStartEvent):
             documents += 1
             if documents > 1:
@@ -318,7 +322,7 @@ def _compose(text: str) -> Optional[_Node]:
             stack[-1][0].value.append(node)
         else:
             root = node
-    return root
+    return root, aliases
 
 
 def _short_tag(tag: str) -> str:
@@ -329,7 +333,8 @@ class _Reader:
     """_Node tree -> dicts, lists and scalars. Records each key path's line, every problem, and
     the paths whose value could not be read (the checks that use them are skipped)."""
 
-    def __init__(self) -> None:
+    def __init__(self, aliases: int = 0) -> None:
+        self.aliases = aliases
         self.lines: dict[str, int] = {}
         self.errors: list[str] = []
         self.bad: set[str] = set()
@@ -356,8 +361,9 @@ class _Reader:
     def value(self, node: _Node, path: str, depth: int = 0) -> Any:
         self.values += 1
         if self.values > MAX_YAML_VALUES:
-            raise _Refused(node.line, f"the spec expands to more than {MAX_YAML_VALUES} values "
-                                      "(aliases repeating large parts): refused as an alias bomb")
+            raise _Refused(node.line, f"more than {MAX_YAML_VALUES} values" + (
+                " once its aliases are expanded: refused as an alias bomb" if self.aliases
+                else ": not a spec"))
         if depth > MAX_YAML_DEPTH:
             raise _Refused(node.line, f"nested more than {MAX_YAML_DEPTH} levels deep")
         self.lines.setdefault(path, node.line)
@@ -400,7 +406,7 @@ class _Reader:
         text, tag = node.value, node.tag
         if tag is None:
             tag = _RESOLVER.resolve(yaml.ScalarNode, text, node.implicit)
-            if tag == _TAG + "timestamp":  # a bare date stays text
+            if tag not in _SCALAR_TAGS:  # a bare date, `=` (!!value), `<<` (!!merge): text
                 tag = _TAG + "str"
         elif tag == "!":
             tag = _TAG + "str"
@@ -734,9 +740,10 @@ def _parse(text: str | bytes, source: str, base_dir: Path, cpu_count: int | None
     problem = _text_problem(text)
     if problem:
         raise SpecError([f"{source}: {problem}"])
-    reader = _Reader()
     try:
-        data = reader.document(_compose(text))
+        root, aliases = _compose(text)
+        reader = _Reader(aliases)
+        data = reader.document(root)
     except _Refused as exc:
         at = f" (line {exc.line})" if exc.line else ""
         raise SpecError([f"{source}{at}: {exc.message}"]) from None

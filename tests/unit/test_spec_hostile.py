@@ -151,6 +151,15 @@ def test_alias_bombs_are_refused_quickly(text):
     assert "alias bomb" in msg
 
 
+@pytest.mark.parametrize("text", ["a: [" + "1," * 400000 + "]\n",
+                                  "".join(f"k{i}: 1\n" for i in range(100000))],
+                         ids=["long-list", "many-keys"])
+def test_a_spec_of_too_many_values_is_refused_quickly(text):
+    started = time.monotonic()
+    assert "more than 20000 values: not a spec" in one_error(text)
+    assert time.monotonic() - started < 2
+
+
 def test_a_few_aliases_still_work():
     s = parse_spec("app:\n  env: &env {A: '1'}\ninstances: {count: 2}\n")
     assert s.app.env == {"A": "1"}
