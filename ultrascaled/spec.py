@@ -6,7 +6,11 @@ Errors name the key path and the YAML line, and all of them are reported at once
 
     instances.base_port (line 7): must be 1024..65535, got 80
 
-This module is pure: it reads a file when asked to and touches nothing else.
+This module is pure: it reads a file when asked to and touches nothing else, except
+host_problems(), which only `ultrascaled --check` calls. A spec file is read defensively (a
+regular UTF-8 file of at most 1 MiB; YAML composed from parser events with caps on aliases,
+values and nesting; plain tags only): whatever it holds, loading returns a Spec or raises
+SpecError.
 """
 from __future__ import annotations
 
@@ -633,9 +637,9 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
         return not _tainted(bad, *inputs)
 
     errors = []
-    if ok("nginx"):
-        for msg in nginx_conf.validate(spec.nginx):
-            key, _, rest = msg.partition(":")
+    for msg in nginx_conf.validate(spec.nginx):
+        key, _, rest = msg.partition(":")
+        if ok(key, "nginx.mode"):
             errors.append(f"{where(key)}:{rest}" if key.startswith("nginx.") else msg)
     inst = spec.instances
     if ok("instances.min", "instances.max") and inst.min > inst.max:

@@ -58,6 +58,11 @@ def test_checks_whose_inputs_are_invalid_are_skipped_not_judged_on_defaults():
     assert [e.split(" (line")[0] for e in errors] == ["instances.count", "mongodb.connection_budget"]
 
 
+def test_one_bad_nginx_value_does_not_hide_the_other_nginx_checks():
+    errors = errors_of("nginx:\n  listen: x\n  server_name: 'a; b'\n")
+    assert [e.split(": ")[0] for e in errors] == ["nginx.listen (line 2)", "nginx.server_name (line 3)"]
+
+
 def test_errors_are_sorted_by_line_each_with_path_and_line():
     errors = errors_of("gunicorn: {timeout: 0}\nname: 'a b'\ninstances: {base_port: 1}\n")
     assert [e.split(": ")[0] for e in errors] == ["gunicorn.timeout (line 1)", "name (line 2)",
