@@ -2,8 +2,12 @@
 
     gunicorn -c app/gunicorn_conf.py app.wsgi:application
 
-Every value reads an environment variable (table in docs/app.md) so the daemon can pass
-overrides; command-line flags (``--bind``, ``--workers``, ...) still win over this file.
+Every value reads an environment variable (table in docs/app.md); command-line flags
+(``--bind``, ...) still win over this file. The worker count, keep-alive and worker recycling
+(``max_requests`` + jitter) are not set here at all: under ultrascaled they come from the fleet
+spec alone (``gunicorn.workers``, ``gunicorn.keepalive``, ``gunicorn.max_requests``,
+``gunicorn.max_requests_jitter``), passed on gunicorn's command line, so no second value here
+can contradict them. Run by hand, pass them as flags (docs/app.md).
 :func:`settings_from_env` is pure (tests call it with a dict); the module globals below are
 what gunicorn reads. Hooks: ``post_fork`` resets per-process clients (Redis, MongoDB, cache,
 metrics) that a preloaded app may have created in the master; ``child_exit`` marks the dead
@@ -18,35 +22,11 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def auto_workers(cpus: int, mem_available_bytes: int | None, worker_memory_mb: int = 256,
-                 cap: int = 8) -> int:
-    """One gevent worker per core (each worker multiplexes its connections), no more than
-    the available memory holds at ``worker_memory_mb`` each, at most ``cap``, at least 1."""
-    n = max(1, cpus)
-    if mem_available_bytes:
-        n = min(n, max(1, mem_available_bytes // (worker_memory_mb * 1024 * 1024)))
-    return max(1, min(n, cap))
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _mem_available() -> int | None:
-    try:  # sysinfo(2) via sysconf: no file read
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 class ConfigError(ValueError):
     pass
 
 
-def settings_from_env(env, cpus=None, mem_available=None) -> dict:
+def settings_from_env(env) -> dict:
     """Pure: gunicorn settings from an env mapping. Raises ConfigError naming every bad variable."""
     errors: list[str] = []
 
@@ -81,22 +61,6 @@ def settings_from_env(env, cpus=None, mem_available=None) -> dict:
     host = env.get("GUNICORN_HOST", "127.0.0.1")
     bind = env.get("GUNICORN_BIND") or f"{host}:{port}"
 
-    raw_workers = (env.get("GUNICORN_WORKERS") or env.get("WEB_CONCURRENCY") or "auto").strip()
-    worker_memory_mb = integer("GUNICORN_WORKER_MEMORY_MB", 256, 16, 1_048_576)
-    max_workers = integer("GUNICORN_MAX_WORKERS", 8, 1, 1024)
-    if raw_workers == "auto":
-        workers = auto_workers(cpus if cpus is not None else _cpus(),
-                               mem_available if mem_available is not None else _mem_available(),
-                               worker_memory_mb, max_workers)
-    else:
-        try:
-            workers = int(raw_workers)
-            if not 1 <= workers <= 1024:
-                raise ValueError
-        except ValueError:
-            errors.append(f"GUNICORN_WORKERS: must be 'auto' or 1-1024, got {raw_workers!r}")
-            workers = 1
-
     loglevel = (env.get("LOG_LEVEL") or "info").lower()
     if loglevel not in ("debug", "info", "warning", "error", "critical"):
         errors.append(f"LOG_LEVEL: must be debug/info/warning/error/critical, got {loglevel!r}")
@@ -104,16 +68,10 @@ def settings_from_env(env, cpus=None, mem_available=None) -> dict:
 
     s = {
         "bind": [bind],
-        "workers": workers,
         "worker_class": env.get("GUNICORN_WORKER_CLASS", "gevent"),
         "worker_connections": integer("GUNICORN_WORKER_CONNECTIONS", 1000, 1, 1_000_000),
         "timeout": integer("GUNICORN_TIMEOUT", 30, 0, 86_400),
         "graceful_timeout": integer("GUNICORN_GRACEFUL_TIMEOUT", 30, 0, 86_400),
-        # Behind nginx: longer than nginx's upstream keepalive_timeout (60 s) so that nginx,
-        # not gunicorn, closes idle upstream connections (no race on a reused socket).
-        "keepalive": integer("GUNICORN_KEEPALIVE", 65, 0, 3_600),
-        "max_requests": integer("GUNICORN_MAX_REQUESTS", 10_000, 0, 10**9),
-        "max_requests_jitter": integer("GUNICORN_MAX_REQUESTS_JITTER", 1_000, 0, 10**9),
         "backlog": integer("GUNICORN_BACKLOG", 2048, 1, 65_535),
         "preload_app": boolean("GUNICORN_PRELOAD", False),
         "control_socket_disable": not boolean("GUNICORN_CONTROL_SOCKET", False),

@@ -12,8 +12,9 @@ Reuse in a user's app::
     # once per deploy, not in every worker:
     #   python -m app.mongo ensure-indexes
 
-Pool sizes come from ``MONGO_MAX_POOL_SIZE`` / ``MONGO_MIN_POOL_SIZE``; the daemon computes them
-so that instances x workers x max pool stays within the fleet's connection budget.
+Pool sizes come from ``MONGO_MAX_POOL_SIZE`` / ``MONGO_MIN_POOL_SIZE`` / ``MONGO_MAX_CONNECTING``;
+the daemon computes the max pool so that instances x workers x max pool stays within the fleet's
+connection budget, and takes the others from the spec's ``mongodb`` section.
 :func:`settings_from_env` and :func:`client_kwargs` are pure and unit-tested.
 Nothing here does I/O at import time; ``pymongo`` itself is imported only when a client is made.
 """
@@ -39,6 +40,7 @@ class MongoSettings:
     database: str = "ultrascale"                # MONGODB_DB (else the URI's path, else this)
     max_pool_size: int = 10                     # MONGO_MAX_POOL_SIZE (per process)
     min_pool_size: int = 0                      # MONGO_MIN_POOL_SIZE
+    max_connecting: int = 2                     # MONGO_MAX_CONNECTING (pymongo's default)
     max_idle_time_ms: int = 60_000              # MONGO_MAX_IDLE_TIME_MS
     wait_queue_timeout_ms: int = 1_000          # MONGO_WAIT_QUEUE_TIMEOUT_MS
     server_selection_timeout_ms: int = 2_000    # MONGO_SERVER_SELECTION_TIMEOUT_MS
@@ -114,6 +116,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> MongoSettings:
 
     integer("MONGO_MAX_POOL_SIZE", "max_pool_size", 1, 10_000)
     integer("MONGO_MIN_POOL_SIZE", "min_pool_size", 0, 10_000)
+    integer("MONGO_MAX_CONNECTING", "max_connecting", 1, 10_000)
     integer("MONGO_MAX_IDLE_TIME_MS", "max_idle_time_ms", 0, 86_400_000)
     integer("MONGO_WAIT_QUEUE_TIMEOUT_MS", "wait_queue_timeout_ms", 1, 600_000)
     integer("MONGO_SERVER_SELECTION_TIMEOUT_MS", "server_selection_timeout_ms", 1, 600_000)
@@ -146,6 +149,10 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> MongoSettings:
     min_pool = values.get("min_pool_size", d.min_pool_size)
     if min_pool > max_pool:
         errors.append(f"MONGO_MIN_POOL_SIZE: must be <= MONGO_MAX_POOL_SIZE ({max_pool}), got {min_pool}")
+    max_connecting = values.get("max_connecting", d.max_connecting)
+    if "max_connecting" in values and max_connecting > max_pool:
+        errors.append(f"MONGO_MAX_CONNECTING: must be <= MONGO_MAX_POOL_SIZE ({max_pool}), "
+                      f"got {max_connecting}")
 
     if errors:
         raise MongoSettingsError(errors)
@@ -157,6 +164,7 @@ def client_kwargs(settings: MongoSettings) -> dict:
     kw = {
         "maxPoolSize": settings.max_pool_size,
         "minPoolSize": settings.min_pool_size,
+        "maxConnecting": settings.max_connecting,
         "maxIdleTimeMS": settings.max_idle_time_ms,
         "waitQueueTimeoutMS": settings.wait_queue_timeout_ms,
         "serverSelectionTimeoutMS": settings.server_selection_timeout_ms,

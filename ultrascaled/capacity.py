@@ -168,10 +168,12 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
                 f"{where('mongodb.connection_budget')}: {_s(imax, 'instance')} (instances.max) x "
                 f"{_s(w, 'worker')} x ({pool} pool + {MONGO_MONITOR_PER_SERVER} monitoring) x "
                 f"{servers} = {need} connections exceeds the budget of {cb} by {need - cb}; {hint}")
-        if spec.mongodb.min_pool_size > pool:
-            problems.append(
-                f"{where('mongodb.min_pool_size')}: {spec.mongodb.min_pool_size} exceeds the pool "
-                f"each process gets ({pool} = {cb} // ({imax} x {w}) - {MONGO_MONITOR_PER_SERVER})")
+        for key in ("min_pool_size", "max_connecting"):
+            value = getattr(spec.mongodb, key)
+            if value > pool:
+                problems.append(
+                    f"{where('mongodb.' + key)}: {value} exceeds the pool each process gets "
+                    f"({pool} = {cb} // ({imax} x {w}) - {MONGO_MONITOR_PER_SERVER})")
 
     # nginx (managed: its settings are ours) proxies each client over 2 connections.
     ng = spec.nginx

@@ -57,6 +57,7 @@ def instance_env(spec: Spec, index: int, port: int, metrics_dir: str) -> dict[st
         "ULTRASCALE_FLEET": spec.name, "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
         "MONGO_MAX_POOL_SIZE": str(spec.mongo_pool_per_process()),
         "MONGO_MIN_POOL_SIZE": str(spec.mongodb.min_pool_size),
+        "MONGO_MAX_CONNECTING": str(spec.mongodb.max_connecting),
         "PYTHONUNBUFFERED": "1",
     })
     return env

@@ -174,23 +174,26 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logs.configure(args.log_level, None if args.log_format is None else args.log_format == "json")
     nofile = raise_nofile()
+
+    def report(title: str, errors: list[str]) -> int:
+        # A hostile file's keys may hold terminal escapes: print them escaped.
+        print(f"ultrascaled: {title}:", file=sys.stderr)
+        for e in errors:
+            print("  " + "".join(c if c.isprintable() else ascii(c)[1:-1] for c in e), file=sys.stderr)
+        return 2
+
     try:
         spec = load_spec(args.spec, nofile_limit=nofile)
     except SpecError as exc:
-        print(f"ultrascaled: invalid spec {args.spec}:", file=sys.stderr)
-        for e in exc.errors:
-            print(f"  {e}", file=sys.stderr)
-        return 2
+        return report(f"invalid spec {args.spec}", exc.errors)
     if args.check:
         import json
 
         from ultrascaled import fleetlock
-        problems = fleetlock.check(spec.name, spec.paths.state_dir)
+        from ultrascaled.spec import host_problems
+        problems = host_problems(spec, nofile_limit=nofile) + fleetlock.check(spec.name, spec.paths.state_dir)
         if problems:
-            print(f"ultrascaled: {args.spec} cannot start here now:", file=sys.stderr)
-            for e in problems:
-                print(f"  {e}", file=sys.stderr)
-            return 2
+            return report(f"spec {args.spec} is valid, but this host cannot run it", problems)
         print(json.dumps(dataclasses.asdict(spec), indent=2))
         return 0
     return asyncio.run(serve(args.spec, spec, nofile))

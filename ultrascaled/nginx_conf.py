@@ -17,7 +17,9 @@ Three renderers:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -187,6 +189,104 @@ def settings_help() -> list[tuple[str, str, Any, str]]:
     return out
 
 
+# What the settings may hold where they are rendered into nginx syntax: ASCII, and never a
+# character nginx reads as syntax (`;` `{` `}` quotes `#` `\\` whitespace) unless noted.
+_HOSTNAME = re.compile(r"(?=[A-Za-z0-9.-]{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
+_TIME = re.compile(r"(?:[0-9]+(?:ms|s|m|h|d|w|M|y)?)+\Z")
+_TIME_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
+               "M": 2592000, "y": 31536000, "": 1}
+_SIZE = re.compile(r"[0-9]+[kKmMgG]?\Z")
+_WORD = r"[\x21-\x7e]"  # printable ASCII, no space
+_UNSAFE = set(";{}\"'#\\")
+_SERVER_NAME = re.compile(r"[A-Za-z0-9._*~^$()\[\]?+:|<>!=,-]+\Z")
+_URI_PATH = re.compile(r"/[A-Za-z0-9._~!$&()*+,=:@%/-]*\Z")
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?(?: [A-Za-z_][A-Za-z0-9_.-]*\$?)?\Z")
+_NEXT_UPSTREAM = {"error", "timeout", "denied", "invalid_header", "http_500", "http_502",
+                  "http_503", "http_504", "http_403", "http_404", "http_429", "non_idempotent",
+                  "off"}
+_PROTOCOLS = {"SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"}
+_LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
+TIME_SETTINGS = ("keepalive_timeout", "fail_timeout", "proxy_next_upstream_timeout",
+                 "worker_shutdown_timeout", "proxy_connect_timeout", "proxy_send_timeout",
+                 "proxy_read_timeout", "client_header_timeout", "client_body_timeout",
+                 "send_timeout", "socketio_read_timeout")
+SIZE_SETTINGS = ("limit_zone_size", "client_max_body_size", "client_body_buffer_size",
+                 "proxy_buffer_size")
+PATH_SETTINGS = ("binary", "prefix", "upstream_file", "system_pid_file", "tls_cert", "tls_key")
+
+
+def is_host(host: str) -> bool:
+    """An IP address or a DNS host name (ASCII letters, digits, - and . only)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(host))
+
+
+def parse_time(value: str) -> float | None:
+    """Seconds of an nginx time (`60s`, `1m30s`, `500ms`, `90`); None when it is not one."""
+    if not isinstance(value, str) or not _TIME.match(value):
+        return None
+    return sum(int(n) * _TIME_UNITS[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d|w|M|y)?", value))
+
+
+def _syntax_errors(s: NginxSettings) -> list[str]:
+    """Settings rendered into nginx.conf that nginx would read as something else (a `;` in
+    server_name ends the directive and starts another) or that are not in nginx syntax."""
+    errs: list[str] = []
+
+    def bad(name: str, what: str) -> None:
+        errs.append(f"nginx.{name}: {what}, got {getattr(s, name)!r}")
+
+    for name in TIME_SETTINGS:
+        if parse_time(getattr(s, name)) is None:
+            bad(name, "must be an nginx time such as 60s, 500ms or 1m30s")
+    times = s.client_keepalive_timeout.split(" ")
+    if not 1 <= len(times) <= 2 or any(parse_time(t) is None for t in times):
+        bad("client_keepalive_timeout", "must be one or two nginx times such as 65s")
+    for name in SIZE_SETTINGS:
+        if not _SIZE.match(getattr(s, name)):
+            bad(name, "must be an nginx size such as 10m, 128k or 4096")
+    if not re.match(r"[0-9]+ [0-9]+[kKmM]?\Z", s.proxy_buffers):
+        bad("proxy_buffers", "must be `number size`, such as 16 8k")
+    if not all(_SERVER_NAME.match(n) for n in s.server_name.split(" ")):
+        bad("server_name", "must be names separated by single spaces, without ; { } quotes # "
+                           "or backslashes")
+    if not (s.listen_host == "*" or is_host(s.listen_host)):
+        bad("listen_host", "must be an IP address, a host name or *")
+    for name in ("stub_status_path", "socketio_path"):
+        if not _URI_PATH.match(getattr(s, name)):
+            bad(name, "must be a URI path starting with /, without spaces, ; { } quotes or #")
+    for addr in s.stub_status_allow:
+        try:
+            ipaddress.ip_network(addr, strict=False)
+        except ValueError:
+            if addr not in ("all", "unix:"):
+                errs.append(f"nginx.stub_status_allow: {addr!r} is not an address, a network "
+                            "(10.0.0.0/8), unix: or all")
+    if s.user and not _USER.match(s.user):
+        bad("user", "must be `user` or `user group`")
+    if s.worker_processes != "auto" and not re.match(r"[1-9][0-9]{0,3}\Z", s.worker_processes):
+        bad("worker_processes", "must be auto or a number 1-9999")
+    if s.error_log_level not in _LOG_LEVELS:
+        bad("error_log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    if s.access_log != "off" and (not re.match(rf"{_WORD}+\Z", s.access_log)
+                                  or _UNSAFE & set(s.access_log)):
+        bad("access_log", "must be off or a path without spaces, ; { } quotes or #")
+    for name in PATH_SETTINGS:
+        v = getattr(s, name)
+        if v and (not re.match(rf"{_WORD}+\Z", v) or _UNSAFE & set(v)):
+            bad(name, "must be a path without spaces, ; { } quotes, # or backslashes")
+    if not set(s.tls_protocols.split(" ")) <= _PROTOCOLS:
+        bad("tls_protocols", f"must be protocols from {', '.join(sorted(_PROTOCOLS))}")
+    if not set(s.proxy_next_upstream.split()) <= _NEXT_UPSTREAM or \
+            any(c in s.proxy_next_upstream for c in "\t\r\n"):
+        bad("proxy_next_upstream", f"must be conditions from {', '.join(sorted(_NEXT_UPSTREAM))}")
+    return errs
+
+
 def validate(s: NginxSettings) -> list[str]:
     """Every problem with the settings, each naming the field; [] when valid."""
     errs: list[str] = []
@@ -214,7 +314,7 @@ def validate(s: NginxSettings) -> list[str]:
                     f"got {s.upstream_file!r}")
     if s.mode == "system" and not s.reload_command:
         errs.append("nginx.reload_command: must not be empty in system mode")
-    if not s.upstream_name or not s.upstream_name.replace("_", "a").isalnum():
+    if not re.match(r"[A-Za-z0-9_]+\Z", s.upstream_name):
         errs.append(f"nginx.upstream_name: letters, digits and _ only, got {s.upstream_name!r}")
     for name in ("keepalive", "keepalive_requests", "max_fails", "proxy_next_upstream_tries",
                  "rate_limit", "rate_limit_burst", "conn_limit", "worker_rlimit_nofile"):
@@ -234,9 +334,9 @@ def validate(s: NginxSettings) -> list[str]:
         if not getattr(s, name).startswith("/"):
             errs.append(f"nginx.{name}: must start with /, got {getattr(s, name)!r}")
     for name in ("reload_timeout", "command_timeout", "start_timeout", "stop_timeout"):
-        if not getattr(s, name) > 0:
-            errs.append(f"nginx.{name}: must be > 0, got {getattr(s, name)!r}")
-    return errs
+        if not 0 < getattr(s, name) <= 3600:
+            errs.append(f"nginx.{name}: must be > 0 and at most 3600, got {getattr(s, name)!r}")
+    return errs + _syntax_errors(s)
 
 
 # Rendering ------------------------------------------------------------------------------------

@@ -6,14 +6,21 @@ Errors name the key path and the YAML line, and all of them are reported at once
 
     instances.base_port (line 7): must be 1024..65535, got 80
 
-This module is pure: it reads a file when asked to and touches nothing else.
+This module is pure: it reads a file when asked to and touches nothing else, except
+host_problems(), which only `ultrascaled --check` calls. A spec file is read defensively (a
+regular UTF-8 file of at most 1 MiB; YAML composed from parser events with caps on aliases,
+values and nesting; plain tags only): whatever it holds, loading returns a Spec or raises
+SpecError.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
+import math
 import os
+import re
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -70,9 +77,13 @@ class GunicornSection:
     timeout: int = setting(30, "Seconds a silent worker lives before its master kills it.", min=1)
     graceful_timeout: int = setting(30, "Seconds a stopping instance gets to finish in-flight requests.",
                                     min=1)
-    keepalive: int = setting(5, "Seconds an idle keep-alive connection stays open.", min=0)
-    max_requests: int = setting(0, "Requests after which a worker is replaced (0 = never).", min=0)
-    max_requests_jitter: int = setting(0, "Random extra requests added to max_requests.", min=0)
+    keepalive: int = setting(65, "Seconds an idle keep-alive connection stays open; must be "
+                             "longer than `nginx.keepalive_timeout` (60s) so that nginx, not "
+                             "gunicorn, closes idle upstream connections.", min=1, max=3600)
+    max_requests: int = setting(10000, "Requests after which a worker is replaced (0 = never).",
+                                min=0, max=10 ** 9)
+    max_requests_jitter: int = setting(1000, "Random extra requests added to max_requests, so "
+                                       "workers are not replaced together.", min=0, max=10 ** 9)
     args: list = setting([], "Extra gunicorn command-line arguments.")
 
 
@@ -80,7 +91,9 @@ class GunicornSection:
 class HealthSection:
     path: str = setting("/health", "Path that answers 200 when an instance is ready.")
     start_timeout: float = setting(30.0, "Seconds an instance may take to become ready.", min=0.5)
-    probe_interval: float = setting(0.02, "Seconds between readiness probes while starting.",
+    probe_interval: float = setting(0.02, "Seconds between the first readiness probes while "
+                                    "starting; later ones wait a tenth of the time waited so far, "
+                                    "up to 1 s.",
                                     min=0.01, max=5)
     interval: float = setting(10.0, "Seconds between health probes of running instances (exits "
                               "are noticed at once anyway; this catches hung ones) and nginx checks.",
@@ -94,9 +107,12 @@ class RestartSection:
     backoff_initial: float = setting(0.5, "Seconds before the second restart in a row; the first "
                                      "is immediate.", min=0, max=60)
     backoff_max: float = setting(30.0, "Longest wait between restarts.", min=0, max=3600)
-    fatal_crashes: int = setting(5, "Crashes within `fatal_window` that make an instance FATAL.",
-                                 min=1)
-    fatal_window: float = setting(60.0, "Seconds over which crashes are counted.", min=1)
+    fatal_crashes: int = setting(5, "Failures to start in a row (exit before ready, or not ready "
+                                 "in `health.start_timeout`) that make an instance FATAL; as many "
+                                 "crashes after serving within `fatal_window` raise the "
+                                 "crash-loop alert (those never make it FATAL).", min=1)
+    fatal_window: float = setting(60.0, "Seconds over which crashes after serving are counted.",
+                                  min=1)
     drain_seconds: float = setting(0.5, "Seconds an instance keeps serving after it left the "
                                    "upstream, before it is told to stop.", min=0, max=600)
 
@@ -113,7 +129,12 @@ class MemorySection:
 @dataclass(frozen=True)
 class MongoSection:
     connection_budget: int = setting(500, "MongoDB connections the whole fleet may hold.", min=1)
-    min_pool_size: int = setting(0, "minPoolSize per worker process.", min=0)
+    min_pool_size: int = setting(0, "minPoolSize per worker process (`MONGO_MIN_POOL_SIZE`); at "
+                                 "most the pool each process gets.", min=0, max=10000)
+    max_connecting: int = setting(2, "maxConnecting per worker process (`MONGO_MAX_CONNECTING`): "
+                                  "connections a pool opens at once (pymongo's default, 2, "
+                                  "spares the server a connection storm at start); at most the "
+                                  "pool each process gets.", min=1, max=1000)
 
 
 @dataclass(frozen=True)
@@ -181,7 +202,7 @@ class AlertsSection:
 @dataclass(frozen=True)
 class LogsSection:
     max_bytes: int = setting(50 * 1024 * 1024, "Size at which an instance's log file is rotated "
-                             "(copy, then truncate; the instance keeps writing).", min=4096)
+                             "(renamed to `.1`, then gunicorn reopens it on SIGUSR1: no line is lost).", min=4096)
     backups: int = setting(5, "Rotated files kept per instance (`instance-PORT.log.1` .. `.N`).",
                            min=0, max=100)
 
@@ -227,24 +248,247 @@ def resolve_auto_workers(cpu_count: int) -> int:
     return max(1, min(4, cpu_count // 2))
 
 
-# ---- the loader -------------------------------------------------------------------------
+# ---- reading: bytes -> text -> YAML events -> plain values, every path with its line -------
 
-def _node_to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out = {}
-        for key_node, value_node in node.value:
-            key = str(yaml.safe_load(yaml.serialize(key_node)))
-            out[key] = _node_to_python(value_node, f"{path}.{key}" if path else key, lines)
+MAX_SPEC_BYTES = 1 * MB      # a spec is a few KiB; a file this large is not one
+MAX_YAML_ALIASES = 50        # aliases (`*name`) in one spec: a spec needs few, an alias bomb many
+MAX_YAML_VALUES = 20_000     # values after alias expansion
+MAX_YAML_DEPTH = 32          # nesting of mappings and lists
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null")}
+_RESOLVER = yaml.resolver.Resolver()
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+_MISSING = object()  # a value that could not be read (its error is already recorded)
+
+
+class _Refused(Exception):
+    """The document as a whole cannot be read: one message, at one line."""
+
+    def __init__(self, line: int | None, message: str):
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+@dataclass
+class _Node:
+    kind: str                 # "scalar", "seq" or "map"
+    line: int
+    tag: Optional[str]
+    value: Any                # scalar text, list of nodes, or [key, value, key, value, ...]
+    implicit: tuple = (False, True)
+
+
+def _compose(text: str) -> tuple[Optional[_Node], int]:
+    """The document as a tree of _Node, from parser events and without recursion, and how many
+    aliases it uses. An alias is its anchor's node, shared: _Reader counts what the sharing
+    expands to."""
+    anchors: dict[str, _Node] = {}
+    open_anchors: set[str] = set()
+    stack: list[tuple[_Node, Optional[str]]] = []
+    root = None
+    documents = aliases = nodes = 0
+    for ev in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        if isinstance(ev, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
+            continue
+        line = ev.start_mark.line + 1
+        nodes += 1
+        if nodes > 2 * MAX_YAML_VALUES:  # keys and values
+            raise _Refused(line, f"more than {MAX_YAML_VALUES} values: not a spec")
+        if isinstance(ev, yaml.DocumentStartEvent):
+            documents += 1
+            if documents > 1:
+                raise _Refused(line, "more than one YAML document (a second `---`)")
+            continue
+        if isinstance(ev, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise _Refused(line, f"more than {MAX_YAML_ALIASES} aliases (`*name`): refused "
+                                     "as an alias bomb")
+            if ev.anchor in open_anchors:
+                raise _Refused(line, f"alias *{ev.anchor} is inside the value it names "
+                                     "(a recursive alias)")
+            if ev.anchor not in anchors:
+                raise _Refused(line, f"alias *{ev.anchor} has no anchor &{ev.anchor} before it")
+            node = anchors[ev.anchor]
+        elif isinstance(ev, yaml.ScalarEvent):
+            node = _Node("scalar", line, ev.tag, ev.value, ev.implicit)
+            if ev.anchor:
+                anchors[ev.anchor] = node
+        elif isinstance(ev, yaml.CollectionStartEvent):
+            if len(stack) >= MAX_YAML_DEPTH:
+                raise _Refused(line, f"nested more than {MAX_YAML_DEPTH} levels deep")
+            kind = "map" if isinstance(ev, yaml.MappingStartEvent) else "seq"
+            stack.append((_Node(kind, line, ev.tag, []), ev.anchor))
+            if ev.anchor:
+                open_anchors.add(ev.anchor)
+            continue
+        else:  # the end of a mapping or list
+            node, anchor = stack.pop()
+            if anchor:
+                open_anchors.discard(anchor)
+                anchors[anchor] = node
+        if stack:
+            stack[-1][0].value.append(node)
+        else:
+            root = node
+    return root, aliases
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len(_TAG):] if tag.startswith(_TAG) else tag
+
+
+class _Reader:
+    """_Node tree -> dicts, lists and scalars. Records each key path's line, every problem, and
+    the paths whose value could not be read (the checks that use them are skipped)."""
+
+    def __init__(self, aliases: int = 0) -> None:
+        self.aliases = aliases
+        self.lines: dict[str, int] = {}
+        self.errors: list[str] = []
+        self.bad: set[str] = set()
+        self.values = 0
+
+    def error(self, path: str, line: int, message: str) -> None:
+        self.errors.append(f"{path or 'spec'} (line {line}): {message}")
+        self.bad.add(path)
+
+    def document(self, root: Optional[_Node]) -> dict:
+        empty = ("the spec is empty{}: a blank or truncated file is never taken as all "
+                 "defaults; write `{{}}` to mean all defaults")
+        if root is None:
+            raise _Refused(None, empty.format(""))
+        if root.kind == "scalar" and self.value(root, "") is None:
+            raise _Refused(root.line, empty.format(f" (only `{root.value or '---'}`)"))
+        if root.kind != "map":
+            what = "a list" if root.kind == "seq" else f"the scalar {_show(root.value)}"
+            raise _Refused(root.line, f"the spec must be a mapping of sections (name:, app:, "
+                                      f"instances:, ...), got {what}")
+        data = self.value(root, "")
+        return data if isinstance(data, dict) else {}
+
+    def value(self, node: _Node, path: str, depth: int = 0) -> Any:
+        self.values += 1
+        if self.values > MAX_YAML_VALUES:
+            raise _Refused(node.line, f"more than {MAX_YAML_VALUES} values" + (
+                " once its aliases are expanded: refused as an alias bomb" if self.aliases
+                else ": not a spec"))
+        if depth > MAX_YAML_DEPTH:
+            raise _Refused(node.line, f"nested more than {MAX_YAML_DEPTH} levels deep")
+        self.lines.setdefault(path, node.line)
+        if node.kind == "scalar":
+            return self.scalar(node, path)
+        if node.tag not in (None, "!", _TAG + node.kind):
+            self.error(path, node.line, f"{_short_tag(node.tag)} values are not supported")
+            return _MISSING
+        if node.kind == "seq":
+            items = [self.value(child, f"{path}[{i}]", depth + 1) for i, child in enumerate(node.value)]
+            if any(v is _MISSING for v in items):
+                self.bad.add(path)
+                return _MISSING
+            return items
+        out: dict[str, Any] = {}
+        first: dict[str, int] = {}
+        for knode, vnode in zip(node.value[0::2], node.value[1::2]):
+            if knode.kind != "scalar" or knode.tag not in (None, "!", _TAG + "str"):
+                self.errors.append(f"{path or 'spec'} (line {knode.line}): keys must be plain "
+                                   "names, not lists, mappings or tagged values")
+                continue
+            key = knode.value
+            sub = f"{path}.{key}" if path else key
+            if knode.tag is None and knode.implicit[0] and key == "<<":
+                self.error(sub, knode.line, "merge keys (`<<: *name`) are not supported; write "
+                                            "the keys out")
+                continue
+            if key in first:
+                self.error(sub, knode.line, f"duplicate key (first given on line {first[key]})")
+                out.pop(key, None)
+                continue
+            first[key] = knode.line
+            self.lines.setdefault(sub, knode.line)
+            v = self.value(vnode, sub, depth + 1)
+            if v is not _MISSING:
+                out[key] = v
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_node_to_python(v, f"{path}[{i}]", lines) for i, v in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+
+    def scalar(self, node: _Node, path: str) -> Any:
+        text, tag = node.value, node.tag
+        if tag is None:
+            tag = _RESOLVER.resolve(yaml.ScalarNode, text, node.implicit)
+            if tag not in _SCALAR_TAGS:  # a bare date, `=` (!!value), `<<` (!!merge): text
+                tag = _TAG + "str"
+        elif tag == "!":
+            tag = _TAG + "str"
+        if tag not in _SCALAR_TAGS:
+            self.error(path, node.line, f"{_short_tag(tag)} values are not supported")
+            return _MISSING
+        if tag == _TAG + "str":
+            return text
+        if tag == _TAG + "int" and len(text) > 40:
+            self.error(path, node.line, f"a {len(text)}-character number is out of range for "
+                                        "every setting")
+            return _MISSING
+        try:
+            return _CONSTRUCTOR.yaml_constructors[tag](_CONSTRUCTOR, yaml.ScalarNode(tag, text))
+        except Exception:  # e.g. `!!int abc`, `!!bool maybe`
+            self.error(path, node.line, f"{_show(text)} is not a valid {_short_tag(tag)}")
+            return _MISSING
+
+
+def _show(value: Any) -> str:
+    """A value for a message: long numbers and strings shortened."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 15:
+        digits = str(abs(value))
+        return f"{'-' if value < 0 else ''}{digits[:6]}... ({len(digits)} digits)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:76] + "...'"
+
+
+def _num(value: float) -> str:
+    return f"{value:g}" if abs(value) < 10 ** 15 else _show(value)
+
+
+def decode_spec(data: bytes) -> str:
+    """Spec file bytes as text; SpecError-ready message (ValueError) when they are not UTF-8."""
+    if b"\x00" in data:
+        raise ValueError("not UTF-8 text: it contains NUL bytes (a UTF-16 or binary file?); "
+                         "save it as UTF-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} is not "
+                         "UTF-8 (Latin-1? binary?); save it as UTF-8") from None
+
+
+def _text_problem(text: str) -> str | None:
+    if len(text) > MAX_SPEC_BYTES:
+        return f"larger than {MAX_SPEC_BYTES // MB} MiB: not a spec"
+    if "\x00" in text:
+        return "not UTF-8 text: it contains NUL characters (a UTF-16 or binary file?)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not UTF-8 text: it contains characters UTF-8 cannot hold (lone surrogates)"
+    return None
 
 
 def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
             list: "a list", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
 
 
 def _check_value(fld: dataclasses.Field, tp: Any, value: Any) -> tuple[Any, str | None]:
@@ -258,6 +502,8 @@ def _check_value(fld: dataclasses.Field, tp: Any, value: Any) -> tuple[Any, str 
         tp = args[0] if len(args) == 1 else Any
     if value is None:
         return (None, None) if optional else (value, "must not be empty")
+    if _has_nul(value):
+        return value, "must not contain a NUL character"
     if fld.name == "workers":  # int or "auto"
         if value == "auto":
             return value, None
@@ -267,40 +513,49 @@ def _check_value(fld: dataclasses.Field, tp: Any, value: Any) -> tuple[Any, str 
     if typing.get_origin(tp) in (tuple, list):  # a command or a list of words: string or list
         if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             return value, None
-        return value, f"must be a string or a list of strings, got {value!r}"
+        return value, f"must be a string or a list of strings, got {_show(value)}"
     if tp is str and isinstance(value, bool):  # YAML 1.1 reads a bare off/on as a boolean
         value = "on" if value else "off"
+    elif tp is str and isinstance(value, int):  # `worker_processes: 2`
+        value = str(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         hint = " or `auto`" if fld.name == "workers" else ""
-        return value, f"must be {_type_name(tp)}{hint}, got {value!r}"
+        return value, f"must be {_type_name(tp)}{hint}, got {_show(value)}"
+    if tp is float and not math.isfinite(value):
+        return value, f"must be a finite number, got {value}"
     if tp is dict:
-        bad = [k for k, v in value.items() if not isinstance(v, (str, int, float, bool))]
-        if bad:
-            return value, f"values must be strings, numbers or booleans; {bad[0]!r} is not"
-        return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}, None
+        for k, v in value.items():
+            if not _ENV_NAME.match(k):
+                return value, (f"{_show(k)} is not an environment variable name (letters, digits "
+                               "and _, not starting with a digit)")
+            if not isinstance(v, (str, int, float, bool)):
+                return value, f"values must be strings, numbers or booleans; {k!r} is not"
+        return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}, None
     if tp is list:
         if not all(isinstance(v, (str, int, float)) for v in value):
             return value, "must be a list of strings"
         return [str(v) for v in value], None
     lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices") or ()
     if choices and value not in choices:
-        return value, f"must be one of {', '.join(map(str, choices))}; got {value!r}"
+        return value, f"must be one of {', '.join(map(str, choices))}; got {_show(value)}"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if lo is not None and hi is not None and not lo <= value <= hi:
-            return value, f"must be {lo:g}..{hi:g}, got {value:g}"
+            return value, f"must be {lo:g}..{hi:g}, got {_num(value)}"
         if lo is not None and value < lo:
-            return value, f"must be at least {lo:g}, got {value:g}"
+            return value, f"must be at least {lo:g}, got {_num(value)}"
         if hi is not None and value > hi:
-            return value, f"must be at most {hi:g}, got {value:g}"
+            return value, f"must be at most {hi:g}, got {_num(value)}"
     if tp is str and not value and not optional and not meta.get("allow_empty"):
         return value, "must not be empty"
     return value, None
 
 
 def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[str],
-           base_dir: Path) -> Any:
+           base_dir: Path, bad: set[str]) -> Any:
+    """The section `cls` from `data`: values that fail their own checks are reported, added to
+    `bad` and left at their defaults, so the checks across keys still run on the rest."""
     def where(p: str) -> str:
         line = lines.get(p) or lines.get(path)
         return f"{p} (line {line})" if line else p
@@ -309,6 +564,7 @@ def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[
         data = {}
     if not isinstance(data, dict):
         errors.append(f"{where(path) if path else 'spec'}: must be a mapping, got {type(data).__name__}")
+        bad.add(path)
         return cls()
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
@@ -322,13 +578,14 @@ def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[
         sub = f"{path}.{name}" if path else name
         tp = hints[name]
         if dataclasses.is_dataclass(tp):  # absent sections still resolve their relative paths
-            kwargs[name] = _build(tp, data.get(name), sub, lines, errors, base_dir)
+            kwargs[name] = _build(tp, data.get(name), sub, lines, errors, base_dir, bad)
             continue
         if name not in data:
             continue
         value, err = _check_value(fld, tp, data[name])
         if err:
             errors.append(f"{where(sub)}: {err}")
+            bad.add(sub)
             continue
         if fld.metadata.get("path") and isinstance(value, str):
             value = str((base_dir / value).resolve()) if not os.path.isabs(value) else value
@@ -337,6 +594,7 @@ def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:  # a section's own __post_init__ check
         errors.append(f"{where(path)}: {exc}")
+        bad.add(path)
         return cls()
     # Defaults that are relative paths resolve against the spec's folder too.
     fixes = {}
@@ -348,43 +606,103 @@ def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[
     return dataclasses.replace(obj, **fixes) if fixes else obj
 
 
-def _cross_checks(spec: Spec, lines: dict[str, int], nofile_limit: int | None = None) -> list[str]:
-    """Checks across keys, including the budgets the fleet must fit in."""
+_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_APP_MODULE = re.compile(rf"{_DOTTED}:{_DOTTED}(?:\([^\x00-\x1f]*\))?\Z")
+_HTTP_PATH = re.compile(r"/[\x21-\x7e]*\Z")
+# The inputs of each budget message (by the key it names): a budget is not judged when one of
+# them could not be read (it would be judged on a default the file did not ask for).
+_BUDGET_INPUTS = {
+    "memory.fleet_budget_mb": ("instances.count", "gunicorn.workers", "memory"),
+    "mongodb.connection_budget": ("instances.max", "gunicorn.workers", "mongodb"),
+    "mongodb.min_pool_size": ("instances.max", "gunicorn.workers", "mongodb"),
+    "mongodb.max_connecting": ("instances.max", "gunicorn.workers", "mongodb"),
+    "nginx.worker_connections": ("nginx",),
+    "gunicorn.worker_connections": ("gunicorn.worker_connections", "gunicorn.workers",
+                                    "instances.max", "mongodb"),
+    "instances.max": ("instances.max",),
+}
+
+
+def _tainted(bad: set[str], *inputs: str) -> bool:
+    """Whether any input (a key path or a section) is, contains or is inside a bad path."""
+    return any(i == b or i.startswith(b + ".") or b.startswith(i + ".")
+               for i in inputs for b in bad)
+
+
+def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
+                  nofile_limit: int | None = None) -> list[str]:
+    """Checks across keys, including the budgets the fleet must fit in; each runs unless one of
+    its inputs could not be read."""
     def where(p: str) -> str:
         line = lines.get(p)
         return f"{p} (line {line})" if line else p
 
+    def ok(*inputs: str) -> bool:
+        return not _tainted(bad, *inputs)
+
     errors = []
     for msg in nginx_conf.validate(spec.nginx):
         key, _, rest = msg.partition(":")
-        errors.append(f"{where(key)}:{rest}" if key.startswith("nginx.") else msg)
+        if ok(key, "nginx.mode"):
+            errors.append(f"{where(key)}:{rest}" if key.startswith("nginx.") else msg)
     inst = spec.instances
-    if inst.min > inst.max:
+    if ok("instances.min", "instances.max") and inst.min > inst.max:
         errors.append(f"{where('instances.min')}: must not exceed instances.max ({inst.max}), got {inst.min}")
-    if not inst.min <= inst.count <= inst.max:
+    if ok("instances.min", "instances.max", "instances.count") and not inst.min <= inst.count <= inst.max:
         errors.append(f"{where('instances.count')}: must be within instances.min..max "
                       f"({inst.min}..{inst.max}), got {inst.count}")
     last = inst.base_port + inst.max - 1
-    if last > 65535:
-        errors.append(f"{where('instances.base_port')}: base_port + max - 1 = {last} is past 65535")
     ports = range(inst.base_port, inst.base_port + inst.max)
-    if spec.api.port in ports:
+    instance_ports = ok("instances.base_port", "instances.max")
+    if instance_ports and last > 65535:
+        errors.append(f"{where('instances.base_port')}: base_port + max - 1 = {last} is past 65535")
+    if instance_ports and ok("api.port") and spec.api.port in ports:
         errors.append(f"{where('api.port')}: {spec.api.port} is inside the instance ports "
                       f"{inst.base_port}..{last}")
-    if spec.nginx.mode == "managed" and spec.nginx.listen in ports:
-        errors.append(f"{where('nginx.listen')}: {spec.nginx.listen} is inside the instance ports "
-                      f"{inst.base_port}..{last}")
-    if not spec.name.replace("-", "").replace("_", "").isalnum():
+    ng = spec.nginx
+    nginx_ports = [] if ng.mode == "off" or not ok("nginx.mode") else (
+        [("nginx.listen", ng.listen)] + ([("nginx.tls_listen", ng.tls_listen)] if ng.tls_enabled else []))
+    for key, port in nginx_ports:
+        if not ok(key):
+            continue
+        if instance_ports and port in ports:
+            errors.append(f"{where(key)}: {port} is inside the instance ports {inst.base_port}..{last}")
+        if ok("api.port") and port == spec.api.port:
+            errors.append(f"{where('api.port')}: {port} is also {key}")
+    if ok("name") and not _NAME.match(spec.name):
         errors.append(f"{where('name')}: only letters, digits, - and _ (it marks process names), "
-                      f"got {spec.name!r}")
-    if ":" not in spec.app.module:
-        errors.append(f"{where('app.module')}: must be `module:callable`, got {spec.app.module!r}")
-    if not spec.health.path.startswith("/"):
-        errors.append(f"{where('health.path')}: must start with /, got {spec.health.path!r}")
-    if spec.api.host not in ("127.0.0.1", "localhost", "::1") and not spec.api.token_file:
+                      f"got {_show(spec.name)}")
+    if ok("app.module") and not _APP_MODULE.match(spec.app.module):
+        errors.append(f"{where('app.module')}: must look like `module:callable` or "
+                      f"`module:factory()`, got {_show(spec.app.module)}")
+    if ok("health.path") and not _HTTP_PATH.match(spec.health.path):
+        errors.append(f"{where('health.path')}: must start with / and hold no spaces, CR/LF or "
+                      f"other control characters, got {_show(spec.health.path)}")
+    for key in ("instances.host", "api.host"):
+        host = spec.instances.host if key == "instances.host" else spec.api.host
+        if ok(key) and not nginx_conf.is_host(host):
+            errors.append(f"{where(key)}: must be an IP address or a host name, got {_show(host)}")
+    if ok("api.host", "api.token_file") and spec.api.host not in ("127.0.0.1", "localhost", "::1") \
+            and not spec.api.token_file:
         errors.append(f"{where('api.host')}: {spec.api.host} is not loopback, so api.token_file "
                       "must name a file with the bearer token")
-    errors.extend(budget_errors(spec, spec.instances.count, lines, nofile_limit))
+    token = spec.api.token_file
+    if ok("api.token_file") and token and not os.path.isfile(token):
+        why = "is a directory" if os.path.isdir(token) else "does not exist"
+        errors.append(f"{where('api.token_file')}: {token} {why}; it must hold the bearer token")
+    keepalive = nginx_conf.parse_time(ng.keepalive_timeout)
+    if ng.mode != "off" and ng.keepalive > 0 and keepalive is not None and \
+            ok("gunicorn.keepalive", "nginx.mode", "nginx.keepalive", "nginx.keepalive_timeout") \
+            and not spec.gunicorn.keepalive > keepalive:
+        errors.append(f"{where('gunicorn.keepalive')}: {spec.gunicorn.keepalive} s must be longer "
+                      f"than nginx.keepalive_timeout ({ng.keepalive_timeout}), so that nginx, not "
+                      "gunicorn, closes idle upstream connections (else a request nginx sends on a "
+                      "connection gunicorn is closing fails)")
+    for msg in budget_errors(spec, spec.instances.count, lines, nofile_limit):
+        inputs = _BUDGET_INPUTS.get(msg.split(" ", 1)[0].rstrip(":"), ())
+        if ok(*inputs):
+            errors.append(msg)
     return errors
 
 
@@ -398,25 +716,52 @@ def budget_errors(spec: Spec, count: int, lines: dict[str, int] | None = None,
 def _line_of(error: str) -> int:
     _, _, rest = error.partition("(line ")
     digits = rest.split(")", 1)[0]
-    return int(digits) if digits.isdigit() else 0
+    return int(digits) if digits.isascii() and digits.isdigit() else 1 << 30
 
 
-def parse_spec(text: str, source: str = "<spec>", base_dir: Path | None = None,
+def _sorted(errors: list[str]) -> list[str]:
+    """By line (errors without one last), then text; each once."""
+    return sorted(set(errors), key=lambda e: (_line_of(e), e))
+
+
+def parse_spec(text: str | bytes, source: str = "<spec>", base_dir: Path | None = None,
                cpu_count: int | None = None, nofile_limit: int | None = None) -> Spec:
-    """Parse and validate spec text; raise SpecError listing every problem."""
-    base_dir = base_dir or Path.cwd()
+    """Parse and validate spec text (or UTF-8 bytes); raise SpecError listing every problem.
+    A blank document is refused: `{}` means all defaults."""
     try:
-        node = yaml.compose(text)
+        return _parse(text, source, base_dir or Path.cwd(), cpu_count, nofile_limit)
+    except SpecError:
+        raise
+    except Exception as exc:  # a bug; still a refusal, never a crash of --check or a reload
+        raise SpecError([f"{source}: internal error while reading the spec "
+                         f"({type(exc).__name__}: {exc}); please report it"]) from exc
+
+
+def _parse(text: str | bytes, source: str, base_dir: Path, cpu_count: int | None,
+           nofile_limit: int | None) -> Spec:
+    if isinstance(text, bytes):
+        if len(text) > MAX_SPEC_BYTES:
+            raise SpecError([f"{source}: {_text_problem(' ' * len(text))}"])
+        try:
+            text = decode_spec(text)
+        except ValueError as exc:
+            raise SpecError([f"{source}: {exc}"]) from None
+    problem = _text_problem(text)
+    if problem:
+        raise SpecError([f"{source}: {problem}"])
+    try:
+        root, aliases = _compose(text)
+        reader = _Reader(aliases)
+        data = reader.document(root)
+    except _Refused as exc:
+        at = f" (line {exc.line})" if exc.line else ""
+        raise SpecError([f"{source}{at}: {exc.message}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark else ""
-        raise SpecError([f"{source}{at}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    lines: dict[str, int] = {}
-    data = _node_to_python(node, "", lines) if node is not None else {}
-    errors: list[str] = []
-    spec = _build(Spec, data, "", lines, errors, base_dir)
-    if errors:
-        raise SpecError(sorted(errors, key=_line_of))
+        raise SpecError([f"{source}{at}: not valid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+    lines, errors, bad = reader.lines, reader.errors, reader.bad
+    spec = _build(Spec, data, "", lines, errors, base_dir, bad)
     if spec.gunicorn.workers == "auto":
         workers = resolve_auto_workers(cpu_count or os.cpu_count() or 1)
         spec = dataclasses.replace(spec, gunicorn=dataclasses.replace(spec.gunicorn, workers=workers))
@@ -424,23 +769,133 @@ def parse_spec(text: str, source: str = "<spec>", base_dir: Path | None = None,
         prefix = str(Path(spec.paths.state_dir) / "nginx")
         spec = dataclasses.replace(spec, nginx=dataclasses.replace(spec.nginx, prefix=prefix))
     spec = dataclasses.replace(spec, source=source)
-    errors = _cross_checks(spec, lines, nofile_limit)
+    errors += _cross_checks(spec, lines, bad, nofile_limit)
     if errors:
-        raise SpecError(errors)
+        raise SpecError(_sorted(errors))
     return spec
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def read_spec_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a spec file: a regular file of at most MAX_SPEC_BYTES, read with a bounded
+    read; never blocks (a FIFO or a device is refused before it is read)."""
+    p = os.fspath(path)
+
+    def refuse(why: str) -> SpecError:
+        return SpecError([f"{p}: cannot read: {why}"])
+
+    if "\x00" in p:
+        raise SpecError([f"{p!r}: cannot read: the path contains a NUL character"])
+
+    def check(st: os.stat_result) -> None:
+        for test, kind in _FILE_KINDS:
+            if test(st.st_mode):
+                raise refuse(f"it is {kind}, not a spec file")
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse("not a regular file")
+        if st.st_size > MAX_SPEC_BYTES:
+            raise refuse(f"{st.st_size} bytes, larger than {MAX_SPEC_BYTES // MB} MiB: not a spec")
+
+    try:
+        check(os.stat(p))  # before opening: opening a device or a FIFO may block or act
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from None
+    try:
+        check(os.fstat(fd))  # the file opened is the one checked
+        chunks, left = [], MAX_SPEC_BYTES + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_SPEC_BYTES:
+        raise refuse(f"larger than {MAX_SPEC_BYTES // MB} MiB: not a spec")
+    return data
 
 
 def load_spec(path: str | os.PathLike, cpu_count: int | None = None,
               nofile_limit: int | None = None) -> Spec:
-    """Read and validate a spec file; `nofile_limit` (the daemon's RLIMIT_NOFILE) enables the
-    file-descriptor budget checks."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise SpecError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
-    return parse_spec(text, source=str(p.resolve()), base_dir=p.resolve().parent, cpu_count=cpu_count,
+    """Read and validate a spec file (the daemon's start, `--check` and every reload use this);
+    `nofile_limit` (the daemon's RLIMIT_NOFILE) enables the file-descriptor budget checks."""
+    data = read_spec_file(path)
+    p = Path(path).resolve()
+    return parse_spec(data, source=str(p), base_dir=p.parent, cpu_count=cpu_count,
                       nofile_limit=nofile_limit)
+
+
+# ---- `ultrascaled --check`: what can be checked on this host (never part of loading) -------
+
+# Worker classes and the package each needs besides gunicorn.
+WORKER_PACKAGES = {"gevent": "gevent", "eventlet": "eventlet", "gthread": None, "sync": None}
+
+
+def saved_count(spec: Spec) -> int | None:
+    """The desired count a daemon saved in `paths.state_dir/state.json`, when readable."""
+    try:
+        with open(Path(spec.paths.state_dir) / "state.json", "rb") as f:
+            saved = json.loads(f.read(1 << 16))["desired"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return saved if isinstance(saved, int) and not isinstance(saved, bool) and saved >= 0 else None
+
+
+def reload_count(spec: Spec) -> int:
+    """The count a reload judges the budgets for: the larger of instances.count and the saved
+    count (a scaled fleet keeps its count across a reload)."""
+    return max(spec.instances.count, saved_count(spec) or 0)
+
+
+def host_problems(spec: Spec, nofile_limit: int | None = None, timeout: float = 30.0) -> list[str]:
+    """What keeps this host from running a valid spec: app.directory, app.python, app.config,
+    the worker class's package, and the budgets for the count a reload would use. Runs
+    `app.python -c "import ..."`; only `ultrascaled --check` calls this, never load_spec."""
+    import shutil
+    import subprocess
+    import sys
+
+    problems = []
+    directory = spec.app.directory
+    if not os.path.isdir(directory):
+        why = "is not a folder" if os.path.exists(directory) else "does not exist"
+        problems.append(f"app.directory: {directory} {why}")
+    python = spec.app.python or sys.executable
+    found = python if os.sep in python else shutil.which(python)
+    if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
+        problems.append(f"app.python: {python} is not an executable file")
+        found = None
+    if spec.app.config and not os.path.isfile(os.path.join(directory, spec.app.config)):
+        problems.append(f"app.config: {os.path.join(directory, spec.app.config)} does not exist")
+    if found:
+        wanted = ["gunicorn"] + [p for p in [WORKER_PACKAGES.get(spec.gunicorn.worker_class)] if p]
+        for package in wanted:
+            try:
+                out = subprocess.run([found, "-c", f"import {package}"], capture_output=True,
+                                     text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                                     cwd=directory if os.path.isdir(directory) else None)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                problems.append(f"app.python: {python} -c 'import {package}' failed: {exc}")
+                continue
+            if out.returncode != 0:
+                needed = ("gunicorn runs the instances" if package == "gunicorn" else
+                          f"gunicorn.worker_class {spec.gunicorn.worker_class} needs it")
+                problems.append(f"app.python: {python} cannot import {package} ({needed}); "
+                                f"install it: {python} -m pip install {package}")
+    count = reload_count(spec)
+    if count > spec.instances.count:
+        problems += [f"{e} (for the count {count} saved in paths.state_dir/state.json, which a "
+                     "reload keeps)" for e in budget_errors(spec, count, nofile_limit=nofile_limit)]
+    return problems
 
 
 def iter_settings(cls: type = Spec, prefix: str = ""):

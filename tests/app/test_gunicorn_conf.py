@@ -5,54 +5,56 @@ import subprocess
 
 import pytest
 
-from app.gunicorn_conf import ConfigError, auto_workers, settings_from_env
+from app.gunicorn_conf import ConfigError, settings_from_env
+from ultrascaled.spec import parse_spec
 
 from app_helpers import GUNICORN_CONF, PYTHON, REPO
 
-GB = 1024 ** 3
-
-
-@pytest.mark.parametrize("cpus, mem, per_worker_mb, cap, expected", [
-    (4, 16 * GB, 256, 8, 4),        # one per core
-    (64, 16 * GB, 256, 8, 8),       # capped
-    (8, 1 * GB, 256, 16, 4),        # memory-bound: 1 GB / 256 MB
-    (8, 100 * 1024 ** 2, 256, 8, 1),  # at least one
-    (0, None, 256, 8, 1),
-])
-def test_auto_workers(cpus, mem, per_worker_mb, cap, expected):
-    assert auto_workers(cpus, mem, per_worker_mb, cap) == expected
-
 
 def test_defaults():
-    s = settings_from_env({}, cpus=2, mem_available=8 * GB)
+    s = settings_from_env({})
     assert s["worker_class"] == "gevent"
-    assert s["workers"] == 2
     assert s["bind"] == ["127.0.0.1:8000"]
     assert s["worker_connections"] == 1000
     assert (s["timeout"], s["graceful_timeout"]) == (30, 30)
-    assert s["max_requests"] > 0 and s["max_requests_jitter"] > 0
     assert s["control_socket_disable"] is True
     assert s["loglevel"] == "info"
 
 
+def test_the_spec_is_the_one_source_of_workers_keepalive_and_recycling():
+    """The daemon passes these on the command line from the spec; the config file sets none of
+    them (a second value here used to be silently overridden), whatever the environment says."""
+    s = settings_from_env({"GUNICORN_WORKERS": "5", "GUNICORN_KEEPALIVE": "5", "WEB_CONCURRENCY": "3",
+                           "GUNICORN_MAX_REQUESTS": "0", "GUNICORN_MAX_REQUESTS_JITTER": "1"})
+    assert not {"workers", "keepalive", "max_requests", "max_requests_jitter"} & set(s)
+    g = parse_spec("{}").gunicorn
+    assert (g.keepalive, g.max_requests, g.max_requests_jitter) == (65, 10000, 1000)
+
+
+def test_values_both_the_file_and_the_spec_give_agree():
+    s, g = settings_from_env({}), parse_spec("{}").gunicorn
+    assert (s["worker_class"], s["worker_connections"], s["timeout"], s["graceful_timeout"]) == \
+        (g.worker_class, g.worker_connections, g.timeout, g.graceful_timeout)
+
+
 def test_env_overrides():
-    s = settings_from_env({"ULTRASCALE_PORT": "8013", "ULTRASCALE_INSTANCE": "13", "GUNICORN_WORKERS": "5",
+    s = settings_from_env({"ULTRASCALE_PORT": "8013", "ULTRASCALE_INSTANCE": "13",
                            "GUNICORN_WORKER_CONNECTIONS": "2000", "GUNICORN_TIMEOUT": "60",
-                           "GUNICORN_MAX_REQUESTS": "0", "LOG_LEVEL": "DEBUG", "GUNICORN_KEEPALIVE": "5"})
+                           "LOG_LEVEL": "DEBUG"})
     assert s["bind"] == ["127.0.0.1:8013"]
     assert s["proc_name"] == "ultrascale-13"
-    assert (s["workers"], s["worker_connections"], s["timeout"], s["max_requests"]) == (5, 2000, 60, 0)
-    assert (s["loglevel"], s["keepalive"]) == ("debug", 5)
+    assert (s["worker_connections"], s["timeout"]) == (2000, 60)
+    assert s["loglevel"] == "debug"
 
 
 def test_port_falls_back_to_assessment_port_variable():
-    assert settings_from_env({"PORT": "9000"}, cpus=1, mem_available=GB)["bind"] == ["127.0.0.1:9000"]
+    assert settings_from_env({"PORT": "9000"})["bind"] == ["127.0.0.1:9000"]
 
 
 def test_bad_values_are_all_named():
     with pytest.raises(ConfigError) as info:
-        settings_from_env({"GUNICORN_WORKERS": "many", "GUNICORN_TIMEOUT": "-1", "LOG_LEVEL": "loud"})
-    for name in ("GUNICORN_WORKERS", "GUNICORN_TIMEOUT", "LOG_LEVEL"):
+        settings_from_env({"GUNICORN_BACKLOG": "many", "GUNICORN_TIMEOUT": "-1", "LOG_LEVEL": "loud"})
+    for name in ("GUNICORN_BACKLOG", "GUNICORN_TIMEOUT", "LOG_LEVEL"):
         assert name in str(info.value)
 
 
@@ -66,3 +68,16 @@ def test_gunicorn_accepts_the_config_file_and_cli_flags_win():
     assert lines["worker_class"] == "gevent"
     assert lines["control_socket_disable"] == "True"
     assert "post_fork" in lines and "child_exit" in lines
+
+
+def test_gunicorn_started_as_the_daemon_starts_it_gets_the_spec_values():
+    from ultrascaled.supervisor import gunicorn_argv
+    spec = parse_spec("app: {directory: .}\n", base_dir=REPO)
+    argv = gunicorn_argv(spec, 8001)
+    argv[0] = PYTHON
+    out = subprocess.run(argv[:-1] + ["--print-config", argv[-1]], cwd=str(REPO),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = {l.split("=", 1)[0].strip(): l.split("=", 1)[1].strip() for l in out.stdout.splitlines() if "=" in l}
+    assert (lines["keepalive"], lines["max_requests"], lines["max_requests_jitter"]) == ("65", "10000", "1000")
+    assert lines["workers"] == str(spec.workers)

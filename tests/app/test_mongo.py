@@ -21,7 +21,7 @@ def test_defaults_without_env():
     s = settings_from_env({})
     assert not s.configured
     kw = client_kwargs(s)
-    assert kw["maxPoolSize"] == 10 and kw["minPoolSize"] == 0
+    assert kw["maxPoolSize"] == 10 and kw["minPoolSize"] == 0 and kw["maxConnecting"] == 2
     assert kw["retryReads"] is True and kw["retryWrites"] is True
     assert kw["readPreference"] == "primaryPreferred"
     assert kw["compressors"] == "zlib" and kw["zlibCompressionLevel"] == 1
@@ -31,6 +31,7 @@ def test_defaults_without_env():
 @pytest.mark.parametrize("env, key, expected", [
     ({"MONGO_MAX_POOL_SIZE": "7"}, "maxPoolSize", 7),
     ({"MONGO_MIN_POOL_SIZE": "2"}, "minPoolSize", 2),
+    ({"MONGO_MAX_CONNECTING": "5"}, "maxConnecting", 5),
     ({"MONGO_READ_PREFERENCE": "secondaryPreferred"}, "readPreference", "secondaryPreferred"),
     ({"MONGO_RETRY_WRITES": "false"}, "retryWrites", False),
     ({"MONGO_RETRY_READS": "0"}, "retryReads", False),
@@ -78,15 +79,24 @@ def test_min_pool_larger_than_max_is_rejected():
         settings_from_env({"MONGO_MAX_POOL_SIZE": "2", "MONGO_MIN_POOL_SIZE": "5"})
 
 
+def test_max_connecting_larger_than_max_pool_or_below_one_is_rejected():
+    with pytest.raises(MongoSettingsError, match="MONGO_MAX_CONNECTING: must be <= MONGO_MAX_POOL_SIZE"):
+        settings_from_env({"MONGO_MAX_POOL_SIZE": "4", "MONGO_MAX_CONNECTING": "20"})
+    with pytest.raises(MongoSettingsError, match="MONGO_MAX_CONNECTING: must be 1-10000"):
+        settings_from_env({"MONGO_MAX_CONNECTING": "0"})
+
+
 def test_kwargs_are_accepted_by_pymongo_with_the_pool_the_daemon_computed():
     # No server needed: MongoClient validates option names and values at construction.
     import pymongo
     s = settings_from_env({"MONGODB_URI": "mongodb://127.0.0.1:1/x", "MONGO_MAX_POOL_SIZE": "7",
-                           "MONGO_MIN_POOL_SIZE": "1", "MONGO_READ_PREFERENCE": "nearest"})
+                           "MONGO_MIN_POOL_SIZE": "1", "MONGO_MAX_CONNECTING": "3",
+                           "MONGO_READ_PREFERENCE": "nearest"})
     client = pymongo.MongoClient(s.uri, **client_kwargs(s))
     try:
         assert client.options.pool_options.max_pool_size == 7
         assert client.options.pool_options.min_pool_size == 1
+        assert client.options.pool_options.max_connecting == 3
         assert client.read_preference.mongos_mode == "nearest"
         assert client.options.retry_writes is True
     finally:

@@ -206,12 +206,12 @@ def test_spec_loader_validates_the_section_and_names_the_key(tmp_path):
     errors = []
     data = {"error_rate": 2, "cpu_for": -1, "webhook_url": "http://x/", "p95_latency_seconds": None,
             "bogus": 1}
-    built = spec._build(AlertsSection, data, "alerts", {}, errors, tmp_path)
+    built = spec._build(AlertsSection, data, "alerts", {}, errors, tmp_path, set())
     assert sorted(errors) == ["alerts.bogus: unknown key",
                               "alerts.cpu_for: must be at least 0, got -1",
                               "alerts.error_rate: must be 0..1, got 2"]
     ok = spec._build(AlertsSection, {"cpu_percent": 90, "p95_latency_seconds": None}, "alerts", {},
-                     errors := [], tmp_path)
+                     errors := [], tmp_path, set())
     assert errors == [] and ok.cpu_percent == 90.0 and ok.p95_latency_seconds is None
     assert isinstance(ok.cpu_percent, float)
     rows = list(spec.iter_settings(AlertsSection, "alerts"))

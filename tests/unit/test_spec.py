@@ -15,8 +15,8 @@ def errors_of(text: str, **kw) -> list[str]:
     return info.value.errors
 
 
-def test_empty_spec_gives_the_documented_defaults():
-    s = parse_spec("", base_dir=Path("/srv/fleet"), cpu_count=8)
+def test_empty_mapping_gives_the_documented_defaults():
+    s = parse_spec("{}", base_dir=Path("/srv/fleet"), cpu_count=8)
     assert s.instances.count == 2 and s.instances.base_port == 8001
     assert s.memory.worker_limit_mb == 500 and s.memory.fleet_budget_mb == 8192
     assert (s.api.host, s.api.port) == ("127.0.0.1", 9000)
@@ -27,7 +27,7 @@ def test_empty_spec_gives_the_documented_defaults():
 
 @pytest.mark.parametrize("cores,workers", [(1, 1), (2, 1), (4, 2), (8, 4), (64, 4)])
 def test_auto_workers_follow_cores_with_a_cap(cores, workers):
-    assert parse_spec("", cpu_count=cores).workers == workers
+    assert parse_spec("{}", cpu_count=cores).workers == workers
 
 
 def test_repository_default_spec_is_valid():
@@ -100,7 +100,7 @@ def test_unreadable_spec_file_is_a_spec_error(tmp_path):
 
 
 def test_spec_is_frozen():
-    s = parse_spec("")
+    s = parse_spec("{}")
     with pytest.raises(Exception):
         s.instances.count = 3  # type: ignore[misc]
 
@@ -111,3 +111,39 @@ def test_configuration_reference_lists_every_key_with_type_and_default():
         "docs/configuration.md is stale: regenerate the table with `python -m ultrascaled.spec`"
     keys = [path for path, *_ in iter_settings()]
     assert len(keys) > 50 and "memory.worker_limit_mb" in keys and "nginx.keepalive" in keys
+
+
+def test_gunicorn_keepalive_and_recycling_defaults_are_the_ones_the_app_chose():
+    g = parse_spec("{}").gunicorn
+    assert (g.keepalive, g.max_requests, g.max_requests_jitter) == (65, 10000, 1000)
+
+
+@pytest.mark.parametrize("text", [
+    "gunicorn: {keepalive: 5}\n",
+    "gunicorn: {keepalive: 60}\n",
+    "gunicorn: {keepalive: 65}\nnginx: {keepalive_timeout: 2m}\n",
+    "gunicorn: {keepalive: 30}\nnginx: {mode: system, upstream_file: /etc/nginx/u.conf}\n",
+])
+def test_gunicorn_keepalive_must_outlast_the_nginx_upstream_keepalive(text):
+    errors = errors_of(text)
+    assert any(e.startswith("gunicorn.keepalive (line 1): ") and "must be longer than "
+               "nginx.keepalive_timeout" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("text", [
+    "gunicorn: {keepalive: 5}\nnginx: {mode: 'off'}\n",       # no nginx in front
+    "gunicorn: {keepalive: 5}\nnginx: {keepalive: 0}\n",      # no upstream keep-alive
+    "gunicorn: {keepalive: 31}\nnginx: {keepalive_timeout: 30s}\n",
+])
+def test_gunicorn_keepalive_is_free_when_nginx_keeps_no_upstream_connection_that_long(text):
+    parse_spec(text)
+
+
+def test_mongodb_max_connecting_and_min_pool_size_never_exceed_the_pool_per_process():
+    s = parse_spec("gunicorn: {workers: 1}\nmongodb: {min_pool_size: 50, max_connecting: 20}\n")
+    assert s.mongo_pool_per_process() == 60 and s.mongodb.max_connecting == 20  # 500 // 8 - 2
+    errors = errors_of("gunicorn: {workers: 4}\nmongodb: {min_pool_size: 50, max_connecting: 20}\n")
+    assert errors == [
+        "mongodb.max_connecting (line 2): 20 exceeds the pool each process gets (13 = 500 // (8 x 4) - 2)",
+        "mongodb.min_pool_size (line 2): 50 exceeds the pool each process gets (13 = 500 // (8 x 4) - 2)"]
+    assert "must be 1..1000, got 0" in errors_of("mongodb: {max_connecting: 0}\n")[0]

@@ -1,0 +1,103 @@
+"""`ultrascaled --check`: exit 2 with a clear message for every hostile or unusable spec (never a
+traceback), host checks that loading does not do, and the budget count a reload would use."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from ultrascaled import daemon
+from ultrascaled.spec import host_problems, load_spec, reload_count
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def check(path, capsys) -> tuple[int, str]:
+    rc = daemon.main(["--check", "--spec", str(path), "--log-format", "console"])
+    return rc, capsys.readouterr().err
+
+
+def write(tmp_path, text: str | bytes, name: str = "fleet.yaml") -> Path:
+    f = tmp_path / name
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return f
+
+
+def base_spec(tmp_path, extra: str = "") -> str:
+    return (f"app: {{directory: {ROOT}}}\npaths: {{state_dir: {tmp_path / 'state'}, "
+            f"log_dir: {tmp_path / 'log'}}}\n{extra}")
+
+
+def test_the_repository_spec_passes_check(capsys):
+    rc, err = check(ROOT / "etc/ultrascaled/fleet.yaml", capsys)
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("", "the spec is empty"),
+    ("# nothing\n", "the spec is empty"),
+    ("~\n", "the spec is empty"),
+    ("[1, 2]\n", "must be a mapping of sections"),
+    (b"name: \xff\xfe\n", "not UTF-8 text"),
+    ("a: &a [1, *a]\n", "recursive alias"),
+    ("nginx: {server_name: 'x; location / { return 200; }'}\n", "nginx.server_name (line 1)"),
+    ("name: !!python/object/apply:os.system ['true']\n", "values are not supported"),
+    ('{"\\e[2J": 1}\n', "\\x1b[2J (line 1): unknown key"),
+])
+def test_hostile_specs_exit_2_with_a_message_and_no_traceback(tmp_path, capsys, content, needle):
+    rc, err = check(write(tmp_path, content), capsys)
+    assert rc == 2 and needle in err and "Traceback" not in err
+    assert "\x1b" not in err  # terminal escapes from the file are printed escaped
+
+
+@pytest.mark.parametrize("make", ["dir", "fifo", "missing", "devzero"])
+def test_unreadable_paths_exit_2(tmp_path, capsys, make):
+    path = {"dir": tmp_path, "missing": tmp_path / "nope.yaml", "devzero": Path("/dev/zero"),
+            "fifo": tmp_path / "fifo"}[make]
+    if make == "fifo":
+        os.mkfifo(path)
+    rc, err = check(path, capsys)
+    assert rc == 2 and "cannot read" in err
+
+
+def test_check_names_a_missing_app_directory_python_and_config(tmp_path, capsys):
+    f = write(tmp_path, f"app: {{directory: {tmp_path / 'no-app'}, python: {tmp_path / 'no-python'}}}\n"
+                        f"paths: {{state_dir: {tmp_path / 'state'}, log_dir: {tmp_path / 'log'}}}\n")
+    rc, err = check(f, capsys)
+    assert rc == 2
+    assert f"app.directory: {tmp_path / 'no-app'} does not exist" in err
+    assert f"app.python: {tmp_path / 'no-python'} is not an executable file" in err
+    assert f"app.config: {tmp_path / 'no-app' / 'app/gunicorn_conf.py'} does not exist" in err
+
+
+def test_check_says_which_package_the_worker_class_needs(tmp_path, capsys):
+    pytest.importorskip("gunicorn")
+    try:
+        import eventlet  # noqa: F401
+        pytest.skip("eventlet is installed here")
+    except ImportError:
+        pass
+    rc, err = check(write(tmp_path, base_spec(tmp_path, "gunicorn: {worker_class: eventlet}\n")), capsys)
+    assert rc == 2
+    assert (f"app.python: {sys.executable} cannot import eventlet (gunicorn.worker_class eventlet "
+            f"needs it); install it: {sys.executable} -m pip install eventlet") in err
+
+
+def test_the_host_checks_pass_for_this_checkout(tmp_path):
+    assert host_problems(load_spec(write(tmp_path, base_spec(tmp_path)))) == []
+
+
+def test_check_judges_the_budget_for_the_count_a_reload_keeps(tmp_path, capsys):
+    f = write(tmp_path, base_spec(tmp_path, "gunicorn: {workers: 1}\nmemory: {fleet_budget_mb: 2000}\n"))
+    assert reload_count(load_spec(f)) == 2
+    assert check(f, capsys)[0] == 0
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.json").write_text(json.dumps({"desired": 3}))
+    assert reload_count(load_spec(f)) == 3
+    rc, err = check(f, capsys)
+    assert rc == 2
+    assert ("memory.fleet_budget_mb: 3 instances x (1 worker + 1 master) x 500 MiB = 3000 "
+            "MiB exceeds the budget of 2000 MiB by 1000 MiB (for the count 3 saved in") in err
+    (tmp_path / "state" / "state.json").write_text("{not json")
+    assert reload_count(load_spec(f)) == 2
