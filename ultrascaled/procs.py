@@ -19,9 +19,6 @@ from typing import Callable
 import psutil
 
 
-from ultrascaled.command import marker  # noqa: E402  (re-exported: the harness uses it)
-
-
 class Proc:
     """A running gunicorn master: our child (`popen` set) or adopted from an earlier run.
 
@@ -213,7 +210,7 @@ def marker_port(cmdline: list[str] | tuple[str, ...], fleet: str) -> int | None:
     `gunicorn: master [ultrascale-FLEET-PORT]` when setproctitle rewrote it. A neighbour fleet
     whose name shares a prefix (`demo` and `demo-2`), or any other program that merely mentions
     the marker, does not match."""
-    prefix = f"ultrascale-{fleet}-"
+    prefix = f"ultrascale-{fleet}-"   # command.marker(fleet, port) without the port
 
     def port_of(name: str) -> int | None:
         rest = name[len(prefix):] if name.startswith(prefix) else ""
