@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrascaled import logfiles, procs, watchdog
+from ultrascaled.control import ScaleRefused  # noqa: F401  (moved; re-exported for callers)
 from ultrascaled.events import EventLog
 from ultrascaled.plan import InstanceView, Policy, backoff_delay, describe_exit, on_exit, plan
 from ultrascaled.spec import MB, Spec, budget_errors
@@ -125,12 +126,6 @@ async def http_status(host: str, port: int, path: str, timeout: float) -> int | 
 
 
 UPSTREAM_RETRY_SECONDS = 5.0
-
-
-class ScaleRefused(Exception):
-    def __init__(self, code: str, message: str):
-        self.code = code
-        super().__init__(message)
 
 
 class Supervisor:
