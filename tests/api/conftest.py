@@ -1,0 +1,28 @@
+# Helpers live in api_helpers.py (a uniquely named module, so test dirs do not collide).
+import pytest
+
+from api_helpers import Api, FakeFleet, settings
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    return FakeFleet(tmp_path)
+
+
+@pytest.fixture
+def make_api(fleet):
+    made = []
+
+    def make(**kw):
+        reload, audit, alerts = kw.pop("reload", None), kw.pop("audit", None), kw.pop("alerts", None)
+        api = Api(kw.pop("fleet", fleet), settings(**kw), reload=reload, audit=audit, alerts=alerts)
+        made.append(api)
+        return api
+    yield make
+    for api in made:
+        api.close()
+
+
+@pytest.fixture
+def api(make_api):
+    return make_api()
