@@ -490,13 +490,13 @@ async def stream_events(request: web.Request, since: int) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
 
-        async def send(batch: list[dict]) -> None:
+        async def send(batch: list[dict], gaps: bool = True) -> None:
             nonlocal last
             out = []
             for e in batch:
                 if e["seq"] <= last:
                     continue
-                if e["seq"] > last + 1 and last:
+                if e["seq"] > last + 1 and gaps:
                     out.append(f"data: {json.dumps(gap_event(last, e['seq']))}\n\n")
                 out.append(f"id: {e['seq']}\ndata: {json.dumps(e)}\n\n")
                 last = e["seq"]
@@ -504,18 +504,18 @@ async def stream_events(request: web.Request, since: int) -> web.StreamResponse:
                 async with asyncio.timeout(limits.write_timeout):
                     await resp.write("".join(out).encode())
 
-        await send(log.since(since))
+        await send(log.since(since), gaps=since > 0)  # since=0: whatever the ring still has, no gap
         closing = asyncio.ensure_future(followers.closing.wait())
+        getter = asyncio.ensure_future(queue.get())
         try:
-            while not followers.closing.is_set():
-                getter = asyncio.ensure_future(queue.get())
+            while True:
                 done, _ = await asyncio.wait({getter, closing}, timeout=15,
                                              return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    if not done:
-                        async with asyncio.timeout(limits.write_timeout):
-                            await resp.write(b": keep-alive\n\n")
+                if closing in done:
+                    break
+                if not done:
+                    async with asyncio.timeout(limits.write_timeout):
+                        await resp.write(b": keep-alive\n\n")
                     continue
                 if getattr(queue, "overflowed", False):  # events were not queued: catch up from the ring
                     queue.overflowed = False
@@ -524,8 +524,10 @@ async def stream_events(request: web.Request, since: int) -> web.StreamResponse:
                     await send(log.since(last))
                 else:
                     await send([getter.result()])
+                getter = asyncio.ensure_future(queue.get())
         finally:
             closing.cancel()
+            getter.cancel()
     except (ConnectionResetError, TimeoutError):
         pass  # gone, or not reading: it reconnects with since=
     finally:

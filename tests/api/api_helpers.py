@@ -123,3 +123,31 @@ def settings(port: int | None = None, host: str = "127.0.0.1", tokens: tuple[Tok
 
 def refusing_reload():
     raise SpecError(["instances.count (line 3): must be an integer"])
+
+
+class LiveApi:
+    """The API served the daemon's way (ApiServer: connection cap, timeouts, TLS) on a real
+    loopback socket, from an event loop in a thread. `call(fn)` runs fn in that loop."""
+
+    def __init__(self, fleet: FleetControl, settings: Settings, ssl_context=None, audit=None):
+        import threading
+        from ultrascaled.api import ApiServer
+        self.fleet, self.settings = fleet, settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        app = build_app(fleet, settings, lambda: {"changed": [], "restarting": []}, None, audit)
+        self.server = ApiServer(app, settings, ssl_context)
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{settings.port}"
+
+    def call(self, fn, *args, **kw):
+        async def go():
+            return fn(*args, **kw)
+        return asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -26,3 +26,17 @@ def make_api(fleet):
 @pytest.fixture
 def api(make_api):
     return make_api()
+
+
+@pytest.fixture
+def make_live(fleet):
+    from api_helpers import LiveApi
+    made = []
+
+    def make(ssl_context=None, audit=None, **kw):
+        live = LiveApi(kw.pop("fleet", fleet), settings(**kw), ssl_context, audit)
+        made.append(live)
+        return live
+    yield make
+    for live in made:
+        live.close()
