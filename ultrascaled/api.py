@@ -657,12 +657,24 @@ def refusal(message: str) -> bytes:
 
 
 class _Refuse(asyncio.Protocol):
+    """Answer 503 at once, then half-close and discard what the client sends for up to a
+    second (closing with its request unread would reset the connection, losing the answer)."""
+
     def __init__(self, answer: bytes):
         self.answer = answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(self.answer)  # type: ignore[attr-defined]
-        transport.close()
+        t: asyncio.Transport = transport  # type: ignore[assignment]
+        t.write(self.answer)
+        if t.can_write_eof():
+            t.write_eof()
+        asyncio.get_running_loop().call_later(1.0, t.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # close
 
 
 class ApiServer:

@@ -40,3 +40,18 @@ def make_live(fleet):
     yield make
     for live in made:
         live.close()
+
+
+@pytest.fixture
+def make_daemon_api(tmp_path):
+    """A real ultrascaled (no nginx) on free ports, stopped by pid afterwards."""
+    from ultrascaled.harness import Daemon
+    made = []
+
+    def make(spec_overrides=None):
+        d = Daemon(tmp_path, spec_overrides, nginx=False)
+        made.append(d)
+        return d.start()
+    yield make
+    for d in made:
+        d.cleanup()
