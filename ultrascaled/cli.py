@@ -50,7 +50,8 @@ class Api:
             return ctx.wrap_socket(sock, server_hostname=self.host)
         except ssl.SSLError as exc:
             sock.close()
-            raise CtlError(f"TLS with {self.base} failed: {exc.reason or exc}"
+            why = ": ".join(filter(None, [exc.reason, getattr(exc, "verify_message", None)])) or str(exc)
+            raise CtlError(f"TLS with {self.base} failed: {why}"
                            + ("" if self.ca_file else " (give the API's CA with --ca-file)"), EXIT_UNREACHABLE)
         except OSError:
             sock.close()

@@ -116,8 +116,8 @@ class Api:
 
 
 def settings(port: int | None = None, host: str = "127.0.0.1", tokens: tuple[Token, ...] = (),
-             metrics_tokens: tuple[Token, ...] = (), **limits) -> Settings:
-    return Settings(host=host, port=port or free_port(), credentials=Credentials(tokens, metrics_tokens),
+             metrics_tokens: tuple[Token, ...] = (), tls: bool = False, **limits) -> Settings:
+    return Settings(host=host, port=port or free_port(), tls=tls, credentials=Credentials(tokens, metrics_tokens),
                     limits=Limits(**limits))
 
 
