@@ -574,8 +574,11 @@ async def errors_and_audit(request: web.Request, handler) -> web.StreamResponse:
 
 def http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        return error(Code.method_not_allowed, f"{request.method} is not allowed on {request.path[:200]}; "
-                     f"use {', '.join(sorted(exc.allowed_methods))}")
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        resp = error(Code.method_not_allowed, f"{request.method} is not allowed on {request.path[:200]}; "
+                     f"use {allowed}")
+        resp.headers["Allow"] = allowed  # RFC 9110 requires it (found by schemathesis)
+        return resp
     if isinstance(exc, web.HTTPNotFound):
         return error(Code.not_found, f"no such endpoint: {request.method} {request.path[:200]}")
     if isinstance(exc, web.HTTPRequestEntityTooLarge):

@@ -124,3 +124,10 @@ def test_mutations_while_shutting_down_are_503(api, fleet):
     fleet.shutting_down = True
     assert api.code("POST", "/fleet/restart") == (503, "shutting_down")
     assert api.req("GET", "/fleet")[0] == 200
+
+
+def test_405_names_the_allowed_methods_in_an_allow_header(api):
+    # Found by schemathesis (ST204): `TRACE /fleet` answered 405 without `Allow`.
+    status, body, headers = api.req("TRACE", "/fleet")
+    assert status == 405 and headers["Allow"] == "GET, HEAD" and body["error"]["code"] == "method_not_allowed"
+    assert api.req("GET", "/fleet/scale")[2]["Allow"] == "POST"
