@@ -48,10 +48,21 @@ def make_daemon_api(tmp_path):
     from ultrascaled.harness import Daemon
     made = []
 
-    def make(spec_overrides=None):
+    def make(spec_overrides=None, prefix: tuple[str, ...] = ()):
+        """`prefix`: a command to run ultrascaled under (it execs the rest of its arguments)."""
+        import subprocess
+        from ultrascaled.harness import BIN
         d = Daemon(tmp_path, spec_overrides, nginx=False)
         made.append(d)
-        return d.start()
+        if not prefix:
+            return d.start()
+        with open(d.log_path, "ab") as log:
+            d.proc = subprocess.Popen([*prefix, str(BIN / "ultrascaled"), "--spec", str(d.spec_path),
+                                       "--log-format", "json"], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                      env=d.env, start_new_session=True)
+        d.wait_until(lambda f: f["ready"] == f["desired"] == len(f["instances"]) and all(
+            i["serving"] for i in f["instances"]), timeout=60, what="fleet ready")
+        return d
     yield make
     for d in made:
         d.cleanup()
