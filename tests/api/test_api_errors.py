@@ -131,3 +131,14 @@ def test_405_names_the_allowed_methods_in_an_allow_header(api):
     status, body, headers = api.req("TRACE", "/fleet")
     assert status == 405 and headers["Allow"] == "GET, HEAD" and body["error"]["code"] == "method_not_allowed"
     assert api.req("GET", "/fleet/scale")[2]["Allow"] == "POST"
+
+
+def test_every_route_is_in_the_readme_table_and_the_openapi_description():
+    from pathlib import Path
+
+    from ultrascaled.api import openapi_description, routes
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    described = openapi_description()["paths"]
+    for r in routes:
+        assert f"`{r.method} {r.path}" in readme, f"{r.method} {r.path} missing from the README's API table"
+        assert r.method.lower() in described.get(r.path, {}), f"{r.method} {r.path} missing from openapi.yaml"
