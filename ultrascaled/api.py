@@ -329,7 +329,8 @@ async def json_body(request: web.Request, allowed: tuple[str, ...]) -> dict:
         async with asyncio.timeout(limits.body_timeout):
             raw = await request.read()
     except TimeoutError:
-        raise ApiError(Code.request_timeout, f"the request body did not arrive within {limits.body_timeout:g}s")
+        raise ApiError(Code.request_timeout,
+                       f"the request body did not arrive within {limits.body_timeout:g}s")
     if not raw:
         return {}
     try:
@@ -582,7 +583,8 @@ def http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     if isinstance(exc, web.HTTPNotFound):
         return error(Code.not_found, f"no such endpoint: {request.method} {request.path[:200]}")
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        return error(Code.too_large, f"the request body is over {request.app[SETTINGS].limits.max_body} bytes")
+        limit = request.app[SETTINGS].limits.max_body
+        return error(Code.too_large, f"the request body is over {limit} bytes")
     if 400 <= exc.status < 500:
         return error(Code.bad_request, exc.reason or "bad request")
     return error(Code.internal, exc.reason or "internal error")
@@ -626,8 +628,8 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
         if request.body_exists or ctype is not None:
             if ctype is None or ctype.split(";")[0].strip().lower() != "application/json":
                 raise ApiError(Code.unsupported_media_type,
-                               f"a request body must be `Content-Type: application/json`, got {str(ctype)[:80]!r}"
-                               " (or send no body and no Content-Type)")
+                               "a request body must be `Content-Type: application/json`, got "
+                               f"{str(ctype)[:80]!r} (or send no body and no Content-Type)")
         if request.app[FLEET].shutting_down:
             raise ApiError(Code.shutting_down, "the daemon is stopping")
     return await handler(request)

@@ -30,7 +30,8 @@ class Api:
         self.base = base.rstrip("/")
         scheme, sep, rest = self.base.partition("://")
         if not sep or scheme not in ("http", "https"):
-            raise CtlError(f"--api must look like http://HOST:PORT or https://HOST:PORT, got {base!r}", EXIT_USAGE)
+            raise CtlError(f"--api must look like http://HOST:PORT or https://HOST:PORT, got {base!r}",
+                           EXIT_USAGE)
         host, _, port = rest.rpartition(":")
         if not (port.isascii() and port.isdigit()) or not host:
             raise CtlError(f"--api must look like {scheme}://HOST:PORT, got {base!r}", EXIT_USAGE)
@@ -51,8 +52,8 @@ class Api:
         except ssl.SSLError as exc:
             sock.close()
             why = ": ".join(filter(None, [exc.reason, getattr(exc, "verify_message", None)])) or str(exc)
-            raise CtlError(f"TLS with {self.base} failed: {why}"
-                           + ("" if self.ca_file else " (give the API's CA with --ca-file)"), EXIT_UNREACHABLE)
+            hint = "" if self.ca_file else " (give the API's CA with --ca-file)"
+            raise CtlError(f"TLS with {self.base} failed: {why}{hint}", EXIT_UNREACHABLE)
         except OSError:
             sock.close()
             raise
@@ -347,7 +348,8 @@ def token_of(text: str) -> str | None:
         line = line.strip()
         if line and not line.startswith("#"):
             name, sep, secret = line.partition(":")
-            named = sep and 0 < len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "_.@-") for c in name)
+            named = sep and 0 < len(name) <= 64 and all(
+                c.isascii() and (c.isalnum() or c in "_.@-") for c in name)
             return secret if named else line
     return None
 

@@ -43,9 +43,10 @@ class FakeFleet:
         return tuple(BASE + i for i in range(self.count))
 
     def snapshot(self) -> dict:
-        return {"fleet": "fake", "desired": self.count, "ready": len(self.instances), "ports": list(self.wanted),
-                "upstream": [], "memory": {}, "instances": [
-                    {"port": p, "pid": None, "state": "running", "restarts": 0} for p in sorted(self.instances)]}
+        instances = [{"port": p, "pid": None, "state": "running", "restarts": 0}
+                     for p in sorted(self.instances)]
+        return {"fleet": "fake", "desired": self.count, "ready": len(self.instances),
+                "ports": list(self.wanted), "upstream": [], "memory": {}, "instances": instances}
 
     def health(self) -> tuple[bool, list[str]]:
         return True, []
@@ -117,8 +118,8 @@ class Api:
 
 def settings(port: int | None = None, host: str = "127.0.0.1", tokens: tuple[Token, ...] = (),
              metrics_tokens: tuple[Token, ...] = (), tls: bool = False, **limits) -> Settings:
-    return Settings(host=host, port=port or free_port(), tls=tls, credentials=Credentials(tokens, metrics_tokens),
-                    limits=Limits(**limits))
+    return Settings(host=host, port=port or free_port(), tls=tls,
+                    credentials=Credentials(tokens, metrics_tokens), limits=Limits(**limits))
 
 
 def refusing_reload():

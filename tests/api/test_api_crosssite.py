@@ -10,7 +10,8 @@ JSON = {"Content-Type": "application/json"}
 def test_text_plain_post_from_another_origin_is_refused(api, fleet):
     status, body, _ = api.req("POST", "/fleet/scale", data=b'{"instances": 5}',
                               headers={"Content-Type": "text/plain", "Origin": "http://evil.example"})
-    assert status == 403 and body["error"]["code"] == "forbidden" and "evil.example" in body["error"]["message"]
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    assert "evil.example" in body["error"]["message"]
     assert fleet.calls == [] and fleet.count == 2
 
 
@@ -65,8 +66,9 @@ def test_names_listed_in_the_spec_are_accepted(make_api):
         api2.close()
 
 
-@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:1", "https://127.0.0.1:{port}",
-                                    "http://127.0.0.1:{port}.evil.example", "file://"])
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:1",
+                                    "https://127.0.0.1:{port}", "http://127.0.0.1:{port}.evil.example",
+                                    "file://"])
 def test_foreign_origins_are_refused_on_reads_too(api, origin):
     origin = origin.format(port=api.settings.port)
     assert api.code("GET", "/events", headers={"Origin": origin}) == (403, "forbidden")

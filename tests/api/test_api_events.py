@@ -9,6 +9,7 @@ import subprocess
 import time
 
 from api_helpers import FakeFleet
+from ultrascaled.api import FOLLOWERS
 from ultrascaled.events import EventLog
 from ultrascaled.harness import BIN
 
@@ -87,7 +88,8 @@ def test_followers_beyond_the_cap_get_503(make_api, fleet):
         again.close()
         return third.status, body, polled.status, status
     status, body, polled, again = api.run(go())
-    assert (status, body["error"]["code"]) == (503, "too_many_requests") and "2 event followers" in body["error"]["message"]
+    assert (status, body["error"]["code"]) == (503, "too_many_requests")
+    assert "2 event followers" in body["error"]["message"]
     assert polled == 200 and again == 200
 
 
@@ -99,7 +101,6 @@ def wait_for(cond, timeout=20.0, what=""):
 
 
 def test_a_follower_that_reads_nothing_is_dropped_and_frees_its_slot(make_live, fleet):
-    from ultrascaled.api import FOLLOWERS
     live = make_live(write_timeout=0.5)
     followers = live.server.runner.app[FOLLOWERS]
     s = socket.create_connection(("127.0.0.1", live.settings.port))
@@ -125,9 +126,14 @@ def test_ctl_events_follow_shows_the_gap_and_goes_on(make_live, tmp_path):
     proc = subprocess.Popen([str(BIN / "ultrascalectl"), "--api", live.url, "events", "-f"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: live.server.runner.app[__import__("ultrascaled.api").api.FOLLOWERS].active == 1,
-                 what="ultrascalectl following")
-        live.call(lambda: [fleet.events.emit("burst", i=i) for i in range(1500)] and fleet.events.emit("marker"))
+        followers = live.server.runner.app[FOLLOWERS]
+        wait_for(lambda: followers.active == 1, what="ultrascalectl following")
+
+        def burst():
+            for i in range(1500):
+                fleet.events.emit("burst", i=i)
+            fleet.events.emit("marker")
+        live.call(burst)
         lines = []
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not any("marker" in x for x in lines):

@@ -14,7 +14,8 @@ UNIT = Path(__file__).resolve().parents[2] / "systemd/ultrascaled.service"
 
 
 def unit_lines() -> list[str]:
-    return [line.strip() for line in UNIT.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    lines = (line.strip() for line in UNIT.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def test_unit_sandboxes_the_daemon_and_keeps_notify_and_killmode():
@@ -36,7 +37,8 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
         pytest.skip("systemd-analyze is not installed")
     # verify checks ExecStart's binary exists: point it at one that does.
     unit = tmp_path / "ultrascaled.service"
-    unit.write_text(UNIT.read_text().replace("/opt/ultrascale/.venv/bin/ultrascaled", str(BIN / "ultrascaled")))
+    installed = str(BIN / "ultrascaled")
+    unit.write_text(UNIT.read_text().replace("/opt/ultrascale/.venv/bin/ultrascaled", installed))
     out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
                          timeout=60)
     problems = [x for x in out.stderr.splitlines() if "ultrascaled.service" in x]
