@@ -682,6 +682,22 @@ class _Refuse(asyncio.Protocol):
         return False  # close
 
 
+class _Protocol(web.RequestHandler):
+    """aiohttp's request handler, answering HTTP it cannot parse (a header line over the limit,
+    a bad method, a bad Content-Length) with our JSON error instead of plain text, and without
+    logging a traceback for each: a scanner sending garbage must not fill the journal."""
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # an answer is under way: only closing is left
+            raise ConnectionError("cannot send an error after the response started")
+        why = str(getattr(exc, "message", None) or message or "").strip().splitlines()
+        text = f"malformed HTTP request: {why[0][:120] if why else 'unreadable'}"
+        resp = error(Code.bad_request, text) if status < 500 else error(Code.internal, "internal error")
+        resp.force_close()
+        return resp
+
+
 class ApiServer:
     """aiohttp's request handler behind our own listening socket, so that connections beyond
     `max_connections` are answered 503 and closed before they cost anything more.
@@ -694,20 +710,20 @@ class ApiServer:
         lim = settings.limits
         self.settings = settings
         self.ssl_context = ssl_context
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=3.0,
-                                    keepalive_timeout=lim.idle_timeout, max_line_size=lim.max_line_size,
-                                    max_field_size=lim.max_field_size)
+        self._handler_args = dict(access_log=None, keepalive_timeout=lim.idle_timeout,
+                                  max_line_size=lim.max_line_size, max_field_size=lim.max_field_size)
+        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=3.0, **self._handler_args)
         self.server: asyncio.base_events.Server | None = None
         self.refused = 0
 
     def _protocol(self) -> asyncio.Protocol:
-        handler = self.runner.server
-        assert handler is not None
+        manager = self.runner.server
+        assert manager is not None
         cap = self.settings.limits.max_connections
-        if len(handler.connections) >= cap:
+        if len(manager.connections) >= cap:
             self.refused += 1
             return _Refuse(refusal(f"{cap} connections are open already (the limit); try again later"))
-        return handler()
+        return _Protocol(manager, loop=asyncio.get_running_loop(), **self._handler_args)
 
     async def start(self) -> None:
         await self.runner.setup()

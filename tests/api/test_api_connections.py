@@ -116,3 +116,24 @@ def test_the_daemon_closes_idle_connections_and_its_fds_come_back(make_daemon_ap
             s.close()
     wait_for(lambda: fds(pid) <= base + 5, what="daemon's descriptors back")
     assert d.api("GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /fleet HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
+    b"GARBAGE\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS hello to the plain port
+    b"POST /fleet/scale HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: abc\r\n\r\n",
+])
+def test_malformed_http_gets_a_json_400_without_a_traceback(make_live, fleet, request_bytes, caplog):
+    live = make_live()
+    with socket.create_connection(("127.0.0.1", live.settings.port), timeout=10) as s:
+        s.sendall(request_bytes.replace(b"{port}", str(live.settings.port).encode()))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"400" and b"application/json" in head
+    err = json.loads(body)["error"]
+    assert err["code"] == "bad_request" and err["message"].startswith("malformed HTTP request")
+    assert "Traceback" not in caplog.text and fleet.calls == []
