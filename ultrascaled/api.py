@@ -1,208 +1,751 @@
 """The control and health API (aiohttp). Handlers change wanted state and wake the reconciler;
-they never spawn, signal or stop anything themselves.
+they never spawn, signal or stop anything themselves, and they reach the fleet only through
+`FleetControl` (ultrascaled/control.py).
 
-Errors are JSON `{"error": {"code": ..., "message": ...}}` with a code from ERROR_CODES.
+Every error is JSON `{"error": {"code": ..., "message": ...}}` with a code from `Code`, also for
+an unexpected exception (500 `internal`, and an `api.error` event). What protects the API (Host
+and Origin checks, bearer tokens, limits, the audit log) is described in docs/security.md.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import enum
 import hmac
+import ipaddress
 import json
+import os
+import re
+import ssl
+import stat
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
+from ultrascaled.control import FleetControl, ScaleRefused
 from ultrascaled.spec import Spec, SpecError
-from ultrascaled.supervisor import ScaleRefused, Supervisor
-
-ERROR_CODES = {
-    "bad_request": 400, "bad_json": 400, "out_of_range": 400, "spec_invalid": 400,
-    "unauthorized": 401, "not_found": 404, "method_not_allowed": 405,
-    "over_budget": 409, "shutting_down": 503, "internal": 500,
-}
 
 
-def error(code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message, **extra}},
-                             status=ERROR_CODES[code])
+class Code(str, enum.Enum):
+    """The closed set of error codes, each with its HTTP status."""
 
+    def __new__(cls, code: str, status: int):
+        obj = str.__new__(cls, code)
+        obj._value_ = code
+        obj.status = status
+        return obj
 
-def read_token(spec: Spec) -> str | None:
-    """The bearer token for mutating requests, or None when the API is loopback-only without one."""
-    if not spec.api.token_file:
-        return None
-    token = Path(spec.api.token_file).read_text().strip()
-    if not token:
-        raise ValueError(f"api.token_file {spec.api.token_file} is empty")
-    return token
-
-
-def build_app(sup: Supervisor, token: str | None, reload_spec: Callable[[], dict],
-              alerts=None) -> web.Application:
-    """`alerts`: the AlertManager (or None); its firing list is GET /alerts."""
-    routes = web.RouteTableDef()
-
-    @web.middleware
-    async def guard(request: web.Request, handler):
-        if request.method not in ("GET", "HEAD") and token is not None:
-            got = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-                return error("unauthorized", "this request needs `Authorization: Bearer <token>` "
-                             "(the token in api.token_file)")
-        if request.method not in ("GET", "HEAD") and sup.shutting_down:
-            return error("shutting_down", "the daemon is stopping")
-        try:
-            return await handler(request)
-        except web.HTTPNotFound:
-            return error("not_found", f"no such endpoint: {request.method} {request.path}")
-        except web.HTTPMethodNotAllowed as exc:
-            return error("method_not_allowed", f"{request.method} is not allowed on {request.path}; "
-                         f"use {', '.join(sorted(exc.allowed_methods))}")
-
-    async def body(request: web.Request) -> dict:
-        raw = await request.read()
-        if not raw:
-            return {}
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise ApiError("bad_json", f"request body is not valid JSON: {exc}")
-        if not isinstance(data, dict):
-            raise ApiError("bad_json", "request body must be a JSON object")
-        return data
-
-    @routes.get("/fleet")
-    async def fleet(request):
-        return web.json_response(sup.snapshot())
-
-    @routes.get("/health")
-    async def health(request):
-        ok, reasons = sup.health()
-        snap = sup.snapshot()
-        return web.json_response({
-            "status": "ok" if ok else "degraded", "reasons": reasons,
-            "desired": snap["desired"], "ready": snap["ready"], "upstream": snap["upstream"],
-            "nginx": sup.upstream.status(),
-        }, status=200 if ok else 503)
-
-    @routes.post("/fleet/scale")
-    async def scale(request):
-        data = await body(request)
-        n = data.get("instances")
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise ApiError("bad_request", f"`instances` must be an integer, got {n!r}")
-        try:
-            sup.scale(n)
-        except ScaleRefused as exc:
-            raise ApiError(exc.code, str(exc))
-        return web.json_response({"desired": sup.count, "ports": list(sup.wanted)}, status=202)
-
-    @routes.post("/instances/{port}/restart")
-    async def restart_one(request):
-        raw = request.match_info["port"]
-        if not raw.isdigit():
-            raise ApiError("bad_request", f"port must be a number, got {raw!r}")
-        port = int(raw)
-        if port not in sup.instances:
-            raise ApiError("not_found", f"no instance on port {port}; instances: {sorted(sup.instances)}")
-        return web.json_response({"restarting": sup.restart(port)}, status=202)
-
-    @routes.post("/fleet/restart")
-    async def restart_all(request):
-        return web.json_response({"restarting": sup.restart(None)}, status=202)
-
-    @routes.post("/fleet/reload")
-    async def reload(request):
-        try:
-            result = reload_spec()
-        except SpecError as exc:
-            raise ApiError("spec_invalid", "the spec was refused; the running spec stays in force",
-                           errors=exc.errors)
-        except ScaleRefused as exc:
-            raise ApiError(exc.code, str(exc))
-        return web.json_response(result)
-
-    def counters() -> dict:
-        return {**sup.counters, **(alerts.counters() if alerts else {})}
-
-    @routes.get("/metrics")
-    async def metrics(request):
-        from ultrascaled import metrics as m
-        body = await m.render_async(sup.snapshot(), sup.upstream.status(), counters(), sup.metrics_dirs())
-        return web.Response(body=body, headers={"Content-Type": m.CONTENT_TYPE})
-
-    @routes.get("/alerts")
-    async def firing(request):
-        return web.json_response({"firing": alerts.firing() if alerts else [],
-                                  "enabled": alerts is not None})
-
-    @routes.get("/instances/{port}/log")
-    async def instance_log(request):
-        from ultrascaled import logfiles
-        raw = request.match_info["port"]
-        if not raw.isdigit():
-            raise ApiError("bad_request", f"port must be a number, got {raw!r}")
-        path = sup.log_path(int(raw))
-        if int(raw) not in sup.instances and not path.exists():
-            raise ApiError("not_found", f"no instance on port {raw}; instances: {sorted(sup.instances)}")
-        q = request.query
-        try:
-            if "offset" in q:
-                data, offset = await asyncio.to_thread(logfiles.read_from, path, int(q["offset"]))
-            else:
-                text = await asyncio.to_thread(logfiles.tail, path, int(q.get("lines", "50")))
-                data, offset = text.encode(), (path.stat().st_size if path.exists() else 0)
-        except ValueError:
-            raise ApiError("bad_request", "`offset` and `lines` must be integers")
-        return web.Response(body=data, headers={"Content-Type": "text/plain; charset=utf-8",
-                                                "X-Offset": str(offset)})
-
-    @routes.get("/events")
-    async def events(request):
-        q = request.query
-        try:
-            since = int(q.get("since", "0"))
-            limit = int(q["limit"]) if "limit" in q else None
-        except ValueError:
-            raise ApiError("bad_request", "`since` and `limit` must be integers")
-        if q.get("follow") not in (None, "", "0", "false"):
-            return await stream_events(request, since)
-        return web.json_response({"events": sup.events.since(since, limit), "last": sup.events.last_seq})
-
-    async def stream_events(request: web.Request, since: int) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        queue = sup.events.follow()
-        try:
-            for e in sup.events.since(since):
-                await resp.write(f"id: {e['seq']}\ndata: {json.dumps(e)}\n\n".encode())
-            while True:
-                try:
-                    e = await asyncio.wait_for(queue.get(), timeout=15)
-                    await resp.write(f"id: {e['seq']}\ndata: {json.dumps(e)}\n\n".encode())
-                except asyncio.TimeoutError:
-                    await resp.write(b": keep-alive\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            sup.events.unfollow(queue)
-        return resp
-
-    @web.middleware
-    async def api_errors(request, handler):
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return error(exc.code, str(exc), **exc.extra)
-
-    app = web.Application(middlewares=[guard, api_errors])
-    app.add_routes(routes)
-    return app
+    bad_request = ("bad_request", 400)
+    bad_json = ("bad_json", 400)
+    out_of_range = ("out_of_range", 400)
+    spec_invalid = ("spec_invalid", 400)
+    unauthorized = ("unauthorized", 401)
+    forbidden = ("forbidden", 403)
+    not_found = ("not_found", 404)
+    method_not_allowed = ("method_not_allowed", 405)
+    request_timeout = ("request_timeout", 408)
+    over_budget = ("over_budget", 409)
+    too_large = ("too_large", 413)
+    unsupported_media_type = ("unsupported_media_type", 415)
+    too_many_requests = ("too_many_requests", 503)
+    shutting_down = ("shutting_down", 503)
+    internal = ("internal", 500)
 
 
 class ApiError(Exception):
-    def __init__(self, code: str, message: str, **extra: Any):
-        self.code = code
+    def __init__(self, code: Code | str, message: str, **extra: Any):
+        self.code = Code(code)
         self.extra = extra
         super().__init__(message)
+
+
+def error(code: Code | str, message: str, **extra: Any) -> web.Response:
+    code = Code(code)
+    return web.json_response({"error": {"code": code.value, "message": message, **extra}},
+                             status=code.status)
+
+
+# ---- settings -------------------------------------------------------------------------------
+
+LOOPBACK_NAMES = ("localhost",)
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    name: str
+    secret: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    admin: tuple[Token, ...] = ()     # api.token_file: every endpoint
+    metrics: tuple[Token, ...] = ()   # api.metrics_token_file: GET /metrics only
+
+    def who(self, header: str, metrics: bool = False) -> str | None:
+        """The name of the token in an `Authorization: Bearer ...` header, or None."""
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return None
+        found = None
+        for t in self.admin + (self.metrics if metrics else ()):  # compare with every token: no early exit
+            if hmac.compare_digest(given.strip().encode(), t.secret.encode()) and found is None:
+                found = t.name
+        return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_body: int = 64 * 1024          # client_max_size: bytes of a request body
+    idle_timeout: float = 10.0         # idle or half-sent-headers connection closed after this
+    body_timeout: float = 10.0         # a request body must arrive within this
+    max_connections: int = 256         # open connections; the next gets 503 too_many_requests
+    max_followers: int = 32            # concurrent `GET /events?follow=1`
+    write_timeout: float = 30.0        # an event follower that takes no data for this long is dropped
+    max_line_size: int = 8190          # request line and header sizes (aiohttp's parser)
+    max_field_size: int = 8190
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 9000
+    tls: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    credentials: Credentials = Credentials()
+    limits: Limits = Limits()
+
+    @property
+    def reads_need_token(self) -> bool:
+        """Off loopback everything is protected; on loopback only mutations (when a token exists)."""
+        return not is_loopback(self.host)
+
+    def host_ok(self, header: str) -> bool:
+        """Whether a Host header (or an Origin's host part) names this API (DNS rebinding)."""
+        name, port = split_host(header)
+        default = 443 if self.tls else 80
+        if port is None:
+            port = default
+        if port != self.port:
+            return False
+        names = {self.host.lower(), "localhost", "127.0.0.1", "::1",
+                 *(h.lower() for h in self.allowed_hosts)}
+        return name.lower() in names
+
+    @classmethod
+    def from_spec(cls, spec: Spec, credentials: Credentials) -> "Settings":
+        api = spec.api
+        base = Limits()
+        limits = Limits(**{f.name: getattr(api, f.name, getattr(base, f.name))
+                           for f in dataclasses.fields(Limits)})
+        return cls(host=api.host, port=api.port, tls=bool(getattr(api, "tls_cert", None)),
+                   allowed_hosts=tuple(getattr(api, "allowed_hosts", ()) or ()),
+                   credentials=credentials, limits=limits)
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """`name:port`, `[v6]:port`, `name` → (name, port or None); a bad port gives port -1."""
+    if value.startswith("["):
+        name, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    else:
+        name, sep, port = value.rpartition(":")
+        if not sep:
+            name, port = value, None
+    if port is None:
+        return name, None
+    return name, int(port) if re.fullmatch(r"[0-9]{1,5}", port) else -1
+
+
+# ---- tokens ---------------------------------------------------------------------------------
+
+NAME_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+def read_token_file(path: str, key: str) -> tuple[Token, ...]:
+    """The tokens in a file of `name:token` or `token` lines (`token` is named "token").
+
+    Refused, with the reason: a missing file, a symlink, a file not owned by the daemon's user,
+    or one that group or others may read or write (tokens must not leak to other local users)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ValueError(f"{key}: {path} does not exist; create it (mode 600) holding one "
+                         f"`name:token` or `token` line")
+    except OSError as exc:
+        raise ValueError(f"{key}: cannot open {path}: {exc.strerror}"
+                         + (" (a symlink is refused)" if os.path.islink(path) else ""))
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{key}: {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise ValueError(f"{key}: {path} is owned by uid {st.st_uid}, not by the daemon's user "
+                             f"(uid {os.geteuid()}); chown it to that user")
+        if st.st_mode & 0o077:
+            raise ValueError(f"{key}: {path} has mode {stat.S_IMODE(st.st_mode):o}: group and others "
+                             f"may access it; chmod 600 {path}")
+        text = f.read()
+    tokens = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, secret = line.partition(":")
+        if not sep or not NAME_RE.fullmatch(name):
+            name, secret = "token", line
+        tokens.append(Token(name, secret))
+    if not tokens:
+        raise ValueError(f"{key}: {path} holds no token")
+    return tuple(tokens)
+
+
+def read_token(spec: Spec) -> Credentials:
+    """The API's tokens from the spec's token files; ValueError with the reason when refused.
+
+    A non-loopback API without a token is refused here too (the spec check says so first)."""
+    admin = read_token_file(spec.api.token_file, "api.token_file") if spec.api.token_file else ()
+    mfile = getattr(spec.api, "metrics_token_file", None)
+    metrics = read_token_file(mfile, "api.metrics_token_file") if mfile else ()
+    if not admin and not is_loopback(spec.api.host):
+        raise ValueError(f"api.token_file: the API binds {spec.api.host}, which is not loopback, "
+                         "so it needs a token file")
+    return Credentials(admin, metrics)
+
+
+def tls_context(spec: Spec) -> ssl.SSLContext | None:
+    """The server TLS context from api.tls_cert and api.tls_key, or None for plain HTTP."""
+    cert, key = getattr(spec.api, "tls_cert", None), getattr(spec.api, "tls_key", None)
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ValueError("api.tls_cert and api.tls_key go together")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"api.tls_cert/api.tls_key: cannot load {cert} and {key}: {exc}")
+    return ctx
+
+
+# ---- the audit log ---------------------------------------------------------------------------
+
+class AuditLog:
+    """Append-only JSON lines, one per mutating request, fsync'd before the answer goes out.
+
+    Opened with O_NOFOLLOW (a symlink planted in the state folder is refused) and O_APPEND."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                           0o600)
+        self._lock = threading.Lock()
+
+    def _write(self, line: bytes) -> None:
+        with self._lock:
+            os.write(self._fd, line)
+            os.fsync(self._fd)
+
+    async def record(self, **fields: Any) -> None:
+        line = json.dumps({"time": round(time.time(), 3), **fields}, sort_keys=True) + "\n"
+        await asyncio.to_thread(self._write, line.encode())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+# ---- the application -------------------------------------------------------------------------
+
+FLEET = web.AppKey("fleet", FleetControl)
+SETTINGS = web.AppKey("settings", Settings)
+RELOAD = web.AppKey("reload", Callable[[], dict])
+ALERTS = web.AppKey("alerts", object)            # the AlertManager, or None
+AUDIT = web.AppKey("audit", object)              # an AuditLog, or None
+
+
+@dataclasses.dataclass
+class Followers:
+    limit: int
+    active: int = 0
+    closing: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+FOLLOWERS = web.AppKey("followers", Followers)
+ACTOR = web.RequestKey("actor", str)             # who made the request: a token's name, or loopback
+
+routes = web.RouteTableDef()
+
+
+def fleet_of(request: web.Request) -> FleetControl:
+    return request.app[FLEET]
+
+
+PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def port_param(request: web.Request) -> int:
+    raw = request.match_info["port"]
+    if not PORT_RE.fullmatch(raw) or not 1 <= int(raw) <= 65535:
+        raise ApiError(Code.bad_request, f"port must be a number 1..65535, got {raw[:40]!r}")
+    return int(raw)
+
+
+def query_int(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,19}", raw) or not lo <= int(raw) <= hi:
+        raise ApiError(Code.bad_request, f"`{name}` must be a whole number {lo}..{hi}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def query_flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "0")
+    if raw not in ("", "0", "1", "false", "true"):
+        raise ApiError(Code.bad_request, f"`{name}` must be 0, 1, false or true, got {raw[:40]!r}")
+    return raw in ("", "1", "true")  # `?follow` alone means yes
+
+
+async def json_body(request: web.Request, allowed: tuple[str, ...]) -> dict:
+    """The request's JSON object (or {} for no body), with only the `allowed` keys."""
+    limits = request.app[SETTINGS].limits
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(Code.request_timeout,
+                       f"the request body did not arrive within {limits.body_timeout:g}s")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise ApiError(Code.bad_json, "request body is nested too deeply")
+    except ValueError as exc:
+        raise ApiError(Code.bad_json, f"request body is not valid JSON: {str(exc)[:200]}")
+    if not isinstance(data, dict):
+        raise ApiError(Code.bad_json, "request body must be a JSON object")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ApiError(Code.bad_request, f"unknown field(s) {', '.join(map(repr, unknown))[:200]}; "
+                       f"allowed: {', '.join(allowed) or 'none'}")
+    return data
+
+
+@routes.get("/fleet")
+async def fleet(request: web.Request) -> web.Response:
+    return web.json_response(fleet_of(request).snapshot())
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    sup = fleet_of(request)
+    ok, reasons = sup.health()
+    snap = sup.snapshot()
+    return web.json_response({
+        "status": "ok" if ok else "degraded", "reasons": reasons,
+        "desired": snap["desired"], "ready": snap["ready"], "upstream": snap["upstream"],
+        "nginx": sup.upstream.status(),
+    }, status=200 if ok else 503)
+
+
+def refused(exc: ScaleRefused) -> ApiError:
+    try:
+        return ApiError(exc.code, str(exc))
+    except ValueError:  # a code outside the closed set is a bug in the fleet, shown as such
+        return ApiError(Code.internal, f"{exc.code}: {exc}")
+
+
+@routes.post("/fleet/scale")
+async def scale(request: web.Request) -> web.Response:
+    data = await json_body(request, ("instances",))
+    n = data.get("instances")
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise ApiError(Code.bad_request, f"`instances` must be an integer, got {str(n)[:40]!r}")
+    sup = fleet_of(request)
+    try:
+        sup.scale(n)
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response({"desired": sup.count, "ports": list(sup.wanted)}, status=202)
+
+
+@routes.post("/instances/{port}/restart")
+async def restart_one(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    port = port_param(request)
+    sup = fleet_of(request)
+    if port not in sup.instances:
+        raise ApiError(Code.not_found, f"no instance on port {port}; instances: {sorted(sup.instances)}")
+    return web.json_response({"restarting": sup.restart(port)}, status=202)
+
+
+@routes.post("/fleet/restart")
+async def restart_all(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    return web.json_response({"restarting": fleet_of(request).restart(None)}, status=202)
+
+
+@routes.post("/fleet/reload")
+async def reload(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    try:
+        result = request.app[RELOAD]()
+    except SpecError as exc:
+        raise ApiError(Code.spec_invalid, "the spec was refused; the running spec stays in force",
+                       errors=exc.errors)
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response(result)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    from ultrascaled import metrics as m
+    sup, alerts = fleet_of(request), request.app[ALERTS]
+    counters = {**sup.counters, **(alerts.counters() if alerts else {})}
+    body = await m.render_async(sup.snapshot(), sup.upstream.status(), counters, sup.metrics_dirs())
+    return web.Response(body=body, headers={"Content-Type": m.CONTENT_TYPE})
+
+
+@routes.get("/alerts")
+async def firing(request: web.Request) -> web.Response:
+    alerts = request.app[ALERTS]
+    return web.json_response({"firing": alerts.firing() if alerts else [], "enabled": alerts is not None})
+
+
+MAX_LINES = 10_000
+MAX_OFFSET = 2 ** 63 - 1
+
+
+@routes.get("/instances/{port}/log")
+async def instance_log(request: web.Request) -> web.Response:
+    from ultrascaled import logfiles
+    port = port_param(request)
+    sup = fleet_of(request)
+    path = sup.log_path(port)
+    if port not in sup.instances and not path.exists():
+        raise ApiError(Code.not_found, f"no instance on port {port}; instances: {sorted(sup.instances)}")
+    offset = query_int(request, "offset", None, 0, MAX_OFFSET)
+    if offset is not None:
+        data, offset = await asyncio.to_thread(logfiles.read_from, path, offset)
+    else:
+        text = await asyncio.to_thread(logfiles.tail, path, query_int(request, "lines", 50, 0, MAX_LINES))
+        data, offset = text.encode(), (path.stat().st_size if path.exists() else 0)
+    return web.Response(body=data, headers={"Content-Type": "text/plain; charset=utf-8",
+                                            "X-Offset": str(offset)})
+
+
+MAX_SEQ = 2 ** 63 - 1
+MAX_LIMIT = 100_000
+
+
+@routes.get("/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    since = query_int(request, "since", 0, 0, MAX_SEQ)
+    limit = query_int(request, "limit", None, 1, MAX_LIMIT)
+    if query_flag(request, "follow"):
+        return await stream_events(request, since)
+    log = fleet_of(request).events
+    return web.json_response({"events": log.since(since, limit), "last": log.last_seq})
+
+
+def gap_event(after: int, upto: int) -> dict:
+    """What a follower is sent instead of events it can no longer get (seq after+1..upto-1)."""
+    return {"seq": None, "time": round(time.time(), 3), "event": "events.gap", "level": "warning",
+            "missed": upto - after - 1, "after": after, "next": upto}
+
+
+async def stream_events(request: web.Request, since: int) -> web.StreamResponse:
+    """Server-sent events from `since` on. Events are numbered without holes, so whenever the
+    next one to send is not last+1 (it fell out of the ring buffer, or this follower's queue
+    overflowed and the ring no longer has it) an `events.gap` event says how many were lost;
+    a follower whose queue overflowed catches up from the ring. A follower that takes no data
+    for `write_timeout` is dropped; the client reconnects with `since=`."""
+    followers = request.app[FOLLOWERS]
+    if followers.active >= followers.limit:
+        raise ApiError(Code.too_many_requests, f"{followers.limit} event followers are connected already "
+                       "(the limit); try again later or poll GET /events?since=SEQ")
+    limits = request.app[SETTINGS].limits
+    log = fleet_of(request).events
+    followers.active += 1
+    queue = log.follow()
+    last = since
+    try:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+
+        async def send(batch: list[dict], gaps: bool = True) -> None:
+            nonlocal last
+            out = []
+            for e in batch:
+                if e["seq"] <= last:
+                    continue
+                if e["seq"] > last + 1 and gaps:
+                    out.append(f"data: {json.dumps(gap_event(last, e['seq']))}\n\n")
+                out.append(f"id: {e['seq']}\ndata: {json.dumps(e)}\n\n")
+                last = e["seq"]
+            if out:
+                async with asyncio.timeout(limits.write_timeout):
+                    await resp.write("".join(out).encode())
+
+        await send(log.since(since), gaps=since > 0)  # since=0: whatever the ring still has, no gap
+        closing = asyncio.ensure_future(followers.closing.wait())
+        getter = asyncio.ensure_future(queue.get())
+        try:
+            while True:
+                done, _ = await asyncio.wait({getter, closing}, timeout=15,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if closing in done:
+                    break
+                if not done:
+                    async with asyncio.timeout(limits.write_timeout):
+                        await resp.write(b": keep-alive\n\n")
+                    continue
+                if getattr(queue, "overflowed", False):  # events were not queued: catch up from the ring
+                    queue.overflowed = False
+                    while not queue.empty():
+                        queue.get_nowait()
+                    await send(log.since(last))
+                else:
+                    await send([getter.result()])
+                getter = asyncio.ensure_future(queue.get())
+        finally:
+            closing.cancel()
+            getter.cancel()
+    except (ConnectionResetError, TimeoutError):
+        pass  # gone, or not reading: it reconnects with since=
+    finally:
+        log.unfollow(queue)
+        followers.active -= 1
+    return resp
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_description())
+
+
+def openapi_description() -> dict:
+    import yaml
+    return yaml.safe_load(Path(__file__).with_name("openapi.yaml").read_text())
+
+
+# ---- middlewares: errors, audit, then the guard ---------------------------------------------
+
+def actor_of(request: web.Request) -> str:
+    return request.get(ACTOR, "unauthenticated")
+
+
+@web.middleware
+async def errors_and_audit(request: web.Request, handler) -> web.StreamResponse:
+    """Every error as JSON (also aiohttp's own and unexpected ones); every mutation audited."""
+    try:
+        resp = await handler(request)
+    except ApiError as exc:
+        resp = error(exc.code, str(exc), **exc.extra)
+    except web.HTTPException as exc:
+        resp = http_error(request, exc)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug: answer JSON and say so in the events
+        request.app[FLEET].events.emit("api.error", level="error", method=request.method,
+                                       path=request.path[:200], error=f"{type(exc).__name__}: {exc}"[:500])
+        resp = error(Code.internal, f"internal error ({type(exc).__name__}); see the daemon's events")
+    if request.method not in SAFE_METHODS:
+        await audit(request, resp.status)
+    return resp
+
+
+def http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        resp = error(Code.method_not_allowed, f"{request.method} is not allowed on {request.path[:200]}; "
+                     f"use {allowed}")
+        resp.headers["Allow"] = allowed  # RFC 9110 requires it (found by schemathesis)
+        return resp
+    if isinstance(exc, web.HTTPNotFound):
+        return error(Code.not_found, f"no such endpoint: {request.method} {request.path[:200]}")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        limit = request.app[SETTINGS].limits.max_body
+        return error(Code.too_large, f"the request body is over {limit} bytes")
+    if 400 <= exc.status < 500:
+        return error(Code.bad_request, exc.reason or "bad request")
+    return error(Code.internal, exc.reason or "internal error")
+
+
+async def audit(request: web.Request, status: int) -> None:
+    fields = {"method": request.method, "path": request.path[:200], "status": status,
+              "actor": actor_of(request)}
+    request.app[FLEET].events.emit("api.request", **fields)
+    log = request.app[AUDIT]
+    if log is not None:
+        remote = request.remote or ""
+        await log.record(**fields, remote=remote)
+
+
+@web.middleware
+async def guard(request: web.Request, handler) -> web.StreamResponse:
+    """Host and Origin (cross-site requests, DNS rebinding), the token, the body's type."""
+    settings = request.app[SETTINGS]
+    host = request.headers.get("Host")
+    if host is not None and not settings.host_ok(host):
+        raise ApiError(Code.forbidden, f"Host {host[:100]!r} is not this API's address; add the name "
+                       "to api.allowed_hosts if it is one")
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        scheme, _, rest = origin.partition("://")
+        if scheme != ("https" if settings.tls else "http") or not settings.host_ok(rest):
+            raise ApiError(Code.forbidden, f"cross-site request from Origin {origin[:100]!r} refused")
+    mutating = request.method not in SAFE_METHODS
+    creds = settings.credentials
+    if creds.admin and (mutating or settings.reads_need_token):
+        name = creds.who(request.headers.get("Authorization", ""), metrics=request.path == "/metrics")
+        if name is None:
+            raise ApiError(Code.unauthorized, "this request needs `Authorization: Bearer <token>` "
+                           "(a token in api.token_file)")
+        request[ACTOR] = name
+    else:
+        request[ACTOR] = "loopback"
+    if mutating:
+        ctype = request.headers.get("Content-Type")
+        if request.body_exists or ctype is not None:
+            if ctype is None or ctype.split(";")[0].strip().lower() != "application/json":
+                raise ApiError(Code.unsupported_media_type,
+                               "a request body must be `Content-Type: application/json`, got "
+                               f"{str(ctype)[:80]!r} (or send no body and no Content-Type)")
+        if request.app[FLEET].shutting_down:
+            raise ApiError(Code.shutting_down, "the daemon is stopping")
+    return await handler(request)
+
+
+def build_app(sup: FleetControl, settings: Settings, reload_spec: Callable[[], dict],
+              alerts=None, audit_log: AuditLog | None = None) -> web.Application:
+    """`alerts`: the AlertManager (or None); its firing list is GET /alerts."""
+    app = web.Application(middlewares=[errors_and_audit, guard], client_max_size=settings.limits.max_body)
+    app[FLEET] = sup
+    app[SETTINGS] = settings
+    app[RELOAD] = reload_spec
+    app[ALERTS] = alerts
+    app[AUDIT] = audit_log
+    app[FOLLOWERS] = Followers(settings.limits.max_followers)
+    app.add_routes(routes)
+
+    async def end_streams(app: web.Application) -> None:
+        app[FOLLOWERS].closing.set()
+    app.on_shutdown.append(end_streams)
+    return app
+
+
+# ---- serving: a cap on open connections, timeouts for idle ones -----------------------------
+
+def refusal(message: str) -> bytes:
+    body = json.dumps({"error": {"code": Code.too_many_requests.value, "message": message}}).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+class _Refuse(asyncio.Protocol):
+    """Answer 503 at once, then half-close and discard what the client sends for up to a
+    second (closing with its request unread would reset the connection, losing the answer)."""
+
+    def __init__(self, answer: bytes):
+        self.answer = answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t: asyncio.Transport = transport  # type: ignore[assignment]
+        t.write(self.answer)
+        if t.can_write_eof():
+            t.write_eof()
+        asyncio.get_running_loop().call_later(1.0, t.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # close
+
+
+class _Protocol(web.RequestHandler):
+    """aiohttp's request handler, answering HTTP it cannot parse (a header line over the limit,
+    a bad method, a bad Content-Length) with our JSON error instead of plain text, and without
+    logging a traceback for each: a scanner sending garbage must not fill the journal."""
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # an answer is under way: only closing is left
+            raise ConnectionError("cannot send an error after the response started")
+        why = str(getattr(exc, "message", None) or message or "").strip().splitlines()
+        text = f"malformed HTTP request: {why[0][:120] if why else 'unreadable'}"
+        resp = error(Code.bad_request, text) if status < 500 else error(Code.internal, "internal error")
+        resp.force_close()
+        return resp
+
+
+class ApiServer:
+    """aiohttp's request handler behind our own listening socket, so that connections beyond
+    `max_connections` are answered 503 and closed before they cost anything more.
+
+    Idle connections, and ones that never finish their headers, are closed after
+    `idle_timeout` (aiohttp's keepalive timer runs from the moment a connection opens and is
+    not reset by partial data); a TLS handshake has as long."""
+
+    def __init__(self, app: web.Application, settings: Settings, ssl_context: ssl.SSLContext | None = None):
+        lim = settings.limits
+        self.settings = settings
+        self.ssl_context = ssl_context
+        self._handler_args = dict(access_log=None, keepalive_timeout=lim.idle_timeout,
+                                  max_line_size=lim.max_line_size, max_field_size=lim.max_field_size)
+        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=3.0, **self._handler_args)
+        self.server: asyncio.base_events.Server | None = None
+        self.refused = 0
+
+    def _protocol(self) -> asyncio.Protocol:
+        manager = self.runner.server
+        assert manager is not None
+        cap = self.settings.limits.max_connections
+        if len(manager.connections) >= cap:
+            self.refused += 1
+            return _Refuse(refusal(f"{cap} connections are open already (the limit); try again later"))
+        return _Protocol(manager, loop=asyncio.get_running_loop(), **self._handler_args)
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        loop = asyncio.get_running_loop()
+        kw: dict[str, Any] = {}
+        if self.ssl_context is not None:
+            kw = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.settings.limits.idle_timeout}
+        try:
+            self.server = await loop.create_server(self._protocol, self.settings.host, self.settings.port,
+                                                   reuse_address=True, **kw)
+        except OSError:
+            await self.runner.cleanup()
+            raise
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        await self.runner.cleanup()
+        if self.server is not None:
+            await self.server.wait_closed()

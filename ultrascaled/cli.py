@@ -5,6 +5,7 @@ be reached; 4 the daemon refused the request (its message says why).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -22,30 +23,51 @@ class CtlError(Exception):
 
 
 class Api:
-    """A minimal HTTP/1.0 client over a socket: urllib alone costs ~30 ms of imports."""
+    """A minimal HTTP/1.0 client over a socket (TLS for https://): urllib alone costs ~30 ms of
+    imports. Bodies are JSON and say so; a request without a body sends no Content-Type."""
 
-    def __init__(self, base: str, token: str | None, timeout: float = 10.0):
+    def __init__(self, base: str, token: str | None, timeout: float = 10.0, ca_file: str | None = None):
         self.base = base.rstrip("/")
-        rest = self.base.split("://", 1)[-1]
-        if self.base.startswith("https://"):
-            raise CtlError("the API speaks plain HTTP; use http://", EXIT_USAGE)
-        host, _, port = rest.partition(":")
-        if not port.isdigit():
-            raise CtlError(f"--api must look like http://HOST:PORT, got {base!r}", EXIT_USAGE)
+        scheme, sep, rest = self.base.partition("://")
+        if not sep or scheme not in ("http", "https"):
+            raise CtlError(f"--api must look like http://HOST:PORT or https://HOST:PORT, got {base!r}",
+                           EXIT_USAGE)
+        host, _, port = rest.rpartition(":")
+        if not (port.isascii() and port.isdigit()) or not host:
+            raise CtlError(f"--api must look like {scheme}://HOST:PORT, got {base!r}", EXIT_USAGE)
         self.host, self.port = host.strip("[]"), int(port)
+        self.tls = scheme == "https"
+        self.ca_file = ca_file
         self.token = token
         self.timeout = timeout
 
+    def connect(self, timeout: float | None) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        if not self.tls:
+            return sock
+        import ssl  # only for https: it costs ~10 ms of imports
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+            return ctx.wrap_socket(sock, server_hostname=self.host)
+        except ssl.SSLError as exc:
+            sock.close()
+            why = ": ".join(filter(None, [exc.reason, getattr(exc, "verify_message", None)])) or str(exc)
+            hint = "" if self.ca_file else " (give the API's CA with --ca-file)"
+            raise CtlError(f"TLS with {self.base} failed: {why}{hint}", EXIT_UNREACHABLE)
+        except OSError:
+            sock.close()
+            raise
+
     def open(self, method: str, path: str, body: bytes | None = None, timeout: float | None = -1):
         """Send the request; return (status, headers, socket file positioned at the body)."""
-        head = [f"{method} {path} HTTP/1.0", f"Host: {self.host}:{self.port}"]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        head = [f"{method} {path} HTTP/1.0", f"Host: {host}:{self.port}"]
         if self.token:
             head.append(f"Authorization: Bearer {self.token}")
         if body is not None:
             head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
         try:
-            sock = socket.create_connection((self.host, self.port),
-                                            timeout=self.timeout if timeout == -1 else timeout)
+            sock = self.connect(self.timeout if timeout == -1 else timeout)
             sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + (body or b""))
             f = sock.makefile("rb")
             sock.close()  # the file keeps the connection open
@@ -210,18 +232,29 @@ def cmd_events(api: Api, args) -> int:
         for e in data["events"]:
             print(format_event(e))
         return 0
-    status, _, f = api.open("GET", f"/events?follow=1&since={max(0, args.since)}", timeout=None)
+    last = max(0, args.since)
     try:
-        with f:
-            for raw in f:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("data: "):
-                    print(format_event(json.loads(line[6:])), flush=True)
+        for attempt in itertools.count():  # the daemon may end a stream (not read fast enough): go on
+            if attempt:
+                time.sleep(0.2)
+            status, _, f = api.open("GET", f"/events?follow=1&since={last}", timeout=None)
+            with f:
+                if status != 200:
+                    api.check(status, f.read())
+                for raw in f:
+                    line = raw.decode().rstrip("\n")
+                    if line.startswith("data: "):
+                        e = json.loads(line[6:])
+                        last = e.get("seq") or last
+                        print(format_event(e), flush=True)
     except KeyboardInterrupt:
         return 0
+    except CtlError as exc:
+        if exc.code != EXIT_UNREACHABLE:
+            raise
+        raise CtlError(f"event stream ended after event {last}: {exc}", EXIT_UNREACHABLE)
     except OSError as exc:
-        raise CtlError(f"event stream ended: {exc}", EXIT_UNREACHABLE)
-    return 0
+        raise CtlError(f"event stream ended after event {last}: {exc}", EXIT_UNREACHABLE)
 
 
 def cmd_alerts(api: Api, args) -> int:
@@ -294,17 +327,31 @@ COMMANDS: dict[str, tuple] = {
              None, None),
 }
 
-USAGE = f"""usage: ultrascalectl [--api URL] [--token-file FILE] COMMAND [ARGS]
+USAGE = f"""usage: ultrascalectl [--api URL] [--token-file FILE] [--ca-file FILE] COMMAND [ARGS]
 
 Control an ultrascaled fleet.
 
 options:
-  --api URL          daemon API address (env ULTRASCALE_API, default {DEFAULT_API})
-  --token-file FILE  file with the bearer token (env ULTRASCALE_TOKEN_FILE)
+  --api URL          daemon API address, http:// or https:// (env ULTRASCALE_API, default {DEFAULT_API})
+  --token-file FILE  file with the bearer token, `token` or `name:token` (env ULTRASCALE_TOKEN_FILE)
+  --ca-file FILE     CA certificate(s) to verify an https:// API with (env ULTRASCALE_CA_FILE)
 
 commands:
 """ + "".join(f"  {name:<9}{spec[1]}\n" for name, spec in COMMANDS.items()) + """
 exit codes: 0 done, 1 failed or timed out, 2 bad arguments, 3 daemon unreachable, 4 refused"""
+
+
+def token_of(text: str) -> str | None:
+    """The secret of the first token in a token file: a `name:token` or `token` line (the
+    daemon reads the same format and knows the caller by the name)."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, secret = line.partition(":")
+            named = sep and 0 < len(name) <= 64 and all(
+                c.isascii() and (c.isalnum() or c in "_.@-") for c in name)
+            return secret if named else line
+    return None
 
 
 class UsageError(Exception):
@@ -333,14 +380,15 @@ def _convert(kind, text: str, what: str):
 
 def parse_args(argv: list[str]) -> Args:
     args = Args(api=os.environ.get("ULTRASCALE_API", DEFAULT_API),
-                token_file=os.environ.get("ULTRASCALE_TOKEN_FILE"), cmd=None, help=False)
+                token_file=os.environ.get("ULTRASCALE_TOKEN_FILE"),
+                ca_file=os.environ.get("ULTRASCALE_CA_FILE"), cmd=None, help=False)
     i = 0
     while i < len(argv) and argv[i].startswith("-"):  # global options
         flag, _, inline = argv[i].partition("=")
         if flag in ("-h", "--help"):
             args.help = True
             return args
-        if flag not in ("--api", "--token-file"):
+        if flag not in ("--api", "--token-file", "--ca-file"):
             raise UsageError(f"unknown option {flag}")
         if not inline:
             i += 1
@@ -410,14 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.token_file:
         try:
             with open(args.token_file) as f:
-                token = f.read().strip()
+                token = token_of(f.read())
         except OSError as exc:
             print(f"ultrascalectl: --token-file: {exc.strerror}: {args.token_file}", file=sys.stderr)
             return EXIT_USAGE
     try:
         if args.cmd == "plan":  # works from the spec file, without the daemon
             return args.func(None, args)
-        return args.func(Api(args.api, token), args)
+        return args.func(Api(args.api, token, ca_file=args.ca_file), args)
     except CtlError as exc:
         print(f"ultrascalectl: {exc}", file=sys.stderr)
         return exc.code

@@ -50,29 +50,29 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
         print(f"ultrascaled: {exc}", file=sys.stderr)
         return 2
 
-    from aiohttp import web
-    from ultrascaled.api import build_app, read_token
+    from ultrascaled.api import ApiServer, AuditLog, Settings, build_app, read_token, tls_context
 
     def reload_spec() -> dict:
         new = load_spec(spec_path, nofile_limit=nofile)
         return sup.reload_spec(new)
 
     try:
-        token = read_token(spec)
+        credentials = read_token(spec)
+        tls = tls_context(spec)
+        os.makedirs(spec.paths.state_dir, exist_ok=True)
+        audit = AuditLog(os.path.join(spec.paths.state_dir, "audit.log"))
     except (OSError, ValueError) as exc:
-        print(f"ultrascaled: api.token_file: {exc}", file=sys.stderr)
+        print(f"ultrascaled: {exc}", file=sys.stderr)
         return 2
     alerts = make_alerts(spec, sup, events)
     sup.set_alerts(alerts)
-    runner = web.AppRunner(build_app(sup, token, reload_spec, alerts), access_log=None,
-                           handle_signals=False)
-    await runner.setup()
+    settings = Settings.from_spec(spec, credentials)
+    api = ApiServer(build_app(sup, settings, reload_spec, alerts, audit), settings, tls)
     try:
-        await web.TCPSite(runner, spec.api.host, spec.api.port, reuse_address=True).start()
+        await api.start()
     except OSError as exc:
         print(f"ultrascaled: cannot serve the API on {spec.api.host}:{spec.api.port}: {exc.strerror or exc}",
               file=sys.stderr)
-        await runner.cleanup()
         sup.lock.release()
         return 1
 
@@ -100,17 +100,18 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     loop.add_signal_handler(signal.SIGQUIT, on_quit)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
-    events.emit("daemon.starting", spec=spec.source, pid=os.getpid(), api=f"{spec.api.host}:{spec.api.port}")
+    events.emit("daemon.starting", spec=spec.source, pid=os.getpid(), api=f"{spec.api.host}:{spec.api.port}",
+                tls=tls is not None)
     try:
         await sup.start()
     except FleetLocked as exc:
         print(f"ultrascaled: {exc}", file=sys.stderr)
-        await runner.cleanup()
+        await api.close()
         return 2
     except Exception as exc:
         events.emit("daemon.start_failed", level="error", error=f"{type(exc).__name__}: {exc}")
         await sup.shutdown(timeout=10)
-        await runner.cleanup()
+        await api.close()
         return 1
 
     async def announce_ready() -> None:
@@ -141,11 +142,12 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     sd_ready.cancel()
     if detach:
         await sup.detach()
-        await runner.cleanup()
+        await api.close()
         return 0
     await sup.shutdown()
     await alerts.close(drain=2.0)
-    await runner.cleanup()
+    await api.close()
+    audit.close()
     return 0
 
 

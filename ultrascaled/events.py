@@ -2,7 +2,8 @@
 
 Every event has a sequence number, a wall-clock time, a dotted name (`instance.state`,
 `nginx.reloaded`, `watchdog.recycled`, ...) and flat fields. Followers (the SSE stream,
-`ultrascalectl events -f`) get each new event through an asyncio queue.
+`ultrascalectl events -f`) get each new event through an asyncio queue; one that falls behind
+is marked `overflowed` instead of blocking the daemon or being dropped silently.
 """
 from __future__ import annotations
 
@@ -30,11 +31,11 @@ class EventLog:
         self._events.append(record)
         if log:
             getattr(self.log, level)(event, **fields)
-        for q in list(self._followers):
+        for q in self._followers:
             try:
                 q.put_nowait(record)
-            except asyncio.QueueFull:  # a follower that does not read loses old events, not us
-                self._followers.discard(q)
+            except asyncio.QueueFull:  # a follower that does not keep up: it catches up from the ring
+                q.overflowed = True
         return record
 
     def since(self, seq: int = 0, limit: int | None = None, name_prefix: str = "") -> list[dict]:
@@ -45,10 +46,18 @@ class EventLog:
     def last_seq(self) -> int:
         return self._seq
 
-    def follow(self, maxsize: int = 1000) -> asyncio.Queue:
-        q: asyncio.Queue = asyncio.Queue(maxsize=maxsize)
+    def follow(self, maxsize: int = 1000) -> "Follower":
+        q = Follower(maxsize=maxsize)
         self._followers.add(q)
         return q
 
     def unfollow(self, q: asyncio.Queue) -> None:
         self._followers.discard(q)
+
+
+class Follower(asyncio.Queue):
+    """A follower's queue. When it is full, new events are not queued and `overflowed` is set:
+    the follower then reads what it missed from the ring buffer (`since`), and learns of what
+    the ring no longer holds from the gap in the sequence numbers."""
+
+    overflowed = False

@@ -90,6 +90,8 @@ class Daemon:
     def api(self, method: str, path: str, body=None, raw: bytes | None = None, token: str | None = None):
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.api_url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:

@@ -141,8 +141,24 @@ class MongoSection:
 class ApiSection:
     host: str = setting("127.0.0.1", "Address of the control API.")
     port: int = setting(9000, "Port of the control API.", min=1, max=65535)
-    token_file: Optional[str] = setting(None, "File holding the bearer token for mutating "
-                                        "requests; required when `host` is not loopback.", path=True)
+    token_file: Optional[str] = setting(None, "File of bearer tokens (`name:token` lines, or one "
+                                        "token): required for mutating requests when set, and for "
+                                        "every request when `host` is not loopback. Mode 600.",
+                                        path=True)
+    metrics_token_file: Optional[str] = setting(None, "File of `name:token` lines that may read "
+                                                "`GET /metrics` only (a Prometheus scraper).", path=True)
+    tls_cert: Optional[str] = setting(None, "PEM certificate (chain) for the API; with `tls_key` "
+                                      "the API speaks only HTTPS.", path=True)
+    tls_key: Optional[str] = setting(None, "PEM private key for `tls_cert`.", path=True)
+    allowed_hosts: list = setting([], "Extra names clients may use in `Host` and `Origin` (e.g. the "
+                                  "machine's DNS name), besides the bind address, localhost, "
+                                  "127.0.0.1 and [::1].")
+    idle_timeout: float = setting(10.0, "Seconds before an idle or half-sent connection (or a TLS "
+                                  "handshake) is closed.", min=0.5, max=3600)
+    max_connections: int = setting(256, "Open API connections; more are answered 503.", min=1,
+                                   max=100000)
+    max_followers: int = setting(32, "Concurrent `GET /events?follow=1` streams; more are answered "
+                                 "503.", min=1, max=10000)
 
 
 @dataclass(frozen=True)
@@ -687,10 +703,18 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
             and not spec.api.token_file:
         errors.append(f"{where('api.host')}: {spec.api.host} is not loopback, so api.token_file "
                       "must name a file with the bearer token")
-    token = spec.api.token_file
-    if ok("api.token_file") and token and not os.path.isfile(token):
-        why = "is a directory" if os.path.isdir(token) else "does not exist"
-        errors.append(f"{where('api.token_file')}: {token} {why}; it must hold the bearer token")
+    for key in ("api.token_file", "api.metrics_token_file", "api.tls_cert", "api.tls_key"):
+        path = getattr(spec.api, key.split(".")[1])
+        if ok(key) and path and not os.path.isfile(path):
+            why = "is a directory" if os.path.isdir(path) else "does not exist"
+            errors.append(f"{where(key)}: {path} {why}")
+    if ok("api.tls_cert", "api.tls_key") and bool(spec.api.tls_cert) != bool(spec.api.tls_key):
+        errors.append(f"{where('api.tls_cert')}: api.tls_cert and api.tls_key go together")
+    if ok("api.allowed_hosts"):
+        for h in spec.api.allowed_hosts:
+            if not isinstance(h, str) or not nginx_conf.is_host(h):
+                errors.append(f"{where('api.allowed_hosts')}: each must be an IP address or a host name "
+                              f"(no port, no scheme), got {_show(h)}")
     keepalive = nginx_conf.parse_time(ng.keepalive_timeout)
     if ng.mode != "off" and ng.keepalive > 0 and keepalive is not None and \
             ok("gunicorn.keepalive", "nginx.mode", "nginx.keepalive", "nginx.keepalive_timeout") \

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrascaled import command, views
+from ultrascaled.control import ScaleRefused
 from ultrascaled.events import EventLog
 from ultrascaled.files import write_atomic
 from ultrascaled.fleetlock import FleetLock
@@ -30,12 +31,6 @@ S = State
 # Re-exported for the modules that still import them from here.
 gunicorn_argv, instance_env = command.gunicorn_argv, command.instance_env
 __all__ = ["Supervisor", "ScaleRefused", "Instance", "gunicorn_argv", "instance_env"]
-
-
-class ScaleRefused(Exception):
-    def __init__(self, code: str, message: str):
-        self.code = code
-        super().__init__(message)
 
 
 class Supervisor:

@@ -237,6 +237,7 @@ def test_a_port_taken_by_another_program_is_reported_with_its_pid(make_daemon):
 def test_mutating_requests_need_the_token_when_one_is_configured(make_daemon, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
+    token_file.chmod(0o600)
     d = make_daemon({"api": {"token_file": str(token_file)}}, nginx=False).start()
     status, payload = d.api("POST", "/fleet/scale", {"instances": 3})
     assert status == 401 and payload["error"]["code"] == "unauthorized"

@@ -1,0 +1,154 @@
+"""A fake fleet implementing FleetControl, and a client for the API app built on it.
+
+The fake records what the handlers asked for, so a test can check that a refused request
+changed nothing. Everything runs in-process on aiohttp's test server (milliseconds a test).
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from ultrascaled.api import Credentials, Limits, Settings, Token, build_app
+from ultrascaled.control import FleetControl, ScaleRefused
+from ultrascaled.events import EventLog
+from ultrascaled.spec import SpecError
+
+BASE = 18001
+
+
+class FakeUpstream:
+    def status(self) -> dict:
+        return {"mode": "off", "running": False}
+
+
+class FakeFleet:
+    """The smallest FleetControl: ports BASE.. for `count` instances, min 1, max 8."""
+
+    def __init__(self, tmp: Path, count: int = 2):
+        self.events = EventLog(logger=_Quiet())
+        self.upstream = FakeUpstream()
+        self.count = count
+        self.counters: dict[str, Any] = {"watchdog_recycles": {}}
+        self.shutting_down = False
+        self.tmp = tmp
+        self.instances: dict[int, object] = {BASE + i: object() for i in range(count)}
+        self.calls: list[tuple] = []
+
+    @property
+    def wanted(self) -> tuple[int, ...]:
+        return tuple(BASE + i for i in range(self.count))
+
+    def snapshot(self) -> dict:
+        instances = [{"port": p, "pid": None, "state": "running", "restarts": 0}
+                     for p in sorted(self.instances)]
+        return {"fleet": "fake", "desired": self.count, "ready": len(self.instances),
+                "ports": list(self.wanted), "upstream": [], "memory": {}, "instances": instances}
+
+    def health(self) -> tuple[bool, list[str]]:
+        return True, []
+
+    def scale(self, n: int) -> int:
+        if not 1 <= n <= 8:
+            raise ScaleRefused("out_of_range", f"instances must be 1..8 (instances.min..max), got {n}")
+        self.calls.append(("scale", n))
+        self.count = n
+        return n
+
+    def restart(self, port: int | None = None) -> list[int]:
+        self.calls.append(("restart", port))
+        return [port] if port is not None else sorted(self.instances)
+
+    def log_path(self, port: int) -> Path:
+        return self.tmp / f"instance-{port}.log"
+
+    def metrics_dirs(self) -> dict[int, str]:
+        return {}
+
+
+class _Quiet:
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Api:
+    """The app on a test server in its own event loop; `req` answers (status, body, headers)."""
+
+    def __init__(self, fleet: FleetControl, settings: Settings, reload=None, audit=None, alerts=None):
+        self.loop = asyncio.new_event_loop()
+        self.fleet = fleet
+        self.settings = settings
+        app = build_app(fleet, settings, reload or (lambda: {"changed": [], "restarting": []}), alerts, audit)
+        self.client = TestClient(TestServer(app, host="127.0.0.1", port=settings.port), loop=self.loop)
+        self.run(self.client.start_server())
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def req(self, method: str, path: str, **kw) -> tuple[int, Any, dict]:
+        if "json" not in kw and "data" not in kw:
+            kw.setdefault("skip_auto_headers", ["Content-Type"])  # no body, no Content-Type (like curl)
+
+        async def go():
+            async with self.client.request(method, path, **kw) as r:
+                raw = await r.read()
+                body: Any = raw
+                if r.content_type == "application/json":
+                    body = await r.json()
+                return r.status, body, dict(r.headers)
+        return self.run(go())
+
+    def code(self, method: str, path: str, **kw) -> tuple[int, str | None]:
+        status, body, _ = self.req(method, path, **kw)
+        return status, body["error"]["code"] if isinstance(body, dict) and "error" in body else None
+
+    def close(self) -> None:
+        self.run(self.client.close())
+        self.loop.close()
+
+
+def settings(port: int | None = None, host: str = "127.0.0.1", tokens: tuple[Token, ...] = (),
+             metrics_tokens: tuple[Token, ...] = (), tls: bool = False, **limits) -> Settings:
+    return Settings(host=host, port=port or free_port(), tls=tls,
+                    credentials=Credentials(tokens, metrics_tokens), limits=Limits(**limits))
+
+
+def refusing_reload():
+    raise SpecError(["instances.count (line 3): must be an integer"])
+
+
+class LiveApi:
+    """The API served the daemon's way (ApiServer: connection cap, timeouts, TLS) on a real
+    loopback socket, from an event loop in a thread. `call(fn)` runs fn in that loop."""
+
+    def __init__(self, fleet: FleetControl, settings: Settings, ssl_context=None, audit=None):
+        import threading
+        from ultrascaled.api import ApiServer
+        self.fleet, self.settings = fleet, settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        app = build_app(fleet, settings, lambda: {"changed": [], "restarting": []}, None, audit)
+        self.server = ApiServer(app, settings, ssl_context)
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{settings.port}"
+
+    def call(self, fn, *args, **kw):
+        async def go():
+            return fn(*args, **kw)
+        return asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -1,0 +1,57 @@
+"""The seam between the control API and the reconciler: what the API may read and ask for.
+
+The API reaches the fleet only through `FleetControl`; `Supervisor` provides it, and the API's
+tests provide a small fake. Nothing here imports the reconciler (or aiohttp).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class ScaleRefused(Exception):
+    """A request the fleet refuses; `code` is one of the API's error codes (out_of_range,
+    over_budget, spec_invalid), the message says why and by how much."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+class EventSource(Protocol):
+    """The event log (`ultrascaled.events.EventLog`)."""
+
+    @property
+    def last_seq(self) -> int: ...
+    def since(self, seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]: ...
+    def follow(self) -> Any: ...            # an asyncio.Queue of event records
+    def unfollow(self, q: Any) -> None: ...
+    def emit(self, event: str, level: str = "info", log: bool = True, **fields: Any) -> dict[str, Any]: ...
+
+
+class UpstreamStatus(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+
+class FleetControl(Protocol):
+    """Everything the API handlers use. Handlers change wanted state; they never spawn, signal
+    or stop anything themselves."""
+
+    events: EventSource
+    upstream: UpstreamStatus
+    count: int
+    counters: dict[str, Any]
+    shutting_down: bool
+
+    @property
+    def wanted(self) -> tuple[int, ...]: ...
+    @property
+    def instances(self) -> Mapping[int, Any]: ...   # keyed by port: only `in` and sorted() are used
+
+    def snapshot(self) -> dict[str, Any]: ...
+    def health(self) -> tuple[bool, list[str]]: ...
+    def scale(self, n: int) -> int: ...                      # raises ScaleRefused
+    def restart(self, port: int | None = None) -> list[int]: ...
+    def log_path(self, port: int) -> Path: ...
+    def metrics_dirs(self) -> dict[int, str]: ...
