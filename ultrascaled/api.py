@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable
 
 from aiohttp import web
 
@@ -274,7 +274,7 @@ class AuditLog:
 
 FLEET = web.AppKey("fleet", FleetControl)
 SETTINGS = web.AppKey("settings", Settings)
-RELOAD = web.AppKey("reload", Callable[[], dict])
+RELOAD = web.AppKey("reload", Callable[[], Awaitable[dict]])
 ALERTS = web.AppKey("alerts", object)            # the AlertManager, or None
 AUDIT = web.AppKey("audit", object)              # an AuditLog, or None
 
@@ -406,7 +406,7 @@ async def restart_all(request: web.Request) -> web.Response:
 async def reload(request: web.Request) -> web.Response:
     await json_body(request, ())
     try:
-        result = request.app[RELOAD]()
+        result = await request.app[RELOAD]()
     except SpecError as exc:
         raise ApiError(Code.spec_invalid, "the spec was refused; the running spec stays in force",
                        errors=exc.errors)
@@ -635,7 +635,7 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def build_app(sup: FleetControl, settings: Settings, reload_spec: Callable[[], dict],
+def build_app(sup: FleetControl, settings: Settings, reload_spec: Callable[[], Awaitable[dict]],
               alerts=None, audit_log: AuditLog | None = None) -> web.Application:
     """`alerts`: the AlertManager (or None); its firing list is GET /alerts."""
     app = web.Application(middlewares=[errors_and_audit, guard], client_max_size=settings.limits.max_body)

@@ -22,6 +22,7 @@ from ultrascaled.supervisor import Supervisor
 from ultrascaled.upstream import NoUpstream
 
 DEFAULT_SPEC = os.environ.get("ULTRASCALE_SPEC", "/etc/ultrascaled/fleet.yaml")
+RELOAD_TIMEOUT = 5.0
 
 
 def make_upstream(spec: Spec, events: EventLog):
@@ -52,9 +53,19 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
 
     from ultrascaled.api import ApiServer, AuditLog, Settings, build_app, read_token, tls_context
 
-    def reload_spec() -> dict:
-        new = load_spec(spec_path, nofile_limit=nofile)
-        return sup.reload_spec(new)
+    reload_lock = asyncio.Lock()
+
+    async def reload_spec() -> dict:
+        """Read and check the spec off the event loop, within a time limit (a hostile file must
+        not stall supervision); one reload at a time."""
+        async with reload_lock:
+            try:
+                new = await asyncio.wait_for(asyncio.to_thread(load_spec, spec_path, nofile_limit=nofile),
+                                             RELOAD_TIMEOUT)
+            except TimeoutError:
+                raise SpecError([f"{spec_path}: not read within {RELOAD_TIMEOUT:g}s; "
+                                 "the running spec stays in force"]) from None
+            return sup.reload_spec(new)
 
     try:
         credentials = read_token(spec)
@@ -79,14 +90,27 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
+    hup_pending = False
+
+    async def hup_reload() -> None:
+        nonlocal hup_pending
+        while hup_pending:  # a storm of SIGHUPs is one reload (or two: one may arrive mid-read)
+            hup_pending = False
+            try:
+                result = await reload_spec()
+                log.info("spec.reload_done", **result)
+            except SpecError as exc:
+                events.emit("spec.refused", level="error", errors=exc.errors)
+            except Exception as exc:  # the running spec stays in force whatever went wrong
+                events.emit("spec.refused", level="error", errors=[str(exc)])
+
+    hup_task: asyncio.Task | None = None
+
     def on_hup() -> None:
-        try:
-            result = reload_spec()
-            log.info("spec.reload_done", **result)
-        except SpecError as exc:
-            events.emit("spec.refused", level="error", errors=exc.errors)
-        except Exception as exc:  # the running spec stays in force whatever went wrong
-            events.emit("spec.refused", level="error", errors=[str(exc)])
+        nonlocal hup_pending, hup_task
+        hup_pending = True
+        if hup_task is None or hup_task.done():
+            hup_task = loop.create_task(hup_reload(), name="sighup-reload")
 
     detach = False
 

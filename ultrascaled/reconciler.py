@@ -60,6 +60,7 @@ class Instance:
     master_mem: ProcMem | None = None
     workers: list[ProcMem] = field(default_factory=list)
     recycles: dict[int, float] = field(default_factory=dict)   # worker pid -> SIGKILL deadline
+    recycle_history: tuple[float, ...] = ()                     # recent watchdog recycles
 
     def view(self) -> InstanceView:
         return InstanceView(self.port, self.state, self.since, self.next_start, self.restart_requested,
@@ -381,10 +382,21 @@ class Reconciler:
         inst = self.instances.get(r.port)
         if inst is None or inst.handle is None:
             return
-        by_port = self.counters["watchdog_recycles"]
-        by_port[r.port] = by_port.get(r.port, 0) + 1
+        policy = self.policy()
+        history, storm = watchdog.recycle_storm(inst.recycle_history, self.clock.now(), policy.fatal_crashes,
+                                                policy.fatal_window)
         fields = dict(port=r.port, pid=r.pid, role=r.role, value_bytes=r.value, limit_bytes=r.limit,
                       metric=self.spec.memory.metric, samples=r.samples)
+        if storm:  # hold: another recycle would only start another worker over the limit
+            self.alerts.fire("memory_recycle_loop", f"instance {r.port}: {len(history) - 1} recycles within "
+                             f"{policy.fatal_window:g}s, each fresh worker crosses memory.worker_limit_mb "
+                             f"({r.limit // MB} MiB, measured {r.value // MB} MiB); recycling is held until "
+                             "that stops", port=r.port)
+            self.events.emit("watchdog.held", level="error", **fields)
+            return
+        inst.recycle_history = history
+        by_port = self.counters["watchdog_recycles"]
+        by_port[r.port] = by_port.get(r.port, 0) + 1
         if r.role == "master" or r.pid == inst.pid:
             inst.restart_requested = True
             self.events.emit("watchdog.recycled", level="warning", action="graceful restart", **fields)
@@ -483,6 +495,7 @@ class Reconciler:
                     self.change_state(inst, S.STOPPED, "no longer wanted")
                 self.alerts.resolve("instance_fatal", f"instance {port} is no longer wanted", port=port)
                 self.alerts.resolve("instance_crash_loop", port=port)
+                self.alerts.resolve("memory_recycle_loop", port=port)
                 del self.instances[port]
             case Probe(port):
                 inst.probing = True
@@ -534,7 +547,8 @@ class Reconciler:
         inst.probing, inst.next_probe, inst.last_probe = False, now, ""
         inst.started_wall = self.clock.wall()
         inst.fingerprint = command.fingerprint(spec, inst.port, log_path)
-        inst.master_mem, inst.workers, inst.recycles = None, [], {}
+        inst.master_mem, inst.workers, inst.recycles, inst.recycle_history = None, [], {}, ()
+        self.alerts.resolve("memory_recycle_loop", port=inst.port)
         self.change_state(inst, S.STARTING, reason, pid=handle.pid)
         self._watch(inst, handle)
 

@@ -52,3 +52,11 @@ def budget_crossed(total: int, budget: int, was_over: bool) -> bool | None:
     if over == was_over:
         return None
     return over
+
+
+def recycle_storm(history: tuple[float, ...], now: float, most: int, window: float) -> tuple[tuple[float, ...], bool]:
+    """Recycles of one instance within `window` (with this one), and whether that is a storm:
+    `most` or more means every fresh worker crosses the limit (the limit is below what the app
+    needs to boot), and recycling it again would only loop."""
+    recent = tuple(t for t in history if now - t < window) + (now,)
+    return recent, len(recent) > most

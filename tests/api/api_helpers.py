@@ -87,7 +87,7 @@ class Api:
         self.loop = asyncio.new_event_loop()
         self.fleet = fleet
         self.settings = settings
-        app = build_app(fleet, settings, reload or (lambda: {"changed": [], "restarting": []}), alerts, audit)
+        app = build_app(fleet, settings, reload or no_change, alerts, audit)
         self.client = TestClient(TestServer(app, host="127.0.0.1", port=settings.port), loop=self.loop)
         self.run(self.client.start_server())
 
@@ -122,7 +122,11 @@ def settings(port: int | None = None, host: str = "127.0.0.1", tokens: tuple[Tok
                     credentials=Credentials(tokens, metrics_tokens), limits=Limits(**limits))
 
 
-def refusing_reload():
+async def no_change() -> dict:
+    return {"changed": [], "restarting": []}
+
+
+async def refusing_reload():
     raise SpecError(["instances.count (line 3): must be an integer"])
 
 
@@ -137,7 +141,7 @@ class LiveApi:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        app = build_app(fleet, settings, lambda: {"changed": [], "restarting": []}, None, audit)
+        app = build_app(fleet, settings, no_change, None, audit)
         self.server = ApiServer(app, settings, ssl_context)
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
         self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{settings.port}"

@@ -380,3 +380,30 @@ async def test_log_rotation_renames_and_tells_gunicorn_to_reopen(tmp_path):
     await h.sample()
     assert h.runner.rotated == [path]
     assert ("signal", 8001, signal.SIGUSR1) in h.runner.calls
+
+
+@component
+async def test_regression_a_limit_below_the_boot_size_does_not_recycle_for_ever(tmp_path):
+    """issue 12: a worker_limit_mb below what the app needs to boot recycled every fresh worker
+    for ever, without backoff or alert."""
+    h = await up(tmp_path)
+    master = h.runner.master(8001)
+    for n in range(10):
+        worker = master.workers[0] = 7000 + n   # each recycle: a fresh worker, over the limit at once
+        h.runner.rss[worker] = 200 << 20
+        await h.sample()
+        await h.sample()
+        await h.advance(1)
+    sent = [c for c in h.runner.calls if c[0] == "signal_worker" and c[2] == signal.SIGTERM]
+    assert len(sent) == 5, "at most restart.fatal_crashes recycles per fatal_window"
+    assert "memory_recycle_loop,port=8001" in h.alerts() and h.events_named("watchdog.held")
+
+
+@component
+async def test_a_corrupt_state_file_is_ignored_with_an_event(tmp_path):
+    h = Harness(tmp_path)
+    h.rec.state_dir.mkdir(parents=True)
+    (h.rec.state_dir / "state.json").write_text('{"desired": 4')
+    await h.start()
+    ignored = h.events_named("state.ignored")
+    assert ignored and "unreadable" in ignored[0]["reason"] and h.sup.count == 2
