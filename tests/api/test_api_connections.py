@@ -103,11 +103,13 @@ def test_a_body_that_never_arrives_is_a_408(make_live, fleet):
 def test_the_daemon_closes_idle_connections_and_its_fds_come_back(make_daemon_api):
     d = make_daemon_api()
     pid = d.proc.pid
-    base = fds(pid)
+    # the daemon opens sockets and /proc files of its own now and then (probes, samples):
+    # the baseline is the least seen over a second, and a few fds of slack either way
+    base = min(fds(pid) for _ in range(20) if time.sleep(0.05) is None)
     raise_nofile()
     socks = open_idle(d.api_port, 200, 100)
     try:
-        wait_for(lambda: fds(pid) >= base + 300, what="daemon accepted 300 connections")
+        wait_for(lambda: fds(pid) >= base + 295, what="daemon accepted 300 connections")
         start = time.monotonic()
         assert all(closed_by_peer(s, 60) for s in socks), "the daemon closed every idle connection"
         assert time.monotonic() - start < 60

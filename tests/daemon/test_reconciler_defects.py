@@ -135,3 +135,41 @@ def test_regression_a_moment_without_file_descriptors_does_not_wedge_an_instance
     assert not [e for e in d.events("instance.state") if e.get("new") == "fatal"]
     assert len(d.events("upstream.failed")) < 20, "no crash loop flooding the events"
     assert json.dumps(d.events("daemon.task_crashed")) == "[]"
+
+
+BAD_RELOADS = {
+    "empty": "",
+    "comment only": "# nothing here\n",
+    "null": "~\n",
+    "truncated": "name: x\ninstances:\n  count: 2\n  base_port: 80",
+    "alias bomb": "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(8)),
+    "NaN start_timeout": "health: {start_timeout: .nan}\n",
+    "env name with =": "app: {env: {'A=B': x}}\n",
+    "NUL in a value": "app: {env: {A: \"x\\0y\"}}\n",
+    "binary": "\x00\x01\x02\xff",
+}
+
+
+def test_hostile_reloads_are_refused_and_nothing_running_is_touched(make_daemon):
+    """issue 12: an empty spec on reload took the fleet down; a nested-alias file froze the API
+    for 11 s. Every bad reload is a JSON 400 naming the problem, fast, and the fleet is as it was."""
+    d = make_daemon({"instances": {"count": 2}}, nginx=False).start()
+    before = {i["port"]: i["pid"] for i in d.fleet()["instances"]}
+    good = d.spec_path.read_bytes()
+    try:
+        for name, text in BAD_RELOADS.items():
+            d.spec_path.write_bytes(text.encode("utf-8", "surrogateescape") if name != "binary"
+                                    else text.encode("latin-1"))
+            t0 = time.monotonic()
+            status, body = d.api("POST", "/fleet/reload")
+            assert time.monotonic() - t0 < 3, name
+            assert status == 400 and body["error"]["code"] == "spec_invalid", (name, body)
+            assert body["error"]["errors"], name
+            os.kill(d.proc.pid, signal.SIGHUP)  # the same file through SIGHUP
+        d.wait_until(lambda f: len([e for e in d.events("spec.refused")]) >= 1, timeout=10, what="refusals")
+    finally:
+        d.spec_path.write_bytes(good)
+    assert {i["port"]: i["pid"] for i in d.fleet()["instances"]} == before
+    assert d.api("GET", "/health")[0] == 200

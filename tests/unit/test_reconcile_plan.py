@@ -228,3 +228,15 @@ def test_regression_a_reload_restarts_fatal_instances():
 @pytest.mark.parametrize("rc,text", [(0, "exit 0"), (-15, "killed by SIGTERM"), (None, "status unknown")])
 def test_describe_exit(rc, text):
     assert text in describe_exit(rc)
+
+
+@pytest.mark.parametrize("state", [S.STARTING, S.RUNNING, S.DRAINING, S.STOPPING])
+@pytest.mark.parametrize("rc", [0, 1, 3, 4, -9, -15, None])
+@pytest.mark.parametrize("history", [((), 0), ((1.0, 2.0, 3.0, 4.0, 5.0), 4)])
+def test_every_exit_is_an_allowed_move(state, rc, history):
+    """issue 10, defect 11: a decision the state table forbids must not exist (it raised inside
+    the exit callback and wedged the instance)."""
+    from ultrascaled.states import TRANSITIONS
+    crashes, start_failures = history
+    d = on_exit(state, rc, crashes, start_failures, P, now=10.0)
+    assert d.state in TRANSITIONS[state], (state, rc, d)
