@@ -22,6 +22,7 @@ class EventLog:
         self._clock = clock
         self._followers: set[asyncio.Queue] = set()
         self.log = logger or structlog.get_logger("ultrascaled")
+        self.log_failures = 0      # writes of the structured log that failed (disk full, stderr closed)
 
     def emit(self, event: str, level: str = "info", log: bool = True, **fields: Any) -> dict[str, Any]:
         """Record an event; `log=False` when the acting component has logged it already."""
@@ -30,7 +31,10 @@ class EventLog:
                   "level": level, **fields}
         self._events.append(record)
         if log:
-            getattr(self.log, level)(event, **fields)
+            try:
+                getattr(self.log, level)(event, **fields)
+            except (OSError, ValueError):  # stderr full, gone or closed: the event is still kept
+                self.log_failures += 1
         for q in self._followers:
             try:
                 q.put_nowait(record)

@@ -89,14 +89,6 @@ class Proc:
         return kill_group(self.pgid, sig)
 
 
-def signal_pid(pid: int, sig: int) -> bool:
-    try:
-        os.kill(pid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
 def pid_running(pid: int) -> bool:
     """True unless the pid is gone or a zombie."""
     try:
@@ -247,6 +239,7 @@ def find_leftovers(fleet: str) -> list[Leftover]:
             if port is None:
                 continue
             pgid = os.getpgid(p.pid)
+            _PROCS.setdefault(p.pid, p)  # signal_worker checks it is still this process
             found.append(Leftover(p.pid, port, tuple(p.info["cmdline"]), pgid == p.pid,
                                   pgid == p.pid or psutil.pid_exists(pgid)))
         except (psutil.Error, ProcessLookupError, OSError):

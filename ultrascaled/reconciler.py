@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ultrascaled import command, watchdog
+from ultrascaled import command, memwatch
 from ultrascaled.events import EventLog
 from ultrascaled.plan import (Drain, ExitDecision, Forget, InstanceView, Kill, KillWorker, Probe, Publish,
                               Spawn, Stop, Undrain, UpstreamView, WorkerRecycle, backoff_delay, describe_exit,
@@ -152,6 +152,7 @@ class Reconciler:
         self.upstream_stamp: Any = None
         self.holding_upstream = False       # adoption: keep the last run's upstream until probed
         self.pending_nginx = False
+        self.checking_nginx = False
         self.next_upstream_check = 0.0
         self.streaks: dict[int, int] = {}
         self.over_budget = False
@@ -264,8 +265,8 @@ class Reconciler:
                                                 for i in self.instances.values())
         if self.holding_upstream and not holding:
             self.holding_upstream = False
-        return UpstreamView(self.applied, self.publishing, self.failed_upstream, self.failed_temporary,
-                            self.upstream_retry_at, holding)
+        return UpstreamView(self.applied, self.publishing or self.checking_nginx, self.failed_upstream,
+                            self.failed_temporary, self.upstream_retry_at, holding)
 
     # ---- folding observations -------------------------------------------------------------------
 
@@ -360,15 +361,15 @@ class Reconciler:
             if inst.state is not S.RUNNING or inst.handle is None:
                 continue
             for role, items in (("master", [inst.master_mem] if inst.master_mem else []), ("worker", inst.workers)):
-                samples += [watchdog.MemSample(inst.port, m.pid, role, _metric(m, mem.metric)) for m in items]
+                samples += [memwatch.MemSample(inst.port, m.pid, role, _metric(m, mem.metric)) for m in items]
         recycling = frozenset(p for i in self.instances.values() for p in i.recycles)
-        self.streaks, due = watchdog.decide(self.streaks, samples, mem.worker_limit_mb * MB, mem.samples_over,
+        self.streaks, due = memwatch.decide(self.streaks, samples, mem.worker_limit_mb * MB, mem.samples_over,
                                             recycling)
         for r in due:
             self._recycle(r)
         total = sum(i.rss for i in self.instances.values())
         budget = mem.fleet_budget_mb * MB
-        crossed = watchdog.budget_crossed(total, budget, self.over_budget)
+        crossed = memwatch.budget_crossed(total, budget, self.over_budget)
         if crossed is not None:
             self.over_budget = crossed
             if crossed:
@@ -378,12 +379,12 @@ class Reconciler:
                 self.alerts.resolve("memory_budget", f"fleet memory {total / MB:.0f} MiB is back under "
                                     f"{mem.fleet_budget_mb} MiB")
 
-    def _recycle(self, r: watchdog.Recycle) -> None:
+    def _recycle(self, r: memwatch.Recycle) -> None:
         inst = self.instances.get(r.port)
         if inst is None or inst.handle is None:
             return
         policy = self.policy()
-        history, storm = watchdog.recycle_storm(inst.recycle_history, self.clock.now(), policy.fatal_crashes,
+        history, storm = memwatch.recycle_storm(inst.recycle_history, self.clock.now(), policy.fatal_crashes,
                                                 policy.fatal_window)
         fields = dict(port=r.port, pid=r.pid, role=r.role, value_bytes=r.value, limit_bytes=r.limit,
                       metric=self.spec.memory.metric, samples=r.samples)
@@ -454,8 +455,10 @@ class Reconciler:
             self.pending_nginx = False
             self.publishing = True
             self._start_task("nginx-reconfigure", self._reconfigure_nginx())
-        if now >= self.next_upstream_check and not self.shutting_down:
+        if now >= self.next_upstream_check and not self.shutting_down and not self.checking_nginx \
+                and not self.publishing:  # one nginx operation at a time: a check never races an apply
             self.next_upstream_check = now + self.spec.health.interval
+            self.checking_nginx = True
             self._start_task("nginx-check", self._check_nginx())
             if self.failed_upstream is not None and not self.failed_temporary \
                     and self._stamp() != self.upstream_stamp:
@@ -505,7 +508,7 @@ class Reconciler:
                 if self.runner.signal_worker(pid, signal.SIGKILL):
                     self.events.emit("watchdog.killed", level="error", port=port, pid=pid, reason=reason)
             case Publish(servers):
-                self.publishing = True
+                self.publishing = True  # (plan publishes only when not in flight; see _upstream_view)
                 self._start_task("upstream-publisher", self._publish(frozenset(servers)))
             case _:
                 raise TypeError(f"unknown action {action!r}")
@@ -655,7 +658,10 @@ class Reconciler:
         self.publishing = False
 
     async def _check_nginx(self) -> None:
-        await self.upstream.check()
+        try:
+            await self.upstream.check()
+        finally:
+            self.checking_nginx = False
 
     async def sample_all(self) -> None:
         """One round of memory samples (the sampler task calls this every sample_interval)."""

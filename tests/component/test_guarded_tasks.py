@@ -96,3 +96,15 @@ async def test_health_names_a_dead_task_while_every_instance_serves(tmp_path):
     ok, reasons = h.sup.health()
     assert not ok and reasons[0].startswith("task sampler is dead")
     await h.sup.guard.stop()
+
+
+def test_an_event_whose_log_line_cannot_be_written_is_still_recorded():
+    """A full disk or a closed stderr must not turn every event into a crash of its loop."""
+    class Broken:
+        def __getattr__(self, level):
+            def write(*a, **k):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return write
+    events = EventLog(logger=Broken())
+    events.emit("instance.state", port=1)
+    assert events.since(0)[0]["event"] == "instance.state" and events.log_failures == 1

@@ -1,4 +1,4 @@
-"""The memory watchdog's decision, pure: which process to recycle, after how many samples.
+"""The memory watchdog's decision, pure (not the systemd watchdog, which is `sdnotify`): which process to recycle, after how many samples.
 
 A worker over its limit for K consecutive samples is recycled alone (SIGTERM: it finishes its
 in-flight requests and its master forks a fresh one). A master over the limit gets a graceful
