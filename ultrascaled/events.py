@@ -42,8 +42,8 @@ class EventLog:
                 q.overflowed = True
         return record
 
-    def since(self, seq: int = 0, limit: int | None = None, name_prefix: str = "") -> list[dict]:
-        out = [e for e in self._events if e["seq"] > seq and e["event"].startswith(name_prefix)]
+    def since(self, seq: int = 0, limit: int | None = None) -> list[dict]:
+        out = [e for e in self._events if e["seq"] > seq]
         return out[-limit:] if limit else out
 
     @property
