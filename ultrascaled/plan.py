@@ -143,8 +143,11 @@ class Plan:
 
 
 def probe_delay(elapsed: float, policy: Policy) -> float:
-    """Readiness probes: fast while a boot is young, then a tenth of the time waited so far, so an
-    app that never gets ready is probed tens of times per attempt, not thousands."""
+    """Readiness probes: every `probe_interval` for the first second (a typical boot: it is
+    noticed within one interval), then a tenth of the time waited so far, so an app that never
+    gets ready is probed tens of times per attempt, not thousands."""
+    if elapsed < 1.0:
+        return policy.probe_interval
     return max(policy.probe_interval, min(policy.probe_interval_max, 0.1 * elapsed))
 
 

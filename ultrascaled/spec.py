@@ -91,9 +91,9 @@ class GunicornSection:
 class HealthSection:
     path: str = setting("/health", "Path that answers 200 when an instance is ready.")
     start_timeout: float = setting(30.0, "Seconds an instance may take to become ready.", min=0.5)
-    probe_interval: float = setting(0.02, "Seconds between the first readiness probes while "
-                                    "starting; later ones wait a tenth of the time waited so far, "
-                                    "up to 1 s.",
+    probe_interval: float = setting(0.02, "Seconds between readiness probes during the first "
+                                    "second of a start; later ones wait a tenth of the time waited "
+                                    "so far, up to 1 s.",
                                     min=0.01, max=5)
     interval: float = setting(10.0, "Seconds between health probes of running instances (exits "
                               "are noticed at once anyway; this catches hung ones) and nginx checks.",

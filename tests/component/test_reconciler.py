@@ -102,7 +102,7 @@ async def test_regression_an_app_that_never_gets_ready_backs_off_and_goes_fatal(
     h.runner.answers[8001] = ProbeResult(404, "HTTP 404")
     await h.start()
     await h.advance(30, step=0.05)
-    assert 20 <= h.runner.probes.count(8001) <= 80, "probes slow down: tens per attempt, not 1500"
+    assert 40 <= h.runner.probes.count(8001) <= 100, "probes slow down: tens per attempt, not 1500"
     inst = h.rec.instances[8001]
     backoff = [e for e in h.events_named("instance.state") if e["port"] == 8001 and e["new"] == "backoff"]
     assert inst.start_failures == 1 and "not ready after 30s (last probe: HTTP 404)" in backoff[0]["reason"]

@@ -154,7 +154,7 @@ def test_backoff_never_overflows():
 # ---- probes ----------------------------------------------------------------------------------
 
 def test_a_starting_instance_is_probed_fast_then_slower():
-    assert probe_delay(0.1, P) == P.probe_interval
+    assert probe_delay(0.1, P) == probe_delay(0.9, P) == P.probe_interval
     assert probe_delay(2.0, P) == pytest.approx(0.2)
     assert probe_delay(300.0, P) == P.probe_interval_max
     inst = {1: v(1, S.STARTING, since=0, next_probe=0.5)}
