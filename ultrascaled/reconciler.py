@@ -665,15 +665,23 @@ class Reconciler:
 
     async def sample_all(self) -> None:
         """One round of memory samples (the sampler task calls this every sample_interval)."""
-        for port, inst in list(self.instances.items()):
-            if inst.handle is not None:
-                await self._sample_one(port, inst.handle)
+        targets = [(port, inst.handle) for port, inst in self.instances.items() if inst.handle is not None]
+        samples = await asyncio.to_thread(self._read_samples, targets)   # one hop to a thread, not one per instance
+        for msg in samples:
+            self.post(msg)
         self.post(SamplesDone())
 
+    def _read_samples(self, targets: list) -> list[Sampled]:
+        metric = self.spec.memory.metric
+        out = []
+        for port, handle in targets:
+            master, workers = self.runner.sample(handle.pid, metric)
+            out.append(Sampled(port, handle, master, tuple(workers), self.runner.log_size(str(self.log_path(port)))))
+        return out
+
     async def _sample_one(self, port: int, handle: Any) -> None:
-        master, workers = await asyncio.to_thread(self.runner.sample, handle.pid, self.spec.memory.metric)
-        size = self.runner.log_size(str(self.log_path(port)))
-        self.post(Sampled(port, handle, master, tuple(workers), size))
+        for msg in await asyncio.to_thread(self._read_samples, [(port, handle)]):
+            self.post(msg)
 
     # ---- adoption of an earlier run's processes ---------------------------------------------------
 
