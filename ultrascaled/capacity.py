@@ -272,8 +272,8 @@ def _num(data: Mapping[str, Any], key: str, *, required: bool, integer: bool = F
 def parse_calibration(data: Any, instances: int | None = None) -> Calibration:
     """Read one of the accepted calibration shapes (docs/capacity.md):
 
-    * small: ``{"instances": 4, "users": 1000, "rps": 11850, "p99_ms": 849,
-      "error_rate_pct": 0, "rss_per_instance_bytes": 58720256}`` (users, error rate, RSS optional;
+    * small: ``{"instances": 2, "users": 1000, "rps": 5196.3, "p99_ms": 346.3,
+      "error_rate_pct": 0, "rss_per_instance_bytes": 63963136}`` (users, error rate, RSS optional;
       ``fleet_rss_bytes`` is accepted instead of the per-instance RSS);
     * ``python -m ultrascaled.loadtest ... --json FILE`` output (``rps``, ``users``,
       ``latency.p99``, ``error_rate_pct``) with ``"instances"`` added;
