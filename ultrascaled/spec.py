@@ -893,6 +893,9 @@ def load_spec(path: str | os.PathLike, cpu_count: int | None = None,
 WORKER_MODULES = {"gevent": "gunicorn.workers.ggevent", "eventlet": "gunicorn.workers.geventlet",
                   "gthread": "gunicorn.workers.gthread", "sync": "gunicorn.workers.sync"}
 WORKER_PACKAGES = {"gevent": "gevent", "eventlet": "eventlet", "gthread": None, "sync": None}
+# What a worker module imports besides its package, named in the same message when missing, so
+# that one `pip install` brings everything (gunicorn 27's gevent worker imports `packaging`).
+WORKER_EXTRAS = {"gevent": ("packaging",)}
 # Run by app.python in app.directory: import one module; a missing one is named on stdout (its
 # top-level name, which is the pip package for everything a worker class imports).
 _IMPORT_PROBE = ("import importlib, sys\n"
@@ -982,8 +985,14 @@ def _import_problems(spec: Spec, python: str, found: str, directory: str,
             why = ("gunicorn runs the instances" if package == "gunicorn" else
                    f"gunicorn.worker_class {wc} needs it"
                    + ("" if package == WORKER_PACKAGES[wc] else f": {module} imports it"))
-            problems.append(f"app.python: {python} cannot import {package} ({why}); install it: "
-                            f"{python} -m pip install {package}"
+            packages = [package]
+            if package == WORKER_PACKAGES[wc]:  # the worker module will want its extras too
+                packages += [x for x in WORKER_EXTRAS.get(wc, ()) if probe(_IMPORT_PROBE, x)[0] == 3]
+            if len(packages) > 1:
+                why += f", and {WORKER_MODULES[wc]} imports {', '.join(packages[1:])}"
+            problems.append(f"app.python: {python} cannot import {', '.join(packages)} ({why}); "
+                            f"install {'it' if len(packages) == 1 else 'them'}: "
+                            f"{python} -m pip install {' '.join(packages)}"
                             + ("" if wc in ("sync", "gthread") else ", or use "
                                "gunicorn.worker_class sync or gthread, which need only gunicorn"))
         else:

@@ -85,13 +85,14 @@ def test_check_says_which_package_the_worker_class_needs(tmp_path, capsys):
             f"needs it); install it: {sys.executable} -m pip install eventlet") in err
 
 
-def shadowing_app(tmp_path, missing: str) -> Path:
-    """An app folder whose module `missing` shadows the installed one and fails to import as a
+def shadowing_app(tmp_path, *missing: str) -> Path:
+    """An app folder whose modules `missing` shadow the installed ones and fail to import as a
     missing package does (app.python runs in app.directory, which is first on sys.path)."""
     app = tmp_path / "app-dir"
-    (app / missing).mkdir(parents=True)
-    (app / missing / "__init__.py").write_text(
-        f"raise ModuleNotFoundError(\"No module named {missing!r}\", name={missing!r})\n")
+    for name in missing:
+        (app / name).mkdir(parents=True)
+        (app / name / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named {name!r}\", name={name!r})\n")
     (app / "myapp.py").write_text("application = None\n")
     return app
 
@@ -109,6 +110,17 @@ def test_check_names_the_package_the_worker_class_cannot_import(tmp_path, capsys
     assert (f"app.python: {sys.executable} cannot import {missing} (gunicorn.worker_class {wc} "
             f"needs it{via}); install it: {sys.executable} -m pip install {missing}, or use "
             "gunicorn.worker_class sync or gthread, which need only gunicorn") in err
+
+
+def test_a_venv_without_gevent_and_packaging_is_told_to_install_both_at_once(tmp_path):
+    app = shadowing_app(tmp_path, "gevent", "packaging")
+    f = write(tmp_path, base_spec(tmp_path, "gunicorn: {worker_class: gevent}\n").replace(
+        f"app: {{directory: {ROOT}}}", f"app: {{directory: {app}, module: 'myapp:application'}}"))
+    py = sys.executable
+    assert host_problems(load_spec(f)) == [
+        f"app.python: {py} cannot import gevent, packaging (gunicorn.worker_class gevent needs it, "
+        f"and gunicorn.workers.ggevent imports packaging); install them: {py} -m pip install gevent "
+        "packaging, or use gunicorn.worker_class sync or gthread, which need only gunicorn"]
 
 
 @pytest.mark.parametrize("wc", ["sync", "gthread"])
