@@ -35,10 +35,12 @@ MIB = 1024 * 1024
 # pymongo keeps, besides its pool, one monitor connection per server plus one RTT connection
 # per server with the streaming protocol (MongoDB >= 4.4): docs/app.md.
 MONGO_MONITOR_PER_SERVER = 2
-# Typical RSS of master + 1 gevent worker of the reference app, measured in PEERS.md (56 MiB),
-# i.e. 28 MiB per process; used as the expected case when no calibration is given.
-TYPICAL_INSTANCE_RSS_MIB = 56
+# Typical RSS of master + 1 gevent worker of the reference app, idle: docs/benchmarks.md,
+# section 4 (`scripts/bench --only footprint`), 8 instances' RSS 485 MiB = 61 MiB per instance,
+# i.e. 30.5 MiB per process; used as the expected case when no calibration is given.
+TYPICAL_INSTANCE_RSS_MIB = 61
 TYPICAL_PROCESS_RSS_MIB = TYPICAL_INSTANCE_RSS_MIB / 2
+TYPICAL_RSS_SOURCE = "docs/benchmarks.md, scripts/bench --only footprint"
 # File descriptors that are not connections. Allowances, not measurements (docs/capacity.md):
 DAEMON_BASE_FDS = 64           # stdio, event loop, API listener + clients, logs, nginx pidfd
 DAEMON_FDS_PER_INSTANCE = 4    # pidfd, health probe socket, /proc reads, a spare
@@ -91,8 +93,27 @@ def mongo_pool_that_fits(spec: "Spec", mongo_servers: int = 1) -> int:
             - MONGO_MONITOR_PER_SERVER)
 
 
+def requests_per_worker(spec: "Spec") -> tuple[int, str]:
+    """Requests one gunicorn worker serves at once, and the formula: 1 for `sync` (one request
+    at a time), `gunicorn.threads` for `gthread`, `gunicorn.worker_connections` for gevent and
+    eventlet (one greenlet per connection)."""
+    g = spec.gunicorn
+    if g.worker_class == "sync":
+        return 1, "1 (worker_class sync: one request at a time)"
+    if g.worker_class == "gthread":
+        return g.threads, f"gunicorn.threads = {g.threads} (worker_class gthread)"
+    return g.worker_connections, (f"gunicorn.worker_connections = {g.worker_connections} "
+                                  f"(worker_class {g.worker_class})")
+
+
+def open_connections_per_worker(spec: "Spec") -> int:
+    """Client connections one worker may hold open: a sync worker closes each after its answer;
+    gthread (idle keep-alive ones included), gevent and eventlet up to worker_connections."""
+    return 1 if spec.gunicorn.worker_class == "sync" else spec.gunicorn.worker_connections
+
+
 def gunicorn_worker_fds(spec: "Spec", pool: int, mongo_servers: int = 1) -> int:
-    return (spec.gunicorn.worker_connections + mongo_connections_per_process(pool, mongo_servers)
+    return (open_connections_per_worker(spec) + mongo_connections_per_process(pool, mongo_servers)
             + GUNICORN_WORKER_BASE_FDS)
 
 
@@ -193,7 +214,7 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
         need = gunicorn_worker_fds(spec, max(pool, 0), mongo_servers)
         if need > nofile_limit:
             problems.append(
-                f"{where('gunicorn.worker_connections')}: {spec.gunicorn.worker_connections} "
+                f"{where('gunicorn.worker_connections')}: {open_connections_per_worker(spec)} "
                 f"connections + {mongo_connections_per_process(max(pool, 0), mongo_servers)} MongoDB "
                 f"({servers} x ({max(pool, 0)} pool + {MONGO_MONITOR_PER_SERVER} monitoring)) + "
                 f"{GUNICORN_WORKER_BASE_FDS} other files per gunicorn worker = {need} file "
@@ -251,8 +272,8 @@ def _num(data: Mapping[str, Any], key: str, *, required: bool, integer: bool = F
 def parse_calibration(data: Any, instances: int | None = None) -> Calibration:
     """Read one of the accepted calibration shapes (docs/capacity.md):
 
-    * small: ``{"instances": 4, "users": 1000, "rps": 11850, "p99_ms": 849,
-      "error_rate_pct": 0, "rss_per_instance_bytes": 58720256}`` (users, error rate, RSS optional;
+    * small: ``{"instances": 2, "users": 1000, "rps": 5196.3, "p99_ms": 346.3,
+      "error_rate_pct": 0, "rss_per_instance_bytes": 63963136}`` (users, error rate, RSS optional;
       ``fleet_rss_bytes`` is accepted instead of the per-instance RSS);
     * ``python -m ultrascaled.loadtest ... --json FILE`` output (``rps``, ``users``,
       ``latency.p99``, ``error_rate_pct``) with ``"instances"`` added;
@@ -308,7 +329,7 @@ class CapacityPlan:
     instances: int
     workers_per_instance: int
     worker_connections: int
-    connection_capacity: int              # instances x workers x worker_connections
+    connection_capacity: int              # instances x workers x requests_per_worker
     nginx_capacity: int | None            # concurrent proxied clients (managed nginx), else None
     mongo_pool_per_process: int           # the largest pool that keeps the fleet in budget
     mongo_pool_daemon: int                # what spec.mongo_pool_per_process() hands out
@@ -330,6 +351,8 @@ class CapacityPlan:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     calibration: Calibration | None = None
+    worker_class: str = "sync"
+    requests_per_worker: int = 1          # 1 sync, threads gthread, worker_connections gevent
 
     @property
     def fits(self) -> bool:
@@ -357,14 +380,22 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
     inst = spec.instances
     w = spec.workers
     wc = spec.gunicorn.worker_connections
+    rw, rw_formula = requests_per_worker(spec)
 
-    # Instances: enough connection slots, and (with a calibration) enough measured capacity.
-    per_instance_conns = w * wc
+    # Instances: enough request slots, and (with a calibration) enough measured capacity.
+    per_instance_conns = w * rw
     by_conns = math.ceil(users / per_instance_conns)
-    ar.append(f"connections per instance = gunicorn.workers x gunicorn.worker_connections = "
-              f"{w} x {wc} = {per_instance_conns}")
+    ar.append(f"requests at once per worker = {rw_formula}")
+    ar.append(f"connections per instance = gunicorn.workers x requests per worker = "
+              f"{w} x {rw} = {per_instance_conns}")
     ar.append(f"instances for connections = ceil(users / connections per instance) = "
               f"ceil({users} / {per_instance_conns}) = {by_conns}")
+    if spec.gunicorn.worker_class == "sync" and users > per_instance_conns:
+        notes.append(f"a sync worker serves one request at a time: {users} users need {by_conns} "
+                     "instances of "
+                     f"{w} {'worker' if w == 1 else 'workers'}; for many concurrent users raise "
+                     "gunicorn.workers, or use worker_class gthread with gunicorn.threads, or "
+                     "gevent (docs/your-app.md)")
     need = by_conns
     by_measured = None
     if cal is not None and cal.meets_target and cal.users_per_instance:
@@ -380,8 +411,8 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
         problems.append(f"instances.max: {users} users need {instances} instances, more than "
                         f"instances.max {inst.max}")
     capacity = instances * per_instance_conns
-    ar.append(f"connection capacity = instances x workers x worker_connections = "
-              f"{instances} x {w} x {wc} = {capacity}")
+    ar.append(f"connection capacity = instances x workers x requests per worker = "
+              f"{instances} x {w} x {rw} = {capacity}")
 
     # nginx in front: each proxied client takes a client and an upstream connection.
     nginx_capacity = None
@@ -429,11 +460,11 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
     else:
         per = TYPICAL_PROCESS_RSS_MIB * (w + 1)
         expected = instances * per
-        mem_src = (f"typical {TYPICAL_INSTANCE_RSS_MIB} MiB for master + 1 gevent worker "
-                   "(PEERS.md), not measured for this app")
+        mem_src = (f"typical {TYPICAL_INSTANCE_RSS_MIB} MiB for master + 1 gevent worker of the "
+                   f"reference app, idle ({TYPICAL_RSS_SOURCE}), not measured for this app")
         ar.append(f"memory expected = instances x {_n(TYPICAL_PROCESS_RSS_MIB)} MiB per process x "
                   f"(workers + 1) = {instances} x {_n(TYPICAL_PROCESS_RSS_MIB)} x ({w} + 1) = "
-                  f"{_n(expected)} MiB (typical, PEERS.md)")
+                  f"{_n(expected)} MiB (typical, {TYPICAL_RSS_SOURCE})")
     if worst > mem_total_mib:
         problems.append(f"memory.worker_limit_mb: worst case {instances} x ({w} + 1) x {limit} MiB ="
                         f" {worst} MiB exceeds this host's memory of {mem_total_mib} MiB by "
@@ -444,7 +475,8 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
 
     # File descriptors.
     fds_g = gunicorn_worker_fds(spec, max(daemon_pool, 0), mongo_servers)
-    ar.append(f"fds per gunicorn worker = worker_connections + MongoDB + other = {wc} + "
+    ar.append(f"fds per gunicorn worker = open connections + MongoDB + other = "
+              f"{open_connections_per_worker(spec)} + "
               f"{mongo_connections_per_process(max(daemon_pool, 0), mongo_servers)} + "
               f"{GUNICORN_WORKER_BASE_FDS} = {fds_g} (nofile {nofile_limit})")
     fds_n = ng_nofile = None
@@ -506,7 +538,8 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
         memory_expected_source=mem_src, memory_budget_mib=budget, mem_total_mib=mem_total_mib,
         fds_gunicorn_worker=fds_g, fds_nginx_worker=fds_n, fds_daemon=fds_d,
         nofile_limit=nofile_limit, nofile_nginx=ng_nofile, throughput_rps=throughput, verdict=verdict,
-        arithmetic=ar, problems=problems, notes=notes, calibration=cal)
+        arithmetic=ar, problems=problems, notes=notes, calibration=cal,
+        worker_class=spec.gunicorn.worker_class, requests_per_worker=rw)
 
 
 # ---- output -------------------------------------------------------------------------------
@@ -520,6 +553,7 @@ def render(plan: CapacityPlan) -> str:
         ("users (concurrent)", str(plan.users), ""),
         ("instances", str(plan.instances), ""),
         ("workers per instance", str(plan.workers_per_instance), ""),
+        ("requests per worker", str(plan.requests_per_worker), f"worker_class {plan.worker_class}"),
         ("connections", f"{plan.connection_capacity}",
          f"{plan.users} needed" + (f"; nginx proxies {plan.nginx_capacity}"
                                    if plan.nginx_capacity is not None else "")),

@@ -37,6 +37,7 @@ def gunicorn_argv(spec: Spec, port: int, log_path: str | None = None) -> list[st
             "--bind", f"{spec.instances.host}:{port}",
             "--workers", str(spec.workers), "--worker-class", g.worker_class,
             "--worker-connections", str(g.worker_connections),
+            *(["--threads", str(g.threads)] if g.worker_class == "gthread" else []),
             "--timeout", str(g.timeout), "--graceful-timeout", str(g.graceful_timeout),
             "--keep-alive", str(g.keepalive),
             "--max-requests", str(g.max_requests), "--max-requests-jitter", str(g.max_requests_jitter),

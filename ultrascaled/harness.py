@@ -53,9 +53,11 @@ class Daemon:
         self.tmp = tmp
         self.spec = {
             "name": self.name,
-            "app": {"directory": str(ROOT), "env": {"ULTRASCALE_TEST_ENDPOINTS": "1"}},
+            # The reference app as etc/ultrascaled/fleet.yaml runs it (module, config, gevent).
+            "app": {"directory": str(ROOT), "module": "app.wsgi:application",
+                    "config": "app/gunicorn_conf.py", "env": {"ULTRASCALE_TEST_ENDPOINTS": "1"}},
             "instances": {"count": 2, "min": 1, "max": 6, "base_port": base},
-            "gunicorn": {"workers": 1, "graceful_timeout": 5},
+            "gunicorn": {"workers": 1, "worker_class": "gevent", "graceful_timeout": 5},
             "health": {"start_timeout": 20, "interval": 0.5},
             "restart": {"drain_seconds": 0.2},
             "api": {"port": self.api_port},

@@ -71,12 +71,14 @@ class NginxSettings:
     balance: str = _f("least_conn", "load-balancing directive of the main upstream: "
                       "least_conn, random two least_conn, or '' for round robin")
     keepalive: int = _f(512, "idle keepalive connections to the instances cached per worker "
-                        "(0 = off); 512 measured best in PEERS.md")
+                        "(0 = off); 512 so that nginx rarely opens a new connection per request "
+                        "(docs/nginx.md)")
     keepalive_requests: int = _f(10000, "requests served over one upstream keepalive "
                                  "connection before it is closed")
     keepalive_timeout: str = _f("60s", "how long an idle upstream keepalive connection is kept")
     max_fails: int = _f(0, "passive failure marking: failed attempts before a server is "
-                        "skipped for fail_timeout; 0 = never mark (see PEERS.md)")
+                        "skipped for fail_timeout; 0 = never mark: the daemon takes instances out "
+                        "itself (docs/nginx.md)")
     fail_timeout: str = _f("10s", "window/skip time for max_fails (only rendered when "
                            "max_fails > 0)")
     proxy_next_upstream: str = _f("error timeout http_502 http_503", "conditions on which a "

@@ -46,13 +46,20 @@ def setting(default: Any, help: str, *, min: float | None = None, max: float | N
 
 @dataclass(frozen=True)
 class AppSection:
-    module: str = setting("app.wsgi:application", "WSGI callable as `module:callable`.")
-    directory: str = setting(".", "Folder gunicorn runs in (its chdir); relative to the spec file.",
-                             path=True)
-    config: Optional[str] = setting("app/gunicorn_conf.py",
-                                    "gunicorn config file (`-c`), relative to `app.directory`; "
-                                    "null for none. Values the daemon passes override it.")
-    python: Optional[str] = setting(None, "Python interpreter for gunicorn; null = the daemon's own.")
+    module: str = setting("app.wsgi:application", "Your WSGI callable as `module:callable` (Django: "
+                          "`mysite.wsgi:application`), or an app factory as `module:create_app()` "
+                          "(gunicorn calls it in each worker). The default is the reference app's "
+                          "(`app/`): set it for your own app; `--check` says when `app.python` "
+                          "cannot find the module in `app.directory`.")
+    directory: str = setting(".", "Folder gunicorn runs in (its chdir, put first on the app's "
+                             "import path); relative to the spec file.", path=True)
+    config: Optional[str] = setting(None, "gunicorn config file (`-c`), relative to "
+                                    "`app.directory`; null for none. Values the daemon passes "
+                                    "override it. The reference app's is `app/gunicorn_conf.py` "
+                                    "(etc/ultrascaled/fleet.yaml).")
+    python: Optional[str] = setting(None, "Python interpreter for gunicorn, e.g. your app's "
+                                    "virtualenv's `bin/python`; it must have gunicorn (and the "
+                                    "worker class's package) installed. null = the daemon's own.")
     env: dict = setting({}, "Extra environment for the app (string to string).")
 
 
@@ -70,9 +77,21 @@ class InstancesSection:
 class GunicornSection:
     workers: Any = setting("auto", "Workers per instance, or `auto` (cores / 2, at least 1, at most 4).",
                            min=1, max=64)
-    worker_class: str = setting("gevent", "gunicorn worker class.",
+    worker_class: str = setting("sync", "gunicorn worker class. The default, `sync` (gunicorn's "
+                                "own default, one request at a time per worker), is in gunicorn "
+                                "itself, so it runs in any venv that has gunicorn and assumes "
+                                "nothing of the app (no thread safety, no monkey-patching); nginx "
+                                "in front buffers slow clients for it. `gthread` is also in "
+                                "gunicorn (`threads` requests at a time); `gevent` and `eventlet` "
+                                "serve `worker_connections` at a time but need their package in "
+                                "`app.python`'s venv (`--check` names it). The reference app "
+                                "runs on gevent.",
                                 choices=("gevent", "sync", "gthread", "eventlet"))
-    worker_connections: int = setting(1000, "Concurrent connections per gevent worker.", min=1,
+    threads: int = setting(1, "Threads per worker for `worker_class: gthread` (`--threads`; "
+                           "gunicorn's default 1): requests one gthread worker serves at once.",
+                           min=1, max=10000)
+    worker_connections: int = setting(1000, "Concurrent connections per gevent or eventlet worker "
+                                      "(also gthread's cap on open connections).", min=1,
                                       max=100000)
     timeout: int = setting(30, "Seconds a silent worker lives before its master kills it.", min=1)
     graceful_timeout: int = setting(30, "Seconds a stopping instance gets to finish in-flight requests.",
@@ -89,7 +108,11 @@ class GunicornSection:
 
 @dataclass(frozen=True)
 class HealthSection:
-    path: str = setting("/health", "Path that answers 200 when an instance is ready.")
+    path: str = setting("/health", "Path the daemon probes (GET on the instance's port); it "
+                        "must answer 200 once the app is ready, and any other answer counts as a "
+                        "failed probe (an instance is restarted after `failures` in a row). For "
+                        "an app without a health endpoint, name any page that answers 200, e.g. "
+                        "`/`.")
     start_timeout: float = setting(30.0, "Seconds an instance may take to become ready.", min=0.5)
     probe_interval: float = setting(0.02, "Seconds between readiness probes during the first "
                                     "second of a start; later ones wait a tenth of the time waited "
@@ -692,6 +715,11 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
     if ok("app.module") and not _APP_MODULE.match(spec.app.module):
         errors.append(f"{where('app.module')}: must look like `module:callable` or "
                       f"`module:factory()`, got {_show(spec.app.module)}")
+    g = spec.gunicorn
+    if ok("gunicorn.threads", "gunicorn.worker_class") and g.threads > 1 and g.worker_class != "gthread":
+        errors.append(f"{where('gunicorn.threads')}: {g.threads} threads need gunicorn.worker_class "
+                      f"gthread (got {g.worker_class}; gunicorn would switch a sync worker to "
+                      "gthread behind the spec's back)")
     if ok("health.path") and not _HTTP_PATH.match(spec.health.path):
         errors.append(f"{where('health.path')}: must start with / and hold no spaces, CR/LF or "
                       f"other control characters, got {_show(spec.health.path)}")
@@ -860,8 +888,24 @@ def load_spec(path: str | os.PathLike, cpu_count: int | None = None,
 
 # ---- `ultrascaled --check`: what can be checked on this host (never part of loading) -------
 
-# Worker classes and the package each needs besides gunicorn.
+# Worker classes: gunicorn's module for each (importing it imports what the worker needs:
+# gunicorn 27's gevent worker also imports `packaging`), and the package it needs besides gunicorn.
+WORKER_MODULES = {"gevent": "gunicorn.workers.ggevent", "eventlet": "gunicorn.workers.geventlet",
+                  "gthread": "gunicorn.workers.gthread", "sync": "gunicorn.workers.sync"}
 WORKER_PACKAGES = {"gevent": "gevent", "eventlet": "eventlet", "gthread": None, "sync": None}
+# What a worker module imports besides its package, named in the same message when missing, so
+# that one `pip install` brings everything (gunicorn 27's gevent worker imports `packaging`).
+WORKER_EXTRAS = {"gevent": ("packaging",)}
+# Run by app.python in app.directory: import one module; a missing one is named on stdout (its
+# top-level name, which is the pip package for everything a worker class imports).
+_IMPORT_PROBE = ("import importlib, sys\n"
+                 "try:\n    importlib.import_module(sys.argv[1])\n"
+                 "except ModuleNotFoundError as e:\n"
+                 "    print((e.name or '?').split('.')[0]); sys.exit(3)\n")
+# Run by app.python in app.directory: is the top-level module of app.module on the import path
+# (found, never imported: importing the app could connect to databases)?
+_FIND_PROBE = ("import importlib.util, sys\nsys.path.insert(0, '')\n"
+               "sys.exit(0 if importlib.util.find_spec(sys.argv[1]) else 3)\n")
 
 
 def saved_count(spec: Spec) -> int | None:
@@ -882,10 +926,10 @@ def reload_count(spec: Spec) -> int:
 
 def host_problems(spec: Spec, nofile_limit: int | None = None, timeout: float = 30.0) -> list[str]:
     """What keeps this host from running a valid spec: app.directory, app.python, app.config,
-    the worker class's package, and the budgets for the count a reload would use. Runs
-    `app.python -c "import ..."`; only `ultrascaled --check` calls this, never load_spec."""
+    the worker class's packages, app.module's module, and the budgets for the count a reload
+    would use. Runs `app.python -c ...` (imports gunicorn's worker module, only looks for the
+    app's); only `ultrascaled --check` calls this, never load_spec."""
     import shutil
-    import subprocess
     import sys
 
     problems = []
@@ -901,24 +945,70 @@ def host_problems(spec: Spec, nofile_limit: int | None = None, timeout: float = 
     if spec.app.config and not os.path.isfile(os.path.join(directory, spec.app.config)):
         problems.append(f"app.config: {os.path.join(directory, spec.app.config)} does not exist")
     if found:
-        wanted = ["gunicorn"] + [p for p in [WORKER_PACKAGES.get(spec.gunicorn.worker_class)] if p]
-        for package in wanted:
-            try:
-                out = subprocess.run([found, "-c", f"import {package}"], capture_output=True,
-                                     text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                     cwd=directory if os.path.isdir(directory) else None)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                problems.append(f"app.python: {python} -c 'import {package}' failed: {exc}")
-                continue
-            if out.returncode != 0:
-                needed = ("gunicorn runs the instances" if package == "gunicorn" else
-                          f"gunicorn.worker_class {spec.gunicorn.worker_class} needs it")
-                problems.append(f"app.python: {python} cannot import {package} ({needed}); "
-                                f"install it: {python} -m pip install {package}")
+        problems += _import_problems(spec, python, found, directory, timeout)
     count = reload_count(spec)
     if count > spec.instances.count:
         problems += [f"{e} (for the count {count} saved in paths.state_dir/state.json, which a "
                      "reload keeps)" for e in budget_errors(spec, count, nofile_limit=nofile_limit)]
+    return problems
+
+
+def _import_problems(spec: Spec, python: str, found: str, directory: str,
+                    timeout: float) -> list[str]:
+    """gunicorn, the worker class's module and app.module's top-level module, as app.python
+    sees them from app.directory; each missing one named with the package to install."""
+    import subprocess
+
+    cwd = directory if os.path.isdir(directory) else None
+
+    def probe(code: str, arg: str) -> tuple[int, str]:
+        try:
+            out = subprocess.run([found, "-c", code, arg], capture_output=True, text=True,
+                                 timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return -1, str(exc)
+        last = (out.stderr.strip().splitlines() or [""])[-1]
+        return out.returncode, out.stdout.strip() if out.returncode == 3 else last
+
+    wc = spec.gunicorn.worker_class
+    problems = []
+    # gunicorn, then the worker class's package, then gunicorn's worker module (which imports
+    # more: `packaging` for gevent); the first that fails is reported.
+    for module in ["gunicorn", WORKER_PACKAGES[wc], WORKER_MODULES[wc]]:
+        if not module:
+            continue
+        rc, missing = probe(_IMPORT_PROBE, module)
+        if rc == 0:
+            continue
+        if rc == 3:
+            package = missing
+            why = ("gunicorn runs the instances" if package == "gunicorn" else
+                   f"gunicorn.worker_class {wc} needs it"
+                   + ("" if package == WORKER_PACKAGES[wc] else f": {module} imports it"))
+            packages = [package]
+            if package == WORKER_PACKAGES[wc]:  # the worker module will want its extras too
+                packages += [x for x in WORKER_EXTRAS.get(wc, ()) if probe(_IMPORT_PROBE, x)[0] == 3]
+            if len(packages) > 1:
+                why += f", and {WORKER_MODULES[wc]} imports {', '.join(packages[1:])}"
+            problems.append(f"app.python: {python} cannot import {', '.join(packages)} ({why}); "
+                            f"install {'it' if len(packages) == 1 else 'them'}: "
+                            f"{python} -m pip install {' '.join(packages)}"
+                            + ("" if wc in ("sync", "gthread") else ", or use "
+                               "gunicorn.worker_class sync or gthread, which need only gunicorn"))
+        else:
+            problems.append(f"app.python: {python} cannot import {module} (gunicorn.worker_class "
+                            f"{wc}): {missing}")
+        break
+    top = spec.app.module.split(":", 1)[0].split(".", 1)[0]
+    if cwd and not any(a == "--pythonpath" or a.startswith("--pythonpath=") for a in spec.gunicorn.args):
+        rc, err = probe(_FIND_PROBE, top)
+        if rc == 3:
+            problems.append(f"app.module: {python} finds no module `{top}` in app.directory "
+                            f"{directory} (nor in its venv): set app.module to your app's WSGI "
+                            "callable, e.g. `mysite.wsgi:application` or `flaskr:create_app()`, "
+                            "and app.directory to the folder that holds it")
+        elif rc != 0:
+            problems.append(f"app.module: {python} could not look for module `{top}`: {err}")
     return problems
 
 

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from app.gunicorn_conf import ConfigError, settings_from_env
-from ultrascaled.spec import parse_spec
+from ultrascaled.spec import load_spec, parse_spec
 
 from app_helpers import GUNICORN_CONF, PYTHON, REPO
 
@@ -32,7 +32,8 @@ def test_the_spec_is_the_one_source_of_workers_keepalive_and_recycling():
 
 
 def test_values_both_the_file_and_the_spec_give_agree():
-    s, g = settings_from_env({}), parse_spec("{}").gunicorn
+    # The reference app's spec (the defaults are for an app of your own: sync, no config file).
+    s, g = settings_from_env({}), load_spec(REPO / "etc/ultrascaled/fleet.yaml").gunicorn
     assert (s["worker_class"], s["worker_connections"], s["timeout"], s["graceful_timeout"]) == \
         (g.worker_class, g.worker_connections, g.timeout, g.graceful_timeout)
 

@@ -10,7 +10,8 @@ import pytest
 
 from ultrascaled import capacity
 
-FITS = "instances: {count: 2, min: 1, max: 4}\ngunicorn: {workers: 1}\nmongodb: {connection_budget: 1000}\n"
+FITS = ("instances: {count: 2, min: 1, max: 4}\ngunicorn: {workers: 1, worker_class: gevent}\n"
+        "mongodb: {connection_budget: 1000}\n")
 
 
 def run(*argv):
@@ -49,12 +50,26 @@ def test_exit_1_for_too_few_file_descriptors(spec_file, capsys):
 
 def test_json_output(spec_file, tmp_path, capsys):
     cal = tmp_path / "cal.json"
-    cal.write_text(json.dumps({"url": "http://127.0.0.1:8080/", "users": 1000, "rps": 11850.0,
-                               "latency": {"p99": 849.0}, "error_rate_pct": 0.0}))
+    cal.write_text(json.dumps({"url": "http://127.0.0.1:8080/", "users": 1000, "rps": 5196.3,
+                               "latency": {"p99": 346.3}, "error_rate_pct": 0.0}))
     assert run("--users", "1000", "--spec", spec_file(FITS), "--nofile", "65536", "--json",
-               "--calibration", str(cal), "--calibration-instances", "4") == 0
+               "--calibration", str(cal), "--calibration-instances", "2") == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["instances"] == 4 and d["verdict"] == "holds" and d["throughput_rps"] == 11850.0
+    assert d["instances"] == 2 and d["verdict"] == "holds" and d["throughput_rps"] == 5196.3
+
+
+def test_a_django_fleet_on_sync_workers_is_told_what_1000_users_need(spec_file, capsys):
+    """One sync worker serves one request at a time: 1000 users are 1000 request slots, not 1
+    instance's 1000 worker_connections."""
+    path = spec_file("name: mysite\napp: {module: 'mysite.wsgi:application'}\n"
+                     "instances: {count: 2, min: 1, max: 8}\ngunicorn: {workers: 2}\n"
+                     "memory: {fleet_budget_mb: 100000}\nnginx: {mode: 'off'}\n")
+    assert run("--users", "1000", "--spec", path, "--nofile", "65536") == 1
+    out = capsys.readouterr().out
+    assert "requests at once per worker = 1 (worker_class sync: one request at a time)" in out
+    assert "connections per instance = gunicorn.workers x requests per worker = 2 x 1 = 2" in out
+    assert "instances.max: 1000 users need 500 instances, more than instances.max 8" in out
+    assert "a sync worker serves one request at a time: 1000 users need 500 instances" in out
 
 
 @pytest.mark.parametrize("text, argv, fragment", [

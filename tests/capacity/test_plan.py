@@ -11,7 +11,9 @@ from ultrascaled.capacity import CalibrationError, parse_calibration, plan_for, 
 from capacity_helpers import make_spec
 
 GiB = 1024 ** 3
-PEERS = {"instances": 4, "users": 1000, "rps": 11850, "p99_ms": 849}  # PEERS.md, 4 x 1 gevent
+# This repo's own measurement: docs/benchmarks.md, "Scaling table" (scripts/loadtest --series on
+# the default fleet, 2 instances x 1 gevent worker), the 1000-user step.
+MEASURED = {"instances": 2, "users": 1000, "rps": 5196.3, "p99_ms": 346.3}
 
 
 def plan(spec, users, **kw):
@@ -52,25 +54,25 @@ def test_assessment_500_pooled_connections_per_worker_needs_32128():
     assert msg.endswith("a pool of 5 per process fits (500 // (1 x 64 x 1) - 2)")
 
 
-def test_peers_calibration_holds_for_the_measured_load():
+def test_the_measured_calibration_holds_for_the_measured_load():
     spec = make_spec(count=2, max=8, workers=1, mongo_budget=1000)
-    p = plan(spec, 1000, calibration=PEERS)
-    assert p.instances == 4  # ceil(1000 / (1000 / 4))
-    assert p.throughput_rps == pytest.approx(11850)
+    p = plan(spec, 1000, calibration=MEASURED)
+    assert p.instances == 2  # ceil(1000 / (1000 / 2))
+    assert p.throughput_rps == pytest.approx(5196.3)
     assert p.verdict == "holds" and p.fits
-    assert "throughput = instances x measured req/s per instance = 4 x (11850 / 4) = 11850 req/s " \
-           "at p99 849 ms" in p.arithmetic
+    assert "throughput = instances x measured req/s per instance = 2 x (5196.3 / 2) = 5196.3 req/s " \
+           "at p99 346.3 ms" in p.arithmetic
 
 
 def test_more_users_than_measured_is_extrapolated_and_past_max_does_not_hold():
     spec = make_spec(count=2, max=8, workers=1, mongo_budget=1000)
-    p = plan(spec, 2000, calibration=PEERS)
-    assert p.instances == 8 and p.verdict == "extrapolated"
-    assert p.throughput_rps == pytest.approx(23700)
+    p = plan(spec, 2000, calibration=MEASURED)
+    assert p.instances == 4 and p.verdict == "extrapolated"
+    assert p.throughput_rps == pytest.approx(10392.6)
     assert any("share its cores" in n for n in p.notes)
-    p = plan(spec, 3000, calibration=PEERS)
-    assert p.instances == 12 and p.verdict == "does not hold"
-    assert "instances.max: 3000 users need 12 instances, more than instances.max 8" in p.problems
+    p = plan(spec, 5000, calibration=MEASURED)
+    assert p.instances == 10 and p.verdict == "does not hold"
+    assert "instances.max: 5000 users need 10 instances, more than instances.max 8" in p.problems
 
 
 def test_connections_decide_the_instances_without_calibration():
@@ -94,9 +96,10 @@ def test_memory_expected_typical_and_measured():
     p = plan(spec, 100)
     assert p.instances == 1
     assert p.memory_worst_mib == 2000            # 1 x (3 + 1) x 500
-    assert p.memory_expected_mib == 112          # 1 x 28 x (3 + 1)
-    assert "PEERS.md" in p.memory_expected_source
-    cal = dict(PEERS, instances=1, users=1000, rss_per_instance_bytes=200 * 1024 * 1024)
+    assert p.memory_expected_mib == 122          # 1 x 30.5 x (3 + 1)
+    assert "docs/benchmarks.md" in p.memory_expected_source
+    assert "scripts/bench --only footprint" in p.memory_expected_source
+    cal = dict(MEASURED, instances=1, users=1000, rss_per_instance_bytes=200 * 1024 * 1024)
     p = plan(spec, 100, calibration=cal)
     assert p.memory_expected_mib == 200 and "measured 200 MiB" in p.memory_expected_source
 
@@ -118,20 +121,20 @@ def test_fds_are_planned_against_the_limit():
 
 def test_a_calibration_that_missed_the_target_is_not_a_capacity():
     spec = make_spec(count=2, max=8, mongo_budget=1000)
-    p = plan(spec, 1000, calibration=dict(PEERS, p99_ms=2500))
+    p = plan(spec, 1000, calibration=dict(MEASURED, p99_ms=2500))
     assert p.throughput_rps is None and p.verdict == "not measured"
     assert any("missed the target" in n for n in p.notes)
 
 
 @pytest.mark.parametrize("data, instances, expected", [
-    (PEERS, None, (4, 1000, 11850.0, 849.0)),
+    (MEASURED, None, (2, 1000, 5196.3, 346.3)),
     ({"url": "http://127.0.0.1:8080/", "users": 200, "rps": 14200.0, "latency": {"p99": 45.0},
       "error_rate_pct": 0.0}, 4, (4, 200, 14200.0, 45.0)),
     ({"instances": 4, "steps": [
         {"users": 100, "rps": 9000.0, "p99_ms": 20.0, "error_rate_pct": 0.0, "fleet_rss_bytes": 4 << 20},
-        {"users": 1000, "rps": 11850.0, "p99_ms": 849.0, "error_rate_pct": 0.0, "fleet_rss_bytes": 8 << 20},
+        {"users": 1000, "rps": 5196.3, "p99_ms": 346.3, "error_rate_pct": 0.0, "fleet_rss_bytes": 8 << 20},
         {"users": 5000, "rps": 9000.0, "p99_ms": 2000.0, "error_rate_pct": 3.0}]},
-     None, (4, 1000, 11850.0, 849.0)),
+     None, (4, 1000, 5196.3, 346.3)),
 ])
 def test_calibration_shapes(data, instances, expected):
     c = parse_calibration(data, instances)
@@ -157,8 +160,8 @@ def test_bad_calibration_says_what_is_wrong(data, fragment):
 
 def test_render_shows_the_table_the_arithmetic_and_the_verdict():
     spec = make_spec(count=2, max=8, workers=1, mongo_budget=500, pool="daemon")
-    text = render(plan(spec, 1000, calibration=PEERS))
-    assert "instances" in text and "11850 req/s" in text
+    text = render(plan(spec, 1000, calibration=MEASURED))
+    assert "instances" in text and "5196.3 req/s" in text
     assert "Arithmetic:" in text
     assert "  MongoDB pool that fits = connection_budget // (instances.max x workers x servers) " \
            "- 2 = 500 // (8 x 1 x 1) - 2 = 60" in text
@@ -170,12 +173,41 @@ def test_render_shows_the_table_the_arithmetic_and_the_verdict():
 
 
 def test_to_dict_is_json_and_carries_the_figures():
-    p = plan(make_spec(count=2, max=8, mongo_budget=1000), 1000, calibration=PEERS)
+    p = plan(make_spec(count=2, max=8, mongo_budget=1000), 1000, calibration=MEASURED)
     d = json.loads(json.dumps(p.to_dict()))
-    assert d["instances"] == 4 and d["fits"] is True and d["throughput_measured"] is True
-    assert d["calibration"]["rps"] == 11850 and d["arithmetic"] == p.arithmetic
+    assert d["instances"] == 2 and d["fits"] is True and d["throughput_measured"] is True
+    assert d["calibration"]["rps"] == 5196.3 and d["arithmetic"] == p.arithmetic
 
 
 def test_users_must_be_positive():
     with pytest.raises(ValueError):
         plan(make_spec(), 0)
+
+
+@pytest.mark.parametrize("worker_class,threads,workers,users,per_worker,instances", [
+    ("sync", 1, 1, 1000, 1, 1000),        # one request at a time per worker
+    ("sync", 1, 4, 1000, 1, 250),
+    ("gthread", 1, 2, 1000, 1, 500),      # gunicorn's default threads: like sync
+    ("gthread", 8, 2, 1000, 8, 63),       # ceil(1000 / 16)
+    ("gevent", 1, 1, 1000, 1000, 1),      # worker_connections
+    ("eventlet", 1, 2, 5000, 1000, 3),
+])
+def test_requests_per_worker_follow_the_worker_class(worker_class, threads, workers, users,
+                                                     per_worker, instances):
+    spec = make_spec(worker_class=worker_class, threads=threads, workers=workers, min=1, max=2000,
+                     budget_mb=10 ** 7, mongo_budget=10 ** 6)
+    assert capacity.requests_per_worker(spec)[0] == per_worker
+    p = plan(spec, users)
+    assert (p.requests_per_worker, p.instances) == (per_worker, instances)
+    assert p.connection_capacity == instances * workers * per_worker
+    assert p.to_dict()["worker_class"] == worker_class
+
+
+@pytest.mark.parametrize("worker_class,open_conns", [
+    ("sync", 1), ("gthread", 1000), ("gevent", 1000), ("eventlet", 1000)])
+def test_file_descriptors_count_the_connections_a_worker_holds_open(worker_class, open_conns):
+    spec = make_spec(worker_class=worker_class, worker_connections=1000, pool=10)
+    assert capacity.gunicorn_worker_fds(spec, 10) == open_conns + (10 + 2) + 32
+    over = [m for m in capacity.budget_problems(spec, 2, nofile_limit=100)
+            if m.startswith("gunicorn.worker_connections")]
+    assert bool(over) == (open_conns > 100 - 12 - 32)

@@ -20,9 +20,44 @@ def test_empty_mapping_gives_the_documented_defaults():
     assert s.instances.count == 2 and s.instances.base_port == 8001
     assert s.memory.worker_limit_mb == 500 and s.memory.fleet_budget_mb == 8192
     assert (s.api.host, s.api.port) == ("127.0.0.1", 9000)
-    assert s.gunicorn.worker_class == "gevent"
+    assert s.gunicorn.worker_class == "sync"  # in gunicorn itself: any app's venv has it
+    assert s.gunicorn.threads == 1            # gunicorn's own default
+    assert s.app.config is None               # not the reference app's app/gunicorn_conf.py
     assert s.workers == 4  # auto: 8 cores // 2, capped at 4
     assert s.app.directory == "/srv/fleet"  # relative default resolved against the spec's folder
+
+
+def test_the_repository_spec_keeps_the_reference_app_settings():
+    """The reference app's settings live in its spec, not in the defaults."""
+    s = load_spec(ROOT / "etc/ultrascaled/fleet.yaml")
+    assert s.app.module == "app.wsgi:application"
+    assert s.app.config == "app/gunicorn_conf.py"
+    assert (s.gunicorn.worker_class, s.gunicorn.worker_connections) == ("gevent", 1000)
+    assert s.health.path == "/health"
+
+
+@pytest.mark.parametrize("yaml_text,expected", [
+    ("{}", ["--worker-class", "sync"]),
+    ("gunicorn: {worker_class: gthread}", ["--worker-class", "gthread", "--threads", "1"]),
+    ("gunicorn: {worker_class: gthread, threads: 8}", ["--worker-class", "gthread", "--threads", "8"]),
+    ("gunicorn: {worker_class: gevent}", ["--worker-class", "gevent"]),
+])
+def test_gunicorn_gets_the_worker_class_and_threads_only_for_gthread(yaml_text, expected):
+    from ultrascaled.command import gunicorn_argv
+    argv = gunicorn_argv(parse_spec(yaml_text, base_dir=Path("/srv/fleet"), cpu_count=2), 8001)
+    i = argv.index("--worker-class")
+    assert argv[i:i + 2] == expected[:2]
+    if len(expected) > 2:
+        assert argv[argv.index("--threads"):argv.index("--threads") + 2] == expected[2:]
+    else:
+        assert "--threads" not in argv  # a sync worker given threads > 1 becomes gthread
+    assert "-c" not in argv  # no config file unless the spec names one
+
+
+def test_the_factory_form_of_app_module_is_accepted_and_passed_as_is():
+    from ultrascaled.command import gunicorn_argv
+    s = parse_spec("app: {module: 'flaskr:create_app()'}", base_dir=Path("/srv"), cpu_count=2)
+    assert gunicorn_argv(s, 8001)[-1] == "flaskr:create_app()"
 
 
 @pytest.mark.parametrize("cores,workers", [(1, 1), (2, 1), (4, 2), (8, 4), (64, 4)])
@@ -51,6 +86,9 @@ def test_repository_default_spec_is_valid():
     ("api: {port: 8003}\n", "api.port (line 1): 8003 is inside the instance ports 8001..8008"),
     ("api: {host: 0.0.0.0}\n", "api.host (line 1): 0.0.0.0 is not loopback, so api.token_file must name"),
     ("name: my fleet\n", "name (line 1): only letters, digits, - and _"),
+    ("gunicorn:\n  threads: 4\n", "gunicorn.threads (line 2): 4 threads need gunicorn.worker_class "
+                                  "gthread (got sync"),
+    ("gunicorn:\n  threads: 0\n", "gunicorn.threads (line 2): must be 1..10000, got 0"),
     ("a: [\n", "(line 2): not valid YAML"),
 ])
 def test_each_bad_value_is_named_with_its_path_and_line(text, expected):

@@ -62,7 +62,8 @@ def test_unreadable_paths_exit_2(tmp_path, capsys, make):
 
 
 def test_check_names_a_missing_app_directory_python_and_config(tmp_path, capsys):
-    f = write(tmp_path, f"app: {{directory: {tmp_path / 'no-app'}, python: {tmp_path / 'no-python'}}}\n"
+    f = write(tmp_path, f"app: {{directory: {tmp_path / 'no-app'}, python: {tmp_path / 'no-python'}, "
+                        f"config: app/gunicorn_conf.py}}\n"
                         f"paths: {{state_dir: {tmp_path / 'state'}, log_dir: {tmp_path / 'log'}}}\n")
     rc, err = check(f, capsys)
     assert rc == 2
@@ -82,6 +83,71 @@ def test_check_says_which_package_the_worker_class_needs(tmp_path, capsys):
     assert rc == 2
     assert (f"app.python: {sys.executable} cannot import eventlet (gunicorn.worker_class eventlet "
             f"needs it); install it: {sys.executable} -m pip install eventlet") in err
+
+
+def shadowing_app(tmp_path, *missing: str) -> Path:
+    """An app folder whose modules `missing` shadow the installed ones and fail to import as a
+    missing package does (app.python runs in app.directory, which is first on sys.path)."""
+    app = tmp_path / "app-dir"
+    for name in missing:
+        (app / name).mkdir(parents=True)
+        (app / name / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named {name!r}\", name={name!r})\n")
+    (app / "myapp.py").write_text("application = None\n")
+    return app
+
+
+@pytest.mark.parametrize("missing,wc,via", [
+    ("gevent", "gevent", ""),
+    ("packaging", "gevent", ": gunicorn.workers.ggevent imports it"),  # gunicorn 27's gevent worker
+])
+def test_check_names_the_package_the_worker_class_cannot_import(tmp_path, capsys, missing, wc, via):
+    app = shadowing_app(tmp_path, missing)
+    f = write(tmp_path, base_spec(tmp_path, f"gunicorn: {{worker_class: {wc}}}\n").replace(
+        f"app: {{directory: {ROOT}}}", f"app: {{directory: {app}, module: 'myapp:application'}}"))
+    rc, err = check(f, capsys)
+    assert rc == 2
+    assert (f"app.python: {sys.executable} cannot import {missing} (gunicorn.worker_class {wc} "
+            f"needs it{via}); install it: {sys.executable} -m pip install {missing}, or use "
+            "gunicorn.worker_class sync or gthread, which need only gunicorn") in err
+
+
+def test_a_venv_without_gevent_and_packaging_is_told_to_install_both_at_once(tmp_path):
+    app = shadowing_app(tmp_path, "gevent", "packaging")
+    f = write(tmp_path, base_spec(tmp_path, "gunicorn: {worker_class: gevent}\n").replace(
+        f"app: {{directory: {ROOT}}}", f"app: {{directory: {app}, module: 'myapp:application'}}"))
+    py = sys.executable
+    assert host_problems(load_spec(f)) == [
+        f"app.python: {py} cannot import gevent, packaging (gunicorn.worker_class gevent needs it, "
+        f"and gunicorn.workers.ggevent imports packaging); install them: {py} -m pip install gevent "
+        "packaging, or use gunicorn.worker_class sync or gthread, which need only gunicorn"]
+
+
+@pytest.mark.parametrize("wc", ["sync", "gthread"])
+def test_sync_and_gthread_need_nothing_besides_gunicorn(tmp_path, wc):
+    app = shadowing_app(tmp_path, "gevent")
+    f = write(tmp_path, base_spec(tmp_path, f"gunicorn: {{worker_class: {wc}}}\n").replace(
+        f"app: {{directory: {ROOT}}}", f"app: {{directory: {app}, module: 'myapp:application'}}"))
+    assert host_problems(load_spec(f)) == []
+
+
+@pytest.mark.parametrize("module,found", [
+    ("myapp:application", True), ("myapp:create_app()", True), ("mysite.wsgi:application", False),
+])
+def test_check_says_when_app_python_finds_no_app_module(tmp_path, module, found):
+    app = tmp_path / "own"
+    app.mkdir()
+    (app / "myapp.py").write_text("raise SystemExit('imported!')\n")  # looked for, never imported
+    f = write(tmp_path, base_spec(tmp_path).replace(
+        f"app: {{directory: {ROOT}}}", f"app: {{directory: {app}, module: '{module}'}}"))
+    problems = host_problems(load_spec(f))
+    if found:
+        assert problems == []
+    else:
+        assert problems == [f"app.module: {sys.executable} finds no module `mysite` in app.directory "
+                            f"{app} (nor in its venv): set app.module to your app's WSGI callable, "
+                            "e.g. `mysite.wsgi:application` or `flaskr:create_app()`, and "
+                            "app.directory to the folder that holds it"]
 
 
 def test_the_host_checks_pass_for_this_checkout(tmp_path):

@@ -1,0 +1,186 @@
+"""An operator's own app under the real daemon, as docs/your-app.md tells it: a Flask app with an
+app factory (`flaskr:create_app()`, no health endpoint: probed on `/`, sync workers) and a fresh
+Django project (`django-admin startproject`, `/health`, gthread workers), each from the spec
+printed in the doc, with `app.python` = this venv's python and the daemon's managed nginx.
+Then both fleets side by side: restarting one never touches the other."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from ultrascaled.harness import http_get
+from ultrascaled.spec import host_problems, load_spec
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "your-app.md"
+
+
+def documented_spec(filename: str) -> dict:
+    """The ```yaml block of docs/your-app.md whose first line is `# <filename>`."""
+    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S)
+    [text] = [b for b in blocks if b.startswith(f"# {filename}\n")]
+    return yaml.safe_load(text)
+
+
+def write_flask_app(root: Path) -> Path:
+    """The Flask tutorial's layout: a package whose __init__ defines create_app(); no /health."""
+    pkg = root / "flaskr"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent("""\
+        import os
+
+        from flask import Flask
+
+
+        def create_app():
+            app = Flask(__name__)
+            app.config.from_mapping(SECRET_KEY="dev")
+            app.config.from_prefixed_env()
+
+            @app.route("/")
+            def index():
+                return f"flaskr index from {os.getpid()}"
+
+            return app
+        """))
+    return root
+
+
+def write_django_project(root: Path) -> Path:
+    """A fresh `django-admin startproject mysite`, with ALLOWED_HOSTS, DEBUG off and a /health
+    view, as the doc says."""
+    root.mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(root)],
+                   check=True, capture_output=True, timeout=60)
+    settings = root / "mysite" / "settings.py"
+    text = settings.read_text()
+    text = re.sub(r"(?m)^ALLOWED_HOSTS = \[\]$", 'ALLOWED_HOSTS = ["127.0.0.1", "localhost"]', text)
+    text = re.sub(r"(?m)^DEBUG = True$", "DEBUG = False", text)
+    assert 'ALLOWED_HOSTS = ["127.0.0.1", "localhost"]' in text and "DEBUG = False" in text
+    settings.write_text(text)
+    urls = root / "mysite" / "urls.py"
+    urls.write_text(urls.read_text() + textwrap.dedent("""
+        import os
+
+        from django.http import HttpResponse
+
+        urlpatterns += [
+            path("health", lambda request: HttpResponse("ok")),
+            path("", lambda request: HttpResponse(f"mysite index from {os.getpid()}")),
+        ]
+        """))
+    return root
+
+
+def fleet_of(make_daemon, tmp_path: Path, filename: str, app_dir: Path):
+    """A daemon whose spec is the documented one, with this test's folders, ports and python
+    (the name is the harness's unique one, so that parallel runs and cleanup stay apart)."""
+    d = make_daemon(sub=filename.split(".")[0])
+    spec = documented_spec(filename)
+    spec["name"] = d.name
+    spec["app"]["directory"] = str(app_dir)
+    spec["app"]["python"] = sys.executable
+    spec["instances"]["base_port"] = d.base_port
+    assert spec["instances"]["max"] <= d.api_port - d.base_port
+    spec["api"]["port"] = d.api_port
+    spec["paths"] = d.spec["paths"]
+    spec["nginx"]["listen"] = d.nginx_port
+    spec.setdefault("restart", {})["drain_seconds"] = 0.2   # test speed only
+    spec["gunicorn"]["graceful_timeout"] = 5
+    d.spec = spec
+    d.write_spec()
+    return d
+
+
+@pytest.fixture
+def flask_fleet(make_daemon, tmp_path):
+    return fleet_of(make_daemon, tmp_path, "flaskr.yaml", write_flask_app(tmp_path / "srv-flaskr"))
+
+
+@pytest.fixture
+def django_fleet(make_daemon, tmp_path):
+    return fleet_of(make_daemon, tmp_path, "mysite.yaml", write_django_project(tmp_path / "srv-mysite"))
+
+
+def serving_pids(d) -> dict[int, tuple[int, tuple[int, ...]]]:
+    """port -> (master pid, worker pids) of every running instance."""
+    return {i["port"]: (i["pid"], tuple(sorted(w["pid"] for w in i["workers"])))
+            for i in d.fleet()["instances"]}
+
+
+def answers(port: int, path: str, needle: bytes) -> None:
+    status, body = http_get(port, path, timeout=5)
+    assert status == 200 and needle in body, (port, path, status, body[:300])
+
+
+def check_serving(d, needle: bytes, workers: int) -> dict:
+    fleet = d.wait_until(lambda f: f["ready"] == 2 and all(
+        i["state"] == "running" and len(i["workers"]) == workers for i in f["instances"]),
+        timeout=30, what="2 instances running with their workers")
+    for inst in fleet["instances"]:
+        answers(inst["port"], "/", needle)
+    answers(d.nginx_port, "/", needle)
+    return fleet
+
+
+def test_the_documented_specs_pass_the_host_checks(flask_fleet, django_fleet):
+    """What `ultrascaled --check` does on top of loading: gunicorn, the worker class and the
+    app's module (the factory form included) are found by app.python in app.directory."""
+    for d in (flask_fleet, django_fleet):
+        spec = load_spec(d.spec_path)
+        assert spec.app.config is None
+        assert host_problems(spec) == [], d.spec_path.read_text()
+
+
+def test_a_flask_app_with_a_factory_and_no_health_endpoint_runs_on_sync_workers(flask_fleet):
+    d = flask_fleet.start()
+    fleet = check_serving(d, b"flaskr index from", workers=2)
+    spec = load_spec(d.spec_path)
+    assert (spec.gunicorn.worker_class, spec.health.path, spec.app.module) == \
+        ("sync", "/", "flaskr:create_app()")
+    for inst in fleet["instances"]:
+        cmd = psutil.Process(inst["pid"]).cmdline()
+        assert cmd[0] == sys.executable and cmd[-1] == "flaskr:create_app()"
+        assert cmd[cmd.index("--worker-class") + 1] == "sync" and "-c" not in cmd
+        assert inst["last_probe"] == "HTTP 200"
+
+
+def test_a_fresh_django_project_runs_on_gthread_workers(django_fleet):
+    d = django_fleet.start()
+    fleet = check_serving(d, b"mysite index from", workers=2)
+    for inst in fleet["instances"]:
+        answers(inst["port"], "/health", b"ok")
+        cmd = psutil.Process(inst["pid"]).cmdline()
+        assert cmd[-1] == "mysite.wsgi:application"
+        assert cmd[cmd.index("--worker-class") + 1] == "gthread"
+        assert cmd[cmd.index("--threads") + 1] == "4"
+    assert http_get(d.nginx_port, "/no-such-page")[0] == 404  # Django itself answers, DEBUG off
+
+
+def test_two_fleets_side_by_side_never_touch_each_other(flask_fleet, django_fleet):
+    flask_d, django_d = flask_fleet.start(), django_fleet.start()
+    check_serving(flask_d, b"flaskr index from", workers=2)
+    check_serving(django_d, b"mysite index from", workers=2)
+    for a, b in ((flask_d, django_d), (django_d, flask_d)):
+        before_a, before_b = serving_pids(a), serving_pids(b)
+        restarts_b = {i["port"]: i["restarts"] for i in b.fleet()["instances"]}
+        out = a.ctl("restart", "--all")
+        assert out.returncode == 0, out.stdout + out.stderr
+        a.wait_until(lambda f: f["ready"] == 2 and all(
+            i["state"] == "running" and i["pid"] != before_a[i["port"]][0] and len(i["workers"]) == 2
+            for i in f["instances"]), timeout=60, what="every instance restarted")
+        assert serving_pids(b) == before_b, f"restarting {a.name} touched {b.name}"
+        assert {i["port"]: i["restarts"] for i in b.fleet()["instances"]} == restarts_b
+        for inst in b.fleet()["instances"]:
+            assert http_get(inst["port"], "/")[0] == 200
+        assert http_get(b.nginx_port, "/")[0] == 200
+    assert flask_d.proc.poll() is None and django_d.proc.poll() is None
