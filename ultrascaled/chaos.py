@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from ultrascaled.harness import Daemon
-from ultrascaled.loadtest import BackgroundLoad
+from loadtest import BackgroundLoad
 
 
 def fleet_checks(d: Daemon) -> list[str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from ultrascaled.harness import Daemon, free_port_block, http_get
-from ultrascaled.loadtest import BackgroundLoad, Config, run
+from loadtest import BackgroundLoad, Config, run
 
 BEGIN, END = "<!-- fleet-figures:begin -->", "<!-- fleet-figures:end -->"
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from ultrascaled.harness import http_get, pid_alive
-from ultrascaled.loadtest import BackgroundLoad
+from loadtest import BackgroundLoad
 
 pytestmark = pytest.mark.integration
 
