@@ -166,7 +166,7 @@ def cache(quick: bool) -> dict:
 
 def chaos(quick: bool) -> dict:
     out = tmpdir("chaos") / "chaos.json"
-    cmd = [sys.executable, "-m", "ultrascaled.chaos", "--duration", "20" if quick else "60",
+    cmd = [sys.executable, "-m", "bench.chaos", "--duration", "20" if quick else "60",
            "--daemon-kill", "--seed", "42", "--json", str(out)]
     subprocess.run(cmd, check=False, timeout=600)
     report = json.loads(out.read_text())
