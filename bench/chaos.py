@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from ultrascaled.harness import Daemon
+from support.harness import Daemon
 from loadtest import BackgroundLoad
 
 

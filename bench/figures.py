@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from ultrascaled.harness import Daemon, free_port_block, http_get
+from support.harness import Daemon, free_port_block, http_get
 from loadtest import BackgroundLoad, Config, run
 
 BEGIN, END = "<!-- fleet-figures:begin -->", "<!-- fleet-figures:end -->"

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ultrascaled.harness import http_get, pid_alive
+from support.harness import http_get, pid_alive
 from loadtest import BackgroundLoad
 
 pytestmark = pytest.mark.integration

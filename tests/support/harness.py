@@ -1,11 +1,17 @@
-"""Run a real ultrascaled on free loopback ports: used by the integration tests, the chaos
-run and the benchmarks. Every process it starts can be ended by pid with `cleanup()`.
+"""Run a real ultrascaled on free loopback ports: the one launcher of the integration tests,
+the chaos run and the benchmarks (bench/ imports it from here). Every process it starts can be
+ended by pid with `cleanup()`.
+
+The console scripts are the ones of the interpreter running this (`sys.executable`'s folder,
+e.g. `.venv/bin`), else the first on PATH: no venv is assumed. The reference app is served from
+the checkout (`ROOT`, where `app/` lives).
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,8 +24,20 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A console script (ultrascaled, ultrascalectl, ...): next to this interpreter, else on PATH."""
+    here = BIN / name
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name}: not next to {sys.executable} and not on PATH; "
+                                "install the package (scripts/setup test)")
+    return found
 
 
 def _bindable(port: int) -> bool:
@@ -78,7 +96,7 @@ class Daemon:
 
     def start(self, wait: bool = True) -> "Daemon":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(BIN / "ultrascaled"), "--spec", str(self.spec_path),
+        self.proc = subprocess.Popen([tool("ultrascaled"), "--spec", str(self.spec_path),
                                       "--log-format", "json"], stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
         log.close()
@@ -120,7 +138,7 @@ class Daemon:
                              f"{self.log_tail()}")
 
     def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "ultrascalectl"), "--api", self.api_url, *args],
+        return subprocess.run([tool("ultrascalectl"), "--api", self.api_url, *args],
                               capture_output=True, text=True, timeout=timeout)
 
     def events(self, prefix: str = "") -> list[dict]:
