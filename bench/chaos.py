@@ -24,8 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from support.harness import Daemon
 from loadtest import BackgroundLoad
+from support.harness import Daemon
 
 
 def fleet_checks(d: Daemon) -> list[str]:

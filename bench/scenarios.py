@@ -6,6 +6,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,6 +384,5 @@ def footprint_and_cli(ctx: Context, keys: list[str], *, do_footprint: bool, do_c
         finally:
             s.stop()
     if do_cli:
-        from bench.util import VENV_BIN
-        out["cli"]["python -c pass"] = _cli_times([str(VENV_BIN / "python"), "-c", "pass"], cli_runs)
+        out["cli"]["python -c pass"] = _cli_times([sys.executable, "-c", "pass"], cli_runs)
     return out

@@ -8,6 +8,7 @@ the checkout (`ROOT`, where `app/` lives).
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -60,26 +61,38 @@ def free_port_block(n: int) -> int:
     raise RuntimeError("no free port block")
 
 
+# What tests add to a spec: the app's debug endpoints, one worker, quick health checks, drains
+# and stops. Measurements that must see the daemon as shipped pass `tuned=False`.
+TEST_TUNING = {
+    "app": {"env": {"ULTRASCALE_TEST_ENDPOINTS": "1"}},
+    "gunicorn": {"workers": 1, "graceful_timeout": 5},
+    "health": {"start_timeout": 20, "interval": 0.5},
+    "restart": {"drain_seconds": 0.2},
+}
+
+
 class Daemon:
-    def __init__(self, tmp: Path, spec_overrides: dict | None = None, nginx: bool = True, span: int = 12):
-        """`span` free ports: instances from the first, the API and nginx on the last two."""
+    def __init__(self, tmp: Path, spec_overrides: dict | None = None, nginx: bool = True, span: int = 12,
+                 tuned: bool = True, name: str | None = None):
+        """`span` free ports: instances from the first, the API and nginx on the last two.
+        The spec serves the reference app from the checkout with `TEST_TUNING` (unless
+        `tuned=False`: the defaults), then `spec_overrides`."""
         base = free_port_block(span)
-        self.name = "t" + uuid.uuid4().hex[:8]
+        self.name = name or "t" + uuid.uuid4().hex[:8]
         self.base_port = base
         self.api_port = base + span - 2
         self.nginx_port = base + span - 1
         self.tmp = tmp
         self.spec = {
             "name": self.name,
-            "app": {"directory": str(ROOT), "env": {"ULTRASCALE_TEST_ENDPOINTS": "1"}},
+            "app": {"directory": str(ROOT)},
             "instances": {"count": 2, "min": 1, "max": 6, "base_port": base},
-            "gunicorn": {"workers": 1, "graceful_timeout": 5},
-            "health": {"start_timeout": 20, "interval": 0.5},
-            "restart": {"drain_seconds": 0.2},
             "api": {"port": self.api_port},
             "paths": {"state_dir": str(tmp / "state"), "log_dir": str(tmp / "log")},
             "nginx": {"mode": "managed", "listen": self.nginx_port} if nginx else {"mode": "off"},
         }
+        if tuned:
+            _merge(self.spec, copy.deepcopy(TEST_TUNING))
         _merge(self.spec, spec_overrides or {})
         self.spec_path = tmp / "fleet.yaml"
         self.write_spec()
