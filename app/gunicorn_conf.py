@@ -91,7 +91,8 @@ def settings_from_env(env) -> dict:
 def post_fork(server, worker):
     # Runs in the child before gevent monkey-patches it: only reset what a preloaded app
     # already imported; importing nothing new keeps the patching clean.
-    for name in ("app.wsgi", "app.mongo"):
+    # The package is `app` in a checkout and `ultrascale_app` when installed from the wheel.
+    for name in ("app.wsgi", "app.mongo", "ultrascale_app.wsgi", "ultrascale_app.mongo"):
         mod = sys.modules.get(name)
         if mod is not None:
             mod.reset_after_fork()

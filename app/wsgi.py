@@ -309,9 +309,9 @@ def create_app(env=None, *, cache=None, mongo_handle=None, metrics=None, socketi
                with_metrics: bool = True):
     """Wire the reference app: cache (from env), MongoDB handle, metrics middleware."""
     env = os.environ if env is None else env
-    from app import mongo
-    from app.cache import TwoTierCache
-    from app.monitoring import AppMetrics, MetricsMiddleware
+    from . import mongo
+    from .cache import TwoTierCache
+    from .monitoring import AppMetrics, MetricsMiddleware
 
     if with_metrics and metrics is None:
         metrics = AppMetrics()
@@ -385,5 +385,5 @@ application = LazyApplication()
 def reset_after_fork() -> None:
     """gunicorn ``post_fork``: per-process clients and caches are rebuilt in the child."""
     application.reset_after_fork()
-    from app import mongo
+    from . import mongo
     mongo.reset_after_fork()

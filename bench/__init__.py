@@ -5,4 +5,15 @@ Modules:
   setups     the four setups (sync gunicorn, supervisord, hand-wired, ultrascaled)
   scenarios  the measurements (throughput, failures, recovery, footprint, cli)
   report     Markdown tables and the generated section of docs/benchmarks.md
+  figures    the fleet figures (scripts/bench-fleet)
+  chaos      random kill -9 under load (scripts/chaos)
+
+The daemon is launched the way the tests launch it, by `support.harness` (tests/support/):
+appended to sys.path here so that `python -m bench` works from the checkout's root.
 """
+import sys
+from pathlib import Path
+
+_SUPPORT_PARENT = str(Path(__file__).resolve().parent.parent / "tests")
+if _SUPPORT_PARENT not in sys.path:
+    sys.path.append(_SUPPORT_PARENT)

@@ -1,13 +1,17 @@
-"""scripts/bench: run the benchmark suite (see docs/benchmarks.md).
+"""scripts/bench: run the benchmark suite (see docs/benchmarks.md). The one runner of every
+measurement: the suite, the fleet figures and the chaos run.
 
     scripts/bench                       full run (~10 min), writes docs/benchmarks.md
     scripts/bench --quick               1 run of 5 s per cell, shorter idle window (~3 min)
     scripts/bench --only recovery,cli   some sections only
     scripts/bench --no-doc              print only
+    python -m bench fleet [--help]      the fleet figures (scripts/bench-fleet, bench/figures.py)
+    python -m bench chaos [--help]      the chaos run (scripts/chaos, bench/chaos.py)
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shlex
 import shutil
@@ -73,7 +77,14 @@ def _on_term(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+# Measurements with their own options, run as `python -m bench NAME [options]`.
+SUBCOMMANDS = {"fleet": "bench.figures", "chaos": "bench.chaos"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    rest = sys.argv[1:] if argv is None else argv
+    if rest and rest[0] in SUBCOMMANDS:
+        return importlib.import_module(SUBCOMMANDS[rest[0]]).main(rest[1:])
     args = parse_args(argv)
     if not shutil.which("wrk") and "throughput" in args.only:
         print("wrk not found: run scripts/setup test,bench", file=sys.stderr)

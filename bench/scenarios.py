@@ -6,6 +6,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +182,7 @@ def failures(ctx: Context, keys: list[str], users: int = 200) -> dict:
     """Failed requests (load tester: non-2xx/3xx, resets, timeouts, refused) through nginx while
     each action runs. Window = `pre` s of load, the action, `post` s of load. Quick mode leaves
     out the slow one-at-a-time restart (ultrascaled's `restart --all` is one at a time anyway)."""
-    from ultrascaled.loadtest import BackgroundLoad
+    from loadtest import BackgroundLoad
 
     pre, post = (0.5, 1.0) if ctx.quick else (1.0, 1.5)
     actions = [a for a in FAILURE_ACTIONS if not (ctx.quick and a[0] == "restart one at a time")]
@@ -383,6 +384,5 @@ def footprint_and_cli(ctx: Context, keys: list[str], *, do_footprint: bool, do_c
         finally:
             s.stop()
     if do_cli:
-        from bench.util import VENV_BIN
-        out["cli"]["python -c pass"] = _cli_times([str(VENV_BIN / "python"), "-c", "pass"], cli_runs)
+        out["cli"]["python -c pass"] = _cli_times([sys.executable, "-c", "pass"], cli_runs)
     return out

@@ -27,7 +27,6 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = REPO / ".venv" / "bin"
 RUN_ENV = "ULTRASCALE_BENCH_RUN"
 
 
@@ -63,6 +62,10 @@ class Tracker:
                 out.close()
         self.popens.append(p)
         return p
+
+    def adopt(self, p: subprocess.Popen) -> None:
+        """Stop at cleanup a process started elsewhere (the harness's daemon) with `env()`."""
+        self.popens.append(p)
 
     def ours(self) -> list[psutil.Process]:
         """Live processes carrying this run's marker, other than this one and its helpers."""

@@ -275,7 +275,7 @@ def parse_calibration(data: Any, instances: int | None = None) -> Calibration:
     * small: ``{"instances": 2, "users": 1000, "rps": 5196.3, "p99_ms": 346.3,
       "error_rate_pct": 0, "rss_per_instance_bytes": 63963136}`` (users, error rate, RSS optional;
       ``fleet_rss_bytes`` is accepted instead of the per-instance RSS);
-    * ``python -m ultrascaled.loadtest ... --json FILE`` output (``rps``, ``users``,
+    * ``ultrascale-loadtest ... --json FILE`` (``scripts/loadtest`` in a checkout) output (``rps``, ``users``,
       ``latency.p99``, ``error_rate_pct``) with ``"instances"`` added;
     * its ``--series`` output (``{"steps": [...]}``): the step with the most users that met
       p99 < 2 s and < 1 % errors (else the first step), with ``"instances"`` added.
@@ -500,7 +500,7 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
     if cal is None:
         verdict = "not measured"
         notes.append("throughput is not measured: run the fleet with N instances, then "
-                     f"`python -m ultrascaled.loadtest http://127.0.0.1:{spec.nginx.listen}/ -u "
+                     f"`ultrascale-loadtest http://127.0.0.1:{spec.nginx.listen}/ -u "
                      f"{users} -d 30 --json cal.json`, and plan again with `--calibration cal.json "
                      "--calibration-instances N`")
     else:

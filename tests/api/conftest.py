@@ -48,7 +48,7 @@ def make_daemon_api(tmp_path):
     command to run it under (one that execs the rest of its arguments)."""
     import subprocess
 
-    from ultrascaled.harness import BIN, Daemon
+    from support.harness import BIN, Daemon
 
     def build(spec_overrides=None, prefix: tuple[str, ...] = ()):
         d = Daemon(tmp_path, spec_overrides, nginx=False)

@@ -11,7 +11,7 @@ import time
 from api_helpers import FakeFleet
 from ultrascaled.api import FOLLOWERS
 from ultrascaled.events import EventLog
-from ultrascaled.harness import BIN
+from support.harness import BIN
 
 
 def read_sse(api, n_events: int, since: int = 0, emit=None) -> list[dict]:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from ultrascaled.api import tls_context
-from ultrascaled.harness import BIN
+from support.harness import BIN
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 

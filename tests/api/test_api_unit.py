@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ultrascaled.harness import BIN, http_get
+from support.harness import BIN, http_get
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd/ultrascaled.service"
 

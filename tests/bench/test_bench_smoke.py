@@ -131,8 +131,8 @@ def test_write_doc_replaces_only_the_generated_section(tmp_path):
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not shutil.which("wrk"), reason="wrk not installed (scripts/setup test,bench)")
 def test_micro_run_prints_the_throughput_table():
-    env = dict(os.environ, PATH=f"{REPO / '.venv/bin'}:{os.environ.get('PATH', '')}:/usr/sbin")
-    r = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "bench", "--quick", "--only", "throughput",
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}:/usr/sbin")
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "throughput",
                         "--setups", "handwired", "--duration", "2", "--connections", "50", "--no-doc"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=55)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -173,3 +173,29 @@ def test_tracker_cleanup_kills_what_escaped_into_another_session(tmp_path):
     assert p.poll() is not None
     assert grandchild in killed
     assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_ultrascaled_setup_runs_through_the_harness_and_leaves_nothing(tmp_path):
+    """(d) is started by the tests' launcher with the spec's defaults (no test tuning), on free
+    ports, and the run's tracker stops it: one launcher for tests and measurements."""
+    from bench.setups import Ultrascaled
+    from bench.util import Tracker
+
+    tracker = Tracker(cmdline_marker=str(tmp_path))
+    s = Ultrascaled(tracker, tmp_path)
+    try:
+        s.start(2)
+        spec = s.daemon.spec
+        assert "health" not in spec and "ULTRASCALE_TEST_ENDPOINTS" not in spec["app"].get("env", {})
+        assert s.ports() == [s.daemon.base_port, s.daemon.base_port + 1]
+        assert s.scale(3) == "ultrascalectl scale 3"
+        s.wait_stable(60)
+        assert len(s.ports()) == 3
+        assert "RUNNING" in subprocess.run(s.status_argv(), capture_output=True, text=True).stdout.upper()
+    finally:
+        s.stop()
+        leftovers = tracker.cleanup(grace=5)
+        s.daemon.cleanup()
+    assert leftovers == []

@@ -83,7 +83,7 @@ def test_connections_decide_the_instances_without_calibration():
     assert "instances for connections = ceil(users / connections per instance) = ceil(2500 / 1000)"\
            " = 3" in p.arithmetic
     assert p.throughput_rps is None and p.verdict == "not measured"
-    assert any("python -m ultrascaled.loadtest" in n and "--json" in n for n in p.notes)
+    assert any("ultrascale-loadtest" in n and "--json" in n for n in p.notes)
 
 
 def test_instances_min_is_a_floor():

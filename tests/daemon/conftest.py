@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ultrascaled.harness import BIN, ROOT, Daemon, free_port_block, http_get, pid_alive  # noqa: F401
+from support.harness import BIN, ROOT, Daemon, free_port_block, http_get, pid_alive  # noqa: F401
 
 
 @pytest.fixture

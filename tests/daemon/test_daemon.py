@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ultrascaled.harness import BIN, http_get, pid_alive
+from support.harness import BIN, http_get, pid_alive
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from ultrascaled.harness import http_get, pid_alive
-from ultrascaled.loadtest import BackgroundLoad
+from support.harness import http_get, pid_alive
+from loadtest import BackgroundLoad
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ultrascaled.harness import http_get
+from support.harness import http_get
 
 pytestmark = pytest.mark.integration
 

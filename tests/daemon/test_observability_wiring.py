@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ultrascaled.harness import http_get
+from support.harness import http_get
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from ultrascaled.harness import http_get, pid_alive
+from support.harness import http_get, pid_alive
 from ultrascaled.nginx_conf import NginxSettings, render_site_conf, render_upstream
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ultrascaled.loadtest import BackgroundLoad
+from loadtest import BackgroundLoad
 
 pytestmark = pytest.mark.integration
 

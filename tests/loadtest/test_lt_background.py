@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from ultrascaled.loadtest import BackgroundLoad, ConfigError, LoopbackError
+from loadtest import BackgroundLoad, ConfigError, LoopbackError
 
 
 @pytest.fixture

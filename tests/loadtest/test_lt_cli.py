@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ultrascaled.loadtest import Config, Targets, run
+from loadtest import Config, Targets, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, timeout=60):
     """Run the CLI in a subprocess; the process is always reaped (run() kills on timeout)."""
-    return subprocess.run([sys.executable, "-m", "ultrascaled.loadtest", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "loadtest", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from ultrascaled.loadtest import LoopbackError, parse_target
-from ultrascaled.loadtest.httpclient import Connection, timed_get
+from loadtest import LoopbackError, parse_target
+from loadtest.httpclient import Connection, timed_get
 
 
 def run_requests(port, path, n=1, timeout=2.0):

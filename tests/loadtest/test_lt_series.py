@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from ultrascaled.loadtest.cli import main
-from ultrascaled.loadtest.series import fleet_memory_bytes, have_matplotlib, markdown_table
+from loadtest.cli import main
+from loadtest.series import fleet_memory_bytes, have_matplotlib, markdown_table
 
 
 def table_rows(text):

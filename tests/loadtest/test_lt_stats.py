@@ -1,8 +1,8 @@
 """Percentile, summary and verdict arithmetic from known inputs."""
 import pytest
 
-from ultrascaled.loadtest import LatencyStats, Result, Targets, evaluate, percentile
-from ultrascaled.loadtest.stats import Tally, classify_status, split_evenly, split_proportionally
+from loadtest import LatencyStats, Result, Targets, evaluate, percentile
+from loadtest.stats import Tally, classify_status, split_evenly, split_proportionally
 
 HUNDRED = list(range(1, 101))
 

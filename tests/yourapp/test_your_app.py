@@ -15,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from ultrascaled.harness import http_get
+from support.harness import http_get
 from ultrascaled.spec import host_problems, load_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m ultrascaled.loadtest URL [options]`` (see docs/loadtest.md).
+"""Command line: ``ultrascale-loadtest URL [options]`` (see docs/loadtest.md).
 
 Exit codes: 0 all targets met (or none given), 1 a target missed, 2 bad arguments or a
 non-loopback target.

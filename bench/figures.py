@@ -28,8 +28,9 @@ from pathlib import Path
 
 import psutil
 
-from ultrascaled.harness import Daemon, free_port_block, http_get
-from ultrascaled.loadtest import BackgroundLoad, Config, run
+from bench.util import REPO
+from loadtest import BackgroundLoad, Config, run
+from support.harness import Daemon, free_port_block, http_get
 
 BEGIN, END = "<!-- fleet-figures:begin -->", "<!-- fleet-figures:end -->"
 
@@ -166,11 +167,11 @@ def cache(quick: bool) -> dict:
 
 def chaos(quick: bool) -> dict:
     out = tmpdir("chaos") / "chaos.json"
-    cmd = [sys.executable, "-m", "ultrascaled.chaos", "--duration", "20" if quick else "60",
+    cmd = [sys.executable, "-m", "bench", "chaos", "--duration", "20" if quick else "60",
            "--daemon-kill", "--seed", "42", "--json", str(out)]
-    subprocess.run(cmd, check=False, timeout=600)
+    subprocess.run(cmd, check=False, timeout=600, cwd=REPO)
     report = json.loads(out.read_text())
-    return {"command": "scripts/chaos " + " ".join(cmd[3:-2]), **{k: report[k] for k in (
+    return {"command": "scripts/chaos " + " ".join(cmd[4:-2]), **{k: report[k] for k in (
         "duration_s", "instances", "workers", "users", "kills_by_kind", "client",
         "converged_after_last_kill_s", "problems", "passed")}}
 

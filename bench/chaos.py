@@ -24,8 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from ultrascaled.harness import Daemon
-from ultrascaled.loadtest import BackgroundLoad
+from loadtest import BackgroundLoad
+from support.harness import Daemon
 
 
 def fleet_checks(d: Daemon) -> list[str]:

@@ -1,11 +1,18 @@
-"""Run a real ultrascaled on free loopback ports: used by the integration tests, the chaos
-run and the benchmarks. Every process it starts can be ended by pid with `cleanup()`.
+"""Run a real ultrascaled on free loopback ports: the one launcher of the integration tests,
+the chaos run and the benchmarks (bench/ imports it from here). Every process it starts can be
+ended by pid with `cleanup()`.
+
+The console scripts are the ones of the interpreter running this (`sys.executable`'s folder,
+e.g. `.venv/bin`), else the first on PATH: no venv is assumed. The reference app is served from
+the checkout (`ROOT`, where `app/` lives).
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,8 +25,20 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A console script (ultrascaled, ultrascalectl, ...): next to this interpreter, else on PATH."""
+    here = BIN / name
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name}: not next to {sys.executable} and not on PATH; "
+                                "install the package (scripts/setup test)")
+    return found
 
 
 def _bindable(port: int) -> bool:
@@ -42,11 +61,24 @@ def free_port_block(n: int) -> int:
     raise RuntimeError("no free port block")
 
 
+# What tests add to a spec: the app's debug endpoints, one worker, quick health checks, drains
+# and stops. Measurements that must see the daemon as shipped pass `tuned=False`.
+TEST_TUNING = {
+    "app": {"env": {"ULTRASCALE_TEST_ENDPOINTS": "1"}},
+    "gunicorn": {"workers": 1, "graceful_timeout": 5},
+    "health": {"start_timeout": 20, "interval": 0.5},
+    "restart": {"drain_seconds": 0.2},
+}
+
+
 class Daemon:
-    def __init__(self, tmp: Path, spec_overrides: dict | None = None, nginx: bool = True, span: int = 12):
-        """`span` free ports: instances from the first, the API and nginx on the last two."""
+    def __init__(self, tmp: Path, spec_overrides: dict | None = None, nginx: bool = True, span: int = 12,
+                 tuned: bool = True, name: str | None = None):
+        """`span` free ports: instances from the first, the API and nginx on the last two.
+        The spec serves the reference app from the checkout with `TEST_TUNING` (unless
+        `tuned=False`: the defaults), then `spec_overrides`."""
         base = free_port_block(span)
-        self.name = "t" + uuid.uuid4().hex[:8]
+        self.name = name or "t" + uuid.uuid4().hex[:8]
         self.base_port = base
         self.api_port = base + span - 2
         self.nginx_port = base + span - 1
@@ -54,16 +86,15 @@ class Daemon:
         self.spec = {
             "name": self.name,
             # The reference app as etc/ultrascaled/fleet.yaml runs it (module, config, gevent).
-            "app": {"directory": str(ROOT), "module": "app.wsgi:application",
-                    "config": "app/gunicorn_conf.py", "env": {"ULTRASCALE_TEST_ENDPOINTS": "1"}},
+            "app": {"directory": str(ROOT), "module": "app.wsgi:application", "config": "app/gunicorn_conf.py"},
             "instances": {"count": 2, "min": 1, "max": 6, "base_port": base},
-            "gunicorn": {"workers": 1, "worker_class": "gevent", "graceful_timeout": 5},
-            "health": {"start_timeout": 20, "interval": 0.5},
-            "restart": {"drain_seconds": 0.2},
+            "gunicorn": {"worker_class": "gevent"},
             "api": {"port": self.api_port},
             "paths": {"state_dir": str(tmp / "state"), "log_dir": str(tmp / "log")},
             "nginx": {"mode": "managed", "listen": self.nginx_port} if nginx else {"mode": "off"},
         }
+        if tuned:
+            _merge(self.spec, copy.deepcopy(TEST_TUNING))
         _merge(self.spec, spec_overrides or {})
         self.spec_path = tmp / "fleet.yaml"
         self.write_spec()
@@ -80,7 +111,7 @@ class Daemon:
 
     def start(self, wait: bool = True) -> "Daemon":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(BIN / "ultrascaled"), "--spec", str(self.spec_path),
+        self.proc = subprocess.Popen([tool("ultrascaled"), "--spec", str(self.spec_path),
                                       "--log-format", "json"], stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
         log.close()
@@ -122,7 +153,7 @@ class Daemon:
                              f"{self.log_tail()}")
 
     def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "ultrascalectl"), "--api", self.api_url, *args],
+        return subprocess.run([tool("ultrascalectl"), "--api", self.api_url, *args],
                               capture_output=True, text=True, timeout=timeout)
 
     def events(self, prefix: str = "") -> list[dict]:

@@ -1,7 +1,9 @@
 """ultrascale's load tester: a closed-loop HTTP/1.1 keep-alive load generator for loopback
 targets, with a blocking API (:func:`run`) and a background one (:class:`BackgroundLoad`).
 
-See docs/loadtest.md. Command line: ``python -m ultrascaled.loadtest URL [options]``.
+See docs/loadtest.md. Command line: ``ultrascale-loadtest URL [options]`` (``python -m loadtest``
+in a checkout). Its own package: the daemon never imports it, and every import inside is
+relative, so it works under the name it is installed as (``ultrascale_loadtest`` in the wheel).
 """
 from .httpclient import LoopbackError, parse_target
 from .runner import BackgroundLoad, Config, ConfigError, Result, run
