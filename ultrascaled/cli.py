@@ -153,6 +153,8 @@ def render_status(fleet: dict) -> str:
 
 
 def wait_until(api: Api, done, timeout: float, show) -> dict:
+    """Poll /fleet until `done`; exit 1 at once when a wanted instance is FATAL (it would only
+    run out the timeout), else when `timeout` runs out."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -163,9 +165,21 @@ def wait_until(api: Api, done, timeout: float, show) -> dict:
             last = line
         if done(fleet):
             return fleet
+        failed = fatal(fleet)
+        if failed:
+            raise CtlError("\n".join(failed), EXIT_FAILED)
         if time.monotonic() >= deadline:
             raise CtlError(f"timed out after {timeout:g}s; {line}", EXIT_FAILED)
         time.sleep(0.1)
+
+
+def fatal(fleet: dict) -> list[str]:
+    """Wanted instances that are FATAL with no restart pending, with their reasons: they stay
+    so until an operator restart or a reload."""
+    wanted = set(fleet["ports"])
+    return [f"instance {i['port']} is FATAL: {i.get('reason') or 'no reason given'}"
+            for i in fleet["instances"]
+            if i["port"] in wanted and i["state"] == "fatal" and not i.get("restart_pending")]
 
 
 def progress(fleet: dict) -> str:
@@ -200,20 +214,26 @@ def cmd_scale(api: Api, args) -> int:
     return 0
 
 
+def pids(fleet: dict) -> dict[int, int | None]:
+    return {i["port"]: i["pid"] for i in fleet["instances"]}
+
+
+def restarted(fleet: dict, ports: list[int], before: dict[int, int | None]) -> bool:
+    """Every one of `ports` runs a new process (a pid other than `before`'s) and serves."""
+    inst = {i["port"]: i for i in fleet["instances"]}
+    return all(p in inst and inst[p]["state"] == "running" and inst[p]["serving"]
+               and not inst[p].get("restart_pending") and inst[p]["pid"] not in (None, before.get(p))
+               for p in ports)
+
+
 def cmd_restart(api: Api, args) -> int:
     path = "/fleet/restart" if args.all else f"/instances/{args.port}/restart"
-    started = api.request("POST", path)
-    ports = started.get("restarting", [])
+    before = {} if args.no_wait else pids(api.request("GET", "/fleet"))
+    ports = api.request("POST", path).get("restarting", [])
     if args.no_wait:
         print(f"restarting: {', '.join(map(str, ports))}")
         return 0
-    t0 = time.time()
-
-    def done(fleet):
-        inst = {i["port"]: i for i in fleet["instances"]}
-        return fleet_converged(fleet) and all(
-            p in inst and inst[p]["since"] >= t0 - 1 and inst[p]["state"] == "running" for p in ports)
-    wait_until(api, done, args.timeout, progress)
+    wait_until(api, lambda f: fleet_converged(f) and restarted(f, ports, before), args.timeout, progress)
     print(f"restarted: {', '.join(map(str, ports))}")
     return 0
 

@@ -1,0 +1,87 @@
+"""What the waiting commands do with what /fleet says, against a scripted API: a FATAL
+instance ends the wait at once with its reason (exit 1), a restart still pending does not.
+No daemon; milliseconds."""
+from __future__ import annotations
+
+import pytest
+
+from ultrascaled import cli
+
+REASON = "app failed to load: SyntaxError: invalid syntax (app.py, line 3)"
+
+
+def inst(port, state="running", pid=None, pending=False, reason=""):
+    serving = state == "running"
+    return {"port": port, "pid": pid if pid is not None else (port * 10 if state in ("running", "starting") else None),
+            "state": state, "serving": serving, "in_upstream": serving, "restart_pending": pending,
+            "reason": reason, "since": 0.0, "restarts": 0, "workers": []}
+
+
+def fleet(*instances, ports=None):
+    ports = [i["port"] for i in instances] if ports is None else ports
+    return {"fleet": "t", "desired": len(ports), "ports": ports, "instances": list(instances),
+            "ready": sum(1 for i in instances if i["serving"] and i["port"] in ports)}
+
+
+class ScriptedApi:
+    """Answers GET /fleet from a script (the last answer repeats) and records every request;
+    polling more than `max_polls` times means the command did not stop when it should have."""
+
+    def __init__(self, fleets, answers=None, max_polls=20):
+        self.fleets, self.answers, self.max_polls = list(fleets), answers or {}, max_polls
+        self.calls: list[tuple] = []
+        self.polls = 0
+
+    def request(self, method, path, body=None):
+        self.calls.append((method, path, body))
+        if (method, path) == ("GET", "/fleet"):
+            self.polls += 1
+            assert self.polls <= self.max_polls, f"still polling /fleet after {self.max_polls} answers"
+            return self.fleets.pop(0) if len(self.fleets) > 1 else self.fleets[0]
+        return self.answers[(method, path)]
+
+
+def run(api, argv):
+    args = cli.parse_args(argv)
+    return args.func(api, args)
+
+
+def test_scale_fails_at_once_when_a_wanted_instance_is_fatal():
+    api = ScriptedApi([fleet(inst(8001), inst(8002, "starting")),
+                       fleet(inst(8001), inst(8002, "fatal", reason=REASON))],
+                      {("POST", "/fleet/scale"): {"desired": 2, "ports": [8001, 8002]}})
+    with pytest.raises(cli.CtlError) as err:
+        run(api, ["scale", "2", "--timeout", "300"])
+    assert err.value.code == cli.EXIT_FAILED
+    assert f"instance 8002 is FATAL: {REASON}" in str(err.value)
+    assert api.polls == 2
+
+
+def test_a_fatal_instance_on_its_way_out_does_not_fail_a_scale_down():
+    api = ScriptedApi([fleet(inst(8001), inst(8002, "fatal", reason=REASON), ports=[8001]),
+                       fleet(inst(8001))],
+                      {("POST", "/fleet/scale"): {"desired": 1, "ports": [8001]}})
+    assert run(api, ["scale", "1"]) == 0
+
+
+def test_restart_of_a_fatal_instance_waits_while_the_restart_is_pending_then_fails_fast():
+    api = ScriptedApi([fleet(inst(8001, "fatal", reason="old")),  # before the request
+                       fleet(inst(8001, "fatal", pending=True, reason="old")),  # not yet acted on
+                       fleet(inst(8001, "starting", pid=4242)),
+                       fleet(inst(8001, "fatal", reason=REASON))],
+                      {("POST", "/instances/8001/restart"): {"restarting": [8001]}})
+    with pytest.raises(cli.CtlError) as err:
+        run(api, ["restart", "8001"])
+    assert err.value.code == cli.EXIT_FAILED and REASON in str(err.value) and "old" not in str(err.value)
+    assert api.polls == 4
+
+
+def test_restart_waits_for_a_new_pid_running_and_serving():
+    api = ScriptedApi([fleet(inst(8001, pid=1), inst(8002, pid=2)),  # before the request
+                       fleet(inst(8001, pid=1, pending=True), inst(8002, pid=2, pending=True)),
+                       fleet(inst(8001, pid=11), inst(8002, pid=2, pending=True)),
+                       fleet(inst(8001, pid=11), inst(8002, "starting", pid=12)),
+                       fleet(inst(8001, pid=11), inst(8002, pid=12))],
+                      {("POST", "/fleet/restart"): {"restarting": [8001, 8002]}})
+    assert run(api, ["restart", "--all"]) == 0
+    assert api.polls == 5
