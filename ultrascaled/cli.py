@@ -247,12 +247,12 @@ def cmd_reload(api: Api, args) -> int:
 
 
 def cmd_events(api: Api, args) -> int:
+    data = api.request("GET", f"/events?since={args.since}&limit={max(args.lines, 1)}")
+    for e in data["events"][-args.lines:] if args.lines else ():
+        print(format_event(e), flush=True)
     if not args.follow:
-        data = api.request("GET", f"/events?limit={args.lines}")
-        for e in data["events"]:
-            print(format_event(e))
         return 0
-    last = max(0, args.since)
+    last = max(args.since, data["last"])  # follow on from the history shown
     try:
         for attempt in itertools.count():  # the daemon may end a stream (not read fast enough): go on
             if attempt:

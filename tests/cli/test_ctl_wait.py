@@ -1,7 +1,10 @@
 """What the waiting commands do with what /fleet says, against a scripted API: a FATAL
-instance ends the wait at once with its reason (exit 1), a restart still pending does not.
-No daemon; milliseconds."""
+instance ends the wait at once with its reason (exit 1), a restart still pending does not;
+`events -n` limits the history before following. No daemon; milliseconds."""
 from __future__ import annotations
+
+import io
+import json
 
 import pytest
 
@@ -85,3 +88,48 @@ def test_restart_waits_for_a_new_pid_running_and_serving():
                       {("POST", "/fleet/restart"): {"restarting": [8001, 8002]}})
     assert run(api, ["restart", "--all"]) == 0
     assert api.polls == 5
+
+
+def event(seq, name="fleet.scale"):
+    return {"seq": seq, "time": 1700000000.0 + seq, "event": name, "level": "info", "n": seq}
+
+
+class StreamingApi(ScriptedApi):
+    """Answers GET /events from `history` and the first follow with `stream`; a second follow
+    is Ctrl-C."""
+
+    def __init__(self, history, stream):
+        super().__init__([])
+        self.history, self.stream, self.opened = history, stream, []
+
+    def request(self, method, path, body=None):
+        self.calls.append((method, path, body))
+        return self.history
+
+    def open(self, method, path, body=None, timeout=-1):
+        self.opened.append(path)
+        if len(self.opened) > 1:
+            raise KeyboardInterrupt
+        body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in self.stream)
+        return 200, {}, io.BytesIO(body)
+
+
+@pytest.mark.parametrize("argv,history,shown", [
+    (["events", "-f", "-n", "2"], "/events?since=0&limit=2", [8, 9]),
+    (["events", "-f", "-n0"], "/events?since=0&limit=1", []),
+    (["events", "-f", "--since", "7"], "/events?since=7&limit=50", [8, 9]),
+])
+def test_events_follow_shows_at_most_n_of_the_history_then_follows_from_the_last(argv, history, shown, capsys):
+    api = StreamingApi({"events": [event(8), event(9)] if shown else [event(9)], "last": 9}, [event(10)])
+    assert run(api, argv) == 0
+    assert api.calls == [("GET", history, None)]
+    assert api.opened[0] == "/events?follow=1&since=9"
+    lines = capsys.readouterr().out.splitlines()
+    assert [int(line.rsplit("n=", 1)[1]) for line in lines] == shown + [10]
+
+
+def test_events_without_follow_limits_and_honours_since(capsys):
+    api = StreamingApi({"events": [event(5), event(6)], "last": 6}, [])
+    assert run(api, ["events", "-n", "2", "--since", "4"]) == 0
+    assert api.calls == [("GET", "/events?since=4&limit=2", None)] and api.opened == []
+    assert len(capsys.readouterr().out.splitlines()) == 2
