@@ -239,10 +239,14 @@ def cmd_restart(api: Api, args) -> int:
 
 
 def cmd_reload(api: Api, args) -> int:
+    before = pids(api.request("GET", "/fleet")) if args.wait else {}
     result = api.request("POST", "/fleet/reload")
+    ports = result.get("restarting") or []
     changed = ", ".join(result.get("changed") or []) or "nothing"
-    restarting = ", ".join(map(str, result.get("restarting") or [])) or "none"
-    print(f"spec reloaded; changed: {changed}; restarting: {restarting}")
+    print(f"spec reloaded; changed: {changed}; restarting: {', '.join(map(str, ports)) or 'none'}")
+    if args.wait and ports:
+        wait_until(api, lambda f: restarted(f, ports, before), args.timeout, progress)
+        print(f"restarted: {', '.join(map(str, ports))}")
     return 0
 
 

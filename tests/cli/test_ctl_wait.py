@@ -90,6 +90,36 @@ def test_restart_waits_for_a_new_pid_running_and_serving():
     assert api.polls == 5
 
 
+def test_reload_without_wait_returns_with_the_answer():
+    api = ScriptedApi([fleet(inst(8001))], {("POST", "/fleet/reload"): {"changed": ["app"], "restarting": [8001]}})
+    assert run(api, ["reload"]) == 0
+    assert api.polls == 0
+
+
+def test_reload_wait_waits_for_every_restarting_port():
+    api = ScriptedApi([fleet(inst(8001, pid=1), inst(8002, pid=2)),
+                       fleet(inst(8001, "draining", pid=1, pending=True), inst(8002, pid=2, pending=True)),
+                       fleet(inst(8001, pid=11), inst(8002, pid=2, pending=True)),
+                       fleet(inst(8001, pid=11), inst(8002, pid=12))],
+                      {("POST", "/fleet/reload"): {"changed": ["app"], "restarting": [8001, 8002]}})
+    assert run(api, ["reload", "--wait"]) == 0
+    assert api.polls == 4
+
+
+def test_reload_wait_fails_at_once_when_a_restarted_instance_goes_fatal():
+    api = ScriptedApi([fleet(inst(8001, pid=1), inst(8002, pid=2)),
+                       fleet(inst(8001, "fatal", reason=REASON), inst(8002, pid=2, pending=True))],
+                      {("POST", "/fleet/reload"): {"changed": ["app"], "restarting": [8001, 8002]}})
+    with pytest.raises(cli.CtlError) as err:
+        run(api, ["reload", "--wait"])
+    assert err.value.code == cli.EXIT_FAILED and f"instance 8001 is FATAL: {REASON}" in str(err.value)
+
+
+def test_reload_wait_with_nothing_to_restart_returns_at_once():
+    api = ScriptedApi([fleet(inst(8001))], {("POST", "/fleet/reload"): {"changed": [], "restarting": []}})
+    assert run(api, ["reload", "--wait"]) == 0
+
+
 def event(seq, name="fleet.scale"):
     return {"seq": seq, "time": 1700000000.0 + seq, "event": name, "level": "info", "n": seq}
 
