@@ -138,3 +138,15 @@ def test_status_builds_only_its_own_parser_and_never_imports_the_planner():
             "print(a.cmd, 'ultrascaled.capacity' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["status", "False"]
+
+
+@pytest.mark.parametrize("cmd", list(cli.COMMANDS))
+def test_docs_cli_md_describes_every_command_and_option(cmd, capsys):
+    import re
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    assert f"\n### {cmd}\n" in doc
+    section = doc.split(f"\n### {cmd}\n", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    assert cli.main([cmd, "--help"]) == 0
+    options = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", capsys.readouterr().out)) - {"-h", "--help"}
+    assert options and all(f"`{o}" in section for o in options), sorted(o for o in options if f"`{o}" not in section)
