@@ -26,7 +26,8 @@ class CtlError(Exception):
 
 class Api:
     """A minimal HTTP/1.0 client over a socket (TLS for https://): http.client or urllib would
-    cost ~25-30 ms of imports on every call. Bodies are JSON and say so; a request without a body sends no Content-Type."""
+    cost ~25-30 ms of imports on every call. Bodies are JSON and say so; a request without a
+    body sends no Content-Type."""
 
     def __init__(self, base: str, token: str | None, timeout: float = 10.0, ca_file: str | None = None):
         self.base = base.rstrip("/")
@@ -475,7 +476,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ultrascalectl", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=Formatter)
     p.add_argument("--api", metavar="URL", default=env("ULTRASCALE_API", DEFAULT_API),
-                   help=f"daemon API address, http:// or https:// (env ULTRASCALE_API, default {DEFAULT_API})")
+                   help=f"daemon API address, http:// or https:// (env ULTRASCALE_API, "
+                        f"default {DEFAULT_API})")
     p.add_argument("--token-file", metavar="FILE", default=env("ULTRASCALE_TOKEN_FILE"),
                    help="file with the bearer token, `token` or `name:token` (env ULTRASCALE_TOKEN_FILE)")
     p.add_argument("--ca-file", metavar="FILE", default=env("ULTRASCALE_CA_FILE"),

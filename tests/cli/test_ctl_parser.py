@@ -149,4 +149,5 @@ def test_docs_cli_md_describes_every_command_and_option(cmd, capsys):
     section = doc.split(f"\n### {cmd}\n", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
     assert cli.main([cmd, "--help"]) == 0
     options = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", capsys.readouterr().out)) - {"-h", "--help"}
-    assert options and all(f"`{o}" in section for o in options), sorted(o for o in options if f"`{o}" not in section)
+    missing = sorted(o for o in options if f"`{o}" not in section)
+    assert options and not missing, missing

@@ -15,7 +15,9 @@ REASON = "app failed to load: SyntaxError: invalid syntax (app.py, line 3)"
 
 def inst(port, state="running", pid=None, pending=False, reason=""):
     serving = state == "running"
-    return {"port": port, "pid": pid if pid is not None else (port * 10 if state in ("running", "starting") else None),
+    if pid is None and state in ("running", "starting"):
+        pid = port * 10
+    return {"port": port, "pid": pid,
             "state": state, "serving": serving, "in_upstream": serving, "restart_pending": pending,
             "reason": reason, "since": 0.0, "restarts": 0, "workers": []}
 
@@ -91,7 +93,8 @@ def test_restart_waits_for_a_new_pid_running_and_serving():
 
 
 def test_reload_without_wait_returns_with_the_answer():
-    api = ScriptedApi([fleet(inst(8001))], {("POST", "/fleet/reload"): {"changed": ["app"], "restarting": [8001]}})
+    api = ScriptedApi([fleet(inst(8001))],
+                      {("POST", "/fleet/reload"): {"changed": ["app"], "restarting": [8001]}})
     assert run(api, ["reload"]) == 0
     assert api.polls == 0
 
@@ -149,7 +152,7 @@ class StreamingApi(ScriptedApi):
     (["events", "-f", "-n0"], "/events?since=0&limit=1", []),
     (["events", "-f", "--since", "7"], "/events?since=7&limit=50", [8, 9]),
 ])
-def test_events_follow_shows_at_most_n_of_the_history_then_follows_from_the_last(argv, history, shown, capsys):
+def test_events_follow_shows_at_most_n_of_the_history_then_follows_on_from_it(argv, history, shown, capsys):
     api = StreamingApi({"events": [event(8), event(9)] if shown else [event(9)], "last": 9}, [event(10)])
     assert run(api, argv) == 0
     assert api.calls == [("GET", history, None)]
