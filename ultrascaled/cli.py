@@ -1,10 +1,12 @@
 """ultrascalectl: the operator's CLI. Standard library only, so it answers in milliseconds.
 
 Exit codes: 0 done; 1 the operation failed or timed out; 2 bad arguments; 3 the daemon cannot
-be reached; 4 the daemon refused the request (its message says why).
+be reached; 4 the daemon refused the request (its message says why). Every command, its
+options and examples: docs/cli.md.
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -23,8 +25,9 @@ class CtlError(Exception):
 
 
 class Api:
-    """A minimal HTTP/1.0 client over a socket (TLS for https://): urllib alone costs ~30 ms of
-    imports. Bodies are JSON and say so; a request without a body sends no Content-Type."""
+    """A minimal HTTP/1.0 client over a socket (TLS for https://): http.client or urllib would
+    cost ~25-30 ms of imports on every call. Bodies are JSON and say so; a request without a
+    body sends no Content-Type."""
 
     def __init__(self, base: str, token: str | None, timeout: float = 10.0, ca_file: str | None = None):
         self.base = base.rstrip("/")
@@ -151,6 +154,8 @@ def render_status(fleet: dict) -> str:
 
 
 def wait_until(api: Api, done, timeout: float, show) -> dict:
+    """Poll /fleet until `done`; exit 1 at once when a wanted instance is FATAL (it would only
+    run out the timeout), else when `timeout` runs out."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -161,9 +166,21 @@ def wait_until(api: Api, done, timeout: float, show) -> dict:
             last = line
         if done(fleet):
             return fleet
+        failed = fatal(fleet)
+        if failed:
+            raise CtlError("\n".join(failed), EXIT_FAILED)
         if time.monotonic() >= deadline:
             raise CtlError(f"timed out after {timeout:g}s; {line}", EXIT_FAILED)
         time.sleep(0.1)
+
+
+def fatal(fleet: dict) -> list[str]:
+    """Wanted instances that are FATAL with no restart pending, with their reasons: they stay
+    so until an operator restart or a reload."""
+    wanted = set(fleet["ports"])
+    return [f"instance {i['port']} is FATAL: {i.get('reason') or 'no reason given'}"
+            for i in fleet["instances"]
+            if i["port"] in wanted and i["state"] == "fatal" and not i.get("restart_pending")]
 
 
 def progress(fleet: dict) -> str:
@@ -198,41 +215,49 @@ def cmd_scale(api: Api, args) -> int:
     return 0
 
 
+def pids(fleet: dict) -> dict[int, int | None]:
+    return {i["port"]: i["pid"] for i in fleet["instances"]}
+
+
+def restarted(fleet: dict, ports: list[int], before: dict[int, int | None]) -> bool:
+    """Every one of `ports` runs a new process (a pid other than `before`'s) and serves."""
+    inst = {i["port"]: i for i in fleet["instances"]}
+    return all(p in inst and inst[p]["state"] == "running" and inst[p]["serving"]
+               and not inst[p].get("restart_pending") and inst[p]["pid"] not in (None, before.get(p))
+               for p in ports)
+
+
 def cmd_restart(api: Api, args) -> int:
-    if args.all == (args.port is not None):
-        raise CtlError("give a PORT or --all", EXIT_USAGE)
     path = "/fleet/restart" if args.all else f"/instances/{args.port}/restart"
-    started = api.request("POST", path)
-    ports = started.get("restarting", [])
+    before = {} if args.no_wait else pids(api.request("GET", "/fleet"))
+    ports = api.request("POST", path).get("restarting", [])
     if args.no_wait:
         print(f"restarting: {', '.join(map(str, ports))}")
         return 0
-    t0 = time.time()
-
-    def done(fleet):
-        inst = {i["port"]: i for i in fleet["instances"]}
-        return fleet_converged(fleet) and all(
-            p in inst and inst[p]["since"] >= t0 - 1 and inst[p]["state"] == "running" for p in ports)
-    wait_until(api, done, args.timeout, progress)
+    wait_until(api, lambda f: fleet_converged(f) and restarted(f, ports, before), args.timeout, progress)
     print(f"restarted: {', '.join(map(str, ports))}")
     return 0
 
 
 def cmd_reload(api: Api, args) -> int:
+    before = pids(api.request("GET", "/fleet")) if args.wait else {}
     result = api.request("POST", "/fleet/reload")
+    ports = result.get("restarting") or []
     changed = ", ".join(result.get("changed") or []) or "nothing"
-    restarting = ", ".join(map(str, result.get("restarting") or [])) or "none"
-    print(f"spec reloaded; changed: {changed}; restarting: {restarting}")
+    print(f"spec reloaded; changed: {changed}; restarting: {', '.join(map(str, ports)) or 'none'}")
+    if args.wait and ports:
+        wait_until(api, lambda f: restarted(f, ports, before), args.timeout, progress)
+        print(f"restarted: {', '.join(map(str, ports))}")
     return 0
 
 
 def cmd_events(api: Api, args) -> int:
+    data = api.request("GET", f"/events?since={args.since}&limit={max(args.lines, 1)}")
+    for e in data["events"][-args.lines:] if args.lines else ():
+        print(format_event(e), flush=True)
     if not args.follow:
-        data = api.request("GET", f"/events?limit={args.lines}")
-        for e in data["events"]:
-            print(format_event(e))
         return 0
-    last = max(0, args.since)
+    last = max(args.since, data["last"])  # follow on from the history shown
     try:
         for attempt in itertools.count():  # the daemon may end a stream (not read fast enough): go on
             if attempt:
@@ -288,57 +313,14 @@ def cmd_logs(api: Api, args) -> int:
 
 
 def cmd_plan(api, args) -> int:
-    import argparse
-
-    from ultrascaled import capacity  # imported here: it costs ~60 ms that `status` must not pay
-    p = argparse.ArgumentParser(prog="ultrascalectl plan", description="Capacity plan for N users.")
-    capacity.add_arguments(p)
-    return capacity.run(p.parse_args(args.rest))
+    from ultrascaled import capacity
+    return capacity.run(args)
 
 
 def format_event(e: dict) -> str:
     t = time.strftime("%H:%M:%S", time.localtime(e["time"])) + f".{int(e['time'] * 1000) % 1000:03d}"
     rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("seq", "time", "event", "level"))
     return f"{t} {e['level'][:4].upper():4} {e['event']} {rest}"
-
-
-# The command table. argparse would cost ~17 ms of imports and set-up on every call, about a
-# third of `status`; this small parser covers what the commands need.
-# name: (function, help, positionals [(name, type, required)], options {flag: (dest, type, default)})
-COMMANDS: dict[str, tuple] = {
-    "status": ("cmd_status", "the fleet as a table", [], {"--json": ("json", bool, False)}),
-    "scale": ("cmd_scale", "set the number of instances and wait until they serve",
-              [("instances", "count", True)],
-              {"--no-wait": ("no_wait", bool, False), "--timeout": ("timeout", "seconds", 120.0)}),
-    "restart": ("cmd_restart", "restart one instance (PORT), or --all one at a time",
-                [("port", "count", False)],
-                {"--all": ("all", bool, False), "--no-wait": ("no_wait", bool, False),
-                 "--timeout": ("timeout", "seconds", 300.0)}),
-    "reload": ("cmd_reload", "re-read the spec file", [], {}),
-    "alerts": ("cmd_alerts", "alerts firing now (exit 1 when any)", [], {"--json": ("json", bool, False)}),
-    "logs": ("cmd_logs", "an instance's output (PORT); -f follows", [("port", "count", True)],
-             {"-f": ("follow", bool, False), "--follow": ("follow", bool, False),
-              "-n": ("lines", "count", 50), "--lines": ("lines", "count", 50)}),
-    "events": ("cmd_events", "recent events; -f follows", [],
-               {"-f": ("follow", bool, False), "--follow": ("follow", bool, False),
-                "-n": ("lines", "count", 50), "--lines": ("lines", "count", 50),
-                "--since": ("since", "count", 0)}),
-    "plan": ("cmd_plan", "capacity plan for N users from the spec, with the arithmetic (plan --help)",
-             None, None),
-}
-
-USAGE = f"""usage: ultrascalectl [--api URL] [--token-file FILE] [--ca-file FILE] COMMAND [ARGS]
-
-Control an ultrascaled fleet.
-
-options:
-  --api URL          daemon API address, http:// or https:// (env ULTRASCALE_API, default {DEFAULT_API})
-  --token-file FILE  file with the bearer token, `token` or `name:token` (env ULTRASCALE_TOKEN_FILE)
-  --ca-file FILE     CA certificate(s) to verify an https:// API with (env ULTRASCALE_CA_FILE)
-
-commands:
-""" + "".join(f"  {name:<9}{spec[1]}\n" for name, spec in COMMANDS.items()) + """
-exit codes: 0 done, 1 failed or timed out, 2 bad arguments, 3 daemon unreachable, 4 refused"""
 
 
 def token_of(text: str) -> str | None:
@@ -354,106 +336,165 @@ def token_of(text: str) -> str | None:
     return None
 
 
-class UsageError(Exception):
-    pass
-
-
-class Args:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
-def _convert(kind, text: str, what: str):
-    if kind == "count":
-        try:
-            n = int(text)
-        except ValueError:
-            raise UsageError(f"{what}: must be a whole number, got {text!r}")
-        if n < 0:
-            raise UsageError(f"{what}: must not be negative, got {n}")
-        return n
+def count(text: str) -> int:
+    """A whole number >= 0 (argparse names the option in its error)."""
     try:
-        return float(text)
+        n = int(text)
     except ValueError:
-        raise UsageError(f"{what}: must be a number of seconds, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}")
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {n}")
+    return n
 
 
-def parse_args(argv: list[str]) -> Args:
-    args = Args(api=os.environ.get("ULTRASCALE_API", DEFAULT_API),
-                token_file=os.environ.get("ULTRASCALE_TOKEN_FILE"),
-                ca_file=os.environ.get("ULTRASCALE_CA_FILE"), cmd=None, help=False)
-    i = 0
-    while i < len(argv) and argv[i].startswith("-"):  # global options
-        flag, _, inline = argv[i].partition("=")
-        if flag in ("-h", "--help"):
-            args.help = True
-            return args
-        if flag not in ("--api", "--token-file", "--ca-file"):
-            raise UsageError(f"unknown option {flag}")
-        if not inline:
-            i += 1
-            if i >= len(argv):
-                raise UsageError(f"{flag} needs a value")
-            inline = argv[i]
-        setattr(args, flag[2:].replace("-", "_"), inline)
-        i += 1
-    if i >= len(argv):
-        raise UsageError("give a COMMAND")
-    args.cmd, rest = argv[i], argv[i + 1:]
-    if args.cmd not in COMMANDS:
-        raise UsageError(f"unknown command {args.cmd!r}; commands: {', '.join(COMMANDS)}")
-    func, _, positionals, options = COMMANDS[args.cmd]
-    args.func = globals()[func]
-    if positionals is None:  # plan: the planner parses its own arguments
-        args.rest = rest
-        return args
-    for flag, (dest, _, default) in options.items():
-        setattr(args, dest, default)
-    values = []
-    j = 0
-    while j < len(rest):
-        word = rest[j]
-        if word in ("-h", "--help"):
-            args.help = True
-            return args
-        if word.startswith("-") and not word.lstrip("-").isdigit():
-            flag, _, inline = word.partition("=")
-            if flag not in options:
-                raise UsageError(f"{args.cmd}: unknown option {flag}; options: {', '.join(options) or 'none'}")
-            dest, kind, _ = options[flag]
-            if kind is bool:
-                setattr(args, dest, True)
-            else:
-                if not inline:
-                    j += 1
-                    if j >= len(rest):
-                        raise UsageError(f"{args.cmd}: {flag} needs a value")
-                    inline = rest[j]
-                setattr(args, dest, _convert(kind, inline, f"{args.cmd} {flag}"))
-        else:
-            values.append(word)
-        j += 1
-    if len(values) > len(positionals):
-        raise UsageError(f"{args.cmd}: unexpected argument(s) {' '.join(values[len(positionals):])}")
-    for k, (name, kind, required) in enumerate(positionals):
-        if k < len(values):
-            setattr(args, name, _convert(kind, values[k], f"{args.cmd} {name.upper()}"))
-        elif required:
-            raise UsageError(f"{args.cmd}: give {name.upper()}")
-        else:
-            setattr(args, name, None)
+def seconds(text: str) -> float:
+    try:
+        s = float(text)
+    except ValueError:
+        s = float("nan")
+    if s != s:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}")
+    if s < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return s
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+
+
+def add_wait(p: argparse.ArgumentParser, timeout: float, no_wait: bool = True) -> None:
+    if no_wait:
+        p.add_argument("--no-wait", action="store_true", help="return once the daemon has taken the request")
+    p.add_argument("--timeout", type=seconds, default=timeout, metavar="SECONDS",
+                   help="give up waiting after this long, exit 1 (default %(default)g)")
+
+
+def add_lines(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-f", "--follow", action="store_true", help=f"then follow new {what} until Ctrl-C")
+    p.add_argument("-n", "--lines", type=count, default=50, metavar="N",
+                   help=f"show the last N {what} (default %(default)s)")
+
+
+def build_scale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("instances", type=count, metavar="INSTANCES", help="the number of instances wanted")
+    add_wait(p, 120.0)
+
+
+def build_restart(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("port", nargs="?", type=count, metavar="PORT", help="the instance to restart")
+    which.add_argument("--all", action="store_true", help="every instance, one at a time")
+    add_wait(p, 300.0)
+
+
+def build_reload(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true",
+                   help="wait until every instance the reload restarts runs again and serves")
+    add_wait(p, 300.0, no_wait=False)
+
+
+def build_logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("port", type=count, metavar="PORT", help="the instance")
+    add_lines(p, "lines")
+
+
+def build_events(p: argparse.ArgumentParser) -> None:
+    add_lines(p, "events")
+    p.add_argument("--since", type=count, default=0, metavar="SEQ",
+                   help="only events after this sequence number (default %(default)s: all)")
+
+
+def build_plan(p: argparse.ArgumentParser) -> None:
+    from ultrascaled import capacity  # ~60 ms of imports that only `plan` pays
+    capacity.add_arguments(p)
+
+
+# name: (function, one-line help, what adds its arguments). Each subcommand's parser is built
+# only when that command is given (see Commands).
+COMMANDS: dict[str, tuple] = {
+    "status": (cmd_status, "the fleet as a table (exit 1 unless every instance serves)", add_json),
+    "scale": (cmd_scale, "set the number of instances and wait until they serve", build_scale),
+    "restart": (cmd_restart, "restart one instance (PORT), or --all one at a time, and wait", build_restart),
+    "reload": (cmd_reload, "re-read the spec file; --wait for the restarts it starts", build_reload),
+    "alerts": (cmd_alerts, "alerts firing now (exit 1 when any)", add_json),
+    "logs": (cmd_logs, "an instance's output (PORT); -f follows", build_logs),
+    "events": (cmd_events, "recent events; -f follows", build_events),
+    "plan": (cmd_plan, "capacity plan for N users from the spec, with the arithmetic", build_plan),
+}
+
+DESCRIPTION = "Control an ultrascaled fleet through its API. `ultrascalectl COMMAND --help` for a command."
+EPILOG = """exit codes: 0 done, 1 failed or timed out, 2 bad arguments, 3 daemon unreachable,
+4 refused by the daemon (its message says why). Every command with examples: docs/cli.md"""
+
+
+def columns() -> int:
+    """The terminal's width as shutil.get_terminal_size() finds it (COLUMNS, else the terminal,
+    else 80), without importing shutil: argparse's formatter would, ~2 ms on every call."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str, width: int | None = None, **kw):
+        super().__init__(prog, width=width or max(columns(), 40) - 2, **kw)
+
+
+class Commands(argparse._SubParsersAction):
+    """argparse's subcommands, each parser built when its command is chosen: building all eight
+    on every call would cost `status` ~1 ms for parsers it never uses, and `plan`'s needs the
+    planner's ~60 ms of imports. argparse has no public way to defer a subparser; this subclass
+    of its own goes in through `add_subparsers(action=...)`."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._builders: dict[str, tuple] = {}
+
+    def add_command(self, name: str, help: str, build) -> None:
+        self._choices_actions.append(self._ChoicesPseudoAction(name, (), help))
+        self._name_parser_map[name] = None  # a valid choice; built in __call__
+        self._builders[name] = (help, build)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        name = values[0]
+        if self._name_parser_map.get(name) is None:
+            help, build = self._builders[name]
+            del self._name_parser_map[name]
+            build(self.add_parser(name, description=help, formatter_class=Formatter))
+        super().__call__(parser, namespace, values, option_string)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line; SystemExit as argparse raises it (2 usage error, 0 --help)."""
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="ultrascalectl", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=Formatter)
+    p.add_argument("--api", metavar="URL", default=env("ULTRASCALE_API", DEFAULT_API),
+                   help=f"daemon API address, http:// or https:// (env ULTRASCALE_API, "
+                        f"default {DEFAULT_API})")
+    p.add_argument("--token-file", metavar="FILE", default=env("ULTRASCALE_TOKEN_FILE"),
+                   help="file with the bearer token, `token` or `name:token` (env ULTRASCALE_TOKEN_FILE)")
+    p.add_argument("--ca-file", metavar="FILE", default=env("ULTRASCALE_CA_FILE"),
+                   help="CA certificate(s) to verify an https:// API with (env ULTRASCALE_CA_FILE)")
+    sub = p.add_subparsers(action=Commands, dest="cmd", metavar="COMMAND", title="commands", required=True)
+    for name, (_, help, build) in COMMANDS.items():
+        sub.add_command(name, help, build)
+    args = p.parse_args(argv)
+    args.func = COMMANDS[args.cmd][0]
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
-    except UsageError as exc:
-        print(f"{USAGE.splitlines()[0]}\nultrascalectl: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.help:
-        print(USAGE)
-        return 0
+    except SystemExit as exc:  # argparse printed the usage error or the help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     token = None
     if args.token_file:
         try:

@@ -1,0 +1,66 @@
+"""ultrascalectl against a real daemon: the waiting commands end as soon as an instance is
+FATAL, with its reason, instead of running out a 300 s timeout; `reload --wait` waits for the
+rolling restart it starts."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+GOOD = '''def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+'''
+
+
+def ctl_timed(d, *args):
+    t0 = time.monotonic()
+    out = d.ctl(*args, timeout=200)
+    return out, time.monotonic() - t0
+
+
+def test_scale_fails_at_once_with_the_reason_when_the_app_cannot_load(make_daemon):
+    d = make_daemon({"app": {"module": "nonexistent_mod:app"}}, nginx=False).start(wait=False)
+    d.wait_until(lambda f: True, what="the API answering")
+    out, took = ctl_timed(d, "scale", "3", "--timeout", "300")
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "is FATAL" in out.stderr and "No module named 'nonexistent_mod'" in out.stderr, out.stderr
+    assert took < 60, f"took {took:.0f}s of a 300 s timeout"
+
+
+def test_restart_fails_at_once_with_the_apps_exception_line(make_daemon, tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "ctlapp.py").write_text(GOOD)
+    d = make_daemon({"app": {"module": "ctlapp:application", "env": {"PYTHONPATH": str(code)}},
+                     "instances": {"count": 1}}, nginx=False).start()
+    (code / "ctlapp.py").write_text("def application(:\n")  # a deploy that broke the app
+    for cache in code.glob("__pycache__/*"):
+        cache.unlink()
+    out, took = ctl_timed(d, "restart", str(d.base_port), "--timeout", "300")
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert f"instance {d.base_port} is FATAL" in out.stderr and "SyntaxError" in out.stderr, out.stderr
+    assert took < 60, f"took {took:.0f}s of a 300 s timeout"
+
+
+def test_reload_wait_returns_once_every_restarted_instance_serves_and_fails_fast_on_fatal(make_daemon):
+    d = make_daemon().start()
+    pids = {i["port"]: i["pid"] for i in d.fleet()["instances"]}
+    d.spec["app"]["env"]["FEATURE_X"] = "on"
+    d.write_spec()
+    out = d.ctl("reload", "--wait", "--timeout", "120")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert "restarted:" in out.stdout
+    fleet = d.fleet()  # no waiting here: --wait returned only once this was so
+    for i in fleet["instances"]:
+        assert i["pid"] != pids[i["port"]] and i["state"] == "running" and i["in_upstream"], i
+    assert fleet["ready"] == 2
+
+    d.spec["app"]["module"] = "nonexistent_mod:app"
+    d.write_spec()
+    out, took = ctl_timed(d, "reload", "--wait", "--timeout", "300")
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "is FATAL" in out.stderr and "nonexistent_mod" in out.stderr, out.stderr
+    assert took < 60, f"took {took:.0f}s of a 300 s timeout"

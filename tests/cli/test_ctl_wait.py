@@ -1,0 +1,168 @@
+"""What the waiting commands do with what /fleet says, against a scripted API: a FATAL
+instance ends the wait at once with its reason (exit 1), a restart still pending does not;
+`events -n` limits the history before following. No daemon; milliseconds."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from ultrascaled import cli
+
+REASON = "app failed to load: SyntaxError: invalid syntax (app.py, line 3)"
+
+
+def inst(port, state="running", pid=None, pending=False, reason=""):
+    serving = state == "running"
+    if pid is None and state in ("running", "starting"):
+        pid = port * 10
+    return {"port": port, "pid": pid,
+            "state": state, "serving": serving, "in_upstream": serving, "restart_pending": pending,
+            "reason": reason, "since": 0.0, "restarts": 0, "workers": []}
+
+
+def fleet(*instances, ports=None):
+    ports = [i["port"] for i in instances] if ports is None else ports
+    return {"fleet": "t", "desired": len(ports), "ports": ports, "instances": list(instances),
+            "ready": sum(1 for i in instances if i["serving"] and i["port"] in ports)}
+
+
+class ScriptedApi:
+    """Answers GET /fleet from a script (the last answer repeats) and records every request;
+    polling more than `max_polls` times means the command did not stop when it should have."""
+
+    def __init__(self, fleets, answers=None, max_polls=20):
+        self.fleets, self.answers, self.max_polls = list(fleets), answers or {}, max_polls
+        self.calls: list[tuple] = []
+        self.polls = 0
+
+    def request(self, method, path, body=None):
+        self.calls.append((method, path, body))
+        if (method, path) == ("GET", "/fleet"):
+            self.polls += 1
+            assert self.polls <= self.max_polls, f"still polling /fleet after {self.max_polls} answers"
+            return self.fleets.pop(0) if len(self.fleets) > 1 else self.fleets[0]
+        return self.answers[(method, path)]
+
+
+def run(api, argv):
+    args = cli.parse_args(argv)
+    return args.func(api, args)
+
+
+def test_scale_fails_at_once_when_a_wanted_instance_is_fatal():
+    api = ScriptedApi([fleet(inst(8001), inst(8002, "starting")),
+                       fleet(inst(8001), inst(8002, "fatal", reason=REASON))],
+                      {("POST", "/fleet/scale"): {"desired": 2, "ports": [8001, 8002]}})
+    with pytest.raises(cli.CtlError) as err:
+        run(api, ["scale", "2", "--timeout", "300"])
+    assert err.value.code == cli.EXIT_FAILED
+    assert f"instance 8002 is FATAL: {REASON}" in str(err.value)
+    assert api.polls == 2
+
+
+def test_a_fatal_instance_on_its_way_out_does_not_fail_a_scale_down():
+    api = ScriptedApi([fleet(inst(8001), inst(8002, "fatal", reason=REASON), ports=[8001]),
+                       fleet(inst(8001))],
+                      {("POST", "/fleet/scale"): {"desired": 1, "ports": [8001]}})
+    assert run(api, ["scale", "1"]) == 0
+
+
+def test_restart_of_a_fatal_instance_waits_while_the_restart_is_pending_then_fails_fast():
+    api = ScriptedApi([fleet(inst(8001, "fatal", reason="old")),  # before the request
+                       fleet(inst(8001, "fatal", pending=True, reason="old")),  # not yet acted on
+                       fleet(inst(8001, "starting", pid=4242)),
+                       fleet(inst(8001, "fatal", reason=REASON))],
+                      {("POST", "/instances/8001/restart"): {"restarting": [8001]}})
+    with pytest.raises(cli.CtlError) as err:
+        run(api, ["restart", "8001"])
+    assert err.value.code == cli.EXIT_FAILED and REASON in str(err.value) and "old" not in str(err.value)
+    assert api.polls == 4
+
+
+def test_restart_waits_for_a_new_pid_running_and_serving():
+    api = ScriptedApi([fleet(inst(8001, pid=1), inst(8002, pid=2)),  # before the request
+                       fleet(inst(8001, pid=1, pending=True), inst(8002, pid=2, pending=True)),
+                       fleet(inst(8001, pid=11), inst(8002, pid=2, pending=True)),
+                       fleet(inst(8001, pid=11), inst(8002, "starting", pid=12)),
+                       fleet(inst(8001, pid=11), inst(8002, pid=12))],
+                      {("POST", "/fleet/restart"): {"restarting": [8001, 8002]}})
+    assert run(api, ["restart", "--all"]) == 0
+    assert api.polls == 5
+
+
+def test_reload_without_wait_returns_with_the_answer():
+    api = ScriptedApi([fleet(inst(8001))],
+                      {("POST", "/fleet/reload"): {"changed": ["app"], "restarting": [8001]}})
+    assert run(api, ["reload"]) == 0
+    assert api.polls == 0
+
+
+def test_reload_wait_waits_for_every_restarting_port():
+    api = ScriptedApi([fleet(inst(8001, pid=1), inst(8002, pid=2)),
+                       fleet(inst(8001, "draining", pid=1, pending=True), inst(8002, pid=2, pending=True)),
+                       fleet(inst(8001, pid=11), inst(8002, pid=2, pending=True)),
+                       fleet(inst(8001, pid=11), inst(8002, pid=12))],
+                      {("POST", "/fleet/reload"): {"changed": ["app"], "restarting": [8001, 8002]}})
+    assert run(api, ["reload", "--wait"]) == 0
+    assert api.polls == 4
+
+
+def test_reload_wait_fails_at_once_when_a_restarted_instance_goes_fatal():
+    api = ScriptedApi([fleet(inst(8001, pid=1), inst(8002, pid=2)),
+                       fleet(inst(8001, "fatal", reason=REASON), inst(8002, pid=2, pending=True))],
+                      {("POST", "/fleet/reload"): {"changed": ["app"], "restarting": [8001, 8002]}})
+    with pytest.raises(cli.CtlError) as err:
+        run(api, ["reload", "--wait"])
+    assert err.value.code == cli.EXIT_FAILED and f"instance 8001 is FATAL: {REASON}" in str(err.value)
+
+
+def test_reload_wait_with_nothing_to_restart_returns_at_once():
+    api = ScriptedApi([fleet(inst(8001))], {("POST", "/fleet/reload"): {"changed": [], "restarting": []}})
+    assert run(api, ["reload", "--wait"]) == 0
+
+
+def event(seq, name="fleet.scale"):
+    return {"seq": seq, "time": 1700000000.0 + seq, "event": name, "level": "info", "n": seq}
+
+
+class StreamingApi(ScriptedApi):
+    """Answers GET /events from `history` and the first follow with `stream`; a second follow
+    is Ctrl-C."""
+
+    def __init__(self, history, stream):
+        super().__init__([])
+        self.history, self.stream, self.opened = history, stream, []
+
+    def request(self, method, path, body=None):
+        self.calls.append((method, path, body))
+        return self.history
+
+    def open(self, method, path, body=None, timeout=-1):
+        self.opened.append(path)
+        if len(self.opened) > 1:
+            raise KeyboardInterrupt
+        body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in self.stream)
+        return 200, {}, io.BytesIO(body)
+
+
+@pytest.mark.parametrize("argv,history,shown", [
+    (["events", "-f", "-n", "2"], "/events?since=0&limit=2", [8, 9]),
+    (["events", "-f", "-n0"], "/events?since=0&limit=1", []),
+    (["events", "-f", "--since", "7"], "/events?since=7&limit=50", [8, 9]),
+])
+def test_events_follow_shows_at_most_n_of_the_history_then_follows_on_from_it(argv, history, shown, capsys):
+    api = StreamingApi({"events": [event(8), event(9)] if shown else [event(9)], "last": 9}, [event(10)])
+    assert run(api, argv) == 0
+    assert api.calls == [("GET", history, None)]
+    assert api.opened[0] == "/events?follow=1&since=9"
+    lines = capsys.readouterr().out.splitlines()
+    assert [int(line.rsplit("n=", 1)[1]) for line in lines] == shown + [10]
+
+
+def test_events_without_follow_limits_and_honours_since(capsys):
+    api = StreamingApi({"events": [event(5), event(6)], "last": 6}, [])
+    assert run(api, ["events", "-n", "2", "--since", "4"]) == 0
+    assert api.calls == [("GET", "/events?since=4&limit=2", None)] and api.opened == []
+    assert len(capsys.readouterr().out.splitlines()) == 2
