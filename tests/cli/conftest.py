@@ -1,10 +1,10 @@
 """Fixtures for the CLI's real-daemon tests: `make_daemon` as in tests/daemon/conftest.py, built
-on ultrascaled.harness; every process a test starts is ended by pid in the teardown."""
+on tests/support/harness.py; every process a test starts is ended by pid in the teardown."""
 from __future__ import annotations
 
 import pytest
 
-from ultrascaled.harness import Daemon
+from support.harness import Daemon
 
 
 @pytest.fixture
