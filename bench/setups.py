@@ -420,7 +420,15 @@ class Ultrascaled(Setup):
     key, label = "ultrascaled", "(d) ultrascaled"
 
     def start(self, count: int = 4) -> None:
-app: {{directory: {REPO}, python: {sys.executable}, module: 'app.wsgi:application', config: app/gunicorn_conf.py}}
+        # 16 instance ports (the spec's max), then the API and nginx: free ones, not fixed.
+        self.daemon = Daemon(self.dir, {"instances": {"count": count, "min": 1, "max": 16},
+                                        "gunicorn": {"workers": 1}},
+                             span=18, tuned=False, name="bench-us")
+        self.daemon.env = self.tracker.env()
+        self.daemon.start(wait=False)
+        self.tracker.adopt(self.daemon.proc)
+        self.api = self.daemon.api_url
+        self.url = f"http://127.0.0.1:{self.daemon.nginx_port}"
         self.wait_stable(60)
         self.check_count(count)
 
