@@ -52,10 +52,22 @@ def _bindable(port: int) -> bool:
         s.close()
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port_block(n: int) -> int:
-    """A base port with n consecutive free ports (random, to keep parallel runs apart)."""
+    """A base port with n consecutive free ports (random, to keep parallel runs apart), below the
+    kernel's ephemeral range: a port free now but in that range can become a client connection's
+    local port a moment later (nginx's and the load tester's), and the instance then cannot bind it."""
+    top = min(_ephemeral_range()[0], 65536)
+    low = 10000 if top > 20000 else 2000
     for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
+        base = random.randrange(low, top - n)
         if all(_bindable(p) for p in range(base, base + n)):
             return base
     raise RuntimeError("no free port block")
