@@ -99,9 +99,12 @@ class GunicornSection:
     keepalive: int = setting(65, "Seconds an idle keep-alive connection stays open; must be "
                              "longer than `nginx.keepalive_timeout` (60s) so that nginx, not "
                              "gunicorn, closes idle upstream connections.", min=1, max=3600)
-    max_requests: int = setting(10000, "Requests after which a worker is replaced (0 = never).",
-                                min=0, max=10 ** 9)
-    max_requests_jitter: int = setting(1000, "Random extra requests added to max_requests, so "
+    max_requests: int = setting(0, "Requests after which a worker is replaced (0 = never). Off by "
+                                "default: the memory watchdog replaces a worker by what it measures, "
+                                "and a count-based replacement leaves a one-worker instance without a "
+                                "worker while the next boots (measured with `scripts/bench`: wrk "
+                                "errors at 1000 connections).", min=0, max=10 ** 9)
+    max_requests_jitter: int = setting(0, "Random extra requests added to max_requests, so "
                                        "workers are not replaced together.", min=0, max=10 ** 9)
     args: list = setting([], "Extra gunicorn command-line arguments.")
 

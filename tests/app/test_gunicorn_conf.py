@@ -28,7 +28,7 @@ def test_the_spec_is_the_one_source_of_workers_keepalive_and_recycling():
                            "GUNICORN_MAX_REQUESTS": "0", "GUNICORN_MAX_REQUESTS_JITTER": "1"})
     assert not {"workers", "keepalive", "max_requests", "max_requests_jitter"} & set(s)
     g = parse_spec("{}").gunicorn
-    assert (g.keepalive, g.max_requests, g.max_requests_jitter) == (65, 10000, 1000)
+    assert (g.keepalive, g.max_requests, g.max_requests_jitter) == (65, 0, 0)
 
 
 def test_values_both_the_file_and_the_spec_give_agree():
@@ -80,5 +80,5 @@ def test_gunicorn_started_as_the_daemon_starts_it_gets_the_spec_values():
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     lines = {l.split("=", 1)[0].strip(): l.split("=", 1)[1].strip() for l in out.stdout.splitlines() if "=" in l}
-    assert (lines["keepalive"], lines["max_requests"], lines["max_requests_jitter"]) == ("65", "10000", "1000")
+    assert (lines["keepalive"], lines["max_requests"], lines["max_requests_jitter"]) == ("65", "0", "0")
     assert lines["workers"] == str(spec.workers)

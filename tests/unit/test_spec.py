@@ -151,9 +151,9 @@ def test_configuration_reference_lists_every_key_with_type_and_default():
     assert len(keys) > 50 and "memory.worker_limit_mb" in keys and "nginx.keepalive" in keys
 
 
-def test_gunicorn_keepalive_and_recycling_defaults_are_the_ones_the_app_chose():
+def test_gunicorn_keepalive_outlasts_nginx_and_count_based_recycling_is_off():
     g = parse_spec("{}").gunicorn
-    assert (g.keepalive, g.max_requests, g.max_requests_jitter) == (65, 10000, 1000)
+    assert (g.keepalive, g.max_requests, g.max_requests_jitter) == (65, 0, 0)
 
 
 @pytest.mark.parametrize("text", [
