@@ -159,6 +159,9 @@ class Reconciler:
         self.counters: dict[str, Any] = {"watchdog_recycles": {}}
         self.ready_event = asyncio.Event()
         self._inbox: list[Message] = []
+        self._dirty = True                  # the plan's inputs changed since it last ran
+        self._wake_at: float | None = None  # the last plan's next timer
+        self._next_log_check = 0.0
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self.state_dir = Path(spec.paths.state_dir)
@@ -180,9 +183,13 @@ class Reconciler:
 
     def post(self, msg: Message) -> None:
         self._inbox.append(msg)
+        if not isinstance(msg, (Sampled, SamplesDone)):
+            self._dirty = True  # samples change the plan's inputs only through recycles (see _sampled)
         self._wake.set()
 
     def wake(self) -> None:
+        """Something changed outside the loop (the API changed what is wanted): plan again."""
+        self._dirty = True
         self._wake.set()
 
     # ---- the one function that moves an instance ---------------------------------------------
@@ -235,6 +242,9 @@ class Reconciler:
                 self._internal_error(f"while handling {type(msg).__name__}", exc)
         now = self.clock.now()
         self._housekeeping(now)
+        if not self._dirty and (self._wake_at is None or now < self._wake_at):
+            return self._timers(self._wake_at, now)  # nothing the plan reads has changed: skip it
+        self._dirty = False
         for _ in range(20):
             result = plan(self.wanted, {p: i.view() for p, i in self.instances.items()}, self._upstream_view(),
                           self.policy(), now, keep_serving=None if not self.shutting_down else 0)
@@ -252,10 +262,14 @@ class Reconciler:
                 and not self.shutting_down and not self.ready_event.is_set():
             self.ready_event.set()
             self.events.emit("fleet.ready", instances=len(self.instances), ports=sorted(self.instances))
+        self._wake_at = result.wake_at
+        return self._timers(result.wake_at, now)
+
+    def _timers(self, plan_wake_at: float | None, now: float) -> float | None:
         # The next nginx check is a timer only while it lies ahead: while one is in flight (or a
         # publish holds it back), the task's end wakes the loop; a past timer would spin it.
         check_at = self.next_upstream_check if not self.shutting_down and self.next_upstream_check > now else None
-        timers = [t for t in (result.wake_at, check_at) if t is not None]
+        timers = [t for t in (plan_wake_at, check_at) if t is not None]
         return min(timers) if timers else None
 
     def _internal_error(self, where: str, exc: BaseException) -> None:
@@ -331,7 +345,7 @@ class Reconciler:
             inst.start_failures = 0
             inst.health_failures = 0
             inst.next_probe = now + self.policy().health_interval
-            self._start_task(f"sample-{port}", self._sample_one(port, handle))  # workers in /fleet at once
+            self._sample_one(port, handle)  # its workers show in /fleet at once
         elif inst.state is S.RUNNING:
             if r.ok:
                 inst.health_failures = 0
@@ -349,9 +363,11 @@ class Reconciler:
         if inst is None or inst.handle is not s.handle:
             return
         inst.master_mem, inst.workers = s.master, list(s.workers)
-        alive = {w.pid for w in s.workers}
-        for pid in [p for p in inst.recycles if p not in alive]:
-            del inst.recycles[pid]
+        if inst.recycles:   # the plan watches recycled workers: which are still alive matters to it
+            self._dirty = True
+            alive = {w.pid for w in s.workers}
+            for pid in [p for p in inst.recycles if p not in alive]:
+                del inst.recycles[pid]
         if s.log_size >= self.spec.logs.max_bytes:
             self._rotate_log(inst)
 
@@ -400,6 +416,7 @@ class Reconciler:
         inst.recycle_history = history
         by_port = self.counters["watchdog_recycles"]
         by_port[r.port] = by_port.get(r.port, 0) + 1
+        self._dirty = True
         if r.role == "master" or r.pid == inst.pid:
             inst.restart_requested = True
             self.events.emit("watchdog.recycled", level="warning", action="graceful restart", **fields)
@@ -450,6 +467,7 @@ class Reconciler:
             if inst.state is S.DRAINING and inst.port not in self.applied and inst.left_upstream_at is None \
                     and not self.publishing:
                 inst.left_upstream_at = now
+                self._dirty = True
         if self.pending_nginx and not self.publishing:
             self.pending_nginx = False
             self.publishing = True
@@ -462,6 +480,7 @@ class Reconciler:
             if self.failed_upstream is not None and not self.failed_temporary \
                     and self._stamp() != self.upstream_stamp:
                 self.failed_temporary, self.upstream_retry_at = True, now  # nginx's files changed: retry
+                self._dirty = True
 
     # ---- performing actions ------------------------------------------------------------------------
 
@@ -662,27 +681,23 @@ class Reconciler:
         finally:
             self.checking_nginx = False
 
-    async def sample_all(self) -> None:
-        """One round of memory samples (the sampler task calls this every sample_interval)."""
-        targets = [(port, inst.handle) for port, inst in self.instances.items() if inst.handle is not None]
-        # On the loop: a round of /proc reads takes ~1 ms per instance, and a hop to a thread cost
-        # more idle CPU than it saved (measured: 1.0 vs 1.2 % with 8 instances).
-        samples = self._read_samples(targets)
-        for msg in samples:
-            self.post(msg)
+    def sample_all(self) -> None:
+        """One round of memory samples (the sampler task calls this every sample_interval). On
+        the loop: a round of /proc reads takes ~1 ms per instance, and a hop to a thread cost
+        more idle CPU than it saved (measured: 1.0 vs 1.2 % with 8 instances)."""
+        now = self.clock.now()
+        logs = now >= self._next_log_check
+        if logs:  # log sizes every 5 samples, at most every 10 s: rotation needs no more
+            self._next_log_check = now + min(10.0, 5 * self.spec.memory.sample_interval)
+        for port, inst in list(self.instances.items()):
+            if inst.handle is not None:
+                self._sample_one(port, inst.handle, logs)
         self.post(SamplesDone())
 
-    def _read_samples(self, targets: list) -> list[Sampled]:
-        metric = self.spec.memory.metric
-        out = []
-        for port, handle in targets:
-            master, workers = self.runner.sample(handle.pid, metric)
-            out.append(Sampled(port, handle, master, tuple(workers), self.runner.log_size(str(self.log_path(port)))))
-        return out
-
-    async def _sample_one(self, port: int, handle: Any) -> None:
-        for msg in self._read_samples([(port, handle)]):
-            self.post(msg)
+    def _sample_one(self, port: int, handle: Any, log: bool = False) -> None:
+        master, workers = self.runner.sample(handle.pid, self.spec.memory.metric)
+        size = self.runner.log_size(str(self.log_path(port))) if log else 0
+        self.post(Sampled(port, handle, master, tuple(workers), size))
 
     # ---- adoption of an earlier run's processes ---------------------------------------------------
 

@@ -232,7 +232,7 @@ class Supervisor:
     async def _sample_loop(self) -> None:
         while True:
             await asyncio.sleep(self.spec.memory.sample_interval)
-            await self.rec.sample_all()
+            self.rec.sample_all()
             self.guard.beat("sampler")
 
     def start_guarded(self, name: str, factory, interval: float | None = None) -> None:

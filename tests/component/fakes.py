@@ -239,7 +239,7 @@ class Harness:
             await self.settle()
 
     async def sample(self):
-        await self.rec.sample_all()
+        self.rec.sample_all()
         await self.settle()
 
     def states(self) -> dict[int, str]:

@@ -37,7 +37,7 @@ def test_regression_rotation_under_a_live_writer_loses_no_line(make_daemon):
     d.write_spec()
     d.start()
     port = d.base_port
-    total = 600
+    total = 1500
     for n in range(total):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/?n={n}", timeout=5) as r:
             assert r.status == 200
