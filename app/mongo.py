@@ -297,10 +297,6 @@ class MongoHandle:
 _default = MongoHandle()
 
 
-def get_client():
-    return _default.client()
-
-
 def get_database():
     return _default.database()
 

@@ -151,9 +151,6 @@ class Result:
                  passed=self.passed, percentile_method="exact, nearest-rank, over all requests")
         return d
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
-
     def summary(self) -> str:
         def ms(v):
             return "n/a" if v is None else f"{v:.1f} ms"

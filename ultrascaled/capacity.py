@@ -23,7 +23,9 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from ultrascaled.errors import BudgetProblem, SpecError
 
 if TYPE_CHECKING:  # pragma: no cover
     import argparse
@@ -123,20 +125,9 @@ def daemon_fds(instances: int) -> int:
 
 # ---- budgets ------------------------------------------------------------------------------
 
-# Phrases only budget messages contain (ours and spec.py's), to tell an over-budget spec from
-# an invalid one when spec loading refuses it.
-BUDGET_MARKERS = (" MiB exceeds ", "connections exceeds the budget", "cannot give each of",
-                  "file descriptors exceeds", "file descriptors, which exceeds",
-                  "exceed what nginx can proxy", "exceeds the pool each process gets")
-
-
-def is_budget_message(message: str) -> bool:
-    return any(m in message for m in BUDGET_MARKERS)
-
-
 def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None,
                     mongo_servers: int = 1, cpu_count: int | None = None,
-                    lines: Mapping[str, int] | None = None) -> list[str]:
+                    lines: Mapping[str, int] | None = None) -> list[BudgetProblem]:
     """Every budget that cannot hold for ``count`` instances; [] when they all hold.
 
     Memory and the nginx/gunicorn connection balance are checked for ``count``; MongoDB
@@ -225,7 +216,7 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
                 f"{where('instances.max')}: the daemon needs {DAEMON_BASE_FDS} + {imax} instances"
                 f" x {DAEMON_FDS_PER_INSTANCE} = {need} file descriptors, which exceeds its nofile"
                 f" limit of {nofile_limit} by {need - nofile_limit}")
-    return problems
+    return [BudgetProblem(p) for p in problems]
 
 
 # ---- calibration --------------------------------------------------------------------------
@@ -621,12 +612,11 @@ def mem_total_bytes(meminfo: str = "/proc/meminfo") -> int:
     raise OSError(f"{meminfo}: no MemTotal line")
 
 
-def run(args: "argparse.Namespace") -> int:
-    """``ultrascalectl plan``: 0 the plan fits, 1 a budget cannot hold, 2 bad arguments/spec."""
+def run(args: "argparse.Namespace", load_spec: "Callable[..., Spec]") -> int:
+    """``ultrascalectl plan``: 0 the plan fits, 1 a budget cannot hold, 2 bad arguments/spec.
+    `load_spec` is spec.load_spec, passed in: the spec imports this module, not the reverse."""
     import resource
     import sys
-
-    from ultrascaled.spec import SpecError, load_spec
 
     def usage(msg: str) -> int:
         sys.stderr.write(f"ultrascalectl plan: {msg}\n")
@@ -643,7 +633,7 @@ def run(args: "argparse.Namespace") -> int:
     try:
         spec = load_spec(path, cpu_count=cpu_count)
     except SpecError as exc:
-        if all(is_budget_message(e) for e in exc.errors):  # valid, but over its budgets
+        if exc.over_budget_only:  # valid, but over its budgets
             sys.stderr.write(f"{path}: budgets that cannot hold:\n")
             sys.stderr.writelines(f"  {e}\n" for e in exc.errors)
             return EXIT_OVER_BUDGET

@@ -313,8 +313,8 @@ def cmd_logs(api: Api, args) -> int:
 
 
 def cmd_plan(api, args) -> int:
-    from ultrascaled import capacity
-    return capacity.run(args)
+    from ultrascaled import capacity, spec
+    return capacity.run(args, spec.load_spec)
 
 
 def format_event(e: dict) -> str:

@@ -292,7 +292,7 @@ class Reconciler:
                 self._exited(port, handle, rc)
             case Probed(port, handle, result):
                 self._probed(port, handle, result)
-            case GroupGone(port, pgid):
+            case GroupGone(port, _):
                 inst = self.instances.get(port)
                 if inst is not None:
                     inst.group_alive = False

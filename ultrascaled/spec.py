@@ -29,7 +29,8 @@ from typing import Any, Optional
 
 import yaml
 
-from ultrascaled import nginx_conf
+from ultrascaled import capacity, nginx_conf
+from ultrascaled.errors import SpecError  # noqa: F401  (re-exported: callers import it from here)
 from ultrascaled.nginx_conf import NginxSettings
 
 MB = 1024 * 1024
@@ -275,15 +276,9 @@ class Spec:
         return int(self.gunicorn.workers)
 
     def mongo_pool_per_process(self) -> int:
-        """maxPoolSize per worker process: max instances x workers x (pool + 2 monitoring
-        connections pymongo keeps per server) stays within the fleet's connection budget."""
-        return self.mongodb.connection_budget // (self.instances.max * self.workers) - 2
-
-
-class SpecError(Exception):
-    def __init__(self, errors: list[str]):
-        self.errors = errors
-        super().__init__("\n".join(errors))
+        """maxPoolSize per worker process: the largest pool that keeps the fleet (at
+        instances.max) within mongodb.connection_budget, one server (capacity.py's formula)."""
+        return capacity.mongo_pool_that_fits(self)
 
 
 def resolve_auto_workers(cpu_count: int) -> int:
@@ -764,8 +759,7 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
 def budget_errors(spec: Spec, count: int, lines: dict[str, int] | None = None,
                   nofile_limit: int | None = None) -> list[str]:
     """The budgets (memory, MongoDB connections, file descriptors) for `count` instances."""
-    from ultrascaled.capacity import budget_problems
-    return budget_problems(spec, count, lines=lines, nofile_limit=nofile_limit)
+    return capacity.budget_problems(spec, count, lines=lines, nofile_limit=nofile_limit)
 
 
 def _line_of(error: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from ultrascaled import capacity
+from ultrascaled.errors import BudgetProblem, SpecError
 from ultrascaled.capacity import budget_problems
 
 from capacity_helpers import make_spec
@@ -121,5 +122,6 @@ def test_every_problem_is_recognised_as_a_budget_message():
                      worker_connections=5000, nginx={"worker_rlimit_nofile": 100_000})
     problems = budget_problems(spec, 4, nofile_limit=50, cpu_count=1)
     assert len(problems) == 4  # memory, mongo, gunicorn fds, daemon fds
-    assert all(capacity.is_budget_message(p) for p in problems)
-    assert not capacity.is_budget_message("instances.min: must not exceed instances.max (1), got 2")
+    assert problems and all(isinstance(p, BudgetProblem) for p in problems)
+    assert SpecError(problems).over_budget_only
+    assert not SpecError(problems + ["instances.min: must not exceed instances.max (1), got 2"]).over_budget_only

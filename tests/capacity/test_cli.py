@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from ultrascaled import capacity
+from ultrascaled.spec import load_spec
 
 FITS = ("instances: {count: 2, min: 1, max: 4}\ngunicorn: {workers: 1, worker_class: gevent}\n"
         "mongodb: {connection_budget: 1000}\n")
@@ -17,7 +18,7 @@ FITS = ("instances: {count: 2, min: 1, max: 4}\ngunicorn: {workers: 1, worker_cl
 def run(*argv):
     parser = argparse.ArgumentParser(prog="ultrascalectl plan")
     capacity.add_arguments(parser)
-    return capacity.run(parser.parse_args(list(argv)))
+    return capacity.run(parser.parse_args(list(argv)), load_spec)
 
 
 @pytest.fixture
