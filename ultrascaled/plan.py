@@ -278,10 +278,12 @@ def _probe(v: InstanceView, now: float, policy: Policy, actions: list, timers: l
 
 
 def next_probe_at(v: InstanceView, now: float, policy: Policy) -> float:
-    """When to probe again after a probe that finished at `now`."""
+    """When to probe again after a probe that finished at `now`. Running instances are probed
+    on a common grid of `health_interval`, so one wake-up of the loop serves them all (16
+    instances probed each on its own clock woke it 32 times a second at a 0.5 s interval)."""
     if v.state is S.STARTING:
         return now + probe_delay(now - v.since, policy)
-    return now + policy.health_interval
+    return (math.floor(now / policy.health_interval) + 1) * policy.health_interval
 
 
 def _recycle_deadlines(v: InstanceView, now: float, actions: list, timers: list) -> None:

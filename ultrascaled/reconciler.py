@@ -344,7 +344,7 @@ class Reconciler:
             self.change_state(inst, S.RUNNING, "health check passed", boot_seconds=round(now - inst.since, 3))
             inst.start_failures = 0
             inst.health_failures = 0
-            inst.next_probe = now + self.policy().health_interval
+            inst.next_probe = next_probe_at(inst.view(), now, self.policy())
             self._sample_one(port, handle)  # its workers show in /fleet at once
         elif inst.state is S.RUNNING:
             if r.ok:

@@ -240,3 +240,10 @@ def test_every_exit_is_an_allowed_move(state, rc, history):
     crashes, start_failures = history
     d = on_exit(state, rc, crashes, start_failures, P, now=10.0)
     assert d.state in TRANSITIONS[state], (state, rc, d)
+
+
+def test_running_instances_are_probed_on_a_common_grid():
+    """One wake-up of the loop probes every running instance (not one per instance)."""
+    from ultrascaled.plan import next_probe_at
+    times = {next_probe_at(v(p, S.RUNNING), now, P) for p, now in ((1, 20.3), (2, 21.9), (3, 29.99))}
+    assert times == {30.0}
