@@ -11,21 +11,6 @@ from support.harness import BIN, ROOT, Daemon, free_port_block, http_get, pid_al
 
 
 @pytest.fixture
-def make_daemon(tmp_path):
-    made: list[Daemon] = []
-
-    def make(spec_overrides: dict | None = None, nginx: bool = True, sub: str = "") -> Daemon:
-        if sub:
-            (tmp_path / sub).mkdir(exist_ok=True)
-        d = Daemon(tmp_path / sub if sub else tmp_path, spec_overrides, nginx)
-        made.append(d)
-        return d
-    yield make
-    for d in made:
-        d.cleanup()
-
-
-@pytest.fixture
 def daemon(make_daemon):
     return make_daemon().start()
 

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from conftest import BIN, Daemon, pid_alive
+from support.harness import BIN, pid_alive
 
 pytestmark = pytest.mark.integration
 
