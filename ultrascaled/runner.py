@@ -8,9 +8,9 @@ as the app crashing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
-import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -130,7 +130,8 @@ class OsRunner:
         os.makedirs(path, exist_ok=True)
         for entry in os.scandir(path):
             if entry.name.endswith(".db"):
-                with_missing_ok(os.unlink, entry.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
 
     def log_size(self, path):
         try:
@@ -140,13 +141,6 @@ class OsRunner:
 
     def rotate_log(self, path, backups):
         logfiles.shift(path, backups)
-
-
-def with_missing_ok(fn, *args) -> None:
-    try:
-        fn(*args)
-    except FileNotFoundError:
-        pass
 
 
 async def http_probe(host: str, port: int, path: str, timeout: float) -> ProbeResult:
@@ -176,10 +170,3 @@ async def http_probe(host: str, port: int, path: str, timeout: float) -> ProbeRe
         return ProbeResult(None, exc.strerror or type(exc).__name__)
     finally:
         sock.close()
-
-
-def signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return str(sig)

@@ -95,9 +95,6 @@ class Supervisor:
     def metrics_dirs(self) -> dict[int, str]:
         return {p: str(self.rec.state_dir / "metrics" / str(p)) for p in sorted(self.instances)}
 
-    def instance_rss(self, inst: Instance) -> int:
-        return inst.rss
-
     # ---- wanted state (the API's side) -----------------------------------------------------------
 
     def wake(self) -> None:
