@@ -94,7 +94,7 @@ class TestServer(ThreadingHTTPServer):
 @pytest.fixture
 def server():
     srv = TestServer()
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     t.start()
     try:
         yield srv
@@ -110,7 +110,7 @@ def garbage_server():
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
-    sock.settimeout(0.1)
+    sock.settimeout(0.02)  # how soon the accept loop sees `stop` at teardown
     stop = threading.Event()
 
     def serve():

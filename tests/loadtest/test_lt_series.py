@@ -12,7 +12,7 @@ def table_rows(text):
 
 
 def test_series_markdown_table_with_fleet_memory(server, capsys):
-    rc = main([f"{server.base}/ok", "--series", "1,3", "-d", "0.6", "-q", "--procs", "1",
+    rc = main([f"{server.base}/ok", "--series", "1,3", "-d", "0.3", "-q", "--procs", "1",
                "--fleet-api", server.base, "--max-error-rate", "0"])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -28,7 +28,7 @@ def test_series_markdown_table_with_fleet_memory(server, capsys):
 
 
 def test_series_fleet_api_unreachable_prints_na(server, free_port, capsys):
-    rc = main([f"{server.base}/ok", "--series", "2", "-d", "0.5", "-q", "--procs", "1",
+    rc = main([f"{server.base}/ok", "--series", "2", "-d", "0.3", "-q", "--procs", "1",
                "--fleet-api", f"http://127.0.0.1:{free_port}", "--json", "-"])
     captured = capsys.readouterr()
     assert rc == 0
@@ -40,7 +40,7 @@ def test_series_fleet_api_unreachable_prints_na(server, free_port, capsys):
 
 
 def test_series_step_missing_target_exits_1(server, capsys):
-    rc = main([f"{server.base}/500", "--series", "1", "-d", "0.5", "-q", "--procs", "1",
+    rc = main([f"{server.base}/500", "--series", "1", "-d", "0.3", "-q", "--procs", "1",
                "--max-error-rate", "1"])
     assert rc == 1
     assert "FAIL" in table_rows(capsys.readouterr().out)[0]
@@ -71,5 +71,5 @@ def test_chart_without_matplotlib_exits_2_with_hint(server, capsys):
 @pytest.mark.skipif(not have_matplotlib(), reason="needs matplotlib")
 def test_chart_written(server, tmp_path, capsys):
     png = tmp_path / "series.png"
-    assert main([f"{server.base}/ok", "--series", "1,2", "-d", "0.5", "-q", "--chart", str(png)]) == 0
+    assert main([f"{server.base}/ok", "--series", "1,2", "-d", "0.3", "-q", "--chart", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
