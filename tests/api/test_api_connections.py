@@ -37,9 +37,25 @@ def closed_by_peer(s: socket.socket, timeout: float) -> bool:
         return False
 
 
-def open_idle(port: int, n_idle: int, n_half: int) -> list[socket.socket]:
+def accept_queue(port: int) -> int:
+    """Connections waiting in the kernel for the server on 127.0.0.1:`port` to accept them
+    (a listening socket's rx_queue in /proc/net/tcp); 0 when it is not listed."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:  # 0A: LISTEN
+                return int(fields[4].rpartition(":")[2], 16)
+    return 0
+
+
+def open_idle(port: int, n_idle: int, n_half: int, batch: int = 50) -> list[socket.socket]:
+    """Open the connections `batch` at a time, each batch once the server has accepted the
+    last: past its listen backlog (100) the kernel drops a SYN, and the connect would wait a
+    second for the retransmission."""
     socks = []
     for i in range(n_idle + n_half):
+        if i and i % batch == 0:
+            wait_for(lambda: accept_queue(port) == 0, what="server accepted the last batch")
         s = socket.create_connection(("127.0.0.1", port))
         if i >= n_idle:  # a request line and part of the headers, never finished
             s.sendall(f"GET /fleet HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Slow: ".encode())
@@ -49,7 +65,7 @@ def open_idle(port: int, n_idle: int, n_half: int) -> list[socket.socket]:
 
 def test_idle_and_half_sent_connections_are_closed_and_their_fds_return(make_live):
     raise_nofile()
-    live = make_live(idle_timeout=2.0, max_connections=1000)
+    live = make_live(idle_timeout=0.5, max_connections=1000)  # closing sooner is never wrong here
     base = fds()
     socks = open_idle(live.settings.port, 150, 150)
     try:
@@ -90,7 +106,7 @@ def test_connections_beyond_the_cap_get_503_and_the_cap_frees_up(make_live):
 
 
 def test_a_body_that_never_arrives_is_a_408(make_live, fleet):
-    live = make_live(body_timeout=0.5)
+    live = make_live(body_timeout=0.2)
     with socket.create_connection(("127.0.0.1", live.settings.port), timeout=30) as s:
         s.sendall(f"POST /fleet/scale HTTP/1.1\r\nHost: 127.0.0.1:{live.settings.port}\r\n"
                   "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"inst".encode())

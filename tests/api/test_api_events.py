@@ -101,7 +101,7 @@ def wait_for(cond, timeout=20.0, what=""):
 
 
 def test_a_follower_that_reads_nothing_is_dropped_and_frees_its_slot(make_live, fleet):
-    live = make_live(write_timeout=0.5)
+    live = make_live(write_timeout=0.2)
     followers = live.server.runner.app[FOLLOWERS]
     s = socket.create_connection(("127.0.0.1", live.settings.port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -113,7 +113,7 @@ def test_a_follower_that_reads_nothing_is_dropped_and_frees_its_slot(make_live, 
             live.call(lambda: [fleet.events.emit("big", blob=big) for _ in range(8)])
             if followers.active == 0:
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         wait_for(lambda: followers.active == 0, what="stuck follower dropped")
     finally:
         s.close()
