@@ -18,6 +18,7 @@ import os, sys
 workers, requests, err, slow, hits, misses = map(int, sys.argv[1:7])
 pool = int(sys.argv[7]) if len(sys.argv) > 7 else -1
 from app.monitoring import AppMetrics
+import prometheus_client  # once here, not in each child: the metric files are still made after the fork
 routes = ["/", "/health", "/cached/{key}", "/items/{id}", "/io", "/socket.io/", "unmatched"]
 children = []
 for w in range(workers):
