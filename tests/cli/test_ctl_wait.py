@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 
@@ -51,6 +52,27 @@ def run(api, argv):
     return args.func(api, args)
 
 
+class NoPauses:
+    """The cli module's `time`, with its pauses between polls recorded instead of slept: the
+    scripted answers do not change with time, so each pause would only cost 0.1-0.2 s."""
+
+    def __init__(self):
+        self.pauses: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+@pytest.fixture(autouse=True)
+def pauses(monkeypatch) -> list[float]:
+    clock = NoPauses()
+    monkeypatch.setattr(cli, "time", clock)
+    return clock.pauses
+
+
 def test_scale_fails_at_once_when_a_wanted_instance_is_fatal():
     api = ScriptedApi([fleet(inst(8001), inst(8002, "starting")),
                        fleet(inst(8001), inst(8002, "fatal", reason=REASON))],
@@ -81,7 +103,7 @@ def test_restart_of_a_fatal_instance_waits_while_the_restart_is_pending_then_fai
     assert api.polls == 4
 
 
-def test_restart_waits_for_a_new_pid_running_and_serving():
+def test_restart_waits_for_a_new_pid_running_and_serving(pauses):
     api = ScriptedApi([fleet(inst(8001, pid=1), inst(8002, pid=2)),  # before the request
                        fleet(inst(8001, pid=1, pending=True), inst(8002, pid=2, pending=True)),
                        fleet(inst(8001, pid=11), inst(8002, pid=2, pending=True)),
@@ -90,6 +112,7 @@ def test_restart_waits_for_a_new_pid_running_and_serving():
                       {("POST", "/fleet/restart"): {"restarting": [8001, 8002]}})
     assert run(api, ["restart", "--all"]) == 0
     assert api.polls == 5
+    assert len(pauses) == 3 and all(0 < p <= 1 for p in pauses)  # between the 4 polls of the wait
 
 
 def test_reload_without_wait_returns_with_the_answer():
