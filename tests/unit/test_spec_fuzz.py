@@ -1,7 +1,9 @@
 """Property-based fuzzing of the spec loader: whatever bytes or YAML-ish text it is given,
 parse_spec and load_spec return a Spec or raise SpecError (never another exception, never an
 "internal error" refusal, which marks a bug caught by the safety net) and take well under a
-second. Bounded so the unit suite stays fast; each bug found is a named example in
+second of CPU (CPU, not wall time: a busy host stretches the wall time of any parse, so a
+wall-clock bound here, hypothesis's deadline included, failed runs of a correct loader).
+Bounded so the unit suite stays fast; each bug found is a named example in
 test_spec_hostile.py or below."""
 import os
 import tempfile
@@ -15,12 +17,12 @@ from hypothesis import strategies as st
 
 from ultrascaled.spec import Spec, SpecError, iter_settings, load_spec, parse_spec
 
-FUZZ = settings(max_examples=200, deadline=1000, database=None,
+FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
 def only_refused_or_loaded(data) -> None:
-    started = time.monotonic()
+    started = time.thread_time()
     try:
         spec = parse_spec(data, base_dir=Path("/srv/fleet"), cpu_count=2, nofile_limit=1024)
     except SpecError as exc:
@@ -28,7 +30,7 @@ def only_refused_or_loaded(data) -> None:
         assert not any("internal error" in e for e in exc.errors), exc.errors
     else:
         assert isinstance(spec, Spec)
-    assert time.monotonic() - started < 1.0
+    assert time.thread_time() - started < 1.0
 
 
 @FUZZ
@@ -100,12 +102,12 @@ def test_arbitrary_files_through_load_spec(data):
     try:
         os.write(fd, data)
         os.close(fd)
-        started = time.monotonic()
+        started = time.thread_time()
         try:
             assert isinstance(load_spec(name, cpu_count=2), Spec)
         except SpecError as exc:
             assert not any("internal error" in e for e in exc.errors), exc.errors
-        assert time.monotonic() - started < 1.0
+        assert time.thread_time() - started < 1.0
     finally:
         os.unlink(name)
 

@@ -150,9 +150,9 @@ def nested_alias_bomb(levels: int = 40) -> str:
 @pytest.mark.parametrize("text", [BILLION_LAUGHS, nested_alias_bomb(), nested_alias_bomb(20)],
                          ids=["billion-laughs", "nested-40", "nested-20"])
 def test_alias_bombs_are_refused_quickly(text):
-    started = time.monotonic()
+    started = time.thread_time()  # CPU seconds: a busy host stretches wall time, not these
     msg = one_error(text)
-    assert time.monotonic() - started < 2
+    assert time.thread_time() - started < 2
     assert "alias bomb" in msg
 
 
@@ -160,9 +160,9 @@ def test_alias_bombs_are_refused_quickly(text):
                                   "".join(f"k{i}: 1\n" for i in range(100000))],
                          ids=["long-list", "many-keys"])
 def test_a_spec_of_too_many_values_is_refused_quickly(text):
-    started = time.monotonic()
+    started = time.thread_time()  # CPU seconds: a busy host stretches wall time, not these
     assert "more than 20000 values: not a spec" in one_error(text)
-    assert time.monotonic() - started < 2
+    assert time.thread_time() - started < 2
 
 
 def test_a_few_aliases_still_work():
