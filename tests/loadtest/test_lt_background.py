@@ -34,7 +34,7 @@ def started():
 
 
 def test_start_stop_counts_ok(server, started):
-    bg = started(f"{server.base}/ok", users=5, duration_limit=30)
+    bg = started(f"{server.base}/ok", users=5, duration_limit=30, think_ms=5)  # ~1 s, not at full speed
     assert multiprocessing.active_children()  # the load runs in a subprocess
     assert bg.wait_for_ok(50, timeout=10)  # live counts (the other tests wait on the server's)
     t0 = time.monotonic()

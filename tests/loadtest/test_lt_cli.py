@@ -71,7 +71,9 @@ def test_missed_p99_exits_1_and_timeouts_counted(server, capsys):
 
 def test_duration_bound_stops_by_itself_with_progress(server, capsys):
     start = time.monotonic()
-    rc, out, err = cli_here(capsys, f"{server.base}/ok", "-u", "3", "-d", "1.5", "--procs", "1")
+    # 10 ms think time: the run needs its length, not 1.5 s of both cores at full speed
+    rc, out, err = cli_here(capsys, f"{server.base}/ok", "-u", "3", "-d", "1.5", "--procs", "1",
+                            "--think", "10")
     assert rc == 0, err
     assert time.monotonic() - start < 15
     assert "req/s  p95(last 1s)" in err  # live progress once a second
@@ -80,7 +82,8 @@ def test_duration_bound_stops_by_itself_with_progress(server, capsys):
 
 def test_quiet_suppresses_progress(server, capsys):
     # longer than the 1 s between progress lines, so without -q there would be one
-    rc, out, err = cli_here(capsys, f"{server.base}/ok", "-u", "2", "-d", "1.2", "--procs", "1", "-q")
+    rc, out, err = cli_here(capsys, f"{server.base}/ok", "-u", "2", "-d", "1.2", "--procs", "1", "-q",
+                            "--think", "10")
     assert rc == 0
     assert "Requests    " in out
     assert "p95(last 1s)" not in err
