@@ -32,3 +32,12 @@ def make_daemon(tmp_path):
     for d in made:
         d.cleanup()
 
+
+# ---- the pytest plugins the suite uses --------------------------------------------------------
+# Named, because setup.cfg turns off pytest's auto-loading of every installed plugin (see there);
+# one whose package is missing is left out, so its tests skip (importorskip) instead of the run
+# failing to start.
+import importlib.util  # noqa: E402
+
+pytest_plugins = [name for name in ("pytest_timeout", "_hypothesis_pytestplugin", "schemathesis.pytest.plugin")
+                  if importlib.util.find_spec(name.partition(".")[0]) is not None]
