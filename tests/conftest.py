@@ -39,5 +39,5 @@ def make_daemon(tmp_path):
 # failing to start.
 import importlib.util  # noqa: E402
 
-pytest_plugins = [name for name in ("pytest_timeout", "_hypothesis_pytestplugin", "schemathesis.pytest.plugin")
-                  if importlib.util.find_spec(name.partition(".")[0]) is not None]
+PLUGINS = ("pytest_timeout", "_hypothesis_pytestplugin", "schemathesis.pytest.plugin")
+pytest_plugins = [name for name in PLUGINS if importlib.util.find_spec(name.partition(".")[0]) is not None]
