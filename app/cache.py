@@ -247,7 +247,10 @@ class RedisTier:
                  dumps: Callable[[Any], bytes | str] = json.dumps,
                  loads: Callable[[bytes], Any] = json.loads,
                  client_factory: Callable[[], Any] | None = None):
+        from . import redis_client
         self.url = url
+        # Bad URLs fail here, naming REDIS_URL, not later as a Redis error the breaker hides.
+        self.target = redis_client.parse(url) if client_factory is None else None
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
         self.prefix = prefix
@@ -260,17 +263,12 @@ class RedisTier:
     def _make_client(self):
         if self._client_factory is not None:
             return self._client_factory()
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-        return redis.Redis.from_url(
-            self.url,
-            socket_timeout=self.socket_timeout,
-            socket_connect_timeout=self.connect_timeout,
-            retry=Retry(NoBackoff(), 0),  # the breaker decides about retrying, not redis-py
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
+        from . import redis_client
+        # retries=0: the breaker decides about retrying, not redis-py
+        return redis_client.make_client(self.target, socket_timeout=self.socket_timeout,
+                                        connect_timeout=self.connect_timeout, retries=0,
+                                        **({"health_check_interval": 0}
+                                           if self.target.kind == redis_client.SINGLE else {}))
 
     @property
     def client(self):
@@ -293,7 +291,11 @@ class RedisTier:
         self.client.delete(self.prefix + str(key))
 
     def ping(self) -> None:
-        self.client.ping()
+        if self.target is None:
+            self.client.ping()
+            return
+        from . import redis_client
+        redis_client.ping(self.client, self.target)
 
     def reset(self) -> None:
         """Drop the client without closing the parent's sockets (call after fork)."""

@@ -1,0 +1,80 @@
+"""REDIS_URL names a single server, a Redis Cluster or a Sentinel-managed primary (pure parsing)."""
+from __future__ import annotations
+
+import pytest
+
+from app import redis_client
+from app.cache import TwoTierCache
+from app.redis_client import CLUSTER, SENTINEL, SINGLE, RedisUrlError, parse
+
+
+@pytest.mark.parametrize("url, kind, nodes, extra", [
+    ("redis://127.0.0.1:6379/0", SINGLE, (), {}),
+    ("rediss://:pw@cache.example:6380/2", SINGLE, (), {}),
+    ("unix:///run/redis.sock?db=1", SINGLE, (), {}),
+    ("redis+cluster://10.0.0.1:7000,10.0.0.2:7001,10.0.0.3", CLUSTER,
+     (("10.0.0.1", 7000), ("10.0.0.2", 7001), ("10.0.0.3", 6379)), {"ssl": False, "db": 0}),
+    ("redis+cluster://h1:7000/", CLUSTER, (("h1", 7000),), {}),
+    ("redis+cluster://h1:7000/0", CLUSTER, (("h1", 7000),), {}),
+    ("rediss+cluster://app:s%40cret@h1:7000,[::1]:7001", CLUSTER, (("h1", 7000), ("::1", 7001)),
+     {"ssl": True, "username": "app", "password": "s@cret"}),
+    ("redis+sentinel://s1:26379,s2:26380,s3:26381/0/mymaster", SENTINEL,
+     (("s1", 26379), ("s2", 26380), ("s3", 26381)), {"service": "mymaster", "db": 0}),
+    ("redis+sentinel://:pw@s1:26379/3/orders", SENTINEL, (("s1", 26379),),
+     {"service": "orders", "db": 3, "password": "pw", "username": None}),
+])
+def test_each_scheme_names_its_topology(url, kind, nodes, extra):
+    t = parse(url)
+    assert (t.kind, t.nodes) == (kind, nodes)
+    for field, value in extra.items():
+        assert getattr(t, field) == value, field
+
+
+@pytest.mark.parametrize("url, message", [
+    ("localhost:6379", "REDIS_URL: not a URL"),
+    ("memcached://h:11211", "unknown scheme 'memcached://'"),
+    ("redis+cluster://", "empty host"),
+    ("redis+cluster://h1:7000,,h2:7001", "empty host"),
+    ("redis+cluster://h1:70000", "port must be 1-65535, got '70000'"),
+    ("redis+cluster://h1:abc", "port must be 1-65535"),
+    ("redis+cluster://::1:7000", "needs brackets"),
+    ("redis+cluster://h1:7000,h1:7000", "listed twice"),
+    ("redis+cluster://h1:7000/3", "only database 0"),
+    ("redis+cluster://h1:7000/?read_from_replicas=1", "takes no query options"),
+    ("redis+sentinel://s1:26379", "ends with /<db>/<service>"),
+    ("redis+sentinel://s1:26379/0", "ends with /<db>/<service>"),
+    ("redis+sentinel://s1:26379/x/mymaster", "ends with /<db>/<service>"),
+    ("redis+sentinel://s1:26379/0/mymaster?ssl=1", "takes no query options"),
+    ("rediss+sentinel://s1:26379/0/mymaster", "unknown scheme"),
+])
+def test_bad_urls_are_refused_with_a_message_naming_the_variable(url, message):
+    with pytest.raises(RedisUrlError) as exc:
+        parse(url)
+    assert str(exc.value).startswith("REDIS_URL: ")
+    assert message in str(exc.value)
+
+
+def test_describe_leaves_out_credentials():
+    assert parse("redis://u:pw@h:1/0").describe() == "redis://h:1/0"
+    assert parse("rediss+cluster://u:pw@h1:1,[::1]:2").describe() == "rediss+cluster://h1:1,[::1]:2"
+    assert parse("redis+sentinel://:pw@s:2/1/m").describe() == "redis+sentinel://s:2/1/m"
+
+
+def test_a_bad_redis_url_fails_cache_construction_not_later_behind_the_breaker():
+    with pytest.raises(ValueError, match="REDIS_URL: unknown scheme"):
+        TwoTierCache.from_env({"REDIS_URL": "redis+clustr://h:1"})
+
+
+def test_clients_are_redis_pys_own_for_each_topology_and_are_made_without_io_for_sentinel():
+    single = redis_client.make_client(parse("redis://127.0.0.1:1/0"), socket_timeout=0.1, connect_timeout=0.1)
+    assert type(single).__name__ == "Redis"
+    assert single.connection_pool.connection_kwargs["socket_timeout"] == 0.1
+    s = redis_client.make_client(parse("redis+sentinel://:pw@127.0.0.1:1,127.0.0.1:2/2/orders"),
+                                 socket_timeout=0.1, connect_timeout=0.2)
+    pool = s.connection_pool
+    assert type(pool).__name__ == "SentinelConnectionPool" and pool.service_name == "orders"
+    assert pool.connection_kwargs["db"] == 2 and pool.connection_kwargs["password"] == "pw"
+    sentinels = pool.sentinel_manager.sentinels
+    assert [c.connection_pool.connection_kwargs["port"] for c in sentinels] == [1, 2]
+    assert sentinels[0].connection_pool.connection_kwargs["password"] is None   # sentinels: no auth
+    assert sentinels[0].connection_pool.connection_kwargs["socket_connect_timeout"] == 0.2
