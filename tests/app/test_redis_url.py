@@ -78,3 +78,20 @@ def test_clients_are_redis_pys_own_for_each_topology_and_are_made_without_io_for
     assert [c.connection_pool.connection_kwargs["port"] for c in sentinels] == [1, 2]
     assert sentinels[0].connection_pool.connection_kwargs["password"] is None   # sentinels: no auth
     assert sentinels[0].connection_pool.connection_kwargs["socket_connect_timeout"] == 0.2
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://127.0.0.1:1,127.0.0.1:2",
+                                 "redis+sentinel://127.0.0.1:1,127.0.0.1:2/0/mymaster"])
+def test_unreachable_cluster_or_sentinels_serve_from_memory_and_loader(url):
+    # Nothing listens on ports 1 and 2: connections are refused at once, no server needed.
+    import time
+    cache = TwoTierCache(url, redis_socket_timeout=0.2, breaker_failures=1, breaker_retry=60)
+    t0 = time.monotonic()
+    assert cache.fetch("k", lambda: "v") == ("v", "loader")
+    # Regression: the sentinels' own clients kept redis-py's default retries (3, with backoff),
+    # and this first lookup took ~7 s instead of failing at once.
+    assert time.monotonic() - t0 < 3.0
+    assert cache.fetch("k", lambda: pytest.fail("memory has it")) == ("v", "memory")
+    assert cache.fetch("k2", lambda: "v2") == ("v2", "loader")
+    assert cache.redis_state == "down"
+    assert cache.stats.errors_redis == 1 and cache.stats.skipped_redis >= 1
