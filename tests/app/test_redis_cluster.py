@@ -102,3 +102,36 @@ def test_socketio_broadcast_crosses_instances_through_the_cluster(healthy_cluste
     finally:
         for c in clients:
             c.disconnect()
+
+
+def test_socketio_queue_resubscribes_after_the_channels_primary_is_killed(healthy_cluster, gunicorn_factory):
+    from test_socketio import drain_until, ws_client
+    cluster = healthy_cluster
+    env = {"REDIS_URL": cluster.url, "SOCKETIO_CHANNEL": "ultrascale-socketio"}
+    a = gunicorn_factory(dict(env, ULTRASCALE_INSTANCE="0"), workers=1)
+    b = gunicorn_factory(dict(env, ULTRASCALE_INSTANCE="1"), workers=1)
+    clients = []
+    try:
+        ca, _ = ws_client(a.url)
+        clients.append(ca)
+        cb, inbox_b = ws_client(b.url)
+        clients.append(cb)
+        n = [0]
+
+        def delivered():
+            n[0] += 1
+            msg = f"m-{n[0]}"
+            assert ca.call("broadcast", {"msg": msg}, timeout=5) == {"ok": True}
+            return drain_until(inbox_b, msg, 0.5)
+        wait_for(delivered, timeout=20, interval=0, what="a broadcast from A to reach B")
+        # ClusterPubSub subscribes on the node serving the channel name's slot: kill that one.
+        victim = cluster.primary_for("ultrascale-socketio")
+        victim.kill()
+        wait_for(lambda: cluster.healthy(), timeout=60, interval=0.2, what="the failover")
+        # RedisManager's listener reconnects (1, 2, 4 ... s apart); emits meanwhile are lost
+        # (pub/sub is at most once), so keep sending until one arrives.
+        wait_for(delivered, timeout=60, interval=0, what="broadcasts to reach B again after the failover")
+        assert "Cannot receive from redis" in b.log()   # B's subscription really was on the victim
+    finally:
+        for c in clients:
+            c.disconnect()
