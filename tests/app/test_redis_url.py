@@ -95,3 +95,12 @@ def test_unreachable_cluster_or_sentinels_serve_from_memory_and_loader(url):
     assert cache.fetch("k2", lambda: "v2") == ("v2", "loader")
     assert cache.redis_state == "down"
     assert cache.stats.errors_redis == 1 and cache.stats.skipped_redis >= 1
+
+
+def test_gunicorn_config_refuses_a_bad_redis_url_before_any_worker_starts():
+    from app.gunicorn_conf import ConfigError, settings_from_env
+    with pytest.raises(ConfigError, match=r"REDIS_URL: node 'h:99999': port must be 1-65535"):
+        settings_from_env({"REDIS_URL": "redis+cluster://h:99999"})
+    for good in ("redis://127.0.0.1:6379/0", "redis+cluster://h1:7000,h2:7001",
+                 "redis+sentinel://s1:26379/0/mymaster", ""):
+        settings_from_env({"REDIS_URL": good})
