@@ -25,6 +25,11 @@ Behaviour:
   :mod:`app.monitoring` to export them to Prometheus);
 * the clock is injected (``clock=``), so tests control TTL and breaker timing.
 
+``REDIS_URL`` may name one server, a Redis Cluster (``redis+cluster://h1:p1,h2:p2``) or a
+Sentinel-managed primary (``redis+sentinel://s1:p1,s2:p2/<db>/<service>``); see
+:mod:`app.redis_client`. The breaker's probe then checks every cluster primary, or the primary
+the sentinels name, so it closes once the failover is done.
+
 Nothing here does I/O at import time; the Redis client is created on first use, per process.
 """
 from __future__ import annotations
