@@ -200,18 +200,22 @@ class LocalRedisCluster:
         wait_for(self.healthy, timeout=timeout, interval=0.2, what="cluster_state:ok on every live node")
 
     def primary_for(self, key: str) -> Node:
-        slot = int(command(self.primaries()[0].port, "CLUSTER", "KEYSLOT", key).strip())
-        for n in self.primaries():
-            for line in command(n.port, "CLUSTER", "NODES").splitlines():
-                parts = line.split()
-                if "myself" in parts[2] and "master" in parts[2]:
-                    for rng in parts[8:]:
-                        if "-" in rng and not rng.startswith("["):
-                            lo, hi = map(int, rng.split("-"))
-                            if lo <= slot <= hi:
-                                return n
-                        elif rng.isdigit() and int(rng) == slot:
-                            return n
+        """The live primary serving ``key``'s slot, as a live node's CLUSTER NODES tells."""
+        asker = self.primaries()[0]
+        slot = int(command(asker.port, "CLUSTER", "KEYSLOT", key).strip())
+        by_port = {n.port: n for n in self.nodes}
+        for line in command(asker.port, "CLUSTER", "NODES").splitlines():
+            parts = line.split()
+            flags = parts[2].split(",")
+            if "master" not in flags or "fail" in flags:
+                continue
+            port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
+            for rng in parts[8:]:
+                if rng.startswith("["):            # a slot being migrated
+                    continue
+                lo, _, hi = rng.partition("-")
+                if int(lo) <= slot <= int(hi or lo):
+                    return by_port[port]
         raise AssertionError(f"no primary serves {key!r} (slot {slot})")
 
     def restart(self, node: Node) -> None:
