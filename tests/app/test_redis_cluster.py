@@ -135,3 +135,27 @@ def test_socketio_queue_resubscribes_after_the_channels_primary_is_killed(health
     finally:
         for c in clients:
             c.disconnect()
+
+
+@pytest.fixture(scope="module")
+def auth_cluster(tmp_path_factory):
+    require_redis_tools()
+    c = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster-auth"), password="s3cret")
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def test_password_in_the_cluster_url_reaches_every_node_and_a_wrong_one_only_turns_redis_off(auth_cluster):
+    good = TwoTierCache(auth_cluster.url, redis_socket_timeout=0.5)
+    other = TwoTierCache(auth_cluster.url, redis_socket_timeout=0.5)
+    for i in range(30):                                 # keys on every primary
+        good.fetch(f"a:{i}", lambda i=i: i)
+    assert [other.fetch(f"a:{i}", lambda: -1)[1] for i in range(30)] == ["redis"] * 30
+    assert good.stats.errors_redis == 0
+    wrong = TwoTierCache(auth_cluster.url.replace(":s3cret@", ":nope@"), redis_socket_timeout=0.5,
+                         breaker_failures=1, breaker_retry=60)
+    assert wrong.fetch("a:1", lambda: "from-loader") == ("from-loader", "loader")
+    assert wrong.redis_state == "down" and wrong.stats.errors_redis == 1

@@ -51,18 +51,20 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str 
                          + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
-def command(port: int, *args: str, timeout: float = 2.0) -> str:
+def command(port: int, *args: str, timeout: float = 2.0, password: str | None = None) -> str:
     """One command through redis-cli (no client library involved), its output as text."""
-    out = subprocess.run([redis_exe("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *args],
+    auth = ["-a", password, "--no-auth-warning"] if password else []
+    out = subprocess.run([redis_exe("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *auth, *args],
                          capture_output=True, text=True, timeout=timeout)
     return out.stdout
 
 
 def ping(port: int) -> bool:
+    """Up: answers PING, or refuses it for want of a password (NOAUTH)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -79,8 +81,9 @@ def info_fields(text: str) -> dict[str, str]:
 class Node:
     """One redis-server process; ``start()`` again after ``kill()`` reuses port, dir and config."""
 
-    def __init__(self, port: int, workdir: Path, args: list[str]):
+    def __init__(self, port: int, workdir: Path, args: list[str], password: str | None = None):
         self.port = port
+        self.password = password
         self.dir = workdir
         self.args = args
         self.proc: subprocess.Popen | None = None
@@ -116,22 +119,37 @@ class Node:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
+    def terminate(self) -> None:
+        """SIGCONT (in case a test stopped it) and SIGTERM, by pid; stop() waits."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.terminate()
+            except ProcessLookupError:
+                pass
+
     def stop(self) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
+        self.terminate()
         try:
-            os.kill(proc.pid, signal.SIGCONT)
-            proc.terminate()
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-        except ProcessLookupError:
-            pass
 
     def info(self, section: str = "") -> dict[str, str]:
-        return info_fields(command(self.port, "INFO", *( [section] if section else [])))
+        return info_fields(command(self.port, "INFO", *([section] if section else []), password=self.password))
+
+
+def stop_all(nodes: list[Node]) -> None:
+    """Signal every node first, then wait for each (shutdowns overlap); by pid, never by name."""
+    for n in nodes:
+        n.terminate()
+    for n in nodes:
+        n.stop()
 
 
 def _server_args(port: int, extra: list[str]) -> list[str]:
@@ -144,29 +162,34 @@ class LocalRedisCluster:
 
     SIZE = 6
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, password: str | None = None):
+        """``password``: every node requires it (``requirepass``, and ``masterauth`` for replication)."""
         self.workdir = workdir
+        self.password = password
         base = free_port_block(2 * self.SIZE)       # data ports, then their cluster-bus ports
         self.ports = list(range(base, base + self.SIZE))
-        self.nodes = [Node(p, workdir / f"node-{p}", _server_args(p, [
+        auth = ["--requirepass", password, "--masterauth", password] if password else []
+        self.nodes = [Node(p, workdir / f"node-{p}", _server_args(p, [*auth,
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-port", str(p + self.SIZE),
             "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
             # a replica of a dead primary may always take over (the default refuses a replica
             # whose link to its primary was down for long, which a test cannot wait out)
             "--cluster-replica-validity-factor", "0",
-        ])) for p in self.ports]
+        ]), password) for p in self.ports]
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports) + "/"
+        creds = f":{self.password}@" if self.password else ""
+        return f"redis+cluster://{creds}" + ",".join(f"127.0.0.1:{p}" for p in self.ports) + "/"
 
     def start(self) -> "LocalRedisCluster":
         for n in self.nodes:
             n.start()
         for n in self.nodes:
             n.wait_ready()
-        out = subprocess.run([redis_exe("redis-cli"), "--cluster", "create",
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        out = subprocess.run([redis_exe("redis-cli"), *auth, "--cluster", "create",
                               *[f"127.0.0.1:{p}" for p in self.ports],
                               "--cluster-replicas", "1", "--cluster-yes"],
                              capture_output=True, text=True, timeout=60)
@@ -180,7 +203,7 @@ class LocalRedisCluster:
         return [n for n in self.nodes if n.alive]
 
     def cluster_state(self, node: Node) -> str:
-        return info_fields(command(node.port, "CLUSTER", "INFO")).get("cluster_state", "")
+        return info_fields(command(node.port, "CLUSTER", "INFO", password=self.password)).get("cluster_state", "")
 
     def roles(self) -> dict[int, str]:
         """port -> "master" / "slave" as the live nodes see themselves."""
@@ -202,9 +225,9 @@ class LocalRedisCluster:
     def primary_for(self, key: str) -> Node:
         """The live primary serving ``key``'s slot, as a live node's CLUSTER NODES tells."""
         asker = self.primaries()[0]
-        slot = int(command(asker.port, "CLUSTER", "KEYSLOT", key).strip())
+        slot = int(command(asker.port, "CLUSTER", "KEYSLOT", key, password=self.password).strip())
         by_port = {n.port: n for n in self.nodes}
-        for line in command(asker.port, "CLUSTER", "NODES").splitlines():
+        for line in command(asker.port, "CLUSTER", "NODES", password=self.password).splitlines():
             parts = line.split()
             flags = parts[2].split(",")
             if "master" not in flags or "fail" in flags:
@@ -225,8 +248,7 @@ class LocalRedisCluster:
         self.wait_healthy()
 
     def stop(self) -> None:
-        for n in self.nodes:
-            n.stop()
+        stop_all(self.nodes)
 
 
 class LocalRedisSentinel:
@@ -309,5 +331,4 @@ class LocalRedisSentinel:
         return wait_for(settled, timeout=timeout, interval=0.2, what="sentinels agreeing on a live primary")
 
     def stop(self) -> None:
-        for n in self.sentinels + self.nodes:
-            n.stop()
+        stop_all(self.sentinels + self.nodes)
