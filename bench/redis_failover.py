@@ -44,7 +44,7 @@ def compute(key: str) -> str:
 class Single:
     """One redis-server: no failover, a restart is the only way back."""
 
-    name = "single redis-server (restarted)"
+    name = "single redis-server (restarted after --restart-after s)"
 
     def __init__(self, workdir: Path, restart_after: float):
         port = free_port_block(1)
