@@ -44,9 +44,8 @@ def compute(key: str) -> str:
 class Single:
     """One redis-server: no failover, a restart is the only way back."""
 
-    name = "single redis-server (restarted after --restart-after s)"
-
     def __init__(self, workdir: Path, restart_after: float):
+        self.name = f"single redis-server (restarted after {restart_after:g} s)"
         port = free_port_block(1)
         self.node = Node(port, workdir / "single", _server_args(port, []))
         self.restart_after = restart_after
@@ -199,7 +198,7 @@ def run_one(cls, workdir: Path, args) -> dict:
         for t in threads:
             t.join(15)
         lat = sorted(results["lat"])
-        return {"topology": cls.name, "requests": results["n"], "failed": results["failed"],
+        return {"topology": topo.name, "requests": results["n"], "failed": results["failed"],
                 "p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000, 1) if lat else None,
                 "max_ms": round(lat[-1] * 1000, 1) if lat else None,
                 "primary_s": round(t_primary, 2), "hits_s": round(t_hits, 2)}
