@@ -159,3 +159,35 @@ def test_password_in_the_cluster_url_reaches_every_node_and_a_wrong_one_only_tur
                          breaker_failures=1, breaker_retry=60)
     assert wrong.fetch("a:1", lambda: "from-loader") == ("from-loader", "loader")
     assert wrong.redis_state == "down" and wrong.stats.errors_redis == 1
+
+
+class _Front:
+    """The fleet's nginx as the load's target (the same interface as a gunicorn fixture)."""
+
+    def __init__(self, port: int):
+        self.url = f"http://127.0.0.1:{port}"
+
+    def get(self, path: str):
+        from app_helpers import http_get
+        return http_get(self.url + path)
+
+
+def test_fleet_behind_nginx_rides_out_a_killed_primary(healthy_cluster, make_daemon):
+    """The whole path: ultrascaled's two instances (REDIS_URL from the spec's app.env) behind its
+    managed nginx, a cluster primary killed under load: no failed request, Redis hits return."""
+    cluster = healthy_cluster
+    d = make_daemon({"app": {"env": dict(APP_ENV, REDIS_URL=cluster.url)},
+                     "instances": {"count": 2}})
+    d.start()
+    tag = "fl"
+    victim = cluster.primary_for(f"{PREFIX}{{{tag}}}-x")
+    load, _ = failover_under_load(
+        _Front(d.nginx_port), direct_client(cluster), kill=victim.kill,
+        failed_over=lambda: cluster.healthy() and cluster.primary_for(f"{PREFIX}{{{tag}}}-x") is not victim,
+        tag=tag)
+    assert load.failures == [], load.failures[:5]
+    assert load.done >= 200
+    from app_helpers import http_get
+    errors = sum(http_get(f"http://127.0.0.1:{d.base_port + i}/health")[1]["cache"]["errors"]["redis"]
+                 for i in range(2))
+    assert errors >= 1                                  # the instances did meet the dead primary
