@@ -122,3 +122,17 @@ def test_real_replica_set_takes_majority_retryable_writes_and_reads_through_the_
             handle.client().drop_database(db_name)
         finally:
             handle.close()
+
+
+def test_show_settings_names_the_topology(monkeypatch, capsys):
+    import json
+
+    from app import mongo
+    monkeypatch.setenv("MONGODB_URI", "mongodb+srv://cluster0.example.net/shop?w=majority")
+    assert mongo.main(["show-settings"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["topology"] == "srv" and out["database"] == "shop"
+    assert out["kwargs"]["serverSelectionTimeoutMS"] == FAILOVER_SERVER_SELECTION_TIMEOUT_MS
+    monkeypatch.setenv("MONGODB_URI", "mongodb+srv://a.example.net:27017/")
+    assert mongo.main(["show-settings"]) == 2
+    assert "error: MONGODB_URI: mongodb+srv:// takes one host name" in capsys.readouterr().err

@@ -104,3 +104,17 @@ def test_gunicorn_config_refuses_a_bad_redis_url_before_any_worker_starts():
     for good in ("redis://127.0.0.1:6379/0", "redis+cluster://h1:7000,h2:7001",
                  "redis+sentinel://s1:26379/0/mymaster", ""):
         settings_from_env({"REDIS_URL": good})
+
+
+def test_socketio_queue_uses_python_socketios_manager_except_for_a_cluster():
+    import socketio
+
+    from app.socketio_queue import ClusterRedisManager, manager_for
+    single = manager_for("redis://127.0.0.1:1/0", channel="c")
+    sentinel = manager_for("redis+sentinel://127.0.0.1:1/0/svc", channel="c")
+    cluster = manager_for("redis+cluster://127.0.0.1:1,127.0.0.1:2", channel="c")
+    assert type(single) is socketio.RedisManager and type(sentinel) is socketio.RedisManager
+    assert type(cluster) is ClusterRedisManager and cluster.target.nodes == (("127.0.0.1", 1), ("127.0.0.1", 2))
+    assert cluster.channel == "c" and cluster.redis is None          # no connection before use
+    with pytest.raises(RedisUrlError, match="REDIS_URL: unknown scheme"):
+        manager_for("redis+clustr://h:1", channel="c")
