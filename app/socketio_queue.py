@@ -26,7 +26,8 @@ class ClusterRedisManager(socketio.RedisManager):
                  json=None, connect_timeout: float = CONNECT_TIMEOUT):
         self.target = redis_client.parse(url)
         if self.target.kind != redis_client.CLUSTER:
-            raise ValueError(f"ClusterRedisManager needs a redis+cluster:// URL, got {self.target.describe()}")
+            raise ValueError("ClusterRedisManager needs a redis+cluster:// URL, "
+                             f"got {self.target.describe()}")
         self.connect_timeout = connect_timeout
         super().__init__(url, channel=channel, write_only=write_only, logger=logger, json=json)
 

@@ -120,7 +120,8 @@ class Cluster:
 
     def client(self):
         from redis.cluster import ClusterNode, RedisCluster
-        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in self.t.ports], socket_timeout=1)
+        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in self.t.ports],
+                            socket_timeout=1)
 
     def stop(self):
         self.t.stop()
@@ -133,7 +134,8 @@ def free_port() -> int:
 
 
 def get(port: int, key: str, timeout: float = 10.0):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/cached/{quote(key, safe='')}", timeout=timeout) as r:
+    url = f"http://127.0.0.1:{port}/cached/{quote(key, safe='')}"
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.status, json.loads(r.read())
 
 
@@ -235,7 +237,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="ultrascale-redis-failover-") as tmp:
         for cls in (Single, Sentinel, Cluster):
             r = run_one(cls, Path(tmp), args)
-            print(f"| {r['topology']} | {r['requests']:,} | {r['failed']} | {r['p99_ms']} ms | {r['max_ms']} ms "
+            print(f"| {r['topology']} | {r['requests']:,} | {r['failed']} | {r['p99_ms']} ms "
+                  f"| {r['max_ms']} ms "
                   f"| {r['primary_s']} s | {r['hits_s']} s |", flush=True)
     return 0
 

@@ -71,17 +71,21 @@ def test_uri_options_really_reach_pymongo():
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"MONGODB_URI": "mongodb+srv://a.example.net:27017/"}, "mongodb+srv:// takes one host name without a port"),
+    ({"MONGODB_URI": "mongodb+srv://a.example.net:27017/"},
+     "mongodb+srv:// takes one host name without a port"),
     ({"MONGODB_URI": "mongodb+srv://a.example.net,b.example.net/"}, "takes one host name"),
     ({"MONGODB_URI": "mongodb+srv://a.example.net/?directConnection=true"}, "directConnection=true cannot"),
     ({"MONGODB_URI": "mongodb://a,b/?directConnection=true"}, "directConnection=true needs exactly one host"),
     ({"MONGODB_URI": "mongodb://a,,b/"}, "MONGODB_URI: no host"),
-    ({"MONGODB_URI": "mongodb://a/?replicaSet=rs0", "MONGO_REPLICA_SET": "rs1"}, "contradicts replicaSet=rs0"),
+    ({"MONGODB_URI": "mongodb://a/?replicaSet=rs0", "MONGO_REPLICA_SET": "rs1"},
+     "contradicts replicaSet=rs0"),
     ({"MONGO_WRITE_CONCERN": "all"}, "MONGO_WRITE_CONCERN: must be majority or a number"),
     ({"MONGO_WRITE_CONCERN": "51"}, "MONGO_WRITE_CONCERN"),
     ({"MONGO_MAX_STALENESS_S": "30"}, "MONGO_MAX_STALENESS_S: must be 90-86400, got 30"),
-    ({"MONGO_MAX_STALENESS_S": "120", "MONGO_READ_PREFERENCE": "primary"}, "only applies to reads from secondaries"),
-    ({"MONGODB_URI": "mongodb://a/?readPreference=primary", "MONGO_MAX_STALENESS_S": "120"}, "read preference is primary"),
+    ({"MONGO_MAX_STALENESS_S": "120", "MONGO_READ_PREFERENCE": "primary"},
+     "only applies to reads from secondaries"),
+    ({"MONGODB_URI": "mongodb://a/?readPreference=primary", "MONGO_MAX_STALENESS_S": "120"},
+     "read preference is primary"),
     ({"MONGO_HEARTBEAT_FREQUENCY_MS": "100"}, "MONGO_HEARTBEAT_FREQUENCY_MS: must be 500-600000"),
 ])
 def test_bad_replica_settings_are_refused_by_name(env, message):

@@ -95,7 +95,8 @@ def test_socketio_broadcast_crosses_instances_through_the_cluster(healthy_cluste
             msg = f"cluster-{n[0]}"
             assert ca.call("broadcast", {"msg": msg}, timeout=5) == {"ok": True}
             return drain_until(inbox_b, msg, 0.5)
-        data = wait_for(delivered, timeout=20, interval=0, what="a broadcast from A to reach B via the cluster")
+        data = wait_for(delivered, timeout=20, interval=0,
+                        what="a broadcast from A to reach B via the cluster")
         assert data["instance"] == 0
         assert cb.call("broadcast", {"msg": "from-b"}, timeout=5) == {"ok": True}
         assert drain_until(inbox_a, "from-b", 5)["instance"] == 1

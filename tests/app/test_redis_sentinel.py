@@ -87,7 +87,8 @@ def test_socketio_broadcast_crosses_instances_through_the_sentinels_primary(sett
             msg = f"sentinel-{n[0]}"
             assert ca.call("broadcast", {"msg": msg}, timeout=5) == {"ok": True}
             return drain_until(inbox_b, msg, 0.5)
-        assert wait_for(delivered, timeout=20, interval=0, what="a broadcast from A to reach B")["instance"] == 0
+        data = wait_for(delivered, timeout=20, interval=0, what="a broadcast from A to reach B")
+        assert data["instance"] == 0
     finally:
         for c in clients:
             c.disconnect()

@@ -141,7 +141,8 @@ class Node:
             proc.wait(5)
 
     def info(self, section: str = "") -> dict[str, str]:
-        return info_fields(command(self.port, "INFO", *([section] if section else []), password=self.password))
+        args = ["INFO", section] if section else ["INFO"]
+        return info_fields(command(self.port, *args, password=self.password))
 
 
 def stop_all(nodes: list[Node]) -> None:
@@ -203,7 +204,8 @@ class LocalRedisCluster:
         return [n for n in self.nodes if n.alive]
 
     def cluster_state(self, node: Node) -> str:
-        return info_fields(command(node.port, "CLUSTER", "INFO", password=self.password)).get("cluster_state", "")
+        out = command(node.port, "CLUSTER", "INFO", password=self.password)
+        return info_fields(out).get("cluster_state", "")
 
     def roles(self) -> dict[int, str]:
         """port -> "master" / "slave" as the live nodes see themselves."""
@@ -261,7 +263,8 @@ class LocalRedisSentinel:
         self.sentinel_ports = list(range(base + 1 + replicas, base + 4 + replicas))
         primary = self.data_ports[0]
         self.nodes = [Node(p, workdir / f"redis-{p}",
-                           _server_args(p, [] if p == primary else ["--replicaof", "127.0.0.1", str(primary)]))
+                           _server_args(p, [] if p == primary else ["--replicaof", "127.0.0.1",
+                                                                    str(primary)]))
                       for p in self.data_ports]
         self.sentinels = []
         for p in self.sentinel_ports:
