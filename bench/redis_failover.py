@@ -139,22 +139,67 @@ def get(port: int, key: str, timeout: float = 10.0):
         return r.status, json.loads(r.read())
 
 
+def start_gunicorn(url: str, workdir: Path) -> tuple[subprocess.Popen, int]:
+    """One gunicorn (1 gevent worker) serving the reference app with REDIS_URL=url, ready."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGODB_URI")}
+    env.update(APP_ENV, REDIS_URL=url, LOG_LEVEL="error", ULTRASCALE_PORT=str(port))
+    log = open(workdir / f"gunicorn-{port}.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "app/gunicorn_conf.py", "--bind", f"127.0.0.1:{port}",
+         "--workers", "1", "--worker-class", "gevent", "--no-control-socket", "app.wsgi:application"],
+        cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    try:
+        wait_for(lambda: get(port, "ready")[0] == 200, timeout=30, what="gunicorn")
+    except BaseException:
+        stop_gunicorn(proc)
+        raise
+    return proc, port
+
+
+def stop_gunicorn(proc: subprocess.Popen | None) -> None:
+    """By its process group (the session it was started in): master and worker."""
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def connections(workdir: Path, concurrency: tuple[int, ...] = (1, 10, 100)) -> list[tuple[int, int, int]]:
+    """Redis connections one worker holds after bursts of ``c`` concurrent requests for fresh keys
+    (each a Redis GET and SET) on the cluster: (c, connections, nodes they go to)."""
+    import psutil
+    from concurrent.futures import ThreadPoolExecutor
+    topo = Cluster(workdir, 0)
+    proc = None
+    rows = []
+    try:
+        topo.start()
+        proc, port = start_gunicorn(topo.url, workdir)
+        worker = psutil.Process(proc.pid).children()[0]
+        for c in concurrency:
+            with ThreadPoolExecutor(c) as ex:
+                list(ex.map(lambda k: get(port, k), [f"conn-{c}-{i}" for i in range(c * 10)]))
+            conns = [x for x in worker.net_connections() if x.raddr and x.raddr.port in topo.t.ports]
+            rows.append((c, len(conns), len({x.raddr.port for x in conns})))
+    finally:
+        stop_gunicorn(proc)
+        topo.stop()
+    return rows
+
+
 def run_one(cls, workdir: Path, args) -> dict:
     topo = cls(workdir, args.restart_after)
-    port = free_port()
     gunicorn = None
     stop = threading.Event()
     try:
         topo.start()
-        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGODB_URI")}
-        env.update(APP_ENV, REDIS_URL=topo.url, LOG_LEVEL="error", ULTRASCALE_PORT=str(port))
-        log = open(workdir / f"gunicorn-{port}.log", "wb")
-        gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "app/gunicorn_conf.py", "--bind", f"127.0.0.1:{port}",
-             "--workers", "1", "--worker-class", "gevent", "--no-control-socket", "app.wsgi:application"],
-            cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        wait_for(lambda: get(port, "ready")[0] == 200, timeout=30, what="gunicorn")
+        gunicorn, port = start_gunicorn(topo.url, workdir)
         warm = [f"warm-{i}" for i in range(20)]
         for k in warm:
             get(port, k)
@@ -206,13 +251,7 @@ def run_one(cls, workdir: Path, args) -> dict:
                 "primary_s": round(t_primary, 2), "hits_s": round(t_hits, 2)}
     finally:
         stop.set()
-        if gunicorn is not None and gunicorn.poll() is None:
-            os.killpg(gunicorn.pid, signal.SIGTERM)
-            try:
-                gunicorn.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(gunicorn.pid, signal.SIGKILL)
-                gunicorn.wait(5)
+        stop_gunicorn(gunicorn)
         time.sleep(args.restart_after if cls is Single else 0)   # let the restart timer fire first
         topo.stop()
 
@@ -224,6 +263,8 @@ def main(argv=None) -> int:
     p.add_argument("--kill-at", type=float, default=3.0, help="seconds into the load to kill the primary")
     p.add_argument("--restart-after", type=float, default=3.0,
                    help="single server: seconds until it is restarted (default 3)")
+    p.add_argument("--only", choices=("failover", "connections"),
+                   help="one table: the failover run, or the Redis connections one worker holds")
     args = p.parse_args(argv)
     if not (1 <= args.threads <= 16 and 5 <= args.duration <= 120 and 0 < args.kill_at < args.duration):
         p.error("--threads 1-16, --duration 5-120 s, 0 < --kill-at < --duration")
@@ -232,14 +273,20 @@ def main(argv=None) -> int:
           f"Linux {platform.release()}, Python {platform.python_version()}, load average before: "
           f"{load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}. Command: scripts/redis-failover "
           + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")
-    print("| topology | requests | failed | p99 | max | primary again | Redis hits again |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="ultrascale-redis-failover-") as tmp:
-        for cls in (Single, Sentinel, Cluster):
-            r = run_one(cls, Path(tmp), args)
-            print(f"| {r['topology']} | {r['requests']:,} | {r['failed']} | {r['p99_ms']} ms "
-                  f"| {r['max_ms']} ms "
-                  f"| {r['primary_s']} s | {r['hits_s']} s |", flush=True)
+        if args.only in (None, "failover"):
+            print("| topology | requests | failed | p99 | max | primary again | Redis hits again |")
+            print("|---|---:|---:|---:|---:|---:|---:|")
+            for cls in (Single, Sentinel, Cluster):
+                r = run_one(cls, Path(tmp) / cls.__name__, args)
+                print(f"| {r['topology']} | {r['requests']:,} | {r['failed']} | {r['p99_ms']} ms "
+                      f"| {r['max_ms']} ms | {r['primary_s']} s | {r['hits_s']} s |", flush=True)
+            print()
+        if args.only in (None, "connections"):
+            print("| concurrent requests (fresh keys), Redis Cluster | connections of one worker | to nodes |")
+            print("|---:|---:|---:|")
+            for c, n, nodes in connections(Path(tmp) / "connections"):
+                print(f"| {c} | {n} | {nodes} |", flush=True)
     return 0
 
 
