@@ -104,6 +104,12 @@ def parse(url: str, name: str = "REDIS_URL") -> RedisTarget:
                             "redis+cluster://h1:7000,h2:7001, redis+sentinel://s1:26379/0/mymaster")
     scheme = url.split("://", 1)[0].lower()
     if scheme in _SINGLE_SCHEMES:
+        # The rest is redis-py's to parse (from_url, on first use); what urllib rejects here
+        # (a bad port, an unclosed "[") would only fail there, behind the breaker.
+        try:
+            urlsplit(url).port
+        except ValueError as exc:
+            raise RedisUrlError(f"{name}: {exc}, got {url!r}") from None
         return RedisTarget(SINGLE, url)
     if scheme not in _CLUSTER_SCHEMES and scheme not in _SENTINEL_SCHEMES:
         known = ", ".join(f"{s}://" for s in (*_SINGLE_SCHEMES, *_CLUSTER_SCHEMES, *_SENTINEL_SCHEMES))

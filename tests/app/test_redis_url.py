@@ -46,6 +46,8 @@ def test_each_scheme_names_its_topology(url, kind, nodes, extra):
     ("redis+sentinel://s1:26379/x/mymaster", "ends with /<db>/<service>"),
     ("redis+sentinel://s1:26379/0/mymaster?ssl=1", "takes no query options"),
     ("rediss+sentinel://s1:26379/0/mymaster", "unknown scheme"),
+    ("redis://h:99999/0", "out of range"),
+    ("redis://[/0", "Invalid IPv6 URL"),
 ])
 def test_bad_urls_are_refused_with_a_message_naming_the_variable(url, message):
     with pytest.raises(RedisUrlError) as exc:
@@ -119,3 +121,28 @@ def test_socketio_queue_uses_python_socketios_manager_except_for_a_cluster():
     assert cluster.channel == "c" and cluster.redis is None          # no connection before use
     with pytest.raises(RedisUrlError, match="REDIS_URL: unknown scheme"):
         manager_for("redis+clustr://h:1", channel="c")
+
+
+def test_any_text_is_parsed_or_refused_with_redis_url_error_never_another_exception():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    schemes = st.sampled_from(["redis+cluster://", "rediss+cluster://", "redis+sentinel://", "redis://",
+                               "x://", ""])
+    tail = st.text(alphabet="ab:@,/[]?%01279.-_", max_size=40)
+
+    @settings(max_examples=100, deadline=None, database=None)
+    @given(schemes, tail)
+    def check(scheme, rest):
+        try:
+            t = parse(scheme + rest)
+        except RedisUrlError as exc:
+            assert str(exc).startswith("REDIS_URL: ")
+            return
+        assert t.kind in (SINGLE, CLUSTER, SENTINEL)
+        if t.kind != SINGLE:
+            assert t.nodes and all(1 <= p <= 65535 and h for h, p in t.nodes)
+        if t.kind == SENTINEL:
+            assert t.service
+        t.describe()
+    check()
