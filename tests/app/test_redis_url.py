@@ -108,21 +108,6 @@ def test_gunicorn_config_refuses_a_bad_redis_url_before_any_worker_starts():
         settings_from_env({"REDIS_URL": good})
 
 
-def test_socketio_queue_uses_python_socketios_manager_except_for_a_cluster():
-    import socketio
-
-    from app.socketio_queue import ClusterRedisManager, manager_for
-    single = manager_for("redis://127.0.0.1:1/0", channel="c")
-    sentinel = manager_for("redis+sentinel://127.0.0.1:1/0/svc", channel="c")
-    cluster = manager_for("redis+cluster://127.0.0.1:1,127.0.0.1:2", channel="c")
-    assert type(single) is socketio.RedisManager and type(sentinel) is socketio.RedisManager
-    assert type(cluster) is ClusterRedisManager
-    assert cluster.target.nodes == (("127.0.0.1", 1), ("127.0.0.1", 2))
-    assert cluster.channel == "c" and cluster.redis is None          # no connection before use
-    with pytest.raises(RedisUrlError, match="REDIS_URL: unknown scheme"):
-        manager_for("redis+clustr://h:1", channel="c")
-
-
 def test_any_text_is_parsed_or_refused_with_redis_url_error_never_another_exception():
     from hypothesis import given, settings
     from hypothesis import strategies as st
@@ -131,7 +116,7 @@ def test_any_text_is_parsed_or_refused_with_redis_url_error_never_another_except
                                "x://", ""])
     tail = st.text(alphabet="ab:@,/[]?%01279.-_", max_size=40)
 
-    @settings(max_examples=100, deadline=None, database=None)
+    @settings(max_examples=60, deadline=None, database=None)
     @given(schemes, tail)
     def check(scheme, rest):
         try:
