@@ -27,11 +27,7 @@ def sentinel(tmp_path_factory):
 @pytest.fixture
 def settled(sentinel):
     """Every node up (a killed one restarts and the sentinels make it a replica), one agreed primary."""
-    for n in sentinel.nodes:
-        if not n.alive:
-            n.start()
-            n.wait_ready()
-    sentinel.wait_settled()
+    sentinel.heal()
     return sentinel
 
 

@@ -87,17 +87,20 @@ class Node:
         self.dir = workdir
         self.args = args
         self.proc: subprocess.Popen | None = None
+        self.paused = False
         self.dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """Running and not stopped by pause(): a node that can answer."""
+        return self.proc is not None and self.proc.poll() is None and not self.paused
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.alive else None
 
     def start(self) -> "Node":
+        self.paused = False
         log = open(self.dir / "server.log", "ab")
         self.proc = subprocess.Popen([redis_exe("redis-server"), *self.args], cwd=str(self.dir),
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -115,9 +118,20 @@ class Node:
 
     def kill(self) -> None:
         """SIGKILL by pid: the crash a failover has to survive."""
-        if self.alive:
+        if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        self.paused = False
+
+    def pause(self) -> None:
+        """SIGSTOP by pid: a hung server (the kernel still accepts connections; nothing answers)."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+        self.paused = False
 
     def terminate(self) -> None:
         """SIGCONT (in case a test stopped it) and SIGTERM, by pid; stop() waits."""
@@ -163,8 +177,10 @@ class LocalRedisCluster:
 
     SIZE = 6
 
-    def __init__(self, workdir: Path, password: str | None = None):
-        """``password``: every node requires it (``requirepass``, and ``masterauth`` for replication)."""
+    def __init__(self, workdir: Path, password: str | None = None,
+                 node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS):
+        """``password``: every node requires it (``requirepass``, and ``masterauth`` for
+        replication). ``node_timeout_ms``: how long a silent node goes before it is failed over."""
         self.workdir = workdir
         self.password = password
         base = free_port_block(2 * self.SIZE)       # data ports, then their cluster-bus ports
@@ -173,7 +189,7 @@ class LocalRedisCluster:
         self.nodes = [Node(p, workdir / f"node-{p}", _server_args(p, [*auth,
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-port", str(p + self.SIZE),
-            "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+            "--cluster-node-timeout", str(node_timeout_ms),
             # a replica of a dead primary may always take over (the default refuses a replica
             # whose link to its primary was down for long, which a test cannot wait out)
             "--cluster-replica-validity-factor", "0",
@@ -249,6 +265,18 @@ class LocalRedisCluster:
         node.wait_ready()
         self.wait_healthy()
 
+    def heal(self) -> None:
+        """Every node running and answering again (paused ones resumed, killed ones restarted),
+        every slot served."""
+        for n in self.nodes:
+            if n.paused:
+                n.resume()
+            elif not n.alive:
+                n.start()
+        for n in self.nodes:
+            n.wait_ready()
+        self.wait_healthy()
+
     def stop(self) -> None:
         stop_all(self.nodes)
 
@@ -297,6 +325,18 @@ class LocalRedisSentinel:
             s.wait_ready()
         self.wait_settled(self.data_ports[0])
         return self
+
+    def heal(self) -> int:
+        """Every node up again (a killed one restarts and the sentinels make it a replica),
+        one agreed primary, which is returned."""
+        for n in self.nodes + self.sentinels:
+            if n.paused:
+                n.resume()
+            elif not n.alive:
+                n.start()
+        for n in self.nodes + self.sentinels:
+            n.wait_ready()
+        return self.wait_settled()
 
     def primary_port_by_sentinels(self) -> set[int]:
         ports = set()
