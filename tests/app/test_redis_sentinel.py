@@ -65,32 +65,8 @@ def test_killed_primary_under_load_fails_no_request_and_redis_hits_return(settle
     assert settled.primary().port != victim.port
 
 
-def test_socketio_broadcast_crosses_instances_through_the_sentinels_primary(settled, gunicorn_factory):
-    from test_socketio import drain_until, ws_client
-    env = {"REDIS_URL": settled.url}
-    a = gunicorn_factory(dict(env, ULTRASCALE_INSTANCE="0"), workers=1)
-    b = gunicorn_factory(dict(env, ULTRASCALE_INSTANCE="1"), workers=1)
-    clients = []
-    try:
-        ca, _ = ws_client(a.url)
-        clients.append(ca)
-        cb, inbox_b = ws_client(b.url)
-        clients.append(cb)
-        n = [0]
-
-        def delivered():
-            n[0] += 1
-            msg = f"sentinel-{n[0]}"
-            assert ca.call("broadcast", {"msg": msg}, timeout=5) == {"ok": True}
-            return drain_until(inbox_b, msg, 0.5)
-        data = wait_for(delivered, timeout=20, interval=0, what="a broadcast from A to reach B")
-        assert data["instance"] == 0
-    finally:
-        for c in clients:
-            c.disconnect()
-
-
-def test_socketio_queue_follows_the_sentinels_to_the_new_primary(settled, gunicorn_factory):
+def test_socketio_broadcast_crosses_instances_and_follows_the_sentinels_to_the_new_primary(
+        settled, gunicorn_factory):
     from test_socketio import drain_until, ws_client
     env = {"REDIS_URL": settled.url}
     a = gunicorn_factory(dict(env, ULTRASCALE_INSTANCE="0"), workers=1)
@@ -108,7 +84,8 @@ def test_socketio_queue_follows_the_sentinels_to_the_new_primary(settled, gunico
             msg = f"s-{n[0]}"
             assert ca.call("broadcast", {"msg": msg}, timeout=5) == {"ok": True}
             return drain_until(inbox_b, msg, 0.5)
-        wait_for(delivered, timeout=20, interval=0, what="a broadcast from A to reach B")
+        data = wait_for(delivered, timeout=20, interval=0, what="a broadcast from A to reach B")
+        assert data["instance"] == 0
         victim = settled.primary()
         victim.kill()
         wait_for(lambda: (settled.primary_port_by_sentinels() or {victim.port}) != {victim.port},
