@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
+import ctypes
 import os
 import shlex
 import shutil
@@ -155,6 +157,21 @@ def test_failures_table_shows_failed_retried_and_missing_commands():
     assert "- failures: restart all: 10 failed requests under ultrascaled" in md
 
 
+@contextlib.contextmanager
+def reaping_orphans():
+    """Make this process the reaper of the orphans of what it starts (PR_SET_CHILD_SUBREAPER)
+    while the block runs: a killed escapee is then reaped as soon as it dies, instead of staying
+    a zombie until the host's init gets to it (1-2 s here, which cleanup() spent waiting)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_child_subreaper = 36
+    on = libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0
+    try:
+        yield
+    finally:
+        if on:
+            libc.prctl(pr_set_child_subreaper, 0, 0, 0, 0)
+
+
 def test_tracker_cleanup_kills_what_escaped_into_another_session(tmp_path):
     import psutil
 
@@ -162,14 +179,15 @@ def test_tracker_cleanup_kills_what_escaped_into_another_session(tmp_path):
 
     t = Tracker(cmdline_marker=str(tmp_path))
     pidfile = tmp_path / "grandchild.pid"
-    p = t.spawn(["bash", "-c", f"setsid sleep 300 & echo $! > {pidfile}; exec sleep 300"])
-    for _ in range(100):
-        if pidfile.exists() and pidfile.read_text().strip():
-            break
-        time.sleep(0.02)
-    grandchild = int(pidfile.read_text())
-    assert psutil.pid_exists(grandchild)
-    killed = t.cleanup(grace=2)
+    with reaping_orphans():
+        p = t.spawn(["bash", "-c", f"setsid sleep 300 & echo $! > {pidfile}; exec sleep 300"])
+        for _ in range(100):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.02)
+        grandchild = int(pidfile.read_text())
+        assert psutil.pid_exists(grandchild)
+        killed = t.cleanup(grace=2)
     assert p.poll() is not None
     assert grandchild in killed
     assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
