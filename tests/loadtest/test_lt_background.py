@@ -49,7 +49,7 @@ def test_start_stop_counts_ok(server, started):
 
 
 def test_stops_by_itself_at_duration_limit(server, started):
-    bg = started(f"{server.base}/ok", users=2, duration_limit=0.4)
+    bg = started(f"{server.base}/ok", users=2, duration_limit=0.4, think_ms=5)
     assert wait_until(lambda: not bg.running)
     result = bg.stop()
     assert result.ok > 0 and result.failed == 0

@@ -1,4 +1,5 @@
-"""Series mode on tiny steps, fleet memory from a fake daemon API, the chart fallback."""
+"""Series mode on tiny steps, fleet memory from a fake daemon API, the chart fallback. The steps
+think 5 ms between requests: the table's contents are checked, not the throughput."""
 import json
 
 import pytest
@@ -12,7 +13,7 @@ def table_rows(text):
 
 
 def test_series_markdown_table_with_fleet_memory(server, capsys):
-    rc = main([f"{server.base}/ok", "--series", "1,3", "-d", "0.3", "-q", "--procs", "1",
+    rc = main([f"{server.base}/ok", "--series", "1,3", "-d", "0.3", "--think", "5", "-q", "--procs", "1",
                "--fleet-api", server.base, "--max-error-rate", "0"])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -28,7 +29,7 @@ def test_series_markdown_table_with_fleet_memory(server, capsys):
 
 
 def test_series_fleet_api_unreachable_prints_na(server, free_port, capsys):
-    rc = main([f"{server.base}/ok", "--series", "2", "-d", "0.3", "-q", "--procs", "1",
+    rc = main([f"{server.base}/ok", "--series", "2", "-d", "0.3", "--think", "5", "-q", "--procs", "1",
                "--fleet-api", f"http://127.0.0.1:{free_port}", "--json", "-"])
     captured = capsys.readouterr()
     assert rc == 0
@@ -40,7 +41,7 @@ def test_series_fleet_api_unreachable_prints_na(server, free_port, capsys):
 
 
 def test_series_step_missing_target_exits_1(server, capsys):
-    rc = main([f"{server.base}/500", "--series", "1", "-d", "0.3", "-q", "--procs", "1",
+    rc = main([f"{server.base}/500", "--series", "1", "-d", "0.3", "--think", "5", "-q", "--procs", "1",
                "--max-error-rate", "1"])
     assert rc == 1
     assert "FAIL" in table_rows(capsys.readouterr().out)[0]
