@@ -373,6 +373,10 @@ def autoscale_errors(spec: "Spec", where, ok) -> list[str]:
             and lo > hi:
         errors.append(f"{where('autoscale.min_replicas')}: the autoscaler's min ({lo}) exceeds its "
                       f"max ({hi})")
+    if a.enabled and ok("autoscale.enabled", "autoscale.min_replicas", "instances.min") and lo < 1:
+        errors.append(f"{where('autoscale.min_replicas')}: an enabled autoscaler keeps at least 1 "
+                      f"instance (no instance, no signal to scale up on), got {lo}"
+                      + ("" if a.min_replicas is not None else " from instances.min"))
     t = a.target
     if a.enabled and ok("autoscale.enabled", "autoscale.target") and \
             t.cpu_utilization is None and t.in_flight_per_worker is None and t.p95_latency_seconds is None:
