@@ -1,0 +1,198 @@
+"""The autoscaler's loop on the fake runner and clock: signals from the daemon's own samples,
+changes only through Supervisor.scale (budgets veto), holds on stale data, the operator's
+pause (also across a restart), events and /metrics families with the figures."""
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from fakes import Harness
+from ultrascaled.autoscaler import Autoscaler
+
+AUTO = """autoscale:
+  enabled: true
+  min_replicas: 1
+  sync_period_seconds: 2
+  metrics_window_seconds: 4
+  behavior: {scale_down: {stabilization_window_seconds: 10}}
+"""
+
+
+def component(fn):
+    @functools.wraps(fn)
+    def wrapper(tmp_path, *a, **kw):
+        return asyncio.run(fn(tmp_path, *a, **kw))
+    return wrapper
+
+
+async def no_app_metrics(dirs):
+    return []
+
+
+async def fleet(tmp_path, extra=AUTO, host=10.0):
+    h = Harness(tmp_path, extra)
+    await h.start()
+    auto = Autoscaler(h.sup, host_cpu=lambda: host, app_families=no_app_metrics)
+    h.sup.autoscaler = auto
+    return h, auto
+
+
+def burn(h, load: float, seconds: float):
+    """The fleet's load, `load` percent of one core in all, is shared by the workers of the
+    running instances for `seconds` (the fake clock moves)."""
+    workers = [w for p, i in h.rec.instances.items() if i.state.value == "running"
+               for w in h.runner.procs[i.pid].workers]
+    for w in workers:
+        h.runner.cpu[w] = h.runner.cpu.get(w, 0.0) + load / len(workers) / 100 * seconds
+
+
+async def run_for(h, auto, seconds, load, period=1.0, sample=True):
+    """Move time in steps of `period`: the workers burn CPU, the sampler samples, the
+    autoscaler decides every sync period."""
+    decisions = []
+    next_tick = h.clock.t
+    end = h.clock.t + seconds
+    while h.clock.t < end:
+        burn(h, load, period)
+        await h.advance(period, step=period)
+        if sample:
+            await h.sample()
+        if h.clock.t >= next_tick:
+            d = await auto.tick()
+            decisions.append(d)
+            next_tick = h.clock.t + auto.policy.sync_period_seconds
+            await h.settle()
+    return decisions
+
+
+@component
+async def test_load_over_target_scales_up_through_the_scale_path(tmp_path):
+    h, auto = await fleet(tmp_path)
+    await run_for(h, auto, 6, load=60)
+    assert h.sup.count == 2                        # 30 % each < 70 %: nothing to do
+    await run_for(h, auto, 8, load=280)           # 140 % each: twice the target
+    assert h.sup.count == 4
+    scale = [e for e in h.events_named("fleet.scale")]
+    assert scale[-1]["source"] == "autoscale" and scale[-1]["desired"] == 4
+    up = h.events_named("autoscale.scale_up")[-1]
+    assert up["signals"]["cpu_utilization"]["target"] == 70
+    assert up["signals"]["cpu_utilization"]["value"] > 100
+    assert auto.status()["signals"]["cpu_utilization"]["value"] < 80   # 4 share it now
+    assert "cpu_utilization" in up["reason"] and up["current"] == 2 and up["desired"] == 4
+    assert h.states() == {p: "running" for p in (8001, 8002, 8003, 8004)}
+
+
+@component
+async def test_the_spec_budget_cuts_a_step_up_and_says_by_how_much(tmp_path):
+    # memory: 1000 MiB budget, 1 worker + master at 100 MiB each: 5 instances at most
+    h, auto = await fleet(tmp_path)
+    await run_for(h, auto, 20, load=600)
+    assert h.sup.count == 5
+    held = [d for d in auto.decisions if d["action"] == "hold" and d["vetoes"]]
+    assert held and "memory.fleet_budget_mb" in held[-1]["vetoes"][0]
+    assert "1200" in held[-1]["vetoes"][0]        # 6 x (1 + 1) x 100 MiB
+
+
+@component
+async def test_a_stalled_sampler_holds_and_never_lowers_the_count(tmp_path):
+    h, auto = await fleet(tmp_path, AUTO.replace("sync_period_seconds: 2",
+                                                 "sync_period_seconds: 2\n  stale_after_seconds: 3"))
+    await run_for(h, auto, 4, load=140)
+    decisions = await run_for(h, auto, 30, load=0, sample=False)   # the sampler stopped
+    assert h.sup.count == 2
+    assert "stale" in decisions[-1].reason and decisions[-1].action == "hold"
+
+
+@component
+async def test_idle_fleet_steps_down_only_after_the_window(tmp_path):
+    h, auto = await fleet(tmp_path, AUTO.replace("count: 2", "count: 2"))
+    h.sup.scale(4)
+    await h.settle()
+    start = h.clock.t
+    await run_for(h, auto, 8, load=10)
+    assert h.sup.count == 4                         # inside the 10 s window
+    await run_for(h, auto, 10, load=10)
+    assert h.sup.count == 1
+    down = h.events_named("autoscale.scale_down")[-1]
+    assert down["desired"] == 1 and h.clock.t - start >= 10
+
+
+@component
+async def test_manual_scale_pauses_and_the_pause_survives_a_restart(tmp_path):
+    h, auto = await fleet(tmp_path)
+    h.sup.scale(3)
+    said = auto.manual_scale(3)
+    assert "paused until `ultrascalectl autoscale resume`" in said
+    decisions = await run_for(h, auto, 6, load=600)
+    assert h.sup.count == 3 and all(d.action == "hold" for d in decisions)
+    assert decisions[-1].reason == "paused until resumed (manual scale to 3)"
+    again = Autoscaler(h.sup, host_cpu=lambda: 10.0, app_families=no_app_metrics)   # a daemon restart
+    assert again.status()["paused"] is True
+    again.resume()
+    assert again.status()["paused"] is False
+    await run_for(h, again, 6, load=600)
+    assert h.sup.count > 3
+
+
+@component
+async def test_a_timed_pause_ends_by_itself(tmp_path):
+    h, auto = await fleet(tmp_path)
+    auto.pause(5, "operator")
+    await run_for(h, auto, 4, load=600)
+    assert h.sup.count == 2
+    await run_for(h, auto, 6, load=600)
+    assert h.sup.count > 2
+
+
+@component
+async def test_a_saturated_host_holds_and_says_why(tmp_path):
+    h, auto = await fleet(tmp_path, host=99.0)
+    await run_for(h, auto, 8, load=600)
+    assert h.sup.count == 2
+    held = h.events_named("autoscale.hold")
+    assert held and "host CPU 99%" in held[-1]["reason"] and held[-1]["level"] == "warning"
+
+
+@component
+async def test_disabled_autoscaler_decides_nothing(tmp_path):
+    h, auto = await fleet(tmp_path, extra="")
+    assert await auto.tick() is None
+    assert auto.status()["enabled"] is False
+
+
+@component
+async def test_metric_families_carry_signal_target_and_recommendation(tmp_path):
+    h, auto = await fleet(tmp_path)
+    await run_for(h, auto, 6, load=280)
+    fams = {f.name: f for f in auto.metric_families()}
+    sig = {s.labels["signal"]: s.value for s in fams["ultrascale_autoscale_signal"].samples}
+    assert sig["cpu_utilization"] > 60
+    assert fams["ultrascale_autoscale_target"].samples[0].value == 70
+    assert fams["ultrascale_autoscale_recommendation"].samples[0].value >= 4
+
+
+@component
+async def test_app_signals_in_flight_and_p95(tmp_path):
+    from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, CounterMetricFamily
+    h = Harness(tmp_path, AUTO + "  target: {cpu_utilization: null, in_flight_per_worker: 2, "
+                                 "p95_latency_seconds: 0.5}\n")
+    await h.start()
+    served = {"n": 0}
+
+    async def app(dirs):
+        served["n"] += 100
+        n = served["n"]
+        g = GaugeMetricFamily("ultrascale_http_requests_in_flight", "", labels=["instance"])
+        for p in dirs:
+            g.add_metric([str(p)], 3.0)
+        c = CounterMetricFamily("ultrascale_http_requests", "", labels=["status"])
+        c.add_metric(["2xx"], n)
+        hist = HistogramMetricFamily("ultrascale_http_request_duration_seconds", "", labels=[])
+        hist.add_metric([], [("0.5", n * 0.5), ("1.0", n * 0.9), ("+Inf", n)], n * 0.8)
+        return [g, c, hist]
+    auto = Autoscaler(h.sup, host_cpu=lambda: 10.0, app_families=app)
+    await run_for(h, auto, 6, load=20)
+    s = auto.status()["signals"]
+    assert s["in_flight_per_worker"]["value"] == 3.0
+    assert 0.9 < s["p95_latency_seconds"]["value"] <= 1.0
+    assert h.sup.count > 2
