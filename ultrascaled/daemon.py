@@ -77,6 +77,8 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
         return 2
     alerts = make_alerts(spec, sup, events)
     sup.set_alerts(alerts)
+    from ultrascaled.autoscaler import Autoscaler
+    sup.autoscaler = Autoscaler(sup, nofile_limit=nofile)
     settings = Settings.from_spec(spec, credentials)
     api = ApiServer(build_app(sup, settings, reload_spec, alerts, audit), settings, tls)
     try:
@@ -158,6 +160,10 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     sd_ready = asyncio.create_task(announce_ready(), name="sd-ready")
     sup.start_guarded("alerts", lambda: alerts.run(beat=lambda: sup.guard.beat("alerts")),
                       interval=spec.alerts.evaluation_interval)
+    # The autoscaler runs even when autoscale.enabled is false (it then decides nothing), so
+    # that a reload can turn it on.
+    sup.start_guarded("autoscaler", lambda: sup.autoscaler.run(beat=lambda: sup.guard.beat("autoscaler")),
+                      interval=sup.autoscaler.BEAT)
     interval = sdnotify.watchdog_interval()
     if interval:
         sup.start_guarded("sd-watchdog", lambda: systemd_watchdog(interval))
