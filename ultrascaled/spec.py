@@ -382,6 +382,15 @@ def autoscale_errors(spec: "Spec", where, ok) -> list[str]:
             t.cpu_utilization is None and t.in_flight_per_worker is None and t.p95_latency_seconds is None:
         errors.append(f"{where('autoscale.target')}: autoscale.enabled needs at least one target "
                       "(cpu_utilization, in_flight_per_worker or p95_latency_seconds)")
+    if t.in_flight_per_worker is not None and ok("autoscale.target.in_flight_per_worker",
+                                                 "gunicorn.worker_class", "gunicorn.threads",
+                                                 "gunicorn.worker_connections"):
+        per, formula = capacity.requests_per_worker(spec)
+        if t.in_flight_per_worker > per:
+            errors.append(f"{where('autoscale.target.in_flight_per_worker')}: {t.in_flight_per_worker:g} "
+                          f"requests in flight per worker cannot happen: a worker serves {formula}, "
+                          f"so the autoscaler would never scale up; use at most {per} "
+                          f"(e.g. {0.8 * per:g}, leaving headroom)")
     for direction in ("scale_up", "scale_down"):
         rules = getattr(a.behavior, direction)
         key = f"autoscale.behavior.{direction}"
