@@ -63,6 +63,7 @@ class Autoscaler:
         self._emitted: tuple[str, float] = ("", -math.inf)
         self._host_primed = False
         self._last_ready: set[int] = set()
+        self._warned: dict[str, str] = {}
         self._load_pause()
 
     # ---- the operator's side ------------------------------------------------------------------
@@ -203,7 +204,7 @@ class Autoscaler:
         try:
             flat = alerts.flatten(await self._app_families(dirs))
         except Exception as exc:  # noqa: BLE001 - unreadable metrics are a missing signal
-            self.events.emit("autoscale.metrics_unreadable", level="warning", log=False, error=str(exc))
+            self._once("autoscale.metrics_unreadable", str(exc))
             return {}
         out: dict[str, core.Signal] = {}
         in_flight = flat.get(IN_FLIGHT)
@@ -219,8 +220,8 @@ class Autoscaler:
             try:
                 w = self.traffic.window(None, window)
                 out["p95_latency_seconds"] = core.Signal(w.p95 if w.p95 is not None else 0.0, now)
-            except Exception as exc:  # noqa: BLE001
-                self.events.emit("autoscale.traffic_unreadable", level="warning", log=False, error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - no traffic figure: p95 is missing
+                self._once("autoscale.traffic_unreadable", str(exc))
         elif now > t0 and alerts.REQUESTS in flat:
             s = alerts.sample_from(old, flat, now - t0)
             # no request in the window: no latency pressure (the metrics were read, so not missing)
@@ -254,6 +255,12 @@ class Autoscaler:
             self._host_primed, host = True, None
         return core.Observation(ready=len(ready), wanted=len(self.sup.rec.wanted), signals=signals,
                                 host_cpu_percent=host)
+
+    def _once(self, event: str, error: str) -> None:
+        """A warning event per distinct error (a broken source must not flood the event ring)."""
+        if self._warned.get(event) != error:
+            self._warned[event] = error
+            self.events.emit(event, level="warning", error=error[:300])
 
     # ---- deciding and applying ------------------------------------------------------------------
 

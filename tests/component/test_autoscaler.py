@@ -174,7 +174,7 @@ async def test_metric_families_carry_signal_target_and_recommendation(tmp_path):
 @component
 async def test_app_signals_in_flight_and_p95(tmp_path):
     from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, CounterMetricFamily
-    h = Harness(tmp_path, AUTO + "  target: {cpu_utilization: null, in_flight_per_worker: 2, "
+    h = Harness(tmp_path, AUTO + "  target: {cpu_utilization: null, in_flight_per_worker: 0.8, "
                                  "p95_latency_seconds: 0.5}\n")
     await h.start()
     served = {"n": 0}
@@ -196,3 +196,17 @@ async def test_app_signals_in_flight_and_p95(tmp_path):
     assert s["in_flight_per_worker"]["value"] == 3.0
     assert 0.9 < s["p95_latency_seconds"]["value"] <= 1.0
     assert h.sup.count > 2
+
+
+@component
+async def test_unreadable_app_metrics_are_a_missing_signal_and_one_event(tmp_path):
+    h = Harness(tmp_path, AUTO + "  target: {cpu_utilization: null, in_flight_per_worker: 0.8}\n")
+    await h.start()
+
+    async def broken(dirs):
+        raise OSError("metrics folder vanished")
+    auto = Autoscaler(h.sup, host_cpu=lambda: 10.0, app_families=broken)
+    decisions = await run_for(h, auto, 8, load=600)
+    assert h.sup.count == 2 and all(d.action == "hold" for d in decisions)
+    assert "in_flight_per_worker missing" in decisions[-1].reason
+    assert len(h.events_named("autoscale.metrics_unreadable")) == 1
