@@ -2,7 +2,8 @@
 against three fleets in the same run -- fixed at min, fixed at max, autoscaled -- and replayed
 through the Kubernetes HPA algorithm with its default settings (a simulation on the same signal).
 
-    scripts/bench-autoscale [--phase 15] [--think 1000] [--max 4] [--write docs/benchmarks.md]
+    scripts/bench-autoscale [--phase 15] [--think 1000] [--max 4] [--autoscaled cpu=70,wait=25]
+                            [--write docs/benchmarks.md]
 
 Per second it records users, requests, errors and p99 (the built-in load tester through the
 managed nginx), the instance count (desired and ready, from GET /fleet) and the fleet's CPU
@@ -12,9 +13,10 @@ p99 spent over the assessment's target for the current user count.
 
 The users think between requests (--think, default 1000 ms: one request a second per user);
 the phases are short (--phase seconds each, the last one twice as long so that the scale-down
-shows) to keep the run to a few minutes on a 2-core machine. The autoscaled fleet uses the
-spec's defaults except the scale-down window (2 x --phase instead of 300 s) and the sync period
-and metrics window (2 s and 4 s), which docs/autoscaling.md discusses.
+shows) to keep the run to a few minutes on a 2-core machine. The autoscaled fleets (one per
+--autoscaled, by default `cpu=70` and `cpu=70,wait=25`) use the spec's defaults except their
+targets, the scale-down window (2 x --phase instead of 300 s) and the sync period and metrics
+window (2 s and 4 s), which docs/autoscaling.md discusses.
 
 Everything runs on 127.0.0.1, bounded in time; every process started is ended by pid.
 """
@@ -247,8 +249,8 @@ def markdown(res: dict, argv: list[str]) -> str:
              f"{res['think_ms']:g} ms between requests, phases of {res['phase']:g} s: "
              + " -> ".join(f"{u} users ({e - s:g} s)" for s, e, u in tr) + ". "
              f"The fleets run one after the other in the same run: fixed at {res['min']}, fixed at "
-             f"{res['max']}, and autoscaled {res['min']}..{res['max']} with each `cpu_utilization` target "
-             f"and `p95_latency_seconds` {res['p95']:g} (sync 2 s, metrics window 4 s, scale-down window "
+             f"{res['max']}, and autoscaled {res['min']}..{res['max']} with the targets in their labels "
+             "(cpu = `cpu_utilization`, wait = `cpu_wait_percent`; sync 2 s, metrics window 4 s, scale-down window "
              f"{res['down_window']:g} s, the rest the spec's defaults: the host CPU guard at 90 % unless the "
              "label says otherwise). "
              "p99 target: the assessment's, 0.5 s at 100 users to 5 s at 4000, linear between. "
@@ -268,10 +270,11 @@ def markdown(res: dict, argv: list[str]) -> str:
         lines.append(f"| HPA defaults, simulated on the {label} run | | | | {h['instance_seconds']:g} | "
                      f"{h['max_instances']} | | | |")
     lines += ["", "Over time (every 5 s): p99 in ms (the worst second), instances ready / desired, the "
-              "autoscaler's signals as `GET /autoscale` gave them (CPU % of a core per worker, p95 s), "
+              "autoscaler's signals as `GET /autoscale` gave them (CPU and run-queue wait, % of a core per "
+              "worker), "
               "and what the simulated HPA would run:", "",
               "| t (s) | users | " + " | ".join(f"{lb} p99" for lb in labels) + " | "
-              + " | ".join(f"{lb}: instances, cpu, p95 | HPA" for lb in autos) + " |",
+              + " | ".join(f"{lb}: instances, cpu, wait | HPA" for lb in autos) + " |",
               "|---:|---:|" + "---:|" * len(labels) + "---|---:|" * len(autos)]
     end = tr[-1][1]
     for t in range(0, int(end) + 1, 5):
@@ -284,10 +287,10 @@ def markdown(res: dict, argv: list[str]) -> str:
             rows = runs[label]["fleet"]
             win = [r for r in rows if t <= r["t"] < t + 5 and r.get("signals")]
             sig = win[-1]["signals"] if win else {}
-            cpu, p95 = sig.get("cpu_utilization"), sig.get("p95_latency_seconds")
+            cpu, wait = sig.get("cpu_utilization"), sig.get("cpu_wait_percent")
             hrow = next((r for r in res["hpa"][label]["rows"] if r["t"] == t), None)
             cells.append(f"{at(rows, t + 4.9, 'ready')} / {at(rows, t + 4.9, 'desired')}, "
-                         f"{'-' if cpu is None else f'{cpu:.0f}'}, {'-' if p95 is None else f'{p95:.2f}'}")
+                         f"{'-' if cpu is None else f'{cpu:.0f}'}, {'-' if wait is None else f'{wait:.0f}'}")
             cells.append(str(hrow["desired"]) if hrow else "-")
         lines.append(f"| {t} | {users_at(tr, t + 0.5)} | " + " | ".join(cells) + " |")
     for label in autos:
@@ -311,13 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench-autoscale", description=__doc__.split("\n\n")[0])
     p.add_argument("--phase", type=float, default=15.0, help="seconds per phase (the last is twice as long)")
     p.add_argument("--think", type=float, default=1000.0, help="ms each user thinks between requests")
-    p.add_argument("--p95", type=float, default=0.25,
-                   help="the autoscaler's p95 latency target in seconds (besides cpu_utilization 70)")
     p.add_argument("--min", type=int, default=1)
     p.add_argument("--max", type=int, default=4)
-    p.add_argument("--cpu-targets", default="70,30:noguard",
-                   help="one autoscaled fleet per cpu_utilization target (percent of a core per worker); "
-                        "`:noguard` turns its host CPU guard off")
+    p.add_argument("--autoscaled", action="append", metavar="TARGETS",
+                   help="an autoscaled fleet's targets, e.g. cpu=70,wait=25 (keys cpu, wait, p95, "
+                        "inflight; guard=off or a percent); repeatable; default: cpu=70 and "
+                        "cpu=70,wait=25")
     p.add_argument("--only", default="all", help="fleets whose label starts with these, e.g. fixed,autoscaled")
     p.add_argument("--json", help="write the raw results here")
     p.add_argument("--write", help="replace the autoscale-figures section of this Markdown file")
@@ -328,30 +330,37 @@ def main(argv: list[str] | None = None) -> int:
     down = 2 * args.phase
     base = {"instances": {"min": args.min, "max": args.max},
             "memory": {"fleet_budget_mb": 16384}}
-    try:
-        targets = [(float(x.split(":")[0]), x.strip().endswith(":noguard"))
-                   for x in args.cpu_targets.split(",") if x.strip()]
-    except ValueError:
-        targets = []
-    if not targets or not all(1 <= t <= 100 for t, _ in targets):
-        p.error("--cpu-targets: percents 1..100, comma-separated, each optionally with :noguard")
+    names = {"cpu": "cpu_utilization", "wait": "cpu_wait_percent", "p95": "p95_latency_seconds",
+             "inflight": "in_flight_per_worker"}
     fixed = {"instances": {**base["instances"], "count": args.min}}
     setups = {f"fixed {args.min}": {**base, **fixed},
               f"fixed {args.max}": {**base, "instances": {**base["instances"], "count": args.max}}}
-    for t, noguard in targets:
-        setups[f"autoscaled cpu {t:g}%" + (", no host guard" if noguard else "")] = {
-            **base, **fixed,
-            "autoscale": {"enabled": True, "sync_period_seconds": 2, "metrics_window_seconds": 4,
-                          "host_cpu_saturation_percent": None if noguard else 90,
-                          "target": {"cpu_utilization": t, "p95_latency_seconds": args.p95},
-                          "behavior": {"scale_down": {"stabilization_window_seconds": down}}}}
+    for text in args.autoscaled or ["cpu=70", "cpu=70,wait=25"]:
+        target: dict = {k: None for k in names.values()}
+        guard: float | None = 90.0
+        try:
+            for item in text.split(","):
+                key, _, value = item.partition("=")
+                if key.strip() == "guard":
+                    guard = None if value.strip() == "off" else float(value)
+                else:
+                    target[names[key.strip()]] = float(value)
+        except (KeyError, ValueError):
+            p.error(f"--autoscaled {text!r}: use KEY=VALUE pairs, keys {', '.join(names)} and guard")
+        label = "autoscaled " + ", ".join(f"{k} {target[v]:g}" for k, v in names.items()
+                                          if target[v] is not None)
+        label += "" if guard == 90.0 else f", host guard {'off' if guard is None else f'{guard:g}%'}"
+        setups[label] = {**base, **fixed,
+                         "autoscale": {"enabled": True, "sync_period_seconds": 2, "metrics_window_seconds": 4,
+                                       "host_cpu_saturation_percent": guard, "target": target,
+                                       "behavior": {"scale_down": {"stabilization_window_seconds": down}}}}
     chosen = list(setups) if args.only == "all" else [k for k in setups if any(
         k.startswith(x.strip()) for x in args.only.split(",") if x.strip())]
     if not any(k.startswith("autoscaled") for k in chosen):
         p.error("--only must include an autoscaled fleet")
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
            "trace": tr, "think_ms": args.think, "phase": args.phase, "min": args.min, "max": args.max,
-           "down_window": down, "p95": args.p95, "workers": max(1, min(4, (os.cpu_count() or 1) // 2)),
+           "down_window": down, "workers": max(1, min(4, (os.cpu_count() or 1) // 2)),
            "runs": {}, "summary": {}}
     for label in chosen:
         print(f"bench-autoscale: {label} ...", file=sys.stderr, flush=True)
@@ -369,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                 if ready is not None:
                     delays.append(ready - e["t"])
         auto["start_delay_s"] = round(sorted(delays)[len(delays) // 2], 1) if delays else 2.0
-        target = setups[label]["autoscale"]["target"]["cpu_utilization"]
+        target = setups[label]["autoscale"]["target"]["cpu_utilization"] or 70.0
         res["hpa"][label] = hpa_simulation(auto, tr, args.min, args.max, res["workers"],
                                            auto["start_delay_s"], target)
     md = markdown(res, argv)

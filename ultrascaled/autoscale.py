@@ -30,8 +30,9 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Optional, Protocol
 
-SIGNALS = ("cpu_utilization", "in_flight_per_worker", "p95_latency_seconds")
-UNITS = {"cpu_utilization": "%", "in_flight_per_worker": "", "p95_latency_seconds": "s"}
+SIGNALS = ("cpu_utilization", "cpu_wait_percent", "in_flight_per_worker", "p95_latency_seconds")
+UNITS = {"cpu_utilization": "%", "cpu_wait_percent": "%", "in_flight_per_worker": "",
+         "p95_latency_seconds": "s"}
 
 
 # ---- signal sources ------------------------------------------------------------------------
@@ -63,11 +64,14 @@ class Signal:
 @dataclass(frozen=True)
 class Observation:
     """What the loop measured: each signal (absent = could not be measured), the instances
-    that serve (ready), those wanted, and the host's CPU (percent of all cores)."""
+    that serve (ready), those wanted, the host's CPU (percent of all cores), its cores and the
+    fleet's workers (None: not known; the host CPU guard then holds on host CPU alone)."""
     ready: int
     wanted: int
     signals: Mapping[str, Signal] = field(default_factory=dict)
     host_cpu_percent: Optional[float] = None
+    cores: Optional[int] = None
+    workers: Optional[int] = None           # worker processes of the wanted instances
 
 
 @dataclass(frozen=True)
@@ -311,10 +315,15 @@ def decide(state: State, obs: Observation, current: int, policy, bounds: tuple[i
         return hold(f"steady: {why}", raw)
     if desired > current:
         if obs.host_cpu_percent is not None and policy.host_cpu_saturation_percent is not None \
-                and obs.host_cpu_percent > policy.host_cpu_saturation_percent:
+                and obs.host_cpu_percent > policy.host_cpu_saturation_percent \
+                and (obs.cores is None or obs.workers is None or obs.workers >= obs.cores):
+            # Below one worker per core another instance still adds parallelism on a busy
+            # host (measured: scripts/bench-autoscale); at or past it, it only adds contention.
+            cores = "" if obs.cores is None or obs.workers is None else \
+                f" and the fleet's {obs.workers} workers already match the {obs.cores} cores"
             return hold(f"held: host CPU {obs.host_cpu_percent:.0f}% is over "
-                        f"host_cpu_saturation_percent {policy.host_cpu_saturation_percent:g}%: "
-                        f"more instances would serve less ({why})", raw)
+                        f"host_cpu_saturation_percent {policy.host_cpu_saturation_percent:g}%"
+                        f"{cores}: more instances would serve less ({why})", raw)
         vetoes: tuple[str, ...] = ()
         allowed = desired
         while allowed > current:

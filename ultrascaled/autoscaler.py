@@ -12,6 +12,8 @@ It runs under the daemon's TaskGuard like the other loops (a dead or stalled aut
   flight`, `ultrascale_http_request_duration_seconds`) read from each ready instance's
   prometheus_client folder, as `/metrics` reads them. A `TrafficSource` (nginx's access log,
   ultrascaled/accesslog.py) replaces the p95 when one is given.
+* Run-queue wait per worker (`cpu_wait_percent`): /proc/PID/schedstat of each ready
+  instance's processes, read at each decision.
 * The host's CPU: psutil.cpu_percent over the tick.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
 import time
 from collections import deque
@@ -40,17 +43,39 @@ def _host_cpu() -> Optional[float]:
     return psutil.cpu_percent(interval=None)
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _run_queue_wait(pid: int) -> Optional[float]:
+    """Seconds `pid` has spent runnable but waiting for a CPU (Linux /proc/PID/schedstat, its
+    second field in ns; psutil does not expose it); None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read(200).split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Autoscaler:
     def __init__(self, sup: Any, *, traffic: Optional[core.TrafficSource] = None,
                  host_cpu: Callable[[], Optional[float]] = _host_cpu,
                  app_families: Optional[Callable[[dict[int, str]], Any]] = None,
-                 nofile_limit: Optional[int] = None):
+                 nofile_limit: Optional[int] = None,
+                 run_queue_wait: Callable[[int], Optional[float]] = _run_queue_wait,
+                 cores: Callable[[], int] = _cores):
         self.sup = sup
         self.events = sup.events
         self.clock = sup.clock
         self.traffic = traffic
         self.host_cpu = host_cpu
         self.nofile_limit = nofile_limit
+        self.run_queue_wait = run_queue_wait
+        self.cores = cores
+        self._wait: dict[int, deque] = {}          # port -> (t, {pid: run-queue wait seconds})
         self._app_families = app_families or _read_app_families
         self.state = core.State()
         self.decisions: deque[dict] = deque(maxlen=HISTORY)
@@ -198,6 +223,30 @@ class Autoscaler:
         # a sample older than the sampler's interval plus a tick has not moved: stale
         return core.Signal(sum(rates) / len(rates), oldest_fresh)
 
+    def _wait_signal(self, ready: list[int], now: float) -> Optional[core.Signal]:
+        """Run-queue wait per worker, percent of wall time, over the metrics window."""
+        window = self.policy.metrics_window_seconds
+        workers = max(1, self.sup.spec.workers)
+        rates = []
+        for port in ready:
+            inst = self.sup.rec.instances[port]
+            pids = [w.pid for w in inst.workers] + ([inst.master_mem.pid] if inst.master_mem else [])
+            cur = {p: w for p in pids if (w := self.run_queue_wait(p)) is not None}
+            if not cur:
+                continue
+            hist = self._wait.setdefault(port, deque())
+            hist.append((now, cur))
+            while len(hist) > 2 and hist[1][0] <= now - window:
+                hist.popleft()
+            t0, old = hist[0]
+            if now - t0 <= 0:
+                continue
+            waited = sum(w - old[p] for p, w in cur.items() if p in old and w >= old[p])
+            rates.append(100.0 * waited / (now - t0) / workers)
+        for port in [p for p in self._wait if p not in ready]:
+            del self._wait[port]
+        return core.Signal(sum(rates) / len(rates), now) if rates else None
+
     async def _app_signals(self, ready: list[int], now: float) -> dict[str, core.Signal]:
         from ultrascaled import alerts
         dirs = {p: str(Path(self.sup.spec.paths.state_dir) / "metrics" / str(p)) for p in ready}
@@ -235,7 +284,7 @@ class Autoscaler:
             # the load is shared anew: average only from here on, else a window that saw the
             # old count's per-instance load would ask for still more (overshoot)
             self._last_ready = set(ready)
-            for hist in self._cpu.values():
+            for hist in [*self._cpu.values(), *self._wait.values()]:
                 while len(hist) > 1:
                     hist.popleft()
             while len(self._app) > 1:
@@ -245,6 +294,10 @@ class Autoscaler:
             cpu = self._cpu_signal(ready, now)
             if cpu is not None:
                 signals["cpu_utilization"] = cpu
+            if self.policy.target.cpu_wait_percent is not None:
+                wait = self._wait_signal(ready, now)
+                if wait is not None:
+                    signals["cpu_wait_percent"] = wait
             signals.update(await self._app_signals(ready, now))
         host = None
         try:
@@ -253,8 +306,9 @@ class Autoscaler:
             host = None
         if not self._host_primed:   # psutil's first reading covers nothing
             self._host_primed, host = True, None
-        return core.Observation(ready=len(ready), wanted=len(self.sup.rec.wanted), signals=signals,
-                                host_cpu_percent=host)
+        wanted = len(self.sup.rec.wanted)
+        return core.Observation(ready=len(ready), wanted=wanted, signals=signals, host_cpu_percent=host,
+                                cores=self.cores(), workers=wanted * max(1, self.sup.spec.workers))
 
     def _once(self, event: str, error: str) -> None:
         """A warning event per distinct error (a broken source must not flood the event ring)."""

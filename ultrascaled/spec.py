@@ -263,6 +263,15 @@ class AutoscaleTarget:
                                                "`Resource cpu` `averageUtilization` for a pod "
                                                "requesting one core per worker); null = not "
                                                "followed.", min=1, max=100)
+    cpu_wait_percent: Optional[float] = setting(None, "Target share of time a worker is ready "
+                                                "to run but waits for a CPU (Linux "
+                                                "/proc/PID/schedstat run-queue delay, percent "
+                                                "of wall time, averaged over the ready "
+                                                "instances' processes). It sees what "
+                                                "`cpu_utilization` cannot: a worker starved by "
+                                                "a busy host uses little CPU. No HPA "
+                                                "equivalent; null = not followed.",
+                                                min=1, max=10000)
     in_flight_per_worker: Optional[float] = setting(None, "Target requests in flight per worker, "
                                                     "averaged over the ready instances (the HPA's "
                                                     "`Pods` metric `averageValue`, per worker "
@@ -343,7 +352,8 @@ class AutoscaleSection:
     stale_after_seconds: float = setting(10.0, "A signal older than this counts as missing: the "
                                          "count is held, never lowered.", min=1, max=3600)
     host_cpu_saturation_percent: Optional[float] = setting(90.0, "Host CPU (all cores, percent) "
-                                                           "above which a scale-up is held: more "
+                                                           "above which a scale-up is held once "
+                                                           "the fleet has a worker per core: more "
                                                            "instances on a saturated host serve "
                                                            "less; null = not checked.",
                                                            min=1, max=100)
@@ -379,9 +389,11 @@ def autoscale_errors(spec: "Spec", where, ok) -> list[str]:
                       + ("" if a.min_replicas is not None else " from instances.min"))
     t = a.target
     if a.enabled and ok("autoscale.enabled", "autoscale.target") and \
-            t.cpu_utilization is None and t.in_flight_per_worker is None and t.p95_latency_seconds is None:
+            t.cpu_utilization is None and t.cpu_wait_percent is None and t.in_flight_per_worker is None \
+            and t.p95_latency_seconds is None:
         errors.append(f"{where('autoscale.target')}: autoscale.enabled needs at least one target "
-                      "(cpu_utilization, in_flight_per_worker or p95_latency_seconds)")
+                      "(cpu_utilization, cpu_wait_percent, in_flight_per_worker or "
+                      "p95_latency_seconds)")
     if t.in_flight_per_worker is not None and ok("autoscale.target.in_flight_per_worker",
                                                  "gunicorn.worker_class", "gunicorn.threads",
                                                  "gunicorn.worker_connections"):

@@ -54,7 +54,7 @@ def test_hpa_simulation_waits_for_its_sync_period_and_its_300s_window():
 def test_markdown_has_the_table_and_markers():
     run = fake_run()
     res = {"date": "d", "machine": "m", "trace": b.trace(10), "think_ms": 1000, "phase": 10, "min": 1,
-           "max": 4, "down_window": 20, "p95": 0.25, "workers": 1,
+           "max": 4, "down_window": 20, "workers": 1,
            "runs": {"fixed 1": run, "autoscaled cpu 70%": run},
            "summary": {"fixed 1": b.summarize(run, b.trace(10), None),
                        "autoscaled cpu 70%": b.summarize(run, b.trace(10), 20)},

@@ -32,7 +32,7 @@ async def no_app_metrics(dirs):
 async def fleet(tmp_path, extra=AUTO, host=10.0):
     h = Harness(tmp_path, extra)
     await h.start()
-    auto = Autoscaler(h.sup, host_cpu=lambda: host, app_families=no_app_metrics)
+    auto = Autoscaler(h.sup, host_cpu=lambda: host, app_families=no_app_metrics, cores=lambda: 2)
     h.sup.autoscaler = auto
     return h, auto
 
@@ -210,3 +210,23 @@ async def test_unreadable_app_metrics_are_a_missing_signal_and_one_event(tmp_pat
     assert h.sup.count == 2 and all(d.action == "hold" for d in decisions)
     assert "in_flight_per_worker missing" in decisions[-1].reason
     assert len(h.events_named("autoscale.metrics_unreadable")) == 1
+
+
+@component
+async def test_run_queue_wait_scales_a_starved_fleet_that_uses_little_cpu(tmp_path):
+    h = Harness(tmp_path, AUTO + "  target: {cpu_utilization: 70, cpu_wait_percent: 20}\n")
+    await h.start()
+    waited: dict[int, float] = {}
+
+    def wait_of(pid):       # every process waits 60 % of the time for a CPU
+        return waited.get(pid)
+    auto = Autoscaler(h.sup, host_cpu=lambda: 99.0, app_families=no_app_metrics, cores=lambda: 4,
+                      run_queue_wait=wait_of)
+    for _ in range(6):
+        for proc in h.runner.procs.values():
+            for pid in [proc.pid, *proc.workers]:
+                waited[pid] = waited.get(pid, 0.0) + 0.3
+        await run_for(h, auto, 1, load=40)      # 20 % CPU per worker: cpu_utilization says idle
+    assert h.sup.count > 2
+    up = h.events_named("autoscale.scale_up")[-1]
+    assert up["signals"]["cpu_wait_percent"]["value"] > 20 and "cpu_wait_percent" in up["reason"]

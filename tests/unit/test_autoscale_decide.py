@@ -12,7 +12,8 @@ from ultrascaled.spec import parse_spec
 
 
 def policy(extra: str = "", instances: str = "{min: 1, max: 8, count: 2}"):
-    spec = parse_spec(f"instances: {instances}\nautoscale:\n  enabled: true\n{extra}",
+    spec = parse_spec(f"instances: {instances}\ngunicorn: {{worker_class: gevent}}\n"
+                      f"autoscale:\n  enabled: true\n{extra}",
                       base_dir=Path("/srv/fleet"), cpu_count=2)
     return spec.autoscale, spec.autoscale.bounds(spec.instances)
 
@@ -155,6 +156,13 @@ def test_a_saturated_host_holds_a_step_up():
     pol, bounds = policy("")
     d, _ = a.decide(a.State(), obs(2, host=97, cpu_utilization=140), 2, pol, bounds, now=0)
     assert d.action == "hold" and "host CPU 97% is over host_cpu_saturation_percent 90%" in d.reason
+    # fewer workers than cores: another instance still adds parallelism on a busy host
+    o = a.Observation(2, 2, {"cpu_utilization": a.Signal(140, 0)}, host_cpu_percent=97, cores=8, workers=2)
+    d, _ = a.decide(a.State(), o, 2, pol, bounds, now=0)
+    assert (d.action, d.desired) == ("scale_up", 4)
+    o = a.Observation(4, 4, {"cpu_utilization": a.Signal(140, 0)}, host_cpu_percent=97, cores=4, workers=4)
+    d, _ = a.decide(a.State(), o, 4, pol, bounds, now=0)
+    assert d.action == "hold" and "the fleet's 4 workers already match the 4 cores" in d.reason
     pol, bounds = policy("  host_cpu_saturation_percent: null\n")
     d, _ = a.decide(a.State(), obs(2, host=97, cpu_utilization=140), 2, pol, bounds, now=0)
     assert d.action == "scale_up"
