@@ -230,3 +230,14 @@ async def test_run_queue_wait_scales_a_starved_fleet_that_uses_little_cpu(tmp_pa
     assert h.sup.count > 2
     up = h.events_named("autoscale.scale_up")[-1]
     assert up["signals"]["cpu_wait_percent"]["value"] > 20 and "cpu_wait_percent" in up["reason"]
+
+
+@component
+async def test_every_autoscaler_metric_is_documented(tmp_path):
+    import re
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text()
+    h, auto = await fleet(tmp_path)
+    await run_for(h, auto, 4, load=100)
+    names = {f.name + ("_total" if f.type == "counter" else "") for f in auto.metric_families()}
+    assert names and names <= set(re.findall(r"`(ultrascale_autoscale_[a-z_]+)`", doc))
