@@ -15,7 +15,7 @@ The users think between requests (--think, default 1000 ms: one request a second
 the phases are short (--phase seconds each, the last one twice as long so that the scale-down
 shows) to keep the run to a few minutes on a 2-core machine. The autoscaled fleets (one per
 --autoscaled, by default `cpu=70` and `cpu=70,wait=25`) use the spec's defaults except their
-targets, the scale-down window (2 x --phase instead of 300 s) and the sync period and metrics
+targets, the scale-down window (--phase instead of 300 s) and the sync period and metrics
 window (2 s and 4 s), which docs/autoscaling.md discusses.
 
 Everything runs on 127.0.0.1, bounded in time; every process started is ended by pid.
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 5 <= args.phase <= 120 or args.think < 0 or not 1 <= args.min <= args.max <= 8:
         p.error("--phase must be 5..120 s, --think >= 0, 1 <= --min <= --max <= 8")
     tr = trace(args.phase)
-    down = 2 * args.phase
+    down = args.phase
     base = {"instances": {"min": args.min, "max": args.max},
             "memory": {"fleet_budget_mb": 16384}}
     names = {"cpu": "cpu_utilization", "wait": "cpu_wait_percent", "p95": "p95_latency_seconds",

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import stat
 import time
 from collections import deque
 from pathlib import Path
@@ -168,8 +169,17 @@ class Autoscaler:
 
     def _load_pause(self) -> None:
         try:
-            data = json.loads(self._pause_file().read_bytes()[:4096])
-        except (OSError, ValueError):
+            # non-blocking and regular files only: a FIFO put there must not hang the start
+            fd = os.open(self._pause_file(), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError("not a regular file")
+                data = json.loads(os.read(fd, 4096))
+            finally:
+                os.close(fd)
+        except (OSError, ValueError) as exc:
+            if not isinstance(exc, FileNotFoundError):
+                self._once("autoscale.state_ignored", f"{self._pause_file()}: {exc}")
             return
         if not isinstance(data, dict) or data.get("paused") is not True:
             return

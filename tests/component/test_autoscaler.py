@@ -241,3 +241,23 @@ async def test_every_autoscaler_metric_is_documented(tmp_path):
     await run_for(h, auto, 4, load=100)
     names = {f.name + ("_total" if f.type == "counter" else "") for f in auto.metric_families()}
     assert names and names <= set(re.findall(r"`(ultrascale_autoscale_[a-z_]+)`", doc))
+
+
+@component
+async def test_a_hostile_pause_file_is_ignored_and_never_hangs_the_start(tmp_path):
+    import os
+    h = Harness(tmp_path, AUTO)
+    await h.start()
+    path = h.rec.state_dir / "autoscale.json"
+    for content in (b"[1, 2]", b"{\"paused\": true, \"until_wall\": NaN}", b"\xff\xfe",
+                    b"{\"paused\": \"yes\"}"):
+        path.write_bytes(content)
+        assert Autoscaler(h.sup, app_families=no_app_metrics).state.paused_until is None
+    path.unlink()
+    os.mkfifo(path)                       # would block a plain open() for ever
+    auto = Autoscaler(h.sup, app_families=no_app_metrics)
+    assert auto.state.paused_until is None
+    assert "not a regular file" in h.events_named("autoscale.state_ignored")[-1]["error"]
+    path.unlink()
+    path.write_bytes(b"{\"paused\": true, \"until_wall\": 1e400, \"reason\": \"x\"}")
+    assert Autoscaler(h.sup, app_families=no_app_metrics).status()["paused"] is True
