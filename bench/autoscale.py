@@ -156,7 +156,16 @@ def run_fleet(label: str, overrides: dict, tr, think_ms: float) -> dict:
                   "reason": e.get("reason", "")} for e in events if e["event"].startswith("autoscale.")]
     return {"label": label, "ok": ok, "failed": failed, "per_second": per_second, "fleet": fleet_rows,
             "scale_events": scale_events, "decisions": decisions,
-            "error_counts": {k: v for _, r in results for k, v in r.error_counts.items()}}
+            "error_counts": _summed(r.error_counts for _, r in results)}
+
+
+def _summed(counts) -> dict:
+    """Error counts of the user groups, added up by kind."""
+    out: dict = {}
+    for c in counts:
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def summarize(run: dict, tr, window: float | None) -> dict:

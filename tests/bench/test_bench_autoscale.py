@@ -63,3 +63,7 @@ def test_markdown_has_the_table_and_markers():
     assert md.startswith(b.BEGIN) and md.endswith(b.END)
     assert "| autoscaled cpu 70% | 5,000 | 0" in md
     assert "HPA defaults, simulated on the autoscaled cpu 70% run" in md
+
+
+def test_error_counts_of_the_user_groups_add_up():
+    assert b._summed([{"timeout": 2}, {"timeout": 3, "http_5xx": 1}, {}]) == {"timeout": 5, "http_5xx": 1}
