@@ -261,3 +261,11 @@ async def test_a_hostile_pause_file_is_ignored_and_never_hangs_the_start(tmp_pat
     path.unlink()
     path.write_bytes(b"{\"paused\": true, \"until_wall\": 1e400, \"reason\": \"x\"}")
     assert Autoscaler(h.sup, app_families=no_app_metrics).status()["paused"] is True
+
+
+def test_run_queue_wait_reads_schedstat_and_none_for_a_gone_pid():
+    import os
+
+    from ultrascaled.autoscaler import _run_queue_wait
+    assert _run_queue_wait(os.getpid()) >= 0.0
+    assert _run_queue_wait(2 ** 22 + 12345) is None      # above pid_max: no such process
