@@ -68,3 +68,23 @@ def test_a_manual_scale_pauses_autoscaling_and_the_cli_shows_it(make_daemon):
     d.wait_until(lambda f: f["desired"] == 1 and f["ready"] == 1, timeout=60, what="back to 1")
     pause = d.ctl("autoscale", "pause", "--for", "10m", "--json")
     assert pause.returncode == 0 and '"paused": true' in pause.stdout
+
+
+def test_a_reload_turns_autoscaling_on_and_a_pause_survives_a_daemon_restart(make_daemon):
+    off = {**SPEC, "autoscale": {**SPEC["autoscale"], "enabled": False}}
+    d = make_daemon(off).start()
+    assert "autoscale: off" in d.ctl("autoscale", "status").stdout
+    d.spec["autoscale"]["enabled"] = True
+    d.write_spec()
+    assert d.ctl("reload").returncode == 0
+    d.wait_until(lambda f: any("steady" in e["reason"] for e in d.events("autoscale.hold")),
+                 timeout=30, what="the autoscaler deciding after the reload")
+    assert d.ctl("scale", "3").returncode == 0            # pauses it
+    assert d.stop() == 0
+    d.start()
+    assert d.fleet()["desired"] == 3
+    status = d.ctl("autoscale", "status", "--json")
+    assert '"paused": true' in status.stdout and "manual scale to 3" in status.stdout
+    d.wait_until(lambda f: any("paused" in e["reason"] for e in d.events("autoscale.hold")),
+                 timeout=30, what="a paused hold after the restart")
+    assert d.fleet()["desired"] == 3
