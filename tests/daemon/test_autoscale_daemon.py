@@ -88,3 +88,26 @@ def test_a_reload_turns_autoscaling_on_and_a_pause_survives_a_daemon_restart(mak
     d.wait_until(lambda f: any("paused" in e["reason"] for e in d.events("autoscale.hold")),
                  timeout=30, what="a paused hold after the restart")
     assert d.fleet()["desired"] == 3
+
+
+def test_a_daemon_killed_after_scaling_up_keeps_the_count_and_waits_a_window_before_stepping_down(
+        make_daemon):
+    import time
+    d = make_daemon(SPEC).start()
+    load = BackgroundLoad(f"http://127.0.0.1:{d.nginx_port}/", users=40, duration_limit=60,
+                          paths=[("/io?ms=200", 1.0)], timeout=5.0)
+    load.start()
+    try:
+        assert load.wait_for_ok(50, timeout=30)
+        d.wait_until(lambda f: f["desired"] == 4 and f["ready"] == 4, timeout=60, what="scaled to 4")
+        d.proc.kill()                      # the worst moment: right after scaling, under load
+        d.proc.wait()
+        time.sleep(1)
+    finally:
+        result = load.stop()
+    assert result.failed == 0, (result.status_counts, result.error_counts, result.error_samples[:5])
+    started = time.monotonic()
+    d.start()                              # idle now: in flight 0
+    assert d.fleet()["desired"] == 4, "the scaled count is kept across the kill"
+    d.wait_until(lambda f: f["desired"] == 1, timeout=90, what="back to 1 after the window")
+    assert time.monotonic() - started >= 8, "no step down before a full scale-down window"
