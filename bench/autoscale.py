@@ -227,8 +227,8 @@ def hpa_simulation(run: dict, tr, lo: int, hi: int, workers: int, start_delay: f
         if sec % 15 == 0 and sec in total:
             window = [total[s] for s in range(max(0, sec - 4), sec + 1) if s in total]
             cpu = sum(window) / len(window) / max(1, ready * workers)
-            d, st = core.decide(st, core.Observation(ready, wanted, {"cpu_utilization": core.Signal(cpu, sec)}),
-                                wanted, pol, bounds, now=float(sec))
+            o = core.Observation(ready, wanted, {"cpu_utilization": core.Signal(cpu, sec)})
+            d, st = core.decide(st, o, wanted, pol, bounds, now=float(sec))
             if d.desired > wanted:
                 ready_at = ready_at[:wanted] + [sec + start_delay] * (d.desired - wanted)
             elif d.desired < wanted:
@@ -252,14 +252,16 @@ def markdown(res: dict, argv: list[str]) -> str:
     runs, sums = res["runs"], res["summary"]
     labels = list(runs)
     autos = [lb for lb in labels if lb.startswith("autoscaled")]
-    lines = [BEGIN, f"## Autoscaling on a load trace (`scripts/bench-autoscale {' '.join(argv)}`)".rstrip(), "",
+    title = f"## Autoscaling on a load trace (`scripts/bench-autoscale {' '.join(argv)}`)"
+    lines = [BEGIN, title, "",
              f"Measured {res['date']} on {res['machine']}. The default fleet (reference app, gevent, "
              f"`workers: auto` = {res['workers']} per instance, managed nginx), `{PATH}`, users thinking "
              f"{res['think_ms']:g} ms between requests, phases of {res['phase']:g} s: "
              + " -> ".join(f"{u} users ({e - s:g} s)" for s, e, u in tr) + ". "
              f"The fleets run one after the other in the same run: fixed at {res['min']}, fixed at "
              f"{res['max']}, and autoscaled {res['min']}..{res['max']} with the targets in their labels "
-             "(cpu = `cpu_utilization`, wait = `cpu_wait_percent`; sync 2 s, metrics window 4 s, scale-down window "
+             "(cpu = `cpu_utilization`, wait = `cpu_wait_percent`; sync 2 s, metrics window 4 s, "
+             "scale-down window "
              f"{res['down_window']:g} s, the rest the spec's defaults: the host CPU guard at 90 % unless the "
              "label says otherwise). "
              "p99 target: the assessment's, 0.5 s at 100 users to 5 s at 4000, linear between. "
@@ -329,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="an autoscaled fleet's targets, e.g. cpu=70,wait=25 (keys cpu, wait, p95, "
                         "inflight; guard=off or a percent); repeatable; default: cpu=70 and "
                         "cpu=70,wait=25")
-    p.add_argument("--only", default="all", help="fleets whose label starts with these, e.g. fixed,autoscaled")
+    p.add_argument("--only", default="all",
+                   help="fleets whose label starts with these, e.g. fixed,autoscaled")
     p.add_argument("--json", help="write the raw results here")
     p.add_argument("--write", help="replace the autoscale-figures section of this Markdown file")
     args = p.parse_args(argv)
@@ -374,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     for label in chosen:
         print(f"bench-autoscale: {label} ...", file=sys.stderr, flush=True)
         res["runs"][label] = run_fleet(label.replace(" ", "-"), setups[label], tr, args.think)
-        res["summary"][label] = summarize(res["runs"][label], tr, down if label.startswith("autoscaled") else None)
+        window = down if label.startswith("autoscaled") else None
+        res["summary"][label] = summarize(res["runs"][label], tr, window)
         print(json.dumps(res["summary"][label]), file=sys.stderr, flush=True)
     res["hpa"] = {}
     for label in [k for k in res["runs"] if k.startswith("autoscaled")]:
@@ -382,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         delays = []
         for e in auto["scale_events"]:
             if e["desired"] > e["previous"]:
-                ready = next((r["t"] for r in auto["fleet"] if r["t"] >= e["t"] and r["ready"] >= e["desired"]),
-                             None)
+                ready = next((r["t"] for r in auto["fleet"]
+                              if r["t"] >= e["t"] and r["ready"] >= e["desired"]), None)
                 if ready is not None:
                     delays.append(ready - e["t"])
         auto["start_delay_s"] = round(sorted(delays)[len(delays) // 2], 1) if delays else 2.0

@@ -356,7 +356,8 @@ class Autoscaler:
         self.state, self.last, self.last_obs = state, decision, obs
         self.counts[decision.action] += 1
         record = {"time": round(self.clock.wall(), 3), **decision.to_dict(), "ready": obs.ready,
-                  "host_cpu_percent": None if obs.host_cpu_percent is None else round(obs.host_cpu_percent, 1)}
+                  "host_cpu_percent": (None if obs.host_cpu_percent is None
+                                       else round(obs.host_cpu_percent, 1))}
         self.decisions.append(record)
         self._emit(decision, record, now)
         return decision

@@ -339,7 +339,8 @@ def render_autoscale(st: dict) -> str:
     else:
         head = "autoscale: on"
     host = st.get("host_cpu_percent")
-    lines = [head, f"instances {st['current']} (ready {st.get('ready') if st.get('ready') is not None else '-'}), "
+    ready = st.get("ready")
+    lines = [head, f"instances {st['current']} (ready {ready if ready is not None else '-'}), "
                    f"replicas {st['min_replicas']}..{st['max_replicas']}"
                    + (f", host CPU {host:.0f}%" if host is not None else "")]
     rows = [("signal", "value", "target", "ratio", "wants")]

@@ -99,7 +99,8 @@ def test_pause_and_resume_need_the_token_like_every_mutation(make_api, fleet, au
     assert api.code("POST", "/autoscale/pause", json={})[0] == 401
     assert api.code("POST", "/autoscale/resume")[0] == 401
     assert api.req("GET", "/autoscale")[0] == 200          # reads are open on loopback
-    assert api.req("POST", "/autoscale/pause", json={}, headers={"Authorization": "Bearer " + "s" * 32})[0] == 200
+    token = {"Authorization": "Bearer " + "s" * 32}
+    assert api.req("POST", "/autoscale/pause", json={}, headers=token)[0] == 200
     assert auto.calls == [("pause", None, "operator")]
 
 
