@@ -308,7 +308,9 @@ class Autoscaler:
                 wait = self._wait_signal(ready, now)
                 if wait is not None:
                     signals["cpu_wait_percent"] = wait
-            signals.update(await self._app_signals(ready, now))
+            t = self.policy.target
+            if t.in_flight_per_worker is not None or t.p95_latency_seconds is not None:
+                signals.update(await self._app_signals(ready, now))   # files read only when followed
         host = None
         try:
             host = self.host_cpu()
@@ -375,7 +377,7 @@ class Autoscaler:
         fields = {k: v for k, v in record.items() if k != "time"}
         self.events.emit(f"autoscale.{d.action}", level=level, **fields)
 
-    BEAT = 1.0   # the loop beats this often whatever the sync period (the guard's interval)
+    BEAT = 2.0   # the loop beats this often whatever the sync period (the guard's interval)
 
     async def run(self, beat: Callable[[], None] = lambda: None) -> None:
         """The background task, under the TaskGuard: `beat` says it is alive. A decision every

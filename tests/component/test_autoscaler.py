@@ -269,3 +269,17 @@ def test_run_queue_wait_reads_schedstat_and_none_for_a_gone_pid():
     from ultrascaled.autoscaler import _run_queue_wait
     assert _run_queue_wait(os.getpid()) >= 0.0
     assert _run_queue_wait(2 ** 22 + 12345) is None      # above pid_max: no such process
+
+
+@component
+async def test_app_metrics_are_read_only_when_a_signal_needs_them(tmp_path):
+    h = Harness(tmp_path, AUTO)            # cpu_utilization only
+    await h.start()
+    reads = []
+
+    async def app(dirs):
+        reads.append(dirs)
+        return []
+    auto = Autoscaler(h.sup, host_cpu=lambda: 10.0, app_families=app, cores=lambda: 2)
+    await run_for(h, auto, 6, load=100)
+    assert reads == [] and auto.last is not None
