@@ -27,7 +27,7 @@ from typing import Any, Awaitable
 
 from aiohttp import web
 
-from ultrascaled.control import FleetControl, ScaleRefused
+from ultrascaled.control import AutoscaleControl, FleetControl, ScaleRefused
 from ultrascaled.spec import Spec, SpecError
 
 
@@ -443,7 +443,7 @@ async def firing(request: web.Request) -> web.Response:
 MAX_PAUSE = 7 * 86400
 
 
-def autoscaler_of(request: web.Request) -> Any:
+def autoscaler_of(request: web.Request) -> AutoscaleControl:
     auto = getattr(fleet_of(request), "autoscaler", None)
     if auto is None:
         raise ApiError(Code.not_found, "this daemon runs no autoscaler")
