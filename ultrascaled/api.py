@@ -461,14 +461,20 @@ async def autoscale_pause(request: web.Request) -> web.Response:
     data = await json_body(request, ("for", "reason"))
     auto = autoscaler_of(request)
     given, seconds = data.get("for"), None
-    if given is not None:
+    if "for" in data:
         if isinstance(given, bool) or not isinstance(given, (str, int, float)):
-            raise ApiError(Code.bad_request, f"`for` must be a duration like \"30m\" or seconds, "
-                           f"got {str(given)[:40]!r}")
-        try:
-            seconds = parse_duration(str(given))
-        except ValueError as exc:
-            raise ApiError(Code.bad_request, f"`for`: {exc}")
+            raise ApiError(Code.bad_request, f"`for` must be a duration like \"30m\" or seconds "
+                           f"(leave it out to pause until resumed), got {str(given)[:40]!r}")
+        if isinstance(given, str):
+            try:
+                seconds = parse_duration(given)
+            except ValueError as exc:
+                raise ApiError(Code.bad_request, f"`for`: {exc}")
+        elif not 0 < given <= MAX_PAUSE:   # NaN fails this too
+            raise ApiError(Code.bad_request, f"`for` must be more than 0 and at most {MAX_PAUSE} "
+                           f"seconds (7 days), got {given!r:.40}")
+        else:
+            seconds = float(given)
     reason = data.get("reason", "operator")
     if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
         raise ApiError(Code.bad_request, "`reason` must be printable text of at most 200 characters")

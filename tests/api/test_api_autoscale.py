@@ -52,6 +52,7 @@ def test_status_answers_the_autoscalers_figures(api, auto):
 
 
 @pytest.mark.parametrize("payload,seconds", [({}, None), ({"for": "30m"}, 1800.0), ({"for": 90}, 90.0),
+                                             ({"for": 5e-324}, 5e-324), ({"for": 604800}, 604800.0),
                                              ({"for": "1h30m", "reason": "load test"}, 5400.0)])
 def test_pause_takes_a_duration_or_none(api, auto, payload, seconds):
     status, body, _ = api.req("POST", "/autoscale/pause", json=payload)
@@ -61,7 +62,8 @@ def test_pause_takes_a_duration_or_none(api, auto, payload, seconds):
 
 @pytest.mark.parametrize("payload,word", [
     ({"for": "soon"}, "not a duration"), ({"for": 0}, "more than 0"), ({"for": "9d"}, "at most 7 days"),
-    ({"for": True}, "`for` must be"), ({"for": [1]}, "`for` must be"), ({"until": "1h"}, "unknown field"),
+    ({"for": 604801}, "at most 604800"), ({"for": -1.5}, "more than 0"), ({"for": "1e3"}, "not a duration"),
+    ({"for": True}, "`for` must be"), ({"for": [1]}, "`for` must be"), ({"for": None}, "leave it out"), ({"until": "1h"}, "unknown field"),
     ({"reason": "x" * 201}, "`reason`"), ({"reason": "a\x1b[2J"}, "`reason`"), ({"reason": 5}, "`reason`"),
 ])
 def test_bad_pauses_are_refused_and_change_nothing(api, auto, payload, word):
