@@ -84,7 +84,6 @@ class Autoscaler:
         self.last_obs: Optional[core.Observation] = None
         self.counts = {"scale_up": 0, "scale_down": 0, "hold": 0}
         self._cpu: dict[int, deque] = {}           # port -> (t, {pid: cpu seconds})
-        self._fresh: dict[int, tuple[Any, float]] = {}  # port -> (last master sample seen, when)
         self._app: deque = deque()                  # (t, flat app metrics of the ready instances)
         self._emitted: tuple[str, float] = ("", -math.inf)
         self._host_primed = False
@@ -200,38 +199,37 @@ class Autoscaler:
                 and (p in rec.applied or not nginx_on)]
 
     def _cpu_signal(self, ready: list[int], now: float) -> Optional[core.Signal]:
+        """CPU per worker over the window, on the samples' own times (a tick's time would be up
+        to a sample interval off at each end: +-20 % over a 5 s window)."""
         window = self.policy.metrics_window_seconds
         workers = max(1, self.sup.spec.workers)
-        rates, oldest_fresh = [], now
+        rates, oldest = [], now
         for port in ready:
             inst = self.sup.rec.instances[port]
-            sample = inst.master_mem
-            if sample is None:
+            sample, at = inst.master_mem, inst.sampled_at
+            if sample is None or not at:
                 return None          # not sampled yet: no CPU figure for the fleet
-            seen = self._fresh.get(port)
-            if seen is None or seen[0] is not sample:
-                self._fresh[port] = seen = (sample, now)
-            oldest_fresh = min(oldest_fresh, seen[1])
+            oldest = min(oldest, at)
             cur = {w.pid: w.cpu for w in inst.workers}
             cur[sample.pid] = sample.cpu
             hist = self._cpu.setdefault(port, deque())
             if hist and hist[-1][2] != inst.pid:
                 hist.clear()                     # a new master: start over
-            hist.append((now, cur, inst.pid))
-            while len(hist) > 2 and hist[1][0] <= now - window:
+            if not hist or hist[-1][0] != at:
+                hist.append((at, cur, inst.pid))
+            while len(hist) > 2 and hist[1][0] <= at - window:
                 hist.popleft()
             t0, old, _ = hist[0]
-            if now - t0 <= 0:
+            if at - t0 <= 0:
                 continue
             used = sum(c - old[p] if p in old and c >= old[p] else 0.0 for p, c in cur.items())
-            rates.append(100.0 * used / (now - t0) / workers)
+            rates.append(100.0 * used / (at - t0) / workers)
         for port in [p for p in self._cpu if p not in ready]:
             del self._cpu[port]
-            self._fresh.pop(port, None)
         if not rates:
             return None
-        # a sample older than the sampler's interval plus a tick has not moved: stale
-        return core.Signal(sum(rates) / len(rates), oldest_fresh)
+        # the oldest instance's last sample dates the signal: a stalled sampler makes it stale
+        return core.Signal(sum(rates) / len(rates), oldest)
 
     def _wait_signal(self, ready: list[int], now: float) -> Optional[core.Signal]:
         """Run-queue wait per worker, percent of wall time, over the metrics window."""

@@ -283,3 +283,21 @@ async def test_app_metrics_are_read_only_when_a_signal_needs_them(tmp_path):
     auto = Autoscaler(h.sup, host_cpu=lambda: 10.0, app_families=app, cores=lambda: 2)
     await run_for(h, auto, 6, load=100)
     assert reads == [] and auto.last is not None
+
+
+@component
+async def test_cpu_is_measured_on_the_samples_times_not_the_ticks(tmp_path):
+    h, auto = await fleet(tmp_path)
+    values = []
+    for i in range(12):                   # a sample, then a decision 0.3 or 0.9 s after it
+        burn(h, 140, 1.0)
+        await h.advance(1.0, step=1.0)
+        await h.sample()
+        lag = 0.3 if i % 2 else 0.9
+        burn(h, 140, lag)                 # CPU goes on being used after the sample
+        await h.advance(lag, step=lag)
+        d = await auto.tick()
+        sig = {s.name: s.value for s in d.signals}
+        if sig.get("cpu_utilization") is not None:
+            values.append(sig["cpu_utilization"])
+    assert values and all(abs(v - 70) < 1 for v in values[1:]), values
