@@ -411,6 +411,12 @@ def autoscale_errors(spec: "Spec", where, ok) -> list[str]:
             errors.append(f"{where(key + '.select_policy')}: {rules.select_policy} needs a policy: "
                           f"set {direction}.pods_value or {direction}.percent_value, or "
                           "select_policy Disabled")
+    if a.enabled and t.cpu_utilization is not None and ok(
+            "autoscale.enabled", "autoscale.stale_after_seconds", "memory.sample_interval") and \
+            spec.memory.sample_interval >= a.stale_after_seconds:
+        errors.append(f"{where('autoscale.stale_after_seconds')}: must be longer than "
+                      f"memory.sample_interval ({spec.memory.sample_interval:g}s), the CPU samples' "
+                      f"interval, got {a.stale_after_seconds:g} (cpu_utilization would always be stale)")
     if ok("autoscale.stale_after_seconds", "autoscale.sync_period_seconds") and \
             a.stale_after_seconds < a.sync_period_seconds:
         errors.append(f"{where('autoscale.stale_after_seconds')}: must be at least "

@@ -63,6 +63,8 @@ def test_replica_bounds_default_to_the_instance_bounds():
      "autoscale.behavior.scale_down.percent_value (line 4): must be 1..100, got 150"),
     ("autoscale:\n  sync_period_seconds: 5\n  stale_after_seconds: 2\n",
      "autoscale.stale_after_seconds (line 3): must be at least autoscale.sync_period_seconds (5)"),
+    ("memory: {sample_interval: 20}\nautoscale:\n  enabled: true\n",
+     "autoscale.stale_after_seconds: must be longer than memory.sample_interval (20s)"),
     ("autoscale:\n  behavour: {}\n", "autoscale.behavour (line 2): unknown key; did you mean `behavior`?"),
 ])
 def test_each_bad_autoscale_value_is_named_with_its_path_and_line(text, expected):
