@@ -177,15 +177,15 @@ def summarize(run: dict, tr, window: float | None) -> dict:
     for sec, cell in run["per_second"].items():
         if cell["p99_ms"] is not None and cell["p99_ms"] / 1000 > target_p99_s(users_at(tr, sec + 0.5)):
             over += 1
-    # reaction: each step up in users -> the first time the ready count rose above its value at
-    # the step (the new capacity serving)
+    # reaction: each step up in users -> the first time, within that phase, the ready count rose
+    # above its value at the step (the new capacity serving); None: no new capacity in the phase
     reactions = []
-    for (start, _, users), prev in zip(tr[1:], tr):
+    for (start, stop, users), prev in zip(tr[1:], tr):
         if users <= prev[2]:
             continue
         before = [r for r in rows if r["t"] <= start]
         base = before[-1]["ready"] if before else None
-        after = [r for r in rows if start < r["t"] <= start + (tr[-1][1] - start)]
+        after = [r for r in rows if start < r["t"] <= stop]
         rose = next((r["t"] for r in after if base is not None and r["ready"] > base), None)
         reactions.append(None if rose is None else round(rose - start, 1))
     desired = [r["desired"] for r in rows]
@@ -335,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="fleets whose label starts with these, e.g. fixed,autoscaled")
     p.add_argument("--json", help="write the raw results here")
     p.add_argument("--write", help="replace the autoscale-figures section of this Markdown file")
+    p.add_argument("--replot", metavar="JSON", help="no run: summarize and write the results a run "
+                   "saved with --json (after a change to the summary or the table)")
     args = p.parse_args(argv)
+    if args.replot:
+        return replot(Path(args.replot), args.write)
     if not 5 <= args.phase <= 120 or args.think < 0 or not 1 <= args.min <= args.max <= 8:
         p.error("--phase must be 5..120 s, --think >= 0, 1 <= --min <= --max <= 8")
     tr = trace(args.phase)
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         k.startswith(x.strip()) for x in args.only.split(",") if x.strip())]
     if not any(k.startswith("autoscaled") for k in chosen):
         p.error("--only must include an autoscaled fleet")
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "argv": argv,
            "trace": tr, "think_ms": args.think, "phase": args.phase, "min": args.min, "max": args.max,
            "down_window": down, "workers": max(1, min(4, (os.cpu_count() or 1) // 2)),
            "runs": {}, "summary": {}}
@@ -394,12 +398,27 @@ def main(argv: list[str] | None = None) -> int:
         target = setups[label]["autoscale"]["target"]["cpu_utilization"] or 70.0
         res["hpa"][label] = hpa_simulation(auto, tr, args.min, args.max, res["workers"],
                                            auto["start_delay_s"], target)
-    md = markdown(res, argv)
-    print(md)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))
-    if args.write:
-        path = Path(args.write)
+    return write(res, argv, args.write)
+
+
+def replot(path: Path, output: str | None) -> int:
+    res = json.loads(path.read_text())
+    for run in res["runs"].values():
+        run["per_second"] = {int(k): v for k, v in run["per_second"].items()}
+    res["trace"] = [tuple(x) for x in res["trace"]]
+    for label, run in res["runs"].items():
+        res["summary"][label] = summarize(run, res["trace"],
+                                          res["down_window"] if label.startswith("autoscaled") else None)
+    return write(res, res.get("argv", []), output)
+
+
+def write(res: dict, argv: list[str], output: str | None) -> int:
+    md = markdown(res, argv)
+    print(md)
+    if output:
+        path = Path(output)
         text = path.read_text() if path.exists() else ""
         if BEGIN in text and END in text:
             text = text[:text.index(BEGIN)] + md + text[text.index(END) + len(END):]
