@@ -324,7 +324,7 @@ def cmd_plan(api, args) -> int:
 def _shown(name: str, v) -> str:
     if v is None:
         return "-"
-    if name == "cpu_utilization":
+    if name in ("cpu_utilization", "cpu_wait_percent"):
         return f"{v:.1f}%"
     return f"{v:.3g}s" if name.endswith("_seconds") else f"{v:.3g}"
 

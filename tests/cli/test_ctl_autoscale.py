@@ -45,8 +45,9 @@ def test_docs_cli_md_describes_every_autoscale_option(action, capsys):
 def test_status_shows_signals_targets_and_reasons():
     st = {"enabled": True, "paused": True, "paused_reason": "manual scale to 3", "paused_until": None,
           "min_replicas": 1, "max_replicas": 8, "current": 3, "ready": 2, "host_cpu_percent": 63.4,
-          "targets": {"cpu_utilization": 70.0, "p95_latency_seconds": 0.5},
+          "targets": {"cpu_utilization": 70.0, "cpu_wait_percent": 25.0, "p95_latency_seconds": 0.5},
           "signals": {"cpu_utilization": {"value": 81.23, "target": 70.0, "ratio": 1.16, "desired": 4},
+                      "cpu_wait_percent": {"value": 12.5, "target": 25.0, "ratio": 0.5, "desired": 2},
                       "p95_latency_seconds": {"value": None, "target": 0.5, "ratio": None,
                                               "desired": None, "note": "missing"}},
           "recommendation": 4,
@@ -57,4 +58,5 @@ def test_status_shows_signals_targets_and_reasons():
     assert "instances 3 (ready 2), replicas 1..8, host CPU 63%" in out
     assert re.search(r"cpu_utilization\s+81\.2%\s+70\.0%\s+1\.16\s+4", out)
     assert re.search(r"p95_latency_seconds\s+-\s+0\.5s\s+-\s+- \(missing\)", out)
+    assert re.search(r"cpu_wait_percent\s+12\.5%\s+25\.0%\s+0\.50\s+2", out)
     assert "recommendation: 4" in out and "hold" in out
