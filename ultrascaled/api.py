@@ -420,7 +420,8 @@ async def metrics(request: web.Request) -> web.Response:
     from ultrascaled import metrics as m
     sup, alerts = fleet_of(request), request.app[ALERTS]
     counters = {**sup.counters, **(alerts.counters() if alerts else {})}
-    body = await m.render_async(sup.snapshot(), sup.upstream.status(), counters, sup.metrics_dirs())
+    body = await m.render_async(sup.snapshot(), sup.upstream.status(), counters, sup.metrics_dirs(),
+                                extra=getattr(sup, "traffic_families", list)())
     return web.Response(body=body, headers={"Content-Type": m.CONTENT_TYPE})
 
 
