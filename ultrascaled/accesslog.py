@@ -133,13 +133,11 @@ def parse_line(raw: bytes) -> Optional[Line]:
     """One log line, or None when it is not one of ours (never raises). A line whose start was
     torn (a partial write on a full disk, then the next line) is read from its last ``{"t":``."""
     raw = raw.strip()
-    if not raw.startswith(_TORN):
-        at = raw.rfind(_TORN)
-        if at < 0:
-            return None
-        raw = raw[at:]
+    at = raw.rfind(_TORN)
+    if at < 0:
+        return None
     try:
-        d = json.loads(raw)
+        d = json.loads(raw[at:])
     except (ValueError, RecursionError):
         return None
     if not isinstance(d, dict):
@@ -151,6 +149,9 @@ def parse_line(raw: bytes) -> Optional[Line]:
     addrs, statuses, times = _items(d.get("a")), _items(d.get("u")), _items(d.get("ut"))
     if addrs is None or statuses is None or times is None:
         return None
+    if addrs:       # a lone "-" is then one try without a status or a time, not an empty list
+        statuses = statuses or ["-"]
+        times = times or ["-"]
     tries: tuple[Try, ...] = ()
     if addrs and len(addrs) == len(statuses) == len(times):
         tries = tuple(Try(_port(a), _status(s), _seconds(x)) for a, s, x in zip(addrs, statuses, times))
@@ -411,7 +412,8 @@ class LogTail:
         self._partial, self._discard, self.error = bytearray(), False, ""
         self._pos = 0
         if not self._opened_once and st.st_size > self.backlog:
-            self._pos, self._discard = st.st_size - self.backlog, True
+            # from the newline before the backlog: the first (partial) line is dropped
+            self._pos, self._discard = st.st_size - self.backlog - 1, True
         self._opened_once = True
         return True
 
