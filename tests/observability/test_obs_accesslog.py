@@ -23,6 +23,7 @@ from ultrascaled.nginx_conf import NginxSettings, render_main_conf
 
 FUZZ = settings(max_examples=100, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
+FUZZ_SMALL = settings(FUZZ, max_examples=50)
 T0 = 1_700_000_000.0
 
 
@@ -110,12 +111,12 @@ def test_arbitrary_bytes_never_raise(raw):
     assert ln is None or isinstance(ln, al.Line)
 
 
-hostile_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
+hostile_text = st.text(alphabet=st.sampled_from(list('0123456789.:,- "\\\x00\u00e9unix[]')), max_size=20)
 list_item = st.one_of(hostile_text, st.sampled_from(["-", "", "127.0.0.1:8001", "502", "0.001", "1e308",
                                                       "nan", "-1", "8001:", ":8001", "unix:"]))
 
 
-@FUZZ
+@FUZZ_SMALL
 @given(t=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.text(max_size=5),
                    st.none(), st.booleans()),
        s=st.one_of(st.integers(-10, 2000), st.floats(), st.text(max_size=3), st.none()),
@@ -137,7 +138,7 @@ def test_hostile_fields_never_raise_and_what_parses_is_sane(t, s, a, u, ut, sep)
         assert tr.seconds is None or (math.isfinite(tr.seconds) and tr.seconds >= 0)
 
 
-@FUZZ
+@FUZZ_SMALL
 @given(st.lists(st.tuples(st.integers(1024, 65535), st.integers(100, 599),
                           st.integers(0, 60000)), min_size=1, max_size=4))
 def test_what_nginx_writes_is_attributed_try_by_try(tries):
@@ -199,7 +200,7 @@ def test_lines_older_than_the_span_count_in_totals_but_not_in_windows():
 def test_p95_is_within_its_bucket_of_the_exact_value():
     rng = random.Random(7)
     s = store()
-    values = [rng.lognormvariate(-3, 1.2) for _ in range(5000)]
+    values = [rng.lognormvariate(-3, 1.2) for _ in range(2000)]
     s.add(parse_line(line(u="200", ut=f"{v:.3f}")) for v in values)
     exact = sorted(round(v, 3) for v in values)[int(0.95 * len(values)) - 1]
     got = s.window(8001, 10).p95
