@@ -257,6 +257,10 @@ class TrafficStore:
         self._totals: dict[int, _Totals] = {}
         self.fleet_classes = [0] * len(CLASSES)
         self.lines = self.foreign = self.late = 0
+        # Unix time up to which every line has been added (the monitor sets it after each
+        # read): windows then end with the last slot complete before it, so a window is never
+        # cut short by lines nginx wrote but the reader has not read yet. None: up to the clock.
+        self.until: Optional[float] = None
 
     def add(self, lines: Iterable[Line]) -> None:
         oldest = (self.clock() - self.span) / self.width
@@ -306,8 +310,8 @@ class TrafficStore:
 
     def window(self, port: Optional[int], seconds: float) -> TrafficWindow:
         """The figures of the last ``seconds`` (cut to the store's span; at least one slot)."""
-        now = self.clock()
-        last = int(now // self.width)
+        until = self.until
+        last = int(self.clock() // self.width) if until is None else int(until // self.width) - 1
         n = max(1, min(SLOTS, round(seconds / self.width)))
         with self._lock:
             ring = self._fleet if port is None else self._ports.get(port)
@@ -390,7 +394,13 @@ class LogTail:
         self.oversized = self.torn = self.skipped = self.rotations = self.truncations = 0
         self.lag = 0
         self.size = 0               # of the file now at `path` (what rotation looks at)
+        self.old_growing = False    # the rotated file still grows after the grace: no reopen
         self.error = ""
+
+    @property
+    def rotating(self) -> bool:
+        """A rotated file is still being read (nginx may still write to it)."""
+        return self._old is not None
 
     def close(self) -> None:
         for fd in (self._fd, self._old[0] if self._old else None):
@@ -429,6 +439,7 @@ class LogTail:
             self.size = now.st_size
         except OSError:
             now_id = None           # renamed away, not yet reopened: keep following the old inode
+            self.size = 0
         size = os.fstat(self._fd).st_size  # type: ignore[arg-type]
         if size < self._pos:         # truncated in place
             self.truncations += 1
@@ -463,12 +474,17 @@ class LogTail:
 
     def _read_old(self, budget: int, lines: list[bytes]) -> int:
         if self._old is None:
+            self.old_growing = False
             return budget
         fd, pos, until, partial, discard = self._old
         size = os.fstat(fd).st_size
         holder = _Holder(partial, discard)
+        start = pos
         pos, budget = self._consume(fd, pos, size, budget, lines, holder)
-        if self.clock() >= until and pos >= size:
+        # Let the rotated file go once the grace is over and nobody writes to it any more: an
+        # nginx worker that could not reopen the new file goes on writing to this one.
+        self.old_growing = self.clock() >= until and pos > start
+        if self.clock() >= until and pos >= size and pos == start:
             if holder._partial:
                 self.torn += 1
             os.close(fd)
@@ -526,6 +542,8 @@ class TrafficMonitor:
     forgets ports that left, and rotates the file past ``max_bytes`` (rename, then
     ``reopen()``: nginx's USR1)."""
 
+    WRITE_DELAY = 0.1    # seconds between nginx taking $msec and the line being in the file
+
     def __init__(self, path: str, *, window: float = 300.0, ports: Callable[[], Iterable[int]],
                  allowed: Optional[Callable[[int], bool]] = None, interval: float = 1.0,
                  budget: int = 4 << 20, max_bytes: int = 0, backups: int = 5,
@@ -545,6 +563,7 @@ class TrafficMonitor:
         self.malformed = 0
         self.read_seconds = 0.0
         self._reported = ""
+        self._reopen_failed = False
 
     def window(self, port: Optional[int], seconds: float) -> TrafficWindow:
         return self.store.window(port, seconds)
@@ -552,6 +571,7 @@ class TrafficMonitor:
     def poll(self) -> int:
         """One bounded read and fold (blocking: run it in a thread). Returns lines read."""
         t0 = time.perf_counter()
+        started = self.store.clock() - self.WRITE_DELAY
         raw = self.tail.read(self.budget)
         parsed = []
         for r in raw:
@@ -561,6 +581,10 @@ class TrafficMonitor:
             else:
                 parsed.append(ln)
         self.store.add(parsed)
+        if self.tail.lag == 0 and self.tail.error == "":
+            self.store.until = started       # everything written before the read is in
+        elif parsed:
+            self.store.until = max(self.store.until or 0.0, min(parsed[-1].t, started))
         self.read_seconds += time.perf_counter() - t0
         return len(raw)
 
@@ -571,7 +595,17 @@ class TrafficMonitor:
             self._reported = self.tail.error
             if self.tail.error:
                 self.emit("traffic.log_unreadable", level="warning", path=self.path, error=self.tail.error)
-        if self.max_bytes and self.reopen is not None and self.tail.size >= self.max_bytes:
+        if not self.tail.rotating:
+            self._reopen_failed = False
+        elif self.tail.old_growing and not self._reopen_failed:
+            self._reopen_failed = True
+            self.emit("traffic.log_reopen_failed", level="error", path=self.path,
+                      error="nginx still writes to the rotated file: its workers could not reopen "
+                            f"{self.path} (see nginx's error.log; can nginx's worker user reach that "
+                            "folder?); rotation is held until they do")
+        if self.max_bytes and self.reopen is not None and self.tail.size >= self.max_bytes \
+                and not self.tail.rotating:
+            # one rotation at a time: the next waits until nginx has let go of the last one
             await self.rotate()
 
     async def rotate(self) -> None:

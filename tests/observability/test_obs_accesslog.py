@@ -190,6 +190,15 @@ def test_the_window_covers_the_last_seconds_only():
     assert s.window(8001, 300) == al.EMPTY
 
 
+def test_behind_a_reader_a_window_ends_with_the_last_slot_complete_before_the_read():
+    s = store(Clock(T0 + 30))
+    s.add([parse_line(line(t=T0 - 1))] * 3 + [parse_line(line(t=T0))] * 2)
+    s.until = T0 + 0.5            # read at T0 + 0.5: the slot of T0 is not complete yet
+    assert s.window(8001, 1).requests == 3
+    s.until = T0 + 1.2
+    assert s.window(8001, 1).requests == 2 and s.window(8001, 2).requests == 5
+
+
 def test_lines_older_than_the_span_count_in_totals_but_not_in_windows():
     s = store()
     s.add([parse_line(line(t=T0 - 1000))])
@@ -292,6 +301,35 @@ def test_rotation_by_rename_loses_no_line_even_from_late_writers(tmp_path):
     assert t.read() == [] and t._old is None  # the rotated file is let go after the grace
 
 
+def test_a_rotated_file_nginx_could_not_leave_is_followed_for_as_long_as_it_grows(tmp_path):
+    p = tmp_path / "traffic.log"
+    write(p, line() + b"\n")
+    now = [0.0]
+    events = []
+
+    async def reopen():        # the master makes the new file; its workers fail to reopen it
+        write(p, b"")
+        return True
+
+    m = TrafficMonitor(str(p), ports=lambda: [8001], max_bytes=10, backups=1, reopen=reopen,
+                       emit=lambda name, **f: events.append(name), clock=lambda: T0 + 2)
+    m.tail.clock = lambda: now[0]
+    worker = open(tmp_path / "traffic.log", "ab")
+
+    async def main():
+        await m.tick()                         # reads the line, rotates
+        for k in range(3):
+            now[0] += 100                      # long past the grace
+            worker.write(line(s=500, u="500") + b"\n")
+            worker.flush()
+            await m.tick()
+    asyncio.run(main())
+    assert m.window(8001, 10).requests == 4 and m.window(8001, 10).errors_5xx == 3
+    assert events.count("traffic.log_rotated") == 1          # held while nginx writes to .1
+    assert events.count("traffic.log_reopen_failed") == 1
+    worker.close()
+
+
 def test_a_file_renamed_away_and_not_yet_recreated_is_still_followed(tmp_path):
     p = tmp_path / "t.log"
     write(p, b"a\n")
@@ -357,7 +395,7 @@ def test_monitor_rotates_past_max_bytes_and_reopens(tmp_path):
         return True
 
     m = TrafficMonitor(str(p), ports=lambda: [8001], max_bytes=1000, backups=2, reopen=reopen,
-                       clock=lambda: T0 + 1)
+                       clock=lambda: T0 + 2)
 
     async def main():
         await m.tick()
