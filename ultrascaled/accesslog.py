@@ -42,6 +42,7 @@ import json
 import math
 import os
 import re
+import stat
 import threading
 import time
 from array import array
@@ -411,13 +412,30 @@ class LogTail:
                     pass
         self._fd, self._old = None, None
 
+    def pending(self) -> bool:
+        """Is there anything to do (cheap: two stat calls, no read)? Lets the loop skip the
+        worker thread while nginx is idle."""
+        if self._fd is None or self._old is not None:
+            return True
+        try:
+            st = os.stat(self.path)
+            size = os.fstat(self._fd).st_size
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._id or size != self._pos
+
     def _open(self) -> bool:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO put at the path must not hang the reader (it is refused below)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             self.error = f"{self.path}: {exc.strerror or exc}"
             return False
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            self.error = f"{self.path}: not a regular file"
+            return False
         self._fd, self._id = fd, (st.st_dev, st.st_ino)
         self._partial, self._discard, self.error = bytearray(), False, ""
         self._pos = 0
@@ -589,7 +607,10 @@ class TrafficMonitor:
         return len(raw)
 
     async def tick(self) -> None:
-        await asyncio.to_thread(self.poll)
+        if self.tail.pending():
+            await asyncio.to_thread(self.poll)
+        else:
+            self.store.until = self.store.clock() - self.WRITE_DELAY
         self.store.keep(self.ports())
         if self.tail.error != self._reported:
             self._reported = self.tail.error

@@ -21,7 +21,7 @@ from ultrascaled.alerts import (AlertsSection, AlertState, MetricSample, Sampler
                                 instance_rules, with_traffic)
 from ultrascaled.nginx_conf import NginxSettings, render_main_conf
 
-FUZZ = settings(max_examples=100, deadline=None, database=None,
+FUZZ = settings(max_examples=60, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 FUZZ_SMALL = settings(FUZZ, max_examples=50)
 T0 = 1_700_000_000.0
@@ -374,6 +374,20 @@ def test_reads_are_bounded_by_the_budget_and_a_reader_far_behind_skips(tmp_path)
     write(p, b"".join(b"%06d\n" % i for i in range(10_000, 40_000)))  # now 210 kB behind
     got = t.read(budget=7000)
     assert t.skipped > 0 and got[-1] == b"039999" and len(got) < 1000
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir", "devzero"])
+def test_what_is_not_a_regular_file_is_refused_without_hanging(tmp_path, kind):
+    p = tmp_path / "t.log"
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "dir":
+        p.mkdir()
+    else:
+        p.symlink_to("/dev/zero")
+    t = LogTail(str(p))
+    assert t.read() == [] and "not a regular file" in t.error
+    assert t.pending()
 
 
 def test_the_first_open_reads_only_the_recent_history(tmp_path):
