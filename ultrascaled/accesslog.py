@@ -96,30 +96,48 @@ MAX_STATUS = 999
 
 
 def _num(v: Any) -> Optional[float]:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    v = float(v)
-    return v if math.isfinite(v) and v >= 0 else None
+    if v.__class__ is float:
+        return v if 0 <= v < math.inf else None
+    if v.__class__ is int:
+        return float(v) if v >= 0 else None
+    return None
 
 
 def _items(v: Any) -> Optional[list[str]]:
-    if not isinstance(v, str):
+    if v.__class__ is not str:
         return None
-    if v in ("", "-"):
+    if v == "" or v == "-":
         return []
-    return _SPLIT.split(v)
+    if "," in v or " : " in v:
+        return _SPLIT.split(v)
+    return [v]
+
+
+_MISS = object()
+_PORTS: dict[str, Optional[int]] = {}      # a fleet has few addresses: parse each once
+_STATUSES: dict[str, Optional[int]] = {}
+_CACHE_MAX = 4096
 
 
 def _port(addr: str) -> Optional[int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or len(port) > 5 or host.startswith("unix"):
-        return None
-    p = int(port)
-    return p if 0 < p < 65536 else None
+    p = _PORTS.get(addr, _MISS)
+    if p is _MISS:
+        host, sep, port = addr.rpartition(":")
+        p = None
+        if sep and host and port.isdigit() and len(port) <= 5 and not host.startswith("unix"):
+            p = int(port) if 0 < int(port) < 65536 else None
+        if len(_PORTS) < _CACHE_MAX:
+            _PORTS[addr] = p
+    return p  # type: ignore[return-value]
 
 
 def _status(s: str) -> Optional[int]:
-    return int(s) if s.isdigit() and len(s) <= 3 else None
+    v = _STATUSES.get(s, _MISS)
+    if v is _MISS:
+        v = int(s) if s.isdigit() and len(s) <= 3 else None
+        if len(_STATUSES) < _CACHE_MAX:
+            _STATUSES[s] = v
+    return v  # type: ignore[return-value]
 
 
 def _seconds(s: str) -> Optional[float]:
@@ -127,37 +145,46 @@ def _seconds(s: str) -> Optional[float]:
         v = float(s)
     except ValueError:
         return None
-    return v if math.isfinite(v) and v >= 0 else None
+    return v if 0 <= v < math.inf else None
 
 
 def parse_line(raw: bytes) -> Optional[Line]:
     """One log line, or None when it is not one of ours (never raises). A line whose start was
     torn (a partial write on a full disk, then the next line) is read from its last ``{"t":``."""
-    raw = raw.strip()
     at = raw.rfind(_TORN)
     if at < 0:
         return None
     try:
-        d = json.loads(raw[at:])
+        d = json.loads(raw[at:] if at else raw)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(d, dict):
+    if d.__class__ is not dict:
         return None
     t, status, rt = _num(d.get("t")), d.get("s"), _num(d.get("rt"))
-    if t is None or rt is None or isinstance(status, bool) or not isinstance(status, int) \
-            or not 0 <= status <= MAX_STATUS:
+    if t is None or rt is None or status.__class__ is not int or not 0 <= status <= MAX_STATUS:
         return None
     addrs, statuses, times = _items(d.get("a")), _items(d.get("u")), _items(d.get("ut"))
     if addrs is None or statuses is None or times is None:
         return None
-    if addrs:       # a lone "-" is then one try without a status or a time, not an empty list
-        statuses = statuses or ["-"]
-        times = times or ["-"]
+    if len(addrs) == 1 and len(statuses) == 1 and len(times) == 1:   # one try: most lines
+        tr = Try(_port(addrs[0]), _status(statuses[0]), _seconds(times[0]))
+        return Line(t, status, (tr,), tr.seconds, rt)
+    if not addrs:
+        return Line(t, status, (), _sum_seconds(times), rt)
+    # a lone "-" is one try without a status or a time, not an empty list
+    statuses = statuses or ["-"]
+    times = times or ["-"]
     tries: tuple[Try, ...] = ()
-    if addrs and len(addrs) == len(statuses) == len(times):
+    if len(addrs) == len(statuses) == len(times):
         tries = tuple(Try(_port(a), _status(s), _seconds(x)) for a, s, x in zip(addrs, statuses, times))
-    spent = [x for x in (_seconds(x) for x in times) if x is not None]
-    return Line(t, status, tries, sum(spent) if spent else None, rt)
+        spent = [tr.seconds for tr in tries if tr.seconds is not None]
+        return Line(t, status, tries, sum(spent) if spent else None, rt)
+    return Line(t, status, tries, _sum_seconds(times), rt)
+
+
+def _sum_seconds(times: list[str]) -> Optional[float]:
+    spent = [x for x in map(_seconds, times) if x is not None]
+    return sum(spent) if spent else None
 
 
 # ---- windows (pure, locked for the reader thread) ------------------------------------------
