@@ -617,7 +617,11 @@ class TrafficMonitor:
         """One bounded read and fold (blocking: run it in a thread). Returns lines read."""
         t0 = time.perf_counter()
         started = self.store.clock() - self.WRITE_DELAY
-        raw = self.tail.read(self.budget)
+        try:
+            raw = self.tail.read(self.budget)
+        except OSError as exc:      # an I/O error: reported, and tried again at the next tick
+            self.tail.error = f"{self.path}: {exc.strerror or exc}"
+            return 0
         parsed = []
         for r in raw:
             ln = parse_line(r)
