@@ -509,6 +509,8 @@ class LogTail:
                 self._pos, budget = self._consume(self._fd, 0, size, budget, lines, self)  # type: ignore[arg-type]
         cur = os.fstat(self._fd).st_size if self._fd is not None else 0
         self.lag = max(0, cur - self._pos)
+        if self._fd is not None:
+            self.error = ""
         return lines
 
     def _drop_partial(self) -> None:
