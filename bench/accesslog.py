@@ -103,10 +103,10 @@ def markdown(res: dict, argv: list[str]) -> str:
                      f"{'' if x['lines_read'] is None else format(x['lines_read'], ',')} |")
     for mode in ("off", "on"):
         xs = [x for x in rows if x["mode"] == mode]
-        avg = lambda k: round(sum(x[k] for x in xs) / len(xs), 2)  # noqa: E731
-        lines.append(f"| mean | **{mode}** | {avg('idle_cpu_pct')}% | {avg('load_cpu_pct')}% | "
+        avg = lambda k, n=1: round(sum(x[k] for x in xs) / len(xs), n)  # noqa: E731
+        lines.append(f"| mean | **{mode}** | {avg('idle_cpu_pct', 2)}% | {avg('load_cpu_pct', 2)}% | "
                      f"{avg('daemon_cpu_ms_per_1k')} | {avg('nginx_cpu_ms_per_1k')} | {avg('rss_mib')} MiB | "
-                     f"{avg('uss_mib')} MiB | {avg('rps'):,} | {avg('p99_ms')} | | |")
+                     f"{avg('uss_mib')} MiB | {round(avg('rps')):,} | {avg('p99_ms')} | | |")
     lines += ["", "`lines read` is `ultrascale_traffic_log_lines_total` after the run: every request of "
               "the warm-up and the measured run, one line each.", "", END]
     return "\n".join(lines)
