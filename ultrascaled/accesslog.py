@@ -290,18 +290,22 @@ class TrafficStore:
         # cut short by lines nginx wrote but the reader has not read yet. None: up to the clock.
         self.until: Optional[float] = None
 
+    FUTURE = 60.0       # seconds: a line further ahead of the clock would overwrite a live slot
+
     def add(self, lines: Iterable[Line]) -> None:
-        oldest = (self.clock() - self.span) / self.width
+        now = self.clock()
+        oldest, newest = (now - self.span) / self.width, (now + self.FUTURE) / self.width
         with self._lock:
             for ln in lines:
                 self.lines += 1
                 sid = int(ln.t // self.width)
                 c = status_class(ln.status)
                 self.fleet_classes[c] += 1
+                recent = oldest <= sid <= newest
                 for tr in ln.tries:
-                    self._add_try(tr, sid, sid >= oldest)
-                if sid < oldest:
-                    self.late += 1      # older than the window: counted in the totals only
+                    self._add_try(tr, sid, recent)
+                if not recent:
+                    self.late += 1      # outside the window: counted in the totals only
                     continue
                 d = self._fleet.slot(sid)
                 d[0] += 1
