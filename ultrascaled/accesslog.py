@@ -636,10 +636,10 @@ class TrafficMonitor:
             else:
                 parsed.append(ln)
         self.store.add(parsed)
-        if self.tail.lag == 0 and self.tail.error == "":
-            self.store.until = started       # everything written before the read is in
-        elif parsed:
+        if self.tail.lag and parsed:          # behind: the windows end where the reading is
             self.store.until = max(self.store.until or 0.0, min(parsed[-1].t, started))
+        else:   # everything written before the read is in (or nothing comes: windows age out)
+            self.store.until = started
         self.read_seconds += time.perf_counter() - t0
         return len(raw)
 
