@@ -474,3 +474,18 @@ def test_the_sampler_takes_requests_errors_and_latency_from_the_traffic_source()
     s = asyncio.run(two())
     assert (s.requests, s.errors_5xx, s.p95_latency, s.source) == (40, 4, 3.0, "nginx")
     assert s.instances[8001].rate_5xx == 0.1
+
+
+def test_figures_age_out_when_the_log_goes_away(tmp_path):
+    p = tmp_path / "traffic.log"
+    write(p, b"\n".join(line(t=T0 - 1, s=500, u="500") for _ in range(20)) + b"\n")
+    now = [T0]
+    events = []
+    m = TrafficMonitor(str(p), ports=lambda: [8001], clock=lambda: now[0],
+                       emit=lambda name, **f: events.append(name))
+    asyncio.run(m.tick())
+    assert m.window(8001, 10).errors_5xx == 20
+    os.unlink(p)
+    now[0] = T0 + 30
+    asyncio.run(m.tick())                     # still following the unlinked file: nothing new
+    assert m.window(8001, 10) == al.EMPTY    # the old 500s do not keep an alert firing
