@@ -479,7 +479,7 @@ def test_the_sampler_takes_requests_errors_and_latency_from_the_traffic_source()
 def test_figures_age_out_when_the_log_goes_away(tmp_path):
     p = tmp_path / "traffic.log"
     write(p, b"\n".join(line(t=T0 - 1, s=500, u="500") for _ in range(20)) + b"\n")
-    now = [T0]
+    now = [T0 + 1]
     events = []
     m = TrafficMonitor(str(p), ports=lambda: [8001], clock=lambda: now[0],
                        emit=lambda name, **f: events.append(name))
