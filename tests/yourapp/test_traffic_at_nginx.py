@@ -1,7 +1,7 @@
 """Traffic measured at nginx for an app that knows nothing of us: a plain Flask app (no
 prometheus_client, no ultrascale import) on real gunicorn behind the daemon's real nginx,
-where one instance answers every request with 500. The per-instance figures in /metrics and
-the error-rate alert, for that instance and for the fleet, come from nginx's traffic log;
+where one instance answers every request with 500 and the other takes 100 ms. The per-instance figures in /metrics and
+the error-rate alert (for that instance and for the fleet) and the other's latency alert come from nginx's traffic log;
 the log rotates under load without losing a line, and a port that leaves is forgotten."""
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def write_app(root: Path) -> Path:
     (pkg / "__init__.py").write_text(textwrap.dedent("""\
         import os
         import sys
+        import time
 
         from flask import Flask
 
@@ -34,6 +35,7 @@ def write_app(root: Path) -> Path:
             app = Flask(__name__)
             bind = sys.argv[sys.argv.index("--bind") + 1] if "--bind" in sys.argv else ""
             broken = bind.rsplit(":", 1)[-1] == os.environ.get("BROKEN_PORT")
+            slow = bind.rsplit(":", 1)[-1] == os.environ.get("SLOW_PORT")
 
             @app.route("/up")
             def up():
@@ -43,6 +45,8 @@ def write_app(root: Path) -> Path:
             def index():
                 if broken:
                     return "this instance is broken", 500
+                if slow:
+                    time.sleep(0.1)
                 return "fine"
 
             return app
@@ -93,11 +97,13 @@ def plain_fleet(make_daemon, tmp_path):
                 "config": None},
         "gunicorn": {"worker_class": "sync", "workers": 1},
         "health": {"path": "/up"},
-        "logs": {"max_bytes": 16384, "backups": 2},
+        "logs": {"max_bytes": 4096, "backups": 2},
         "alerts": {"evaluation_interval": 1, "error_rate": 0.2, "error_rate_for": 0, "min_requests": 5,
-                   "cpu_percent": None, "cache_hit_rate": None},
+                   "p95_latency_seconds": 0.05, "p95_latency_for": 0, "cpu_percent": None,
+                   "cache_hit_rate": None},
     })
     d.spec["app"]["env"]["BROKEN_PORT"] = str(d.base_port)
+    d.spec["app"]["env"]["SLOW_PORT"] = str(d.base_port + 1)
     if os.geteuid() == 0:
         # nginx's workers reopen the log after a rotation; as root they would run as nobody,
         # who cannot reach pytest's 0700 folders (the daemon's own user, in production)
@@ -114,10 +120,10 @@ def test_one_instance_answering_500_is_seen_at_nginx_with_its_alert(plain_fleet)
         def firing():
             return {(a["alert"], a.get("port")) for a in d.api("GET", "/alerts")[1]["firing"]}
         deadline = time.monotonic() + 60
-        while not {("error_rate", bad), ("error_rate", None)} <= firing():
+        while not {("error_rate", bad), ("error_rate", None), ("p95_latency", good)} <= firing():
             assert time.monotonic() < deadline, (firing(), d.log_tail())
             time.sleep(0.2)
-        assert ("error_rate", good) not in firing()
+        assert ("error_rate", good) not in firing() and ("p95_latency", bad) not in firing()
         # the traffic log rotated (logs.max_bytes is 16 KiB) while requests kept coming
         deadline = time.monotonic() + 60
         while not (log.parent / "traffic.log.1").exists():
