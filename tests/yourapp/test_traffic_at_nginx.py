@@ -146,6 +146,14 @@ def test_one_instance_answering_500_is_seen_at_nginx_with_its_alert(plain_fleet)
     assert value(m, "ultrascale_upstream_requests_total", port=good, status="5xx") == 0
     assert value(m, "ultrascale_nginx_requests_total", status="5xx") == traffic.statuses[500]
     assert value(m, "ultrascale_upstream_response_seconds_count", port=good) == traffic.statuses[200]
+    # the windows end with the last complete second read: wait until it holds every request
+    d.wait_until(lambda f: d.api("GET", "/traffic?seconds=300")[1]["fleet"]["requests"] == traffic.sent,
+                 timeout=30, what="every request in the 300 s window")
+    shown = d.ctl("traffic", "--seconds", "300")             # GET /traffic through the CLI
+    assert shown.returncode == 0, shown.stderr
+    rows = {ln.split()[0]: ln.split() for ln in shown.stdout.splitlines()[2:]}
+    assert rows[str(bad)][4] == "100.0%" and rows[str(good)][4] == "0.0%", shown.stdout
+    assert int(rows["fleet"][1]) == traffic.sent and int(rows["fleet"][3]) == traffic.statuses[500]
     fired = [e for e in d.events("alert.firing") if e.get("alert") == "error_rate"]
     assert any(e.get("port") == bad and "at nginx" in e["message"] for e in fired), fired
     assert not any(e.get("port") == good for e in fired), fired
