@@ -180,6 +180,8 @@ class Supervisor:
         self._save_state(count)
         rec = self.rec
         rec.spec, rec.count = new, count
+        if self.traffic is not None and self.traffic.max_bytes:   # the traffic log's rotation follows logs.*
+            self.traffic.max_bytes, self.traffic.backups = new.logs.max_bytes, new.logs.backups
         if new.nginx != old.nginx:
             rec.pending_nginx = True
         if rec.failed_upstream is not None:   # a refused upstream is tried again with the new spec
