@@ -303,6 +303,10 @@ def _syntax_errors(s: NginxSettings) -> list[str]:
         bad("traffic_log", "must be off, '' or a path without spaces, ; { } quotes, # or backslashes")
     elif s.mode == "system" and s.traffic_log not in ("", "off") and not os.path.isabs(s.traffic_log):
         bad("traffic_log", "must be an absolute path in system mode (or '' or off)")
+    if s.traffic_log_path and s.access_log not in ("", "off") and \
+            os.path.normpath(_access_log_path(s)) == os.path.normpath(s.traffic_log_path):
+        bad("access_log", f"is the traffic log's file ({s.traffic_log_path}, nginx.traffic_log), which "
+                          "has its own format: give one of them another path")
     if isinstance(s.traffic_window, bool) or not isinstance(s.traffic_window, (int, float)) \
             or not 10 <= s.traffic_window <= 3600:
         bad("traffic_window", "must be 10..3600 seconds")

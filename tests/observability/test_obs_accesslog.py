@@ -489,3 +489,17 @@ def test_figures_age_out_when_the_log_goes_away(tmp_path):
     now[0] = T0 + 30
     asyncio.run(m.tick())                     # still following the unlinked file: nothing new
     assert m.window(8001, 10) == al.EMPTY    # the old 500s do not keep an alert firing
+
+
+@pytest.mark.parametrize("nginx, says", [
+    ("{access_log: logs/traffic.log}", "nginx.access_log (line 1): is the traffic log's file"),
+    ("{traffic_window: 5}", "nginx.traffic_window (line 1): must be 10..3600 seconds"),
+    ("{traffic_log: 'a;b'}", "nginx.traffic_log (line 1): must be off, '' or a path"),
+    ("{mode: system, upstream_file: /etc/u/up.conf, traffic_log: rel.log}",
+     "nginx.traffic_log (line 1): must be an absolute path in system mode"),
+])
+def test_traffic_settings_that_cannot_work_are_refused_naming_the_key(nginx, says):
+    from ultrascaled.spec import SpecError, parse_spec
+    with pytest.raises(SpecError) as err:
+        parse_spec(f"nginx: {nginx}")
+    assert any(e.startswith(says) for e in err.value.errors), err.value.errors
