@@ -596,6 +596,7 @@ class TrafficMonitor:
     WRITE_DELAY = 0.1    # seconds between nginx taking $msec and the line being in the file
 
     def __init__(self, path: str, *, window: float = 300.0, ports: Callable[[], Iterable[int]],
+                 serving: Optional[Callable[[], Iterable[int]]] = None,
                  allowed: Optional[Callable[[int], bool]] = None, interval: float = 1.0,
                  budget: int = 4 << 20, max_bytes: int = 0, backups: int = 5,
                  reopen: Optional[Callable[[], Awaitable[bool]]] = None,
@@ -604,7 +605,8 @@ class TrafficMonitor:
         self.path = path
         self.store = TrafficStore(window, clock=clock, allowed=allowed)
         self.tail = LogTail(path)
-        self.ports = ports
+        self.ports = ports              # the fleet's instances: figures of other ports are forgotten
+        self.serving = serving or ports  # the instances the alerts judge (those meant to serve)
         self.interval = interval
         self.budget = budget
         self.max_bytes = max_bytes

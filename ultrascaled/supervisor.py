@@ -57,6 +57,7 @@ class Supervisor:
         managed = spec.nginx.mode == "managed"
         return TrafficMonitor(
             path, window=spec.nginx.traffic_window, ports=lambda: list(self.instances),
+            serving=lambda: [p for p, i in self.instances.items() if i.state is S.RUNNING],
             allowed=lambda port: 0 <= port - self.spec.instances.base_port < self.spec.instances.max,
             max_bytes=spec.logs.max_bytes if managed else 0, backups=spec.logs.backups,
             reopen=reopen if managed else None, emit=self.events.emit)

@@ -464,7 +464,8 @@ def test_a_quiet_instance_is_not_judged():
 
 def test_the_sampler_takes_requests_errors_and_latency_from_the_traffic_source():
     src = Source({None: TrafficWindow(40, 4, 0.1, 3.0), 8001: TrafficWindow(40, 4, 0.1, 3.0)})
-    src.ports = lambda: [8001]
+    src.ports = lambda: [8001, 8002]
+    src.serving = lambda: [8001]         # 8002 is stopped: its refused connections judge nothing
     times = iter([0.0, 10.0])
     sampler = Sampler(lambda: [], clock=lambda: next(times), cpu_count=2, traffic=src)
 
@@ -473,7 +474,7 @@ def test_the_sampler_takes_requests_errors_and_latency_from_the_traffic_source()
         return await sampler()
     s = asyncio.run(two())
     assert (s.requests, s.errors_5xx, s.p95_latency, s.source) == (40, 4, 3.0, "nginx")
-    assert s.instances[8001].rate_5xx == 0.1
+    assert s.instances[8001].rate_5xx == 0.1 and set(s.instances) == {8001}
 
 
 def test_figures_age_out_when_the_log_goes_away(tmp_path):
