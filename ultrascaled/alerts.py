@@ -243,7 +243,8 @@ def evaluate(rules: Iterable[Rule], state: AlertState, sample: MetricSample,
             name, labels = _unkey(key)
             where = "".join(f" {k} {v}" for k, v in sorted(labels.items()))
             transitions.append(Transition(name, "resolved", None, 0.0,
-                                          f"{name}{where} resolved: no longer in the fleet", labels))
+                                          f"{name}{where} resolved: not judged any more (the instance left the fleet "
+                                          "or stopped serving)", labels))
     return AlertState(out), transitions
 
 
