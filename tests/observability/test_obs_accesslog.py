@@ -21,9 +21,9 @@ from ultrascaled.alerts import (AlertsSection, AlertState, MetricSample, Sampler
                                 instance_rules, with_traffic)
 from ultrascaled.nginx_conf import NginxSettings, render_main_conf
 
-FUZZ = settings(max_examples=60, deadline=None, database=None,
+FUZZ = settings(max_examples=40, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
-FUZZ_SMALL = settings(FUZZ, max_examples=50)
+FUZZ_SMALL = settings(FUZZ, max_examples=30)
 T0 = 1_700_000_000.0
 
 
@@ -504,3 +504,20 @@ def test_traffic_settings_that_cannot_work_are_refused_naming_the_key(nginx, say
     with pytest.raises(SpecError) as err:
         parse_spec(f"nginx: {nginx}")
     assert any(e.startswith(says) for e in err.value.errors), err.value.errors
+
+
+def test_the_windows_of_busy_instances_take_a_bounded_size():
+    import tracemalloc
+    ports = 4
+    lines = [parse_line(line(t=T0 - k, a=f"127.0.0.1:{8001 + p}", ut="0.0%02d" % (k % 90)))
+             for k in range(SLOTS) for p in range(ports)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    s = store()
+    for _ in range(2):                        # more requests fill the same slots: no growth
+        s.add(lines)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert sum(d is not None for r in s._ports.values() for d in r.data) == ports * SLOTS
+    # (ports + 1) x slots x (the 288-byte array and its list slot), plus the per-port totals
+    assert used < (ports + 1) * SLOTS * 400, used
