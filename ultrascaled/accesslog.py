@@ -25,15 +25,20 @@ port outside the fleet's range are counted (``foreign``) and dropped.
 
 Reading. :meth:`LogTail.read` is bounded per call (``budget`` bytes), plain blocking file
 calls meant for a worker thread; it follows rotation by rename (it drains the old file, then
-switches, and keeps reading the old one for ``ROTATED_GRACE`` seconds for lines nginx's
-workers wrote before they reopened), truncation in place (``copytruncate``), a torn last line
+switches, and keeps reading the old one for ``ROTATED_GRACE`` seconds and as long as it
+grows, for lines nginx's workers wrote before they reopened), truncation in place (``copytruncate``), a torn last line
 (kept until its newline arrives), a huge line (dropped past ``max_line`` bytes, with memory
 bounded by it), a missing file, and a reader that fell behind (it skips ahead, counting the
 bytes skipped). p95 is interpolated inside histogram buckets (Prometheus' method); the
 buckets are at most 1.5 times apart, so it is within that bucket's width.
 
 Pure except :class:`LogTail` (file reads) and :class:`TrafficMonitor` (the loop). Imports
-prometheus_client's metric families only.
+prometheus_client's metric families only, when asked for them.
+
+Written here rather than taken from a library: the Python tailers (pygtail, tailer) read
+unbounded lines with no byte budget per call, and after a rename they lose what nginx's
+workers still write to the rotated file; prometheus_client's histograms are cumulative, with
+no sliding window to compare the last minute of one instance with another's.
 """
 from __future__ import annotations
 
