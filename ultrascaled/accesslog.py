@@ -249,19 +249,20 @@ class _Ring:
             self.data[i] = array("I", bytes(4 * (2 + NB)))
         return self.data[i]  # type: ignore[return-value]
 
-    def window(self, first: int, last: int) -> TrafficWindow:
-        req = err = 0
-        hist = [0] * NB
+    def add_to(self, first: int, last: int, acc: list[int]) -> None:
+        """Add slots first..last into ``acc`` = [requests, 5xx, histogram...]."""
         for i, sid in enumerate(self.ids):
             if first <= sid <= last:
                 d = self.data[i]
-                req += d[0]
-                err += d[1]
-                for b in range(NB):
-                    hist[b] += d[2 + b]
-        if not req:
-            return EMPTY
-        return TrafficWindow(req, err, err / req, quantile(0.95, hist))
+                for k in range(2 + NB):
+                    acc[k] += d[k]
+
+
+def _window(acc: list[int]) -> TrafficWindow:
+    req, err = acc[0], acc[1]
+    if not req:
+        return EMPTY
+    return TrafficWindow(req, err, err / req, quantile(0.95, acc[2:]))
 
 
 class _Totals:
@@ -347,12 +348,21 @@ class TrafficStore:
 
     def window(self, port: Optional[int], seconds: float) -> TrafficWindow:
         """The figures of the last ``seconds`` (cut to the store's span; at least one slot)."""
+        return self.window_of([port], seconds)
+
+    def window_of(self, ports: Iterable[Optional[int]], seconds: float) -> TrafficWindow:
+        """The figures of several instances together, their latency histograms merged (a p95
+        cannot be made from p95s): e.g. the instances a canary is compared with."""
         until = self.until
         last = int(self.clock() // self.width) if until is None else int(until // self.width) - 1
         n = max(1, min(SLOTS, round(seconds / self.width)))
+        acc = [0] * (2 + NB)
         with self._lock:
-            ring = self._fleet if port is None else self._ports.get(port)
-            return EMPTY if ring is None else ring.window(last - n + 1, last)
+            for port in set(ports):
+                ring = self._fleet if port is None else self._ports.get(port)
+                if ring is not None:
+                    ring.add_to(last - n + 1, last, acc)
+        return _window(acc)
 
     def keep(self, ports: Iterable[int]) -> None:
         """Forget every port not in ``ports`` (instances that left the fleet)."""
@@ -625,6 +635,10 @@ class TrafficMonitor:
 
     def window(self, port: Optional[int], seconds: float) -> TrafficWindow:
         return self.store.window(port, seconds)
+
+    def window_of(self, ports: Iterable[Optional[int]], seconds: float) -> TrafficWindow:
+        """Several instances together (histograms merged): see TrafficStore.window_of."""
+        return self.store.window_of(ports, seconds)
 
     def poll(self) -> int:
         """One bounded read and fold (blocking: run it in a thread). Returns lines read."""

@@ -176,6 +176,17 @@ def test_each_try_counts_for_its_instance_and_the_client_request_for_the_fleet()
     assert s.window(8003, 10) == al.EMPTY and s.window(8003, 10).p95 is None
 
 
+def test_several_instances_together_merge_their_histograms():
+    s = store()
+    s.add([parse_line(line(a="127.0.0.1:8001", ut="0.010"))] * 90)
+    s.add([parse_line(line(a="127.0.0.1:8002", ut="2.000", s=500, u="500"))] * 10)
+    both = s.window_of([8001, 8002], 10)
+    assert (both.requests, both.errors_5xx, both.rate_5xx) == (100, 10, 0.1)
+    assert 1.5 < both.p95 <= 2.0           # rank 95 of 100 lies among the slow ones
+    assert s.window_of([8001, 8001], 10) == s.window(8001, 10)
+    assert s.window_of([], 10) == al.EMPTY and s.window_of([9999], 10) == al.EMPTY
+
+
 def test_the_window_covers_the_last_seconds_only():
     clock = Clock()
     s = store(clock)
