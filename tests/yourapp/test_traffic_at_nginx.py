@@ -44,7 +44,7 @@ def write_app(root: Path) -> Path:
             @app.route("/")
             def index():
                 if broken:
-                    return "this instance is broken", 500
+                    return "this instance is broken", int(os.environ.get("BROKEN_STATUS", "500"))
                 if slow:
                     time.sleep(0.1)
                 return "fine"
@@ -169,3 +169,38 @@ def test_one_instance_answering_500_is_seen_at_nginx_with_its_alert(plain_fleet)
     while any(dict(k[1]).get("port") == str(gone) for k in scrape(d) if k[0].startswith("ultrascale_upstream_")):
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+def test_a_try_nginx_retried_counts_for_the_instance_that_failed_it(plain_fleet):
+    """The broken instance answers 503, which nginx retries on the other one
+    (proxy_next_upstream http_503): every client gets 200, so the fleet has no error, but each
+    request the broken instance saw is one 5xx try of its own ($upstream_addr "a, b")."""
+    d = plain_fleet
+    d.spec["app"]["env"]["BROKEN_STATUS"] = "503"
+    d.spec["app"]["env"]["SLOW_PORT"] = ""
+    d.spec["logs"]["max_bytes"] = 50 << 20      # no rotation: every line stays in the file
+    d.write_spec()
+    d.start()
+    bad, good = d.base_port, d.base_port + 1
+    with Traffic(d.nginx_port) as traffic:
+        deadline = time.monotonic() + 60
+        while ("error_rate", bad) not in {(a["alert"], a.get("port"))
+                                          for a in d.api("GET", "/alerts")[1]["firing"]}:
+            assert time.monotonic() < deadline, d.log_tail()
+            time.sleep(0.2)
+        firing = {(a["alert"], a.get("port")) for a in d.api("GET", "/alerts")[1]["firing"]}
+        assert ("error_rate", None) not in firing and ("error_rate", good) not in firing, firing
+    assert traffic.statuses == {200: traffic.sent}, traffic.statuses
+    deadline = time.monotonic() + 30
+    while value(m := scrape(d), "ultrascale_traffic_log_lines_total") < traffic.sent:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    retried = value(m, "ultrascale_upstream_requests_total", port=bad, status="5xx")
+    assert retried > 0 and value(m, "ultrascale_upstream_requests_total", port=bad, status="2xx") == 0
+    assert value(m, "ultrascale_upstream_requests_total", port=good, status="2xx") == traffic.sent
+    assert value(m, "ultrascale_nginx_requests_total", status="2xx") == traffic.sent
+    assert value(m, "ultrascale_nginx_requests_total", status="5xx") == 0
+    lines = [ln for f in sorted((d.tmp / "state" / "nginx" / "logs").glob("traffic.log*"))
+             for ln in f.read_text().splitlines()]
+    assert sum(f"127.0.0.1:{bad}, 127.0.0.1:{good}" in ln and '"u":"503, 200"' in ln
+               for ln in lines) == retried
