@@ -633,6 +633,12 @@ class TrafficMonitor:
         self._reported = ""
         self._reopen_failed = False
 
+    @property
+    def active(self) -> bool:
+        """The log is being read (False while it is missing or unreadable: the alerts then
+        judge the app's own metrics, if it writes any)."""
+        return not self.tail.error
+
     def window(self, port: Optional[int], seconds: float) -> TrafficWindow:
         return self.store.window(port, seconds)
 

@@ -378,7 +378,9 @@ class Sampler:
             return None
         sample = sample_from(prev[1], cur, now - prev[0], self.cpu_count)
         t = self.traffic
-        if t is not None:   # per instance: those meant to serve (a stopped one's refusals are not its 5xx)
+        # A traffic log that cannot be read leaves the app's own metrics in force. Per instance:
+        # those meant to serve (a stopped one's refused connections are not its 5xx).
+        if t is not None and getattr(t, "active", True):
             sample = with_traffic(sample, t, (getattr(t, "serving", None) or t.ports)())
         return sample
 

@@ -532,3 +532,27 @@ def test_the_windows_of_busy_instances_take_a_bounded_size():
     assert sum(d is not None for r in s._ports.values() for d in r.data) == ports * SLOTS
     # (ports + 1) x slots x (the 288-byte array and its list slot), plus the per-port totals
     assert used < (ports + 1) * SLOTS * 400, used
+
+
+def test_an_unreadable_traffic_log_leaves_the_apps_own_metrics_to_the_alerts(tmp_path):
+    m = TrafficMonitor(str(tmp_path / "missing.log"), ports=lambda: [8001], clock=lambda: T0)
+    asyncio.run(m.tick())
+    assert not m.active and "missing.log" in m.tail.error
+    app = [_counter(3, 2)]
+    times = iter([0.0, 10.0])
+    sampler = Sampler(lambda: app, clock=lambda: next(times), cpu_count=2, traffic=m)
+
+    async def two():
+        await sampler()
+        app[0] = _counter(30, 20)
+        return await sampler()
+    s = asyncio.run(two())
+    assert (s.source, s.requests, s.errors_5xx, s.instances) == ("app", 27, 18, {})
+
+
+def _counter(total: float, errors: float):
+    from prometheus_client.metrics_core import CounterMetricFamily
+    c = CounterMetricFamily("ultrascale_http_requests", "", labels=["instance", "status"])
+    c.add_metric(["8001", "2xx"], total - errors)
+    c.add_metric(["8001", "5xx"], errors)
+    return c
