@@ -28,29 +28,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, Optional, Protocol
+from typing import Callable, Mapping, Optional
 
 SIGNALS = ("cpu_utilization", "cpu_wait_percent", "in_flight_per_worker", "p95_latency_seconds")
 UNITS = {"cpu_utilization": "%", "cpu_wait_percent": "%", "in_flight_per_worker": "",
          "p95_latency_seconds": "s"}
-
-
-# ---- signal sources ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TrafficWindow:
-    """Traffic at nginx over a window: requests, share of 5xx, p95 latency (None: no request)."""
-    requests: float
-    rate_5xx: Optional[float]
-    p95: Optional[float]
-
-
-class TrafficSource(Protocol):
-    """Per-instance (port) or whole-fleet (None) traffic over the last `seconds`
-    (ultrascaled/accesslog.py provides one from nginx's access log; the loop falls back to the
-    app's own metrics)."""
-
-    def window(self, port: int | None, seconds: float) -> TrafficWindow: ...
 
 
 # ---- inputs ------------------------------------------------------------------------------

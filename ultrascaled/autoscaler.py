@@ -10,8 +10,9 @@ It runs under the daemon's TaskGuard like the other loops (a dead or stalled aut
   the last tick is not fresh (a dead sampler reads as a missing signal, never as idle).
 * In-flight requests and the p95 latency: the app's own metrics (`ultrascale_http_requests_in_
   flight`, `ultrascale_http_request_duration_seconds`) read from each ready instance's
-  prometheus_client folder, as `/metrics` reads them. A `TrafficSource` (nginx's access log,
-  ultrascaled/accesslog.py) replaces the p95 when one is given.
+  prometheus_client folder, as `/metrics` reads them. When nginx's traffic log is on (the
+  daemon passes `Supervisor.traffic`, ultrascaled/accesslog.py), the p95 comes from nginx
+  instead: it includes the time a request waits for an instance.
 * Run-queue wait per worker (`cpu_wait_percent`): /proc/PID/schedstat of each ready
   instance's processes, read at each decision.
 * The host's CPU: psutil.cpu_percent over the tick.
@@ -27,12 +28,15 @@ import stat
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ultrascaled import autoscale as core
 from ultrascaled.control import ScaleRefused
 from ultrascaled.files import write_atomic
 from ultrascaled.states import State as S
+
+if TYPE_CHECKING:
+    from ultrascaled.accesslog import TrafficSource
 
 IN_FLIGHT = "ultrascale_http_requests_in_flight"
 HISTORY = 20                # decisions kept for `ultrascalectl autoscale status`
@@ -62,7 +66,7 @@ def _run_queue_wait(pid: int) -> Optional[float]:
 
 
 class Autoscaler:
-    def __init__(self, sup: Any, *, traffic: Optional[core.TrafficSource] = None,
+    def __init__(self, sup: Any, *, traffic: Optional["TrafficSource"] = None,
                  host_cpu: Callable[[], Optional[float]] = _host_cpu,
                  app_families: Optional[Callable[[dict[int, str]], Any]] = None,
                  nofile_limit: Optional[int] = None,

@@ -38,7 +38,7 @@ def make_alerts(spec: Spec, sup: Supervisor, events: EventLog):
     """Alert rules evaluated over two scrapes of the fleet's own metrics (no HTTP involved)."""
     from ultrascaled import alerts, metrics
     sampler = alerts.Sampler(lambda: metrics.families_async(
-        sup.snapshot(), sup.upstream.status(), sup.counters, sup.metrics_dirs()))
+        sup.snapshot(), sup.upstream.status(), sup.counters, sup.metrics_dirs()), traffic=sup.traffic)
     return alerts.AlertManager(spec.alerts, sampler, events.emit, fleet=spec.name,
                                db_connection_budget=spec.mongodb.connection_budget)
 
@@ -80,7 +80,8 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     alerts = make_alerts(spec, sup, events)
     sup.set_alerts(alerts)
     from ultrascaled.autoscaler import Autoscaler
-    sup.autoscaler = Autoscaler(sup, nofile_limit=nofile)
+    # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
+    sup.autoscaler = Autoscaler(sup, nofile_limit=nofile, traffic=sup.traffic)
     settings = Settings.from_spec(spec, credentials)
     app = build_app(sup, settings, reload_spec, alerts, audit)
     stop = asyncio.Event()

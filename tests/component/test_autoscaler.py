@@ -301,3 +301,23 @@ async def test_cpu_is_measured_on_the_samples_times_not_the_ticks(tmp_path):
         if sig.get("cpu_utilization") is not None:
             values.append(sig["cpu_utilization"])
     assert values and all(abs(v - 70) < 1 for v in values[1:]), values
+
+
+@component
+async def test_p95_comes_from_nginx_when_its_traffic_log_is_on(tmp_path):
+    from ultrascaled.accesslog import TrafficWindow
+    h = Harness(tmp_path, AUTO + "  target: {cpu_utilization: null, p95_latency_seconds: 0.5}\n")
+    await h.start()
+
+    class Nginx:
+        calls = []
+
+        def window(self, port, seconds):
+            self.calls.append((port, seconds))
+            return TrafficWindow(400, 0, 0.0, 1.5)     # queued at nginx: the app never sees it
+    nginx = Nginx()
+    auto = Autoscaler(h.sup, host_cpu=lambda: 10.0, app_families=no_app_metrics, traffic=nginx)
+    await run_for(h, auto, 6, load=20)
+    assert nginx.calls and nginx.calls[0] == (None, 4.0)
+    assert h.sup.count == 5         # ceil(2 x 1.5 / 0.5) = 6, cut to 5 by the memory budget
+    assert h.events_named("autoscale.scale_up")[0]["signals"]["p95_latency_seconds"]["value"] == 1.5
