@@ -287,6 +287,7 @@ class Followers:
 
 
 FOLLOWERS = web.AppKey("followers", Followers)
+PUBLIC = web.AppKey("public", frozenset)          # GET paths that need no token (the dashboard's page)
 ACTOR = web.RequestKey("actor", str)             # who made the request: a token's name, or loopback
 
 routes = web.RouteTableDef()
@@ -615,7 +616,10 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
             raise ApiError(Code.forbidden, f"cross-site request from Origin {origin[:100]!r} refused")
     mutating = request.method not in SAFE_METHODS
     creds = settings.credentials
-    if creds.admin and (mutating or settings.reads_need_token):
+    # The dashboard's page and assets hold no fleet data: a browser loads them without a token
+    # (a navigation cannot send one); the page then reads with the operator's token.
+    public = request.method in ("GET", "HEAD") and request.path in request.app.get(PUBLIC, ())
+    if creds.admin and (mutating or settings.reads_need_token) and not public:
         name = creds.who(request.headers.get("Authorization", ""), metrics=request.path == "/metrics")
         if name is None:
             raise ApiError(Code.unauthorized, "this request needs `Authorization: Bearer <token>` "
@@ -636,8 +640,10 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
 
 
 def build_app(sup: FleetControl, settings: Settings, reload_spec: Callable[[], Awaitable[dict]],
-              alerts=None, audit_log: AuditLog | None = None) -> web.Application:
-    """`alerts`: the AlertManager (or None); its firing list is GET /alerts."""
+              alerts=None, audit_log: AuditLog | None = None, *, dashboard: bool = True,
+              history=None) -> web.Application:
+    """`alerts`: the AlertManager (or None); its firing list is GET /alerts. `dashboard`:
+    serve GET /ui (ultrascaled/dashboard.py), charting `history` (a history.History or None)."""
     app = web.Application(middlewares=[errors_and_audit, guard], client_max_size=settings.limits.max_body)
     app[FLEET] = sup
     app[SETTINGS] = settings
@@ -646,6 +652,9 @@ def build_app(sup: FleetControl, settings: Settings, reload_spec: Callable[[], A
     app[AUDIT] = audit_log
     app[FOLLOWERS] = Followers(settings.limits.max_followers)
     app.add_routes(routes)
+    if dashboard:
+        from ultrascaled import dashboard as ui
+        app[PUBLIC] = ui.setup(app, history)
 
     async def end_streams(app: web.Application) -> None:
         app[FOLLOWERS].closing.set()

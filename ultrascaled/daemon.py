@@ -32,6 +32,18 @@ def make_upstream(spec: Spec, events: EventLog):
     return NginxUpstream(spec, events)
 
 
+def make_history(spec: Spec, sup: Supervisor):
+    """The dashboard's 15 minutes (dashboard.history_seconds) of the fleet, or None when the
+    dashboard is off. Traffic from the instances' metrics folders until an access-log source
+    replaces it (history.TrafficSource)."""
+    if not spec.dashboard.enabled:
+        return None
+    from ultrascaled import history, metrics
+    source = history.MetricsTraffic(sup.metrics_dirs, metrics.app_families)
+    return history.History(source, sup.snapshot, seconds=spec.dashboard.history_seconds,
+                           interval=spec.dashboard.sample_interval)
+
+
 def make_alerts(spec: Spec, sup: Supervisor, events: EventLog):
     """Alert rules evaluated over two scrapes of the fleet's own metrics (no HTTP involved)."""
     from ultrascaled import alerts, metrics
@@ -78,7 +90,9 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     alerts = make_alerts(spec, sup, events)
     sup.set_alerts(alerts)
     settings = Settings.from_spec(spec, credentials)
-    api = ApiServer(build_app(sup, settings, reload_spec, alerts, audit), settings, tls)
+    history = make_history(spec, sup)
+    api = ApiServer(build_app(sup, settings, reload_spec, alerts, audit, dashboard=spec.dashboard.enabled,
+                              history=history), settings, tls)
     try:
         await api.start()
     except OSError as exc:
@@ -158,6 +172,9 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     sd_ready = asyncio.create_task(announce_ready(), name="sd-ready")
     sup.start_guarded("alerts", lambda: alerts.run(beat=lambda: sup.guard.beat("alerts")),
                       interval=spec.alerts.evaluation_interval)
+    if history is not None:
+        sup.start_guarded("dashboard-history", lambda: history.run(beat=lambda: sup.guard.beat("dashboard-history")),
+                          interval=spec.dashboard.sample_interval)
     interval = sdnotify.watchdog_interval()
     if interval:
         sup.start_guarded("sd-watchdog", lambda: systemd_watchdog(interval))

@@ -251,6 +251,17 @@ class LogsSection:
 
 
 @dataclass(frozen=True)
+class DashboardSection:
+    """The live web page at `GET /ui` (ultrascaled/dashboard.py) and the history it charts."""
+    enabled: bool = setting(True, "Serve the dashboard at `GET /ui` on the API listener (same "
+                            "auth) and keep its history in memory; false = neither.")
+    history_seconds: int = setting(900, "Seconds of history the charts show (kept in the "
+                                   "daemon's memory, bounded).", min=60, max=3600)
+    sample_interval: float = setting(5.0, "Seconds between two points of the charts (request "
+                                     "rate, p95, 5xx, memory, instance count).", min=0.5, max=60)
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str = setting("ultrascale", "Fleet name; marks its processes (`--name ultrascale-NAME-PORT`).")
     app: AppSection = field(default_factory=AppSection)
@@ -265,6 +276,7 @@ class Spec:
     logs: LogsSection = field(default_factory=LogsSection)
     alerts: AlertsSection = field(default_factory=AlertsSection)
     nginx: NginxSettings = field(default_factory=NginxSettings)
+    dashboard: DashboardSection = field(default_factory=DashboardSection)
     source: Optional[str] = field(default=None, metadata={"internal": True})
 
     # Derived figures used by the supervisor and the budget checks.
