@@ -1,0 +1,113 @@
+"""GET /ui and its JSON (ultrascaled/dashboard.py) under the API's rules, in-process on the
+fake fleet: the page and assets are the only paths a browser loads without a token, nothing
+else opens, caching headers, the viewer/admin answer, bad input."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ultrascaled.api import Token
+from ultrascaled.history import History, TrafficWindow
+
+ADMIN = Token("alice", "s3cret-admin-token")
+AUTH = {"Authorization": f"Bearer {ADMIN.secret}"}
+
+
+def asset_urls(html: bytes) -> list[str]:
+    return re.findall(r'(?:src|href)="(/ui/static/[^"]+)"', html.decode())
+
+
+def test_the_page_is_html_with_a_strict_content_security_policy_and_revalidated(api):
+    status, body, headers = api.req("GET", "/ui")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    csp = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert headers["X-Frame-Options"] == "DENY" and headers["Cache-Control"] == "no-cache"
+    assert b"<script>" not in body and b"http://" not in body and b"https://" not in body  # no inline script, no CDN
+    status, _, _ = api.req("GET", "/ui", headers={"If-None-Match": headers.get("ETag") or headers["Etag"]})
+    assert status == 304
+
+
+def test_assets_named_by_their_digest_are_cached_for_a_year_others_revalidated(api):
+    _, html, _ = api.req("GET", "/ui")
+    urls = asset_urls(html)
+    assert {u.split("?")[0] for u in urls} == {"/ui/static/dashboard.js", "/ui/static/dashboard.css"}
+    for url in urls:
+        status, body, headers = api.req("GET", url)
+        assert status == 200 and body and "immutable" in headers["Cache-Control"], url
+        assert api.req("GET", url.split("?")[0])[2]["Cache-Control"] == "no-cache"
+        assert api.req("GET", url.split("?")[0] + "?v=stale")[2]["Cache-Control"] == "no-cache"
+    assert api.code("GET", "/ui/static/nope.js") == (404, "not_found")
+    assert api.code("GET", "/ui/static/..%2Ffleet")[0] == 404
+
+
+def test_off_loopback_the_page_loads_without_a_token_but_no_data_does(make_api):
+    api = make_api(host="10.1.2.3", tokens=(ADMIN,))
+    host = {"Host": f"10.1.2.3:{api.settings.port}"}
+    _, html, _ = api.req("GET", "/ui", headers=host)
+    for path in ["/ui", "/ui/"] + asset_urls(html):
+        assert api.req("GET", path, headers=host)[0] == 200, path
+    for path in ["/ui/session", "/ui/history", "/fleet", "/events", "/ui/static/../fleet"]:
+        assert api.code("GET", path, headers=host) == (401, "unauthorized"), path
+    # the exemption is for reading the page only: no method on it skips the token
+    for method in ("POST", "PUT", "DELETE"):
+        assert api.code(method, "/ui", headers=host) == (401, "unauthorized"), method
+    status, body, _ = api.req("GET", "/ui/session", headers={**host, **AUTH})
+    assert status == 200 and body["role"] == "admin" and body["actor"] == "alice" and body["reads_need_token"]
+
+
+def test_a_foreign_origin_or_host_is_refused_on_the_page_too(api):
+    assert api.code("GET", "/ui", headers={"Origin": "http://evil.example"}) == (403, "forbidden")
+    assert api.code("GET", "/ui/static/dashboard.js", headers={"Host": "rebind.example:9000"}) == (403, "forbidden")
+
+
+def test_the_session_says_viewer_without_the_admin_token_and_admin_with_it(make_api, fleet):
+    api = make_api(tokens=(ADMIN,))
+    _, body, _ = api.req("GET", "/ui/session")
+    assert (body["role"], body["actions"], body["token_configured"]) == ("viewer", [], True)
+    _, body, _ = api.req("GET", "/ui/session", headers={"Authorization": "Bearer wrong"})
+    assert body["role"] == "viewer"
+    _, body, _ = api.req("GET", "/ui/session", headers=AUTH)
+    assert body["role"] == "admin" and "scale" in body["actions"]
+    # and what the viewer's page would send is refused by the API, whatever the page shows
+    assert api.code("POST", "/fleet/scale", json={"instances": 3}) == (401, "unauthorized")
+    assert fleet.calls == []
+
+
+def test_without_a_token_file_loopback_is_admin(api):
+    _, body, _ = api.req("GET", "/ui/session")
+    assert body["role"] == "admin" and body["actor"] == "loopback" and not body["token_configured"]
+
+
+class Steady:
+    def window(self, port, seconds):
+        return TrafficWindow(requests=10 * seconds, errors_5xx=seconds if port else 0, p95=0.02, seconds=seconds)
+
+
+def test_history_points_after_since_and_bad_since_refused(fleet):
+    clock = iter(range(1000, 2000, 5))
+    h = History(Steady(), fleet.snapshot, seconds=60, interval=5, wall=lambda: next(clock))
+    for _ in range(3):
+        h.record()
+    from support_dashboard import api_with_history
+    api2 = api_with_history(fleet, h)
+    try:
+        status, body, _ = api2.req("GET", "/ui/history")
+        assert status == 200 and body["enabled"] and [p["t"] for p in body["points"]] == [1000, 1005, 1010]
+        p = body["points"][0]
+        assert p["fleet"]["rps"] == 10 and p["fleet"]["err"] == 0 and p["ports"]["18001"] == [10, 0.02, 0.1]
+        assert [p["t"] for p in api2.req("GET", "/ui/history?since=1005")[1]["points"]] == [1010]
+        for bad in ("-1", "abc", "1e400", "nan", "inf", "9" * 30):
+            assert api2.code("GET", f"/ui/history?since={bad}") == (400, "bad_request"), bad
+    finally:
+        api2.close()
+
+
+def test_with_the_dashboard_off_there_is_no_page(fleet):
+    from support_dashboard import api_with_history
+    api = api_with_history(fleet, None, dashboard=False)
+    try:
+        assert api.code("GET", "/ui") == (404, "not_found")
+    finally:
+        api.close()
