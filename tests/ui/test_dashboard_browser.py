@@ -1,0 +1,238 @@
+"""The dashboard in a real headless Chromium against a real daemon (gunicorn instances, managed
+nginx), with an admin token file so that viewer and admin differ. One daemon and one browser for
+the module; each test loads the page afresh.
+
+Skipped, with the reason, only when Chromium, its driver or Selenium is missing
+(`scripts/setup test` installs all three)."""
+from __future__ import annotations
+
+import os
+import signal
+import urllib.request
+
+import pytest
+
+import browser
+from browser import open_page, rows, wait
+from support.harness import Daemon
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+TOKEN = "dashboard-test-admin-token"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ui")
+    token_file = tmp / "tokens"
+    token_file.write_text(f"admin:{TOKEN}\n")
+    os.chmod(token_file, 0o600)
+    d = Daemon(tmp, {"api": {"token_file": str(token_file)}, "dashboard": {"sample_interval": 1},
+                     "instances": {"count": 2, "min": 1, "max": 5}})
+    d.token_file = token_file
+    try:
+        d.start()
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def driver():
+    why = browser.missing()
+    if why:
+        pytest.skip(f"no browser for the dashboard tests: {why}")
+    drv = browser.start()
+    try:
+        yield drv
+    finally:
+        drv.quit()
+
+
+def settled(d: Daemon, n: int) -> dict:
+    """The fleet at n instances, all serving (scaled back first if a failed test left it elsewhere)."""
+    if d.fleet()["desired"] != n:
+        scale(d, n)
+    return d.wait_until(lambda f: f["desired"] == f["ready"] == len(f["instances"]) == n and all(
+        i["serving"] and i["workers"] for i in f["instances"]), timeout=60, what=f"{n} instances serving")
+
+
+def scale(d: Daemon, n: int) -> None:
+    r = d.ctl("--token-file", str(d.token_file), "scale", str(n))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def page_matches_fleet(drv, d: Daemon) -> bool:
+    f = d.fleet()
+    want = [(i["port"], i["pid"], i["state"], i["in_upstream"]) for i in f["instances"]]
+    got = [(r["port"], r["pid"], r["state"], r["in_upstream"]) for r in rows(drv)]
+    return got == want
+
+
+def test_the_fleet_table_matches_fleet(daemon, driver):
+    fleet = settled(daemon, 2)
+    open_page(driver, daemon.api_url)
+    wait(lambda: page_matches_fleet(driver, daemon), 20, "the table to match /fleet")
+    texts = [r["text"] for r in rows(driver)]
+    for inst, text in zip(fleet["instances"], texts):
+        assert str(inst["port"]) in text and "running" in text
+        assert "of 500 MiB" in text, text  # each worker's RSS against the per-worker limit
+    header = driver.find_element("id", "summary").text
+    assert "2 of 2 instances ready" in header, header
+    assert "Mode managed, running" in driver.find_element("id", "nginx-status").text
+
+
+def test_after_ctl_scale_4_the_page_shows_4_instances_without_a_reload(daemon, driver):
+    settled(daemon, 2)
+    open_page(driver, daemon.api_url)
+    driver.execute_script("window.__sameDocument = 'yes';")
+    scale(daemon, 4)
+    try:
+        wait(lambda: len(rows(driver)) == 4 and all(r["state"] == "running" and r["in_upstream"]
+                                                    for r in rows(driver)), 60, "4 running instances on the page")
+        assert driver.execute_script("return window.__sameDocument") == "yes", "the page was reloaded"
+        wait(lambda: page_matches_fleet(driver, daemon), 20, "the table to match /fleet")
+        assert "fleet.scale" in driver.find_element("id", "event-list").text
+        assert "4 of 4 instances ready" in driver.find_element("id", "summary").text
+    finally:
+        scale(daemon, 2)
+    wait(lambda: len(rows(driver)) == 2, 60, "back to 2 rows")
+
+
+OBSERVE_JS = """
+window.__seen = [];
+const body = document.getElementById('fleet-body');
+const note = () => { for (const tr of body.querySelectorAll('tr')) window.__seen.push(
+  [Number(tr.dataset.port), tr.dataset.pid, tr.dataset.state, tr.dataset.inUpstream]); };
+note();
+new MutationObserver(note).observe(body, {subtree: true, attributes: true, childList: true});
+"""
+
+
+def test_a_kill_9_shows_the_instance_leave_and_come_back(daemon, driver):
+    fleet = settled(daemon, 2)
+    victim = fleet["instances"][0]
+    open_page(driver, daemon.api_url)
+    wait(lambda: page_matches_fleet(driver, daemon), 20, "the table to match /fleet")
+    driver.execute_script(OBSERVE_JS)
+    os.kill(victim["pid"], signal.SIGKILL)
+    back = wait(lambda: [r for r in rows(driver) if r["port"] == victim["port"] and r["state"] == "running"
+                         and r["in_upstream"] and r["pid"] not in (None, victim["pid"])],
+                60, "the instance back with a new pid")
+    seen = [s for s in driver.execute_script("return window.__seen") if s[0] == victim["port"]]
+    left = [s for s in seen if s[3] == "no" or s[2] != "running"]
+    assert left, f"the page never showed {victim['port']} out of the upstream: {seen}"
+    assert int(left[0][1] or 0) != back[0]["pid"] or left[0][2] != "running"
+    events = driver.find_element("id", "event-list").text
+    assert "instance" in events and str(victim["port"]) in events
+
+
+def test_a_chart_gains_points(daemon, driver):
+    settled(daemon, 2)
+    open_page(driver, daemon.api_url)
+    chart = lambda: int(driver.find_element("id", "chart-rps").get_attribute("data-points") or 0)  # noqa: E731
+    first = wait(chart, 30, "a first point")
+    for _ in range(5):
+        urllib.request.urlopen(f"http://127.0.0.1:{daemon.nginx_port}/", timeout=5).read()
+    wait(lambda: chart() >= first + 2, 30, "two more points on the request-rate chart")
+    label = driver.find_element("id", "chart-rps").get_attribute("aria-label")
+    assert "latest values: fleet" in label, label
+    assert int(driver.find_element("id", "chart-count").get_attribute("data-points")) >= 1
+
+
+def visible_action_buttons(drv) -> list[str]:
+    return drv.execute_script("""return [...document.querySelectorAll('button')]
+        .filter(b => b.offsetParent !== null && !b.closest('dialog') && !b.closest('#token-form'))
+        .map(b => b.id || b.className);""")
+
+
+FORCE_JS = """
+const done = arguments[arguments.length - 1];
+fetch('/fleet/scale', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                       body: JSON.stringify({instances: 3})})
+  .then(r => r.json().then(j => done([r.status, j.error && j.error.code])))
+  .catch(e => done(['failed', String(e)]));
+"""
+
+
+def test_a_viewer_gets_no_action_that_works(daemon, driver):
+    settled(daemon, 2)
+    open_page(driver, daemon.api_url)
+    wait(lambda: len(rows(driver)) == 2, 20, "rows")
+    assert driver.execute_script("return document.body.dataset.role") == "viewer"
+    assert visible_action_buttons(driver) == []
+    assert "Viewer: read only" in driver.find_element("id", "role").text
+    # what a viewer could still try from the page's own origin is refused by the API
+    assert driver.execute_async_script(FORCE_JS) == [401, "unauthorized"]
+    # a wrong token is no better
+    open_page(driver, daemon.api_url, token="not-the-token")
+    assert driver.execute_script("return document.body.dataset.role") == "viewer"
+    assert visible_action_buttons(driver) == []
+    assert daemon.fleet()["desired"] == 2
+
+
+def confirm(drv, expect_text: str) -> None:
+    dialog = drv.find_element("id", "confirm")
+    wait(lambda: dialog.get_attribute("open") is not None, 10, "the confirmation dialog")
+    assert expect_text in drv.find_element("id", "confirm-text").text
+    drv.find_element("id", "confirm-ok").click()
+
+
+def test_an_admin_action_refused_shows_the_apis_error(daemon, driver):
+    settled(daemon, 2)
+    open_page(driver, daemon.api_url, token=TOKEN)
+    assert driver.execute_script("return document.body.dataset.role") == "admin"
+    assert {"scale-btn", "restart-all"} <= set(visible_action_buttons(driver))
+    n = driver.find_element("id", "scale-n")
+    n.clear()
+    n.send_keys("9")
+    driver.find_element("id", "scale-btn").click()
+    confirm(driver, "to 9 instances")
+    notice = driver.find_element("id", "notice")
+    wait(lambda: "out_of_range" in notice.text, 10, "the refusal on the page")
+    assert "1..5" in notice.text and notice.get_attribute("role") == "alert"
+    assert daemon.fleet()["desired"] == 2
+    # cancelling asks nothing of the API
+    driver.find_element("id", "restart-all").click()
+    wait(lambda: driver.find_element("id", "confirm").get_attribute("open") is not None, 10, "dialog")
+    driver.find_element("id", "confirm-cancel").click()
+    assert not [e for e in daemon.events("fleet.restart_requested")]
+
+
+def test_an_admin_restarts_one_instance_from_the_page(daemon, driver):
+    fleet = settled(daemon, 2)
+    target = fleet["instances"][1]
+    open_page(driver, daemon.api_url, token=TOKEN)
+    wait(lambda: len(rows(driver)) == 2, 20, "rows")
+    driver.find_element("css selector", f'tr[data-port="{target["port"]}"] button.restart-one').click()
+    confirm(driver, f"Restart instance {target['port']}")
+    wait(lambda: "Restarting" in driver.find_element("id", "notice").text, 10, "accepted")
+    wait(lambda: [r for r in rows(driver) if r["port"] == target["port"] and r["state"] == "running"
+                  and r["pid"] not in (None, target["pid"])], 60, "a new pid on the page")
+    audit = [e for e in daemon.events("api.request") if e["path"].endswith("/restart")]
+    assert audit and audit[-1]["actor"] == "admin" and audit[-1]["status"] == 202
+
+
+def test_keyboard_reaches_every_action_and_a_phone_width_fits(daemon, driver):
+    from selenium.webdriver.common.keys import Keys
+    settled(daemon, 2)
+    open_page(driver, daemon.api_url, token=TOKEN)
+    wait(lambda: len(rows(driver)) == 2, 20, "rows")
+    reached = set()
+    body = driver.find_element("tag name", "body")
+    body.send_keys(Keys.TAB)
+    for _ in range(40):
+        active = driver.switch_to.active_element
+        reached.add(active.get_attribute("id") or active.get_attribute("class"))
+        active.send_keys(Keys.TAB)
+    assert {"scale-n", "scale-btn", "restart-all", "restart-one"} <= reached, reached
+    try:
+        driver.set_window_size(375, 740)
+        wait(lambda: driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"),
+             10, "no sideways scrolling at 375 px")
+        # the table is one card per instance, each value labelled
+        assert driver.execute_script(
+            "return getComputedStyle(document.querySelector('#fleet-body tr')).display") == "block"
+        assert "Port" in driver.find_element("css selector", "#fleet-body td.col-port").get_attribute("data-label")
+    finally:
+        driver.set_window_size(1280, 800)
