@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-import browser
-from browser import open_page, rows, wait
+from support import browser
+from support.browser import open_page, rows, wait
 from support.harness import Daemon
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

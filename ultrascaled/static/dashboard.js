@@ -356,8 +356,12 @@
     legend.textContent = "";
     const now = st.points.length ? st.points[st.points.length - 1].t : Date.now() / 1000;
     const t0 = now - st.historySeconds;
-    let max = opts.limit || 0;
+    let max = 0;
     for (const se of series) for (const [, v] of se.values) if (v !== null && v > max) max = v;
+    // A limit far above the data (a budget of GiB for a fleet of MiB) would flatten the data
+    // into the axis: the axis follows the data then, and the legend says where the limit is.
+    const limitShown = opts.limit && opts.limit <= Math.max(max, 1e-9) * 4;
+    if (limitShown) max = Math.max(max, opts.limit);
     max = niceMax(max * 1.05);
     const x = (t) => L + (W - L - R) * (t - t0) / st.historySeconds;
     const y = (v) => T + (H - T - B) * (1 - v / max);
@@ -374,7 +378,7 @@
       tx.textContent = m === 0 ? "now" : "-" + Math.round(m) + " min";
       s.appendChild(tx);
     }
-    if (opts.limit) {
+    if (limitShown) {
       s.appendChild(svg("line", { "class": "limit", x1: L, y1: y(opts.limit), x2: W - R, y2: y(opts.limit) }));
     }
     const summary = [];
@@ -403,8 +407,10 @@
       summary.push(se.name + " " + fmt(last));
     });
     if (opts.limit) {
-      const li = el("li", {}, "dotted: " + opts.limitName + " " + fmt(opts.limit));
-      legend.appendChild(li);
+      const vals = series[0].values, lastVal = vals.length ? vals[vals.length - 1][1] : null;
+      const used = lastVal === null ? "" : ", " + Math.round(100 * lastVal / opts.limit) + "% used";
+      legend.appendChild(el("li", {}, (limitShown ? "dotted: " : "") + opts.limitName + " " + fmt(opts.limit) +
+                                      (limitShown ? used : " (above the chart" + used + ")")));
     }
     s.dataset.points = String(points);
     s.setAttribute("aria-label", opts.label + ", last " + Math.round(st.historySeconds / 60) +
