@@ -34,6 +34,7 @@ N = 16
 
 def fleet_spec(dashboard: dict) -> dict:
     return {"instances": {"count": N, "min": 1, "max": N}, "dashboard": dashboard,
+            "memory": {"worker_limit_mb": 200},  # 16 x (master + worker) x 200 MiB fits the 8 GiB budget
             "health": {"interval": 1.0}}
 
 

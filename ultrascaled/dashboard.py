@@ -116,6 +116,7 @@ async def session(request: web.Request) -> web.Response:
         "loopback": is_loopback(settings.host),
         "actions": list(ACTIONS) if admin else [],
         "fleet": getattr(getattr(fleet, "spec", None), "name", None),
+        "started": getattr(fleet, "started_at", None),   # tells the page a restarted daemon apart
         "history": None if history is None else {"seconds": history.seconds, "interval": history.interval},
     }, headers={"Cache-Control": "no-store"})
 

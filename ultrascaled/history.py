@@ -58,14 +58,20 @@ class MetricsTraffic:
     folder was emptied) counts its current value, as Prometheus' rate() does."""
 
     def __init__(self, dirs: Callable[[], Mapping[int, str]], read_dir: Callable[[str], Any],
-                 clock: Callable[[], float] = time.monotonic, keep: int = 8):
+                 clock: Callable[[], float] = time.monotonic, keep: int = 4):
         self.dirs = dirs
         self.read_dir = read_dir
         self.clock = clock
         self._scrapes: collections.deque[tuple[float, dict[int, Flat]]] = collections.deque(maxlen=keep)
 
+    KEEP = (REQUESTS, LATENCY_BUCKET)   # all a window needs; an app's other series are not kept
+
     def _read(self, dirs: dict[int, str]) -> dict[int, Flat]:
-        return {port: flatten(self.read_dir(path)) for port, path in dirs.items()}
+        out = {}
+        for port, path in dirs.items():
+            flat = flatten(self.read_dir(path))
+            out[port] = {name: flat[name] for name in self.KEEP if name in flat}
+        return out
 
     async def refresh(self) -> None:
         scrape = await asyncio.to_thread(self._read, dict(self.dirs()))

@@ -162,6 +162,11 @@ def test_a_viewer_gets_no_action_that_works(daemon, driver):
     assert driver.execute_script("return document.body.dataset.role") == "viewer"
     assert visible_action_buttons(driver) == []
     assert "Viewer: read only" in driver.find_element("id", "role").text
+    try:  # phone width restyles the table's cells: the hidden action cell must stay hidden
+        driver.set_window_size(375, 740)
+        assert visible_action_buttons(driver) == []
+    finally:
+        driver.set_window_size(1280, 800)
     # what a viewer could still try from the page's own origin is refused by the API
     assert driver.execute_async_script(FORCE_JS) == [401, "unauthorized"]
     # a wrong token is no better
@@ -236,3 +241,38 @@ def test_keyboard_reaches_every_action_and_a_phone_width_fits(daemon, driver):
         assert "Port" in driver.find_element("css selector", "#fleet-body td.col-port").get_attribute("data-label")
     finally:
         driver.set_window_size(1280, 800)
+
+
+def test_event_text_is_shown_as_text_never_run(daemon, driver):
+    """A refused spec's errors quote its keys: a key that is HTML (with a script in it) reaches
+    the page through the event stream and must stay text."""
+    settled(daemon, 2)
+    open_page(driver, daemon.api_url)
+    hostile = '<img src=x onerror="window.__xss=1">'
+    original = daemon.spec_path.read_text()
+    try:
+        daemon.spec_path.write_text(original + f"'{hostile}': 1\n")
+        os.kill(daemon.proc.pid, signal.SIGHUP)
+        wait(lambda: "spec.refused" in driver.find_element("id", "event-list").text, 30, "the refusal on the page")
+    finally:
+        daemon.spec_path.write_text(original)
+    assert "<img src=x" in driver.find_element("id", "event-list").text
+    assert driver.execute_script("return window.__xss") is None
+    assert driver.execute_script("return document.querySelectorAll('#event-list img').length") == 0
+
+
+def test_the_page_follows_a_restarted_daemon_without_a_reload(daemon, driver):
+    """SIGQUIT leaves the fleet running; the next daemon adopts it and numbers its events from 1
+    again. The open page reconnects and shows the new daemon's events, same document."""
+    fleet = settled(daemon, 2)
+    open_page(driver, daemon.api_url)
+    driver.execute_script("window.__sameDocument = 'yes';")
+    daemon.proc.send_signal(signal.SIGQUIT)
+    daemon.proc.wait(30)
+    wait(lambda: driver.execute_script("return document.body.dataset.live") == "no", 30, "the page to notice")
+    daemon.start()
+    wait(lambda: "daemon.starting" in driver.find_element("id", "event-list").text
+         and driver.execute_script("return document.body.dataset.live") == "yes", 60, "the new daemon's events")
+    assert driver.execute_script("return window.__sameDocument") == "yes"
+    pids = sorted(i["pid"] for i in fleet["instances"])
+    wait(lambda: sorted(r["pid"] for r in rows(driver)) == pids, 30, "the adopted instances, same pids")

@@ -303,9 +303,23 @@
   }
 
   async function follow(abort) {
-    let backoff = 500;
+    let backoff = 500, first = true;
     while (!abort.signal.aborted) {
       try {
+        if (!first) {
+          // A restarted daemon numbers its events from 1 again: asking for those after our
+          // last number would show nothing until it got that far.
+          const ev = await api("GET", "/events?limit=1");
+          const s = await api("GET", "/ui/session");
+          const restarted = st.session && s.started !== st.session.started;
+          if (restarted || ev.last < st.seq) {
+            st.session = s;
+            addEvent({ time: Date.now() / 1000, level: "info", event: "dashboard.daemon_restarted",
+                       note: "the daemon restarted: its events are numbered from 1 again" });
+            st.seq = restarted ? 0 : Math.max(0, ev.last - 50);
+          }
+        }
+        first = false;
         const r = await fetch("/events?follow=1&since=" + st.seq, { headers: headers(), cache: "no-store",
                                                                     credentials: "omit", signal: abort.signal });
         if (!r.ok) throw new Error("HTTP " + r.status);
