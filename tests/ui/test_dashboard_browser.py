@@ -271,8 +271,10 @@ def test_the_page_follows_a_restarted_daemon_without_a_reload(daemon, driver):
     daemon.proc.wait(30)
     wait(lambda: driver.execute_script("return document.body.dataset.live") == "no", 30, "the page to notice")
     daemon.start()
-    wait(lambda: "daemon.starting" in driver.find_element("id", "event-list").text
-         and driver.execute_script("return document.body.dataset.live") == "yes", 60, "the new daemon's events")
+    starting = f'"pid":{daemon.proc.pid},'  # the new daemon's daemon.starting names its pid
+    wait(lambda: any(starting in e.text for e in driver.find_elements(
+        "css selector", '#event-list li[data-event="daemon.starting"]'))
+        and driver.execute_script("return document.body.dataset.live") == "yes", 60, "the new daemon's events")
     assert driver.execute_script("return window.__sameDocument") == "yes"
     pids = sorted(i["pid"] for i in fleet["instances"])
     wait(lambda: sorted(r["pid"] for r in rows(driver)) == pids, 30, "the adopted instances, same pids")
