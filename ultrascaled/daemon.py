@@ -40,6 +40,8 @@ def make_history(spec: Spec, sup: Supervisor):
         return None
     from ultrascaled import history, metrics
     source = history.MetricsTraffic(sup.metrics_dirs, metrics.app_families)
+    # target=: a callable giving the autoscaler's wanted count, once the autoscaler exists (the
+    # instance chart then draws it); until then every point's target is None.
     return history.History(source, sup.snapshot, seconds=spec.dashboard.history_seconds,
                            interval=spec.dashboard.sample_interval)
 
