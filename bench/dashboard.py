@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| RSS, history full ({n_points} points x {N} instances) | {rss_off:.1f} MiB | {rss_full:.1f} MiB "
           f"| {rss_full - rss_off:+.1f} MiB |")
     print(f"| USS, same | {uss_off:.1f} MiB | {uss_full:.1f} MiB | {uss_full - uss_off:+.1f} MiB |")
-    print(f"| CPU, no viewer ({args.window:g} s) | {idle_off:.2f} % | {idle_on:.2f} % | {idle_on - idle_off:+.2f} % |")
+    print(f"| CPU, no viewer ({args.window:g} s) | {idle_off:.2f} % | {idle_on:.2f} % "
+          f"| {idle_on - idle_off:+.2f} % |")
     print(f"| CPU, one viewer in Chromium ({args.window:g} s, stream live: {alive}) | {view_off:.2f} % | "
           f"{view_on:.2f} % | {view_on - view_off:+.2f} % |")
     return 0

@@ -35,7 +35,8 @@ def shoot(driver, path: Path) -> None:
     """The whole page, at 1280 px wide, as PNG."""
     height = driver.execute_script("return Math.ceil(document.documentElement.scrollHeight)")
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": 1280, "height": min(height, 2400), "deviceScaleFactor": 1, "mobile": False})
+                           {"width": 1280, "height": min(height, 2400), "deviceScaleFactor": 1,
+                            "mobile": False})
     time.sleep(0.3)  # one frame after the resize
     shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
@@ -46,7 +47,8 @@ def shoot(driver, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/screenshots", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "docs", help="folder for the PNGs (default docs/)")
-    p.add_argument("--warmup", type=float, default=60, help="seconds of load before the first picture (default 60)")
+    p.add_argument("--warmup", type=float, default=60,
+                   help="seconds of load before the first picture (default 60)")
     args = p.parse_args(argv)
     why = browser.missing()
     if why:
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         status, body = d.api("POST", "/fleet/restart")
         assert status == 202, body
         wait(lambda: any(not r["in_upstream"] and r["state"] in ("draining", "stopping", "starting")
-                         for r in rows(driver)), 60, "an instance out of the upstream on the page", every=0.05)
+                         for r in rows(driver)), 60, "an instance out of the upstream on the page",
+         every=0.05)
         time.sleep(0.4)
         shoot(driver, args.out / "dashboard-rolling-restart.png")
         d.wait_until(lambda f: not any(i["restart_pending"] for i in f["instances"]) and all(
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         d.wait_until(lambda f: f["instances"][1]["workers"] and all(i["serving"] for i in f["instances"]),
                      timeout=60, what="the fresh worker")
         time.sleep(4)
-        wait(lambda: "watchdog.recycled" in driver.find_element("id", "event-list").text, 20, "the event on the page")
+        wait(lambda: "watchdog.recycled" in driver.find_element("id", "event-list").text, 20,
+             "the event on the page")
         shoot(driver, args.out / "dashboard-memory-recycle.png")
     finally:
         if driver is not None:

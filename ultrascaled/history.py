@@ -96,7 +96,8 @@ class MetricsTraffic:
             for key, value in c.get(LATENCY_BUCKET, {}).items():
                 le = float(dict(key).get("le", "inf"))
                 old = before.get(key)
-                buckets[le] = buckets.get(le, 0.0) + (value - old if old is not None and value >= old else value)
+                grew = value - old if old is not None and value >= old else value
+                buckets[le] = buckets.get(le, 0.0) + grew
         p95 = histogram_quantile(0.95, buckets) if requests > 0 else None
         return TrafficWindow(requests, errors, p95, now - then)
 

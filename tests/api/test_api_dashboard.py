@@ -24,7 +24,8 @@ def test_the_page_is_html_with_a_strict_content_security_policy_and_revalidated(
     csp = headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
     assert headers["X-Frame-Options"] == "DENY" and headers["Cache-Control"] == "no-cache"
-    assert b"<script>" not in body and b"http://" not in body and b"https://" not in body  # no inline script, no CDN
+    # no inline script, no CDN
+    assert b"<script>" not in body and b"http://" not in body and b"https://" not in body
     status, _, _ = api.req("GET", "/ui", headers={"If-None-Match": headers.get("ETag") or headers["Etag"]})
     assert status == 304
 
@@ -59,7 +60,8 @@ def test_off_loopback_the_page_loads_without_a_token_but_no_data_does(make_api):
 
 def test_a_foreign_origin_or_host_is_refused_on_the_page_too(api):
     assert api.code("GET", "/ui", headers={"Origin": "http://evil.example"}) == (403, "forbidden")
-    assert api.code("GET", "/ui/static/dashboard.js", headers={"Host": "rebind.example:9000"}) == (403, "forbidden")
+    rebind = {"Host": "rebind.example:9000"}
+    assert api.code("GET", "/ui/static/dashboard.js", headers=rebind) == (403, "forbidden")
 
 
 def test_the_session_says_viewer_without_the_admin_token_and_admin_with_it(make_api, fleet):
@@ -82,7 +84,8 @@ def test_without_a_token_file_loopback_is_admin(api):
 
 class Steady:
     def window(self, port, seconds):
-        return TrafficWindow(requests=10 * seconds, errors_5xx=seconds if port else 0, p95=0.02, seconds=seconds)
+        return TrafficWindow(requests=10 * seconds, errors_5xx=seconds if port else 0, p95=0.02,
+                             seconds=seconds)
 
 
 def test_history_points_after_since_and_bad_since_refused(fleet):

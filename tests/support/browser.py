@@ -70,7 +70,8 @@ def wait(cond: Callable[[], Any], timeout: float = 30, what: str = "condition", 
         except Exception as exc:  # noqa: BLE001 - a stale element mid-update: look again
             last_exc = exc
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    why = f" (last error: {last_exc})" if last_exc else ""
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{why}")
 
 
 ROWS_JS = """

@@ -89,7 +89,8 @@ def test_after_ctl_scale_4_the_page_shows_4_instances_without_a_reload(daemon, d
     scale(daemon, 4)
     try:
         wait(lambda: len(rows(driver)) == 4 and all(r["state"] == "running" and r["in_upstream"]
-                                                    for r in rows(driver)), 60, "4 running instances on the page")
+                                                    for r in rows(driver)),
+             60, "4 running instances on the page")
         assert driver.execute_script("return window.__sameDocument") == "yes", "the page was reloaded"
         wait(lambda: page_matches_fleet(driver, daemon), 20, "the table to match /fleet")
         assert "fleet.scale" in driver.find_element("id", "event-list").text
@@ -130,7 +131,8 @@ def test_a_kill_9_shows_the_instance_leave_and_come_back(daemon, driver):
 def test_a_chart_gains_points(daemon, driver):
     settled(daemon, 2)
     open_page(driver, daemon.api_url)
-    chart = lambda: int(driver.find_element("id", "chart-rps").get_attribute("data-points") or 0)  # noqa: E731
+    def chart() -> int:
+        return int(driver.find_element("id", "chart-rps").get_attribute("data-points") or 0)
     first = wait(chart, 30, "a first point")
     for _ in range(5):
         urllib.request.urlopen(f"http://127.0.0.1:{daemon.nginx_port}/", timeout=5).read()
@@ -233,12 +235,14 @@ def test_keyboard_reaches_every_action_and_a_phone_width_fits(daemon, driver):
     assert {"scale-n", "scale-btn", "restart-all", "restart-one"} <= reached, reached
     try:
         driver.set_window_size(375, 740)
-        wait(lambda: driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"),
+        fits = "return document.documentElement.scrollWidth <= window.innerWidth + 1"
+        wait(lambda: driver.execute_script(fits),
              10, "no sideways scrolling at 375 px")
         # the table is one card per instance, each value labelled
         assert driver.execute_script(
             "return getComputedStyle(document.querySelector('#fleet-body tr')).display") == "block"
-        assert "Port" in driver.find_element("css selector", "#fleet-body td.col-port").get_attribute("data-label")
+        cell = driver.find_element("css selector", "#fleet-body td.col-port")
+        assert "Port" in cell.get_attribute("data-label")
     finally:
         driver.set_window_size(1280, 800)
 
@@ -253,7 +257,8 @@ def test_event_text_is_shown_as_text_never_run(daemon, driver):
     try:
         daemon.spec_path.write_text(original + f"'{hostile}': 1\n")
         os.kill(daemon.proc.pid, signal.SIGHUP)
-        wait(lambda: "spec.refused" in driver.find_element("id", "event-list").text, 30, "the refusal on the page")
+        wait(lambda: "spec.refused" in driver.find_element("id", "event-list").text, 30,
+             "the refusal on the page")
     finally:
         daemon.spec_path.write_text(original)
     assert "<img src=x" in driver.find_element("id", "event-list").text
@@ -274,7 +279,8 @@ def test_the_page_follows_a_restarted_daemon_without_a_reload(daemon, driver):
     starting = f'"pid":{daemon.proc.pid},'  # the new daemon's daemon.starting names its pid
     wait(lambda: any(starting in e.text for e in driver.find_elements(
         "css selector", '#event-list li[data-event="daemon.starting"]'))
-        and driver.execute_script("return document.body.dataset.live") == "yes", 60, "the new daemon's events")
+        and driver.execute_script("return document.body.dataset.live") == "yes",
+        60, "the new daemon's events")
     assert driver.execute_script("return window.__sameDocument") == "yes"
     pids = sorted(i["pid"] for i in fleet["instances"])
     wait(lambda: sorted(r["pid"] for r in rows(driver)) == pids, 30, "the adopted instances, same pids")

@@ -39,7 +39,8 @@ def test_a_window_needs_two_scrapes_and_picks_the_one_closest_to_its_length():
 
 def test_refresh_reads_each_instance_folder_off_the_loop():
     reads = []
-    src = MetricsTraffic(lambda: {8001: "/m/8001"}, lambda path: reads.append(path) or [], clock=iter([1.0, 2.0]).__next__)
+    src = MetricsTraffic(lambda: {8001: "/m/8001"}, lambda path: reads.append(path) or [],
+                         clock=iter([1.0, 2.0]).__next__)
     asyncio.run(src.refresh())
     asyncio.run(src.refresh())
     assert reads == ["/m/8001", "/m/8001"] and src.window(8001, 1).requests == 0
