@@ -70,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.warmup)
 
         log("rolling restart")
+        old_pids = {i["pid"] for i in d.fleet()["instances"]}
         status, body = d.api("POST", "/fleet/restart")
         assert status == 202, body
-        wait(lambda: any(not r["in_upstream"] and r["state"] in ("draining", "stopping", "starting")
-                         for r in rows(driver)), 60, "an instance out of the upstream on the page",
-         every=0.05)
+        # Half-way: one instance restarted already (a new pid, restarts 1) and the next one out.
+        wait(lambda: any(r["pid"] not in old_pids and r["state"] == "running" for r in rows(driver))
+             and any(not r["in_upstream"] and r["state"] in ("draining", "stopping", "starting")
+                     for r in rows(driver)), 60, "the second instance out of the upstream on the page",
+             every=0.05)
         time.sleep(0.4)
         shoot(driver, args.out / "dashboard-rolling-restart.png")
         d.wait_until(lambda f: not any(i["restart_pending"] for i in f["instances"]) and all(

@@ -42,6 +42,7 @@ def start(width: int = 1280, height: int = 800):
                 "--disable-component-update", "--disable-sync", "--metrics-recording-only",
                 f"--window-size={width},{height}", "--hide-scrollbars", "--force-device-scale-factor=1"):
         opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, CSP violations
     driver = webdriver.Chrome(options=opts, service=Service(executable_path=_which(DRIVER)))
     driver.set_window_size(width, height)
     driver.set_script_timeout(20)
@@ -84,3 +85,15 @@ return [...document.querySelectorAll('#fleet-body tr')].map(tr => ({
 
 def rows(driver) -> list[dict]:
     return driver.execute_script(ROWS_JS)
+
+
+def console_errors(driver) -> list[str]:
+    """Console errors since the last call (script errors, CSP violations), less the network
+    failures the tests cause on purpose (refused requests, a stopped daemon)."""
+    out = []
+    for entry in driver.get_log("browser"):
+        msg = entry.get("message", "")
+        if entry.get("level") != "SEVERE" or "Failed to load resource" in msg or "net::ERR_" in msg:
+            continue
+        out.append(msg)
+    return out

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from support import browser
-from support.browser import open_page, rows, wait
+from support.browser import console_errors, open_page, rows, wait
 from support.harness import Daemon
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -284,3 +284,12 @@ def test_the_page_follows_a_restarted_daemon_without_a_reload(daemon, driver):
     assert driver.execute_script("return window.__sameDocument") == "yes"
     pids = sorted(i["pid"] for i in fleet["instances"])
     wait(lambda: sorted(r["pid"] for r in rows(driver)) == pids, 30, "the adopted instances, same pids")
+
+
+def test_no_script_error_or_content_security_policy_violation_in_the_console(daemon, driver):
+    """Runs last: whatever the tests above made the page do logged no script error and nothing
+    the page's Content-Security-Policy refused (an inline style or script would be)."""
+    settled(daemon, 2)
+    open_page(driver, daemon.api_url, token=TOKEN)
+    wait(lambda: int(driver.find_element("id", "chart-rps").get_attribute("data-points") or 0) >= 1, 30, "a chart")
+    assert console_errors(driver) == []
