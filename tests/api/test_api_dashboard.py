@@ -114,3 +114,13 @@ def test_with_the_dashboard_off_there_is_no_page(fleet):
         assert api.code("GET", "/ui") == (404, "not_found")
     finally:
         api.close()
+
+
+def test_every_dashboard_route_is_in_the_openapi_description(api):
+    from ultrascaled.api import openapi_description
+    described = openapi_description()["paths"]
+    routes = {(r.method, r.resource.canonical) for r in api.client.server.app.router.routes()
+              if r.resource is not None and r.resource.canonical.startswith("/ui") and r.method != "HEAD"}
+    assert ("GET", "/ui/history") in routes
+    for method, path in routes - {("GET", "/ui/")}:  # /ui/ is /ui with a slash
+        assert method.lower() in described.get(path, {}), f"{method} {path} missing from openapi.yaml"
