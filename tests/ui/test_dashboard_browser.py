@@ -241,6 +241,11 @@ def test_keyboard_reaches_every_action_and_a_phone_width_fits(daemon, driver):
         # the table is one card per instance, each value labelled
         assert driver.execute_script(
             "return getComputedStyle(document.querySelector('#fleet-body tr')).display") == "block"
+        # nothing hidden sideways inside the table's own scroll box either
+        wrap = "const w = document.querySelector('.table-wrap'); return [w.scrollWidth, w.clientWidth];"
+        scroll, width = driver.execute_script(wrap)
+        assert scroll <= width + 1, f"the fleet cards are {scroll} px wide in {width} px"
+        assert driver.find_element("css selector", "#fleet-body td.col-workers").text.endswith("%)")
         cell = driver.find_element("css selector", "#fleet-body td.col-port")
         assert "Port" in cell.get_attribute("data-label")
     finally:
