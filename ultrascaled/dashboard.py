@@ -9,8 +9,9 @@ What it serves:
   the page shows comes from the API's ordinary endpoints (`/fleet`, `/health`, `/alerts`,
   `/events?follow=1`) and the two below, with the operator's token when one is needed.
 * `GET /ui/session`: what the caller may do: `admin` (may act: its token is in
-  `api.token_file`, or no token file is set and it is on loopback) or `viewer` (reads only; the
-  page shows no action buttons, and the API refuses its mutations anyway).
+  `api.token_file`, or no token file is set and it is on loopback) or `viewer` (reads only: a
+  token of `api.viewer_token_file`, or none on loopback; the page shows no action buttons, and
+  the API refuses its mutations anyway).
 * `GET /ui/history?since=T`: the points of :class:`ultrascaled.history.History` after wall time T.
 
 The page acts through the API's existing mutations (`POST /fleet/scale`, `/fleet/restart`,
@@ -104,8 +105,9 @@ async def session(request: web.Request) -> web.Response:
     if not creds.admin:  # no token file: the API lets loopback act (it cannot start off loopback)
         admin, who = True, "loopback"
     else:
-        who = creds.who(request.headers.get("Authorization", ""))
-        admin = who is not None
+        header = request.headers.get("Authorization", "")
+        admin = creds.who(header) is not None
+        who = creds.who(header, viewer=True)  # a viewer token's name too
     history = request.app[HISTORY]
     fleet = request.app[FLEET]
     return web.json_response({

@@ -174,6 +174,9 @@ class ApiSection:
                                         path=True)
     metrics_token_file: Optional[str] = setting(None, "File of `name:token` lines that may read "
                                                 "`GET /metrics` only (a Prometheus scraper).", path=True)
+    viewer_token_file: Optional[str] = setting(None, "File of `name:token` lines that may read "
+                                               "every endpoint but change nothing (the dashboard's "
+                                               "read-only viewers, off loopback). Mode 600.", path=True)
     tls_cert: Optional[str] = setting(None, "PEM certificate (chain) for the API; with `tls_key` "
                                       "the API speaks only HTTPS.", path=True)
     tls_key: Optional[str] = setting(None, "PEM private key for `tls_cert`.", path=True)
@@ -741,7 +744,8 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
             and not spec.api.token_file:
         errors.append(f"{where('api.host')}: {spec.api.host} is not loopback, so api.token_file "
                       "must name a file with the bearer token")
-    for key in ("api.token_file", "api.metrics_token_file", "api.tls_cert", "api.tls_key"):
+    for key in ("api.token_file", "api.metrics_token_file", "api.viewer_token_file", "api.tls_cert",
+                "api.tls_key"):
         path = getattr(spec.api, key.split(".")[1])
         if ok(key) and path and not os.path.isfile(path):
             why = "is a directory" if os.path.isdir(path) else "does not exist"

@@ -124,3 +124,49 @@ def test_every_dashboard_route_is_in_the_openapi_description(api):
     assert ("GET", "/ui/history") in routes
     for method, path in routes - {("GET", "/ui/")}:  # /ui/ is /ui with a slash
         assert method.lower() in described.get(path, {}), f"{method} {path} missing from openapi.yaml"
+
+
+VIEWER = Token("carol", "s3cret-viewer-token")
+
+
+def test_a_viewer_token_reads_everything_off_loopback_and_changes_nothing(fleet):
+    import dataclasses
+
+    from api_helpers import settings
+    from support_dashboard import api_with_settings
+    from ultrascaled.api import Credentials
+    s = dataclasses.replace(settings(host="10.1.2.3"), credentials=Credentials((ADMIN,), (), (VIEWER,)))
+    api = api_with_settings(fleet, s)
+    try:
+        host = {"Host": f"10.1.2.3:{api.settings.port}", "Authorization": f"Bearer {VIEWER.secret}"}
+        for path in ("/fleet", "/health", "/events", "/alerts", "/metrics", "/ui/history"):
+            assert api.req("GET", path, headers=host)[0] == 200, path
+        status, body, _ = api.req("GET", "/ui/session", headers=host)
+        assert (status, body["role"], body["actor"], body["actions"]) == (200, "viewer", "carol", [])
+        for method, path in (("POST", "/fleet/scale"), ("POST", "/fleet/restart"),
+                             ("POST", "/fleet/reload"), ("POST", "/instances/18001/restart")):
+            kw = {"json": {"instances": 3}} if path == "/fleet/scale" else {}
+            assert api.code(method, path, headers=host, **kw) == (401, "unauthorized"), path
+        assert fleet.calls == []
+    finally:
+        api.close()
+
+
+def test_read_token_reads_the_viewer_file(tmp_path):
+    from types import SimpleNamespace
+
+    from ultrascaled.api import read_token
+    files = {}
+    for name, text in (("admin", "alice:x\n"), ("viewer", "carol:v\nbob:w\n")):
+        files[name] = tmp_path / name
+        files[name].write_text(text)
+        files[name].chmod(0o600)
+    spec = SimpleNamespace(api=SimpleNamespace(host="127.0.0.1", port=9000, token_file=str(files["admin"]),
+                                               metrics_token_file=None,
+                                               viewer_token_file=str(files["viewer"])))
+    creds = read_token(spec)
+    assert creds.viewer == (Token("carol", "v"), Token("bob", "w")) and creds.admin == (Token("alice", "x"),)
+    assert creds.who("Bearer v") is None and creds.who("Bearer v", viewer=True) == "carol"
+    files["viewer"].chmod(0o644)
+    with pytest.raises(ValueError, match="api.viewer_token_file"):
+        read_token(spec)

@@ -19,6 +19,7 @@ from support.harness import Daemon
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 TOKEN = "dashboard-test-admin-token"
+VIEWER_TOKEN = "dashboard-test-viewer-token"
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,11 @@ def daemon(tmp_path_factory):
     token_file = tmp / "tokens"
     token_file.write_text(f"admin:{TOKEN}\n")
     os.chmod(token_file, 0o600)
-    d = Daemon(tmp, {"api": {"token_file": str(token_file)}, "dashboard": {"sample_interval": 1},
+    viewer_file = tmp / "viewers"
+    viewer_file.write_text(f"watcher:{VIEWER_TOKEN}\n")
+    os.chmod(viewer_file, 0o600)
+    d = Daemon(tmp, {"api": {"token_file": str(token_file), "viewer_token_file": str(viewer_file)},
+                     "dashboard": {"sample_interval": 1},
                      "instances": {"count": 2, "min": 1, "max": 5}})
     d.token_file = token_file
     try:
@@ -175,6 +180,14 @@ def test_a_viewer_gets_no_action_that_works(daemon, driver):
     open_page(driver, daemon.api_url, token="not-the-token")
     assert driver.execute_script("return document.body.dataset.role") == "viewer"
     assert visible_action_buttons(driver) == []
+    # nor a viewer token (api.viewer_token_file), which the page names; its own POST is refused
+    open_page(driver, daemon.api_url, token=VIEWER_TOKEN)
+    assert driver.execute_script("return document.body.dataset.role") == "viewer"
+    assert "Viewer (token watcher)" in driver.find_element("id", "role").text
+    assert visible_action_buttons(driver) == []
+    forced = FORCE_JS.replace("'Content-Type': 'application/json'",
+                              f"'Content-Type': 'application/json', 'Authorization': 'Bearer {VIEWER_TOKEN}'")
+    assert driver.execute_async_script(forced) == [401, "unauthorized"]
     assert daemon.fleet()["desired"] == 2
 
 

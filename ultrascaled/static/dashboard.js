@@ -108,13 +108,14 @@
     document.body.dataset.role = s.role;
     $("role").textContent = admin
       ? (s.token_configured ? "Admin (token " + s.actor + ")" : "Admin (no api.token_file: loopback may act)")
-      : "Viewer: read only" + (s.token_configured ? " (enter the admin token to act)" : "");
+      : "Viewer" + (s.actor ? " (token " + s.actor + ")" : "") + ": read only" +
+        (s.token_configured ? " (enter the admin token to act)" : "");
     $("token-form").hidden = !s.token_configured;
     $("token-forget").hidden = !st.token;
     $("actions").hidden = !admin;
     for (const e of document.querySelectorAll(".admin-only")) e.hidden = !admin;
-    if (st.token && !admin) {
-      notice("That token is not an admin token: read only.", true);
+    if (st.token && !admin && !s.actor) {
+      notice("That token is not in the daemon's token files: read only.", true);
     }
     return true;
   }
