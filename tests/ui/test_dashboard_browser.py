@@ -309,5 +309,6 @@ def test_no_script_error_or_content_security_policy_violation_in_the_console(dae
     the page's Content-Security-Policy refused (an inline style or script would be)."""
     settled(daemon, 2)
     open_page(driver, daemon.api_url, token=TOKEN)
-    wait(lambda: int(driver.find_element("id", "chart-rps").get_attribute("data-points") or 0) >= 1, 30, "a chart")
+    wait(lambda: int(driver.find_element("id", "chart-rps").get_attribute("data-points") or 0) >= 1,
+         30, "a chart")
     assert console_errors(driver) == []
