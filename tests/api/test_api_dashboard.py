@@ -170,3 +170,20 @@ def test_read_token_reads_the_viewer_file(tmp_path):
     files["viewer"].chmod(0o644)
     with pytest.raises(ValueError, match="api.viewer_token_file"):
         read_token(spec)
+
+
+def test_a_missing_viewer_token_file_is_a_spec_error_naming_the_key(tmp_path):
+    from ultrascaled.spec import SpecError, parse_spec
+    with pytest.raises(SpecError) as err:
+        parse_spec(f"api: {{viewer_token_file: {tmp_path / 'nope'}}}\n", base_dir=tmp_path)
+    assert any("api.viewer_token_file (line 1)" in e and "does not exist" in e for e in err.value.errors), \
+        err.value.errors
+
+
+def test_dashboard_keys_are_bounded(tmp_path):
+    from ultrascaled.spec import SpecError, parse_spec
+    with pytest.raises(SpecError) as err:
+        parse_spec("dashboard: {history_seconds: 10, sample_interval: 0, enabled: maybe}\n", base_dir=tmp_path)
+    text = "\n".join(err.value.errors)
+    assert "dashboard.history_seconds" in text and "dashboard.sample_interval" in text, text
+    assert "dashboard.enabled" in text, text
