@@ -36,12 +36,14 @@ def make_upstream(spec: Spec, events: EventLog):
 
 def make_history(spec: Spec, sup: Supervisor):
     """The dashboard's 15 minutes (dashboard.history_seconds) of the fleet, or None when the
-    dashboard is off. Traffic from the instances' metrics folders until an access-log source
-    replaces it (history.TrafficSource)."""
+    dashboard is off. Traffic as nginx's access log measures it (any app) while that log is
+    read, else from the app's own metrics folders (history.TrafficSource)."""
     if not spec.dashboard.enabled:
         return None
     from ultrascaled import history, metrics
     source = history.MetricsTraffic(sup.metrics_dirs, metrics.app_families)
+    if getattr(sup, "traffic", None) is not None:
+        source = history.FirstActive(sup.traffic, source)
     # target=: a callable giving the autoscaler's wanted count, once the autoscaler exists (the
     # instance chart then draws it); until then every point's target is None.
     return history.History(source, sup.snapshot, seconds=spec.dashboard.history_seconds,

@@ -137,7 +137,8 @@ async def history_points(request: web.Request) -> web.Response:
     if history is None:
         return web.json_response({"enabled": False, "points": []}, headers={"Cache-Control": "no-store"})
     return web.json_response({"enabled": True, "seconds": history.seconds, "interval": history.interval,
-                              "points": history.since(since)}, headers={"Cache-Control": "no-store"})
+                              "traffic_source": history.source_label, "points": history.since(since)},
+                             headers={"Cache-Control": "no-store"})
 
 
 def setup(app: web.Application, history=None) -> frozenset[str]:

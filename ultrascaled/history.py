@@ -65,6 +65,7 @@ class MetricsTraffic:
         self._scrapes: collections.deque[tuple[float, dict[int, Flat]]] = collections.deque(maxlen=keep)
 
     KEEP = (REQUESTS, LATENCY_BUCKET)   # all a window needs; an app's other series are not kept
+    label = "app metrics"
 
     def _read(self, dirs: dict[int, str]) -> dict[int, Flat]:
         out = {}
@@ -100,6 +101,33 @@ class MetricsTraffic:
                 buckets[le] = buckets.get(le, 0.0) + grew
         p95 = histogram_quantile(0.95, buckets) if requests > 0 else None
         return TrafficWindow(requests, errors, p95, now - then)
+
+
+class FirstActive:
+    """nginx's access log (`accesslog.TrafficMonitor`, any app) while it is being read, else the
+    app's own metrics: the choice the alerts make. The fallback is refreshed only while it is
+    the one in use."""
+
+    def __init__(self, primary: TrafficSource, fallback: TrafficSource):
+        self.primary = primary
+        self.fallback = fallback
+
+    @property
+    def using_primary(self) -> bool:
+        return bool(getattr(self.primary, "active", True))
+
+    @property
+    def label(self) -> str:
+        return "nginx access log" if self.using_primary else getattr(self.fallback, "label", "app metrics")
+
+    async def refresh(self) -> None:
+        if not self.using_primary:
+            r = getattr(self.fallback, "refresh", None)
+            if r is not None:
+                await r()
+
+    def window(self, port: int | None, seconds: float) -> Any:
+        return (self.primary if self.using_primary else self.fallback).window(port, seconds)
 
 
 # ---- the ring ----------------------------------------------------------------------------------
@@ -165,6 +193,11 @@ class History:
 
     def since(self, t: float = 0.0) -> list[dict]:
         return [p.as_json() for p in self.points if p.t > t]
+
+    @property
+    def source_label(self) -> str:
+        """Where the request figures come from, for the page to say."""
+        return getattr(self.source, "label", type(self.source).__name__)
 
     async def tick(self) -> Point:
         refresh = getattr(self.source, "refresh", None)

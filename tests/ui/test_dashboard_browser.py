@@ -144,6 +144,8 @@ def test_a_chart_gains_points(daemon, driver):
     wait(lambda: chart() >= first + 2, 30, "two more points on the request-rate chart")
     label = driver.find_element("id", "chart-rps").get_attribute("aria-label")
     assert "latest values: fleet" in label, label
+    # with a managed nginx the requests are those its access log saw (any app)
+    assert "Requests as measured by: nginx access log" in driver.find_element("id", "history-note").text
     assert int(driver.find_element("id", "chart-count").get_attribute("data-points")) >= 1
 
 

@@ -80,3 +80,29 @@ def test_a_failing_source_does_not_end_the_loop():
         task.cancel()
     asyncio.run(go())
     assert h.errors >= 3 and "folder gone" in h.last_error
+
+
+class Log:
+    active = True
+
+    def window(self, port, seconds):
+        return TrafficWindow(requests=7, seconds=seconds)
+
+
+def test_nginx_traffic_while_its_log_is_read_else_the_apps_metrics():
+    from ultrascaled.history import FirstActive
+    refreshed = []
+
+    class Metrics(Flat):
+        label = "app metrics"
+
+        async def refresh(self):
+            refreshed.append(1)
+
+    log, src = Log(), None
+    src = FirstActive(log, Metrics())
+    asyncio.run(src.refresh())
+    assert src.window(None, 5).requests == 7 and src.label == "nginx access log" and refreshed == []
+    log.active = False
+    asyncio.run(src.refresh())
+    assert src.window(None, 5).requests == 5 and src.label == "app metrics" and refreshed == [1]

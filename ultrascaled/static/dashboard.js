@@ -484,8 +484,8 @@
       for (const p of h.points) { if (p.t > st.lastT) { st.points.push(p); st.lastT = p.t; } }
       const cut = st.lastT - st.historySeconds;
       while (st.points.length && st.points[0].t < cut) st.points.shift();
-      $("history-note").textContent = st.points.length < 2
-        ? "Collecting: one point every " + st.interval + " s." : "";
+      $("history-note").textContent = (st.points.length < 2 ? "Collecting: one point every " + st.interval + " s. " : "") +
+        "Requests as measured by: " + (h.traffic_source || "?") + ".";
       drawCharts();
     } catch (e) {
       $("history-note").textContent = "Cannot read the history: " + e.message;
