@@ -647,7 +647,8 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
                          viewer=not mutating)
         if name is None:
             raise ApiError(Code.unauthorized, "this request needs `Authorization: Bearer <token>` "
-                           "(a token in api.token_file)")
+                           "(a token in api.token_file" + (" or api.viewer_token_file)" if not mutating
+                                                           and creds.viewer else ")"))
         request[ACTOR] = name
     else:
         request[ACTOR] = "loopback"
