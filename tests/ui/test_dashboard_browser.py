@@ -85,6 +85,9 @@ def test_the_fleet_table_matches_fleet(daemon, driver):
     header = driver.find_element("id", "summary").text
     assert "2 of 2 instances ready" in header, header
     assert "Mode managed, running" in driver.find_element("id", "nginx-status").text
+    # no deploys and no autoscaler here: no release column, no target series
+    assert not driver.find_element("css selector", "th.release").is_displayed()
+    assert "autoscaler" not in driver.find_element("id", "legend-count").text
 
 
 def test_after_ctl_scale_4_the_page_shows_4_instances_without_a_reload(daemon, driver):
