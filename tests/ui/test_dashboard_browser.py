@@ -130,10 +130,14 @@ def test_a_kill_9_shows_the_instance_leave_and_come_back(daemon, driver):
                 60, "the instance back with a new pid")
     seen = [s for s in driver.execute_script("return window.__seen") if s[0] == victim["port"]]
     left = [s for s in seen if s[3] == "no" or s[2] != "running"]
-    assert left, f"the page never showed {victim['port']} out of the upstream: {seen}"
-    assert int(left[0][1] or 0) != back[0]["pid"] or left[0][2] != "running"
-    events = driver.find_element("id", "event-list").text
-    assert "instance" in events and str(victim["port"]) in events
+    # The table shows it out of the upstream unless the browser was too starved to look in the
+    # second or so the instance took to come back; the event list shows it leave in any case.
+    port = f'"port":{victim["port"]},'
+    states = driver.find_elements("css selector", '#event-list li[data-event="instance.state"]')
+    gone = [e.text for e in states if port in e.text and '"old":"running"' in e.text]
+    assert left or gone, f"the page never showed {victim['port']} leave: table {seen}"
+    assert gone, "no instance.state event for the kill on the page"
+    assert back[0]["pid"] != victim["pid"]
 
 
 def test_a_chart_gains_points(daemon, driver):
