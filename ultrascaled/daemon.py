@@ -44,10 +44,17 @@ def make_history(spec: Spec, sup: Supervisor):
     source = history.MetricsTraffic(sup.metrics_dirs, metrics.app_families)
     if getattr(sup, "traffic", None) is not None:
         source = history.FirstActive(sup.traffic, source)
-    # target=: a callable giving the autoscaler's wanted count, once the autoscaler exists (the
-    # instance chart then draws it); until then every point's target is None.
+
+    def autoscale_target():
+        """The count the autoscaler's last decision wants (the instance chart draws it); None
+        while autoscaling is off or has not decided yet."""
+        a = getattr(sup, "autoscaler", None)
+        if a is None or not a.enabled or a.last is None:
+            return None
+        return a.last.desired
+
     return history.History(source, sup.snapshot, seconds=spec.dashboard.history_seconds,
-                           interval=spec.dashboard.sample_interval)
+                           interval=spec.dashboard.sample_interval, target=autoscale_target)
 
 
 def make_alerts(spec: Spec, sup: Supervisor, events: EventLog):
@@ -95,6 +102,9 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
         return 2
     alerts = make_alerts(spec, sup, events)
     sup.set_alerts(alerts)
+    from ultrascaled.autoscaler import Autoscaler
+    # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
+    sup.autoscaler = Autoscaler(sup, nofile_limit=nofile, traffic=sup.traffic)
     settings = Settings.from_spec(spec, credentials)
     history = make_history(spec, sup)
     app = build_app(sup, settings, reload_spec, alerts, audit, dashboard=spec.dashboard.enabled,
@@ -193,6 +203,10 @@ def fleet_ctx(sup: Supervisor, spec: Spec, alerts, detaching: Callable[[], bool]
             raise StartFailed from exc
         sup.start_guarded("alerts", lambda: alerts.run(beat=lambda: sup.guard.beat("alerts")),
                           interval=spec.alerts.evaluation_interval)
+        # The autoscaler runs even when autoscale.enabled is false (it then decides nothing), so
+        # that a reload can turn it on.
+        sup.start_guarded("autoscaler", lambda: sup.autoscaler.run(beat=lambda: sup.guard.beat("autoscaler")),
+                          interval=sup.autoscaler.BEAT)
         yield
         if detaching():
             await sup.detach()
