@@ -4,7 +4,7 @@
 Each point holds, for the fleet and per instance port, the request rate, the 95th percentile
 latency and the share of 5xx answers over the interval, and for the fleet the memory against
 its budget, the desired, ready and running instance counts and the autoscaler's target (None
-until something provides one).
+while autoscaling is off).
 
 Traffic comes from a pluggable :class:`TrafficSource` (`window(port, seconds)`, port None =
 the whole fleet). Until the access-log source exists, :class:`MetricsTraffic` reads what
@@ -157,7 +157,7 @@ class History:
     """A ring of :class:`Point`s, `ceil(seconds / interval) + 1` at most.
 
     `snapshot()` returns what GET /fleet returns; `target()` the autoscaler's wanted count, or
-    None (until the autoscaler exists, nothing provides one)."""
+    None (autoscaling off, or no decision yet)."""
 
     def __init__(self, source: TrafficSource, snapshot: Callable[[], Mapping[str, Any]], *,
                  seconds: float = 900, interval: float = 5.0, wall: Callable[[], float] = time.time,

@@ -463,7 +463,7 @@
     const count = [fleetSeries("instances", 1, "running"),
                    { name: "ready", dash: "6 3", color: COLORS[2], values: st.points.map((p) => [p.t, p.fleet.ready]) },
                    { name: "desired", dash: "2 3", color: COLORS[3], values: st.points.map((p) => [p.t, p.fleet.desired]) }];
-    // The autoscaler's target, once it exists: history points carry fleet.target (null until then).
+    // The autoscaler's target: history points carry fleet.target (null while autoscaling is off).
     if (st.points.some((p) => p.fleet.target !== null && p.fleet.target !== undefined)) {
       count.push({ name: "autoscaler target", dash: "10 3 2 3", color: COLORS[1],
                    values: st.points.map((p) => [p.t, p.fleet.target]) });
