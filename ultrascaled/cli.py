@@ -317,6 +317,11 @@ def cmd_plan(api, args) -> int:
     return capacity.run(args, spec.load_spec)
 
 
+def cmd_export(api, args) -> int:
+    from ultrascaled import kube, spec
+    return kube.run(args, spec.load_spec)
+
+
 def format_event(e: dict) -> str:
     t = time.strftime("%H:%M:%S", time.localtime(e["time"])) + f".{int(e['time'] * 1000) % 1000:03d}"
     rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("seq", "time", "event", "level"))
@@ -410,6 +415,11 @@ def build_plan(p: argparse.ArgumentParser) -> None:
     capacity.add_arguments(p)
 
 
+def build_export(p: argparse.ArgumentParser) -> None:
+    from ultrascaled import kube  # the exporter's imports are paid only by `export`
+    kube.add_arguments(p)
+
+
 # name: (function, one-line help, what adds its arguments). Each subcommand's parser is built
 # only when that command is given (see Commands).
 COMMANDS: dict[str, tuple] = {
@@ -421,6 +431,7 @@ COMMANDS: dict[str, tuple] = {
     "logs": (cmd_logs, "an instance's output (PORT); -f follows", build_logs),
     "events": (cmd_events, "recent events; -f follows", build_events),
     "plan": (cmd_plan, "capacity plan for N users from the spec, with the arithmetic", build_plan),
+    "export": (cmd_export, "the spec as Kubernetes manifests (export kubernetes)", build_export),
 }
 
 DESCRIPTION = "Control an ultrascaled fleet through its API. `ultrascalectl COMMAND --help` for a command."
@@ -504,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ultrascalectl: --token-file: {exc.strerror}: {args.token_file}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        if args.cmd == "plan":  # works from the spec file, without the daemon
+        if args.cmd in ("plan", "export"):  # work from the spec file, without the daemon
             return args.func(None, args)
         return args.func(Api(args.api, token, ca_file=args.ca_file), args)
     except CtlError as exc:

@@ -1,0 +1,485 @@
+"""`ultrascalectl export kubernetes`: golden files, the official schemas of the two newest
+Kubernetes minor versions kubernetes-validate ships, where every spec key goes, the budgets'
+verdict, bad input, and the command itself. No cluster: the schemas are the check.
+
+Regenerate the golden files after an intended change with
+`ULTRASCALE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/kube -q` and read the diff."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ultrascaled import cli, kube
+from ultrascaled.spec import iter_settings, load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).resolve().parent / "golden"
+ETC = ROOT / "etc" / "ultrascaled"
+
+# spec file -> the export's options for its golden file
+CASES = {
+    "fleet": kube.Options(),
+    "django-sync": kube.Options(image="registry.example.com/shop:2026.11.30", cpu_per_worker="500m"),
+    "large": kube.Options(image="registry.example.com/ultrascale-app:1.4.0", namespace="ultrascale",
+                          mongo_servers=3),
+}
+
+
+def load(name: str):
+    return load_spec(ETC / f"{name}.yaml", cpu_count=kube.EXPORT_CPU_COUNT)
+
+
+@functools.lru_cache(maxsize=None)
+def exported(name: str) -> kube.Export:
+    return kube.export(load(name), CASES[name])
+
+
+# ---- golden files ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_export_of_each_spec_in_etc_matches_its_golden_file(name):
+    text = kube.render_stream(exported(name))
+    path = GOLDEN / f"{name}.yaml"
+    if os.environ.get("ULTRASCALE_UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text(), f"{path} differs: regenerate it (module docstring) and review"
+
+
+def test_every_spec_in_etc_has_a_golden_file():
+    assert sorted(p.stem for p in ETC.glob("*.yaml")) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_stream_reads_back_as_the_manifests(name):
+    ex = exported(name)
+    docs = list(yaml.safe_load_all(kube.render_stream(ex)))
+    assert docs == ex.manifests  # the header is comments only: no empty document
+    for m in ex.manifests:  # annotation values must be strings: `on`, `off`, numbers quoted
+        for v in m["metadata"].get("annotations", {}).values():
+            assert isinstance(v, str)
+
+
+def test_the_output_does_not_depend_on_the_machine_or_the_run():
+    text = kube.render_stream(kube.export(load("fleet")))
+    assert text == kube.render_stream(kube.export(load("fleet")))
+    assert str(ROOT) not in text and "/work" not in text  # no host paths (app.directory)
+
+
+# ---- the official schemas -------------------------------------------------------------------
+
+def newest_minor_versions(n: int = 2) -> list[str]:
+    from kubernetes_validate.utils import all_versions, major_minor
+    minors = {major_minor(v) for v in all_versions()}
+    return sorted(minors, key=lambda v: tuple(map(int, v.split("."))))[-n:]
+
+
+@pytest.fixture(scope="module")
+def validate():
+    """kubernetes_validate.validate, strict (unknown fields are errors), with the schema files
+    read once instead of on every call (1.8 MB of definitions per version)."""
+    import kubernetes_validate
+    from kubernetes_validate import utils
+    original = utils.schema_contents
+    utils.schema_contents = functools.lru_cache(maxsize=None)(original)
+    try:
+        yield lambda obj, version: kubernetes_validate.validate(obj, version, strict=True)
+    finally:
+        utils.schema_contents = original
+
+
+def test_the_two_newest_kubernetes_versions_are_the_ones_checked():
+    versions = newest_minor_versions()
+    assert len(versions) == 2 and versions[0] != versions[1]
+    major, minor = map(int, versions[-1].split("."))
+    assert (major, minor) >= (1, 36), versions  # kubernetes-validate>=1.36 in pyproject.toml
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_every_object_validates_against_the_two_newest_kubernetes_schemas(name, validate):
+    ex = exported(name)
+    kinds = {m["kind"] for m in ex.manifests}
+    assert {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
+            "PodDisruptionBudget", "Ingress"} <= kinds
+    for version in newest_minor_versions():
+        for m in ex.manifests:
+            assert validate(m, version) == version, (m["kind"], version)
+
+
+def test_the_schema_check_catches_a_wrong_field(validate):
+    """The check can fail: a misspelt field and a wrong type are refused."""
+    from kubernetes_validate.utils import ValidationError
+    dep = exported("fleet").manifests[1]
+    bad = yaml.safe_load(yaml.safe_dump(dep))
+    bad["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["periodSecond"] = 5
+    with pytest.raises(ValidationError):
+        validate(bad, newest_minor_versions()[-1])
+    bad = yaml.safe_load(yaml.safe_dump(dep))
+    bad["spec"]["replicas"] = "2"
+    with pytest.raises(ValidationError):
+        validate(bad, newest_minor_versions()[-1])
+
+
+def test_the_export_with_every_optional_part_on_validates(validate):
+    """TLS with hosts, rate and connection limits, gthread, a namespace, Socket.IO: one spec."""
+    spec = parse_spec(
+        "name: Full_Fleet\ngunicorn: {workers: 3, worker_class: gthread, threads: 8, "
+        "worker_connections: 100}\n"
+        "nginx: {server_name: a.example.com .example.org, tls_cert: /c.pem, tls_key: /k.pem, "
+        "rate_limit: 7, rate_limit_burst: 50, conn_limit: 9, balance: random}\n"
+        "instances: {count: 0, min: 0, max: 3}\n", base_dir=Path("/srv"), cpu_count=2)
+    ex = kube.export(spec, kube.Options(namespace="prod", image="ghcr.io/o/app@sha256:" + "a" * 64))
+    assert ex.name == "full-fleet"
+    for m in ex.manifests:
+        validate(m, newest_minor_versions()[-1])
+    ing = {m["metadata"]["name"]: m for m in ex.manifests if m["kind"] == "Ingress"}
+    assert ing["full-fleet"]["spec"]["tls"] == [{"hosts": ["a.example.com", "example.org",
+                                                           "*.example.org"],
+                                                 "secretName": "full-fleet-tls"}]
+    ann = ing["full-fleet"]["metadata"]["annotations"]
+    assert ann[kube.ANNOTATION + "limit-rps"] == "7"
+    assert ann[kube.ANNOTATION + "limit-burst-multiplier"] == "8"  # ceil(50 / 7)
+    assert ann[kube.ANNOTATION + "limit-connections"] == "9"
+    assert ann[kube.ANNOTATION + "load-balance"] == "round_robin"
+    assert ann[kube.ANNOTATION + "ssl-redirect"] == "false"
+    hpa = next(m for m in ex.manifests if m["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["minReplicas"] == 1  # instances.min 0: an HPA cannot go below 1
+    assert any("scale to 0" in w for w in ex.warnings)
+    assert any("kubectl create secret tls full-fleet-tls" in w and "-n prod" in w
+               for w in ex.warnings)
+    assert ex.controller["ssl-protocols"] == "TLSv1.2 TLSv1.3"
+
+
+# ---- where every spec key goes --------------------------------------------------------------
+
+def spec_keys() -> set[str]:
+    return {path for path, *_ in iter_settings()}
+
+
+def test_every_spec_key_is_either_carried_or_listed_as_not_carried():
+    keys = spec_keys()
+    carried, not_carried = set(kube.CARRIED), set(kube.NOT_CARRIED)
+    assert not carried & not_carried, carried & not_carried
+    assert not keys - carried - not_carried, f"unmapped keys: {sorted(keys - carried - not_carried)}"
+    assert not (carried | not_carried) - keys, f"tables name keys the spec does not have: " \
+                                               f"{sorted((carried | not_carried) - keys)}"
+    assert all(kube.CARRIED.values()) and all(kube.NOT_CARRIED.values())
+
+
+def set_key(spec, path: str, value):
+    section, _, key = path.rpartition(".")
+    if not section:
+        return dataclasses.replace(spec, **{key: value})
+    sub = getattr(spec, section)
+    return dataclasses.replace(spec, **{section: dataclasses.replace(sub, **{key: value})})
+
+
+# key -> ({keys set first on both sides}, the new value); other keys get a generic change.
+MUTATIONS = {
+    "app.config": ({}, "other_conf.py"),
+    "app.module": ({}, "mysite.wsgi:application"),
+    "mongodb.connection_budget": ({}, 1000),
+    "gunicorn.worker_class": ({}, "sync"),
+    "gunicorn.threads": ({"gunicorn.worker_class": "gthread"}, 4),
+    "nginx.rate_limit_burst": ({"nginx.rate_limit": 10}, 50),
+    "nginx.tls_cert": ({"nginx.tls_key": "/k.pem"}, "/c.pem"),
+    "nginx.tls_key": ({"nginx.tls_cert": "/c.pem"}, "/k.pem"),
+    "nginx.balance": ({}, ""),
+    "nginx.proxy_next_upstream": ({}, "error timeout"),
+    "nginx.proxy_buffers": ({}, "8 8k"),
+    "nginx.server_name": ({}, "example.com"),
+    "nginx.socketio_path": ({}, "/ws/"),
+    "nginx.socketio_balance": ({}, "ip_hash"),
+    "nginx.mode": ({}, "system"),
+    "nginx.worker_processes": ({}, "3"),
+    "nginx.error_log_level": ({}, "error"),
+    "memory.metric": ({}, "pss"),
+    "api.host": ({}, "10.0.0.1"),
+    "alerts.webhook_url": ({}, "http://127.0.0.1:9/hook"),
+}
+
+
+def changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value + 1.5
+    if isinstance(value, str):
+        if value[:1].isdigit():  # an nginx time or size: 60s -> 61s, 10m -> 11m
+            digits = len(value) - len(value.lstrip("0123456789"))
+            return str(int(value[:digits]) + 1) + value[digits:]
+        return value + "x"
+    if isinstance(value, (list, tuple)):
+        return type(value)(list(value) + ["--extra"])
+    if isinstance(value, dict):
+        return {**value, "EXTRA_VAR": "1"}
+    if value is None:
+        return "/tmp/extra"
+    raise AssertionError(f"no change for {value!r}")
+
+
+def test_a_carried_key_changes_the_manifests_and_one_not_carried_leaves_them_alone():
+    base = load("fleet")
+    wrong = []
+    for key in sorted(spec_keys()):
+        pre, value = MUTATIONS.get(key, ({}, None))
+        before = base
+        for k, v in pre.items():
+            before = set_key(before, k, v)
+        section, _, name = key.rpartition(".")
+        current = getattr(getattr(before, section) if section else before, name)
+        after = set_key(before, key, value if key in MUTATIONS else changed(current))
+        differs = kube.export(before).manifests != kube.export(after).manifests
+        if differs != (key in kube.CARRIED):
+            wrong.append(f"{key}: {'changes' if differs else 'leaves'} the manifests but is "
+                         f"listed as {'carried' if key in kube.CARRIED else 'not carried'}")
+    assert not wrong, "\n".join(wrong)
+
+
+# ---- what the objects say ---------------------------------------------------------------
+
+def objects(ex: kube.Export) -> dict[str, dict]:
+    return {f"{m['kind']}/{m['metadata']['name']}": m for m in ex.manifests}
+
+
+def test_the_deployment_carries_counts_memory_probes_and_the_drain():
+    spec = load("django-sync")
+    dep = objects(exported("django-sync"))["Deployment/shop"]
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert dep["spec"]["replicas"] == spec.instances.count == 4
+    assert c["resources"]["limits"]["memory"] == f"{(4 + 1) * 384}Mi"  # workers + master
+    assert c["resources"]["requests"] == {"cpu": "2", "memory": "1920Mi"}  # 4 x 500m
+    assert "cpu" not in c["resources"]["limits"]  # no CPU throttling of the workers
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert (c["livenessProbe"]["periodSeconds"], c["livenessProbe"]["timeoutSeconds"],
+            c["livenessProbe"]["failureThreshold"]) == (5, 2, 3)
+    assert c["startupProbe"]["failureThreshold"] == 60 and c["startupProbe"]["periodSeconds"] == 1
+    assert c["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}  # restart.drain_seconds
+    assert pod["terminationGracePeriodSeconds"] == 5 + 20 + 2  # drain + graceful + 2, the daemon's
+    args = c["args"]
+    assert args[args.index("--max-requests") + 1] == "2000"  # the spec's own, kept
+    assert args[args.index("--max-requests-jitter") + 1] == "200"
+    assert args[args.index("--workers") + 1] == "4" and args[-1] == "mysite.wsgi:application"
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert c["image"] == "registry.example.com/shop:2026.11.30"
+
+
+def test_without_the_watchdog_a_pod_recycles_workers_by_count_with_jitter():
+    ex = exported("fleet")  # gunicorn.max_requests 0: the daemon recycles by RSS
+    args = objects(ex)["Deployment/demo"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--max-requests") + 1] == str(kube.DEFAULT_MAX_REQUESTS)
+    assert args[args.index("--max-requests-jitter") + 1] == str(kube.DEFAULT_MAX_REQUESTS // 10)
+    assert any("per-worker memory recycling" in n for n in ex.not_carried)
+    assert "--max-requests with --max-requests-jitter" in kube.render_stream(ex)
+
+
+def test_the_configmap_holds_the_env_and_the_pool_for_the_replica_set():
+    ex = exported("large")
+    data = objects(ex)["ConfigMap/demo-large-env"]["data"]
+    assert data["REDIS_URL"].startswith("redis://redis.cache")
+    # 7000 // (48 pods x 4 workers x 3 members) - 2 monitoring
+    assert data["MONGO_MAX_POOL_SIZE"] == str(7000 // (48 * 4 * 3) - 2) == "10"
+    assert all(isinstance(v, str) for v in data.values())
+    assert all(m["metadata"]["namespace"] == "ultrascale" for m in ex.manifests)
+
+
+def test_socketio_gets_its_own_sticky_service_and_ingress_and_none_without_it():
+    large = objects(exported("large"))
+    sio = large["Ingress/demo-large-socketio"]
+    ann = sio["metadata"]["annotations"]
+    assert ann[kube.ANNOTATION + "affinity"] == "cookie"
+    assert ann[kube.ANNOTATION + "proxy-read-timeout"] == "3600"
+    assert sio["spec"]["rules"][0]["http"]["paths"][0]["path"] == "/socket.io/"
+    assert [r["host"] for r in sio["spec"]["rules"]] == ["api.example.com", "www.example.com"]
+    main = large["Ingress/demo-large"]["metadata"]["annotations"]
+    assert main[kube.ANNOTATION + "proxy-read-timeout"] == "30"
+    assert kube.ANNOTATION + "affinity" not in main  # a separate Service keeps / unsticky
+    assert "Service/demo-large-socketio" in large
+    shop = objects(exported("django-sync"))
+    assert not [k for k in shop if "socketio" in k]
+
+
+def test_the_hpa_and_the_pdb():
+    o = objects(exported("large"))
+    hpa = o["HorizontalPodAutoscaler/demo-large"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (8, 48)
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                     "name": "demo-large"}
+    assert o["PodDisruptionBudget/demo-large"]["spec"]["maxUnavailable"] == 1
+
+
+# ---- budgets --------------------------------------------------------------------------------
+
+def test_the_budgets_are_judged_for_instances_max_pods():
+    ex = exported("fleet")
+    assert [p.split(":")[0] for p in ex.budget_problems] == ["gunicorn.worker_connections"]
+    assert "1094 open files per gunicorn worker exceed the pod's nofile limit of 1024" in \
+        ex.budget_problems[0]
+    assert kube.export(load("fleet"), kube.Options(nofile=65536)).fits
+    assert exported("large").fits and exported("django-sync").fits
+    assert "DOES NOT FIT" in kube.render_stream(ex)
+    assert "FITS: every budget holds." in kube.render_stream(exported("large"))
+
+
+def test_a_budget_that_holds_for_count_but_not_for_max_is_reported():
+    spec = parse_spec("instances: {count: 2, max: 40}\ngunicorn: {workers: 2}\n"
+                      "memory: {fleet_budget_mb: 8192}\nmongodb: {connection_budget: 4000}\n",
+                      base_dir=Path("/srv"), cpu_count=2)
+    ex = kube.export(spec, kube.Options(nofile=65536))
+    assert ex.budget_problems == ["memory.fleet_budget_mb: 40 pods (instances.max) x (2 workers + "
+                                  "1 master) x 500 MiB = 60000 MiB exceeds the budget of 8192 MiB "
+                                  "by 51808 MiB"]
+    ex3 = kube.export(spec, kube.Options(nofile=65536, mongo_servers=40))
+    assert any(p.startswith("mongodb.connection_budget: 4000 connections cannot give")
+               for p in ex3.budget_problems)
+
+
+# ---- bad input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, says", [
+    ("1fleet", "must start with a letter"),
+    ("_x", "must start with a letter"),
+    ("a" * 60, "at most 54 characters"),
+    ("ends-", "end with a letter or digit"),
+])
+def test_a_fleet_name_kubernetes_cannot_take_is_refused_naming_it(name, says):
+    spec = dataclasses.replace(load("fleet"), name=name)
+    with pytest.raises(kube.ExportError, match="name: ") as info:
+        kube.export(spec)
+    assert says in str(info.value)
+
+
+@pytest.mark.parametrize("opts, says", [
+    (kube.Options(namespace="Prod"), "--namespace"),
+    (kube.Options(namespace="a" * 64), "--namespace"),
+    (kube.Options(image="my image"), "--image"),
+    (kube.Options(image="x;rm -rf /"), "--image"),
+    (kube.Options(cpu_per_worker="lots"), "--cpu-per-worker"),
+    (kube.Options(cpu_per_worker="0m"), "--cpu-per-worker"),
+    (kube.Options(cpu_per_worker="-1"), "--cpu-per-worker"),
+    (kube.Options(max_requests=0), "--max-requests"),
+    (kube.Options(nofile=0), "--nofile"),
+    (kube.Options(mongo_servers=0), "--mongo-servers"),
+])
+def test_a_bad_option_is_refused_naming_it(opts, says):
+    with pytest.raises(kube.ExportError, match=says):
+        kube.export(load("fleet"), opts)
+
+
+@pytest.mark.parametrize("server_name", ["~^www\\.", "example.com:8080", "*.example.*"])
+def test_a_server_name_without_an_ingress_equivalent_is_refused(server_name):
+    spec = load("fleet")
+    spec = dataclasses.replace(spec, nginx=dataclasses.replace(spec.nginx, server_name=server_name))
+    with pytest.raises(kube.ExportError, match="nginx.server_name"):
+        kube.export(spec)
+
+
+def test_loopback_addresses_and_secrets_in_the_env_are_warned_about():
+    spec = parse_spec("app: {env: {REDIS_URL: 'redis://localhost:6379', DB_PASSWORD: hunter2, "
+                      "MONGODB_URI: 'mongodb://127.0.0.1:27017', PLAIN: '1270.0.0.1'}}\n",
+                      base_dir=Path("/srv"), cpu_count=2)
+    warnings = "\n".join(kube.export(spec).warnings)
+    assert "app.env.REDIS_URL" in warnings and "app.env.MONGODB_URI" in warnings
+    assert "app.env.DB_PASSWORD looks like a secret" in warnings
+    assert "PLAIN" not in warnings
+
+
+# ---- the command ----------------------------------------------------------------------------
+
+def test_the_command_writes_the_stream_to_stdout_and_says_the_verdict(capsys):
+    rc = cli.main(["export", "kubernetes", "--spec", str(ETC / "large.yaml"), "--image",
+                   "registry.example.com/ultrascale-app:1.4.0", "--namespace", "ultrascale",
+                   "--mongo-servers", "3"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert out == kube.render_stream(exported("large"))
+    assert "8 objects for fleet `demo-large` written to stdout" in err
+    assert "FITS: every budget holds at instances.max = 48 pods" in err
+
+
+def test_a_budget_that_cannot_hold_still_writes_and_exits_1(capsys):
+    assert cli.main(["export", "kubernetes", "--spec", str(ETC / "fleet.yaml")]) == 1
+    out, err = capsys.readouterr()
+    assert out.count("\n---\n") == 8 and "DOES NOT FIT at instances.max = 8 pods" in err
+    assert "warning: app.env.REDIS_URL" in err
+
+
+def test_an_invalid_spec_exits_2_with_its_own_messages_and_writes_nothing(tmp_path, capsys):
+    spec = tmp_path / "fleet.yaml"
+    spec.write_text("instances: {count: 3, max: 2}\nhealth: {path: nope}\n")
+    out_dir = tmp_path / "out"
+    assert cli.main(["export", "kubernetes", "--spec", str(spec), "-o", str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "invalid spec" in err and "instances.count (line 1)" in err and "health.path" in err
+    assert not out_dir.exists()
+
+
+def test_a_spec_the_daemon_refuses_for_its_budgets_exits_1_and_writes_nothing(tmp_path, capsys):
+    spec = tmp_path / "fleet.yaml"
+    spec.write_text("instances: {count: 8, max: 8}\ngunicorn: {workers: 4}\n")
+    assert cli.main(["export", "kubernetes", "--spec", str(spec)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "memory.fleet_budget_mb" in err and "nothing written" in err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["export"], "TARGET"),
+    (["export", "docker-compose"], "invalid choice"),
+    (["export", "kubernetes", "--nofile", "many"], "--nofile"),
+    (["export", "kubernetes", "--spec", "/nonexistent/fleet.yaml"], "cannot read"),
+    (["export", "kubernetes", "--spec", str(ETC / "fleet.yaml"), "--namespace", "A B"], "--namespace"),
+])
+def test_usage_errors_exit_2_and_say_why(argv, says, capsys):
+    assert cli.main(argv) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_output_dir_gets_one_file_per_object_and_a_kustomization(tmp_path, capsys):
+    out = tmp_path / "k8s"
+    argv = ["export", "kubernetes", "--spec", str(ETC / "large.yaml"), "-o", str(out),
+            "--mongo-servers", "3"]
+    assert cli.main(argv) == 0
+    names = sorted(p.name for p in out.iterdir())
+    kust = yaml.safe_load((out / "kustomization.yaml").read_text())
+    assert sorted(kust["resources"]) == sorted(n for n in names if n != "kustomization.yaml")
+    assert len(kust["resources"]) == 8
+    assert "No Kubernetes equivalent" in (out / "kustomization.yaml").read_text()
+    dep = yaml.safe_load((out / "deployment-demo-large.yaml").read_text())
+    assert dep["kind"] == "Deployment"
+    # A later export without Socket.IO removes the files it no longer makes, and only ours.
+    (out / "mine.yaml").write_text("kind: ConfigMap\n")
+    spec = tmp_path / "nosio.yaml"
+    spec.write_text((ETC / "large.yaml").read_text().replace("  proxy_read_timeout: 30s",
+                                                             "  proxy_read_timeout: 30s\n  socketio: false")
+                    .replace("directory: ../..", f"directory: {ROOT}"))
+    capsys.readouterr()
+    assert cli.main(["export", "kubernetes", "--spec", str(spec), "-o", str(out),
+                     "--mongo-servers", "3"]) == 0
+    err = capsys.readouterr().err
+    left = {p.name for p in out.iterdir()}
+    assert "ingress-demo-large-socketio.yaml" not in left and "service-demo-large-socketio.yaml" not in left
+    assert "mine.yaml" in left and "removed" in err
+
+
+def test_an_output_path_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert cli.main(["export", "kubernetes", "--spec", str(ETC / "fleet.yaml"), "-o", str(f)]) == 2
+    assert "--output" in capsys.readouterr().err
+
+
+def test_status_never_imports_the_exporter():
+    code = ("import sys; from ultrascaled import cli; cli.parse_args(['status']); "
+            "print('ultrascaled.kube' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
