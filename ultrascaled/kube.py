@@ -36,8 +36,6 @@ DEFAULT_POD_NOFILE = 1024
 # RSS, which a pod cannot): a count-based recycle, with jitter so workers are not replaced
 # together. The count is a choice, not a measurement: `--max-requests` changes it.
 DEFAULT_MAX_REQUESTS = 10000
-# The HPA's own default when no metric is given: 80 % average CPU utilization of the requests.
-HPA_DEFAULT_CPU_UTILIZATION = 80
 METRICS_DIR = "/var/run/ultrascale/metrics"
 INGRESS_CLASS = "nginx"
 ANNOTATION = "nginx.ingress.kubernetes.io/"
@@ -93,9 +91,9 @@ CARRIED: dict[str, str] = {
     "app.module": "Deployment container args (the WSGI callable)",
     "app.config": "Deployment container args -c (relative to the image's working directory)",
     "app.env": "ConfigMap <name>-env, loaded with envFrom",
-    "instances.count": "Deployment spec.replicas",
-    "instances.min": "HorizontalPodAutoscaler minReplicas (at least 1)",
-    "instances.max": "HorizontalPodAutoscaler maxReplicas; MONGO_MAX_POOL_SIZE in the ConfigMap",
+    "instances.count": "Deployment spec.replicas when autoscale is off (else the HPA owns it)",
+    "instances.min": "HPA minReplicas when autoscale.min_replicas is null (at least 1)",
+    "instances.max": "HPA maxReplicas when autoscale.max_replicas is null; MONGO_MAX_POOL_SIZE",
     "instances.base_port": "containerPort, gunicorn --bind, PORT",
     "gunicorn.workers": "gunicorn --workers; memory limit; CPU request; MONGO_MAX_POOL_SIZE",
     "gunicorn.worker_class": "gunicorn --worker-class",
@@ -139,6 +137,25 @@ CARRIED: dict[str, str] = {
     "nginx.socketio": "Service and Ingress <name>-socketio (sticky, WebSocket)",
     "nginx.socketio_path": "Ingress <name>-socketio path",
     "nginx.socketio_read_timeout": "Ingress <name>-socketio proxy-read-timeout (seconds)",
+    "autoscale.enabled": "a HorizontalPodAutoscaler (none when off: replicas = instances.count)",
+    "autoscale.min_replicas": "HPA minReplicas (at least 1)",
+    "autoscale.max_replicas": "HPA maxReplicas",
+    "autoscale.tolerance": "HPA behavior.scaleUp/scaleDown.tolerance (where the cluster has the "
+                           "HPAConfigurableTolerance feature; else its cluster-wide 10 %)",
+    "autoscale.target.cpu_utilization": "HPA Resource cpu averageUtilization = target / "
+                                        "--cpu-per-worker (the request is per worker)",
+    "autoscale.target.in_flight_per_worker": "HPA Pods metric http_requests_in_flight, "
+                                             "averageValue = target x workers",
+    "autoscale.target.p95_latency_seconds": "HPA Object metric http_request_duration_seconds_p95 "
+                                            "of the Ingress",
+    **{f"autoscale.behavior.{d}.{k}": f"HPA behavior.{hpa_d}.{v}"
+       for d, hpa_d in (("scale_up", "scaleUp"), ("scale_down", "scaleDown"))
+       for k, v in (("stabilization_window_seconds", "stabilizationWindowSeconds"),
+                    ("select_policy", "selectPolicy"),
+                    ("pods_value", "policies[type=Pods].value"),
+                    ("pods_period_seconds", "policies[type=Pods].periodSeconds"),
+                    ("percent_value", "policies[type=Percent].value (rounded up)"),
+                    ("percent_period_seconds", "policies[type=Percent].periodSeconds"))},
 }
 
 # Spec key -> why it is not carried (and what carries its intent instead, if anything).
@@ -234,6 +251,15 @@ NOT_CARRIED: dict[str, str] = {
     "alerts.webhook_retries": "ultrascaled's alert rules",
     "alerts.webhook_backoff": "ultrascaled's alert rules",
     "alerts.webhook_queue": "ultrascaled's alert rules",
+    "autoscale.sync_period_seconds": "controller-wide: kube-controller-manager "
+                                     "--horizontal-pod-autoscaler-sync-period (15 s)",
+    "autoscale.metrics_window_seconds": "metrics-server's resolution (and the custom metrics "
+                                        "adapter's queries) decide the window",
+    "autoscale.stale_after_seconds": "the HPA leaves a pod without metrics out, counting it so "
+                                     "that it holds back the change; not configurable",
+    "autoscale.host_cpu_saturation_percent": "a pod gets the CPU it requests on its node; the "
+                                             "scheduler and a cluster autoscaler, not the HPA, "
+                                             "deal with full nodes",
 }
 
 # Said in every export's header: what the daemon does that no manifest field can.
@@ -396,7 +422,7 @@ def deployment(spec: "Spec", name: str, opts: Options) -> dict:
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, opts, name),
         "spec": {
-            "replicas": spec.instances.count,
+            **({} if spec.autoscale.enabled else {"replicas": spec.instances.count}),
             "selector": {"matchLabels": selector(name)},
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
@@ -423,24 +449,74 @@ def service(spec: "Spec", name: str, opts: Options, suffix: str = "") -> dict:
                                 "protocol": "TCP"}]}}
 
 
-def hpa_spec(spec: "Spec", name: str) -> dict:
-    """The HorizontalPodAutoscaler's spec: THE one place the autoscale policy is mapped.
+def quantity(value: float) -> str:
+    """A Kubernetes quantity for a number: `3`, or millis (`3200m`, `100m`)."""
+    millis = round(value * 1000)
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
 
-    Until the spec has an `autoscale:` section this is instances.min..max with the HPA's own
-    default (80 % average CPU utilization of the requests, default `behavior`)."""
+
+def _rules(rules: Any, tolerance: float) -> dict:
+    """One direction of the HPA's `behavior` from autoscale.behavior.scale_up/scale_down. The
+    HPA's policy values are whole numbers: a Percent is rounded up."""
+    policies = []
+    if rules.pods_value is not None:
+        policies.append({"type": "Pods", "value": rules.pods_value,
+                         "periodSeconds": _seconds(rules.pods_period_seconds)})
+    if rules.percent_value is not None:
+        policies.append({"type": "Percent", "value": math.ceil(rules.percent_value),
+                         "periodSeconds": _seconds(rules.percent_period_seconds)})
+    if not policies:  # selectPolicy Disabled without a policy: the API server still wants one
+        policies.append({"type": "Percent", "value": 100, "periodSeconds": 15})
+    out: dict[str, Any] = {"stabilizationWindowSeconds": _seconds(rules.stabilization_window_seconds,
+                                                                   least=0),
+                           "selectPolicy": rules.select_policy, "policies": policies}
+    out["tolerance"] = quantity(tolerance)
+    return out
+
+
+def hpa_metrics(spec: "Spec", cpu_per_worker_millis: int) -> list[dict]:
+    """The HPA's metrics from autoscale.target. CPU per worker in percent of one core becomes
+    the utilization of the pod's request (one `--cpu-per-worker` per worker); in-flight per
+    worker a Pods metric per pod; p95 an Object metric on the Ingress. The last two need a
+    custom-metrics adapter serving them (docs/kubernetes.md)."""
+    t, name = spec.autoscale.target, k8s_name(spec.name)
+    metrics = []
+    if t.cpu_utilization is not None:
+        utilization = math.ceil(t.cpu_utilization * 1000 / cpu_per_worker_millis)
+        metrics.append({"type": "Resource", "resource": {
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": utilization}}})
+    if t.in_flight_per_worker is not None:
+        metrics.append({"type": "Pods", "pods": {
+            "metric": {"name": "http_requests_in_flight"},
+            "target": {"type": "AverageValue",
+                       "averageValue": quantity(t.in_flight_per_worker * spec.workers)}}})
+    if t.p95_latency_seconds is not None:
+        metrics.append({"type": "Object", "object": {
+            "describedObject": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                                "name": name},
+            "metric": {"name": "http_request_duration_seconds_p95"},
+            "target": {"type": "Value", "value": quantity(t.p95_latency_seconds)}}})
+    return metrics
+
+
+def hpa_spec(spec: "Spec", name: str, opts: Options) -> dict:
+    """The HorizontalPodAutoscaler's spec from the `autoscale:` section: THE one place the
+    policy is mapped (its keys are named after the HPA's)."""
+    a = spec.autoscale
+    lo, hi = a.bounds(spec.instances)
     return {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-        "minReplicas": max(1, spec.instances.min),
-        "maxReplicas": spec.instances.max,
-        "metrics": [{"type": "Resource", "resource": {
-            "name": "cpu", "target": {"type": "Utilization",
-                                      "averageUtilization": HPA_DEFAULT_CPU_UTILIZATION}}}],
+        "minReplicas": max(1, lo),
+        "maxReplicas": hi,
+        "metrics": hpa_metrics(spec, cpu_millis(opts.cpu_per_worker)),
+        "behavior": {"scaleUp": _rules(a.behavior.scale_up, a.tolerance),
+                     "scaleDown": _rules(a.behavior.scale_down, a.tolerance)},
     }
 
 
 def hpa(spec: "Spec", name: str, opts: Options) -> dict:
     return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-            "metadata": _meta(name, opts, name), "spec": hpa_spec(spec, name)}
+            "metadata": _meta(name, opts, name), "spec": hpa_spec(spec, name, opts)}
 
 
 def pdb(spec: "Spec", name: str, opts: Options) -> dict:
@@ -616,8 +692,12 @@ def warnings_for(spec: "Spec", name: str, opts: Options) -> list[str]:
         out.append(f"TLS: create the Secret first: kubectl create secret tls {name}-tls "
                    f"--cert={spec.nginx.tls_cert} --key={spec.nginx.tls_key}"
                    + (f" -n {opts.namespace}" if opts.namespace else ""))
-    if spec.instances.min < 1:
-        out.append("instances.min is 0: an HPA cannot scale to 0 pods; minReplicas is 1")
+    if spec.autoscale.enabled and spec.autoscale.bounds(spec.instances)[0] < 1:
+        out.append("the autoscaler's min is 0: an HPA cannot scale to 0 pods; minReplicas is 1")
+    if spec.autoscale.enabled and (spec.autoscale.target.in_flight_per_worker is not None
+                                   or spec.autoscale.target.p95_latency_seconds is not None):
+        out.append("the HPA's in-flight and p95 metrics need a custom metrics adapter (e.g. "
+                   "prometheus-adapter) serving them (docs/kubernetes.md)")
     if spec.workers == 1 and spec.gunicorn.max_requests == 0:
         out.append("one gunicorn worker per pod: while --max-requests replaces it the pod "
                    "serves nothing for a moment; with 2 or more workers per pod it keeps serving")
@@ -657,7 +737,9 @@ def export(spec: "Spec", opts: Options = Options()) -> Export:
     objs = [configmap(spec, name, opts), deployment(spec, name, opts), service(spec, name, opts)]
     if spec.nginx.socketio:
         objs.append(service(spec, name, opts, "-socketio"))
-    objs += [hpa(spec, name, opts), pdb(spec, name, opts), ingress(spec, name, opts)]
+    if spec.autoscale.enabled:
+        objs.append(hpa(spec, name, opts))
+    objs += [pdb(spec, name, opts), ingress(spec, name, opts)]
     if spec.nginx.socketio:
         objs.append(ingress(spec, name, opts, socketio=True))
     lines, problems = budgets(spec, opts)

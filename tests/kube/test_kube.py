@@ -106,8 +106,8 @@ def test_the_two_newest_kubernetes_versions_are_the_ones_checked():
 def test_every_object_validates_against_the_two_newest_kubernetes_schemas(name, validate):
     ex = exported(name)
     kinds = {m["kind"] for m in ex.manifests}
-    assert {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
-            "PodDisruptionBudget", "Ingress"} <= kinds
+    assert {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "Ingress"} <= kinds
+    assert ("HorizontalPodAutoscaler" in kinds) == load(name).autoscale.enabled
     for version in newest_minor_versions():
         for m in ex.manifests:
             assert validate(m, version) == version, (m["kind"], version)
@@ -134,7 +134,8 @@ def test_the_export_with_every_optional_part_on_validates(validate):
         "worker_connections: 100}\n"
         "nginx: {server_name: a.example.com .example.org, tls_cert: /c.pem, tls_key: /k.pem, "
         "rate_limit: 7, rate_limit_burst: 50, conn_limit: 9, balance: random}\n"
-        "instances: {count: 0, min: 0, max: 3}\n", base_dir=Path("/srv"), cpu_count=2)
+        "instances: {count: 0, min: 0, max: 3}\nautoscale: {enabled: true}\n",
+        base_dir=Path("/srv"), cpu_count=2)
     ex = kube.export(spec, kube.Options(namespace="prod", image="ghcr.io/o/app@sha256:" + "a" * 64))
     assert ex.name == "full-fleet"
     for m in ex.manifests:
@@ -151,7 +152,7 @@ def test_the_export_with_every_optional_part_on_validates(validate):
     assert ann[kube.ANNOTATION + "ssl-redirect"] == "false"
     hpa = next(m for m in ex.manifests if m["kind"] == "HorizontalPodAutoscaler")
     assert hpa["spec"]["minReplicas"] == 1  # instances.min 0: an HPA cannot go below 1
-    assert any("scale to 0" in w for w in ex.warnings)
+    assert any("scale to 0 pods" in w for w in ex.warnings)
     assert any("kubectl create secret tls full-fleet-tls" in w and "-n prod" in w
                for w in ex.warnings)
     assert ex.controller["ssl-protocols"] == "TLSv1.2 TLSv1.3"
@@ -173,14 +174,21 @@ def test_every_spec_key_is_either_carried_or_listed_as_not_carried():
     assert all(kube.CARRIED.values()) and all(kube.NOT_CARRIED.values())
 
 
-def set_key(spec, path: str, value):
-    section, _, key = path.rpartition(".")
-    if not section:
-        return dataclasses.replace(spec, **{key: value})
-    sub = getattr(spec, section)
-    return dataclasses.replace(spec, **{section: dataclasses.replace(sub, **{key: value})})
+def set_key(obj, path: str, value):
+    """`obj` (a frozen spec or section) with the key at the dotted `path` set to `value`."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        return dataclasses.replace(obj, **{head: value})
+    return dataclasses.replace(obj, **{head: set_key(getattr(obj, head), rest, value)})
 
 
+def get_key(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+ON = {"autoscale.enabled": True}
 # key -> ({keys set first on both sides}, the new value); other keys get a generic change.
 MUTATIONS = {
     "app.config": ({}, "other_conf.py"),
@@ -203,7 +211,20 @@ MUTATIONS = {
     "memory.metric": ({}, "pss"),
     "api.host": ({}, "10.0.0.1"),
     "alerts.webhook_url": ({}, "http://127.0.0.1:9/hook"),
+    "instances.min": ({"autoscale.enabled": True}, 2),
+    "autoscale.enabled": ({}, True),
+    "autoscale.min_replicas": (ON, 2),
+    "autoscale.max_replicas": (ON, 6),
+    "autoscale.target.in_flight_per_worker": (ON, 0.8),
+    "autoscale.target.p95_latency_seconds": (ON, 0.5),
+    "autoscale.behavior.scale_up.select_policy": (ON, "Min"),
+    "autoscale.behavior.scale_down.select_policy": (ON, "Disabled"),
+    "autoscale.behavior.scale_down.pods_value": (ON, 2),
+    "autoscale.behavior.scale_down.pods_period_seconds": (
+        {**ON, "autoscale.behavior.scale_down.pods_value": 2}, 60.0),
 }
+# every other autoscale key is judged with the autoscaler on (off, there is no HPA at all)
+AUTOSCALE_ON = ON
 
 
 def changed(value):
@@ -231,13 +252,12 @@ def test_a_carried_key_changes_the_manifests_and_one_not_carried_leaves_them_alo
     base = load("fleet")
     wrong = []
     for key in sorted(spec_keys()):
-        pre, value = MUTATIONS.get(key, ({}, None))
+        default_pre = AUTOSCALE_ON if key.startswith("autoscale.") else {}
+        pre, value = MUTATIONS.get(key, (default_pre, None))
         before = base
         for k, v in pre.items():
             before = set_key(before, k, v)
-        section, _, name = key.rpartition(".")
-        current = getattr(getattr(before, section) if section else before, name)
-        after = set_key(before, key, value if key in MUTATIONS else changed(current))
+        after = set_key(before, key, value if key in MUTATIONS else changed(get_key(before, key)))
         differs = kube.export(before).manifests != kube.export(after).manifests
         if differs != (key in kube.CARRIED):
             wrong.append(f"{key}: {'changes' if differs else 'leaves'} the manifests but is "
@@ -256,7 +276,7 @@ def test_the_deployment_carries_counts_memory_probes_and_the_drain():
     dep = objects(exported("django-sync"))["Deployment/shop"]
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    assert dep["spec"]["replicas"] == spec.instances.count == 4
+    assert "replicas" not in dep["spec"]  # autoscale is on: the HPA owns the count
     assert c["resources"]["limits"]["memory"] == f"{(4 + 1) * 384}Mi"  # workers + master
     assert c["resources"]["requests"] == {"cpu": "2", "memory": "1920Mi"}  # 4 x 500m
     assert "cpu" not in c["resources"]["limits"]  # no CPU throttling of the workers
@@ -309,10 +329,55 @@ def test_socketio_gets_its_own_sticky_service_and_ingress_and_none_without_it():
     assert not [k for k in shop if "socketio" in k]
 
 
-def test_the_hpa_and_the_pdb():
+def test_without_autoscale_the_count_is_fixed_and_there_is_no_hpa():
+    o = objects(exported("fleet"))
+    assert o["Deployment/demo"]["spec"]["replicas"] == load("fleet").instances.count == 2
+    assert not [k for k in o if k.startswith("HorizontalPodAutoscaler")]
+
+
+def test_the_hpa_follows_the_autoscale_section():
+    hpa = objects(exported("large"))["HorizontalPodAutoscaler/demo-large"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (12, 48)  # min_replicas, instances.max
+    assert hpa["metrics"] == [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": 70}}},
+        {"type": "Object", "object": {
+            "describedObject": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                                "name": "demo-large"},
+            "metric": {"name": "http_request_duration_seconds_p95"},
+            "target": {"type": "Value", "value": "500m"}}}]
+    assert hpa["behavior"] == {
+        "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "tolerance": "100m",
+                    "policies": [{"type": "Pods", "value": 8, "periodSeconds": 15},
+                                 {"type": "Percent", "value": 100, "periodSeconds": 15}]},
+        "scaleDown": {"stabilizationWindowSeconds": 300, "selectPolicy": "Max", "tolerance": "100m",
+                      "policies": [{"type": "Percent", "value": 25, "periodSeconds": 60}]}}
+
+
+def test_the_cpu_target_is_per_worker_and_in_flight_is_per_pod():
+    hpa = objects(exported("django-sync"))["HorizontalPodAutoscaler/shop"]["spec"]
+    cpu, in_flight = hpa["metrics"]
+    # 60 % of one core per worker, with a request of 500m per worker: 120 % of the request
+    assert cpu["resource"]["target"]["averageUtilization"] == 120
+    # 0.8 requests per worker x 4 workers per pod
+    assert in_flight["pods"]["target"] == {"type": "AverageValue", "averageValue": "3200m"}
+    assert hpa["behavior"]["scaleDown"]["policies"] == [{"type": "Pods", "value": 1,
+                                                         "periodSeconds": 60}]
+    assert hpa["minReplicas"] == 2  # instances.min
+    assert any("custom metrics adapter" in w for w in exported("django-sync").warnings)
+
+
+def test_a_disabled_direction_without_policies_still_has_one_for_the_api_server():
+    spec = parse_spec("autoscale: {enabled: true, behavior: {scale_down: {select_policy: Disabled, "
+                      "percent_value: null}}}\n", base_dir=Path("/srv"), cpu_count=2)
+    hpa = objects(kube.export(spec))["HorizontalPodAutoscaler/ultrascale"]["spec"]
+    assert hpa["behavior"]["scaleDown"]["selectPolicy"] == "Disabled"
+    assert hpa["behavior"]["scaleDown"]["policies"]  # "must specify at least one Policy"
+
+
+def test_the_hpa_scales_the_deployment_and_the_pdb_lets_one_pod_go_at_a_time():
     o = objects(exported("large"))
     hpa = o["HorizontalPodAutoscaler/demo-large"]["spec"]
-    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (8, 48)
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                      "name": "demo-large"}
     assert o["PodDisruptionBudget/demo-large"]["spec"]["maxUnavailable"] == 1
@@ -410,7 +475,7 @@ def test_the_command_writes_the_stream_to_stdout_and_says_the_verdict(capsys):
 def test_a_budget_that_cannot_hold_still_writes_and_exits_1(capsys):
     assert cli.main(["export", "kubernetes", "--spec", str(ETC / "fleet.yaml")]) == 1
     out, err = capsys.readouterr()
-    assert out.count("\n---\n") == 8 and "DOES NOT FIT at instances.max = 8 pods" in err
+    assert out.count("\n---\n") == 7 and "DOES NOT FIT at instances.max = 8 pods" in err
     assert "warning: app.env.REDIS_URL" in err
 
 
