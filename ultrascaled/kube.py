@@ -90,7 +90,7 @@ CARRIED: dict[str, str] = {
     "name": "metadata.name and labels of every object; gunicorn --name",
     "app.module": "Deployment container args (the WSGI callable)",
     "app.config": "Deployment container args -c (relative to the image's working directory)",
-    "app.env": "ConfigMap <name>-env, loaded with envFrom",
+    "app.env": "ConfigMap NAME-env, loaded with envFrom",
     "instances.count": "Deployment spec.replicas when autoscale is off (else the HPA owns it)",
     "instances.min": "HPA minReplicas when autoscale.min_replicas is null (at least 1)",
     "instances.max": "HPA maxReplicas when autoscale.max_replicas is null; MONGO_MAX_POOL_SIZE",
@@ -123,8 +123,8 @@ CARRIED: dict[str, str] = {
     "nginx.rate_limit": "Ingress limit-rps",
     "nginx.rate_limit_burst": "Ingress limit-burst-multiplier = ceil(burst / rate)",
     "nginx.conn_limit": "Ingress limit-connections",
-    "nginx.tls_cert": "Ingress spec.tls (Secret <name>-tls, created by the operator)",
-    "nginx.tls_key": "Ingress spec.tls (Secret <name>-tls, created by the operator)",
+    "nginx.tls_cert": "Ingress spec.tls (Secret NAME-tls, created by the operator)",
+    "nginx.tls_key": "Ingress spec.tls (Secret NAME-tls, created by the operator)",
     "nginx.server_name": "Ingress rules[].host (none for `_`) and tls hosts",
     "nginx.proxy_connect_timeout": "Ingress proxy-connect-timeout (seconds)",
     "nginx.proxy_send_timeout": "Ingress proxy-send-timeout (seconds)",
@@ -134,9 +134,9 @@ CARRIED: dict[str, str] = {
     "nginx.proxy_buffering": "Ingress proxy-buffering, main Ingress",
     "nginx.proxy_buffer_size": "Ingress proxy-buffer-size",
     "nginx.proxy_buffers": "Ingress proxy-buffers-number",
-    "nginx.socketio": "Service and Ingress <name>-socketio (sticky, WebSocket)",
-    "nginx.socketio_path": "Ingress <name>-socketio path",
-    "nginx.socketio_read_timeout": "Ingress <name>-socketio proxy-read-timeout (seconds)",
+    "nginx.socketio": "Service and Ingress NAME-socketio (sticky, WebSocket)",
+    "nginx.socketio_path": "Ingress NAME-socketio path",
+    "nginx.socketio_read_timeout": "Ingress NAME-socketio proxy-read-timeout (seconds)",
     "autoscale.enabled": "a HorizontalPodAutoscaler (none when off: replicas = instances.count)",
     "autoscale.min_replicas": "HPA minReplicas (at least 1)",
     "autoscale.max_replicas": "HPA maxReplicas",
@@ -278,7 +278,7 @@ NO_EQUIVALENT = [
 
 def k8s_name(spec_name: str) -> str:
     """The objects' name from the spec's `name` (letters, digits, - and _): lower case, `_` as
-    `-`; it must then be a DNS-1035 label short enough for `<name>-socketio`."""
+    `-`; it must then be a DNS-1035 label short enough for `NAME-socketio`."""
     name = spec_name.lower().replace("_", "-")
     if not _DNS1035.match(name) or len(name) > 63 - len("-socketio"):
         raise ExportError(
@@ -892,3 +892,37 @@ def run(args: "argparse.Namespace", load_spec: "Callable[..., Spec]") -> int:
         return EXIT_OVER_BUDGET
     err(f"FITS: every budget holds at instances.max = {spec.instances.max} pods\n")
     return EXIT_OK
+
+
+def tables_markdown() -> str:
+    """The two tables of docs/kubernetes.md ("Where every spec key goes"), from CARRIED and
+    NOT_CARRIED; tests/kube keeps the doc current."""
+    rows = ["| spec key | manifest field |", "| --- | --- |"]
+    rows += [f"| `{k}` | {v.replace('|', '/')} |" for k, v in sorted(CARRIED.items())]
+    rows += ["", "| spec key | not carried, because |", "| --- | --- |"]
+    rows += [f"| `{k}` | {v.replace('|', '/')} |" for k, v in sorted(NOT_CARRIED.items())]
+    return "\n".join(rows) + "\n"
+
+
+DOC_BEGIN, DOC_END = "<!-- kube-tables:begin -->\n", "<!-- kube-tables:end -->"
+
+
+def with_tables(doc: str) -> str:
+    """`doc` with the text between the kube-tables markers replaced by tables_markdown()."""
+    head, sep, rest = doc.partition(DOC_BEGIN)
+    _, sep2, tail = rest.partition(DOC_END)
+    if not sep or not sep2:
+        raise ValueError(f"no {DOC_BEGIN.strip()} ... {DOC_END} markers")
+    return head + DOC_BEGIN + tables_markdown() + DOC_END + tail
+
+
+if __name__ == "__main__":
+    # python -m ultrascaled.kube: print the tables; `... docs/kubernetes.md` rewrites them there
+    import sys
+    if len(sys.argv) > 1:
+        with open(sys.argv[1]) as f:
+            text = with_tables(f.read())
+        with open(sys.argv[1], "w") as f:
+            f.write(text)
+    else:
+        print(tables_markdown(), end="")

@@ -174,6 +174,12 @@ def test_every_spec_key_is_either_carried_or_listed_as_not_carried():
     assert all(kube.CARRIED.values()) and all(kube.NOT_CARRIED.values())
 
 
+def test_docs_kubernetes_md_holds_the_current_tables():
+    doc = (ROOT / "docs" / "kubernetes.md").read_text()
+    assert kube.with_tables(doc) == doc, \
+        "docs/kubernetes.md is stale: .venv/bin/python -m ultrascaled.kube docs/kubernetes.md"
+
+
 def set_key(obj, path: str, value):
     """`obj` (a frozen spec or section) with the key at the dotted `path` set to `value`."""
     head, _, rest = path.partition(".")
