@@ -688,6 +688,9 @@ def warnings_for(spec: "Spec", name: str, opts: Options) -> list[str]:
     if spec.nginx.socketio and "REDIS_URL" not in spec.app.env:
         out.append("nginx.socketio with more than one pod needs a shared Socket.IO message "
                    "queue: set app.env.REDIS_URL")
+    if any(a in ("-b", "--bind") or a.startswith(("--bind=", "-b")) for a in spec.gunicorn.args):
+        out.append("gunicorn.args binds an address of its own: the pod's probes and Service "
+                   f"expect 0.0.0.0:{spec.instances.base_port}")
     if spec.nginx.tls_enabled:
         out.append(f"TLS: create the Secret first: kubectl create secret tls {name}-tls "
                    f"--cert={spec.nginx.tls_cert} --key={spec.nginx.tls_key}"
@@ -705,6 +708,24 @@ def warnings_for(spec: "Spec", name: str, opts: Options) -> list[str]:
 
 
 # ---- the export -----------------------------------------------------------------------------
+
+INT32_MAX = 2 ** 31 - 1
+
+
+def _check_int32(value: Any, where: str) -> None:
+    """Kubernetes' integer fields (probe thresholds, replicas, ports, HPA values) are int32: a
+    spec key without an upper bound (health.failures, health.start_timeout) can overflow one."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_int32(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_int32(v, f"{where}[{i}]")
+    elif isinstance(value, int) and not isinstance(value, bool) and value > INT32_MAX:
+        raise ExportError(f"{where} would be {value}, more than Kubernetes takes ({INT32_MAX}); "
+                          "lower the spec key it comes from (docs/kubernetes.md, \"Where every "
+                          "spec key goes\")")
+
 
 def check_options(opts: Options) -> None:
     if opts.image is not None and (not _IMAGE.match(opts.image) or len(opts.image) > 512):
@@ -734,6 +755,9 @@ def export(spec: "Spec", opts: Options = Options()) -> Export:
         raise ExportError(f"nginx.server_name: {', '.join(map(repr, bad))} cannot be an Ingress "
                           "host (a DNS name, or *.name; nginx regular expressions and ports "
                           "have no Ingress equivalent)")
+    if spec.nginx.socketio and spec.nginx.socketio_path.rstrip("/") == "":
+        raise ExportError("nginx.socketio_path: `/` is also the path of every other request; "
+                          "two Ingresses cannot both take it (use e.g. /socket.io/)")
     objs = [configmap(spec, name, opts), deployment(spec, name, opts), service(spec, name, opts)]
     if spec.nginx.socketio:
         objs.append(service(spec, name, opts, "-socketio"))
@@ -742,6 +766,8 @@ def export(spec: "Spec", opts: Options = Options()) -> Export:
     objs += [pdb(spec, name, opts), ingress(spec, name, opts)]
     if spec.nginx.socketio:
         objs.append(ingress(spec, name, opts, socketio=True))
+    for obj in objs:
+        _check_int32(obj, f"{obj['kind']} {obj['metadata']['name']}")
     lines, problems = budgets(spec, opts)
     return Export(name=name, manifests=objs, budget=lines, budget_problems=problems,
                   not_carried=list(NO_EQUIVALENT), controller=controller_settings(spec),
@@ -757,7 +783,8 @@ def _dump(obj: dict) -> str:
 
 
 def header(ex: Export) -> str:
-    """The notes as YAML comments: they travel with the manifests."""
+    """The notes as YAML comments: they travel with the manifests. A line break inside a note
+    (from a spec value) is shown as \\n, so that no note can end the comment."""
     out = [GENERATED_MARK + f" for fleet `{ex.name}`.",
            "# Where each field comes from, and what to set up first: docs/kubernetes.md.", "#",
            "# Budgets at instances.max pods (nothing in the cluster enforces them):"]
@@ -775,7 +802,11 @@ def header(ex: Export) -> str:
     if ex.warnings:
         out += ["#", "# Before applying:"]
         out += [f"#   - {w}" for w in ex.warnings]
-    return "\n".join(out) + "\n"
+    return "\n".join(line.translate(_BREAKS) for line in out) + "\n"
+
+
+# What YAML reads as a line break (PyYAML: also NEL, LS and PS), shown escaped in a comment.
+_BREAKS = str.maketrans({c: ascii(c)[1:-1] for c in "\r\n\x85\u2028\u2029"})
 
 
 def render_stream(ex: Export) -> str:
@@ -803,18 +834,30 @@ def write_dir(folder: str, files: dict[str, str]) -> list[str]:
     Returns the removed names."""
     from ultrascaled.files import write_atomic
     os.makedirs(folder, exist_ok=True)
+    foreign = [f for f in files if os.path.lexists(os.path.join(folder, f))
+               and not _ours(os.path.join(folder, f))]
+    if foreign:  # checked before anything is written: an operator's own file is never replaced
+        raise ExportError(f"--output {folder}: {', '.join(sorted(foreign))} exist and were not "
+                          "written by `ultrascalectl export`; refusing to replace them (choose "
+                          "an empty folder)")
     for fname, text in files.items():
         write_atomic(os.path.join(folder, fname), text.encode())
     removed = []
     for fname in sorted(os.listdir(folder)):
         path = os.path.join(folder, fname)
-        if fname in files or not fname.endswith(".yaml") or not os.path.isfile(path):
+        if fname in files or not fname.endswith(".yaml") or not _ours(path):
             continue
-        with open(path, "rb") as f:
-            if f.read(len(GENERATED_MARK)) == GENERATED_MARK.encode():
-                os.unlink(path)
-                removed.append(fname)
+        os.unlink(path)
+        removed.append(fname)
     return removed
+
+
+def _ours(path: str) -> bool:
+    """A regular file (not a link) that starts with the mark every exported file carries."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(len(GENERATED_MARK)) == GENERATED_MARK.encode()
 
 
 # ---- ultrascalectl export kubernetes --------------------------------------------------------
@@ -879,6 +922,9 @@ def run(args: "argparse.Namespace", load_spec: "Callable[..., Spec]") -> int:
             removed = write_dir(args.output, render_files(ex))
         except OSError as exc:
             err(f"ultrascalectl export: --output {args.output}: {exc.strerror or exc}\n")
+            return EXIT_USAGE
+        except ExportError as exc:
+            err(f"ultrascalectl export: {exc}\n")
             return EXIT_USAGE
         where = args.output
         for fname in removed:

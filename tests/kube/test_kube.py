@@ -554,3 +554,55 @@ def test_status_never_imports_the_exporter():
             "print('ultrascaled.kube' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---- attacks --------------------------------------------------------------------------------
+
+def test_an_operators_own_file_in_the_output_folder_is_never_replaced(tmp_path, capsys):
+    out = tmp_path / "k8s"
+    out.mkdir()
+    (out / "kustomization.yaml").write_text("resources: [mine.yaml]\n")
+    argv = ["export", "kubernetes", "--spec", str(ETC / "large.yaml"), "-o", str(out)]
+    assert cli.main(argv) == 2
+    assert "kustomization.yaml exist and were not written by" in capsys.readouterr().err
+    assert (out / "kustomization.yaml").read_text() == "resources: [mine.yaml]\n"
+    assert sorted(p.name for p in out.iterdir()) == ["kustomization.yaml"]  # nothing written
+
+
+def test_a_symlink_named_like_an_output_file_is_not_followed(tmp_path, capsys):
+    out = tmp_path / "k8s"
+    out.mkdir()
+    target = tmp_path / "precious"
+    target.write_text(kube.GENERATED_MARK + " but a link to it must not be replaced\n")
+    (out / "deployment-demo-large.yaml").symlink_to(target)
+    assert cli.main(["export", "kubernetes", "--spec", str(ETC / "large.yaml"), "-o", str(out)]) == 2
+    assert target.read_text().endswith("must not be replaced\n")
+
+
+def test_a_value_kubernetes_holds_in_32_bits_is_checked():
+    spec = dataclasses.replace(load("fleet"), health=dataclasses.replace(
+        load("fleet").health, failures=2 ** 31))
+    with pytest.raises(kube.ExportError, match="failureThreshold would be 2147483648"):
+        kube.export(spec)
+
+
+def test_socketio_on_the_root_path_is_refused():
+    spec = load("fleet")
+    spec = dataclasses.replace(spec, nginx=dataclasses.replace(spec.nginx, socketio_path="/"))
+    with pytest.raises(kube.ExportError, match="nginx.socketio_path"):
+        kube.export(spec)
+
+
+def test_no_spec_value_can_end_a_comment_of_the_header():
+    spec = parse_spec('app: {env: {REDIS_URL: "redis://localhost/0\\nkind: Secret\\u2028x: 1"}}\n',
+                      base_dir=Path("/srv"), cpu_count=2)
+    text = kube.render_stream(kube.export(spec))
+    head = text.split("\n---\n", 1)[0]
+    assert all(line.startswith("#") for line in head.splitlines())
+    assert list(yaml.safe_load_all(text)) == kube.export(spec).manifests
+
+
+def test_a_bind_in_gunicorn_args_is_warned_about():
+    spec = parse_spec("gunicorn: {args: ['--bind=127.0.0.1:9999']}\n", base_dir=Path("/srv"),
+                      cpu_count=2)
+    assert any("binds an address of its own" in w for w in kube.export(spec).warnings)
