@@ -61,46 +61,45 @@ class Policy:
 # ---- actions: one type per effect; the reconciler matches on them exhaustively ---------------
 
 @dataclass(frozen=True)
-class Spawn:
+class _OnPort:
     port: int
     reason: str = ""
 
 
 @dataclass(frozen=True)
-class Drain:
-    port: int
-    reason: str = ""
+class Spawn(_OnPort):
+    """Start the instance's gunicorn master."""
+
+
+@dataclass(frozen=True)
+class Drain(_OnPort):
+    """Take it out of the upstream and let its requests finish."""
     restart: bool = False              # come back once stopped (rolling restart, failed health)
 
 
 @dataclass(frozen=True)
-class Undrain:
-    port: int
-    reason: str = ""
+class Undrain(_OnPort):
+    """Back into the upstream (a drain that is no longer wanted)."""
 
 
 @dataclass(frozen=True)
-class Stop:                            # SIGTERM to the master: graceful shutdown
-    port: int
-    reason: str = ""
+class Stop(_OnPort):
+    """SIGTERM to the master: graceful shutdown."""
 
 
 @dataclass(frozen=True)
-class Kill:                            # SIGKILL to the whole process group
-    port: int
-    reason: str = ""
+class Kill(_OnPort):
+    """SIGKILL to the whole process group."""
 
 
 @dataclass(frozen=True)
-class Forget:
-    port: int
-    reason: str = ""
+class Forget(_OnPort):
+    """Drop an instance that is no longer wanted (stopped, or never started) and its alerts."""
 
 
 @dataclass(frozen=True)
-class Probe:                           # one HTTP probe of the health path
-    port: int
-    reason: str = ""
+class Probe(_OnPort):
+    """One HTTP probe of the health path."""
 
 
 @dataclass(frozen=True)
