@@ -134,7 +134,7 @@ def test_the_export_with_every_optional_part_on_validates(validate):
         "worker_connections: 100}\n"
         "nginx: {server_name: a.example.com .example.org, tls_cert: /c.pem, tls_key: /k.pem, "
         "rate_limit: 7, rate_limit_burst: 50, conn_limit: 9, balance: random}\n"
-        "instances: {count: 0, min: 0, max: 3}\nautoscale: {enabled: true}\n",
+        "instances: {count: 1, min: 1, max: 3}\nautoscale: {enabled: true}\n",
         base_dir=Path("/srv"), cpu_count=2)
     ex = kube.export(spec, kube.Options(namespace="prod", image="ghcr.io/o/app@sha256:" + "a" * 64))
     assert ex.name == "full-fleet"
@@ -150,9 +150,6 @@ def test_the_export_with_every_optional_part_on_validates(validate):
     assert ann[kube.ANNOTATION + "limit-connections"] == "9"
     assert ann[kube.ANNOTATION + "load-balance"] == "round_robin"
     assert ann[kube.ANNOTATION + "ssl-redirect"] == "false"
-    hpa = next(m for m in ex.manifests if m["kind"] == "HorizontalPodAutoscaler")
-    assert hpa["spec"]["minReplicas"] == 1  # instances.min 0: an HPA cannot go below 1
-    assert any("scale to 0 pods" in w for w in ex.warnings)
     assert any("kubectl create secret tls full-fleet-tls" in w and "-n prod" in w
                for w in ex.warnings)
     assert ex.controller["ssl-protocols"] == "TLSv1.2 TLSv1.3"
@@ -371,6 +368,14 @@ def test_the_cpu_target_is_per_worker_and_in_flight_is_per_pod():
                                                          "periodSeconds": 60}]
     assert hpa["minReplicas"] == 2  # instances.min
     assert any("custom metrics adapter" in w for w in exported("django-sync").warnings)
+
+
+def test_an_autoscaler_min_of_0_becomes_1_with_a_warning():
+    spec = load("large")  # the spec refuses min 0 with autoscale on; a Spec built in code may not
+    spec = dataclasses.replace(spec, autoscale=dataclasses.replace(spec.autoscale, min_replicas=0))
+    ex = kube.export(spec)
+    assert objects(ex)["HorizontalPodAutoscaler/demo-large"]["spec"]["minReplicas"] == 1
+    assert any("scale to 0 pods" in w for w in ex.warnings)
 
 
 def test_a_disabled_direction_without_policies_still_has_one_for_the_api_server():
