@@ -316,6 +316,20 @@ def test_the_configmap_holds_the_env_and_the_pool_for_the_replica_set():
     assert all(m["metadata"]["namespace"] == "ultrascale" for m in ex.manifests)
 
 
+def test_a_changed_environment_rolls_the_pods():
+    """A ConfigMap change alone restarts no pod; its digest on the pod template does, as a
+    reload restarts the instances whose environment changed."""
+    spec = load("fleet")
+    env2 = dataclasses.replace(spec, app=dataclasses.replace(spec.app, env={**spec.app.env,
+                                                                            "CACHE_TTL": "60"}))
+
+    def template(s):
+        return objects(kube.export(s))["Deployment/demo"]["spec"]["template"]["metadata"]
+
+    assert template(spec)["annotations"][kube.ENV_HASH] != template(env2)["annotations"][kube.ENV_HASH]
+    assert template(spec) == template(load("fleet"))  # and only a change changes it
+
+
 def test_socketio_gets_its_own_sticky_service_and_ingress_and_none_without_it():
     large = objects(exported("large"))
     sio = large["Ingress/demo-large-socketio"]
