@@ -354,7 +354,7 @@ def app_environment(spec: "Spec", mongo_servers: int = 1) -> dict[str, str]:
     return env
 
 
-def gunicorn_args(spec: "Spec", name: str, max_requests: int) -> list[str]:
+def gunicorn_args(spec: "Spec", max_requests: int) -> list[str]:
     """gunicorn's arguments in the container: the daemon's (command.gunicorn_argv) less what the
     pod decides (the interpreter, --chdir, the log file), bound to every address of the pod."""
     g = spec.gunicorn
@@ -412,7 +412,7 @@ def deployment(spec: "Spec", name: str, opts: Options) -> dict:
         "name": "gunicorn",
         "image": opts.image or f"{name}:latest",
         "command": ["python", "-m", "gunicorn"],
-        "args": gunicorn_args(spec, name, opts.max_requests),
+        "args": gunicorn_args(spec, opts.max_requests),
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "env": [{"name": "PORT", "value": str(port)},
                 {"name": "ULTRASCALE_PORT", "value": str(port)}],
