@@ -140,6 +140,7 @@ def test_the_export_with_every_optional_part_on_validates(validate):
     assert ex.name == "full-fleet"
     for m in ex.manifests:
         validate(m, newest_minor_versions()[-1])
+        assert api_server_rules(m) == [], m["kind"]
     ing = {m["metadata"]["name"]: m for m in ex.manifests if m["kind"] == "Ingress"}
     assert ing["full-fleet"]["spec"]["tls"] == [{"hosts": ["a.example.com", "example.org",
                                                            "*.example.org"],
@@ -153,6 +154,62 @@ def test_the_export_with_every_optional_part_on_validates(validate):
     assert any("kubectl create secret tls full-fleet-tls" in w and "-n prod" in w
                for w in ex.warnings)
     assert ex.controller["ssl-protocols"] == "TLSv1.2 TLSv1.3"
+
+
+def api_server_rules(m: dict) -> list[str]:
+    """Rules the API server enforces that the OpenAPI schemas do not state (from Kubernetes'
+    validation code: names, ports, probe and HPA bounds)."""
+    import re
+    broken = []
+    name = m["metadata"]["name"]
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 63:
+        broken.append(f"name {name!r}")
+    if m["kind"] == "Service" and not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
+        broken.append(f"Service name {name!r} is not a DNS-1035 label")
+    if m["kind"] == "Deployment":
+        pod = m["spec"]["template"]["spec"]
+        labels = m["spec"]["template"]["metadata"]["labels"]
+        if any(labels.get(k) != v for k, v in m["spec"]["selector"]["matchLabels"].items()):
+            broken.append("selector does not match the template's labels")
+        for c in pod["containers"]:
+            if not 1 <= c["ports"][0]["containerPort"] <= 65535:
+                broken.append("containerPort")
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                p = c[probe]
+                if p["periodSeconds"] < 1 or p["timeoutSeconds"] < 1 or p["failureThreshold"] < 1:
+                    broken.append(f"{probe} below 1")
+            if c["livenessProbe"].get("successThreshold", 1) != 1:
+                broken.append("livenessProbe successThreshold must be 1")
+            sleep = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+            if not 0 < sleep < pod["terminationGracePeriodSeconds"]:
+                broken.append("preStop sleep must be > 0 and within the grace period")
+    if m["kind"] == "HorizontalPodAutoscaler":
+        spec = m["spec"]
+        if not 1 <= spec["minReplicas"] <= spec["maxReplicas"]:
+            broken.append("minReplicas..maxReplicas")
+        for d in ("scaleUp", "scaleDown"):
+            rules = spec["behavior"][d]
+            if not 0 <= rules["stabilizationWindowSeconds"] <= 3600:
+                broken.append(f"{d} stabilizationWindowSeconds")
+            if not rules["policies"]:
+                broken.append(f"{d} has no policy")
+            for pol in rules["policies"]:
+                if pol["value"] <= 0 or not 0 < pol["periodSeconds"] <= 1800:
+                    broken.append(f"{d} policy {pol}")
+        if not spec["metrics"]:
+            broken.append("an HPA without a metric")
+    if m["kind"] == "Ingress":
+        for rule in m["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                if not path["path"].startswith("/"):
+                    broken.append(f"path {path['path']!r}")
+    return broken
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_rules_the_api_server_adds_to_the_schemas_hold(name):
+    for m in exported(name).manifests:
+        assert api_server_rules(m) == [], m["kind"]
 
 
 # ---- where every spec key goes --------------------------------------------------------------
