@@ -523,6 +523,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # stdout closed early (`| head`): no traceback, and none at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("ultrascalectl: stdout was closed before the output was written", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

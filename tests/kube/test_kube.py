@@ -682,3 +682,20 @@ def test_a_bind_in_gunicorn_args_is_warned_about():
     spec = parse_spec("gunicorn: {args: ['--bind=127.0.0.1:9999']}\n", base_dir=Path("/srv"),
                       cpu_count=2)
     assert any("binds an address of its own" in w for w in kube.export(spec).warnings)
+
+
+@pytest.mark.integration  # runs ultrascalectl as a process, twice
+@pytest.mark.parametrize("argv", [["export", "kubernetes"], ["plan", "--users", "10"]])
+def test_a_closed_stdout_is_exit_1_without_a_traceback(argv):
+    """Found attacking the export: `ultrascalectl plan ... | head -1` ended in a BrokenPipeError
+    traceback when head exited first."""
+    r, w = os.pipe()
+    os.close(r)  # every write to w fails with EPIPE
+    try:
+        out = subprocess.run([sys.executable, "-m", "ultrascaled.cli", *argv, "--spec",
+                              str(ETC / "large.yaml")], stdout=w, stderr=subprocess.PIPE, text=True,
+                             timeout=60)
+    finally:
+        os.close(w)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and "stdout was closed" in out.stderr
