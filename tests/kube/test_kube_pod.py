@@ -1,5 +1,6 @@
 """What a pod would run, run for real: the exported container's command, arguments and
-environment start real gunicorn with the reference app; the startup probe's path answers within
+environment start real gunicorn with the reference app (etc/ultrascaled/fleet.yaml and
+large.yaml) or a fresh Django project on sync workers (django-sync.yaml); the startup probe's path answers within
 the startup budget; SIGTERM (what the kubelet sends after the preStop sleep) lets an in-flight
 request finish and the pod exit within terminationGracePeriodSeconds. The schemas cannot check
 any of this. Bound to 127.0.0.1 instead of the pod's 0.0.0.0; everything started is ended by its
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.error
@@ -68,15 +70,41 @@ def pod_command(ex: kube.Export, tmp_path: Path) -> tuple[list[str], dict[str, s
     return [sys.executable, "-m", "gunicorn", *args], env, port, pod
 
 
-@pytest.mark.parametrize("spec_name", ["fleet", "large"])
+def django_project(root: Path) -> Path:
+    """`django-admin startproject mysite` as etc/ultrascaled/django-sync.yaml expects it, with
+    its /healthz and a slow view; the project folder is what the image's WORKDIR would be."""
+    root.mkdir()
+    subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(root)],
+                   check=True, capture_output=True, timeout=60)
+    settings = root / "mysite" / "settings.py"
+    settings.write_text(settings.read_text().replace("ALLOWED_HOSTS = []",
+                                                     'ALLOWED_HOSTS = ["127.0.0.1"]')
+                        .replace("DEBUG = True", "DEBUG = False"))
+    urls = root / "mysite" / "urls.py"
+    urls.write_text(urls.read_text() + textwrap.dedent("""
+        import time
+        from django.http import JsonResponse
+
+        def slow(request):
+            time.sleep(int(request.GET.get("ms", "0")) / 1000)
+            return JsonResponse({"status": "ok"})
+
+        urlpatterns += [path("healthz", lambda r: JsonResponse({"status": "ok"})),
+                        path("io", slow)]
+        """))
+    return root
+
+
+@pytest.mark.parametrize("spec_name", ["fleet", "large", "django-sync"])
 def test_the_exported_container_serves_drains_and_stops_in_its_grace_period(spec_name, tmp_path):
     spec = load_spec(ROOT / "etc" / "ultrascaled" / f"{spec_name}.yaml",
                      cpu_count=kube.EXPORT_CPU_COUNT)
     ex = kube.export(spec, kube.Options(nofile=65536))
+    workdir = django_project(tmp_path / "shop") if spec_name == "django-sync" else ROOT
     argv, env, port, pod = pod_command(ex, tmp_path)
     c = pod["containers"][0]
     startup = c["startupProbe"]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True,
+    proc = subprocess.Popen(argv, cwd=workdir, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "log", "wb"))
     try:
         # The startup probe: its path every periodSeconds, failureThreshold times at most.
