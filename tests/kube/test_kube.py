@@ -7,6 +7,7 @@ Regenerate the golden files after an intended change with
 from __future__ import annotations
 
 import dataclasses
+import re
 import functools
 import os
 import subprocess
@@ -159,7 +160,6 @@ def test_the_export_with_every_optional_part_on_validates(validate):
 def api_server_rules(m: dict) -> list[str]:
     """Rules the API server enforces that the OpenAPI schemas do not state (from Kubernetes'
     validation code: names, ports, probe and HPA bounds)."""
-    import re
     broken = []
     name = m["metadata"]["name"]
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 63:
@@ -699,3 +699,35 @@ def test_a_closed_stdout_is_exit_1_without_a_traceback(argv):
         os.close(w)
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr and "stdout was closed" in out.stderr
+
+
+# Names as ingress-nginx documents them (docs/user-guide/nginx-configuration/annotations.md and
+# configmap.md in kubernetes/ingress-nginx): the ones this export may use or name. A name
+# misspelt in kube.py is silently ignored by the controller; this catches it.
+DOCUMENTED_ANNOTATIONS = {
+    "affinity", "affinity-mode", "session-cookie-name", "session-cookie-path", "limit-rps",
+    "limit-burst-multiplier", "limit-connections", "proxy-body-size", "client-body-buffer-size",
+    "proxy-connect-timeout", "proxy-send-timeout", "proxy-read-timeout", "proxy-next-upstream",
+    "proxy-next-upstream-timeout", "proxy-next-upstream-tries", "proxy-buffering",
+    "proxy-buffers-number", "proxy-buffer-size", "load-balance", "ssl-redirect", "upstream-hash-by",
+}
+DOCUMENTED_CONTROLLER_KEYS = {
+    "limit-req-status-code", "limit-conn-status-code", "upstream-keepalive-connections",
+    "upstream-keepalive-requests", "upstream-keepalive-timeout", "client-header-timeout",
+    "client-body-timeout", "keep-alive", "worker-shutdown-timeout", "ssl-protocols", "use-http2",
+    "max-worker-connections", "worker-processes", "error-log-level", "allow-snippet-annotations",
+}
+
+
+def test_every_annotation_and_controller_key_is_one_ingress_nginx_documents():
+    spec = parse_spec("nginx: {tls_cert: /c.pem, tls_key: /k.pem, rate_limit: 5, conn_limit: 5}\n",
+                      base_dir=Path("/srv"), cpu_count=2)
+    for ex in [kube.export(spec)] + [exported(n) for n in CASES]:
+        for m in ex.manifests:
+            for key in m["metadata"].get("annotations", {}):
+                assert key.startswith(kube.ANNOTATION), key
+                assert key[len(kube.ANNOTATION):] in DOCUMENTED_ANNOTATIONS, key
+        assert set(ex.controller) <= DOCUMENTED_CONTROLLER_KEYS, set(ex.controller)
+    for why in kube.NOT_CARRIED.values():  # keys named in the not-carried reasons, too
+        for name in re.findall(r"controller-wide: ([a-z-]+) in its ConfigMap", why):
+            assert name in DOCUMENTED_CONTROLLER_KEYS, name
