@@ -215,6 +215,9 @@ NOT_CARRIED: dict[str, str] = {
     "nginx.stub_status_allow": "the controller serves its own Prometheus metrics",
     "nginx.socketio_balance": "hash and ip_hash both become cookie affinity (sticky behind NAT "
                               "and load balancers, where client addresses collide)",
+    "nginx.traffic_log": "the daemon's per-instance figures from nginx's log: ingress-nginx's "
+                         "Prometheus metrics give requests, 5xx and latency per Ingress",
+    "nginx.traffic_window": "the daemon's per-instance figures (see nginx.traffic_log)",
     "nginx.reload_timeout": "the controller reloads itself",
     "nginx.command_timeout": "the controller reloads itself",
     "nginx.start_timeout": "the controller's own probes",
