@@ -263,6 +263,15 @@ class AutoscaleTarget:
                                                "`Resource cpu` `averageUtilization` for a pod "
                                                "requesting one core per worker); null = not "
                                                "followed.", min=1, max=100)
+    cpu_wait_percent: Optional[float] = setting(None, "Target share of time a worker is ready "
+                                                "to run but waits for a CPU (Linux "
+                                                "/proc/PID/schedstat run-queue delay, percent "
+                                                "of wall time, averaged over the ready "
+                                                "instances' processes). It sees what "
+                                                "`cpu_utilization` cannot: a worker starved by "
+                                                "a busy host uses little CPU. No HPA "
+                                                "equivalent; null = not followed.",
+                                                min=1, max=10000)
     in_flight_per_worker: Optional[float] = setting(None, "Target requests in flight per worker, "
                                                     "averaged over the ready instances (the HPA's "
                                                     "`Pods` metric `averageValue`, per worker "
@@ -343,7 +352,8 @@ class AutoscaleSection:
     stale_after_seconds: float = setting(10.0, "A signal older than this counts as missing: the "
                                          "count is held, never lowered.", min=1, max=3600)
     host_cpu_saturation_percent: Optional[float] = setting(90.0, "Host CPU (all cores, percent) "
-                                                           "above which a scale-up is held: more "
+                                                           "above which a scale-up is held once "
+                                                           "the fleet has a worker per core: more "
                                                            "instances on a saturated host serve "
                                                            "less; null = not checked.",
                                                            min=1, max=100)
@@ -373,11 +383,26 @@ def autoscale_errors(spec: "Spec", where, ok) -> list[str]:
             and lo > hi:
         errors.append(f"{where('autoscale.min_replicas')}: the autoscaler's min ({lo}) exceeds its "
                       f"max ({hi})")
+    if a.enabled and ok("autoscale.enabled", "autoscale.min_replicas", "instances.min") and lo < 1:
+        errors.append(f"{where('autoscale.min_replicas')}: an enabled autoscaler keeps at least 1 "
+                      f"instance (no instance, no signal to scale up on), got {lo}"
+                      + ("" if a.min_replicas is not None else " from instances.min"))
     t = a.target
     if a.enabled and ok("autoscale.enabled", "autoscale.target") and \
-            t.cpu_utilization is None and t.in_flight_per_worker is None and t.p95_latency_seconds is None:
+            t.cpu_utilization is None and t.cpu_wait_percent is None and t.in_flight_per_worker is None \
+            and t.p95_latency_seconds is None:
         errors.append(f"{where('autoscale.target')}: autoscale.enabled needs at least one target "
-                      "(cpu_utilization, in_flight_per_worker or p95_latency_seconds)")
+                      "(cpu_utilization, cpu_wait_percent, in_flight_per_worker or "
+                      "p95_latency_seconds)")
+    if t.in_flight_per_worker is not None and ok("autoscale.target.in_flight_per_worker",
+                                                 "gunicorn.worker_class", "gunicorn.threads",
+                                                 "gunicorn.worker_connections"):
+        per, formula = capacity.requests_per_worker(spec)
+        if t.in_flight_per_worker > per:
+            errors.append(f"{where('autoscale.target.in_flight_per_worker')}: {t.in_flight_per_worker:g} "
+                          f"requests in flight per worker cannot happen: a worker serves {formula}, "
+                          f"so the autoscaler would never scale up; use at most {per} "
+                          f"(e.g. {0.8 * per:g}, leaving headroom)")
     for direction in ("scale_up", "scale_down"):
         rules = getattr(a.behavior, direction)
         key = f"autoscale.behavior.{direction}"
@@ -386,6 +411,12 @@ def autoscale_errors(spec: "Spec", where, ok) -> list[str]:
             errors.append(f"{where(key + '.select_policy')}: {rules.select_policy} needs a policy: "
                           f"set {direction}.pods_value or {direction}.percent_value, or "
                           "select_policy Disabled")
+    if a.enabled and t.cpu_utilization is not None and ok(
+            "autoscale.enabled", "autoscale.stale_after_seconds", "memory.sample_interval") and \
+            spec.memory.sample_interval >= a.stale_after_seconds:
+        errors.append(f"{where('autoscale.stale_after_seconds')}: must be longer than "
+                      f"memory.sample_interval ({spec.memory.sample_interval:g}s), the CPU samples' "
+                      f"interval, got {a.stale_after_seconds:g} (cpu_utilization would always be stale)")
     if ok("autoscale.stale_after_seconds", "autoscale.sync_period_seconds") and \
             a.stale_after_seconds < a.sync_period_seconds:
         errors.append(f"{where('autoscale.stale_after_seconds')}: must be at least "

@@ -277,6 +277,7 @@ MUTATIONS = {
     "autoscale.max_replicas": (ON, 6),
     "autoscale.target.in_flight_per_worker": (ON, 0.8),
     "autoscale.target.p95_latency_seconds": (ON, 0.5),
+    "autoscale.target.cpu_wait_percent": (ON, 20.0),
     "autoscale.behavior.scale_up.select_policy": (ON, "Min"),
     "autoscale.behavior.scale_down.select_policy": (ON, "Disabled"),
     "autoscale.behavior.scale_down.pods_value": (ON, 2),
@@ -447,6 +448,17 @@ def test_an_autoscaler_min_of_0_becomes_1_with_a_warning():
     ex = kube.export(spec)
     assert objects(ex)["HorizontalPodAutoscaler/demo-large"]["spec"]["minReplicas"] == 1
     assert any("scale to 0 pods" in w for w in ex.warnings)
+
+
+def test_a_target_without_an_hpa_equivalent_is_said_and_cpu_at_the_hpa_default_follows():
+    spec = parse_spec("autoscale: {enabled: true, target: {cpu_utilization: null, "
+                      "cpu_wait_percent: 20}}\n", base_dir=Path("/srv"), cpu_count=2)
+    ex = kube.export(spec)
+    hpa = objects(ex)["HorizontalPodAutoscaler/ultrascale"]["spec"]
+    assert hpa["metrics"] == [{"type": "Resource", "resource": {"name": "cpu", "target": {
+        "type": "Utilization", "averageUtilization": 80}}}]
+    assert any("cpu_wait_percent has no HPA equivalent; with no other target" in w
+               for w in ex.warnings)
 
 
 def test_a_disabled_direction_without_policies_still_has_one_for_the_api_server():

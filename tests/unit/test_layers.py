@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-PURE = ["ultrascaled.spec", "ultrascaled.plan", "ultrascaled.states", "ultrascaled.nginx_conf"]
+PURE = ["ultrascaled.spec", "ultrascaled.plan", "ultrascaled.states", "ultrascaled.nginx_conf",
+        "ultrascaled.autoscale"]
 HEAVY = ["psutil", "aiohttp", "subprocess", "asyncio"]
 
 

@@ -46,6 +46,8 @@ def test_replica_bounds_default_to_the_instance_bounds():
      "autoscale.min_replicas (line 2): the autoscaler's min (5) exceeds its max (3)"),
     ("autoscale:\n  enabled: true\n  target:\n    cpu_utilization: null\n",
      "autoscale.target (line 3): autoscale.enabled needs at least one target"),
+    ("instances: {min: 0}\nautoscale:\n  enabled: true\n",
+     "autoscale.min_replicas: an enabled autoscaler keeps at least 1 instance"),
     ("autoscale:\n  tolerance: 1.5\n", "autoscale.tolerance (line 2): must be 0..1, got 1.5"),
     ("autoscale:\n  target:\n    cpu_utilization: 0\n",
      "autoscale.target.cpu_utilization (line 3): must be 1..100, got 0"),
@@ -61,6 +63,8 @@ def test_replica_bounds_default_to_the_instance_bounds():
      "autoscale.behavior.scale_down.percent_value (line 4): must be 1..100, got 150"),
     ("autoscale:\n  sync_period_seconds: 5\n  stale_after_seconds: 2\n",
      "autoscale.stale_after_seconds (line 3): must be at least autoscale.sync_period_seconds (5)"),
+    ("memory: {sample_interval: 20}\nautoscale:\n  enabled: true\n",
+     "autoscale.stale_after_seconds: must be longer than memory.sample_interval (20s)"),
     ("autoscale:\n  behavour: {}\n", "autoscale.behavour (line 2): unknown key; did you mean `behavior`?"),
 ])
 def test_each_bad_autoscale_value_is_named_with_its_path_and_line(text, expected):
