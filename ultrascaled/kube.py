@@ -29,9 +29,12 @@ if TYPE_CHECKING:  # pragma: no cover
 # (cores / 2, within 1..4): a pod has no host to count, and the output must not depend on the
 # machine that ran the export. A number in the spec is taken as it is.
 EXPORT_CPU_COUNT = 2
-# A container's soft open-file limit when nobody raises it: containerd 2.x no longer sets
-# LimitNOFILE=infinity, so pods get systemd's default soft limit of 1024. `--nofile` overrides.
-DEFAULT_POD_NOFILE = 1024
+# containerd 2.x no longer sets LimitNOFILE=infinity, so a container starts with systemd's
+# default limits: soft 1024, hard 524288 (systemd >= 240). The container's command raises its soft
+# limit to the hard one before gunicorn starts (RAISE_NOFILE), as ultrascaled does on a host; the
+# budget is judged against that hard limit. `--nofile` names another (your nodes' hard limit).
+DEFAULT_POD_NOFILE = 524288
+RAISE_NOFILE = 'ulimit -n "$(ulimit -H -n)" 2>/dev/null; exec python -m gunicorn "$@"'
 # gunicorn's `max_requests` when the spec leaves it at 0 (the daemon recycles workers by measured
 # RSS, which a pod cannot): a count-based recycle, with jitter so workers are not replaced
 # together. The count is a choice, not a measurement: `--max-requests` changes it.
@@ -419,7 +422,7 @@ def deployment(spec: "Spec", name: str, opts: Options) -> dict:
     container = {
         "name": "gunicorn",
         "image": opts.image or f"{name}:latest",
-        "command": ["python", "-m", "gunicorn"],
+        "command": ["sh", "-c", RAISE_NOFILE, "gunicorn"],   # "$@" = args
         "args": gunicorn_args(spec, opts.max_requests),
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "env": [{"name": "PORT", "value": str(port)},
@@ -911,8 +914,9 @@ def add_arguments(parser: "argparse.ArgumentParser") -> None:
                         help="gunicorn --max-requests when the spec's gunicorn.max_requests is 0 "
                              f"(default {DEFAULT_MAX_REQUESTS}; jitter N/10)")
     parser.add_argument("--nofile", type=int, metavar="N", default=DEFAULT_POD_NOFILE,
-                        help="open-file limit of a pod, for the budget check (default "
-                             f"{DEFAULT_POD_NOFILE}, a container's usual soft limit)")
+                        help="open-file hard limit of your nodes, which the container raises its "
+                             f"soft limit to; for the budget check (default {DEFAULT_POD_NOFILE}, "
+                             "systemd's default)")
     parser.add_argument("--mongo-servers", type=int, metavar="N", default=1,
                         help="MongoDB servers each client connects to (default 1)")
 

@@ -66,8 +66,9 @@ def pod_command(ex: kube.Export, tmp_path: Path) -> tuple[list[str], dict[str, s
     metrics = tmp_path / "metrics"  # the emptyDir
     metrics.mkdir()
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
-    assert c["command"] == ["python", "-m", "gunicorn"]
-    return [sys.executable, "-m", "gunicorn", *args], env, port, pod
+    assert c["command"] == ["sh", "-c", kube.RAISE_NOFILE, "gunicorn"]
+    script = kube.RAISE_NOFILE.replace("exec python", f"exec {sys.executable}")
+    return ["sh", "-c", script, "gunicorn", *args], env, port, pod
 
 
 def django_project(root: Path) -> Path:
