@@ -343,6 +343,11 @@ def cmd_plan(api, args) -> int:
     return capacity.run(args, spec.load_spec)
 
 
+def cmd_export(api, args) -> int:
+    from ultrascaled import kube, spec
+    return kube.run(args, spec.load_spec)
+
+
 # ---- ultrascalectl autoscale status|pause|resume --------------------------------------------
 
 def _shown(name: str, v) -> str:
@@ -526,6 +531,11 @@ def build_plan(p: argparse.ArgumentParser) -> None:
     capacity.add_arguments(p)
 
 
+def build_export(p: argparse.ArgumentParser) -> None:
+    from ultrascaled import kube  # the exporter's imports are paid only by `export`
+    kube.add_arguments(p)
+
+
 # name: (function, one-line help, what adds its arguments). Each subcommand's parser is built
 # only when that command is given (see Commands).
 COMMANDS: dict[str, tuple] = {
@@ -539,6 +549,7 @@ COMMANDS: dict[str, tuple] = {
     "plan": (cmd_plan, "capacity plan for N users from the spec, with the arithmetic", build_plan),
     "traffic": (cmd_traffic, "requests, 5xx and p95 per instance, measured at nginx", build_traffic),
     "autoscale": (cmd_autoscale, "the autoscaler: status, pause [--for 30m], resume", build_autoscale),
+    "export": (cmd_export, "the spec as Kubernetes manifests (export kubernetes)", build_export),
 }
 
 DESCRIPTION = "Control an ultrascaled fleet through its API. `ultrascalectl COMMAND --help` for a command."
@@ -622,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ultrascalectl: --token-file: {exc.strerror}: {args.token_file}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        if args.cmd == "plan":  # works from the spec file, without the daemon
+        if args.cmd in ("plan", "export"):  # work from the spec file, without the daemon
             return args.func(None, args)
         return args.func(Api(args.api, token, ca_file=args.ca_file), args)
     except CtlError as exc:
@@ -630,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # stdout closed early (`| head`): no traceback, and none at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("ultrascalectl: stdout was closed before the output was written", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
