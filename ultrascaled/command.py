@@ -29,9 +29,11 @@ def policy_of(spec: Spec) -> Policy:
                   health_interval=h.interval, health_failures=h.failures)
 
 
-def gunicorn_argv(spec: Spec, port: int, log_path: str | None = None) -> list[str]:
+def gunicorn_argv(spec: Spec, port: int, log_path: str | None = None, directory: str | None = None) -> list[str]:
     """`log_path`: gunicorn writes its own and the app's output there (--capture-output) and
-    reopens it on SIGUSR1, which is how the daemon rotates it without losing a line."""
+    reopens it on SIGUSR1, which is how the daemon rotates it without losing a line.
+    `directory`: the release folder the instance runs (ultrascaled/releases.py); app.directory
+    when None."""
     g = spec.gunicorn
     argv = [spec.app.python or sys.executable, "-m", "gunicorn",
             "--bind", f"{spec.instances.host}:{port}",
@@ -42,7 +44,7 @@ def gunicorn_argv(spec: Spec, port: int, log_path: str | None = None) -> list[st
             "--keep-alive", str(g.keepalive),
             "--max-requests", str(g.max_requests), "--max-requests-jitter", str(g.max_requests_jitter),
             "--name", marker(spec.name, port), "--no-control-socket",
-            "--chdir", spec.app.directory]
+            "--chdir", directory or spec.app.directory]
     if log_path:
         argv += ["--error-logfile", log_path, "--capture-output"]
     if spec.app.config:
@@ -64,7 +66,7 @@ def instance_env(spec: Spec, index: int, port: int, metrics_dir: str) -> dict[st
     return env
 
 
-def fingerprint(spec: Spec, port: int, log_path: str | None = None) -> str:
+def fingerprint(spec: Spec, port: int, log_path: str | None = None, directory: str | None = None) -> str:
     """What an instance was started with; a reload restarts those whose fingerprint changes."""
-    return json.dumps([gunicorn_argv(spec, port, log_path), spec.app.env, spec.mongo_pool_per_process()],
+    return json.dumps([gunicorn_argv(spec, port, log_path, directory), spec.app.env, spec.mongo_pool_per_process()],
                       sort_keys=True)

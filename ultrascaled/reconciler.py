@@ -61,6 +61,7 @@ class Instance:
     workers: list[ProcMem] = field(default_factory=list)
     recycles: dict[int, float] = field(default_factory=dict)   # worker pid -> SIGKILL deadline
     recycle_history: tuple[float, ...] = ()                     # recent watchdog recycles
+    release: str | None = None          # the release its current (or last) start runs; None: app.directory
 
     def view(self) -> InstanceView:
         return InstanceView(self.port, self.state, self.since, self.next_start, self.restart_requested,
@@ -166,6 +167,9 @@ class Reconciler:
         self._tasks: set[asyncio.Task] = set()
         self.state_dir = Path(spec.paths.state_dir)
         self.log_dir = Path(spec.paths.log_dir)
+        # Which release a port starts with, and its folder (the deploy loop sets this; see
+        # ultrascaled/rollout.py). Read at each spawn: a running instance keeps its release.
+        self.release_for: Callable[[int], tuple[str | None, str]] = lambda port: (None, self.spec.app.directory)
 
     # ---- what is wanted ---------------------------------------------------------------------
 
@@ -546,10 +550,11 @@ class Reconciler:
         log_path = str(self.log_path(inst.port))
         metrics_dir = str(self.state_dir / "metrics" / str(inst.port))
         try:
+            release, directory = self.release_for(inst.port)
             self.runner.prepare_metrics_dir(metrics_dir)
-            argv = command.gunicorn_argv(spec, inst.port, log_path)
+            argv = command.gunicorn_argv(spec, inst.port, log_path, directory)
             env = command.instance_env(spec, inst.index, inst.port, metrics_dir)
-            handle = self.runner.spawn(argv, env, spec.app.directory, log_path)
+            handle = self.runner.spawn(argv, env, directory, log_path)
         except OSError as exc:
             if is_transient(exc):   # the daemon is short of fds or memory: not the app's fault
                 return self._daemon_failure(inst, f"cannot start gunicorn: {exc}")
@@ -567,10 +572,11 @@ class Reconciler:
         inst.kill_sent = False
         inst.probing, inst.next_probe, inst.last_probe = False, now, ""
         inst.started_wall = self.clock.wall()
-        inst.fingerprint = command.fingerprint(spec, inst.port, log_path)
+        inst.fingerprint = command.fingerprint(spec, inst.port, log_path, directory)
+        inst.release = release
         inst.master_mem, inst.workers, inst.recycles, inst.recycle_history = None, [], {}, ()
         self.alerts.resolve("memory_recycle_loop", port=inst.port)
-        self.change_state(inst, S.STARTING, reason, pid=handle.pid)
+        self.change_state(inst, S.STARTING, reason, pid=handle.pid, release=release)
         self._watch(inst, handle)
 
     def _watch(self, inst: Instance, handle: Handle) -> None:
@@ -725,8 +731,10 @@ class Reconciler:
                             since=self.clock.now(), since_wall=self.clock.wall())
             inst.handle = handle
             log_path = str(self.log_path(lo.port))
-            inst.fingerprint = command.fingerprint(spec, lo.port, log_path)
-            if list(lo.cmdline) != command.gunicorn_argv(spec, lo.port, log_path):
+            _, directory = self.release_for(lo.port)
+            inst.release = _release_of(spec, lo.cmdline)
+            inst.fingerprint = command.fingerprint(spec, lo.port, log_path, directory)
+            if list(lo.cmdline) != command.gunicorn_argv(spec, lo.port, log_path, directory):
                 inst.restart_requested = True  # spec changed while we were away: roll it
                 inst.fingerprint = "adopted-with-other-command"
             inst.started_wall = self.runner.start_time(lo.pid)
@@ -760,6 +768,16 @@ class Reconciler:
         except OSError:
             return ""
         return excerpt(lines)
+
+
+def _release_of(spec: Spec, cmdline) -> str | None:
+    """The release an adopted master runs, from its `--chdir` (ultrascaled/releases.py)."""
+    from ultrascaled import releases
+    args = list(cmdline)
+    try:
+        return releases.release_of_directory(spec, args[args.index("--chdir") + 1])
+    except (ValueError, IndexError):
+        return None
 
 
 def excerpt(lines: list[str]) -> str:

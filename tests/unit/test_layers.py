@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-PURE = ["ultrascaled.spec", "ultrascaled.plan", "ultrascaled.states", "ultrascaled.nginx_conf"]
+PURE = ["ultrascaled.spec", "ultrascaled.plan", "ultrascaled.states", "ultrascaled.nginx_conf", "ultrascaled.rollout"]
 HEAVY = ["psutil", "aiohttp", "subprocess", "asyncio"]
 
 
