@@ -55,6 +55,8 @@ class Code(str, enum.Enum):
     deploy_in_progress = ("deploy_in_progress", 409)   # releases: docs/deploys.md
     no_rollback_target = ("no_rollback_target", 409)
     release_invalid = ("release_invalid", 400)
+    release_not_found = ("release_not_found", 404)
+    already_current = ("already_current", 409)
     too_many_requests = ("too_many_requests", 503)
     shutting_down = ("shutting_down", 503)
     internal = ("internal", 500)
@@ -431,6 +433,8 @@ async def deploy(request: web.Request) -> web.Response:
         if val is not None and (not isinstance(val, str) or not val or len(val) > 4096 or "\0" in val):
             raise ApiError(Code.bad_request, f"`{name}` must be a non-empty string without NUL, at most "
                            f"4096 characters, got {str(val)[:40]!r}")
+    if directory is not None and not directory.startswith("/"):
+        raise ApiError(Code.bad_request, f"`directory` must be an absolute path, got {directory[:200]!r}")
     try:
         result = await fleet_of(request).deploy(directory=directory, release=release)
     except ScaleRefused as exc:

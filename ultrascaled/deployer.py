@@ -39,6 +39,7 @@ class Deployer:
         self.traffic: TrafficSource | None = None
         self.preparing = False             # a release is being copied for a deploy
         self.last_verdict: dict | None = None
+        self.last_outcome: dict | None = None   # how the last rollout ended
         self._wake = asyncio.Event()
         rec.release_for = self.release_for
 
@@ -104,12 +105,12 @@ class Deployer:
             else:
                 rid = releases.check_named(self.spec, release)
         except ReleaseError as exc:
-            raise ScaleRefused("release_invalid", str(exc)) from None
+            raise ScaleRefused(exc.code, str(exc)) from None
         finally:
             self.preparing = False
         self._refuse_if_busy()
         if rid == self.state.current:
-            raise ScaleRefused("release_invalid", f"release {rid} is the current release already")
+            raise ScaleRefused("already_current", f"release {rid} is the current release already")
         wanted = self.rec.wanted
         canary = wanted[0] if wanted else None
         now = self.clock.now()
@@ -149,6 +150,7 @@ class Deployer:
                                      if r.canary_ready_at is not None else None),
                 "failure": r.failure, "failure_detail": r.failure_detail or None},
             "last_verdict": self.last_verdict,
+            "last_outcome": self.last_outcome,
         }
 
     def listing(self) -> list[dict[str, Any]]:
@@ -203,6 +205,10 @@ class Deployer:
             self.rec.alerts.fire("deploy_failed", step.alert)
         changed = step.rollout != r
         self.rollout = step.rollout
+        if step.outcome:
+            self.last_outcome = {"kind": r.kind, "release": r.target, "from": r.source, "outcome": step.outcome,
+                                 "failure": r.failure, "detail": r.failure_detail or None,
+                                 "seconds": round(now - r.started, 3), "ended": round(self.clock.wall(), 3)}
         if step.outcome == "completed":
             self.state.previous, self.state.current = r.source, r.target
             self.rec.alerts.resolve("deploy_failed", f"release {show(r.target)} is deployed")

@@ -32,7 +32,12 @@ COPY_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc")
 
 
 class ReleaseError(Exception):
-    """A release that cannot be made or found; the message names it and why."""
+    """A release that cannot be made or found; the message names it and why. `code`: the API's
+    error code (release_invalid 400, release_not_found 404)."""
+
+    def __init__(self, message: str, code: str = "release_invalid"):
+        self.code = code
+        super().__init__(message)
 
 
 def releases_dir(spec) -> Path:
@@ -77,7 +82,8 @@ def check_named(spec, release: str) -> str:
     path = releases_dir(spec) / release
     if not path.is_dir() or path.is_symlink():
         have = [r["id"] for r in listing(spec)]
-        raise ReleaseError(f"no release {release!r} in {releases_dir(spec)}; releases: {have or 'none'}")
+        raise ReleaseError(f"no release {release!r} in {releases_dir(spec)}; releases: {have or 'none'}",
+                           "release_not_found")
     return release
 
 
@@ -96,8 +102,12 @@ def create(spec, source: str) -> str:
     src = Path(source)
     if not src.is_absolute():
         raise ReleaseError(f"the folder to deploy must be an absolute path, got {source[:200]!r}")
-    if not src.is_dir():
-        raise ReleaseError(f"{source[:200]} is not a folder")
+    try:
+        is_dir = src.is_dir()
+    except OSError as exc:   # e.g. a name too long
+        raise ReleaseError(f"cannot read {source[:200]}: {exc.strerror or exc}") from None
+    if not is_dir:
+        raise ReleaseError(f"{source[:200]} is not a folder", "release_not_found")
     root = releases_dir(spec)
     try:
         if root.resolve() == src.resolve() or root.resolve().is_relative_to(src.resolve()):

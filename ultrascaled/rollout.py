@@ -214,7 +214,10 @@ def _canary(r: Rollout, ports: dict[int, PortView], now: float, t: Thresholds, v
                 "port": c.port, "release": show(r.target), "soak_seconds": t.soak_seconds}),),
                 judge_now=soak_over(r, now, t))
         return Advance(r)
-    if c.restarts > r.canary_restarts or c.state != "running" or not on_target:
+    if c.restarts > r.canary_restarts:
+        return _fail(r, "crash", f"the canary (instance {c.port}) crashed during its soak (restarted "
+                     f"{c.restarts - r.canary_restarts} time(s); now {c.state})")
+    if c.state != "running" or not on_target:
         return _fail(r, "crash", f"the canary (instance {c.port}) left RUNNING during its soak: "
                      f"{c.state}" + (f" ({c.reason})" if c.reason else ""))
     if not soak_over(r, now, t):
