@@ -187,9 +187,11 @@ def advance(r: Rollout, ports: dict[int, PortView], wanted: tuple[int, ...], now
             if v is not None and v.release == r.target and v.state in ("fatal", "backoff"):
                 return _fail(r, "boot", f"instance {p} on release {show(r.target)} is {v.state}: {v.reason}")
     want = r.target if r.phase == ROLLING else r.source
-    done_states = ("running",) if r.phase == ROLLING else ("running", "fatal")
-    if all(p in ports and ports[p].release == want and ports[p].state in done_states
-           and not ports[p].restart_pending for p in wanted):
+
+    def done(v: PortView | None) -> bool:   # serving (in the upstream); reverting also ends on FATAL
+        return v is not None and v.release == want and not v.restart_pending and (
+            v.serving or (r.phase == REVERTING and v.state == "fatal"))
+    if all(done(ports.get(p)) for p in wanted):
         if r.phase == ROLLING:
             return Advance(None, "completed", (("deploy.completed", "info", {
                 "kind": r.kind, "release": show(r.target), "previous": show(r.source),
