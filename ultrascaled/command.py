@@ -14,6 +14,12 @@ DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS
                    "LISTEN_FDNAMES")
 
 
+# gunicorn's gevent worker exits at once when its master dies, cutting the responses in flight;
+# ultrascaled/shims/ultrascale_gevent.py finishes them (on the instances' PYTHONPATH, see below).
+SHIMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shims")
+WORKER_CLASSES = {"gevent": "ultrascale_gevent.GeventWorker"}
+
+
 def marker(fleet: str, port: int) -> str:
     """The `--name` given to gunicorn; it stays in every process's command line (or title)."""
     return f"ultrascale-{fleet}-{port}"
@@ -37,7 +43,7 @@ def gunicorn_argv(spec: Spec, port: int, log_path: str | None = None, directory:
     g = spec.gunicorn
     argv = [spec.app.python or sys.executable, "-m", "gunicorn",
             "--bind", f"{spec.instances.host}:{port}",
-            "--workers", str(spec.workers), "--worker-class", g.worker_class,
+            "--workers", str(spec.workers), "--worker-class", WORKER_CLASSES.get(g.worker_class, g.worker_class),
             "--worker-connections", str(g.worker_connections),
             *(["--threads", str(g.threads)] if g.worker_class == "gthread" else []),
             "--timeout", str(g.timeout), "--graceful-timeout", str(g.graceful_timeout),
@@ -63,6 +69,8 @@ def instance_env(spec: Spec, index: int, port: int, metrics_dir: str) -> dict[st
         "MONGO_MAX_CONNECTING": str(spec.mongodb.max_connecting),
         "PYTHONUNBUFFERED": "1",
     })
+    if spec.gunicorn.worker_class in WORKER_CLASSES:   # after the app's own entries
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [SHIMS, env.get("PYTHONPATH")]))
     return env
 
 
@@ -70,3 +78,25 @@ def fingerprint(spec: Spec, port: int, log_path: str | None = None, directory: s
     """What an instance was started with; a reload restarts those whose fingerprint changes."""
     return json.dumps([gunicorn_argv(spec, port, log_path, directory), spec.app.env, spec.mongo_pool_per_process()],
                       sort_keys=True)
+
+
+def with_binds(argv: list[str], binds: list[str]) -> list[str]:
+    """`argv` with its `--bind` pairs replaced by `binds` (e.g. fd://7 for the socket the daemon
+    holds and fd://9 for the master's private probe socket)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--bind" and i + 1 < len(argv):
+            if binds:
+                for b in binds:
+                    out += ["--bind", b]
+                binds = []
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def same_command(running: list[str] | tuple[str, ...], wanted: list[str]) -> bool:
+    """Whether an adopted master runs `wanted`, whatever sockets it was given (`--bind`)."""
+    return with_binds(list(running), ["*"]) == with_binds(wanted, ["*"])

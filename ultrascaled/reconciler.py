@@ -62,6 +62,7 @@ class Instance:
     recycles: dict[int, float] = field(default_factory=dict)   # worker pid -> SIGKILL deadline
     recycle_history: tuple[float, ...] = ()                     # recent watchdog recycles
     release: str | None = None          # the release its current (or last) start runs; None: app.directory
+    probe_port: int | None = None       # the master's private probe socket (None: probe the public port)
 
     def view(self) -> InstanceView:
         return InstanceView(self.port, self.state, self.since, self.next_start, self.restart_requested,
@@ -170,6 +171,10 @@ class Reconciler:
         # Which release a port starts with, and its folder (the deploy loop sets this; see
         # ultrascaled/rollout.py). Read at each spawn: a running instance keeps its release.
         self.release_for: Callable[[int], tuple[str | None, str]] = lambda port: (None, self.spec.app.directory)
+        # The listening socket of each port, held by the daemon for the instance's whole life and
+        # passed to each master it starts there (`--bind fd://N`): a master that dies leaves its
+        # queued connections to the next one, and its orphaned workers finish what they answer.
+        self.listeners: dict[int, Any] = {}
 
     # ---- what is wanted ---------------------------------------------------------------------
 
@@ -332,9 +337,14 @@ class Reconciler:
         if d.crash_loop:
             self.alerts.fire("instance_crash_loop", f"instance {port} keeps crashing after it served: "
                              f"{reason}; restarting with backoff", port=port)
-        # Orphaned workers keep the port for up to a second: end the whole group before respawning.
-        inst.group_alive = True
-        self._start_task(f"reap-{port}", self._reap(port, handle.pgid))
+        # Orphaned workers of a master that died on its own finish what they are answering (they
+        # exit by themselves when their parent changes) while the next master takes the socket the
+        # daemon holds; without a held socket they keep the port: end the group before respawning.
+        held = port in self.listeners
+        died = not (d.state is S.STOPPED and rc is not None and rc >= 0)
+        grace = self.spec.gunicorn.graceful_timeout + 2.0 if held and died else 0.0
+        inst.group_alive = not held
+        self._start_task(f"reap-{port}", self._reap(port, handle.pgid, grace))
 
     def _probed(self, port: int, handle: Any, r: ProbeResult) -> None:
         inst = self.instances.get(port)
@@ -518,13 +528,14 @@ class Reconciler:
             case Forget(port):
                 if inst.state is not S.STOPPED:
                     self.change_state(inst, S.STOPPED, "no longer wanted")
+                self._close_listener(port)
                 self.alerts.resolve("instance_fatal", f"instance {port} is no longer wanted", port=port)
                 self.alerts.resolve("instance_crash_loop", port=port)
                 self.alerts.resolve("memory_recycle_loop", port=port)
                 del self.instances[port]
             case Probe(port):
                 inst.probing = True
-                self._start_task(f"probe-{port}", self._probe(inst.port, inst.handle))
+                self._start_task(f"probe-{port}", self._probe(inst.port, inst.handle, inst.probe_port))
             case KillWorker(port, pid, reason):
                 inst.recycles.pop(pid, None)
                 if self.runner.signal_worker(pid, signal.SIGKILL):
@@ -538,23 +549,43 @@ class Reconciler:
     def _spawn(self, inst: Instance, reason: str) -> None:
         spec = self.spec
         now = self.clock.now()
+        sock = self.listeners.get(inst.port)
+        if sock is None:
+            try:
+                holder = self.runner.port_in_use(spec.instances.host, inst.port)
+            except OSError as exc:
+                return self._daemon_failure(inst, f"cannot check port {inst.port}: {exc}")
+            if holder is not None:
+                who = f"pid {holder.pid} ({holder.name})" if holder.pid else holder.name
+                self._daemon_failure(inst, f"port {spec.instances.host}:{inst.port} is in use by {who}",
+                                     event="instance.port_in_use", holder_pid=holder.pid, holder=holder.name)
+                return
+            try:
+                sock = self.runner.listen(spec.instances.host, inst.port)
+            except OSError as exc:
+                return self._daemon_failure(inst, f"cannot listen on {spec.instances.host}:{inst.port}: "
+                                                  f"{exc.strerror or exc}")
+            self.listeners[inst.port] = sock
         try:
-            holder = self.runner.port_in_use(spec.instances.host, inst.port)
+            probe = self.runner.listen("::1" if ":" in spec.instances.host else "127.0.0.1", 0)
         except OSError as exc:
-            return self._daemon_failure(inst, f"cannot check port {inst.port}: {exc}")
-        if holder is not None:
-            who = f"pid {holder.pid} ({holder.name})" if holder.pid else holder.name
-            self._daemon_failure(inst, f"port {spec.instances.host}:{inst.port} is in use by {who}",
-                                 event="instance.port_in_use", holder_pid=holder.pid, holder=holder.name)
-            return
+            return self._daemon_failure(inst, f"cannot open a probe socket: {exc.strerror or exc}")
+        try:
+            return self._spawn_on(inst, reason, sock, probe, now)
+        finally:
+            probe.close()   # the master has its own copy
+
+    def _spawn_on(self, inst: Instance, reason: str, sock, probe, now: float) -> None:
+        spec = self.spec
         log_path = str(self.log_path(inst.port))
         metrics_dir = str(self.state_dir / "metrics" / str(inst.port))
         try:
             release, directory = self.release_for(inst.port)
             self.runner.prepare_metrics_dir(metrics_dir)
-            argv = command.gunicorn_argv(spec, inst.port, log_path, directory)
+            argv = command.with_binds(command.gunicorn_argv(spec, inst.port, log_path, directory),
+                                      [f"fd://{sock.fileno()}", f"fd://{probe.fileno()}"])
             env = command.instance_env(spec, inst.index, inst.port, metrics_dir)
-            handle = self.runner.spawn(argv, env, directory, log_path)
+            handle = self.runner.spawn(argv, env, directory, log_path, (sock.fileno(), probe.fileno()))
         except OSError as exc:
             if is_transient(exc):   # the daemon is short of fds or memory: not the app's fault
                 return self._daemon_failure(inst, f"cannot start gunicorn: {exc}")
@@ -574,10 +605,16 @@ class Reconciler:
         inst.started_wall = self.clock.wall()
         inst.fingerprint = command.fingerprint(spec, inst.port, log_path, directory)
         inst.release = release
+        inst.probe_port = probe.getsockname()[1]
         inst.master_mem, inst.workers, inst.recycles, inst.recycle_history = None, [], {}, ()
         self.alerts.resolve("memory_recycle_loop", port=inst.port)
         self.change_state(inst, S.STARTING, reason, pid=handle.pid, release=release)
         self._watch(inst, handle)
+
+    def _close_listener(self, port: int) -> None:
+        sock = self.listeners.pop(port, None)
+        if sock is not None:
+            sock.close()
 
     def _watch(self, inst: Instance, handle: Handle) -> None:
         port = inst.port
@@ -631,29 +668,40 @@ class Reconciler:
             self._internal_error(f"in task {task.get_name()}", task.exception())
         self.wake()
 
-    async def _probe(self, port: int, handle: Any) -> None:
+    async def _probe(self, port: int, handle: Any, probe_port: int | None = None) -> None:
+        """GET the health path on the master's private probe socket (its own workers, even while
+        another master shares the public socket), else on the public port (an adopted master)."""
         h = self.spec.health
+        host = self.spec.instances.host
+        if probe_port:
+            host = "::1" if ":" in host else "127.0.0.1"
         try:
-            result = await self.runner.probe(self.spec.instances.host, port, h.path, h.timeout)
+            result = await self.runner.probe(host, probe_port or port, h.path, h.timeout)
         except Exception as exc:  # noqa: BLE001 - a probe that cannot run says so
             result = ProbeResult(None, f"probe failed: {type(exc).__name__}: {exc}")
         self.post(Probed(port, handle, result))
 
-    async def _reap(self, port: int, pgid: int) -> None:
-        """SIGKILL what is left of a dead master's group and wait until it is gone. Survives a
+    async def _reap(self, port: int, pgid: int, grace: float = 0.0) -> None:
+        """SIGKILL what is left of a dead master's group (after `grace` seconds in which its
+        orphaned workers may finish by themselves) and wait until it is gone. Survives a
         shortage of file descriptors (/proc cannot be read): it retries with backoff."""
         delay, lingered, waited = 0.005, False, 0.0
+        if grace > 0:
+            self.events.emit("instance.orphans_finishing", port=port, pgid=pgid, grace_seconds=grace)
         while True:
             try:
-                self.runner.kill_group(pgid, signal.SIGKILL)
+                if waited >= grace:
+                    self.runner.kill_group(pgid, signal.SIGKILL)
                 if not self.runner.group_alive(pgid):
                     break
+                if grace > 0 and waited < grace:
+                    delay = min(0.5, max(delay * 2, 0.05))
             except OSError as exc:
                 self.events.emit("instance.reap_retry", level="warning", port=port, pgid=pgid, error=str(exc))
                 delay = min(1.0, max(delay * 2, 0.1))
             await asyncio.sleep(delay)
             waited += delay
-            if waited > 5.0 and not lingered:
+            if waited > grace + 5.0 and not lingered:
                 lingered = True
                 self.events.emit("instance.group_lingers", level="warning", port=port, pgid=pgid)
         self.post(GroupGone(port, pgid))
@@ -734,7 +782,15 @@ class Reconciler:
             _, directory = self.release_for(lo.port)
             inst.release = _release_of(spec, lo.cmdline)
             inst.fingerprint = command.fingerprint(spec, lo.port, log_path, directory)
-            if list(lo.cmdline) != command.gunicorn_argv(spec, lo.port, log_path, directory):
+            sock = self.runner.take_listener(lo.pid, spec.instances.host, lo.port) if lo.port not in self.listeners \
+                else None
+            if sock is not None:
+                self.listeners[lo.port] = sock
+            else:
+                self.events.emit("adopt.socket_not_taken", level="warning", pid=lo.pid, port=lo.port,
+                                 reason="pidfd_getfd(2) refused or no listening socket found: this instance's "
+                                        "next restart leaves the upstream first (docs/deploys.md)")
+            if not command.same_command(lo.cmdline, command.gunicorn_argv(spec, lo.port, log_path, directory)):
                 inst.restart_requested = True  # spec changed while we were away: roll it
                 inst.fingerprint = "adopted-with-other-command"
             inst.started_wall = self.runner.start_time(lo.pid)
@@ -752,6 +808,8 @@ class Reconciler:
         for inst in self.instances.values():
             if inst.handle is not None:
                 self.runner.unwatch(inst.handle)
+        for port in list(self.listeners):   # the masters keep their own copies
+            self._close_listener(port)
 
     async def cancel_tasks(self) -> None:
         tasks = list(self._tasks)

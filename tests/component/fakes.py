@@ -39,6 +39,22 @@ class FakeProc:
         return self.pid
 
 
+@dataclass(eq=False)
+class FakeSocket:
+    fd: int
+    addr: tuple
+    closed: bool = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def getsockname(self):
+        return self.addr
+
+    def close(self):
+        self.closed = True
+
+
 class FakeRunner:
     def __init__(self):
         self.next_pid = 100
@@ -54,14 +70,35 @@ class FakeRunner:
         self.rss: dict[int, int] = {}              # pid -> rss
         self.rotated: list[str] = []
         self.log_sizes: dict[str, int] = {}
+        self.next_fd = 10
+        self.sockets: list[FakeSocket] = []
+        self.listen_error: OSError | None = None
+        self.takeable = True
+        self.probe_ports: dict[int, int] = {}      # private probe port -> instance port
 
     # -- processes
-    def spawn(self, argv, env, cwd, log_path):
+    def spawn(self, argv, env, cwd, log_path, pass_fds=()):
         self.calls.append(("spawn", argv))
         if self.spawn_error is not None:
             raise self.spawn_error
-        port = int(argv[argv.index("--bind") + 1].rsplit(":", 1)[1])
+        port = int(argv[argv.index("--name") + 1].rsplit("-", 1)[1])
+        for fd in pass_fds:   # probes of a master's private socket are answered as its port's
+            for sock in self.sockets:
+                if sock.fd == fd and sock.addr[1] != port:
+                    self.probe_ports[sock.addr[1]] = port
         return self._new(port, argv)
+
+    # -- sockets the daemon holds
+    def listen(self, host, port):
+        if self.listen_error is not None:
+            raise self.listen_error
+        self.next_fd += 1
+        sock = FakeSocket(self.next_fd, (host, port or 40000 + self.next_fd))
+        self.sockets.append(sock)
+        return sock
+
+    def take_listener(self, pid, host, port):
+        return FakeSocket(999, (host, port)) if self.takeable else None
 
     def _new(self, port, argv) -> FakeProc:
         self.next_pid += 10
@@ -137,6 +174,7 @@ class FakeRunner:
         return self.busy.get(port)
 
     async def probe(self, host, port, path, timeout):
+        port = self.probe_ports.get(port, port)
         self.probes.append(port)
         return self.answers.get(port, ProbeResult(200, "HTTP 200"))
 

@@ -123,7 +123,7 @@ async def test_a_canary_answering_500s_is_rolled_back_with_an_alert_naming_the_5
     assert h.events_named("deploy.rolled_back")
     assert "deploy_failed" in h.alerts() and "rate_5xx" in h.alerts()["deploy_failed"]["message"]
     assert chdir_of(h, 8001) == chdir_of(h, 8002) == str(tmp_path)
-    assert not any(c[0] == "spawn" and c[1][c[1].index("--bind") + 1].endswith(":8002")
+    assert not any(c[0] == "spawn" and c[1][c[1].index("--name") + 1].endswith("-8002")
                    and rid in c[1][c[1].index("--chdir") + 1] for c in h.runner.calls), \
         "the other instance never ran the bad release"
     assert h.sup.deployer.state.current is None
