@@ -233,7 +233,8 @@ class Deployer:
         applied = self.rec.applied
         nginx_on = self.spec.nginx.mode != "off"
         return {p: rollout.PortView(p, i.state.value, i.release, i.restart_requested, i.restarts,
-                                    i.state is S.RUNNING and (p in applied or not nginx_on), i.reason)
+                                    i.state is S.RUNNING and (p in applied or not nginx_on), i.reason,
+                                    show(i.failed_release) if i.replace_failed else None, i.successor is not None)
                 for p, i in self.rec.instances.items()}
 
     def _figures(self, r: Rollout, t: Thresholds):
@@ -249,7 +250,7 @@ class Deployer:
         woke = False
         for p, inst in self.rec.instances.items():
             want, _ = self.release_for(p)
-            if inst.release == want or inst.restart_requested:
+            if inst.release == want or inst.restart_requested or (inst.replace_failed and inst.failed_release == want):
                 continue
             if inst.state in (S.RUNNING, S.STARTING, S.FATAL):
                 inst.restart_requested = True

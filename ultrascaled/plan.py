@@ -32,6 +32,22 @@ class InstanceView:
     last_probe: str = ""               # what the last probe got ("HTTP 404", "connection refused")
     recycles: tuple["WorkerRecycle", ...] = ()  # workers sent SIGTERM by the memory watchdog
     workers: frozenset[int] = frozenset()       # worker pids seen in the last sample
+    handoff: bool = False              # the daemon holds the port's socket: restart by replacement
+    successor: "SuccessorView | None" = None    # a replacement master booting on the same socket
+    replace_retry_at: float = 0.0      # a failed replacement: not again before this
+    retiring: tuple["WorkerRecycle", ...] = ()  # replaced masters told to stop: (pid, SIGKILL deadline)
+
+
+@dataclass(frozen=True)
+class SuccessorView:
+    """A second master started on the same listening socket while the first still serves
+    (capacity N+1 -> N, no nginx reload); it takes over once its private probe answers."""
+    since: float
+    ready: bool = False
+    probing: bool = False
+    next_probe: float = 0.0
+    kill_sent: bool = False
+    last_probe: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,7 +133,39 @@ class Publish:                         # make the upstream list exactly these po
     port: int = 0
 
 
-Action = Spawn | Drain | Undrain | Stop | Kill | Forget | Probe | KillWorker | Publish
+@dataclass(frozen=True)
+class Replace:                         # start a successor master on the port's held socket
+    port: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeSuccessor:
+    port: int
+    reason: str = "readiness of the replacement"
+
+
+@dataclass(frozen=True)
+class Handover:                        # the successor serves: SIGTERM to the old master
+    port: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class KillSuccessor:                   # the successor never got ready: SIGKILL its group
+    port: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class KillRetired:                     # a replaced master outlived its graceful stop
+    port: int
+    pid: int
+    reason: str = ""
+
+
+Action = (Spawn | Drain | Undrain | Stop | Kill | Forget | Probe | KillWorker | Publish | Replace | ProbeSuccessor
+          | Handover | KillSuccessor | KillRetired)
 
 
 def kind(action: Action) -> str:
@@ -173,7 +221,8 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
     def others_serving(port: int) -> bool:
         return all(serving(p) for p in wanted if p != port)
 
-    rolling = False  # one restart drain per plan: the others wait for it to come back
+    # one restart at a time: a drain per plan, and none while a replacement boots
+    rolling = any(v.successor is not None for v in instances.values())
     still_serving = sum(1 for p in instances if serving(p))
 
     for port in sorted(wanted | instances.keys()):
@@ -209,7 +258,17 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
                 actions.append(Drain(port, f"health check failed {v.health_failures} times in a row "
                                            f"(last: {v.last_probe or 'no answer'})", restart=True))
                 still_serving -= serving(port)
-            elif v.restart_requested and not rolling and others_serving(port):
+            elif v.successor is not None:
+                _successor(v, now, policy, actions, timers)
+                _probe(v, now, policy, actions, timers)
+            elif v.restart_requested and v.handoff and not rolling and others_serving(port):
+                if now >= v.replace_retry_at:
+                    actions.append(Replace(port, "rolling restart"))
+                    rolling = True
+                else:
+                    timers.append(v.replace_retry_at)
+                _probe(v, now, policy, actions, timers)
+            elif v.restart_requested and not v.handoff and not rolling and others_serving(port):
                 actions.append(Drain(port, "rolling restart", restart=True))
                 still_serving -= serving(port)
                 rolling = True
@@ -255,6 +314,13 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
         else:  # pragma: no cover - a new state must be planned for
             raise AssertionError(f"plan: unhandled state {st!r}")
 
+    for port, v in sorted(instances.items()):   # replaced masters that will not stop
+        for r in v.retiring:
+            if now >= r.deadline:
+                actions.append(KillRetired(port, r.pid, "replaced master still running after its graceful stop"))
+            else:
+                timers.append(r.deadline)
+
     # The upstream lists every running instance that is not on its way out, wanted or not: an
     # unwanted one keeps serving until the wanted ones can take its place (a port change).
     draining = {a.port for a in actions if isinstance(a, Drain)}
@@ -266,6 +332,24 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
                                    and not instances[p].restart_requested for p in wanted)
                and instances.keys() <= wanted)
     return Plan(tuple(actions), ups, min(timers) if timers else None, settled)
+
+
+def _successor(v: InstanceView, now: float, policy: Policy, actions: list, timers: list) -> None:
+    s = v.successor
+    if s.ready:
+        actions.append(Handover(v.port, "replacement ready"))
+    elif s.kill_sent:
+        pass
+    elif now - s.since >= policy.start_timeout:
+        last = f" (last probe: {s.last_probe})" if s.last_probe else ""
+        actions.append(KillSuccessor(v.port, f"replacement not ready after {policy.start_timeout:g}s{last}"))
+    else:
+        timers.append(s.since + policy.start_timeout)
+        if not s.probing:
+            if now >= s.next_probe:
+                actions.append(ProbeSuccessor(v.port))
+            else:
+                timers.append(s.next_probe)
 
 
 def _probe(v: InstanceView, now: float, policy: Policy, actions: list, timers: list) -> None:

@@ -18,14 +18,34 @@ from typing import Any, Callable
 
 from ultrascaled import command, memwatch
 from ultrascaled.events import EventLog
-from ultrascaled.plan import (Drain, ExitDecision, Forget, InstanceView, Kill, KillWorker, Probe, Publish,
-                              Spawn, Stop, Undrain, UpstreamView, WorkerRecycle, backoff_delay, describe_exit,
-                              kind, next_probe_at, on_exit, plan, upstream_retry_delay)
+from ultrascaled.plan import (APP_LOAD_ERROR, WORKER_BOOT_ERROR, Drain, ExitDecision, Forget, Handover,
+                              InstanceView, Kill, KillRetired, KillSuccessor, KillWorker, Probe, ProbeSuccessor,
+                              Publish, Replace, Spawn, Stop, SuccessorView, Undrain, UpstreamView, WorkerRecycle,
+                              backoff_delay, describe_exit, kind, next_probe_at, on_exit, plan, probe_delay,
+                              upstream_retry_delay)
 from ultrascaled.runner import Clock, Handle, ProbeResult, ProcMem, Runner, is_transient
 from ultrascaled.spec import MB, Spec
 from ultrascaled.states import State, check_transition
 
 S = State
+
+
+@dataclass
+class Successor:
+    """A replacement master booting on the same socket while the instance's master serves."""
+    handle: Any
+    since: float
+    release: str | None
+    fingerprint: str
+    probe_port: int | None
+    ready: bool = False
+    probing: bool = False
+    next_probe: float = 0.0
+    kill_sent: bool = False
+    last_probe: str = ""
+
+    def view(self) -> SuccessorView:
+        return SuccessorView(self.since, self.ready, self.probing, self.next_probe, self.kill_sent, self.last_probe)
 
 
 @dataclass
@@ -63,13 +83,22 @@ class Instance:
     recycle_history: tuple[float, ...] = ()                     # recent watchdog recycles
     release: str | None = None          # the release its current (or last) start runs; None: app.directory
     probe_port: int | None = None       # the master's private probe socket (None: probe the public port)
+    handoff: bool = False               # the daemon holds its socket: restarts replace the master in place
+    successor: Successor | None = None
+    replace_failures: int = 0           # replacements in a row that never got ready
+    replace_retry_at: float = 0.0
+    replace_failed: bool = False        # the last replacement failed to start ...
+    failed_release: str | None = None   # ... on this release (deploys read it)
+    retiring: dict[int, tuple[Any, float]] = field(default_factory=dict)  # old master pid -> (handle, deadline)
 
     def view(self) -> InstanceView:
         return InstanceView(self.port, self.state, self.since, self.next_start, self.restart_requested,
                             self.group_alive, self.left_upstream_at, self.stop_sent_at, self.kill_sent,
                             self.probing, self.next_probe, self.health_failures, self.last_probe,
                             tuple(WorkerRecycle(p, d) for p, d in self.recycles.items()),
-                            frozenset(w.pid for w in self.workers))
+                            frozenset(w.pid for w in self.workers), self.handoff,
+                            self.successor.view() if self.successor else None, self.replace_retry_at,
+                            tuple(WorkerRecycle(p, d) for p, (_, d) in self.retiring.items()))
 
     @property
     def pid(self) -> int | None:
@@ -316,8 +345,18 @@ class Reconciler:
 
     def _exited(self, port: int, handle: Any, rc: int | None) -> None:
         inst = self.instances.get(port)
+        if inst is not None and inst.successor is not None and inst.successor.handle is handle:
+            return self._successor_exited(inst, rc)
+        if inst is not None and handle.pid in inst.retiring and inst.retiring[handle.pid][0] is handle:
+            del inst.retiring[handle.pid]
+            self.events.emit("instance.retired", port=port, pid=handle.pid, returncode=rc)
+            self.runner.forget([handle.pid])
+            self._start_task(f"reap-{port}-{handle.pid}", self._reap(port, handle.pgid))
+            return
         if inst is None or inst.handle is not handle:
             return
+        if inst.successor is not None:   # the serving master died while its replacement booted
+            self._drop_successor(inst, "the master it was to replace exited")
         now = self.clock.now()
         why = inst.kill_reason if inst.kill_sent else ""
         d: ExitDecision = on_exit(inst.state, rc, inst.crashes, inst.start_failures, self.policy(), now, why)
@@ -348,6 +387,13 @@ class Reconciler:
 
     def _probed(self, port: int, handle: Any, r: ProbeResult) -> None:
         inst = self.instances.get(port)
+        if inst is not None and inst.successor is not None and inst.successor.handle is handle:
+            s = inst.successor
+            now = self.clock.now()
+            s.probing, s.last_probe = False, r.detail
+            s.ready = r.ok
+            s.next_probe = now + probe_delay(now - s.since, self.policy())
+            return
         if inst is None or inst.handle is not handle:
             return
         inst.probing = False
@@ -507,6 +553,8 @@ class Reconciler:
                                                            since=self.clock.now(), since_wall=self.clock.wall())
                 self._spawn(inst, reason)
             case Drain(port, reason, restart):
+                if inst.successor is not None:
+                    self._drop_successor(inst, reason)
                 self.change_state(inst, S.DRAINING, reason)
                 inst.left_upstream_at = None
                 inst.restart_requested = inst.restart_requested or restart
@@ -532,6 +580,7 @@ class Reconciler:
                 self.alerts.resolve("instance_fatal", f"instance {port} is no longer wanted", port=port)
                 self.alerts.resolve("instance_crash_loop", port=port)
                 self.alerts.resolve("memory_recycle_loop", port=port)
+                self.alerts.resolve("instance_replace_failed", port=port)
                 del self.instances[port]
             case Probe(port):
                 inst.probing = True
@@ -543,6 +592,26 @@ class Reconciler:
             case Publish(servers):
                 self.publishing = True  # (plan publishes only when not in flight; see _upstream_view)
                 self._start_task("upstream-publisher", self._publish(frozenset(servers)))
+            case Replace(port, reason):
+                self._replace(inst, reason)
+            case ProbeSuccessor(port):
+                s = inst.successor
+                s.probing = True
+                self._start_task(f"probe-next-{port}", self._probe(port, s.handle, s.probe_port))
+            case Handover(port, reason):
+                self._handover(inst, reason)
+            case KillSuccessor(port, reason):
+                s = inst.successor
+                s.kill_sent = True
+                self.events.emit("instance.replacement_killed", level="warning", port=port, pid=s.handle.pid,
+                                 reason=reason)
+                self._replace_failed(inst, reason)
+                self.runner.kill_group(s.handle.pgid, signal.SIGKILL)
+            case KillRetired(port, pid, reason):
+                handle, _ = inst.retiring[pid]
+                inst.retiring[pid] = (handle, float("inf"))
+                self.events.emit("instance.killed", level="warning", port=port, pid=pid, reason=reason)
+                self.runner.kill_group(handle.pgid, signal.SIGKILL)
             case _:
                 raise TypeError(f"unknown action {action!r}")
 
@@ -606,10 +675,112 @@ class Reconciler:
         inst.fingerprint = command.fingerprint(spec, inst.port, log_path, directory)
         inst.release = release
         inst.probe_port = probe.getsockname()[1]
+        inst.handoff = True
+        inst.replace_failures, inst.replace_retry_at, inst.replace_failed = 0, 0.0, False
         inst.master_mem, inst.workers, inst.recycles, inst.recycle_history = None, [], {}, ()
         self.alerts.resolve("memory_recycle_loop", port=inst.port)
         self.change_state(inst, S.STARTING, reason, pid=handle.pid, release=release)
         self._watch(inst, handle)
+
+    # ---- restart by replacement: a second master on the same socket, then the first stops ----------
+
+    def _replace(self, inst: Instance, reason: str) -> None:
+        """Start a successor master on the socket the instance's master serves from. Capacity
+        goes N+1 -> N; nginx is not touched; connections queued on the socket are accepted by
+        whichever master's workers are free."""
+        spec = self.spec
+        sock = self.listeners[inst.port]
+        log_path = str(self.log_path(inst.port))
+        metrics_dir = str(self.state_dir / "metrics" / str(inst.port))
+        try:
+            probe = self.runner.listen("::1" if ":" in spec.instances.host else "127.0.0.1", 0)
+        except OSError as exc:
+            return self._replace_failed(inst, f"cannot open a probe socket: {exc.strerror or exc}", transient=True)
+        try:
+            release, directory = self.release_for(inst.port)
+            argv = command.with_binds(command.gunicorn_argv(spec, inst.port, log_path, directory),
+                                      [f"fd://{sock.fileno()}", f"fd://{probe.fileno()}"])
+            env = command.instance_env(spec, inst.index, inst.port, metrics_dir)
+            handle = self.runner.spawn(argv, env, directory, log_path, (sock.fileno(), probe.fileno()))
+            probe_port = probe.getsockname()[1]
+        except (OSError, ValueError, TypeError) as exc:
+            return self._replace_failed(inst, f"cannot start gunicorn: {exc}", transient=is_transient(exc))
+        finally:
+            probe.close()
+        now = self.clock.now()
+        inst.successor = Successor(handle, now, release, command.fingerprint(spec, inst.port, log_path, directory),
+                                   probe_port, next_probe=now)
+        self.events.emit("instance.replacing", port=inst.port, pid=inst.pid, successor_pid=handle.pid,
+                         reason=reason, release=release)
+        port = inst.port
+        self.runner.watch(handle, lambda rc: self.post(Exited(port, handle, rc)))
+
+    def _handover(self, inst: Instance, reason: str) -> None:
+        s, old = inst.successor, inst.handle
+        now = self.clock.now()
+        inst.successor = None
+        if old is not None:
+            inst.retiring[old.pid] = (old, now + self.policy().stop_timeout)
+            self.runner.signal(old, signal.SIGTERM)   # graceful: its workers finish what they answer
+            self.runner.forget([w.pid for w in inst.workers])
+        inst.handle, inst.probe_port, inst.release, inst.fingerprint = s.handle, s.probe_port, s.release, s.fingerprint
+        inst.restarts += 1
+        inst.restart_requested = False
+        inst.replace_failures, inst.replace_failed = 0, False
+        inst.started_wall = self.clock.wall()
+        inst.adopted = False
+        inst.health_failures, inst.last_probe = 0, s.last_probe
+        inst.master_mem, inst.workers, inst.recycles, inst.recycle_history = None, [], {}, ()
+        self.alerts.resolve("instance_replace_failed", f"instance {inst.port} was restarted", port=inst.port)
+        self.events.emit("instance.replaced", port=inst.port, old_pid=old.pid if old else None, pid=s.handle.pid,
+                         boot_seconds=round(now - s.since, 3), release=s.release, reason=reason)
+        self._sample_one(inst.port, s.handle)
+
+    def _successor_exited(self, inst: Instance, rc: int | None) -> None:
+        s = inst.successor
+        inst.successor = None
+        self.runner.forget([s.handle.pid])
+        self._start_task(f"reap-next-{inst.port}", self._reap(inst.port, s.handle.pgid))
+        if s.kill_sent:
+            return   # _replace_failed already counted it
+        what = describe_exit(rc)
+        permanent = rc in (WORKER_BOOT_ERROR, APP_LOAD_ERROR)
+        self._replace_failed(inst, f"replacement exited before it was ready ({what})" + self._log_excerpt(inst.port),
+                             permanent=permanent, release=s.release)
+
+    def _replace_failed(self, inst: Instance, reason: str, permanent: bool = False, transient: bool = False,
+                        release: Any = ...) -> None:
+        """A replacement that did not get ready: the old master serves on. Retried with backoff;
+        after restart.fatal_crashes failures in a row (or at once when the app cannot load) the
+        restart is given up with an alert, and deploys see the failed release."""
+        if release is ...:
+            release = inst.successor.release if inst.successor else self.release_for(inst.port)[0]
+        now = self.clock.now()
+        policy = self.policy()
+        if not transient:
+            inst.replace_failures += 1
+        gave_up = permanent or inst.replace_failures >= policy.fatal_crashes
+        delay = max(policy.backoff_initial, backoff_delay(inst.replace_failures + 1, policy))
+        inst.replace_retry_at = now + delay
+        inst.replace_failed, inst.failed_release = True, release
+        inst.reason = reason
+        self.events.emit("instance.replace_failed", level="error" if gave_up else "warning", port=inst.port,
+                         pid=inst.pid, reason=reason, failures=inst.replace_failures, release=release,
+                         gave_up=gave_up, retry_in=None if gave_up else delay)
+        if gave_up:
+            inst.restart_requested = False
+            self.alerts.fire("instance_replace_failed", f"instance {inst.port} could not be restarted: {reason}; "
+                             "the running master serves on", port=inst.port)
+
+    def _drop_successor(self, inst: Instance, why: str) -> None:
+        s = inst.successor
+        inst.successor = None
+        if s is not None:
+            self.events.emit("instance.replacement_dropped", level="warning", port=inst.port, pid=s.handle.pid,
+                             reason=why)
+            self.runner.unwatch(s.handle)
+            self.runner.kill_group(s.handle.pgid, signal.SIGKILL)
+            self._start_task(f"reap-next-{inst.port}", self._reap(inst.port, s.handle.pgid))
 
     def _close_listener(self, port: int) -> None:
         sock = self.listeners.pop(port, None)
@@ -786,6 +957,7 @@ class Reconciler:
                 else None
             if sock is not None:
                 self.listeners[lo.port] = sock
+                inst.handoff = True
             else:
                 self.events.emit("adopt.socket_not_taken", level="warning", pid=lo.pid, port=lo.port,
                                  reason="pidfd_getfd(2) refused or no listening socket found: this instance's "

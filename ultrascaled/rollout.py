@@ -161,6 +161,8 @@ class PortView:
     restarts: int = 0
     serving: bool = False              # RUNNING and in the upstream
     reason: str = ""
+    failed_release: str | None = None  # a replacement master on this release (show()n) failed to start
+    replacing: bool = False            # a replacement master is booting beside the serving one
 
 
 @dataclass(frozen=True)
@@ -186,10 +188,12 @@ def advance(r: Rollout, ports: dict[int, PortView], wanted: tuple[int, ...], now
             v = ports.get(p)
             if v is not None and v.release == r.target and v.state in ("fatal", "backoff"):
                 return _fail(r, "boot", f"instance {p} on release {show(r.target)} is {v.state}: {v.reason}")
+            if v is not None and v.failed_release == show(r.target) and v.release != r.target:
+                return _fail(r, "boot", f"instance {p} could not start on release {show(r.target)}: {v.reason}")
     want = r.target if r.phase == ROLLING else r.source
 
     def done(v: PortView | None) -> bool:   # serving (in the upstream); reverting also ends on FATAL
-        return v is not None and v.release == want and not v.restart_pending and (
+        return v is not None and v.release == want and not v.restart_pending and not v.replacing and (
             v.serving or (r.phase == REVERTING and v.state == "fatal"))
     if all(done(ports.get(p)) for p in wanted):
         if r.phase == ROLLING:
@@ -209,6 +213,8 @@ def _canary(r: Rollout, ports: dict[int, PortView], now: float, t: Thresholds, v
     on_target = c.release == r.target
     if r.canary_ready_at is None:
         if on_target and c.state in ("fatal", "backoff"):
+            return _fail(r, "boot", f"the canary (instance {c.port}) failed to start: {c.reason}")
+        if not on_target and c.failed_release == show(r.target):   # its replacement master never got ready
             return _fail(r, "boot", f"the canary (instance {c.port}) failed to start: {c.reason}")
         if on_target and c.state == "running" and c.serving and not c.restart_pending:
             r = replace(r, canary_ready_at=now, canary_restarts=c.restarts)

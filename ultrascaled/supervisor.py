@@ -146,6 +146,8 @@ class Supervisor:
         inst.restart_requested = True
         if inst.state in (S.FATAL, S.BACKOFF):  # an operator's "try again": a fresh count
             inst.crashes, inst.start_failures, inst.daemon_failures = (), 0, 0
+        if inst.replace_failed:                  # same for a replacement that was given up
+            inst.replace_failures, inst.replace_retry_at = 0, 0.0
 
     def reload_spec(self, new: Spec) -> dict[str, Any]:
         """Take a validated spec: a diff against what runs (added, removed, changed, FATAL

@@ -32,6 +32,8 @@ def fleet(rec: Reconciler) -> dict[str, Any]:
             "workers": [{"pid": w.pid, "rss": w.rss, "cpu_seconds": round(w.cpu, 3)} for w in i.workers],
             "rss_total": i.rss,
             "release": i.release,   # None: app.directory (no deploy yet); see docs/deploys.md
+            "replacing": {"pid": i.successor.handle.pid, "release": i.successor.release,
+                          "ready": i.successor.ready} if i.successor is not None else None,
         })
     total = sum(x["rss_total"] for x in items)
     ready = sum(1 for x in items if x["serving"] and x["port"] in wanted)

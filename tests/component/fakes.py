@@ -75,6 +75,7 @@ class FakeRunner:
         self.listen_error: OSError | None = None
         self.takeable = True
         self.probe_ports: dict[int, int] = {}      # private probe port -> instance port
+        self.exit_on_spawn: dict[int, int | None] = {}   # port -> rc its next masters exit with at once
 
     # -- processes
     def spawn(self, argv, env, cwd, log_path, pass_fds=()):
@@ -82,6 +83,11 @@ class FakeRunner:
         if self.spawn_error is not None:
             raise self.spawn_error
         port = int(argv[argv.index("--name") + 1].rsplit("-", 1)[1])
+        if port in self.exit_on_spawn:   # a master that exits before it is ready (rc)
+            rc = self.exit_on_spawn[port]
+            p = self._new(port, argv)
+            asyncio.get_running_loop().call_soon(lambda: p.alive and (self.exit_proc(p, rc) and None))
+            return p
         for fd in pass_fds:   # probes of a master's private socket are answered as its port's
             for sock in self.sockets:
                 if sock.fd == fd and sock.addr[1] != port:
@@ -121,6 +127,12 @@ class FakeRunner:
     def exit(self, port: int, rc: int | None = -9) -> FakeProc:
         """The master on `port` exits (kill -9 from outside, a crash, ...)."""
         p = self.master(port)
+        p.alive = False
+        asyncio.get_running_loop().call_soon(p.on_exit, rc)
+        return p
+
+    def exit_proc(self, p: FakeProc, rc: int | None = -9) -> FakeProc:
+        """This very master exits (e.g. a replacement booting beside the serving one)."""
         p.alive = False
         asyncio.get_running_loop().call_soon(p.on_exit, rc)
         return p

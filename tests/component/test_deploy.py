@@ -130,19 +130,24 @@ async def test_a_canary_answering_500s_is_rolled_back_with_an_alert_naming_the_5
 
 
 @component
-async def test_a_canary_that_cannot_load_rolls_back_at_once_without_waiting_for_the_soak(tmp_path):
+async def test_a_canary_that_cannot_load_rolls_back_at_once_and_never_left_service(tmp_path):
     h = await up(tmp_path, "deploy: {soak_seconds: 600}")
+    old_pid = h.rec.instances[8001].pid
     rid = new_release(h, tmp_path, "broken")
-    h.runner.answers[8001] = ProbeResult(None, "connection refused")   # booting...
+    h.runner.answers[8001] = ProbeResult(None, "connection refused")   # the replacement boots...
     await h.sup.deploy(release=rid)
-    await drive(h, 3, until=lambda: h.rec.instances[8001].release == rid)
-    assert h.states()[8001] == "starting"
-    h.runner.exit(8001, 4)   # ... then gunicorn says the app failed to load
+    await drive(h, 3, until=lambda: h.rec.instances[8001].successor is not None)
+    successor = h.rec.instances[8001].successor
+    assert successor.release == rid and h.states()[8001] == "running"
+    h.runner.exit_proc(successor.handle, 4)   # ... then gunicorn says the app failed to load
     del h.runner.answers[8001]
     await drive(h, 30, until=lambda: h.sup.deployer.rollout is None)
-    assert h.events_named("deploy.failed")[0]["figure"] == "boot"
+    failed = h.events_named("deploy.failed")[0]
+    assert failed["figure"] == "boot" and "exit 4" in failed["reason"]
     assert h.states() == {8001: "running", 8002: "running"}
+    assert h.rec.instances[8001].pid == old_pid, "the old master served on throughout"
     assert h.rec.instances[8001].release is None and h.clock.t < 1000 + 600
+    assert not h.rec.instances[8001].restart_requested and h.sup.deployer.state.current is None
 
 
 @component
