@@ -78,7 +78,7 @@ def _on_term(signum, frame):
 
 
 # Measurements with their own options, run as `python -m bench NAME [options]`.
-SUBCOMMANDS = {"fleet": "bench.figures", "chaos": "bench.chaos"}
+SUBCOMMANDS = {"fleet": "bench.figures", "chaos": "bench.chaos", "deploy": "bench.deploys"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,9 +156,9 @@ def render_status(fleet: dict) -> str:
     return "\n".join([head, *lines] + (["reasons:", *notes] if notes else []))
 
 
-def wait_until(api: Api, done, timeout: float, show) -> dict:
+def wait_until(api: Api, done, timeout: float, show, failed=None) -> dict:
     """Poll /fleet until `done`; exit 1 at once when a wanted instance is FATAL (it would only
-    run out the timeout), else when `timeout` runs out."""
+    run out the timeout) or `failed(fleet)` names a failure, else when `timeout` runs out."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -169,9 +169,9 @@ def wait_until(api: Api, done, timeout: float, show) -> dict:
             last = line
         if done(fleet):
             return fleet
-        failed = fatal(fleet)
-        if failed:
-            raise CtlError("\n".join(failed), EXIT_FAILED)
+        problems = fatal(fleet) + (failed(fleet) if failed else [])
+        if problems:
+            raise CtlError("\n".join(problems), EXIT_FAILED)
         if time.monotonic() >= deadline:
             raise CtlError(f"timed out after {timeout:g}s; {line}", EXIT_FAILED)
         time.sleep(0.1)
@@ -184,6 +184,16 @@ def fatal(fleet: dict) -> list[str]:
     return [f"instance {i['port']} is FATAL: {i.get('reason') or 'no reason given'}"
             for i in fleet["instances"]
             if i["port"] in wanted and i["state"] == "fatal" and not i.get("restart_pending")]
+
+
+def restart_failed(ports: list[int]):
+    """Restarts of `ports` given up: the replacement master could not start (the running one
+    serves on), with the reason."""
+    def check(fleet: dict) -> list[str]:
+        return [f"instance {i['port']} could not be restarted (its running master serves on): {i['restart_failed']}"
+                for i in fleet["instances"] if i["port"] in ports and i.get("restart_failed")
+                and not i.get("restart_pending")]
+    return check
 
 
 def progress(fleet: dict) -> str:
@@ -237,7 +247,8 @@ def cmd_restart(api: Api, args) -> int:
     if args.no_wait:
         print(f"restarting: {', '.join(map(str, ports))}")
         return 0
-    wait_until(api, lambda f: fleet_converged(f) and restarted(f, ports, before), args.timeout, progress)
+    wait_until(api, lambda f: fleet_converged(f) and restarted(f, ports, before), args.timeout, progress,
+               restart_failed(ports))
     print(f"restarted: {', '.join(map(str, ports))}")
     return 0
 
@@ -249,7 +260,7 @@ def cmd_reload(api: Api, args) -> int:
     changed = ", ".join(result.get("changed") or []) or "nothing"
     print(f"spec reloaded; changed: {changed}; restarting: {', '.join(map(str, ports)) or 'none'}")
     if args.wait and ports:
-        wait_until(api, lambda f: restarted(f, ports, before), args.timeout, progress)
+        wait_until(api, lambda f: restarted(f, ports, before), args.timeout, progress, restart_failed(ports))
         print(f"restarted: {', '.join(map(str, ports))}")
     return 0
 
@@ -391,7 +402,7 @@ def cmd_releases(api: Api, args) -> int:
 def build_deploy(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("directory", nargs="?", metavar="DIR",
-                       help="folder to copy into a new release (its .git and __pycache__ are left out)")
+                       help="folder to copy into a new release (its .git, .venv and __pycache__ are left out)")
     which.add_argument("--release", metavar="NAME", help="a release already in the releases folder")
     add_wait(p, 600.0)
 

@@ -243,7 +243,8 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
             elif v.kill_sent:
                 pass
             elif now - v.since >= policy.start_timeout:
-                last = f" (last probe: {v.last_probe})" if v.last_probe else ""
+                last = f" (last probe: {v.last_probe})" if v.last_probe else \
+                    " (a probe was still waiting for an answer)" if v.probing else ""
                 actions.append(Kill(port, f"not ready after {policy.start_timeout:g}s{last}"))
             else:
                 timers.append(v.since + policy.start_timeout)

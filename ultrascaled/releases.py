@@ -28,7 +28,7 @@ from ultrascaled.files import write_atomic
 
 BASE = "app.directory"           # how release None is shown
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-COPY_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc")
+COPY_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".venv")
 
 
 class ReleaseError(Exception):

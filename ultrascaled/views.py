@@ -34,6 +34,8 @@ def fleet(rec: Reconciler) -> dict[str, Any]:
             "release": i.release,   # None: app.directory (no deploy yet); see docs/deploys.md
             "replacing": {"pid": i.successor.handle.pid, "release": i.successor.release,
                           "ready": i.successor.ready} if i.successor is not None else None,
+            # a restart given up: its replacement could not start; the running master serves on
+            "restart_failed": i.reason if i.replace_failed and not i.restart_requested else None,
         })
     total = sum(x["rss_total"] for x in items)
     ready = sum(1 for x in items if x["serving"] and x["port"] in wanted)
