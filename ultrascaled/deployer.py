@@ -56,6 +56,9 @@ class Deployer:
     # ---- start: what the last daemon left --------------------------------------------------------
 
     def load(self) -> None:
+        gone = releases.clean_incoming(self.spec)
+        if gone:
+            self.events.emit("release.incomplete_removed", folders=gone)
         state, problem = releases.load_state(self.spec)
         if problem:
             self.events.emit("deploy.state_ignored", level="warning", reason=problem)

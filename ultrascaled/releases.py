@@ -128,6 +128,20 @@ def create(spec, source: str) -> str:
     return rid
 
 
+def clean_incoming(spec) -> list[str]:
+    """Half-copied releases a killed daemon left (`.incoming-*`): deleted at start."""
+    root = releases_dir(spec)
+    gone = []
+    try:
+        for e in os.scandir(root):
+            if e.name.startswith(".incoming-") and e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path, ignore_errors=True)
+                gone.append(e.name)
+    except FileNotFoundError:
+        pass
+    return gone
+
+
 def point_current(spec, release: str | None) -> None:
     """`current` -> release (removed for None), replaced atomically (symlink + rename)."""
     root = releases_dir(spec)
