@@ -36,6 +36,8 @@ class InstanceView:
     successor: "SuccessorView | None" = None    # a replacement master booting on the same socket
     replace_retry_at: float = 0.0      # a failed replacement: not again before this
     retiring: tuple["WorkerRecycle", ...] = ()  # replaced masters told to stop: (pid, SIGKILL deadline)
+    hold_upstream: bool = False        # crashed after serving, restarting at once on the held socket:
+                                       # stays in the upstream (connections wait in its queue)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class Policy:
     probe_interval_max: float = 1.0
     health_interval: float = 10.0      # liveness probes of running instances
     health_failures: int = 3
+    hold_upstream_max: float = 5.0     # a crashed instance restarting on its held socket stays in the
+                                       # upstream this long at most (see InstanceView.hold_upstream)
     upstream_retry_initial: float = 1.0
     upstream_retry_max: float = 60.0
 
@@ -325,7 +329,20 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
     # The upstream lists every running instance that is not on its way out, wanted or not: an
     # unwanted one keeps serving until the wanted ones can take its place (a port change).
     draining = {a.port for a in actions if isinstance(a, Drain)}
-    ups = tuple(sorted(p for p, v in instances.items() if v.state is S.RUNNING and p not in draining))
+    # An instance whose master crashed after serving and restarts at once on the socket the
+    # daemon holds stays in it too: new connections wait in that socket's queue for the next
+    # master (a second or two) instead of nginx being reloaded twice (which closes the clients'
+    # idle keep-alive connections). A failure to start again takes it out.
+    def held(p: int, v: InstanceView) -> bool:
+        if not (v.hold_upstream and p in wanted and v.state in (S.STOPPED, S.BACKOFF, S.STARTING)):
+            return False
+        if now - v.since >= policy.hold_upstream_max:   # a slow boot: let the others serve
+            return False
+        timers.append(v.since + policy.hold_upstream_max)
+        return True
+
+    ups = tuple(sorted(p for p, v in instances.items() if p not in draining and (
+        v.state is S.RUNNING or held(p, v))))
     publish = _publish(ups, upstream, now, policy, timers)
     if publish is not None:
         actions.append(publish)

@@ -90,6 +90,7 @@ class Instance:
     replace_failed: bool = False        # the last replacement failed to start ...
     failed_release: str | None = None   # ... on this release (deploys read it)
     retiring: dict[int, tuple[Any, float]] = field(default_factory=dict)  # old master pid -> (handle, deadline)
+    hold_upstream: bool = False         # see plan.InstanceView.hold_upstream
 
     def view(self) -> InstanceView:
         return InstanceView(self.port, self.state, self.since, self.next_start, self.restart_requested,
@@ -98,7 +99,7 @@ class Instance:
                             tuple(WorkerRecycle(p, d) for p, d in self.recycles.items()),
                             frozenset(w.pid for w in self.workers), self.handoff,
                             self.successor.view() if self.successor else None, self.replace_retry_at,
-                            tuple(WorkerRecycle(p, d) for p, (_, d) in self.retiring.items()))
+                            tuple(WorkerRecycle(p, d) for p, (_, d) in self.retiring.items()), self.hold_upstream)
 
     @property
     def pid(self) -> int | None:
@@ -358,6 +359,7 @@ class Reconciler:
         if inst.successor is not None:   # the serving master died while its replacement booted
             self._drop_successor(inst, "the master it was to replace exited")
         now = self.clock.now()
+        was_running = inst.state is S.RUNNING
         why = inst.kill_reason if inst.kill_sent else ""
         d: ExitDecision = on_exit(inst.state, rc, inst.crashes, inst.start_failures, self.policy(), now, why)
         reason = d.reason
@@ -381,6 +383,8 @@ class Reconciler:
         # daemon holds; without a held socket they keep the port: end the group before respawning.
         held = port in self.listeners
         died = not (d.state is S.STOPPED and rc is not None and rc >= 0)
+        inst.hold_upstream = held and was_running and d.state is S.BACKOFF and d.next_start <= now \
+            and port in self.applied and not self.shutting_down
         grace = self.spec.gunicorn.graceful_timeout + 2.0 if held and died else 0.0
         inst.group_alive = not held
         self._start_task(f"reap-{port}", self._reap(port, handle.pgid, grace))
@@ -401,6 +405,7 @@ class Reconciler:
         now = self.clock.now()
         inst.next_probe = next_probe_at(inst.view(), now, self.policy())
         if inst.state is S.STARTING and r.ok:
+            inst.hold_upstream = False
             self.change_state(inst, S.RUNNING, "health check passed", boot_seconds=round(now - inst.since, 3))
             inst.start_failures = 0
             inst.health_failures = 0
@@ -793,6 +798,7 @@ class Reconciler:
 
     def _daemon_failure(self, inst: Instance, msg: str, event: str = "instance.spawn_failed", **fields) -> None:
         """A failure on the daemon's side (port busy, fds short): back off, never FATAL."""
+        inst.hold_upstream = False
         inst.daemon_failures += 1
         delay = max(0.5, backoff_delay(inst.daemon_failures + 1, self.policy()))
         inst.next_start = self.clock.now() + delay
@@ -809,6 +815,7 @@ class Reconciler:
     def _spawn_refused(self, inst: Instance, msg: str) -> None:
         """The command itself cannot run (app.python missing, bad argument): FATAL until the spec
         or the host changes, with an alert."""
+        inst.hold_upstream = False
         inst.restart_requested = False
         if inst.state is S.FATAL:
             inst.reason = msg
