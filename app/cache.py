@@ -14,7 +14,8 @@ Behaviour:
 * memory first, then Redis, then the loader; a loaded value is written back to both tiers,
   a Redis hit is written back to memory;
 * Redis errors never reach the caller: a short socket timeout, and a circuit breaker that
-  opens after ``failure_threshold`` consecutive failures; while open the Redis tier is skipped
+  opens after ``failure_threshold`` consecutive failures (Redis Cluster: failures within
+  ``CLUSTER_FAILURE_WINDOW`` seconds, successes in between not counting); while open the Redis tier is skipped
   (no per-request wait) and a single background probe (PING) runs every ``retry_interval``
   seconds, closing the breaker when Redis answers again;
 * concurrent misses on one key in one process call the loader once (single flight); the
@@ -24,6 +25,11 @@ Behaviour:
   optional ``on_event(name, amount)`` callback receives every increment (used by
   :mod:`app.monitoring` to export them to Prometheus);
 * the clock is injected (``clock=``), so tests control TTL and breaker timing.
+
+``REDIS_URL`` may name one server, a Redis Cluster (``redis+cluster://h1:p1,h2:p2``) or a
+Sentinel-managed primary (``redis+sentinel://s1:p1,s2:p2/<db>/<service>``); see
+:mod:`app.redis_client`. The breaker's probe then checks every cluster primary, or the primary
+the sentinels name, so it closes once the failover is done.
 
 Nothing here does I/O at import time; the Redis client is created on first use, per process.
 """
@@ -41,6 +47,11 @@ import structlog
 log = structlog.get_logger("app.cache")
 
 _MISSING = object()
+
+# Redis Cluster: the breaker opens after CACHE_BREAKER_FAILURES failures within this many
+# seconds, however many calls to healthy nodes succeed in between (a hung primary otherwise costs
+# every call to its slots a socket timeout until the cluster fails it over).
+CLUSTER_FAILURE_WINDOW = 10.0
 
 # Sources reported by TwoTierCache.fetch().
 MEMORY = "memory"
@@ -171,8 +182,15 @@ class CircuitBreaker:
     def __init__(self, probe: Callable[[], Any] | None = None, failure_threshold: int = 2,
                  retry_interval: float = 1.0, clock: Callable[[], float] = time.monotonic,
                  spawn: Callable[[Callable[[], None]], None] = _spawn_thread,
-                 name: str = "redis"):
+                 name: str = "redis", failure_window: float | None = None):
+        """``failure_window`` (seconds): open after ``failure_threshold`` failures within that
+        window, and do not let successes in between reset the count. For a dependency made of
+        several servers (a Redis Cluster), where calls that reach the healthy nodes succeed
+        between the failures of the calls that reach a hung one, so consecutive failures would
+        never add up."""
         self.probe = probe
+        self.failure_window = failure_window
+        self._failure_times: list[float] = []
         self.failure_threshold = max(1, failure_threshold)
         self.retry_interval = retry_interval
         self.clock = clock
@@ -217,13 +235,21 @@ class CircuitBreaker:
             self._probing = False
 
     def record_success(self) -> None:
-        self.failures = 0
+        if self.failure_window is None or self.state == self.OPEN:
+            self.failures = 0
+            self._failure_times = []
         if self.state == self.OPEN:
             self.state = self.CLOSED
             log.info("breaker.closed", dependency=self.name)
 
     def record_failure(self, error: BaseException | None = None) -> None:
-        self.failures += 1
+        if self.failure_window is None:
+            self.failures += 1
+        else:
+            now = self.clock()
+            self._failure_times = [t for t in self._failure_times if t > now - self.failure_window]
+            self._failure_times.append(now)
+            self.failures = len(self._failure_times)
         if self.state == self.CLOSED and self.failures >= self.failure_threshold:
             self.state = self.OPEN
             self.opened_count += 1
@@ -234,6 +260,7 @@ class CircuitBreaker:
     def reset(self) -> None:
         self.state = self.CLOSED
         self.failures = 0
+        self._failure_times = []
         self._probing = False
         self._next_probe = 0.0
 
@@ -247,7 +274,10 @@ class RedisTier:
                  dumps: Callable[[Any], bytes | str] = json.dumps,
                  loads: Callable[[bytes], Any] = json.loads,
                  client_factory: Callable[[], Any] | None = None):
+        from . import redis_client
         self.url = url
+        # Bad URLs fail here, naming REDIS_URL, not later as a Redis error the breaker hides.
+        self.target = redis_client.parse(url) if client_factory is None else None
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
         self.prefix = prefix
@@ -260,17 +290,12 @@ class RedisTier:
     def _make_client(self):
         if self._client_factory is not None:
             return self._client_factory()
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-        return redis.Redis.from_url(
-            self.url,
-            socket_timeout=self.socket_timeout,
-            socket_connect_timeout=self.connect_timeout,
-            retry=Retry(NoBackoff(), 0),  # the breaker decides about retrying, not redis-py
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
+        from . import redis_client
+        # retries=0: the breaker decides about retrying, not redis-py
+        return redis_client.make_client(self.target, socket_timeout=self.socket_timeout,
+                                        connect_timeout=self.connect_timeout, retries=0,
+                                        **({"health_check_interval": 0}
+                                           if self.target.kind == redis_client.SINGLE else {}))
 
     @property
     def client(self):
@@ -293,7 +318,11 @@ class RedisTier:
         self.client.delete(self.prefix + str(key))
 
     def ping(self) -> None:
-        self.client.ping()
+        if self.target is None:
+            self.client.ping()
+            return
+        from . import redis_client
+        redis_client.ping(self.client, self.target)
 
     def reset(self) -> None:
         """Drop the client without closing the parent's sockets (call after fork)."""
@@ -328,10 +357,13 @@ class TwoTierCache:
             redis_tier = RedisTier(redis_url, socket_timeout=redis_socket_timeout,
                                    connect_timeout=redis_socket_timeout)
         self.redis = redis_tier
+        target = getattr(redis_tier, "target", None)
         self.breaker = CircuitBreaker(
             probe=redis_tier.ping if redis_tier is not None else None,
             failure_threshold=breaker_failures, retry_interval=breaker_retry,
-            clock=clock, spawn=spawn, name="redis")
+            clock=clock, spawn=spawn, name="redis",
+            # A cluster: failures within a window, not consecutive ones (see CircuitBreaker).
+            failure_window=CLUSTER_FAILURE_WINDOW if target is not None and target.kind == "cluster" else None)
         self._flights: dict = {}
         self._flights_lock = threading.Lock()
 

@@ -66,6 +66,10 @@ def settings_from_env(env) -> dict:
         errors.append(f"LOG_LEVEL: must be debug/info/warning/error/critical, got {loglevel!r}")
         loglevel = "info"
 
+    redis_error = _redis_url_error(env.get("REDIS_URL") or "")
+    if redis_error:
+        errors.append(redis_error)
+
     s = {
         "bind": [bind],
         "worker_class": env.get("GUNICORN_WORKER_CLASS", "gevent"),
@@ -86,6 +90,27 @@ def settings_from_env(env) -> dict:
     if errors:
         raise ConfigError("; ".join(errors))
     return s
+
+
+def _redis_url_error(url: str) -> str | None:
+    """REDIS_URL checked before any worker starts (the app would only see it on its first
+    request). redis_client.py is loaded from beside this file: the package is `app` in a
+    checkout and `ultrascale_app` when installed, and this file is run by path, not imported."""
+    if not url.strip():
+        return None
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "redis_client.py")
+    spec = importlib.util.spec_from_file_location("_ultrascale_redis_client", path)
+    mod = sys.modules.get(spec.name)
+    if mod is None:
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod            # dataclasses look their module up there
+        spec.loader.exec_module(mod)
+    try:
+        mod.parse(url)
+    except mod.RedisUrlError as exc:
+        return str(exc)
+    return None
 
 
 def post_fork(server, worker):

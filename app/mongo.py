@@ -24,8 +24,9 @@ import dataclasses
 import os
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
+from urllib.parse import parse_qsl, unquote
 
 _READ_PREFERENCES = ("primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest")
 _COMPRESSORS = ("zlib", "snappy", "zstd")
@@ -52,10 +53,26 @@ class MongoSettings:
     retry_reads: bool = True                    # MONGO_RETRY_READS
     retry_writes: bool = True                   # MONGO_RETRY_WRITES
     app_name: str = "ultrascale"                # MONGO_APP_NAME (+ "-<ULTRASCALE_INSTANCE>")
+    # Replica sets and mongodb+srv:// (see docs/redis-mongodb.md). None: not passed to pymongo.
+    replica_set: str | None = None              # MONGO_REPLICA_SET
+    write_concern: str | int | None = None      # MONGO_WRITE_CONCERN ("majority" or 0-50)
+    max_staleness_s: int | None = None          # MONGO_MAX_STALENESS_S (>= 90, not with primary)
+    heartbeat_frequency_ms: int | None = None   # MONGO_HEARTBEAT_FREQUENCY_MS (pymongo: 10000)
+    topology: str = "none"                      # from the URI: none | single | hosts | replica_set | srv
+    # Fields set by an environment variable: they win over the same option in MONGODB_URI;
+    # every other default yields to the URI (client_kwargs leaves it out).
+    explicit: frozenset = field(default=frozenset(), compare=False)
+    uri_options: tuple = field(default=(), compare=False)   # (lowercased name, value) from the URI
 
     @property
     def configured(self) -> bool:
         return bool(self.uri)
+
+    @property
+    def replicated(self) -> bool:
+        """The URI names a deployment that can fail over (a replica set, several hosts, or a DNS
+        seed list), so server selection must outlast an election."""
+        return self.topology in ("replica_set", "hosts", "srv")
 
 
 class MongoSettingsError(ValueError):
@@ -73,6 +90,57 @@ def _database_from_uri(uri: str) -> str | None:
         return None
     path = rest.split("/", 1)[1].split("?", 1)[0]
     return path or None
+
+
+# An election takes up to about 12 s with MongoDB's default electionTimeoutMillis of 10 s
+# (MongoDB manual, "Replica Set Elections"); a write issued meanwhile waits in server selection
+# for the new primary and is then retried once (retryable writes). 15 s covers one election.
+FAILOVER_SERVER_SELECTION_TIMEOUT_MS = 15_000
+
+
+@dataclass(frozen=True)
+class UriInfo:
+    scheme: str
+    hosts: tuple[str, ...]
+    options: dict          # lowercased option name -> value (the last one given)
+
+
+def parse_uri(uri: str) -> UriInfo:
+    """Pure: the scheme, hosts and options of a MongoDB URI (no DNS, no pymongo). Raises
+    ValueError with a message for MONGODB_URI."""
+    scheme, _, rest = uri.partition("://")
+    netloc, _, tail = rest.partition("/")
+    if "?" in netloc:                       # mongodb://h:27017?replicaSet=rs0 (no slash)
+        netloc, _, query = netloc.partition("?")
+    else:
+        query = tail.partition("?")[2]
+    hosts = tuple(h for h in netloc.rpartition("@")[2].split(","))
+    if not hosts or any(not h.strip() for h in hosts):
+        raise ValueError(f"no host in {netloc.rpartition('@')[2]!r}")
+    options = {k.lower(): v for k, v in parse_qsl(query, keep_blank_values=True)}
+    return UriInfo(scheme.lower(), tuple(unquote(h) for h in hosts), options)
+
+
+def _uri_topology(info: UriInfo, replica_set: str | None) -> str:
+    if info.scheme == "mongodb+srv":
+        return "srv"
+    if replica_set or info.options.get("replicaset"):
+        return "replica_set"
+    return "hosts" if len(info.hosts) > 1 else "single"
+
+
+def _uri_errors(info: UriInfo) -> list[str]:
+    errors = []
+    direct = info.options.get("directconnection", "").lower() == "true"
+    if info.scheme == "mongodb+srv":
+        if len(info.hosts) != 1 or ":" in info.hosts[0]:
+            errors.append("MONGODB_URI: mongodb+srv:// takes one host name without a port (its DNS "
+                          f"SRV record lists the servers), got {','.join(info.hosts)!r}")
+        if direct:
+            errors.append("MONGODB_URI: directConnection=true cannot be used with mongodb+srv://")
+    elif direct and len(info.hosts) > 1:
+        errors.append(f"MONGODB_URI: directConnection=true needs exactly one host, got {len(info.hosts)}")
+    return errors
 
 
 def settings_from_env(env: Mapping[str, str] | None = None) -> MongoSettings:
@@ -108,8 +176,16 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> MongoSettings:
             errors.append(f"{name}: must be true/false, got {env[name]!r}")
 
     uri = env.get("MONGODB_URI", "").strip() or None
+    info = None
     if uri and not uri.startswith(("mongodb://", "mongodb+srv://")):
         errors.append(f"MONGODB_URI: must start with mongodb:// or mongodb+srv://, got {uri.split('://')[0]!r}")
+    elif uri:
+        try:
+            info = parse_uri(uri)
+        except ValueError as exc:
+            errors.append(f"MONGODB_URI: {exc}")
+        else:
+            errors.extend(_uri_errors(info))
     values["uri"] = uri
     db = env.get("MONGODB_DB", "").strip() or (uri and _database_from_uri(uri)) or d.database
     values["database"] = db
@@ -123,6 +199,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> MongoSettings:
     integer("MONGO_CONNECT_TIMEOUT_MS", "connect_timeout_ms", 1, 600_000)
     integer("MONGO_SOCKET_TIMEOUT_MS", "socket_timeout_ms", 1, 600_000)
     integer("MONGO_ZLIB_LEVEL", "zlib_level", -1, 9)
+    integer("MONGO_HEARTBEAT_FREQUENCY_MS", "heartbeat_frequency_ms", 500, 600_000)
+    integer("MONGO_MAX_STALENESS_S", "max_staleness_s", 90, 86_400)
     boolean("MONGO_RETRY_READS", "retry_reads")
     boolean("MONGO_RETRY_WRITES", "retry_writes")
 
@@ -141,6 +219,27 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> MongoSettings:
         else:
             values["read_preference"] = rp
 
+    rs = env.get("MONGO_REPLICA_SET", "").strip()
+    if rs:
+        values["replica_set"] = rs
+        in_uri = info.options.get("replicaset") if info else None
+        if in_uri and in_uri != rs:
+            errors.append(f"MONGO_REPLICA_SET: {rs!r} contradicts replicaSet={in_uri} in MONGODB_URI")
+    wc = env.get("MONGO_WRITE_CONCERN", "").strip()
+    if wc:
+        if wc == "majority":
+            values["write_concern"] = wc
+        elif wc.isdigit() and int(wc) <= 50:
+            values["write_concern"] = int(wc)
+        else:
+            errors.append(f"MONGO_WRITE_CONCERN: must be majority or a number of members 0-50, got {wc!r}")
+    if "max_staleness_s" in values:
+        effective_rp = values.get("read_preference") or (
+            (info.options.get("readpreference") if info else None)) or d.read_preference
+        if effective_rp == "primary":
+            errors.append("MONGO_MAX_STALENESS_S: only applies to reads from secondaries; "
+                          "the read preference is primary")
+
     app_name = env.get("MONGO_APP_NAME", "").strip() or d.app_name
     instance = env.get("ULTRASCALE_INSTANCE", "").strip()
     values["app_name"] = f"{app_name}-{instance}" if instance else app_name
@@ -156,7 +255,16 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> MongoSettings:
 
     if errors:
         raise MongoSettingsError(errors)
-    return dataclasses.replace(d, **values)
+    explicit = frozenset(k for k in values if k not in ("uri", "database", "app_name")
+                         ) | ({"app_name"} if env.get("MONGO_APP_NAME", "").strip() else set())
+    if info is not None:
+        values["topology"] = _uri_topology(info, values.get("replica_set"))
+        values["uri_options"] = tuple(sorted(info.options.items()))
+        if (values["topology"] in ("replica_set", "hosts", "srv")
+                and "server_selection_timeout_ms" not in values
+                and "serverselectiontimeoutms" not in info.options):
+            values["server_selection_timeout_ms"] = FAILOVER_SERVER_SELECTION_TIMEOUT_MS
+    return dataclasses.replace(d, explicit=explicit, **values)
 
 
 def client_kwargs(settings: MongoSettings) -> dict:
@@ -182,7 +290,32 @@ def client_kwargs(settings: MongoSettings) -> dict:
         kw["compressors"] = ",".join(settings.compressors)
         if "zlib" in settings.compressors:
             kw["zlibCompressionLevel"] = settings.zlib_level
+    for name, option in _OPTIONAL.items():
+        value = getattr(settings, name)
+        if value is not None:
+            kw[option] = value
+    # pymongo lets keyword arguments override the URI's options; here an option written in
+    # MONGODB_URI wins over our defaults, and only an environment variable wins over the URI.
+    in_uri = {k for k, _ in settings.uri_options}
+    for name, option in _FIELD_OPTION.items():
+        if option.lower() in in_uri and name not in settings.explicit:
+            kw.pop(option, None)
+            if name == "compressors":
+                kw.pop("zlibCompressionLevel", None)
     return kw
+
+
+# settings field -> MongoClient option (the same name in the URI, compared case-insensitively)
+_OPTIONAL = {"replica_set": "replicaSet", "write_concern": "w", "max_staleness_s": "maxStalenessSeconds",
+             "heartbeat_frequency_ms": "heartbeatFrequencyMS"}
+_FIELD_OPTION = {
+    "max_pool_size": "maxPoolSize", "min_pool_size": "minPoolSize", "max_connecting": "maxConnecting",
+    "max_idle_time_ms": "maxIdleTimeMS", "wait_queue_timeout_ms": "waitQueueTimeoutMS",
+    "server_selection_timeout_ms": "serverSelectionTimeoutMS", "connect_timeout_ms": "connectTimeoutMS",
+    "socket_timeout_ms": "socketTimeoutMS", "read_preference": "readPreference",
+    "retry_reads": "retryReads", "retry_writes": "retryWrites", "app_name": "appname",
+    "compressors": "compressors", "zlib_level": "zlibCompressionLevel", **_OPTIONAL,
+}
 
 
 # -- the app's indexes, declared once ---------------------------------------------------------
@@ -329,7 +462,7 @@ def main(argv=None) -> int:
         return 2
     if args.cmd == "show-settings":
         print(json.dumps({"configured": settings.configured, "database": settings.database,
-                          "kwargs": client_kwargs(settings)}, indent=2))
+                          "topology": settings.topology, "kwargs": client_kwargs(settings)}, indent=2))
         return 0
     if not settings.configured:
         print("error: MONGODB_URI is not set", file=sys.stderr)

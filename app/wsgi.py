@@ -286,7 +286,8 @@ def build_socketio(env, instance: int = 0):
     redis_url = env.get("REDIS_URL") or None
     manager = None
     if redis_url:
-        manager = socketio.RedisManager(redis_url, channel=env.get("SOCKETIO_CHANNEL", "ultrascale-socketio"))
+        from .socketio_queue import manager_for   # redis://, redis+sentinel://, redis+cluster://
+        manager = manager_for(redis_url, channel=env.get("SOCKETIO_CHANNEL", "ultrascale-socketio"))
     origins = env.get("SOCKETIO_CORS_ORIGINS", "")
     cors = None if origins == "" else ("*" if origins == "*" else [o.strip() for o in origins.split(",")])
     sio = socketio.Server(async_mode="gevent", client_manager=manager, cors_allowed_origins=cors,

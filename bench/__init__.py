@@ -7,6 +7,7 @@ Modules:
   report     Markdown tables and the generated section of docs/benchmarks.md
   figures    the fleet figures (scripts/bench-fleet)
   chaos      random kill -9 under load (scripts/chaos)
+  redis_failover  a Redis primary killed under load, three topologies (scripts/redis-failover)
 
 The daemon is launched the way the tests launch it, by `support.harness` (tests/support/):
 appended to sys.path here so that `python -m bench` works from the checkout's root.

@@ -768,17 +768,22 @@ class ApiServer:
         return _Protocol(manager, loop=asyncio.get_running_loop(), **self._handler_args)
 
     async def start(self) -> None:
-        await self.runner.setup()
+        """Bind first (a taken port fails before anything starts), then run the app's startup,
+        which starts the fleet and its loops (their `cleanup_ctx`), then accept connections.
+        A failed startup has been cleaned up when this raises."""
         loop = asyncio.get_running_loop()
         kw: dict[str, Any] = {}
         if self.ssl_context is not None:
             kw = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.settings.limits.idle_timeout}
+        self.server = await loop.create_server(self._protocol, self.settings.host, self.settings.port,
+                                               reuse_address=True, start_serving=False, **kw)
         try:
-            self.server = await loop.create_server(self._protocol, self.settings.host, self.settings.port,
-                                                   reuse_address=True, **kw)
-        except OSError:
+            await self.runner.setup()
+        except BaseException:
+            self.server.close()
             await self.runner.cleanup()
             raise
+        await self.server.start_serving()
 
     @property
     def port(self) -> int:
@@ -786,6 +791,8 @@ class ApiServer:
         return self.server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
+        """Stop accepting, end the event streams and open requests, then the app's cleanup
+        (the fleet drains and stops after the API has closed)."""
         if self.server is not None:
             self.server.close()
         await self.runner.cleanup()

@@ -11,8 +11,10 @@ import dataclasses
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator, Callable
 
 import structlog
+from aiohttp import web
 
 from ultrascaled import logs, sdnotify
 from ultrascaled.events import EventLog
@@ -78,18 +80,15 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     alerts = make_alerts(spec, sup, events)
     sup.set_alerts(alerts)
     settings = Settings.from_spec(spec, credentials)
-    api = ApiServer(build_app(sup, settings, reload_spec, alerts, audit), settings, tls)
-    try:
-        await api.start()
-    except OSError as exc:
-        print(f"ultrascaled: cannot serve the API on {spec.api.host}:{spec.api.port}: {exc.strerror or exc}",
-              file=sys.stderr)
-        sup.lock.release()
-        return 1
-
-    loop = asyncio.get_running_loop()
+    app = build_app(sup, settings, reload_spec, alerts, audit)
     stop = asyncio.Event()
-
+    detach = False
+    # The app's startup starts the fleet and the loops; its cleanup stops them in reverse order.
+    app.cleanup_ctx.extend([closing(audit), closing_alerts(alerts), fleet_ctx(sup, spec, alerts, lambda: detach),
+                            systemd_ctx(sup, events)])
+    events.emit("daemon.starting", spec=spec.source, pid=os.getpid(), api=f"{spec.api.host}:{spec.api.port}",
+                tls=tls is not None)
+    loop = asyncio.get_running_loop()
     hup_pending = False
 
     async def hup_reload() -> None:
@@ -112,8 +111,6 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
         if hup_task is None or hup_task.done():
             hup_task = loop.create_task(hup_reload(), name="sighup-reload")
 
-    detach = False
-
     def on_quit() -> None:  # leave the fleet running for the next daemon to adopt (upgrades)
         nonlocal detach
         detach = True
@@ -123,28 +120,76 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGQUIT, on_quit)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-
-    events.emit("daemon.starting", spec=spec.source, pid=os.getpid(), api=f"{spec.api.host}:{spec.api.port}",
-                tls=tls is not None)
+    api = ApiServer(app, settings, tls)
     try:
-        await sup.start()
+        await api.start()
     except FleetLocked as exc:
         print(f"ultrascaled: {exc}", file=sys.stderr)
-        await api.close()
         return 2
-    except Exception as exc:
-        events.emit("daemon.start_failed", level="error", error=f"{type(exc).__name__}: {exc}")
-        await sup.shutdown(timeout=10)
-        await api.close()
+    except OSError as exc:
+        print(f"ultrascaled: cannot serve the API on {spec.api.host}:{spec.api.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        sup.lock.release()
         return 1
+    except StartFailed:
+        return 1  # the fleet said why in its daemon.start_failed event
 
+    await stop.wait()
+    await api.close()
+    return 0
+
+
+class StartFailed(Exception):
+    """The fleet could not start (its daemon.start_failed event says why)."""
+
+
+# ---- the app's cleanup contexts: what runs beside the API, started and stopped with it -------
+
+def closing(resource):
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        resource.close()
+    return ctx
+
+
+def closing_alerts(alerts):
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await alerts.close(drain=2.0)  # after the fleet stopped: its last alerts still go out
+    return ctx
+
+
+def fleet_ctx(sup: Supervisor, spec: Spec, alerts, detaching: Callable[[], bool]):
+    """Adopt or start the fleet and its loops; at exit drain and stop it, or (SIGQUIT) leave it
+    running for the next daemon."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        try:
+            await sup.start()
+        except FleetLocked:
+            raise
+        except Exception as exc:
+            sup.events.emit("daemon.start_failed", level="error", error=f"{type(exc).__name__}: {exc}")
+            await sup.shutdown(timeout=10)
+            raise StartFailed from exc
+        sup.start_guarded("alerts", lambda: alerts.run(beat=lambda: sup.guard.beat("alerts")),
+                          interval=spec.alerts.evaluation_interval)
+        yield
+        if detaching():
+            await sup.detach()
+        else:
+            await sup.shutdown()
+    return ctx
+
+
+def systemd_ctx(sup: Supervisor, events: EventLog):
+    """READY=1 once the fleet serves; WATCHDOG=1 only while every loop of the daemon is alive
+    and on time (a dead or stalled one stops the pings, and systemd restarts the daemon, which
+    adopts the fleet); STOPPING=1 first thing at stop."""
     async def announce_ready() -> None:
         await sup.ready_event.wait()
         sdnotify.notify(f"READY=1\nSTATUS=serving {sup.count} instances")
 
-    async def systemd_watchdog(interval: float) -> None:
-        """Ping only while every loop of the daemon is alive and on time: a dead or stalled one
-        stops the pings, and systemd restarts the daemon, which adopts the fleet."""
+    async def watchdog(interval: float) -> None:
         silent = False
         while True:
             problems = sup.guard.problems()
@@ -155,24 +200,15 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
             silent = bool(problems)
             await asyncio.sleep(interval)
 
-    sd_ready = asyncio.create_task(announce_ready(), name="sd-ready")
-    sup.start_guarded("alerts", lambda: alerts.run(beat=lambda: sup.guard.beat("alerts")),
-                      interval=spec.alerts.evaluation_interval)
-    interval = sdnotify.watchdog_interval()
-    if interval:
-        sup.start_guarded("sd-watchdog", lambda: systemd_watchdog(interval))
-    await stop.wait()
-    sdnotify.notify("STOPPING=1")
-    sd_ready.cancel()
-    if detach:
-        await sup.detach()
-        await api.close()
-        return 0
-    await sup.shutdown()
-    await alerts.close(drain=2.0)
-    await api.close()
-    audit.close()
-    return 0
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        ready = asyncio.create_task(announce_ready(), name="sd-ready")
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            sup.start_guarded("sd-watchdog", lambda: watchdog(interval))
+        yield
+        sdnotify.notify("STOPPING=1")
+        ready.cancel()
+    return ctx
 
 
 def raise_nofile(want: int = 65536) -> int:

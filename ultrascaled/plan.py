@@ -81,46 +81,45 @@ class Policy:
 # ---- actions: one type per effect; the reconciler matches on them exhaustively ---------------
 
 @dataclass(frozen=True)
-class Spawn:
+class _OnPort:
     port: int
     reason: str = ""
 
 
 @dataclass(frozen=True)
-class Drain:
-    port: int
-    reason: str = ""
+class Spawn(_OnPort):
+    """Start the instance's gunicorn master."""
+
+
+@dataclass(frozen=True)
+class Drain(_OnPort):
+    """Take it out of the upstream and let its requests finish."""
     restart: bool = False              # come back once stopped (rolling restart, failed health)
 
 
 @dataclass(frozen=True)
-class Undrain:
-    port: int
-    reason: str = ""
+class Undrain(_OnPort):
+    """Back into the upstream (a drain that is no longer wanted)."""
 
 
 @dataclass(frozen=True)
-class Stop:                            # SIGTERM to the master: graceful shutdown
-    port: int
-    reason: str = ""
+class Stop(_OnPort):
+    """SIGTERM to the master: graceful shutdown."""
 
 
 @dataclass(frozen=True)
-class Kill:                            # SIGKILL to the whole process group
-    port: int
-    reason: str = ""
+class Kill(_OnPort):
+    """SIGKILL to the whole process group."""
 
 
 @dataclass(frozen=True)
-class Forget:
-    port: int
-    reason: str = ""
+class Forget(_OnPort):
+    """Drop an instance that is no longer wanted (stopped, or never started) and its alerts."""
 
 
 @dataclass(frozen=True)
-class Probe:                           # one HTTP probe of the health path
-    port: int
-    reason: str = ""
+class Probe(_OnPort):
+    """One HTTP probe of the health path."""
 
 
 @dataclass(frozen=True)
@@ -138,34 +137,29 @@ class Publish:                         # make the upstream list exactly these po
 
 
 @dataclass(frozen=True)
-class Replace:                         # start a successor master on the port's held socket
-    port: int
-    reason: str = ""
+class Replace(_OnPort):
+    """Start a successor master on the port's held socket (the old one serves meanwhile)."""
 
 
 @dataclass(frozen=True)
-class ProbeSuccessor:
-    port: int
-    reason: str = "readiness of the replacement"
+class ProbeSuccessor(_OnPort):
+    """One readiness probe of the successor, on its private probe socket."""
 
 
 @dataclass(frozen=True)
-class Handover:                        # the successor serves: SIGTERM to the old master
-    port: int
-    reason: str = ""
+class Handover(_OnPort):
+    """The successor serves: it becomes the instance's master, the old one gets SIGTERM."""
 
 
 @dataclass(frozen=True)
-class KillSuccessor:                   # the successor never got ready: SIGKILL its group
-    port: int
-    reason: str = ""
+class KillSuccessor(_OnPort):
+    """The successor never got ready: SIGKILL its group; the old master serves on."""
 
 
 @dataclass(frozen=True)
-class KillRetired:                     # a replaced master outlived its graceful stop
-    port: int
-    pid: int
-    reason: str = ""
+class KillRetired(_OnPort):
+    """A replaced master outlived its graceful stop: SIGKILL its group."""
+    pid: int = 0
 
 
 Action = (Spawn | Drain | Undrain | Stop | Kill | Forget | Probe | KillWorker | Publish | Replace | ProbeSuccessor
@@ -322,7 +316,7 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
     for port, v in sorted(instances.items()):   # replaced masters that will not stop
         for r in v.retiring:
             if now >= r.deadline:
-                actions.append(KillRetired(port, r.pid, "replaced master still running after its graceful stop"))
+                actions.append(KillRetired(port, "replaced master still running after its graceful stop", r.pid))
             else:
                 timers.append(r.deadline)
 
@@ -365,7 +359,7 @@ def _successor(v: InstanceView, now: float, policy: Policy, actions: list, timer
         timers.append(s.since + policy.start_timeout)
         if not s.probing:
             if now >= s.next_probe:
-                actions.append(ProbeSuccessor(v.port))
+                actions.append(ProbeSuccessor(v.port, "readiness of the replacement"))
             else:
                 timers.append(s.next_probe)
 

@@ -612,7 +612,7 @@ class Reconciler:
                                  reason=reason)
                 self._replace_failed(inst, reason)
                 self.runner.kill_group(s.handle.pgid, signal.SIGKILL)
-            case KillRetired(port, pid, reason):
+            case KillRetired(port, reason, pid):
                 handle, _ = inst.retiring[pid]
                 inst.retiring[pid] = (handle, float("inf"))
                 self.events.emit("instance.killed", level="warning", port=port, pid=pid, reason=reason)

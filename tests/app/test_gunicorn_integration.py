@@ -117,4 +117,4 @@ def test_redis_down_under_gunicorn_health_stays_200_and_reports_down(fleet_of_on
     wait_for(both_report_down, timeout=10, what="every worker to report redis down")
     t0 = time.monotonic()
     assert g.get("/health")[0] == 200
-    assert time.monotonic() - t0 < 0.2
+    assert time.monotonic() - t0 < 1.0  # no Redis round trip with its timeouts

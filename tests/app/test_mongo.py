@@ -117,7 +117,7 @@ def test_handle_state_for_unreachable_server_is_down_without_waiting():
         t0 = time.monotonic()
         for _ in range(20):
             assert h.state() == "down"
-        assert time.monotonic() - t0 < 0.1          # /health must not wait on a dead MongoDB
+        assert time.monotonic() - t0 < 1.0          # not 20 x serverSelectionTimeoutMS: /health never waits
     finally:
         h.close()
 

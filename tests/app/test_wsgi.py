@@ -48,13 +48,13 @@ def test_health_reports_instance_and_dependency_states(app):
 
 
 def test_health_with_dead_redis_is_200_reports_down_and_does_not_wait():
-    cache = TwoTierCache(f"redis://127.0.0.1:{free_port()}/0", redis_socket_timeout=1.0,
+    cache = TwoTierCache(f"redis://127.0.0.1:{free_port()}/0", redis_socket_timeout=4.0,
                          breaker_failures=1, breaker_retry=60)
     app = create_app({}, cache=cache)
     assert call(app, "/cached/a")[0] == 200        # Redis refused: served by the loader
     t0 = time.monotonic()
     status, body = call(app, "/health")
-    assert time.monotonic() - t0 < 0.05
+    assert time.monotonic() - t0 < 2.0  # not Redis's 4 s socket timeout (a wide margin: busy hosts)
     assert status == 200
     assert body["redis"] == "down"
     assert body["cache"]["errors"]["redis"] == 1
@@ -72,9 +72,9 @@ def test_cached_computes_once_then_serves_from_memory(app):
 
 
 def test_cached_miss_costs_a_few_ms_of_cpu():
-    t0 = time.perf_counter()
+    t0 = time.thread_time()  # CPU time: what other processes on a busy host do not inflate
     compute("timing")
-    assert 0.0003 < time.perf_counter() - t0 < 0.05
+    assert 0.0003 < time.thread_time() - t0 < 0.05
 
 
 @pytest.mark.parametrize("path", ["/cached/" + "x" * 201, "/cached/"])
@@ -177,7 +177,7 @@ def test_items_fail_fast_once_mongodb_is_known_down():
         wait_for(handle.known_down, timeout=5, what="the monitor's first failed check")
         t0 = time.monotonic()
         status, body = call(app, "/items/1")
-        assert time.monotonic() - t0 < 0.2                          # not serverSelectionTimeoutMS (2 s)
+        assert time.monotonic() - t0 < 1.0                          # not serverSelectionTimeoutMS (2 s)
         assert status == 503 and body["error"] == "mongodb_unavailable"
     finally:
         handle.close()

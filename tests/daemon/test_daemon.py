@@ -242,6 +242,23 @@ def test_a_port_taken_by_another_program_is_reported_with_its_pid(make_daemon):
     d.wait_until(lambda f: f["ready"] == 2, timeout=30, what="recovery once the port is free")
 
 
+def test_a_taken_api_port_stops_the_start_before_any_instance_runs(make_daemon):
+    """The API binds before its startup (the fleet's cleanup context) runs."""
+    d = make_daemon(nginx=False)
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", d.api_port))
+    blocker.listen()
+    try:
+        out = subprocess.run([str(BIN / "ultrascaled"), "--spec", str(d.spec_path)], capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        blocker.close()
+    assert out.returncode == 1 and f"cannot serve the API on 127.0.0.1:{d.api_port}" in out.stderr, out.stderr
+    assert "instance.state" not in out.stderr and not d.fleet_processes()
+    d.start()  # the lock was released: the same fleet starts once the port is free
+    assert d.fleet()["ready"] == 2
+
+
 def test_mutating_requests_need_the_token_when_one_is_configured(make_daemon, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")

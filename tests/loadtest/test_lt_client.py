@@ -80,11 +80,11 @@ def test_idle_close_is_retried_once_not_an_error(server):
 
 
 def test_slow_response_times_out(server):
-    server.slow_seconds = 1.0
+    server.slow_seconds = 3.0
     results, _ = run_requests(port_of(server), "/slow", n=1, timeout=0.2)
     status, kind, elapsed = results[0]
     assert (status, kind) == (None, "timeout")
-    assert 0.19 <= elapsed < 0.6
+    assert 0.19 <= elapsed < 2.0  # gave up at its timeout, not at the 3 s answer
 
 
 def test_connect_refused(free_port):

@@ -1,6 +1,7 @@
 """Integration tests with the real Debian nginx in managed mode, on free loopback ports, with a
 prefix in a tmp dir and tiny real HTTP backends.  Every process is killed by pid afterwards."""
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -39,6 +40,17 @@ def servers(*ports):
 
 def run(coro):
     return asyncio.run(coro)
+
+
+@contextlib.asynccontextmanager
+async def running(s, *ports):
+    """A managed nginx with `ports` in its upstream, stopped at the end (and the stop checked)."""
+    ctl = NginxController(s)
+    assert (await ctl.start(servers(*ports))).ok
+    try:
+        yield ctl
+    finally:
+        assert await ctl.stop()
 
 
 def test_routes_only_to_ready_servers_and_503_when_none(nginx_prefix, backends):
@@ -89,11 +101,9 @@ def test_routes_only_to_ready_servers_and_503_when_none(nginx_prefix, backends):
 def test_failed_check_restores_previous_upstream_and_keeps_serving(nginx_prefix, backends):
     (a,) = backends(1)
     s = settings(nginx_prefix)
-    ctl = NginxController(s)
 
     async def scenario():
-        assert (await ctl.start(servers(a))).ok
-        try:
+        async with running(s, a) as ctl:
             before = open(ctl.upstream_file, "rb").read()
             main_before = open(s.conf_path, "rb").read()
             # port 0 is rejected by nginx -t
@@ -119,8 +129,6 @@ def test_failed_check_restores_previous_upstream_and_keeps_serving(nginx_prefix,
             assert r.ok and r.reloaded
             assert b"limit_req zone=ultrascale_req" in open(s.conf_path, "rb").read()
             assert hits(s.listen, 3) == {str(a): 3}
-        finally:
-            assert await ctl.stop()
 
     run(scenario())
 
@@ -128,15 +136,11 @@ def test_failed_check_restores_previous_upstream_and_keeps_serving(nginx_prefix,
 def test_stub_status_answers_on_loopback(nginx_prefix, backends):
     (a,) = backends(1)
     s = settings(nginx_prefix)
-    ctl = NginxController(s)
 
     async def scenario():
-        assert (await ctl.start(servers(a))).ok
-        try:
+        async with running(s, a):
             status, body = get(f"http://127.0.0.1:{s.listen}/nginx_status")
             assert status == 200 and body.startswith("Active connections:")
-        finally:
-            assert await ctl.stop()
 
     run(scenario())
 
@@ -155,18 +159,14 @@ def test_tls_server_answers_over_https(nginx_prefix, backends, tmp_path):
     (a,) = backends(1)
     cert, key = _make_cert(tmp_path)
     s = settings(nginx_prefix, tls_cert=cert, tls_key=key, tls_listen=free_port())
-    ctl = NginxController(s)
 
     async def scenario():
-        assert (await ctl.start(servers(a))).ok
-        try:
+        async with running(s, a):
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             assert get(f"https://127.0.0.1:{s.tls_listen}/", context=ctx) == (200, str(a))
             assert get(f"http://127.0.0.1:{s.listen}/") == (200, str(a))
-        finally:
-            assert await ctl.stop()
 
     run(scenario())
 
@@ -201,11 +201,9 @@ def test_new_controller_adopts_running_master_of_same_prefix(nginx_prefix, backe
 def test_killed_master_is_restarted_with_the_upstream_in_effect(nginx_prefix, backends):
     (a,) = backends(1)
     s = settings(nginx_prefix)
-    ctl = NginxController(s)
 
     async def scenario():
-        assert (await ctl.start(servers(a))).ok
-        try:
+        async with running(s, a) as ctl:
             old = ctl.pid
             os.kill(old, signal.SIGKILL)  # its workers live on, holding the port
             deadline = time.monotonic() + 3
@@ -216,8 +214,6 @@ def test_killed_master_is_restarted_with_the_upstream_in_effect(nginx_prefix, ba
             assert ctl.pid != old
             assert hits(s.listen) == {str(a): 12}
             assert ctl.status()["restart_count"] == 2
-        finally:
-            assert await ctl.stop()
         assert nginx_pids_of_prefix(nginx_prefix) == []
 
     run(scenario())
