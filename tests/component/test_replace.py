@@ -90,3 +90,23 @@ async def test_the_old_master_dying_while_its_replacement_boots_drops_the_replac
     assert not succ.handle.alive
     await h.advance(1, step=0.05)
     assert h.states()[8001] == "running"
+
+
+@component
+async def test_an_adopted_master_whose_socket_cannot_be_taken_restarts_the_old_way_once(tmp_path):
+    from ultrascaled import command
+    from ultrascaled.runner import Leftover
+    h = Harness(tmp_path)
+    h.runner.takeable = False        # pidfd_getfd refused (Yama, another user)
+    argv = command.with_binds(command.gunicorn_argv(h.spec, 8001, str(h.rec.log_path(8001))), ["fd://5", "fd://6"])
+    h.runner.leftovers = [Leftover(500, 8001, tuple(argv), True, True)]
+    await h.start()
+    inst = h.rec.instances[8001]
+    assert inst.pid == 500 and not inst.restart_requested, "the same command whatever its fds: adopted as is"
+    assert not inst.handoff and h.events_named("adopt.socket_not_taken")
+    h.sup.restart(8001)
+    await h.advance(2, step=0.05)
+    assert inst.pid != 500 and inst.handoff and 8001 in h.rec.listeners
+    moves = [e["new"] for e in h.events_named("instance.state") if e["port"] == 8001]
+    assert moves[-5:] == ["draining", "stopping", "stopped", "starting", "running"], moves
+    assert not h.events_named("instance.replaced"), "no replacement without the socket"
