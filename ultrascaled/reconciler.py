@@ -939,7 +939,10 @@ class Reconciler:
         spec = self.spec
         lo_port, hi_port = spec.instances.base_port, spec.port(spec.instances.max - 1)
         adopted = []
-        for lo in self.runner.find_leftovers(spec.name):
+        leftovers = self.runner.find_leftovers(spec.name)
+        keep = self._masters_to_keep(leftovers)
+        leftovers.sort(key=lambda lo: lo.pid != keep.get(lo.port, lo.pid))   # the one kept comes first
+        for lo in leftovers:
             if not lo_port <= lo.port <= hi_port:
                 self.events.emit("adopt.ignored", level="warning", pid=lo.pid, port=lo.port,
                                  reason=f"port outside this fleet's range {lo_port}..{hi_port}")
@@ -948,7 +951,7 @@ class Reconciler:
                 if not lo.master_alive and self.runner.signal_worker(lo.pid, signal.SIGKILL):
                     self.events.emit("adopt.orphan_killed", level="warning", pid=lo.pid, port=lo.port)
                 continue
-            if lo.port in self.instances:  # two masters for one port: keep the first
+            if lo.port in self.instances:  # two masters for one port: keep the one chosen above
                 self.runner.kill_group(lo.pid, signal.SIGTERM)
                 self.events.emit("adopt.duplicate_stopped", level="warning", pid=lo.pid, port=lo.port)
                 continue
@@ -982,6 +985,31 @@ class Reconciler:
         if adopted:
             self.events.emit("adopt.done", masters=sorted(adopted))
         return adopted
+
+    def _masters_to_keep(self, leftovers) -> dict[int, int]:
+        """Port -> pid of the master to adopt when a killed daemon left two on one port (it died
+        during a replacement): the one still holding the port's listening socket (a replaced
+        master closes its copy as soon as it gets SIGTERM), else the oldest (a replacement that
+        had not taken over yet)."""
+        by_port: dict[int, list[int]] = {}
+        for lo in leftovers:
+            if lo.is_master:
+                by_port.setdefault(lo.port, []).append(lo.pid)
+        keep = {}
+        for port, pids in by_port.items():
+            pids.sort()
+            keep[port] = pids[0]
+            if len(pids) < 2:
+                continue
+            holding = []
+            for pid in pids:
+                sock = self.runner.take_listener(pid, self.spec.instances.host, port)
+                if sock is not None:
+                    sock.close()
+                    holding.append(pid)
+            if len(holding) == 1:
+                keep[port] = holding[0]
+        return keep
 
     def detach(self) -> None:
         for inst in self.instances.values():

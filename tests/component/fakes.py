@@ -74,6 +74,7 @@ class FakeRunner:
         self.sockets: list[FakeSocket] = []
         self.listen_error: OSError | None = None
         self.takeable = True
+        self.not_holding: set[int] = set()         # masters that closed their listener (a replaced one)
         self.probe_ports: dict[int, int] = {}      # private probe port -> instance port
         self.exit_on_spawn: dict[int, int | None] = {}   # port -> rc its next masters exit with at once
 
@@ -104,6 +105,8 @@ class FakeRunner:
         return sock
 
     def take_listener(self, pid, host, port):
+        if pid in self.not_holding:
+            return None
         return FakeSocket(999, (host, port)) if self.takeable else None
 
     def _new(self, port, argv) -> FakeProc:

@@ -110,3 +110,28 @@ async def test_an_adopted_master_whose_socket_cannot_be_taken_restarts_the_old_w
     moves = [e["new"] for e in h.events_named("instance.state") if e["port"] == 8001]
     assert moves[-5:] == ["draining", "stopping", "stopped", "starting", "running"], moves
     assert not h.events_named("instance.replaced"), "no replacement without the socket"
+
+
+@component
+async def test_a_daemon_killed_mid_replacement_keeps_the_master_that_holds_the_socket(tmp_path):
+    from ultrascaled import command
+    from ultrascaled.runner import Leftover
+
+    def leftovers(h):
+        argv = tuple(command.with_binds(command.gunicorn_argv(h.spec, 8001, str(h.rec.log_path(8001))),
+                                        ["fd://5", "fd://6"]))
+        return [Leftover(500, 8001, argv, True, True), Leftover(510, 8001, argv, True, True)]
+    # after the hand-over: the old master (500) got SIGTERM and closed its listener; keep 510
+    h = Harness(tmp_path)
+    h.runner.leftovers = leftovers(h)
+    h.runner.not_holding = {500}
+    await h.start()
+    assert h.rec.instances[8001].pid == 510 and not h.rec.instances[8001].restart_requested
+    assert [e["pid"] for e in h.events_named("adopt.duplicate_stopped")] == [500]
+    # before it: both hold the socket, the replacement was not ready yet: keep the older one
+    (tmp_path / "b").mkdir()
+    h2 = Harness(tmp_path / "b")
+    h2.runner.leftovers = leftovers(h2)
+    await h2.start()
+    assert h2.rec.instances[8001].pid == 500
+    assert [e["pid"] for e in h2.events_named("adopt.duplicate_stopped")] == [510]
