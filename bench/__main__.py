@@ -79,7 +79,7 @@ def _on_term(signum, frame):
 
 
 # Measurements with their own options, run as `python -m bench NAME [options]`.
-SUBCOMMANDS = {"fleet": "bench.figures", "chaos": "bench.chaos",
+SUBCOMMANDS = {"fleet": "bench.figures", "chaos": "bench.chaos", "accesslog": "bench.accesslog",
                "redis-failover": "bench.redis_failover", "deploy": "bench.deploys"}
 
 

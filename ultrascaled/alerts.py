@@ -25,6 +25,7 @@ webhook sink starts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import math
 import os
@@ -56,6 +57,10 @@ class MetricSample:
     cache_hits: float = 0.0
     cache_misses: float = 0.0
     db_connections: Optional[float] = None    # MongoDB connections in use (current), None = no metric
+    # Where requests, 5xx and p95 come from: "app" (the app's own metrics) or "nginx" (the
+    # traffic log, any app); with nginx, per instance too: port -> accesslog.TrafficWindow.
+    source: str = "app"
+    instances: Mapping[int, Any] = field(default_factory=dict)
 
     @property
     def error_rate(self) -> Optional[float]:
@@ -91,6 +96,11 @@ class Rule:
     describe: Callable[[float, float, MetricSample], str]
     volume: Optional[Callable[[MetricSample], float]] = None   # must reach min_volume to judge
     min_volume: float = 0
+    labels: Mapping[str, Any] = field(default_factory=dict)    # e.g. {"port": 8001}: one instance
+
+    @property
+    def key(self) -> str:
+        return _key(self.name, dict(self.labels))
 
     def holds(self, sample: MetricSample) -> tuple[bool, Optional[float]]:
         v = self.value(sample)
@@ -105,6 +115,7 @@ class Transition(NamedTuple):
     value: Optional[float]
     threshold: float
     message: str
+    labels: Mapping[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -135,13 +146,13 @@ def build_rules(section: AlertsSection, db_connection_budget: Optional[int] = No
         rules.append(Rule(
             "p95_latency", lambda m: m.p95_latency, ">", s.p95_latency_seconds, s.p95_latency_for,
             lambda v, t, m: f"p95 latency {v:.3f}s over {t:g}s ({m.requests:.0f} requests "
-                            f"in {m.interval:.0f}s)",
+                            f"in {m.interval:.0f}s{_at(m)})",
             volume=lambda m: m.requests, min_volume=s.min_requests))
     if s.error_rate is not None:
         rules.append(Rule(
             "error_rate", lambda m: m.error_rate, ">", s.error_rate, s.error_rate_for,
             lambda v, t, m: f"5xx rate {v:.2%} over {t:.2%} ({m.errors_5xx:.0f} of "
-                            f"{m.requests:.0f} requests)",
+                            f"{m.requests:.0f} requests{_at(m)})",
             volume=lambda m: m.requests, min_volume=s.min_requests))
     if s.cpu_percent is not None:
         rules.append(Rule(
@@ -167,14 +178,49 @@ def build_rules(section: AlertsSection, db_connection_budget: Optional[int] = No
     return tuple(rules)
 
 
+def instance_rules(section: AlertsSection, ports: Iterable[int]) -> tuple[Rule, ...]:
+    """The error-rate and latency rules once per instance port, over the sample's per-instance
+    traffic figures (``MetricSample.instances``, measured at nginx): same thresholds, ``for``
+    and ``min_requests`` as the fleet's rules, the alert labelled ``port``."""
+    s = section
+    out: list[Rule] = []
+    for port in sorted(ports):
+        def win(m: MetricSample, p: int = port):
+            return m.instances.get(p)
+        if s.p95_latency_seconds is not None:
+            out.append(Rule(
+                "p95_latency", lambda m, w=win: getattr(w(m), "p95", None), ">", s.p95_latency_seconds,
+                s.p95_latency_for,
+                lambda v, t, m, p=port, w=win: f"instance {p}: p95 latency {v:.3f}s over {t:g}s "
+                                               f"({w(m).requests} requests in {m.interval:.0f}s, at nginx)",
+                volume=lambda m, w=win: getattr(w(m), "requests", 0), min_volume=s.min_requests,
+                labels={"port": port}))
+        if s.error_rate is not None:
+            out.append(Rule(
+                "error_rate", lambda m, w=win: getattr(w(m), "rate_5xx", None) if getattr(w(m), "requests", 0)
+                else None, ">", s.error_rate, s.error_rate_for,
+                lambda v, t, m, p=port, w=win: f"instance {p}: 5xx rate {v:.2%} over {t:.2%} "
+                                               f"({w(m).errors_5xx} of {w(m).requests} requests, at nginx)",
+                volume=lambda m, w=win: getattr(w(m), "requests", 0), min_volume=s.min_requests,
+                labels={"port": port}))
+    return tuple(out)
+
+
+def _at(m: MetricSample) -> str:
+    return ", at nginx" if m.source == "nginx" else ""
+
+
 def evaluate(rules: Iterable[Rule], state: AlertState, sample: MetricSample,
              now: float) -> tuple[AlertState, list[Transition]]:
     """One evaluation step. A value that is missing, or an interval below the rule's minimum
-    volume, counts as the condition not holding (so a firing rule resolves)."""
+    volume, counts as the condition not holding (so a firing rule resolves). A labelled rule
+    (one instance's) that is no longer evaluated -- the instance left -- resolves too."""
     out: dict[str, RuleState] = {}
     transitions: list[Transition] = []
     for rule in rules:
-        prev = state.get(rule.name)
+        key = rule.key
+        labels = dict(rule.labels)
+        prev = state.get(key)
         held, value = rule.holds(sample)
         if held:
             pending = prev.pending_since if prev.pending_since is not None else now
@@ -182,16 +228,33 @@ def evaluate(rules: Iterable[Rule], state: AlertState, sample: MetricSample,
             firing_since = prev.firing_since
             if firing_since is None and now - pending >= rule.for_seconds:
                 firing_since = now
-                transitions.append(Transition(rule.name, "firing", value, rule.threshold, message))
-            out[rule.name] = RuleState(pending, firing_since, value, message)
+                transitions.append(Transition(rule.name, "firing", value, rule.threshold, message, labels))
+            out[key] = RuleState(pending, firing_since, value, message)
         else:
             if prev.firing_since is not None:
                 shown = "no data" if value is None else f"{value:.4g}"
-                message = (f"{rule.name} back to normal ({shown}, threshold "
+                where = "".join(f" {k} {v}" for k, v in sorted(labels.items()))
+                message = (f"{rule.name}{where} back to normal ({shown}, threshold "
                            f"{'>' if rule.op == '>' else '<'} {rule.threshold:g})")
-                transitions.append(Transition(rule.name, "resolved", value, rule.threshold, message))
-            out[rule.name] = RuleState(None, None, value, "")
+                transitions.append(Transition(rule.name, "resolved", value, rule.threshold, message, labels))
+            out[key] = RuleState(None, None, value, "")
+    for key, prev in state.rules.items():
+        if key not in out and "," in key and prev.firing_since is not None:
+            name, labels = _unkey(key)
+            where = "".join(f" {k} {v}" for k, v in sorted(labels.items()))
+            transitions.append(Transition(name, "resolved", None, 0.0,
+                                          f"{name}{where} resolved: not judged any more (the instance left the fleet "
+                                          "or stopped serving)", labels))
     return AlertState(out), transitions
+
+
+def _unkey(key: str) -> tuple[str, dict]:
+    name, *pairs = key.split(",")
+    labels: dict[str, Any] = {}
+    for pair in pairs:
+        k, _, v = pair.partition("=")
+        labels[k] = int(v) if v.isdigit() else v
+    return name, labels
 
 
 # ---- samples from metric families ----------------------------------------------------------
@@ -298,10 +361,11 @@ class Sampler:
     (e.g. ``metrics.families_async(...)``)."""
 
     def __init__(self, collect: Callable[[], Any], clock: Callable[[], float] = time.monotonic,
-                 cpu_count: Optional[int] = None):
+                 cpu_count: Optional[int] = None, traffic: Any = None):
         self.collect = collect
         self.clock = clock
         self.cpu_count = cpu_count
+        self.traffic = traffic      # accesslog.TrafficMonitor: requests, 5xx, p95 measured at nginx
         self._prev: Optional[tuple[float, Flat]] = None
 
     async def __call__(self) -> Optional[MetricSample]:
@@ -312,7 +376,22 @@ class Sampler:
         prev, self._prev = self._prev, (now, cur)
         if prev is None or now <= prev[0]:
             return None
-        return sample_from(prev[1], cur, now - prev[0], self.cpu_count)
+        sample = sample_from(prev[1], cur, now - prev[0], self.cpu_count)
+        t = self.traffic
+        # A traffic log that cannot be read leaves the app's own metrics in force. Per instance:
+        # those meant to serve (a stopped one's refused connections are not its 5xx).
+        if t is not None and getattr(t, "active", True):
+            sample = with_traffic(sample, t, (getattr(t, "serving", None) or t.ports)())
+        return sample
+
+
+def with_traffic(sample: MetricSample, source: Any, ports: Iterable[int]) -> MetricSample:
+    """The sample with requests, 5xx and p95 from a TrafficSource (measured at nginx) over the
+    sample's interval: the fleet's, and each instance's in ``instances``."""
+    fleet = source.window(None, sample.interval)
+    return dataclasses.replace(sample, requests=fleet.requests, errors_5xx=fleet.errors_5xx,
+                               p95_latency=fleet.p95, source="nginx",
+                               instances={p: source.window(p, sample.interval) for p in ports})
 
 
 # ---- the webhook ---------------------------------------------------------------------------
@@ -455,6 +534,7 @@ class AlertManager:
         self.fired = 0
         self.evaluations = 0
         self.last_sample: Optional[MetricSample] = None
+        self._evaluated: tuple[Rule, ...] = self.rules
 
     async def tick(self) -> list[Transition]:
         """One evaluation; returns its transitions."""
@@ -464,7 +544,9 @@ class AlertManager:
         if sample is None:
             return []
         now = self.clock()
-        self.state, transitions = evaluate(self.rules, self.state, sample, now)
+        rules = self.rules + instance_rules(self.section, sample.instances) if sample.instances else self.rules
+        self._evaluated = rules
+        self.state, transitions = evaluate(rules, self.state, sample, now)
         self.last_sample = sample
         self.evaluations += 1
         wall = self.wall()
@@ -472,11 +554,11 @@ class AlertManager:
             if t.status == "firing":
                 self.fired += 1
             self.emit(f"alert.{t.status}", level="warning" if t.status == "firing" else "info",
-                      alert=t.name, value=t.value, threshold=t.threshold, message=t.message)
+                      alert=t.name, value=t.value, threshold=t.threshold, message=t.message, **t.labels)
             if self.sink is not None:
                 self.sink.send({"alert": t.name, "status": t.status, "value": t.value,
                                 "threshold": t.threshold, "message": t.message,
-                                "fleet": self.fleet, "time": round(wall, 3)})
+                                "fleet": self.fleet, "time": round(wall, 3), **t.labels})
         return transitions
 
     async def run(self, beat: Callable[[], None] = lambda: None) -> None:
@@ -524,15 +606,16 @@ class AlertManager:
         """What is firing now, for ``GET /alerts`` and ``ultrascalectl alerts``."""
         out = [dict(a) for _, a in sorted(self.raised.items())]
         now, wall = self.clock(), self.wall()
-        by_name = {r.name: r for r in self.rules}
-        for name, st in sorted(self.state.rules.items()):
+        by_key = {r.key: r for r in self._evaluated}
+        for key, st in sorted(self.state.rules.items()):
             if st.firing_since is None:
                 continue
-            rule = by_name.get(name)
+            rule = by_key.get(key)
+            name, labels = _unkey(key)
             out.append({"alert": name, "value": st.value,
                         "threshold": rule.threshold if rule else None,
                         "message": st.message, "since": round(wall - (now - st.firing_since), 3),
-                        "for": rule.for_seconds if rule else None})
+                        "for": rule.for_seconds if rule else None, **labels})
         return out
 
     def counters(self) -> dict[str, int]:

@@ -462,7 +462,8 @@ async def metrics(request: web.Request) -> web.Response:
     from ultrascaled import metrics as m
     sup, alerts = fleet_of(request), request.app[ALERTS]
     counters = {**sup.counters, **(alerts.counters() if alerts else {})}
-    body = await m.render_async(sup.snapshot(), sup.upstream.status(), counters, sup.metrics_dirs())
+    body = await m.render_async(sup.snapshot(), sup.upstream.status(), counters, sup.metrics_dirs(),
+                                extra=getattr(sup, "traffic_families", list)())
     return web.Response(body=body, headers={"Content-Type": m.CONTENT_TYPE})
 
 
@@ -470,6 +471,23 @@ async def metrics(request: web.Request) -> web.Response:
 async def firing(request: web.Request) -> web.Response:
     alerts = request.app[ALERTS]
     return web.json_response({"firing": alerts.firing() if alerts else [], "enabled": alerts is not None})
+
+
+@routes.get("/traffic")
+async def traffic(request: web.Request) -> web.Response:
+    """Requests, 5xx and p95 over the last `seconds`, measured at nginx (accesslog.py): the
+    fleet's and each instance's."""
+    sup = fleet_of(request)
+    seconds = query_int(request, "seconds", 60, 1, 3600)
+    source = getattr(sup, "traffic", None)
+    if source is None:
+        return web.json_response({"enabled": False, "seconds": seconds, "fleet": None, "instances": []})
+
+    def shown(w) -> dict:
+        return {"requests": w.requests, "errors_5xx": w.errors_5xx, "rate_5xx": w.rate_5xx, "p95": w.p95}
+    return web.json_response({
+        "enabled": True, "seconds": seconds, "fleet": shown(source.window(None, seconds)),
+        "instances": [{"port": p, **shown(source.window(p, seconds))} for p in sorted(sup.instances)]})
 
 
 MAX_LINES = 10_000

@@ -307,6 +307,30 @@ def cmd_alerts(api: Api, args) -> int:
     return 1 if data["firing"] else 0
 
 
+def cmd_traffic(api: Api, args) -> int:
+    data = api.request("GET", f"/traffic?seconds={args.seconds}")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if not data["enabled"]:
+        print("no traffic figures: nginx.traffic_log is off (or nginx.mode is off)")
+        return EXIT_FAILED
+    print(render_traffic(data))
+    return 0
+
+
+def render_traffic(data: dict) -> str:
+    def row(name: str, w: dict) -> str:
+        p95 = "-" if w["p95"] is None else f"{w['p95'] * 1000:.0f}"
+        return (f"{name:<8}{w['requests']:>10}{w['requests'] / data['seconds']:>9.1f}{w['errors_5xx']:>8}"
+                f"{w['rate_5xx'] * 100:>7.1f}%{p95:>9}")
+    lines = [f"last {data['seconds']} s, measured at nginx",
+             f"{'PORT':<8}{'REQUESTS':>10}{'REQ/S':>9}{'5XX':>8}{'5XX %':>8}{'P95 MS':>9}"]
+    lines += [row(str(i["port"]), i) for i in data["instances"]]
+    lines.append(row("fleet", data["fleet"]))
+    return "\n".join(lines)
+
+
 def cmd_logs(api: Api, args) -> int:
     status, headers, body = api.fetch("GET", f"/instances/{args.port}/log?lines={args.lines}")
     api.check(status, body)
@@ -504,6 +528,12 @@ def build_events(p: argparse.ArgumentParser) -> None:
                    help="only events after this sequence number (default %(default)s: all)")
 
 
+def build_traffic(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seconds", type=count, default=60, metavar="N",
+                   help="the last N seconds, 1..3600 (default %(default)s)")
+    add_json(p)
+
+
 def build_plan(p: argparse.ArgumentParser) -> None:
     from ultrascaled import capacity  # ~60 ms of imports that only `plan` pays
     capacity.add_arguments(p)
@@ -520,6 +550,7 @@ COMMANDS: dict[str, tuple] = {
     "logs": (cmd_logs, "an instance's output (PORT); -f follows", build_logs),
     "events": (cmd_events, "recent events; -f follows", build_events),
     "plan": (cmd_plan, "capacity plan for N users from the spec, with the arithmetic", build_plan),
+    "traffic": (cmd_traffic, "requests, 5xx and p95 per instance, measured at nginx", build_traffic),
     "deploy": (cmd_deploy, "roll the fleet to a new release (DIR copied, or --release NAME): canary "
                "judged, then one instance at a time; rolls back by itself when it fails", build_deploy),
     "rollback": (cmd_rollback, "roll the fleet back to the previous release, one instance at a time",

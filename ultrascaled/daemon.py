@@ -38,7 +38,7 @@ def make_alerts(spec: Spec, sup: Supervisor, events: EventLog):
     """Alert rules evaluated over two scrapes of the fleet's own metrics (no HTTP involved)."""
     from ultrascaled import alerts, metrics
     sampler = alerts.Sampler(lambda: metrics.families_async(
-        sup.snapshot(), sup.upstream.status(), sup.counters, sup.metrics_dirs()))
+        sup.snapshot(), sup.upstream.status(), sup.counters, sup.metrics_dirs()), traffic=sup.traffic)
     return alerts.AlertManager(spec.alerts, sampler, events.emit, fleet=spec.name,
                                db_connection_budget=spec.mongodb.connection_budget)
 

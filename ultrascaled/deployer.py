@@ -244,8 +244,10 @@ class Deployer:
         if self.traffic is None or r.canary is None:
             return None, None
         canary = self.traffic.window(r.canary, t.soak_seconds)
-        old = rollout.combine([self.traffic.window(p, t.soak_seconds) for p in self.rec.wanted if p != r.canary])
-        return canary, old
+        others = [p for p in self.rec.wanted if p != r.canary]
+        if hasattr(self.traffic, "window_of"):   # accesslog: their latency histograms merged
+            return canary, self.traffic.window_of(others, t.soak_seconds) if others else None
+        return canary, rollout.combine([self.traffic.window(p, t.soak_seconds) for p in others])
 
     def _apply(self) -> None:
         """Ask a restart of every instance that runs another release than its port should (the

@@ -287,19 +287,21 @@ class Renderer:
 
     def families(self, snapshot: Mapping[str, Any], nginx_status: Mapping[str, Any] | None,
                  counters: Mapping[str, Any] | None,
-                 instance_dirs: Mapping[int, str] | None) -> list[Metric]:
+                 instance_dirs: Mapping[int, str] | None, extra: Iterable[Metric] = ()) -> list[Metric]:
+        """``extra``: families built elsewhere (the traffic figures of accesslog.py)."""
         t0 = time.perf_counter()
         dirs = dict(instance_dirs or {})
         app = merge_instances({port: self.reader.families(path) for port, path in dirs.items()})
         self.reader.forget(dirs.values())
         self.last_app_read_seconds = time.perf_counter() - t0
         own = supervisor_families(snapshot) + nginx_families(nginx_status) + counter_families(counters)
+        own += [f for f in extra if f.name not in {o.name for o in own}]
         taken = {f.name for f in own}
         return own + [f for f in app if f.name not in taken]
 
-    def render(self, snapshot, nginx_status, counters, instance_dirs) -> bytes:
+    def render(self, snapshot, nginx_status, counters, instance_dirs, extra: Iterable[Metric] = ()) -> bytes:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Families(self.families(snapshot, nginx_status, counters, instance_dirs)))
+        registry.register(_Families(self.families(snapshot, nginx_status, counters, instance_dirs, extra)))
         return generate_latest(registry)
 
 
@@ -307,9 +309,9 @@ _default = Renderer()
 
 
 def render(snapshot: dict, nginx_status: dict | None, counters: dict | None,
-           instance_dirs: dict[int, str] | None) -> bytes:
+           instance_dirs: dict[int, str] | None, extra: Iterable[Metric] = ()) -> bytes:
     """The Prometheus text exposition (serve it with :data:`CONTENT_TYPE`)."""
-    return _default.render(snapshot, nginx_status, counters, instance_dirs)
+    return _default.render(snapshot, nginx_status, counters, instance_dirs, extra)
 
 
 def families(snapshot: dict, nginx_status: dict | None, counters: dict | None,
@@ -319,12 +321,13 @@ def families(snapshot: dict, nginx_status: dict | None, counters: dict | None,
 
 
 async def render_async(snapshot: dict, nginx_status: dict | None, counters: dict | None,
-                       instance_dirs: dict[int, str] | None) -> bytes:
+                       instance_dirs: dict[int, str] | None, extra: Iterable[Metric] = ()) -> bytes:
     """:func:`render` with the file reading and formatting in a worker thread, so the event
     loop keeps supervising. Pass plain dicts built for this call (``snapshot()`` builds fresh
     ones), since the thread reads them while the loop runs."""
     import asyncio
-    return await asyncio.to_thread(render, snapshot, nginx_status, _copy(counters), dict(instance_dirs or {}))
+    return await asyncio.to_thread(render, snapshot, nginx_status, _copy(counters), dict(instance_dirs or {}),
+                                   list(extra))
 
 
 async def families_async(snapshot: dict, nginx_status: dict | None, counters: dict | None,

@@ -319,6 +319,15 @@ class NginxController:
         async with self._lock:
             return await self._stop()
 
+    async def reopen_logs(self) -> bool:
+        """Managed: USR1 to the master, which reopens its log files (after a rotation renamed
+        them). System mode: False; the host's logrotate rotates the system nginx's logs."""
+        async with self._lock:
+            s = self.settings
+            if s.mode != "managed" or self.pid is None or not self.procs.is_master(self.pid, s.prefix):
+                return False
+            return self.procs.signal(self.pid, signal.SIGUSR1)
+
     def config_stamp(self) -> tuple:
         """(path, mtime) of the main configuration (managed mode) or the folder holding the
         upstream file (system mode, where the site's files live beside it)."""

@@ -110,6 +110,15 @@ class NginxSettings:
                    "('' = nginx default, nobody)")
     error_log_level: str = _f("warn", "error_log level")
     access_log: str = _f("off", "access_log path (managed: relative to prefix) or 'off'")
+    traffic_log: str = _f("", "the JSON-lines access log the daemon reads for per-instance "
+                          "requests, 5xx and latency (docs/observability.md); '' = "
+                          "<prefix>/logs/traffic.log (managed) or "
+                          "/var/log/nginx/<upstream_name>.traffic.log (system); a path "
+                          "(managed: relative to prefix); off = none (the error-rate and "
+                          "latency alerts then read the app's own metrics)")
+    traffic_window: float = _f(300.0, "seconds of per-instance traffic figures the daemon "
+                               "keeps (in 300 slots; memory is bounded by it, not by the "
+                               "request rate)")
     proxy_connect_timeout: str = _f("2s", "connect timeout to an instance (loopback: a busy "
                                     "instance fails fast and the next one is tried)")
     proxy_send_timeout: str = _f("60s", "timeout between two writes to an instance")
@@ -172,6 +181,19 @@ class NginxSettings:
     @property
     def error_log_path(self) -> str:
         return os.path.join(self.prefix, "logs", "error.log")
+
+    @property
+    def traffic_log_path(self) -> str | None:
+        """Where nginx writes the traffic log; None when it is off."""
+        if self.mode == "off" or self.traffic_log == "off":
+            return None
+        if not self.traffic_log:
+            if self.mode == "managed":
+                return os.path.join(self.prefix, "logs", "traffic.log")
+            return f"/var/log/nginx/{self.upstream_name}.traffic.log"
+        if os.path.isabs(self.traffic_log) or self.mode != "managed":
+            return self.traffic_log
+        return os.path.join(self.prefix, self.traffic_log)
 
     @property
     def effective_upstream_file(self) -> str:
@@ -277,6 +299,17 @@ def _syntax_errors(s: NginxSettings) -> list[str]:
     if s.access_log != "off" and (not re.match(rf"{_WORD}+\Z", s.access_log)
                                   or _UNSAFE & set(s.access_log)):
         bad("access_log", "must be off or a path without spaces, ; { } quotes or #")
+    if s.traffic_log and (not re.match(rf"{_WORD}+\Z", s.traffic_log) or _UNSAFE & set(s.traffic_log)):
+        bad("traffic_log", "must be off, '' or a path without spaces, ; { } quotes, # or backslashes")
+    elif s.mode == "system" and s.traffic_log not in ("", "off") and not os.path.isabs(s.traffic_log):
+        bad("traffic_log", "must be an absolute path in system mode (or '' or off)")
+    if s.traffic_log_path and s.access_log not in ("", "off") and \
+            os.path.normpath(_access_log_path(s)) == os.path.normpath(s.traffic_log_path):
+        bad("access_log", f"is the traffic log's file ({s.traffic_log_path}, nginx.traffic_log), which "
+                          "has its own format: give one of them another path")
+    if isinstance(s.traffic_window, bool) or not isinstance(s.traffic_window, (int, float)) \
+            or not 10 <= s.traffic_window <= 3600:
+        bad("traffic_window", "must be 10..3600 seconds")
     for name in PATH_SETTINGS:
         v = getattr(s, name)
         if v and (not re.match(rf"{_WORD}+\Z", v) or _UNSAFE & set(v)):
@@ -403,6 +436,22 @@ def render_upstream(s: NginxSettings, servers: Sequence[tuple[str, int]]) -> byt
     return ("\n".join(lines) + "\n").encode()
 
 
+# The traffic log (read by ultrascaled/accesslog.py): only values nginx computes (numbers,
+# addresses, statuses), nothing a client sends; escape=json keeps every line one JSON object.
+TRAFFIC_FIELDS = ('{"t":$msec,"s":$status,"a":"$upstream_addr","u":"$upstream_status",'
+                  '"ut":"$upstream_response_time","rt":$request_time}')
+
+
+def traffic_format_name(upstream_name: str) -> str:
+    return f"{upstream_name}_traffic"
+
+
+def traffic_log_format(upstream_name: str) -> str:
+    """The http-level ``log_format`` directive (named per fleet: two fleets can share a system
+    nginx)."""
+    return f"log_format {traffic_format_name(upstream_name)} escape=json '{TRAFFIC_FIELDS}';"
+
+
 def _proxy_common(s: NginxSettings) -> list[str]:
     out = [
         "proxy_http_version 1.1;",
@@ -449,6 +498,10 @@ def _server_block(s: NginxSettings, tls: bool) -> list[str]:
               "    ssl_session_timeout 1h;"]
     b += [f"    client_max_body_size {s.client_max_body_size};",
           f"    client_body_buffer_size {s.client_body_buffer_size};"]
+    if s.traffic_log_path:   # a server-level access_log replaces the http-level one: keep both
+        b.append(f"    access_log {s.traffic_log_path} {traffic_format_name(name)};")
+        if s.access_log and s.access_log != "off":
+            b.append(f"    access_log {_access_log_path(s)};")
     b += ["    " + x for x in _limits(s)]
     if s.stub_status:
         b += ["", f"    location = {s.stub_status_path} {{", "        stub_status;"]
@@ -493,6 +546,8 @@ def render_site_conf(s: NginxSettings, upstream_file: str | None = None) -> byte
 def _site_lines(s: NginxSettings, up: str) -> list[str]:
     name = s.upstream_name
     lines = [f"include {up};", ""]
+    if s.traffic_log_path:   # one JSON line per request, read by the daemon (accesslog.py)
+        lines += [traffic_log_format(name), ""]
     if s.socketio:
         lines += [f"map $http_upgrade ${name}_connection_upgrade {{",
                   "    default upgrade;",
@@ -555,13 +610,19 @@ def render_main_conf(s: NginxSettings, upstream_file: str | None = None) -> byte
     if s.access_log == "off" or not s.access_log:
         lines.append("    access_log off;")
     else:
-        al = s.access_log if os.path.isabs(s.access_log) else f"{p}/{s.access_log}"
-        lines.append(f"    access_log {al};")
+        lines.append(f"    access_log {_access_log_path(s)};")
     lines.append("")
     up = upstream_file if upstream_file is not None else s.effective_upstream_file
     lines += [("    " + x) if x else "" for x in _site_lines(s, up)]
     lines.append("}")
     return ("\n".join(lines) + "\n").encode()
+
+
+def _access_log_path(s: NginxSettings) -> str:
+    p = s.prefix.rstrip("/")
+    if os.path.isabs(s.access_log) or s.mode != "managed":
+        return s.access_log
+    return f"{p}/{s.access_log}"
 
 
 def example_system_settings() -> NginxSettings:

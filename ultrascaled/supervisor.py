@@ -44,7 +44,30 @@ class Supervisor:
                               beat=lambda: self.guard.beat("reconciler"))
         self.lock = FleetLock(spec.name, spec.paths.state_dir) if lock else None
         self.started_at = self.clock.wall()
+        self.traffic = self._make_traffic(spec)
         self.deployer = Deployer(self.rec, events, self.clock)
+        self.deployer.traffic = self.traffic   # the canary's figures (docs/deploys.md)
+
+    # ---- traffic measured at nginx (accesslog.py): what canary, alerts and dashboard read ----------
+
+    def _make_traffic(self, spec: Spec):
+        """The TrafficSource over nginx's traffic log, or None (nginx off, traffic_log off)."""
+        path = spec.nginx.traffic_log_path
+        if path is None:
+            return None
+        from ultrascaled.accesslog import TrafficMonitor
+        reopen = getattr(self.rec.upstream, "reopen_logs", None)
+        managed = spec.nginx.mode == "managed"
+        return TrafficMonitor(
+            path, window=spec.nginx.traffic_window, ports=lambda: list(self.instances),
+            serving=lambda: [p for p, i in self.instances.items() if i.state is S.RUNNING],
+            allowed=lambda port: 0 <= port - self.spec.instances.base_port < self.spec.instances.max,
+            max_bytes=spec.logs.max_bytes if managed else 0, backups=spec.logs.backups,
+            reopen=reopen if managed else None, emit=self.events.emit)
+
+    def traffic_families(self) -> list:
+        """/metrics: per-instance request counts and response times measured at nginx."""
+        return self.traffic.families() if self.traffic is not None else []
 
     # ---- what the API reads ---------------------------------------------------------------------
 
@@ -165,6 +188,8 @@ class Supervisor:
         self._save_state(count)
         rec = self.rec
         rec.spec, rec.count = new, count
+        if self.traffic is not None and self.traffic.max_bytes:   # the traffic log's rotation follows logs.*
+            self.traffic.max_bytes, self.traffic.backups = new.logs.max_bytes, new.logs.backups
         if new.nginx != old.nginx:
             rec.pending_nginx = True
         if rec.failed_upstream is not None:   # a refused upstream is tried again with the new spec
@@ -249,6 +274,9 @@ class Supervisor:
         self.guard.start("deployer", lambda: self.deployer.run(lambda: self.guard.beat("deployer")),
                          interval=10.0)
         self.guard.start("sampler", self._sample_loop, interval=self.spec.memory.sample_interval)
+        if self.traffic is not None:
+            self.guard.start("traffic", lambda: self.traffic.run(beat=lambda: self.guard.beat("traffic")),
+                             interval=self.traffic.interval)
 
     async def _sample_loop(self) -> None:
         while True:

@@ -92,3 +92,7 @@ class NginxUpstream:
 
     def status(self):
         return self.ctl.status()
+
+    async def reopen_logs(self) -> bool:
+        """nginx reopens its logs (the traffic log was rotated)."""
+        return await self.ctl.reopen_logs()

@@ -94,6 +94,7 @@ def test_usage_errors_exit_2_and_say_why(argv, says, capsys):
     ("logs", ["PORT", "-n", "--lines", "-f", "--follow"]),
     ("events", ["-n", "--lines", "-f", "--follow", "--since"]),
     ("plan", ["--users", "--spec", "--calibration"]),
+    ("traffic", ["--seconds", "--json"]),
 ])
 def test_each_command_has_its_own_help(cmd, options, capsys):
     assert cli.main([cmd, "--help"]) == 0
@@ -107,7 +108,7 @@ def test_each_command_has_its_own_help(cmd, options, capsys):
 def test_the_global_help_lists_every_command_the_options_and_exit_codes(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for word in ["status", "scale", "restart", "reload", "alerts", "logs", "events", "plan",
+    for word in ["status", "scale", "restart", "reload", "alerts", "logs", "events", "plan", "traffic",
                  "--api", "ULTRASCALE_API", "--token-file", "ULTRASCALE_TOKEN_FILE",
                  "--ca-file", "ULTRASCALE_CA_FILE", "exit codes", "3 daemon unreachable", "docs/cli.md"]:
         assert word in out, word

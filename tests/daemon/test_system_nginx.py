@@ -22,7 +22,9 @@ def system_nginx(tmp_path, make_daemon):
     (prefix / "logs").mkdir(parents=True)
     upstream = prefix / "upstream.conf"
     conf = prefix / "nginx.conf"
-    settings = NginxSettings(mode="system", listen=d.nginx_port, upstream_file=str(upstream))
+    traffic = str(prefix / "logs" / "traffic.log")   # not the host's /var/log/nginx
+    settings = NginxSettings(mode="system", listen=d.nginx_port, upstream_file=str(upstream),
+                             traffic_log=traffic)
     upstream.write_bytes(render_upstream(settings, []))
     (prefix / "site.conf").write_bytes(render_site_conf(settings))
     conf.write_text(f"""pid {prefix}/logs/nginx.pid;
@@ -40,7 +42,7 @@ http {{
     pid = int((prefix / "logs" / "nginx.pid").read_text())
     d.spec["nginx"] = {"mode": "system", "listen": d.nginx_port, "upstream_file": str(upstream),
                        "test_command": [*nginx, "-t"], "reload_command": [*nginx, "-s", "reload"],
-                       "system_pid_file": str(prefix / "logs" / "nginx.pid")}
+                       "system_pid_file": str(prefix / "logs" / "nginx.pid"), "traffic_log": traffic}
     d.write_spec()
     try:
         yield d, pid, upstream
@@ -71,6 +73,14 @@ def test_system_mode_keeps_the_hosts_nginx_in_step_and_leaves_it_running(system_
     assert d.ctl("scale", "3").returncode == 0
     assert ports_seen(d, 30) == {d.base_port + k for k in range(3)}
     assert f"127.0.0.1:{d.base_port + 2}" in upstream.read_text()
+    # the per-instance figures come from the host nginx's traffic log too
+    import time
+    import urllib.request
+    deadline = time.monotonic() + 30
+    while f'ultrascale_upstream_requests_total{{port="{d.base_port + 2}",status="2xx"}}' not in \
+            (text := urllib.request.urlopen(d.api_url + "/metrics", timeout=10).read().decode()):
+        assert time.monotonic() < deadline, text[-3000:]
+        time.sleep(0.2)
     assert d.stop() == 0
     assert pid_alive(nginx_pid), "the host's nginx is not the daemon's to stop"
     status, _ = http_get(d.nginx_port)
