@@ -30,9 +30,22 @@ def application(environ, start_response):
 '''
 
 
-def write_app(root: Path, version: str, broken: bool = False) -> Path:
+ANSWER_500 = '''
+_inner = application
+
+
+def application(environ, start_response):   # a release that fails every request but its health
+    if environ["PATH_INFO"] == "/health":
+        return _inner(environ, start_response)
+    start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+    return [b"broken"]
+'''
+
+
+def write_app(root: Path, version: str, broken: bool = False, answers_500: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "verapp.py").write_text(APP.format(extra="import no_such_module_at_all" if broken else ""))
+    (root / "verapp.py").write_text(APP.format(extra="import no_such_module_at_all" if broken else "")
+                                    + (ANSWER_500 if answers_500 else ""))
     (root / "VERSION").write_text(version + "\n")
     return root
 
@@ -190,3 +203,26 @@ def test_a_daemon_killed_during_the_canary_rolls_it_back_on_restart(fleet, tmp_p
     assert get(d.base_port).split()[0] == "v0"
     client.stop()
     assert not client.failures, client.failures[:10]
+
+
+def test_a_release_answering_500_is_judged_on_nginx_figures_and_rolled_back(make_daemon, tmp_path):
+    base = write_app(tmp_path / "base", "v0")
+    d = make_daemon({"app": {"directory": str(base), "module": "verapp:application", "config": None},
+                     "gunicorn": {"worker_class": "sync", "workers": 2}, "health": {"path": "/health"},
+                     "deploy": {"soak_seconds": 4, "min_requests": 10}}).start()
+    client = Client(d.nginx_port)
+    client.start()
+    try:
+        bad = write_app(tmp_path / "bad", "bad", answers_500=True)
+        out = d.ctl("deploy", str(bad))
+        assert out.returncode == 1 and "failed on rate_5xx" in out.stderr, (out.stdout, out.stderr)
+        failed = d.events("deploy.failed")[-1]
+        assert failed["figure"] == "rate_5xx" and failed["canary_requests"] >= 10 and failed["old_rate_5xx"] == 0
+        assert set(releases_on(d).values()) == {None}
+        alerts = d.api("GET", "/alerts")[1]["firing"]
+        assert any(a["alert"] == "deploy_failed" and "rate_5xx" in a["message"] for a in alerts), alerts
+    finally:
+        client.stop()
+    # only the canary's share saw the bad release, and only until the verdict
+    assert client.failures and all(f.startswith("HTTP 500") for f in client.failures), client.failures[:5]
+    assert len(client.failures) < client.ok
