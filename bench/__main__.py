@@ -7,6 +7,7 @@ measurement: the suite, the fleet figures and the chaos run.
     scripts/bench --no-doc              print only
     python -m bench fleet [--help]      the fleet figures (scripts/bench-fleet, bench/figures.py)
     python -m bench chaos [--help]      the chaos run (scripts/chaos, bench/chaos.py)
+    python -m bench autoscale [--help]  the autoscaling trace (scripts/bench-autoscale, bench/autoscale.py)
     python -m bench redis-failover      a Redis primary killed under load (scripts/redis-failover)
 """
 from __future__ import annotations
@@ -80,7 +81,8 @@ def _on_term(signum, frame):
 
 # Measurements with their own options, run as `python -m bench NAME [options]`.
 SUBCOMMANDS = {"fleet": "bench.figures", "chaos": "bench.chaos", "accesslog": "bench.accesslog",
-               "redis-failover": "bench.redis_failover", "deploy": "bench.deploys"}
+               "redis-failover": "bench.redis_failover", "autoscale": "bench.autoscale",
+               "deploy": "bench.deploys"}
 
 
 def main(argv: list[str] | None = None) -> int:

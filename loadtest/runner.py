@@ -113,7 +113,7 @@ class Result:
     host_cpu_pct: float | None = None  # psutil.cpu_percent over the run (all cores)
     connects: int = 0
     reconnects: int = 0
-    timeline: list[dict] = field(default_factory=list)  # per second: t, requests, errors, rps, p95_ms
+    timeline: list[dict] = field(default_factory=list)  # per second: t, requests, errors, rps, p95_ms, p99_ms
     error_samples: list[dict] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -293,11 +293,13 @@ def _collect(config, workers, t0, procs, stop, progress, thread_cpu0, live) -> R
             t = next_tick - t0
             n = interval.ok + interval.failed
             tick = {"t": round(t, 3), "requests": n, "errors": interval.failed,
-                    "rps": float(n), "p95_ms": None,
+                    "rps": float(n), "p95_ms": None, "p99_ms": None,
                     "total": total.ok + total.failed, "errors_total": total.failed}
             if n:
-                tick["p95_ms"] = percentile(sorted(interval_lat), 95) * 1000.0
-            timeline.append({k: tick[k] for k in ("t", "requests", "errors", "rps", "p95_ms")})
+                ordered = sorted(interval_lat)
+                tick["p95_ms"] = percentile(ordered, 95) * 1000.0
+                tick["p99_ms"] = percentile(ordered, 99) * 1000.0
+            timeline.append({k: tick[k] for k in ("t", "requests", "errors", "rps", "p95_ms", "p99_ms")})
             if progress is not None:
                 progress(tick)
             interval, interval_lat = Tally(), array("d")

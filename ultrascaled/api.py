@@ -27,7 +27,7 @@ from typing import Any, Awaitable
 
 from aiohttp import web
 
-from ultrascaled.control import FleetControl, ScaleRefused
+from ultrascaled.control import AutoscaleControl, FleetControl, ScaleRefused
 from ultrascaled.spec import Spec, SpecError
 
 
@@ -388,7 +388,12 @@ async def scale(request: web.Request) -> web.Response:
         sup.scale(n)
     except ScaleRefused as exc:
         raise refused(exc)
-    return web.json_response({"desired": sup.count, "ports": list(sup.wanted)}, status=202)
+    answer: dict[str, Any] = {"desired": sup.count, "ports": list(sup.wanted)}
+    auto = getattr(sup, "autoscaler", None)
+    said = auto.manual_scale(n) if auto is not None else None
+    if said:
+        answer["autoscale"] = said
+    return web.json_response(answer, status=202)
 
 
 @routes.post("/instances/{port}/restart")
@@ -462,8 +467,11 @@ async def metrics(request: web.Request) -> web.Response:
     from ultrascaled import metrics as m
     sup, alerts = fleet_of(request), request.app[ALERTS]
     counters = {**sup.counters, **(alerts.counters() if alerts else {})}
+    auto = getattr(sup, "autoscaler", None)
+    extra = list(getattr(sup, "traffic_families", list)())
+    extra += auto.metric_families() if auto is not None else []
     body = await m.render_async(sup.snapshot(), sup.upstream.status(), counters, sup.metrics_dirs(),
-                                extra=getattr(sup, "traffic_families", list)())
+                                extra=extra)
     return web.Response(body=body, headers={"Content-Type": m.CONTENT_TYPE})
 
 
@@ -488,6 +496,55 @@ async def traffic(request: web.Request) -> web.Response:
     return web.json_response({
         "enabled": True, "seconds": seconds, "fleet": shown(source.window(None, seconds)),
         "instances": [{"port": p, **shown(source.window(p, seconds))} for p in sorted(sup.instances)]})
+
+
+# ---- the autoscaler (ultrascaled/autoscaler.py): its status, and the operator's pause -------
+
+MAX_PAUSE = 7 * 86400
+
+
+def autoscaler_of(request: web.Request) -> AutoscaleControl:
+    auto = getattr(fleet_of(request), "autoscaler", None)
+    if auto is None:
+        raise ApiError(Code.not_found, "this daemon runs no autoscaler")
+    return auto
+
+
+@routes.get("/autoscale")
+async def autoscale_status(request: web.Request) -> web.Response:
+    return web.json_response(autoscaler_of(request).status())
+
+
+@routes.post("/autoscale/pause")
+async def autoscale_pause(request: web.Request) -> web.Response:
+    from ultrascaled.autoscale import parse_duration
+    data = await json_body(request, ("for", "reason"))
+    auto = autoscaler_of(request)
+    given, seconds = data.get("for"), None
+    if "for" in data:
+        if isinstance(given, bool) or not isinstance(given, (str, int, float)):
+            raise ApiError(Code.bad_request, f"`for` must be a duration like \"30m\" or seconds "
+                           f"(leave it out to pause until resumed), got {str(given)[:40]!r}")
+        if isinstance(given, str):
+            try:
+                seconds = parse_duration(given)
+            except ValueError as exc:
+                raise ApiError(Code.bad_request, f"`for`: {exc}")
+        elif not 0 < given <= MAX_PAUSE:   # NaN fails this too
+            raise ApiError(Code.bad_request, f"`for` must be more than 0 and at most {MAX_PAUSE} "
+                           f"seconds (7 days), got {given!r:.40}")
+        else:
+            seconds = float(given)
+    reason = data.get("reason", "operator")
+    if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
+        raise ApiError(Code.bad_request, "`reason` must be printable text of at most 200 characters")
+    return web.json_response(auto.pause(seconds, reason or "operator"))
+
+
+@routes.post("/autoscale/resume")
+async def autoscale_resume(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    return web.json_response(autoscaler_of(request).resume())
 
 
 MAX_LINES = 10_000

@@ -405,6 +405,17 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
     ar.append(f"connection capacity = instances x workers x requests per worker = "
               f"{instances} x {w} x {rw} = {capacity}")
 
+    # The autoscaler counts capacity the same way: can its max_replicas reach this plan?
+    auto = getattr(spec, "autoscale", None)
+    if auto is not None and auto.enabled:
+        lo, hi = auto.bounds(inst)
+        ar.append(f"autoscale bounds = min_replicas..max_replicas = {lo}..{hi} "
+                  f"(connection capacity at max = {hi} x {w} x {rw} = {hi * per_instance_conns})")
+        if instances > hi:
+            notes.append(f"autoscale.max_replicas {hi} is below the {instances} instances {users} "
+                         f"users need: the autoscaler stops at {hi} x {w} x {rw} = "
+                         f"{hi * per_instance_conns} requests at once")
+
     # nginx in front: each proxied client takes a client and an upstream connection.
     nginx_capacity = None
     if spec.nginx.mode == "managed":

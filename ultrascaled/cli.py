@@ -219,7 +219,9 @@ def cmd_status(api: Api, args) -> int:
 
 
 def cmd_scale(api: Api, args) -> int:
-    api.request("POST", "/fleet/scale", {"instances": args.instances})
+    answer = api.request("POST", "/fleet/scale", {"instances": args.instances})
+    if isinstance(answer, dict) and answer.get("autoscale"):
+        print(f"note: {answer['autoscale']}", file=sys.stderr)
     if args.no_wait:
         print(f"desired instances: {args.instances}")
         return 0
@@ -440,6 +442,95 @@ def cmd_plan(api, args) -> int:
     return capacity.run(args, spec.load_spec)
 
 
+def cmd_export(api, args) -> int:
+    from ultrascaled import kube, spec
+    return kube.run(args, spec.load_spec)
+
+
+# ---- ultrascalectl autoscale status|pause|resume --------------------------------------------
+
+def _shown(name: str, v) -> str:
+    if v is None:
+        return "-"
+    if name in ("cpu_utilization", "cpu_wait_percent"):
+        return f"{v:.1f}%"
+    return f"{v:.3g}s" if name.endswith("_seconds") else f"{v:.3g}"
+
+
+def render_autoscale(st: dict) -> str:
+    if not st["enabled"]:
+        head = "autoscale: off (autoscale.enabled is false in the spec)"
+    elif st["paused"]:
+        until = ("until resumed" if st.get("paused_until") is None else "until " +
+                 time.strftime("%H:%M:%S", time.localtime(st["paused_until"])))
+        head = f"autoscale: PAUSED {until} ({st.get('paused_reason') or 'operator'})"
+    else:
+        head = "autoscale: on"
+    host = st.get("host_cpu_percent")
+    ready = st.get("ready")
+    lines = [head, f"instances {st['current']} (ready {ready if ready is not None else '-'}), "
+                   f"replicas {st['min_replicas']}..{st['max_replicas']}"
+                   + (f", host CPU {host:.0f}%" if host is not None else "")]
+    rows = [("signal", "value", "target", "ratio", "wants")]
+    for name, target in st["targets"].items():
+        sig = st["signals"].get(name, {})
+        ratio = sig.get("ratio")
+        rows.append((name, _shown(name, sig.get("value")), _shown(name, target),
+                     "-" if ratio is None else f"{ratio:.2f}",
+                     str(sig.get("desired") if sig.get("desired") is not None else "-")
+                     + (f" ({sig['note']})" if sig.get("note") else "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    rec = st.get("recommendation")
+    lines.append(f"recommendation: {rec if rec is not None else '-'}")
+    if st["decisions"]:
+        lines.append("last decisions:")
+    for d in st["decisions"][-10:]:
+        t = time.strftime("%H:%M:%S", time.localtime(d["time"]))
+        move = f"{d['current']} -> {d['desired']}" if d["desired"] != d["current"] else str(d["current"])
+        lines.append(f"  {t} {d['action']:10} {move:8} {d['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_autoscale(api: Api, args) -> int:
+    if args.action == "status":
+        st = api.request("GET", "/autoscale")
+    elif args.action == "pause":
+        body = {"reason": args.reason}
+        if args.duration is not None:
+            body["for"] = args.duration
+        st = api.request("POST", "/autoscale/pause", body)
+    else:
+        st = api.request("POST", "/autoscale/resume")
+    print(json.dumps(st, indent=2) if args.json else render_autoscale(st))
+    return 0
+
+
+def duration(text: str) -> str:
+    """A pause length: 30m, 90s, 2h, 1h30m or seconds (the daemon reads the same)."""
+    from ultrascaled.autoscale import parse_duration  # standard library only
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return text
+
+
+def build_autoscale(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", title="actions", required=True)
+    st = sub.add_parser("status", help="signals, targets, recommendation, the last decisions and why",
+                        formatter_class=Formatter)
+    add_json(st)
+    pause = sub.add_parser("pause", help="hold the count where it is (a manual `scale N` also pauses)",
+                           formatter_class=Formatter)
+    pause.add_argument("--for", dest="duration", type=duration, default=None, metavar="DURATION",
+                       help="for how long: 30m, 90s, 2h, 1h30m or seconds (default: until resumed)")
+    pause.add_argument("--reason", default="operator", help="said in the event and the status")
+    add_json(pause)
+    resume = sub.add_parser("resume", help="let the autoscaler decide again", formatter_class=Formatter)
+    add_json(resume)
+
+
 def format_event(e: dict) -> str:
     t = time.strftime("%H:%M:%S", time.localtime(e["time"])) + f".{int(e['time'] * 1000) % 1000:03d}"
     rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("seq", "time", "event", "level"))
@@ -539,6 +630,11 @@ def build_plan(p: argparse.ArgumentParser) -> None:
     capacity.add_arguments(p)
 
 
+def build_export(p: argparse.ArgumentParser) -> None:
+    from ultrascaled import kube  # the exporter's imports are paid only by `export`
+    kube.add_arguments(p)
+
+
 # name: (function, one-line help, what adds its arguments). Each subcommand's parser is built
 # only when that command is given (see Commands).
 COMMANDS: dict[str, tuple] = {
@@ -551,6 +647,8 @@ COMMANDS: dict[str, tuple] = {
     "events": (cmd_events, "recent events; -f follows", build_events),
     "plan": (cmd_plan, "capacity plan for N users from the spec, with the arithmetic", build_plan),
     "traffic": (cmd_traffic, "requests, 5xx and p95 per instance, measured at nginx", build_traffic),
+    "autoscale": (cmd_autoscale, "the autoscaler: status, pause [--for 30m], resume", build_autoscale),
+    "export": (cmd_export, "the spec as Kubernetes manifests (export kubernetes)", build_export),
     "deploy": (cmd_deploy, "roll the fleet to a new release (DIR copied, or --release NAME): canary "
                "judged, then one instance at a time; rolls back by itself when it fails", build_deploy),
     "rollback": (cmd_rollback, "roll the fleet back to the previous release, one instance at a time",
@@ -639,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ultrascalectl: --token-file: {exc.strerror}: {args.token_file}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        if args.cmd == "plan":  # works from the spec file, without the daemon
+        if args.cmd in ("plan", "export"):  # work from the spec file, without the daemon
             return args.func(None, args)
         return args.func(Api(args.api, token, ca_file=args.ca_file), args)
     except CtlError as exc:
@@ -647,6 +745,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # stdout closed early (`| head`): no traceback, and none at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("ultrascalectl: stdout was closed before the output was written", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -34,6 +34,17 @@ class UpstreamStatus(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+class AutoscaleControl(Protocol):
+    """The autoscaler (`ultrascaled.autoscaler.Autoscaler`) as the API uses it. A FleetControl
+    may carry one as its `autoscaler` attribute; without it the /autoscale routes answer 404."""
+
+    def status(self) -> dict[str, Any]: ...
+    def pause(self, seconds: float | None, reason: str) -> dict[str, Any]: ...
+    def resume(self) -> dict[str, Any]: ...
+    def manual_scale(self, n: int) -> str | None: ...   # what to tell the operator, if anything
+    def metric_families(self) -> list: ...
+
+
 class FleetControl(Protocol):
     """Everything the API handlers use. Handlers change wanted state; they never spawn, signal
     or stop anything themselves."""

@@ -79,6 +79,9 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
         return 2
     alerts = make_alerts(spec, sup, events)
     sup.set_alerts(alerts)
+    from ultrascaled.autoscaler import Autoscaler
+    # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
+    sup.autoscaler = Autoscaler(sup, nofile_limit=nofile, traffic=sup.traffic)
     settings = Settings.from_spec(spec, credentials)
     app = build_app(sup, settings, reload_spec, alerts, audit)
     stop = asyncio.Event()
@@ -173,6 +176,10 @@ def fleet_ctx(sup: Supervisor, spec: Spec, alerts, detaching: Callable[[], bool]
             raise StartFailed from exc
         sup.start_guarded("alerts", lambda: alerts.run(beat=lambda: sup.guard.beat("alerts")),
                           interval=spec.alerts.evaluation_interval)
+        # The autoscaler runs even when autoscale.enabled is false (it then decides nothing), so
+        # that a reload can turn it on.
+        sup.start_guarded("autoscaler", lambda: sup.autoscaler.run(beat=lambda: sup.guard.beat("autoscaler")),
+                          interval=sup.autoscaler.BEAT)
         yield
         if detaching():
             await sup.detach()

@@ -79,6 +79,7 @@ class Instance:
     fingerprint: str = ""
     master_mem: ProcMem | None = None
     workers: list[ProcMem] = field(default_factory=list)
+    sampled_at: float = 0.0               # when master_mem/workers were taken (the autoscaler's time base)
     recycles: dict[int, float] = field(default_factory=dict)   # worker pid -> SIGKILL deadline
     recycle_history: tuple[float, ...] = ()                     # recent watchdog recycles
     release: str | None = None          # the release its current (or last) start runs; None: app.directory
@@ -428,6 +429,7 @@ class Reconciler:
         if inst is None or inst.handle is not s.handle:
             return
         inst.master_mem, inst.workers = s.master, list(s.workers)
+        inst.sampled_at = self.clock.now()
         if inst.recycles:   # the plan watches recycled workers: which are still alive matters to it
             self._dirty = True
             alive = {w.pid for w in s.workers}

@@ -250,6 +250,181 @@ class LogsSection:
                            min=0, max=100)
 
 
+# ---- autoscale: the fleet follows its load (ultrascaled/autoscale.py decides) --------------
+# Names follow the Kubernetes HorizontalPodAutoscaler (autoscaling/v2) where they mean the same:
+# min/max replicas, a target per metric, behavior.scale_up / scale_down with a stabilization
+# window, Pods and Percent policies and a select policy; docs/autoscaling.md says where we differ.
+
+@dataclass(frozen=True)
+class AutoscaleTarget:
+    cpu_utilization: Optional[float] = setting(70.0, "Target CPU per worker, in percent of one "
+                                               "core, averaged over the ready instances (an "
+                                               "instance's processes' CPU / its workers; the HPA's "
+                                               "`Resource cpu` `averageUtilization` for a pod "
+                                               "requesting one core per worker); null = not "
+                                               "followed.", min=1, max=100)
+    cpu_wait_percent: Optional[float] = setting(None, "Target share of time a worker is ready "
+                                                "to run but waits for a CPU (Linux "
+                                                "/proc/PID/schedstat run-queue delay, percent "
+                                                "of wall time, averaged over the ready "
+                                                "instances' processes). It sees what "
+                                                "`cpu_utilization` cannot: a worker starved by "
+                                                "a busy host uses little CPU. No HPA "
+                                                "equivalent; null = not followed.",
+                                                min=1, max=10000)
+    in_flight_per_worker: Optional[float] = setting(None, "Target requests in flight per worker, "
+                                                    "averaged over the ready instances (the HPA's "
+                                                    "`Pods` metric `averageValue`, per worker "
+                                                    "instead of per pod); from the app's "
+                                                    "`http_requests_in_flight` gauge. A `sync` "
+                                                    "worker serves 1 at a time, so about 0.8 "
+                                                    "there; null = not followed.",
+                                                    min=0.01, max=100000)
+    p95_latency_seconds: Optional[float] = setting(None, "Target 95th percentile request latency "
+                                                   "of the fleet over `metrics_window_seconds` "
+                                                   "(the HPA's `Object` metric `value`); null = "
+                                                   "not followed.", min=0.001, max=3600)
+
+
+@dataclass(frozen=True)
+class AutoscaleScaleUp:
+    stabilization_window_seconds: float = setting(0.0, "Scale up to the lowest recommendation of "
+                                                  "this window (the HPA's default 0: at once).",
+                                                  min=0, max=3600)
+    select_policy: str = setting("Max", "Which policy's limit applies when both are set: `Max` "
+                                 "(the larger change), `Min`, or `Disabled` (never scale up).",
+                                 choices=("Max", "Min", "Disabled"))
+    pods_value: Optional[int] = setting(4, "Pods policy: at most this many instances added per "
+                                        "`pods_period_seconds`; null = no Pods policy.",
+                                        min=1, max=256)
+    pods_period_seconds: float = setting(15.0, "Window of the Pods policy.", min=1, max=1800)
+    percent_value: Optional[float] = setting(100.0, "Percent policy: at most this percent of the "
+                                             "count at the window's start added per "
+                                             "`percent_period_seconds`; null = no Percent policy.",
+                                             min=1, max=100000)
+    percent_period_seconds: float = setting(15.0, "Window of the Percent policy.", min=1, max=1800)
+
+
+@dataclass(frozen=True)
+class AutoscaleScaleDown:
+    stabilization_window_seconds: float = setting(300.0, "Scale down only to the highest "
+                                                  "recommendation of this window (the HPA's "
+                                                  "default 300 s): a dip shorter than it changes "
+                                                  "nothing.", min=0, max=3600)
+    select_policy: str = setting("Max", "Which policy's limit applies when both are set: `Max` "
+                                 "(the larger change), `Min`, or `Disabled` (never scale down).",
+                                 choices=("Max", "Min", "Disabled"))
+    pods_value: Optional[int] = setting(None, "Pods policy: at most this many instances removed "
+                                        "per `pods_period_seconds`; null = no Pods policy.",
+                                        min=1, max=256)
+    pods_period_seconds: float = setting(15.0, "Window of the Pods policy.", min=1, max=1800)
+    percent_value: Optional[float] = setting(100.0, "Percent policy: at most this percent of the "
+                                             "count at the window's start removed per "
+                                             "`percent_period_seconds`; null = no Percent policy.",
+                                             min=1, max=100)
+    percent_period_seconds: float = setting(15.0, "Window of the Percent policy.", min=1, max=1800)
+
+
+@dataclass(frozen=True)
+class AutoscaleBehavior:
+    scale_up: AutoscaleScaleUp = field(default_factory=AutoscaleScaleUp)
+    scale_down: AutoscaleScaleDown = field(default_factory=AutoscaleScaleDown)
+
+
+@dataclass(frozen=True)
+class AutoscaleSection:
+    enabled: bool = setting(False, "Let the daemon change the desired count by load (off by "
+                            "default). `ultrascalectl scale N` pauses it; `ultrascalectl "
+                            "autoscale pause|resume` too.")
+    min_replicas: Optional[int] = setting(None, "Fewest instances the autoscaler keeps; null = "
+                                          "`instances.min`. Within `instances.min..max`.",
+                                          min=0, max=256)
+    max_replicas: Optional[int] = setting(None, "Most instances the autoscaler asks for; null = "
+                                          "`instances.max`. Within `instances.min..max`; every "
+                                          "budget still vetoes a step up.", min=1, max=256)
+    tolerance: float = setting(0.1, "No change while observed / target is within 1 +- this "
+                                "(the HPA's 10 %).", min=0, max=1)
+    sync_period_seconds: float = setting(2.0, "Seconds between decisions (the HPA's controller "
+                                         "runs every 15 s; an instance here starts in about a "
+                                         "second).", min=0.5, max=300)
+    metrics_window_seconds: float = setting(5.0, "Seconds the signals are averaged over (rates, "
+                                            "CPU, the latency percentile).", min=1, max=600)
+    stale_after_seconds: float = setting(10.0, "A signal older than this counts as missing: the "
+                                         "count is held, never lowered.", min=1, max=3600)
+    host_cpu_saturation_percent: Optional[float] = setting(90.0, "Host CPU (all cores, percent) "
+                                                           "above which a scale-up is held once "
+                                                           "the fleet has a worker per core: more "
+                                                           "instances on a saturated host serve "
+                                                           "less; null = not checked.",
+                                                           min=1, max=100)
+    target: AutoscaleTarget = field(default_factory=AutoscaleTarget)
+    behavior: AutoscaleBehavior = field(default_factory=AutoscaleBehavior)
+
+    def bounds(self, instances: "InstancesSection") -> tuple[int, int]:
+        """(min, max) the autoscaler keeps the count within."""
+        lo = instances.min if self.min_replicas is None else self.min_replicas
+        hi = instances.max if self.max_replicas is None else self.max_replicas
+        return lo, hi
+
+
+def autoscale_errors(spec: "Spec", where, ok) -> list[str]:
+    """Checks across the autoscale keys (part of _cross_checks)."""
+    a, inst, errors = spec.autoscale, spec.instances, []
+    lo, hi = a.bounds(inst)
+    if ok("autoscale.min_replicas", "instances.min", "instances.max") and a.min_replicas is not None \
+            and not inst.min <= a.min_replicas <= inst.max:
+        errors.append(f"{where('autoscale.min_replicas')}: must be within instances.min..max "
+                      f"({inst.min}..{inst.max}), got {a.min_replicas}")
+    if ok("autoscale.max_replicas", "instances.min", "instances.max") and a.max_replicas is not None \
+            and not inst.min <= a.max_replicas <= inst.max:
+        errors.append(f"{where('autoscale.max_replicas')}: must be within instances.min..max "
+                      f"({inst.min}..{inst.max}), got {a.max_replicas}")
+    if ok("autoscale.min_replicas", "autoscale.max_replicas", "instances.min", "instances.max") \
+            and lo > hi:
+        errors.append(f"{where('autoscale.min_replicas')}: the autoscaler's min ({lo}) exceeds its "
+                      f"max ({hi})")
+    if a.enabled and ok("autoscale.enabled", "autoscale.min_replicas", "instances.min") and lo < 1:
+        errors.append(f"{where('autoscale.min_replicas')}: an enabled autoscaler keeps at least 1 "
+                      f"instance (no instance, no signal to scale up on), got {lo}"
+                      + ("" if a.min_replicas is not None else " from instances.min"))
+    t = a.target
+    if a.enabled and ok("autoscale.enabled", "autoscale.target") and \
+            t.cpu_utilization is None and t.cpu_wait_percent is None and t.in_flight_per_worker is None \
+            and t.p95_latency_seconds is None:
+        errors.append(f"{where('autoscale.target')}: autoscale.enabled needs at least one target "
+                      "(cpu_utilization, cpu_wait_percent, in_flight_per_worker or "
+                      "p95_latency_seconds)")
+    if t.in_flight_per_worker is not None and ok("autoscale.target.in_flight_per_worker",
+                                                 "gunicorn.worker_class", "gunicorn.threads",
+                                                 "gunicorn.worker_connections"):
+        per, formula = capacity.requests_per_worker(spec)
+        if t.in_flight_per_worker > per:
+            errors.append(f"{where('autoscale.target.in_flight_per_worker')}: {t.in_flight_per_worker:g} "
+                          f"requests in flight per worker cannot happen: a worker serves {formula}, "
+                          f"so the autoscaler would never scale up; use at most {per} "
+                          f"(e.g. {0.8 * per:g}, leaving headroom)")
+    for direction in ("scale_up", "scale_down"):
+        rules = getattr(a.behavior, direction)
+        key = f"autoscale.behavior.{direction}"
+        if ok(key) and rules.select_policy != "Disabled" and rules.pods_value is None \
+                and rules.percent_value is None:
+            errors.append(f"{where(key + '.select_policy')}: {rules.select_policy} needs a policy: "
+                          f"set {direction}.pods_value or {direction}.percent_value, or "
+                          "select_policy Disabled")
+    if a.enabled and t.cpu_utilization is not None and ok(
+            "autoscale.enabled", "autoscale.stale_after_seconds", "memory.sample_interval") and \
+            spec.memory.sample_interval >= a.stale_after_seconds:
+        errors.append(f"{where('autoscale.stale_after_seconds')}: must be longer than "
+                      f"memory.sample_interval ({spec.memory.sample_interval:g}s), the CPU samples' "
+                      f"interval, got {a.stale_after_seconds:g} (cpu_utilization would always be stale)")
+    if ok("autoscale.stale_after_seconds", "autoscale.sync_period_seconds") and \
+            a.stale_after_seconds < a.sync_period_seconds:
+        errors.append(f"{where('autoscale.stale_after_seconds')}: must be at least "
+                      f"autoscale.sync_period_seconds ({a.sync_period_seconds:g}), got "
+                      f"{a.stale_after_seconds:g} (every signal would be stale)")
+    return errors
+
+
 @dataclass(frozen=True)
 class DeploySection:
     releases_dir: Optional[str] = setting(None, "Folder of releases: `ultrascalectl deploy DIR` copies "
@@ -292,6 +467,7 @@ class Spec:
     logs: LogsSection = field(default_factory=LogsSection)
     alerts: AlertsSection = field(default_factory=AlertsSection)
     nginx: NginxSettings = field(default_factory=NginxSettings)
+    autoscale: AutoscaleSection = field(default_factory=AutoscaleSection)
     deploy: DeploySection = field(default_factory=DeploySection)
     source: Optional[str] = field(default=None, metadata={"internal": True})
 
@@ -777,6 +953,7 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
                       f"than nginx.keepalive_timeout ({ng.keepalive_timeout}), so that nginx, not "
                       "gunicorn, closes idle upstream connections (else a request nginx sends on a "
                       "connection gunicorn is closing fails)")
+    errors += autoscale_errors(spec, where, ok)
     for msg in budget_errors(spec, spec.instances.count, lines, nofile_limit):
         inputs = _BUDGET_INPUTS.get(msg.split(" ", 1)[0].rstrip(":"), ())
         if ok(*inputs):

@@ -44,6 +44,7 @@ class Supervisor:
                               beat=lambda: self.guard.beat("reconciler"))
         self.lock = FleetLock(spec.name, spec.paths.state_dir) if lock else None
         self.started_at = self.clock.wall()
+        self.autoscaler: Any = None   # ultrascaled.autoscaler.Autoscaler, set by the daemon
         self.traffic = self._make_traffic(spec)
         self.deployer = Deployer(self.rec, events, self.clock)
         self.deployer.traffic = self.traffic   # the canary's figures (docs/deploys.md)
@@ -127,7 +128,7 @@ class Supervisor:
     def wake(self) -> None:
         self.rec.wake()
 
-    def scale(self, n: int) -> int:
+    def scale(self, n: int, source: str = "operator") -> int:
         lo, hi = self.spec.instances.min, self.spec.instances.max
         if not lo <= n <= hi:
             raise ScaleRefused("out_of_range", f"instances must be {lo}..{hi} (instances.min..max), got {n}")
@@ -139,7 +140,7 @@ class Supervisor:
         self._save_state(n)  # persist first: a count that cannot be saved is not taken
         self.rec.count = n
         if n != old:
-            self.events.emit("fleet.scale", desired=n, previous=old)
+            self.events.emit("fleet.scale", desired=n, previous=old, source=source)
         self.wake()
         return n
 

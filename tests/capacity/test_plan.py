@@ -1,6 +1,7 @@
 """plan_for: instances, pool, memory, fds and throughput from known inputs; render; to_dict."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -211,3 +212,32 @@ def test_file_descriptors_count_the_connections_a_worker_holds_open(worker_class
     over = [m for m in capacity.budget_problems(spec, 2, nofile_limit=100)
             if m.startswith("gunicorn.worker_connections")]
     assert bool(over) == (open_conns > 100 - 12 - 32)
+
+
+@pytest.mark.parametrize("worker_class,threads,target,ok", [
+    ("sync", 1, 0.8, True), ("sync", 1, 2, False),          # a sync worker never has 2 in flight
+    ("gthread", 4, 4, True), ("gthread", 4, 5, False), ("gevent", 1, 50, True)])
+def test_the_autoscalers_in_flight_target_follows_the_worker_class(worker_class, threads, target, ok):
+    from pathlib import Path
+
+    from ultrascaled.spec import SpecError, parse_spec
+    text = (f"gunicorn: {{worker_class: {worker_class}, threads: {threads}}}\n"
+            f"autoscale: {{enabled: true, target: {{in_flight_per_worker: {target}}}}}\n")
+    if ok:
+        parse_spec(text, base_dir=Path("/srv"), cpu_count=2)
+        return
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, base_dir=Path("/srv"), cpu_count=2)
+    assert any(e.startswith("autoscale.target.in_flight_per_worker (line 2):") and "never scale up" in e
+               for e in info.value.errors), info.value.errors
+
+
+def test_the_plan_says_when_autoscale_max_replicas_cannot_reach_the_users():
+    from ultrascaled.spec import AutoscaleSection
+    spec = dataclasses.replace(make_spec(worker_class="sync", workers=2, max=8),
+                               autoscale=AutoscaleSection(enabled=True, max_replicas=4))
+    p = plan(spec, 100)
+    assert p.instances == 50
+    assert any("autoscale.max_replicas 4 is below the 50 instances 100 users need" in n and
+               "4 x 2 x 1 = 8 requests at once" in n for n in p.notes), p.notes
+    assert "autoscale bounds = min_replicas..max_replicas = 1..4" in "\n".join(p.arithmetic)

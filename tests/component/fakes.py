@@ -68,6 +68,7 @@ class FakeRunner:
         self.lingering: set[int] = set()          # pgids whose group survives SIGKILL
         self.leftovers: list[Leftover] = []
         self.rss: dict[int, int] = {}              # pid -> rss
+        self.cpu: dict[int, float] = {}            # pid -> cumulative CPU seconds
         self.rotated: list[str] = []
         self.log_sizes: dict[str, int] = {}
         self.next_fd = 10
@@ -173,8 +174,8 @@ class FakeRunner:
         p = self.procs.get(pid)
         if p is None or not p.alive:
             return None, []
-        return (ProcMem(pid, self.rss.get(pid, 10 << 20)),
-                [ProcMem(w, self.rss.get(w, 20 << 20)) for w in p.workers])
+        return (ProcMem(pid, self.rss.get(pid, 10 << 20), cpu=self.cpu.get(pid, 0.0)),
+                [ProcMem(w, self.rss.get(w, 20 << 20), cpu=self.cpu.get(w, 0.0)) for w in p.workers])
 
     def forget(self, pids):
         pass

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-PURE = ["ultrascaled.spec", "ultrascaled.plan", "ultrascaled.states", "ultrascaled.nginx_conf", "ultrascaled.rollout"]
+PURE = ["ultrascaled.spec", "ultrascaled.plan", "ultrascaled.states", "ultrascaled.nginx_conf",
+        "ultrascaled.autoscale", "ultrascaled.rollout"]
 HEAVY = ["psutil", "aiohttp", "subprocess", "asyncio"]
 
 

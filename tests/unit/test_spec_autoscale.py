@@ -1,0 +1,77 @@
+"""The autoscale section: off by default, HPA-named keys with the HPA's defaults, every bad value
+named with its path."""
+from pathlib import Path
+
+import pytest
+
+from ultrascaled.spec import SpecError, parse_spec
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, base_dir=Path("/srv/fleet"), cpu_count=2)
+    return info.value.errors
+
+
+def test_autoscale_is_off_by_default_with_the_hpa_behavior_defaults():
+    a = parse_spec("{}", base_dir=Path("/srv/fleet"), cpu_count=2).autoscale
+    assert a.enabled is False
+    assert a.tolerance == 0.1
+    up, down = a.behavior.scale_up, a.behavior.scale_down
+    # autoscaling/v2 defaults: up at once, 4 pods or 100 % per 15 s (the larger);
+    # down over a 300 s window, 100 % per 15 s.
+    assert (up.stabilization_window_seconds, up.select_policy, up.pods_value, up.pods_period_seconds,
+            up.percent_value, up.percent_period_seconds) == (0, "Max", 4, 15, 100, 15)
+    assert (down.stabilization_window_seconds, down.select_policy, down.pods_value,
+            down.percent_value, down.percent_period_seconds) == (300, "Max", None, 100, 15)
+
+
+def test_replica_bounds_default_to_the_instance_bounds():
+    s = parse_spec("instances: {min: 2, max: 6, count: 3}\nautoscale: {enabled: true}",
+                   base_dir=Path("/srv/fleet"), cpu_count=2)
+    assert s.autoscale.bounds(s.instances) == (2, 6)
+    s = parse_spec("instances: {min: 2, max: 6, count: 3}\n"
+                   "autoscale: {enabled: true, min_replicas: 3, max_replicas: 5}",
+                   base_dir=Path("/srv/fleet"), cpu_count=2)
+    assert s.autoscale.bounds(s.instances) == (3, 5)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("autoscale:\n  enabled: 1\n", "autoscale.enabled (line 2): must be true or false, got 1"),
+    ("autoscale:\n  min_replicas: 0\n",
+     "autoscale.min_replicas (line 2): must be within instances.min..max (1..8), got 0"),
+    ("autoscale:\n  max_replicas: 9\n",
+     "autoscale.max_replicas (line 2): must be within instances.min..max (1..8), got 9"),
+    ("autoscale:\n  min_replicas: 5\n  max_replicas: 3\n",
+     "autoscale.min_replicas (line 2): the autoscaler's min (5) exceeds its max (3)"),
+    ("autoscale:\n  enabled: true\n  target:\n    cpu_utilization: null\n",
+     "autoscale.target (line 3): autoscale.enabled needs at least one target"),
+    ("instances: {min: 0}\nautoscale:\n  enabled: true\n",
+     "autoscale.min_replicas: an enabled autoscaler keeps at least 1 instance"),
+    ("autoscale:\n  tolerance: 1.5\n", "autoscale.tolerance (line 2): must be 0..1, got 1.5"),
+    ("autoscale:\n  target:\n    cpu_utilization: 0\n",
+     "autoscale.target.cpu_utilization (line 3): must be 1..100, got 0"),
+    ("autoscale:\n  target:\n    p95_latency_seconds: .nan\n",
+     "autoscale.target.p95_latency_seconds (line 3): must be a finite number"),
+    ("autoscale:\n  behavior:\n    scale_up:\n      select_policy: max\n",
+     "autoscale.behavior.scale_up.select_policy (line 4): must be one of Max, Min, Disabled"),
+    ("autoscale:\n  behavior:\n    scale_down:\n      stabilization_window_seconds: 4000\n",
+     "autoscale.behavior.scale_down.stabilization_window_seconds (line 4): must be 0..3600"),
+    ("autoscale:\n  behavior:\n    scale_down:\n      select_policy: Min\n      percent_value: null\n",
+     "autoscale.behavior.scale_down.select_policy (line 4): Min needs a policy"),
+    ("autoscale:\n  behavior:\n    scale_down:\n      percent_value: 150\n",
+     "autoscale.behavior.scale_down.percent_value (line 4): must be 1..100, got 150"),
+    ("autoscale:\n  sync_period_seconds: 5\n  stale_after_seconds: 2\n",
+     "autoscale.stale_after_seconds (line 3): must be at least autoscale.sync_period_seconds (5)"),
+    ("memory: {sample_interval: 20}\nautoscale:\n  enabled: true\n",
+     "autoscale.stale_after_seconds: must be longer than memory.sample_interval (20s)"),
+    ("autoscale:\n  behavour: {}\n", "autoscale.behavour (line 2): unknown key; did you mean `behavior`?"),
+])
+def test_each_bad_autoscale_value_is_named_with_its_path_and_line(text, expected):
+    assert any(e.startswith(expected) for e in errors_of(text)), errors_of(text)
+
+
+def test_a_disabled_direction_needs_no_policy():
+    s = parse_spec("autoscale:\n  behavior:\n    scale_down:\n      select_policy: Disabled\n"
+                   "      percent_value: null\n", base_dir=Path("/srv/fleet"), cpu_count=2)
+    assert s.autoscale.behavior.scale_down.select_policy == "Disabled"

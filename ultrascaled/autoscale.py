@@ -1,0 +1,355 @@
+"""The autoscaler's decision: a pure function of (signal history, current count, policy,
+budgets, now).
+
+`decide()` follows the Kubernetes HorizontalPodAutoscaler (pkg/controller/podautoscaler,
+autoscaling/v2 `behavior`) where it fits one host, and `docs/autoscaling.md` says where it
+differs and why:
+
+1. Each followed signal gives `desired = ceil(ready x observed / target)`, or the current
+   count while `observed / target` is within 1 +- tolerance. `ready` counts only instances
+   that serve: one that is still starting is not capacity.
+2. The largest recommendation of all signals wins. No fresh signal at all: hold (never "scale
+   to min"). Some signals missing: a step up on the others goes ahead, a step down is held.
+3. Clamped to min..max replicas.
+4. Stabilization: the step up goes to the lowest recommendation of the scale-up window, the
+   step down to the highest of the scale-down window.
+5. Rate policies: Pods and Percent per period, from the count at the period's start, with
+   `select_policy` Max / Min / Disabled (the HPA's `calculateScaleUpLimitWithScalingRules`).
+6. Guardrails (not in the HPA): a step up is held while the host's CPU is saturated and is cut
+   to the largest count every budget allows (memory, MongoDB connections, file descriptors),
+   the budgets' own words in the reason; a step down waits until no wanted instance is
+   starting; a pause by the operator holds everything.
+
+Every call returns a `Decision`, holds included, with the figures: the loop turns it into an
+event. This module imports nothing but the standard library (tests/unit/test_layers.py).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping, Optional
+
+SIGNALS = ("cpu_utilization", "cpu_wait_percent", "in_flight_per_worker", "p95_latency_seconds")
+UNITS = {"cpu_utilization": "%", "cpu_wait_percent": "%", "in_flight_per_worker": "",
+         "p95_latency_seconds": "s"}
+
+
+# ---- inputs ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Signal:
+    value: float
+    at: float             # when it was measured (monotonic seconds)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the loop measured: each signal (absent = could not be measured), the instances
+    that serve (ready), those wanted, the host's CPU (percent of all cores), its cores and the
+    fleet's workers (None: not known; the host CPU guard then holds on host CPU alone)."""
+    ready: int
+    wanted: int
+    signals: Mapping[str, Signal] = field(default_factory=dict)
+    host_cpu_percent: Optional[float] = None
+    cores: Optional[int] = None
+    workers: Optional[int] = None           # worker processes of the wanted instances
+
+
+@dataclass(frozen=True)
+class ScaleEvent:
+    at: float
+    delta: int            # + added, - removed
+
+
+@dataclass(frozen=True)
+class State:
+    """What the decisions remember: the recommendations (for the stabilization windows), the
+    autoscaler's own changes (for the rate policies) and the pause."""
+    recommendations: tuple[tuple[float, int], ...] = ()
+    events: tuple[ScaleEvent, ...] = ()
+    paused_until: Optional[float] = None   # math.inf: until resumed
+    paused_reason: str = ""
+    started: bool = False                  # the scale-down window was seeded with the count
+
+    def paused(self, now: float) -> bool:
+        return self.paused_until is not None and now < self.paused_until
+
+
+@dataclass(frozen=True)
+class SignalView:
+    name: str
+    value: Optional[float]       # None: missing or stale
+    target: float
+    ratio: Optional[float]
+    desired: Optional[int]       # None: missing
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str                  # "scale_up", "scale_down" or "hold"
+    current: int
+    desired: int                 # what the count should become (== current on a hold)
+    recommendation: Optional[int]  # the signals' raw recommendation (before windows, policies)
+    reason: str
+    signals: tuple[SignalView, ...] = ()
+    vetoes: tuple[str, ...] = ()
+    at: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"action": self.action, "current": self.current, "desired": self.desired,
+                "recommendation": self.recommendation, "reason": self.reason,
+                "vetoes": list(self.vetoes),
+                "signals": {s.name: {"value": _round(s.value), "target": s.target,
+                                     "ratio": _round(s.ratio), "desired": s.desired,
+                                     **({"note": s.note} if s.note else {})}
+                            for s in self.signals}}
+
+
+def _round(v: Optional[float]) -> Optional[float]:
+    return None if v is None else round(v, 4)
+
+
+def _fmt(name: str, v: float) -> str:
+    unit = UNITS.get(name, "")
+    return f"{v:.3g}{unit}" if unit != "%" else f"{v:.1f}%"
+
+
+# ---- the steps ---------------------------------------------------------------------------
+
+def targets_of(policy) -> dict[str, float]:
+    """The followed signals and their targets (`policy` is spec.AutoscaleSection)."""
+    t = policy.target
+    return {name: getattr(t, name) for name in SIGNALS if getattr(t, name) is not None}
+
+
+def signal_views(obs: Observation, policy, now: float, current: int) -> tuple[SignalView, ...]:
+    """Step 1: one recommendation per followed signal."""
+    out = []
+    for name, target in targets_of(policy).items():
+        s = obs.signals.get(name)
+        if s is None or not math.isfinite(s.value) or s.value < 0:
+            out.append(SignalView(name, None, target, None, None, "missing"))
+            continue
+        age = now - s.at
+        if age > policy.stale_after_seconds:
+            out.append(SignalView(name, None, target, None, None,
+                                  f"stale ({age:.0f}s old, over {policy.stale_after_seconds:g}s)"))
+            continue
+        ratio = s.value / target
+        if obs.ready <= 0:
+            out.append(SignalView(name, s.value, target, ratio, None, "no ready instance"))
+        elif abs(ratio - 1.0) <= policy.tolerance:
+            out.append(SignalView(name, s.value, target, ratio, current, "within tolerance"))
+        else:
+            # ceil of a float product: 1.0000000001 must not become one more instance
+            out.append(SignalView(name, s.value, target, ratio,
+                                  math.ceil(round(obs.ready * ratio, 6))))
+    return tuple(out)
+
+
+def stabilize(history: tuple[tuple[float, int], ...], recommendation: int, current: int,
+              policy, now: float) -> int:
+    """Step 4 (the HPA's stabilizeRecommendationWithBehaviors)."""
+    up_cut = now - policy.behavior.scale_up.stabilization_window_seconds
+    down_cut = now - policy.behavior.scale_down.stabilization_window_seconds
+    up = down = recommendation
+    for at, rec in history:
+        if at > up_cut:
+            up = min(up, rec)
+        if at > down_cut:
+            down = max(down, rec)
+    out = current
+    if out < up:
+        out = up
+    if out > down:
+        out = down
+    return out
+
+
+def _changed_in(events: tuple[ScaleEvent, ...], period: float, now: float) -> tuple[int, int]:
+    added = sum(e.delta for e in events if e.delta > 0 and e.at > now - period)
+    removed = -sum(e.delta for e in events if e.delta < 0 and e.at > now - period)
+    return added, removed
+
+
+def up_limit(current: int, events: tuple[ScaleEvent, ...], rules, now: float) -> int:
+    """Step 5 up (calculateScaleUpLimitWithScalingRules): the most instances allowed now."""
+    if rules.select_policy == "Disabled":
+        return current
+    proposals = []
+    if rules.pods_value is not None:
+        added, removed = _changed_in(events, rules.pods_period_seconds, now)
+        proposals.append(current - added + removed + rules.pods_value)
+    if rules.percent_value is not None:
+        added, removed = _changed_in(events, rules.percent_period_seconds, now)
+        start = current - added + removed
+        proposals.append(math.ceil(round(start * (1 + rules.percent_value / 100), 6)))
+    if not proposals:
+        return current
+    limit = max(proposals) if rules.select_policy == "Max" else min(proposals)
+    return max(limit, current)
+
+
+def down_limit(current: int, events: tuple[ScaleEvent, ...], rules, now: float) -> int:
+    """Step 5 down (calculateScaleDownLimitWithBehaviors): the fewest instances allowed now."""
+    if rules.select_policy == "Disabled":
+        return current
+    proposals = []
+    if rules.pods_value is not None:
+        added, removed = _changed_in(events, rules.pods_period_seconds, now)
+        proposals.append(current + removed - added - rules.pods_value)
+    if rules.percent_value is not None:
+        added, removed = _changed_in(events, rules.percent_period_seconds, now)
+        start = current + removed - added
+        proposals.append(int(round(start * (1 - rules.percent_value / 100), 6)))
+    if not proposals:
+        return current
+    limit = min(proposals) if rules.select_policy == "Max" else max(proposals)
+    return min(limit, current)
+
+
+def _trim(state: State, policy, now: float) -> State:
+    """Keep what the windows and periods can still see."""
+    b = policy.behavior
+    keep_rec = max(b.scale_up.stabilization_window_seconds, b.scale_down.stabilization_window_seconds)
+    keep_ev = max(b.scale_up.pods_period_seconds, b.scale_up.percent_period_seconds,
+                  b.scale_down.pods_period_seconds, b.scale_down.percent_period_seconds)
+    return replace(state,
+                   recommendations=tuple(r for r in state.recommendations if r[0] > now - keep_rec),
+                   events=tuple(e for e in state.events if e.at > now - keep_ev))
+
+
+Budgets = Callable[[int], "list[str]"]
+
+
+def no_budgets(n: int) -> list[str]:
+    return []
+
+
+def decide(state: State, obs: Observation, current: int, policy, bounds: tuple[int, int],
+           budgets: Budgets = no_budgets, now: float = 0.0) -> tuple[Decision, State]:
+    """One decision. `policy` is spec.AutoscaleSection, `bounds` its (min, max) replicas,
+    `budgets(n)` the problems (spec.budget_errors and the measured memory) of running n
+    instances, [] when all hold. Returns the decision and the state to pass next time; the
+    caller applies a scale only through the same path as `ultrascalectl scale`."""
+    lo, hi = bounds
+    state = _trim(state, policy, now)
+    if not state.started:
+        # the HPA's maybeInitScaleDownStabilizationWindow: a fresh autoscaler (daemon start)
+        # does not step down before a full window has seen the load
+        state = replace(state, started=True, recommendations=((now, current),))
+    views = signal_views(obs, policy, now, current)
+
+    def hold(reason: str, recommendation: Optional[int] = None, vetoes: tuple = ()) -> tuple[Decision, State]:
+        return Decision("hold", current, current, recommendation, reason, views, vetoes, now), state
+
+    if state.paused(now):
+        until = "until resumed" if state.paused_until == math.inf else \
+            f"for {state.paused_until - now:.0f}s more"
+        return hold(f"paused {until}" + (f" ({state.paused_reason})" if state.paused_reason else ""))
+    known = [v for v in views if v.desired is not None]
+    missing = [v for v in views if v.value is None]
+    if not known:
+        why = "; ".join(f"{v.name} {v.note}" for v in views) or "no signal followed"
+        if obs.ready <= 0:
+            why = f"no ready instance gives a signal ({why})"
+        return hold(f"held: no fresh signal ({why}); the count stays")
+    recommendation = max(v.desired for v in known)
+    driver = max(known, key=lambda v: (v.desired, v.ratio or 0))
+    raw = recommendation
+    clamped = min(max(raw, lo), hi)
+    if missing and clamped < current:
+        # the HPA's rule: a step down needs every signal
+        return hold("held: no step down while " + ", ".join(f"{v.name} is {v.note}" for v in missing),
+                    raw)
+    state = replace(state, recommendations=state.recommendations + ((now, clamped),))
+    stable = stabilize(state.recommendations[:-1], clamped, current, policy, now)
+    b = policy.behavior
+    desired = stable
+    limited = ""
+    if stable > current:
+        limit = min(hi, up_limit(current, state.events, b.scale_up, now))
+        if limit < desired:
+            desired, limited = limit, f"; scale_up policy allows {limit} now"
+    elif stable < current:
+        limit = max(lo, down_limit(current, state.events, b.scale_down, now))
+        if limit > desired:
+            desired, limited = limit, f"; scale_down policy allows {limit} now"
+    if current < lo:
+        desired, limited = max(desired, lo), f"; min_replicas {lo}"
+    elif current > hi:
+        desired, limited = min(desired, hi), f"; max_replicas {hi}"
+    why = (f"{driver.name} {_fmt(driver.name, driver.value)} vs target "
+           f"{_fmt(driver.name, driver.target)} on {obs.ready} ready -> {raw}")
+    if clamped != raw:
+        why += f", bounded to {clamped} (min/max_replicas {lo}..{hi})"
+    if stable != clamped:
+        why += (f", stabilized to {stable} (the highest recommendation of the last "
+                f"{b.scale_down.stabilization_window_seconds:g}s)" if clamped < stable else
+                f", stabilized to {stable} (the lowest recommendation of the last "
+                f"{b.scale_up.stabilization_window_seconds:g}s)")
+    why += limited
+    if desired == current:
+        if stable != current and limited:
+            return hold(f"held: {why}", raw)
+        return hold(f"steady: {why}", raw)
+    if desired > current:
+        if obs.host_cpu_percent is not None and policy.host_cpu_saturation_percent is not None \
+                and obs.host_cpu_percent > policy.host_cpu_saturation_percent \
+                and (obs.cores is None or obs.workers is None or obs.workers >= obs.cores):
+            # Below one worker per core another instance still adds parallelism on a busy
+            # host (measured: scripts/bench-autoscale); at or past it, it only adds contention.
+            cores = "" if obs.cores is None or obs.workers is None else \
+                f" and the fleet's {obs.workers} workers already match the {obs.cores} cores"
+            return hold(f"held: host CPU {obs.host_cpu_percent:.0f}% is over "
+                        f"host_cpu_saturation_percent {policy.host_cpu_saturation_percent:g}%"
+                        f"{cores}: more instances would serve less ({why})", raw)
+        vetoes: tuple[str, ...] = ()
+        allowed = desired
+        while allowed > current:
+            problems = budgets(allowed)
+            if not problems:
+                break
+            if not vetoes:
+                vetoes = tuple(problems)
+            allowed -= 1
+        if allowed == current:
+            return hold(f"held: over budget for {desired} instances ({why}): "
+                        + "; ".join(vetoes), raw, vetoes)
+        if vetoes:
+            why += f"; cut to {allowed}: {desired} is over budget: " + "; ".join(vetoes)
+        desired = allowed
+        state = replace(state, events=state.events + (ScaleEvent(now, desired - current),))
+        return Decision("scale_up", current, desired, raw, why, views, vetoes, now), state
+    if obs.ready < obs.wanted:
+        return hold(f"held: {obs.wanted - obs.ready} of {obs.wanted} wanted instances not ready yet; "
+                    f"no step down before they serve ({why})", raw)
+    state = replace(state, events=state.events + (ScaleEvent(now, desired - current),))
+    return Decision("scale_down", current, desired, raw, why, views, (), now), state
+
+
+def pause(state: State, now: float, seconds: Optional[float], reason: str) -> State:
+    """Pause for `seconds` (None: until resumed)."""
+    until = math.inf if seconds is None else now + seconds
+    return replace(state, paused_until=until, paused_reason=reason)
+
+
+def resume(state: State) -> State:
+    return replace(state, paused_until=None, paused_reason="")
+
+
+def parse_duration(text: str) -> float:
+    """`30m`, `90s`, `2h`, `1h30m` or plain seconds -> seconds; ValueError naming the problem."""
+    t = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        value = float(t)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", t)
+        if not parts or "".join(n + u for n, u in parts) != t:
+            raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 90s, 2h, 1h30m)")
+        value = sum(float(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
+    if not 0 < value <= 7 * 86400:
+        raise ValueError(f"duration must be more than 0 and at most 7 days, got {text!r}")
+    return value
