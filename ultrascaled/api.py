@@ -100,14 +100,17 @@ class Token:
 class Credentials:
     admin: tuple[Token, ...] = ()     # api.token_file: every endpoint
     metrics: tuple[Token, ...] = ()   # api.metrics_token_file: GET /metrics only
+    viewer: tuple[Token, ...] = ()    # api.viewer_token_file: every read, no mutation
 
-    def who(self, header: str, metrics: bool = False) -> str | None:
-        """The name of the token in an `Authorization: Bearer ...` header, or None."""
+    def who(self, header: str, metrics: bool = False, viewer: bool = False) -> str | None:
+        """The name of the token in an `Authorization: Bearer ...` header, or None. `metrics`,
+        `viewer`: a token of those files counts too (for a /metrics scrape, for a read)."""
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given:
             return None
         found = None
-        for t in self.admin + (self.metrics if metrics else ()):  # compare with every token: no early exit
+        extra = (self.metrics if metrics else ()) + (self.viewer if viewer else ())
+        for t in self.admin + extra:  # compare with every token: no early exit
             if hmac.compare_digest(given.strip().encode(), t.secret.encode()) and found is None:
                 found = t.name
         return found
@@ -226,10 +229,12 @@ def read_token(spec: Spec) -> Credentials:
     admin = read_token_file(spec.api.token_file, "api.token_file") if spec.api.token_file else ()
     mfile = getattr(spec.api, "metrics_token_file", None)
     metrics = read_token_file(mfile, "api.metrics_token_file") if mfile else ()
+    vfile = getattr(spec.api, "viewer_token_file", None)
+    viewer = read_token_file(vfile, "api.viewer_token_file") if vfile else ()
     if not admin and not is_loopback(spec.api.host):
         raise ValueError(f"api.token_file: the API binds {spec.api.host}, which is not loopback, "
                          "so it needs a token file")
-    return Credentials(admin, metrics)
+    return Credentials(admin, metrics, viewer)
 
 
 def tls_context(spec: Spec) -> ssl.SSLContext | None:
@@ -292,6 +297,7 @@ class Followers:
 
 
 FOLLOWERS = web.AppKey("followers", Followers)
+PUBLIC = web.AppKey("public", frozenset)          # GET paths that need no token (the dashboard's page)
 ACTOR = web.RequestKey("actor", str)             # who made the request: a token's name, or loopback
 
 routes = web.RouteTableDef()
@@ -732,11 +738,16 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
             raise ApiError(Code.forbidden, f"cross-site request from Origin {origin[:100]!r} refused")
     mutating = request.method not in SAFE_METHODS
     creds = settings.credentials
-    if creds.admin and (mutating or settings.reads_need_token):
-        name = creds.who(request.headers.get("Authorization", ""), metrics=request.path == "/metrics")
+    # The dashboard's page and assets hold no fleet data: a browser loads them without a token
+    # (a navigation cannot send one); the page then reads with the operator's token.
+    public = request.method in ("GET", "HEAD") and request.path in request.app.get(PUBLIC, ())
+    if creds.admin and (mutating or settings.reads_need_token) and not public:
+        name = creds.who(request.headers.get("Authorization", ""), metrics=request.path == "/metrics",
+                         viewer=not mutating)
         if name is None:
             raise ApiError(Code.unauthorized, "this request needs `Authorization: Bearer <token>` "
-                           "(a token in api.token_file)")
+                           "(a token in api.token_file" + (" or api.viewer_token_file)" if not mutating
+                                                           and creds.viewer else ")"))
         request[ACTOR] = name
     else:
         request[ACTOR] = "loopback"
@@ -753,8 +764,10 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
 
 
 def build_app(sup: FleetControl, settings: Settings, reload_spec: Callable[[], Awaitable[dict]],
-              alerts=None, audit_log: AuditLog | None = None) -> web.Application:
-    """`alerts`: the AlertManager (or None); its firing list is GET /alerts."""
+              alerts=None, audit_log: AuditLog | None = None, *, dashboard: bool = True,
+              history=None) -> web.Application:
+    """`alerts`: the AlertManager (or None); its firing list is GET /alerts. `dashboard`:
+    serve GET /ui (ultrascaled/dashboard.py), charting `history` (a history.History or None)."""
     app = web.Application(middlewares=[errors_and_audit, guard], client_max_size=settings.limits.max_body)
     app[FLEET] = sup
     app[SETTINGS] = settings
@@ -763,6 +776,9 @@ def build_app(sup: FleetControl, settings: Settings, reload_spec: Callable[[], A
     app[AUDIT] = audit_log
     app[FOLLOWERS] = Followers(settings.limits.max_followers)
     app.add_routes(routes)
+    if dashboard:
+        from ultrascaled import dashboard as ui
+        app[PUBLIC] = ui.setup(app, history)
 
     async def end_streams(app: web.Application) -> None:
         app[FOLLOWERS].closing.set()

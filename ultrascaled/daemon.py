@@ -34,6 +34,29 @@ def make_upstream(spec: Spec, events: EventLog):
     return NginxUpstream(spec, events)
 
 
+def make_history(spec: Spec, sup: Supervisor):
+    """The dashboard's 15 minutes (dashboard.history_seconds) of the fleet, or None when the
+    dashboard is off. Traffic as nginx's access log measures it (any app) while that log is
+    read, else from the app's own metrics folders (history.TrafficSource)."""
+    if not spec.dashboard.enabled:
+        return None
+    from ultrascaled import history, metrics
+    source = history.MetricsTraffic(sup.metrics_dirs, metrics.app_families)
+    if getattr(sup, "traffic", None) is not None:
+        source = history.FirstActive(sup.traffic, source)
+
+    def autoscale_target():
+        """The count the autoscaler's last decision wants (the instance chart draws it); None
+        while autoscaling is off or has not decided yet."""
+        a = getattr(sup, "autoscaler", None)
+        if a is None or not a.enabled or a.last is None:
+            return None
+        return a.last.desired
+
+    return history.History(source, sup.snapshot, seconds=spec.dashboard.history_seconds,
+                           interval=spec.dashboard.sample_interval, target=autoscale_target)
+
+
 def make_alerts(spec: Spec, sup: Supervisor, events: EventLog):
     """Alert rules evaluated over two scrapes of the fleet's own metrics (no HTTP involved)."""
     from ultrascaled import alerts, metrics
@@ -83,12 +106,16 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
     sup.autoscaler = Autoscaler(sup, nofile_limit=nofile, traffic=sup.traffic)
     settings = Settings.from_spec(spec, credentials)
-    app = build_app(sup, settings, reload_spec, alerts, audit)
+    history = make_history(spec, sup)
+    app = build_app(sup, settings, reload_spec, alerts, audit, dashboard=spec.dashboard.enabled,
+                    history=history)
     stop = asyncio.Event()
     detach = False
     # The app's startup starts the fleet and the loops; its cleanup stops them in reverse order.
     app.cleanup_ctx.extend([closing(audit), closing_alerts(alerts), fleet_ctx(sup, spec, alerts, lambda: detach),
                             systemd_ctx(sup, events)])
+    if history is not None:
+        app.cleanup_ctx.append(history_ctx(sup, spec, history))
     events.emit("daemon.starting", spec=spec.source, pid=os.getpid(), api=f"{spec.api.host}:{spec.api.port}",
                 tls=tls is not None)
     loop = asyncio.get_running_loop()
@@ -185,6 +212,16 @@ def fleet_ctx(sup: Supervisor, spec: Spec, alerts, detaching: Callable[[], bool]
             await sup.detach()
         else:
             await sup.shutdown()
+    return ctx
+
+
+def history_ctx(sup: Supervisor, spec: Spec, history):
+    """The dashboard's history loop, guarded like the others (the fleet's stop ends it)."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        beat = lambda: sup.guard.beat("dashboard-history")  # noqa: E731
+        sup.start_guarded("dashboard-history", lambda: history.run(beat=beat),
+                          interval=spec.dashboard.sample_interval)
+        yield
     return ctx
 
 

@@ -320,6 +320,12 @@ def families(snapshot: dict, nginx_status: dict | None, counters: dict | None,
     return _default.families(snapshot, nginx_status, counters, instance_dirs)
 
 
+def app_families(path: str) -> list[Metric]:
+    """One instance folder's merged app metrics, through the shared cache (the dashboard's
+    history reads them this way)."""
+    return _default.reader.families(path)
+
+
 async def render_async(snapshot: dict, nginx_status: dict | None, counters: dict | None,
                        instance_dirs: dict[int, str] | None, extra: Iterable[Metric] = ()) -> bytes:
     """:func:`render` with the file reading and formatting in a worker thread, so the event

@@ -174,6 +174,9 @@ class ApiSection:
                                         path=True)
     metrics_token_file: Optional[str] = setting(None, "File of `name:token` lines that may read "
                                                 "`GET /metrics` only (a Prometheus scraper).", path=True)
+    viewer_token_file: Optional[str] = setting(None, "File of `name:token` lines that may read "
+                                               "every endpoint but change nothing (the dashboard's "
+                                               "read-only viewers, off loopback). Mode 600.", path=True)
     tls_cert: Optional[str] = setting(None, "PEM certificate (chain) for the API; with `tls_key` "
                                       "the API speaks only HTTPS.", path=True)
     tls_key: Optional[str] = setting(None, "PEM private key for `tls_cert`.", path=True)
@@ -453,6 +456,17 @@ class DeploySection:
 
 
 @dataclass(frozen=True)
+class DashboardSection:
+    """The live web page at `GET /ui` (ultrascaled/dashboard.py) and the history it charts."""
+    enabled: bool = setting(True, "Serve the dashboard at `GET /ui` on the API listener (same "
+                            "auth) and keep its history in memory; false = neither.")
+    history_seconds: int = setting(900, "Seconds of history the charts show (kept in the "
+                                   "daemon's memory, bounded).", min=60, max=3600)
+    sample_interval: float = setting(5.0, "Seconds between two points of the charts (request "
+                                     "rate, p95, 5xx, memory, instance count).", min=0.5, max=60)
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str = setting("ultrascale", "Fleet name; marks its processes (`--name ultrascale-NAME-PORT`).")
     app: AppSection = field(default_factory=AppSection)
@@ -469,6 +483,7 @@ class Spec:
     nginx: NginxSettings = field(default_factory=NginxSettings)
     autoscale: AutoscaleSection = field(default_factory=AutoscaleSection)
     deploy: DeploySection = field(default_factory=DeploySection)
+    dashboard: DashboardSection = field(default_factory=DashboardSection)
     source: Optional[str] = field(default=None, metadata={"internal": True})
 
     # Derived figures used by the supervisor and the budget checks.
@@ -933,7 +948,8 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
             and not spec.api.token_file:
         errors.append(f"{where('api.host')}: {spec.api.host} is not loopback, so api.token_file "
                       "must name a file with the bearer token")
-    for key in ("api.token_file", "api.metrics_token_file", "api.tls_cert", "api.tls_key"):
+    for key in ("api.token_file", "api.metrics_token_file", "api.viewer_token_file", "api.tls_cert",
+                "api.tls_key"):
         path = getattr(spec.api, key.split(".")[1])
         if ok(key) and path and not os.path.isfile(path):
             why = "is a directory" if os.path.isdir(path) else "does not exist"

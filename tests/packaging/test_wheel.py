@@ -82,6 +82,13 @@ def test_the_wheel_holds_the_daemon_the_app_and_the_load_tester_and_nothing_else
     daemon = {n.split("/", 1)[1] for n in names if n.startswith("ultrascaled/")}
     assert {"daemon.py", "api.py", "cli.py", "capacity.py", "spec.py", "openapi.yaml"} <= daemon
     assert not {"harness.py", "chaos.py", "figures.py"} & daemon
+    # the dashboard (GET /ui): its handlers, history and every static asset, byte for byte
+    assert {"dashboard.py", "history.py"} <= daemon
+    static = sorted(p.name for p in (ROOT / "ultrascaled" / "static").iterdir() if p.is_file())
+    assert static and {f"static/{n}" for n in static} <= daemon, static
+    with zipfile.ZipFile(wheel) as z:
+        for n in static:
+            assert z.read(f"ultrascaled/static/{n}") == (ROOT / "ultrascaled" / "static" / n).read_bytes(), n
     assert not [n for n in daemon if n.startswith("loadtest")]
     assert {"ultrascale_app/wsgi.py", "ultrascale_app/gunicorn_conf.py", "ultrascale_app/cache.py",
             "ultrascale_loadtest/cli.py", "ultrascale_loadtest/__main__.py"} <= set(names)
@@ -120,6 +127,9 @@ from ultrascale_app.wsgi import create_app
 create_app({})
 assert ultrascale_app.__file__.startswith(sys.argv[1]), ultrascale_app.__file__
 assert ultrascale_loadtest.__file__.startswith(sys.argv[1]), ultrascale_loadtest.__file__
+import ultrascaled.dashboard as ui
+page = ui._Page()  # the dashboard's assets load from the installed package data
+assert str(ui.STATIC).startswith(sys.argv[1]) and b"/ui/static/dashboard.js?v=" in page.html, ui.STATIC
 strays = sorted(m for m in sys.modules if m.split(".")[0] in ("app", "loadtest"))
 assert not strays, strays
 print("ok")
