@@ -81,7 +81,8 @@ def _on_term(signum, frame):
 
 # Measurements with their own options, run as `python -m bench NAME [options]`.
 SUBCOMMANDS = {"fleet": "bench.figures", "chaos": "bench.chaos", "accesslog": "bench.accesslog",
-               "redis-failover": "bench.redis_failover", "autoscale": "bench.autoscale"}
+               "redis-failover": "bench.redis_failover", "autoscale": "bench.autoscale",
+               "deploy": "bench.deploys"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,11 @@ class Code(str, enum.Enum):
     over_budget = ("over_budget", 409)
     too_large = ("too_large", 413)
     unsupported_media_type = ("unsupported_media_type", 415)
+    deploy_in_progress = ("deploy_in_progress", 409)   # releases: docs/deploys.md
+    no_rollback_target = ("no_rollback_target", 409)
+    release_invalid = ("release_invalid", 400)
+    release_not_found = ("release_not_found", 404)
+    already_current = ("already_current", 409)
     too_many_requests = ("too_many_requests", 503)
     shutting_down = ("shutting_down", 503)
     internal = ("internal", 500)
@@ -424,6 +429,43 @@ async def reload(request: web.Request) -> web.Response:
     except ScaleRefused as exc:
         raise refused(exc)
     return web.json_response(result)
+
+
+# ---- releases: deploy, rollback (ultrascaled/deployer.py, docs/deploys.md) ------------------------
+
+@routes.post("/fleet/deploy")
+async def deploy(request: web.Request) -> web.Response:
+    data = await json_body(request, ("directory", "release"))
+    directory, release = data.get("directory"), data.get("release")
+    if (directory is None) == (release is None):
+        raise ApiError(Code.bad_request, "give exactly one of `directory` (a folder to copy into a new "
+                       "release) or `release` (a release already in the releases folder)")
+    for name, val in (("directory", directory), ("release", release)):
+        if val is not None and (not isinstance(val, str) or not val or len(val) > 4096 or "\0" in val):
+            raise ApiError(Code.bad_request, f"`{name}` must be a non-empty string without NUL, at most "
+                           f"4096 characters, got {str(val)[:40]!r}")
+    if directory is not None and not directory.startswith("/"):
+        raise ApiError(Code.bad_request, f"`directory` must be an absolute path, got {directory[:200]!r}")
+    try:
+        result = await fleet_of(request).deploy(directory=directory, release=release)
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response(result, status=202)
+
+
+@routes.post("/fleet/rollback")
+async def rollback(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    try:
+        result = fleet_of(request).rollback()
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response(result, status=202)
+
+
+@routes.get("/fleet/releases")
+async def releases(request: web.Request) -> web.Response:
+    return web.json_response({"releases": fleet_of(request).releases()})
 
 
 @routes.get("/metrics")

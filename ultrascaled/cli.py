@@ -133,18 +133,21 @@ def fmt_uptime(seconds: float | None) -> str:
 
 
 def render_status(fleet: dict) -> str:
-    rows = [("PORT", "PID", "STATE", "UPTIME", "WORKERS", "RSS/WORKER", "RESTARTS", "UPSTREAM", "LAST EXIT")]
+    rows = [("PORT", "PID", "STATE", "UPTIME", "WORKERS", "RSS/WORKER", "RESTARTS", "UPSTREAM", "LAST EXIT",
+             "RELEASE")]
     for i in fleet["instances"]:
         workers = i.get("workers") or []
         rss = ",".join(fmt_bytes(w["rss"]) for w in workers) or "-"
         rows.append((str(i["port"]), str(i["pid"] or "-"), i["state"], fmt_uptime(i.get("uptime")),
                      str(len(workers)), rss, str(i["restarts"]), "yes" if i.get("in_upstream") else "no",
-                     i.get("last_exit") or "-"))
+                     i.get("last_exit") or "-", i.get("release") or "app.directory"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     mem = fleet.get("memory", {})
     head = (f"fleet {fleet['fleet']}: {fleet['ready']}/{fleet['desired']} ready; "
             f"memory {fmt_bytes(mem.get('total_rss_bytes'))} of {fmt_bytes(mem.get('budget_bytes'))}")
+    if (fleet.get("deploy") or {}).get("rollout"):
+        head += "\n" + deploy_progress(fleet)
     up = fleet.get("upstream") or {}
     if up.get("ok") is False:
         head += f"\nupstream update FAILED: {up.get('error')}"
@@ -153,9 +156,9 @@ def render_status(fleet: dict) -> str:
     return "\n".join([head, *lines] + (["reasons:", *notes] if notes else []))
 
 
-def wait_until(api: Api, done, timeout: float, show) -> dict:
+def wait_until(api: Api, done, timeout: float, show, failed=None) -> dict:
     """Poll /fleet until `done`; exit 1 at once when a wanted instance is FATAL (it would only
-    run out the timeout), else when `timeout` runs out."""
+    run out the timeout) or `failed(fleet)` names a failure, else when `timeout` runs out."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -166,9 +169,9 @@ def wait_until(api: Api, done, timeout: float, show) -> dict:
             last = line
         if done(fleet):
             return fleet
-        failed = fatal(fleet)
-        if failed:
-            raise CtlError("\n".join(failed), EXIT_FAILED)
+        problems = fatal(fleet) + (failed(fleet) if failed else [])
+        if problems:
+            raise CtlError("\n".join(problems), EXIT_FAILED)
         if time.monotonic() >= deadline:
             raise CtlError(f"timed out after {timeout:g}s; {line}", EXIT_FAILED)
         time.sleep(0.1)
@@ -181,6 +184,16 @@ def fatal(fleet: dict) -> list[str]:
     return [f"instance {i['port']} is FATAL: {i.get('reason') or 'no reason given'}"
             for i in fleet["instances"]
             if i["port"] in wanted and i["state"] == "fatal" and not i.get("restart_pending")]
+
+
+def restart_failed(ports: list[int]):
+    """Restarts of `ports` given up: the replacement master could not start (the running one
+    serves on), with the reason."""
+    def check(fleet: dict) -> list[str]:
+        return [f"instance {i['port']} could not be restarted (its running master serves on): {i['restart_failed']}"
+                for i in fleet["instances"] if i["port"] in ports and i.get("restart_failed")
+                and not i.get("restart_pending")]
+    return check
 
 
 def progress(fleet: dict) -> str:
@@ -236,7 +249,8 @@ def cmd_restart(api: Api, args) -> int:
     if args.no_wait:
         print(f"restarting: {', '.join(map(str, ports))}")
         return 0
-    wait_until(api, lambda f: fleet_converged(f) and restarted(f, ports, before), args.timeout, progress)
+    wait_until(api, lambda f: fleet_converged(f) and restarted(f, ports, before), args.timeout, progress,
+               restart_failed(ports))
     print(f"restarted: {', '.join(map(str, ports))}")
     return 0
 
@@ -248,7 +262,7 @@ def cmd_reload(api: Api, args) -> int:
     changed = ", ".join(result.get("changed") or []) or "nothing"
     print(f"spec reloaded; changed: {changed}; restarting: {', '.join(map(str, ports)) or 'none'}")
     if args.wait and ports:
-        wait_until(api, lambda f: restarted(f, ports, before), args.timeout, progress)
+        wait_until(api, lambda f: restarted(f, ports, before), args.timeout, progress, restart_failed(ports))
         print(f"restarted: {', '.join(map(str, ports))}")
     return 0
 
@@ -336,6 +350,91 @@ def cmd_logs(api: Api, args) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+# ---- releases (docs/deploys.md) -------------------------------------------------------------------
+
+def deploy_progress(fleet: dict) -> str:
+    d = fleet.get("deploy") or {}
+    r = d.get("rollout")
+    if not r:
+        return progress(fleet)
+    rel = {i["port"]: i.get("release") or "app.directory" for i in fleet["instances"]}
+    soak = f", canary serving {r['canary_ready_for']}s" if r.get("canary_ready_for") is not None else ""
+    return (f"{r['kind']} {r['release'] or 'app.directory'}: {r['phase']}{soak}; "
+            + ", ".join(f"{p}={v}" for p, v in sorted(rel.items())))
+
+
+def wait_rollout(api: Api, args, started: dict) -> int:
+    """Wait until the rollout `started` ends; 0 when it completed, 1 when it rolled back."""
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while True:
+        fleet = api.request("GET", "/fleet")
+        line = deploy_progress(fleet)
+        if line != last:
+            print(line, file=sys.stderr)
+            last = line
+        d = fleet.get("deploy") or {}
+        end = d.get("last_outcome")
+        if d.get("rollout") is None and end and end.get("ended", 0) >= started["rollout"]["started"]:
+            if end["outcome"] == "completed":
+                print(f"{end['kind']} done: the fleet runs release {end['release'] or 'app.directory'} "
+                      f"({end['seconds']:g}s)")
+                return 0
+            raise CtlError(f"{end['kind']} of release {end['release'] or 'app.directory'} failed on "
+                           f"{end['failure']}: {end['detail']}; rolled back to "
+                           f"{end['from'] or 'app.directory'} ({end['seconds']:g}s)", EXIT_FAILED)
+        if time.monotonic() >= deadline:
+            raise CtlError(f"timed out after {args.timeout:g}s; {line} (the rollout goes on)", EXIT_FAILED)
+        time.sleep(0.2)
+
+
+def cmd_deploy(api: Api, args) -> int:
+    if args.release:
+        body = {"release": args.release}
+    else:
+        body = {"directory": os.path.abspath(args.directory)}
+    started = api.request("POST", "/fleet/deploy", body)
+    r = started["rollout"]
+    print(f"deploying release {r['release']} (from {r['from'] or 'app.directory'}); canary: "
+          f"{r['canary'] or 'none'}")
+    return 0 if args.no_wait else wait_rollout(api, args, started)
+
+
+def cmd_rollback(api: Api, args) -> int:
+    started = api.request("POST", "/fleet/rollback")
+    r = started["rollout"]
+    print(f"rolling back to release {r['release'] or 'app.directory'} (from {r['from']})")
+    return 0 if args.no_wait else wait_rollout(api, args, started)
+
+
+def cmd_releases(api: Api, args) -> int:
+    data = api.request("GET", "/fleet/releases")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    rows = [("RELEASE", "CREATED", "", "PORTS", "PATH")]
+    for r in data["releases"]:
+        mark = "current" if r["current"] else "previous" if r["previous"] else ""
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])) if r["created"] else "-"
+        rows.append((r["id"] or "app.directory", created, mark, ",".join(map(str, r["ports"])) or "-", r["path"]))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def build_deploy(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("directory", nargs="?", metavar="DIR",
+                       help="folder to copy into a new release (its .git, .venv and __pycache__ are left out)")
+    which.add_argument("--release", metavar="NAME", help="a release already in the releases folder")
+    add_wait(p, 600.0)
+
+
+def build_rollback(p: argparse.ArgumentParser) -> None:
+    add_wait(p, 600.0)
 
 
 def cmd_plan(api, args) -> int:
@@ -550,6 +649,11 @@ COMMANDS: dict[str, tuple] = {
     "traffic": (cmd_traffic, "requests, 5xx and p95 per instance, measured at nginx", build_traffic),
     "autoscale": (cmd_autoscale, "the autoscaler: status, pause [--for 30m], resume", build_autoscale),
     "export": (cmd_export, "the spec as Kubernetes manifests (export kubernetes)", build_export),
+    "deploy": (cmd_deploy, "roll the fleet to a new release (DIR copied, or --release NAME): canary "
+               "judged, then one instance at a time; rolls back by itself when it fails", build_deploy),
+    "rollback": (cmd_rollback, "roll the fleet back to the previous release, one instance at a time",
+                 build_rollback),
+    "releases": (cmd_releases, "releases on disk, which is current and which ports run each", add_json),
 }
 
 DESCRIPTION = "Control an ultrascaled fleet through its API. `ultrascalectl COMMAND --help` for a command."

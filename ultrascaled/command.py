@@ -14,6 +14,12 @@ DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS
                    "LISTEN_FDNAMES")
 
 
+# gunicorn's gevent worker exits at once when its master dies, cutting the responses in flight;
+# ultrascaled/shims/ultrascale_gevent.py finishes them (on the instances' PYTHONPATH, see below).
+SHIMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shims")
+WORKER_CLASSES = {"gevent": "ultrascale_gevent.GeventWorker"}
+
+
 def marker(fleet: str, port: int) -> str:
     """The `--name` given to gunicorn; it stays in every process's command line (or title)."""
     return f"ultrascale-{fleet}-{port}"
@@ -29,20 +35,22 @@ def policy_of(spec: Spec) -> Policy:
                   health_interval=h.interval, health_failures=h.failures)
 
 
-def gunicorn_argv(spec: Spec, port: int, log_path: str | None = None) -> list[str]:
+def gunicorn_argv(spec: Spec, port: int, log_path: str | None = None, directory: str | None = None) -> list[str]:
     """`log_path`: gunicorn writes its own and the app's output there (--capture-output) and
-    reopens it on SIGUSR1, which is how the daemon rotates it without losing a line."""
+    reopens it on SIGUSR1, which is how the daemon rotates it without losing a line.
+    `directory`: the release folder the instance runs (ultrascaled/releases.py); app.directory
+    when None."""
     g = spec.gunicorn
     argv = [spec.app.python or sys.executable, "-m", "gunicorn",
             "--bind", f"{spec.instances.host}:{port}",
-            "--workers", str(spec.workers), "--worker-class", g.worker_class,
+            "--workers", str(spec.workers), "--worker-class", WORKER_CLASSES.get(g.worker_class, g.worker_class),
             "--worker-connections", str(g.worker_connections),
             *(["--threads", str(g.threads)] if g.worker_class == "gthread" else []),
             "--timeout", str(g.timeout), "--graceful-timeout", str(g.graceful_timeout),
             "--keep-alive", str(g.keepalive),
             "--max-requests", str(g.max_requests), "--max-requests-jitter", str(g.max_requests_jitter),
             "--name", marker(spec.name, port), "--no-control-socket",
-            "--chdir", spec.app.directory]
+            "--chdir", directory or spec.app.directory]
     if log_path:
         argv += ["--error-logfile", log_path, "--capture-output"]
     if spec.app.config:
@@ -61,10 +69,34 @@ def instance_env(spec: Spec, index: int, port: int, metrics_dir: str) -> dict[st
         "MONGO_MAX_CONNECTING": str(spec.mongodb.max_connecting),
         "PYTHONUNBUFFERED": "1",
     })
+    if spec.gunicorn.worker_class in WORKER_CLASSES:   # after the app's own entries
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [SHIMS, env.get("PYTHONPATH")]))
     return env
 
 
-def fingerprint(spec: Spec, port: int, log_path: str | None = None) -> str:
+def fingerprint(spec: Spec, port: int, log_path: str | None = None, directory: str | None = None) -> str:
     """What an instance was started with; a reload restarts those whose fingerprint changes."""
-    return json.dumps([gunicorn_argv(spec, port, log_path), spec.app.env, spec.mongo_pool_per_process()],
+    return json.dumps([gunicorn_argv(spec, port, log_path, directory), spec.app.env, spec.mongo_pool_per_process()],
                       sort_keys=True)
+
+
+def with_binds(argv: list[str], binds: list[str]) -> list[str]:
+    """`argv` with its `--bind` pairs replaced by `binds` (e.g. fd://7 for the socket the daemon
+    holds and fd://9 for the master's private probe socket)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--bind" and i + 1 < len(argv):
+            if binds:
+                for b in binds:
+                    out += ["--bind", b]
+                binds = []
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def same_command(running: list[str] | tuple[str, ...], wanted: list[str]) -> bool:
+    """Whether an adopted master runs `wanted`, whatever sockets it was given (`--bind`)."""
+    return with_binds(list(running), ["*"]) == with_binds(wanted, ["*"])

@@ -276,6 +276,16 @@ NOT_CARRIED: dict[str, str] = {
     "autoscale.host_cpu_saturation_percent": "a pod gets the CPU it requests on its node; the "
                                              "scheduler and a cluster autoscaler, not the HPA, "
                                              "deal with full nodes",
+    # ultrascaled's releases and judged canary (docs/deploys.md): a Deployment's rolling update
+    # (or Argo Rollouts / Flagger for a canary judged on metrics) does this in a cluster
+    "deploy.releases_dir": "releases are container images: a new image tag is a new release",
+    "deploy.keep_releases": "the Deployment's revisionHistoryLimit keeps old ReplicaSets",
+    "deploy.soak_seconds": "no judged canary in a Deployment's rolling update (Argo Rollouts or "
+                           "Flagger analysis do that)",
+    "deploy.min_requests": "no judged canary in a Deployment (see deploy.soak_seconds)",
+    "deploy.max_error_rate_increase": "no judged canary in a Deployment (see deploy.soak_seconds)",
+    "deploy.max_p95_ratio": "no judged canary in a Deployment (see deploy.soak_seconds)",
+    "deploy.p95_slack_seconds": "no judged canary in a Deployment (see deploy.soak_seconds)",
 }
 
 # Said in every export's header: what the daemon does that no manifest field can.

@@ -183,6 +183,26 @@ def supervisor_families(snapshot: Mapping[str, Any]) -> list[Metric]:
             if w.get("cpu_seconds") is not None:
                 w_cpu.add_metric([port, pid], w["cpu_seconds"])
     fams += [state, restarts, uptime, in_up, m_rss, i_rss, m_cpu, workers, w_rss, w_cpu]
+    fams += deploy_families(snapshot)
+    return fams
+
+
+def deploy_families(snapshot: Mapping[str, Any]) -> list[Metric]:
+    """Which release each instance runs, and the rollout in progress (docs/deploys.md)."""
+    rel = _g("instance_release_info", "1 for the release the instance runs (`app.directory` before "
+             "any deploy)", ["port", "release"])
+    for inst in snapshot.get("instances") or []:
+        rel.add_metric([str(inst.get("port")), str(inst.get("release") or "app.directory")], 1)
+    fams: list[Metric] = [rel]
+    d = snapshot.get("deploy")
+    if isinstance(d, dict):
+        cur = _g("release_current_info", "1 for the fleet's current release", ["release"])
+        cur.add_metric([str(d.get("current") or "app.directory")], 1)
+        ro = _g("deploy_in_progress", "1 while a deploy or rollback runs, by phase", ["kind", "phase"])
+        r = d.get("rollout")
+        if r:
+            ro.add_metric([str(r.get("kind")), str(r.get("phase"))], 1)
+        fams += [cur, ro]
     return fams
 
 

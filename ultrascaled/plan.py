@@ -32,6 +32,24 @@ class InstanceView:
     last_probe: str = ""               # what the last probe got ("HTTP 404", "connection refused")
     recycles: tuple["WorkerRecycle", ...] = ()  # workers sent SIGTERM by the memory watchdog
     workers: frozenset[int] = frozenset()       # worker pids seen in the last sample
+    handoff: bool = False              # the daemon holds the port's socket: restart by replacement
+    successor: "SuccessorView | None" = None    # a replacement master booting on the same socket
+    replace_retry_at: float = 0.0      # a failed replacement: not again before this
+    retiring: tuple["WorkerRecycle", ...] = ()  # replaced masters told to stop: (pid, SIGKILL deadline)
+    hold_upstream: bool = False        # crashed after serving, restarting at once on the held socket:
+                                       # stays in the upstream (connections wait in its queue)
+
+
+@dataclass(frozen=True)
+class SuccessorView:
+    """A second master started on the same listening socket while the first still serves
+    (capacity N+1 -> N, no nginx reload); it takes over once its private probe answers."""
+    since: float
+    ready: bool = False
+    probing: bool = False
+    next_probe: float = 0.0
+    kill_sent: bool = False
+    last_probe: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,8 @@ class Policy:
     probe_interval_max: float = 1.0
     health_interval: float = 10.0      # liveness probes of running instances
     health_failures: int = 3
+    hold_upstream_max: float = 5.0     # a crashed instance restarting on its held socket stays in the
+                                       # upstream this long at most (see InstanceView.hold_upstream)
     upstream_retry_initial: float = 1.0
     upstream_retry_max: float = 60.0
 
@@ -116,7 +136,34 @@ class Publish:                         # make the upstream list exactly these po
     port: int = 0
 
 
-Action = Spawn | Drain | Undrain | Stop | Kill | Forget | Probe | KillWorker | Publish
+@dataclass(frozen=True)
+class Replace(_OnPort):
+    """Start a successor master on the port's held socket (the old one serves meanwhile)."""
+
+
+@dataclass(frozen=True)
+class ProbeSuccessor(_OnPort):
+    """One readiness probe of the successor, on its private probe socket."""
+
+
+@dataclass(frozen=True)
+class Handover(_OnPort):
+    """The successor serves: it becomes the instance's master, the old one gets SIGTERM."""
+
+
+@dataclass(frozen=True)
+class KillSuccessor(_OnPort):
+    """The successor never got ready: SIGKILL its group; the old master serves on."""
+
+
+@dataclass(frozen=True)
+class KillRetired(_OnPort):
+    """A replaced master outlived its graceful stop: SIGKILL its group."""
+    pid: int = 0
+
+
+Action = (Spawn | Drain | Undrain | Stop | Kill | Forget | Probe | KillWorker | Publish | Replace | ProbeSuccessor
+          | Handover | KillSuccessor | KillRetired)
 
 
 def kind(action: Action) -> str:
@@ -172,7 +219,8 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
     def others_serving(port: int) -> bool:
         return all(serving(p) for p in wanted if p != port)
 
-    rolling = False  # one restart drain per plan: the others wait for it to come back
+    # one restart at a time: a drain per plan, and none while a replacement boots
+    rolling = any(v.successor is not None for v in instances.values())
     still_serving = sum(1 for p in instances if serving(p))
 
     for port in sorted(wanted | instances.keys()):
@@ -193,7 +241,8 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
             elif v.kill_sent:
                 pass
             elif now - v.since >= policy.start_timeout:
-                last = f" (last probe: {v.last_probe})" if v.last_probe else ""
+                last = f" (last probe: {v.last_probe})" if v.last_probe else \
+                    " (a probe was still waiting for an answer)" if v.probing else ""
                 actions.append(Kill(port, f"not ready after {policy.start_timeout:g}s{last}"))
             else:
                 timers.append(v.since + policy.start_timeout)
@@ -208,7 +257,17 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
                 actions.append(Drain(port, f"health check failed {v.health_failures} times in a row "
                                            f"(last: {v.last_probe or 'no answer'})", restart=True))
                 still_serving -= serving(port)
-            elif v.restart_requested and not rolling and others_serving(port):
+            elif v.successor is not None:
+                _successor(v, now, policy, actions, timers)
+                _probe(v, now, policy, actions, timers)
+            elif v.restart_requested and v.handoff and not rolling and others_serving(port):
+                if now >= v.replace_retry_at:
+                    actions.append(Replace(port, "rolling restart"))
+                    rolling = True
+                else:
+                    timers.append(v.replace_retry_at)
+                _probe(v, now, policy, actions, timers)
+            elif v.restart_requested and not v.handoff and not rolling and others_serving(port):
                 actions.append(Drain(port, "rolling restart", restart=True))
                 still_serving -= serving(port)
                 rolling = True
@@ -254,10 +313,30 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
         else:  # pragma: no cover - a new state must be planned for
             raise AssertionError(f"plan: unhandled state {st!r}")
 
+    for port, v in sorted(instances.items()):   # replaced masters that will not stop
+        for r in v.retiring:
+            if now >= r.deadline:
+                actions.append(KillRetired(port, "replaced master still running after its graceful stop", r.pid))
+            else:
+                timers.append(r.deadline)
+
     # The upstream lists every running instance that is not on its way out, wanted or not: an
     # unwanted one keeps serving until the wanted ones can take its place (a port change).
     draining = {a.port for a in actions if isinstance(a, Drain)}
-    ups = tuple(sorted(p for p, v in instances.items() if v.state is S.RUNNING and p not in draining))
+    # An instance whose master crashed after serving and restarts at once on the socket the
+    # daemon holds stays in it too: new connections wait in that socket's queue for the next
+    # master (a second or two) instead of nginx being reloaded twice (which closes the clients'
+    # idle keep-alive connections). A failure to start again takes it out.
+    def held(p: int, v: InstanceView) -> bool:
+        if not (v.hold_upstream and p in wanted and v.state in (S.STOPPED, S.BACKOFF, S.STARTING)):
+            return False
+        if now - v.since >= policy.hold_upstream_max:   # a slow boot: let the others serve
+            return False
+        timers.append(v.since + policy.hold_upstream_max)
+        return True
+
+    ups = tuple(sorted(p for p, v in instances.items() if p not in draining and (
+        v.state is S.RUNNING or held(p, v))))
     publish = _publish(ups, upstream, now, policy, timers)
     if publish is not None:
         actions.append(publish)
@@ -265,6 +344,24 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
                                    and not instances[p].restart_requested for p in wanted)
                and instances.keys() <= wanted)
     return Plan(tuple(actions), ups, min(timers) if timers else None, settled)
+
+
+def _successor(v: InstanceView, now: float, policy: Policy, actions: list, timers: list) -> None:
+    s = v.successor
+    if s.ready:
+        actions.append(Handover(v.port, "replacement ready"))
+    elif s.kill_sent:
+        pass
+    elif now - s.since >= policy.start_timeout:
+        last = f" (last probe: {s.last_probe})" if s.last_probe else ""
+        actions.append(KillSuccessor(v.port, f"replacement not ready after {policy.start_timeout:g}s{last}"))
+    else:
+        timers.append(s.since + policy.start_timeout)
+        if not s.probing:
+            if now >= s.next_probe:
+                actions.append(ProbeSuccessor(v.port, "readiness of the replacement"))
+            else:
+                timers.append(s.next_probe)
 
 
 def _probe(v: InstanceView, now: float, policy: Policy, actions: list, timers: list) -> None:

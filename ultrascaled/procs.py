@@ -144,13 +144,15 @@ async def wait_group_gone(pgid: int, timeout: float = 5.0) -> bool:
     return True
 
 
-def spawn(argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> Proc:
+def spawn(argv: list[str], env: dict[str, str], cwd: str, log_path: str, pass_fds: tuple[int, ...] = ()) -> Proc:
     """Start a master in its own session, its output appended to `log_path` (never through a
-    symlink planted there)."""
+    symlink planted there). `pass_fds`: listening sockets the master inherits under the same
+    numbers (`--bind fd://N`); every other fd of the daemon is closed in the child."""
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     try:
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
-                                 cwd=cwd, env=env, start_new_session=True, close_fds=True)
+                                 cwd=cwd, env=env, start_new_session=True, close_fds=True,
+                                 pass_fds=pass_fds)
     finally:
         os.close(fd)
     return Proc(popen.pid, popen)
@@ -326,3 +328,66 @@ def signal_worker(pid: int, sig: int) -> bool:
 def forget_pids(pids) -> None:
     for pid in pids:
         _PROCS.pop(pid, None)
+
+
+# ---- listening sockets the daemon holds (docs/deploys.md, "Sockets the daemon holds") ------------
+
+LISTEN_BACKLOG = 2048    # gunicorn's default `backlog`
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: a free one), not inherited by children
+    unless passed on purpose (Python's sockets are close-on-exec)."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        s.listen(LISTEN_BACKLOG)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+_SYS_PIDFD_GETFD = 438   # the same number on every Linux architecture (since 5.6)
+
+
+def _pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(_SYS_PIDFD_GETFD, pidfd, targetfd, 0)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+def take_listener(pid: int, host: str, port: int) -> socket.socket | None:
+    """A duplicate of the listening socket on host:port that process `pid` holds, taken with
+    pidfd_getfd(2) (Linux >= 5.6; needs ptrace rights over it: the same user and Yama's
+    ptrace_scope 0, or CAP_SYS_PTRACE). None when it cannot be taken."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        for entry in os.scandir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(entry.path).startswith("socket:"):
+                    continue
+                fd = _pidfd_getfd(pidfd, int(entry.name))
+            except (OSError, ValueError):
+                continue
+            s = socket.socket(fileno=fd)
+            try:
+                if s.type == socket.SOCK_STREAM and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) \
+                        and s.getsockname()[:2] == (host, port):
+                    return s
+            except OSError:
+                pass
+            s.close()
+    except OSError:
+        return None
+    finally:
+        os.close(pidfd)
+    return None

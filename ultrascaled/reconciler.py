@@ -18,14 +18,34 @@ from typing import Any, Callable
 
 from ultrascaled import command, memwatch
 from ultrascaled.events import EventLog
-from ultrascaled.plan import (Drain, ExitDecision, Forget, InstanceView, Kill, KillWorker, Probe, Publish,
-                              Spawn, Stop, Undrain, UpstreamView, WorkerRecycle, backoff_delay, describe_exit,
-                              kind, next_probe_at, on_exit, plan, upstream_retry_delay)
+from ultrascaled.plan import (APP_LOAD_ERROR, WORKER_BOOT_ERROR, Drain, ExitDecision, Forget, Handover,
+                              InstanceView, Kill, KillRetired, KillSuccessor, KillWorker, Probe, ProbeSuccessor,
+                              Publish, Replace, Spawn, Stop, SuccessorView, Undrain, UpstreamView, WorkerRecycle,
+                              backoff_delay, describe_exit, kind, next_probe_at, on_exit, plan, probe_delay,
+                              upstream_retry_delay)
 from ultrascaled.runner import Clock, Handle, ProbeResult, ProcMem, Runner, is_transient
 from ultrascaled.spec import MB, Spec
 from ultrascaled.states import State, check_transition
 
 S = State
+
+
+@dataclass
+class Successor:
+    """A replacement master booting on the same socket while the instance's master serves."""
+    handle: Any
+    since: float
+    release: str | None
+    fingerprint: str
+    probe_port: int | None
+    ready: bool = False
+    probing: bool = False
+    next_probe: float = 0.0
+    kill_sent: bool = False
+    last_probe: str = ""
+
+    def view(self) -> SuccessorView:
+        return SuccessorView(self.since, self.ready, self.probing, self.next_probe, self.kill_sent, self.last_probe)
 
 
 @dataclass
@@ -62,13 +82,25 @@ class Instance:
     sampled_at: float = 0.0               # when master_mem/workers were taken (the autoscaler's time base)
     recycles: dict[int, float] = field(default_factory=dict)   # worker pid -> SIGKILL deadline
     recycle_history: tuple[float, ...] = ()                     # recent watchdog recycles
+    release: str | None = None          # the release its current (or last) start runs; None: app.directory
+    probe_port: int | None = None       # the master's private probe socket (None: probe the public port)
+    handoff: bool = False               # the daemon holds its socket: restarts replace the master in place
+    successor: Successor | None = None
+    replace_failures: int = 0           # replacements in a row that never got ready
+    replace_retry_at: float = 0.0
+    replace_failed: bool = False        # the last replacement failed to start ...
+    failed_release: str | None = None   # ... on this release (deploys read it)
+    retiring: dict[int, tuple[Any, float]] = field(default_factory=dict)  # old master pid -> (handle, deadline)
+    hold_upstream: bool = False         # see plan.InstanceView.hold_upstream
 
     def view(self) -> InstanceView:
         return InstanceView(self.port, self.state, self.since, self.next_start, self.restart_requested,
                             self.group_alive, self.left_upstream_at, self.stop_sent_at, self.kill_sent,
                             self.probing, self.next_probe, self.health_failures, self.last_probe,
                             tuple(WorkerRecycle(p, d) for p, d in self.recycles.items()),
-                            frozenset(w.pid for w in self.workers))
+                            frozenset(w.pid for w in self.workers), self.handoff,
+                            self.successor.view() if self.successor else None, self.replace_retry_at,
+                            tuple(WorkerRecycle(p, d) for p, (_, d) in self.retiring.items()), self.hold_upstream)
 
     @property
     def pid(self) -> int | None:
@@ -167,6 +199,13 @@ class Reconciler:
         self._tasks: set[asyncio.Task] = set()
         self.state_dir = Path(spec.paths.state_dir)
         self.log_dir = Path(spec.paths.log_dir)
+        # Which release a port starts with, and its folder (the deploy loop sets this; see
+        # ultrascaled/rollout.py). Read at each spawn: a running instance keeps its release.
+        self.release_for: Callable[[int], tuple[str | None, str]] = lambda port: (None, self.spec.app.directory)
+        # The listening socket of each port, held by the daemon for the instance's whole life and
+        # passed to each master it starts there (`--bind fd://N`): a master that dies leaves its
+        # queued connections to the next one, and its orphaned workers finish what they answer.
+        self.listeners: dict[int, Any] = {}
 
     # ---- what is wanted ---------------------------------------------------------------------
 
@@ -308,9 +347,20 @@ class Reconciler:
 
     def _exited(self, port: int, handle: Any, rc: int | None) -> None:
         inst = self.instances.get(port)
+        if inst is not None and inst.successor is not None and inst.successor.handle is handle:
+            return self._successor_exited(inst, rc)
+        if inst is not None and handle.pid in inst.retiring and inst.retiring[handle.pid][0] is handle:
+            del inst.retiring[handle.pid]
+            self.events.emit("instance.retired", port=port, pid=handle.pid, returncode=rc)
+            self.runner.forget([handle.pid])
+            self._start_task(f"reap-{port}-{handle.pid}", self._reap(port, handle.pgid))
+            return
         if inst is None or inst.handle is not handle:
             return
+        if inst.successor is not None:   # the serving master died while its replacement booted
+            self._drop_successor(inst, "the master it was to replace exited")
         now = self.clock.now()
+        was_running = inst.state is S.RUNNING
         why = inst.kill_reason if inst.kill_sent else ""
         d: ExitDecision = on_exit(inst.state, rc, inst.crashes, inst.start_failures, self.policy(), now, why)
         reason = d.reason
@@ -329,12 +379,26 @@ class Reconciler:
         if d.crash_loop:
             self.alerts.fire("instance_crash_loop", f"instance {port} keeps crashing after it served: "
                              f"{reason}; restarting with backoff", port=port)
-        # Orphaned workers keep the port for up to a second: end the whole group before respawning.
-        inst.group_alive = True
-        self._start_task(f"reap-{port}", self._reap(port, handle.pgid))
+        # Orphaned workers of a master that died on its own finish what they are answering (they
+        # exit by themselves when their parent changes) while the next master takes the socket the
+        # daemon holds; without a held socket they keep the port: end the group before respawning.
+        held = port in self.listeners
+        died = not (d.state is S.STOPPED and rc is not None and rc >= 0)
+        inst.hold_upstream = held and was_running and d.state is S.BACKOFF and d.next_start <= now \
+            and port in self.applied and not self.shutting_down
+        grace = self.spec.gunicorn.graceful_timeout + 2.0 if held and died else 0.0
+        inst.group_alive = not held
+        self._start_task(f"reap-{port}", self._reap(port, handle.pgid, grace))
 
     def _probed(self, port: int, handle: Any, r: ProbeResult) -> None:
         inst = self.instances.get(port)
+        if inst is not None and inst.successor is not None and inst.successor.handle is handle:
+            s = inst.successor
+            now = self.clock.now()
+            s.probing, s.last_probe = False, r.detail
+            s.ready = r.ok
+            s.next_probe = now + probe_delay(now - s.since, self.policy())
+            return
         if inst is None or inst.handle is not handle:
             return
         inst.probing = False
@@ -342,6 +406,7 @@ class Reconciler:
         now = self.clock.now()
         inst.next_probe = next_probe_at(inst.view(), now, self.policy())
         if inst.state is S.STARTING and r.ok:
+            inst.hold_upstream = False
             self.change_state(inst, S.RUNNING, "health check passed", boot_seconds=round(now - inst.since, 3))
             inst.start_failures = 0
             inst.health_failures = 0
@@ -495,6 +560,8 @@ class Reconciler:
                                                            since=self.clock.now(), since_wall=self.clock.wall())
                 self._spawn(inst, reason)
             case Drain(port, reason, restart):
+                if inst.successor is not None:
+                    self._drop_successor(inst, reason)
                 self.change_state(inst, S.DRAINING, reason)
                 inst.left_upstream_at = None
                 inst.restart_requested = inst.restart_requested or restart
@@ -516,13 +583,15 @@ class Reconciler:
             case Forget(port):
                 if inst.state is not S.STOPPED:
                     self.change_state(inst, S.STOPPED, "no longer wanted")
+                self._close_listener(port)
                 self.alerts.resolve("instance_fatal", f"instance {port} is no longer wanted", port=port)
                 self.alerts.resolve("instance_crash_loop", port=port)
                 self.alerts.resolve("memory_recycle_loop", port=port)
+                self.alerts.resolve("instance_replace_failed", port=port)
                 del self.instances[port]
             case Probe(port):
                 inst.probing = True
-                self._start_task(f"probe-{port}", self._probe(inst.port, inst.handle))
+                self._start_task(f"probe-{port}", self._probe(inst.port, inst.handle, inst.probe_port))
             case KillWorker(port, pid, reason):
                 inst.recycles.pop(pid, None)
                 if self.runner.signal_worker(pid, signal.SIGKILL):
@@ -530,28 +599,69 @@ class Reconciler:
             case Publish(servers):
                 self.publishing = True  # (plan publishes only when not in flight; see _upstream_view)
                 self._start_task("upstream-publisher", self._publish(frozenset(servers)))
+            case Replace(port, reason):
+                self._replace(inst, reason)
+            case ProbeSuccessor(port):
+                s = inst.successor
+                s.probing = True
+                self._start_task(f"probe-next-{port}", self._probe(port, s.handle, s.probe_port))
+            case Handover(port, reason):
+                self._handover(inst, reason)
+            case KillSuccessor(port, reason):
+                s = inst.successor
+                s.kill_sent = True
+                self.events.emit("instance.replacement_killed", level="warning", port=port, pid=s.handle.pid,
+                                 reason=reason)
+                self._replace_failed(inst, reason)
+                self.runner.kill_group(s.handle.pgid, signal.SIGKILL)
+            case KillRetired(port, reason, pid):
+                handle, _ = inst.retiring[pid]
+                inst.retiring[pid] = (handle, float("inf"))
+                self.events.emit("instance.killed", level="warning", port=port, pid=pid, reason=reason)
+                self.runner.kill_group(handle.pgid, signal.SIGKILL)
             case _:
                 raise TypeError(f"unknown action {action!r}")
 
     def _spawn(self, inst: Instance, reason: str) -> None:
         spec = self.spec
         now = self.clock.now()
+        sock = self.listeners.get(inst.port)
+        if sock is None:
+            try:
+                holder = self.runner.port_in_use(spec.instances.host, inst.port)
+            except OSError as exc:
+                return self._daemon_failure(inst, f"cannot check port {inst.port}: {exc}")
+            if holder is not None:
+                who = f"pid {holder.pid} ({holder.name})" if holder.pid else holder.name
+                self._daemon_failure(inst, f"port {spec.instances.host}:{inst.port} is in use by {who}",
+                                     event="instance.port_in_use", holder_pid=holder.pid, holder=holder.name)
+                return
+            try:
+                sock = self.runner.listen(spec.instances.host, inst.port)
+            except OSError as exc:
+                return self._daemon_failure(inst, f"cannot listen on {spec.instances.host}:{inst.port}: "
+                                                  f"{exc.strerror or exc}")
+            self.listeners[inst.port] = sock
         try:
-            holder = self.runner.port_in_use(spec.instances.host, inst.port)
+            probe = self.runner.listen("::1" if ":" in spec.instances.host else "127.0.0.1", 0)
         except OSError as exc:
-            return self._daemon_failure(inst, f"cannot check port {inst.port}: {exc}")
-        if holder is not None:
-            who = f"pid {holder.pid} ({holder.name})" if holder.pid else holder.name
-            self._daemon_failure(inst, f"port {spec.instances.host}:{inst.port} is in use by {who}",
-                                 event="instance.port_in_use", holder_pid=holder.pid, holder=holder.name)
-            return
+            return self._daemon_failure(inst, f"cannot open a probe socket: {exc.strerror or exc}")
+        try:
+            return self._spawn_on(inst, reason, sock, probe, now)
+        finally:
+            probe.close()   # the master has its own copy
+
+    def _spawn_on(self, inst: Instance, reason: str, sock, probe, now: float) -> None:
+        spec = self.spec
         log_path = str(self.log_path(inst.port))
         metrics_dir = str(self.state_dir / "metrics" / str(inst.port))
         try:
+            release, directory = self.release_for(inst.port)
             self.runner.prepare_metrics_dir(metrics_dir)
-            argv = command.gunicorn_argv(spec, inst.port, log_path)
+            argv = command.with_binds(command.gunicorn_argv(spec, inst.port, log_path, directory),
+                                      [f"fd://{sock.fileno()}", f"fd://{probe.fileno()}"])
             env = command.instance_env(spec, inst.index, inst.port, metrics_dir)
-            handle = self.runner.spawn(argv, env, spec.app.directory, log_path)
+            handle = self.runner.spawn(argv, env, directory, log_path, (sock.fileno(), probe.fileno()))
         except OSError as exc:
             if is_transient(exc):   # the daemon is short of fds or memory: not the app's fault
                 return self._daemon_failure(inst, f"cannot start gunicorn: {exc}")
@@ -569,11 +679,120 @@ class Reconciler:
         inst.kill_sent = False
         inst.probing, inst.next_probe, inst.last_probe = False, now, ""
         inst.started_wall = self.clock.wall()
-        inst.fingerprint = command.fingerprint(spec, inst.port, log_path)
+        inst.fingerprint = command.fingerprint(spec, inst.port, log_path, directory)
+        inst.release = release
+        inst.probe_port = probe.getsockname()[1]
+        inst.handoff = True
+        inst.replace_failures, inst.replace_retry_at, inst.replace_failed = 0, 0.0, False
         inst.master_mem, inst.workers, inst.recycles, inst.recycle_history = None, [], {}, ()
         self.alerts.resolve("memory_recycle_loop", port=inst.port)
-        self.change_state(inst, S.STARTING, reason, pid=handle.pid)
+        self.change_state(inst, S.STARTING, reason, pid=handle.pid, release=release)
         self._watch(inst, handle)
+
+    # ---- restart by replacement: a second master on the same socket, then the first stops ----------
+
+    def _replace(self, inst: Instance, reason: str) -> None:
+        """Start a successor master on the socket the instance's master serves from. Capacity
+        goes N+1 -> N; nginx is not touched; connections queued on the socket are accepted by
+        whichever master's workers are free."""
+        spec = self.spec
+        sock = self.listeners[inst.port]
+        log_path = str(self.log_path(inst.port))
+        metrics_dir = str(self.state_dir / "metrics" / str(inst.port))
+        try:
+            probe = self.runner.listen("::1" if ":" in spec.instances.host else "127.0.0.1", 0)
+        except OSError as exc:
+            return self._replace_failed(inst, f"cannot open a probe socket: {exc.strerror or exc}", transient=True)
+        try:
+            release, directory = self.release_for(inst.port)
+            argv = command.with_binds(command.gunicorn_argv(spec, inst.port, log_path, directory),
+                                      [f"fd://{sock.fileno()}", f"fd://{probe.fileno()}"])
+            env = command.instance_env(spec, inst.index, inst.port, metrics_dir)
+            handle = self.runner.spawn(argv, env, directory, log_path, (sock.fileno(), probe.fileno()))
+            probe_port = probe.getsockname()[1]
+        except (OSError, ValueError, TypeError) as exc:
+            return self._replace_failed(inst, f"cannot start gunicorn: {exc}", transient=is_transient(exc))
+        finally:
+            probe.close()
+        now = self.clock.now()
+        inst.successor = Successor(handle, now, release, command.fingerprint(spec, inst.port, log_path, directory),
+                                   probe_port, next_probe=now)
+        self.events.emit("instance.replacing", port=inst.port, pid=inst.pid, successor_pid=handle.pid,
+                         reason=reason, release=release)
+        port = inst.port
+        self.runner.watch(handle, lambda rc: self.post(Exited(port, handle, rc)))
+
+    def _handover(self, inst: Instance, reason: str) -> None:
+        s, old = inst.successor, inst.handle
+        now = self.clock.now()
+        inst.successor = None
+        if old is not None:
+            inst.retiring[old.pid] = (old, now + self.policy().stop_timeout)
+            self.runner.signal(old, signal.SIGTERM)   # graceful: its workers finish what they answer
+            self.runner.forget([w.pid for w in inst.workers])
+        inst.handle, inst.probe_port, inst.release, inst.fingerprint = s.handle, s.probe_port, s.release, s.fingerprint
+        inst.restarts += 1
+        inst.restart_requested = False
+        inst.replace_failures, inst.replace_failed = 0, False
+        inst.started_wall = self.clock.wall()
+        inst.adopted = False
+        inst.health_failures, inst.last_probe = 0, s.last_probe
+        inst.master_mem, inst.workers, inst.recycles, inst.recycle_history = None, [], {}, ()
+        self.alerts.resolve("instance_replace_failed", f"instance {inst.port} was restarted", port=inst.port)
+        self.events.emit("instance.replaced", port=inst.port, old_pid=old.pid if old else None, pid=s.handle.pid,
+                         boot_seconds=round(now - s.since, 3), release=s.release, reason=reason)
+        self._sample_one(inst.port, s.handle)
+
+    def _successor_exited(self, inst: Instance, rc: int | None) -> None:
+        s = inst.successor
+        inst.successor = None
+        self.runner.forget([s.handle.pid])
+        self._start_task(f"reap-next-{inst.port}", self._reap(inst.port, s.handle.pgid))
+        if s.kill_sent:
+            return   # _replace_failed already counted it
+        what = describe_exit(rc)
+        permanent = rc in (WORKER_BOOT_ERROR, APP_LOAD_ERROR)
+        self._replace_failed(inst, f"replacement exited before it was ready ({what})" + self._log_excerpt(inst.port),
+                             permanent=permanent, release=s.release)
+
+    def _replace_failed(self, inst: Instance, reason: str, permanent: bool = False, transient: bool = False,
+                        release: Any = ...) -> None:
+        """A replacement that did not get ready: the old master serves on. Retried with backoff;
+        after restart.fatal_crashes failures in a row (or at once when the app cannot load) the
+        restart is given up with an alert, and deploys see the failed release."""
+        if release is ...:
+            release = inst.successor.release if inst.successor else self.release_for(inst.port)[0]
+        now = self.clock.now()
+        policy = self.policy()
+        if not transient:
+            inst.replace_failures += 1
+        gave_up = permanent or inst.replace_failures >= policy.fatal_crashes
+        delay = max(policy.backoff_initial, backoff_delay(inst.replace_failures + 1, policy))
+        inst.replace_retry_at = now + delay
+        inst.replace_failed, inst.failed_release = True, release
+        inst.reason = reason
+        self.events.emit("instance.replace_failed", level="error" if gave_up else "warning", port=inst.port,
+                         pid=inst.pid, reason=reason, failures=inst.replace_failures, release=release,
+                         gave_up=gave_up, retry_in=None if gave_up else delay)
+        if gave_up:
+            inst.restart_requested = False
+            self.alerts.fire("instance_replace_failed", f"instance {inst.port} could not be restarted: {reason}; "
+                             "the running master serves on", port=inst.port)
+
+    def _drop_successor(self, inst: Instance, why: str) -> None:
+        s = inst.successor
+        inst.successor = None
+        if s is not None:
+            self.events.emit("instance.replacement_dropped", level="warning", port=inst.port, pid=s.handle.pid,
+                             reason=why)
+            self.runner.unwatch(s.handle)
+            self.runner.kill_group(s.handle.pgid, signal.SIGKILL)
+            self._start_task(f"reap-next-{inst.port}", self._reap(inst.port, s.handle.pgid))
+
+    def _close_listener(self, port: int) -> None:
+        sock = self.listeners.pop(port, None)
+        if sock is not None:
+            sock.close()
 
     def _watch(self, inst: Instance, handle: Handle) -> None:
         port = inst.port
@@ -581,6 +800,7 @@ class Reconciler:
 
     def _daemon_failure(self, inst: Instance, msg: str, event: str = "instance.spawn_failed", **fields) -> None:
         """A failure on the daemon's side (port busy, fds short): back off, never FATAL."""
+        inst.hold_upstream = False
         inst.daemon_failures += 1
         delay = max(0.5, backoff_delay(inst.daemon_failures + 1, self.policy()))
         inst.next_start = self.clock.now() + delay
@@ -597,6 +817,7 @@ class Reconciler:
     def _spawn_refused(self, inst: Instance, msg: str) -> None:
         """The command itself cannot run (app.python missing, bad argument): FATAL until the spec
         or the host changes, with an alert."""
+        inst.hold_upstream = False
         inst.restart_requested = False
         if inst.state is S.FATAL:
             inst.reason = msg
@@ -627,29 +848,40 @@ class Reconciler:
             self._internal_error(f"in task {task.get_name()}", task.exception())
         self.wake()
 
-    async def _probe(self, port: int, handle: Any) -> None:
+    async def _probe(self, port: int, handle: Any, probe_port: int | None = None) -> None:
+        """GET the health path on the master's private probe socket (its own workers, even while
+        another master shares the public socket), else on the public port (an adopted master)."""
         h = self.spec.health
+        host = self.spec.instances.host
+        if probe_port:
+            host = "::1" if ":" in host else "127.0.0.1"
         try:
-            result = await self.runner.probe(self.spec.instances.host, port, h.path, h.timeout)
+            result = await self.runner.probe(host, probe_port or port, h.path, h.timeout)
         except Exception as exc:  # noqa: BLE001 - a probe that cannot run says so
             result = ProbeResult(None, f"probe failed: {type(exc).__name__}: {exc}")
         self.post(Probed(port, handle, result))
 
-    async def _reap(self, port: int, pgid: int) -> None:
-        """SIGKILL what is left of a dead master's group and wait until it is gone. Survives a
+    async def _reap(self, port: int, pgid: int, grace: float = 0.0) -> None:
+        """SIGKILL what is left of a dead master's group (after `grace` seconds in which its
+        orphaned workers may finish by themselves) and wait until it is gone. Survives a
         shortage of file descriptors (/proc cannot be read): it retries with backoff."""
         delay, lingered, waited = 0.005, False, 0.0
+        if grace > 0:
+            self.events.emit("instance.orphans_finishing", port=port, pgid=pgid, grace_seconds=grace)
         while True:
             try:
-                self.runner.kill_group(pgid, signal.SIGKILL)
+                if waited >= grace:
+                    self.runner.kill_group(pgid, signal.SIGKILL)
                 if not self.runner.group_alive(pgid):
                     break
+                if grace > 0 and waited < grace:
+                    delay = min(0.5, max(delay * 2, 0.05))
             except OSError as exc:
                 self.events.emit("instance.reap_retry", level="warning", port=port, pgid=pgid, error=str(exc))
                 delay = min(1.0, max(delay * 2, 0.1))
             await asyncio.sleep(delay)
             waited += delay
-            if waited > 5.0 and not lingered:
+            if waited > grace + 5.0 and not lingered:
                 lingered = True
                 self.events.emit("instance.group_lingers", level="warning", port=port, pgid=pgid)
         self.post(GroupGone(port, pgid))
@@ -709,7 +941,10 @@ class Reconciler:
         spec = self.spec
         lo_port, hi_port = spec.instances.base_port, spec.port(spec.instances.max - 1)
         adopted = []
-        for lo in self.runner.find_leftovers(spec.name):
+        leftovers = self.runner.find_leftovers(spec.name)
+        keep = self._masters_to_keep(leftovers)
+        leftovers.sort(key=lambda lo: lo.pid != keep.get(lo.port, lo.pid))   # the one kept comes first
+        for lo in leftovers:
             if not lo_port <= lo.port <= hi_port:
                 self.events.emit("adopt.ignored", level="warning", pid=lo.pid, port=lo.port,
                                  reason=f"port outside this fleet's range {lo_port}..{hi_port}")
@@ -718,7 +953,7 @@ class Reconciler:
                 if not lo.master_alive and self.runner.signal_worker(lo.pid, signal.SIGKILL):
                     self.events.emit("adopt.orphan_killed", level="warning", pid=lo.pid, port=lo.port)
                 continue
-            if lo.port in self.instances:  # two masters for one port: keep the first
+            if lo.port in self.instances:  # two masters for one port: keep the one chosen above
                 self.runner.kill_group(lo.pid, signal.SIGTERM)
                 self.events.emit("adopt.duplicate_stopped", level="warning", pid=lo.pid, port=lo.port)
                 continue
@@ -727,8 +962,19 @@ class Reconciler:
                             since=self.clock.now(), since_wall=self.clock.wall())
             inst.handle = handle
             log_path = str(self.log_path(lo.port))
-            inst.fingerprint = command.fingerprint(spec, lo.port, log_path)
-            if list(lo.cmdline) != command.gunicorn_argv(spec, lo.port, log_path):
+            _, directory = self.release_for(lo.port)
+            inst.release = _release_of(spec, lo.cmdline)
+            inst.fingerprint = command.fingerprint(spec, lo.port, log_path, directory)
+            sock = self.runner.take_listener(lo.pid, spec.instances.host, lo.port) if lo.port not in self.listeners \
+                else None
+            if sock is not None:
+                self.listeners[lo.port] = sock
+                inst.handoff = True
+            else:
+                self.events.emit("adopt.socket_not_taken", level="warning", pid=lo.pid, port=lo.port,
+                                 reason="pidfd_getfd(2) refused or no listening socket found: this instance's "
+                                        "next restart leaves the upstream first (docs/deploys.md)")
+            if not command.same_command(lo.cmdline, command.gunicorn_argv(spec, lo.port, log_path, directory)):
                 inst.restart_requested = True  # spec changed while we were away: roll it
                 inst.fingerprint = "adopted-with-other-command"
             inst.started_wall = self.runner.start_time(lo.pid)
@@ -742,10 +988,37 @@ class Reconciler:
             self.events.emit("adopt.done", masters=sorted(adopted))
         return adopted
 
+    def _masters_to_keep(self, leftovers) -> dict[int, int]:
+        """Port -> pid of the master to adopt when a killed daemon left two on one port (it died
+        during a replacement): the one still holding the port's listening socket (a replaced
+        master closes its copy as soon as it gets SIGTERM), else the oldest (a replacement that
+        had not taken over yet)."""
+        by_port: dict[int, list[int]] = {}
+        for lo in leftovers:
+            if lo.is_master:
+                by_port.setdefault(lo.port, []).append(lo.pid)
+        keep = {}
+        for port, pids in by_port.items():
+            pids.sort()
+            keep[port] = pids[0]
+            if len(pids) < 2:
+                continue
+            holding = []
+            for pid in pids:
+                sock = self.runner.take_listener(pid, self.spec.instances.host, port)
+                if sock is not None:
+                    sock.close()
+                    holding.append(pid)
+            if len(holding) == 1:
+                keep[port] = holding[0]
+        return keep
+
     def detach(self) -> None:
         for inst in self.instances.values():
             if inst.handle is not None:
                 self.runner.unwatch(inst.handle)
+        for port in list(self.listeners):   # the masters keep their own copies
+            self._close_listener(port)
 
     async def cancel_tasks(self) -> None:
         tasks = list(self._tasks)
@@ -762,6 +1035,16 @@ class Reconciler:
         except OSError:
             return ""
         return excerpt(lines)
+
+
+def _release_of(spec: Spec, cmdline) -> str | None:
+    """The release an adopted master runs, from its `--chdir` (ultrascaled/releases.py)."""
+    from ultrascaled import releases
+    args = list(cmdline)
+    try:
+        return releases.release_of_directory(spec, args[args.index("--chdir") + 1])
+    except (ValueError, IndexError):
+        return None
 
 
 def excerpt(lines: list[str]) -> str:

@@ -58,7 +58,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class Runner(Protocol):
-    def spawn(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> Handle: ...
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str,
+              pass_fds: tuple[int, ...] = ()) -> Handle: ...
+    def listen(self, host: str, port: int) -> socket.socket: ...          # port 0: a free one
+    def take_listener(self, pid: int, host: str, port: int) -> socket.socket | None: ...
     def adopt(self, pid: int) -> Handle: ...
     def watch(self, handle: Handle, on_exit: Callable[[int | None], None]) -> None: ...
     def unwatch(self, handle: Handle) -> None: ...
@@ -80,8 +83,14 @@ class Runner(Protocol):
 class OsRunner:
     """The real runner: subprocess, pidfds, /proc and sockets on this host."""
 
-    def spawn(self, argv, env, cwd, log_path):
-        return procs.spawn(argv, env, cwd, log_path)
+    def spawn(self, argv, env, cwd, log_path, pass_fds=()):
+        return procs.spawn(argv, env, cwd, log_path, pass_fds)
+
+    def listen(self, host, port):
+        return procs.listen(host, port)
+
+    def take_listener(self, pid, host, port):
+        return procs.take_listener(pid, host, port)
 
     def adopt(self, pid):
         return procs.Proc(pid)

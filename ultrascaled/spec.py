@@ -429,6 +429,33 @@ def autoscale_errors(spec: "Spec", where, ok) -> list[str]:
 
 
 @dataclass(frozen=True)
+class DeploySection:
+    releases_dir: Optional[str] = setting(None, "Folder of releases: `ultrascalectl deploy DIR` copies "
+                                          "DIR to `<releases_dir>/<id>` (the id is the UTC time, "
+                                          "`20261130T150102Z`) and points `current` at it. Each "
+                                          "instance runs one release folder for its whole life "
+                                          "(docs/deploys.md). null = `<paths.state_dir>/releases`; "
+                                          "relative to the spec file.", path=True)
+    keep_releases: int = setting(5, "Releases kept on disk; older ones are deleted after a "
+                                 "deploy completes (never the current or previous one).",
+                                 min=2, max=1000)
+    soak_seconds: float = setting(30.0, "Seconds the canary (the first instance on the new "
+                                  "release) serves beside the old instances before its figures "
+                                  "are judged.", min=0, max=86400)
+    min_requests: int = setting(20, "Requests the canary must have answered within the soak "
+                                "window for its 5xx rate and p95 to be judged; with fewer, it is "
+                                "judged on health and crashes only (the event says so).", min=0)
+    max_error_rate_increase: float = setting(0.01, "Roll back when the canary's share of 5xx "
+                                             "answers is over the old instances' by more than "
+                                             "this (0.01 = 1 point).", min=0, max=1)
+    max_p95_ratio: float = setting(2.0, "Roll back when the canary's p95 latency is over this "
+                                   "many times the old instances' p95 ...", min=1, max=1000)
+    p95_slack_seconds: float = setting(0.05, "... and also more than this many seconds over it "
+                                       "(a 2 ms -> 5 ms change is noise, not a regression).",
+                                       min=0, max=600)
+
+
+@dataclass(frozen=True)
 class DashboardSection:
     """The live web page at `GET /ui` (ultrascaled/dashboard.py) and the history it charts."""
     enabled: bool = setting(True, "Serve the dashboard at `GET /ui` on the API listener (same "
@@ -455,6 +482,7 @@ class Spec:
     alerts: AlertsSection = field(default_factory=AlertsSection)
     nginx: NginxSettings = field(default_factory=NginxSettings)
     autoscale: AutoscaleSection = field(default_factory=AutoscaleSection)
+    deploy: DeploySection = field(default_factory=DeploySection)
     dashboard: DashboardSection = field(default_factory=DashboardSection)
     source: Optional[str] = field(default=None, metadata={"internal": True})
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ultrascaled import command, views
 from ultrascaled.control import ScaleRefused
+from ultrascaled.deployer import Deployer
 from ultrascaled.events import EventLog
 from ultrascaled.files import write_atomic
 from ultrascaled.fleetlock import FleetLock
@@ -45,6 +46,8 @@ class Supervisor:
         self.started_at = self.clock.wall()
         self.autoscaler: Any = None   # ultrascaled.autoscaler.Autoscaler, set by the daemon
         self.traffic = self._make_traffic(spec)
+        self.deployer = Deployer(self.rec, events, self.clock)
+        self.deployer.traffic = self.traffic   # the canary's figures (docs/deploys.md)
 
     # ---- traffic measured at nginx (accesslog.py): what canary, alerts and dashboard read ----------
 
@@ -107,7 +110,9 @@ class Supervisor:
         self.guard.alerts = alerts
 
     def snapshot(self) -> dict[str, Any]:
-        return views.fleet(self.rec)
+        snap = views.fleet(self.rec)
+        snap["deploy"] = self.deployer.describe()
+        return snap
 
     def health(self) -> tuple[bool, list[str]]:
         return views.health(self.rec, self.guard.problems())
@@ -165,6 +170,8 @@ class Supervisor:
         inst.restart_requested = True
         if inst.state in (S.FATAL, S.BACKOFF):  # an operator's "try again": a fresh count
             inst.crashes, inst.start_failures, inst.daemon_failures = (), 0, 0
+        if inst.replace_failed:                  # same for a replacement that was given up
+            inst.replace_failures, inst.replace_retry_at = 0, 0.0
 
     def reload_spec(self, new: Spec) -> dict[str, Any]:
         """Take a validated spec: a diff against what runs (added, removed, changed, FATAL
@@ -189,7 +196,7 @@ class Supervisor:
         if rec.failed_upstream is not None:   # a refused upstream is tried again with the new spec
             rec.failed_temporary, rec.upstream_retry_at = True, 0.0
         wanted = rec.wanted
-        fps = {p: command.fingerprint(new, p, str(rec.log_path(p))) for p in wanted}
+        fps = {p: command.fingerprint(new, p, str(rec.log_path(p)), rec.release_for(p)[1]) for p in wanted}
         diff = reload_diff({p: (i.state, i.fingerprint) for p, i in self.instances.items()}, wanted, fps)
         for p in diff.changed:
             self._request_restart(self.instances[p])
@@ -198,6 +205,21 @@ class Supervisor:
         self.events.emit("spec.reloaded", **result)
         self.wake()
         return result
+
+    # ---- releases (ultrascaled/deployer.py) ------------------------------------------------------
+
+    async def deploy(self, directory: str | None = None, release: str | None = None) -> dict[str, Any]:
+        return await self.deployer.deploy(directory, release)
+
+    def rollback(self) -> dict[str, Any]:
+        return self.deployer.rollback()
+
+    def releases(self) -> list[dict[str, Any]]:
+        return self.deployer.listing()
+
+    def set_traffic(self, source) -> None:
+        """The per-port traffic figures the canary is judged on (ultrascaled/accesslog.py)."""
+        self.deployer.traffic = source
 
     # ---- persistence -------------------------------------------------------------------------
 
@@ -246,9 +268,12 @@ class Supervisor:
         restored = self._load_state()
         self.events.emit("fleet.desired", desired=self.count,
                          source="state.json (last scale)" if restored else "instances.count")
+        self.deployer.load()   # before adoption: an adopted master is judged against its port's release
         rec.adopt_leftovers()
         await rec.upstream.start()
         self.guard.start("reconciler", rec.run, interval=rec.HEARTBEAT)
+        self.guard.start("deployer", lambda: self.deployer.run(lambda: self.guard.beat("deployer")),
+                         interval=10.0)
         self.guard.start("sampler", self._sample_loop, interval=self.spec.memory.sample_interval)
         if self.traffic is not None:
             self.guard.start("traffic", lambda: self.traffic.run(beat=lambda: self.guard.beat("traffic")),

@@ -31,6 +31,11 @@ def fleet(rec: Reconciler) -> dict[str, Any]:
             "cpu_seconds": round(i.master_mem.cpu, 3) if i.master_mem else None,  # the master's own
             "workers": [{"pid": w.pid, "rss": w.rss, "cpu_seconds": round(w.cpu, 3)} for w in i.workers],
             "rss_total": i.rss,
+            "release": i.release,   # None: app.directory (no deploy yet); see docs/deploys.md
+            "replacing": {"pid": i.successor.handle.pid, "release": i.successor.release,
+                          "ready": i.successor.ready} if i.successor is not None else None,
+            # a restart given up: its replacement could not start; the running master serves on
+            "restart_failed": i.reason if i.replace_failed and not i.restart_requested else None,
         })
     total = sum(x["rss_total"] for x in items)
     ready = sum(1 for x in items if x["serving"] and x["port"] in wanted)

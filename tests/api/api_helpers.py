@@ -6,6 +6,7 @@ changed nothing. Everything runs in-process on aiohttp's test server (millisecon
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,28 @@ class FakeFleet:
 
     def metrics_dirs(self) -> dict[int, str]:
         return {}
+
+    # releases: a deploy of the release named "good" (or of any existing folder) starts a
+    # rollout that never ends; anything else is refused like the real fleet would
+    rollout: dict | None = None
+
+    async def deploy(self, directory: str | None = None, release: str | None = None) -> dict:
+        if self.rollout is not None:
+            raise ScaleRefused("deploy_in_progress", "a deploy is in progress")
+        if release is not None and release != "good" or directory is not None and not os.path.isdir(directory):
+            raise ScaleRefused("release_not_found", f"no such release or folder: {release or directory!r}")
+        self.calls.append(("deploy", directory, release))
+        self.rollout = {"kind": "deploy", "release": "good", "from": None, "phase": "canary", "canary": BASE}
+        return {"current": None, "previous": None, "rollout": self.rollout}
+
+    def rollback(self) -> dict:
+        if self.rollout is not None:
+            raise ScaleRefused("deploy_in_progress", "a deploy is in progress")
+        raise ScaleRefused("no_rollback_target", "nothing to roll back to")
+
+    def releases(self) -> list[dict]:
+        return [{"id": None, "created": None, "current": True, "previous": False, "ports": sorted(self.instances),
+                 "path": str(self.tmp)}]
 
 
 class _Quiet:

@@ -68,7 +68,7 @@ def test_supervisord_conf_runs_the_same_command_as_ultrascaled(tmp_path):
         assert env["PORT"] == str(18601 + i) and env["ULTRASCALE_INSTANCE"] == str(i)
         assert env["PROMETHEUS_MULTIPROC_DIR"].endswith(f"metrics/{18601 + i}")
     argv = shlex.split(cp["program:i18601"]["command"])
-    assert argv[argv.index("--worker-class") + 1] == "gevent"
+    assert argv[argv.index("--worker-class") + 1] == "ultrascale_gevent.GeventWorker"   # gevent, via the shim
     assert argv[argv.index("--workers") + 1] == "1"
     assert cp["supervisord"]["nodaemon"] == "true"
 

@@ -189,3 +189,17 @@ def test_events_without_follow_limits_and_honours_since(capsys):
     assert run(api, ["events", "-n", "2", "--since", "4"]) == 0
     assert api.calls == [("GET", "/events?since=4&limit=2", None)] and api.opened == []
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_restart_fails_at_once_when_the_replacement_cannot_start_and_the_old_master_serves_on():
+    gave_up = {**inst(8001, pid=1), "restart_failed": "replacement exited before it was ready (exit 4): "
+               "ModuleNotFoundError: No module named 'x'"}
+    api = ScriptedApi([fleet(inst(8001, pid=1), inst(8002, pid=2)),
+                       fleet(inst(8001, pid=1, pending=True), inst(8002, pid=2)),
+                       fleet(gave_up, inst(8002, pid=2))],
+                      {("POST", "/fleet/restart"): {"restarting": [8001, 8002]}})
+    with pytest.raises(cli.CtlError) as err:
+        run(api, ["restart", "--all"])
+    assert err.value.code == cli.EXIT_FAILED
+    assert "instance 8001 could not be restarted (its running master serves on)" in str(err.value)
+    assert "No module named 'x'" in str(err.value)

@@ -39,6 +39,22 @@ class FakeProc:
         return self.pid
 
 
+@dataclass(eq=False)
+class FakeSocket:
+    fd: int
+    addr: tuple
+    closed: bool = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def getsockname(self):
+        return self.addr
+
+    def close(self):
+        self.closed = True
+
+
 class FakeRunner:
     def __init__(self):
         self.next_pid = 100
@@ -55,14 +71,44 @@ class FakeRunner:
         self.cpu: dict[int, float] = {}            # pid -> cumulative CPU seconds
         self.rotated: list[str] = []
         self.log_sizes: dict[str, int] = {}
+        self.next_fd = 10
+        self.sockets: list[FakeSocket] = []
+        self.listen_error: OSError | None = None
+        self.takeable = True
+        self.not_holding: set[int] = set()         # masters that closed their listener (a replaced one)
+        self.probe_ports: dict[int, int] = {}      # private probe port -> instance port
+        self.exit_on_spawn: dict[int, int | None] = {}   # port -> rc its next masters exit with at once
 
     # -- processes
-    def spawn(self, argv, env, cwd, log_path):
+    def spawn(self, argv, env, cwd, log_path, pass_fds=()):
         self.calls.append(("spawn", argv))
         if self.spawn_error is not None:
             raise self.spawn_error
-        port = int(argv[argv.index("--bind") + 1].rsplit(":", 1)[1])
+        port = int(argv[argv.index("--name") + 1].rsplit("-", 1)[1])
+        if port in self.exit_on_spawn:   # a master that exits before it is ready (rc)
+            rc = self.exit_on_spawn[port]
+            p = self._new(port, argv)
+            asyncio.get_running_loop().call_soon(lambda: p.alive and (self.exit_proc(p, rc) and None))
+            return p
+        for fd in pass_fds:   # probes of a master's private socket are answered as its port's
+            for sock in self.sockets:
+                if sock.fd == fd and sock.addr[1] != port:
+                    self.probe_ports[sock.addr[1]] = port
         return self._new(port, argv)
+
+    # -- sockets the daemon holds
+    def listen(self, host, port):
+        if self.listen_error is not None:
+            raise self.listen_error
+        self.next_fd += 1
+        sock = FakeSocket(self.next_fd, (host, port or 40000 + self.next_fd))
+        self.sockets.append(sock)
+        return sock
+
+    def take_listener(self, pid, host, port):
+        if pid in self.not_holding:
+            return None
+        return FakeSocket(999, (host, port)) if self.takeable else None
 
     def _new(self, port, argv) -> FakeProc:
         self.next_pid += 10
@@ -85,6 +131,12 @@ class FakeRunner:
     def exit(self, port: int, rc: int | None = -9) -> FakeProc:
         """The master on `port` exits (kill -9 from outside, a crash, ...)."""
         p = self.master(port)
+        p.alive = False
+        asyncio.get_running_loop().call_soon(p.on_exit, rc)
+        return p
+
+    def exit_proc(self, p: FakeProc, rc: int | None = -9) -> FakeProc:
+        """This very master exits (e.g. a replacement booting beside the serving one)."""
         p.alive = False
         asyncio.get_running_loop().call_soon(p.on_exit, rc)
         return p
@@ -138,6 +190,7 @@ class FakeRunner:
         return self.busy.get(port)
 
     async def probe(self, host, port, path, timeout):
+        port = self.probe_ports.get(port, port)
         self.probes.append(port)
         return self.answers.get(port, ProbeResult(200, "HTTP 200"))
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 PURE = ["ultrascaled.spec", "ultrascaled.plan", "ultrascaled.states", "ultrascaled.nginx_conf",
-        "ultrascaled.autoscale"]
+        "ultrascaled.autoscale", "ultrascaled.rollout"]
 HEAVY = ["psutil", "aiohttp", "subprocess", "asyncio"]
 
 

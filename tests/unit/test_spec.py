@@ -40,7 +40,8 @@ def test_the_repository_spec_keeps_the_reference_app_settings():
     ("{}", ["--worker-class", "sync"]),
     ("gunicorn: {worker_class: gthread}", ["--worker-class", "gthread", "--threads", "1"]),
     ("gunicorn: {worker_class: gthread, threads: 8}", ["--worker-class", "gthread", "--threads", "8"]),
-    ("gunicorn: {worker_class: gevent}", ["--worker-class", "gevent"]),
+    # gevent through the shim that lets orphaned workers finish (ultrascaled/shims)
+    ("gunicorn: {worker_class: gevent}", ["--worker-class", "ultrascale_gevent.GeventWorker"]),
 ])
 def test_gunicorn_gets_the_worker_class_and_threads_only_for_gthread(yaml_text, expected):
     from ultrascaled.command import gunicorn_argv

@@ -25,7 +25,6 @@ def write_app(root: Path) -> Path:
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(textwrap.dedent("""\
         import os
-        import sys
         import time
 
         from flask import Flask
@@ -33,9 +32,9 @@ def write_app(root: Path) -> Path:
 
         def create_app():
             app = Flask(__name__)
-            bind = sys.argv[sys.argv.index("--bind") + 1] if "--bind" in sys.argv else ""
-            broken = bind.rsplit(":", 1)[-1] == os.environ.get("BROKEN_PORT")
-            slow = bind.rsplit(":", 1)[-1] == os.environ.get("SLOW_PORT")
+            port = os.environ.get("PORT", "")   # the instance's port (its --bind is a socket fd)
+            broken = port == os.environ.get("BROKEN_PORT")
+            slow = port == os.environ.get("SLOW_PORT")
 
             @app.route("/up")
             def up():

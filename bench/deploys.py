@@ -1,0 +1,322 @@
+"""Restart and deploy figures (issue 13), side by side in one run:
+
+  before       ultrascaled as of a git ref (default `main`), run from an export of that ref
+  after        ultrascaled of this checkout
+  supervisord  the supervisord setup of scripts/bench (static upstream, `supervisorctl restart`)
+
+Per operation, under 200 users of the load tester (keep-alive; it counts the requests it had
+to send again on a new connection as `reconnects`: a client that never retries sees those as
+failures) plus 4 threads of non-retrying keep-alive POSTs: failed requests, reconnects, POST
+failures, nginx reloads, the lowest serving capacity seen (instances RUNNING and in the
+upstream, sampled every 50 ms) and wall time. Then, for `after` only, deploys of bad releases of
+the reference app (import error; every request 500; ten times slower): time from deploy start
+to the fleet back on the old release, and requests failed meanwhile.
+
+    scripts/bench-deploy [--before REF] [--setups before,after,supervisord] [--no-bad]
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import io
+import threading
+import time
+from pathlib import Path
+
+from bench.setups import SETUPS, Supervisord, Ultrascaled
+from bench.util import Tracker, log
+
+ROOT = Path(__file__).resolve().parents[1]
+USERS = 200
+
+
+class Before(Ultrascaled):
+    """ultrascaled of another git ref: its source exported beside the run, first on PYTHONPATH."""
+    key, label = "before", "ultrascaled (before)"
+    src: Path | None = None
+
+    def start(self, count: int = 4) -> None:
+        orig = self.tracker.env
+
+        def env(base=None):
+            e = orig(base)
+            e["PYTHONPATH"] = str(self.src) + (":" + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+            return e
+        self.tracker.env = env
+        try:
+            super().start(count)
+        finally:
+            self.tracker.env = orig
+
+
+class After(Ultrascaled):
+    key, label = "after", "ultrascaled (after)"
+
+    def start(self, count: int = 4) -> None:
+        super().start(count)
+        self.daemon.spec["deploy"] = {"soak_seconds": 5, "min_requests": 20}   # a short soak for the bench
+        self.daemon.write_spec()
+        self.ctl("reload")
+
+
+class Posts(threading.Thread):
+    """Non-retrying keep-alive POST clients: an error is a failure, then a new connection."""
+
+    def __init__(self, port: int, threads: int = 4):
+        super().__init__(daemon=True)
+        self.port, self.threads = port, threads
+        self.ok = self.failed = 0
+        self.samples: list[str] = []
+        self.halt = threading.Event()
+        self.lock = threading.Lock()
+
+    def one(self):
+        conn = None
+        deadline = time.monotonic() + 300
+        while not self.halt.is_set() and time.monotonic() < deadline:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                conn.request("POST", "/health", body=b"x" * 100)
+                r = conn.getresponse()
+                r.read()
+                good = r.status < 500
+                detail = f"HTTP {r.status}"
+            except (OSError, http.client.HTTPException) as exc:
+                good, detail = False, f"{type(exc).__name__}: {exc}"
+                conn.close()
+                conn = None
+            with self.lock:
+                if good:
+                    self.ok += 1
+                else:
+                    self.failed += 1
+                    if len(self.samples) < 3:
+                        self.samples.append(detail[:120])
+            time.sleep(0.01)
+
+    def run(self):
+        ts = [threading.Thread(target=self.one, daemon=True) for _ in range(self.threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    def stop(self):
+        self.halt.set()
+        self.join(30)
+
+
+class Capacity(threading.Thread):
+    """Lowest count of instances RUNNING and in the upstream (ultrascaled setups)."""
+
+    def __init__(self, s):
+        super().__init__(daemon=True)
+        self.s, self.low, self.halt = s, None, threading.Event()
+
+    def run(self):
+        while not self.halt.is_set():
+            try:
+                f = self.s.fleet()
+                n = sum(1 for i in f["instances"] if i["serving"] and i["state"] == "running")
+                self.low = n if self.low is None else min(self.low, n)
+            except Exception:  # noqa: BLE001 - a missed sample
+                pass
+            time.sleep(0.05)
+
+    def stop(self):
+        self.halt.set()
+        self.join(5)
+        return self.low
+
+
+def reloads(s) -> int | None:
+    if not isinstance(s, Ultrascaled):
+        return None
+    try:
+        return json.loads(json.dumps(s.daemon.api("GET", "/health")[1]))["nginx"].get("reload_count")
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def measure(s, name: str, action, loaded: bool = True) -> dict:
+    from loadtest import BackgroundLoad
+    bg = posts = None
+    if loaded:
+        bg = BackgroundLoad(s.url + "/", users=USERS, duration_limit=300, timeout=5.0)
+        bg.start()
+        bg.wait_for_ok(200, timeout=30)
+        posts = Posts(int(s.url.rsplit(":", 1)[1]))
+        posts.start()
+        time.sleep(1.0)
+    cap = Capacity(s) if isinstance(s, Ultrascaled) else None
+    if cap:
+        cap.start()
+    r0 = reloads(s)
+    t0 = time.monotonic()
+    err = None
+    try:
+        how = action(s)
+    except Exception as exc:  # noqa: BLE001 - in the table
+        how, err = "", f"{type(exc).__name__}: {exc}"[:300]
+    took = time.monotonic() - t0
+    if loaded:
+        time.sleep(1.5)
+    low = cap.stop() if cap else None
+    r1 = reloads(s)
+    row = {"operation": name, "how": how, "error": err, "seconds": round(took, 2),
+           "nginx_reloads": (r1 - r0) if r0 is not None and r1 is not None else None, "lowest_capacity": low}
+    if loaded:
+        res = bg.stop()
+        posts.stop()
+        row.update(failed=res.failed, reconnects=res.reconnects, ok=res.ok, post_failed=posts.failed,
+                   post_ok=posts.ok, samples=[f"{e.get('kind')} {e.get('detail', '')}"[:120]
+                                              for e in (res.error_samples or [])[:2]] + posts.samples[:2])
+    log(f"deploy-bench {s.key:12s} {name:32s} {json.dumps({k: v for k, v in row.items() if k != 'samples'})}")
+    try:
+        s.wait_stable(60)
+    except Exception as exc:  # noqa: BLE001
+        row["error"] = (row["error"] or "") + f" did not settle: {exc}"
+    return row
+
+
+def kill_master(s, port: int) -> str:
+    import os
+    import signal
+    pid = s.master_pid(port)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if s.master_pid(port) not in (None, pid):
+                break
+        except Exception:  # noqa: BLE001
+            pass
+        time.sleep(0.05)
+    return f"kill -9 master of {port}"
+
+
+OPERATIONS = [
+    ("scale 2→4", lambda s: s.scale(4), True),
+    ("restart all 4, idle", lambda s: s.restart_all(), False),
+    ("restart all 4, 200 users", lambda s: s.restart_all(), True),
+    ("kill -9 one master, 200 users", lambda s: kill_master(s, s.ports()[1]), True),
+    ("scale 4→2", lambda s: s.scale(2), True),
+]
+
+
+def bad_release(src: Path, dest: Path, kind: str) -> Path:
+    """A copy of the reference app's checkout, broken one way."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "docs",
+                                                           "tests"))
+    wsgi = dest / "app" / "wsgi.py"
+    text = wsgi.read_text()
+    if kind == "import error":
+        text = "import no_such_module_in_this_release  # noqa\n" + text
+    else:
+        delay = "import gevent; gevent.sleep(0.5)" if kind == "10x slower" else ""   # ~10x the old p95 under this load
+        status = '"500 Internal Server Error"' if kind == "every request 500" else None
+        text += f'''
+
+_release_inner = application
+
+
+def application(environ, start_response):  # bench: {kind}
+    if environ.get("PATH_INFO") == "/health":
+        return _release_inner(environ, start_response)
+    {delay or "pass"}
+    if {status!r} is not None:
+        start_response({status}, [("Content-Type", "text/plain")])
+        return [b"broken release"]
+    return _release_inner(environ, start_response)
+'''
+    wsgi.write_text(text)
+    return dest
+
+
+def bad_deploys(s, run_dir: Path) -> list[dict]:
+    from loadtest import BackgroundLoad
+    rows = []
+    for kind in ("import error", "every request 500", "10x slower"):
+        rel = bad_release(ROOT, run_dir / f"release-{kind.replace(' ', '-')}", kind)
+        bg = BackgroundLoad(s.url + "/", users=USERS, duration_limit=300, timeout=5.0)
+        bg.start()
+        bg.wait_for_ok(200, timeout=30)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        out = s.ctl("deploy", str(rel), check=False)
+        took = time.monotonic() - t0
+        time.sleep(1.0)
+        res = bg.stop()
+        f = s.fleet()
+        verdict = "rolled back" if out.returncode == 1 else ("deployed (not caught)" if out.returncode == 0
+                                                             else f"exit {out.returncode}")
+        row = {"release": kind, "outcome": verdict, "seconds": round(took, 2), "failed": res.failed,
+               "reconnects": res.reconnects, "ok": res.ok, "message": (out.stderr or out.stdout).strip()[-300:],
+               "verdict": (f.get("deploy") or {}).get("last_verdict")}
+        log(f"deploy-bench bad release {kind:20s} {json.dumps({k: v for k, v in row.items() if k != 'message'})}")
+        rows.append(row)
+        if out.returncode == 0:   # not caught: go back for the next one
+            s.ctl("rollback", check=False)
+        s.wait_stable(60)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scripts/bench-deploy", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--before", default="main", help="git ref of the `before` setup (default main)")
+    p.add_argument("--setups", default="before,after,supervisord")
+    p.add_argument("--no-bad", action="store_true", help="skip the bad-release deploys")
+    p.add_argument("--json", type=Path, help="write the figures here too")
+    args = p.parse_args(argv)
+    keys = args.setups.split(",")
+    run_dir = Path(f"/tmp/ultrascale-bench-deploy-{int(time.time())}")
+    run_dir.mkdir(parents=True)
+    tracker = Tracker()
+    if "before" in keys:
+        src = run_dir / "before-src"
+        src.mkdir()
+        data = subprocess.run(["git", "-C", str(ROOT), "archive", args.before], capture_output=True, check=True).stdout
+        tarfile.open(fileobj=io.BytesIO(data)).extractall(src)
+        Before.src = src
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.before],
+                                capture_output=True, text=True).stdout.strip()
+        Before.label = f"ultrascaled before ({args.before} {commit})"
+    here = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    After.label = f"ultrascaled after ({here})"
+    classes = {"before": Before, "after": After, "supervisord": Supervisord}
+    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "users": USERS, "setups": {}}
+    try:
+        for key in keys:
+            (run_dir / key).mkdir()
+            s = classes[key](tracker, run_dir / key)
+            rows = []
+            try:
+                log(f"deploy-bench: starting {s.label} with 2 instances")
+                s.start(2)
+                for name, action, loaded in OPERATIONS:
+                    rows.append(measure(s, name, action, loaded))
+                if key == "after" and not args.no_bad:
+                    s.ctl("deploy", str(ROOT), check=True)   # a first release: the reference app
+                    out["bad_releases"] = bad_deploys(s, run_dir)
+            finally:
+                s.stop()
+            out["setups"][key] = {"label": s.label, "rows": rows}
+    finally:
+        tracker.cleanup()
+    text = json.dumps(out, indent=1)
+    if args.json:
+        args.json.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

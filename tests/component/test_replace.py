@@ -1,0 +1,137 @@
+"""Restarts by replacement (the daemon holds the port's socket): a second master starts on the
+same socket, takes over once its private probe answers, then the old one is told to stop; the
+upstream never changes and capacity never drops below N. A replacement that cannot start leaves
+the old master serving, is retried with backoff and given up with an alert."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+
+from fakes import Harness
+from ultrascaled.runner import ProbeResult
+
+
+def component(fn):
+    @functools.wraps(fn)
+    def wrapper(tmp_path, *a, **kw):
+        return asyncio.run(fn(tmp_path, *a, **kw))
+    return wrapper
+
+
+async def up(tmp_path) -> Harness:
+    h = Harness(tmp_path)
+    await h.start()
+    assert h.states() == {8001: "running", 8002: "running"} and h.rec.instances[8001].handoff
+    return h
+
+
+@component
+async def test_a_rolling_restart_replaces_each_master_in_place_without_touching_nginx(tmp_path):
+    h = await up(tmp_path)
+    publishes = len(h.upstream.applied)
+    old = {p: h.rec.instances[p].pid for p in (8001, 8002)}
+    h.sup.restart(None)
+    serving = []
+    for _ in range(40):
+        await h.advance(0.05, step=0.05)
+        serving.append(sum(1 for p in (8001, 8002) if h.states()[p] == "running" and p in h.rec.applied))
+        if all(h.rec.instances[p].pid != old[p] for p in old) and not any(
+                i.restart_requested for i in h.rec.instances.values()):
+            break
+    assert all(h.rec.instances[p].pid != old[p] for p in old)
+    assert min(serving) == 2, "never fewer than N serving"
+    assert len(h.upstream.applied) == publishes, "no upstream change, so no nginx reload"
+    sigterms = [c for c in h.runner.calls if c[0] == "signal" and c[2] == signal.SIGTERM]
+    assert [c[1] for c in sigterms] == [8001, 8002]
+    replaced = h.events_named("instance.replaced")
+    assert [(e["old_pid"], e["port"]) for e in replaced] == [(old[8001], 8001), (old[8002], 8002)]
+    # the successor's spawn came before the old master's SIGTERM, on the same socket (fd)
+    spawns = [c[1] for c in h.runner.calls if c[0] == "spawn"]
+    binds = [a[a.index("--bind") + 1] for a in spawns if a[a.index("--name") + 1].endswith("-8001")]
+    assert len(binds) == 2 and binds[0] == binds[1] and binds[0].startswith("fd://")
+    assert len(h.events_named("instance.retired")) == 2
+
+
+@component
+async def test_a_replacement_that_cannot_start_leaves_the_old_master_serving_and_gives_up_with_an_alert(tmp_path):
+    h = await up(tmp_path)
+    old = h.rec.instances[8001].pid
+    h.runner.exit_on_spawn[8001] = 1
+    h.sup.restart(8001)
+    for _ in range(200):
+        await h.advance(0.25, step=0.25)
+        assert h.states()[8001] == "running" and h.rec.instances[8001].pid == old
+        if not h.rec.instances[8001].restart_requested:
+            break
+    del h.runner.exit_on_spawn[8001]
+    failed = h.events_named("instance.replace_failed")
+    assert [e["gave_up"] for e in failed] == [False] * 4 + [True]
+    assert "instance_replace_failed,port=8001" in h.alerts()
+    assert not h.rec.instances[8001].restart_requested
+    # an operator restart later, with a working app, succeeds and resolves the alert
+    h.sup.restart(8001)
+    await h.advance(2, step=0.05)
+    assert h.rec.instances[8001].pid != old and "instance_replace_failed,port=8001" not in h.alerts()
+
+
+@component
+async def test_the_old_master_dying_while_its_replacement_boots_drops_the_replacement(tmp_path):
+    h = await up(tmp_path)
+    h.runner.answers[8001] = ProbeResult(None, "connection refused")
+    h.sup.restart(8001)
+    await h.advance(0.1, step=0.05)
+    succ = h.rec.instances[8001].successor
+    assert succ is not None
+    del h.runner.answers[8001]
+    h.runner.exit_proc(h.rec.instances[8001].handle, -9)
+    await h.settle()
+    assert h.rec.instances[8001].successor is None and h.events_named("instance.replacement_dropped")
+    assert not succ.handle.alive
+    await h.advance(1, step=0.05)
+    assert h.states()[8001] == "running"
+
+
+@component
+async def test_an_adopted_master_whose_socket_cannot_be_taken_restarts_the_old_way_once(tmp_path):
+    from ultrascaled import command
+    from ultrascaled.runner import Leftover
+    h = Harness(tmp_path)
+    h.runner.takeable = False        # pidfd_getfd refused (Yama, another user)
+    argv = command.with_binds(command.gunicorn_argv(h.spec, 8001, str(h.rec.log_path(8001))), ["fd://5", "fd://6"])
+    h.runner.leftovers = [Leftover(500, 8001, tuple(argv), True, True)]
+    await h.start()
+    inst = h.rec.instances[8001]
+    assert inst.pid == 500 and not inst.restart_requested, "the same command whatever its fds: adopted as is"
+    assert not inst.handoff and h.events_named("adopt.socket_not_taken")
+    h.sup.restart(8001)
+    await h.advance(2, step=0.05)
+    assert inst.pid != 500 and inst.handoff and 8001 in h.rec.listeners
+    moves = [e["new"] for e in h.events_named("instance.state") if e["port"] == 8001]
+    assert moves[-5:] == ["draining", "stopping", "stopped", "starting", "running"], moves
+    assert not h.events_named("instance.replaced"), "no replacement without the socket"
+
+
+@component
+async def test_a_daemon_killed_mid_replacement_keeps_the_master_that_holds_the_socket(tmp_path):
+    from ultrascaled import command
+    from ultrascaled.runner import Leftover
+
+    def leftovers(h):
+        argv = tuple(command.with_binds(command.gunicorn_argv(h.spec, 8001, str(h.rec.log_path(8001))),
+                                        ["fd://5", "fd://6"]))
+        return [Leftover(500, 8001, argv, True, True), Leftover(510, 8001, argv, True, True)]
+    # after the hand-over: the old master (500) got SIGTERM and closed its listener; keep 510
+    h = Harness(tmp_path)
+    h.runner.leftovers = leftovers(h)
+    h.runner.not_holding = {500}
+    await h.start()
+    assert h.rec.instances[8001].pid == 510 and not h.rec.instances[8001].restart_requested
+    assert [e["pid"] for e in h.events_named("adopt.duplicate_stopped")] == [500]
+    # before it: both hold the socket, the replacement was not ready yet: keep the older one
+    (tmp_path / "b").mkdir()
+    h2 = Harness(tmp_path / "b")
+    h2.runner.leftovers = leftovers(h2)
+    await h2.start()
+    assert h2.rec.instances[8001].pid == 500
+    assert [e["pid"] for e in h2.events_named("adopt.duplicate_stopped")] == [510]

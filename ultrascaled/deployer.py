@@ -1,0 +1,266 @@
+"""Deploys and rollbacks, applied: the thin layer over `rollout.py`'s pure decisions.
+
+It changes only wanted state, like the API does: which release each port starts with
+(`Reconciler.release_for`, read at every spawn) and restart requests for instances that run
+another release than their port should. The reconciler's rolling restart then moves them one
+at a time, each health-gated before it takes traffic. The deploy loop (`tick`, run guarded by
+the supervisor) observes the instances, asks `rollout.advance` what follows, persists the
+rollout in `<state_dir>/deploy.json` and raises the `deploy_failed` alert naming the figure
+that failed.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from ultrascaled import releases, rollout
+from ultrascaled.control import ScaleRefused
+from ultrascaled.releases import DeployState, ReleaseError
+from ultrascaled.rollout import Rollout, Thresholds, show
+from ultrascaled.states import State
+
+S = State
+
+
+class TrafficSource(Protocol):
+    """Per-port traffic as nginx saw it (ultrascaled/accesslog.py); port None = whole fleet."""
+    def window(self, port: int | None, seconds: float) -> rollout.Figures: ...
+
+
+class Deployer:
+    INTERVAL = 0.25   # seconds between looks at the fleet while a rollout runs (woken sooner by the API)
+
+    def __init__(self, rec, events, clock):
+        self.rec = rec
+        self.events = events
+        self.clock = clock
+        self.state = DeployState()
+        self.rollout: Rollout | None = None
+        self.traffic: TrafficSource | None = None
+        self.preparing = False             # a release is being copied for a deploy
+        self.last_verdict: dict | None = None
+        self.last_outcome: dict | None = None   # how the last rollout ended
+        self._wake = asyncio.Event()
+        rec.release_for = self.release_for
+
+    @property
+    def spec(self):
+        return self.rec.spec
+
+    # ---- what each port runs -----------------------------------------------------------------
+
+    def release_for(self, port: int) -> tuple[str | None, str]:
+        rel = rollout.desired_release(self.rollout, self.state.current, port)
+        return rel, releases.directory_of(self.spec, rel)
+
+    # ---- start: what the last daemon left --------------------------------------------------------
+
+    def load(self) -> None:
+        gone = releases.clean_incoming(self.spec)
+        if gone:
+            self.events.emit("release.incomplete_removed", folders=gone)
+        state, problem = releases.load_state(self.spec)
+        if problem:
+            self.events.emit("deploy.state_ignored", level="warning", reason=problem)
+        self.state = state
+        if state.rollout:
+            r, decided = rollout.resume(state.rollout, self.clock.now())
+            self.rollout = r
+            self.events.emit("deploy.resumed" if r else "deploy.state_ignored", level="warning",
+                             reason=decided, release=show(r.target) if r else None)
+            if r is not None and r.phase == rollout.REVERTING and r.failure == "interrupted":
+                self.rec.alerts.fire("deploy_failed", f"deploy of release {show(r.target)} was interrupted "
+                                     f"by a daemon restart before its canary was judged; rolling back to "
+                                     f"{show(r.source)}")
+            self._save()
+
+    def _save(self) -> None:
+        self.state.rollout = self.rollout.persist() if self.rollout else None
+        try:
+            releases.save_state(self.spec, self.state)
+        except OSError as exc:
+            self.events.emit("deploy.state_write_failed", level="error", path=str(releases.state_path(self.spec)),
+                             error=str(exc))
+
+    # ---- what the API asks for ---------------------------------------------------------------------
+
+    def _refuse_if_busy(self) -> None:
+        if self.rec.shutting_down:
+            raise ScaleRefused("shutting_down", "the daemon is stopping")
+        if self.rollout is not None or self.preparing:
+            what = ("a release is being copied for another deploy" if self.rollout is None else
+                    f"a {self.rollout.kind} to release {show(self.rollout.target)} is in progress "
+                    f"({self.rollout.phase})")
+            raise ScaleRefused("deploy_in_progress", f"{what}; wait for it to end (`ultrascalectl status`)")
+
+    async def deploy(self, directory: str | None = None, release: str | None = None) -> dict[str, Any]:
+        """Copy `directory` into a new release (or take the named `release` from the releases
+        folder) and start its rollout. Raises ScaleRefused."""
+        self._refuse_if_busy()
+        if (directory is None) == (release is None):
+            raise ScaleRefused("release_invalid", "give either a folder to deploy or a release name")
+        self.preparing = True
+        try:
+            if directory is not None:
+                rid = await asyncio.to_thread(releases.create, self.spec, directory)
+                self.events.emit("release.created", release=rid, source=directory,
+                                 path=releases.directory_of(self.spec, rid))
+            else:
+                rid = releases.check_named(self.spec, release)
+        except ReleaseError as exc:
+            raise ScaleRefused(exc.code, str(exc)) from None
+        finally:
+            self.preparing = False
+        self._refuse_if_busy()
+        if rid == self.state.current:
+            raise ScaleRefused("already_current", f"release {rid} is the current release already")
+        wanted = self.rec.wanted
+        canary = wanted[0] if wanted else None
+        now = self.clock.now()
+        phase = rollout.CANARY if canary is not None else rollout.ROLLING
+        self.rollout = Rollout("deploy", rid, self.state.current, phase, canary, now, self.clock.wall())
+        self._save()
+        self.events.emit("deploy.started", release=rid, previous=show(self.state.current), canary=canary,
+                         soak_seconds=self.spec.deploy.soak_seconds,
+                         figures="access log" if self.traffic is not None else
+                         "none: the canary is judged on health and crashes at the end of the soak window")
+        self._apply()
+        return self.describe()
+
+    def rollback(self) -> dict[str, Any]:
+        self._refuse_if_busy()
+        if self.state.current is None:
+            raise ScaleRefused("no_rollback_target", "nothing to roll back to: no release was deployed "
+                               "(the fleet runs app.directory)")
+        target = self.state.previous
+        now = self.clock.now()
+        self.rollout = Rollout("rollback", target, self.state.current, rollout.ROLLING, None, now, self.clock.wall())
+        self._save()
+        self.events.emit("rollback.started", release=show(target), previous=show(self.state.current))
+        self._apply()
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        r = self.rollout
+        return {
+            "current": self.state.current, "previous": self.state.previous,
+            "releases_dir": str(releases.releases_dir(self.spec)),
+            "traffic_figures": self.traffic is not None,
+            "rollout": None if r is None else {
+                "kind": r.kind, "release": r.target, "from": r.source, "phase": r.phase, "canary": r.canary,
+                "started": round(r.started_wall, 3),
+                "canary_ready_for": (round(self.clock.now() - r.canary_ready_at, 1)
+                                     if r.canary_ready_at is not None else None),
+                "failure": r.failure, "failure_detail": r.failure_detail or None},
+            "last_verdict": self.last_verdict,
+            "last_outcome": self.last_outcome,
+        }
+
+    def listing(self) -> list[dict[str, Any]]:
+        running: dict[str | None, list[int]] = {}
+        for p, i in sorted(self.rec.instances.items()):
+            if i.handle is not None:
+                running.setdefault(i.release, []).append(p)
+        out = []
+        for r in releases.listing(self.spec):
+            out.append({**r, "current": r["id"] == self.state.current, "previous": r["id"] == self.state.previous,
+                        "ports": running.get(r["id"], []),
+                        "path": releases.directory_of(self.spec, r["id"])})
+        if running.get(None) or self.state.current is None:
+            out.insert(0, {"id": None, "created": None, "current": self.state.current is None,
+                           "previous": self.state.current is not None and self.state.previous is None,
+                           "ports": running.get(None, []), "path": self.spec.app.directory})
+        return out
+
+    # ---- the loop -------------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, beat=lambda: None) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.INTERVAL if self.rollout else 5.0):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            self.tick()
+            beat()
+
+    def tick(self) -> None:
+        """One look at the fleet while a rollout runs."""
+        r = self.rollout
+        if r is None or self.rec.shutting_down:
+            return
+        now = self.clock.now()
+        t = Thresholds.of(self.spec)
+        views = self._views()
+        step = rollout.advance(r, views, self.rec.wanted, now, t)
+        if step.judge_now and step.rollout is not None:
+            verdict = rollout.judge(*self._figures(step.rollout, t), t)
+            self.last_verdict = {"release": r.target, "ok": verdict.ok, "figure": verdict.figure,
+                                 "detail": verdict.detail, **verdict.figures}
+            step = rollout.advance(step.rollout, views, self.rec.wanted, now, t, verdict)
+        for name, level, fields in step.events:
+            self.events.emit(name, level=level, **fields)
+        if step.alert:
+            self.rec.alerts.fire("deploy_failed", step.alert)
+        changed = step.rollout != r
+        self.rollout = step.rollout
+        if step.outcome:
+            self.last_outcome = {"kind": r.kind, "release": r.target, "from": r.source, "outcome": step.outcome,
+                                 "failure": r.failure, "detail": r.failure_detail or None,
+                                 "seconds": round(now - r.started, 3), "ended": round(self.clock.wall(), 3)}
+        if step.outcome == "completed":
+            self.state.previous, self.state.current = r.source, r.target
+            self.rec.alerts.resolve("deploy_failed", f"release {show(r.target)} is deployed")
+            self._point_current()
+            doomed = releases.prune(self.spec, self.spec.deploy.keep_releases,
+                                    {self.state.current, self.state.previous})
+            if doomed:
+                self.events.emit("release.pruned", releases=doomed)
+        elif step.outcome == "rolled_back":
+            self._point_current()
+        if changed or step.outcome:
+            self._save()
+        self._apply()
+
+    def _point_current(self) -> None:
+        try:
+            releases.point_current(self.spec, self.state.current)
+        except OSError as exc:
+            self.events.emit("release.current_link_failed", level="error", error=str(exc))
+
+    def _views(self) -> dict[int, rollout.PortView]:
+        applied = self.rec.applied
+        nginx_on = self.spec.nginx.mode != "off"
+        return {p: rollout.PortView(p, i.state.value, i.release, i.restart_requested, i.restarts,
+                                    i.state is S.RUNNING and (p in applied or not nginx_on), i.reason,
+                                    show(i.failed_release) if i.replace_failed else None, i.successor is not None)
+                for p, i in self.rec.instances.items()}
+
+    def _figures(self, r: Rollout, t: Thresholds):
+        if self.traffic is None or r.canary is None:
+            return None, None
+        canary = self.traffic.window(r.canary, t.soak_seconds)
+        others = [p for p in self.rec.wanted if p != r.canary]
+        if hasattr(self.traffic, "window_of"):   # accesslog: their latency histograms merged
+            return canary, self.traffic.window_of(others, t.soak_seconds) if others else None
+        return canary, rollout.combine([self.traffic.window(p, t.soak_seconds) for p in others])
+
+    def _apply(self) -> None:
+        """Ask a restart of every instance that runs another release than its port should (the
+        reconciler rolls them one at a time); a spawn to come reads release_for anyway."""
+        woke = False
+        for p, inst in self.rec.instances.items():
+            want, _ = self.release_for(p)
+            if inst.release == want or inst.restart_requested or (inst.replace_failed and inst.failed_release == want):
+                continue
+            if inst.state in (S.RUNNING, S.STARTING, S.FATAL):
+                inst.restart_requested = True
+                if inst.state is S.FATAL:
+                    inst.crashes, inst.start_failures, inst.daemon_failures = (), 0, 0
+                woke = True
+        if woke or self.rollout is not None:
+            self.rec.wake()
