@@ -13,11 +13,11 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import psutil
 
 from bench.figures import machine, tmpdir
+from bench.util import write_section
 from loadtest import Config, run
 from support.harness import Daemon
 
@@ -133,13 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(res, argv)
     print(md)
     if a.write:
-        path = Path(a.write)
-        text = path.read_text() if path.exists() else ""
-        if BEGIN in text and END in text:
-            text = text[:text.index(BEGIN)] + md + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip() + "\n\n" + md + "\n"
-        path.write_text(text)
+        write_section(a.write, md, BEGIN, END)
     return 0
 
 

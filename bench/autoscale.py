@@ -29,12 +29,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 
 from loadtest import BackgroundLoad
+from bench.util import write_section
 from support.harness import Daemon
 
 BEGIN, END = "<!-- autoscale-figures:begin -->", "<!-- autoscale-figures:end -->"
@@ -418,13 +418,7 @@ def write(res: dict, argv: list[str], output: str | None) -> int:
     md = markdown(res, argv)
     print(md)
     if output:
-        path = Path(output)
-        text = path.read_text() if path.exists() else ""
-        if BEGIN in text and END in text:
-            text = text[:text.index(BEGIN)] + md + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + md + "\n"
-        path.write_text(text)
+        write_section(output, md, BEGIN, END)
     return 0
 
 

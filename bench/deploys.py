@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.setups import SETUPS, Supervisord, Ultrascaled
+from bench.setups import Supervisord, Ultrascaled
 from bench.util import Tracker, log
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.util import REPO
+from bench.util import REPO, write_section
 from loadtest import BackgroundLoad, Config, run
 from support.harness import Daemon, free_port_block, http_get
 
@@ -255,13 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(res, argv)
     print(md)
     if args.write:
-        path = Path(args.write)
-        text = path.read_text() if path.exists() else ""
-        if BEGIN in text and END in text:
-            text = text[:text.index(BEGIN)] + md + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip() + "\n\n" + md + "\n"
-        path.write_text(text)
+        write_section(args.write, md, BEGIN, END)
     return 0
 
 

@@ -422,3 +422,18 @@ class OthersSampler:
             out[section] = {"mean_pct": sum(cpu) / len(cpu), "max_pct": max(cpu), "samples": len(cpu),
                             "busy": sorted(top, key=top.get, reverse=True)[:3]}
         return out
+
+
+def write_section(path, block: str, begin: str, end: str, fallback: str = "") -> None:
+    """Put `block` (which starts with `begin` and ends with `end`) in place of the section
+    between those markers in the document at `path`, or append it; written atomically."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else fallback
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block.rstrip("\n") + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block.rstrip("\n") + "\n"
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -11,17 +11,11 @@ import time
 import pytest
 
 from ultrascaled.daemon import raise_nofile
+from support.waiting import wait_for
 
 
 def fds(pid: int | str = "self") -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for(cond, timeout=30.0, what=""):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.05)
 
 
 def closed_by_peer(s: socket.socket, timeout: float) -> bool:

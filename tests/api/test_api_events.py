@@ -12,6 +12,7 @@ from api_helpers import FakeFleet
 from ultrascaled.api import FOLLOWERS
 from ultrascaled.events import EventLog
 from support.harness import BIN
+from support.waiting import wait_for
 
 
 def read_sse(api, n_events: int, since: int = 0, emit=None) -> list[dict]:
@@ -91,13 +92,6 @@ def test_followers_beyond_the_cap_get_503(make_api, fleet):
     assert (status, body["error"]["code"]) == (503, "too_many_requests")
     assert "2 event followers" in body["error"]["message"]
     assert polled == 200 and again == 200
-
-
-def wait_for(cond, timeout=20.0, what=""):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.05)
 
 
 def test_a_follower_that_reads_nothing_is_dropped_and_frees_its_slot(make_live, fleet):

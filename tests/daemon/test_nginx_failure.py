@@ -4,7 +4,6 @@ the next attempt after the configuration is mended succeeds."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 

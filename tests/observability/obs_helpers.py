@@ -5,8 +5,9 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from support.waiting import wait_for  # noqa: F401 (the tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,14 +78,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)

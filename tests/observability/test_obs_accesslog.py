@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ultrascaled import accesslog as al
 from ultrascaled.accesslog import (BOUNDS, SLOTS, LogTail, TrafficMonitor, TrafficStore,
-                                   TrafficWindow, Try, parse_line)
+                                   TrafficWindow, parse_line)
 from ultrascaled.alerts import (AlertsSection, AlertState, MetricSample, Sampler, evaluate,
                                 instance_rules, with_traffic)
 from ultrascaled.nginx_conf import NginxSettings, render_main_conf

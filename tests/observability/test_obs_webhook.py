@@ -2,7 +2,6 @@
 import asyncio
 import contextlib
 import dataclasses
-import json
 import time
 
 import pytest
@@ -10,8 +9,7 @@ from aiohttp import web
 
 from obs_helpers import write_many
 from ultrascaled import metrics
-from ultrascaled.alerts import (AlertManager, AlertsSection, MetricSample, Sampler, WebhookSink,
-                                build_rules)
+from ultrascaled.alerts import AlertManager, AlertsSection, MetricSample, Sampler, WebhookSink
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -4,8 +4,8 @@ named by path: Selenium Manager is never asked to download anything."""
 from __future__ import annotations
 
 import shutil
-import time
-from typing import Any, Callable
+
+from support.waiting import wait_for as wait
 
 CHROMIUM = ("/usr/bin/chromium", "chromium", "chromium-browser")
 DRIVER = ("/usr/bin/chromedriver", "chromedriver")
@@ -58,21 +58,6 @@ def open_page(driver, api_url: str, token: str | None = None, timeout: float = 3
         driver.execute_script("sessionStorage.setItem('ultrascale.token', arguments[0]);", token)
     driver.get(api_url + "/ui")
     wait(lambda: driver.execute_script("return document.body.dataset.ready === 'yes'"), timeout, "page ready")
-
-
-def wait(cond: Callable[[], Any], timeout: float = 30, what: str = "condition", every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while time.monotonic() < deadline:
-        try:
-            got = cond()
-            if got:
-                return got
-        except Exception as exc:  # noqa: BLE001 - a stale element mid-update: look again
-            last_exc = exc
-        time.sleep(every)
-    why = f" (last error: {last_exc})" if last_exc else ""
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{why}")
 
 
 ROWS_JS = """

@@ -15,10 +15,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from support.harness import free_port_block
+from support.waiting import wait_for
 
 # Failure detection as tests want it: a dead primary is noticed within about a second.
 # (Redis's defaults are 15 s for cluster-node-timeout and 30 s for down-after-milliseconds.)
@@ -34,21 +34,6 @@ def redis_exe(name: str) -> str | None:
 
 def missing_tools() -> list[str]:
     return [n for n in ("redis-server", "redis-cli") if redis_exe(n) is None]
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                         + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
 def command(port: int, *args: str, timeout: float = 2.0, password: str | None = None) -> str:

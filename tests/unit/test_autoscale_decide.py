@@ -2,7 +2,6 @@
 traces replayed under a fake clock (time is an argument: nothing sleeps)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
