@@ -41,9 +41,9 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
                     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
-# The API's mutations the page offers to an admin. Deploy and rollback go here (and as buttons
-# in dashboard.js, marked DEPLOY) once the deploy endpoints exist.
-ACTIONS = ("scale", "restart", "restart_all")
+# The API's mutations the page offers to an admin (deploy: of a release already in the releases
+# folder; a folder is deployed with `ultrascalectl deploy DIR`).
+ACTIONS = ("scale", "restart", "restart_all", "deploy", "rollback")
 
 
 class _Page:

@@ -85,8 +85,12 @@ def test_the_fleet_table_matches_fleet(daemon, driver):
     header = driver.find_element("id", "summary").text
     assert "2 of 2 instances ready" in header, header
     assert "Mode managed, running" in driver.find_element("id", "nginx-status").text
-    # no deploys and no autoscaler here: no release column, no target series
-    assert not driver.find_element("css selector", "th.release").is_displayed()
+    # every instance runs app.directory (no deploy yet): the release column says so with "-"
+    assert driver.find_element("css selector", "th.release").is_displayed()
+    assert [i["release"] for i in fleet["instances"]] == [None, None]
+    cells = driver.find_elements("css selector", "td.release")
+    assert [c.text for c in cells] == ["-", "-"]
+    # no autoscaler here: no target series
     assert "autoscaler" not in driver.find_element("id", "legend-count").text
 
 
@@ -226,6 +230,15 @@ def test_an_admin_action_refused_shows_the_apis_error(daemon, driver):
     wait(lambda: driver.find_element("id", "confirm").get_attribute("open") is not None, 10, "dialog")
     driver.find_element("id", "confirm-cancel").click()
     assert not [e for e in daemon.events("fleet.restart_requested")]
+    # no release deployed yet: the pick says so, and a rollback is refused with the API's reason
+    assert {"deploy-btn", "rollback-btn"} <= set(visible_action_buttons(driver))
+    pick = driver.find_element("id", "release-pick")
+    wait(lambda: "no release deployed yet" in pick.text, 10, "the release list")
+    driver.find_element("id", "rollback-btn").click()
+    confirm(driver, "Roll the fleet back")
+    wait(lambda: "no_rollback_target" in notice.text, 10, "the rollback's refusal on the page")
+    assert "nothing to roll back to" in notice.text
+    assert daemon.fleet()["instances"][0]["release"] is None
 
 
 def test_an_admin_restarts_one_instance_from_the_page(daemon, driver):

@@ -528,6 +528,43 @@
       },
       (d) => { delete $("scale-n").dataset.touched; return "Scaling to " + d.desired + " instances (ports " + d.ports.join(", ") + ")"; });
   });
+  // Deploys from the browser pick a release already in the releases folder (`ultrascalectl deploy
+  // DIR` puts one there); a folder path is the CLI's business, not a web form's.
+  async function loadReleases() {
+    const pick = $("release-pick");
+    let list = [];
+    try { list = (await api("GET", "/fleet/releases")).releases || []; } catch (e) { /* shown on use */ }
+    const keep = pick.value;
+    pick.textContent = "";
+    for (const r of list) {
+      if (r.id === null) continue;  // app.directory itself: reached by rolling back, not deploying
+      const o = document.createElement("option");
+      o.value = r.id;
+      o.textContent = r.id + (r.current ? " (current)" : r.previous ? " (previous)" : "");
+      pick.appendChild(o);
+    }
+    if (!pick.options.length) {
+      const o = document.createElement("option");
+      o.value = "";
+      o.textContent = "no release deployed yet";
+      pick.appendChild(o);
+    }
+    if (keep) pick.value = keep;
+  }
+  $("deploy-btn").addEventListener("click", () => {
+    const id = $("release-pick").value;
+    confirmAction("Deploy release " + (id || "(none)") + " to every instance, canary first?",
+      () => {
+        if (!id) throw new ApiError(0, "bad_request", "bad_request: no release to deploy; `ultrascalectl deploy DIR` adds one");
+        return api("POST", "/fleet/deploy", { release: id });
+      },
+      (d) => "Deploying release " + ((d.rollout && d.rollout.release) || id) + ", canary on port " +
+        ((d.rollout && d.rollout.canary) || "?"));
+  });
+  $("rollback-btn").addEventListener("click", () => confirmAction(
+    "Roll the fleet back to the previous release, canary first?",
+    () => api("POST", "/fleet/rollback"),
+    (d) => "Rolling back to " + ((d.rollout && d.rollout.release) || "app.directory")));
   $("restart-all").addEventListener("click", () => confirmAction(
     "Rolling restart of every instance, one at a time?",
     () => api("POST", "/fleet/restart"),
@@ -548,7 +585,7 @@
       for (const e of ev.events) addEvent(e);
       st.seq = ev.last;
     } catch (e) { /* the stream will fill it */ }
-    await Promise.all([refresh(), loadHistory()]);
+    await Promise.all([refresh(), loadHistory(), st.session && st.session.role === "admin" ? loadReleases() : null]);
     st.streamAbort = new AbortController();
     follow(st.streamAbort);
     timers.push(setInterval(refresh, Math.max(2000, Math.min(5000, st.interval * 1000))));
