@@ -76,24 +76,11 @@ def test_killed_primary_under_load_fails_no_request_and_redis_hits_return(health
 
 def test_socketio_broadcast_crosses_instances_through_the_cluster_and_survives_a_failover(
         healthy_cluster, gunicorn_factory):
-    from test_socketio import drain_until, ws_client
+    from test_socketio import broadcasts_reaching, drain_until, two_instances
     cluster = healthy_cluster
     env = {"REDIS_URL": cluster.url, "SOCKETIO_CHANNEL": "ultrascale-socketio"}
-    a = gunicorn_factory(dict(env, ULTRASCALE_INSTANCE="0"), workers=1)
-    b = gunicorn_factory(dict(env, ULTRASCALE_INSTANCE="1"), workers=1)
-    clients = []
-    try:
-        ca, inbox_a = ws_client(a.url)
-        clients.append(ca)
-        cb, inbox_b = ws_client(b.url)
-        clients.append(cb)
-        n = [0]
-
-        def delivered():
-            n[0] += 1
-            msg = f"m-{n[0]}"
-            assert ca.call("broadcast", {"msg": msg}, timeout=5) == {"ok": True}
-            return drain_until(inbox_b, msg, 0.5)
+    with two_instances(gunicorn_factory, env) as (_, b, (ca, inbox_a), (cb, inbox_b)):
+        delivered = broadcasts_reaching(ca, inbox_b, "m")
         data = wait_for(delivered, timeout=20, interval=0, what="a broadcast from A to reach B")
         assert data["instance"] == 0
         assert cb.call("broadcast", {"msg": "from-b"}, timeout=5) == {"ok": True}
@@ -106,9 +93,6 @@ def test_socketio_broadcast_crosses_instances_through_the_cluster_and_survives_a
         # (pub/sub is at most once), so keep sending until one arrives.
         wait_for(delivered, timeout=60, interval=0, what="broadcasts to reach B again after the failover")
         assert "Cannot receive from redis" in b.log()   # B's subscription really was on the victim
-    finally:
-        for c in clients:
-            c.disconnect()
 
 
 class _Front:

@@ -67,23 +67,10 @@ def test_killed_primary_under_load_fails_no_request_and_redis_hits_return(settle
 
 def test_socketio_broadcast_crosses_instances_and_follows_the_sentinels_to_the_new_primary(
         settled, gunicorn_factory):
-    from test_socketio import drain_until, ws_client
+    from test_socketio import broadcasts_reaching, two_instances
     env = {"REDIS_URL": settled.url}
-    a = gunicorn_factory(dict(env, ULTRASCALE_INSTANCE="0"), workers=1)
-    b = gunicorn_factory(dict(env, ULTRASCALE_INSTANCE="1"), workers=1)
-    clients = []
-    try:
-        ca, _ = ws_client(a.url)
-        clients.append(ca)
-        cb, inbox_b = ws_client(b.url)
-        clients.append(cb)
-        n = [0]
-
-        def delivered():
-            n[0] += 1
-            msg = f"s-{n[0]}"
-            assert ca.call("broadcast", {"msg": msg}, timeout=5) == {"ok": True}
-            return drain_until(inbox_b, msg, 0.5)
+    with two_instances(gunicorn_factory, env) as (_, b, (ca, _), (_, inbox_b)):
+        delivered = broadcasts_reaching(ca, inbox_b, "s")
         data = wait_for(delivered, timeout=20, interval=0, what="a broadcast from A to reach B")
         assert data["instance"] == 0
         victim = settled.primary()
@@ -92,6 +79,3 @@ def test_socketio_broadcast_crosses_instances_and_follows_the_sentinels_to_the_n
                  timeout=60, interval=0.2, what="the sentinels' failover")
         wait_for(delivered, timeout=60, interval=0, what="broadcasts to reach B again after the failover")
         assert "Cannot receive from redis" in b.log()   # B's subscription did break and come back
-    finally:
-        for c in clients:
-            c.disconnect()
