@@ -1,5 +1,5 @@
 """scripts/bench: run the benchmark suite (see docs/benchmarks.md). The one runner of every
-measurement: the suite, the fleet figures and the chaos run.
+measurement: the suite, and each figure of docs/benchmarks.md by its own subcommand.
 
     scripts/bench                       full run (~10 min), writes docs/benchmarks.md
     scripts/bench --quick               1 run of 5 s per cell, shorter idle window (~3 min)
@@ -9,6 +9,10 @@ measurement: the suite, the fleet figures and the chaos run.
     python -m bench chaos [--help]      the chaos run (scripts/chaos, bench/chaos.py)
     python -m bench autoscale [--help]  the autoscaling trace (scripts/bench-autoscale, bench/autoscale.py)
     python -m bench redis-failover      a Redis primary killed under load (scripts/redis-failover)
+    python -m bench accesslog [--help]  the cost of nginx's traffic log (scripts/bench-accesslog)
+    python -m bench deploy [--help]     restarts, deploys and bad releases (scripts/bench-deploy)
+    python -m bench.dashboard           the dashboard's memory and CPU (scripts/bench-dashboard)
+    python -m bench.screenshots         the dashboard screenshots in docs/ (scripts/screenshots)
 """
 from __future__ import annotations
 
