@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis")
+from support.needs import unavailable
+
+try:
+    import schemathesis
+except ImportError:
+    unavailable("schemathesis not installed (run scripts/setup test)")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from ultrascaled.api import openapi_description  # noqa: E402

@@ -8,11 +8,11 @@ import urllib.error
 import urllib.request
 from urllib.parse import quote
 
-import pytest
 
 from app.wsgi import compute
 from app_helpers import wait_for
 
+from support.needs import unavailable
 from support.redis_servers import missing_tools
 
 PREFIX = "ultrascale:cache:cached:"   # where /cached/<key> lives in Redis
@@ -21,7 +21,7 @@ PREFIX = "ultrascale:cache:cached:"   # where /cached/<key> lives in Redis
 def require_redis_tools():
     missing = missing_tools()
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (run scripts/setup test)")
+        unavailable(f"{', '.join(missing)} not installed (run scripts/setup test)")
 
 
 # The app as the tests run it: a 0.25 s Redis timeout, the breaker open after 2 errors and a

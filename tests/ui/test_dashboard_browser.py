@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 from support import browser
+from support.needs import unavailable
 from support.browser import console_errors, open_page, rows, wait
 from support.harness import Daemon
 
@@ -46,7 +47,7 @@ def daemon(tmp_path_factory):
 def driver():
     why = browser.missing()
     if why:
-        pytest.skip(f"no browser for the dashboard tests: {why}")
+        unavailable(f"no browser for the dashboard tests: {why}")
     drv = browser.start()
     try:
         yield drv

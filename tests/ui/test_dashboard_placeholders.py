@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from support import browser
+from support.needs import unavailable
 from support.browser import open_page, rows, wait
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
@@ -40,7 +41,7 @@ class Quiet:
 def served(tmp_path):
     why = browser.missing()
     if why:
-        pytest.skip(f"no browser for the dashboard tests: {why}")
+        unavailable(f"no browser for the dashboard tests: {why}")
     fleet = Released(tmp_path)
     targets = iter([3, 3, 4, 4, 5] + [5] * 100)
     import time
