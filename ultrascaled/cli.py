@@ -156,9 +156,11 @@ def render_status(fleet: dict) -> str:
     return "\n".join([head, *lines] + (["reasons:", *notes] if notes else []))
 
 
-def wait_until(api: Api, done, timeout: float, show, failed=None) -> dict:
+def wait_until(api: Api, done, timeout: float, show, failed=None, *, fatal_fails: bool = True,
+               interval: float = 0.1, after_timeout: str = "") -> dict:
     """Poll /fleet until `done`; exit 1 at once when a wanted instance is FATAL (it would only
-    run out the timeout) or `failed(fleet)` names a failure, else when `timeout` runs out."""
+    run out the timeout; unless `fatal_fails` is off) or `failed(fleet)` names a failure, else
+    when `timeout` runs out (`after_timeout` is added to that message)."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -169,12 +171,12 @@ def wait_until(api: Api, done, timeout: float, show, failed=None) -> dict:
             last = line
         if done(fleet):
             return fleet
-        problems = fatal(fleet) + (failed(fleet) if failed else [])
+        problems = (fatal(fleet) if fatal_fails else []) + (failed(fleet) if failed else [])
         if problems:
             raise CtlError("\n".join(problems), EXIT_FAILED)
         if time.monotonic() >= deadline:
-            raise CtlError(f"timed out after {timeout:g}s; {line}", EXIT_FAILED)
-        time.sleep(0.1)
+            raise CtlError(f"timed out after {timeout:g}s; {line}{after_timeout}", EXIT_FAILED)
+        time.sleep(interval)
 
 
 def fatal(fleet: dict) -> list[str]:
@@ -367,27 +369,22 @@ def deploy_progress(fleet: dict) -> str:
 
 def wait_rollout(api: Api, args, started: dict) -> int:
     """Wait until the rollout `started` ends; 0 when it completed, 1 when it rolled back."""
-    deadline = time.monotonic() + args.timeout
-    last = None
-    while True:
-        fleet = api.request("GET", "/fleet")
-        line = deploy_progress(fleet)
-        if line != last:
-            print(line, file=sys.stderr)
-            last = line
+    begun = started["rollout"]["started"]
+
+    def ended(fleet: dict) -> bool:
         d = fleet.get("deploy") or {}
         end = d.get("last_outcome")
-        if d.get("rollout") is None and end and end.get("ended", 0) >= started["rollout"]["started"]:
-            if end["outcome"] == "completed":
-                print(f"{end['kind']} done: the fleet runs release {end['release'] or 'app.directory'} "
-                      f"({end['seconds']:g}s)")
-                return 0
-            raise CtlError(f"{end['kind']} of release {end['release'] or 'app.directory'} failed on "
-                           f"{end['failure']}: {end['detail']}; rolled back to "
-                           f"{end['from'] or 'app.directory'} ({end['seconds']:g}s)", EXIT_FAILED)
-        if time.monotonic() >= deadline:
-            raise CtlError(f"timed out after {args.timeout:g}s; {line} (the rollout goes on)", EXIT_FAILED)
-        time.sleep(0.2)
+        return d.get("rollout") is None and bool(end) and end.get("ended", 0) >= begun
+    fleet = wait_until(api, ended, args.timeout, deploy_progress, fatal_fails=False, interval=0.2,
+                       after_timeout=" (the rollout goes on)")
+    end = fleet["deploy"]["last_outcome"]
+    if end["outcome"] == "completed":
+        print(f"{end['kind']} done: the fleet runs release {end['release'] or 'app.directory'} "
+              f"({end['seconds']:g}s)")
+        return 0
+    raise CtlError(f"{end['kind']} of release {end['release'] or 'app.directory'} failed on "
+                   f"{end['failure']}: {end['detail']}; rolled back to "
+                   f"{end['from'] or 'app.directory'} ({end['seconds']:g}s)", EXIT_FAILED)
 
 
 def cmd_deploy(api: Api, args) -> int:
