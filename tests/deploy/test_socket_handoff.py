@@ -14,39 +14,9 @@ import time
 
 import pytest
 
+from support.clients import NoRetryClient
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-class Direct(threading.Thread):
-    """New connection per request to one instance port; any failure is recorded."""
-
-    def __init__(self, port: int, path: str = "/health"):
-        super().__init__(daemon=True)
-        self.port, self.path = port, path
-        self.ok, self.failures = 0, []
-        self._halt = threading.Event()
-
-    def run(self):
-        deadline = time.monotonic() + 120
-        while not self._halt.is_set() and time.monotonic() < deadline:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
-            try:
-                conn.request("GET", self.path)
-                r = conn.getresponse()
-                r.read()
-                if r.status == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(f"HTTP {r.status}")
-            except (OSError, http.client.HTTPException) as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-            finally:
-                conn.close()
-            time.sleep(0.002)
-
-    def stop(self):
-        self._halt.set()
-        self.join(30)
 
 
 def slow_request(port: int, ms: int, out: dict):
@@ -63,7 +33,7 @@ def slow_request(port: int, ms: int, out: dict):
 
 def kill_master_under_load(d, port: int):
     master = next(i for i in d.fleet()["instances"] if i["port"] == port)
-    client = Direct(port)
+    client = NoRetryClient(port, timeout=20, limit=120)  # straight to the instance, not nginx
     client.start()
     slow: dict = {}
     t = threading.Thread(target=slow_request, args=(port, 2500, slow))
