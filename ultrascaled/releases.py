@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,11 @@ from ultrascaled.files import write_atomic
 BASE = "app.directory"           # how release None is shown
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 COPY_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".venv")
+# A release is an app's code: a folder far larger than this is the wrong folder (a home, a data
+# disk), and copying it would fill the state folder's disk. Kernel file systems are not code.
+MAX_RELEASE_BYTES = 2 * 1024 ** 3
+MAX_RELEASE_FILES = 200_000
+NOT_CODE = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
 class ReleaseError(Exception):
@@ -112,20 +118,43 @@ def create(spec, source: str) -> str:
     try:
         if root.resolve() == src.resolve() or root.resolve().is_relative_to(src.resolve()):
             raise ReleaseError(f"{source} contains the releases folder {root}: deploy a folder beside it")
+        if any(src.resolve().is_relative_to(k) for k in NOT_CODE):
+            raise ReleaseError(f"{source} is in a kernel file system, not a folder of code")
     except OSError as exc:
         raise ReleaseError(f"cannot read {source}: {exc.strerror or exc}") from None
+    tmp = None
     try:
         root.mkdir(parents=True, exist_ok=True)
         rid = new_id(root)
         tmp = root / f".incoming-{rid}-{os.getpid()}"
-        shutil.copytree(src, tmp, symlinks=True, ignore=COPY_IGNORE)
+        shutil.copytree(src, tmp, symlinks=True, ignore=COPY_IGNORE, copy_function=_bounded_copy(source))
         os.rename(tmp, root / rid)
-    except ReleaseError:
-        raise
-    except (OSError, shutil.Error) as exc:
-        shutil.rmtree(root / f".incoming-{rid}-{os.getpid()}", ignore_errors=True) if "rid" in locals() else None
+    except (OSError, shutil.Error, ReleaseError) as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, ReleaseError):
+            raise
         raise ReleaseError(f"cannot copy {source} into {root}: {exc}") from None
     return rid
+
+
+def _bounded_copy(source: str):
+    """shutil.copy2 for regular files only (reading a FIFO would wait forever, a device forever
+    or endlessly), within MAX_RELEASE_BYTES and MAX_RELEASE_FILES."""
+    seen = {"bytes": 0, "files": 0}
+
+    def copy(src: str, dst: str) -> str:
+        st = os.lstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReleaseError(f"{src[:300]} is not a regular file (a FIFO, socket or device): a release "
+                               "holds files; remove it from the folder or deploy another one")
+        seen["bytes"] += st.st_size
+        seen["files"] += 1
+        if seen["bytes"] > MAX_RELEASE_BYTES or seen["files"] > MAX_RELEASE_FILES:
+            raise ReleaseError(f"{source[:200]} holds more than {MAX_RELEASE_FILES:,} files or "
+                               f"{MAX_RELEASE_BYTES // 1024 ** 3} GiB: not an app's code (nothing was deployed)")
+        return shutil.copy2(src, dst)
+    return copy
 
 
 def clean_incoming(spec) -> list[str]:

@@ -49,6 +49,31 @@ def test_a_folder_holding_the_releases_folder_is_refused(spec, tmp_path):
         releases.create(spec, str(tmp_path))
 
 
+def test_a_kernel_file_system_is_refused_at_once():
+    # found by attack: `deploy /proc/self` copied for longer than the API's request timeout
+    spec = parse_spec("paths: {state_dir: /tmp/ultrascale-unused-state}")
+    with pytest.raises(ReleaseError, match="kernel file system"):
+        releases.create(spec, "/proc/self")
+
+
+def test_a_fifo_in_the_folder_is_refused_not_waited_on_and_nothing_is_left(spec, tmp_path):
+    # found by attack: shutil.copy2 opens a FIFO for reading and waits forever
+    d = src(tmp_path)
+    os.mkfifo(d / "pipe")
+    with pytest.raises(ReleaseError, match="not a regular file"):
+        releases.create(spec, str(d))
+    assert not list(releases.releases_dir(spec).iterdir()), "the half copy was removed"
+
+
+def test_a_folder_over_the_size_bound_is_refused_and_nothing_is_left(spec, tmp_path, monkeypatch):
+    d = src(tmp_path)
+    (d / "big.bin").write_bytes(b"x" * 2048)
+    monkeypatch.setattr(releases, "MAX_RELEASE_BYTES", 1024)
+    with pytest.raises(ReleaseError, match="not an app's code"):
+        releases.create(spec, str(d))
+    assert not list(releases.releases_dir(spec).iterdir())
+
+
 def test_current_is_a_relative_symlink_replaced_atomically_and_prune_keeps_current_and_previous(spec, tmp_path):
     ids = [releases.create(spec, str(src(tmp_path, f"s{i}"))) for i in range(4)]
     releases.point_current(spec, ids[0])
