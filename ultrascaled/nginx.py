@@ -402,7 +402,7 @@ class NginxController:
                 if in_block or out:
                     break
                 in_block = True
-            elif in_block and line.startswith("server ") and " down;" not in line:
+            elif in_block and line.startswith("server ") and " down;" not in line and " backup " not in line:
                 addr = line.split()[1].rstrip(";")
                 host, _, port = addr.rpartition(":")
                 out.append((host.strip("[]"), int(port)))

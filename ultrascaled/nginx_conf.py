@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence
 
 MODES = ("managed", "system", "off")
 SOCKETIO_BALANCE = ("hash", "ip_hash")
+UPSTREAM_SERVERS = ("range", "ready")
+BACKUP_BALANCE = ("", "least_conn")   # nginx refuses `backup` with hash, ip_hash and random
 
 # Placeholder used when no instance is ready: nginx needs at least one server per upstream.
 # It is marked ``down`` so nginx never connects to it ("no live upstreams" -> 502 at once), and
@@ -76,16 +78,27 @@ class NginxSettings:
     keepalive_requests: int = _f(10000, "requests served over one upstream keepalive "
                                  "connection before it is closed")
     keepalive_timeout: str = _f("60s", "how long an idle upstream keepalive connection is kept")
+    upstream_servers: str = _f("range", "range: the upstream lists every port of "
+                               "instances.base_port .. + instances.max - 1 and never changes when "
+                               "instances start, stop or restart: the daemon opens and closes "
+                               "each port's listening socket instead, so scaling reloads nginx "
+                               "only when the whole fleet goes down or comes back (docs/nginx.md); "
+                               "ready: it lists only the ready instances, and nginx is reloaded "
+                               "at each change")
     max_fails: int = _f(0, "passive failure marking: failed attempts before a server is "
                         "skipped for fail_timeout; 0 = never mark: the daemon takes instances out "
-                        "itself (docs/nginx.md)")
-    fail_timeout: str = _f("10s", "window/skip time for max_fails (only rendered when "
-                           "max_fails > 0)")
+                        "itself (docs/nginx.md); upstream_servers: range renders at least 1")
+    fail_timeout: str = _f("2s", "window/skip time for max_fails (only rendered when "
+                           "max_fails > 0 or upstream_servers is range); with range, how soon "
+                           "nginx tries again a port it found closed, so a started instance "
+                           "gets traffic at most this long after it is ready")
     proxy_next_upstream: str = _f("error timeout http_502 http_503", "conditions on which a "
                                   "request is passed to the next instance (nginx never resends "
                                   "a non-idempotent request that reached an instance)")
     proxy_next_upstream_tries: int = _f(3, "maximum attempts per request across instances "
-                                        "(0 = unlimited)")
+                                        "(0 = unlimited); upstream_servers: range renders 0, each "
+                                        "port at most once, as a port with no instance counts as "
+                                        "an attempt")
     proxy_next_upstream_timeout: str = _f("10s", "time limit for passing a request to the next "
                                           "instance (0 = unlimited)")
     rate_limit: int = _f(0, "limit_req: requests per second per client IP (0 = off)")
@@ -119,8 +132,10 @@ class NginxSettings:
     traffic_window: float = _f(300.0, "seconds of per-instance traffic figures the daemon "
                                "keeps (in 300 slots; memory is bounded by it, not by the "
                                "request rate)")
-    proxy_connect_timeout: str = _f("2s", "connect timeout to an instance (loopback: a busy "
-                                    "instance fails fast and the next one is tried)")
+    proxy_connect_timeout: str = _f("500ms", "connect timeout to an instance (loopback: a "
+                                    "connect either completes at once or its SYN was dropped -- a "
+                                    "full accept queue or a closed gate -- and the next instance "
+                                    "is tried)")
     proxy_send_timeout: str = _f("60s", "timeout between two writes to an instance")
     proxy_read_timeout: str = _f("60s", "timeout between two reads from an instance")
     client_header_timeout: str = _f("15s", "timeout for reading the client request header")
@@ -361,6 +376,9 @@ def validate(s: NginxSettings) -> list[str]:
     if s.socketio_balance not in SOCKETIO_BALANCE:
         errs.append(f"nginx.socketio_balance: must be one of {', '.join(SOCKETIO_BALANCE)}, "
                     f"got {s.socketio_balance!r}")
+    if s.upstream_servers not in UPSTREAM_SERVERS:
+        errs.append(f"nginx.upstream_servers: must be one of {', '.join(UPSTREAM_SERVERS)}, "
+                    f"got {s.upstream_servers!r}")
     if s.balance not in ("", "least_conn", "random", "random two", "random two least_conn"):
         errs.append(f"nginx.balance: unsupported value {s.balance!r}")
     if not 400 <= s.rate_limit_status <= 599:
@@ -400,7 +418,8 @@ def ready_var(s: NginxSettings) -> str:
 
 
 def render_upstream(s: NginxSettings, servers: Sequence[tuple[str, int]]) -> bytes:
-    """The generated include: upstream block(s) listing only ``servers`` (the ready ones).
+    """The generated include: upstream block(s) listing ``servers`` (the ready ones; with
+    ``upstream_servers: range`` the whole port range while any instance is ready).
 
     With no server, each upstream holds the placeholder ``server 127.0.0.1:1 down;`` (valid for
     nginx, never connected to) and ``$<name>_ready`` is 0 so the server block answers 503.
@@ -419,11 +438,18 @@ def render_upstream(s: NginxSettings, servers: Sequence[tuple[str, int]]) -> byt
         if method:
             lines.append(f"    {method};")
         if srv:
+            ranged = s.upstream_servers == "range"
+            max_fails = max(1, s.max_fails) if ranged else s.max_fails
             for host, port in srv:
-                params = f" max_fails={s.max_fails}"
-                if s.max_fails > 0:
+                params = f" max_fails={max_fails}"
+                if max_fails > 0:
                     params += f" fail_timeout={s.fail_timeout}"
                 lines.append(f"    server {_addr(host, port)}{params};")
+            if ranged and method in BACKUP_BALANCE:
+                # When every port is marked failed (an app answering 503 everywhere for a moment
+                # is enough, as http_503 counts as a failure), nginx would answer "no live
+                # upstreams" until fail_timeout ends; the same ports, never marked, serve instead.
+                lines.extend(f"    server {_addr(host, port)} backup max_fails=0;" for host, port in srv)
         else:
             lines.append(f"    server {_addr(*PLACEHOLDER_SERVER)} down;  # no ready instance")
         if s.keepalive > 0:
@@ -461,7 +487,7 @@ def _proxy_common(s: NginxSettings) -> list[str]:
         "proxy_set_header X-Forwarded-Proto $scheme;",
         f"proxy_next_upstream {s.proxy_next_upstream};" if s.proxy_next_upstream.strip()
         else "proxy_next_upstream off;",
-        f"proxy_next_upstream_tries {s.proxy_next_upstream_tries};",
+        f"proxy_next_upstream_tries {0 if s.upstream_servers == 'range' else s.proxy_next_upstream_tries};",
         f"proxy_next_upstream_timeout {s.proxy_next_upstream_timeout};",
         f"proxy_connect_timeout {s.proxy_connect_timeout};",
         f"proxy_send_timeout {s.proxy_send_timeout};",

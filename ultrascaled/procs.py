@@ -12,6 +12,7 @@ import errno
 import os
 import signal
 import socket
+import struct
 import subprocess
 from dataclasses import dataclass
 from typing import Callable
@@ -335,18 +336,60 @@ def forget_pids(pids) -> None:
 LISTEN_BACKLOG = 2048    # gunicorn's default `backlog`
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, gate_closed: bool = False) -> socket.socket:
     """A listening TCP socket on host:port (port 0: a free one), not inherited by children
-    unless passed on purpose (Python's sockets are close-on-exec)."""
+    unless passed on purpose (Python's sockets are close-on-exec). `gate_closed`: it listens
+    with its gate closed (see `set_gate`), opened once its instance is ready."""
     s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, port))
+        if gate_closed:
+            set_gate(s, False)
         s.listen(LISTEN_BACKLOG)
     except OSError:
         s.close()
         raise
     return s
+
+
+# ---- the gate of a held socket: how an instance joins and leaves a static nginx upstream ------
+#
+# nginx (the open-source one) changes its upstream only by a reload, and a reload closes idle
+# client keep-alive connections. So the upstream lists every port of the fleet's range once, and
+# the daemon opens and closes each port's *gate* instead: a classic BPF filter on the listening
+# socket that drops every packet (SO_ATTACH_FILTER; unprivileged, shared by every copy of the
+# socket, so it acts on the masters' copies too). A closed gate drops new connection attempts (nginx's
+# connect times out, it marks the port failed and tries the next one) while the connections
+# already queued stay and are accepted; detaching the filter opens it. No kernel module, no root.
+
+SO_ATTACH_FILTER, SO_DETACH_FILTER = 26, 27
+_DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)      # BPF_RET | BPF_K, 0: keep no byte of the packet
+
+
+def set_gate(sock: socket.socket, open_: bool) -> None:
+    if open_:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:   # no filter attached: already open
+                raise
+        return
+    import ctypes
+    prog = ctypes.create_string_buffer(_DROP_ALL, len(_DROP_ALL))
+    fprog = struct.pack("HxxxxxxP", 1, ctypes.addressof(prog))   # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def gate_open(sock: socket.socket) -> bool:
+    """True unless a filter is attached (getsockopt SO_GET_FILTER gives its length)."""
+    return sock.getsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER) == 0
+
+
+def queued(sock: socket.socket) -> int:
+    """Connections waiting in a listening socket's accept queue (tcp_info.tcpi_unacked)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+    return struct.unpack_from("I", info, 24)[0]
 
 
 _SYS_PIDFD_GETFD = 438   # the same number on every Linux architecture (since 5.6)

@@ -206,6 +206,9 @@ class Reconciler:
         # passed to each master it starts there (`--bind fd://N`): a master that dies leaves its
         # queued connections to the next one, and its orphaned workers finish what they answer.
         self.listeners: dict[int, Any] = {}
+        # Whether each held socket's gate is open (ultrascaled/procs.py, set_gate): with
+        # `nginx.upstream_servers: range` a port takes new connections only while it is published.
+        self.gates: dict[int, bool | None] = {}
 
     # ---- what is wanted ---------------------------------------------------------------------
 
@@ -637,11 +640,12 @@ class Reconciler:
                                      event="instance.port_in_use", holder_pid=holder.pid, holder=holder.name)
                 return
             try:
-                sock = self.runner.listen(spec.instances.host, inst.port)
+                sock = self.runner.listen(spec.instances.host, inst.port, gate_closed=self.gated)
             except OSError as exc:
                 return self._daemon_failure(inst, f"cannot listen on {spec.instances.host}:{inst.port}: "
                                                   f"{exc.strerror or exc}")
             self.listeners[inst.port] = sock
+            self.gates[inst.port] = not self.gated
         try:
             probe = self.runner.listen("::1" if ":" in spec.instances.host else "127.0.0.1", 0)
         except OSError as exc:
@@ -790,6 +794,7 @@ class Reconciler:
             self._start_task(f"reap-next-{inst.port}", self._reap(inst.port, s.handle.pgid))
 
     def _close_listener(self, port: int) -> None:
+        self.gates.pop(port, None)
         sock = self.listeners.pop(port, None)
         if sock is not None:
             sock.close()
@@ -886,14 +891,37 @@ class Reconciler:
                 self.events.emit("instance.group_lingers", level="warning", port=port, pgid=pgid)
         self.post(GroupGone(port, pgid))
 
+    @property
+    def gated(self) -> bool:
+        """nginx lists the whole port range; a port is in the upstream when its gate is open."""
+        return bool(getattr(self.upstream, "gated", False))
+
+    def _set_gates(self, open_ports: frozenset[int] | None, closing: bool) -> None:
+        """Close (closing=True) the gates of held ports not in `open_ports`, or open those in it;
+        `open_ports` None: open every gate (nginx lists only the ready ports itself)."""
+        for port, sock in list(self.listeners.items()):
+            want = open_ports is None or port in open_ports
+            if want == closing or self.gates.get(port, True) == want:
+                continue
+            try:
+                self.runner.set_gate(sock, want)
+                self.gates[port] = want
+            except OSError as exc:
+                self.events.emit("upstream.gate_failed", level="error", port=port, open=want,
+                                 error=exc.strerror or str(exc))
+
     async def _publish(self, servers: frozenset[int]) -> None:
         host = self.spec.instances.host
+        gated = self.gated
+        self._set_gates(servers if gated else None, closing=True)   # leaving ones first: no new connection
         try:
             r = await self.upstream.apply([(host, p) for p in sorted(servers)])
             ok, detail = r[0], r[1]
             temporary = r[2] if len(r) > 2 else True
         except Exception as exc:  # noqa: BLE001 - an apply that raises is a temporary failure
             ok, detail, temporary = False, f"{type(exc).__name__}: {exc}", True
+        if ok:
+            self._set_gates(servers if gated else None, closing=False)   # joining ones once nginx lists them
         self.post(UpstreamDone(servers, ok, detail, temporary))
 
     async def _reconfigure_nginx(self) -> None:
@@ -969,6 +997,7 @@ class Reconciler:
                 else None
             if sock is not None:
                 self.listeners[lo.port] = sock
+                self.gates[lo.port] = None     # as the last run left it: the next publish sets it
                 inst.handoff = True
             else:
                 self.events.emit("adopt.socket_not_taken", level="warning", pid=lo.pid, port=lo.port,

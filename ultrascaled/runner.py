@@ -60,7 +60,8 @@ def is_transient(exc: BaseException) -> bool:
 class Runner(Protocol):
     def spawn(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str,
               pass_fds: tuple[int, ...] = ()) -> Handle: ...
-    def listen(self, host: str, port: int) -> socket.socket: ...          # port 0: a free one
+    def listen(self, host: str, port: int, gate_closed: bool = False) -> socket.socket: ...  # port 0: a free one
+    def set_gate(self, sock: socket.socket, open_: bool) -> None: ...     # procs.set_gate
     def take_listener(self, pid: int, host: str, port: int) -> socket.socket | None: ...
     def adopt(self, pid: int) -> Handle: ...
     def watch(self, handle: Handle, on_exit: Callable[[int | None], None]) -> None: ...
@@ -86,8 +87,11 @@ class OsRunner:
     def spawn(self, argv, env, cwd, log_path, pass_fds=()):
         return procs.spawn(argv, env, cwd, log_path, pass_fds)
 
-    def listen(self, host, port):
-        return procs.listen(host, port)
+    def listen(self, host, port, gate_closed=False):
+        return procs.listen(host, port, gate_closed)
+
+    def set_gate(self, sock, open_):
+        procs.set_gate(sock, open_)
 
     def take_listener(self, pid, host, port):
         return procs.take_listener(pid, host, port)

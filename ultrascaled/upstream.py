@@ -54,6 +54,14 @@ class NginxUpstream:
         from ultrascaled.nginx import NginxController
         self.events = events
         self.ctl = NginxController(spec.nginx)
+        self._range(spec)
+
+    def _range(self, spec: Spec) -> None:
+        # nginx.upstream_servers: range -- nginx lists every port the fleet may use and the
+        # reconciler opens and closes each port's gate (ultrascaled/procs.py, set_gate); the file
+        # changes only when the range does, or when no instance (or the first one) is ready.
+        self.gated = spec.nginx.upstream_servers == "range"
+        self.range = [(spec.instances.host, spec.port(i)) for i in range(spec.instances.max)]
 
     async def start(self) -> None:
         # None keeps the upstream file of an earlier run, so adopted instances keep serving.
@@ -65,6 +73,8 @@ class NginxUpstream:
                          adopted=self.ctl.adopted, restarted=r.restarted)
 
     async def apply(self, servers):
+        if self.gated and servers:
+            servers = sorted(set(self.range) | set(servers))
         r = await self.ctl.apply(servers)
         if r.ok and r.reloaded:
             self.events.emit("nginx.reloaded", log=False, upstreams=len(servers), seconds=round(r.duration, 3))
@@ -85,6 +95,8 @@ class NginxUpstream:
 
     async def reconfigure(self, spec: Spec):
         r = await self.ctl.reconfigure(spec.nginx)
+        if r.ok:
+            self._range(spec)
         return r.ok, (r.code if r.ok else f"{r.code}: {r.error}")
 
     async def stop(self) -> None:

@@ -44,6 +44,7 @@ class FakeSocket:
     fd: int
     addr: tuple
     closed: bool = False
+    gate_open: bool = True
 
     def fileno(self) -> int:
         return self.fd
@@ -97,13 +98,21 @@ class FakeRunner:
         return self._new(port, argv)
 
     # -- sockets the daemon holds
-    def listen(self, host, port):
+    def listen(self, host, port, gate_closed=False):
         if self.listen_error is not None:
             raise self.listen_error
         self.next_fd += 1
-        sock = FakeSocket(self.next_fd, (host, port or 40000 + self.next_fd))
+        sock = FakeSocket(self.next_fd, (host, port or 40000 + self.next_fd), gate_open=not gate_closed)
         self.sockets.append(sock)
         return sock
+
+    def set_gate(self, sock, open_):
+        self.calls.append(("gate", sock.addr[1], open_))
+        sock.gate_open = open_
+
+    def gates(self) -> dict[int, bool]:
+        """Port -> gate open, for the sockets the daemon still holds."""
+        return {s.addr[1]: s.gate_open for s in self.sockets if not s.closed and s.addr[1] < 40000}
 
     def take_listener(self, pid, host, port):
         if pid in self.not_holding:

@@ -135,3 +135,47 @@ async def test_a_daemon_killed_mid_replacement_keeps_the_master_that_holds_the_s
     await h2.start()
     assert h2.rec.instances[8001].pid == 500
     assert [e["pid"] for e in h2.events_named("adopt.duplicate_stopped")] == [510]
+
+
+@component
+async def test_with_a_static_upstream_ports_join_and_leave_by_their_gate_before_nginx_is_asked(tmp_path):
+    # nginx.upstream_servers: range -- nginx lists the whole range; a port takes new connections
+    # only while its gate is open: closed from its listen until the instance is ready, closed
+    # before a drain's stop, and the order is gate first when leaving, nginx first when joining.
+    h = Harness(tmp_path)
+    h.upstream.gated = True
+    order: list = []
+    apply = h.upstream.apply
+
+    async def recording_apply(servers):
+        order.append(("apply", sorted(p for _, p in servers), dict(h.runner.gates())))
+        return await apply(servers)
+
+    h.upstream.apply = recording_apply
+    await h.start()
+    assert h.runner.gates() == {8001: True, 8002: True}
+    assert order[0][2] == {8001: False, 8002: False}, "both listened with closed gates until published"
+    h.runner.answers[8003] = ProbeResult(503, "HTTP 503")
+    h.sup.scale(3)
+    await h.settle()
+    assert h.states()[8003] == "starting" and h.runner.gates()[8003] is False
+    del h.runner.answers[8003]
+    await h.advance(0.1, step=0.02)
+    assert h.states()[8003] == "running" and h.runner.gates() == {8001: True, 8002: True, 8003: True}
+    assert order[-1][:2] == ("apply", [8001, 8002, 8003]) and order[-1][2][8003] is False
+    h.sup.scale(2)
+    await h.settle()
+    assert h.states()[8003] == "draining" and h.runner.gates()[8003] is False
+    assert order[-1][:2] == ("apply", [8001, 8002]) and order[-1][2][8003] is False, "gate closed before"
+    assert ("signal", 8003, signal.SIGTERM) not in h.runner.calls
+    await h.advance(0.5)
+    assert ("signal", 8003, signal.SIGTERM) in h.runner.calls
+    await h.advance(1)
+    assert 8003 not in h.rec.instances and 8003 not in h.runner.gates(), "its socket is closed"
+    # a restart is a replacement on the same socket: the gate stays open, nothing is published
+    gate_calls = [c for c in h.runner.calls if c[0] == "gate"]
+    publishes = len(order)
+    h.sup.restart(8001)
+    await h.advance(1, step=0.05)
+    assert [c for c in h.runner.calls if c[0] == "gate"] == gate_calls and len(order) == publishes
+    assert h.runner.gates() == {8001: True, 8002: True}

@@ -30,16 +30,37 @@ def test_upstream_is_byte_stable_and_sorted_by_port():
     assert one == two
     text = one.decode()
     assert text.index(":8000 ") < text.index(":8001 ") < text.index(":8002 ")
-    assert text.count("server 127.0.0.1:8001 ") == 2  # main + socketio upstream
+    assert text.count("server 127.0.0.1:8001 ") == 3  # main (and its backup) + socketio upstream
 
 
 def test_upstream_lists_only_given_servers_with_max_fails_zero_and_keepalive():
-    text = render_upstream(S, [A]).decode()
+    text = render_upstream(dataclasses.replace(S, upstream_servers="ready"), [A]).decode()
     assert "server 127.0.0.1:8001 max_fails=0;" in text
     assert "fail_timeout" not in text
     assert "keepalive 512;" in text
     assert ":8000" not in text
     assert "geo $ultrascale_ready { default 1; }" in text
+
+
+def test_range_marks_a_closed_port_failed_and_tries_each_port_once():
+    # A port of the range with no instance (or a closed gate) must be skipped after one failed
+    # attempt, and a request must be able to pass every such port: tries 3 would let three
+    # empty ports in a row turn a request into a 502.
+    text = render_upstream(S, [A, B, C]).decode()
+    assert text.count("max_fails=1 fail_timeout=2s;") == 6      # main + socketio upstream
+    # ... and when every port is marked (an app's 503 everywhere), the same ports unmarked
+    # serve as backups instead of "no live upstreams"; nginx refuses backups with hashing.
+    main, socketio = text.split("upstream ultrascale_socketio")
+    assert main.count(" backup max_fails=0;") == 3 and "backup" not in socketio
+    assert "backup" not in render_upstream(dataclasses.replace(S, balance="random"), [A]).decode()
+    assert "max_fails=4 fail_timeout=2s;" in render_upstream(dataclasses.replace(S, max_fails=4), [A]).decode()
+    site = render_site_conf(S).decode() if isinstance(render_site_conf(S), bytes) else render_site_conf(S)
+    assert "proxy_next_upstream_tries 0;" in site
+    ready = render_site_conf(dataclasses.replace(S, upstream_servers="ready"))
+    ready = ready.decode() if isinstance(ready, bytes) else ready
+    assert "proxy_next_upstream_tries 3;" in ready
+    assert validate(dataclasses.replace(S, upstream_servers="all")) == [
+        "nginx.upstream_servers: must be one of range, ready, got 'all'"]
 
 
 def test_upstream_max_fails_and_fail_timeout_when_configured():
@@ -52,7 +73,7 @@ def test_upstream_without_keepalive():
 
 
 def test_zero_servers_renders_down_placeholder_and_not_ready_flag():
-    text = render_upstream(S, []).decode()
+    text = render_upstream(S, []).decode()   # (also in range mode: nginx answers 503 at once)
     assert "server 127.0.0.1:1 down;" in text
     assert "geo $ultrascale_ready { default 0; }" in text
     assert "max_fails" not in text
@@ -78,7 +99,7 @@ def test_main_conf_keeps_every_path_inside_prefix_and_includes_upstream():
     assert "listen 127.0.0.1:8080;" in text
     assert "proxy_http_version 1.1;" in text and 'proxy_set_header Connection "";' in text
     assert "proxy_next_upstream error timeout http_502 http_503;" in text
-    assert "proxy_next_upstream_tries 3;" in text
+    assert "proxy_next_upstream_tries 0;" in text  # range: each port once
     assert "proxy_set_header Upgrade $http_upgrade;" in text
     assert "location = /nginx_status" in text and "allow 127.0.0.1;" in text
     assert "deny all;" in text

@@ -1,0 +1,47 @@
+"""Scaling with `nginx.upstream_servers: range` (the default): nginx lists every port of the
+range once, and an instance joins and leaves by its socket's gate, so scaling 2 -> 4 -> 2 reloads
+nginx not once, and clients that never retry -- keep-alive POSTs as `wrk` sends them, and a new
+connection per request -- see no failure, under load."""
+from __future__ import annotations
+
+import pytest
+
+from loadtest import BackgroundLoad
+from support.clients import NoRetryClient
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def test_scale_2_4_2_twice_under_load_reloads_nothing_and_fails_no_request(make_daemon):
+    d = make_daemon({"instances": {"count": 2}}).start()
+    reloads = d.api("GET", "/health")[1]["nginx"]["reload_count"]
+    load = BackgroundLoad(f"http://127.0.0.1:{d.nginx_port}/", users=50, duration_limit=120, timeout=10.0, procs=1)
+    clients = [NoRetryClient(d.nginx_port, "POST", "/health", body=b"x" * 100, keepalive=True, limit=120,
+                             expect=405)
+               for _ in range(2)] + [NoRetryClient(d.nginx_port, limit=120)]
+    load.start()
+    try:
+        load.wait_for_ok(200, timeout=30)
+        for c in clients:
+            c.start()
+        for count in (4, 2, 4, 2):
+            assert d.ctl("scale", str(count)).returncode == 0
+            d.wait_until(lambda f: len(f["instances"]) == count and f["ready"] == count
+                         and sorted(f["upstream"]["servers"]) == [d.base_port + k for k in range(count)],
+                         timeout=60, what=f"{count} instances serving")
+        served = {i["port"] for i in d.fleet()["instances"]}
+        assert served == {d.base_port, d.base_port + 1}
+    finally:
+        for c in clients:
+            c.stop()
+        result = load.stop()
+    assert d.api("GET", "/health")[1]["nginx"]["reload_count"] == reloads, "no nginx reload"
+    for c in clients:
+        assert not c.failures, c.failures[:5]
+        assert c.ok > 20
+    assert result.failed == 0, (result.status_counts, result.error_counts, result.error_samples[:5])
+    assert result.reconnects == 0, "no keep-alive connection was closed under the load tester"
+    # the ports that stopped refuse at once (their sockets are closed), the gates of the
+    # running ones are open: nginx reaches both instances
+    gates = [e for e in d.events("upstream") if e["event"] == "upstream.gate_failed"]
+    assert not gates
