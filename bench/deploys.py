@@ -6,8 +6,9 @@
 
 Per operation, under 200 users of the load tester (keep-alive; it counts the requests it had
 to send again on a new connection as `reconnects`: a client that never retries sees those as
-failures) plus 4 threads of non-retrying keep-alive POSTs: failed requests, reconnects, POST
-failures, nginx reloads, the lowest serving capacity seen (instances RUNNING and in the
+failures), 4 threads of non-retrying keep-alive POSTs and `wrk` (16 keep-alive connections;
+its socket errors, read errors above all, are what a client that never retries sees): failed
+requests, reconnects, POST and wrk failures, nginx reloads, the lowest serving capacity seen (instances RUNNING and in the
 upstream, sampled every 50 ms) and wall time. Then, for `after` only, deploys of bad releases of
 the reference app (import error; every request 500; ten times slower): time from deploy start
 to the fleet back on the old release, and requests failed meanwhile.
@@ -112,6 +113,37 @@ class Posts(threading.Thread):
         self.join(30)
 
 
+class Wrk:
+    """`wrk` beside the load tester: 16 keep-alive connections that never retry; its socket
+    errors (connect, read, write, timeout) and non-2xx/3xx answers are failed requests. Started
+    with a long -d and stopped with SIGINT, after which wrk prints its summary."""
+
+    def __init__(self, url: str):
+        import signal
+        self.sigint = signal.SIGINT
+        self.proc = subprocess.Popen(["wrk", "-t1", "-c16", "-d300s", "--timeout", "10s", url],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) \
+            if shutil.which("wrk") else None
+
+    def stop(self) -> dict:
+        if self.proc is None:
+            return {}
+        self.proc.send_signal(self.sigint)
+        try:
+            out = self.proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out = self.proc.communicate()[0]
+        import re
+        done = re.search(r"(\d+) requests in", out)
+        errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        e = [int(x) for x in errs.groups()] if errs else [0, 0, 0, 0]
+        return {"wrk_requests": int(done.group(1)) if done else None,
+                "wrk_failed": sum(e) + (int(non2xx.group(1)) if non2xx else 0),
+                "wrk_errors": dict(zip(("connect", "read", "write", "timeout"), e))}
+
+
 class Capacity(threading.Thread):
     """Lowest count of instances RUNNING and in the upstream (ultrascaled setups)."""
 
@@ -153,6 +185,7 @@ def measure(s, name: str, action, loaded: bool = True) -> dict:
         bg.wait_for_ok(200, timeout=30)
         posts = Posts(int(s.url.rsplit(":", 1)[1]))
         posts.start()
+        wrk = Wrk(s.url + "/")
         time.sleep(1.0)
     cap = Capacity(s) if isinstance(s, Ultrascaled) else None
     if cap:
@@ -174,6 +207,7 @@ def measure(s, name: str, action, loaded: bool = True) -> dict:
     if loaded:
         res = bg.stop()
         posts.stop()
+        row.update(wrk.stop())
         row.update(failed=res.failed, reconnects=res.reconnects, ok=res.ok, post_failed=posts.failed,
                    post_ok=posts.ok, samples=[f"{e.get('kind')} {e.get('detail', '')}"[:120]
                                               for e in (res.error_samples or [])[:2]] + posts.samples[:2])
