@@ -32,7 +32,8 @@ def policy_of(spec: Spec) -> Policy:
                   backoff_initial=spec.restart.backoff_initial, backoff_max=spec.restart.backoff_max,
                   fatal_crashes=spec.restart.fatal_crashes, fatal_window=spec.restart.fatal_window,
                   probe_interval=h.probe_interval, probe_interval_max=max(h.probe_interval, 1.0),
-                  health_interval=h.interval, health_failures=h.failures)
+                  health_interval=h.interval, health_failures=h.failures,
+                  gates=spec.nginx.mode != "off" and spec.nginx.upstream_servers == "range")
 
 
 def gunicorn_argv(spec: Spec, port: int, log_path: str | None = None, directory: str | None = None) -> list[str]:

@@ -74,6 +74,8 @@ class Policy:
     health_failures: int = 3
     hold_upstream_max: float = 5.0     # a crashed instance restarting on its held socket stays in the
                                        # upstream this long at most (see InstanceView.hold_upstream)
+    gates: bool = False                # nginx.upstream_servers: range -- leaving the upstream is a
+                                       # socket's gate, no reload: hold only the last serving instance
     upstream_retry_initial: float = 1.0
     upstream_retry_max: float = 60.0
 
@@ -326,9 +328,13 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
     # An instance whose master crashed after serving and restarts at once on the socket the
     # daemon holds stays in it too: new connections wait in that socket's queue for the next
     # master (a second or two) instead of nginx being reloaded twice (which closes the clients'
-    # idle keep-alive connections). A failure to start again takes it out.
+    # idle keep-alive connections). A failure to start again takes it out. With gates
+    # (upstream_servers: range) leaving costs no reload: while another instance serves, the
+    # crashed one's gate closes and new connections go there instead of waiting for the boot.
     def held(p: int, v: InstanceView) -> bool:
         if not (v.hold_upstream and p in wanted and v.state in (S.STOPPED, S.BACKOFF, S.STARTING)):
+            return False
+        if policy.gates and any(q != p and w.state is S.RUNNING for q, w in instances.items()):
             return False
         if now - v.since >= policy.hold_upstream_max:   # a slow boot: let the others serve
             return False

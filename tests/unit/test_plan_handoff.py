@@ -66,3 +66,14 @@ def test_a_crashed_instance_restarting_on_its_held_socket_stays_in_the_upstream_
     assert p.upstream == (8002,) and any(isinstance(a, Publish) for a in p.actions)
     not_held = {**v, 8001: InstanceView(8001, S.STARTING, since=10.0, handoff=True, next_probe=99)}
     assert plan((8001, 8002), not_held, UP, P, 12.0).upstream == (8002,)
+
+
+def test_with_gates_a_crashed_instance_is_held_only_when_no_other_serves():
+    # upstream_servers: range: leaving is a closed gate, not a reload, so new connections go to
+    # the instance that serves rather than wait in the crashed one's queue for its next master ...
+    gated = Policy(start_timeout=30.0, hold_upstream_max=5.0, gates=True)
+    crashed = InstanceView(8001, S.STARTING, since=10.0, handoff=True, hold_upstream=True, next_probe=99)
+    v = {8001: crashed, 8002: InstanceView(8002, S.RUNNING, next_probe=99)}
+    assert plan((8001, 8002), v, UP, gated, 12.0).upstream == (8002,)
+    # ... but the only instance is held: its queue is the only place a request can wait
+    assert plan((8001,), {8001: crashed}, frozenset({8001}), gated, 12.0).upstream == (8001,)
