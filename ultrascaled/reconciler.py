@@ -209,6 +209,8 @@ class Reconciler:
         # Whether each held socket's gate is open (ultrascaled/procs.py, set_gate): with
         # `nginx.upstream_servers: range` a port takes new connections only while it is published.
         self.gates: dict[int, bool | None] = {}
+        self.taken_ports: frozenset[int] = frozenset()   # ports of the range another program holds
+        self.republish = False
 
     # ---- what is wanted ---------------------------------------------------------------------
 
@@ -545,8 +547,10 @@ class Reconciler:
         if now >= self.next_upstream_check and not self.shutting_down and not self.checking_nginx \
                 and not self.publishing:  # one nginx operation at a time: a check never races an apply
             self.next_upstream_check = now + self.spec.health.interval
+            if self.gated:
+                self._check_range()
             self.checking_nginx = True
-            self._start_task("nginx-check", self._check_nginx())
+            self._start_task("nginx-check", self._check_nginx() if not self.republish else self._republish())
             if self.failed_upstream is not None and not self.failed_temporary \
                     and self._stamp() != self.upstream_stamp:
                 self.failed_temporary, self.upstream_retry_at = True, now  # nginx's files changed: retry
@@ -936,6 +940,43 @@ class Reconciler:
         else:
             self.alerts.resolve("nginx_reconfigure_failed")
         self.publishing = False
+
+    def _check_range(self) -> None:
+        """With a static upstream nginx sends a share of the traffic to every port of the range:
+        one that another program listens on while this fleet runs nothing there (a second fleet
+        on overlapping ports) is taken out of the upstream, with an event and an alert, until it
+        is free again."""
+        spec = self.spec
+        taken: dict[int, str] = {}
+        for i in range(spec.instances.max):
+            port = spec.port(i)
+            if port in self.listeners or port in self.instances:
+                continue
+            try:
+                holder = self.runner.port_in_use(spec.instances.host, port)
+            except OSError:
+                continue
+            if holder is not None:
+                taken[port] = f"pid {holder.pid} ({holder.name})" if holder.pid else holder.name
+        for port in sorted(taken.keys() - self.taken_ports):
+            self.events.emit("upstream.port_taken", level="warning", port=port, holder=taken[port])
+            self.alerts.fire("port_taken", f"port {port} of the fleet's range is held by {taken[port]}: "
+                                           f"taken out of the nginx upstream", port=port)
+        for port in sorted(self.taken_ports - taken.keys()):
+            self.events.emit("upstream.port_free", port=port)
+            self.alerts.resolve("port_taken", f"port {port} is free again", port=port)
+        if taken.keys() != self.taken_ports:
+            self.taken_ports = frozenset(taken)
+            self.republish = True
+
+    async def _republish(self) -> None:
+        """The same servers again, with the upstream's range changed (ports taken or freed)."""
+        self.republish = False
+        setattr(self.upstream, "excluded", self.taken_ports)
+        try:
+            await self._publish(self.applied)
+        finally:
+            self.checking_nginx = False
 
     async def _check_nginx(self) -> None:
         try:

@@ -61,6 +61,7 @@ class NginxUpstream:
         # reconciler opens and closes each port's gate (ultrascaled/procs.py, set_gate); the file
         # changes only when the range does, or when no instance (or the first one) is ready.
         self.gated = spec.nginx.upstream_servers == "range"
+        self.excluded: frozenset[int] = getattr(self, "excluded", frozenset())   # the reconciler sets it
         self.range = [(spec.instances.host, spec.port(i)) for i in range(spec.instances.max)]
 
     async def start(self) -> None:
@@ -74,7 +75,8 @@ class NginxUpstream:
 
     async def apply(self, servers):
         if self.gated and servers:
-            servers = sorted(set(self.range) | set(servers))
+            others = {(h, p) for h, p in self.range if p in self.excluded}   # held by another program
+            servers = sorted((set(self.range) - others) | set(servers))
         r = await self.ctl.apply(servers)
         if r.ok and r.reloaded:
             self.events.emit("nginx.reloaded", log=False, upstreams=len(servers), seconds=round(r.duration, 3))

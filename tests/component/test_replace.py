@@ -179,3 +179,24 @@ async def test_with_a_static_upstream_ports_join_and_leave_by_their_gate_before_
     await h.advance(1, step=0.05)
     assert [c for c in h.runner.calls if c[0] == "gate"] == gate_calls and len(order) == publishes
     assert h.runner.gates() == {8001: True, 8002: True}
+
+
+@component
+async def test_with_a_static_upstream_a_port_of_the_range_another_program_holds_leaves_nginx(tmp_path):
+    # A second fleet (or anything) listening on a port of this fleet's range where this fleet
+    # runs nothing would get a share of its traffic: it is taken out of the upstream, loudly.
+    from ultrascaled.runner import PortHolder
+    h = Harness(tmp_path)
+    h.upstream.gated = True
+    await h.start()
+    h.runner.busy[8005] = PortHolder(4242, "gunicorn")
+    h.runner.busy[8001] = PortHolder(4243, "ours anyway")     # a port this fleet runs: not a concern
+    await h.advance(11, step=1)
+    taken = h.events_named("upstream.port_taken")
+    assert [(e["port"], e["holder"]) for e in taken] == [(8005, "pid 4242 (gunicorn)")]
+    assert "port_taken,port=8005" in h.alerts() and h.upstream.excluded == frozenset({8005})
+    assert h.upstream.applied[-1] == [8001, 8002], "published again with the same instances"
+    del h.runner.busy[8005]
+    await h.advance(11, step=1)
+    assert h.upstream.excluded == frozenset() and "port_taken,port=8005" not in h.alerts()
+    assert [e["port"] for e in h.events_named("upstream.port_free")] == [8005]
