@@ -45,3 +45,19 @@ def test_scale_2_4_2_twice_under_load_reloads_nothing_and_fails_no_request(make_
     # running ones are open: nginx reaches both instances
     gates = [e for e in d.events("upstream") if e["event"] == "upstream.gate_failed"]
     assert not gates
+
+
+def test_a_second_fleet_on_overlapping_ports_is_noticed_and_gets_none_of_the_first_ones_traffic(make_daemon):
+    import json
+
+    from support.harness import http_get
+    a = make_daemon({"health": {"interval": 1}}).start()
+    b = make_daemon({"instances": {"base_port": a.base_port + 4, "count": 2, "min": 1, "max": 2}}, sub="b").start()
+    a.wait_until(lambda f: len(a.events("upstream.port_taken")) == 2, timeout=30, what="both ports noticed")
+    assert sorted(e["port"] for e in a.events("upstream.port_taken")) == [a.base_port + 4, a.base_port + 5]
+    ports = {json.loads(http_get(a.nginx_port)[1])["port"] for _ in range(40)}
+    assert ports == {a.base_port, a.base_port + 1}
+    alerts = a.api("GET", "/alerts")[1]
+    assert "port_taken" in json.dumps(alerts)
+    b.stop()
+    a.wait_until(lambda f: len(a.events("upstream.port_free")) == 2, timeout=30, what="ports free again")
