@@ -58,11 +58,11 @@ class Before(Ultrascaled):
 class After(Ultrascaled):
     key, label = "after", "ultrascaled (after)"
 
-    def start(self, count: int = 4) -> None:
-        super().start(count)
-        self.daemon.spec["deploy"] = {"soak_seconds": 5, "min_requests": 20}   # a short soak for the bench
-        self.daemon.write_spec()
-        self.ctl("reload")
+
+def short_soak(s) -> None:
+    s.daemon.spec["deploy"] = {"soak_seconds": 5, "min_requests": 20}   # a short soak for the bench
+    s.daemon.write_spec()
+    s.ctl("reload")
 
 
 class Posts(threading.Thread):
@@ -235,12 +235,25 @@ def kill_master(s, port: int) -> str:
     return f"kill -9 master of {port}"
 
 
+def deploy(s) -> str:
+    s.ctl("deploy", str(ROOT))
+    return f"ultrascalectl deploy {ROOT} (a release beside the one running; canary soak 5 s)"
+
+
+def rollback(s) -> str:
+    s.ctl("rollback")
+    return "ultrascalectl rollback (canary soak 5 s)"
+
+
+# (name, action, under load, ultrascaled only)
 OPERATIONS = [
-    ("scale 2→4", lambda s: s.scale(4), True),
-    ("restart all 4, idle", lambda s: s.restart_all(), False),
-    ("restart all 4, 200 users", lambda s: s.restart_all(), True),
-    ("kill -9 one master, 200 users", lambda s: kill_master(s, s.ports()[1]), True),
-    ("scale 4→2", lambda s: s.scale(2), True),
+    ("scale 2→4", lambda s: s.scale(4), True, False),
+    ("restart all 4, idle", lambda s: s.restart_all(), False, False),
+    ("restart all 4, 200 users", lambda s: s.restart_all(), True, False),
+    ("kill -9 one master, 200 users", lambda s: kill_master(s, s.ports()[1]), True, False),
+    ("deploy 4, 200 users", deploy, True, True),
+    ("rollback 4, 200 users", rollback, True, True),
+    ("scale 4→2", lambda s: s.scale(2), True, False),
 ]
 
 
@@ -335,10 +348,14 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 log(f"deploy-bench: starting {s.label} with 2 instances")
                 s.start(2)
-                for name, action, loaded in OPERATIONS:
+                if isinstance(s, Ultrascaled):
+                    short_soak(s)
+                    s.ctl("deploy", str(ROOT), check=True)   # a first release: the reference app
+                for name, action, loaded, ours in OPERATIONS:
+                    if ours and not isinstance(s, Ultrascaled):
+                        continue
                     rows.append(measure(s, name, action, loaded))
                 if key == "after" and not args.no_bad:
-                    s.ctl("deploy", str(ROOT), check=True)   # a first release: the reference app
                     out["bad_releases"] = bad_deploys(s, run_dir)
             finally:
                 s.stop()
