@@ -11,6 +11,7 @@ measurement: the suite, and each figure of docs/benchmarks.md by its own subcomm
     python -m bench redis-failover      a Redis primary killed under load (scripts/redis-failover)
     python -m bench accesslog [--help]  the cost of nginx's traffic log (scripts/bench-accesslog)
     python -m bench deploy [--help]     restarts, deploys and bad releases (scripts/bench-deploy)
+    python -m bench listeners [--help]  how a port changes hands at the socket level (scripts/bench-listeners)
     python -m bench.dashboard           the dashboard's memory and CPU (scripts/bench-dashboard)
     python -m bench.screenshots         the dashboard screenshots in docs/ (scripts/screenshots)
 """
@@ -86,7 +87,7 @@ def _on_term(signum, frame):
 # Measurements with their own options, run as `python -m bench NAME [options]`.
 SUBCOMMANDS = {"fleet": "bench.figures", "chaos": "bench.chaos", "accesslog": "bench.accesslog",
                "redis-failover": "bench.redis_failover", "autoscale": "bench.autoscale",
-               "deploy": "bench.deploys"}
+               "deploy": "bench.deploys", "listeners": "bench.listeners"}
 
 
 def main(argv: list[str] | None = None) -> int:
