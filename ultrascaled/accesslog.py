@@ -602,6 +602,13 @@ class _Holder:
 
 # ---- the loop the daemon runs ------------------------------------------------------------
 
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
 class TrafficMonitor:
     """The daemon's :class:`TrafficSource`: every ``interval`` seconds, reads the new lines of
     the traffic log in a worker thread (at most ``budget`` bytes), folds them into the store,
@@ -616,8 +623,11 @@ class TrafficMonitor:
                  budget: int = 4 << 20, max_bytes: int = 0, backups: int = 5,
                  reopen: Optional[Callable[[], Awaitable[bool]]] = None,
                  emit: Callable[..., Any] = lambda *a, **k: None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, companions: tuple[str, ...] = ()):
         self.path = path
+        # nginx's other logs, rotated by the same rule and the same reopen (the managed nginx's
+        # error.log: with the static upstream it gets a line each time a closed port is tried)
+        self.companions = companions
         self.store = TrafficStore(window, clock=clock, allowed=allowed)
         self.tail = LogTail(path)
         self.ports = ports              # the fleet's instances: figures of other ports are forgotten
@@ -692,6 +702,22 @@ class TrafficMonitor:
                 and not self.tail.rotating:
             # one rotation at a time: the next waits until nginx has let go of the last one
             await self.rotate()
+        if self.max_bytes and self.reopen is not None and self.companions:
+            await self._rotate_companions()
+
+    async def _rotate_companions(self) -> None:
+        from ultrascaled import logfiles
+        big = [p for p in self.companions if _size(p) >= self.max_bytes]
+        if not big:
+            return
+        try:
+            for p in big:
+                await asyncio.to_thread(logfiles.shift, p, self.backups)
+        except OSError as exc:
+            self.emit("nginx.log_rotate_failed", level="error", path=p, error=str(exc))
+            return
+        ok = await self.reopen()  # type: ignore[misc]
+        self.emit("nginx.log_rotated", paths=big, reopened=ok)
 
     async def rotate(self) -> None:
         from ultrascaled import logfiles

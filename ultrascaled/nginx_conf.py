@@ -437,8 +437,12 @@ def render_upstream(s: NginxSettings, servers: Sequence[tuple[str, int]]) -> byt
         lines.append(f"upstream {name} {{")
         if method:
             lines.append(f"    {method};")
+        ranged = s.upstream_servers == "range"
+        if ranged and srv:
+            # shared by the workers: a port found closed is skipped by all of them, and tried
+            # again once per fail_timeout, not once per worker (2 x 2 KB per server is plenty)
+            lines.append(f"    zone {name} {max(64, 4 * len(srv))}k;")
         if srv:
-            ranged = s.upstream_servers == "range"
             max_fails = max(1, s.max_fails) if ranged else s.max_fails
             for host, port in srv:
                 params = f" max_fails={max_fails}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from dataclasses import fields
 from pathlib import Path
@@ -64,7 +65,8 @@ class Supervisor:
             serving=lambda: [p for p, i in self.instances.items() if i.state is S.RUNNING],
             allowed=lambda port: 0 <= port - self.spec.instances.base_port < self.spec.instances.max,
             max_bytes=spec.logs.max_bytes if managed else 0, backups=spec.logs.backups,
-            reopen=reopen if managed else None, emit=self.events.emit)
+            reopen=reopen if managed else None, emit=self.events.emit,
+            companions=(os.path.join(spec.nginx.prefix, "logs", "error.log"),) if managed else ())
 
     def traffic_families(self) -> list:
         """/metrics: per-instance request counts and response times measured at nginx."""

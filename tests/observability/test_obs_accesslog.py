@@ -435,6 +435,29 @@ def test_monitor_rotates_past_max_bytes_and_reopens(tmp_path):
     assert (w.requests, w.errors_5xx) == (51, 1)
 
 
+
+def test_monitor_rotates_nginx_error_log_past_max_bytes_too(tmp_path):
+    # the static upstream makes nginx log each try of a closed port: its error.log must not
+    # grow without bound either
+    p, err = tmp_path / "traffic.log", tmp_path / "error.log"
+    write(p, line() + b"\n")
+    err.write_bytes(b"x" * 999)
+    reopened = []
+
+    async def reopen():
+        reopened.append(1)
+        return True
+
+    m = TrafficMonitor(str(p), ports=lambda: [8001], max_bytes=1000, backups=2, reopen=reopen,
+                       clock=lambda: T0 + 2, companions=(str(err),))
+    asyncio.run(m.tick())
+    assert reopened == [] and not (tmp_path / "error.log.1").exists()
+    err.write_bytes(b"x" * 1000)
+    asyncio.run(m.tick())
+    assert reopened == [1] and (tmp_path / "error.log.1").stat().st_size == 1000
+    assert not (tmp_path / "traffic.log.1").exists(), "the traffic log was not big enough"
+
+
 # ---- alerts per instance ---------------------------------------------------------------------
 
 SECTION = AlertsSection(error_rate=0.05, error_rate_for=0, p95_latency_seconds=1.0, p95_latency_for=0,
