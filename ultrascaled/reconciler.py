@@ -937,9 +937,13 @@ class Reconciler:
                          level="info" if ok else "error", detail=detail)
         if not ok:
             self.alerts.fire("nginx_reconfigure_failed", f"nginx settings not applied: {detail}")
-        else:
-            self.alerts.resolve("nginx_reconfigure_failed")
-        self.publishing = False
+            self.publishing = False
+            return
+        self.alerts.resolve("nginx_reconfigure_failed")
+        # The same servers again under the new settings: `upstream_servers` or `instances.max`
+        # may have changed what the file lists (the whole range, or only the ready ones) and
+        # whether the gates decide; the loop's UpstreamDone ends the publishing.
+        await self._publish(self.applied)
 
     def _check_range(self) -> None:
         """With a static upstream nginx sends a share of the traffic to every port of the range:

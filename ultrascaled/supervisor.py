@@ -193,8 +193,9 @@ class Supervisor:
         rec.spec, rec.count = new, count
         if self.traffic is not None and self.traffic.max_bytes:   # the traffic log's rotation follows logs.*
             self.traffic.max_bytes, self.traffic.backups = new.logs.max_bytes, new.logs.backups
-        if new.nginx != old.nginx:
-            rec.pending_nginx = True
+        if (new.nginx, new.instances.max, new.instances.base_port, new.instances.host) != \
+                (old.nginx, old.instances.max, old.instances.base_port, old.instances.host):
+            rec.pending_nginx = True    # (the static upstream lists the instances' range)
         if rec.failed_upstream is not None:   # a refused upstream is tried again with the new spec
             rec.failed_temporary, rec.upstream_retry_at = True, 0.0
         wanted = rec.wanted

@@ -237,6 +237,9 @@ class FakeUpstream:
         pass
 
     async def reconfigure(self, spec):
+        self.reconfigured = getattr(self, "reconfigured", 0) + 1
+        if hasattr(self, "gated"):
+            self.gated = spec.nginx.upstream_servers == "range"
         return True, "ok"
 
     async def stop(self):

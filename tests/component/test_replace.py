@@ -200,3 +200,27 @@ async def test_with_a_static_upstream_a_port_of_the_range_another_program_holds_
     await h.advance(11, step=1)
     assert h.upstream.excluded == frozenset() and "port_taken,port=8005" not in h.alerts()
     assert [e["port"] for e in h.events_named("upstream.port_free")] == [8005]
+
+
+@component
+async def test_a_spec_reload_that_leaves_the_static_upstream_republishes_and_opens_every_gate(tmp_path):
+    import dataclasses
+    h = Harness(tmp_path)
+    h.upstream.gated = True
+    await h.start()
+    h.runner.answers[8003] = ProbeResult(503, "HTTP 503")
+    h.sup.scale(3)
+    await h.settle()
+    assert h.runner.gates() == {8001: True, 8002: True, 8003: False}
+    publishes = len(h.upstream.applied)
+    ready = dataclasses.replace(h.spec, nginx=dataclasses.replace(h.spec.nginx, upstream_servers="ready"))
+    h.sup.reload_spec(ready)
+    await h.settle()
+    assert h.upstream.reconfigured == 1 and not h.upstream.gated
+    assert len(h.upstream.applied) == publishes + 1 and h.upstream.applied[-1] == [8001, 8002]
+    assert h.runner.gates() == {8001: True, 8002: True, 8003: True}, "nginx lists only the ready ones now"
+    # instances.max alone changes the range: nginx is told too
+    wider = dataclasses.replace(ready, instances=dataclasses.replace(ready.instances, max=9))
+    h.sup.reload_spec(wider)
+    await h.settle()
+    assert h.upstream.reconfigured == 2
