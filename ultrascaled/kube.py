@@ -199,6 +199,7 @@ NOT_CARRIED: dict[str, str] = {
     "nginx.keepalive_timeout": "controller-wide: upstream-keepalive-timeout in its ConfigMap",
     "nginx.max_fails": "the controller's balancer takes endpoints from readiness, not max_fails",
     "nginx.fail_timeout": "the controller's balancer takes endpoints from readiness",
+    "nginx.upstream_servers": "the controller's endpoints follow the pods' readiness; no static range",
     "nginx.rate_limit_status": "controller-wide: limit-req-status-code in its ConfigMap",
     "nginx.limit_zone_size": "the controller sizes its limit zones itself",
     "nginx.tls_listen": "the controller's HTTPS port",

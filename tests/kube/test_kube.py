@@ -261,6 +261,7 @@ MUTATIONS = {
     "nginx.tls_key": ({"nginx.tls_cert": "/c.pem"}, "/k.pem"),
     "nginx.balance": ({}, ""),
     "nginx.proxy_next_upstream": ({}, "error timeout"),
+    "nginx.proxy_connect_timeout": ({}, "5s"),   # 500ms -> 501ms is still 1 s in an annotation
     "nginx.proxy_buffers": ({}, "8 8k"),
     "nginx.server_name": ({}, "example.com"),
     "nginx.socketio_path": ({}, "/ws/"),

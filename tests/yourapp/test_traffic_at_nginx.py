@@ -175,6 +175,9 @@ def test_a_try_nginx_retried_counts_for_the_instance_that_failed_it(plain_fleet)
     (proxy_next_upstream http_503): every client gets 200, so the fleet has no error, but each
     request the broken instance saw is one 5xx try of its own ($upstream_addr "a, b")."""
     d = plain_fleet
+    # upstream_servers: ready renders max_fails=0: every request tries the broken instance first
+    # (with the static range nginx would skip it for fail_timeout after its first 503)
+    d.spec["nginx"]["upstream_servers"] = "ready"
     d.spec["app"]["env"]["BROKEN_STATUS"] = "503"
     d.spec["app"]["env"]["SLOW_PORT"] = ""
     d.spec["logs"]["max_bytes"] = 50 << 20      # no rotation: every line stays in the file
