@@ -137,6 +137,14 @@ async def test_a_daemon_killed_mid_replacement_keeps_the_master_that_holds_the_s
     assert [e["pid"] for e in h2.events_named("adopt.duplicate_stopped")] == [510]
 
 
+async def gated(tmp_path) -> Harness:
+    """A fleet behind a static upstream (nginx.upstream_servers: range): gates decide."""
+    h = Harness(tmp_path)
+    h.upstream.gated = True
+    await h.start()
+    return h
+
+
 @component
 async def test_with_a_static_upstream_ports_join_and_leave_by_their_gate_before_nginx_is_asked(tmp_path):
     # nginx.upstream_servers: range -- nginx lists the whole range; a port takes new connections
@@ -186,9 +194,7 @@ async def test_with_a_static_upstream_a_port_of_the_range_another_program_holds_
     # A second fleet (or anything) listening on a port of this fleet's range where this fleet
     # runs nothing would get a share of its traffic: it is taken out of the upstream, loudly.
     from ultrascaled.runner import PortHolder
-    h = Harness(tmp_path)
-    h.upstream.gated = True
-    await h.start()
+    h = await gated(tmp_path)
     h.runner.busy[8005] = PortHolder(4242, "gunicorn")
     h.runner.busy[8001] = PortHolder(4243, "ours anyway")     # a port this fleet runs: not a concern
     await h.advance(11, step=1)
@@ -205,9 +211,7 @@ async def test_with_a_static_upstream_a_port_of_the_range_another_program_holds_
 @component
 async def test_a_spec_reload_that_leaves_the_static_upstream_republishes_and_opens_every_gate(tmp_path):
     import dataclasses
-    h = Harness(tmp_path)
-    h.upstream.gated = True
-    await h.start()
+    h = await gated(tmp_path)
     h.runner.answers[8003] = ProbeResult(503, "HTTP 503")
     h.sup.scale(3)
     await h.settle()
