@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import struct
 import sys
 import threading
 import time
@@ -33,6 +34,12 @@ import time
 from ultrascaled import procs
 
 ANSWER = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def queued(sock: socket.socket) -> int:
+    """Connections waiting in a listening socket's accept queue (tcp_info.tcpi_unacked)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+    return struct.unpack_from("I", info, 24)[0]
 
 
 def listener(port: int = 0, reuseport: bool = False) -> socket.socket:
@@ -134,7 +141,7 @@ def run(scheme: str, seconds: float, clients: int, service: float = 0.002) -> di
     new = None
     with Clients(port, spare.getsockname()[1], clients) as cl:
         time.sleep(seconds / 2)
-        queued = procs.queued(sock)
+        waiting = queued(sock)
         if scheme == "rebind":
             old.stop()
             new = Acceptor(listener(port), service)
@@ -152,14 +159,14 @@ def run(scheme: str, seconds: float, clients: int, service: float = 0.002) -> di
         elif scheme == "gate":
             procs.set_gate(sock, False)
             deadline = time.monotonic() + 5
-            while procs.queued(sock) and time.monotonic() < deadline:
+            while queued(sock) and time.monotonic() < deadline:
                 time.sleep(0.005)
             old.stop()
         time.sleep(seconds / 2)
     if new:
         new.stop()
     spare_acc.stop()
-    return {"scheme": scheme, "queued at the hand-over": queued, **cl.counts, "slowest (s)": round(cl.worst, 3)}
+    return {"scheme": scheme, "queued at the hand-over": waiting, **cl.counts, "slowest (s)": round(cl.worst, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -381,17 +381,6 @@ def set_gate(sock: socket.socket, open_: bool) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def gate_open(sock: socket.socket) -> bool:
-    """True unless a filter is attached (getsockopt SO_GET_FILTER gives its length)."""
-    return sock.getsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER) == 0
-
-
-def queued(sock: socket.socket) -> int:
-    """Connections waiting in a listening socket's accept queue (tcp_info.tcpi_unacked)."""
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
-    return struct.unpack_from("I", info, 24)[0]
-
-
 _SYS_PIDFD_GETFD = 438   # the same number on every Linux architecture (since 5.6)
 
 
