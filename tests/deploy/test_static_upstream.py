@@ -54,7 +54,11 @@ def test_a_second_fleet_on_overlapping_ports_is_noticed_and_gets_none_of_the_fir
     a = make_daemon({"health": {"interval": 1}}).start()
     b = make_daemon({"instances": {"base_port": a.base_port + 4, "count": 2, "min": 1, "max": 2}}, sub="b").start()
     a.wait_until(lambda f: len(a.events("upstream.port_taken")) == 2, timeout=30, what="both ports noticed")
-    assert sorted(e["port"] for e in a.events("upstream.port_taken")) == [a.base_port + 4, a.base_port + 5]
+    taken = a.events("upstream.port_taken")
+    assert sorted(e["port"] for e in taken) == [a.base_port + 4, a.base_port + 5]
+    last = max(e["seq"] for e in taken)     # then the upstream is published again without them
+    a.wait_until(lambda f: any(e["seq"] > last for e in a.events("upstream.applied")), timeout=30,
+                 what="the upstream published without the taken ports")
     ports = {json.loads(http_get(a.nginx_port)[1])["port"] for _ in range(40)}
     assert ports == {a.base_port, a.base_port + 1}
     alerts = a.api("GET", "/alerts")[1]
