@@ -77,7 +77,9 @@ class NginxSettings:
                         "(docs/nginx.md)")
     keepalive_requests: int = _f(10000, "requests served over one upstream keepalive "
                                  "connection before it is closed")
-    keepalive_timeout: str = _f("60s", "how long an idle upstream keepalive connection is kept")
+    keepalive_timeout: str = _f("4s", "how long an idle upstream keepalive connection is kept; "
+                                "short, because a stopping instance (gevent) waits for its idle "
+                                "keep-alive connections until nginx closes them (docs/nginx.md)")
     upstream_servers: str = _f("range", "range: the upstream lists every port of "
                                "instances.base_port .. + instances.max - 1 and never changes when "
                                "instances start, stop or restart: the daemon opens and closes "

@@ -98,7 +98,7 @@ class GunicornSection:
     graceful_timeout: int = setting(30, "Seconds a stopping instance gets to finish in-flight requests.",
                                     min=1)
     keepalive: int = setting(65, "Seconds an idle keep-alive connection stays open; must be "
-                             "longer than `nginx.keepalive_timeout` (60s) so that nginx, not "
+                             "longer than `nginx.keepalive_timeout` (4s) so that nginx, not "
                              "gunicorn, closes idle upstream connections.", min=1, max=3600)
     max_requests: int = setting(0, "Requests after which a worker is replaced (0 = never). Off by "
                                 "default: the memory watchdog replaces a worker by what it measures, "

@@ -13,7 +13,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def test_scale_2_4_2_twice_under_load_reloads_nothing_and_fails_no_request(make_daemon):
-    d = make_daemon({"instances": {"count": 2}}).start()
+    # graceful_timeout 200 s: a stopping instance that waited for nginx's idle keep-alive
+    # connections (nginx no longer sends there once the gate closed) would outlast this test
+    d = make_daemon({"instances": {"count": 2}, "gunicorn": {"graceful_timeout": 200}}).start()
     reloads = d.api("GET", "/health")[1]["nginx"]["reload_count"]
     load = BackgroundLoad(f"http://127.0.0.1:{d.nginx_port}/", users=50, duration_limit=120, timeout=10.0, procs=1)
     clients = [NoRetryClient(d.nginx_port, "POST", "/health", body=b"x" * 100, keepalive=True, limit=120,
@@ -25,7 +27,7 @@ def test_scale_2_4_2_twice_under_load_reloads_nothing_and_fails_no_request(make_
         for c in clients:
             c.start()
         for count in (4, 2, 4, 2):
-            assert d.ctl("scale", str(count)).returncode == 0
+            assert d.ctl("scale", str(count), timeout=100).returncode == 0
             d.wait_until(lambda f: len(f["instances"]) == count and f["ready"] == count
                          and sorted(f["upstream"]["servers"]) == [d.base_port + k for k in range(count)],
                          timeout=60, what=f"{count} instances serving")
@@ -65,3 +67,23 @@ def test_a_second_fleet_on_overlapping_ports_is_noticed_and_gets_none_of_the_fir
     assert "port_taken" in json.dumps(alerts)
     b.stop()
     a.wait_until(lambda f: len(a.events("upstream.port_free")) == 2, timeout=30, what="ports free again")
+
+
+def test_a_leaving_instance_does_not_wait_for_nginx_idle_keepalive_connections(make_daemon):
+    # A burst leaves nginx with many idle keep-alive connections to every instance; once a
+    # leaving instance's gate is closed nginx no longer uses them, and the instance's gevent
+    # worker waits for them to close (up to graceful_timeout). nginx's short upstream
+    # keepalive_timeout (4s) closes them: the scale down ends long before the 200 s here.
+    import threading
+
+    from support.harness import http_get
+    d = make_daemon({"instances": {"count": 4}, "gunicorn": {"graceful_timeout": 200,
+                                                               "worker_connections": 200}}).start()
+    threads = [threading.Thread(target=http_get, args=(d.nginx_port, "/io?ms=300", 10)) for _ in range(120)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert d.ctl("scale", "2", "--no-wait").returncode == 0
+    # (with nginx's old 60 s keepalive_timeout this took 60 s; now about 5 s)
+    d.wait_until(lambda f: len(f["instances"]) == 2, timeout=40, what="the two leaving instances gone")

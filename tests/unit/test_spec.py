@@ -158,10 +158,10 @@ def test_gunicorn_keepalive_outlasts_nginx_and_count_based_recycling_is_off():
 
 
 @pytest.mark.parametrize("text", [
-    "gunicorn: {keepalive: 5}\n",
-    "gunicorn: {keepalive: 60}\n",
+    "gunicorn: {keepalive: 4}\n",                              # nginx's default: 4s
+    "gunicorn: {keepalive: 60}\nnginx: {keepalive_timeout: 60s}\n",
     "gunicorn: {keepalive: 65}\nnginx: {keepalive_timeout: 2m}\n",
-    "gunicorn: {keepalive: 30}\nnginx: {mode: system, upstream_file: /etc/nginx/u.conf}\n",
+    "gunicorn: {keepalive: 3}\nnginx: {mode: system, upstream_file: /etc/nginx/u.conf}\n",
 ])
 def test_gunicorn_keepalive_must_outlast_the_nginx_upstream_keepalive(text):
     errors = errors_of(text)
