@@ -54,6 +54,7 @@ class NginxUpstream:
         from ultrascaled.nginx import NginxController
         self.events = events
         self.ctl = NginxController(spec.nginx)
+        self.excluded: frozenset[int] = frozenset()   # ports another program holds (the reconciler's range check)
         self._range(spec)
 
     def _range(self, spec: Spec) -> None:
@@ -61,7 +62,6 @@ class NginxUpstream:
         # reconciler opens and closes each port's gate (ultrascaled/procs.py, set_gate); the file
         # changes only when the range does, or when no instance (or the first one) is ready.
         self.gated = spec.nginx.upstream_servers == "range"
-        self.excluded: frozenset[int] = getattr(self, "excluded", frozenset())   # the reconciler sets it
         self.range = [(spec.instances.host, spec.port(i)) for i in range(spec.instances.max)]
 
     async def start(self) -> None:
