@@ -207,7 +207,7 @@ def hpa_simulation(run: dict, tr, lo: int, hi: int, workers: int, start_delay: f
     total worker CPU each second, shared by the simulated ready instances."""
     from pathlib import Path as P
 
-    from ultrascaled import autoscale as core
+    from ultrascaled.core import autoscale as core
     from ultrascaled.spec import parse_spec
     spec = parse_spec(f"instances: {{min: {lo}, max: {hi}, count: {lo}}}\n"
                       "autoscale: {enabled: true, sync_period_seconds: 15, stale_after_seconds: 30, "

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-from ultrascaled import procs
+from ultrascaled.effects import procs
 
 ANSWER = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
 

@@ -5,9 +5,9 @@
   handwired    (c) the same instances started by hand (setsid each), static nginx upstream
   ultrascaled  (d) ultrascaled with the same instances behind its managed nginx
 
-Every instance runs the command ultrascaled itself builds (`ultrascaled.supervisor.gunicorn_argv`)
+Every instance runs the command ultrascaled itself builds (`ultrascaled.supervise.supervisor.gunicorn_argv`)
 with the environment it builds (`instance_env`), and (b) and (c) get the nginx configuration
-from the same renderer (`ultrascaled.nginx_conf`) with default `NginxSettings`, so between
+from the same renderer (`ultrascaled.effects.nginx_render`) with default `NginxSettings`, so between
 (b), (c) and (d) only the supervisor differs.
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import psutil
 
-from ultrascaled.nginx_conf import NginxSettings, render_main_conf, render_upstream
+from ultrascaled.effects.nginx_render import NginxSettings, render_main_conf, render_upstream
 from ultrascaled.spec import Spec, parse_spec
-from ultrascaled.supervisor import gunicorn_argv, instance_env
+from ultrascaled.supervise.supervisor import gunicorn_argv, instance_env
 
 from bench.util import REPO, Tracker, nginx_binary, port_free, probe, stop_pid, wait_ok
 from support.harness import Daemon, tool

@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from ultrascaled import logs, sdnotify
-from ultrascaled.events import EventLog
-from ultrascaled.fleetlock import FleetLocked
+from ultrascaled.observe import logs
+from ultrascaled.effects import sdnotify
+from ultrascaled.observe.events import EventLog
+from ultrascaled.effects.fleetlock import FleetLocked
 from ultrascaled.spec import Spec, SpecError, load_spec
-from ultrascaled.supervisor import Supervisor
-from ultrascaled.upstream import NoUpstream
+from ultrascaled.supervise.supervisor import Supervisor
+from ultrascaled.effects.upstream import NoUpstream
 
 DEFAULT_SPEC = os.environ.get("ULTRASCALE_SPEC", "/etc/ultrascaled/fleet.yaml")
 RELOAD_TIMEOUT = 5.0
@@ -30,7 +31,7 @@ RELOAD_TIMEOUT = 5.0
 def make_upstream(spec: Spec, events: EventLog):
     if spec.nginx.mode == "off":
         return NoUpstream()
-    from ultrascaled.upstream import NginxUpstream
+    from ultrascaled.effects.upstream import NginxUpstream
     return NginxUpstream(spec, events)
 
 
@@ -40,7 +41,7 @@ def make_history(spec: Spec, sup: Supervisor):
     read, else from the app's own metrics folders (history.TrafficSource)."""
     if not spec.dashboard.enabled:
         return None
-    from ultrascaled import history, metrics
+    from ultrascaled.observe import history, metrics
     source = history.MetricsTraffic(sup.metrics_dirs, metrics.app_families)
     if getattr(sup, "traffic", None) is not None:
         source = history.FirstActive(sup.traffic, source)
@@ -59,7 +60,7 @@ def make_history(spec: Spec, sup: Supervisor):
 
 def make_alerts(spec: Spec, sup: Supervisor, events: EventLog):
     """Alert rules evaluated over two scrapes of the fleet's own metrics (no HTTP involved)."""
-    from ultrascaled import alerts, metrics
+    from ultrascaled.observe import alerts, metrics
     sampler = alerts.Sampler(lambda: metrics.families_async(
         sup.snapshot(), sup.upstream.status(), sup.counters, sup.metrics_dirs()), traffic=sup.traffic)
     return alerts.AlertManager(spec.alerts, sampler, events.emit, fleet=spec.name,
@@ -76,7 +77,7 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
         print(f"ultrascaled: {exc}", file=sys.stderr)
         return 2
 
-    from ultrascaled.api import ApiServer, AuditLog, Settings, build_app, read_token, tls_context
+    from ultrascaled.surface.api import ApiServer, AuditLog, Settings, build_app, read_token, tls_context
 
     reload_lock = asyncio.Lock()
 
@@ -102,7 +103,7 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
         return 2
     alerts = make_alerts(spec, sup, events)
     sup.set_alerts(alerts)
-    from ultrascaled.autoscaler import Autoscaler
+    from ultrascaled.supervise.autoscale_loop import Autoscaler
     # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
     sup.autoscaler = Autoscaler(sup, nofile_limit=nofile, traffic=sup.traffic)
     settings = Settings.from_spec(spec, credentials)
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         import json
 
-        from ultrascaled import fleetlock
+        from ultrascaled.effects import fleetlock
         from ultrascaled.spec import host_problems
         problems = host_problems(spec, nofile_limit=nofile) + fleetlock.check(spec.name, spec.paths.state_dir)
         if problems:

@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from ultrascaled.api import Credentials, Limits, Settings, Token, build_app
-from ultrascaled.control import FleetControl, ScaleRefused
-from ultrascaled.events import EventLog
+from ultrascaled.surface.api import Credentials, Limits, Settings, Token, build_app
+from ultrascaled.core.control import FleetControl, ScaleRefused
+from ultrascaled.observe.events import EventLog
 from ultrascaled.spec import SpecError
 
 BASE = 18001
@@ -159,7 +159,7 @@ class LiveApi:
 
     def __init__(self, fleet: FleetControl, settings: Settings, ssl_context=None, audit=None):
         import threading
-        from ultrascaled.api import ApiServer
+        from ultrascaled.surface.api import ApiServer
         self.fleet, self.settings = fleet, settings
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

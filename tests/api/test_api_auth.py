@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ultrascaled.api import AuditLog, Token, read_token, read_token_file
+from ultrascaled.surface.api import AuditLog, Token, read_token, read_token_file
 
 ADMIN = (Token("alice", "a" * 32), Token("token", "b" * 32))
 METRICS = (Token("prometheus", "m" * 32),)

@@ -6,7 +6,7 @@ import pytest
 
 
 class FakeAutoscaler:
-    """What the handlers use of ultrascaled.autoscaler.Autoscaler, recording the calls."""
+    """What the handlers use of ultrascaled.supervise.autoscale_loop.Autoscaler, recording the calls."""
 
     def __init__(self, enabled=True):
         self.enabled = enabled
@@ -96,7 +96,7 @@ def test_without_an_autoscaler_the_routes_are_not_found(api, fleet):
 
 
 def test_pause_and_resume_need_the_token_like_every_mutation(make_api, fleet, auto):
-    from ultrascaled.api import Token
+    from ultrascaled.surface.api import Token
     api = make_api(tokens=(Token("alice", "s" * 32),))
     assert api.code("POST", "/autoscale/pause", json={})[0] == 401
     assert api.code("POST", "/autoscale/resume")[0] == 401

@@ -1,4 +1,4 @@
-"""GET /ui and its JSON (ultrascaled/dashboard.py) under the API's rules, in-process on the
+"""GET /ui and its JSON (ultrascaled/surface/dashboard.py) under the API's rules, in-process on the
 fake fleet: the page and assets are the only paths a browser loads without a token, nothing
 else opens, caching headers, the viewer/admin answer, bad input."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from ultrascaled.api import Token
-from ultrascaled.history import History, TrafficWindow
+from ultrascaled.surface.api import Token
+from ultrascaled.observe.history import History, TrafficWindow
 
 ADMIN = Token("alice", "s3cret-admin-token")
 AUTH = {"Authorization": f"Bearer {ADMIN.secret}"}
@@ -117,7 +117,7 @@ def test_with_the_dashboard_off_there_is_no_page(fleet):
 
 
 def test_every_dashboard_route_is_in_the_openapi_description(api):
-    from ultrascaled.api import openapi_description
+    from ultrascaled.surface.api import openapi_description
     described = openapi_description()["paths"]
     routes = {(r.method, r.resource.canonical) for r in api.client.server.app.router.routes()
               if r.resource is not None and r.resource.canonical.startswith("/ui") and r.method != "HEAD"}
@@ -134,7 +134,7 @@ def test_a_viewer_token_reads_everything_off_loopback_and_changes_nothing(fleet)
 
     from api_helpers import settings
     from support_dashboard import api_with_settings
-    from ultrascaled.api import Credentials
+    from ultrascaled.surface.api import Credentials
     s = dataclasses.replace(settings(host="10.1.2.3"), credentials=Credentials((ADMIN,), (), (VIEWER,)))
     api = api_with_settings(fleet, s)
     try:
@@ -155,7 +155,7 @@ def test_a_viewer_token_reads_everything_off_loopback_and_changes_nothing(fleet)
 def test_read_token_reads_the_viewer_file(tmp_path):
     from types import SimpleNamespace
 
-    from ultrascaled.api import read_token
+    from ultrascaled.surface.api import read_token
     files = {}
     for name, text in (("admin", "alice:x\n"), ("viewer", "carol:v\nbob:w\n")):
         files[name] = tmp_path / name

@@ -9,8 +9,8 @@ import subprocess
 import time
 
 from api_helpers import FakeFleet
-from ultrascaled.api import FOLLOWERS
-from ultrascaled.events import EventLog
+from ultrascaled.surface.api import FOLLOWERS
+from ultrascaled.observe.events import EventLog
 from support.harness import BIN
 from support.waiting import wait_for
 

@@ -1,4 +1,4 @@
-"""schemathesis fuzzes the API from its OpenAPI description (ultrascaled/openapi.yaml) on a
+"""schemathesis fuzzes the API from its OpenAPI description (ultrascaled/surface/openapi.yaml) on a
 real loopback socket with a fake fleet (issue 12, item 10): no 5xx other than documented
 ones, every answer conforms to the description. Bounded: 30 examples an operation."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ except ImportError:
     unavailable("schemathesis not installed (run scripts/setup test)")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from ultrascaled.api import openapi_description  # noqa: E402
+from ultrascaled.surface.api import openapi_description  # noqa: E402
 
 
 def described_for_the_fake() -> dict:

@@ -1,9 +1,9 @@
-"""GET /traffic: the figures measured at nginx (ultrascaled/accesslog.py), for the fleet and
+"""GET /traffic: the figures measured at nginx (ultrascaled/observe/accesslog.py), for the fleet and
 each instance, over `seconds`; off when the fleet has no traffic source."""
 from __future__ import annotations
 
 from api_helpers import BASE
-from ultrascaled.accesslog import TrafficStore, parse_line
+from ultrascaled.observe.accesslog import TrafficStore, parse_line
 
 T0 = 1_700_000_000.0
 

@@ -5,8 +5,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from ultrascaled import capacity
-from ultrascaled.nginx_conf import NginxSettings
+from ultrascaled.core import capacity
+from ultrascaled.effects.nginx_render import NginxSettings
 from ultrascaled.spec import (GunicornSection, InstancesSection, MemorySection, MongoSection, Spec)
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from ultrascaled import capacity
-from ultrascaled.errors import BudgetProblem, SpecError
-from ultrascaled.capacity import budget_problems
+from ultrascaled.core import capacity
+from ultrascaled.spec.errors import BudgetProblem, SpecError
+from ultrascaled.core.capacity import budget_problems
 
 from capacity_helpers import make_spec
 

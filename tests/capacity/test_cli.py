@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ultrascaled import capacity
+from ultrascaled.core import capacity
 from ultrascaled.spec import load_spec
 
 FITS = ("instances: {count: 2, min: 1, max: 4}\ngunicorn: {workers: 1, worker_class: gevent}\n"
@@ -106,7 +106,7 @@ def test_mem_total_is_read_from_meminfo(tmp_path):
 
 
 def test_importing_capacity_pulls_in_nothing_heavy():
-    code = ("import sys, ultrascaled.capacity; bad = [m for m in ('yaml', 'psutil', 'aiohttp', "
+    code = ("import sys, ultrascaled.core.capacity; bad = [m for m in ('yaml', 'psutil', 'aiohttp', "
             "'subprocess', 'asyncio', 'ultrascaled.spec') if m in sys.modules]; print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

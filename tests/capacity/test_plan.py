@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ultrascaled import capacity
-from ultrascaled.capacity import CalibrationError, parse_calibration, plan_for, render
+from ultrascaled.core import capacity
+from ultrascaled.core.capacity import CalibrationError, parse_calibration, plan_for, render
 
 from capacity_helpers import make_spec
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ultrascaled import cli
+from ultrascaled.surface import cli
 
 
 @pytest.mark.parametrize("argv,attrs", [

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ultrascaled import cli
+from ultrascaled.surface import cli
 
 API = "http://127.0.0.1:9000"
 
@@ -135,8 +135,8 @@ def test_nothing_answering_is_exit_3(capsys):
 
 
 def test_status_builds_only_its_own_parser_and_never_imports_the_planner():
-    code = ("import sys; from ultrascaled import cli; a = cli.parse_args(['status']); "
-            "print(a.cmd, 'ultrascaled.capacity' in sys.modules)")
+    code = ("import sys; from ultrascaled.surface import cli; a = cli.parse_args(['status']); "
+            "print(a.cmd, 'ultrascaled.core.capacity' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["status", "False"]
 

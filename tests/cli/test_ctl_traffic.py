@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ultrascaled import cli
+from ultrascaled.surface import cli
 
 
 class Api:

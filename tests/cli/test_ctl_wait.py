@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ultrascaled import cli
+from ultrascaled.surface import cli
 
 REASON = "app failed to load: SyntaxError: invalid syntax (app.py, line 3)"
 

@@ -1,5 +1,5 @@
 """A fake runner, clock and upstream for the reconciler: hand-written, recording every call and
-failing on demand (the seam's contract is `ultrascaled.runner.Runner`). A test drives the loop
+failing on demand (the seam's contract is `ultrascaled.effects.runner.Runner`). A test drives the loop
 with `Harness.settle()` and moves time with `Harness.advance()`; a crash loop or a 30 s start
 timeout runs in milliseconds."""
 from __future__ import annotations
@@ -8,10 +8,10 @@ import asyncio
 import signal
 from dataclasses import dataclass, field
 
-from ultrascaled.events import EventLog
-from ultrascaled.runner import Leftover, PortHolder, ProbeResult, ProcMem
+from ultrascaled.observe.events import EventLog
+from ultrascaled.effects.runner import Leftover, PortHolder, ProbeResult, ProcMem
 from ultrascaled.spec import parse_spec
-from ultrascaled.supervisor import Supervisor
+from ultrascaled.supervise.supervisor import Supervisor
 
 
 class FakeClock:

@@ -7,7 +7,7 @@ import asyncio
 import functools
 
 from fakes import Harness
-from ultrascaled.autoscaler import Autoscaler
+from ultrascaled.supervise.autoscale_loop import Autoscaler
 
 AUTO = """autoscale:
   enabled: true
@@ -266,7 +266,7 @@ async def test_a_hostile_pause_file_is_ignored_and_never_hangs_the_start(tmp_pat
 def test_run_queue_wait_reads_schedstat_and_none_for_a_gone_pid():
     import os
 
-    from ultrascaled.autoscaler import _run_queue_wait
+    from ultrascaled.supervise.autoscale_loop import _run_queue_wait
     assert _run_queue_wait(os.getpid()) >= 0.0
     assert _run_queue_wait(2 ** 22 + 12345) is None      # above pid_max: no such process
 
@@ -305,7 +305,7 @@ async def test_cpu_is_measured_on_the_samples_times_not_the_ticks(tmp_path):
 
 @component
 async def test_p95_comes_from_nginx_when_its_traffic_log_is_on(tmp_path):
-    from ultrascaled.accesslog import TrafficWindow
+    from ultrascaled.observe.accesslog import TrafficWindow
     h = Harness(tmp_path, AUTO + "  target: {cpu_utilization: null, p95_latency_seconds: 0.5}\n")
     await h.start()
 

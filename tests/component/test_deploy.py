@@ -1,4 +1,4 @@
-"""Deploys with the fake runner and clock (ultrascaled/deployer.py over rollout.py's decisions):
+"""Deploys with the fake runner and clock (ultrascaled/supervise/rollout_loop.py over rollout.py's decisions):
 each instance starts on its release's own folder, the canary is judged on figures from a fake
 traffic source, a bad canary rolls the fleet back by itself with an event and an alert naming
 the figure, and a rollout survives a daemon restart. Real gunicorn + nginx: tests/deploy."""
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import pytest
 
 from fakes import Harness
-from ultrascaled import releases
-from ultrascaled.control import ScaleRefused
-from ultrascaled.runner import ProbeResult
+from ultrascaled.effects import releases
+from ultrascaled.core.control import ScaleRefused
+from ultrascaled.effects.runner import ProbeResult
 
 SOAK = "deploy: {soak_seconds: 5, min_requests: 10}"
 

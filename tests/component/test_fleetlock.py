@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from ultrascaled import fleetlock
-from ultrascaled.fleetlock import FleetLock, FleetLocked
-from ultrascaled.procs import marker_port
+from ultrascaled.effects import fleetlock
+from ultrascaled.effects.fleetlock import FleetLock, FleetLocked
+from ultrascaled.effects.procs import marker_port
 
 
 def test_a_second_daemon_with_the_same_name_is_refused_naming_the_holder(tmp_path):

@@ -8,9 +8,9 @@ import errno
 import functools
 
 from fakes import FakeClock, Harness
-from ultrascaled.alerts import EventAlerts
-from ultrascaled.events import EventLog
-from ultrascaled.tasks import TaskGuard
+from ultrascaled.observe.alerts import EventAlerts
+from ultrascaled.observe.events import EventLog
+from ultrascaled.supervise.tasks import TaskGuard
 
 
 def component(fn):

@@ -10,9 +10,9 @@ import signal
 import pytest
 
 from fakes import Harness
-from ultrascaled import command
-from ultrascaled.runner import Leftover, PortHolder, ProbeResult
-from ultrascaled.supervisor import ScaleRefused
+from ultrascaled.core import command
+from ultrascaled.effects.runner import Leftover, PortHolder, ProbeResult
+from ultrascaled.supervise.supervisor import ScaleRefused
 
 
 def component(fn):

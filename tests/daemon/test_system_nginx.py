@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from support.harness import http_get, pid_alive
-from ultrascaled.nginx_conf import NginxSettings, render_site_conf, render_upstream
+from ultrascaled.effects.nginx_render import NginxSettings, render_site_conf, render_upstream
 
 pytestmark = pytest.mark.integration
 

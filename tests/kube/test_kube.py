@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ultrascaled import cli, kube
+from ultrascaled.surface import cli
+from ultrascaled.export import kube
 from ultrascaled.spec import iter_settings, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,7 +232,7 @@ def test_every_spec_key_is_either_carried_or_listed_as_not_carried():
 def test_docs_kubernetes_md_holds_the_current_tables():
     doc = (ROOT / "docs" / "kubernetes.md").read_text()
     assert kube.with_tables(doc) == doc, \
-        "docs/kubernetes.md is stale: .venv/bin/python -m ultrascaled.kube docs/kubernetes.md"
+        "docs/kubernetes.md is stale: .venv/bin/python -m ultrascaled.export.kube docs/kubernetes.md"
 
 
 def set_key(obj, path: str, value):
@@ -646,8 +647,8 @@ def test_an_output_path_that_is_a_file_is_a_usage_error(tmp_path, capsys):
 
 
 def test_status_never_imports_the_exporter():
-    code = ("import sys; from ultrascaled import cli; cli.parse_args(['status']); "
-            "print('ultrascaled.kube' in sys.modules)")
+    code = ("import sys; from ultrascaled.surface import cli; cli.parse_args(['status']); "
+            "print('ultrascaled.export.kube' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -712,7 +713,7 @@ def test_a_closed_stdout_is_exit_1_without_a_traceback(argv):
     r, w = os.pipe()
     os.close(r)  # every write to w fails with EPIPE
     try:
-        out = subprocess.run([sys.executable, "-m", "ultrascaled.cli", *argv, "--spec",
+        out = subprocess.run([sys.executable, "-m", "ultrascaled.surface.cli", *argv, "--spec",
                               str(ETC / "large.yaml")], stdout=w, stderr=subprocess.PIPE, text=True,
                              timeout=60)
     finally:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ultrascaled import kube
+from ultrascaled.export import kube
 from ultrascaled.spec import load_spec
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from ultrascaled.nginx import RunResult, find_binary
+from ultrascaled.effects.nginx_control import RunResult, find_binary
 
 NGINX = find_binary("nginx")
 

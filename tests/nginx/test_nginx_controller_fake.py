@@ -6,7 +6,7 @@ import signal
 import pytest
 
 from nginx_helpers import FakeProcs, FakeRunner
-from ultrascaled.nginx import NginxController, NginxSettings, RunResult, render_upstream
+from ultrascaled.effects.nginx_control import NginxController, NginxSettings, RunResult, render_upstream
 
 A, B = ("127.0.0.1", 8000), ("127.0.0.1", 8001)
 

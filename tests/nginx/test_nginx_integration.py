@@ -15,7 +15,7 @@ import pytest
 
 from nginx_helpers import (backends, free_port, get, have_openssl,  # noqa: F401
                            nginx_pids_of_prefix, nginx_prefix)
-from ultrascaled.nginx import NginxController, NginxSettings, ProcessOps
+from ultrascaled.effects.nginx_control import NginxController, NginxSettings, ProcessOps
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

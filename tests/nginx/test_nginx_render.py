@@ -1,4 +1,4 @@
-"""Unit tests of the pure renderers in ultrascaled.nginx_conf."""
+"""Unit tests of the pure renderers in ultrascaled.effects.nginx_render."""
 import dataclasses
 import subprocess
 import sys
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ultrascaled import nginx_conf
-from ultrascaled.nginx_conf import (NginxSettings, render_main_conf, render_site_conf,
+from ultrascaled.effects import nginx_render as nginx_conf
+from ultrascaled.effects.nginx_render import (NginxSettings, render_main_conf, render_site_conf,
                                     render_upstream, settings_help, validate)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,7 +16,7 @@ A, B, C = ("127.0.0.1", 8001), ("127.0.0.1", 8000), ("127.0.0.1", 8002)
 
 
 def test_pure_module_imports_no_process_or_web_libraries():
-    code = ("import sys, ultrascaled.nginx_conf; "
+    code = ("import sys, ultrascaled.effects.nginx_render; "
             "bad = {'aiohttp', 'psutil', 'subprocess', 'asyncio'} & set(sys.modules); "
             "print(sorted(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -132,7 +132,7 @@ def test_site_conf_is_the_http_part_of_main_conf():
 def test_shipped_system_example_matches_renderer():
     shipped = (ROOT / "etc/nginx/ultrascale.conf").read_bytes()
     assert shipped == render_site_conf(nginx_conf.example_system_settings()), (
-        "regenerate with: .venv/bin/python -m ultrascaled.nginx_conf example "
+        "regenerate with: .venv/bin/python -m ultrascaled.effects.nginx_render example "
         "> etc/nginx/ultrascale.conf")
 
 

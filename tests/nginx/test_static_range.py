@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import asyncio
 
-from ultrascaled.events import EventLog
-from ultrascaled.nginx import ApplyResult
+from ultrascaled.observe.events import EventLog
+from ultrascaled.effects.nginx_control import ApplyResult
 from ultrascaled.spec import parse_spec
-from ultrascaled.upstream import NginxUpstream
+from ultrascaled.effects.upstream import NginxUpstream
 
 
 class RecordingController:

@@ -1,4 +1,4 @@
-"""The traffic log at nginx (ultrascaled/accesslog.py): the parser on nginx's real shapes and on
+"""The traffic log at nginx (ultrascaled/observe/accesslog.py): the parser on nginx's real shapes and on
 hostile lines (hypothesis), the bounded per-port windows, the tail through rotation,
 truncation, torn and huge lines, and the alert rules per instance. Pure or plain files: fast."""
 from __future__ import annotations
@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ultrascaled import accesslog as al
-from ultrascaled.accesslog import (BOUNDS, SLOTS, LogTail, TrafficMonitor, TrafficStore,
+from ultrascaled.observe import accesslog as al
+from ultrascaled.observe.accesslog import (BOUNDS, SLOTS, LogTail, TrafficMonitor, TrafficStore,
                                    TrafficWindow, parse_line)
-from ultrascaled.alerts import (AlertsSection, AlertState, MetricSample, Sampler, evaluate,
+from ultrascaled.observe.alerts import (AlertsSection, AlertState, MetricSample, Sampler, evaluate,
                                 instance_rules, with_traffic)
-from ultrascaled.nginx_conf import NginxSettings, render_main_conf
+from ultrascaled.effects.nginx_render import NginxSettings, render_main_conf
 
 FUZZ = settings(max_examples=40, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -477,7 +477,7 @@ def test_one_bad_instance_fires_its_own_alert_and_the_fleets():
                   8002: TrafficWindow(50, 0, 0.0, 0.02)})
     sample = with_traffic(MetricSample(interval=10), src, [8001, 8002])
     rules = instance_rules(SECTION, sample.instances)
-    from ultrascaled.alerts import build_rules
+    from ultrascaled.observe.alerts import build_rules
     state, ts = evaluate(build_rules(SECTION) + rules, AlertState(), sample, 0)
     fired = {(t.name, t.labels.get("port")) for t in ts if t.status == "firing"}
     assert fired == {("error_rate", None), ("error_rate", 8001)}

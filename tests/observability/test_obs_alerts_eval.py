@@ -5,8 +5,9 @@ import math
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ultrascaled import alerts, spec
-from ultrascaled.alerts import (AlertsSection, AlertState, MetricSample, Transition, build_rules,
+from ultrascaled.observe import alerts
+from ultrascaled import spec
+from ultrascaled.observe.alerts import (AlertsSection, AlertState, MetricSample, Transition, build_rules,
                                 evaluate, histogram_quantile, sample_from)
 
 INF = math.inf

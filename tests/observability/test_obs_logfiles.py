@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ultrascaled.logfiles import backup_path, read_from, shift, tail
+from ultrascaled.effects.logfiles import backup_path, read_from, shift, tail
 
 # Writes numbered lines to a file it opened itself, reopening the name on SIGUSR1 (gunicorn's
 # --capture-output --error-logfile behaviour), then "done". Says "ready" first.

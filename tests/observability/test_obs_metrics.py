@@ -12,8 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from obs_helpers import ROOT, write_app_metrics, write_many
-from ultrascaled import metrics
-from ultrascaled.metrics import Renderer
+from ultrascaled.observe import metrics
+from ultrascaled.observe.metrics import Renderer
 
 
 def snapshot(ports=(8001, 8002), state="running", cpu=True):
@@ -202,7 +202,7 @@ def test_render_time_with_16_instances(sixteen_dirs):
 
 
 def test_metrics_and_alerts_do_not_import_aiohttp_or_psutil():
-    code = ("import sys, ultrascaled.metrics, ultrascaled.alerts, ultrascaled.logfiles; "
+    code = ("import sys, ultrascaled.observe.metrics, ultrascaled.observe.alerts, ultrascaled.effects.logfiles; "
             "bad = [m for m in ('aiohttp', 'psutil', 'subprocess') if m in sys.modules]; "
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

@@ -8,8 +8,8 @@ import pytest
 from aiohttp import web
 
 from obs_helpers import write_many
-from ultrascaled import metrics
-from ultrascaled.alerts import AlertManager, AlertsSection, MetricSample, Sampler, WebhookSink
+from ultrascaled.observe import metrics
+from ultrascaled.observe.alerts import AlertManager, AlertsSection, MetricSample, Sampler, WebhookSink
 
 pytestmark = pytest.mark.timeout(30)
 

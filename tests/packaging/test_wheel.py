@@ -80,15 +80,19 @@ def test_the_wheel_holds_the_daemon_the_app_and_the_load_tester_and_nothing_else
     tops = {n.split("/")[0] for n in names}
     assert tops == {"ultrascaled", "ultrascale_app", "ultrascale_loadtest", "ultrascale-0.1.0.dist-info"}, tops
     daemon = {n.split("/", 1)[1] for n in names if n.startswith("ultrascaled/")}
-    assert {"daemon.py", "api.py", "cli.py", "capacity.py", "spec.py", "openapi.yaml"} <= daemon
+    # every module of the checkout's package, in its layer folder, and the API's description
+    modules = {str(p.relative_to(ROOT / "ultrascaled")) for p in (ROOT / "ultrascaled").rglob("*.py")}
+    assert {"daemon.py", "surface/cli.py", "spec/__init__.py", "surface/openapi.yaml"} <= daemon | modules
+    assert modules <= daemon, sorted(modules - daemon)
+    assert "surface/openapi.yaml" in daemon
     assert not {"harness.py", "chaos.py", "figures.py"} & daemon
-    # the dashboard (GET /ui): its handlers, history and every static asset, byte for byte
-    assert {"dashboard.py", "history.py"} <= daemon
-    static = sorted(p.name for p in (ROOT / "ultrascaled" / "static").iterdir() if p.is_file())
-    assert static and {f"static/{n}" for n in static} <= daemon, static
+    # the dashboard (GET /ui): every static asset, byte for byte
+    static_dir = ROOT / "ultrascaled" / "surface" / "static"
+    static = sorted(p.name for p in static_dir.iterdir() if p.is_file())
+    assert static and {f"surface/static/{n}" for n in static} <= daemon, static
     with zipfile.ZipFile(wheel) as z:
         for n in static:
-            assert z.read(f"ultrascaled/static/{n}") == (ROOT / "ultrascaled" / "static" / n).read_bytes(), n
+            assert z.read(f"ultrascaled/surface/static/{n}") == (static_dir / n).read_bytes(), n
     assert not [n for n in daemon if n.startswith("loadtest")]
     assert {"ultrascale_app/wsgi.py", "ultrascale_app/gunicorn_conf.py", "ultrascale_app/cache.py",
             "ultrascale_loadtest/cli.py", "ultrascale_loadtest/__main__.py"} <= set(names)
@@ -110,7 +114,7 @@ def test_the_plain_install_needs_no_app_package_and_the_extras_are_declared(whee
     assert any("ultrascale[app,loadtest]" in r.replace(" ", "") and "test" in r
                for r in msg.get_all("Requires-Dist")), "the test extra pulls the app and loadtest extras"
     assert "ultrascaled = ultrascaled.daemon:main" in entry_points
-    assert "ultrascalectl = ultrascaled.cli:main" in entry_points
+    assert "ultrascalectl = ultrascaled.surface.cli:main" in entry_points
     assert "ultrascale-loadtest = ultrascale_loadtest.cli:main" in entry_points
 
 
@@ -127,7 +131,7 @@ from ultrascale_app.wsgi import create_app
 create_app({})
 assert ultrascale_app.__file__.startswith(sys.argv[1]), ultrascale_app.__file__
 assert ultrascale_loadtest.__file__.startswith(sys.argv[1]), ultrascale_loadtest.__file__
-import ultrascaled.dashboard as ui
+import ultrascaled.surface.dashboard as ui
 page = ui._Page()  # the dashboard's assets load from the installed package data
 assert str(ui.STATIC).startswith(sys.argv[1]) and b"/ui/static/dashboard.js?v=" in page.html, ui.STATIC
 strays = sorted(m for m in sys.modules if m.split(".")[0] in ("app", "loadtest"))

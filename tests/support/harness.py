@@ -188,7 +188,7 @@ class Daemon:
         return self.proc.returncode if self.proc else None
 
     def fleet_processes(self) -> list:
-        from ultrascaled.procs import find_leftovers
+        from ultrascaled.effects.procs import find_leftovers
         return find_leftovers(self.name)
 
     def nginx_pid(self) -> int | None:
@@ -218,7 +218,7 @@ class Daemon:
                     master.kill()
             except psutil.Error:
                 pass
-        from ultrascaled.nginx import ProcessOps
+        from ultrascaled.effects.nginx_control import ProcessOps
         for stray in ProcessOps().strays(str(self.tmp / "state" / "nginx")):
             try:
                 os.kill(stray, signal.SIGKILL)
@@ -245,5 +245,5 @@ def http_get(port: int, path: str = "/health", timeout: float = 2.0) -> tuple[in
 
 
 def pid_alive(pid: int) -> bool:
-    from ultrascaled.procs import pid_running
+    from ultrascaled.effects.procs import pid_running
     return pid_running(pid)

@@ -1,4 +1,4 @@
-"""The autoscaler's decision (ultrascaled/autoscale.py): tables over the pure function, and load
+"""The autoscaler's decision (ultrascaled/core/autoscale.py): tables over the pure function, and load
 traces replayed under a fake clock (time is an argument: nothing sleeps)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ultrascaled import autoscale as a
+from ultrascaled.core import autoscale as a
 from ultrascaled.spec import parse_spec
 
 

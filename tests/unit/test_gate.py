@@ -1,4 +1,4 @@
-"""The gate of a held listening socket (ultrascaled/procs.py): closed, it lets no new connection
+"""The gate of a held listening socket (ultrascaled/effects/procs.py): closed, it lets no new connection
 in and keeps the ones already queued; open, it takes connections again. Real sockets on
 loopback; nothing here waits on a timer that a busy machine could miss (a dropped SYN is only
 retransmitted, and dropped again, while the gate stays closed)."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import select
 import socket
 
-from ultrascaled import procs
+from ultrascaled.effects import procs
 
 
 def connecting(port: int) -> socket.socket:

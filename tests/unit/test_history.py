@@ -1,11 +1,11 @@
-"""The dashboard's history (ultrascaled/history.py): bounded, and traffic from metric scrapes
+"""The dashboard's history (ultrascaled/observe/history.py): bounded, and traffic from metric scrapes
 computed per instance and for the fleet the way alerts compute it (restarts included)."""
 from __future__ import annotations
 
 import asyncio
 
-from ultrascaled.alerts import LATENCY_BUCKET, REQUESTS
-from ultrascaled.history import History, MetricsTraffic, TrafficWindow
+from ultrascaled.observe.alerts import LATENCY_BUCKET, REQUESTS
+from ultrascaled.observe.history import History, MetricsTraffic, TrafficWindow
 
 
 def scrape(ok: float, errors: float, fast: float = 0, slow: float = 0) -> dict:
@@ -90,7 +90,7 @@ class Log:
 
 
 def test_nginx_traffic_while_its_log_is_read_else_the_apps_metrics():
-    from ultrascaled.history import FirstActive
+    from ultrascaled.observe.history import FirstActive
     refreshed = []
 
     class Metrics(Flat):

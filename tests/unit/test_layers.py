@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-PURE = ["ultrascaled.spec", "ultrascaled.plan", "ultrascaled.states", "ultrascaled.nginx_conf",
-        "ultrascaled.autoscale", "ultrascaled.rollout"]
+PURE = ["ultrascaled.spec", "ultrascaled.core.plan", "ultrascaled.core.states", "ultrascaled.effects.nginx_render",
+        "ultrascaled.core.autoscale", "ultrascaled.core.rollout"]
 HEAVY = ["psutil", "aiohttp", "subprocess", "asyncio"]
 
 
@@ -18,7 +18,7 @@ def test_pure_module_imports_no_os_layer(module):
 
 
 def test_cli_imports_nothing_heavy():
-    code = ("import sys, ultrascaled.cli; bad = [m for m in ('aiohttp', 'yaml', 'psutil', 'urllib.request',"
+    code = ("import sys, ultrascaled.surface.cli; bad = [m for m in ('aiohttp', 'yaml', 'psutil', 'urllib.request',"
             " 'structlog') if m in sys.modules]; print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

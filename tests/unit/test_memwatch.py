@@ -1,5 +1,5 @@
 """The watchdog's decision as tables: K consecutive samples over the limit, per pid."""
-from ultrascaled.memwatch import MemSample, budget_crossed, decide
+from ultrascaled.core.memwatch import MemSample, budget_crossed, decide
 
 LIMIT = 100
 

@@ -3,9 +3,9 @@ replacement's life (probe, hand over, give up); a crashed instance restarting at
 the upstream for at most hold_upstream_max."""
 from __future__ import annotations
 
-from ultrascaled.plan import (Drain, Handover, InstanceView, KillRetired, KillSuccessor, Policy, ProbeSuccessor,
+from ultrascaled.core.plan import (Drain, Handover, InstanceView, KillRetired, KillSuccessor, Policy, ProbeSuccessor,
                               Publish, Replace, SuccessorView, UpstreamView, WorkerRecycle, plan)
-from ultrascaled.states import State
+from ultrascaled.core.states import State
 
 S = State
 P = Policy(start_timeout=30.0, hold_upstream_max=5.0)

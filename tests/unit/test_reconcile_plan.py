@@ -1,10 +1,10 @@
 """The planner's decisions as tables: (wanted, instances, upstream, now) -> actions."""
 import pytest
 
-from ultrascaled.plan import (APP_LOAD_ERROR, InstanceView, KillWorker, Policy, Probe, Publish, UpstreamView,
+from ultrascaled.core.plan import (APP_LOAD_ERROR, InstanceView, KillWorker, Policy, Probe, Publish, UpstreamView,
                               WorkerRecycle, backoff_delay, describe_exit, kind, on_exit, plan, probe_delay,
                               reload_diff, upstream_retry_delay)
-from ultrascaled.states import State as S
+from ultrascaled.core.states import State as S
 
 P = Policy(start_timeout=10, drain_seconds=1, stop_timeout=5, drain_max_wait=8,
            backoff_initial=0.5, backoff_max=4, fatal_crashes=3, fatal_window=60)
@@ -236,7 +236,7 @@ def test_describe_exit(rc, text):
 def test_every_exit_is_an_allowed_move(state, rc, history):
     """issue 10, defect 11: a decision the state table forbids must not exist (it raised inside
     the exit callback and wedged the instance)."""
-    from ultrascaled.states import TRANSITIONS
+    from ultrascaled.core.states import TRANSITIONS
     crashes, start_failures = history
     d = on_exit(state, rc, crashes, start_failures, P, now=10.0)
     assert d.state in TRANSITIONS[state], (state, rc, d)
@@ -244,6 +244,6 @@ def test_every_exit_is_an_allowed_move(state, rc, history):
 
 def test_running_instances_are_probed_on_a_common_grid():
     """One wake-up of the loop probes every running instance (not one per instance)."""
-    from ultrascaled.plan import next_probe_at
+    from ultrascaled.core.plan import next_probe_at
     times = {next_probe_at(v(p, S.RUNNING), now, P) for p, now in ((1, 20.3), (2, 21.9), (3, 29.99))}
     assert times == {30.0}

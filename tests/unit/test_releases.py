@@ -1,4 +1,4 @@
-"""The releases folder and deploy.json (ultrascaled/releases.py): copies made whole or not at
+"""The releases folder and deploy.json (ultrascaled/effects/releases.py): copies made whole or not at
 all, `current` replaced atomically, pruning that keeps current and previous, and a mangled
 state file ignored with a reason."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from ultrascaled import releases
-from ultrascaled.releases import DeployState, ReleaseError
+from ultrascaled.effects import releases
+from ultrascaled.effects.releases import DeployState, ReleaseError
 from ultrascaled.spec import parse_spec
 
 

@@ -1,4 +1,4 @@
-"""The deploy's pure decisions (ultrascaled/rollout.py): the canary verdict as a table, and a
+"""The deploy's pure decisions (ultrascaled/core/rollout.py): the canary verdict as a table, and a
 rollout driven through its phases with hand-made observations."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from ultrascaled import rollout
-from ultrascaled.rollout import (CANARY, REVERTING, ROLLING, PortView, Rollout, Thresholds, advance, combine,
+from ultrascaled.core import rollout
+from ultrascaled.core.rollout import (CANARY, REVERTING, ROLLING, PortView, Rollout, Thresholds, advance, combine,
                                  desired_release, judge, resume)
 
 T = Thresholds(soak_seconds=10, min_requests=20, max_error_rate_increase=0.01, max_p95_ratio=2.0,

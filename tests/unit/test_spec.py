@@ -44,7 +44,7 @@ def test_the_repository_spec_keeps_the_reference_app_settings():
     ("gunicorn: {worker_class: gevent}", ["--worker-class", "ultrascale_gevent.GeventWorker"]),
 ])
 def test_gunicorn_gets_the_worker_class_and_threads_only_for_gthread(yaml_text, expected):
-    from ultrascaled.command import gunicorn_argv
+    from ultrascaled.core.command import gunicorn_argv
     argv = gunicorn_argv(parse_spec(yaml_text, base_dir=Path("/srv/fleet"), cpu_count=2), 8001)
     i = argv.index("--worker-class")
     assert argv[i:i + 2] == expected[:2]
@@ -56,7 +56,7 @@ def test_gunicorn_gets_the_worker_class_and_threads_only_for_gthread(yaml_text, 
 
 
 def test_the_factory_form_of_app_module_is_accepted_and_passed_as_is():
-    from ultrascaled.command import gunicorn_argv
+    from ultrascaled.core.command import gunicorn_argv
     s = parse_spec("app: {module: 'flaskr:create_app()'}", base_dir=Path("/srv"), cpu_count=2)
     assert gunicorn_argv(s, 8001)[-1] == "flaskr:create_app()"
 

@@ -1,6 +1,6 @@
 import pytest
 
-from ultrascaled.states import TRANSITIONS, State, TransitionError, check_transition
+from ultrascaled.core.states import TRANSITIONS, State, TransitionError, check_transition
 
 
 def test_every_state_has_a_row_and_every_target_is_a_state():

@@ -1,4 +1,4 @@
-"""The autoscaler's loop: measure the signals, call the pure decision (ultrascaled/autoscale.py),
+"""The autoscaler's loop: measure the signals, call the pure decision (ultrascaled/core/autoscale.py),
 apply a change through the same path as `ultrascalectl scale` (so every budget vetoes it), and
 tell the operator (events, `GET /autoscale`, `/metrics`).
 
@@ -11,7 +11,7 @@ It runs under the daemon's TaskGuard like the other loops (a dead or stalled aut
 * In-flight requests and the p95 latency: the app's own metrics (`ultrascale_http_requests_in_
   flight`, `ultrascale_http_request_duration_seconds`) read from each ready instance's
   prometheus_client folder, as `/metrics` reads them. When nginx's traffic log is on (the
-  daemon passes `Supervisor.traffic`, ultrascaled/accesslog.py), the p95 comes from nginx
+  daemon passes `Supervisor.traffic`, ultrascaled/observe/accesslog.py), the p95 comes from nginx
   instead: it includes the time a request waits for an instance.
 * Run-queue wait per worker (`cpu_wait_percent`): /proc/PID/schedstat of each ready
   instance's processes, read at each decision.
@@ -30,13 +30,13 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ultrascaled import autoscale as core
-from ultrascaled.control import ScaleRefused
-from ultrascaled.files import write_atomic
-from ultrascaled.states import State as S
+from ultrascaled.core import autoscale as core
+from ultrascaled.core.control import ScaleRefused
+from ultrascaled.effects.files import write_atomic
+from ultrascaled.core.states import State as S
 
 if TYPE_CHECKING:
-    from ultrascaled.accesslog import TrafficSource
+    from ultrascaled.observe.accesslog import TrafficSource
 
 IN_FLIGHT = "ultrascale_http_requests_in_flight"
 HISTORY = 20                # decisions kept for `ultrascalectl autoscale status`
@@ -260,7 +260,7 @@ class Autoscaler:
         return core.Signal(sum(rates) / len(rates), now) if rates else None
 
     async def _app_signals(self, ready: list[int], now: float) -> dict[str, core.Signal]:
-        from ultrascaled import alerts
+        from ultrascaled.observe import alerts
         dirs = {p: str(Path(self.sup.spec.paths.state_dir) / "metrics" / str(p)) for p in ready}
         try:
             flat = alerts.flatten(await self._app_families(dirs))
@@ -425,7 +425,7 @@ class Autoscaler:
 
 async def _read_app_families(dirs: dict[int, str]) -> list:
     """The app metrics of the ready instances (as /metrics reads them), off the event loop."""
-    from ultrascaled import metrics
+    from ultrascaled.observe import metrics
     reader = _READER
 
     def read() -> list:
@@ -434,7 +434,7 @@ async def _read_app_families(dirs: dict[int, str]) -> list:
 
 
 def _make_reader():
-    from ultrascaled.metrics import AppMetricsReader
+    from ultrascaled.observe.metrics import AppMetricsReader
     return AppMetricsReader(cache_ttl=0.2, clock=time.monotonic)
 
 

@@ -3,7 +3,7 @@
 What it serves:
 
 * `GET /ui`: one HTML page; `GET /ui/static/NAME`: its script and style sheet (package data in
-  `ultrascaled/static/`, no CDN, no build step). These carry no fleet data, so they are the only
+  `ultrascaled/surface/static/`, no CDN, no build step). These carry no fleet data, so they are the only
   paths a browser may load without a token when the API is off loopback (a navigation cannot
   send `Authorization`); the Host and Origin checks still apply to them. Every piece of data
   the page shows comes from the API's ordinary endpoints (`/fleet`, `/health`, `/alerts`,
@@ -12,7 +12,7 @@ What it serves:
   `api.token_file`, or no token file is set and it is on loopback) or `viewer` (reads only: a
   token of `api.viewer_token_file`, or none on loopback; the page shows no action buttons, and
   the API refuses its mutations anyway).
-* `GET /ui/history?since=T`: the points of :class:`ultrascaled.history.History` after wall time T.
+* `GET /ui/history?since=T`: the points of :class:`ultrascaled.observe.history.History` after wall time T.
 
 The page acts through the API's existing mutations (`POST /fleet/scale`, `/fleet/restart`,
 `/instances/{port}/restart`) with `fetch`: same origin (its Origin header passes the Origin
@@ -83,7 +83,7 @@ async def page(request: web.Request) -> web.Response:
 
 
 async def asset(request: web.Request) -> web.Response:
-    from ultrascaled.api import ApiError, Code
+    from ultrascaled.surface.api import ApiError, Code
     p: _Page = request.app[PAGE]
     name = request.match_info["name"]
     found = p.assets.get(name)
@@ -99,7 +99,7 @@ async def asset(request: web.Request) -> web.Response:
 
 
 async def session(request: web.Request) -> web.Response:
-    from ultrascaled.api import FLEET, SETTINGS, is_loopback
+    from ultrascaled.surface.api import FLEET, SETTINGS, is_loopback
     settings = request.app[SETTINGS]
     creds = settings.credentials
     if not creds.admin:  # no token file: the API lets loopback act (it cannot start off loopback)
@@ -124,7 +124,7 @@ async def session(request: web.Request) -> web.Response:
 
 
 async def history_points(request: web.Request) -> web.Response:
-    from ultrascaled.api import ApiError, Code
+    from ultrascaled.surface.api import ApiError, Code
     raw = request.query.get("since", "0")
     try:
         since = float(raw)

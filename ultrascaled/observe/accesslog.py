@@ -75,8 +75,8 @@ EMPTY = TrafficWindow(0, 0, 0.0, None)
 # ---- the log format nginx writes ----------------------------------------------------------
 
 # Rendered into nginx's configuration by nginx_conf.py (the pure renderer).
-from ultrascaled.nginx_conf import TRAFFIC_FIELDS as FIELDS  # noqa: E402,F401
-from ultrascaled.nginx_conf import traffic_log_format as log_format  # noqa: E402,F401
+from ultrascaled.effects.nginx_render import TRAFFIC_FIELDS as FIELDS  # noqa: E402,F401
+from ultrascaled.effects.nginx_render import traffic_log_format as log_format  # noqa: E402,F401
 
 
 # ---- parsing (pure) -----------------------------------------------------------------------
@@ -706,7 +706,7 @@ class TrafficMonitor:
             await self._rotate_companions()
 
     async def _rotate_companions(self) -> None:
-        from ultrascaled import logfiles
+        from ultrascaled.effects import logfiles
         big = [p for p in self.companions if _size(p) >= self.max_bytes]
         if not big:
             return
@@ -720,7 +720,7 @@ class TrafficMonitor:
         self.emit("nginx.log_rotated", paths=big, reopened=ok)
 
     async def rotate(self) -> None:
-        from ultrascaled import logfiles
+        from ultrascaled.effects import logfiles
         try:
             await asyncio.to_thread(logfiles.shift, self.path, self.backups)
         except OSError as exc:

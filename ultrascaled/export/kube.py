@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from ultrascaled import capacity
-from ultrascaled.errors import SpecError
+from ultrascaled.core import capacity
+from ultrascaled.spec.errors import SpecError
 
 if TYPE_CHECKING:  # pragma: no cover
     import argparse
@@ -338,7 +338,7 @@ def _seconds(value: float, least: int = 1) -> int:
 def _nginx_seconds(value: str) -> str:
     """An nginx time (`60s`, `1m30s`, `500ms`) as the whole seconds an annotation takes (0, which
     means no limit where nginx allows it, stays 0)."""
-    from ultrascaled.nginx_conf import parse_time
+    from ultrascaled.effects.nginx_render import parse_time
     seconds = parse_time(value) or 0
     return str(_seconds(seconds) if seconds else 0)
 
@@ -639,7 +639,7 @@ def controller_settings(spec: "Spec") -> dict[str, str]:
     """What the managed nginx sets for the whole server that ingress-nginx sets only in its
     controller ConfigMap (shared by every Ingress of the cluster): told, never applied."""
     ng = spec.nginx
-    from ultrascaled.nginx_conf import parse_time
+    from ultrascaled.effects.nginx_render import parse_time
     out = {
         "limit-req-status-code": str(ng.rate_limit_status),
         "limit-conn-status-code": str(ng.rate_limit_status),
@@ -880,7 +880,7 @@ def write_dir(folder: str, files: dict[str, str]) -> list[str]:
     """Write the files (atomically, only when changed) and remove the YAML files a previous
     export wrote there that this one no longer makes (only files that carry our mark).
     Returns the removed names."""
-    from ultrascaled.files import write_atomic
+    from ultrascaled.effects.files import write_atomic
     os.makedirs(folder, exist_ok=True)
     foreign = [f for f in files if os.path.lexists(os.path.join(folder, f))
                and not _ours(os.path.join(folder, f))]
@@ -1012,7 +1012,7 @@ def with_tables(doc: str) -> str:
 
 
 if __name__ == "__main__":
-    # python -m ultrascaled.kube: print the tables; `... docs/kubernetes.md` rewrites them there
+    # python -m ultrascaled.export.kube: print the tables; `... docs/kubernetes.md` rewrites them there
     import sys
     if len(sys.argv) > 1:
         with open(sys.argv[1]) as f:

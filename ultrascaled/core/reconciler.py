@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ultrascaled import command, memwatch
-from ultrascaled.events import EventLog
-from ultrascaled.plan import (APP_LOAD_ERROR, WORKER_BOOT_ERROR, Drain, ExitDecision, Forget, Handover,
+from ultrascaled.core import command, memwatch
+from ultrascaled.observe.events import EventLog
+from ultrascaled.core.plan import (APP_LOAD_ERROR, WORKER_BOOT_ERROR, Drain, ExitDecision, Forget, Handover,
                               InstanceView, Kill, KillRetired, KillSuccessor, KillWorker, Probe, ProbeSuccessor,
                               Publish, Replace, Spawn, Stop, SuccessorView, Undrain, UpstreamView, WorkerRecycle,
                               backoff_delay, describe_exit, kind, next_probe_at, on_exit, plan, probe_delay,
                               upstream_retry_delay)
-from ultrascaled.runner import Clock, Handle, ProbeResult, ProcMem, Runner, is_transient
+from ultrascaled.effects.runner import Clock, Handle, ProbeResult, ProcMem, Runner, is_transient
 from ultrascaled.spec import MB, Spec
-from ultrascaled.states import State, check_transition
+from ultrascaled.core.states import State, check_transition
 
 S = State
 
@@ -163,7 +163,7 @@ class Reconciler:
 
     def __init__(self, spec: Spec, events: EventLog, runner: Runner, upstream, *, clock: Clock | None = None,
                  alerts=None, beat: Callable[[], None] = lambda: None):
-        from ultrascaled.alerts import EventAlerts
+        from ultrascaled.observe.alerts import EventAlerts
         self.spec = spec
         self.events = events
         self.runner = runner
@@ -200,13 +200,13 @@ class Reconciler:
         self.state_dir = Path(spec.paths.state_dir)
         self.log_dir = Path(spec.paths.log_dir)
         # Which release a port starts with, and its folder (the deploy loop sets this; see
-        # ultrascaled/rollout.py). Read at each spawn: a running instance keeps its release.
+        # ultrascaled/core/rollout.py). Read at each spawn: a running instance keeps its release.
         self.release_for: Callable[[int], tuple[str | None, str]] = lambda port: (None, self.spec.app.directory)
         # The listening socket of each port, held by the daemon for the instance's whole life and
         # passed to each master it starts there (`--bind fd://N`): a master that dies leaves its
         # queued connections to the next one, and its orphaned workers finish what they answer.
         self.listeners: dict[int, Any] = {}
-        # Whether each held socket's gate is open (ultrascaled/procs.py, set_gate): with
+        # Whether each held socket's gate is open (ultrascaled/effects/procs.py, set_gate): with
         # `nginx.upstream_servers: range` a port takes new connections only while it is published.
         self.gates: dict[int, bool | None] = {}
         self.taken_ports: frozenset[int] = frozenset()   # ports of the range another program holds
@@ -1103,7 +1103,7 @@ class Reconciler:
     def _log_excerpt(self, port: int) -> str:
         """The app's own error from the end of its log: the exception line (`SyntaxError: ...`)
         rather than gunicorn's shutdown lines after it."""
-        from ultrascaled import logfiles
+        from ultrascaled.effects import logfiles
         try:
             lines = logfiles.tail(self.log_path(port), 40).strip().splitlines()
         except OSError:
@@ -1112,8 +1112,8 @@ class Reconciler:
 
 
 def _release_of(spec: Spec, cmdline) -> str | None:
-    """The release an adopted master runs, from its `--chdir` (ultrascaled/releases.py)."""
-    from ultrascaled import releases
+    """The release an adopted master runs, from its `--chdir` (ultrascaled/effects/releases.py)."""
+    from ultrascaled.effects import releases
     args = list(cmdline)
     try:
         return releases.release_of_directory(spec, args[args.index("--chdir") + 1])

@@ -11,7 +11,7 @@ Three layers, from pure to effectful:
   the caller) and :class:`AlertManager` (evaluates every ``evaluation_interval``, emits
   ``alert.firing`` / ``alert.resolved`` events, keeps what is firing for ``GET /alerts``).
 
-Samples are computed from prometheus_client metric families: those :mod:`ultrascaled.metrics`
+Samples are computed from prometheus_client metric families: those :mod:`ultrascaled.observe.metrics`
 builds (``Renderer.families``, no text round trip) or those
 ``prometheus_client.parser.text_string_to_metric_families`` parses from an exposition; both
 have the same shape. Counter deltas are taken per series (per instance, route, ...), and a
@@ -35,7 +35,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, NamedTuple, Opti
 
 import structlog
 
-log = structlog.get_logger("ultrascaled.alerts")
+log = structlog.get_logger("ultrascaled.observe.alerts")
 
 
 from ultrascaled.spec import AlertsSection  # noqa: E402  (declared with the other spec sections)

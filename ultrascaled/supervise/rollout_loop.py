@@ -13,17 +13,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from ultrascaled import releases, rollout
-from ultrascaled.control import ScaleRefused
-from ultrascaled.releases import DeployState, ReleaseError
-from ultrascaled.rollout import Rollout, Thresholds, show
-from ultrascaled.states import State
+from ultrascaled.effects import releases
+from ultrascaled.core import rollout
+from ultrascaled.core.control import ScaleRefused
+from ultrascaled.effects.releases import DeployState, ReleaseError
+from ultrascaled.core.rollout import Rollout, Thresholds, show
+from ultrascaled.core.states import State
 
 S = State
 
 
 class TrafficSource(Protocol):
-    """Per-port traffic as nginx saw it (ultrascaled/accesslog.py); port None = whole fleet."""
+    """Per-port traffic as nginx saw it (ultrascaled/observe/accesslog.py); port None = whole fleet."""
     def window(self, port: int | None, seconds: float) -> rollout.Figures: ...
 
 

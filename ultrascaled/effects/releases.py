@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ultrascaled.files import write_atomic
+from ultrascaled.effects.files import write_atomic
 
 BASE = "app.directory"           # how release None is shown
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

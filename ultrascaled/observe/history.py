@@ -25,8 +25,8 @@ import math
 import time
 from typing import Any, Callable, Mapping, Optional, Protocol
 
-from ultrascaled.alerts import LATENCY_BUCKET, REQUESTS, Flat, flatten, histogram_quantile
-from ultrascaled.alerts import _delta  # the per-series counter delta alerts use, restarts included
+from ultrascaled.observe.alerts import LATENCY_BUCKET, REQUESTS, Flat, flatten, histogram_quantile
+from ultrascaled.observe.alerts import _delta  # the per-series counter delta alerts use, restarts included
 
 
 # ---- the traffic seam ------------------------------------------------------------------------

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from ultrascaled import logfiles, procs
-from ultrascaled.procs import Leftover, PortHolder, ProcMem
+from ultrascaled.effects import logfiles, procs
+from ultrascaled.effects.procs import Leftover, PortHolder, ProcMem
 
 __all__ = ["Runner", "OsRunner", "Clock", "ProbeResult", "Leftover", "PortHolder", "ProcMem",
            "Handle", "is_transient"]

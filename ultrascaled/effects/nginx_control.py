@@ -1,6 +1,6 @@
 """nginx control for ultrascaled: atomic config writes and the :class:`NginxController`.
 
-The pure rendering lives in :mod:`ultrascaled.nginx_conf` (re-exported here).  This module is the
+The pure rendering lives in :mod:`ultrascaled.effects.nginx_render` (re-exported here).  This module is the
 thin OS layer: files, subprocesses, signals.  Side effects sit behind two small injectable
 interfaces so unit tests can pass fakes (CONVENTIONS point 4):
 
@@ -29,8 +29,8 @@ from typing import Awaitable, Callable, Iterable, Sequence
 import psutil
 import structlog
 
-from .files import WriteOutcome, restore_file, write_atomic  # noqa: F401  (re-exported)
-from .nginx_conf import (  # noqa: F401  (re-exported public API)
+from ultrascaled.effects.files import WriteOutcome, restore_file, write_atomic  # noqa: F401  (re-exported)
+from ultrascaled.effects.nginx_render import (  # noqa: F401  (re-exported public API)
     NginxSettings,
     normalize_servers,
     render_main_conf,
@@ -40,7 +40,7 @@ from .nginx_conf import (  # noqa: F401  (re-exported public API)
     validate,
 )
 
-log = structlog.get_logger("ultrascaled.nginx")
+log = structlog.get_logger("ultrascaled.effects.nginx_control")
 
 Server = tuple[str, int]
 

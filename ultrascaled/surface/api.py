@@ -1,6 +1,6 @@
 """The control and health API (aiohttp). Handlers change wanted state and wake the reconciler;
 they never spawn, signal or stop anything themselves, and they reach the fleet only through
-`FleetControl` (ultrascaled/control.py).
+`FleetControl` (ultrascaled/core/control.py).
 
 Every error is JSON `{"error": {"code": ..., "message": ...}}` with a code from `Code`, also for
 an unexpected exception (500 `internal`, and an `api.error` event). What protects the API (Host
@@ -27,7 +27,7 @@ from typing import Any, Awaitable
 
 from aiohttp import web
 
-from ultrascaled.control import AutoscaleControl, FleetControl, ScaleRefused
+from ultrascaled.core.control import AutoscaleControl, FleetControl, ScaleRefused
 from ultrascaled.spec import Spec, SpecError
 
 
@@ -431,7 +431,7 @@ async def reload(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-# ---- releases: deploy, rollback (ultrascaled/deployer.py, docs/deploys.md) ------------------------
+# ---- releases: deploy, rollback (ultrascaled/supervise/rollout_loop.py, docs/deploys.md) ------------------------
 
 @routes.post("/fleet/deploy")
 async def deploy(request: web.Request) -> web.Response:
@@ -470,7 +470,7 @@ async def releases(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    from ultrascaled import metrics as m
+    from ultrascaled.observe import metrics as m
     sup, alerts = fleet_of(request), request.app[ALERTS]
     counters = {**sup.counters, **(alerts.counters() if alerts else {})}
     auto = getattr(sup, "autoscaler", None)
@@ -504,7 +504,7 @@ async def traffic(request: web.Request) -> web.Response:
         "instances": [{"port": p, **shown(source.window(p, seconds))} for p in sorted(sup.instances)]})
 
 
-# ---- the autoscaler (ultrascaled/autoscaler.py): its status, and the operator's pause -------
+# ---- the autoscaler (ultrascaled/supervise/autoscale_loop.py): its status, and the operator's pause -------
 
 MAX_PAUSE = 7 * 86400
 
@@ -523,7 +523,7 @@ async def autoscale_status(request: web.Request) -> web.Response:
 
 @routes.post("/autoscale/pause")
 async def autoscale_pause(request: web.Request) -> web.Response:
-    from ultrascaled.autoscale import parse_duration
+    from ultrascaled.core.autoscale import parse_duration
     data = await json_body(request, ("for", "reason"))
     auto = autoscaler_of(request)
     given, seconds = data.get("for"), None
@@ -559,7 +559,7 @@ MAX_OFFSET = 2 ** 63 - 1
 
 @routes.get("/instances/{port}/log")
 async def instance_log(request: web.Request) -> web.Response:
-    from ultrascaled import logfiles
+    from ultrascaled.effects import logfiles
     port = port_param(request)
     sup = fleet_of(request)
     path = sup.log_path(port)
@@ -767,7 +767,7 @@ def build_app(sup: FleetControl, settings: Settings, reload_spec: Callable[[], A
               alerts=None, audit_log: AuditLog | None = None, *, dashboard: bool = True,
               history=None) -> web.Application:
     """`alerts`: the AlertManager (or None); its firing list is GET /alerts. `dashboard`:
-    serve GET /ui (ultrascaled/dashboard.py), charting `history` (a history.History or None)."""
+    serve GET /ui (ultrascaled/surface/dashboard.py), charting `history` (a history.History or None)."""
     app = web.Application(middlewares=[errors_and_audit, guard], client_max_size=settings.limits.max_body)
     app[FLEET] = sup
     app[SETTINGS] = settings
@@ -777,7 +777,7 @@ def build_app(sup: FleetControl, settings: Settings, reload_spec: Callable[[], A
     app[FOLLOWERS] = Followers(settings.limits.max_followers)
     app.add_routes(routes)
     if dashboard:
-        from ultrascaled import dashboard as ui
+        from ultrascaled.surface import dashboard as ui
         app[PUBLIC] = ui.setup(app, history)
 
     async def end_streams(app: web.Application) -> None:

@@ -29,9 +29,10 @@ from typing import Any, Optional
 
 import yaml
 
-from ultrascaled import capacity, nginx_conf
-from ultrascaled.errors import SpecError  # noqa: F401  (re-exported: callers import it from here)
-from ultrascaled.nginx_conf import NginxSettings
+from ultrascaled.core import capacity
+from ultrascaled.effects import nginx_render as nginx_conf
+from ultrascaled.spec.errors import SpecError  # noqa: F401  (re-exported: callers import it from here)
+from ultrascaled.effects.nginx_render import NginxSettings
 
 MB = 1024 * 1024
 
@@ -253,7 +254,7 @@ class LogsSection:
                            min=0, max=100)
 
 
-# ---- autoscale: the fleet follows its load (ultrascaled/autoscale.py decides) --------------
+# ---- autoscale: the fleet follows its load (ultrascaled/core/autoscale.py decides) --------------
 # Names follow the Kubernetes HorizontalPodAutoscaler (autoscaling/v2) where they mean the same:
 # min/max replicas, a target per metric, behavior.scale_up / scale_down with a stabilization
 # window, Pods and Percent policies and a select policy; docs/autoscaling.md says where we differ.
@@ -457,7 +458,7 @@ class DeploySection:
 
 @dataclass(frozen=True)
 class DashboardSection:
-    """The live web page at `GET /ui` (ultrascaled/dashboard.py) and the history it charts."""
+    """The live web page at `GET /ui` (ultrascaled/surface/dashboard.py) and the history it charts."""
     enabled: bool = setting(True, "Serve the dashboard at `GET /ui` on the API listener (same "
                             "auth) and keep its history in memory; false = neither.")
     history_seconds: int = setting(900, "Seconds of history the charts show (kept in the "

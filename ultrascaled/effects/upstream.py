@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ultrascaled.events import EventLog
+from ultrascaled.observe.events import EventLog
 from ultrascaled.spec import Spec
 
 
@@ -51,7 +51,7 @@ class NoUpstream:
 
 class NginxUpstream:
     def __init__(self, spec: Spec, events: EventLog):
-        from ultrascaled.nginx import NginxController
+        from ultrascaled.effects.nginx_control import NginxController
         self.events = events
         self.ctl = NginxController(spec.nginx)
         self.excluded: frozenset[int] = frozenset()   # ports another program holds (the reconciler's range check)
@@ -59,7 +59,7 @@ class NginxUpstream:
 
     def _range(self, spec: Spec) -> None:
         # nginx.upstream_servers: range -- nginx lists every port the fleet may use and the
-        # reconciler opens and closes each port's gate (ultrascaled/procs.py, set_gate); the file
+        # reconciler opens and closes each port's gate (ultrascaled/effects/procs.py, set_gate); the file
         # changes only when the range does, or when no instance (or the first one) is ready.
         self.gated = spec.nginx.upstream_servers == "range"
         self.range = [(spec.instances.host, spec.port(i)) for i in range(spec.instances.max)]

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from ultrascaled.plan import Policy
+from ultrascaled.core.plan import Policy
 from ultrascaled.spec import Spec
 
 # systemd's variables are the daemon's: gunicorn would answer NOTIFY_SOCKET with its own READY=1.
@@ -16,7 +16,7 @@ DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS
 
 # gunicorn's gevent worker exits at once when its master dies, cutting the responses in flight;
 # ultrascaled/shims/ultrascale_gevent.py finishes them (on the instances' PYTHONPATH, see below).
-SHIMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shims")
+SHIMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shims")
 WORKER_CLASSES = {"gevent": "ultrascale_gevent.GeventWorker"}
 
 
@@ -39,7 +39,7 @@ def policy_of(spec: Spec) -> Policy:
 def gunicorn_argv(spec: Spec, port: int, log_path: str | None = None, directory: str | None = None) -> list[str]:
     """`log_path`: gunicorn writes its own and the app's output there (--capture-output) and
     reopens it on SIGUSR1, which is how the daemon rotates it without losing a line.
-    `directory`: the release folder the instance runs (ultrascaled/releases.py); app.directory
+    `directory`: the release folder the instance runs (ultrascaled/effects/releases.py); app.directory
     when None."""
     g = spec.gunicorn
     argv = [spec.app.python or sys.executable, "-m", "gunicorn",

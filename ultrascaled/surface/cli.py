@@ -435,12 +435,14 @@ def build_rollback(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_plan(api, args) -> int:
-    from ultrascaled import capacity, spec
+    from ultrascaled.core import capacity
+    from ultrascaled import spec
     return capacity.run(args, spec.load_spec)
 
 
 def cmd_export(api, args) -> int:
-    from ultrascaled import kube, spec
+    from ultrascaled.export import kube
+    from ultrascaled import spec
     return kube.run(args, spec.load_spec)
 
 
@@ -505,7 +507,7 @@ def cmd_autoscale(api: Api, args) -> int:
 
 def duration(text: str) -> str:
     """A pause length: 30m, 90s, 2h, 1h30m or seconds (the daemon reads the same)."""
-    from ultrascaled.autoscale import parse_duration  # standard library only
+    from ultrascaled.core.autoscale import parse_duration  # standard library only
     try:
         parse_duration(text)
     except ValueError as exc:
@@ -623,12 +625,12 @@ def build_traffic(p: argparse.ArgumentParser) -> None:
 
 
 def build_plan(p: argparse.ArgumentParser) -> None:
-    from ultrascaled import capacity  # ~60 ms of imports that only `plan` pays
+    from ultrascaled.core import capacity  # ~60 ms of imports that only `plan` pays
     capacity.add_arguments(p)
 
 
 def build_export(p: argparse.ArgumentParser) -> None:
-    from ultrascaled import kube  # the exporter's imports are paid only by `export`
+    from ultrascaled.export import kube  # the exporter's imports are paid only by `export`
     kube.add_arguments(p)
 
 

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ultrascaled.errors import BudgetProblem, SpecError
+from ultrascaled.spec.errors import BudgetProblem, SpecError
 
 if TYPE_CHECKING:  # pragma: no cover
     import argparse

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ultrascaled.states import State
+from ultrascaled.core.states import State
 
 S = State
 

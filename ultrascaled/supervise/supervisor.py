@@ -14,19 +14,20 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ultrascaled import command, views
-from ultrascaled.control import ScaleRefused
-from ultrascaled.deployer import Deployer
-from ultrascaled.events import EventLog
-from ultrascaled.files import write_atomic
-from ultrascaled.fleetlock import FleetLock
-from ultrascaled.plan import reload_diff
-from ultrascaled.reconciler import Instance, Reconciler
-from ultrascaled.runner import Clock, OsRunner, Runner
+from ultrascaled.core import command
+from ultrascaled.supervise import views
+from ultrascaled.core.control import ScaleRefused
+from ultrascaled.supervise.rollout_loop import Deployer
+from ultrascaled.observe.events import EventLog
+from ultrascaled.effects.files import write_atomic
+from ultrascaled.effects.fleetlock import FleetLock
+from ultrascaled.core.plan import reload_diff
+from ultrascaled.core.reconciler import Instance, Reconciler
+from ultrascaled.effects.runner import Clock, OsRunner, Runner
 from ultrascaled.spec import MB, Spec, budget_errors
-from ultrascaled.states import State
-from ultrascaled.tasks import TaskGuard
-from ultrascaled.upstream import NoUpstream, Upstream
+from ultrascaled.core.states import State
+from ultrascaled.supervise.tasks import TaskGuard
+from ultrascaled.effects.upstream import NoUpstream, Upstream
 
 S = State
 
@@ -45,7 +46,7 @@ class Supervisor:
                               beat=lambda: self.guard.beat("reconciler"))
         self.lock = FleetLock(spec.name, spec.paths.state_dir) if lock else None
         self.started_at = self.clock.wall()
-        self.autoscaler: Any = None   # ultrascaled.autoscaler.Autoscaler, set by the daemon
+        self.autoscaler: Any = None   # ultrascaled.supervise.autoscale_loop.Autoscaler, set by the daemon
         self.traffic = self._make_traffic(spec)
         self.deployer = Deployer(self.rec, events, self.clock)
         self.deployer.traffic = self.traffic   # the canary's figures (docs/deploys.md)
@@ -57,7 +58,7 @@ class Supervisor:
         path = spec.nginx.traffic_log_path
         if path is None:
             return None
-        from ultrascaled.accesslog import TrafficMonitor
+        from ultrascaled.observe.accesslog import TrafficMonitor
         reopen = getattr(self.rec.upstream, "reopen_logs", None)
         managed = spec.nginx.mode == "managed"
         return TrafficMonitor(
@@ -209,7 +210,7 @@ class Supervisor:
         self.wake()
         return result
 
-    # ---- releases (ultrascaled/deployer.py) ------------------------------------------------------
+    # ---- releases (ultrascaled/supervise/rollout_loop.py) ------------------------------------------------------
 
     async def deploy(self, directory: str | None = None, release: str | None = None) -> dict[str, Any]:
         return await self.deployer.deploy(directory, release)
@@ -221,7 +222,7 @@ class Supervisor:
         return self.deployer.listing()
 
     def set_traffic(self, source) -> None:
-        """The per-port traffic figures the canary is judged on (ultrascaled/accesslog.py)."""
+        """The per-port traffic figures the canary is judged on (ultrascaled/observe/accesslog.py)."""
         self.deployer.traffic = source
 
     # ---- persistence -------------------------------------------------------------------------

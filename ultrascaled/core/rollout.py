@@ -24,7 +24,7 @@ PHASES = (CANARY, ROLLING, REVERTING)
 
 class Figures(Protocol):
     """One port's (or the fleet's) traffic over a window, as nginx saw it
-    (`ultrascaled.accesslog.TrafficWindow` has this shape)."""
+    (`ultrascaled.observe.accesslog.TrafficWindow` has this shape)."""
     requests: int
     errors_5xx: int
     rate_5xx: float          # 0..1

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ultrascaled.reconciler import Reconciler
+from ultrascaled.core.reconciler import Reconciler
 from ultrascaled.spec import MB
-from ultrascaled.states import State
+from ultrascaled.core.states import State
 
 S = State
 

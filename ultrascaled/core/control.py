@@ -20,7 +20,7 @@ class ScaleRefused(Exception):
 
 
 class EventSource(Protocol):
-    """The event log (`ultrascaled.events.EventLog`)."""
+    """The event log (`ultrascaled.observe.events.EventLog`)."""
 
     @property
     def last_seq(self) -> int: ...
@@ -35,7 +35,7 @@ class UpstreamStatus(Protocol):
 
 
 class AutoscaleControl(Protocol):
-    """The autoscaler (`ultrascaled.autoscaler.Autoscaler`) as the API uses it. A FleetControl
+    """The autoscaler (`ultrascaled.supervise.autoscale_loop.Autoscaler`) as the API uses it. A FleetControl
     may carry one as its `autoscaler` attribute; without it the /autoscale routes answer 404."""
 
     def status(self) -> dict[str, Any]: ...
@@ -66,7 +66,7 @@ class FleetControl(Protocol):
     def restart(self, port: int | None = None) -> list[int]: ...
     def log_path(self, port: int) -> Path: ...
     def metrics_dirs(self) -> dict[int, str]: ...
-    # releases (ultrascaled/deployer.py): each raises ScaleRefused
+    # releases (ultrascaled/supervise/rollout_loop.py): each raises ScaleRefused
     async def deploy(self, directory: str | None = None, release: str | None = None) -> dict[str, Any]: ...
     def rollback(self) -> dict[str, Any]: ...
     def releases(self) -> list[dict[str, Any]]: ...

@@ -1,0 +1,1 @@
+"""The core: states, the pure decisions and the one writer (the reconciler)."""

@@ -1,0 +1,1 @@
+"""Everything that touches the OS: processes, sockets and gates, files, nginx, releases."""

@@ -1,0 +1,1 @@
+"""The fleet beyond one host: Kubernetes manifests."""

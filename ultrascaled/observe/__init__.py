@@ -1,0 +1,1 @@
+"""What the daemon sees and says: events, logs, metrics, nginx's traffic log, alerts, history."""

@@ -1,0 +1,1 @@
+"""The operator's faces: the control API, the dashboard and the CLI."""
