@@ -24,7 +24,7 @@ import psutil
 
 from ultrascaled.effects.nginx_render import NginxSettings, render_main_conf, render_upstream
 from ultrascaled.spec import Spec, parse_spec
-from ultrascaled.supervise.supervisor import gunicorn_argv, instance_env
+from ultrascaled.core.command import gunicorn_argv, instance_env
 
 from bench.util import REPO, Tracker, nginx_binary, port_free, probe, stop_pid, wait_ok
 from support.harness import Daemon, tool

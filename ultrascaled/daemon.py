@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
+import resource
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -16,13 +18,14 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from ultrascaled.observe import logs
-from ultrascaled.effects import sdnotify
-from ultrascaled.observe.events import EventLog
+from ultrascaled.effects import fleetlock, sdnotify
 from ultrascaled.effects.fleetlock import FleetLocked
-from ultrascaled.spec import Spec, SpecError, load_spec
+from ultrascaled.effects.upstream import NginxUpstream, NoUpstream
+from ultrascaled.observe import history, logs, metrics
+from ultrascaled.observe.events import EventLog
+from ultrascaled.spec import Spec, SpecError, host_problems, load_spec
 from ultrascaled.supervise.supervisor import Supervisor
-from ultrascaled.effects.upstream import NoUpstream
+from ultrascaled.surface.api import ApiServer, AuditLog, Settings, build_app, read_token, tls_context
 
 DEFAULT_SPEC = os.environ.get("ULTRASCALE_SPEC", "/etc/ultrascaled/fleet.yaml")
 RELOAD_TIMEOUT = 5.0
@@ -31,26 +34,24 @@ RELOAD_TIMEOUT = 5.0
 def make_upstream(spec: Spec, events: EventLog):
     if spec.nginx.mode == "off":
         return NoUpstream()
-    from ultrascaled.effects.upstream import NginxUpstream
     return NginxUpstream(spec, events)
 
 
-def make_history(spec: Spec, sup: Supervisor):
+def make_history(spec: Spec, sup: Supervisor) -> history.History | None:
     """The dashboard's 15 minutes (dashboard.history_seconds) of the fleet, or None when the
     dashboard is off. Traffic as nginx's access log measures it (any app) while that log is
-    read, else from the app's own metrics folders (history.TrafficSource)."""
+    read, else from the app's own metrics folders."""
     if not spec.dashboard.enabled:
         return None
-    from ultrascaled.observe import history, metrics
     source = history.MetricsTraffic(sup.metrics_dirs, metrics.app_families)
-    if getattr(sup, "traffic", None) is not None:
+    if sup.traffic is not None:
         source = history.FirstActive(sup.traffic, source)
 
     def autoscale_target():
         """The count the autoscaler's last decision wants (the instance chart draws it); None
         while autoscaling is off or has not decided yet."""
-        a = getattr(sup, "autoscaler", None)
-        if a is None or not a.enabled or a.last is None:
+        a = sup.autoscaler
+        if not a.enabled or a.last is None:
             return None
         return a.last.desired
 
@@ -58,26 +59,15 @@ def make_history(spec: Spec, sup: Supervisor):
                            interval=spec.dashboard.sample_interval, target=autoscale_target)
 
 
-def make_alerts(spec: Spec, sup: Supervisor, events: EventLog):
-    """Alert rules evaluated over two scrapes of the fleet's own metrics (no HTTP involved)."""
-    from ultrascaled.observe import alerts, metrics
-    sampler = alerts.Sampler(lambda: metrics.families_async(
-        sup.snapshot(), sup.upstream.status(), sup.counters, sup.metrics_dirs()), traffic=sup.traffic)
-    return alerts.AlertManager(spec.alerts, sampler, events.emit, fleet=spec.name,
-                               db_connection_budget=spec.mongodb.connection_budget)
-
-
 async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     log = structlog.get_logger("ultrascaled")
     events = EventLog()
-    sup = Supervisor(spec, events, make_upstream(spec, events))
+    sup = Supervisor(spec, events, make_upstream(spec, events), alerts=True, nofile_limit=nofile)
     try:
         sup.lock.acquire()  # before anything else: never touch another daemon's fleet
     except (FleetLocked, OSError) as exc:
         print(f"ultrascaled: {exc}", file=sys.stderr)
         return 2
-
-    from ultrascaled.surface.api import ApiServer, AuditLog, Settings, build_app, read_token, tls_context
 
     reload_lock = asyncio.Lock()
 
@@ -101,11 +91,7 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"ultrascaled: {exc}", file=sys.stderr)
         return 2
-    alerts = make_alerts(spec, sup, events)
-    sup.set_alerts(alerts)
-    from ultrascaled.supervise.autoscale_loop import Autoscaler
-    # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
-    sup.autoscaler = Autoscaler(sup, nofile_limit=nofile, traffic=sup.traffic)
+    alerts = sup.alerts
     settings = Settings.from_spec(spec, credentials)
     history = make_history(spec, sup)
     app = build_app(sup, settings, reload_spec, alerts, audit, dashboard=spec.dashboard.enabled,
@@ -258,7 +244,6 @@ def systemd_ctx(sup: Supervisor, events: EventLog):
 
 def raise_nofile(want: int = 65536) -> int:
     """Raise the soft open-files limit towards the hard one (nginx and gunicorn inherit it)."""
-    import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = want if hard == resource.RLIM_INFINITY else min(want, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
@@ -294,10 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         return report(f"invalid spec {args.spec}", exc.errors)
     if args.check:
-        import json
-
-        from ultrascaled.effects import fleetlock
-        from ultrascaled.spec import host_problems
         problems = host_problems(spec, nofile_limit=nofile) + fleetlock.check(spec.name, spec.paths.state_dir)
         if problems:
             return report(f"spec {args.spec} is valid, but this host cannot run it", problems)

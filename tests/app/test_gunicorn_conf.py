@@ -72,7 +72,7 @@ def test_gunicorn_accepts_the_config_file_and_cli_flags_win():
 
 
 def test_gunicorn_started_as_the_daemon_starts_it_gets_the_spec_values():
-    from ultrascaled.supervise.supervisor import gunicorn_argv
+    from ultrascaled.core.command import gunicorn_argv
     spec = parse_spec("app: {directory: .}\n", base_dir=REPO)
     argv = gunicorn_argv(spec, 8001)
     argv[0] = PYTHON

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 from bench import report  # noqa: E402
 from bench.setups import bench_spec, render_supervisord_conf  # noqa: E402
 from bench.util import parse_wrk  # noqa: E402
-from ultrascaled.supervise.supervisor import gunicorn_argv  # noqa: E402
+from ultrascaled.core.command import gunicorn_argv  # noqa: E402
 
 WRK_OUT = """\
 Running 5s test @ http://127.0.0.1:18580/

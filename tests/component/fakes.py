@@ -9,9 +9,10 @@ import signal
 from dataclasses import dataclass, field
 
 from ultrascaled.observe.events import EventLog
-from ultrascaled.effects.runner import Leftover, PortHolder, ProbeResult, ProcMem
+from ultrascaled.core.seams import Leftover, PortHolder, ProbeResult, ProcMem
 from ultrascaled.spec import parse_spec
-from ultrascaled.supervise.supervisor import Supervisor
+from ultrascaled.effects import logfiles
+from ultrascaled.supervise.supervisor import FROM_SPEC, Supervisor
 
 
 class FakeClock:
@@ -213,6 +214,9 @@ class FakeRunner:
         self.rotated.append(path)
         self.log_sizes[path] = 0
 
+    def log_tail(self, path, lines):
+        return logfiles.tail(path, lines)   # the test writes the log the app would have
+
     def kinds(self) -> list:
         return [c[0] for c in self.calls]
 
@@ -264,14 +268,15 @@ nginx: {{mode: "off"}}
 
 
 class Harness:
-    def __init__(self, tmp_path, extra: str = ""):
+    def __init__(self, tmp_path, extra: str = "", traffic=FROM_SPEC, autoscale=None):
         self.spec = parse_spec(SPEC.format(dir=tmp_path, extra=extra), base_dir=tmp_path)
         self.clock = FakeClock()
         self.runner = FakeRunner()
         self.upstream = FakeUpstream()
         self.events = EventLog(clock=self.clock.wall)
         self.sup = Supervisor(self.spec, self.events, self.upstream, runner=self.runner, clock=self.clock,
-                              lock=False)  # tests/component/test_fleetlock.py tests the lock
+                              lock=False,  # tests/component/test_fleetlock.py tests the lock
+                              traffic=traffic, autoscale=autoscale)
         self.rec = self.sup.rec
         self.sup.guard.BACKOFF_INITIAL = 0.001
 

@@ -30,11 +30,10 @@ async def no_app_metrics(dirs):
 
 
 async def fleet(tmp_path, extra=AUTO, host=10.0):
-    h = Harness(tmp_path, extra)
+    h = Harness(tmp_path, extra, autoscale=dict(host_cpu=lambda: host, app_families=no_app_metrics,
+                                                 cores=lambda: 2))
     await h.start()
-    auto = Autoscaler(h.sup, host_cpu=lambda: host, app_families=no_app_metrics, cores=lambda: 2)
-    h.sup.autoscaler = auto
-    return h, auto
+    return h, h.sup.autoscaler
 
 
 def burn(h, load: float, seconds: float):
@@ -106,7 +105,7 @@ async def test_a_stalled_sampler_holds_and_never_lowers_the_count(tmp_path):
 @component
 async def test_idle_fleet_steps_down_only_after_the_window(tmp_path):
     h, auto = await fleet(tmp_path, AUTO.replace("count: 2", "count: 2"))
-    h.sup.scale(4)
+    h.sup.scale(4, source="autoscale")   # as an earlier step up left it (an operator's scale would pause)
     await h.settle()
     start = h.clock.t
     await run_for(h, auto, 8, load=10)
@@ -120,8 +119,7 @@ async def test_idle_fleet_steps_down_only_after_the_window(tmp_path):
 @component
 async def test_manual_scale_pauses_and_the_pause_survives_a_restart(tmp_path):
     h, auto = await fleet(tmp_path)
-    h.sup.scale(3)
-    said = auto.manual_scale(3)
+    said = h.sup.scale(3)                # an operator's scale: the supervisor applies the pause rule
     assert "paused until `ultrascalectl autoscale resume`" in said
     decisions = await run_for(h, auto, 6, load=600)
     assert h.sup.count == 3 and all(d.action == "hold" for d in decisions)

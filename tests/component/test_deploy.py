@@ -14,7 +14,7 @@ import pytest
 from fakes import Harness
 from ultrascaled.effects import releases
 from ultrascaled.core.control import ScaleRefused
-from ultrascaled.effects.runner import ProbeResult
+from ultrascaled.core.seams import ProbeResult
 
 SOAK = "deploy: {soak_seconds: 5, min_requests: 10}"
 
@@ -48,8 +48,8 @@ class FakeTraffic:
         return self.by_port.get(port, W(0, 0, None))
 
 
-async def up(tmp_path, extra=SOAK) -> Harness:
-    h = Harness(tmp_path, extra)
+async def up(tmp_path, extra=SOAK, traffic=None) -> Harness:
+    h = Harness(tmp_path, extra, traffic=traffic)
     await h.start()
     assert h.states() == {8001: "running", 8002: "running"}
     return h
@@ -78,8 +78,7 @@ async def drive(h: Harness, seconds: float, until=lambda: False, step: float = 0
 
 @component
 async def test_a_good_deploy_canary_first_then_one_at_a_time_on_the_release_folder(tmp_path):
-    h = await up(tmp_path)
-    h.sup.set_traffic(FakeTraffic({8001: W(100, 0, 0.02), 8002: W(100, 0, 0.02)}))
+    h = await up(tmp_path, traffic=FakeTraffic({8001: W(100, 0, 0.02), 8002: W(100, 0, 0.02)}))
     rid = new_release(h, tmp_path, "v2")
     await h.sup.deploy(release=rid)
     folder = str(releases.releases_dir(h.spec) / rid)
@@ -113,8 +112,7 @@ async def test_a_good_deploy_canary_first_then_one_at_a_time_on_the_release_fold
 
 @component
 async def test_a_canary_answering_500s_is_rolled_back_with_an_alert_naming_the_5xx_rate(tmp_path):
-    h = await up(tmp_path)
-    h.sup.set_traffic(FakeTraffic({8001: W(50, 50, 0.02), 8002: W(100, 0, 0.02)}))
+    h = await up(tmp_path, traffic=FakeTraffic({8001: W(50, 50, 0.02), 8002: W(100, 0, 0.02)}))
     rid = new_release(h, tmp_path, "bad")
     await h.sup.deploy(release=rid)
     await drive(h, 30, until=lambda: h.sup.deployer.rollout is None)

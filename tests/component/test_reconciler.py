@@ -11,8 +11,8 @@ import pytest
 
 from fakes import Harness
 from ultrascaled.core import command
-from ultrascaled.effects.runner import Leftover, PortHolder, ProbeResult
-from ultrascaled.supervise.supervisor import ScaleRefused
+from ultrascaled.core.seams import Leftover, PortHolder, ProbeResult
+from ultrascaled.core.control import ScaleRefused
 
 
 def component(fn):

@@ -9,7 +9,7 @@ import functools
 import signal
 
 from fakes import Harness
-from ultrascaled.effects.runner import ProbeResult
+from ultrascaled.core.seams import ProbeResult
 
 
 def component(fn):
@@ -95,7 +95,7 @@ async def test_the_old_master_dying_while_its_replacement_boots_drops_the_replac
 @component
 async def test_an_adopted_master_whose_socket_cannot_be_taken_restarts_the_old_way_once(tmp_path):
     from ultrascaled.core import command
-    from ultrascaled.effects.runner import Leftover
+    from ultrascaled.core.seams import Leftover
     h = Harness(tmp_path)
     h.runner.takeable = False        # pidfd_getfd refused (Yama, another user)
     argv = command.with_binds(command.gunicorn_argv(h.spec, 8001, str(h.rec.log_path(8001))), ["fd://5", "fd://6"])
@@ -115,7 +115,7 @@ async def test_an_adopted_master_whose_socket_cannot_be_taken_restarts_the_old_w
 @component
 async def test_a_daemon_killed_mid_replacement_keeps_the_master_that_holds_the_socket(tmp_path):
     from ultrascaled.core import command
-    from ultrascaled.effects.runner import Leftover
+    from ultrascaled.core.seams import Leftover
 
     def leftovers(h):
         argv = tuple(command.with_binds(command.gunicorn_argv(h.spec, 8001, str(h.rec.log_path(8001))),
@@ -193,7 +193,7 @@ async def test_with_a_static_upstream_ports_join_and_leave_by_their_gate_before_
 async def test_with_a_static_upstream_a_port_of_the_range_another_program_holds_leaves_nginx(tmp_path):
     # A second fleet (or anything) listening on a port of this fleet's range where this fleet
     # runs nothing would get a share of its traffic: it is taken out of the upstream, loudly.
-    from ultrascaled.effects.runner import PortHolder
+    from ultrascaled.core.seams import PortHolder
     h = await gated(tmp_path)
     h.runner.busy[8005] = PortHolder(4242, "gunicorn")
     h.runner.busy[8001] = PortHolder(4243, "ours anyway")     # a port this fleet runs: not a concern

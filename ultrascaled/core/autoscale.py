@@ -336,6 +336,18 @@ def pause(state: State, now: float, seconds: Optional[float], reason: str) -> St
     return replace(state, paused_until=until, paused_reason=reason)
 
 
+MANUAL_SCALE_NOTE = ("autoscaling is paused until `ultrascalectl autoscale resume` (a manual scale "
+                     "takes the fleet over)")
+
+
+def manual_scale(state: State, enabled: bool, now: float, n: int) -> tuple[State, Optional[str]]:
+    """An operator's `scale N` while autoscaling is on takes the fleet over: paused until
+    resumed, and the words to tell the operator. Off, or paused until resumed already: as is."""
+    if not enabled or state.paused_until == math.inf:
+        return state, None
+    return pause(state, now, None, f"manual scale to {n}"), MANUAL_SCALE_NOTE
+
+
 def resume(state: State) -> State:
     return replace(state, paused_until=None, paused_reason="")
 

@@ -30,18 +30,25 @@ class EventSource(Protocol):
     def emit(self, event: str, level: str = "info", log: bool = True, **fields: Any) -> dict[str, Any]: ...
 
 
+class AlertSink(Protocol):
+    """Where the daemon's own alerts go (`observe.alerts.AlertManager`, or events only)."""
+
+    def fire(self, name: str, message: str, **labels: Any) -> None: ...
+    def resolve(self, name: str, message: str = "", **labels: Any) -> None: ...
+
+
 class UpstreamStatus(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
 class AutoscaleControl(Protocol):
-    """The autoscaler (`ultrascaled.supervise.autoscale_loop.Autoscaler`) as the API uses it. A FleetControl
-    may carry one as its `autoscaler` attribute; without it the /autoscale routes answer 404."""
+    """The autoscaler (`ultrascaled.supervise.autoscale_loop.Autoscaler`) as the faces use it:
+    `FleetControl.autoscaler`, None when the daemon runs none (the /autoscale routes answer 404).
+    An operator's scale pauses it; `FleetControl.scale` applies that rule and says so."""
 
     def status(self) -> dict[str, Any]: ...
     def pause(self, seconds: float | None, reason: str) -> dict[str, Any]: ...
     def resume(self) -> dict[str, Any]: ...
-    def manual_scale(self, n: int) -> str | None: ...   # what to tell the operator, if anything
     def metric_families(self) -> list: ...
 
 
@@ -51,6 +58,8 @@ class FleetControl(Protocol):
 
     events: EventSource
     upstream: UpstreamStatus
+    autoscaler: AutoscaleControl | None
+    traffic: Any                            # core.traffic's TrafficSource, or None (no traffic log)
     count: int
     counters: dict[str, Any]
     shutting_down: bool
@@ -62,7 +71,9 @@ class FleetControl(Protocol):
 
     def snapshot(self) -> dict[str, Any]: ...
     def health(self) -> tuple[bool, list[str]]: ...
-    def scale(self, n: int) -> int: ...                      # raises ScaleRefused
+    def scale(self, n: int, source: str = "operator") -> str | None: ...
+    # raises ScaleRefused; returns what to tell the operator besides (an operator's scale
+    # pauses the autoscaler), or None
     def restart(self, port: int | None = None) -> list[int]: ...
     def log_path(self, port: int) -> Path: ...
     def metrics_dirs(self) -> dict[int, str]: ...

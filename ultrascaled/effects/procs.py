@@ -14,10 +14,11 @@ import signal
 import socket
 import struct
 import subprocess
-from dataclasses import dataclass
 from typing import Callable
 
 import psutil
+
+from ultrascaled.core.seams import Leftover, PortHolder, ProcMem
 
 
 class Proc:
@@ -159,12 +160,6 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str, log_path: str, pass_fd
     return Proc(popen.pid, popen)
 
 
-@dataclass(frozen=True)
-class PortHolder:
-    pid: int | None
-    name: str
-
-
 def port_in_use(host: str, port: int) -> PortHolder | None:
     """None if `host:port` can be bound now; else who holds it (when we can tell)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -188,15 +183,6 @@ def port_in_use(host: str, port: int) -> PortHolder | None:
     except psutil.Error:
         pass
     return PortHolder(None, "unknown program")
-
-
-@dataclass(frozen=True)
-class Leftover:
-    pid: int
-    port: int
-    cmdline: tuple[str, ...]
-    is_master: bool             # leads its own process group (we start masters with setsid)
-    master_alive: bool          # for a worker: its group leader still exists
 
 
 def marker_port(cmdline: list[str] | tuple[str, ...], fleet: str) -> int | None:
@@ -248,15 +234,6 @@ def find_leftovers(fleet: str) -> list[Leftover]:
         except (psutil.Error, ProcessLookupError, OSError):
             continue
     return found
-
-
-@dataclass(frozen=True)
-class ProcMem:
-    pid: int
-    rss: int
-    uss: int | None = None
-    pss: int | None = None
-    cpu: float = 0.0          # cumulative CPU seconds
 
 
 _PROCS: dict[int, psutil.Process] = {}

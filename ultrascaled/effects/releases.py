@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import stat
 import time
@@ -25,10 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ultrascaled.core.release_layout import BASE, ID_RE, directory_of, release_of_directory, releases_dir  # noqa: F401
 from ultrascaled.effects.files import write_atomic
 
-BASE = "app.directory"           # how release None is shown
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 COPY_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".venv")
 # A release is an app's code: a folder far larger than this is the wrong folder (a home, a data
 # disk), and copying it would fill the state folder's disk. Kernel file systems are not code.
@@ -44,27 +42,6 @@ class ReleaseError(Exception):
     def __init__(self, message: str, code: str = "release_invalid"):
         self.code = code
         super().__init__(message)
-
-
-def releases_dir(spec) -> Path:
-    return Path(spec.deploy.releases_dir or Path(spec.paths.state_dir) / "releases")
-
-
-def directory_of(spec, release: str | None) -> str:
-    """The folder an instance of `release` runs in (its real path, not `current`)."""
-    if release is None:
-        return spec.app.directory
-    return str(releases_dir(spec) / release)
-
-
-def release_of_directory(spec, directory: str | None) -> str | None:
-    """The inverse, for an adopted master's `--chdir`; None when it is app.directory or unknown."""
-    if not directory:
-        return None
-    d = Path(directory)
-    if d.parent == releases_dir(spec) and ID_RE.match(d.name):
-        return d.name
-    return None
 
 
 def listing(spec) -> list[dict[str, Any]]:

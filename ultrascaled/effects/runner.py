@@ -1,84 +1,17 @@
-"""The reconciler's seam to the operating system: processes, signals, /proc, sockets, files.
-
-`Runner` is what the reconciler is given; `OsRunner` is the real thing (tested against real
-processes), and the component tests pass a fake that records calls and fails on demand. Every
-method may raise OSError; the reconciler treats that as a temporary failure of its own, never
-as the app crashing.
+"""The real runner: the reconciler's seam (`ultrascaled.core.seams.Runner`) on this host's
+subprocesses, pidfds, /proc and sockets; tested against real processes.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import socket
-import time
-from dataclasses import dataclass
-from typing import Callable, Protocol
 
+import psutil
+
+from ultrascaled.core.seams import ProbeResult
 from ultrascaled.effects import logfiles, procs
-from ultrascaled.effects.procs import Leftover, PortHolder, ProcMem
-
-__all__ = ["Runner", "OsRunner", "Clock", "ProbeResult", "Leftover", "PortHolder", "ProcMem",
-           "Handle", "is_transient"]
-
-
-class Handle(Protocol):
-    """A gunicorn master the runner started or adopted."""
-    pid: int
-    pgid: int
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    status: int | None      # HTTP status, None when nothing sensible answered
-    detail: str             # "HTTP 200", "connection refused", "timed out after 1s", ...
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200
-
-
-class Clock:
-    """Monotonic time for timers, wall time for what people read."""
-    def now(self) -> float:
-        return time.monotonic()
-
-    def wall(self) -> float:
-        return time.time()
-
-
-# errnos that say the daemon is short of a resource for a moment, not that the app is broken
-TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM, errno.ENOSPC,
-                              errno.EINTR, errno.ENOBUFS})
-
-
-def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
-
-
-class Runner(Protocol):
-    def spawn(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str,
-              pass_fds: tuple[int, ...] = ()) -> Handle: ...
-    def listen(self, host: str, port: int, gate_closed: bool = False) -> socket.socket: ...  # port 0: a free one
-    def set_gate(self, sock: socket.socket, open_: bool) -> None: ...     # procs.set_gate
-    def take_listener(self, pid: int, host: str, port: int) -> socket.socket | None: ...
-    def adopt(self, pid: int) -> Handle: ...
-    def watch(self, handle: Handle, on_exit: Callable[[int | None], None]) -> None: ...
-    def unwatch(self, handle: Handle) -> None: ...
-    def signal(self, handle: Handle, sig: int) -> bool: ...
-    def kill_group(self, pgid: int, sig: int) -> bool: ...
-    def group_alive(self, pgid: int) -> bool: ...
-    def signal_worker(self, pid: int, sig: int) -> bool: ...
-    def sample(self, pid: int, metric: str) -> tuple[ProcMem | None, list[ProcMem]]: ...
-    def forget(self, pids: list[int]) -> None: ...
-    def find_leftovers(self, fleet: str) -> list[Leftover]: ...
-    def start_time(self, pid: int) -> float | None: ...
-    def port_in_use(self, host: str, port: int) -> PortHolder | None: ...
-    async def probe(self, host: str, port: int, path: str, timeout: float) -> ProbeResult: ...
-    def prepare_metrics_dir(self, path: str) -> None: ...
-    def log_size(self, path: str) -> int: ...
-    def rotate_log(self, path: str, backups: int) -> None: ...
 
 
 class OsRunner:
@@ -127,7 +60,6 @@ class OsRunner:
         return procs.find_leftovers(fleet)
 
     def start_time(self, pid):
-        import psutil
         try:
             return psutil.Process(pid).create_time()
         except psutil.Error:
@@ -154,6 +86,9 @@ class OsRunner:
 
     def rotate_log(self, path, backups):
         logfiles.shift(path, backups)
+
+    def log_tail(self, path, lines):
+        return logfiles.tail(path, lines)
 
 
 async def http_probe(host: str, port: int, path: str, timeout: float) -> ProbeResult:

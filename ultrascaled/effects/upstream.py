@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ultrascaled.observe.events import EventLog
+from ultrascaled.core.control import EventSource
+from ultrascaled.effects.nginx_control import NginxController
 from ultrascaled.spec import Spec
 
 
@@ -50,8 +51,7 @@ class NoUpstream:
 
 
 class NginxUpstream:
-    def __init__(self, spec: Spec, events: EventLog):
-        from ultrascaled.effects.nginx_control import NginxController
+    def __init__(self, spec: Spec, events: EventSource):
         self.events = events
         self.ctl = NginxController(spec.nginx)
         self.excluded: frozenset[int] = frozenset()   # ports another program holds (the reconciler's range check)

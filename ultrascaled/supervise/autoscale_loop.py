@@ -106,12 +106,14 @@ class Autoscaler:
         return bool(self.policy.enabled)
 
     def pause(self, seconds: Optional[float], reason: str) -> dict:
-        now = self.clock.now()
-        self.state = core.pause(self.state, now, seconds, reason)
+        self._paused(core.pause(self.state, self.clock.now(), seconds, reason), seconds, reason)
+        return self.status()
+
+    def _paused(self, state: core.State, seconds: Optional[float], reason: str) -> None:
+        self.state = state
         self._save_pause()
         until = None if seconds is None else round(self.clock.wall() + seconds, 3)
         self.events.emit("autoscale.paused", reason=reason, seconds=seconds, until=until)
-        return self.status()
 
     def resume(self) -> dict:
         was = self.state.paused(self.clock.now())
@@ -122,13 +124,12 @@ class Autoscaler:
         return self.status()
 
     def manual_scale(self, n: int) -> Optional[str]:
-        """`ultrascalectl scale N` while autoscaling is on: pause until resumed; the words
-        the API answers with (None when the autoscaler is off or already paused)."""
-        if not self.enabled or self.state.paused_until == math.inf:
-            return None
-        self.pause(None, f"manual scale to {n}")
-        return ("autoscaling is paused until `ultrascalectl autoscale resume` (a manual scale "
-                "takes the fleet over)")
+        """An operator's `scale N`: the rule (core.autoscale.manual_scale) pauses autoscaling
+        until resumed; the words the API answers with, or None."""
+        state, note = core.manual_scale(self.state, self.enabled, self.clock.now(), n)
+        if note is not None:
+            self._paused(state, None, state.paused_reason)
+        return note
 
     def status(self) -> dict:
         now = self.clock.now()

@@ -1,8 +1,8 @@
 """Deploys and rollbacks, applied: the thin layer over `rollout.py`'s pure decisions.
 
-It changes only wanted state, like the API does: which release each port starts with
-(`Reconciler.release_for`, read at every spawn) and restart requests for instances that run
-another release than their port should. The reconciler's rolling restart then moves them one
+It changes only wanted state, like the API does, and only by telling the reconciler: which
+release each port starts with (`Releases`, read at every spawn) and restart requests (`Restart`)
+for instances that run another release than their port should. The reconciler's rolling restart then moves them one
 at a time, each health-gated before it takes traffic. The deploy loop (`tick`, run guarded by
 the supervisor) observes the instances, asks `rollout.advance` what follows, persists the
 rollout in `<state_dir>/deploy.json` and raises the `deploy_failed` alert naming the figure
@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from ultrascaled.effects import releases
 from ultrascaled.core import rollout
 from ultrascaled.core.control import ScaleRefused
+from ultrascaled.core.reconciler.records import Releases, Restart
 from ultrascaled.effects.releases import DeployState, ReleaseError
 from ultrascaled.core.rollout import Rollout, Thresholds, show
 from ultrascaled.core.states import State
@@ -31,28 +32,22 @@ class TrafficSource(Protocol):
 class Deployer:
     INTERVAL = 0.25   # seconds between looks at the fleet while a rollout runs (woken sooner by the API)
 
-    def __init__(self, rec, events, clock):
+    def __init__(self, rec, events, clock, alerts, traffic: TrafficSource | None = None):
         self.rec = rec
         self.events = events
         self.clock = clock
+        self.alerts = alerts
         self.state = DeployState()
         self.rollout: Rollout | None = None
-        self.traffic: TrafficSource | None = None
+        self.traffic = traffic             # the canary's figures (docs/deploys.md); None: health and crashes only
         self.preparing = False             # a release is being copied for a deploy
         self.last_verdict: dict | None = None
         self.last_outcome: dict | None = None   # how the last rollout ended
         self._wake = asyncio.Event()
-        rec.release_for = self.release_for
 
     @property
     def spec(self):
         return self.rec.spec
-
-    # ---- what each port runs -----------------------------------------------------------------
-
-    def release_for(self, port: int) -> tuple[str | None, str]:
-        rel = rollout.desired_release(self.rollout, self.state.current, port)
-        return rel, releases.directory_of(self.spec, rel)
 
     # ---- start: what the last daemon left --------------------------------------------------------
 
@@ -70,10 +65,11 @@ class Deployer:
             self.events.emit("deploy.resumed" if r else "deploy.state_ignored", level="warning",
                              reason=decided, release=show(r.target) if r else None)
             if r is not None and r.phase == rollout.REVERTING and r.failure == "interrupted":
-                self.rec.alerts.fire("deploy_failed", f"deploy of release {show(r.target)} was interrupted "
-                                     f"by a daemon restart before its canary was judged; rolling back to "
-                                     f"{show(r.source)}")
+                self.alerts.fire("deploy_failed", f"deploy of release {show(r.target)} was interrupted "
+                                 f"by a daemon restart before its canary was judged; rolling back to "
+                                 f"{show(r.source)}")
             self._save()
+        self.rec.tell(Releases(self.rollout, self.state.current))
 
     def _save(self) -> None:
         self.state.rollout = self.rollout.persist() if self.rollout else None
@@ -206,7 +202,7 @@ class Deployer:
         for name, level, fields in step.events:
             self.events.emit(name, level=level, **fields)
         if step.alert:
-            self.rec.alerts.fire("deploy_failed", step.alert)
+            self.alerts.fire("deploy_failed", step.alert)
         changed = step.rollout != r
         self.rollout = step.rollout
         if step.outcome:
@@ -215,7 +211,7 @@ class Deployer:
                                  "seconds": round(now - r.started, 3), "ended": round(self.clock.wall(), 3)}
         if step.outcome == "completed":
             self.state.previous, self.state.current = r.source, r.target
-            self.rec.alerts.resolve("deploy_failed", f"release {show(r.target)} is deployed")
+            self.alerts.resolve("deploy_failed", f"release {show(r.target)} is deployed")
             self._point_current()
             doomed = releases.prune(self.spec, self.spec.deploy.keep_releases,
                                     {self.state.current, self.state.previous})
@@ -251,17 +247,12 @@ class Deployer:
         return canary, rollout.combine([self.traffic.window(p, t.soak_seconds) for p in others])
 
     def _apply(self) -> None:
-        """Ask a restart of every instance that runs another release than its port should (the
-        reconciler rolls them one at a time); a spawn to come reads release_for anyway."""
-        woke = False
-        for p, inst in self.rec.instances.items():
-            want, _ = self.release_for(p)
-            if inst.release == want or inst.restart_requested or (inst.replace_failed and inst.failed_release == want):
-                continue
-            if inst.state in (S.RUNNING, S.STARTING, S.FATAL):
-                inst.restart_requested = True
-                if inst.state is S.FATAL:
-                    inst.crashes, inst.start_failures, inst.daemon_failures = (), 0, 0
-                woke = True
-        if woke or self.rollout is not None:
-            self.rec.wake()
+        """Tell the reconciler which release each port starts with, and ask a restart of every
+        instance that runs another one (the reconciler rolls them one at a time)."""
+        self.rec.tell(Releases(self.rollout, self.state.current))
+        moving = tuple(p for p, inst in self.rec.instances.items()
+                       if inst.state in (S.RUNNING, S.STARTING, S.FATAL) and not inst.restart_requested
+                       and inst.release != (want := self.rec.release_for(p)[0])
+                       and not (inst.replace_failed and inst.failed_release == want))
+        if moving:
+            self.rec.tell(Restart(moving))

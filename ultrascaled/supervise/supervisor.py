@@ -14,52 +14,63 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ultrascaled.core import command
-from ultrascaled.supervise import views
 from ultrascaled.core.control import ScaleRefused
-from ultrascaled.supervise.rollout_loop import Deployer
-from ultrascaled.observe.events import EventLog
+from ultrascaled.core.reconciler import Instance, Reconciler
+from ultrascaled.core.reconciler.records import Reload, Restart, Scale
+from ultrascaled.core.seams import Clock, Runner
+from ultrascaled.core.states import State
 from ultrascaled.effects.files import write_atomic
 from ultrascaled.effects.fleetlock import FleetLock
-from ultrascaled.core.plan import reload_diff
-from ultrascaled.core.reconciler import Instance, Reconciler
-from ultrascaled.effects.runner import Clock, OsRunner, Runner
-from ultrascaled.spec import MB, Spec, budget_errors
-from ultrascaled.core.states import State
-from ultrascaled.supervise.tasks import TaskGuard
+from ultrascaled.effects.runner import OsRunner
 from ultrascaled.effects.upstream import NoUpstream, Upstream
+from ultrascaled.observe import alerts as alerting, metrics
+from ultrascaled.observe.accesslog import TrafficMonitor
+from ultrascaled.observe.events import EventLog
+from ultrascaled.spec import MB, Spec, budget_errors
+from ultrascaled.supervise import views
+from ultrascaled.supervise.autoscale_loop import Autoscaler
+from ultrascaled.supervise.rollout_loop import Deployer
+from ultrascaled.supervise.tasks import TaskGuard
 
 S = State
-
-# Re-exported for the modules that still import them from here.
-gunicorn_argv, instance_env = command.gunicorn_argv, command.instance_env
-__all__ = ["Supervisor", "ScaleRefused", "Instance", "gunicorn_argv", "instance_env"]
+FROM_SPEC = object()   # Supervisor(traffic=...): the traffic log the spec names (the default)
 
 
 class Supervisor:
+    """Built whole: the reconciler, the deploy and autoscale loops, the traffic monitor and the
+    alerts are made here, wired to each other, and never patched afterwards.
+
+    `alerts`: True for the alert rules over the fleet's own metrics (the daemon), False for
+    events only (component tests). `traffic`: the per-port traffic source, by default the
+    spec's nginx traffic log (None when off). `autoscale`: the autoscaler's measurement seams
+    (host_cpu, app_families, cores, ...), for tests."""
+
     def __init__(self, spec: Spec, events: EventLog, upstream: Upstream | None = None, *,
-                 runner: Runner | None = None, clock: Clock | None = None, lock: bool = True):
+                 runner: Runner | None = None, clock: Clock | None = None, lock: bool = True,
+                 alerts: bool = False, traffic: Any = FROM_SPEC, autoscale: dict[str, Any] | None = None,
+                 nofile_limit: int | None = None):
         self.events = events
         self.clock = clock or Clock()
-        self.guard = TaskGuard(events.emit, self.clock.now)
-        self.rec = Reconciler(spec, events, runner or OsRunner(), upstream or NoUpstream(), clock=self.clock,
+        upstream = upstream or NoUpstream()
+        self.traffic = self._make_traffic(spec, upstream) if traffic is FROM_SPEC else traffic
+        self.alerts = self._make_alerts(spec) if alerts else alerting.EventAlerts(events.emit)
+        self.guard = TaskGuard(events.emit, self.clock.now, alerts=self.alerts)
+        self.rec = Reconciler(spec, events, runner or OsRunner(), upstream, self.alerts, clock=self.clock,
                               beat=lambda: self.guard.beat("reconciler"))
         self.lock = FleetLock(spec.name, spec.paths.state_dir) if lock else None
         self.started_at = self.clock.wall()
-        self.autoscaler: Any = None   # ultrascaled.supervise.autoscale_loop.Autoscaler, set by the daemon
-        self.traffic = self._make_traffic(spec)
-        self.deployer = Deployer(self.rec, events, self.clock)
-        self.deployer.traffic = self.traffic   # the canary's figures (docs/deploys.md)
+        self.deployer = Deployer(self.rec, events, self.clock, self.alerts, traffic=self.traffic)
+        # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
+        self.autoscaler = Autoscaler(self, nofile_limit=nofile_limit, traffic=self.traffic, **(autoscale or {}))
 
-    # ---- traffic measured at nginx (accesslog.py): what canary, alerts and dashboard read ----------
+    # ---- traffic measured at nginx (accesslog.py), and the alerts over the fleet's metrics ---------
 
-    def _make_traffic(self, spec: Spec):
+    def _make_traffic(self, spec: Spec, upstream) -> TrafficMonitor | None:
         """The TrafficSource over nginx's traffic log, or None (nginx off, traffic_log off)."""
         path = spec.nginx.traffic_log_path
         if path is None:
             return None
-        from ultrascaled.observe.accesslog import TrafficMonitor
-        reopen = getattr(self.rec.upstream, "reopen_logs", None)
+        reopen = getattr(upstream, "reopen_logs", None)
         managed = spec.nginx.mode == "managed"
         return TrafficMonitor(
             path, window=spec.nginx.traffic_window, ports=lambda: list(self.instances),
@@ -68,6 +79,13 @@ class Supervisor:
             max_bytes=spec.logs.max_bytes if managed else 0, backups=spec.logs.backups,
             reopen=reopen if managed else None, emit=self.events.emit,
             companions=(os.path.join(spec.nginx.prefix, "logs", "error.log"),) if managed else ())
+
+    def _make_alerts(self, spec: Spec) -> alerting.AlertManager:
+        """Alert rules evaluated over two scrapes of the fleet's own metrics (no HTTP involved)."""
+        sampler = alerting.Sampler(lambda: metrics.families_async(
+            self.snapshot(), self.upstream.status(), self.counters, self.metrics_dirs()), traffic=self.traffic)
+        return alerting.AlertManager(spec.alerts, sampler, self.events.emit, fleet=spec.name,
+                                     db_connection_budget=spec.mongodb.connection_budget)
 
     def traffic_families(self) -> list:
         """/metrics: per-instance request counts and response times measured at nginx."""
@@ -107,11 +125,6 @@ class Supervisor:
     def ready_event(self) -> asyncio.Event:
         return self.rec.ready_event
 
-    def set_alerts(self, alerts) -> None:
-        """Route the daemon's own alerts (FATAL, budget, dead task, nginx) through `alerts`."""
-        self.rec.alerts = alerts
-        self.guard.alerts = alerts
-
     def snapshot(self) -> dict[str, Any]:
         snap = views.fleet(self.rec)
         snap["deploy"] = self.deployer.describe()
@@ -131,7 +144,9 @@ class Supervisor:
     def wake(self) -> None:
         self.rec.wake()
 
-    def scale(self, n: int, source: str = "operator") -> int:
+    def scale(self, n: int, source: str = "operator") -> str | None:
+        """A new count (raises ScaleRefused); an operator's pauses the autoscaler, and the words
+        saying so are returned."""
         lo, hi = self.spec.instances.min, self.spec.instances.max
         if not lo <= n <= hi:
             raise ScaleRefused("out_of_range", f"instances must be {lo}..{hi} (instances.min..max), got {n}")
@@ -141,11 +156,10 @@ class Supervisor:
                 raise ScaleRefused("over_budget", problem)
         old = self.count
         self._save_state(n)  # persist first: a count that cannot be saved is not taken
-        self.rec.count = n
+        self.rec.tell(Scale(n))
         if n != old:
             self.events.emit("fleet.scale", desired=n, previous=old, source=source)
-        self.wake()
-        return n
+        return self.autoscaler.manual_scale(n) if source == "operator" else None
 
     def memory_refusal(self, n: int) -> str | None:
         """Refuse growth that the measured average per instance says would break the budget."""
@@ -162,19 +176,9 @@ class Supervisor:
 
     def restart(self, port: int | None = None) -> list[int]:
         targets = [port] if port is not None else sorted(self.instances)
-        for p in targets:
-            self._request_restart(self.instances[p])
+        self.rec.tell(Restart(tuple(targets)))
         self.events.emit("fleet.restart_requested", ports=targets)
-        self.wake()
         return targets
-
-    @staticmethod
-    def _request_restart(inst: Instance) -> None:
-        inst.restart_requested = True
-        if inst.state in (S.FATAL, S.BACKOFF):  # an operator's "try again": a fresh count
-            inst.crashes, inst.start_failures, inst.daemon_failures = (), 0, 0
-        if inst.replace_failed:                  # same for a replacement that was given up
-            inst.replace_failures, inst.replace_retry_at = 0, 0.0
 
     def reload_spec(self, new: Spec) -> dict[str, Any]:
         """Take a validated spec: a diff against what runs (added, removed, changed, FATAL
@@ -190,24 +194,12 @@ class Supervisor:
         if errors:
             raise ScaleRefused("spec_invalid", "; ".join(errors))
         self._save_state(count)
-        rec = self.rec
-        rec.spec, rec.count = new, count
+        diff = self.rec.tell(Reload(new, count))
         if self.traffic is not None and self.traffic.max_bytes:   # the traffic log's rotation follows logs.*
             self.traffic.max_bytes, self.traffic.backups = new.logs.max_bytes, new.logs.backups
-        if (new.nginx, new.instances.max, new.instances.base_port, new.instances.host) != \
-                (old.nginx, old.instances.max, old.instances.base_port, old.instances.host):
-            rec.pending_nginx = True    # (the static upstream lists the instances' range)
-        if rec.failed_upstream is not None:   # a refused upstream is tried again with the new spec
-            rec.failed_temporary, rec.upstream_retry_at = True, 0.0
-        wanted = rec.wanted
-        fps = {p: command.fingerprint(new, p, str(rec.log_path(p)), rec.release_for(p)[1]) for p in wanted}
-        diff = reload_diff({p: (i.state, i.fingerprint) for p, i in self.instances.items()}, wanted, fps)
-        for p in diff.changed:
-            self._request_restart(self.instances[p])
         result = {"changed": changes, "restarting": list(diff.changed), "added": list(diff.added),
                   "removed": list(diff.removed), "desired": count}
         self.events.emit("spec.reloaded", **result)
-        self.wake()
         return result
 
     # ---- releases (ultrascaled/supervise/rollout_loop.py) ------------------------------------------------------
@@ -220,10 +212,6 @@ class Supervisor:
 
     def releases(self) -> list[dict[str, Any]]:
         return self.deployer.listing()
-
-    def set_traffic(self, source) -> None:
-        """The per-port traffic figures the canary is judged on (ultrascaled/observe/accesslog.py)."""
-        self.deployer.traffic = source
 
     # ---- persistence -------------------------------------------------------------------------
 
@@ -253,7 +241,7 @@ class Supervisor:
             return False
         lo, hi = self.spec.instances.min, self.spec.instances.max
         if isinstance(saved, int) and not isinstance(saved, bool) and lo <= saved <= hi:
-            self.rec.count = saved
+            self.rec.tell(Scale(saved))
             return True
         self.events.emit("state.ignored", level="warning", saved=saved,
                          reason=f"outside instances.min..max ({lo}..{hi})")

@@ -1,0 +1,125 @@
+"""The reconciler's memory watchdog: sampling every master and worker, recycling what stays over its
+limit (the decision is `core.memwatch`), the fleet budget, and log rotation by size."""
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from ultrascaled.core import memwatch
+from ultrascaled.core.reconciler.records import (Instance, Sampled,
+                                                 SamplesDone)
+from ultrascaled.core.seams import ProcMem
+from ultrascaled.core.states import State
+from ultrascaled.spec import MB
+
+S = State
+
+
+class MemoryWatch:
+    """Part of `Reconciler` (core/reconciler/loop.py): the same loop, the same records."""
+
+    def _sampled(self, s: Sampled) -> None:
+        inst = self.instances.get(s.port)
+        if inst is None or inst.handle is not s.handle:
+            return
+        inst.master_mem, inst.workers = s.master, list(s.workers)
+        inst.sampled_at = self.clock.now()
+        if inst.recycles:   # the plan watches recycled workers: which are still alive matters to it
+            self._dirty = True
+            alive = {w.pid for w in s.workers}
+            for pid in [p for p in inst.recycles if p not in alive]:
+                del inst.recycles[pid]
+        if s.log_size >= self.spec.logs.max_bytes:
+            self._rotate_log(inst)
+
+    def check_memory(self) -> None:
+        """After a round of samples: the memory watchdog's decision, and the fleet budget."""
+        mem = self.spec.memory
+        samples = []
+        for inst in self.instances.values():
+            if inst.state is not S.RUNNING or inst.handle is None:
+                continue
+            for role, items in (("master", [inst.master_mem] if inst.master_mem else []), ("worker", inst.workers)):
+                samples += [memwatch.MemSample(inst.port, m.pid, role, _metric(m, mem.metric)) for m in items]
+        recycling = frozenset(p for i in self.instances.values() for p in i.recycles)
+        self.streaks, due = memwatch.decide(self.streaks, samples, mem.worker_limit_mb * MB, mem.samples_over,
+                                            recycling)
+        for r in due:
+            self._recycle(r)
+        total = sum(i.rss for i in self.instances.values())
+        budget = mem.fleet_budget_mb * MB
+        crossed = memwatch.budget_crossed(total, budget, self.over_budget)
+        if crossed is not None:
+            self.over_budget = crossed
+            if crossed:
+                self.alerts.fire("memory_budget", f"fleet memory {total / MB:.0f} MiB is over memory."
+                                 f"fleet_budget_mb {mem.fleet_budget_mb} MiB")
+            else:
+                self.alerts.resolve("memory_budget", f"fleet memory {total / MB:.0f} MiB is back under "
+                                    f"{mem.fleet_budget_mb} MiB")
+
+    def _recycle(self, r: memwatch.Recycle) -> None:
+        inst = self.instances.get(r.port)
+        if inst is None or inst.handle is None:
+            return
+        policy = self.policy()
+        history, storm = memwatch.recycle_storm(inst.recycle_history, self.clock.now(), policy.fatal_crashes,
+                                                policy.fatal_window)
+        fields = dict(port=r.port, pid=r.pid, role=r.role, value_bytes=r.value, limit_bytes=r.limit,
+                      metric=self.spec.memory.metric, samples=r.samples)
+        if storm:  # hold: another recycle would only start another worker over the limit
+            self.alerts.fire("memory_recycle_loop", f"instance {r.port}: {len(history) - 1} recycles within "
+                             f"{policy.fatal_window:g}s, each fresh worker crosses memory.worker_limit_mb "
+                             f"({r.limit // MB} MiB, measured {r.value // MB} MiB); recycling is held until "
+                             "that stops", port=r.port)
+            self.events.emit("watchdog.held", level="error", **fields)
+            return
+        inst.recycle_history = history
+        by_port = self.counters["watchdog_recycles"]
+        by_port[r.port] = by_port.get(r.port, 0) + 1
+        self._dirty = True
+        if r.role == "master" or r.pid == inst.pid:
+            inst.restart_requested = True
+            self.events.emit("watchdog.recycled", level="warning", action="graceful restart", **fields)
+        elif self.runner.signal_worker(r.pid, signal.SIGTERM):
+            inst.recycles[r.pid] = self.clock.now() + self.spec.gunicorn.graceful_timeout + 5
+            self.events.emit("watchdog.recycled", level="warning", action="SIGTERM to worker", **fields)
+
+    def sample_all(self) -> None:
+        """One round of memory samples (the sampler task calls this every sample_interval). On
+        the loop: a round of /proc reads takes ~1 ms per instance, and a hop to a thread cost
+        more idle CPU than it saved (measured: 1.0 vs 1.2 % with 8 instances)."""
+        now = self.clock.now()
+        logs = now >= self._next_log_check
+        if logs:  # log sizes every 5 samples, at most every 10 s: rotation needs no more
+            self._next_log_check = now + min(10.0, 5 * self.spec.memory.sample_interval)
+        for port, inst in list(self.instances.items()):
+            if inst.handle is not None:
+                self._sample_one(port, inst.handle, logs)
+        self.post(SamplesDone())
+
+    def _sample_one(self, port: int, handle: Any, log: bool = False) -> None:
+        master, workers = self.runner.sample(handle.pid, self.spec.memory.metric)
+        size = self.runner.log_size(str(self.log_path(port))) if log else 0
+        self.post(Sampled(port, handle, master, tuple(workers), size))
+
+    # ---- adoption of an earlier run's processes ---------------------------------------------------
+
+    def _rotate_log(self, inst: Instance) -> None:
+        path = str(self.log_path(inst.port))
+        try:
+            self.runner.rotate_log(path, self.spec.logs.backups)
+        except OSError as exc:
+            self.events.emit("instance.log_rotate_failed", level="error", port=inst.port, error=str(exc))
+            return
+        if inst.handle is not None:
+            self.runner.signal(inst.handle, signal.SIGUSR1)  # gunicorn reopens its log file
+        self.events.emit("instance.log_rotated", port=inst.port, path=path)
+
+    # ---- effects that take time: tasks that end by posting a message ---------------------------------
+
+
+
+def _metric(m: ProcMem, metric: str) -> int:
+    value = getattr(m, metric, None)
+    return value if value is not None else m.rss
