@@ -1,4 +1,4 @@
-"""Unit tests of the atomic writer (CONVENTIONS point 5)."""
+"""Unit tests of the atomic writer."""
 import os
 import stat
 

@@ -2,7 +2,7 @@
 
 The pure rendering lives in :mod:`ultrascaled.effects.nginx_render` (re-exported here).  This module is the
 thin OS layer: files, subprocesses, signals.  Side effects sit behind two small injectable
-interfaces so unit tests can pass fakes (CONVENTIONS point 4):
+interfaces so unit tests can pass fakes:
 
 * ``runner(argv, timeout) -> RunResult`` runs a command (``nginx -t``, ``nginx -s reload``, the
   managed master's start command);

@@ -30,10 +30,14 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+import psutil
+
 from ultrascaled.core import autoscale as core
 from ultrascaled.core.control import ScaleRefused
-from ultrascaled.effects.files import write_atomic
 from ultrascaled.core.states import State as S
+from ultrascaled.effects.files import write_atomic
+from ultrascaled.observe import metrics
+from ultrascaled.spec import budget_errors
 
 if TYPE_CHECKING:
     from ultrascaled.observe.accesslog import TrafficSource
@@ -44,7 +48,6 @@ REPEAT_EVERY = 30.0         # an unchanged hold is an event again after this man
 
 
 def _host_cpu() -> Optional[float]:
-    import psutil
     return psutil.cpu_percent(interval=None)
 
 
@@ -334,7 +337,6 @@ class Autoscaler:
     # ---- deciding and applying ------------------------------------------------------------------
 
     def budgets(self, n: int) -> list[str]:
-        from ultrascaled.spec import budget_errors
         problems = budget_errors(self.sup.spec, n, nofile_limit=self.nofile_limit)
         measured = self.sup.memory_refusal(n)
         return problems + ([measured] if measured else [])
@@ -426,7 +428,6 @@ class Autoscaler:
 
 async def _read_app_families(dirs: dict[int, str]) -> list:
     """The app metrics of the ready instances (as /metrics reads them), off the event loop."""
-    from ultrascaled.observe import metrics
     reader = _READER
 
     def read() -> list:
@@ -435,8 +436,7 @@ async def _read_app_families(dirs: dict[int, str]) -> list:
 
 
 def _make_reader():
-    from ultrascaled.observe.metrics import AppMetricsReader
-    return AppMetricsReader(cache_ttl=0.2, clock=time.monotonic)
+    return metrics.AppMetricsReader(cache_ttl=0.2, clock=time.monotonic)
 
 
 class _LazyReader:
