@@ -223,6 +223,7 @@ class FakeRunner:
 
 class FakeUpstream:
     def __init__(self):
+        self.excluded: frozenset[int] = frozenset()
         self.results: list[tuple[bool, str, bool]] = []   # next apply results (default ok)
         self.applied: list[list[int]] = []
         self.stamp = 1

@@ -6,11 +6,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import structlog
 
 from ultrascaled import daemon
 from ultrascaled.spec import host_problems, load_spec, reload_count
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def logging_as_before():
+    """daemon.main configures structlog on this test's captured stderr, and caches each logger
+    on first use: put the defaults back, or a later test logs to a closed file."""
+    yield
+    structlog.reset_defaults()
 
 
 def check(path, capsys) -> tuple[int, str]:

@@ -11,7 +11,9 @@ import errno
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
+
+from ultrascaled.spec import Spec
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,16 @@ class Runner(Protocol):
     def log_tail(self, path: str, lines: int) -> str: ...              # the last lines of a log
 
 
+class Upstream(Protocol):
+    """Where the ready instances are published (`ultrascaled.effects.upstream`: nginx, or none)."""
+    excluded: frozenset[int]     # ports of the range another program holds: left out of nginx's list
+
+    async def start(self) -> None: ...
+    async def apply(self, servers: list[tuple[str, int]]) -> tuple[bool, str, bool]: ...
+    """(ok, detail, temporary): a temporary failure is worth retrying with backoff; a permanent
+    one (nginx rejects the configuration) is not, until the servers, spec or nginx's files change."""
+    def config_stamp(self) -> Any: ...
+    async def check(self) -> None: ...
+    async def reconfigure(self, spec: Spec) -> tuple[bool, str]: ...
+    async def stop(self) -> None: ...
+    def status(self) -> dict[str, Any]: ...

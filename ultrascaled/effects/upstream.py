@@ -6,26 +6,15 @@ has taken effect, so a removed instance can then be stopped without a request re
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
 
 from ultrascaled.core.control import EventSource
+from ultrascaled.core.seams import Upstream  # noqa: F401  (the protocol NoUpstream and NginxUpstream meet)
 from ultrascaled.effects.nginx_control import NginxController
 from ultrascaled.spec import Spec
 
 
-class Upstream(Protocol):
-    async def start(self) -> None: ...
-    async def apply(self, servers: list[tuple[str, int]]) -> tuple[bool, str, bool]: ...
-    """(ok, detail, temporary): a temporary failure is worth retrying with backoff; a permanent
-    one (nginx rejects the configuration) is not, until the servers, spec or nginx's files change."""
-    def config_stamp(self) -> Any: ...
-    async def check(self) -> None: ...
-    async def reconfigure(self, spec: Spec) -> tuple[bool, str]: ...
-    async def stop(self) -> None: ...
-    def status(self) -> dict[str, Any]: ...
-
-
 class NoUpstream:
+    excluded: frozenset[int] = frozenset()
     """nginx.mode = off: instances are reached on their own ports."""
 
     async def start(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ultrascaled.core.control import ScaleRefused
 from ultrascaled.core.reconciler import Instance, Reconciler
-from ultrascaled.core.reconciler.records import Reload, Restart, Scale
+from ultrascaled.core.reconciler.records import Reload, Restart, Scale, Shutdown
 from ultrascaled.core.seams import Clock, Runner
 from ultrascaled.core.states import State
 from ultrascaled.effects.files import write_atomic
@@ -285,8 +285,7 @@ class Supervisor:
         """Leave the upstream, drain and stop every instance gracefully, then stop nginx."""
         rec = self.rec
         self.events.emit("daemon.stopping", instances=len(self.instances))
-        rec.shutting_down = True
-        rec.wake()
+        rec.tell(Shutdown())
         limit = timeout or (self.spec.gunicorn.graceful_timeout + 10)
         try:
             async with asyncio.timeout(limit):

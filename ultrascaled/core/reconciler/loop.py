@@ -25,7 +25,8 @@ from ultrascaled.core.reconciler.memory import MemoryWatch
 from ultrascaled.core.reconciler.replacement import Replacement
 from ultrascaled.core.reconciler.upstream_sync import UpstreamSync
 from ultrascaled.core.reconciler.records import (Exited, GroupGone, Instance, Message, Probed, Releases, Reload,
-                                                 Restart, Sampled, SamplesDone, Scale, UpstreamDone, Wanted)
+                                                 Restart, Sampled, SamplesDone, Scale, Shutdown, UpstreamDone,
+                                                 Wanted)
 from ultrascaled.core.seams import Clock, Handle, ProbeResult, Runner, is_transient
 from ultrascaled.core.states import State, check_transition
 from ultrascaled.spec import Spec
@@ -235,6 +236,8 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
                 return self._reload(msg)
             case Releases():
                 self.releases = msg
+            case Shutdown():
+                self.shutting_down = True
             case _:
                 raise TypeError(f"unknown message {msg!r}")
 

@@ -171,5 +171,10 @@ class Releases:
     current: str | None
 
 
-Wanted = Scale | Restart | Reload | Releases
+@dataclass(frozen=True)
+class Shutdown:
+    """Stop everything: leave the upstream, drain and stop every instance."""
+
+
+Wanted = Scale | Restart | Reload | Releases | Shutdown
 

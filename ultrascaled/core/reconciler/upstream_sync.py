@@ -142,7 +142,7 @@ class UpstreamSync:
     async def _republish(self) -> None:
         """The same servers again, with the upstream's range changed (ports taken or freed)."""
         self.republish = False
-        setattr(self.upstream, "excluded", self.taken_ports)
+        self.upstream.excluded = self.taken_ports
         try:
             await self._publish(self.applied)
         finally:
