@@ -17,12 +17,12 @@ from typing import Any
 from ultrascaled.core.control import ScaleRefused
 from ultrascaled.core.reconciler import Instance, Reconciler
 from ultrascaled.core.reconciler.records import Reload, Restart, Scale, Shutdown
-from ultrascaled.core.seams import Clock, Runner
+from ultrascaled.core.seams import Clock, Runner, Upstream
 from ultrascaled.core.states import State
 from ultrascaled.effects.files import write_atomic
 from ultrascaled.effects.fleetlock import FleetLock
 from ultrascaled.effects.runner import OsRunner
-from ultrascaled.effects.upstream import NoUpstream, Upstream
+from ultrascaled.effects.upstream import NoUpstream
 from ultrascaled.observe import alerts as alerting, metrics
 from ultrascaled.observe.accesslog import TrafficMonitor
 from ultrascaled.observe.events import EventLog
