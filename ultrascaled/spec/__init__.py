@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ultrascaled.core import capacity
+from ultrascaled.spec.budget import budget_problems, mongo_pool_that_fits, requests_per_worker
 from ultrascaled.effects import nginx_render as nginx_conf
 from ultrascaled.spec.errors import SpecError  # noqa: F401  (re-exported: callers import it from here)
 from ultrascaled.effects.nginx_render import NginxSettings
@@ -401,7 +401,7 @@ def autoscale_errors(spec: "Spec", where, ok) -> list[str]:
     if t.in_flight_per_worker is not None and ok("autoscale.target.in_flight_per_worker",
                                                  "gunicorn.worker_class", "gunicorn.threads",
                                                  "gunicorn.worker_connections"):
-        per, formula = capacity.requests_per_worker(spec)
+        per, formula = requests_per_worker(spec)
         if t.in_flight_per_worker > per:
             errors.append(f"{where('autoscale.target.in_flight_per_worker')}: {t.in_flight_per_worker:g} "
                           f"requests in flight per worker cannot happen: a worker serves {formula}, "
@@ -498,7 +498,7 @@ class Spec:
     def mongo_pool_per_process(self) -> int:
         """maxPoolSize per worker process: the largest pool that keeps the fleet (at
         instances.max) within mongodb.connection_budget, one server (capacity.py's formula)."""
-        return capacity.mongo_pool_that_fits(self)
+        return mongo_pool_that_fits(self)
 
 
 def resolve_auto_workers(cpu_count: int) -> int:
@@ -981,7 +981,7 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
 def budget_errors(spec: Spec, count: int, lines: dict[str, int] | None = None,
                   nofile_limit: int | None = None) -> list[str]:
     """The budgets (memory, MongoDB connections, file descriptors) for `count` instances."""
-    return capacity.budget_problems(spec, count, lines=lines, nofile_limit=nofile_limit)
+    return budget_problems(spec, count, lines=lines, nofile_limit=nofile_limit)
 
 
 def _line_of(error: str) -> int:

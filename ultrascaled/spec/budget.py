@@ -1,0 +1,194 @@
+"""The budget arithmetic of a spec: memory, MongoDB connections and file descriptors for a count
+of instances, and the per-worker figures they rest on. The spec's checks refuse what cannot hold;
+the capacity planner (core/capacity.py) shows the same arithmetic."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Mapping
+
+from ultrascaled.spec.errors import BudgetProblem
+
+if TYPE_CHECKING:  # the spec's sections: budget.py sits below the schema that imports it
+    from ultrascaled.spec import Spec
+
+MIB = 1024 * 1024
+
+# pymongo keeps, besides its pool, one monitor connection per server plus one RTT connection
+# per server with the streaming protocol (MongoDB >= 4.4): docs/app.md.
+MONGO_MONITOR_PER_SERVER = 2
+# Typical RSS of master + 1 gevent worker of the reference app, idle: docs/benchmarks.md,
+# section 4 (`scripts/bench --only footprint`), 8 instances' RSS 485 MiB = 61 MiB per instance,
+# i.e. 30.5 MiB per process; used as the expected case when no calibration is given.
+TYPICAL_INSTANCE_RSS_MIB = 61
+TYPICAL_PROCESS_RSS_MIB = TYPICAL_INSTANCE_RSS_MIB / 2
+TYPICAL_RSS_SOURCE = "docs/benchmarks.md, scripts/bench --only footprint"
+# File descriptors that are not connections. Allowances, not measurements (docs/capacity.md):
+DAEMON_BASE_FDS = 64           # stdio, event loop, API listener + clients, logs, nginx pidfd
+DAEMON_FDS_PER_INSTANCE = 4    # pidfd, health probe socket, /proc reads, a spare
+NGINX_WORKER_BASE_FDS = 32     # listeners, log files, event fds, temp files
+GUNICORN_WORKER_BASE_FDS = 32  # stdio, listener, heartbeat file, hub fds, Redis, metrics file
+# The target a calibration must have met for its rate to count as capacity.
+TARGET_P99_MS = 2000.0
+TARGET_MAX_ERROR_RATE_PCT = 1.0
+
+
+
+# ---- small helpers ------------------------------------------------------------------------
+
+def fmt_number(v: float) -> str:
+    """Integers without decimals, other numbers with at most one."""
+    if isinstance(v, int) or float(v).is_integer():
+        return f"{int(v):,}".replace(",", "")
+    return f"{v:.1f}"
+
+
+def _s(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def nginx_worker_count(spec: "Spec", cpu_count: int | None) -> tuple[int, str]:
+    """nginx worker processes from ``nginx.worker_processes`` and how that was decided."""
+    wp = str(spec.nginx.worker_processes).strip()
+    if wp == "auto":
+        if cpu_count:
+            return cpu_count, f"auto = {cpu_count} cores"
+        return 1, "auto, counted as 1: cpu count unknown"
+    try:
+        return max(1, int(wp)), wp
+    except ValueError:
+        return 1, f"{wp!r} not a number, counted as 1"
+
+
+def mongo_connections_per_process(pool: int, mongo_servers: int = 1) -> int:
+    """Connections one worker process may hold: (pool + monitoring) to every server."""
+    return mongo_servers * (pool + MONGO_MONITOR_PER_SERVER)
+
+
+def mongo_pool_that_fits(spec: "Spec", mongo_servers: int = 1) -> int:
+    """Largest maxPoolSize per process with instances.max x workers x servers x (pool + 2)
+    within mongodb.connection_budget (may be < 1: then no pool fits)."""
+    return (spec.mongodb.connection_budget // (spec.instances.max * spec.workers * mongo_servers)
+            - MONGO_MONITOR_PER_SERVER)
+
+
+def requests_per_worker(spec: "Spec") -> tuple[int, str]:
+    """Requests one gunicorn worker serves at once, and the formula: 1 for `sync` (one request
+    at a time), `gunicorn.threads` for `gthread`, `gunicorn.worker_connections` for gevent and
+    eventlet (one greenlet per connection)."""
+    g = spec.gunicorn
+    if g.worker_class == "sync":
+        return 1, "1 (worker_class sync: one request at a time)"
+    if g.worker_class == "gthread":
+        return g.threads, f"gunicorn.threads = {g.threads} (worker_class gthread)"
+    return g.worker_connections, (f"gunicorn.worker_connections = {g.worker_connections} "
+                                  f"(worker_class {g.worker_class})")
+
+
+def open_connections_per_worker(spec: "Spec") -> int:
+    """Client connections one worker may hold open: a sync worker closes each after its answer;
+    gthread (idle keep-alive ones included), gevent and eventlet up to worker_connections."""
+    return 1 if spec.gunicorn.worker_class == "sync" else spec.gunicorn.worker_connections
+
+
+def gunicorn_worker_fds(spec: "Spec", pool: int, mongo_servers: int = 1) -> int:
+    return (open_connections_per_worker(spec) + mongo_connections_per_process(pool, mongo_servers)
+            + GUNICORN_WORKER_BASE_FDS)
+
+
+def daemon_fds(instances: int) -> int:
+    return DAEMON_BASE_FDS + instances * DAEMON_FDS_PER_INSTANCE
+
+
+# ---- budgets ------------------------------------------------------------------------------
+
+def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None,
+                    mongo_servers: int = 1, cpu_count: int | None = None,
+                    lines: Mapping[str, int] | None = None) -> list[BudgetProblem]:
+    """Every budget that cannot hold for ``count`` instances; [] when they all hold.
+
+    Memory and the nginx/gunicorn connection balance are checked for ``count``; MongoDB
+    connections and the daemon's file descriptors for ``instances.max`` (the pool is sized for
+    it and the daemon may be scaled to it). File-descriptor checks need ``nofile_limit`` (the
+    daemon's RLIMIT_NOFILE, inherited by gunicorn and by a managed nginx unless
+    ``nginx.worker_rlimit_nofile`` is set) and are skipped without it. ``cpu_count`` resolves
+    ``nginx.worker_processes: auto`` (counted as 1 without it). ``lines`` maps key paths to YAML
+    lines, as in spec.py's messages (``memory.fleet_budget_mb (line 3): ...``).
+    """
+    lines = lines or {}
+
+    def where(p: str) -> str:
+        return f"{p} (line {lines[p]})" if p in lines else p
+
+    problems: list[str] = []
+    w = spec.workers
+    imax = spec.instances.max
+
+    # Memory, worst case: every process at the per-worker limit (the master counted alike).
+    limit = spec.memory.worker_limit_mb
+    budget = spec.memory.fleet_budget_mb
+    need = count * (w + 1) * limit
+    if need > budget:
+        problems.append(
+            f"{where('memory.fleet_budget_mb')}: {_s(count, 'instance')} x ({_s(w, 'worker')} + 1 master)"
+            f" x {limit} MiB = {need} MiB exceeds the budget of {budget} MiB by {need - budget} MiB")
+
+    # MongoDB: the pool the daemon hands out, plus monitoring, to every server, at instances.max.
+    cb = spec.mongodb.connection_budget
+    pool = spec.mongo_pool_per_process()
+    fit = mongo_pool_that_fits(spec, mongo_servers)
+    servers = _s(mongo_servers, "server")
+    if pool < 1:
+        need1 = imax * w * mongo_connections_per_process(1, mongo_servers)
+        problems.append(
+            f"{where('mongodb.connection_budget')}: {cb} connections cannot give each of "
+            f"{imax} instances x {_s(w, 'worker')} a pool of 1: {imax} x {w} x (1 pool + "
+            f"{MONGO_MONITOR_PER_SERVER} monitoring) x {servers} = {need1} needed, "
+            f"over by {need1 - cb}")
+    else:
+        per = mongo_connections_per_process(pool, mongo_servers)
+        need = imax * w * per
+        if need > cb:
+            hint = (f"a pool of {fit} per process fits ({cb} // ({imax} x {w} x {mongo_servers})"
+                    f" - {MONGO_MONITOR_PER_SERVER})" if fit >= 1 else
+                    f"no pool fits; the budget must be at least "
+                    f"{imax * w * mongo_connections_per_process(1, mongo_servers)}")
+            problems.append(
+                f"{where('mongodb.connection_budget')}: {_s(imax, 'instance')} (instances.max) x "
+                f"{_s(w, 'worker')} x ({pool} pool + {MONGO_MONITOR_PER_SERVER} monitoring) x "
+                f"{servers} = {need} connections exceeds the budget of {cb} by {need - cb}; {hint}")
+        for key in ("min_pool_size", "max_connecting"):
+            value = getattr(spec.mongodb, key)
+            if value > pool:
+                problems.append(
+                    f"{where('mongodb.' + key)}: {value} exceeds the pool each process gets "
+                    f"({pool} = {cb} // ({imax} x {w}) - {MONGO_MONITOR_PER_SERVER})")
+
+    # nginx (managed: its settings are ours) proxies each client over 2 connections.
+    ng = spec.nginx
+    if ng.mode == "managed":
+        ng_nofile, src = ((ng.worker_rlimit_nofile, "nginx.worker_rlimit_nofile")
+                          if ng.worker_rlimit_nofile > 0 else (nofile_limit, "inherited from the daemon"))
+        if ng_nofile is not None:
+            need = ng.worker_connections + NGINX_WORKER_BASE_FDS
+            if need > ng_nofile:
+                problems.append(
+                    f"{where('nginx.worker_connections')}: {ng.worker_connections} connections + "
+                    f"{NGINX_WORKER_BASE_FDS} other files per nginx worker = {need} file "
+                    f"descriptors exceeds its nofile limit of {ng_nofile} ({src}) by "
+                    f"{need - ng_nofile}")
+
+    if nofile_limit is not None:
+        need = gunicorn_worker_fds(spec, max(pool, 0), mongo_servers)
+        if need > nofile_limit:
+            problems.append(
+                f"{where('gunicorn.worker_connections')}: {open_connections_per_worker(spec)} "
+                f"connections + {mongo_connections_per_process(max(pool, 0), mongo_servers)} MongoDB "
+                f"({servers} x ({max(pool, 0)} pool + {MONGO_MONITOR_PER_SERVER} monitoring)) + "
+                f"{GUNICORN_WORKER_BASE_FDS} other files per gunicorn worker = {need} file "
+                f"descriptors exceeds the nofile limit of {nofile_limit} by {need - nofile_limit}")
+        need = daemon_fds(imax)
+        if need > nofile_limit:
+            problems.append(
+                f"{where('instances.max')}: the daemon needs {DAEMON_BASE_FDS} + {imax} instances"
+                f" x {DAEMON_FDS_PER_INSTANCE} = {need} file descriptors, which exceeds its nofile"
+                f" limit of {nofile_limit} by {need - nofile_limit}")
+    return [BudgetProblem(p) for p in problems]
