@@ -25,7 +25,8 @@ from ultrascaled.observe import history, logs, metrics
 from ultrascaled.observe.events import EventLog
 from ultrascaled.spec import Spec, SpecError, host_problems, load_spec
 from ultrascaled.supervise.supervisor import Supervisor
-from ultrascaled.surface.api import ApiServer, AuditLog, Settings, build_app, read_token, tls_context
+from ultrascaled.surface.api import ApiServer, AuditLog, Settings, read_token, tls_context
+from ultrascaled.surface.app import build_app
 
 DEFAULT_SPEC = os.environ.get("ULTRASCALE_SPEC", "/etc/ultrascaled/fleet.yaml")
 RELOAD_TIMEOUT = 5.0

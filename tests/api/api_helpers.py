@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from ultrascaled.surface.api import Credentials, Limits, Settings, Token, build_app
+from ultrascaled.surface.app import build_app
+from ultrascaled.surface.api.auth import Credentials, Limits, Settings, Token
 from ultrascaled.core.control import FleetControl, ScaleRefused
 from ultrascaled.observe.events import EventLog
 from ultrascaled.spec import SpecError
@@ -32,6 +33,8 @@ class FakeFleet:
     def __init__(self, tmp: Path, count: int = 2):
         self.events = EventLog(logger=_Quiet())
         self.upstream = FakeUpstream()
+        self.autoscaler: Any = None     # a test sets one (tests/api/test_api_autoscale.py)
+        self.traffic: Any = None        # a test sets one (tests/api/test_api_traffic.py)
         self.count = count
         self.counters: dict[str, Any] = {"watchdog_recycles": {}}
         self.shutting_down = False
@@ -52,12 +55,15 @@ class FakeFleet:
     def health(self) -> tuple[bool, list[str]]:
         return True, []
 
-    def scale(self, n: int) -> int:
+    def scale(self, n: int, source: str = "operator") -> str | None:
         if not 1 <= n <= 8:
             raise ScaleRefused("out_of_range", f"instances must be 1..8 (instances.min..max), got {n}")
         self.calls.append(("scale", n))
         self.count = n
-        return n
+        # like the real fleet: an operator's scale pauses the autoscaler, and says so
+        if source == "operator" and self.autoscaler is not None:
+            return self.autoscaler.manual_scale(n)
+        return None
 
     def restart(self, port: int | None = None) -> list[int]:
         self.calls.append(("restart", port))
@@ -159,7 +165,7 @@ class LiveApi:
 
     def __init__(self, fleet: FleetControl, settings: Settings, ssl_context=None, audit=None):
         import threading
-        from ultrascaled.surface.api import ApiServer
+        from ultrascaled.surface.api.server import ApiServer
         self.fleet, self.settings = fleet, settings
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -6,7 +6,7 @@ import asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from api_helpers import Api, no_change, settings
-from ultrascaled.surface.api import build_app
+from ultrascaled.surface.app import build_app
 
 
 def api_with_history(fleet, history, dashboard: bool = True, **kw) -> Api:

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ultrascaled.surface.api import AuditLog, Token, read_token, read_token_file
+from ultrascaled.surface.api.audit import AuditLog
+from ultrascaled.surface.api.auth import Token, read_token, read_token_file
 
 ADMIN = (Token("alice", "a" * 32), Token("token", "b" * 32))
 METRICS = (Token("prometheus", "m" * 32),)

@@ -29,7 +29,7 @@ class FakeAutoscaler:
         self.paused = False
         return self.status()
 
-    def manual_scale(self, n):
+    def manual_scale(self, n):   # what the fake fleet's scale asks of it (the real one: core.autoscale)
         self.calls.append(("manual_scale", n))
         return "autoscaling is paused until `ultrascalectl autoscale resume`" if self.enabled else None
 
@@ -96,7 +96,7 @@ def test_without_an_autoscaler_the_routes_are_not_found(api, fleet):
 
 
 def test_pause_and_resume_need_the_token_like_every_mutation(make_api, fleet, auto):
-    from ultrascaled.surface.api import Token
+    from ultrascaled.surface.api.auth import Token
     api = make_api(tokens=(Token("alice", "s" * 32),))
     assert api.code("POST", "/autoscale/pause", json={})[0] == 401
     assert api.code("POST", "/autoscale/resume")[0] == 401

@@ -16,7 +16,7 @@ except ImportError:
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from test_api_autoscale import FakeAutoscaler  # noqa: E402
-from ultrascaled.surface.api import openapi_description  # noqa: E402
+from ultrascaled.surface.api.routes import openapi_description  # noqa: E402
 
 def described_for_the_test() -> dict:
     """Duration strings narrowed to ones within 7 days (a pattern cannot say "at most 7 days"),

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from ultrascaled.surface.api import Token
+from ultrascaled.surface.api.auth import Token
 from ultrascaled.observe.history import History, TrafficWindow
 
 ADMIN = Token("alice", "s3cret-admin-token")
@@ -117,7 +117,7 @@ def test_with_the_dashboard_off_there_is_no_page(fleet):
 
 
 def test_every_dashboard_route_is_in_the_openapi_description(api):
-    from ultrascaled.surface.api import openapi_description
+    from ultrascaled.surface.api.routes import openapi_description
     described = openapi_description()["paths"]
     routes = {(r.method, r.resource.canonical) for r in api.client.server.app.router.routes()
               if r.resource is not None and r.resource.canonical.startswith("/ui") and r.method != "HEAD"}
@@ -134,7 +134,7 @@ def test_a_viewer_token_reads_everything_off_loopback_and_changes_nothing(fleet)
 
     from api_helpers import settings
     from support_dashboard import api_with_settings
-    from ultrascaled.surface.api import Credentials
+    from ultrascaled.surface.api.auth import Credentials
     s = dataclasses.replace(settings(host="10.1.2.3"), credentials=Credentials((ADMIN,), (), (VIEWER,)))
     api = api_with_settings(fleet, s)
     try:
@@ -155,7 +155,7 @@ def test_a_viewer_token_reads_everything_off_loopback_and_changes_nothing(fleet)
 def test_read_token_reads_the_viewer_file(tmp_path):
     from types import SimpleNamespace
 
-    from ultrascaled.surface.api import read_token
+    from ultrascaled.surface.api.auth import read_token
     files = {}
     for name, text in (("admin", "alice:x\n"), ("viewer", "carol:v\nbob:w\n")):
         files[name] = tmp_path / name

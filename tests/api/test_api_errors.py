@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ultrascaled.surface.api import Code
+from ultrascaled.surface.api.errors import Code
 
 JSON = {"Content-Type": "application/json"}
 
@@ -136,7 +136,7 @@ def test_405_names_the_allowed_methods_in_an_allow_header(api):
 def test_every_route_is_in_the_readme_table_and_the_openapi_description():
     from pathlib import Path
 
-    from ultrascaled.surface.api import openapi_description, routes
+    from ultrascaled.surface.api.routes import openapi_description, routes
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     described = openapi_description()["paths"]
     for r in routes:

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from api_helpers import FakeFleet
-from ultrascaled.surface.api import FOLLOWERS
+from ultrascaled.surface.api.keys import FOLLOWERS
 from ultrascaled.observe.events import EventLog
 from support.harness import BIN
 from support.waiting import wait_for

@@ -13,7 +13,7 @@ except ImportError:
     unavailable("schemathesis not installed (run scripts/setup test)")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from ultrascaled.surface.api import openapi_description  # noqa: E402
+from ultrascaled.surface.api.routes import openapi_description  # noqa: E402
 
 
 def described_for_the_fake() -> dict:

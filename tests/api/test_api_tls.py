@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ultrascaled.surface.api import tls_context
+from ultrascaled.surface.api.auth import tls_context
 from support.harness import BIN
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

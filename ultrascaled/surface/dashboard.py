@@ -29,6 +29,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ultrascaled.surface.api.auth import is_loopback
+from ultrascaled.surface.api.errors import ApiError, Code
+from ultrascaled.surface.api.keys import FLEET, SETTINGS
+
 STATIC = Path(__file__).with_name("static")
 ASSETS = {"dashboard.js": "application/javascript; charset=utf-8",
           "dashboard.css": "text/css; charset=utf-8"}
@@ -83,7 +87,6 @@ async def page(request: web.Request) -> web.Response:
 
 
 async def asset(request: web.Request) -> web.Response:
-    from ultrascaled.surface.api import ApiError, Code
     p: _Page = request.app[PAGE]
     name = request.match_info["name"]
     found = p.assets.get(name)
@@ -99,7 +102,6 @@ async def asset(request: web.Request) -> web.Response:
 
 
 async def session(request: web.Request) -> web.Response:
-    from ultrascaled.surface.api import FLEET, SETTINGS, is_loopback
     settings = request.app[SETTINGS]
     creds = settings.credentials
     if not creds.admin:  # no token file: the API lets loopback act (it cannot start off loopback)
@@ -124,7 +126,6 @@ async def session(request: web.Request) -> web.Response:
 
 
 async def history_points(request: web.Request) -> web.Response:
-    from ultrascaled.surface.api import ApiError, Code
     raw = request.query.get("since", "0")
     try:
         since = float(raw)

@@ -1,0 +1,383 @@
+"""The API's handlers: fleet, health, scale, restarts, releases, metrics, traffic, autoscale, logs, events, openapi."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from ultrascaled.core.autoscale import parse_duration
+from ultrascaled.core.control import AutoscaleControl, FleetControl, ScaleRefused
+from ultrascaled.effects import logfiles
+from ultrascaled.observe import metrics as m
+from ultrascaled.spec import SpecError
+from ultrascaled.surface.api.errors import ApiError, Code
+from ultrascaled.surface.api.keys import ALERTS, FLEET, FOLLOWERS, RELOAD, SETTINGS
+
+routes = web.RouteTableDef()
+
+
+def fleet_of(request: web.Request) -> FleetControl:
+    return request.app[FLEET]
+
+
+PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def port_param(request: web.Request) -> int:
+    raw = request.match_info["port"]
+    if not PORT_RE.fullmatch(raw) or not 1 <= int(raw) <= 65535:
+        raise ApiError(Code.bad_request, f"port must be a number 1..65535, got {raw[:40]!r}")
+    return int(raw)
+
+
+def query_int(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,19}", raw) or not lo <= int(raw) <= hi:
+        raise ApiError(Code.bad_request, f"`{name}` must be a whole number {lo}..{hi}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def query_flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "0")
+    if raw not in ("", "0", "1", "false", "true"):
+        raise ApiError(Code.bad_request, f"`{name}` must be 0, 1, false or true, got {raw[:40]!r}")
+    return raw in ("", "1", "true")  # `?follow` alone means yes
+
+
+async def json_body(request: web.Request, allowed: tuple[str, ...]) -> dict:
+    """The request's JSON object (or {} for no body), with only the `allowed` keys."""
+    limits = request.app[SETTINGS].limits
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(Code.request_timeout,
+                       f"the request body did not arrive within {limits.body_timeout:g}s")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise ApiError(Code.bad_json, "request body is nested too deeply")
+    except ValueError as exc:
+        raise ApiError(Code.bad_json, f"request body is not valid JSON: {str(exc)[:200]}")
+    if not isinstance(data, dict):
+        raise ApiError(Code.bad_json, "request body must be a JSON object")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ApiError(Code.bad_request, f"unknown field(s) {', '.join(map(repr, unknown))[:200]}; "
+                       f"allowed: {', '.join(allowed) or 'none'}")
+    return data
+
+
+@routes.get("/fleet")
+async def fleet(request: web.Request) -> web.Response:
+    return web.json_response(fleet_of(request).snapshot())
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    sup = fleet_of(request)
+    ok, reasons = sup.health()
+    snap = sup.snapshot()
+    return web.json_response({
+        "status": "ok" if ok else "degraded", "reasons": reasons,
+        "desired": snap["desired"], "ready": snap["ready"], "upstream": snap["upstream"],
+        "nginx": sup.upstream.status(),
+    }, status=200 if ok else 503)
+
+
+def refused(exc: ScaleRefused) -> ApiError:
+    try:
+        return ApiError(exc.code, str(exc))
+    except ValueError:  # a code outside the closed set is a bug in the fleet, shown as such
+        return ApiError(Code.internal, f"{exc.code}: {exc}")
+
+
+@routes.post("/fleet/scale")
+async def scale(request: web.Request) -> web.Response:
+    data = await json_body(request, ("instances",))
+    n = data.get("instances")
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise ApiError(Code.bad_request, f"`instances` must be an integer, got {str(n)[:40]!r}")
+    sup = fleet_of(request)
+    try:
+        said = sup.scale(n, source="operator")
+    except ScaleRefused as exc:
+        raise refused(exc)
+    answer: dict[str, Any] = {"desired": sup.count, "ports": list(sup.wanted)}
+    if said:
+        answer["autoscale"] = said
+    return web.json_response(answer, status=202)
+
+
+@routes.post("/instances/{port}/restart")
+async def restart_one(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    port = port_param(request)
+    sup = fleet_of(request)
+    if port not in sup.instances:
+        raise ApiError(Code.not_found, f"no instance on port {port}; instances: {sorted(sup.instances)}")
+    return web.json_response({"restarting": sup.restart(port)}, status=202)
+
+
+@routes.post("/fleet/restart")
+async def restart_all(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    return web.json_response({"restarting": fleet_of(request).restart(None)}, status=202)
+
+
+@routes.post("/fleet/reload")
+async def reload(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    try:
+        result = await request.app[RELOAD]()
+    except SpecError as exc:
+        raise ApiError(Code.spec_invalid, "the spec was refused; the running spec stays in force",
+                       errors=exc.errors)
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response(result)
+
+
+# ---- releases: deploy, rollback (ultrascaled/supervise/rollout_loop.py, docs/deploys.md) ------------------------
+
+@routes.post("/fleet/deploy")
+async def deploy(request: web.Request) -> web.Response:
+    data = await json_body(request, ("directory", "release"))
+    directory, release = data.get("directory"), data.get("release")
+    if (directory is None) == (release is None):
+        raise ApiError(Code.bad_request, "give exactly one of `directory` (a folder to copy into a new "
+                       "release) or `release` (a release already in the releases folder)")
+    for name, val in (("directory", directory), ("release", release)):
+        if val is not None and (not isinstance(val, str) or not val or len(val) > 4096 or "\0" in val):
+            raise ApiError(Code.bad_request, f"`{name}` must be a non-empty string without NUL, at most "
+                           f"4096 characters, got {str(val)[:40]!r}")
+    if directory is not None and not directory.startswith("/"):
+        raise ApiError(Code.bad_request, f"`directory` must be an absolute path, got {directory[:200]!r}")
+    try:
+        result = await fleet_of(request).deploy(directory=directory, release=release)
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response(result, status=202)
+
+
+@routes.post("/fleet/rollback")
+async def rollback(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    try:
+        result = fleet_of(request).rollback()
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response(result, status=202)
+
+
+@routes.get("/fleet/releases")
+async def releases(request: web.Request) -> web.Response:
+    return web.json_response({"releases": fleet_of(request).releases()})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    sup, alerts = fleet_of(request), request.app[ALERTS]
+    counters = {**sup.counters, **(alerts.counters() if alerts else {})}
+    auto = sup.autoscaler
+    extra = list(sup.traffic.families()) if sup.traffic is not None else []
+    extra += auto.metric_families() if auto is not None else []
+    body = await m.render_async(sup.snapshot(), sup.upstream.status(), counters, sup.metrics_dirs(),
+                                extra=extra)
+    return web.Response(body=body, headers={"Content-Type": m.CONTENT_TYPE})
+
+
+@routes.get("/alerts")
+async def firing(request: web.Request) -> web.Response:
+    alerts = request.app[ALERTS]
+    return web.json_response({"firing": alerts.firing() if alerts else [], "enabled": alerts is not None})
+
+
+@routes.get("/traffic")
+async def traffic(request: web.Request) -> web.Response:
+    """Requests, 5xx and p95 over the last `seconds`, measured at nginx (accesslog.py): the
+    fleet's and each instance's."""
+    sup = fleet_of(request)
+    seconds = query_int(request, "seconds", 60, 1, 3600)
+    source = sup.traffic
+    if source is None:
+        return web.json_response({"enabled": False, "seconds": seconds, "fleet": None, "instances": []})
+
+    def shown(w) -> dict:
+        return {"requests": w.requests, "errors_5xx": w.errors_5xx, "rate_5xx": w.rate_5xx, "p95": w.p95}
+    return web.json_response({
+        "enabled": True, "seconds": seconds, "fleet": shown(source.window(None, seconds)),
+        "instances": [{"port": p, **shown(source.window(p, seconds))} for p in sorted(sup.instances)]})
+
+
+# ---- the autoscaler (ultrascaled/supervise/autoscale_loop.py): its status, and the operator's pause -------
+
+MAX_PAUSE = 7 * 86400
+
+
+def autoscaler_of(request: web.Request) -> AutoscaleControl:
+    auto = fleet_of(request).autoscaler
+    if auto is None:
+        raise ApiError(Code.not_found, "this daemon runs no autoscaler")
+    return auto
+
+
+@routes.get("/autoscale")
+async def autoscale_status(request: web.Request) -> web.Response:
+    return web.json_response(autoscaler_of(request).status())
+
+
+@routes.post("/autoscale/pause")
+async def autoscale_pause(request: web.Request) -> web.Response:
+    data = await json_body(request, ("for", "reason"))
+    auto = autoscaler_of(request)
+    given, seconds = data.get("for"), None
+    if "for" in data:
+        if isinstance(given, bool) or not isinstance(given, (str, int, float)):
+            raise ApiError(Code.bad_request, f"`for` must be a duration like \"30m\" or seconds "
+                           f"(leave it out to pause until resumed), got {str(given)[:40]!r}")
+        if isinstance(given, str):
+            try:
+                seconds = parse_duration(given)
+            except ValueError as exc:
+                raise ApiError(Code.bad_request, f"`for`: {exc}")
+        elif not 0 < given <= MAX_PAUSE:   # NaN fails this too
+            raise ApiError(Code.bad_request, f"`for` must be more than 0 and at most {MAX_PAUSE} "
+                           f"seconds (7 days), got {given!r:.40}")
+        else:
+            seconds = float(given)
+    reason = data.get("reason", "operator")
+    if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
+        raise ApiError(Code.bad_request, "`reason` must be printable text of at most 200 characters")
+    return web.json_response(auto.pause(seconds, reason or "operator"))
+
+
+@routes.post("/autoscale/resume")
+async def autoscale_resume(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    return web.json_response(autoscaler_of(request).resume())
+
+
+MAX_LINES = 10_000
+MAX_OFFSET = 2 ** 63 - 1
+
+
+@routes.get("/instances/{port}/log")
+async def instance_log(request: web.Request) -> web.Response:
+    port = port_param(request)
+    sup = fleet_of(request)
+    path = sup.log_path(port)
+    if port not in sup.instances and not path.exists():
+        raise ApiError(Code.not_found, f"no instance on port {port}; instances: {sorted(sup.instances)}")
+    offset = query_int(request, "offset", None, 0, MAX_OFFSET)
+    if offset is not None:
+        data, offset = await asyncio.to_thread(logfiles.read_from, path, offset)
+    else:
+        text = await asyncio.to_thread(logfiles.tail, path, query_int(request, "lines", 50, 0, MAX_LINES))
+        data, offset = text.encode(), (path.stat().st_size if path.exists() else 0)
+    return web.Response(body=data, headers={"Content-Type": "text/plain; charset=utf-8",
+                                            "X-Offset": str(offset)})
+
+
+MAX_SEQ = 2 ** 63 - 1
+MAX_LIMIT = 100_000
+
+
+@routes.get("/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    since = query_int(request, "since", 0, 0, MAX_SEQ)
+    limit = query_int(request, "limit", None, 1, MAX_LIMIT)
+    if query_flag(request, "follow"):
+        return await stream_events(request, since)
+    log = fleet_of(request).events
+    return web.json_response({"events": log.since(since, limit), "last": log.last_seq})
+
+
+def gap_event(after: int, upto: int) -> dict:
+    """What a follower is sent instead of events it can no longer get (seq after+1..upto-1)."""
+    return {"seq": None, "time": round(time.time(), 3), "event": "events.gap", "level": "warning",
+            "missed": upto - after - 1, "after": after, "next": upto}
+
+
+async def stream_events(request: web.Request, since: int) -> web.StreamResponse:
+    """Server-sent events from `since` on. Events are numbered without holes, so whenever the
+    next one to send is not last+1 (it fell out of the ring buffer, or this follower's queue
+    overflowed and the ring no longer has it) an `events.gap` event says how many were lost;
+    a follower whose queue overflowed catches up from the ring. A follower that takes no data
+    for `write_timeout` is dropped; the client reconnects with `since=`."""
+    followers = request.app[FOLLOWERS]
+    if followers.active >= followers.limit:
+        raise ApiError(Code.too_many_requests, f"{followers.limit} event followers are connected already "
+                       "(the limit); try again later or poll GET /events?since=SEQ")
+    limits = request.app[SETTINGS].limits
+    log = fleet_of(request).events
+    followers.active += 1
+    queue = log.follow()
+    last = since
+    try:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+
+        async def send(batch: list[dict], gaps: bool = True) -> None:
+            nonlocal last
+            out = []
+            for e in batch:
+                if e["seq"] <= last:
+                    continue
+                if e["seq"] > last + 1 and gaps:
+                    out.append(f"data: {json.dumps(gap_event(last, e['seq']))}\n\n")
+                out.append(f"id: {e['seq']}\ndata: {json.dumps(e)}\n\n")
+                last = e["seq"]
+            if out:
+                async with asyncio.timeout(limits.write_timeout):
+                    await resp.write("".join(out).encode())
+
+        await send(log.since(since), gaps=since > 0)  # since=0: whatever the ring still has, no gap
+        closing = asyncio.ensure_future(followers.closing.wait())
+        getter = asyncio.ensure_future(queue.get())
+        try:
+            while True:
+                done, _ = await asyncio.wait({getter, closing}, timeout=15,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if closing in done:
+                    break
+                if not done:
+                    async with asyncio.timeout(limits.write_timeout):
+                        await resp.write(b": keep-alive\n\n")
+                    continue
+                if getattr(queue, "overflowed", False):  # events were not queued: catch up from the ring
+                    queue.overflowed = False
+                    while not queue.empty():
+                        queue.get_nowait()
+                    await send(log.since(last))
+                else:
+                    await send([getter.result()])
+                getter = asyncio.ensure_future(queue.get())
+        finally:
+            closing.cancel()
+            getter.cancel()
+    except (ConnectionResetError, TimeoutError):
+        pass  # gone, or not reading: it reconnects with since=
+    finally:
+        log.unfollow(queue)
+        followers.active -= 1
+    return resp
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_description())
+
+
+def openapi_description() -> dict:
+    return yaml.safe_load(Path(__file__).parent.parent.joinpath("openapi.yaml").read_text())
