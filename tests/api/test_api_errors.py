@@ -142,3 +142,17 @@ def test_every_route_is_in_the_readme_table_and_the_openapi_description():
     for r in routes:
         assert f"`{r.method} {r.path}" in readme, f"{r.method} {r.path} missing from the README's API table"
         assert r.method.lower() in described.get(r.path, {}), f"{r.method} {r.path} missing from openapi.yaml"
+
+
+def test_every_error_code_is_in_the_readme_error_list_and_in_the_docs():
+    from pathlib import Path
+
+    from ultrascaled.surface.api import Code   # wherever the API keeps it, it hands it on
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    listed = readme.split("with a code from a small closed set:", 1)[1].split("A refused request", 1)[0]
+    docs = readme + "".join(p.read_text() for p in (root / "docs").glob("*.md"))
+    codes = [c.value for c in Code]
+    assert len(codes) >= 20
+    assert not [c for c in codes if f"`{c}`" not in listed], "the README's error list is incomplete"
+    assert all(f"`{c}`" in docs for c in codes)

@@ -2,8 +2,10 @@
 what each --help shows. No daemon; milliseconds."""
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +157,56 @@ def test_docs_cli_md_describes_every_command_and_option(cmd, capsys):
 
 
 NESTED = {"autoscale": ("status", "pause", "resume")}   # commands whose options are per action
+
+
+def _commands_from_the_parser() -> dict[str, argparse.ArgumentParser]:
+    """Every subcommand of `ultrascalectl` as its argparse parser builds it (each built on demand,
+    as `ultrascalectl COMMAND --help` would), read from the parser itself, not from a list here."""
+    grabbed = {}
+    real = argparse.ArgumentParser.parse_args
+
+    def grab(self, args=None, namespace=None):
+        grabbed.setdefault("top", self)
+        raise SystemExit(0)
+    argparse.ArgumentParser.parse_args = grab
+    try:
+        with pytest.raises(SystemExit):
+            cli.parse_args([])
+    finally:
+        argparse.ArgumentParser.parse_args = real
+    [sub] = [a for a in grabbed["top"]._actions if isinstance(a, argparse._SubParsersAction)]
+    parsers = {}
+    for name in sub.choices:
+        help, build = sub._builders[name]
+        p = argparse.ArgumentParser(prog=f"ultrascalectl {name}")
+        build(p)
+        parsers[name] = p
+    return parsers
+
+
+def test_every_command_of_the_parser_is_in_the_readme_and_in_docs_cli_md_with_its_arguments():
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    doc = (root / "docs" / "cli.md").read_text()
+    commands = _commands_from_the_parser()
+    assert {"status", "deploy", "rollback", "releases"} <= set(commands)
+    listed = readme.split("`ultrascalectl` commands:", 1)[1].split("\n\n", 1)[0]
+    missing_readme = sorted(c for c in commands if f"`{c}" not in listed)
+    assert not missing_readme, f"the README's command list leaves out {missing_readme}"
+    problems = []
+    for name, p in commands.items():
+        if f"\n### {name}\n" not in doc:
+            problems.append(f"no section `### {name}`")
+            continue
+        section = doc.split(f"\n### {name}\n", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+        for a in p._actions:
+            if isinstance(a, argparse._HelpAction):
+                continue
+            if isinstance(a, argparse._SubParsersAction):
+                names = list(a.choices)          # autoscale's actions
+            elif a.option_strings:
+                names = [max(a.option_strings, key=len)]
+            else:
+                names = [a.metavar or a.dest.upper()]
+            problems += [f"{name}: {n}" for n in names if n not in section]
+    assert not problems, f"docs/cli.md is missing: {problems}"
