@@ -147,7 +147,7 @@ def test_every_route_is_in_the_readme_table_and_the_openapi_description():
 def test_every_error_code_is_in_the_readme_error_list_and_in_the_docs():
     from pathlib import Path
 
-    from ultrascaled.surface.api import Code   # wherever the API keeps it, it hands it on
+    from ultrascaled.surface.api.errors import Code   # wherever the API keeps it, it hands it on
     root = Path(__file__).resolve().parents[2]
     readme = (root / "README.md").read_text()
     listed = readme.split("with a code from a small closed set:", 1)[1].split("A refused request", 1)[0]

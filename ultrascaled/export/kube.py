@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ultrascaled.core import capacity
+from ultrascaled.spec import budget as fleet_budget
 from ultrascaled.spec.errors import SpecError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -663,30 +664,30 @@ def mongo_pool(spec: "Spec", mongo_servers: int) -> int:
     """maxPoolSize per process: the largest that keeps instances.max pods within
     mongodb.connection_budget when each client connects to `mongo_servers` servers (a replica
     set's members); the daemon's own formula (one server) when 1."""
-    return capacity.mongo_pool_that_fits(spec, mongo_servers)
+    return fleet_budget.mongo_pool_that_fits(spec, mongo_servers)
 
 
 def budgets(spec: "Spec", opts: Options) -> tuple[list[str], list[str]]:
     """(the arithmetic of each budget, the problems) for instances.max pods: the HPA may scale
     to it and nothing in the cluster refuses a pod past a budget. No nginx and no daemon here:
     their file-descriptor budgets are the controller's and do not apply."""
-    s = capacity._s
+    s = fleet_budget.plural
     imax, w, servers = spec.instances.max, spec.workers, opts.mongo_servers
     pool = mongo_pool(spec, servers)
-    per = capacity.mongo_connections_per_process(max(pool, 0), servers)
+    per = fleet_budget.mongo_connections_per_process(max(pool, 0), servers)
     limit, budget = spec.memory.worker_limit_mb, spec.memory.fleet_budget_mb
     mem = imax * memory_limit_mib(spec)
     cb = spec.mongodb.connection_budget
-    fds = capacity.gunicorn_worker_fds(spec, max(pool, 0), servers)
+    fds = fleet_budget.gunicorn_worker_fds(spec, max(pool, 0), servers)
     lines = [
         f"memory: {s(imax, 'pod')} (instances.max) x ({s(w, 'worker')} + 1 master) x {limit} MiB "
         f"= {mem} MiB of memory limits; memory.fleet_budget_mb {budget} MiB",
         f"MongoDB: {s(imax, 'pod')} x {s(w, 'worker')} x {s(servers, 'server')} x ({pool} pool + "
-        f"{capacity.MONGO_MONITOR_PER_SERVER} monitoring) = {imax * w * per} connections; "
+        f"{fleet_budget.MONGO_MONITOR_PER_SERVER} monitoring) = {imax * w * per} connections; "
         f"mongodb.connection_budget {cb}",
         f"open files per gunicorn worker: "
-        f"{s(capacity.open_connections_per_worker(spec), 'connection')} + {per} MongoDB + "
-        f"{capacity.GUNICORN_WORKER_BASE_FDS} other = {fds}; the pod's nofile limit "
+        f"{s(fleet_budget.open_connections_per_worker(spec), 'connection')} + {per} MongoDB + "
+        f"{fleet_budget.GUNICORN_WORKER_BASE_FDS} other = {fds}; the pod's nofile limit "
         f"{opts.nofile} (--nofile)",
     ]
     problems = []
@@ -695,7 +696,7 @@ def budgets(spec: "Spec", opts: Options) -> tuple[list[str], list[str]]:
                         f"({s(w, 'worker')} + 1 master) x {limit} MiB = {mem} MiB exceeds the "
                         f"budget of {budget} MiB by {mem - budget} MiB")
     if pool < 1:
-        need = imax * w * capacity.mongo_connections_per_process(1, servers)
+        need = imax * w * fleet_budget.mongo_connections_per_process(1, servers)
         problems.append(f"mongodb.connection_budget: {cb} connections cannot give each of "
                         f"{imax} pods x {s(w, 'worker')} a pool of 1 on {s(servers, 'server')}: "
                         f"{need} needed, over by {need - cb}")
@@ -705,7 +706,7 @@ def budgets(spec: "Spec", opts: Options) -> tuple[list[str], list[str]]:
             if value > pool:
                 problems.append(f"mongodb.{key}: {value} exceeds the pool each process gets "
                                 f"({pool} = {cb} // ({imax} x {w} x {servers}) - "
-                                f"{capacity.MONGO_MONITOR_PER_SERVER})")
+                                f"{fleet_budget.MONGO_MONITOR_PER_SERVER})")
     if fds > opts.nofile:
         problems.append(f"gunicorn.worker_connections: {fds} open files per gunicorn worker "
                         f"exceed the pod's nofile limit of {opts.nofile} by {fds - opts.nofile}: "

@@ -41,7 +41,7 @@ def fmt_number(v: float) -> str:
     return f"{v:.1f}"
 
 
-def _s(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
@@ -128,19 +128,19 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
     need = count * (w + 1) * limit
     if need > budget:
         problems.append(
-            f"{where('memory.fleet_budget_mb')}: {_s(count, 'instance')} x ({_s(w, 'worker')} + 1 master)"
+            f"{where('memory.fleet_budget_mb')}: {plural(count, 'instance')} x ({plural(w, 'worker')} + 1 master)"
             f" x {limit} MiB = {need} MiB exceeds the budget of {budget} MiB by {need - budget} MiB")
 
     # MongoDB: the pool the daemon hands out, plus monitoring, to every server, at instances.max.
     cb = spec.mongodb.connection_budget
     pool = spec.mongo_pool_per_process()
     fit = mongo_pool_that_fits(spec, mongo_servers)
-    servers = _s(mongo_servers, "server")
+    servers = plural(mongo_servers, "server")
     if pool < 1:
         need1 = imax * w * mongo_connections_per_process(1, mongo_servers)
         problems.append(
             f"{where('mongodb.connection_budget')}: {cb} connections cannot give each of "
-            f"{imax} instances x {_s(w, 'worker')} a pool of 1: {imax} x {w} x (1 pool + "
+            f"{imax} instances x {plural(w, 'worker')} a pool of 1: {imax} x {w} x (1 pool + "
             f"{MONGO_MONITOR_PER_SERVER} monitoring) x {servers} = {need1} needed, "
             f"over by {need1 - cb}")
     else:
@@ -152,8 +152,8 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
                     f"no pool fits; the budget must be at least "
                     f"{imax * w * mongo_connections_per_process(1, mongo_servers)}")
             problems.append(
-                f"{where('mongodb.connection_budget')}: {_s(imax, 'instance')} (instances.max) x "
-                f"{_s(w, 'worker')} x ({pool} pool + {MONGO_MONITOR_PER_SERVER} monitoring) x "
+                f"{where('mongodb.connection_budget')}: {plural(imax, 'instance')} (instances.max) x "
+                f"{plural(w, 'worker')} x ({pool} pool + {MONGO_MONITOR_PER_SERVER} monitoring) x "
                 f"{servers} = {need} connections exceeds the budget of {cb} by {need - cb}; {hint}")
         for key in ("min_pool_size", "max_connecting"):
             value = getattr(spec.mongodb, key)
