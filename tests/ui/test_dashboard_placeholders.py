@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from api_helpers import FakeFleet, free_port, no_change, settings  # noqa: E402
 
 from ultrascaled.surface.api import ApiServer, build_app  # noqa: E402
-from ultrascaled.observe.history import History, TrafficWindow  # noqa: E402
+from ultrascaled.core.traffic import TrafficWindow  # noqa: E402
+from ultrascaled.observe.history import History  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
