@@ -8,7 +8,8 @@ import re
 import pytest
 
 from ultrascaled.surface.api.auth import Token
-from ultrascaled.observe.history import History, TrafficWindow
+from ultrascaled.core.traffic import TrafficWindow
+from ultrascaled.observe.history import History
 
 ADMIN = Token("alice", "s3cret-admin-token")
 AUTH = {"Authorization": f"Bearer {ADMIN.secret}"}

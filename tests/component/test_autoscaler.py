@@ -303,7 +303,7 @@ async def test_cpu_is_measured_on_the_samples_times_not_the_ticks(tmp_path):
 
 @component
 async def test_p95_comes_from_nginx_when_its_traffic_log_is_on(tmp_path):
-    from ultrascaled.observe.accesslog import TrafficWindow
+    from ultrascaled.core.traffic import TrafficWindow
     h = Harness(tmp_path, AUTO + "  target: {cpu_utilization: null, p95_latency_seconds: 0.5}\n")
     await h.start()
 
@@ -312,7 +312,7 @@ async def test_p95_comes_from_nginx_when_its_traffic_log_is_on(tmp_path):
 
         def window(self, port, seconds):
             self.calls.append((port, seconds))
-            return TrafficWindow(400, 0, 0.0, 1.5)     # queued at nginx: the app never sees it
+            return TrafficWindow(400, 0, 1.5)     # queued at nginx: the app never sees it
     nginx = Nginx()
     auto = Autoscaler(h.sup, host_cpu=lambda: 10.0, app_families=no_app_metrics, traffic=nginx)
     await run_for(h, auto, 6, load=20)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from dataclasses import dataclass
 
 import pytest
 
@@ -15,6 +14,7 @@ from fakes import Harness
 from ultrascaled.effects import releases
 from ultrascaled.core.control import ScaleRefused
 from ultrascaled.core.seams import ProbeResult
+from ultrascaled.core.traffic import TrafficWindow
 
 SOAK = "deploy: {soak_seconds: 5, min_requests: 10}"
 
@@ -26,15 +26,7 @@ def component(fn):
     return wrapper
 
 
-@dataclass(frozen=True)
-class W:
-    requests: int
-    errors_5xx: int
-    p95: float | None
-
-    @property
-    def rate_5xx(self) -> float:
-        return self.errors_5xx / self.requests if self.requests else 0.0
+W = TrafficWindow   # (requests, errors_5xx, p95)
 
 
 class FakeTraffic:

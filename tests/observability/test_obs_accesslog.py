@@ -15,10 +15,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ultrascaled.observe import accesslog as al
-from ultrascaled.observe.accesslog import (BOUNDS, SLOTS, LogTail, TrafficMonitor, TrafficStore,
-                                   TrafficWindow, parse_line)
-from ultrascaled.observe.alerts import (AlertsSection, AlertState, MetricSample, Sampler, evaluate,
-                                instance_rules, with_traffic)
+from ultrascaled.core.traffic import TrafficWindow
+from ultrascaled.observe.accesslog import BOUNDS, SLOTS, LogTail, TrafficMonitor, TrafficStore, parse_line
+from ultrascaled.observe.alert_rules import (AlertState, MetricSample, build_rules, evaluate, instance_rules,
+                                             with_traffic)
+from ultrascaled.observe.alerts import Sampler
+from ultrascaled.spec import AlertsSection
 from ultrascaled.effects.nginx_render import NginxSettings, render_main_conf
 
 FUZZ = settings(max_examples=40, deadline=None, database=None,
@@ -168,12 +170,12 @@ def test_each_try_counts_for_its_instance_and_the_client_request_for_the_fleet()
     retried = parse_line(line(a="127.0.0.1:8001, 127.0.0.1:8002", u="502, 200", ut="0.000, 0.020"))
     failed = parse_line(line(s=500, u="500", ut="0.030"))
     s.add([retried] * 3 + [failed])
-    assert s.window(8001, 10) == TrafficWindow(4, 4, 1.0, s.window(8001, 10).p95)
+    assert s.window(8001, 10) == TrafficWindow(4, 4, s.window(8001, 10).p95, 10.0)
     w2 = s.window(8002, 10)
     assert (w2.requests, w2.errors_5xx, w2.rate_5xx) == (3, 0, 0.0) and 0.015 <= w2.p95 <= 0.02
     fleet = s.window(None, 10)
     assert (fleet.requests, fleet.errors_5xx) == (4, 1)
-    assert s.window(8003, 10) == al.EMPTY and s.window(8003, 10).p95 is None
+    assert s.window(8003, 10) == TrafficWindow(seconds=10.0) and s.window(8003, 10).p95 is None
 
 
 def test_several_instances_together_merge_their_histograms():
@@ -184,7 +186,7 @@ def test_several_instances_together_merge_their_histograms():
     assert (both.requests, both.errors_5xx, both.rate_5xx) == (100, 10, 0.1)
     assert 1.5 < both.p95 <= 2.0           # rank 95 of 100 lies among the slow ones
     assert s.window_of([8001, 8001], 10) == s.window(8001, 10)
-    assert s.window_of([], 10) == al.EMPTY and s.window_of([9999], 10) == al.EMPTY
+    assert s.window_of([], 10) == TrafficWindow(seconds=10.0) == s.window_of([9999], 10)
 
 
 def test_the_window_covers_the_last_seconds_only():
@@ -198,7 +200,7 @@ def test_the_window_covers_the_last_seconds_only():
     assert (w.requests, w.errors_5xx) == (12, 5)
     assert s.window(8001, 100000).requests == 12       # cut to the store's span
     clock.t = T0 + 400                                  # everything aged out
-    assert s.window(8001, 300) == al.EMPTY
+    assert s.window(8001, 300) == TrafficWindow(seconds=300.0)
 
 
 def test_behind_a_reader_a_window_ends_with_the_last_slot_complete_before_the_read():
@@ -215,7 +217,7 @@ def test_lines_older_than_the_span_or_from_the_future_count_in_totals_but_not_in
     s.add([parse_line(line(t=T0 - 1))] * 2)
     s.add([parse_line(line(t=T0 - 1000))])
     s.add([parse_line(line(t=T0 - 1 + 300 * 1000, s=500, u="500"))])   # the slot of T0 - 1, 1000 rings later
-    assert s.window(8001, 300) == TrafficWindow(2, 0, 0.0, s.window(8001, 300).p95) and s.late == 2
+    assert s.window(8001, 300) == TrafficWindow(2, 0, s.window(8001, 300).p95, 300.0) and s.late == 2
     s = store()
     s.add([parse_line(line(t=T0 - 1000))])
     assert 'status="2xx"} 1.0' in _text(s.families())
@@ -248,7 +250,7 @@ def test_ports_that_left_are_forgotten_and_foreign_ones_never_kept():
     s.add([parse_line(line(a=f"127.0.0.1:{p}")) for p in (8001, 8002, 9999)])
     assert s.ports() == [8001, 8002] and s.foreign == 1
     s.keep([8002])
-    assert s.ports() == [8002] and s.window(8001, 10) == al.EMPTY
+    assert s.ports() == [8002] and s.window(8001, 10) == TrafficWindow(seconds=10.0)
     assert s.window(None, 10).requests == 3            # the fleet remembers every request
     assert 'port="8001"' not in _text(s.families())
 
@@ -469,15 +471,14 @@ class Source:
         self.windows = windows
 
     def window(self, port, seconds):
-        return self.windows.get(port, al.EMPTY)
+        return self.windows.get(port, TrafficWindow())
 
 
 def test_one_bad_instance_fires_its_own_alert_and_the_fleets():
-    src = Source({None: TrafficWindow(100, 50, 0.5, 0.02), 8001: TrafficWindow(50, 50, 1.0, 0.01),
-                  8002: TrafficWindow(50, 0, 0.0, 0.02)})
+    src = Source({None: TrafficWindow(100, 50, 0.02), 8001: TrafficWindow(50, 50, 0.01),
+                  8002: TrafficWindow(50, 0, 0.02)})
     sample = with_traffic(MetricSample(interval=10), src, [8001, 8002])
     rules = instance_rules(SECTION, sample.instances)
-    from ultrascaled.observe.alerts import build_rules
     state, ts = evaluate(build_rules(SECTION) + rules, AlertState(), sample, 0)
     fired = {(t.name, t.labels.get("port")) for t in ts if t.status == "firing"}
     assert fired == {("error_rate", None), ("error_rate", 8001)}
@@ -490,14 +491,14 @@ def test_one_bad_instance_fires_its_own_alert_and_the_fleets():
 
 
 def test_a_quiet_instance_is_not_judged():
-    src = Source({8001: TrafficWindow(3, 3, 1.0, 5.0)})     # under min_requests
+    src = Source({8001: TrafficWindow(3, 3, 5.0)})     # under min_requests
     sample = with_traffic(MetricSample(interval=10), src, [8001])
     _, ts = evaluate(instance_rules(SECTION, [8001]), AlertState(), sample, 0)
     assert ts == []
 
 
 def test_the_sampler_takes_requests_errors_and_latency_from_the_traffic_source():
-    src = Source({None: TrafficWindow(40, 4, 0.1, 3.0), 8001: TrafficWindow(40, 4, 0.1, 3.0)})
+    src = Source({None: TrafficWindow(40, 4, 3.0), 8001: TrafficWindow(40, 4, 3.0)})
     src.ports = lambda: [8001, 8002]
     src.serving = lambda: [8001]         # 8002 is stopped: its refused connections judge nothing
     times = iter([0.0, 10.0])
@@ -523,7 +524,7 @@ def test_figures_age_out_when_the_log_goes_away(tmp_path):
     os.unlink(p)
     now[0] = T0 + 30
     asyncio.run(m.tick())                     # still following the unlinked file: nothing new
-    assert m.window(8001, 10) == al.EMPTY    # the old 500s do not keep an alert firing
+    assert m.window(8001, 10) == TrafficWindow(seconds=10.0)    # the old 500s do not keep an alert firing
 
 
 @pytest.mark.parametrize("nginx, says", [

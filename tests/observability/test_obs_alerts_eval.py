@@ -5,10 +5,10 @@ import math
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ultrascaled.observe import alerts
 from ultrascaled import spec
-from ultrascaled.observe.alerts import (AlertsSection, AlertState, MetricSample, Transition, build_rules,
-                                evaluate, histogram_quantile, sample_from)
+from ultrascaled.observe.alert_rules import AlertState, MetricSample, Transition, build_rules, evaluate, sample_from
+from ultrascaled.observe.metric_math import histogram_quantile
+from ultrascaled.spec import AlertsSection
 
 INF = math.inf
 

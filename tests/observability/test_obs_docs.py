@@ -7,7 +7,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from obs_helpers import ROOT, write_many
 from test_obs_metrics import NGINX, snapshot
 from ultrascaled.observe import metrics
-from ultrascaled.observe.alerts import AlertsSection, WebhookSink
+from ultrascaled.observe.alerts import WebhookSink
+from ultrascaled.spec import AlertsSection
 
 DOC = (ROOT / "docs" / "observability.md").read_text()
 

@@ -201,8 +201,9 @@ def test_render_time_with_16_instances(sixteen_dirs):
     assert results[0.0] < 1.0
 
 
-def test_metrics_and_alerts_do_not_import_aiohttp_or_psutil():
-    code = ("import sys, ultrascaled.observe.metrics, ultrascaled.observe.alerts, ultrascaled.effects.logfiles; "
+def test_metrics_and_alert_rules_do_not_import_aiohttp_or_psutil():
+    code = ("import sys, ultrascaled.observe.metrics, ultrascaled.observe.alert_rules, "
+            "ultrascaled.observe.metric_math, ultrascaled.effects.logfiles; "
             "bad = [m for m in ('aiohttp', 'psutil', 'subprocess') if m in sys.modules]; "
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

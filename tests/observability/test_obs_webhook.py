@@ -9,7 +9,9 @@ from aiohttp import web
 
 from obs_helpers import write_many
 from ultrascaled.observe import metrics
-from ultrascaled.observe.alerts import AlertManager, AlertsSection, MetricSample, Sampler, WebhookSink
+from ultrascaled.observe.alert_rules import MetricSample
+from ultrascaled.observe.alerts import AlertManager, Sampler, WebhookSink
+from ultrascaled.spec import AlertsSection
 
 pytestmark = pytest.mark.timeout(30)
 

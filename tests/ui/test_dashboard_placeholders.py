@@ -19,7 +19,8 @@ from api_helpers import FakeFleet, free_port, no_change, settings  # noqa: E402
 
 from ultrascaled.surface.app import build_app  # noqa: E402
 from ultrascaled.surface.api.server import ApiServer  # noqa: E402
-from ultrascaled.observe.history import History, TrafficWindow  # noqa: E402
+from ultrascaled.core.traffic import TrafficWindow  # noqa: E402
+from ultrascaled.observe.history import History  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

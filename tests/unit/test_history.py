@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from ultrascaled.observe.alerts import LATENCY_BUCKET, REQUESTS
-from ultrascaled.observe.history import History, MetricsTraffic, TrafficWindow
+from ultrascaled.core.traffic import TrafficWindow
+from ultrascaled.observe.history import History, MetricsTraffic
+from ultrascaled.observe.metric_math import LATENCY_BUCKET, REQUESTS
 
 
 def scrape(ok: float, errors: float, fast: float = 0, slow: float = 0) -> dict:

@@ -2,11 +2,12 @@
 rollout driven through its phases with hand-made observations."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 
 from ultrascaled.core import rollout
+from ultrascaled.core.traffic import TrafficWindow
 from ultrascaled.core.rollout import (CANARY, REVERTING, ROLLING, PortView, Rollout, Thresholds, advance, combine,
                                  desired_release, judge, resume)
 
@@ -14,15 +15,7 @@ T = Thresholds(soak_seconds=10, min_requests=20, max_error_rate_increase=0.01, m
                p95_slack_seconds=0.05)
 
 
-@dataclass(frozen=True)
-class W:  # the shape of accesslog.TrafficWindow
-    requests: int
-    errors_5xx: int
-    p95: float | None
-
-    @property
-    def rate_5xx(self) -> float:
-        return self.errors_5xx / self.requests if self.requests else 0.0
+W = TrafficWindow   # (requests, errors_5xx, p95)
 
 
 @pytest.mark.parametrize("canary, old, ok, figure", [

@@ -16,38 +16,20 @@ one instance at a time, each health-gated before it takes traffic.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
+
+from ultrascaled.core.traffic import TrafficWindow
 
 CANARY, ROLLING, REVERTING = "canary", "rolling", "reverting"
 PHASES = (CANARY, ROLLING, REVERTING)
 
 
-class Figures(Protocol):
-    """One port's (or the fleet's) traffic over a window, as nginx saw it
-    (`ultrascaled.observe.accesslog.TrafficWindow` has this shape)."""
-    requests: int
-    errors_5xx: int
-    rate_5xx: float          # 0..1
-    p95: float | None        # seconds; None without requests
-
-
-@dataclass(frozen=True)
-class Totals:
-    """Old instances' figures added up: counts summed, p95 the highest of theirs (the canary
+def combine(windows: list[TrafficWindow]) -> TrafficWindow:
+    """Old instances' windows added up: counts summed, p95 the highest of theirs (the canary
     must be worse than the slowest old instance to fail on latency)."""
-    requests: int = 0
-    errors_5xx: int = 0
-    p95: float | None = None
-
-    @property
-    def rate_5xx(self) -> float:
-        return self.errors_5xx / self.requests if self.requests else 0.0
-
-
-def combine(windows: list[Figures]) -> Totals:
     p95s = [w.p95 for w in windows if w.p95 is not None and w.requests]
-    return Totals(sum(w.requests for w in windows), sum(w.errors_5xx for w in windows),
-                  max(p95s) if p95s else None)
+    return TrafficWindow(sum(w.requests for w in windows), sum(w.errors_5xx for w in windows),
+                         max(p95s) if p95s else None, max((w.seconds for w in windows), default=0.0))
 
 
 @dataclass(frozen=True)
@@ -73,7 +55,7 @@ class Verdict:
     figures: dict = field(default_factory=dict)
 
 
-def judge(canary: Figures | None, old: Figures | None, t: Thresholds) -> Verdict:
+def judge(canary: TrafficWindow | None, old: TrafficWindow | None, t: Thresholds) -> Verdict:
     """The canary's figures against the old instances'. `canary` None: no traffic figures at all
     (no access-log source): the canary passed on health and crashes alone, and says so."""
     if canary is None:

@@ -5,7 +5,8 @@ escape=json``, see :func:`log_format`), with the upstream address, status and re
 of every try nginx made. The daemon tails that file (:class:`LogTail`), parses each line
 (:func:`parse_line`) and folds it into bounded per-port windows (:class:`TrafficStore`). What
 the canary, the alerts, the dashboard and the autoscaler read is :class:`TrafficSource`:
-``window(port, seconds)`` (``port=None`` for the whole fleet) gives a :class:`TrafficWindow`.
+``window(port, seconds)`` (``port=None`` for the whole fleet) gives a :class:`TrafficWindow`
+(both from ``core/traffic.py``, the one traffic type).
 
 Attribution. ``$upstream_addr``, ``$upstream_status`` and ``$upstream_response_time`` list one
 entry per try, separated by ``", "`` (and ``" : "`` across an internal redirect): a request
@@ -52,25 +53,9 @@ import threading
 import time
 from array import array
 from bisect import bisect_left
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Optional, Protocol
+from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Optional
 
-# ---- the interface others read ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrafficWindow:
-    requests: int
-    errors_5xx: int
-    rate_5xx: float                      # 0..1
-    p95: Optional[float]                 # seconds, None when no requests
-
-
-class TrafficSource(Protocol):
-    def window(self, port: Optional[int], seconds: float) -> TrafficWindow: ...  # None = whole fleet
-
-
-EMPTY = TrafficWindow(0, 0, 0.0, None)
+from ultrascaled.core.traffic import TrafficWindow
 
 # ---- the log format nginx writes ----------------------------------------------------------
 
@@ -258,11 +243,11 @@ class _Ring:
                     acc[k] += d[k]
 
 
-def _window(acc: list[int]) -> TrafficWindow:
+def _window(acc: list[int], seconds: float) -> TrafficWindow:
     req, err = acc[0], acc[1]
     if not req:
-        return EMPTY
-    return TrafficWindow(req, err, err / req, quantile(0.95, acc[2:]))
+        return TrafficWindow(seconds=seconds)
+    return TrafficWindow(req, err, quantile(0.95, acc[2:]), seconds)
 
 
 class _Totals:
@@ -362,7 +347,7 @@ class TrafficStore:
                 ring = self._fleet if port is None else self._ports.get(port)
                 if ring is not None:
                     ring.add_to(last - n + 1, last, acc)
-        return _window(acc)
+        return _window(acc, n * self.width)
 
     def keep(self, ports: Iterable[int]) -> None:
         """Forget every port not in ``ports`` (instances that left the fleet)."""

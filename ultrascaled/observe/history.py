@@ -6,11 +6,13 @@ latency and the share of 5xx answers over the interval, and for the fleet the me
 its budget, the desired, ready and running instance counts and the autoscaler's target (None
 while autoscaling is off).
 
-Traffic comes from a pluggable :class:`TrafficSource` (`window(port, seconds)`, port None =
-the whole fleet). Until the access-log source exists, :class:`MetricsTraffic` reads what
-`metrics.py` already aggregates: the reference app's prometheus_client multiprocess files, one
-folder per instance. Any source with `window()` plugs in; one with an async `refresh()` gets it
-awaited before each point (off the event loop's thread, if it reads files).
+Traffic comes from a pluggable `TrafficSource` (`core/traffic.py`: `window(port, seconds)`,
+port None = the whole fleet). The daemon gives nginx's traffic log (`observe/accesslog.py`,
+any app) while it is being read, else :class:`MetricsTraffic`, which reads what `metrics.py`
+aggregates: the app's prometheus_client multiprocess files, one folder per instance
+(:class:`FirstActive` makes that choice). Any source with `window()` plugs in; one with an
+async `refresh()` gets it awaited before each point (off the event loop's thread, if it reads
+files).
 
 Pure except :meth:`History.run` (the loop) and :meth:`MetricsTraffic.refresh` (file reads in a
 thread); imports neither aiohttp nor psutil.
@@ -23,30 +25,14 @@ import dataclasses
 import inspect
 import math
 import time
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional
 
-from ultrascaled.observe.alerts import LATENCY_BUCKET, REQUESTS, Flat, flatten, histogram_quantile
-from ultrascaled.observe.alerts import _delta  # the per-series counter delta alerts use, restarts included
-
-
-# ---- the traffic seam ------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class TrafficWindow:
-    """Requests over a window: counts, and p95 in seconds (None without requests)."""
-    requests: float = 0.0
-    errors_5xx: float = 0.0
-    p95: Optional[float] = None
-    seconds: float = 0.0
-
-    @property
-    def rate_5xx(self) -> Optional[float]:
-        return self.errors_5xx / self.requests if self.requests > 0 else None
+from ultrascaled.core.traffic import TrafficSource, TrafficWindow
+from ultrascaled.observe.metric_math import (LATENCY_BUCKET, REQUESTS, Flat, bucket_deltas, delta, flatten,
+                                             histogram_quantile)
 
 
-class TrafficSource(Protocol):
-    def window(self, port: int | None, seconds: float) -> Any: ...  # .requests .errors_5xx .rate_5xx .p95
-
+# ---- the traffic sources ---------------------------------------------------------------------
 
 class MetricsTraffic:
     """Traffic from the instances' prometheus_client folders (what GET /metrics serves).
@@ -91,14 +77,9 @@ class MetricsTraffic:
         buckets: dict[float, float] = {}
         for p in ports:
             c, b = cur.get(p, {}), prev.get(p, {})
-            requests += _delta(b, c, REQUESTS)
-            errors += _delta(b, c, REQUESTS, lambda lab: lab.get("status") == "5xx")
-            before = b.get(LATENCY_BUCKET, {})
-            for key, value in c.get(LATENCY_BUCKET, {}).items():
-                le = float(dict(key).get("le", "inf"))
-                old = before.get(key)
-                grew = value - old if old is not None and value >= old else value
-                buckets[le] = buckets.get(le, 0.0) + grew
+            requests += delta(b, c, REQUESTS)
+            errors += delta(b, c, REQUESTS, lambda lab: lab.get("status") == "5xx")
+            bucket_deltas(b, c, LATENCY_BUCKET, into=buckets)
         p95 = histogram_quantile(0.95, buckets) if requests > 0 else None
         return TrafficWindow(requests, errors, p95, now - then)
 
@@ -126,7 +107,7 @@ class FirstActive:
             if r is not None:
                 await r()
 
-    def window(self, port: int | None, seconds: float) -> Any:
+    def window(self, port: int | None, seconds: float) -> TrafficWindow:
         return (self.primary if self.using_primary else self.fallback).window(port, seconds)
 
 
@@ -221,6 +202,6 @@ class History:
             await asyncio.sleep(self.interval)
 
 
-def _rate(w: Any, interval: float) -> Optional[float]:
-    seconds = getattr(w, "seconds", None) or interval
+def _rate(w: TrafficWindow, interval: float) -> Optional[float]:
+    seconds = w.seconds or interval
     return w.requests / seconds if seconds > 0 else None

@@ -16,7 +16,7 @@ Fleet totals of the app metrics are **not** exported as separate series: Prometh
 would go *down* whenever one instance restarts (its directory is emptied at spawn), which
 Prometheus would read as a reset of the whole fleet counter and turn into a rate spike; a
 per-instance series resets on its own and ``rate()`` handles that. The daemon's own alert
-evaluation (:mod:`ultrascaled.observe.alerts`) sums per-instance deltas the same way.
+evaluation (:mod:`ultrascaled.observe.metric_math`) sums per-instance deltas the same way.
 
 Reading a directory costs about a millisecond per process file, so the merged families of
 each directory are cached for ``cache_ttl`` seconds (0.5 s by default): scrapes and the alert

@@ -36,11 +36,11 @@ from ultrascaled.core import autoscale as core
 from ultrascaled.core.control import ScaleRefused
 from ultrascaled.core.states import State as S
 from ultrascaled.effects.files import write_atomic
-from ultrascaled.observe import metrics
+from ultrascaled.observe import alert_rules, metric_math, metrics
 from ultrascaled.spec import budget_errors
 
 if TYPE_CHECKING:
-    from ultrascaled.observe.accesslog import TrafficSource
+    from ultrascaled.core.traffic import TrafficSource
 
 IN_FLIGHT = "ultrascale_http_requests_in_flight"
 HISTORY = 20                # decisions kept for `ultrascalectl autoscale status`
@@ -264,10 +264,9 @@ class Autoscaler:
         return core.Signal(sum(rates) / len(rates), now) if rates else None
 
     async def _app_signals(self, ready: list[int], now: float) -> dict[str, core.Signal]:
-        from ultrascaled.observe import alerts
         dirs = {p: str(Path(self.sup.spec.paths.state_dir) / "metrics" / str(p)) for p in ready}
         try:
-            flat = alerts.flatten(await self._app_families(dirs))
+            flat = metric_math.flatten(await self._app_families(dirs))
         except Exception as exc:  # noqa: BLE001 - unreadable metrics are a missing signal
             self._once("autoscale.metrics_unreadable", str(exc))
             return {}
@@ -287,8 +286,8 @@ class Autoscaler:
                 out["p95_latency_seconds"] = core.Signal(w.p95 if w.p95 is not None else 0.0, now)
             except Exception as exc:  # noqa: BLE001 - no traffic figure: p95 is missing
                 self._once("autoscale.traffic_unreadable", str(exc))
-        elif now > t0 and alerts.REQUESTS in flat:
-            s = alerts.sample_from(old, flat, now - t0)
+        elif now > t0 and metric_math.REQUESTS in flat:
+            s = alert_rules.sample_from(old, flat, now - t0)
             # no request in the window: no latency pressure (the metrics were read, so not missing)
             out["p95_latency_seconds"] = core.Signal(s.p95_latency if s.p95_latency is not None else 0.0, now)
         return out

@@ -11,7 +11,7 @@ that failed.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Any
 
 from ultrascaled.effects import releases
 from ultrascaled.core import rollout
@@ -20,13 +20,9 @@ from ultrascaled.core.reconciler.records import Releases, Restart
 from ultrascaled.effects.releases import DeployState, ReleaseError
 from ultrascaled.core.rollout import Rollout, Thresholds, show
 from ultrascaled.core.states import State
+from ultrascaled.core.traffic import TrafficSource
 
 S = State
-
-
-class TrafficSource(Protocol):
-    """Per-port traffic as nginx saw it (ultrascaled/observe/accesslog.py); port None = whole fleet."""
-    def window(self, port: int | None, seconds: float) -> rollout.Figures: ...
 
 
 class Deployer:
