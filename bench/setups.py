@@ -22,7 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from ultrascaled.effects.nginx_render import NginxSettings, render_main_conf, render_upstream
+from ultrascaled.spec.nginx import NginxSettings
+from ultrascaled.effects.nginx_render import render_main_conf, render_upstream
 from ultrascaled.spec import Spec, parse_spec
 from ultrascaled.core.command import gunicorn_argv, instance_env
 

@@ -23,7 +23,8 @@ from ultrascaled.effects.fleetlock import FleetLocked
 from ultrascaled.effects.upstream import NginxUpstream, NoUpstream
 from ultrascaled.observe import history, logs, metrics
 from ultrascaled.observe.events import EventLog
-from ultrascaled.spec import Spec, SpecError, host_problems, load_spec
+from ultrascaled.effects.host_checks import host_problems
+from ultrascaled.spec import Spec, SpecError, load_spec
 from ultrascaled.supervise.supervisor import Supervisor
 from ultrascaled.surface.api import ApiServer, AuditLog, Settings, read_token, tls_context
 from ultrascaled.surface.app import build_app

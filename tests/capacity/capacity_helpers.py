@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ultrascaled.core import capacity
-from ultrascaled.effects.nginx_render import NginxSettings
+from ultrascaled.spec.nginx import NginxSettings
 from ultrascaled.spec import (GunicornSection, InstancesSection, MemorySection, MongoSection, Spec)
 
 

@@ -11,7 +11,8 @@ import subprocess
 import pytest
 
 from support.harness import http_get, pid_alive
-from ultrascaled.effects.nginx_render import NginxSettings, render_site_conf, render_upstream
+from ultrascaled.spec.nginx import NginxSettings
+from ultrascaled.effects.nginx_render import render_site_conf, render_upstream
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from ultrascaled.effects import files
-from ultrascaled.effects.nginx_control import restore_file, write_atomic
+from ultrascaled.effects.files import restore_file, write_atomic
 
 
 def test_new_file_is_written_with_default_mode(tmp_path):

@@ -6,7 +6,9 @@ import signal
 import pytest
 
 from nginx_helpers import FakeProcs, FakeRunner
-from ultrascaled.effects.nginx_control import NginxController, NginxSettings, RunResult, render_upstream
+from ultrascaled.effects.nginx_control import NginxController, RunResult
+from ultrascaled.effects.nginx_render import render_upstream
+from ultrascaled.spec.nginx import NginxSettings
 
 A, B = ("127.0.0.1", 8000), ("127.0.0.1", 8001)
 

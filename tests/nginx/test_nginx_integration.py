@@ -15,7 +15,8 @@ import pytest
 
 from nginx_helpers import (backends, free_port, get, have_openssl,  # noqa: F401
                            nginx_pids_of_prefix, nginx_prefix)
-from ultrascaled.effects.nginx_control import NginxController, NginxSettings, ProcessOps
+from ultrascaled.effects.nginx_control import NginxController, ProcessOps
+from ultrascaled.spec.nginx import NginxSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ultrascaled.effects import nginx_render as nginx_conf
-from ultrascaled.effects.nginx_render import (NginxSettings, render_main_conf, render_site_conf,
-                                    render_upstream, settings_help, validate)
+from ultrascaled.effects.nginx_render import render_main_conf, render_site_conf, render_upstream
+from ultrascaled.spec.nginx import NginxSettings, settings_help, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 S = NginxSettings(prefix="/srv/us/nginx")

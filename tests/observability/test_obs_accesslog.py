@@ -21,7 +21,8 @@ from ultrascaled.observe.alert_rules import (AlertState, MetricSample, build_rul
                                              with_traffic)
 from ultrascaled.observe.alerts import Sampler
 from ultrascaled.spec import AlertsSection
-from ultrascaled.effects.nginx_render import NginxSettings, render_main_conf
+from ultrascaled.spec.nginx import NginxSettings
+from ultrascaled.effects.nginx_render import render_main_conf
 
 FUZZ = settings(max_examples=40, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])

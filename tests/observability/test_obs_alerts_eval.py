@@ -6,6 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ultrascaled import spec
+from ultrascaled.spec.validate import _build
 from ultrascaled.observe.alert_rules import AlertState, MetricSample, Transition, build_rules, evaluate, sample_from
 from ultrascaled.observe.metric_math import histogram_quantile
 from ultrascaled.spec import AlertsSection
@@ -207,11 +208,11 @@ def test_spec_loader_validates_the_section_and_names_the_key(tmp_path):
     errors = []
     data = {"error_rate": 2, "cpu_for": -1, "webhook_url": "http://x/", "p95_latency_seconds": None,
             "bogus": 1}
-    built = spec._build(AlertsSection, data, "alerts", {}, errors, tmp_path, set())
+    built = _build(AlertsSection, data, "alerts", {}, errors, tmp_path, set())
     assert sorted(errors) == ["alerts.bogus: unknown key",
                               "alerts.cpu_for: must be at least 0, got -1",
                               "alerts.error_rate: must be 0..1, got 2"]
-    ok = spec._build(AlertsSection, {"cpu_percent": 90, "p95_latency_seconds": None}, "alerts", {},
+    ok = _build(AlertsSection, {"cpu_percent": 90, "p95_latency_seconds": None}, "alerts", {},
                      errors := [], tmp_path, set())
     assert errors == [] and ok.cpu_percent == 90.0 and ok.p95_latency_seconds is None
     assert isinstance(ok.cpu_percent, float)

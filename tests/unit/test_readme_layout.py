@@ -16,7 +16,7 @@ def test_every_module_of_the_package_is_in_the_readme_layout():
     missing = []
     for path in sorted((ROOT / "ultrascaled").rglob("*.py")):
         rel = path.relative_to(ROOT / "ultrascaled")
-        if rel.name == "__init__.py" and len(rel.parts) == 1:
+        if rel.name == "__main__.py" or (rel.name == "__init__.py" and len(rel.parts) == 1):
             continue
         name = rel.parent.name + "/" if rel.name == "__init__.py" else rel.stem
         if not re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", section):

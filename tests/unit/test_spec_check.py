@@ -9,7 +9,8 @@ import pytest
 import structlog
 
 from ultrascaled import daemon
-from ultrascaled.spec import host_problems, load_spec, reload_count
+from ultrascaled.effects.host_checks import host_problems, reload_count
+from ultrascaled.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

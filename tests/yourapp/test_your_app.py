@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from support.harness import http_get
-from ultrascaled.spec import host_problems, load_spec
+from ultrascaled.effects.host_checks import host_problems
+from ultrascaled.spec import load_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

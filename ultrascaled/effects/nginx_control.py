@@ -29,16 +29,9 @@ from typing import Awaitable, Callable, Iterable, Sequence
 import psutil
 import structlog
 
-from ultrascaled.effects.files import WriteOutcome, restore_file, write_atomic  # noqa: F401  (re-exported)
-from ultrascaled.effects.nginx_render import (  # noqa: F401  (re-exported public API)
-    NginxSettings,
-    normalize_servers,
-    render_main_conf,
-    render_site_conf,
-    render_upstream,
-    settings_help,
-    validate,
-)
+from ultrascaled.effects.files import restore_file, write_atomic
+from ultrascaled.effects.nginx_render import normalize_servers, render_main_conf, render_upstream
+from ultrascaled.spec.nginx import NginxSettings, validate
 
 log = structlog.get_logger("ultrascaled.effects.nginx_control")
 

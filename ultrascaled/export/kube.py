@@ -339,7 +339,7 @@ def _seconds(value: float, least: int = 1) -> int:
 def _nginx_seconds(value: str) -> str:
     """An nginx time (`60s`, `1m30s`, `500ms`) as the whole seconds an annotation takes (0, which
     means no limit where nginx allows it, stays 0)."""
-    from ultrascaled.effects.nginx_render import parse_time
+    from ultrascaled.spec.nginx import parse_time
     seconds = parse_time(value) or 0
     return str(_seconds(seconds) if seconds else 0)
 
@@ -640,7 +640,7 @@ def controller_settings(spec: "Spec") -> dict[str, str]:
     """What the managed nginx sets for the whole server that ingress-nginx sets only in its
     controller ConfigMap (shared by every Ingress of the cluster): told, never applied."""
     ng = spec.nginx
-    from ultrascaled.effects.nginx_render import parse_time
+    from ultrascaled.spec.nginx import parse_time
     out = {
         "limit-req-status-code": str(ng.rate_limit_status),
         "limit-conn-status-code": str(ng.rate_limit_status),

@@ -1,0 +1,131 @@
+"""What keeps this host from running a valid spec (`ultrascaled --check` only, never loading):
+app.directory, app.python and the packages it can import, app.config, app.module, and the
+budgets for the count a reload would keep (read from paths.state_dir/state.json)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ultrascaled.spec import Spec, budget_errors
+
+# Worker classes: gunicorn's module for each (importing it imports what the worker needs:
+# gunicorn 27's gevent worker also imports `packaging`), and the package it needs besides gunicorn.
+WORKER_MODULES = {"gevent": "gunicorn.workers.ggevent", "eventlet": "gunicorn.workers.geventlet",
+                  "gthread": "gunicorn.workers.gthread", "sync": "gunicorn.workers.sync"}
+WORKER_PACKAGES = {"gevent": "gevent", "eventlet": "eventlet", "gthread": None, "sync": None}
+# What a worker module imports besides its package, named in the same message when missing, so
+# that one `pip install` brings everything (gunicorn 27's gevent worker imports `packaging`).
+WORKER_EXTRAS = {"gevent": ("packaging",)}
+# Run by app.python in app.directory: import one module; a missing one is named on stdout (its
+# top-level name, which is the pip package for everything a worker class imports).
+_IMPORT_PROBE = ("import importlib, sys\n"
+                 "try:\n    importlib.import_module(sys.argv[1])\n"
+                 "except ModuleNotFoundError as e:\n"
+                 "    print((e.name or '?').split('.')[0]); sys.exit(3)\n")
+# Run by app.python in app.directory: is the top-level module of app.module on the import path
+# (found, never imported: importing the app could connect to databases)?
+_FIND_PROBE = ("import importlib.util, sys\nsys.path.insert(0, '')\n"
+               "sys.exit(0 if importlib.util.find_spec(sys.argv[1]) else 3)\n")
+
+
+def saved_count(spec: Spec) -> int | None:
+    """The desired count a daemon saved in `paths.state_dir/state.json`, when readable."""
+    try:
+        with open(Path(spec.paths.state_dir) / "state.json", "rb") as f:
+            saved = json.loads(f.read(1 << 16))["desired"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return saved if isinstance(saved, int) and not isinstance(saved, bool) and saved >= 0 else None
+
+
+def reload_count(spec: Spec) -> int:
+    """The count a reload judges the budgets for: the larger of instances.count and the saved
+    count (a scaled fleet keeps its count across a reload)."""
+    return max(spec.instances.count, saved_count(spec) or 0)
+
+
+def host_problems(spec: Spec, nofile_limit: int | None = None, timeout: float = 30.0) -> list[str]:
+    """What keeps this host from running a valid spec: app.directory, app.python, app.config,
+    the worker class's packages, app.module's module, and the budgets for the count a reload
+    would use. Runs `app.python -c ...` (imports gunicorn's worker module, only looks for the
+    app's); only `ultrascaled --check` calls this, never load_spec."""
+    problems = []
+    directory = spec.app.directory
+    if not os.path.isdir(directory):
+        why = "is not a folder" if os.path.exists(directory) else "does not exist"
+        problems.append(f"app.directory: {directory} {why}")
+    python = spec.app.python or sys.executable
+    found = python if os.sep in python else shutil.which(python)
+    if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
+        problems.append(f"app.python: {python} is not an executable file")
+        found = None
+    if spec.app.config and not os.path.isfile(os.path.join(directory, spec.app.config)):
+        problems.append(f"app.config: {os.path.join(directory, spec.app.config)} does not exist")
+    if found:
+        problems += _import_problems(spec, python, found, directory, timeout)
+    count = reload_count(spec)
+    if count > spec.instances.count:
+        problems += [f"{e} (for the count {count} saved in paths.state_dir/state.json, which a "
+                     "reload keeps)" for e in budget_errors(spec, count, nofile_limit=nofile_limit)]
+    return problems
+
+
+def _import_problems(spec: Spec, python: str, found: str, directory: str,
+                    timeout: float) -> list[str]:
+    """gunicorn, the worker class's module and app.module's top-level module, as app.python
+    sees them from app.directory; each missing one named with the package to install."""
+    cwd = directory if os.path.isdir(directory) else None
+
+    def probe(code: str, arg: str) -> tuple[int, str]:
+        try:
+            out = subprocess.run([found, "-c", code, arg], capture_output=True, text=True,
+                                 timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return -1, str(exc)
+        last = (out.stderr.strip().splitlines() or [""])[-1]
+        return out.returncode, out.stdout.strip() if out.returncode == 3 else last
+
+    wc = spec.gunicorn.worker_class
+    problems = []
+    # gunicorn, then the worker class's package, then gunicorn's worker module (which imports
+    # more: `packaging` for gevent); the first that fails is reported.
+    for module in ["gunicorn", WORKER_PACKAGES[wc], WORKER_MODULES[wc]]:
+        if not module:
+            continue
+        rc, missing = probe(_IMPORT_PROBE, module)
+        if rc == 0:
+            continue
+        if rc == 3:
+            package = missing
+            why = ("gunicorn runs the instances" if package == "gunicorn" else
+                   f"gunicorn.worker_class {wc} needs it"
+                   + ("" if package == WORKER_PACKAGES[wc] else f": {module} imports it"))
+            packages = [package]
+            if package == WORKER_PACKAGES[wc]:  # the worker module will want its extras too
+                packages += [x for x in WORKER_EXTRAS.get(wc, ()) if probe(_IMPORT_PROBE, x)[0] == 3]
+            if len(packages) > 1:
+                why += f", and {WORKER_MODULES[wc]} imports {', '.join(packages[1:])}"
+            problems.append(f"app.python: {python} cannot import {', '.join(packages)} ({why}); "
+                            f"install {'it' if len(packages) == 1 else 'them'}: "
+                            f"{python} -m pip install {' '.join(packages)}"
+                            + ("" if wc in ("sync", "gthread") else ", or use "
+                               "gunicorn.worker_class sync or gthread, which need only gunicorn"))
+        else:
+            problems.append(f"app.python: {python} cannot import {module} (gunicorn.worker_class "
+                            f"{wc}): {missing}")
+        break
+    top = spec.app.module.split(":", 1)[0].split(".", 1)[0]
+    if cwd and not any(a == "--pythonpath" or a.startswith("--pythonpath=") for a in spec.gunicorn.args):
+        rc, err = probe(_FIND_PROBE, top)
+        if rc == 3:
+            problems.append(f"app.module: {python} finds no module `{top}` in app.directory "
+                            f"{directory} (nor in its venv): set app.module to your app's WSGI "
+                            "callable, e.g. `mysite.wsgi:application` or `flaskr:create_app()`, "
+                            "and app.directory to the folder that holds it")
+        elif rc != 0:
+            problems.append(f"app.module: {python} could not look for module `{top}`: {err}")
+    return problems

@@ -1,0 +1,340 @@
+"""Validation: plain values into the typed sections (each key against its declaration), then
+the checks across keys and the budgets the fleet must fit in; every problem with its key and line."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from ultrascaled.spec import nginx as nginx_checks
+from ultrascaled.spec.budget import budget_problems, requests_per_worker
+from ultrascaled.spec.schema import Spec
+from ultrascaled.spec.yaml_reader import show_value, show_number
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list: "a list", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
+
+
+def _check_value(fld: dataclasses.Field, tp: Any, value: Any) -> tuple[Any, str | None]:
+    """Return (converted value, error message or None) for one scalar key."""
+    meta = fld.metadata
+    optional = False
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0] if len(args) == 1 else Any
+    if value is None:
+        return (None, None) if optional else (value, "must not be empty")
+    if _has_nul(value):
+        return value, "must not contain a NUL character"
+    if fld.name == "workers":  # int or "auto"
+        if value == "auto":
+            return value, None
+        tp = int
+    if tp is Any:
+        return value, None
+    if typing.get_origin(tp) in (tuple, list):  # a command or a list of words: string or list
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return value, None
+        return value, f"must be a string or a list of strings, got {show_value(value)}"
+    if tp is str and isinstance(value, bool):  # YAML 1.1 reads a bare off/on as a boolean
+        value = "on" if value else "off"
+    elif tp is str and isinstance(value, int):  # `worker_processes: 2`
+        value = str(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        hint = " or `auto`" if fld.name == "workers" else ""
+        return value, f"must be {_type_name(tp)}{hint}, got {show_value(value)}"
+    if tp is float and not math.isfinite(value):
+        return value, f"must be a finite number, got {value}"
+    if tp is dict:
+        for k, v in value.items():
+            if not _ENV_NAME.match(k):
+                return value, (f"{show_value(k)} is not an environment variable name (letters, digits "
+                               "and _, not starting with a digit)")
+            if not isinstance(v, (str, int, float, bool)):
+                return value, f"values must be strings, numbers or booleans; {k!r} is not"
+        return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}, None
+    if tp is list:
+        if not all(isinstance(v, (str, int, float)) for v in value):
+            return value, "must be a list of strings"
+        return [str(v) for v in value], None
+    lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices") or ()
+    if choices and value not in choices:
+        return value, f"must be one of {', '.join(map(str, choices))}; got {show_value(value)}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and hi is not None and not lo <= value <= hi:
+            return value, f"must be {lo:g}..{hi:g}, got {show_number(value)}"
+        if lo is not None and value < lo:
+            return value, f"must be at least {lo:g}, got {show_number(value)}"
+        if hi is not None and value > hi:
+            return value, f"must be at most {hi:g}, got {show_number(value)}"
+    if tp is str and not value and not optional and not meta.get("allow_empty"):
+        return value, "must not be empty"
+    return value, None
+
+
+def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[str],
+           base_dir: Path, bad: set[str]) -> Any:
+    """The section `cls` from `data`: values that fail their own checks are reported, added to
+    `bad` and left at their defaults, so the checks across keys still run on the rest."""
+    def where(p: str) -> str:
+        line = lines.get(p) or lines.get(path)
+        return f"{p} (line {line})" if line else p
+
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        errors.append(f"{where(path) if path else 'spec'}: must be a mapping, got {type(data).__name__}")
+        bad.add(path)
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            errors.append(f"{where(f'{path}.{key}' if path else key)}: unknown key{hint}")
+    kwargs = {}
+    for name, fld in fields.items():
+        sub = f"{path}.{name}" if path else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):  # absent sections still resolve their relative paths
+            kwargs[name] = _build(tp, data.get(name), sub, lines, errors, base_dir, bad)
+            continue
+        if name not in data:
+            continue
+        value, err = _check_value(fld, tp, data[name])
+        if err:
+            errors.append(f"{where(sub)}: {err}")
+            bad.add(sub)
+            continue
+        if fld.metadata.get("path") and isinstance(value, str):
+            value = str((base_dir / value).resolve()) if not os.path.isabs(value) else value
+        kwargs[name] = value
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # a section's own __post_init__ check
+        errors.append(f"{where(path)}: {exc}")
+        bad.add(path)
+        return cls()
+    # Defaults that are relative paths resolve against the spec's folder too.
+    fixes = {}
+    for name, fld in fields.items():
+        if name not in kwargs and fld.metadata.get("path"):
+            value = getattr(obj, name)
+            if isinstance(value, str) and not os.path.isabs(value):
+                fixes[name] = str((base_dir / value).resolve())
+    return dataclasses.replace(obj, **fixes) if fixes else obj
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_APP_MODULE = re.compile(rf"{_DOTTED}:{_DOTTED}(?:\([^\x00-\x1f]*\))?\Z")
+_HTTP_PATH = re.compile(r"/[\x21-\x7e]*\Z")
+# The inputs of each budget message (by the key it names): a budget is not judged when one of
+# them could not be read (it would be judged on a default the file did not ask for).
+_BUDGET_INPUTS = {
+    "memory.fleet_budget_mb": ("instances.count", "gunicorn.workers", "memory"),
+    "mongodb.connection_budget": ("instances.max", "gunicorn.workers", "mongodb"),
+    "mongodb.min_pool_size": ("instances.max", "gunicorn.workers", "mongodb"),
+    "mongodb.max_connecting": ("instances.max", "gunicorn.workers", "mongodb"),
+    "nginx.worker_connections": ("nginx",),
+    "gunicorn.worker_connections": ("gunicorn.worker_connections", "gunicorn.workers",
+                                    "instances.max", "mongodb"),
+    "instances.max": ("instances.max",),
+}
+
+
+def _tainted(bad: set[str], *inputs: str) -> bool:
+    """Whether any input (a key path or a section) is, contains or is inside a bad path."""
+    return any(i == b or i.startswith(b + ".") or b.startswith(i + ".")
+               for i in inputs for b in bad)
+
+
+def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
+                  nofile_limit: int | None = None) -> list[str]:
+    """Checks across keys, including the budgets the fleet must fit in; each runs unless one of
+    its inputs could not be read."""
+    def where(p: str) -> str:
+        line = lines.get(p)
+        return f"{p} (line {line})" if line else p
+
+    def ok(*inputs: str) -> bool:
+        return not _tainted(bad, *inputs)
+
+    errors = []
+    for msg in nginx_checks.validate(spec.nginx):
+        key, _, rest = msg.partition(":")
+        if ok(key, "nginx.mode"):
+            errors.append(f"{where(key)}:{rest}" if key.startswith("nginx.") else msg)
+    inst = spec.instances
+    if ok("instances.min", "instances.max") and inst.min > inst.max:
+        errors.append(f"{where('instances.min')}: must not exceed instances.max ({inst.max}), got {inst.min}")
+    if ok("instances.min", "instances.max", "instances.count") and not inst.min <= inst.count <= inst.max:
+        errors.append(f"{where('instances.count')}: must be within instances.min..max "
+                      f"({inst.min}..{inst.max}), got {inst.count}")
+    last = inst.base_port + inst.max - 1
+    ports = range(inst.base_port, inst.base_port + inst.max)
+    instance_ports = ok("instances.base_port", "instances.max")
+    if instance_ports and last > 65535:
+        errors.append(f"{where('instances.base_port')}: base_port + max - 1 = {last} is past 65535")
+    if instance_ports and ok("api.port") and spec.api.port in ports:
+        errors.append(f"{where('api.port')}: {spec.api.port} is inside the instance ports "
+                      f"{inst.base_port}..{last}")
+    ng = spec.nginx
+    nginx_ports = [] if ng.mode == "off" or not ok("nginx.mode") else (
+        [("nginx.listen", ng.listen)] + ([("nginx.tls_listen", ng.tls_listen)] if ng.tls_enabled else []))
+    for key, port in nginx_ports:
+        if not ok(key):
+            continue
+        if instance_ports and port in ports:
+            errors.append(f"{where(key)}: {port} is inside the instance ports {inst.base_port}..{last}")
+        if ok("api.port") and port == spec.api.port:
+            errors.append(f"{where('api.port')}: {port} is also {key}")
+    if ok("name") and not _NAME.match(spec.name):
+        errors.append(f"{where('name')}: only letters, digits, - and _ (it marks process names), "
+                      f"got {show_value(spec.name)}")
+    if ok("app.module") and not _APP_MODULE.match(spec.app.module):
+        errors.append(f"{where('app.module')}: must look like `module:callable` or "
+                      f"`module:factory()`, got {show_value(spec.app.module)}")
+    g = spec.gunicorn
+    if ok("gunicorn.threads", "gunicorn.worker_class") and g.threads > 1 and g.worker_class != "gthread":
+        errors.append(f"{where('gunicorn.threads')}: {g.threads} threads need gunicorn.worker_class "
+                      f"gthread (got {g.worker_class}; gunicorn would switch a sync worker to "
+                      "gthread behind the spec's back)")
+    if ok("health.path") and not _HTTP_PATH.match(spec.health.path):
+        errors.append(f"{where('health.path')}: must start with / and hold no spaces, CR/LF or "
+                      f"other control characters, got {show_value(spec.health.path)}")
+    for key in ("instances.host", "api.host"):
+        host = spec.instances.host if key == "instances.host" else spec.api.host
+        if ok(key) and not nginx_checks.is_host(host):
+            errors.append(f"{where(key)}: must be an IP address or a host name, got {show_value(host)}")
+    if ok("api.host", "api.token_file") and spec.api.host not in ("127.0.0.1", "localhost", "::1") \
+            and not spec.api.token_file:
+        errors.append(f"{where('api.host')}: {spec.api.host} is not loopback, so api.token_file "
+                      "must name a file with the bearer token")
+    for key in ("api.token_file", "api.metrics_token_file", "api.viewer_token_file", "api.tls_cert",
+                "api.tls_key"):
+        path = getattr(spec.api, key.split(".")[1])
+        if ok(key) and path and not os.path.isfile(path):
+            why = "is a directory" if os.path.isdir(path) else "does not exist"
+            errors.append(f"{where(key)}: {path} {why}")
+    if ok("api.tls_cert", "api.tls_key") and bool(spec.api.tls_cert) != bool(spec.api.tls_key):
+        errors.append(f"{where('api.tls_cert')}: api.tls_cert and api.tls_key go together")
+    if ok("api.allowed_hosts"):
+        for h in spec.api.allowed_hosts:
+            if not isinstance(h, str) or not nginx_checks.is_host(h):
+                errors.append(f"{where('api.allowed_hosts')}: each must be an IP address or a host name "
+                              f"(no port, no scheme), got {show_value(h)}")
+    keepalive = nginx_checks.parse_time(ng.keepalive_timeout)
+    if ng.mode != "off" and ng.keepalive > 0 and keepalive is not None and \
+            ok("gunicorn.keepalive", "nginx.mode", "nginx.keepalive", "nginx.keepalive_timeout") \
+            and not spec.gunicorn.keepalive > keepalive:
+        errors.append(f"{where('gunicorn.keepalive')}: {spec.gunicorn.keepalive} s must be longer "
+                      f"than nginx.keepalive_timeout ({ng.keepalive_timeout}), so that nginx, not "
+                      "gunicorn, closes idle upstream connections (else a request nginx sends on a "
+                      "connection gunicorn is closing fails)")
+    errors += autoscale_errors(spec, where, ok)
+    for msg in budget_errors(spec, spec.instances.count, lines, nofile_limit):
+        inputs = _BUDGET_INPUTS.get(msg.split(" ", 1)[0].rstrip(":"), ())
+        if ok(*inputs):
+            errors.append(msg)
+    return errors
+
+
+def budget_errors(spec: Spec, count: int, lines: dict[str, int] | None = None,
+                  nofile_limit: int | None = None) -> list[str]:
+    """The budgets (memory, MongoDB connections, file descriptors) for `count` instances."""
+    return budget_problems(spec, count, lines=lines, nofile_limit=nofile_limit)
+
+
+def _line_of(error: str) -> int:
+    _, _, rest = error.partition("(line ")
+    digits = rest.split(")", 1)[0]
+    return int(digits) if digits.isascii() and digits.isdigit() else 1 << 30
+
+
+def _sorted(errors: list[str]) -> list[str]:
+    """By line (errors without one last), then text; each once."""
+    return sorted(set(errors), key=lambda e: (_line_of(e), e))
+
+
+def autoscale_errors(spec: "Spec", where, ok) -> list[str]:
+    """Checks across the autoscale keys (part of _cross_checks)."""
+    a, inst, errors = spec.autoscale, spec.instances, []
+    lo, hi = a.bounds(inst)
+    if ok("autoscale.min_replicas", "instances.min", "instances.max") and a.min_replicas is not None \
+            and not inst.min <= a.min_replicas <= inst.max:
+        errors.append(f"{where('autoscale.min_replicas')}: must be within instances.min..max "
+                      f"({inst.min}..{inst.max}), got {a.min_replicas}")
+    if ok("autoscale.max_replicas", "instances.min", "instances.max") and a.max_replicas is not None \
+            and not inst.min <= a.max_replicas <= inst.max:
+        errors.append(f"{where('autoscale.max_replicas')}: must be within instances.min..max "
+                      f"({inst.min}..{inst.max}), got {a.max_replicas}")
+    if ok("autoscale.min_replicas", "autoscale.max_replicas", "instances.min", "instances.max") \
+            and lo > hi:
+        errors.append(f"{where('autoscale.min_replicas')}: the autoscaler's min ({lo}) exceeds its "
+                      f"max ({hi})")
+    if a.enabled and ok("autoscale.enabled", "autoscale.min_replicas", "instances.min") and lo < 1:
+        errors.append(f"{where('autoscale.min_replicas')}: an enabled autoscaler keeps at least 1 "
+                      f"instance (no instance, no signal to scale up on), got {lo}"
+                      + ("" if a.min_replicas is not None else " from instances.min"))
+    t = a.target
+    if a.enabled and ok("autoscale.enabled", "autoscale.target") and \
+            t.cpu_utilization is None and t.cpu_wait_percent is None and t.in_flight_per_worker is None \
+            and t.p95_latency_seconds is None:
+        errors.append(f"{where('autoscale.target')}: autoscale.enabled needs at least one target "
+                      "(cpu_utilization, cpu_wait_percent, in_flight_per_worker or "
+                      "p95_latency_seconds)")
+    if t.in_flight_per_worker is not None and ok("autoscale.target.in_flight_per_worker",
+                                                 "gunicorn.worker_class", "gunicorn.threads",
+                                                 "gunicorn.worker_connections"):
+        per, formula = requests_per_worker(spec)
+        if t.in_flight_per_worker > per:
+            errors.append(f"{where('autoscale.target.in_flight_per_worker')}: {t.in_flight_per_worker:g} "
+                          f"requests in flight per worker cannot happen: a worker serves {formula}, "
+                          f"so the autoscaler would never scale up; use at most {per} "
+                          f"(e.g. {0.8 * per:g}, leaving headroom)")
+    for direction in ("scale_up", "scale_down"):
+        rules = getattr(a.behavior, direction)
+        key = f"autoscale.behavior.{direction}"
+        if ok(key) and rules.select_policy != "Disabled" and rules.pods_value is None \
+                and rules.percent_value is None:
+            errors.append(f"{where(key + '.select_policy')}: {rules.select_policy} needs a policy: "
+                          f"set {direction}.pods_value or {direction}.percent_value, or "
+                          "select_policy Disabled")
+    if a.enabled and t.cpu_utilization is not None and ok(
+            "autoscale.enabled", "autoscale.stale_after_seconds", "memory.sample_interval") and \
+            spec.memory.sample_interval >= a.stale_after_seconds:
+        errors.append(f"{where('autoscale.stale_after_seconds')}: must be longer than "
+                      f"memory.sample_interval ({spec.memory.sample_interval:g}s), the CPU samples' "
+                      f"interval, got {a.stale_after_seconds:g} (cpu_utilization would always be stale)")
+    if ok("autoscale.stale_after_seconds", "autoscale.sync_period_seconds") and \
+            a.stale_after_seconds < a.sync_period_seconds:
+        errors.append(f"{where('autoscale.stale_after_seconds')}: must be at least "
+                      f"autoscale.sync_period_seconds ({a.sync_period_seconds:g}), got "
+                      f"{a.stale_after_seconds:g} (every signal would be stale)")
+    return errors
