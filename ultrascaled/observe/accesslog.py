@@ -59,7 +59,7 @@ from ultrascaled.core.traffic import TrafficWindow
 
 # ---- the log format nginx writes ----------------------------------------------------------
 
-# Rendered into nginx's configuration by nginx_conf.py (the pure renderer).
+# Rendered into nginx's configuration by effects/nginx_render.py (the pure renderer).
 from ultrascaled.effects.nginx_render import TRAFFIC_FIELDS as FIELDS  # noqa: E402,F401
 from ultrascaled.effects.nginx_render import traffic_log_format as log_format  # noqa: E402,F401
 

@@ -111,7 +111,7 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
     daemon's RLIMIT_NOFILE, inherited by gunicorn and by a managed nginx unless
     ``nginx.worker_rlimit_nofile`` is set) and are skipped without it. ``cpu_count`` resolves
     ``nginx.worker_processes: auto`` (counted as 1 without it). ``lines`` maps key paths to YAML
-    lines, as in spec.py's messages (``memory.fleet_budget_mb (line 3): ...``).
+    lines, as in the spec's messages (``memory.fleet_budget_mb (line 3): ...``).
     """
     lines = lines or {}
 

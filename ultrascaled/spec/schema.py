@@ -413,7 +413,7 @@ class Spec:
 
     def mongo_pool_per_process(self) -> int:
         """maxPoolSize per worker process: the largest pool that keeps the fleet (at
-        instances.max) within mongodb.connection_budget, one server (capacity.py's formula)."""
+        instances.max) within mongodb.connection_budget, one server (spec/budget.py's formula)."""
         return mongo_pool_that_fits(self)
 
 

@@ -1,4 +1,4 @@
-"""Deploys and rollbacks, applied: the thin layer over `rollout.py`'s pure decisions.
+"""Deploys and rollbacks, applied: the thin layer over `core/rollout.py`'s pure decisions.
 
 It changes only wanted state, like the API does, and only by telling the reconciler: which
 release each port starts with (`Releases`, read at every spawn) and restart requests (`Restart`)

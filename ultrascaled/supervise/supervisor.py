@@ -1,7 +1,7 @@
 """The supervision core, assembled: what the API and the daemon talk to.
 
-It holds the fleet lock, starts the reconciler (the one writer, `reconciler.py`) and the other
-background loops under one guard (`tasks.py`), and changes only *wanted* state: the count,
+It holds the fleet lock, starts the reconciler (the one writer, `core/reconciler/`) and the other
+background loops under one guard (`supervise/tasks.py`), and changes only *wanted* state: the count,
 restart requests, the spec. It never spawns or signals anything itself; it wakes the loop.
 """
 from __future__ import annotations

@@ -679,7 +679,7 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 class Commands(argparse._SubParsersAction):
-    """argparse's subcommands, each parser built when its command is chosen: building all eight
+    """argparse's subcommands, each parser built when its command is chosen: building every one
     on every call would cost `status` ~1 ms for parsers it never uses, and `plan`'s needs the
     planner's ~60 ms of imports. argparse has no public way to defer a subparser; this subclass
     of its own goes in through `add_subparsers(action=...)`."""
