@@ -22,7 +22,7 @@ from ultrascaled.observe.alert_rules import (AlertState, MetricSample, build_rul
 from ultrascaled.observe.alerts import Sampler
 from ultrascaled.spec import AlertsSection
 from ultrascaled.spec.nginx import NginxSettings
-from ultrascaled.effects.nginx_render import render_main_conf
+from ultrascaled.effects.nginx_render import TRAFFIC_FIELDS, render_main_conf, traffic_log_format
 
 FUZZ = settings(max_examples=40, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -34,14 +34,14 @@ def line(t=T0, s=200, a="127.0.0.1:8001", u="200", ut="0.010", rt=0.011) -> byte
     """A line as nginx writes it with the rendered log_format (escape=json)."""
     values = {"msec": f"{t:.3f}", "status": str(s), "upstream_addr": a, "upstream_status": u,
               "upstream_response_time": ut, "request_time": f"{rt:.3f}"}
-    return re.sub(r"\$(\w+)", lambda m: values[m.group(1)], al.FIELDS).encode()
+    return re.sub(r"\$(\w+)", lambda m: values[m.group(1)], TRAFFIC_FIELDS).encode()
 
 
 # ---- the format and the parser --------------------------------------------------------------
 
 def test_the_rendered_log_format_is_the_one_parsed_and_every_proxied_location_logs():
     conf = render_main_conf(NginxSettings(prefix="/srv/n")).decode()
-    assert al.log_format("ultrascale") in conf
+    assert traffic_log_format("ultrascale") in conf
     assert "access_log /srv/n/logs/traffic.log ultrascale_traffic;" in conf
     assert json.loads(line())["a"] == "127.0.0.1:8001"   # the format is one JSON object
     off = render_main_conf(NginxSettings(prefix="/srv/n", traffic_log="off")).decode()

@@ -1,8 +1,8 @@
 """Per-instance traffic figures measured at nginx, for any app: requests, 5xx and latency.
 
 The managed nginx writes one JSON line per request to its *traffic log* (``log_format ...
-escape=json``, see :func:`log_format`), with the upstream address, status and response time
-of every try nginx made. The daemon tails that file (:class:`LogTail`), parses each line
+escape=json``, rendered by effects/nginx_render.py's ``traffic_log_format``), with the upstream
+address, status and response time of every try nginx made. The daemon tails that file (:class:`LogTail`), parses each line
 (:func:`parse_line`) and folds it into bounded per-port windows (:class:`TrafficStore`). What
 the canary, the alerts, the dashboard and the autoscaler read is :class:`TrafficSource`:
 ``window(port, seconds)`` (``port=None`` for the whole fleet) gives a :class:`TrafficWindow`
@@ -56,12 +56,7 @@ from bisect import bisect_left
 from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Optional
 
 from ultrascaled.core.traffic import TrafficWindow
-
-# ---- the log format nginx writes ----------------------------------------------------------
-
-# Rendered into nginx's configuration by effects/nginx_render.py (the pure renderer).
-from ultrascaled.effects.nginx_render import TRAFFIC_FIELDS as FIELDS  # noqa: E402,F401
-from ultrascaled.effects.nginx_render import traffic_log_format as log_format  # noqa: E402,F401
+from ultrascaled.effects import logfiles
 
 
 # ---- parsing (pure) -----------------------------------------------------------------------
@@ -691,7 +686,6 @@ class TrafficMonitor:
             await self._rotate_companions()
 
     async def _rotate_companions(self) -> None:
-        from ultrascaled.effects import logfiles
         big = [p for p in self.companions if _size(p) >= self.max_bytes]
         if not big:
             return
@@ -705,7 +699,6 @@ class TrafficMonitor:
         self.emit("nginx.log_rotated", paths=big, reopened=ok)
 
     async def rotate(self) -> None:
-        from ultrascaled.effects import logfiles
         try:
             await asyncio.to_thread(logfiles.shift, self.path, self.backups)
         except OSError as exc:
