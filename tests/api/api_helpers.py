@@ -79,7 +79,8 @@ class FakeFleet:
     # rollout that never ends; anything else is refused like the real fleet would
     rollout: dict | None = None
 
-    async def deploy(self, directory: str | None = None, release: str | None = None) -> dict:
+    async def deploy(self, directory: str | None = None, release: str | None = None,
+                     allow_data: bool = False) -> dict:
         if self.rollout is not None:
             raise ScaleRefused("deploy_in_progress", "a deploy is in progress")
         if release is not None and release != "good" or directory is not None and not os.path.isdir(directory):

@@ -86,7 +86,9 @@ async def test_a_good_deploy_canary_first_then_one_at_a_time_on_the_release_fold
     assert chdir_of(h, 8001) == chdir_of(h, 8002) == folder
     assert (8001, 5.0) in h.sup.deployer.traffic.asked and (8002, 5.0) in h.sup.deployer.traffic.asked
     saved = json.loads(releases.state_path(h.spec).read_text())
-    assert saved == {"current": rid, "previous": None, "rollout": None}
+    base = saved["base"]
+    assert base not in (None, rid), "the first deploy keeps a copy of app.directory"
+    assert saved == {"current": rid, "previous": base, "rollout": None, "base": base}
     assert (releases.releases_dir(h.spec) / "current").resolve() == releases.releases_dir(h.spec) / rid
     snap = h.sup.snapshot()
     assert [i["release"] for i in snap["instances"]] == [rid, rid] and snap["deploy"]["current"] == rid
@@ -95,11 +97,12 @@ async def test_a_good_deploy_canary_first_then_one_at_a_time_on_the_release_fold
     await drive(h, 5, until=lambda: not h.rec.instances[8002].restart_requested
                 and h.rec.instances[8002].state.value == "running")
     assert chdir_of(h, 8002) == folder
-    # and a rollback goes back to app.directory the same careful way
+    # and a rollback goes back the same careful way, to the copy of app.directory as it ran
+    # before the first deploy (app.directory itself may have been edited since)
     h.sup.rollback()
     await drive(h, 30, until=lambda: h.sup.deployer.rollout is None)
-    assert chdir_of(h, 8001) == chdir_of(h, 8002) == str(tmp_path)
-    assert h.sup.deployer.state.current is None and h.sup.deployer.state.previous == rid
+    assert chdir_of(h, 8001) == chdir_of(h, 8002) == str(releases.releases_dir(h.spec) / base)
+    assert h.sup.deployer.state.current == base and h.sup.deployer.state.previous == rid
 
 
 @component

@@ -28,3 +28,13 @@ def release_of_directory(spec, directory: str | None) -> str | None:
     if d.parent == releases_dir(spec) and ID_RE.match(d.name):
         return d.name
     return None
+
+
+def shared_dir(spec) -> Path:
+    """Where the data of `deploy.shared` lives once, linked into every release."""
+    return Path(spec.paths.state_dir) / "shared"
+
+
+def shared_entries(spec) -> list[tuple[str, bool]]:
+    """`deploy.shared` as (relative path, is a folder); a trailing `/` marks a folder."""
+    return [(e.rstrip("/"), e.endswith("/")) for e in spec.deploy.shared]

@@ -353,6 +353,11 @@ class DeploySection:
                                           "instance runs one release folder for its whole life "
                                           "(docs/deploys.md). null = `<paths.state_dir>/releases`; "
                                           "relative to the spec file.", path=True)
+    shared: list = setting([], "Paths in the app's folder that hold data the app writes "
+                           "(`db.sqlite3`, `media/`; a trailing `/` marks a folder): they live once, "
+                           "in `<paths.state_dir>/shared/`, and every release links them, so a deploy "
+                           "or a rollback keeps them. The first deploy moves them there from the "
+                           "running folder and leaves a link (docs/deploys.md#data-the-app-writes).")
     keep_releases: int = setting(5, "Releases kept on disk; older ones are deleted after a "
                                  "deploy completes (never the current or previous one).",
                                  min=2, max=1000)

@@ -258,6 +258,8 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
                       "gunicorn, closes idle upstream connections (else a request nginx sends on a "
                       "connection gunicorn is closing fails)")
     errors += autoscale_errors(spec, where, ok)
+    if ok("deploy.shared"):
+        errors += shared_errors(spec.deploy.shared, where("deploy.shared"))
     for msg in budget_errors(spec, spec.instances.count, lines, nofile_limit):
         inputs = _BUDGET_INPUTS.get(msg.split(" ", 1)[0].rstrip(":"), ())
         if ok(*inputs):
@@ -337,4 +339,34 @@ def autoscale_errors(spec: "Spec", where, ok) -> list[str]:
         errors.append(f"{where('autoscale.stale_after_seconds')}: must be at least "
                       f"autoscale.sync_period_seconds ({a.sync_period_seconds:g}), got "
                       f"{a.stale_after_seconds:g} (every signal would be stale)")
+    return errors
+
+
+MAX_SHARED = 64
+NOT_SHARED = (".git", ".venv", "__pycache__")  # never copied into a release, so never linked
+
+
+def shared_errors(entries: list[str], where: str) -> list[str]:
+    """deploy.shared: relative, normalised paths inside the app's folder, each once, none inside
+    another (a link inside a linked folder would point into the shared copy itself)."""
+    if len(entries) > MAX_SHARED:
+        return [f"{where}: at most {MAX_SHARED} paths, got {len(entries)}"]
+    errors, seen = [], []
+    for e in entries:
+        path = e.rstrip("/")
+        parts = path.split("/")
+        why = ("is empty" if not path else
+               "must be relative to the app's folder" if e.startswith("/") else
+               "must be a plain path (no `.`, `..` or empty parts)"
+               if any(x in ("", ".", "..") for x in parts) else
+               f"is under {parts[0]}, which a release never holds" if parts[0] in NOT_SHARED else
+               f"is too long ({len(path)} characters; at most 1024)" if len(path) > 1024 else None)
+        if why is None:
+            other = next((o for o in seen if o == path or path.startswith(o + "/") or o.startswith(path + "/")), None)
+            if other is not None:
+                why = "is listed twice" if other == path else f"overlaps {other!r}: list one of them"
+        if why:
+            errors.append(f"{where}: {show_value(e)} {why}")
+        else:
+            seen.append(path)
     return errors

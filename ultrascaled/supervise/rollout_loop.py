@@ -86,24 +86,30 @@ class Deployer:
                     f"({self.rollout.phase})")
             raise ScaleRefused("deploy_in_progress", f"{what}; wait for it to end (`ultrascalectl status`)")
 
-    async def deploy(self, directory: str | None = None, release: str | None = None) -> dict[str, Any]:
+    async def deploy(self, directory: str | None = None, release: str | None = None,
+                     allow_data: bool = False) -> dict[str, Any]:
         """Copy `directory` into a new release (or take the named `release` from the releases
-        folder) and start its rollout. Raises ScaleRefused."""
+        folder) and start its rollout. The first deploy also copies app.directory as it is, so
+        that a rollback returns to what ran. Raises ScaleRefused."""
         self._refuse_if_busy()
         if (directory is None) == (release is None):
             raise ScaleRefused("release_invalid", "give either a folder to deploy or a release name")
+        if release is not None and release == self.state.current:
+            raise ScaleRefused("already_current", f"release {release} is the current release already")
         self.preparing = True
+        running = releases.directory_of(self.spec, self.state.current)
+        notes: list = []
         try:
-            if directory is not None:
-                rid = await asyncio.to_thread(releases.create, self.spec, directory)
-                self.events.emit("release.created", release=rid, source=directory,
-                                 path=releases.directory_of(self.spec, rid))
-            else:
-                rid = releases.check_named(self.spec, release)
+            base, rid = await asyncio.to_thread(self._prepare, directory, release, running, allow_data, notes)
         except ReleaseError as exc:
             raise ScaleRefused(exc.code, str(exc)) from None
         finally:
             self.preparing = False
+            for name, fields in notes:
+                self.events.emit(name, level="warning" if name == "release.data_copied" else "info", **fields)
+        if base is not None:
+            self.state.base = base
+            self._save()
         self._refuse_if_busy()
         if rid == self.state.current:
             raise ScaleRefused("already_current", f"release {rid} is the current release already")
@@ -120,12 +126,40 @@ class Deployer:
         self._apply()
         return self.describe()
 
+    def _prepare(self, directory, release, running, allow_data, notes) -> tuple[str | None, str]:
+        """(the copy of app.directory a first deploy keeps, the release to roll to), both on disk
+        and linked to the shared data. Runs in a thread: reads the state, never writes it."""
+        base = None
+        if self.state.current is None:  # the first deploy: keep a copy of what runs, to roll back to
+            base = releases.create(self.spec, self.spec.app.directory, running=running,
+                                   allow_data=allow_data, notes=notes, snapshot=True)
+            notes.append(("release.created", {"release": base, "source": self.spec.app.directory,
+                                              "path": releases.directory_of(self.spec, base),
+                                              "why": "the first deploy keeps what ran before it, for rollback"}))
+        if directory is None:
+            rid = releases.check_named(self.spec, release)
+            releases.prepare(self.spec, rid, running, notes)
+            return base, rid
+        rid = releases.create(self.spec, directory, running=running, allow_data=allow_data, notes=notes)
+        notes.append(("release.created", {"release": rid, "source": directory,
+                                          "path": releases.directory_of(self.spec, rid)}))
+        return base, rid
+
     def rollback(self) -> dict[str, Any]:
         self._refuse_if_busy()
         if self.state.current is None:
             raise ScaleRefused("no_rollback_target", "nothing to roll back to: no release was deployed "
                                "(the fleet runs app.directory)")
         target = self.state.previous
+        if target is not None:
+            notes: list = []
+            try:
+                releases.prepare(self.spec, target, releases.directory_of(self.spec, self.state.current), notes)
+            except ReleaseError as exc:
+                raise ScaleRefused(exc.code, str(exc)) from None
+            finally:
+                for name, fields in notes:
+                    self.events.emit(name, **fields)
         now = self.clock.now()
         self.rollout = Rollout("rollback", target, self.state.current, rollout.ROLLING, None, now, self.clock.wall())
         self._save()
@@ -206,11 +240,13 @@ class Deployer:
                                  "failure": r.failure, "detail": r.failure_detail or None,
                                  "seconds": round(now - r.started, 3), "ended": round(self.clock.wall(), 3)}
         if step.outcome == "completed":
-            self.state.previous, self.state.current = r.source, r.target
+            self.state.previous, self.state.current = r.source if r.source is not None else self.state.base, r.target
             self.alerts.resolve("deploy_failed", f"release {show(r.target)} is deployed")
             self._point_current()
             doomed = releases.prune(self.spec, self.spec.deploy.keep_releases,
                                     {self.state.current, self.state.previous})
+            if self.state.base in doomed:
+                self.state.base = None
             if doomed:
                 self.events.emit("release.pruned", releases=doomed)
         elif step.outcome == "rolled_back":

@@ -204,8 +204,9 @@ class Supervisor:
 
     # ---- releases (ultrascaled/supervise/rollout_loop.py) ------------------------------------------------------
 
-    async def deploy(self, directory: str | None = None, release: str | None = None) -> dict[str, Any]:
-        return await self.deployer.deploy(directory, release)
+    async def deploy(self, directory: str | None = None, release: str | None = None,
+                     allow_data: bool = False) -> dict[str, Any]:
+        return await self.deployer.deploy(directory, release, allow_data)
 
     def rollback(self) -> dict[str, Any]:
         return self.deployer.rollback()

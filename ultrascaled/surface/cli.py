@@ -392,6 +392,8 @@ def cmd_deploy(api: Api, args) -> int:
         body = {"release": args.release}
     else:
         body = {"directory": os.path.abspath(args.directory)}
+    if args.allow_data:
+        body["allow_data"] = True
     started = api.request("POST", "/fleet/deploy", body)
     r = started["rollout"]
     print(f"deploying release {r['release']} (from {r['from'] or 'app.directory'}); canary: "
@@ -427,6 +429,9 @@ def build_deploy(p: argparse.ArgumentParser) -> None:
     which.add_argument("directory", nargs="?", metavar="DIR",
                        help="folder to copy into a new release (its .git, .venv and __pycache__ are left out)")
     which.add_argument("--release", metavar="NAME", help="a release already in the releases folder")
+    p.add_argument("--allow-data", action="store_true",
+                   help="copy what looks like data the app writes (SQLite files, upload folders) "
+                        "into the release anyway, instead of refusing; see deploy.shared")
     add_wait(p, 600.0)
 
 

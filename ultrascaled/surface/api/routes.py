@@ -152,8 +152,11 @@ async def reload(request: web.Request) -> web.Response:
 
 @routes.post("/fleet/deploy")
 async def deploy(request: web.Request) -> web.Response:
-    data = await json_body(request, ("directory", "release"))
+    data = await json_body(request, ("directory", "release", "allow_data"))
     directory, release = data.get("directory"), data.get("release")
+    allow_data = data.get("allow_data", False)
+    if not isinstance(allow_data, bool):
+        raise ApiError(Code.bad_request, f"`allow_data` must be true or false, got {str(allow_data)[:40]!r}")
     if (directory is None) == (release is None):
         raise ApiError(Code.bad_request, "give exactly one of `directory` (a folder to copy into a new "
                        "release) or `release` (a release already in the releases folder)")
@@ -164,7 +167,7 @@ async def deploy(request: web.Request) -> web.Response:
     if directory is not None and not directory.startswith("/"):
         raise ApiError(Code.bad_request, f"`directory` must be an absolute path, got {directory[:200]!r}")
     try:
-        result = await fleet_of(request).deploy(directory=directory, release=release)
+        result = await fleet_of(request).deploy(directory=directory, release=release, allow_data=allow_data)
     except ScaleRefused as exc:
         raise refused(exc)
     return web.json_response(result, status=202)
