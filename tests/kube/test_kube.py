@@ -724,7 +724,7 @@ def test_a_closed_stdout_is_exit_1_without_a_traceback(argv):
 
 # Names as ingress-nginx documents them (docs/user-guide/nginx-configuration/annotations.md and
 # configmap.md in kubernetes/ingress-nginx): the ones this export may use or name. A name
-# misspelt in kube.py is silently ignored by the controller; this catches it.
+# misspelt in export/kube/ is silently ignored by the controller; this catches it.
 DOCUMENTED_ANNOTATIONS = {
     "affinity", "affinity-mode", "session-cookie-name", "session-cookie-path", "limit-rps",
     "limit-burst-multiplier", "limit-connections", "proxy-body-size", "client-body-buffer-size",

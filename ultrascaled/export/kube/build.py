@@ -1,0 +1,39 @@
+""":func:`export`: one spec and its options in, the checked objects and their notes out.
+
+Pure: nothing read or written. The objects come in the order `kubectl apply` wants them.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ultrascaled.export.kube.checks import check_ingress, check_int32, check_options, k8s_name
+from ultrascaled.export.kube.manifests import (configmap, controller_settings, deployment, hpa,
+                                               ingress, ingress_hosts, pdb, service)
+from ultrascaled.export.kube.model import Export, Options
+from ultrascaled.export.kube.notes import budgets, warnings_for
+from ultrascaled.export.kube.tables import NO_EQUIVALENT
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ultrascaled.spec import Spec
+
+
+def export(spec: "Spec", opts: Options = Options()) -> Export:
+    """The manifests for `spec`, in the order `kubectl apply` wants them (the ConfigMap before
+    the Deployment that reads it), with the budgets' verdict and what is not carried."""
+    check_options(opts)
+    name = k8s_name(spec.name)
+    check_ingress(spec, ingress_hosts(spec))
+    objs = [configmap(spec, name, opts), deployment(spec, name, opts), service(spec, name, opts)]
+    if spec.nginx.socketio:
+        objs.append(service(spec, name, opts, "-socketio"))
+    if spec.autoscale.enabled:
+        objs.append(hpa(spec, name, opts))
+    objs += [pdb(spec, name, opts), ingress(spec, name, opts)]
+    if spec.nginx.socketio:
+        objs.append(ingress(spec, name, opts, socketio=True))
+    for obj in objs:
+        check_int32(obj, f"{obj['kind']} {obj['metadata']['name']}")
+    lines, problems = budgets(spec, opts)
+    return Export(name=name, manifests=objs, budget=lines, budget_problems=problems,
+                  not_carried=list(NO_EQUIVALENT), controller=controller_settings(spec),
+                  warnings=warnings_for(spec, name, opts))

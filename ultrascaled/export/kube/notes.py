@@ -1,0 +1,113 @@
+"""The notes read with the manifests: the budgets at instances.max pods, and the warnings.
+
+Each budget's arithmetic and the problems when one cannot hold; the warnings are what to act on
+before applying.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from ultrascaled.export.kube.manifests import memory_limit_mib
+from ultrascaled.export.kube.model import HPA_DEFAULT_CPU_UTILIZATION, Options
+from ultrascaled.spec.budget import (GUNICORN_WORKER_BASE_FDS, MONGO_MONITOR_PER_SERVER,
+                                     gunicorn_worker_fds, mongo_connections_per_process,
+                                     mongo_pool_that_fits, open_connections_per_worker, plural)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ultrascaled.spec import Spec
+
+_SECRETISH = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|PRIVATE|CREDENTIAL|API_?KEY|ACCESS_?KEY",
+                        re.I)
+_LOOPBACK = re.compile(r"(?<![0-9.])127\.[0-9]+\.[0-9]+\.[0-9]+|\blocalhost\b|\[::1\]")
+
+
+def budgets(spec: "Spec", opts: Options) -> tuple[list[str], list[str]]:
+    """(the arithmetic of each budget, the problems) for instances.max pods: the HPA may scale
+    to it and nothing in the cluster refuses a pod past a budget. No nginx and no daemon here:
+    their file-descriptor budgets are the controller's and do not apply."""
+    s = plural
+    imax, w, servers = spec.instances.max, spec.workers, opts.mongo_servers
+    # maxPoolSize per process that keeps instances.max pods within mongodb.connection_budget
+    # when each client connects to `servers` servers (a replica set's members)
+    pool = mongo_pool_that_fits(spec, servers)
+    per = mongo_connections_per_process(max(pool, 0), servers)
+    limit, budget = spec.memory.worker_limit_mb, spec.memory.fleet_budget_mb
+    mem = imax * memory_limit_mib(spec)
+    cb = spec.mongodb.connection_budget
+    fds = gunicorn_worker_fds(spec, max(pool, 0), servers)
+    lines = [
+        f"memory: {s(imax, 'pod')} (instances.max) x ({s(w, 'worker')} + 1 master) x {limit} MiB "
+        f"= {mem} MiB of memory limits; memory.fleet_budget_mb {budget} MiB",
+        f"MongoDB: {s(imax, 'pod')} x {s(w, 'worker')} x {s(servers, 'server')} x ({pool} pool + "
+        f"{MONGO_MONITOR_PER_SERVER} monitoring) = {imax * w * per} connections; "
+        f"mongodb.connection_budget {cb}",
+        f"open files per gunicorn worker: "
+        f"{s(open_connections_per_worker(spec), 'connection')} + {per} MongoDB + "
+        f"{GUNICORN_WORKER_BASE_FDS} other = {fds}; the pod's nofile limit "
+        f"{opts.nofile} (--nofile)",
+    ]
+    problems = []
+    if mem > budget:
+        problems.append(f"memory.fleet_budget_mb: {s(imax, 'pod')} (instances.max) x "
+                        f"({s(w, 'worker')} + 1 master) x {limit} MiB = {mem} MiB exceeds the "
+                        f"budget of {budget} MiB by {mem - budget} MiB")
+    if pool < 1:
+        need = imax * w * mongo_connections_per_process(1, servers)
+        problems.append(f"mongodb.connection_budget: {cb} connections cannot give each of "
+                        f"{imax} pods x {s(w, 'worker')} a pool of 1 on {s(servers, 'server')}: "
+                        f"{need} needed, over by {need - cb}")
+    else:
+        for key in ("min_pool_size", "max_connecting"):
+            value = getattr(spec.mongodb, key)
+            if value > pool:
+                problems.append(f"mongodb.{key}: {value} exceeds the pool each process gets "
+                                f"({pool} = {cb} // ({imax} x {w} x {servers}) - "
+                                f"{MONGO_MONITOR_PER_SERVER})")
+    if fds > opts.nofile:
+        problems.append(f"gunicorn.worker_connections: {fds} open files per gunicorn worker "
+                        f"exceed the pod's nofile limit of {opts.nofile} by {fds - opts.nofile}: "
+                        "lower gunicorn.worker_connections, or raise the limit in the image's "
+                        "entrypoint (`ulimit -n`) and pass --nofile")
+    return lines, problems
+
+
+def warnings_for(spec: "Spec", name: str, opts: Options) -> list[str]:
+    out = []
+    if not opts.image:
+        out.append(f"no --image: the Deployment runs `{name}:latest`; build an image with your "
+                   "app, gunicorn and its worker class's package, and pass --image")
+    for key, value in sorted(spec.app.env.items()):
+        if _LOOPBACK.search(value):
+            out.append(f"app.env.{key} = {value!r} names the loopback address: in a pod that is "
+                       "the pod itself; point it at a Service (docs/scaling-out.md)")
+        if _SECRETISH.search(key):
+            out.append(f"app.env.{key} looks like a secret: the ConfigMap holds it in clear; "
+                       "move it to a Secret (env valueFrom secretKeyRef)")
+    if spec.nginx.socketio and "REDIS_URL" not in spec.app.env:
+        out.append("nginx.socketio with more than one pod needs a shared Socket.IO message "
+                   "queue: set app.env.REDIS_URL")
+    if any(a in ("-b", "--bind") or a.startswith(("--bind=", "-b")) for a in spec.gunicorn.args):
+        out.append("gunicorn.args binds an address of its own: the pod's probes and Service "
+                   f"expect 0.0.0.0:{spec.instances.base_port}")
+    if spec.nginx.tls_enabled:
+        out.append(f"TLS: create the Secret first: kubectl create secret tls {name}-tls "
+                   f"--cert={spec.nginx.tls_cert} --key={spec.nginx.tls_key}"
+                   + (f" -n {opts.namespace}" if opts.namespace else ""))
+    if spec.autoscale.enabled and spec.autoscale.bounds(spec.instances)[0] < 1:
+        out.append("the autoscaler's min is 0: an HPA cannot scale to 0 pods; minReplicas is 1")
+    t = spec.autoscale.target
+    if spec.autoscale.enabled and t.cpu_wait_percent is not None:
+        out.append("autoscale.target.cpu_wait_percent has no HPA equivalent" + (
+            "" if any(v is not None for v in (t.cpu_utilization, t.in_flight_per_worker,
+                                              t.p95_latency_seconds))
+            else f"; with no other target the HPA follows CPU at its default "
+                 f"{HPA_DEFAULT_CPU_UTILIZATION} %"))
+    if spec.autoscale.enabled and (spec.autoscale.target.in_flight_per_worker is not None
+                                   or spec.autoscale.target.p95_latency_seconds is not None):
+        out.append("the HPA's in-flight and p95 metrics need a custom metrics adapter (e.g. "
+                   "prometheus-adapter) serving them (docs/kubernetes.md)")
+    if spec.workers == 1 and spec.gunicorn.max_requests == 0:
+        out.append("one gunicorn worker per pod: while --max-requests replaces it the pod "
+                   "serves nothing for a moment; with 2 or more workers per pod it keeps serving")
+    return out
