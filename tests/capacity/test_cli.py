@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from ultrascaled.core import capacity
-from ultrascaled.spec import load_spec
+from ultrascaled.spec import loader
+from ultrascaled.surface import plan_command
 
 FITS = ("instances: {count: 2, min: 1, max: 4}\ngunicorn: {workers: 1, worker_class: gevent}\n"
         "mongodb: {connection_budget: 1000}\n")
@@ -17,8 +17,8 @@ FITS = ("instances: {count: 2, min: 1, max: 4}\ngunicorn: {workers: 1, worker_cl
 
 def run(*argv):
     parser = argparse.ArgumentParser(prog="ultrascalectl plan")
-    capacity.add_arguments(parser)
-    return capacity.run(parser.parse_args(list(argv)), load_spec)
+    plan_command.add_arguments(parser)
+    return plan_command.run(parser.parse_args(list(argv)))
 
 
 @pytest.fixture
@@ -92,17 +92,17 @@ def test_exit_2_for_a_calibration_without_instances(spec_file, tmp_path, capsys)
 
 
 def test_default_spec_path(monkeypatch, tmp_path):
-    assert capacity.default_spec_path({"ULTRASCALE_SPEC": "/x/fleet.yaml"}) == "/x/fleet.yaml"
-    monkeypatch.setattr(capacity, "DEFAULT_SPEC", str(tmp_path / "missing.yaml"))
-    assert capacity.default_spec_path({}) == capacity.FALLBACK_SPEC
+    assert loader.default_spec_path({"ULTRASCALE_SPEC": "/x/fleet.yaml"}) == "/x/fleet.yaml"
+    monkeypatch.setattr(loader, "DEFAULT_SPEC", str(tmp_path / "missing.yaml"))
+    assert loader.default_spec_path({}) == loader.FALLBACK_SPEC
     (tmp_path / "missing.yaml").write_text("")
-    assert capacity.default_spec_path({}) == str(tmp_path / "missing.yaml")
+    assert loader.default_spec_path({}) == str(tmp_path / "missing.yaml")
 
 
 def test_mem_total_is_read_from_meminfo(tmp_path):
     f = tmp_path / "meminfo"
     f.write_text("MemFree:  100 kB\nMemTotal:       24683520 kB\n")
-    assert capacity.mem_total_bytes(str(f)) == 24683520 * 1024
+    assert plan_command.mem_total_bytes(str(f)) == 24683520 * 1024
 
 
 def test_importing_capacity_pulls_in_nothing_heavy():

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import stat
 from pathlib import Path
+from typing import Mapping
 
 import yaml
 
@@ -122,3 +123,16 @@ def load_spec(path: str | os.PathLike, cpu_count: int | None = None,
     p = Path(path).resolve()
     return parse_spec(data, source=str(p), base_dir=p.parent, cpu_count=cpu_count,
                       nofile_limit=nofile_limit)
+
+
+DEFAULT_SPEC = "/etc/ultrascaled/fleet.yaml"
+FALLBACK_SPEC = "etc/ultrascaled/fleet.yaml"
+
+
+def default_spec_path(env: Mapping[str, str] | None = None) -> str:
+    """The spec the CLI's offline commands (`plan`, `export`) read: $ULTRASCALE_SPEC, else the
+    system one, else the repository's default."""
+    env = os.environ if env is None else env
+    if env.get("ULTRASCALE_SPEC"):
+        return env["ULTRASCALE_SPEC"]
+    return DEFAULT_SPEC if os.path.exists(DEFAULT_SPEC) else FALLBACK_SPEC

@@ -440,15 +440,13 @@ def build_rollback(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_plan(api, args) -> int:
-    from ultrascaled.core import capacity
-    from ultrascaled import spec
-    return capacity.run(args, spec.load_spec)
+    from ultrascaled.surface import plan_command
+    return plan_command.run(args)
 
 
 def cmd_export(api, args) -> int:
     from ultrascaled.export import kube
-    from ultrascaled import spec
-    return kube.run(args, spec.load_spec)
+    return kube.run(args)
 
 
 # ---- ultrascalectl autoscale status|pause|resume --------------------------------------------
@@ -630,8 +628,8 @@ def build_traffic(p: argparse.ArgumentParser) -> None:
 
 
 def build_plan(p: argparse.ArgumentParser) -> None:
-    from ultrascaled.core import capacity  # ~60 ms of imports that only `plan` pays
-    capacity.add_arguments(p)
+    from ultrascaled.surface import plan_command  # ~60 ms of imports that only `plan` pays
+    plan_command.add_arguments(p)
 
 
 def build_export(p: argparse.ArgumentParser) -> None:

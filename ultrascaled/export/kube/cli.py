@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from ultrascaled.core import capacity
 from ultrascaled.export.kube.build import export
 from ultrascaled.export.kube.checks import check_options
 from ultrascaled.export.kube.model import (DEFAULT_MAX_REQUESTS, DEFAULT_POD_NOFILE,
@@ -17,11 +16,11 @@ from ultrascaled.export.kube.model import (DEFAULT_MAX_REQUESTS, DEFAULT_POD_NOF
 from ultrascaled.export.kube.render import render_files, render_stream
 from ultrascaled.export.kube.write import write_dir
 from ultrascaled.spec.errors import SpecError
+from ultrascaled.spec.loader import DEFAULT_SPEC, FALLBACK_SPEC, default_spec_path, load_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     import argparse
 
-    from ultrascaled.spec import Spec
 
 
 def add_arguments(parser: "argparse.ArgumentParser") -> None:
@@ -29,7 +28,7 @@ def add_arguments(parser: "argparse.ArgumentParser") -> None:
                         help="what to export to: kubernetes")
     parser.add_argument("--spec", metavar="PATH", default=None,
                         help=f"fleet spec (default: $ULTRASCALE_SPEC, else "
-                             f"{capacity.DEFAULT_SPEC}, else {capacity.FALLBACK_SPEC})")
+                             f"{DEFAULT_SPEC}, else {FALLBACK_SPEC})")
     parser.add_argument("--image", metavar="IMAGE", default=None,
                         help="container image with the app and gunicorn (default NAME:latest)")
     parser.add_argument("--namespace", metavar="NS", default=None,
@@ -50,10 +49,10 @@ def add_arguments(parser: "argparse.ArgumentParser") -> None:
                         help="MongoDB servers each client connects to (default 1)")
 
 
-def run(args: "argparse.Namespace", load_spec: "Callable[..., Spec]") -> int:
+def run(args: "argparse.Namespace") -> int:
     """0 written and every budget holds; 1 written but a budget cannot hold (or the spec's own
     budgets fail: nothing written); 2 bad arguments or an invalid spec (nothing written)."""
-    path = args.spec or capacity.default_spec_path()
+    path = args.spec or default_spec_path()
     opts = Options(image=args.image, namespace=args.namespace, cpu_per_worker=args.cpu_per_worker,
                    max_requests=args.max_requests, nofile=args.nofile,
                    mongo_servers=args.mongo_servers)

@@ -10,7 +10,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from ultrascaled.effects.nginx_render import parse_time
+from ultrascaled.spec.nginx import parse_time
 from ultrascaled.export.kube.checks import cpu_millis, k8s_name
 from ultrascaled.export.kube.model import (ANNOTATION, ENV_HASH, HPA_DEFAULT_CPU_UTILIZATION,
                                            INGRESS_CLASS, METRICS_DIR, RAISE_NOFILE, Options)

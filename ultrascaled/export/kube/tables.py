@@ -198,6 +198,8 @@ NOT_CARRIED: dict[str, str] = {
     # (or Argo Rollouts / Flagger for a canary judged on metrics) does this in a cluster
     "deploy.releases_dir": "releases are container images: a new image tag is a new release",
     "deploy.keep_releases": "the Deployment's revisionHistoryLimit keeps old ReplicaSets",
+    "deploy.shared": "data the app writes belongs on a PersistentVolumeClaim mounted at those "
+                     "paths, which a pod's image never holds; not generated",
     "deploy.soak_seconds": "no judged canary in a Deployment's rolling update (Argo Rollouts or "
                            "Flagger analysis do that)",
     "deploy.min_requests": "no judged canary in a Deployment (see deploy.soak_seconds)",
