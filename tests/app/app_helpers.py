@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support.needs import unavailable
+from support import needs
 from support.waiting import wait_for  # noqa: F401 (the tests import it from here)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,8 +124,7 @@ def _clean_app_env(monkeypatch):
 
 @pytest.fixture
 def redis_server(tmp_path):
-    if not (shutil.which("redis-server") or os.path.exists("/usr/bin/redis-server")):
-        unavailable("redis-server not installed (run scripts/setup test)")
+    needs.redis_server()
     server = RedisServer(tmp_path)
     try:
         server.start()

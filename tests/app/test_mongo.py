@@ -13,8 +13,7 @@ from app import mongo
 from app.mongo import MongoHandle, MongoSettingsError, client_kwargs, settings_from_env
 
 from app_helpers import PYTHON, REPO
-
-REAL_URI = os.environ.get("MONGODB_URI")  # read before the autouse fixture clears it
+from support import needs
 
 
 def test_defaults_without_env():
@@ -156,13 +155,13 @@ def test_show_settings_command_prints_kwargs_from_env():
     assert '"maxPoolSize": 4' in out.stdout
 
 
-@pytest.mark.skipif(not REAL_URI, reason="MONGODB_URI not set")
 def test_real_server_indexes_and_items_endpoint(monkeypatch):
     from app.wsgi import create_app
     from app_wsgi_helpers import call
 
+    uri = needs.mongodb()
     db_name = f"ultrascale_test_{uuid.uuid4().hex[:8]}"
-    env = {"MONGODB_URI": REAL_URI, "MONGODB_DB": db_name}
+    env = {"MONGODB_URI": uri, "MONGODB_DB": db_name}
     handle = MongoHandle(settings_from_env(env))
     try:
         db = handle.database()

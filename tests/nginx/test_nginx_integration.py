@@ -13,8 +13,9 @@ from collections import Counter
 import psutil
 import pytest
 
-from nginx_helpers import (backends, free_port, get, have_openssl,  # noqa: F401
+from nginx_helpers import (backends, free_port, get,  # noqa: F401
                            nginx_pids_of_prefix, nginx_prefix)
+from support import needs
 from ultrascaled.effects.nginx_control import NginxController, NginxSettings, ProcessOps
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -147,15 +148,14 @@ def test_stub_status_answers_on_loopback(nginx_prefix, backends):
 
 def _make_cert(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+    subprocess.run([needs.openssl(), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=30)
     return str(cert), str(key)
 
 
 def test_tls_server_answers_over_https(nginx_prefix, backends, tmp_path):
-    if not have_openssl():
-        pytest.skip("openssl CLI not installed (needed to make a self-signed cert)")
+    needs.openssl()   # makes the self-signed certificate
     (a,) = backends(1)
     cert, key = _make_cert(tmp_path)
     s = settings(nginx_prefix, tls_cert=cert, tls_key=key, tls_listen=free_port())

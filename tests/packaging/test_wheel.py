@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from support import needs
+
 ROOT = Path(__file__).resolve().parents[2]
 SKIP_DIRS = {".git", ".venv", "var", "build", "dist", "__pycache__", ".pytest_cache", ".hypothesis"}
 APP_PACKAGES = {"gevent", "packaging", "pymongo", "redis", "python-socketio", "simple-websocket"}
@@ -30,14 +32,7 @@ def _copy_checkout(dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    try:
-        import setuptools
-        from setuptools import build_meta  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"the build backend (setuptools) is not installed: {exc}")
-    if int(setuptools.__version__.split(".")[0]) < 68:
-        pytest.skip(f"setuptools {setuptools.__version__} is older than pyproject.toml's build "
-                    "requirement (>=68): run scripts/setup test")
+    needs.setuptools(68)   # the build backend, as new as pyproject.toml's [build-system] asks
     tmp = tmp_path_factory.mktemp("wheel")
     src = _copy_checkout(tmp / "src")
     out = tmp / "dist"
