@@ -67,3 +67,40 @@ def test_a_skip_is_reported_at_the_test_not_in_needs_py(tmp_path):
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(TESTS),
                               "PYTHONDONTWRITEBYTECODE": "1"})
     assert "SKIPPED [1] test_x.py:4: no reason at all" in out.stdout, out.stdout + out.stderr
+
+
+# ---- what needs.py asks for, scripts/setup test installs ----------------------------------------
+TOOL_HELPERS = ("nginx", "redis_tools", "openssl", "wrk", "systemd_analyze")
+MODULE_HELPERS = ("schemathesis", "matplotlib", "setuptools")
+# Debian's redis-server depends on redis-tools, which holds redis-cli
+COMES_WITH = {"redis-cli": "redis-server"}
+
+
+def asked_for(monkeypatch, helpers, attr):
+    seen = []
+    monkeypatch.setattr(needs, attr, lambda *names, **kw: seen.extend(names) or list(names))
+    for h in helpers:
+        try:
+            getattr(needs, h)()
+        except (AttributeError, TypeError):   # a helper that uses what the fake returned
+            pass
+    return seen
+
+
+def test_every_tool_a_test_needs_is_installed_by_scripts_setup_test(monkeypatch):
+    setup = (TESTS.parent / "scripts" / "setup").read_text()
+    tools = asked_for(monkeypatch, TOOL_HELPERS, "tools")
+    assert {"nginx", "redis-server", "redis-cli", "openssl", "wrk", "systemd-analyze"} <= set(tools)
+    for name in tools:
+        assert f"command -v {COMES_WITH.get(name, name)} " in setup, f"scripts/setup does not install {name}"
+
+
+def test_every_package_a_test_needs_is_in_the_test_extra(monkeypatch):
+    import tomllib
+    project = tomllib.loads((TESTS.parent / "pyproject.toml").read_text())["project"]
+    test_extra = {r.split(">")[0].split("[")[0].split("=")[0].strip().lower()
+                  for r in project["optional-dependencies"]["test"]}
+    modules = asked_for(monkeypatch, MODULE_HELPERS, "module")
+    assert {"schemathesis", "matplotlib", "setuptools"} <= set(modules)
+    for name in modules:
+        assert name.partition(".")[0] in test_extra, f"pyproject.toml's test extra lacks {name}"
