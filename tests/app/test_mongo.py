@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from app import mongo
 from app.mongo import MongoHandle, MongoSettingsError, client_kwargs, settings_from_env
 
-from app_helpers import PYTHON, REPO
+from app_helpers import PYTHON, REPO, mongo_server_selections
 from support import needs
 
 
@@ -112,13 +111,26 @@ def test_handle_state_without_uri_is_not_configured_and_client_refuses():
 def test_handle_state_for_unreachable_server_is_down_without_waiting():
     h = MongoHandle(settings_from_env({"MONGODB_URI": "mongodb://127.0.0.1:1/x"}))
     try:
-        h.state()                                   # first call creates the client
-        t0 = time.monotonic()
-        for _ in range(20):
-            assert h.state() == "down"
-        assert time.monotonic() - t0 < 1.0          # not 20 x serverSelectionTimeoutMS: /health never waits
+        with mongo_server_selections() as selections:
+            h.state()                               # the first call creates the client
+            for _ in range(20):
+                assert h.state() == "down"
+        assert selections == []                     # no server selection, none of its 2 s waits: /health never waits
     finally:
         h.close()
+
+
+def test_the_server_selection_spy_sees_a_selection():
+    """What the "no server selection" checks rely on: pymongo logs every selection it starts."""
+    from pymongo import MongoClient
+    client = MongoClient("mongodb://127.0.0.1:1/x", serverSelectionTimeoutMS=1, connect=False)
+    try:
+        with mongo_server_selections() as selections:
+            with pytest.raises(Exception, match="127.0.0.1:1"):
+                client.x.items.find_one({"_id": 1})
+        assert len(selections) == 1 and '"operation": "find"' in selections[0]
+    finally:
+        client.close()
 
 
 def test_one_client_per_process_and_reset_after_fork_makes_a_new_one():
