@@ -63,7 +63,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"ok")
             self.close_connection = True
         elif path == "/slow":
-            time.sleep(float(self.server.slow_seconds))
+            self.server.release_slow.wait(float(self.server.slow_seconds))
+            with self.server.lock:
+                self.server.slow_answers += 1
             self._send(200)
         elif path == "/fleet":
             self._send(200, json.dumps({"memory": {"total_rss_bytes": FLEET_RSS}}).encode(),
@@ -85,6 +87,8 @@ class TestServer(ThreadingHTTPServer):
         self.connections = 0
         self.requests = 0
         self.slow_seconds = 0.5
+        self.release_slow = threading.Event()   # set: /slow answers at once
+        self.slow_answers = 0                   # /slow answers sent (or being sent)
 
     @property
     def base(self) -> str:
@@ -99,6 +103,7 @@ def server():
     try:
         yield srv
     finally:
+        srv.release_slow.set()
         srv.shutdown()
         srv.server_close()
         t.join(5)
