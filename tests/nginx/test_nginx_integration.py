@@ -27,6 +27,13 @@ def settings(prefix, **kw):
                          stop_timeout=5, **kw)
 
 
+def answered_by_nginx_itself(s, status: int, body: str) -> bool:
+    """A 503 from the server block's `return 503` (no ready instance): nginx's own page, and no
+    upstream tried (that would be a 502 and an error.log line), so nothing waited on one."""
+    log = open(s.error_log_path).read() if os.path.exists(s.error_log_path) else ""
+    return status == 503 and "503 Service Temporarily Unavailable" in body and "upstream" not in log
+
+
 def hits(port, n=12, path="/"):
     c = Counter()
     for _ in range(n):
@@ -63,9 +70,7 @@ def test_routes_only_to_ready_servers_and_503_when_none(nginx_prefix, backends):
         r = await ctl.start([])
         assert r.ok and r.restarted, r
         try:
-            t = time.monotonic()
-            assert get(f"http://127.0.0.1:{s.listen}/")[0] == 503
-            assert time.monotonic() - t < 0.5
+            assert answered_by_nginx_itself(s, *get(f"http://127.0.0.1:{s.listen}/"))
 
             r = await ctl.apply(servers(a))
             assert r.ok and r.reloaded, r
@@ -84,9 +89,8 @@ def test_routes_only_to_ready_servers_and_503_when_none(nginx_prefix, backends):
 
             r = await ctl.apply([])
             assert r.ok
-            t = time.monotonic()
             assert hits(s.listen, 5) == {503: 5}
-            assert time.monotonic() - t < 1.0
+            assert answered_by_nginx_itself(s, *get(f"http://127.0.0.1:{s.listen}/"))
             st = ctl.status()
             assert st["running"] and st["servers"] == [] and st["reload_count"] == 4
         finally:
