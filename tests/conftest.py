@@ -35,8 +35,8 @@ def make_daemon(tmp_path):
 
 # ---- the pytest plugins the suite uses --------------------------------------------------------
 # Named, because setup.cfg turns off pytest's auto-loading of every installed plugin (see there);
-# one whose package is missing is left out, so its tests skip (importorskip) instead of the run
-# failing to start.
+# one whose package is missing is left out, so its tests skip (tests/support/needs.py) instead of
+# the run failing to start.
 import importlib.util  # noqa: E402
 
 PLUGINS = ("pytest_timeout", "_hypothesis_pytestplugin", "schemathesis.pytest.plugin")

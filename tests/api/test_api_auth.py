@@ -10,6 +10,8 @@ import pytest
 from ultrascaled.surface.api.audit import AuditLog
 from ultrascaled.surface.api.auth import Token, read_token, read_token_file
 
+from support import needs
+
 ADMIN = (Token("alice", "a" * 32), Token("token", "b" * 32))
 METRICS = (Token("prometheus", "m" * 32),)
 READS = ["/fleet", "/health", "/events", "/alerts", "/metrics", "/instances/18001/log", "/openapi.json"]
@@ -116,8 +118,8 @@ def test_missing_empty_and_symlinked_token_files_are_clear_errors(tmp_path):
         read_token_file(str(tmp_path / "link"), "api.token_file")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
 def test_a_token_file_owned_by_another_user_is_refused(tmp_path):
+    needs.root("only root can chown the token file to another user")
     path = token_file(tmp_path, "s3cret\n")
     os.chown(path, 65534, 65534)
     with pytest.raises(ValueError, match="owned by uid 65534, not by the daemon's user"):

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from support.needs import unavailable
+from support import needs
 
-try:
-    import schemathesis
-except ImportError:
-    unavailable("schemathesis not installed (run scripts/setup test)")
+schemathesis = needs.schemathesis()
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from test_api_autoscale import FakeAutoscaler  # noqa: E402

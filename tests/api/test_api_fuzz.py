@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from support.needs import unavailable
+from support import needs
 
-try:
-    import schemathesis
-except ImportError:
-    unavailable("schemathesis not installed (run scripts/setup test)")
+schemathesis = needs.schemathesis()
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from ultrascaled.surface.api.routes import openapi_description  # noqa: E402

@@ -3,22 +3,21 @@ self-signed certificate made for the test by `openssl req`."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from types import SimpleNamespace
 
 import pytest
 
 from ultrascaled.surface.api.auth import tls_context
+from support import needs
 from support.harness import BIN
-
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
 
 @pytest.fixture
 def cert(tmp_path):
+    openssl = needs.openssl()
     key, crt = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
                    check=True, capture_output=True, timeout=60)

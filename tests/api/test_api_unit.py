@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from support import needs
 from support.harness import BIN, http_get
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd/ultrascaled.service"
@@ -32,14 +33,12 @@ def test_unit_sandboxes_the_daemon_and_keeps_notify_and_killmode():
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path):
-    import shutil
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
+    systemd_analyze = needs.systemd_analyze()
     # verify checks ExecStart's binary exists: point it at one that does.
     unit = tmp_path / "ultrascaled.service"
     installed = str(BIN / "ultrascaled")
     unit.write_text(UNIT.read_text().replace("/opt/ultrascale/.venv/bin/ultrascaled", installed))
-    out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+    out = subprocess.run([systemd_analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True,
                          timeout=60)
     problems = [x for x in out.stderr.splitlines() if "ultrascaled.service" in x]
     assert out.returncode == 0 and not problems, out.stderr
@@ -54,7 +53,7 @@ def test_the_fleet_runs_under_memory_deny_write_execute(make_daemon_api):
     probe = subprocess.run([sys.executable, str(mdwe), sys.executable, "-c",
                             "import mmap; mmap.mmap(-1, 4096, prot=7)"], capture_output=True, text=True)
     if "prctl(PR_SET_MDWE)" in probe.stderr:
-        pytest.skip(f"this kernel has no PR_SET_MDWE: {probe.stderr.strip()}")
+        needs.skip(f"this kernel has no PR_SET_MDWE (Linux 6.3 added it): {probe.stderr.strip()}")
     assert probe.returncode != 0 and "Permission denied" in probe.stderr, "the flag refuses W+X memory"
     d = make_daemon_api(prefix=(sys.executable, str(mdwe)))
     fleet = d.fleet()

@@ -5,19 +5,22 @@ even when the test fails.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from support.needs import unavailable
+from support import needs
 from support.waiting import wait_for  # noqa: F401 (the tests import it from here)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,6 +30,61 @@ GUNICORN_CONF = str(REPO / "app" / "gunicorn_conf.py")
 # Keep app-tier env from the developer's shell out of the tests.
 _APP_ENV = ("REDIS_URL", "MONGODB_URI", "CACHE_TTL", "PROMETHEUS_MULTIPROC_DIR", "ULTRASCALE_TEST_ENDPOINTS",
             "ULTRASCALE_INSTANCE", "ULTRASCALE_PORT", "PORT", "GUNICORN_CMD_ARGS")
+
+
+class RedisCalls:
+    """Every call a TwoTierCache makes to its Redis tier from now on, as (operation, on the
+    caller's thread). A caller waits only for the calls on its own thread: the breaker's probe
+    ("probe") belongs on a background thread. The check that a request did not wait on Redis is
+    then an event check, what it asked, not a stopwatch a busy host can stretch."""
+
+    def __init__(self, cache):
+        self.calls: list[tuple[str, bool]] = []
+        self._caller = threading.get_ident()
+        for op in ("get", "set", "delete", "ping"):
+            setattr(cache.redis, op, self._recorded(op, getattr(cache.redis, op)))
+        cache.breaker.probe = self._recorded("probe", cache.breaker.probe)
+
+    def _recorded(self, op, real):
+        def call(*args, **kwargs):
+            self.calls.append((op, threading.get_ident() == self._caller))
+            return real(*args, **kwargs)
+        return call
+
+    def on_caller(self) -> list[str]:
+        """The operations the caller's own thread made (and waited for)."""
+        return [op for op, mine in self.calls if mine]
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+
+class _SelectionsStarted(logging.Handler):
+    def __init__(self, out: list[str]):
+        super().__init__(logging.DEBUG)
+        self.out = out
+
+    def emit(self, record):
+        message = record.getMessage()
+        if "Server selection started" in message:
+            self.out.append(message)
+
+
+@contextlib.contextmanager
+def mongo_server_selections():
+    """The server selections pymongo starts inside the block (its documented
+    pymongo.serverSelection DEBUG log, pymongo >= 4.7): a selection is what waits up to
+    serverSelectionTimeoutMS for a server, so none means nothing waited for MongoDB."""
+    logger = logging.getLogger("pymongo.serverSelection")
+    started: list[str] = []
+    handler, level = _SelectionsStarted(started), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield started
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def free_port() -> int:
@@ -124,8 +182,7 @@ def _clean_app_env(monkeypatch):
 
 @pytest.fixture
 def redis_server(tmp_path):
-    if not (shutil.which("redis-server") or os.path.exists("/usr/bin/redis-server")):
-        unavailable("redis-server not installed (run scripts/setup test)")
+    needs.redis_server()
     server = RedisServer(tmp_path)
     try:
         server.start()

@@ -12,16 +12,13 @@ from urllib.parse import quote
 from app.wsgi import compute
 from app_helpers import wait_for
 
-from support.needs import unavailable
-from support.redis_servers import missing_tools
+from support import needs
 
 PREFIX = "ultrascale:cache:cached:"   # where /cached/<key> lives in Redis
 
 
 def require_redis_tools():
-    missing = missing_tools()
-    if missing:
-        unavailable(f"{', '.join(missing)} not installed (run scripts/setup test)")
+    needs.redis_tools()
 
 
 # The app as the tests run it: a 0.25 s Redis timeout, the breaker open after 2 errors and a

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import pytest
 
@@ -58,22 +57,32 @@ def test_health_cached_and_metrics_files_under_real_gunicorn(fleet_of_one):
     assert "ultrascale_cache_misses_total 1.0" in text
 
 
+def in_flight(prom) -> float:
+    """The fleet's http_requests_in_flight gauge (livesum over the live workers' files)."""
+    text = collect_text(str(prom)).decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ultrascale_http_requests_in_flight"))
+
+
 def test_io_requests_overlap_in_gevent_workers(fleet_of_one):
-    g, _, _ = fleet_of_one
+    g, prom, _ = fleet_of_one
     results = []
 
     def one():
-        results.append(g.get("/io?ms=400", timeout=10)[0])
+        results.append(g.get("/io?ms=3000", timeout=30)[0])
 
     threads = [threading.Thread(target=one) for _ in range(40)]
-    t0 = time.monotonic()
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(15)
-    took = time.monotonic() - t0
+    try:
+        # Seen, not timed: 20 requests in flight at once on 2 workers is 10 in one worker, which
+        # a worker serving one request at a time (sync) or a few threads (gthread) never holds.
+        wait_for(lambda: in_flight(prom) >= 20, timeout=30, interval=0.05,
+                 what="20 of the 40 requests in flight at once on 2 workers")
+    finally:
+        for t in threads:
+            t.join(60)
     assert results == [200] * 40
-    assert took < 2.0, f"40 x 400 ms on 2 workers took {took:.2f}s: requests did not overlap"
 
 
 def test_killed_worker_is_marked_dead_in_metrics_dir_and_replaced(fleet_of_one):
@@ -115,6 +124,11 @@ def test_redis_down_under_gunicorn_health_stays_200_and_reports_down(fleet_of_on
         return len(states) == 2 and set(states.values()) == {"down"}
 
     wait_for(both_report_down, timeout=10, what="every worker to report redis down")
-    t0 = time.monotonic()
-    assert g.get("/health")[0] == 200
-    assert time.monotonic() - t0 < 1.0  # no Redis round trip with its timeouts
+    # /health makes no Redis round trip (that would count a Redis error in the worker answering):
+    # each worker's count stays as it was over 20 health checks
+    errors: dict[int, set] = {}
+    for _ in range(20):
+        status, h = g.get("/health")
+        assert status == 200 and h["redis"] == "down"
+        errors.setdefault(h["pid"], set()).add(h["cache"]["errors"]["redis"])
+    assert all(len(counts) == 1 for counts in errors.values()), errors

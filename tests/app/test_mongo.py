@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -12,9 +11,8 @@ import pytest
 from app import mongo
 from app.mongo import MongoHandle, MongoSettingsError, client_kwargs, settings_from_env
 
-from app_helpers import PYTHON, REPO
-
-REAL_URI = os.environ.get("MONGODB_URI")  # read before the autouse fixture clears it
+from app_helpers import PYTHON, REPO, mongo_server_selections
+from support import needs
 
 
 def test_defaults_without_env():
@@ -113,13 +111,26 @@ def test_handle_state_without_uri_is_not_configured_and_client_refuses():
 def test_handle_state_for_unreachable_server_is_down_without_waiting():
     h = MongoHandle(settings_from_env({"MONGODB_URI": "mongodb://127.0.0.1:1/x"}))
     try:
-        h.state()                                   # first call creates the client
-        t0 = time.monotonic()
-        for _ in range(20):
-            assert h.state() == "down"
-        assert time.monotonic() - t0 < 1.0          # not 20 x serverSelectionTimeoutMS: /health never waits
+        with mongo_server_selections() as selections:
+            h.state()                               # the first call creates the client
+            for _ in range(20):
+                assert h.state() == "down"
+        assert selections == []                     # no server selection, none of its 2 s waits: /health never waits
     finally:
         h.close()
+
+
+def test_the_server_selection_spy_sees_a_selection():
+    """What the "no server selection" checks rely on: pymongo logs every selection it starts."""
+    from pymongo import MongoClient
+    client = MongoClient("mongodb://127.0.0.1:1/x", serverSelectionTimeoutMS=1, connect=False)
+    try:
+        with mongo_server_selections() as selections:
+            with pytest.raises(Exception, match="127.0.0.1:1"):
+                client.x.items.find_one({"_id": 1})
+        assert len(selections) == 1 and '"operation": "find"' in selections[0]
+    finally:
+        client.close()
 
 
 def test_one_client_per_process_and_reset_after_fork_makes_a_new_one():
@@ -156,13 +167,13 @@ def test_show_settings_command_prints_kwargs_from_env():
     assert '"maxPoolSize": 4' in out.stdout
 
 
-@pytest.mark.skipif(not REAL_URI, reason="MONGODB_URI not set")
 def test_real_server_indexes_and_items_endpoint(monkeypatch):
     from app.wsgi import create_app
     from app_wsgi_helpers import call
 
+    uri = needs.mongodb()
     db_name = f"ultrascale_test_{uuid.uuid4().hex[:8]}"
-    env = {"MONGODB_URI": REAL_URI, "MONGODB_DB": db_name}
+    env = {"MONGODB_URI": uri, "MONGODB_DB": db_name}
     handle = MongoHandle(settings_from_env(env))
     try:
         db = handle.database()

@@ -2,7 +2,6 @@
 real-server test that runs only when MONGODB_URI names a replica set (never faked)."""
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from app.mongo import (FAILOVER_SERVER_SELECTION_TIMEOUT_MS, MongoHandle, MongoSettingsError,
                        client_kwargs, settings_from_env)
 
-REAL_URI = os.environ.get("MONGODB_URI")  # read before the autouse fixture clears it
+from support import needs
 
 
 @pytest.mark.parametrize("uri, topology, timeout_ms", [
@@ -100,16 +99,16 @@ def test_standalone_defaults_are_unchanged_and_pass_no_replica_options():
     assert kw["serverSelectionTimeoutMS"] == 2000
 
 
-@pytest.mark.skipif(not REAL_URI, reason="MONGODB_URI not set")
 def test_real_replica_set_takes_majority_retryable_writes_and_reads_through_the_app():
     from app.wsgi import create_app
     from app_wsgi_helpers import call
 
-    settings = settings_from_env({"MONGODB_URI": REAL_URI, "MONGO_WRITE_CONCERN": "majority"})
+    uri = needs.mongodb()
+    settings = settings_from_env({"MONGODB_URI": uri, "MONGO_WRITE_CONCERN": "majority"})
     if not settings.replicated:
-        pytest.skip("MONGODB_URI names one server without replicaSet=; this test needs a replica set")
+        needs.skip("MONGODB_URI names one server without replicaSet=; this test needs a replica set")
     db_name = f"ultrascale_test_{uuid.uuid4().hex[:8]}"
-    settings = settings_from_env({"MONGODB_URI": REAL_URI, "MONGODB_DB": db_name,
+    settings = settings_from_env({"MONGODB_URI": uri, "MONGODB_DB": db_name,
                                   "MONGO_WRITE_CONCERN": "majority"})
     handle = MongoHandle(settings)
     try:
@@ -118,7 +117,7 @@ def test_real_replica_set_takes_majority_retryable_writes_and_reads_through_the_
         db.items.insert_one({"_id": "rs-1", "name": "replicated"})     # w=majority, retryable
         assert client.topology_description.topology_type_name in ("ReplicaSetWithPrimary", "Sharded")
         assert client.options.retry_writes is True
-        app = create_app({"MONGODB_URI": REAL_URI, "MONGODB_DB": db_name}, mongo_handle=handle)
+        app = create_app({"MONGODB_URI": uri, "MONGODB_DB": db_name}, mongo_handle=handle)
         status, body = call(app, "/items/rs-1")
         assert status == 200 and body["item"]["name"] == "replicated"
     finally:

@@ -1,7 +1,6 @@
 """scripts/redis-failover's measurements run and clean up (the quick table only)."""
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+
+from support import needs  # noqa: E402
 
 
 def test_arguments_out_of_bounds_are_refused_by_name(capsys):
@@ -23,8 +24,7 @@ def test_arguments_out_of_bounds_are_refused_by_name(capsys):
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_connections_table_counts_one_workers_redis_connections_and_leaves_nothing(tmp_path):
-    if not shutil.which("redis-server") and not Path("/usr/bin/redis-server").exists():
-        pytest.skip("redis-server not installed (run scripts/setup test)")
+    needs.redis_tools()
     from bench.redis_failover import connections
     rows = connections(tmp_path, concurrency=(1, 8))
     assert [c for c, _, _ in rows] == [1, 8]

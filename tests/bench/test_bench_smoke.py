@@ -7,7 +7,6 @@ import contextlib
 import ctypes
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ sys.path.insert(0, str(REPO))
 from bench import report  # noqa: E402
 from bench.setups import bench_spec, render_supervisord_conf  # noqa: E402
 from bench.util import parse_wrk  # noqa: E402
+from support import needs  # noqa: E402
 from ultrascaled.core.command import gunicorn_argv  # noqa: E402
 
 WRK_OUT = """\
@@ -131,8 +131,8 @@ def test_write_doc_replaces_only_the_generated_section(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.timeout(60)
-@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk not installed (scripts/setup test,bench)")
 def test_micro_run_prints_the_throughput_table():
+    needs.wrk()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}:/usr/sbin")
     r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "throughput",
                         "--setups", "handwired", "--duration", "2", "--connections", "50", "--no-doc"],

@@ -4,8 +4,6 @@ reason, instead of running out a 300 s timeout; `reload --wait` waits for the
 rolling restart it starts."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -16,19 +14,22 @@ GOOD = '''def application(environ, start_response):
 '''
 
 
-def ctl_timed(d, *args):
-    t0 = time.monotonic()
+def ctl_ending_before_its_timeout(d, *args):
+    """ultrascalectl with --timeout 300, given 200 s: had it run out its timeout instead of
+    ending on the instance's state, subprocess.TimeoutExpired would fail the test. Which way it
+    ended is the message it prints (the reason, not "timed out after"), not a stopwatch."""
+    assert "300" in args
     out = d.ctl(*args, timeout=200)
-    return out, time.monotonic() - t0
+    assert "timed out" not in out.stderr, out.stderr
+    return out
 
 
 def test_scale_fails_at_once_with_the_reason_when_the_app_cannot_load(make_daemon):
     d = make_daemon({"app": {"module": "nonexistent_mod:app"}}, nginx=False).start(wait=False)
     d.wait_until(lambda f: True, what="the API answering")
-    out, took = ctl_timed(d, "scale", "3", "--timeout", "300")
+    out = ctl_ending_before_its_timeout(d, "scale", "3", "--timeout", "300")
     assert out.returncode == 1, (out.stdout, out.stderr)
     assert "is FATAL" in out.stderr and "No module named 'nonexistent_mod'" in out.stderr, out.stderr
-    assert took < 60, f"took {took:.0f}s of a 300 s timeout"
 
 
 def test_restart_fails_at_once_with_the_apps_exception_line(make_daemon, tmp_path):
@@ -41,12 +42,11 @@ def test_restart_fails_at_once_with_the_apps_exception_line(make_daemon, tmp_pat
     for cache in code.glob("__pycache__/*"):
         cache.unlink()
     pid = d.fleet()["instances"][0]["pid"]
-    out, took = ctl_timed(d, "restart", str(d.base_port), "--timeout", "300")
+    out = ctl_ending_before_its_timeout(d, "restart", str(d.base_port), "--timeout", "300")
     assert out.returncode == 1, (out.stdout, out.stderr)
     # the replacement master cannot load the app; the running one serves on (issue 13)
     assert f"instance {d.base_port} could not be restarted" in out.stderr and "SyntaxError" in out.stderr, \
         out.stderr
-    assert took < 60, f"took {took:.0f}s of a 300 s timeout"
     assert d.fleet()["instances"][0]["pid"] == pid and d.fleet()["ready"] == 1
 
 
@@ -65,8 +65,7 @@ def test_reload_wait_returns_once_every_restarted_instance_serves_and_fails_fast
 
     d.spec["app"]["module"] = "nonexistent_mod:app"
     d.write_spec()
-    out, took = ctl_timed(d, "reload", "--wait", "--timeout", "300")
+    out = ctl_ending_before_its_timeout(d, "reload", "--wait", "--timeout", "300")
     assert out.returncode == 1, (out.stdout, out.stderr)
     assert "could not be restarted" in out.stderr and "nonexistent_mod" in out.stderr, out.stderr
-    assert took < 60, f"took {took:.0f}s of a 300 s timeout"
     assert d.fleet()["ready"] == 2, "the running masters serve on"

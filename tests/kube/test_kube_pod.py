@@ -122,14 +122,13 @@ def test_the_exported_container_serves_drains_and_stops_in_its_grace_period(spec
         slow = threading.Thread(target=lambda: answers.append(get(port, "/io?ms=1500")[0]))
         slow.start()
         time.sleep(0.5)  # let it reach a worker; the assertion below does not depend on timing
-        t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)  # after the preStop sleep, the kubelet's SIGTERM
         grace = pod["terminationGracePeriodSeconds"] - c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        # the kubelet's own deadline, a wait for the exit (TimeoutExpired past it): no stopwatch on top
         proc.wait(timeout=grace)
-        took = time.monotonic() - t0
         slow.join(10)
         assert answers == [200], (answers, (tmp_path / "log").read_text()[-2000:])
-        assert proc.returncode == 0 and took < grace
+        assert proc.returncode == 0
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

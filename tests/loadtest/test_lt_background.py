@@ -34,12 +34,12 @@ def started():
 
 
 def test_start_stop_counts_ok(server, started):
-    bg = started(f"{server.base}/ok", users=5, duration_limit=30, think_ms=5)  # ~1 s, not at full speed
+    # an hour's limit: only the stop request can end it (stop() raises if it does not end soon)
+    bg = started(f"{server.base}/ok", users=5, duration_limit=3600, think_ms=5)  # not at full speed
     assert multiprocessing.active_children()  # the load runs in a subprocess
     assert bg.wait_for_ok(50, timeout=10)  # live counts (the other tests wait on the server's)
-    t0 = time.monotonic()
     result = bg.stop()
-    assert time.monotonic() - t0 < 5  # stopped on request, not at the 30 s limit
+    assert result.wall_s < 3600  # stopped on request, not at the limit
     assert result.failed == 0
     assert result.ok >= 50
     assert result.cancelled == 0
@@ -53,7 +53,7 @@ def test_stops_by_itself_at_duration_limit(server, started):
     assert wait_until(lambda: not bg.running)
     result = bg.stop()
     assert result.ok > 0 and result.failed == 0
-    assert 0.35 < result.wall_s < 5
+    assert result.wall_s > 0.35  # ended at its limit by itself (wait_until), not before it
 
 
 def test_failures_counted_by_status_and_kind(server, started):

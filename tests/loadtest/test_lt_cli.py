@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -70,12 +69,13 @@ def test_missed_p99_exits_1_and_timeouts_counted(server, capsys):
 
 
 def test_duration_bound_stops_by_itself_with_progress(server, capsys):
-    start = time.monotonic()
     # 10 ms think time: the run needs its length, not 1.5 s of both cores at full speed
     rc, out, err = cli_here(capsys, f"{server.base}/ok", "-u", "3", "-d", "1.5", "--procs", "1",
                             "--think", "10")
     assert rc == 0, err
-    assert time.monotonic() - start < 15
+    # no request bound: only the duration could end it, and the workers ended by themselves
+    # (not at the coordinator's hard deadline, which would say so)
+    assert "did not finish" not in out + err
     assert "req/s  p95(last 1s)" in err  # live progress once a second
     assert "Requests    " in out and "0 failed" in out
 
@@ -149,16 +149,15 @@ def test_run_api_ramp_delays_users(server):
     r = run(Config(url=f"{server.base}/ok", users=4, duration=0.6, ramp=0.4, procs=1, think_ms=50))
     # users start at 0, 0.1, 0.2, 0.3 s, so they are active 0.6+0.5+0.4+0.3 = 1.8 user-seconds;
     # at >= 50 ms per request that is <= 36 (+4 in flight); without the ramp it would be ~47
-    assert r.failed == 0 and 15 < r.total <= 40
+    # (the upper bound only: a busy host sends fewer, never more)
+    assert r.failed == 0 and 4 <= r.total <= 40
     assert server.connections == 4
 
 
 def test_dead_target_duration_run_stops_on_time(free_port):
     """Connect failures can fail without yielding; the run must still end at its deadline."""
-    t0 = time.monotonic()
     duration = 0.3
     r = run(Config(url=f"http://127.0.0.1:{free_port}/", users=20, duration=duration, procs=1))
-    assert time.monotonic() - t0 < 8
     assert r.ok == 0 and r.failed == r.error_counts["connect_refused"] > 0
     assert r.failed < 20 * duration / 0.01 + 40  # users pause 10 ms after a failed connect
-    assert "workers did not finish" not in " ".join(r.warnings)
+    assert "workers did not finish" not in " ".join(r.warnings)  # they stopped at the deadline themselves

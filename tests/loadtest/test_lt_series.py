@@ -1,11 +1,14 @@
-"""Series mode on tiny steps, fleet memory from a fake daemon API, the chart fallback. The steps
-think 5 ms between requests: the table's contents are checked, not the throughput."""
+"""Series mode on tiny steps, fleet memory from a fake daemon API, the chart and its fallback
+without matplotlib. The steps think 5 ms between requests: the table's contents are checked,
+not the throughput."""
 import json
+import sys
 
 import pytest
 
 from loadtest.cli import main
 from loadtest.series import fleet_memory_bytes, have_matplotlib, markdown_table
+from support import needs
 
 
 def table_rows(text):
@@ -60,8 +63,11 @@ def test_markdown_table_formats_missing_values():
     assert line == "| 5 | 0.0 | n/a | n/a | n/a | n/a | 0.00 | n/a | n/a | - |"
 
 
-@pytest.mark.skipif(have_matplotlib(), reason="matplotlib is installed")
-def test_chart_without_matplotlib_exits_2_with_hint(server, capsys):
+def test_chart_without_matplotlib_exits_2_with_hint(server, capsys, monkeypatch):
+    # matplotlib is in the test extra: hide it (a None in sys.modules makes `import` raise
+    # ImportError), as on an install without it
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert not have_matplotlib()
     with pytest.raises(SystemExit) as exc:
         main([f"{server.base}/ok", "--series", "1", "-d", "0.5", "-q", "--chart", "/tmp/x.png"])
     assert exc.value.code == 2
@@ -69,8 +75,8 @@ def test_chart_without_matplotlib_exits_2_with_hint(server, capsys):
     assert server.requests == 0  # refused before sending any load
 
 
-@pytest.mark.skipif(not have_matplotlib(), reason="needs matplotlib")
 def test_chart_written(server, tmp_path, capsys):
+    needs.matplotlib()
     png = tmp_path / "series.png"
     assert main([f"{server.base}/ok", "--series", "1,2", "-d", "0.3", "-q", "--chart", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from support import browser
-from support.needs import unavailable
+from support import needs
 from support.browser import console_errors, open_page, rows, wait
 from support.harness import Daemon
 
@@ -45,9 +45,7 @@ def daemon(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def driver():
-    why = browser.missing()
-    if why:
-        unavailable(f"no browser for the dashboard tests: {why}")
+    needs.browser()
     drv = browser.start()
     try:
         yield drv

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from support import browser
-from support.needs import unavailable
+from support import needs
 from support.browser import open_page, rows, wait
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
@@ -41,9 +41,7 @@ class Quiet:
 
 @pytest.fixture
 def served(tmp_path):
-    why = browser.missing()
-    if why:
-        unavailable(f"no browser for the dashboard tests: {why}")
+    needs.browser()
     fleet = Released(tmp_path)
     targets = iter([3, 3, 4, 4, 5] + [5] * 100)
     import time

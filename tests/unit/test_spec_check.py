@@ -82,19 +82,6 @@ def test_check_names_a_missing_app_directory_python_and_config(tmp_path, capsys)
     assert f"app.config: {tmp_path / 'no-app' / 'app/gunicorn_conf.py'} does not exist" in err
 
 
-def test_check_says_which_package_the_worker_class_needs(tmp_path, capsys):
-    pytest.importorskip("gunicorn")
-    try:
-        import eventlet  # noqa: F401
-        pytest.skip("eventlet is installed here")
-    except ImportError:
-        pass
-    rc, err = check(write(tmp_path, base_spec(tmp_path, "gunicorn: {worker_class: eventlet}\n")), capsys)
-    assert rc == 2
-    assert (f"app.python: {sys.executable} cannot import eventlet (gunicorn.worker_class eventlet "
-            f"needs it); install it: {sys.executable} -m pip install eventlet") in err
-
-
 def shadowing_app(tmp_path, *missing: str) -> Path:
     """An app folder whose modules `missing` shadow the installed ones and fail to import as a
     missing package does (app.python runs in app.directory, which is first on sys.path)."""
@@ -105,6 +92,16 @@ def shadowing_app(tmp_path, *missing: str) -> Path:
             f"raise ModuleNotFoundError(\"No module named {name!r}\", name={name!r})\n")
     (app / "myapp.py").write_text("application = None\n")
     return app
+
+
+def test_check_says_which_package_the_worker_class_needs(tmp_path, capsys):
+    # eventlet is in no extra; an app folder shadowing it makes it missing also where it is installed
+    app = shadowing_app(tmp_path, "eventlet")
+    rc, err = check(write(tmp_path, base_spec(tmp_path, "gunicorn: {worker_class: eventlet}\n").replace(
+        f"app: {{directory: {ROOT}}}", f"app: {{directory: {app}, module: 'myapp:application'}}")), capsys)
+    assert rc == 2
+    assert (f"app.python: {sys.executable} cannot import eventlet (gunicorn.worker_class eventlet "
+            f"needs it); install it: {sys.executable} -m pip install eventlet") in err
 
 
 @pytest.mark.parametrize("missing,wc,via", [
