@@ -28,13 +28,15 @@ import time
 from pathlib import Path
 
 from bench import report, scenarios
+from bench.setups import SETUPS
 from bench.util import REPO, OthersSampler, Tracker, log, machine_info
 
 SECTIONS = ("throughput", "failures", "recovery", "footprint", "cli")
 ALL_SETUPS = ("sync", "supervisord", "handwired", "ultrascaled")
-SECTION_SETUPS = {"throughput": ALL_SETUPS, "failures": ("supervisord", "ultrascaled"),
-                  "recovery": ("supervisord", "ultrascaled"), "footprint": ("supervisord", "ultrascaled"),
-                  "cli": ("supervisord", "ultrascaled")}
+SECTION_SETUPS = {"throughput": ALL_SETUPS + ("before",), "failures": ("supervisord", "before", "ultrascaled"),
+                  "recovery": ("supervisord", "before", "ultrascaled"),
+                  "footprint": ("supervisord", "before", "ultrascaled"),
+                  "cli": ("supervisord", "before", "ultrascaled")}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated sections: {','.join(SECTIONS)}")
     p.add_argument("--setups", default=",".join(ALL_SETUPS),
                    help=f"comma-separated setups: {','.join(ALL_SETUPS)}")
+    p.add_argument("--before", metavar="REF", help="also measure ultrascaled as of this git ref, in the "
+                   "same run, beside the current tree (e.g. the commit before a redesign)")
     p.add_argument("--runs", type=int, help="wrk runs per cell (default 3; quick 1)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 10; quick 5)")
     p.add_argument("--connections", type=int, default=1000)
@@ -71,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for x in a.setups:
         if x not in ALL_SETUPS:
             p.error(f"--setups: unknown setup {x!r}; choose from {', '.join(ALL_SETUPS)}")
+    if a.before:
+        a.setups.append("before")
     a.runs = a.runs or (1 if a.quick else 3)
     a.duration = a.duration or (5 if a.quick else 10)
     a.kills = a.kills or (3 if a.quick else 5)
@@ -102,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(f"/tmp/ultrascale-bench-{tracker.run_id}")
     tracker.cmdline_marker = str(run_dir)
     run_dir.mkdir(parents=True)
+    if args.before:
+        SETUPS["before"].export(args.before, run_dir)
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGHUP, _on_term)
     others = OthersSampler(tracker).start()

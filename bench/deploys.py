@@ -23,36 +23,15 @@ import json
 import shutil
 import subprocess
 import sys
-import tarfile
-import io
 import threading
 import time
 from pathlib import Path
 
-from bench.setups import Supervisord, Ultrascaled
+from bench.setups import Before, Supervisord, Ultrascaled
 from bench.util import Tracker, log
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = 200
-
-
-class Before(Ultrascaled):
-    """ultrascaled of another git ref: its source exported beside the run, first on PYTHONPATH."""
-    key, label = "before", "ultrascaled (before)"
-    src: Path | None = None
-
-    def start(self, count: int = 4) -> None:
-        orig = self.tracker.env
-
-        def env(base=None):
-            e = orig(base)
-            e["PYTHONPATH"] = str(self.src) + (":" + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-            return e
-        self.tracker.env = env
-        try:
-            super().start(count)
-        finally:
-            self.tracker.env = orig
 
 
 class After(Ultrascaled):
@@ -327,14 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True)
     tracker = Tracker()
     if "before" in keys:
-        src = run_dir / "before-src"
-        src.mkdir()
-        data = subprocess.run(["git", "-C", str(ROOT), "archive", args.before], capture_output=True, check=True).stdout
-        tarfile.open(fileobj=io.BytesIO(data)).extractall(src)
-        Before.src = src
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.before],
-                                capture_output=True, text=True).stdout.strip()
-        Before.label = f"ultrascaled before ({args.before} {commit})"
+        Before.export(args.before, run_dir)
     here = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip()
     After.label = f"ultrascaled after ({here})"

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         wait(lambda: any(r["pid"] not in old_pids and r["state"] == "running" for r in rows(driver))
              and any(not r["in_upstream"] and r["state"] in ("draining", "stopping", "starting")
                      for r in rows(driver)), 60, "the second instance out of the upstream on the page",
-             every=0.05)
+             interval=0.05)
         time.sleep(0.4)
         shoot(driver, args.out / "dashboard-rolling-restart.png")
         d.wait_until(lambda f: not any(i["restart_pending"] for i in f["instances"]) and all(

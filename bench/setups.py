@@ -12,11 +12,13 @@ from the same renderer (`ultrascaled.effects.nginx_render`) with default `NginxS
 """
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -487,4 +489,34 @@ class Ultrascaled(Setup):
             stop_pid(d.proc.pid, signal.SIGTERM, timeout=60)
 
 
-SETUPS = {cls.key: cls for cls in (SyncDirect, Supervisord, HandWired, Ultrascaled)}
+class Before(Ultrascaled):
+    """ultrascaled of another git ref: its source exported beside the run, first on PYTHONPATH
+    (`scripts/bench --before REF`, `scripts/bench-deploy`): the same run measures both."""
+    key, label = "before", "ultrascaled (before)"
+    src: Path | None = None
+
+    @classmethod
+    def export(cls, ref: str, run_dir: Path) -> None:
+        src = run_dir / "before-src"
+        src.mkdir()
+        data = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, check=True).stdout
+        tarfile.open(fileobj=io.BytesIO(data)).extractall(src, filter="data")
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        cls.src, cls.label = src, f"ultrascaled before ({ref} {commit})"
+
+    def start(self, count: int = 4) -> None:
+        orig = self.tracker.env
+
+        def env(base=None):
+            e = orig(base)
+            e["PYTHONPATH"] = str(self.src) + (":" + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+            return e
+        self.tracker.env = env
+        try:
+            super().start(count)
+        finally:
+            self.tracker.env = orig
+
+
+SETUPS = {cls.key: cls for cls in (SyncDirect, Supervisord, HandWired, Ultrascaled, Before)}
