@@ -140,3 +140,32 @@ def test_the_spec_refuses_shared_paths_listed_twice_or_nested(tmp_path):
     with pytest.raises(SpecError, match="overlaps 'media'"):
         make_spec(tmp_path, ["media/", "media/avatars/"])
     assert make_spec(tmp_path, ["db.sqlite3", "media/"]).deploy.shared == ["db.sqlite3", "media/"]
+
+
+def test_a_move_cut_short_by_a_killed_daemon_is_finished_by_the_next_deploy(tmp_path):
+    d, c = app(tmp_path, votes=1)
+    spec = make_spec(tmp_path, ["db.sqlite3", "media/"])
+    shared = releases.shared_dir(spec)
+    shared.mkdir(parents=True)
+    for name in ("db.sqlite3", "db.sqlite3-wal"):   # hard-linked, the links not yet swapped in
+        os.link(d / name, shared / name)
+    os.rename(d / "media", shared / "media")          # renamed, the link not yet made
+    releases.create(spec, str(d), running=str(d))
+    assert (d / "db.sqlite3").is_symlink() and (d / "db.sqlite3-wal").is_symlink()
+    assert (d / "media").resolve() == shared / "media"
+    c.execute("insert into v default values")
+    with sqlite3.connect(d / "db.sqlite3") as c2:
+        assert c2.execute("select count(*) from v").fetchone()[0] == 2
+    c.close()
+
+
+def test_a_shared_path_under_a_link_out_of_the_folder_is_refused(tmp_path):
+    d, c = app(tmp_path)
+    c.close()
+    outside = tmp_path / "outside"
+    (outside / "db").mkdir(parents=True)
+    (d / "instance").symlink_to(outside)
+    spec = make_spec(tmp_path, ["instance/db/app.sqlite"])
+    with pytest.raises(ReleaseError, match="lies under a link that leaves"):
+        releases.create(spec, str(d), running=str(d), allow_data=True)
+    assert not releases.listing(spec)

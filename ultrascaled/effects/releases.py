@@ -217,7 +217,15 @@ def seed_shared(spec, running: Path, notes: list) -> None:
     shared = shared_dir(spec)
     for rel, is_dir in shared_entries(spec):
         target, here = shared / rel, running / rel
+        _inside(running, here)
         if target.exists() or target.is_symlink():
+            if not is_dir and here.is_file() and not here.is_symlink() and os.path.samefile(here, target):
+                _swap_in_links(running, shared, rel)   # a daemon killed half-way: finish the move
+                continue
+            if not here.exists() and not here.is_symlink():
+                here.parent.mkdir(parents=True, exist_ok=True)
+                _link(target, here)                    # killed between a folder's rename and its link
+                continue
             if here.exists() and not here.is_symlink():
                 raise ReleaseError(f"{rel} is in two places, {here} and the shared copy {target}: keep "
                                    "the one the app should use, move the other away, then deploy "
@@ -245,10 +253,31 @@ def seed_shared(spec, running: Path, notes: list) -> None:
                 raise _cross_device(here, shared) from None
             raise ReleaseError(f"cannot move {here} to the shared folder {shared}: {exc.strerror or exc} "
                                "(nothing was deployed)") from None
-        for suffix in ("",) if is_dir else ("",) + SQLITE_COMPANIONS:
-            if suffix == "" or (shared / (rel + suffix)).exists():
-                _link(shared / (rel + suffix), running / (rel + suffix))
+        if is_dir:
+            _link(target, here)
+        else:
+            _swap_in_links(running, shared, rel)
         notes.append(("release.shared_moved", {"path": rel, "from": str(here), "to": str(target)}))
+
+
+def _swap_in_links(running: Path, shared: Path, rel: str) -> None:
+    """The file (then its SQLite companions) in `running` replaced by links to their hard-linked
+    twins in `shared`."""
+    for suffix in ("",) + SQLITE_COMPANIONS:
+        here = running / (rel + suffix)
+        if (shared / (rel + suffix)).exists() and not here.is_symlink():
+            _link(shared / (rel + suffix), here)
+
+
+def _inside(folder: Path, path: Path) -> None:
+    """A shared path's parent must be in the folder: a symlinked parent pointing out of it would
+    have the data moved, or a link written, somewhere else."""
+    parent = path.parent
+    while not parent.exists() and parent != folder:
+        parent = parent.parent
+    if not parent.resolve().is_relative_to(folder.resolve()):
+        raise ReleaseError(f"{path} lies under a link that leaves {folder} ({parent} -> {parent.resolve()}): "
+                           "a shared path must be inside the app's folder (nothing was deployed)")
 
 
 def link_shared(spec, folder: Path, notes: list, release: str) -> None:
@@ -259,6 +288,7 @@ def link_shared(spec, folder: Path, notes: list, release: str) -> None:
     shared = shared_dir(spec)
     for rel, is_dir in shared_entries(spec):
         target, here = shared / rel, folder / rel
+        _inside(folder, here)
         if here.is_symlink() and os.readlink(here) == str(target):
             continue
         if not target.exists():
