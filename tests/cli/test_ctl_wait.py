@@ -203,3 +203,21 @@ def test_restart_fails_at_once_when_the_replacement_cannot_start_and_the_old_mas
     assert err.value.code == cli.EXIT_FAILED
     assert "instance 8001 could not be restarted (its running master serves on)" in str(err.value)
     assert "No module named 'x'" in str(err.value)
+
+
+def test_deploy_progress_counts_the_soak_seconds_only_on_a_terminal(monkeypatch):
+    """In a log (stderr not a terminal) the line changes only when the rollout moves, not with
+    every second of the soak: one deploy is a few lines, not one every 0.2 s."""
+    f = {**fleet(inst(8001)), "deploy": {"rollout": {"kind": "deploy", "release": "r2", "phase": "canary",
+                                                     "canary_ready_for": 3.2}}}
+    later = json.loads(json.dumps(f))
+    later["deploy"]["rollout"]["canary_ready_for"] = 4.4
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert cli.deploy_progress(f) == cli.deploy_progress(later)
+    assert "canary serving" in cli.deploy_progress(f)
+    monkeypatch.setattr("sys.stderr", Tty())
+    assert "canary serving 3.2s" in cli.deploy_progress(f) and cli.deploy_progress(f) != cli.deploy_progress(later)

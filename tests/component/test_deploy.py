@@ -141,6 +141,9 @@ async def test_a_canary_that_cannot_load_rolls_back_at_once_and_never_left_servi
     assert h.rec.instances[8001].pid == old_pid, "the old master served on throughout"
     assert h.rec.instances[8001].release is None and h.clock.t < 1000 + 600
     assert not h.rec.instances[8001].restart_requested and h.sup.deployer.state.current is None
+    # the old master serves on, wanted as it is: /fleet shows no failure left over from the canary
+    row = next(i for i in h.sup.snapshot()["instances"] if i["port"] == 8001)
+    assert row["restart_failed"] is None and "exit 4" not in (row["reason"] or ""), row
 
 
 @component

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 import pytest
 
@@ -116,13 +117,19 @@ def test_undecidable_cases_are_refused_and_change_nothing(tmp_path):
         releases.create(spec_dir, str(d), running=str(d))
 
 
-def test_a_release_is_created_now_not_when_its_source_was(tmp_path):
+def test_a_release_is_created_now_not_when_its_source_was_nor_when_the_app_wrote_in_it(tmp_path):
     d, c = app(tmp_path)
     c.close()
     os.utime(d, (1_000_000, 1_000_000))
     spec = make_spec(tmp_path, ["db.sqlite3"])
+    before = int(time.time())
     rid = releases.create(spec, str(d), running=str(d))
-    assert releases.listing(spec)[0]["created"] > 1_700_000_000, rid
+    folder = releases.releases_dir(spec) / rid
+    (folder / "__pycache__").mkdir()                         # the app's first import writes here
+    os.utime(folder, (2_000_000_000, 2_000_000_000))
+    created = releases.listing(spec)[0]["created"]
+    assert before <= created <= time.time() and created == releases.created_at(rid), rid
+    assert releases.created_at("build-42") is None
 
 
 @pytest.mark.parametrize("entry, why", [

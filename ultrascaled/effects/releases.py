@@ -15,6 +15,7 @@ with.
 """
 from __future__ import annotations
 
+import calendar
 import fnmatch
 import json
 import os
@@ -56,8 +57,18 @@ def listing(spec) -> list[dict[str, Any]]:
         return []
     for e in entries:
         if e.is_dir(follow_symlinks=False) and ID_RE.match(e.name):
-            out.append({"id": e.name, "created": round(e.stat(follow_symlinks=False).st_mtime, 3)})
+            out.append({"id": e.name, "created": created_at(e.name) or round(e.stat(follow_symlinks=False).st_mtime, 3)})
     return sorted(out, key=lambda r: (r["created"], r["id"]))
+
+
+def created_at(release: str) -> float | None:
+    """The time a release made by `deploy DIR` was created: its name (`20261130T150102Z`, `-2`
+    ...). Its folder's time is not: the app writes into it (`__pycache__`) and copytree gives it
+    the source's. None for a name a build chose."""
+    try:
+        return float(calendar.timegm(time.strptime(release.split("-")[0], "%Y%m%dT%H%M%SZ")))
+    except ValueError:
+        return None
 
 
 def check_named(spec, release: str) -> str:

@@ -362,7 +362,9 @@ def deploy_progress(fleet: dict) -> str:
     if not r:
         return progress(fleet)
     rel = {i["port"]: i.get("release") or "app.directory" for i in fleet["instances"]}
-    soak = f", canary serving {r['canary_ready_for']}s" if r.get("canary_ready_for") is not None else ""
+    # the seconds only on a terminal: in a log each new second would be a new line
+    soak = (f", canary serving {r['canary_ready_for']}s" if sys.stderr.isatty() else ", canary serving") \
+        if r.get("canary_ready_for") is not None else ""
     return (f"{r['kind']} {r['release'] or 'app.directory'}: {r['phase']}{soak}; "
             + ", ".join(f"{p}={v}" for p, v in sorted(rel.items())))
 

@@ -236,6 +236,15 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
                 return self._reload(msg)
             case Releases():
                 self.releases = msg
+                for port, inst in self.instances.items():
+                    if inst.replace_failed and not inst.restart_requested and inst.successor is None \
+                            and inst.failed_release != self.release_for(port)[0] == inst.release:
+                        # the release it failed to move to is no longer wanted (a rolled-back
+                        # canary): it serves on as wanted, and shows no failure left over
+                        inst.replace_failures, inst.replace_retry_at, inst.replace_failed = 0, 0.0, False
+                        inst.reason = f"serving release {inst.release or 'app.directory'} as wanted"
+                        self.alerts.resolve("instance_replace_failed", f"instance {port} runs the wanted release",
+                                            port=port)
             case Shutdown():
                 self.shutting_down = True
             case _:
