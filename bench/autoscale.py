@@ -252,7 +252,8 @@ def markdown(res: dict, argv: list[str]) -> str:
     runs, sums = res["runs"], res["summary"]
     labels = list(runs)
     autos = [lb for lb in labels if lb.startswith("autoscaled")]
-    title = f"## Autoscaling on a load trace (`scripts/bench-autoscale {' '.join(argv)}`)"
+    shown = [a for i, a in enumerate(argv) if a != "--json" and (i == 0 or argv[i - 1] != "--json")]
+    title = f"## Autoscaling on a load trace (`scripts/bench-autoscale {' '.join(shown)}`)"
     lines = [BEGIN, title, "",
              f"Measured {res['date']} on {res['machine']}. The default fleet (reference app, gevent, "
              f"`workers: auto` = {res['workers']} per instance, managed nginx), `{PATH}`, users thinking "

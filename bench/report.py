@@ -293,7 +293,7 @@ def render(results: dict) -> str:
     if results.get("leftovers"):
         parts.append(f"\nProcesses still alive after the setups stopped, killed by the final sweep: "
                      f"{results['leftovers']}")
-    parts.append(f"\nRaw results: `{results.get('json_path', '-')}` (not committed).")
+    parts.append("\nThe raw results are `results.json` in the run folder, kept with `--keep`.")
     return "\n".join(parts).rstrip() + "\n"
 
 

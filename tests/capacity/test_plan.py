@@ -97,7 +97,7 @@ def test_memory_expected_typical_and_measured():
     p = plan(spec, 100)
     assert p.instances == 1
     assert p.memory_worst_mib == 2000            # 1 x (3 + 1) x 500
-    assert p.memory_expected_mib == 122          # 1 x 30.5 x (3 + 1)
+    assert p.memory_expected_mib == 131          # 1 x 32.75 x (3 + 1)
     assert "docs/benchmarks.md" in p.memory_expected_source
     assert "scripts/bench --only footprint" in p.memory_expected_source
     cal = dict(MEASURED, instances=1, users=1000, rss_per_instance_bytes=200 * 1024 * 1024)
