@@ -30,10 +30,11 @@ FUZZ_SMALL = settings(FUZZ, max_examples=30)
 T0 = 1_700_000_000.0
 
 
-def line(t=T0, s=200, a="127.0.0.1:8001", u="200", ut="0.010", rt=0.011) -> bytes:
+def line(t=T0, s=200, a="127.0.0.1:8001", u="200", ut="0.010", rt=0.011, m="GET", p="/") -> bytes:
     """A line as nginx writes it with the rendered log_format (escape=json)."""
     values = {"msec": f"{t:.3f}", "status": str(s), "upstream_addr": a, "upstream_status": u,
-              "upstream_response_time": ut, "request_time": f"{rt:.3f}"}
+              "upstream_response_time": ut, "request_time": f"{rt:.3f}", "request_method": m,
+              "uri": json.dumps(p)[1:-1]}
     return re.sub(r"\$(\w+)", lambda m: values[m.group(1)], TRAFFIC_FIELDS).encode()
 
 

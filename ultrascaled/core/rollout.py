@@ -8,7 +8,7 @@ one instance at a time, each health-gated before it takes traffic.
 
     deploy:   CANARY (first wanted port on the new release, the others on the old one; soak,
               then judged) ──pass──► ROLLING (every port on the new release) ──► done
-                 │ fail (boot, crash, 5xx rate, p95)       │ an instance fails to boot
+                 │ fail (boot, crash, 5xx rate, a route, p95)  │ an instance fails to boot
                  ▼                                         ▼
               REVERTING (every port back on the old release) ──► done, rolled back
     rollback: ROLLING to the previous release (no canary: it served before)
@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ultrascaled.core import routes as route_judge
 from ultrascaled.core.traffic import TrafficWindow
 
 CANARY, ROLLING, REVERTING = "canary", "rolling", "reverting"
@@ -39,31 +40,45 @@ class Thresholds:
     max_error_rate_increase: float = 0.01
     max_p95_ratio: float = 2.0
     p95_slack_seconds: float = 0.05
+    route_p_value: float = 0.001
+    route_min_errors: int = 3
 
     @classmethod
     def of(cls, spec) -> "Thresholds":
         d = spec.deploy
         return cls(d.soak_seconds, d.min_requests, d.max_error_rate_increase, d.max_p95_ratio,
-                   d.p95_slack_seconds)
+                   d.p95_slack_seconds, d.route_p_value, d.route_min_errors)
 
 
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
-    figure: str | None       # what failed: "rate_5xx", "p95", "boot", "crash"; None when ok
+    figure: str | None       # what failed: "rate_5xx", "route_5xx", "p95", "boot", "crash"; None when ok
     detail: str
     figures: dict = field(default_factory=dict)
 
 
-def judge(canary: TrafficWindow | None, old: TrafficWindow | None, t: Thresholds) -> Verdict:
+def judge(canary: TrafficWindow | None, old: TrafficWindow | None, t: Thresholds,
+          routes: tuple[route_judge.Counts, route_judge.Counts] | None = None) -> Verdict:
     """The canary's figures against the old instances'. `canary` None: no traffic figures at all
-    (no access-log source): the canary passed on health and crashes alone, and says so."""
+    (no access-log source): the canary passed on health and crashes alone, and says so.
+    `routes`: (canary, old instances) per-route (requests, 5xx), judged by `core/routes.py`
+    whatever the canary's total, so that one broken route with little traffic fails it."""
     if canary is None:
         return Verdict(True, None, "no traffic figures: judged on health and crashes only")
     figs = {"canary_requests": canary.requests, "canary_rate_5xx": round(canary.rate_5xx, 4),
             "canary_p95": canary.p95}
     if old is not None:
         figs.update(old_requests=old.requests, old_rate_5xx=round(old.rate_5xx, 4), old_p95=old.p95)
+    if routes is not None:
+        failed, limit = route_judge.failing_routes(
+            routes[0], routes[1], (int(old.requests), int(old.errors_5xx)) if old is not None else (0, 0),
+            p_value=t.route_p_value, min_errors=t.route_min_errors, fallback_rate=t.max_error_rate_increase)
+        if failed:
+            figs["failed_routes"] = [f.route for f in failed]
+            more = f" (and {len(failed) - 1} more route(s): {', '.join(figs['failed_routes'][1:4])})" \
+                if len(failed) > 1 else ""
+            return Verdict(False, "route_5xx", failed[0].describe(limit) + more, figs)
     if canary.requests < t.min_requests:
         return Verdict(True, None, f"the canary answered {canary.requests} requests in the soak window "
                        f"(fewer than deploy.min_requests {t.min_requests}): judged on health and crashes "

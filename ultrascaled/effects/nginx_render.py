@@ -92,10 +92,11 @@ def render_upstream(s: NginxSettings, servers: Sequence[tuple[str, int]]) -> byt
     return ("\n".join(lines) + "\n").encode()
 
 
-# The traffic log (read by ultrascaled/observe/accesslog.py): only values nginx computes (numbers,
-# addresses, statuses), nothing a client sends; escape=json keeps every line one JSON object.
+# The traffic log (read by ultrascaled/observe/accesslog.py): values nginx computes (numbers,
+# addresses, statuses) and, for the per-route figures, the method and the normalised path
+# without its query ($uri); escape=json keeps every line one JSON object whatever a client sends.
 TRAFFIC_FIELDS = ('{"t":$msec,"s":$status,"a":"$upstream_addr","u":"$upstream_status",'
-                  '"ut":"$upstream_response_time","rt":$request_time}')
+                  '"ut":"$upstream_response_time","rt":$request_time,"m":"$request_method","p":"$uri"}')
 
 
 def traffic_format_name(upstream_name: str) -> str:

@@ -55,6 +55,7 @@ from array import array
 from bisect import bisect_left
 from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Optional
 
+from ultrascaled.core.routes import normalise
 from ultrascaled.core.traffic import TrafficWindow
 from ultrascaled.effects import logfiles
 
@@ -73,6 +74,7 @@ class Line(NamedTuple):
     tries: tuple[Try, ...]     # () when nginx answered itself or the lists disagree
     upstream_seconds: Optional[float]   # the tries' times summed; None without any
     request_seconds: float
+    route: Optional[str] = None         # core/routes.py's name of the request ("GET /polls/:id/")
 
 
 _SPLIT = re.compile(r", | : ")
@@ -101,7 +103,21 @@ def _items(v: Any) -> Optional[list[str]]:
 _MISS = object()
 _PORTS: dict[str, Optional[int]] = {}      # a fleet has few addresses: parse each once
 _STATUSES: dict[str, Optional[int]] = {}
+_ROUTES: dict[tuple, Optional[str]] = {}   # (method, path) -> route; cleared when full
 _CACHE_MAX = 4096
+
+
+def _route(method: Any, path: Any) -> Optional[str]:
+    if path.__class__ is not str or method.__class__ is not str:
+        return None
+    key = (method, path)
+    r = _ROUTES.get(key, _MISS)
+    if r is _MISS:
+        r = normalise(method, path)
+        if len(_ROUTES) >= _CACHE_MAX:
+            _ROUTES.clear()
+        _ROUTES[key] = r
+    return r  # type: ignore[return-value]
 
 
 def _port(addr: str) -> Optional[int]:
@@ -151,11 +167,12 @@ def parse_line(raw: bytes) -> Optional[Line]:
     addrs, statuses, times = _items(d.get("a")), _items(d.get("u")), _items(d.get("ut"))
     if addrs is None or statuses is None or times is None:
         return None
+    route = _route(d.get("m"), d.get("p"))
     if len(addrs) == 1 and len(statuses) == 1 and len(times) == 1:   # one try: most lines
         tr = Try(_port(addrs[0]), _status(statuses[0]), _seconds(times[0]))
-        return Line(t, status, (tr,), tr.seconds, rt)
+        return Line(t, status, (tr,), tr.seconds, rt, route)
     if not addrs:
-        return Line(t, status, (), _sum_seconds(times), rt)
+        return Line(t, status, (), _sum_seconds(times), rt, route)
     # a lone "-" is one try without a status or a time, not an empty list
     statuses = statuses or ["-"]
     times = times or ["-"]
@@ -163,8 +180,8 @@ def parse_line(raw: bytes) -> Optional[Line]:
     if len(addrs) == len(statuses) == len(times):
         tries = tuple(Try(_port(a), _status(s), _seconds(x)) for a, s, x in zip(addrs, statuses, times))
         spent = [tr.seconds for tr in tries if tr.seconds is not None]
-        return Line(t, status, tries, sum(spent) if spent else None, rt)
-    return Line(t, status, tries, _sum_seconds(times), rt)
+        return Line(t, status, tries, sum(spent) if spent else None, rt, route)
+    return Line(t, status, tries, _sum_seconds(times), rt, route)
 
 
 def _sum_seconds(times: list[str]) -> Optional[float]:
@@ -270,6 +287,12 @@ class TrafficStore:
         self._fleet = _Ring()
         self._totals: dict[int, _Totals] = {}
         self.fleet_classes = [0] * len(CLASSES)
+        # Per route, cumulative: {(port, or None for the fleet's client requests, route):
+        # [requests, 5xx]} (readers take differences, as with /metrics' counters), and each
+        # route's last slot: at most MAX_ROUTES names seen within the window (then OTHER_ROUTES),
+        # so memory is bounded by MAX_ROUTES x (ports + 1) cells whatever the paths clients send.
+        self._route_totals: dict[tuple[Optional[int], str], list[int]] = {}
+        self._route_last: dict[str, int] = {}
         self.lines = self.foreign = self.late = 0
         # Unix time up to which every line has been added (the monitor sets it after each
         # read): windows then end with the last slot complete before it, so a window is never
@@ -299,6 +322,54 @@ class TrafficStore:
                     d[1] += 1
                 if ln.upstream_seconds is not None:
                     d[2 + bucket(ln.upstream_seconds)] += 1
+                if ln.route is not None:
+                    self._add_route(ln, sid, c, int(oldest))
+
+    MAX_ROUTES = 256
+    OTHER_ROUTES = "(other routes)"
+
+    def _add_route(self, ln: Line, sid: int, c: int, oldest: int) -> None:
+        route = ln.route
+        last = self._route_last
+        if route not in last and len(last) >= self.MAX_ROUTES:
+            gone = {r for r, at in last.items() if at < oldest and r != self.OTHER_ROUTES}
+            for r in gone:
+                del last[r]
+            for key in [k for k in self._route_totals if k[1] in gone]:
+                del self._route_totals[key]
+            if len(last) >= self.MAX_ROUTES:
+                route = self.OTHER_ROUTES
+        last[route] = sid  # type: ignore[index]
+        totals = self._route_totals
+        for port, bad in ((None, c == 4), *((tr.port, status_class(tr.status) == 4) for tr in ln.tries)):
+            if port is not None and not self.allowed(port):
+                continue
+            cell = totals.get((port, route))  # type: ignore[arg-type]
+            if cell is None:
+                cell = totals[(port, route)] = [0, 0]  # type: ignore[index]
+            cell[0] += 1
+            if bad:
+                cell[1] += 1
+
+    def route_totals(self, ports: Iterable[Optional[int]]) -> dict[str, tuple[int, int]]:
+        """Per route, cumulative (requests, 5xx) of these ports together (tries; ``None``: the
+        fleet's client requests). The figures of a span are the difference of two readings
+        (``core/routes.py``'s :func:`delta`)."""
+        want = set(ports)
+        out: dict[str, list[int]] = {}
+        with self._lock:
+            for (port, route), (n, bad) in self._route_totals.items():
+                if port in want:
+                    acc = out.setdefault(route, [0, 0])
+                    acc[0] += n
+                    acc[1] += bad
+        return {r: (n, bad) for r, (n, bad) in out.items()}
+
+    def _span(self, seconds: float) -> tuple[int, int]:
+        until = self.until
+        last = int(self.clock() // self.width) if until is None else int(until // self.width) - 1
+        n = max(1, min(SLOTS, round(seconds / self.width)))
+        return last - n + 1, last
 
     def _add_try(self, tr: Try, sid: int, recent: bool) -> None:
         port = tr.port
@@ -333,21 +404,21 @@ class TrafficStore:
     def window_of(self, ports: Iterable[Optional[int]], seconds: float) -> TrafficWindow:
         """The figures of several instances together, their latency histograms merged (a p95
         cannot be made from p95s): e.g. the instances a canary is compared with."""
-        until = self.until
-        last = int(self.clock() // self.width) if until is None else int(until // self.width) - 1
-        n = max(1, min(SLOTS, round(seconds / self.width)))
+        first, last = self._span(seconds)
         acc = [0] * (2 + NB)
         with self._lock:
             for port in set(ports):
                 ring = self._fleet if port is None else self._ports.get(port)
                 if ring is not None:
-                    ring.add_to(last - n + 1, last, acc)
-        return _window(acc, n * self.width)
+                    ring.add_to(first, last, acc)
+        return _window(acc, (last - first + 1) * self.width)
 
     def keep(self, ports: Iterable[int]) -> None:
         """Forget every port not in ``ports`` (instances that left the fleet)."""
         keep = set(ports)
         with self._lock:
+            for k in [k for k in self._route_totals if k[0] is not None and k[0] not in keep]:
+                del self._route_totals[k]
             for p in [p for p in self._ports if p not in keep]:
                 del self._ports[p]
             for p in [p for p in self._totals if p not in keep]:
@@ -635,6 +706,9 @@ class TrafficMonitor:
     def window_of(self, ports: Iterable[Optional[int]], seconds: float) -> TrafficWindow:
         """Several instances together (histograms merged): see TrafficStore.window_of."""
         return self.store.window_of(ports, seconds)
+
+    def route_totals(self, ports: Iterable[Optional[int]]) -> dict[str, tuple[int, int]]:
+        return self.store.route_totals(ports)
 
     def poll(self) -> int:
         """One bounded read and fold (blocking: run it in a thread). Returns lines read."""

@@ -39,6 +39,8 @@ class MetricSample:
     # traffic log, any app); with nginx, per instance too: port -> TrafficWindow.
     source: str = "app"
     instances: Mapping[int, TrafficWindow] = field(default_factory=dict)
+    # Per route at nginx over the interval: route -> (requests, 5xx) (core/routes.py's names).
+    routes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def error_rate(self) -> Optional[float]:
@@ -184,6 +186,31 @@ def instance_rules(section: AlertsSection, ports: Iterable[int]) -> tuple[Rule, 
     return tuple(out)
 
 
+def route_rules(section: AlertsSection, routes: Mapping[str, tuple[int, int]],
+                state: "AlertState") -> tuple[Rule, ...]:
+    """``route_errors`` once per route that answered 5xx in the sample, or whose alert is
+    pending or firing (so that it can resolve): the alert labelled ``route``."""
+    s = section
+    if s.route_error_rate is None:
+        return ()
+    names = {r for r, (_, bad) in routes.items() if bad}
+    for key, st in state.rules.items():
+        if key.startswith("route_errors,") and (st.pending_since is not None or st.firing_since is not None):
+            names.add(parse_key(key)[1].get("route"))
+    out = []
+    for route in sorted(n for n in names if isinstance(n, str)):
+        def figures(m: MetricSample, r: str = route) -> tuple[int, int]:
+            return m.routes.get(r, (0, 0))
+        out.append(Rule(
+            "route_errors", lambda m, f=figures: f(m)[1] / f(m)[0] if f(m)[0] else None, ">",
+            s.route_error_rate, s.route_error_rate_for,
+            lambda v, t, m, r=route, f=figures: f"route {r}: {f(m)[1]} of {f(m)[0]} requests answered 5xx "
+                                                f"({v:.0%}, over {t:.0%}) in {m.interval:.0f}s, at nginx",
+            volume=lambda m, f=figures: f(m)[0], min_volume=s.route_min_requests,
+            labels={"route": route}))
+    return tuple(out)
+
+
 def _at(m: MetricSample) -> str:
     return ", at nginx" if m.source == "nginx" else ""
 
@@ -220,9 +247,10 @@ def evaluate(rules: Iterable[Rule], state: AlertState, sample: MetricSample,
         if key not in out and "," in key and prev.firing_since is not None:
             name, labels = parse_key(key)
             where = "".join(f" {k} {v}" for k, v in sorted(labels.items()))
+            why = ("the route had no requests" if "route" in labels
+                   else "the instance left the fleet or stopped serving")
             transitions.append(Transition(name, "resolved", None, 0.0,
-                                          f"{name}{where} resolved: not judged any more (the instance left the fleet "
-                                          "or stopped serving)", labels))
+                                          f"{name}{where} resolved: not judged any more ({why})", labels))
     return AlertState(out), transitions
 
 

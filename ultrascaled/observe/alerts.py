@@ -14,6 +14,7 @@ effectful part around them:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import os
 import time
@@ -22,8 +23,10 @@ from typing import Any, Awaitable, Callable, Iterable, Optional, Union
 import aiohttp
 import structlog
 
+from ultrascaled.core import routes
 from ultrascaled.observe.alert_rules import (AlertState, MetricSample, Rule, Transition, alert_key, build_rules,
-                                             evaluate, instance_rules, parse_key, sample_from, with_traffic)
+                                             evaluate, instance_rules, parse_key, route_rules, sample_from,
+                                             with_traffic)
 from ultrascaled.observe.metric_math import Flat, flatten
 from ultrascaled.spec import AlertsSection
 
@@ -49,6 +52,7 @@ class Sampler:
         self.cpu_count = cpu_count
         self.traffic = traffic      # a TrafficSource (accesslog.TrafficMonitor): requests, 5xx, p95 at nginx
         self._prev: Optional[tuple[float, Flat]] = None
+        self._routes: Optional[dict] = None     # the fleet's per-route totals at the last call
 
     async def __call__(self) -> Optional[MetricSample]:
         fams = self.collect()
@@ -64,6 +68,10 @@ class Sampler:
         # those meant to serve (a stopped one's refused connections are not its 5xx).
         if t is not None and getattr(t, "active", True):
             sample = with_traffic(sample, t, (getattr(t, "serving", None) or t.ports)())
+            if hasattr(t, "route_totals"):
+                before, self._routes = self._routes, t.route_totals([None])
+                if before is not None:
+                    sample = dataclasses.replace(sample, routes=routes.delta(before, self._routes))
         return sample
 
 
@@ -216,6 +224,7 @@ class AlertManager:
             return []
         now = self.clock()
         rules = self.rules + instance_rules(self.section, sample.instances) if sample.instances else self.rules
+        rules += route_rules(self.section, sample.routes, self.state)
         self._evaluated = rules
         self.state, transitions = evaluate(rules, self.state, sample, now)
         self.last_sample = sample

@@ -190,6 +190,15 @@ class AlertsSection:
                                           "this (0.01 = 1%); null = off.", min=0, max=1)
     error_rate_for: float = setting(30.0, "Seconds the error rate must stay over before firing.",
                                     min=0)
+    route_error_rate: Optional[float] = setting(0.5, "Fire `route_errors` when one route's share "
+                                                "of 5xx answers is over this (0.5 = most of its "
+                                                "requests), whatever the fleet's total; measured at "
+                                                "nginx (needs `nginx.traffic_log`); null = off.",
+                                                min=0, max=1)
+    route_error_rate_for: float = setting(30.0, "Seconds a route's error rate must stay over "
+                                          "before firing.", min=0)
+    route_min_requests: int = setting(5, "Requests a route needs in an interval before its error "
+                                      "rate is judged.", min=1)
     cpu_percent: Optional[float] = setting(80.0, "Fire when the fleet's processes use more than "
                                            "this percent of the host's CPUs; null = off.",
                                            min=1, max=100)
@@ -375,6 +384,14 @@ class DeploySection:
     p95_slack_seconds: float = setting(0.05, "... and also more than this many seconds over it "
                                        "(a 2 ms -> 5 ms change is noise, not a regression).",
                                        min=0, max=600)
+    route_p_value: float = setting(0.001, "Roll back when one route's 5xx share on the canary is "
+                                   "above the old instances' on that route with a p-value under "
+                                   "this, divided by the routes compared (Fisher's exact test; a "
+                                   "route the old instances never answered: a binomial test "
+                                   "against their 5xx rate). Needs nginx's traffic log.",
+                                   min=1e-12, max=0.5)
+    route_min_errors: int = setting(3, "... and at least this many 5xx answers on that route from "
+                                    "the canary.", min=1)
 
 
 @dataclass(frozen=True)

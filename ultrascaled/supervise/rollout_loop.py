@@ -14,7 +14,7 @@ import asyncio
 from typing import Any
 
 from ultrascaled.effects import releases
-from ultrascaled.core import rollout
+from ultrascaled.core import rollout, routes
 from ultrascaled.core.control import ScaleRefused
 from ultrascaled.core.reconciler.records import Releases, Restart
 from ultrascaled.effects.releases import DeployState, ReleaseError
@@ -38,6 +38,7 @@ class Deployer:
         self.traffic = traffic             # the canary's figures (docs/deploys.md); None: health and crashes only
         self.preparing = False             # a release is being copied for a deploy
         self.last_verdict: dict | None = None
+        self._route_base: dict[int, dict] | None = None   # per-route totals per port when the canary got ready
         self.last_outcome: dict | None = None   # how the last rollout ended
         self._wake = asyncio.Event()
 
@@ -224,8 +225,10 @@ class Deployer:
         t = Thresholds.of(self.spec)
         views = self._views()
         step = rollout.advance(r, views, self.rec.wanted, now, t)
+        if any(name == "deploy.canary_ready" for name, _, _ in step.events):
+            self._route_base = self._route_totals()
         if step.judge_now and step.rollout is not None:
-            verdict = rollout.judge(*self._figures(step.rollout, t), t)
+            verdict = rollout.judge(*self._figures(step.rollout, t), t, self._route_figures(step.rollout))
             self.last_verdict = {"release": r.target, "ok": verdict.ok, "figure": verdict.figure,
                                  "detail": verdict.detail, **verdict.figures}
             step = rollout.advance(step.rollout, views, self.rec.wanted, now, t, verdict)
@@ -277,6 +280,24 @@ class Deployer:
         if hasattr(self.traffic, "window_of"):   # accesslog: their latency histograms merged
             return canary, self.traffic.window_of(others, t.soak_seconds) if others else None
         return canary, rollout.combine([self.traffic.window(p, t.soak_seconds) for p in others])
+
+    def _route_totals(self) -> dict[int, dict] | None:
+        if self.traffic is None or not hasattr(self.traffic, "route_totals"):
+            return None                  # the app's own metrics: no routes
+        return {p: self.traffic.route_totals([p]) for p in self.rec.wanted}
+
+    def _route_figures(self, r: Rollout):
+        """(canary, old instances) per route since the canary got ready, or None."""
+        base, now = self._route_base, self._route_totals()
+        if base is None or now is None or r.canary is None:
+            return None
+        old: dict[str, tuple[int, int]] = {}
+        for port, totals in now.items():
+            if port != r.canary:
+                for route, (n, bad) in routes.delta(base.get(port, {}), totals).items():
+                    n0, bad0 = old.get(route, (0, 0))
+                    old[route] = (n0 + n, bad0 + bad)
+        return routes.delta(base.get(r.canary, {}), now.get(r.canary, {})), old
 
     def _apply(self) -> None:
         """Tell the reconciler which release each port starts with, and ask a restart of every

@@ -169,6 +169,9 @@ NOT_CARRIED: dict[str, str] = {
     "alerts.p95_latency_for": "ultrascaled's alert rules",
     "alerts.error_rate": "ultrascaled's alert rules",
     "alerts.error_rate_for": "ultrascaled's alert rules",
+    "alerts.route_error_rate": "ultrascaled's alert rules",
+    "alerts.route_error_rate_for": "ultrascaled's alert rules",
+    "alerts.route_min_requests": "ultrascaled's alert rules",
     "alerts.cpu_percent": "ultrascaled's alert rules",
     "alerts.cpu_for": "ultrascaled's alert rules",
     "alerts.memory_budget_fraction": "ultrascaled's alert rules",
@@ -206,6 +209,8 @@ NOT_CARRIED: dict[str, str] = {
     "deploy.max_error_rate_increase": "no judged canary in a Deployment (see deploy.soak_seconds)",
     "deploy.max_p95_ratio": "no judged canary in a Deployment (see deploy.soak_seconds)",
     "deploy.p95_slack_seconds": "no judged canary in a Deployment (see deploy.soak_seconds)",
+    "deploy.route_p_value": "no judged canary in a Deployment (see deploy.soak_seconds)",
+    "deploy.route_min_errors": "no judged canary in a Deployment (see deploy.soak_seconds)",
 }
 
 # Said in every export's header: what the daemon does that no manifest field can.
