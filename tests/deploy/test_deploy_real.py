@@ -44,10 +44,22 @@ def application(environ, start_response):   # a release that fails every request
 '''
 
 
-def write_app(root: Path, version: str, broken: bool = False, answers_500: bool = False) -> Path:
+ROUTE_RAISES = '''
+_inner = application
+
+
+def application(environ, start_response):   # a release whose new route raises on every request
+    if environ["PATH_INFO"].startswith("/polls/stats/"):
+        raise RuntimeError("stats view is broken")
+    return _inner(environ, start_response)
+'''
+
+
+def write_app(root: Path, version: str, broken: bool = False, answers_500: bool = False,
+              route_raises: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "verapp.py").write_text(APP.format(extra="import no_such_module_at_all" if broken else "")
-                                    + (ANSWER_500 if answers_500 else ""))
+                                    + (ANSWER_500 if answers_500 else "") + (ROUTE_RAISES if route_raises else ""))
     (root / "VERSION").write_text(version + "\n")
     return root
 
@@ -197,3 +209,32 @@ def test_a_release_answering_500_is_judged_on_nginx_figures_and_rolled_back(make
     # only the canary's share saw the bad release, and only until the verdict
     assert client.failures and all(f.startswith("HTTP 500") for f in client.failures), client.failures[:5]
     assert len(client.failures) < client.ok
+
+
+def test_one_failing_route_at_one_percent_is_rolled_back_and_named(make_daemon, tmp_path):
+    """The issue's case: a release whose one route raises, at about 1 % of the requests; the
+    canary's whole 5xx rate stays under deploy.max_error_rate_increase, its route does not."""
+    base = write_app(tmp_path / "base", "v0")
+    d = make_daemon({"app": {"directory": str(base), "module": "verapp:application", "config": None},
+                     "gunicorn": {"worker_class": "sync", "workers": 2}, "health": {"path": "/health"},
+                     "deploy": {"soak_seconds": 10}}).start()
+    mains = [NoRetryClient(d.nginx_port, "GET", "/", pause=0.002) for _ in range(3)]
+    stats = NoRetryClient(d.nginx_port, "GET", "/polls/stats/7/", pause=0.3)
+    for c in (*mains, stats):
+        c.start()
+    try:
+        bad = write_app(tmp_path / "bad", "bad", route_raises=True)
+        out = d.ctl("deploy", str(bad))
+        assert out.returncode == 1 and "failed on route_5xx" in out.stderr, (
+            out.stdout, out.stderr, d.events("deploy.canary_passed"))
+        assert "route GET /polls/stats/:id/" in out.stderr, out.stderr
+        failed = d.events("deploy.failed")[-1]
+        assert failed["figure"] == "route_5xx" and failed["failed_routes"] == ["GET /polls/stats/:id/"]
+        # the whole canary passed the whole-rate judgement (else the figure would be rate_5xx)
+        assert failed["canary_rate_5xx"] <= failed["old_rate_5xx"] + 0.01, failed
+        assert set(releases_on(d).values()) == {None}
+    finally:
+        for c in (*mains, stats):
+            c.stop()
+    assert not any(c.failures for c in mains), [c.failures[:5] for c in mains]
+    assert stats.failures and all(f.startswith("HTTP 500") for f in stats.failures), stats.failures[:5]

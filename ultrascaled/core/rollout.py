@@ -70,6 +70,11 @@ def judge(canary: TrafficWindow | None, old: TrafficWindow | None, t: Thresholds
             "canary_p95": canary.p95}
     if old is not None:
         figs.update(old_requests=old.requests, old_rate_5xx=round(old.rate_5xx, 4), old_p95=old.p95)
+    base_rate = old.rate_5xx if old is not None and old.requests else 0.0
+    if canary.requests >= t.min_requests and canary.rate_5xx > base_rate + t.max_error_rate_increase:
+        return Verdict(False, "rate_5xx", f"canary 5xx rate {canary.rate_5xx:.1%} ({canary.errors_5xx} of "
+                       f"{canary.requests}) vs old instances {base_rate:.1%}: more than "
+                       f"deploy.max_error_rate_increase {t.max_error_rate_increase:g} over", figs)
     if routes is not None:
         failed, limit = route_judge.failing_routes(
             routes[0], routes[1], (int(old.requests), int(old.errors_5xx)) if old is not None else (0, 0),
@@ -83,11 +88,6 @@ def judge(canary: TrafficWindow | None, old: TrafficWindow | None, t: Thresholds
         return Verdict(True, None, f"the canary answered {canary.requests} requests in the soak window "
                        f"(fewer than deploy.min_requests {t.min_requests}): judged on health and crashes "
                        "only", figs)
-    base_rate = old.rate_5xx if old is not None and old.requests else 0.0
-    if canary.rate_5xx > base_rate + t.max_error_rate_increase:
-        return Verdict(False, "rate_5xx", f"canary 5xx rate {canary.rate_5xx:.1%} ({canary.errors_5xx} of "
-                       f"{canary.requests}) vs old instances {base_rate:.1%}: more than "
-                       f"deploy.max_error_rate_increase {t.max_error_rate_increase:g} over", figs)
     base_p95 = old.p95 if old is not None else None
     if canary.p95 is not None and base_p95 is not None and canary.p95 > base_p95 * t.max_p95_ratio \
             and canary.p95 - base_p95 > t.p95_slack_seconds:
