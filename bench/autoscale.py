@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 
 from loadtest import BackgroundLoad
-from bench.util import write_section
+from bench.util import machine_line, write_section
 from support.harness import Daemon
 
 BEGIN, END = "<!-- autoscale-figures:begin -->", "<!-- autoscale-figures:end -->"
@@ -315,10 +315,6 @@ def markdown(res: dict, argv: list[str]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    mem = psutil.virtual_memory().total / 2**30
-    return (f"{os.cpu_count()} cores, {mem:.0f} GiB, load average before: "
-            f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         k.startswith(x.strip()) for x in args.only.split(",") if x.strip())]
     if not any(k.startswith("autoscaled") for k in chosen):
         p.error("--only must include an autoscaled fleet")
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "argv": argv,
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_line(), "argv": argv,
            "trace": tr, "think_ms": args.think, "phase": args.phase, "min": args.min, "max": args.max,
            "down_window": down, "workers": max(1, min(4, (os.cpu_count() or 1) // 2)),
            "runs": {}, "summary": {}}

@@ -13,7 +13,13 @@ upstream, sampled every 50 ms) and wall time. Then, for `after` only, deploys of
 the reference app (import error; every request 500; ten times slower): time from deploy start
 to the fleet back on the old release, and requests failed meanwhile.
 
+Canary figures (`--canary N`, `after` only, instead of the operations): the reference app
+deployed against itself N times under load (a false rollback is any of them rolled back), then
+a release whose one new route raises, at about 1 % of the requests (rolled back, and the
+verdict names the route?); written to docs/benchmarks.md with `--write`.
+
     scripts/bench-deploy [--before REF] [--setups before,after,supervisord] [--no-bad]
+    scripts/bench-deploy --canary 50 [--write docs/benchmarks.md]
 """
 from __future__ import annotations
 
@@ -244,6 +250,17 @@ def bad_release(src: Path, dest: Path, kind: str) -> Path:
     text = wsgi.read_text()
     if kind == "import error":
         text = "import no_such_module_in_this_release  # noqa\n" + text
+    elif kind == "one route raises":
+        text += '''
+
+_release_inner = application
+
+
+def application(environ, start_response):  # bench: a new route that raises on every request
+    if environ.get("PATH_INFO", "").startswith("/polls/stats/"):
+        raise RuntimeError("stats view is broken")
+    return _release_inner(environ, start_response)
+'''
     else:
         delay = "import gevent; gevent.sleep(0.5)" if kind == "10x slower" else ""   # ~10x the old p95 under this load
         status = '"500 Internal Server Error"' if kind == "every request 500" else None
@@ -293,6 +310,63 @@ def bad_deploys(s, run_dir: Path) -> list[dict]:
     return rows
 
 
+CANARY_BEGIN, CANARY_END = "<!-- canary-routes:begin -->", "<!-- canary-routes:end -->"
+
+
+def canary_figures(s, run_dir: Path, n: int) -> dict:
+    """The same release deployed against itself `n` times under 200 users, then one whose new
+    route raises on every request at about 1 % of them (2 more users on that route)."""
+    from loadtest import BackgroundLoad
+    same, verdicts = [], []
+    for i in range(n):
+        bg = BackgroundLoad(s.url + "/", users=USERS, duration_limit=300, timeout=5.0)
+        bg.start()
+        bg.wait_for_ok(200, timeout=30)
+        out = s.ctl("deploy", str(ROOT), check=False)
+        res = bg.stop()
+        v = (s.fleet().get("deploy") or {}).get("last_verdict") or {}
+        same.append({"exit": out.returncode, "failed": res.failed, "ok": res.ok, "verdict": v.get("detail")})
+        verdicts.append(v)
+        log(f"deploy-bench canary {i + 1}/{n}: exit {out.returncode} {v.get('detail')!r}")
+        s.wait_stable(60)
+    rel = bad_release(ROOT, run_dir / "release-route", "one route raises")
+    bg = BackgroundLoad(s.url + "/", users=USERS, duration_limit=300, timeout=5.0)
+    broken = BackgroundLoad(s.url + "/polls/stats/1/", users=2, duration_limit=300, timeout=5.0)
+    bg.start()
+    broken.start()
+    bg.wait_for_ok(200, timeout=30)
+    out = s.ctl("deploy", str(rel), check=False)
+    res, bad = bg.stop(), broken.stop()
+    failed = [e for e in s.daemon.events("deploy.failed")][-1:] if out.returncode == 1 else []
+    route = {"exit": out.returncode, "message": (out.stderr or out.stdout).strip()[-400:],
+             "share": round((bad.ok + bad.failed) / max(1, bad.ok + bad.failed + res.ok + res.failed), 4),
+             "figure": failed[0].get("figure") if failed else None,
+             "routes": failed[0].get("failed_routes") if failed else None,
+             "canary_rate_5xx": failed[0].get("canary_rate_5xx") if failed else None,
+             "others_failed": res.failed}
+    log(f"deploy-bench canary route release: {json.dumps(route)}")
+    return {"same": same, "route": route}
+
+
+def canary_markdown(res: dict, argv: list[str]) -> str:
+    same, route = res["same"], res["route"]
+    rolled = sum(1 for r in same if r["exit"] == 1)
+    other = sum(1 for r in same if r["exit"] not in (0, 1))
+    lines = [CANARY_BEGIN, f"## The canary per route (`scripts/bench-deploy {' '.join(argv)}`)", "",
+             f"Measured {res['date']} on {res['machine']}. The reference app under 200 users through nginx "
+             "(`/`), 2 instances, `deploy.soak_seconds` 5, every other `deploy.*` at its default.", "",
+             "| | deploys | rolled back | other exits | requests failed |", "|---|---:|---:|---:|---:|",
+             f"| the same release against itself | {len(same)} | {rolled} | {other} | "
+             f"{sum(r['failed'] for r in same):,} of {sum(r['ok'] + r['failed'] for r in same):,} |",
+             f"| a new route that raises, {route['share']:.2%} of the requests | 1 | "
+             f"{1 if route['exit'] == 1 else 0} | {0 if route['exit'] in (0, 1) else 1} | "
+             f"{route['others_failed']:,} on `/` |", "",
+             f"The broken release's verdict: figure `{route['figure']}`, routes {route['routes']}, the canary's "
+             f"whole 5xx rate {route['canary_rate_5xx']}: `{route['message'].splitlines()[-1] if route['message'] else ''}`",
+             CANARY_END]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/bench-deploy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -300,7 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--setups", default="before,after,supervisord")
     p.add_argument("--no-bad", action="store_true", help="skip the bad-release deploys")
     p.add_argument("--json", type=Path, help="write the figures here too")
+    p.add_argument("--canary", type=int, metavar="N", help="the canary figures instead: N self-deploys, "
+                   "then a release with one failing route (`after` only)")
+    p.add_argument("--write", help="with --canary: put its section into this markdown file")
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
+    if args.canary is not None:
+        return run_canary(args, argv)
     keys = args.setups.split(",")
     run_dir = Path(f"/tmp/ultrascale-bench-deploy-{int(time.time())}")
     run_dir.mkdir(parents=True)
@@ -338,6 +418,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(text)
     print(text)
+    return 0
+
+
+def run_canary(args, argv: list[str]) -> int:
+    from bench.util import machine_line, write_section
+    machine = machine_line()
+    if args.canary < 1:
+        raise SystemExit("scripts/bench-deploy: --canary must be at least 1")
+    run_dir = Path(f"/tmp/ultrascale-bench-deploy-{int(time.time())}")
+    run_dir.mkdir(parents=True)
+    tracker = Tracker()
+    (run_dir / "after").mkdir()
+    s = After(tracker, run_dir / "after")
+    try:
+        s.start(2)
+        short_soak(s)
+        s.ctl("deploy", str(ROOT), check=True)
+        res = canary_figures(s, run_dir, args.canary)
+    finally:
+        s.stop()
+        tracker.cleanup()
+    res.update(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=machine)
+    md = canary_markdown(res, [a for i, a in enumerate(argv) if a != "--json" and argv[i - 1:i] != ["--json"]])
+    print(md)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    if args.write:
+        write_section(args.write, md, CANARY_BEGIN, CANARY_END)
     return 0
 
 

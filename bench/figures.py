@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -28,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.util import REPO, write_section
+from bench.util import REPO, machine_line, write_section
 from loadtest import BackgroundLoad, Config, run
 from support.harness import Daemon, free_port_block, http_get
 
@@ -176,16 +174,11 @@ def chaos(quick: bool) -> dict:
         "converged_after_last_kill_s", "problems", "passed")}}
 
 
-def machine() -> str:
-    mem = psutil.virtual_memory().total / 2**30
-    return (f"{os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, load average before: "
-            f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def markdown(res: dict, argv: list[str]) -> str:
     lines = [BEGIN, f"## Fleet figures (`scripts/bench-fleet {' '.join(argv)}`)", "",
-             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}.", ""]
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine_line()}.", ""]
     if "footprint" in res:
         f = res["footprint"]
         lines += ["### The daemon with 16 instances (memory sampled every 1 s)", "",

@@ -282,6 +282,14 @@ def nginx_binary() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
+def machine_line() -> str:
+    """The machine in one line, with the load average now (call it before the measurement)."""
+    mem = psutil.virtual_memory().total / 2**30
+    return (f"{os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, load average before: "
+            f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def machine_info() -> dict:
     model = ""
     try:
