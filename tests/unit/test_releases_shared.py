@@ -176,3 +176,25 @@ def test_a_shared_path_under_a_link_out_of_the_folder_is_refused(tmp_path):
     with pytest.raises(ReleaseError, match="lies under a link that leaves"):
         releases.create(spec, str(d), running=str(d), allow_data=True)
     assert not releases.listing(spec)
+
+
+def test_the_snapshot_a_starting_daemon_keeps_leaves_the_data_where_it_is(tmp_path):
+    d, c = app(tmp_path, votes=2)
+    (d / "media" / "a.png").write_text("png")
+    spec = make_spec(tmp_path, shared=["db.sqlite3", "media/"])
+    before = sorted(p.name for p in d.iterdir())
+    notes = []
+    rid = releases.create(spec, str(d), notes=notes, snapshot=True, link_data=False)
+    copy = releases.releases_dir(spec) / rid
+    assert (copy / "app.py").read_text() == "x = 1\n"
+    assert not any((copy / n).exists() or (copy / n).is_symlink()
+                   for n in ("db.sqlite3", "db.sqlite3-wal", "media")), sorted(p.name for p in copy.iterdir())
+    assert sorted(p.name for p in d.iterdir()) == before and not (d / "db.sqlite3").is_symlink()
+    assert not releases.shared_dir(spec).exists() and notes == []
+    # rolled back to, it is linked to the shared data the first deploy moved
+    rid2 = releases.create(spec, str(d), running=str(d))
+    releases.prepare(spec, rid, str(releases.releases_dir(spec) / rid2), [])
+    assert (copy / "db.sqlite3").is_symlink()
+    rows = sqlite3.connect(copy / "db.sqlite3").execute("select count(*) from v").fetchone()[0]
+    assert rows == 2
+    c.close()

@@ -82,6 +82,33 @@ def write_django_project(root: Path) -> Path:
     return root
 
 
+ROWS_VIEWS = """
+from django.contrib.auth.models import User
+
+
+def add_row(request):
+    User.objects.create(username=request.GET["name"])
+    return HttpResponse("added")
+
+
+urlpatterns += [
+    path("rows/add", add_row),
+    path("rows", lambda request: HttpResponse(" ".join(sorted(User.objects.values_list("username", flat=True))))),
+    path("version", lambda request: HttpResponse(open(os.path.join(os.path.dirname(__file__), "VERSION")).read())),
+]
+"""
+
+
+def add_rows_and_migrate(root: Path, version: str) -> None:
+    """Views that write rows through Django's ORM into the tutorial's db.sqlite3, migrated."""
+    urls = root / "mysite" / "urls.py"
+    urls.write_text(urls.read_text() + ROWS_VIEWS)
+    (root / "mysite" / "VERSION").write_text(version)
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=root, check=True,
+                   capture_output=True, timeout=120)
+    assert (root / "db.sqlite3").is_file()
+
+
 def fleet_of(make_daemon, tmp_path: Path, filename: str, app_dir: Path):
     """A daemon whose spec is the documented one, with this test's folders, ports and python
     (the name is the harness's unique one, so that parallel runs and cleanup stay apart)."""
@@ -185,3 +212,41 @@ def test_two_fleets_side_by_side_never_touch_each_other(flask_fleet, django_flee
             assert http_get(inst["port"], "/")[0] == 200
         assert http_get(b.nginx_port, "/")[0] == 200
     assert flask_d.proc.poll() is None and django_d.proc.poll() is None
+
+
+def test_a_django_deploy_and_rollback_keep_the_rows_in_its_sqlite_database(django_fleet):
+    """docs/your-app.md's mysite with deploy.shared: [db.sqlite3]: rows written before a deploy,
+    under the new release and after a rollback are all there, and the release really changed."""
+    d = django_fleet
+    app_dir = Path(d.spec["app"]["directory"])
+    add_rows_and_migrate(app_dir, "v1")
+    d.start()
+    check_serving(d, b"mysite index from", workers=2)
+
+    def add(name):
+        assert http_get(d.nginx_port, f"/rows/add?name={name}")[0] == 200
+
+    def rows():
+        status, body = http_get(d.nginx_port, "/rows")
+        assert status == 200, body[:300]
+        return body.decode().split()
+
+    for n in ("a1", "a2", "a3"):
+        add(n)
+    (app_dir / "mysite" / "VERSION").write_text("v2")
+    out = d.ctl("deploy", str(app_dir))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert http_get(d.nginx_port, "/version")[1] == b"v2"
+    assert (app_dir / "db.sqlite3").is_symlink(), "the running folder links to the shared database"
+    add("b1")
+    assert rows() == ["a1", "a2", "a3", "b1"]
+    out = d.ctl("rollback")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert http_get(d.nginx_port, "/version")[1] == b"v1"
+    assert rows() == ["a1", "a2", "a3", "b1"]
+    add("c1")
+    (app_dir / "mysite" / "VERSION").write_text("v3")
+    out = d.ctl("deploy", str(app_dir))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert http_get(d.nginx_port, "/version")[1] == b"v3"
+    assert rows() == ["a1", "a2", "a3", "b1", "c1"]

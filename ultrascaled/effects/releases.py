@@ -93,7 +93,7 @@ def new_id(root: Path, now: float | None = None) -> str:
 
 
 def create(spec, source: str, *, running: str | None = None, allow_data: bool = False,
-           notes: list | None = None, snapshot: bool = False) -> str:
+           notes: list | None = None, snapshot: bool = False, link_data: bool = True) -> str:
     """Copy `source` into a new release folder; returns its id. The copy is made under a
     temporary name and renamed, so a half-copied folder never looks like a release.
 
@@ -101,7 +101,10 @@ def create(spec, source: str, *, running: str | None = None, allow_data: bool = 
     the shared folder first (a link is left in its place), and the release links it. Likely data
     not declared shared, in `source` or in `running`, refuses the deploy unless `allow_data`.
     What was done is appended to `notes` as (event, fields). A `snapshot` (the copy of
-    app.directory a first deploy keeps) leaves out the daemon's own folders inside it."""
+    app.directory kept for the first deploy's rollback) leaves out the daemon's own folders
+    inside it and the deploy.shared paths; without `link_data` the release is linked to the
+    shared data only when it is made ready to run (`prepare`): the snapshot a starting daemon
+    takes, before any data has moved."""
     notes = [] if notes is None else notes
     src = Path(source)
     if not src.is_absolute():
@@ -135,9 +138,12 @@ def create(spec, source: str, *, running: str | None = None, allow_data: bool = 
         root.mkdir(parents=True, exist_ok=True)
         rid = new_id(root)
         tmp = root / f".incoming-{rid}-{os.getpid()}"
-        ignore = COPY_IGNORE if not snapshot else _ignoring(COPY_IGNORE, inside)
+        data = [(src / (rel + tail)).resolve() for rel, is_dir in entries
+                for tail in ("",) + (() if is_dir else SQLITE_COMPANIONS)]
+        ignore = COPY_IGNORE if not snapshot else _ignoring(COPY_IGNORE, inside + data)
         shutil.copytree(src, tmp, symlinks=True, ignore=ignore, copy_function=_bounded_copy(source))
-        link_shared(spec, tmp, notes, rid)
+        if link_data:
+            link_shared(spec, tmp, notes, rid)
         os.utime(tmp)  # created now: copytree gave it the source folder's time
         os.rename(tmp, root / rid)
     except (OSError, shutil.Error, ReleaseError) as exc:
@@ -383,6 +389,11 @@ def point_current(spec, release: str | None) -> None:
         tmp.unlink()
     os.symlink(release, tmp)
     os.replace(tmp, link)
+
+
+def remove(spec, release: str) -> None:
+    """Delete one release folder (a snapshot replaced by a newer one)."""
+    shutil.rmtree(releases_dir(spec) / check_named(spec, release), ignore_errors=True)
 
 
 def prune(spec, keep: int, protect: set[str | None]) -> list[str]:

@@ -11,6 +11,7 @@ that failed.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from ultrascaled.effects import releases
@@ -131,7 +132,8 @@ class Deployer:
         """(the copy of app.directory a first deploy keeps, the release to roll to), both on disk
         and linked to the shared data. Runs in a thread: reads the state, never writes it."""
         base = None
-        if self.state.current is None:  # the first deploy: keep a copy of what runs, to roll back to
+        kept = self.state.base is not None and Path(releases.directory_of(self.spec, self.state.base)).is_dir()
+        if self.state.current is None and not kept:   # no copy from the start: keep what is there now
             base = releases.create(self.spec, self.spec.app.directory, running=running,
                                    allow_data=allow_data, notes=notes, snapshot=True)
             notes.append(("release.created", {"release": base, "source": self.spec.app.directory,
@@ -205,7 +207,38 @@ class Deployer:
     def wake(self) -> None:
         self._wake.set()
 
+    async def keep_base(self) -> None:
+        """While the fleet runs app.directory itself (no release yet): a copy of it as the
+        instances start from it, the first deploy's rollback target, so that a rollback returns
+        to what ran even when the folder is edited before that deploy (docs/deploys.md). The
+        deploy.shared paths are left out (they are linked when the copy is rolled back to);
+        a folder with undeclared data is not copied (the first deploy says what to declare)."""
+        if self.state.current is not None or self.rollout is not None or self.preparing:
+            return
+        self.preparing = True
+        notes: list = []
+        try:
+            base = await asyncio.to_thread(releases.create, self.spec, self.spec.app.directory,
+                                           notes=notes, snapshot=True, link_data=False)
+        except ReleaseError as exc:
+            self.events.emit("release.base_not_kept", level="warning", reason=str(exc),
+                             consequence="the first deploy copies app.directory as it is then")
+            return
+        finally:
+            self.preparing = False
+        old, self.state.base = self.state.base, base
+        self._save()
+        self.events.emit("release.created", release=base, source=self.spec.app.directory,
+                         path=releases.directory_of(self.spec, base),
+                         why="what the fleet starts from, kept for a rollback after the first deploy")
+        if old and old not in (base, self.state.current, self.state.previous):
+            try:
+                await asyncio.to_thread(releases.remove, self.spec, old)
+            except ReleaseError:
+                pass    # already gone
+
     async def run(self, beat=lambda: None) -> None:
+        await self.keep_base()
         while True:
             try:
                 async with asyncio.timeout(self.INTERVAL if self.rollout else 5.0):
