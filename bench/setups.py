@@ -426,7 +426,7 @@ class Ultrascaled(Setup):
         # 16 instance ports (the spec's max), then the API and nginx: free ones, not fixed.
         self.daemon = Daemon(self.dir, {"instances": {"count": count, "min": 1, "max": 16},
                                         "gunicorn": {"workers": 1}},
-                             span=18, tuned=False, name="bench-us")
+                             span=18, tuned=False, name=f"bench-{self.key}")
         self.daemon.env = self.tracker.env()
         self.daemon.start(wait=False)
         self.tracker.adopt(self.daemon.proc)
