@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import functools
 
+import pytest
+
 from fakes import Harness
+from ultrascaled.spec import SpecError
 from ultrascaled.supervise.autoscale_loop import Autoscaler
 
 AUTO = """autoscale:
   enabled: true
   min_replicas: 1
+  max_replicas: 5
   sync_period_seconds: 2
   metrics_window_seconds: 4
   behavior: {scale_down: {stabilization_window_seconds: 10}}
@@ -81,15 +85,23 @@ async def test_load_over_target_scales_up_through_the_scale_path(tmp_path):
     assert h.states() == {p: "running" for p in (8001, 8002, 8003, 8004)}
 
 
+def test_a_max_replicas_over_the_spec_budget_is_refused_with_the_count_that_fits(tmp_path):
+    # memory: 1000 MiB budget, 1 worker + master at 100 MiB each: 5 instances at most; an
+    # autoscaler allowed 6 would have every step to 6 vetoed at run time
+    with pytest.raises(SpecError) as info:
+        Harness(tmp_path, AUTO.replace("max_replicas: 5", "max_replicas: 6"))
+    (err,) = [e for e in info.value.errors if e.startswith("autoscale.max_replicas")]
+    assert "the budgets hold at most 5" in err and "1200 MiB exceeds the budget of 1000 MiB" in err
+    assert "set autoscale.max_replicas to at most 5" in err
+
+
 @component
-async def test_the_spec_budget_cuts_a_step_up_and_says_by_how_much(tmp_path):
-    # memory: 1000 MiB budget, 1 worker + master at 100 MiB each: 5 instances at most
+async def test_the_fleet_reaches_the_max_replicas_the_budget_holds(tmp_path):
     h, auto = await fleet(tmp_path)
     await run_for(h, auto, 20, load=600)
     assert h.sup.count == 5
-    held = [d for d in auto.decisions if d["action"] == "hold" and d["vetoes"]]
-    assert held and "memory.fleet_budget_mb" in held[-1]["vetoes"][0]
-    assert "1200" in held[-1]["vetoes"][0]        # 6 x (1 + 1) x 100 MiB
+    assert not any(d["vetoes"] for d in auto.decisions)    # the budget never had to veto
+    assert any("bounded to 5" in d["reason"] for d in auto.decisions)
 
 
 @component
