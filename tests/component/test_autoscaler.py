@@ -331,3 +331,63 @@ async def test_p95_comes_from_nginx_when_its_traffic_log_is_on(tmp_path):
     assert nginx.calls and nginx.calls[0] == (None, 4.0)
     assert h.sup.count == 5         # ceil(2 x 1.5 / 0.5) = 6, cut to 5 by the memory budget
     assert h.events_named("autoscale.scale_up")[0]["signals"]["p95_latency_seconds"]["value"] == 1.5
+
+
+@component
+async def test_an_app_without_the_in_flight_gauge_steps_down_after_the_grace_with_one_event(tmp_path):
+    # issue 23: the app exports no in-flight gauge; before, every step down was held forever
+    h = Harness(tmp_path, AUTO + "  target: {cpu_utilization: 70, in_flight_per_worker: 0.8}\n",
+                autoscale=dict(host_cpu=lambda: 10.0, app_families=no_app_metrics, cores=lambda: 2))
+    await h.start()
+    auto = h.sup.autoscaler
+    h.sup.scale(4, source="autoscale")
+    await h.settle()
+    start = h.clock.t
+    grace = 30          # max(the 10 s scale-down window, 3 x stale_after_seconds 10 s)
+    decisions = await run_for(h, auto, grace - 4, load=10)
+    assert h.sup.count == 4
+    assert all("in_flight_per_worker is missing" in d.reason for d in decisions if d.action == "hold"
+               and not d.reason.startswith("held: no fresh"))
+    assert h.events_named("autoscale.signal_never_seen") == []
+    later = await run_for(h, auto, 20, load=10)
+    assert h.sup.count == 1
+    (told,) = h.events_named("autoscale.signal_never_seen")
+    assert told["signal"] == "in_flight_per_worker" and told["seconds"] == grace
+    assert "`ultrascale_http_requests_in_flight`" in told["needs"]
+    down = next(d for d in later if d.action == "scale_down")
+    assert down.at - start >= grace and down.never_seen == ("in_flight_per_worker",)
+    assert h.events_named("autoscale.scale_down")[-1]["signals"]["in_flight_per_worker"][
+        "note"].startswith("never seen in")
+
+
+@component
+async def test_the_host_guard_lets_a_starved_fleet_step_up_on_a_host_busy_with_other_work(tmp_path):
+    # issue 23: 2 cores at 100 % (a load generator, other services), the fleet's 2 workers
+    # (a worker per core) use 20 % of a core each but wait 60 % of the time for a CPU
+    h = Harness(tmp_path, AUTO + "  target: {cpu_utilization: 70, cpu_wait_percent: 20}\n")
+    await h.start()
+    waited: dict[int, float] = {}
+    auto = Autoscaler(h.sup, host_cpu=lambda: 100.0, app_families=no_app_metrics, cores=lambda: 2,
+                      run_queue_wait=waited.get)
+    for _ in range(6):
+        for proc in h.runner.procs.values():
+            for pid in [proc.pid, *proc.workers]:
+                waited[pid] = waited.get(pid, 0.0) + 0.3
+        await run_for(h, auto, 1, load=40)
+    assert h.sup.count > 2
+    up = h.events_named("autoscale.scale_up")[0]
+    assert "host CPU 100% is over host_cpu_saturation_percent 90%, but the fleet's own processes " \
+           "use 20% of the cores" in up["reason"] and "other work saturates it" in up["reason"]
+
+
+@component
+async def test_the_host_guard_holds_a_fleet_that_saturates_the_host_itself(tmp_path):
+    h = Harness(tmp_path, AUTO, autoscale=dict(host_cpu=lambda: 100.0, app_families=no_app_metrics,
+                                               cores=lambda: 2))
+    await h.start()
+    auto = h.sup.autoscaler
+    await run_for(h, auto, 8, load=190)     # 95 % of a core per worker: 95 % of the 2 cores
+    assert h.sup.count == 2 and h.events_named("autoscale.scale_up") == []
+    assert 90 < auto.last_obs.fleet_cpu_percent <= 100
+    held = [d for d in auto.decisions if d["action"] == "hold" and "host CPU" in d["reason"]]
+    assert held and "(at least 50%): the fleet saturates it" in held[-1]["reason"]
