@@ -15,7 +15,8 @@ It runs under the daemon's TaskGuard like the other loops (a dead or stalled aut
   instead: it includes the time a request waits for an instance.
 * Run-queue wait per worker (`cpu_wait_percent`): /proc/PID/schedstat of each ready
   instance's processes, read at each decision.
-* The host's CPU: psutil.cpu_percent over the tick.
+* The host's CPU: psutil.cpu_percent over the tick; the fleet's own share of it (the host CPU
+  guard, core.autoscale.host_saturated) from the same CPU seconds as `cpu_utilization`.
 """
 from __future__ import annotations
 
@@ -152,6 +153,8 @@ class Autoscaler:
             "ready": self.last_obs.ready if self.last_obs else None,
             "host_cpu_percent": (round(self.last_obs.host_cpu_percent, 1)
                                  if self.last_obs and self.last_obs.host_cpu_percent is not None else None),
+            "fleet_cpu_percent": (round(self.last_obs.fleet_cpu_percent, 1)
+                                  if self.last_obs and self.last_obs.fleet_cpu_percent is not None else None),
             "targets": core.targets_of(pol),
             "signals": last.to_dict()["signals"] if last else {},
             "recommendation": last.recommendation if last else None,
@@ -375,7 +378,9 @@ class Autoscaler:
         self.counts[decision.action] += 1
         record = {"time": round(self.clock.wall(), 3), **decision.to_dict(), "ready": obs.ready,
                   "host_cpu_percent": (None if obs.host_cpu_percent is None
-                                       else round(obs.host_cpu_percent, 1))}
+                                       else round(obs.host_cpu_percent, 1)),
+                  "fleet_cpu_percent": (None if obs.fleet_cpu_percent is None
+                                        else round(obs.fleet_cpu_percent, 1))}
         self.decisions.append(record)
         for name in decision.never_seen:
             self.events.emit("autoscale.signal_never_seen", level="warning", signal=name,
