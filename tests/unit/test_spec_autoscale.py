@@ -121,3 +121,20 @@ def test_the_shipped_autoscaled_specs_fit_their_budgets_at_max_replicas():
         s = parse_spec(text, base_dir=Path("/srv/fleet"), cpu_count=8)
         lo, hi = s.autoscale.bounds(s.instances)
         assert s.autoscale.enabled and largest_count_that_fits(s, hi) == hi
+
+
+@pytest.mark.parametrize("cores", [2, 4, 6])
+def test_the_docs_example_fits_the_default_fleet_and_its_error_is_the_one_shown(cores):
+    import re
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "autoscaling.md").read_text()
+    example = re.search(r"```yaml\n(autoscale:\n.*?)```", doc, re.S).group(1)
+    fleet = (root / "etc" / "ultrascaled" / "fleet.yaml").read_text()
+    s = parse_spec(fleet + example, base_dir=root / "etc" / "ultrascaled", cpu_count=cores)
+    assert s.autoscale.enabled and s.autoscale.bounds(s.instances) == (1, 4)
+    assert s.autoscale.target.cpu_wait_percent == 25
+    with pytest.raises(SpecError) as info:     # the error the page shows: 6 on 4 cores
+        parse_spec(fleet + example.replace("max_replicas: 4", "max_replicas: 6"),
+                   base_dir=root / "etc" / "ultrascaled", cpu_count=4)
+    shown = " ".join(doc.split("autoscale.max_replicas (line", 1)[1].split("```", 1)[0].split())
+    assert " ".join(info.value.errors[0].split()) == "autoscale.max_replicas (line " + shown
