@@ -23,7 +23,7 @@ from ultrascaled.effects.fleetlock import FleetLocked
 from ultrascaled.effects.upstream import NginxUpstream, NoUpstream
 from ultrascaled.observe import history, logs, metrics
 from ultrascaled.observe.events import EventLog
-from ultrascaled.effects.host_checks import host_problems
+from ultrascaled.effects.host_checks import host_problems, host_warnings
 from ultrascaled.spec import Spec, SpecError, load_spec
 from ultrascaled.supervise.supervisor import Supervisor
 from ultrascaled.surface.api import ApiServer, AuditLog, Settings, read_token, tls_context
@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         return report(f"invalid spec {args.spec}", exc.errors)
     if args.check:
+        warnings = host_warnings(spec)
+        if warnings:
+            report(f"warnings for spec {args.spec} (not errors)", warnings)
         problems = host_problems(spec, nofile_limit=nofile) + fleetlock.check(spec.name, spec.paths.state_dir)
         if problems:
             return report(f"spec {args.spec} is valid, but this host cannot run it", problems)

@@ -258,6 +258,9 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
                       "gunicorn, closes idle upstream connections (else a request nginx sends on a "
                       "connection gunicorn is closing fails)")
     errors += autoscale_errors(spec, where, ok)
+    if ok("autoscale.enabled", "autoscale.max_replicas", "instances.min", "instances.max",
+          "instances.count", "gunicorn.workers", "memory", "mongodb", "nginx"):
+        errors += max_replicas_errors(spec, where, lines, nofile_limit)
     if ok("deploy.shared"):
         errors += shared_errors(spec.deploy.shared, where("deploy.shared"))
     for msg in budget_errors(spec, spec.instances.count, lines, nofile_limit):
@@ -265,6 +268,48 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
         if ok(*inputs):
             errors.append(msg)
     return errors
+
+
+def _budget_keys(problems: list[str]) -> set[str]:
+    return {p.split(" ", 1)[0].rstrip(":") for p in problems}
+
+
+def largest_count_that_fits(spec: Spec, hi: int, nofile_limit: int | None = None) -> int:
+    """The most instances (at most `hi`) for which no budget fails that does not already fail
+    at instances.count (those are reported for the count); 0 when not even one fits."""
+    already = _budget_keys(budget_problems(spec, spec.instances.count, nofile_limit=nofile_limit))
+    n = hi
+    while n > 0 and _budget_keys(budget_problems(spec, n, nofile_limit=nofile_limit)) - already:
+        n -= 1
+    return n
+
+
+def max_replicas_errors(spec: Spec, where, lines: dict[str, int],
+                        nofile_limit: int | None = None) -> list[str]:
+    """An enabled autoscaler must be able to reach its max_replicas: the budgets (the memory
+    worst case above all; spec/budget.py) are judged for that count, not only for
+    instances.count. Else the autoscaler's steps past the largest count that fits are vetoed
+    at run time, for a number --check accepted."""
+    a = spec.autoscale
+    if not a.enabled:
+        return []
+    lo, hi = a.bounds(spec.instances)
+    if hi <= spec.instances.count:
+        return []    # the budgets for instances.count are checked (and reported) already
+    already = _budget_keys(budget_problems(spec, spec.instances.count, nofile_limit=nofile_limit))
+    new = [p for p in budget_problems(spec, hi, lines=lines, nofile_limit=nofile_limit)
+           if p.split(" ", 1)[0].rstrip(":") not in already]
+    if not new:
+        return []
+    fit = largest_count_that_fits(spec, hi, nofile_limit)
+    src = "" if a.max_replicas is not None else f" (null: instances.max {hi})"
+    keys = sorted({p.split(" ", 1)[0].rstrip(":") for p in new})
+    if fit >= max(lo, 1):
+        advice = f"set autoscale.max_replicas to at most {fit}, or raise {' / '.join(keys)}"
+    else:
+        advice = f"not even autoscale.min_replicas ({lo}) fits; raise {' / '.join(keys)}"
+    return [f"{where('autoscale.max_replicas')}{src}: the autoscaler could never reach {hi} "
+            f"instances, the budgets hold at most {fit}: " + "; ".join(new) + f"; {advice}"]
 
 
 def budget_errors(spec: Spec, count: int, lines: dict[str, int] | None = None,

@@ -471,10 +471,12 @@ def render_autoscale(st: dict) -> str:
     else:
         head = "autoscale: on"
     host = st.get("host_cpu_percent")
+    fleet = st.get("fleet_cpu_percent")
     ready = st.get("ready")
     lines = [head, f"instances {st['current']} (ready {ready if ready is not None else '-'}), "
                    f"replicas {st['min_replicas']}..{st['max_replicas']}"
-                   + (f", host CPU {host:.0f}%" if host is not None else "")]
+                   + (f", host CPU {host:.0f}%" if host is not None else "")
+                   + (f" (the fleet's own {fleet:.0f}%)" if fleet is not None else "")]
     rows = [("signal", "value", "target", "ratio", "wants")]
     for name, target in st["targets"].items():
         sig = st["signals"].get(name, {})
