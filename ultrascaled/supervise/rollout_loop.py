@@ -194,7 +194,7 @@ class Deployer:
         out = []
         for r in releases.listing(self.spec):
             out.append({**r, "current": r["id"] == self.state.current, "previous": r["id"] == self.state.previous,
-                        "ports": running.get(r["id"], []),
+                        "base": r["id"] == self.state.base, "ports": running.get(r["id"], []),
                         "path": releases.directory_of(self.spec, r["id"])})
         if running.get(None) or self.state.current is None:
             out.insert(0, {"id": None, "created": None, "current": self.state.current is None,

@@ -417,7 +417,8 @@ def cmd_releases(api: Api, args) -> int:
         return 0
     rows = [("RELEASE", "CREATED", "", "PORTS", "PATH")]
     for r in data["releases"]:
-        mark = "current" if r["current"] else "previous" if r["previous"] else ""
+        mark = "current" if r["current"] else "previous" if r["previous"] else \
+            "app.directory as it started" if r.get("base") else ""
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])) if r["created"] else "-"
         rows.append((r["id"] or "app.directory", created, mark, ",".join(map(str, r["ports"])) or "-", r["path"]))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
