@@ -12,8 +12,8 @@ UTF-8 file of at most 1 MiB; YAML composed from parser events with caps on alias
 nesting; plain tags only): whatever it holds, loading returns a Spec or raises SpecError.
 
 The modules, in the order a spec goes through them: schema (the declarations), nginx (the nginx
-section), yaml_reader, validate, budget, loader, errors; reference (the docs table). This face
-re-exports what the rest of the package reads.
+section), yaml_reader, validate, budget, envfile (app.env_file), loader, errors; reference
+(the docs table). This face re-exports what the rest of the package reads.
 """
 from ultrascaled.spec.errors import SpecError
 from ultrascaled.spec.loader import load_spec, parse_spec, read_spec_file, shown_spec
