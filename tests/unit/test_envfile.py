@@ -52,19 +52,22 @@ def test_systemd_environmentfile_syntax(text, want):
 
 
 @pytest.mark.parametrize("text, says", [
-    ("A=1\nnot an assignment\n", "f.env (line 2): 'not an assignment' has no `=`"),
-    ("A=1\n\nlast", "f.env (line 3): 'last' has no `=`"),
+    ("A=1\nnot an assignment\n", "f.env (line 2): the line has no `=`"),
+    ("A=1\n\nlast", "f.env (line 3): the line has no `=`"),
+    ("A=1\n  s3cret-pasted-alone  \n", "f.env (line 2): the line has no `=`"),
     ("export A=1\n", "f.env (line 1): `export A=...`: systemd's EnvironmentFile= has no `export`"),
     ("1A=x\n", "f.env (line 1): '1A' is not an environment variable name"),
     ("A B=x\n", "f.env (line 1): 'A B' is not an environment variable name"),
     ("A-B=x\n", "'A-B' is not an environment variable name"),
+    ("postgres://u:s3cret@db/x?a=1\n", "f.env (line 1): the text before `=` is not an environment"),
     ("A=1\nB=\"open\n\nC=3\n", "f.env (line 2): the value of B opens a \" quote that is never closed"),
     ("B='open\n", "the value of B opens a ' quote that is never closed"),
 ])
 def test_a_line_systemd_would_drop_or_mangle_is_refused_with_its_number(text, says):
     with pytest.raises(EnvFileError) as exc:
         parse_env_text(text, "f.env")
-    assert str(exc.value).startswith(says) or says in str(exc.value), str(exc.value)
+    assert says in str(exc.value), str(exc.value)
+    assert "s3cret" not in str(exc.value)   # a line without `=` may be a pasted value
 
 
 @pytest.mark.parametrize("data, says", [
@@ -152,7 +155,7 @@ def test_a_missing_file_a_directory_and_a_bad_line_are_refused_naming_the_file(t
     assert f"{tmp_path / 'd.env'}: is a directory" in errors_of(spec_with(tmp_path, "{env_file: d.env}"))
     write(tmp_path / "bad.env", "A=1\nB\n")
     says = errors_of(spec_with(tmp_path, "{env_file: bad.env}"))
-    assert f"app.env_file (line 1): {tmp_path / 'bad.env'} (line 2): 'B' has no `=`" in says
+    assert f"app.env_file (line 1): {tmp_path / 'bad.env'} (line 2): the line has no `=`" in says
     write(tmp_path / "latin1.env", "A=1\n", 0o600)
     (tmp_path / "latin1.env").write_bytes(b"A=caf\xe9\n")
     assert "(line 1): not UTF-8 text" in errors_of(spec_with(tmp_path, "{env_file: latin1.env}"))

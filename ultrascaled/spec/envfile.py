@@ -24,6 +24,7 @@ MAX_ENV_FILE_BYTES = 1024 * 1024   # systemd's own line limit is 1 MiB too; an e
 SECRETISH = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|PRIVATE|CREDENTIAL|API_?KEY|ACCESS_?KEY|"
                        r"(?:^|_)KEY(?:_|$)", re.I)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_SHOWABLE = re.compile(r"[A-Za-z0-9_ .-]{1,40}\Z")
 _WHITESPACE, _NEWLINE, _COMMENTS = " \t\n\r", "\n\r", "#;"
 _SHELL_NEED_ESCAPE = "\"\\`$"
 
@@ -95,17 +96,16 @@ def parse_env_text(text: str, source: str) -> list[tuple[int, str, str]]:
             raise EnvFileError(f"{source} (line {start}): `export {k[7:].strip()}=...`: systemd's "
                                "EnvironmentFile= has no `export` (it would drop the line); write "
                                f"`{k[7:].strip()}=...`")
-        if not _NAME.match(k):
-            raise EnvFileError(f"{source} (line {start}): {k!r} is not an environment variable "
+        if not _NAME.match(k):   # named only when it cannot be a pasted value (a URL...)
+            what = repr(k) if _SHOWABLE.match(k) else "the text before `=`"
+            raise EnvFileError(f"{source} (line {start}): {what} is not an environment variable "
                                "name (letters, digits and _, not starting with a digit); systemd "
                                "would drop the line")
         out.append((start, k, v))
 
-    def no_equals() -> EnvFileError:
-        shown = "".join(key).strip()
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        return EnvFileError(f"{source} (line {start}): {shown!r} has no `=`: each line is "
-                            "`KEY=VALUE` (systemd would drop it)")
+    def no_equals() -> EnvFileError:   # the line itself is not shown: it may be a value
+        return EnvFileError(f"{source} (line {start}): the line has no `=`: each line is "
+                            "`KEY=VALUE`, a comment (`#`, `;`) or blank (systemd would drop it)")
 
     def end_value(strip: bool) -> None:
         nonlocal value, key, key_ws, value_ws
