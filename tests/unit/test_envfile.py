@@ -89,14 +89,14 @@ def quoted(value: str) -> str:
     return '"' + "".join("\\" + c if c in '"\\`$' else c for c in value) + '"'
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.dictionaries(names, texts, max_size=6))
 def test_any_value_written_double_quoted_reads_back_as_itself(env):
     text = "".join(f"{k}={quoted(v)}\n" for k, v in env.items())
     assert parse(text) == env
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200))
 def test_any_text_gives_assignments_or_an_error_naming_the_file(text):
     try:
