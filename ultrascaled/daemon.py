@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import resource
@@ -24,7 +23,7 @@ from ultrascaled.effects.upstream import NginxUpstream, NoUpstream
 from ultrascaled.observe import history, logs, metrics
 from ultrascaled.observe.events import EventLog
 from ultrascaled.effects.host_checks import host_problems, host_warnings
-from ultrascaled.spec import Spec, SpecError, load_spec
+from ultrascaled.spec import Spec, SpecError, load_spec, shown_spec
 from ultrascaled.supervise.supervisor import Supervisor
 from ultrascaled.surface.api import ApiServer, AuditLog, Settings, read_token, tls_context
 from ultrascaled.surface.app import build_app
@@ -287,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = host_problems(spec, nofile_limit=nofile) + fleetlock.check(spec.name, spec.paths.state_dir)
         if problems:
             return report(f"spec {args.spec} is valid, but this host cannot run it", problems)
-        print(json.dumps(dataclasses.asdict(spec), indent=2))
+        print(json.dumps(shown_spec(spec), indent=2))
         return 0
     return asyncio.run(serve(args.spec, spec, nofile))
 

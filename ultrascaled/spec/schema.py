@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ultrascaled.spec.budget import mongo_pool_that_fits
+from ultrascaled.spec.envfile import FileEnv
 from ultrascaled.spec.nginx import NginxSettings
 
 MB = 1024 * 1024
@@ -36,7 +37,16 @@ class AppSection:
     python: Optional[str] = setting(None, "Python interpreter for gunicorn, e.g. your app's "
                                     "virtualenv's `bin/python`; it must have gunicorn (and the "
                                     "worker class's package) installed. null = the daemon's own.")
-    env: dict = setting({}, "Extra environment for the app (string to string).")
+    env: dict = setting({}, "Extra environment for the app (string to string); a key also in "
+                        "`app.env_file` takes this value.")
+    env_file: list[str] = setting([], "systemd EnvironmentFile= files (`KEY=VALUE` lines) whose "
+                                  "variables the app gets, relative to the spec file; a leading "
+                                  "`-` ignores a missing one. Read with the spec (at start and on "
+                                  "every reload: a changed value restarts the instances); a later "
+                                  "file's value wins, `app.env` wins over all. Values are never "
+                                  "shown; a file every local user may read is refused when a key "
+                                  "looks like a secret (docs/configuration.md#env-files).")
+    file_env: FileEnv = field(default_factory=FileEnv, metadata={"internal": True})
 
 
 @dataclass(frozen=True)

@@ -114,9 +114,8 @@ def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f"; did you mean `{close[0]}`?" if close else ""
-            errors.append(f"{where(f'{path}.{key}' if path else key)}: unknown key{hint}")
+            errors.append(f"{where(f'{path}.{key}' if path else key)}: unknown key"
+                          f"{_suggestion(str(key), path, fields)}")
     kwargs = {}
     for name, fld in fields.items():
         sub = f"{path}.{name}" if path else name
@@ -148,6 +147,54 @@ def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[
             if isinstance(value, str) and not os.path.isabs(value):
                 fixes[name] = str((base_dir / value).resolve())
     return dataclasses.replace(obj, **fixes) if fixes else obj
+
+
+def _known_keys(cls: type = Spec, prefix: str = "") -> list[str]:
+    """Every key and section path of the spec, e.g. `app`, `app.env_file`."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for fld in dataclasses.fields(cls):
+        if fld.metadata.get("internal"):
+            continue
+        sub = f"{prefix}.{fld.name}" if prefix else fld.name
+        out.append(sub)
+        if dataclasses.is_dataclass(hints[fld.name]):
+            out += _known_keys(hints[fld.name], sub)
+    return out
+
+
+_KNOWN: list[str] = []
+
+
+def _suggestion(key: str, section: str, fields: dict) -> str:
+    """What an unknown `key` in `section` may have meant: a dotted path written as one key
+    (`app.env_file:` at the top), the same name in another section (`env_file` at the top ->
+    `app.env_file`), a close name in this section (`workrs` -> `workers`), or a close name
+    anywhere; "" when nothing is near."""
+    if not _KNOWN:
+        _KNOWN.extend(_known_keys())
+    here = f"{section}." if section else ""
+
+    def listed(paths: list[str]) -> str:
+        paths = [f"`{p}`" + ("" if "." in p else " at the top level") for p in paths[:3]]
+        return paths[0] if len(paths) == 1 else "one of " + ", ".join(paths)
+
+    if "." in key and (here + key) in _KNOWN:
+        head, _, rest = (here + key).rpartition(".")
+        return f"; write `{rest}` inside the `{head}` section (a dotted name is one key in YAML)"
+    elsewhere = [p for p in _KNOWN if p.rpartition(".")[2] == key and p != here + key]
+    if elsewhere:
+        return f"; `{key}` lives in another section: did you mean {listed(elsewhere)}?"
+    close = difflib.get_close_matches(key, fields, n=1)
+    if close:
+        return f"; did you mean `{close[0]}`?"
+    leaves = {}
+    for p in _KNOWN:
+        leaves.setdefault(p.rpartition(".")[2], []).append(p)
+    near = difflib.get_close_matches(key, leaves, n=1, cutoff=0.8)
+    if near:
+        return f"; did you mean {listed(leaves[near[0]])}?"
+    return ""
 
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
