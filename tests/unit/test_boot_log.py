@@ -76,6 +76,19 @@ def test_a_syntax_error_is_quoted_by_its_exception_line_not_its_caret_nor_gunico
     assert excerpt(lines(SYNTAX)) == ": SyntaxError: invalid syntax"
 
 
+def test_the_app_s_error_is_quoted_rather_than_the_master_s_halt_after_it():
+    """A replacement master whose worker cannot import the app exits with its own traceback."""
+    halt = ("[2026-12-07 12:00:02 +0000] [4242] [ERROR] Worker (pid:4243) exited with code 3\n"
+            "Traceback (most recent call last):\n"
+            '  File "/venv/lib/python3.11/site-packages/gunicorn/arbiter.py", line 260, in handle_chld\n'
+            "    self.reap_workers()\n"
+            "gunicorn.errors.HaltServer: <HaltServer 'Worker failed to boot.' 3>\n")
+    boot = SYNTAX.split("[2026-12-07 12:00:01 +0000] [4243] [INFO] Worker exiting")[0]
+    assert last_exception(lines(boot + halt)) == "SyntaxError: invalid syntax"
+    assert excerpt(lines(boot + halt)) == ": SyntaxError: invalid syntax"
+    assert last_exception(lines(halt)) == "gunicorn.errors.HaltServer: <HaltServer 'Worker failed to boot.' 3>"
+
+
 def test_chained_exceptions_end_with_the_last_one_raised():
     assert [t.exception for t in tracebacks(lines(CHAINED))] == [
         "ModuleNotFoundError: No module named 'psycopg'", "django.core.exceptions.ImproperlyConfigured: no database driver"]

@@ -85,13 +85,18 @@ def _prefix_is_log(line: str) -> bool:
     return gunicorn_pid(line) is not None
 
 
+# A gunicorn master's own traceback as it gives up on workers that failed to boot: the
+# consequence of the app's error, quoted only when the log has no other
+GUNICORN_CONSEQUENCES = ("gunicorn.errors.HaltServer", "HaltServer", "SystemExit")
+
+
 def last_exception(lines: list[str], exclude_pids: frozenset[int] | set[int] = frozenset()) -> str:
     """The exception line of the last traceback in `lines` that no process in `exclude_pids`
-    wrote (by the gunicorn line that introduced it); "" if there is none."""
-    for tb in reversed(tracebacks(lines)):
-        if tb.pid is None or tb.pid not in exclude_pids:
-            return tb.exception
-    return ""
+    wrote (by the gunicorn line that introduced it), the app's own rather than gunicorn's
+    `HaltServer` after it; "" if there is none."""
+    ours = [tb.exception for tb in tracebacks(lines) if tb.pid is None or tb.pid not in exclude_pids]
+    causes = [e for e in ours if e.split(":", 1)[0] not in GUNICORN_CONSEQUENCES]
+    return (causes or ours or [""])[-1]
 
 
 def fails_fast(http_500s: int, exception: str, needed: int = FAIL_FAST_500S) -> bool:
