@@ -151,7 +151,7 @@ NOISE = st.sampled_from([
 ])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(case=st.sampled_from(TB_CASES), before=st.lists(NOISE, max_size=5), after=st.lists(NOISE, max_size=5),
        inserts=st.lists(st.tuples(st.integers(0, 40), NOISE), max_size=6))
 def test_interleaved_gunicorn_lines_do_not_change_the_exception_line(case, before, after, inserts):
@@ -162,7 +162,7 @@ def test_interleaved_gunicorn_lines_do_not_change_the_exception_line(case, befor
     assert last_exception(before + body + after) == exception
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80), max_size=30))
 def test_any_text_parses_and_every_quote_is_one_line_from_it(text_lines):
     got = last_exception(text_lines)
