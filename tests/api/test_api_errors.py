@@ -58,6 +58,8 @@ def test_unknown_paths_and_methods_are_json(api):
     (b'{"instances": ' + b"9" * 100 + b"}", "out_of_range"),
     (b'{"instances": 3, "extra": 1}', "bad_request"),
     (b'\xff\xfe', "bad_json"),
+    (b'{"instances": 9, "instances": 2}', "bad_request"),              # a key twice: refused, not the last
+    (b'{"instances": 2, "x": {"a": 1, "a": 2}}', "bad_request"),
 ])
 def test_bad_scale_bodies_are_refused_and_change_nothing(api, fleet, body, code):
     status, payload, _ = api.req("POST", "/fleet/scale", data=body, headers=JSON)
@@ -156,3 +158,9 @@ def test_every_error_code_is_in_the_readme_error_list_and_in_the_docs():
     assert len(codes) >= 20
     assert not [c for c in codes if f"`{c}`" not in listed], "the README's error list is incomplete"
     assert all(f"`{c}`" in docs for c in codes)
+
+
+def test_a_key_given_twice_is_named(api, fleet):
+    status, payload, _ = api.req("POST", "/fleet/scale", data=b'{"instances": 9, "instances": 2}', headers=JSON)
+    assert status == 400 and "'instances' is given twice" in payload["error"]["message"]
+    assert fleet.calls == [] and fleet.count == 2

@@ -52,6 +52,21 @@ def query_flag(request: web.Request, name: str) -> bool:
     return raw in ("", "1", "true")  # `?follow` alone means yes
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list) -> dict:
+    """json.loads' object_pairs_hook: `{"instances": 9, "instances": 2}` is refused, as the spec
+    loader refuses a key given twice (json keeps the last one silently)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 async def json_body(request: web.Request, allowed: tuple[str, ...]) -> dict:
     """The request's JSON object (or {} for no body), with only the `allowed` keys."""
     limits = request.app[SETTINGS].limits
@@ -64,7 +79,9 @@ async def json_body(request: web.Request, allowed: tuple[str, ...]) -> dict:
     if not raw:
         return {}
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise ApiError(Code.bad_request, f"field {str(exc.args[0])[:100]!r} is given twice in the request body")
     except RecursionError:
         raise ApiError(Code.bad_json, "request body is nested too deeply")
     except ValueError as exc:
