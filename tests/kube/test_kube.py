@@ -699,12 +699,6 @@ def test_no_spec_value_can_end_a_comment_of_the_header():
     assert list(yaml.safe_load_all(text)) == kube.export(spec).manifests
 
 
-def test_a_bind_in_gunicorn_args_is_warned_about():
-    spec = parse_spec("gunicorn: {args: ['--bind=127.0.0.1:9999']}\n", base_dir=Path("/srv"),
-                      cpu_count=2)
-    assert any("binds an address of its own" in w for w in kube.export(spec).warnings)
-
-
 @pytest.mark.integration  # runs ultrascalectl as a process, twice
 @pytest.mark.parametrize("argv", [["export", "kubernetes"], ["plan", "--users", "10"]])
 def test_a_closed_stdout_is_exit_1_without_a_traceback(argv):

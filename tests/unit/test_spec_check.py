@@ -217,3 +217,18 @@ def test_no_warning_when_the_app_names_the_metrics_or_nginx_logs_the_traffic(tmp
                                               "true, target: {in_flight_per_worker: 0.8, "
                                               "p95_latency_seconds: 0.5}}\n")))
     assert host_warnings(ref) == []
+
+
+@pytest.mark.parametrize("args,needle", [
+    ('["--preload", "x"]', "gunicorn reads the app as 'x app.wsgi:application', not app.module"),
+    ('["--no-such-flag"]', "gunicorn refuses the command line: unrecognized arguments: --no-such-flag"),
+    ('["--limit-request-line", "many"]', "invalid int value: 'many'"),
+])
+def test_check_parses_gunicorn_args_with_the_apps_own_gunicorn(tmp_path, capsys, args, needle):
+    rc, err = check(write(tmp_path, base_spec(tmp_path, f"gunicorn: {{args: {args}}}\n")), capsys)
+    assert rc == 2 and needle in err, err
+
+
+def test_check_passes_gunicorn_args_gunicorn_accepts(tmp_path, capsys):
+    rc, err = check(write(tmp_path, base_spec(tmp_path, 'gunicorn: {args: ["--log-level", "debug"]}\n')), capsys)
+    assert rc == 0, err

@@ -344,3 +344,35 @@ def test_reload_and_start_read_the_file_the_same_way(tmp_path):
     f.write_text(BILLION_LAUGHS)
     assert "alias bomb" in file_errors(f)[0]
     assert file_errors(f)[0].startswith(str(f))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--bind", "0.0.0.0:18097"], "--bind is set by the daemon; use instances.host and instances.base_port"),
+    (["--bind=0.0.0.0:1"], "--bind is set by the daemon"),
+    (["-b0.0.0.0:1"], "-b is set by the daemon"),
+    (["--fd", "3"], "--fd is set by the daemon"),
+    (["--reuse-port"], "--reuse-port is set by the daemon"),
+    (["--pid", "/etc/passwd"], "--pid is set by the daemon"),
+    (["-n", "other"], "-n is set by the daemon; use name"),
+    (["--daemon"], "--daemon is set by the daemon"),
+    (["-D"], "-D is set by the daemon"),
+    (["--chdir", "/"], "--chdir is set by the daemon; use app.directory"),
+    (["-k", "gevent"], "-k is set by the daemon; use gunicorn.worker_class"),
+    (["--workers=9"], "--workers is set by the daemon; use gunicorn.workers"),
+    (["--user", "root"], "--user is set by the daemon"),
+    (["-g", "root"], "-g is set by the daemon"),
+    (["-c", "x.py"], "-c is set by the daemon; use app.config"),
+    (["--timeout", "5"], "--timeout is set by the daemon; use gunicorn.timeout"),
+    (["--error-logfile", "/etc/passwd"], "--error-logfile is set by the daemon"),
+    (["x", "x"], "'x' is a positional argument, which gunicorn would take for the app"),
+])
+def test_gunicorn_args_that_the_daemon_owns_are_refused_with_what_to_use(args, needle):
+    with pytest.raises(SpecError) as e:
+        parse_spec(f"gunicorn: {{args: {args!r}}}\n")
+    assert needle in str(e.value) and "gunicorn.args (line 1)" in str(e.value)
+
+
+@pytest.mark.parametrize("args", [["--log-level", "debug"], ["--forwarded-allow-ips", "*"], ["--preload"],
+                                  ["--limit-request-line=8190"], ["--proxy-protocol"]])
+def test_gunicorn_args_the_spec_does_not_cover_are_kept(args):
+    assert parse_spec(f"gunicorn: {{args: {args!r}}}\n").gunicorn.args == args

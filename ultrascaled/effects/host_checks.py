@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ultrascaled.core import autoscale as autoscale_core
+from ultrascaled.core.command import gunicorn_argv
 from ultrascaled.spec import Spec, budget_errors
 
 # Worker classes: gunicorn's module for each (importing it imports what the worker needs:
@@ -67,7 +68,8 @@ def host_problems(spec: Spec, nofile_limit: int | None = None, timeout: float = 
     if spec.app.config and not os.path.isfile(os.path.join(directory, spec.app.config)):
         problems.append(f"app.config: {os.path.join(directory, spec.app.config)} does not exist")
     if found:
-        problems += _import_problems(spec, python, found, directory, timeout)
+        imports = _import_problems(spec, python, found, directory, timeout)
+        problems += imports or _argv_problems(spec, python, found, timeout)
     count = reload_count(spec)
     if count > spec.instances.count:
         problems += [f"{e} (for the count {count} saved in paths.state_dir/state.json, which a "
@@ -130,6 +132,38 @@ def _import_problems(spec: Spec, python: str, found: str, directory: str,
         elif rc != 0:
             problems.append(f"app.module: {python} could not look for module `{top}`: {err}")
     return problems
+
+
+# gunicorn's own parser on the command line the daemon would run (its positional arguments
+# printed): what gunicorn.args does to it, as the installed gunicorn reads it.
+_ARGV_PROBE = ("import json, sys\nfrom gunicorn.config import Config\n"
+               "ns = Config().parser().parse_args(sys.argv[1:])\nprint(json.dumps(ns.args))")
+
+
+def _argv_problems(spec: Spec, python: str, found: str, timeout: float) -> list[str]:
+    """gunicorn.args as app.python's gunicorn parses the whole command line: an argument it
+    rejects, or one that replaces app.module (a positional, or a flag's missing value), is an
+    error; `--check` then refuses a spec whose instances could not start."""
+    if not spec.gunicorn.args:
+        return []
+    argv = gunicorn_argv(spec, spec.instances.base_port)[3:]     # after `python -m gunicorn`
+    try:
+        out = subprocess.run([found, "-c", _ARGV_PROBE, *argv], capture_output=True, text=True,
+                             timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [f"gunicorn.args: could not check them with {python}'s gunicorn: {exc}"]
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["(no message)"])[-1].split("error: ", 1)[-1]
+        return [f"gunicorn.args: {python}'s gunicorn refuses the command line: {last[:300]}"]
+    try:
+        positional = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return []
+    if positional != [spec.app.module]:
+        return [f"gunicorn.args: gunicorn reads the app as {' '.join(map(str, positional))[:200]!r}, not "
+                f"app.module {spec.app.module!r}: an argument in gunicorn.args is taken for the app "
+                "(a value after a flag that takes none?)"]
+    return []
 
 
 # Bounds of the look through the app's source for the metric names a target needs.

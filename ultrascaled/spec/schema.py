@@ -92,7 +92,12 @@ class GunicornSection:
                                 "errors at 1000 connections).", min=0, max=10 ** 9)
     max_requests_jitter: int = setting(0, "Random extra requests added to max_requests, so "
                                        "workers are not replaced together.", min=0, max=10 ** 9)
-    args: list = setting([], "Extra gunicorn command-line arguments.")
+    args: list = setting([], "Extra gunicorn command-line arguments, for what the spec does not "
+                         "cover (`--log-level`, `--forwarded-allow-ips`, ...). The options the "
+                         "daemon sets (`--bind`, `--fd`, `--pid`, `--name`, `--daemon`, `--chdir`, "
+                         "`--reuse-port`, `--worker-class`, `--workers`, `--user`, `--config`, the "
+                         "timeouts and logs) and positional arguments are refused, naming the key "
+                         "to use; `--check` parses the whole command line with the app's gunicorn.")
 
 
 @dataclass(frozen=True)

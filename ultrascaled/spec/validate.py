@@ -215,6 +215,54 @@ _BUDGET_INPUTS = {
 }
 
 
+# gunicorn options the daemon sets itself (core/command.py), with what to use instead: given
+# again in gunicorn.args they would win (gunicorn keeps the last), bypassing nginx and the gates
+# (--bind), losing the instance (--pid, --daemon, --name) or lying to status and the planner.
+OWNED_ARGS: dict[tuple[str, ...], str] = {
+    ("-b", "--bind"): "instances.host and instances.base_port (the daemon binds each port itself)",
+    ("--fd",): "nothing: the daemon passes each port's held socket itself",
+    ("--reuse-port",): "nothing: the daemon holds each port's socket and hands it over",
+    ("-p", "--pid"): "nothing: the daemon knows each master's pid",
+    ("-n", "--name"): "name (the daemon marks its processes ultrascale-NAME-PORT)",
+    ("-D", "--daemon"): "nothing: the daemon supervises each master in the foreground",
+    ("--chdir",): "app.directory",
+    ("-k", "--worker-class"): "gunicorn.worker_class",
+    ("-w", "--workers"): "gunicorn.workers",
+    ("--threads",): "gunicorn.threads",
+    ("--worker-connections",): "gunicorn.worker_connections",
+    ("-t", "--timeout"): "gunicorn.timeout",
+    ("--graceful-timeout",): "gunicorn.graceful_timeout",
+    ("--keep-alive",): "gunicorn.keepalive",
+    ("--max-requests",): "gunicorn.max_requests",
+    ("--max-requests-jitter",): "gunicorn.max_requests_jitter",
+    ("-u", "--user", "-g", "--group"): "the daemon's own user (systemd's User=, docs/operations.md)",
+    ("-c", "--config"): "app.config",
+    ("--error-logfile", "--log-file", "--capture-output"): "logs.* (the daemon rotates each instance's log)",
+}
+_OWNED = {flag: use for flags, use in OWNED_ARGS.items() for flag in flags}
+
+
+def gunicorn_args_errors(args: list, where: str) -> list[str]:
+    """gunicorn.args may add what the spec does not cover; the options the daemon owns and a
+    positional argument (gunicorn would take it for the app) are refused, naming what to use."""
+    errors = []
+    for i, a in enumerate(args):
+        if not isinstance(a, str):
+            continue
+        flag = a.split("=", 1)[0] if a.startswith("--") else a[:2] if a.startswith("-") and len(a) > 1 else None
+        if flag is None:
+            prev = args[i - 1] if i else ""
+            takes_value = isinstance(prev, str) and prev.startswith("-") and "=" not in prev and \
+                not (prev.startswith("-") and not prev.startswith("--") and len(prev) > 2)
+            if not takes_value:
+                errors.append(f"{where}: {a[:60]!r} is a positional argument, which gunicorn would take for "
+                              "the app instead of app.module; give the app as app.module")
+            continue
+        if flag in _OWNED:
+            errors.append(f"{where}: {flag} is set by the daemon; use {_OWNED[flag]}")
+    return errors
+
+
 def _tainted(bad: set[str], *inputs: str) -> bool:
     """Whether any input (a key path or a section) is, contains or is inside a bad path."""
     return any(i == b or i.startswith(b + ".") or b.startswith(i + ".")
@@ -233,6 +281,8 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
         return not _tainted(bad, *inputs)
 
     errors = []
+    if ok("gunicorn.args"):
+        errors += gunicorn_args_errors(spec.gunicorn.args, where("gunicorn.args"))
     for msg in nginx_checks.validate(spec.nginx):
         key, _, rest = msg.partition(":")
         if ok(key, "nginx.mode"):

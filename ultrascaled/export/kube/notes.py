@@ -97,9 +97,6 @@ def warnings_for(spec: "Spec", name: str, opts: Options) -> list[str]:
     if spec.nginx.socketio and "REDIS_URL" not in spec.app.env:
         out.append("nginx.socketio with more than one pod needs a shared Socket.IO message "
                    "queue: set app.env.REDIS_URL")
-    if any(a in ("-b", "--bind") or a.startswith(("--bind=", "-b")) for a in spec.gunicorn.args):
-        out.append("gunicorn.args binds an address of its own: the pod's probes and Service "
-                   f"expect 0.0.0.0:{spec.instances.base_port}")
     if spec.nginx.tls_enabled:
         out.append(f"TLS: create the Secret first: kubectl create secret tls {name}-tls "
                    f"--cert={spec.nginx.tls_cert} --key={spec.nginx.tls_key}"
