@@ -215,6 +215,7 @@ def describe(d: ReloadDecision, old: Spec) -> dict[str, Any]:
             "reconfigure": d.nginx_reconfigure and nginx_on,
             "keys": list(d.nginx_keys),
             "upstream_changes": upstream and nginx_on,
+            "upstream_servers": d.spec.nginx.upstream_servers,
         },
         "budget": {"memory": {"before": memory_budget(old, d.count_before),
                               "after": memory_budget(d.spec, d.count)}},
