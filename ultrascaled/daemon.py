@@ -25,7 +25,7 @@ from ultrascaled.effects.fleetlock import FleetLocked
 from ultrascaled.effects.upstream import NginxUpstream, NoUpstream
 from ultrascaled.observe import history, logs, metrics
 from ultrascaled.observe.events import EventLog
-from ultrascaled.effects.host_checks import host_problems
+from ultrascaled.effects.host_checks import host_problems, port_problems
 from ultrascaled.spec import Spec, SpecError, load_spec, parse_spec
 from ultrascaled.supervise.supervisor import Supervisor
 from ultrascaled.surface.api import ApiServer, AuditLog, Settings, read_token, tls_context
@@ -300,7 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         return report(f"invalid spec {args.spec}", exc.errors)
     if args.check:
-        problems = host_problems(spec, nofile_limit=nofile) + fleetlock.check(spec.name, spec.paths.state_dir)
+        running = fleetlock.name_holder(spec.name)
+        if running:   # a spec edit checked before a reload: against the fleet that runs it
+            print(f"ultrascaled: fleet {spec.name!r} runs on this host (ultrascaled pid {running}): "
+                  "checking against the running fleet (its name, its state folder and the ports it "
+                  "holds are its own); `ultrascalectl diff` shows what a reload would change",
+                  file=sys.stderr)
+            held = fleetlock.check_running(spec.name, spec.paths.state_dir, running)
+        else:
+            held = fleetlock.check(spec.name, spec.paths.state_dir)
+        problems = host_problems(spec, nofile_limit=nofile) + held + port_problems(spec, running)
         if problems:
             return report(f"spec {args.spec} is valid, but this host cannot run it", problems)
         print(json.dumps(dataclasses.asdict(spec), indent=2))

@@ -1,6 +1,7 @@
 """What keeps this host from running a valid spec (`ultrascaled --check` only, never loading):
-app.directory, app.python and the packages it can import, app.config, app.module, and the
-budgets for the count a reload would keep (read from paths.state_dir/state.json)."""
+app.directory, app.python and the packages it can import, app.config, app.module, the
+budgets for the count a reload would keep (read from paths.state_dir/state.json), and the
+ports the fleet listens on (free, or held by the running fleet of this name)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
+from ultrascaled.effects import procs
 from ultrascaled.spec import Spec, budget_errors
 
 # Worker classes: gunicorn's module for each (importing it imports what the worker needs:
@@ -129,3 +133,55 @@ def _import_problems(spec: Spec, python: str, found: str, directory: str,
         elif rc != 0:
             problems.append(f"app.module: {python} could not look for module `{top}`: {err}")
     return problems
+
+
+def fleet_ports(spec: Spec) -> list[tuple[str, str, int]]:
+    """(key, host, port) of every port the fleet listens on: the API, a managed nginx's, and
+    each instance's for the count a start (or a reload) would run."""
+    out = [("api.port", spec.api.host, spec.api.port)]
+    ng = spec.nginx
+    if ng.mode == "managed":
+        host = "0.0.0.0" if ng.listen_host == "*" else ng.listen_host
+        out.append(("nginx.listen", host, ng.listen))
+        if ng.tls_enabled:
+            out.append(("nginx.tls_listen", host, ng.tls_listen))
+    out += [("instances.base_port", spec.instances.host, spec.port(i)) for i in range(reload_count(spec))]
+    return out
+
+
+def port_problems(spec: Spec, fleet_pid: int | None = None) -> list[str]:
+    """Ports of the fleet another program holds. A port held by this fleet is fine: by
+    `fleet_pid` (the ultrascaled running this fleet's name here) or its children, by a gunicorn
+    process with this fleet's marker, or by its nginx (left running for the next daemon to
+    adopt, or the running fleet's): the fleet is checked against itself."""
+    problems = []
+    for key, host, port in fleet_ports(spec):
+        try:
+            holder = procs.port_in_use(host, port)
+        except OSError as exc:
+            problems.append(f"{key}: cannot check {host}:{port}: {exc.strerror or exc}")
+            continue
+        if holder is None or (holder.pid and _fleet_owns(spec, holder.pid, fleet_pid)):
+            continue
+        who = f"pid {holder.pid} ({holder.name})" if holder.pid else holder.name
+        hint = ("; if it is the running fleet's, run --check as the user that runs it (this user "
+                "cannot see who holds it)") if fleet_pid and not holder.pid else ""
+        problems.append(f"{key}: {host}:{port} is in use by {who}{hint}")
+    return problems
+
+
+def _fleet_owns(spec: Spec, pid: int, fleet_pid: int | None) -> bool:
+    """Whether `pid` is the running fleet's: the daemon or one of its children, a gunicorn
+    process with this fleet's marker (adopted masters), or the fleet's nginx (its pid file)."""
+    try:
+        nginx_pid = int(Path(spec.nginx.pid_path).read_text().strip()) if spec.nginx.mode == "managed" else None
+    except (OSError, ValueError):
+        nginx_pid = None
+    try:
+        p = psutil.Process(pid)
+        ours = {fleet_pid, nginx_pid} - {None}
+        if any(q.pid in ours for q in [p, *p.parents()]):
+            return True
+        return procs.marker_port(p.cmdline(), spec.name) is not None
+    except psutil.Error:
+        return False
