@@ -385,7 +385,7 @@ def render_plan(plan: dict) -> str:
     mem = (plan.get("budget") or {}).get("memory") or {}
 
     def budget(b: dict) -> str:
-        return (f"{b['instances']} x ({b['workers']} workers + 1) x {b['worker_limit_mb']} MiB = "
+        return (f"{b['instances']} x ({b['workers']} worker{'' if b['workers'] == 1 else 's'} + 1) x {b['worker_limit_mb']} MiB = "
                 f"{b['worst_case_mb']} MiB of {b['fleet_budget_mb']} MiB")
     if mem:
         before, after = budget(mem["before"]), budget(mem["after"])
