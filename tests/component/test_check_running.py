@@ -9,11 +9,22 @@ import socket
 import subprocess
 import uuid
 
+import pytest
+import structlog
+
 from ultrascaled import daemon
 from ultrascaled.effects import fleetlock
 from ultrascaled.effects.fleetlock import FleetLock
 from ultrascaled.effects.host_checks import fleet_ports, port_problems
 from ultrascaled.spec import parse_spec
+
+
+@pytest.fixture(autouse=True)
+def logging_as_before():
+    """daemon.main configures structlog on the captured stderr: put the defaults back, or a
+    later test logs to a closed file (as in tests/unit/test_spec_check.py)."""
+    yield
+    structlog.reset_defaults()
 
 
 def listening(port: int) -> socket.socket:
