@@ -4,8 +4,10 @@ budgets for the count a reload would keep (read from paths.state_dir/state.json)
 ports the fleet listens on (free, or held by the running fleet of this name)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import shutil
 import subprocess
 import sys
@@ -154,20 +156,50 @@ def port_problems(spec: Spec, fleet_pid: int | None = None) -> list[str]:
     `fleet_pid` (the ultrascaled running this fleet's name here) or its children, by a gunicorn
     process with this fleet's marker, or by its nginx (left running for the next daemon to
     adopt, or the running fleet's): the fleet is checked against itself."""
-    problems = []
+    problems, busy = [], []
     for key, host, port in fleet_ports(spec):
         try:
-            holder = procs.port_in_use(host, port)
+            if not _bindable(host, port):
+                busy.append((key, host, port))
         except OSError as exc:
             problems.append(f"{key}: cannot check {host}:{port}: {exc.strerror or exc}")
+    holders = _listeners({port for _, _, port in busy}) if busy else {}
+    for key, host, port in busy:
+        pid = holders.get(port)
+        if pid and _fleet_owns(spec, pid, fleet_pid):
             continue
-        if holder is None or (holder.pid and _fleet_owns(spec, holder.pid, fleet_pid)):
-            continue
-        who = f"pid {holder.pid} ({holder.name})" if holder.pid else holder.name
-        hint = ("; if it is the running fleet's, run --check as the user that runs it (this user "
-                "cannot see who holds it)") if fleet_pid and not holder.pid else ""
+        try:
+            who = f"pid {pid} ({psutil.Process(pid).name()})" if pid else "a program this user cannot see"
+        except psutil.Error:
+            who = f"pid {pid}"
+        hint = ("; if it is the running fleet's, run --check as the user that runs it"
+                if fleet_pid and not pid else "")
         problems.append(f"{key}: {host}:{port} is in use by {who}{hint}")
     return problems
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Whether `host:port` can be bound now (False: in use); OSError for any other failure."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        return True
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return False
+        raise
+    finally:
+        s.close()
+
+
+def _listeners(ports: set[int]) -> dict[int, int]:
+    """port -> pid listening there, for `ports`, in one scan (pids this user can see)."""
+    try:
+        return {c.laddr.port: c.pid for c in psutil.net_connections("inet")
+                if c.laddr and c.laddr.port in ports and c.status == psutil.CONN_LISTEN and c.pid}
+    except psutil.Error:
+        return {}
 
 
 def _fleet_owns(spec: Spec, pid: int, fleet_pid: int | None) -> bool:
