@@ -503,7 +503,7 @@ class Before(Ultrascaled):
         tarfile.open(fileobj=io.BytesIO(data)).extractall(src, filter="data")
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref],
                                 capture_output=True, text=True, check=True).stdout.strip()
-        cls.src, cls.label = src, f"ultrascaled before ({ref} {commit})"
+        cls.src, cls.label = src, f"ultrascaled before ({ref if ref == commit else f'{ref} {commit}'})"
 
     def start(self, count: int = 4) -> None:
         orig = self.tracker.env

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import functools
 import json
 import os
@@ -25,8 +24,8 @@ from ultrascaled.effects.fleetlock import FleetLocked
 from ultrascaled.effects.upstream import NginxUpstream, NoUpstream
 from ultrascaled.observe import history, logs, metrics
 from ultrascaled.observe.events import EventLog
-from ultrascaled.effects.host_checks import host_problems, port_problems
-from ultrascaled.spec import Spec, SpecError, load_spec, parse_spec
+from ultrascaled.effects.host_checks import host_problems, host_warnings, port_problems
+from ultrascaled.spec import Spec, SpecError, load_spec, parse_spec, shown_spec
 from ultrascaled.supervise.supervisor import Supervisor
 from ultrascaled.surface.api import ApiServer, AuditLog, Settings, read_token, tls_context
 from ultrascaled.surface.app import build_app
@@ -300,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         return report(f"invalid spec {args.spec}", exc.errors)
     if args.check:
+        warnings = host_warnings(spec)
+        if warnings:
+            report(f"warnings for spec {args.spec} (not errors)", warnings)
         running = fleetlock.name_holder(spec.name)
         if running:   # a spec edit checked before a reload: against the fleet that runs it
             print(f"ultrascaled: fleet {spec.name!r} runs on this host (ultrascaled pid {running}): "
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = host_problems(spec, nofile_limit=nofile) + held + port_problems(spec, running)
         if problems:
             return report(f"spec {args.spec} is valid, but this host cannot run it", problems)
-        print(json.dumps(dataclasses.asdict(spec), indent=2))
+        print(json.dumps(shown_spec(spec), indent=2))
         return 0
     return asyncio.run(serve(args.spec, spec, nofile))
 

@@ -60,3 +60,5 @@ def test_status_shows_signals_targets_and_reasons():
     assert re.search(r"p95_latency_seconds\s+-\s+0\.5s\s+-\s+- \(missing\)", out)
     assert re.search(r"cpu_wait_percent\s+12\.5%\s+25\.0%\s+0\.50\s+2", out)
     assert "recommendation: 4" in out and "hold" in out
+    out = cli.render_autoscale({**st, "fleet_cpu_percent": 21.6})
+    assert "host CPU 63% (the fleet's own 22%)" in out

@@ -217,6 +217,9 @@ class FakeRunner:
     def log_tail(self, path, lines):
         return logfiles.tail(path, lines)   # the test writes the log the app would have
 
+    def log_since(self, path, offset):
+        return logfiles.since(path, offset)
+
     def kinds(self) -> list:
         return [c[0] for c in self.calls]
 

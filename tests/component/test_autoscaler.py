@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import functools
 
+import pytest
+
 from fakes import Harness
+from ultrascaled.spec import SpecError
 from ultrascaled.supervise.autoscale_loop import Autoscaler
 
 AUTO = """autoscale:
   enabled: true
   min_replicas: 1
+  max_replicas: 5
   sync_period_seconds: 2
   metrics_window_seconds: 4
   behavior: {scale_down: {stabilization_window_seconds: 10}}
@@ -81,15 +85,23 @@ async def test_load_over_target_scales_up_through_the_scale_path(tmp_path):
     assert h.states() == {p: "running" for p in (8001, 8002, 8003, 8004)}
 
 
+def test_a_max_replicas_over_the_spec_budget_is_refused_with_the_count_that_fits(tmp_path):
+    # memory: 1000 MiB budget, 1 worker + master at 100 MiB each: 5 instances at most; an
+    # autoscaler allowed 6 would have every step to 6 vetoed at run time
+    with pytest.raises(SpecError) as info:
+        Harness(tmp_path, AUTO.replace("max_replicas: 5", "max_replicas: 6"))
+    (err,) = [e for e in info.value.errors if e.startswith("autoscale.max_replicas")]
+    assert "the budgets hold at most 5" in err and "1200 MiB exceeds the budget of 1000 MiB" in err
+    assert "set autoscale.max_replicas to at most 5" in err
+
+
 @component
-async def test_the_spec_budget_cuts_a_step_up_and_says_by_how_much(tmp_path):
-    # memory: 1000 MiB budget, 1 worker + master at 100 MiB each: 5 instances at most
+async def test_the_fleet_reaches_the_max_replicas_the_budget_holds(tmp_path):
     h, auto = await fleet(tmp_path)
     await run_for(h, auto, 20, load=600)
     assert h.sup.count == 5
-    held = [d for d in auto.decisions if d["action"] == "hold" and d["vetoes"]]
-    assert held and "memory.fleet_budget_mb" in held[-1]["vetoes"][0]
-    assert "1200" in held[-1]["vetoes"][0]        # 6 x (1 + 1) x 100 MiB
+    assert not any(d["vetoes"] for d in auto.decisions)    # the budget never had to veto
+    assert any("bounded to 5" in d["reason"] for d in auto.decisions)
 
 
 @component
@@ -319,3 +331,63 @@ async def test_p95_comes_from_nginx_when_its_traffic_log_is_on(tmp_path):
     assert nginx.calls and nginx.calls[0] == (None, 4.0)
     assert h.sup.count == 5         # ceil(2 x 1.5 / 0.5) = 6, cut to 5 by the memory budget
     assert h.events_named("autoscale.scale_up")[0]["signals"]["p95_latency_seconds"]["value"] == 1.5
+
+
+@component
+async def test_an_app_without_the_in_flight_gauge_steps_down_after_the_grace_with_one_event(tmp_path):
+    # issue 23: the app exports no in-flight gauge; before, every step down was held forever
+    h = Harness(tmp_path, AUTO + "  target: {cpu_utilization: 70, in_flight_per_worker: 0.8}\n",
+                autoscale=dict(host_cpu=lambda: 10.0, app_families=no_app_metrics, cores=lambda: 2))
+    await h.start()
+    auto = h.sup.autoscaler
+    h.sup.scale(4, source="autoscale")
+    await h.settle()
+    start = h.clock.t
+    grace = 30          # max(the 10 s scale-down window, 3 x stale_after_seconds 10 s)
+    decisions = await run_for(h, auto, grace - 4, load=10)
+    assert h.sup.count == 4
+    assert all("in_flight_per_worker is missing" in d.reason for d in decisions if d.action == "hold"
+               and not d.reason.startswith("held: no fresh"))
+    assert h.events_named("autoscale.signal_never_seen") == []
+    later = await run_for(h, auto, 20, load=10)
+    assert h.sup.count == 1
+    (told,) = h.events_named("autoscale.signal_never_seen")
+    assert told["signal"] == "in_flight_per_worker" and told["seconds"] == grace
+    assert "`ultrascale_http_requests_in_flight`" in told["needs"]
+    down = next(d for d in later if d.action == "scale_down")
+    assert down.at - start >= grace and down.never_seen == ("in_flight_per_worker",)
+    assert h.events_named("autoscale.scale_down")[-1]["signals"]["in_flight_per_worker"][
+        "note"].startswith("never seen in")
+
+
+@component
+async def test_the_host_guard_lets_a_starved_fleet_step_up_on_a_host_busy_with_other_work(tmp_path):
+    # issue 23: 2 cores at 100 % (a load generator, other services), the fleet's 2 workers
+    # (a worker per core) use 20 % of a core each but wait 60 % of the time for a CPU
+    h = Harness(tmp_path, AUTO + "  target: {cpu_utilization: 70, cpu_wait_percent: 20}\n")
+    await h.start()
+    waited: dict[int, float] = {}
+    auto = Autoscaler(h.sup, host_cpu=lambda: 100.0, app_families=no_app_metrics, cores=lambda: 2,
+                      run_queue_wait=waited.get)
+    for _ in range(6):
+        for proc in h.runner.procs.values():
+            for pid in [proc.pid, *proc.workers]:
+                waited[pid] = waited.get(pid, 0.0) + 0.3
+        await run_for(h, auto, 1, load=40)
+    assert h.sup.count > 2
+    up = h.events_named("autoscale.scale_up")[0]
+    assert "host CPU 100% is over host_cpu_saturation_percent 90%, but the fleet's own processes " \
+           "use 20% of the cores" in up["reason"] and "other work saturates it" in up["reason"]
+
+
+@component
+async def test_the_host_guard_holds_a_fleet_that_saturates_the_host_itself(tmp_path):
+    h = Harness(tmp_path, AUTO, autoscale=dict(host_cpu=lambda: 100.0, app_families=no_app_metrics,
+                                               cores=lambda: 2))
+    await h.start()
+    auto = h.sup.autoscaler
+    await run_for(h, auto, 8, load=190)     # 95 % of a core per worker: 95 % of the 2 cores
+    assert h.sup.count == 2 and h.events_named("autoscale.scale_up") == []
+    assert 90 < auto.last_obs.fleet_cpu_percent <= 100
+    held = [d for d in auto.decisions if d["action"] == "hold" and "host CPU" in d["reason"]]
+    assert held and "(at least 50%): the fleet saturates it" in held[-1]["reason"]

@@ -271,3 +271,119 @@ def test_trace_with_the_users_ramp_stays_within_bounds_and_budgets():
     assert max(w for _, w, _, _ in rows) == 6
     assert rows[-1][1] == 1
     assert direction_changes(rows) == 1
+
+
+# ---- a signal the app never supplies (issue 23: in_flight_per_worker "missing" forever) -----
+
+NEVER = ("  target: {in_flight_per_worker: 0.8}\n"
+         "  behavior: {scale_down: {stabilization_window_seconds: 0}}\n")   # grace: 3 x 10 s
+
+
+def test_the_grace_is_the_scale_down_window_or_three_stale_periods():
+    assert a.never_seen_grace(policy(NEVER)[0]) == 30
+    assert a.never_seen_grace(policy("")[0]) == 300      # the HPA's 300 s window
+    assert a.never_seen_grace(policy("  stale_after_seconds: 200\n")[0]) == 600
+
+
+def test_a_signal_never_seen_holds_a_step_down_only_for_the_grace_then_once_is_left_out():
+    pol, bounds = policy(NEVER)
+    st, told = a.State(), []
+    for t in range(0, 29, 2):   # the app exports no in-flight gauge: only CPU comes
+        d, st = a.decide(st, obs(4, at=t, cpu_utilization=10), 4, pol, bounds, now=float(t))
+        assert d.action == "hold" and "in_flight_per_worker is missing" in d.reason, t
+        told += d.never_seen
+    assert told == []
+    d, st = a.decide(st, obs(4, at=30, cpu_utilization=10), 4, pol, bounds, now=30.0)
+    assert d.never_seen == ("in_flight_per_worker",)
+    assert (d.action, d.desired) == ("scale_down", 1)
+    view = {v.name: v for v in d.signals}["in_flight_per_worker"]
+    assert view.value is None and view.note.startswith("never seen in 30s (left out")
+    d, st = a.decide(st, obs(1, at=32, cpu_utilization=10), 1, pol, bounds, now=32.0)
+    assert d.never_seen == ()                              # told once
+
+
+def test_a_signal_seen_once_and_then_gone_stays_missing_and_holds_every_step_down():
+    pol, bounds = policy(NEVER)
+    d, st = a.decide(a.State(), obs(4, at=0, cpu_utilization=10, in_flight_per_worker=0.1), 4,
+                     pol, bounds, now=0.0)
+    for t in range(2, 200, 2):
+        d, st = a.decide(st, obs(4, at=t, cpu_utilization=10), 4, pol, bounds, now=float(t))
+        assert d.action == "hold" and "in_flight_per_worker is missing" in d.reason, t
+        assert d.never_seen == ()
+
+
+def test_a_left_out_signal_that_shows_up_counts_again():
+    pol, bounds = policy(NEVER)
+    _, st = a.decide(a.State(), obs(4, cpu_utilization=10), 4, pol, bounds, now=0.0)
+    _, st = a.decide(st, obs(4, at=40, cpu_utilization=10), 4, pol, bounds, now=40.0)
+    assert st.left_out == {"in_flight_per_worker"}
+    _, st = a.decide(st, obs(1, at=42, cpu_utilization=10, in_flight_per_worker=0.1), 1, pol,
+                     bounds, now=42.0)
+    assert st.left_out == frozenset() and "in_flight_per_worker" in st.seen
+    d, st = a.decide(st, obs(4, at=44, cpu_utilization=10), 4, pol, bounds, now=44.0)
+    assert d.action == "hold" and "in_flight_per_worker is missing" in d.reason
+
+
+def test_the_grace_of_a_target_added_later_starts_when_it_is_first_followed():
+    cpu_only, bounds = policy("  behavior: {scale_down: {stabilization_window_seconds: 0}}\n")
+    st = a.State()
+    for t in (0.0, 50.0, 100.0):
+        _, st = a.decide(st, obs(1, at=t, cpu_utilization=70), 1, cpu_only, bounds, now=t)
+    pol, _ = policy(NEVER)       # a reload adds the in-flight target: first followed at t=102
+    for t in (102.0, 131.0):
+        d, st = a.decide(st, obs(4, at=t, cpu_utilization=10), 4, pol, bounds, now=t)
+        assert d.action == "hold" and d.never_seen == ()
+    d, st = a.decide(st, obs(4, at=132, cpu_utilization=10), 4, pol, bounds, now=132.0)
+    assert d.never_seen == ("in_flight_per_worker",) and d.action == "scale_down"
+
+
+def test_a_never_seen_only_signal_still_holds_with_no_fresh_signal():
+    pol, bounds = policy("  target: {cpu_utilization: null, in_flight_per_worker: 0.8}\n"
+                         "  behavior: {scale_down: {stabilization_window_seconds: 0}}\n")
+    st = a.State()
+    for t in (0.0, 40.0):
+        d, st = a.decide(st, obs(4, at=t), 4, pol, bounds, now=t)
+    assert d.action == "hold" and "no fresh signal" in d.reason and d.desired == 4
+
+
+def test_the_signal_sources_say_what_the_app_must_export():
+    assert "`ultrascale_http_requests_in_flight`" in a.needs("in_flight_per_worker", True)
+    assert "nginx's traffic log" in a.needs("p95_latency_seconds", True)
+    no_log = a.needs("p95_latency_seconds", False)
+    assert "`ultrascale_http_requests_total`" in no_log
+    assert "`ultrascale_http_request_duration_seconds`" in no_log
+
+
+# ---- the host CPU guard judged by the fleet's own share (issue 23: held almost always) ------
+
+def saturated(fleet, host=100.0, workers=2, cores=2, ready=2):
+    return a.Observation(ready, ready, {"cpu_wait_percent": a.Signal(50, 0)}, host_cpu_percent=host,
+                         cores=cores, workers=workers, fleet_cpu_percent=fleet)
+
+
+WAIT = "  target: {cpu_utilization: null, cpu_wait_percent: 25}\n"
+
+
+def test_a_host_saturated_by_other_work_lets_the_fleet_step_up():
+    # the 2-core bench host: 100 % busy, the fleet's own processes 24 % of the cores
+    pol, bounds = policy(WAIT)
+    d, _ = a.decide(a.State(), saturated(fleet=24), 2, pol, bounds, now=0)
+    assert (d.action, d.desired) == ("scale_up", 4), d.reason
+    assert "the fleet's own processes use 24% of the cores, 24% of the busy CPU: other work " \
+           "saturates it" in d.reason
+
+
+@pytest.mark.parametrize("fleet,host", [(80, 97), (50, 100), (90, 92)])
+def test_a_host_saturated_by_the_fleet_itself_holds_the_step_up(fleet, host):
+    pol, bounds = policy(WAIT)
+    d, _ = a.decide(a.State(), saturated(fleet=fleet, host=host), 2, pol, bounds, now=0)
+    assert d.action == "hold" and "the fleet saturates it" in d.reason, d.reason
+    assert f"host CPU {host:.0f}% is over host_cpu_saturation_percent 90%" in d.reason
+
+
+def test_the_guard_needs_the_host_over_its_limit_and_yields_below_a_worker_per_core():
+    pol, bounds = policy(WAIT)
+    d, _ = a.decide(a.State(), saturated(fleet=85, host=89), 2, pol, bounds, now=0)
+    assert d.action == "scale_up" and "host CPU" not in d.reason
+    d, _ = a.decide(a.State(), saturated(fleet=85, workers=2, cores=4), 2, pol, bounds, now=0)
+    assert d.action == "scale_up" and "workers are fewer than the 4 cores" in d.reason

@@ -110,4 +110,4 @@ def test_typical_rss_is_the_measured_one():
     row = next(line for line in section.splitlines() if line.startswith("| (d) ultrascaled"))
     instances = int(re.search(r"idle with (\d+) instances", "### 4. Supervisor footprint" + section).group(1))
     total = float(re.search(r"\|\s*([\d.]+) MiB\s*\|[^|]*\|\s*$", row).group(1))
-    assert TYPICAL_INSTANCE_RSS_MIB == round(total / instances, 2), row
+    assert abs(TYPICAL_INSTANCE_RSS_MIB - total / instances) < 0.5, (row, "set it in spec/budget.py")

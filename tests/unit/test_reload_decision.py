@@ -52,3 +52,18 @@ def test_an_instance_started_with_another_command_says_so():
     d = reload_plan.decide(old, parse_spec(BASE), 2, seen, fp)
     assert d.diff.changed == (20000,) and "runs another command" in d.why[20000][0]
     assert d.changes_anything
+
+
+def test_a_changed_env_file_value_is_named_and_never_shown(tmp_path):
+    env = tmp_path / "app.env"
+    env.write_text("DB_URL=postgres://u:first@db/app\nMODE=a\n")
+    env.chmod(0o600)
+    text = BASE.replace("env: {A: '1', DB_SECRET: s1}", f"env_file: [{env}]")
+    old = parse_spec(text)
+    env.write_text("DB_URL=postgres://u:second@db/app\nMODE=a\n")
+    new = parse_spec(text)
+    d = reload_plan.decide(old, new, 2, running(old), fp)
+    assert [(k.key, k.old, k.new) for k in d.keys] == [("app.file_env.DB_URL", "(hidden)", "(hidden)")]
+    assert d.why[20000] == ("app.file_env.DB_URL changed",)
+    shown = repr(reload_plan.describe(d, old))
+    assert "first" not in shown and "second" not in shown

@@ -75,3 +75,66 @@ def test_a_disabled_direction_needs_no_policy():
     s = parse_spec("autoscale:\n  behavior:\n    scale_down:\n      select_policy: Disabled\n"
                    "      percent_value: null\n", base_dir=Path("/srv/fleet"), cpu_count=2)
     assert s.autoscale.behavior.scale_down.select_policy == "Disabled"
+
+
+# ---- max_replicas within the budgets (issue 23: 6 x 3 x 500 MiB passed --check, vetoed at run time)
+
+FLEET_2W = ("gunicorn: {workers: 2}\nmemory: {worker_limit_mb: 500, fleet_budget_mb: 8192}\n"
+            "instances: {count: 2, min: 1, max: 8}\n")
+
+
+def test_a_max_replicas_the_memory_budget_cannot_hold_is_refused_with_the_count_that_fits():
+    (err,) = errors_of(FLEET_2W + "autoscale:\n  enabled: true\n  max_replicas: 6\n")
+    assert err.startswith("autoscale.max_replicas (line 6): the autoscaler could never reach 6 "
+                          "instances, the budgets hold at most 5: memory.fleet_budget_mb (line 2): ")
+    assert "6 instances x (2 workers + 1 master) x 500 MiB = 9000 MiB exceeds the budget of " \
+           "8192 MiB by 808 MiB" in err
+    assert err.endswith("set autoscale.max_replicas to at most 5, or raise memory.fleet_budget_mb")
+
+
+def test_a_null_max_replicas_is_judged_at_instances_max():
+    (err,) = errors_of(FLEET_2W + "autoscale: {enabled: true}\n")
+    assert err.startswith("autoscale.max_replicas (null: instances.max 8): the autoscaler could "
+                          "never reach 8 instances, the budgets hold at most 5")
+
+
+@pytest.mark.parametrize("extra", [
+    "autoscale:\n  enabled: true\n  max_replicas: 5\n",     # 5 x 3 x 500 = 7500: fits
+    "autoscale:\n  enabled: false\n  max_replicas: 6\n",    # off: the count is the operator's
+])
+def test_a_max_replicas_that_fits_or_an_autoscaler_off_is_accepted(extra):
+    s = parse_spec(FLEET_2W + extra, base_dir=Path("/srv/fleet"), cpu_count=2)
+    assert s.autoscale.max_replicas in (5, 6)
+
+
+def test_a_budget_that_fails_already_at_the_count_is_reported_once_for_the_count():
+    errs = errors_of("gunicorn: {workers: 2}\nmemory: {worker_limit_mb: 500, fleet_budget_mb: 2000}\n"
+                     "instances: {count: 2, min: 1, max: 8}\nautoscale: {enabled: true, max_replicas: 6}\n")
+    assert len(errs) == 1 and errs[0].startswith("memory.fleet_budget_mb (line 2): 2 instances")
+
+
+def test_the_shipped_autoscaled_specs_fit_their_budgets_at_max_replicas():
+    root = Path(__file__).resolve().parents[2] / "etc" / "ultrascaled"
+    for name in ("django-sync.yaml", "large.yaml"):
+        from ultrascaled.spec.validate import largest_count_that_fits
+        text = (root / name).read_text()
+        s = parse_spec(text, base_dir=Path("/srv/fleet"), cpu_count=8)
+        lo, hi = s.autoscale.bounds(s.instances)
+        assert s.autoscale.enabled and largest_count_that_fits(s, hi) == hi
+
+
+@pytest.mark.parametrize("cores", [2, 4, 6])
+def test_the_docs_example_fits_the_default_fleet_and_its_error_is_the_one_shown(cores):
+    import re
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "autoscaling.md").read_text()
+    example = re.search(r"```yaml\n(autoscale:\n.*?)```", doc, re.S).group(1)
+    fleet = (root / "etc" / "ultrascaled" / "fleet.yaml").read_text()
+    s = parse_spec(fleet + example, base_dir=root / "etc" / "ultrascaled", cpu_count=cores)
+    assert s.autoscale.enabled and s.autoscale.bounds(s.instances) == (1, 4)
+    assert s.autoscale.target.cpu_wait_percent == 25
+    with pytest.raises(SpecError) as info:     # the error the page shows: 6 on 4 cores
+        parse_spec(fleet + example.replace("max_replicas: 4", "max_replicas: 6"),
+                   base_dir=root / "etc" / "ultrascaled", cpu_count=4)
+    shown = " ".join(doc.split("autoscale.max_replicas (line", 1)[1].split("```", 1)[0].split())
+    assert " ".join(info.value.errors[0].split()) == "autoscale.max_replicas (line " + shown

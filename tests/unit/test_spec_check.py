@@ -174,3 +174,46 @@ def test_check_judges_the_budget_for_the_count_a_reload_keeps(tmp_path, capsys):
             "MiB exceeds the budget of 2000 MiB by 1000 MiB (for the count 3 saved in") in err
     (tmp_path / "state" / "state.json").write_text("{not json")
     assert reload_count(load_spec(f)) == 2
+
+
+# ---- warnings: a target whose signal the app may never supply (issue 23) ------------------
+
+def app_dir(tmp_path, source: str) -> Path:
+    d = tmp_path / "shop"
+    (d / "shop").mkdir(parents=True)
+    (d / "shop" / "wsgi.py").write_text(source)
+    return d
+
+
+def test_check_warns_when_the_app_does_not_export_the_in_flight_gauge(tmp_path, capsys):
+    d = app_dir(tmp_path, "def application(environ, start_response): ...\n")
+    spec = write(tmp_path, f"app: {{directory: {d}, module: 'shop.wsgi:application'}}\n"
+                 f"paths: {{state_dir: {tmp_path / 'state'}, log_dir: {tmp_path / 'log'}}}\n"
+                 "gunicorn: {worker_class: sync}\nnginx: {mode: 'off'}\n"
+                 "autoscale: {enabled: true, target: {in_flight_per_worker: 0.8, "
+                 "p95_latency_seconds: 0.5}}\n")
+    rc, err = check(spec, capsys)
+    assert rc == 0, err                                   # a warning, not a refusal
+    assert "warnings for spec" in err and "(not errors)" in err
+    assert "autoscale.target.in_flight_per_worker: no .py file under app.directory" in err
+    assert "the gauge `ultrascale_http_requests_in_flight`" in err
+    # nginx off: no traffic log, so the p95 needs the app's counter and histogram
+    assert "autoscale.target.p95_latency_seconds:" in err
+    assert "`ultrascale_http_request_duration_seconds`" in err and "nginx's traffic log" in err
+    assert "a step down waits 300s after the daemon starts" in err
+
+
+def test_no_warning_when_the_app_names_the_metrics_or_nginx_logs_the_traffic(tmp_path):
+    from ultrascaled.effects.host_checks import host_warnings
+    d = app_dir(tmp_path, "Gauge('http_requests_in_flight', 'in flight')\n")
+    text = (f"app: {{directory: {d}, module: 'shop.wsgi:application'}}\n"
+            f"paths: {{state_dir: {tmp_path / 'state'}, log_dir: {tmp_path / 'log'}}}\n"
+            "autoscale: {enabled: true, target: {in_flight_per_worker: 0.8, p95_latency_seconds: 0.5}}\n")
+    s = load_spec(write(tmp_path, text))                    # managed nginx: its traffic log is on
+    assert host_warnings(s) == []
+    assert host_warnings(load_spec(write(tmp_path, text.replace("enabled: true", "enabled: false")))) == []
+    # the reference app (the repository) exports both
+    ref = load_spec(write(tmp_path, base_spec(tmp_path, "nginx: {mode: 'off'}\nautoscale: {enabled: "
+                                              "true, target: {in_flight_per_worker: 0.8, "
+                                              "p95_latency_seconds: 0.5}}\n")))
+    assert host_warnings(ref) == []

@@ -40,6 +40,10 @@ def write_app(root: Path) -> Path:
             def up():
                 return "ok"
 
+            @app.route("/report/<int:n>")
+            def report(n):
+                raise RuntimeError(f"report {n} is broken")   # one route failing on every instance
+
             @app.route("/")
             def index():
                 if broken:
@@ -69,16 +73,18 @@ def value(m: dict, name: str, **labels) -> float:
 class Traffic:
     """GETs through nginx from a thread until stopped; counts what it sent and got."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, paths=("/",), pause: float = 0.0):
         self.port, self.sent, self.statuses = port, 0, {}
+        self.paths, self.pause = paths, pause
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set() and self.sent < 20000:
-            status, _ = http_get(self.port, "/", timeout=5)
+            status, _ = http_get(self.port, self.paths[self.sent % len(self.paths)], timeout=5)
             self.sent += 1
             self.statuses[status] = self.statuses.get(status, 0) + 1
+            self._stop.wait(self.pause)
 
     def __enter__(self):
         self._t.start()
@@ -206,3 +212,21 @@ def test_a_try_nginx_retried_counts_for_the_instance_that_failed_it(plain_fleet)
              for ln in f.read_text().splitlines()]
     assert sum(f"127.0.0.1:{bad}, 127.0.0.1:{good}" in ln and '"u":"503, 200"' in ln
                for ln in lines) == retried
+
+
+def test_one_route_failing_at_low_traffic_fires_route_errors_and_not_error_rate(plain_fleet):
+    d = plain_fleet
+    d.spec["app"]["env"]["BROKEN_PORT"] = d.spec["app"]["env"]["SLOW_PORT"] = "none"
+    d.spec["alerts"].update(route_error_rate_for=0, route_min_requests=3)
+    d.write_spec()
+    d.start()
+    with Traffic(d.nginx_port) as fine, Traffic(d.nginx_port, ("/report/1", "/report/22"), pause=0.2) as bad:
+        def firing():
+            return {(a["alert"], a.get("route")) for a in d.api("GET", "/alerts")[1]["firing"]}
+        deadline = time.monotonic() + 60
+        while ("route_errors", "GET /report/:id") not in firing():
+            assert time.monotonic() < deadline, (firing(), d.log_tail())
+            time.sleep(0.2)
+        assert not any(name == "error_rate" for name, _ in firing()), firing()
+    assert bad.statuses.get(500, 0) > 0 and fine.statuses.get(500, 0) == 0, (bad.statuses, fine.statuses)
+    assert bad.sent * 20 < fine.sent, (bad.sent, fine.sent)   # under 5 %: far under error_rate (20 % here)

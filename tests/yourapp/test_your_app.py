@@ -33,23 +33,50 @@ def documented_spec(filename: str) -> dict:
 
 
 def write_flask_app(root: Path) -> Path:
-    """The Flask tutorial's layout: a package whose __init__ defines create_app(); no /health."""
+    """The Flask tutorial's layout: a package whose __init__ defines create_app(); no /health;
+    its SQLite database in the instance folder, made by `flask --app flaskr init-db`."""
     pkg = root / "flaskr"
     pkg.mkdir(parents=True)
+    (pkg / "VERSION").write_text("v1")
     (pkg / "__init__.py").write_text(textwrap.dedent("""\
         import os
+        import sqlite3
 
-        from flask import Flask
+        import click
+        from flask import Flask, request
 
 
         def create_app():
-            app = Flask(__name__)
-            app.config.from_mapping(SECRET_KEY="dev")
+            app = Flask(__name__, instance_relative_config=True)
+            app.config.from_mapping(SECRET_KEY="dev",
+                                    DATABASE=os.path.join(app.instance_path, "flaskr.sqlite"))
             app.config.from_prefixed_env()
+
+            def db():
+                return sqlite3.connect(app.config["DATABASE"], isolation_level=None)
+
+            @app.cli.command("init-db")
+            def init_db():
+                os.makedirs(app.instance_path, exist_ok=True)
+                db().execute("create table if not exists post (title text)")
+                click.echo("Initialized the database.")
 
             @app.route("/")
             def index():
                 return f"flaskr index from {os.getpid()}"
+
+            @app.route("/rows/add")
+            def add():
+                db().execute("insert into post values (?)", (request.args["name"],))
+                return "added"
+
+            @app.route("/rows")
+            def rows():
+                return " ".join(sorted(r[0] for r in db().execute("select title from post")))
+
+            @app.route("/version")
+            def version():
+                return open(os.path.join(os.path.dirname(__file__), "VERSION")).read()
 
             return app
         """))
@@ -214,15 +241,9 @@ def test_two_fleets_side_by_side_never_touch_each_other(flask_fleet, django_flee
     assert flask_d.proc.poll() is None and django_d.proc.poll() is None
 
 
-def test_a_django_deploy_and_rollback_keep_the_rows_in_its_sqlite_database(django_fleet):
-    """docs/your-app.md's mysite with deploy.shared: [db.sqlite3]: rows written before a deploy,
-    under the new release and after a rollback are all there, and the release really changed."""
-    d = django_fleet
-    app_dir = Path(d.spec["app"]["directory"])
-    add_rows_and_migrate(app_dir, "v1")
-    d.start()
-    check_serving(d, b"mysite index from", workers=2)
-
+def deploy_rollback_deploy(d, app_dir: Path, version_file: Path) -> None:
+    """Rows written before a deploy, under the new release and after a rollback are all there,
+    and each step really changed the code that answers."""
     def add(name):
         assert http_get(d.nginx_port, f"/rows/add?name={name}")[0] == 200
 
@@ -231,22 +252,44 @@ def test_a_django_deploy_and_rollback_keep_the_rows_in_its_sqlite_database(djang
         assert status == 200, body[:300]
         return body.decode().split()
 
+    def step(*args, version):
+        out = d.ctl(*args)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert http_get(d.nginx_port, "/version")[1] == version.encode()
+
     for n in ("a1", "a2", "a3"):
         add(n)
-    (app_dir / "mysite" / "VERSION").write_text("v2")
-    out = d.ctl("deploy", str(app_dir))
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert http_get(d.nginx_port, "/version")[1] == b"v2"
-    assert (app_dir / "db.sqlite3").is_symlink(), "the running folder links to the shared database"
+    version_file.write_text("v2")     # edited in place, then deployed: as the doc says
+    step("deploy", str(app_dir), version="v2")
     add("b1")
     assert rows() == ["a1", "a2", "a3", "b1"]
-    out = d.ctl("rollback")
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert http_get(d.nginx_port, "/version")[1] == b"v1"
+    step("rollback", version="v1")
     assert rows() == ["a1", "a2", "a3", "b1"]
     add("c1")
-    (app_dir / "mysite" / "VERSION").write_text("v3")
-    out = d.ctl("deploy", str(app_dir))
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert http_get(d.nginx_port, "/version")[1] == b"v3"
+    version_file.write_text("v3")
+    step("deploy", str(app_dir), version="v3")
     assert rows() == ["a1", "a2", "a3", "b1", "c1"]
+
+
+def test_a_flask_deploy_and_rollback_keep_the_rows_in_its_instance_database(flask_fleet):
+    d = flask_fleet
+    app_dir = Path(d.spec["app"]["directory"])
+    subprocess.run([sys.executable, "-m", "flask", "--app", "flaskr", "init-db"], cwd=app_dir, check=True,
+                   capture_output=True, timeout=60)
+    assert (app_dir / "instance" / "flaskr.sqlite").is_file()
+    d.start()
+    check_serving(d, b"flaskr index from", workers=2)
+    deploy_rollback_deploy(d, app_dir, app_dir / "flaskr" / "VERSION")
+    assert (app_dir / "instance").is_symlink(), "the running folder links to the shared instance folder"
+
+
+def test_a_django_deploy_and_rollback_keep_the_rows_in_its_sqlite_database(django_fleet):
+    """docs/your-app.md's mysite with deploy.shared: [db.sqlite3]: rows written before a deploy,
+    under the new release and after a rollback are all there, and the release really changed."""
+    d = django_fleet
+    app_dir = Path(d.spec["app"]["directory"])
+    add_rows_and_migrate(app_dir, "v1")
+    d.start()
+    check_serving(d, b"mysite index from", workers=2)
+    deploy_rollback_deploy(d, app_dir, app_dir / "mysite" / "VERSION")
+    assert (app_dir / "db.sqlite3").is_symlink(), "the running folder links to the shared database"

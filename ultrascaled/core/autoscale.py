@@ -9,14 +9,17 @@ differs and why:
    count while `observed / target` is within 1 +- tolerance. `ready` counts only instances
    that serve: one that is still starting is not capacity.
 2. The largest recommendation of all signals wins. No fresh signal at all: hold (never "scale
-   to min"). Some signals missing: a step up on the others goes ahead, a step down is held.
+   to min"). Some signals missing: a step up on the others goes ahead, a step down is held;
+   a signal never measured since it was first followed is left out of that rule after
+   never_seen_grace() (follow()), so an app that does not export it cannot hold every step down.
 3. Clamped to min..max replicas.
 4. Stabilization: the step up goes to the lowest recommendation of the scale-up window, the
    step down to the highest of the scale-down window.
 5. Rate policies: Pods and Percent per period, from the count at the period's start, with
    `select_policy` Max / Min / Disabled (the HPA's `calculateScaleUpLimitWithScalingRules`).
-6. Guardrails (not in the HPA): a step up is held while the host's CPU is saturated and is cut
-   to the largest count every budget allows (memory, MongoDB connections, file descriptors),
+6. Guardrails (not in the HPA): a step up is held while the host's CPU is saturated by the
+   fleet itself (host_saturated(): it has a worker per core and its own processes use at least
+   half of the busy CPU) and is cut to the largest count every budget allows (memory, MongoDB connections, file descriptors),
    the budgets' own words in the reason; a step down waits until no wanted instance is
    starting; a pause by the operator holds everything.
 
@@ -33,6 +36,33 @@ from typing import Callable, Mapping, Optional
 SIGNALS = ("cpu_utilization", "cpu_wait_percent", "in_flight_per_worker", "p95_latency_seconds")
 UNITS = {"cpu_utilization": "%", "cpu_wait_percent": "%", "in_flight_per_worker": "",
          "p95_latency_seconds": "s"}
+# What the app itself must export for a signal (prometheus_client, multiprocess, into the
+# PROMETHEUS_MULTIPROC_DIR the daemon sets per instance; app/monitoring.py does): the names the
+# loop reads, and the names to look for in an app's source (the namespace `ultrascale` and the
+# `_total` suffix are added by prometheus_client).
+APP_METRICS = {"in_flight_per_worker": ("ultrascale_http_requests_in_flight",),
+               "p95_latency_seconds": ("ultrascale_http_requests_total",
+                                       "ultrascale_http_request_duration_seconds")}
+APP_SOURCE_NAMES = {"in_flight_per_worker": "http_requests_in_flight",
+                    "p95_latency_seconds": "http_request_duration_seconds"}
+
+
+def needs(name: str, traffic_log: bool) -> str:
+    """What must be there for signal `name` to be measured, in the operator's words."""
+    export = ("the app must export, into the PROMETHEUS_MULTIPROC_DIR the daemon sets for each "
+              "instance (prometheus_client multiprocess; app/monitoring.py's MetricsMiddleware "
+              "does), ")
+    if name == "in_flight_per_worker":
+        return export + "the gauge `ultrascale_http_requests_in_flight` (multiprocess_mode livesum)"
+    if name == "p95_latency_seconds":
+        if traffic_log:
+            return "nginx's traffic log (nginx.traffic_log), which the daemon reads"
+        return (export + "the counter `ultrascale_http_requests_total` and the histogram "
+                "`ultrascale_http_request_duration_seconds` (nginx's traffic log, the other "
+                "source, is off)")
+    if name == "cpu_wait_percent":
+        return "Linux /proc/PID/schedstat of the instances' processes, which the daemon reads"
+    return "the instances' CPU seconds, which the daemon samples"
 
 
 # ---- inputs ------------------------------------------------------------------------------
@@ -54,6 +84,7 @@ class Observation:
     host_cpu_percent: Optional[float] = None
     cores: Optional[int] = None
     workers: Optional[int] = None           # worker processes of the wanted instances
+    fleet_cpu_percent: Optional[float] = None  # the ready instances' processes, % of all cores
 
 
 @dataclass(frozen=True)
@@ -71,6 +102,9 @@ class State:
     paused_until: Optional[float] = None   # math.inf: until resumed
     paused_reason: str = ""
     started: bool = False                  # the scale-down window was seeded with the count
+    followed_since: tuple[tuple[str, float], ...] = ()  # when each target was first followed
+    seen: frozenset = frozenset()          # signals measured at least once since then
+    left_out: frozenset = frozenset()      # never seen past the grace: not needed for a step down
 
     def paused(self, now: float) -> bool:
         return self.paused_until is not None and now < self.paused_until
@@ -96,6 +130,7 @@ class Decision:
     signals: tuple[SignalView, ...] = ()
     vetoes: tuple[str, ...] = ()
     at: float = 0.0
+    never_seen: tuple[str, ...] = ()   # signals left out of the step-down rule at this decision
 
     def to_dict(self) -> dict:
         return {"action": self.action, "current": self.current, "desired": self.desired,
@@ -124,13 +159,52 @@ def targets_of(policy) -> dict[str, float]:
     return {name: getattr(t, name) for name in SIGNALS if getattr(t, name) is not None}
 
 
-def signal_views(obs: Observation, policy, now: float, current: int) -> tuple[SignalView, ...]:
+def never_seen_grace(policy) -> float:
+    """Seconds a followed signal may be absent from the start before it is left out of the
+    step-down rule: the scale-down stabilization window (a fresh autoscaler does not step down
+    before it anyway) and at least 3 x stale_after_seconds (an app's first measurement)."""
+    return max(policy.behavior.scale_down.stabilization_window_seconds,
+               3 * policy.stale_after_seconds)
+
+
+def _measured(s: Optional[Signal]) -> bool:
+    return s is not None and math.isfinite(s.value) and s.value >= 0
+
+
+def follow(state: State, obs: Observation, policy, now: float) -> tuple[State, tuple[str, ...]]:
+    """Which followed signals were ever measured since they were first followed (a daemon start,
+    or the reload that added the target), and which are left out of the step-down rule: never
+    measured for never_seen_grace(policy) seconds. Returns the state and the signals left out
+    at this call for the first time (the loop tells the operator once). A signal measured once
+    and then gone stays `missing` and holds a step down (the HPA's rule); one left out that
+    shows up later counts again."""
+    names = targets_of(policy)
+    since = {n: t for n, t in state.followed_since if n in names}
+    for n in names:
+        since.setdefault(n, now)
+    seen = frozenset(n for n in state.seen if n in names) | {
+        n for n in names if _measured(obs.signals.get(n))}
+    grace = never_seen_grace(policy)
+    left_out = frozenset(n for n in names if n not in seen and now - since[n] >= grace)
+    new = tuple(sorted(left_out - state.left_out))
+    return replace(state, followed_since=tuple(sorted(since.items())), seen=seen,
+                   left_out=left_out), new
+
+
+def signal_views(obs: Observation, policy, now: float, current: int,
+                 left_out: frozenset = frozenset(),
+                 since: Optional[Mapping[str, float]] = None) -> tuple[SignalView, ...]:
     """Step 1: one recommendation per followed signal."""
     out = []
     for name, target in targets_of(policy).items():
         s = obs.signals.get(name)
-        if s is None or not math.isfinite(s.value) or s.value < 0:
-            out.append(SignalView(name, None, target, None, None, "missing"))
+        if not _measured(s):
+            note = "missing"
+            if name in left_out:
+                age = now - (since or {}).get(name, now)
+                note = (f"never seen in {age:.0f}s (left out of the step-down rule: the app "
+                        "does not export it)")
+            out.append(SignalView(name, None, target, None, None, note))
             continue
         age = now - s.at
         if age > policy.stale_after_seconds:
@@ -221,6 +295,41 @@ def _trim(state: State, policy, now: float) -> State:
                    events=tuple(e for e in state.events if e.at > now - keep_ev))
 
 
+# The host CPU guard holds a step up on a saturated host only while the fleet's own processes
+# use at least this share of the host's busy CPU: then the host is saturated by the fleet itself
+# and another instance only contends with the others. Below it the host is busy with other work
+# (a load generator, other services) and another instance gets the fleet a larger share of the
+# CPU: the kernel shares it between runnable tasks (and between sessions with autogroup; each
+# instance is its own session). Measured: docs/benchmarks.md, "Autoscaling on a load trace".
+FLEET_SHARE_OF_SATURATED_HOST = 0.5
+
+
+def host_saturated(obs: Observation, policy) -> tuple[bool, str]:
+    """The host CPU guard (step 6): (hold, the words). Not saturated: (False, ""); saturated but
+    the step goes ahead: (False, why it still helps)."""
+    host, limit = obs.host_cpu_percent, policy.host_cpu_saturation_percent
+    if host is None or limit is None or host <= limit:
+        return False, ""
+    over = f"host CPU {host:.0f}% is over host_cpu_saturation_percent {limit:g}%"
+    if obs.cores is not None and obs.workers is not None and obs.workers < obs.cores:
+        # below one worker per core another instance still adds parallelism
+        return False, (f"{over}, but the fleet's {obs.workers} workers are fewer than the "
+                       f"{obs.cores} cores")
+    fleet = obs.fleet_cpu_percent
+    if fleet is None:
+        cores = "" if obs.cores is None or obs.workers is None else \
+            f" and the fleet's {obs.workers} workers already match the {obs.cores} cores"
+        return True, over + cores
+    share = fleet / host if host > 0 else 1.0
+    words = (f"the fleet's own processes use {fleet:.0f}% of the cores, {100 * share:.0f}% of "
+             f"the busy CPU")
+    if share >= FLEET_SHARE_OF_SATURATED_HOST:
+        return True, (f"{over} and {words} (at least "
+                      f"{100 * FLEET_SHARE_OF_SATURATED_HOST:g}%): the fleet saturates it")
+    return False, (f"{over}, but {words}: other work saturates it, and another instance gets "
+                   "the fleet a larger share")
+
+
 Budgets = Callable[[int], "list[str]"]
 
 
@@ -234,13 +343,20 @@ def decide(state: State, obs: Observation, current: int, policy, bounds: tuple[i
     `budgets(n)` the problems (spec.budget_errors and the measured memory) of running n
     instances, [] when all hold. Returns the decision and the state to pass next time; the
     caller applies a scale only through the same path as `ultrascalectl scale`."""
+    state, never_seen = follow(state, obs, policy, now)
+    d, state = _decide(state, obs, current, policy, bounds, budgets, now)
+    return (replace(d, never_seen=never_seen) if never_seen else d), state
+
+
+def _decide(state: State, obs: Observation, current: int, policy, bounds: tuple[int, int],
+            budgets: Budgets, now: float) -> tuple[Decision, State]:
     lo, hi = bounds
     state = _trim(state, policy, now)
     if not state.started:
         # the HPA's maybeInitScaleDownStabilizationWindow: a fresh autoscaler (daemon start)
         # does not step down before a full window has seen the load
         state = replace(state, started=True, recommendations=((now, current),))
-    views = signal_views(obs, policy, now, current)
+    views = signal_views(obs, policy, now, current, state.left_out, dict(state.followed_since))
 
     def hold(reason: str, recommendation: Optional[int] = None, vetoes: tuple = ()) -> tuple[Decision, State]:
         return Decision("hold", current, current, recommendation, reason, views, vetoes, now), state
@@ -250,7 +366,8 @@ def decide(state: State, obs: Observation, current: int, policy, bounds: tuple[i
             f"for {state.paused_until - now:.0f}s more"
         return hold(f"paused {until}" + (f" ({state.paused_reason})" if state.paused_reason else ""))
     known = [v for v in views if v.desired is not None]
-    missing = [v for v in views if v.value is None]
+    # a signal never seen past the grace (follow()) does not hold a step down forever
+    missing = [v for v in views if v.value is None and v.name not in state.left_out]
     if not known:
         why = "; ".join(f"{v.name} {v.note}" for v in views) or "no signal followed"
         if obs.ready <= 0:
@@ -296,16 +413,11 @@ def decide(state: State, obs: Observation, current: int, policy, bounds: tuple[i
             return hold(f"held: {why}", raw)
         return hold(f"steady: {why}", raw)
     if desired > current:
-        if obs.host_cpu_percent is not None and policy.host_cpu_saturation_percent is not None \
-                and obs.host_cpu_percent > policy.host_cpu_saturation_percent \
-                and (obs.cores is None or obs.workers is None or obs.workers >= obs.cores):
-            # Below one worker per core another instance still adds parallelism on a busy
-            # host (measured: scripts/bench-autoscale); at or past it, it only adds contention.
-            cores = "" if obs.cores is None or obs.workers is None else \
-                f" and the fleet's {obs.workers} workers already match the {obs.cores} cores"
-            return hold(f"held: host CPU {obs.host_cpu_percent:.0f}% is over "
-                        f"host_cpu_saturation_percent {policy.host_cpu_saturation_percent:g}%"
-                        f"{cores}: more instances would serve less ({why})", raw)
+        saturated, note = host_saturated(obs, policy)
+        if saturated:
+            return hold(f"held: {note}: more instances would serve less ({why})", raw)
+        if note:
+            why += f"; {note}"
         vetoes: tuple[str, ...] = ()
         allowed = desired
         while allowed > current:

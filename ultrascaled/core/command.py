@@ -61,6 +61,7 @@ def gunicorn_argv(spec: Spec, port: int, log_path: str | None = None, directory:
 
 def instance_env(spec: Spec, index: int, port: int, metrics_dir: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DAEMON_ONLY_ENV}
+    env.update(spec.app.file_env)   # app.env_file, then app.env over it
     env.update(spec.app.env)
     env.update({
         "PORT": str(port), "ULTRASCALE_PORT": str(port), "ULTRASCALE_INSTANCE": str(index),
@@ -76,9 +77,10 @@ def instance_env(spec: Spec, index: int, port: int, metrics_dir: str) -> dict[st
 
 
 def fingerprint(spec: Spec, port: int, log_path: str | None = None, directory: str | None = None) -> str:
-    """What an instance was started with; a reload restarts those whose fingerprint changes."""
-    return json.dumps([gunicorn_argv(spec, port, log_path, directory), spec.app.env, spec.mongo_pool_per_process()],
-                      sort_keys=True)
+    """What an instance was started with; a reload restarts those whose fingerprint changes.
+    app.env_file's values are in it as a digest only: the fingerprint never holds a secret."""
+    return json.dumps([gunicorn_argv(spec, port, log_path, directory), spec.app.env,
+                       spec.app.file_env.digest(), spec.mongo_pool_per_process()], sort_keys=True)
 
 
 def with_binds(argv: list[str], binds: list[str]) -> list[str]:

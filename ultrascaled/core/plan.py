@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ultrascaled.core.boot_log import FAIL_FAST_500S, fail_fast_reason, fails_fast
 from ultrascaled.core.states import State
 
 S = State
@@ -38,6 +39,8 @@ class InstanceView:
     retiring: tuple["WorkerRecycle", ...] = ()  # replaced masters told to stop: (pid, SIGKILL deadline)
     hold_upstream: bool = False        # crashed after serving, restarting at once on the held socket:
                                        # stays in the upstream (connections wait in its queue)
+    http_500s: int = 0                 # STARTING: readiness probes in a row that got HTTP 500
+    boot_error: str = ""               # the exception line of a traceback its log got since the start
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class SuccessorView:
     next_probe: float = 0.0
     kill_sent: bool = False
     last_probe: str = ""
+    http_500s: int = 0                 # as InstanceView's, for the successor's own probes and start
+    boot_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Policy:
     probe_interval_max: float = 1.0
     health_interval: float = 10.0      # liveness probes of running instances
     health_failures: int = 3
+    fail_fast_500s: int = FAIL_FAST_500S   # HTTP 500s in a row that fail a start whose log has a traceback
     hold_upstream_max: float = 5.0     # a crashed instance restarting on its held socket stays in the
                                        # upstream this long at most (see InstanceView.hold_upstream)
     gates: bool = False                # nginx.upstream_servers: range -- leaving the upstream is a
@@ -242,6 +248,8 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
                 actions.append(Stop(port, "scale down"))
             elif v.kill_sent:
                 pass
+            elif fails_fast(v.http_500s, v.boot_error, policy.fail_fast_500s):
+                actions.append(Kill(port, fail_fast_reason("its health path", v.http_500s, v.boot_error)))
             elif now - v.since >= policy.start_timeout:
                 last = f" (last probe: {v.last_probe})" if v.last_probe else \
                     " (a probe was still waiting for an answer)" if v.probing else ""
@@ -358,6 +366,9 @@ def _successor(v: InstanceView, now: float, policy: Policy, actions: list, timer
         actions.append(Handover(v.port, "replacement ready"))
     elif s.kill_sent:
         pass
+    elif fails_fast(s.http_500s, s.boot_error, policy.fail_fast_500s):
+        actions.append(KillSuccessor(v.port, fail_fast_reason("the replacement's health path", s.http_500s,
+                                                              s.boot_error)))
     elif now - s.since >= policy.start_timeout:
         last = f" (last probe: {s.last_probe})" if s.last_probe else ""
         actions.append(KillSuccessor(v.port, f"replacement not ready after {policy.start_timeout:g}s{last}"))

@@ -20,13 +20,16 @@ from ultrascaled.core.control import ScaleRefused
 from ultrascaled.core.plan import ReloadDiff, reload_diff
 from ultrascaled.core.states import State
 from ultrascaled.spec import Spec, budget_errors
+from ultrascaled.spec.envfile import FileEnv, looks_secret
 
 S = State
 # The keys whose change makes nginx take the new settings (the static upstream lists the
 # instances' whole range): nginx.* and these.
 NGINX_INSTANCE_KEYS = ("instances.max", "instances.base_port", "instances.host")
-# app.env values whose name says they may be secret are shown as HIDDEN, never their value.
-SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE", re.IGNORECASE)
+# Values never shown: an app.env value whose name looks secret (spec/envfile.SECRETISH, or
+# PASS/AUTH in it), and every variable read from app.env_file (app.file_env.NAME: those files
+# hold the secrets) are shown as HIDDEN.
+SECRET_NAME = re.compile(r"PASS|AUTH", re.IGNORECASE)
 HIDDEN = "(hidden)"
 
 
@@ -126,16 +129,17 @@ def _fp(fingerprint: Callable[[Spec, int], str], spec: Spec, port: int) -> str |
 # ---- keys: a spec as dotted leaves -----------------------------------------------------------
 
 def leaves(value: Any, prefix: str = "") -> dict[str, Any]:
-    """{dotted key: value} for every leaf of a spec (dataclass sections; app.env per variable)."""
+    """{dotted key: value} for every leaf of a spec (dataclass sections; app.env per variable,
+    and app.env_file's variables as app.file_env.NAME)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out: dict[str, Any] = {}
         for f in fields(value):
-            if f.metadata.get("internal"):
+            if f.metadata.get("internal") and f"{prefix}{f.name}" != "app.file_env":
                 continue
             out.update(leaves(getattr(value, f.name), f"{prefix}{f.name}."))
         return out
-    if prefix == "app.env." and isinstance(value, dict):
-        return {f"app.env.{k}": v for k, v in value.items()}
+    if prefix in ("app.env.", "app.file_env.") and isinstance(value, Mapping):
+        return {f"{prefix}{k}": value[k] for k in value}
     return {prefix[:-1]: value}
 
 
@@ -151,7 +155,8 @@ def key_changes(old: Spec, new: Spec) -> tuple[KeyChange, ...]:
 
 def shown(key: str, value: Any) -> Any:
     """A value as JSON can carry it; an app.env value named like a secret is HIDDEN."""
-    if value is not None and key.startswith("app.env.") and SECRET_NAME.search(key[8:]):
+    if value is not None and (key.startswith("app.file_env.") or (key.startswith("app.env.") and (
+            looks_secret(key[8:]) or SECRET_NAME.search(key[8:])))):
         return HIDDEN
     return plain(value)
 
@@ -171,6 +176,8 @@ def plain(value: Any) -> Any:
 def lookup(spec: Any, key: str) -> Any:
     if key.startswith("app.env."):
         return spec.app.env.get(key[8:], _ABSENT)
+    if key.startswith("app.file_env."):
+        return spec.app.file_env.get(key[13:], _ABSENT)
     obj = spec
     for part in key.split("."):
         obj = getattr(obj, part)
@@ -181,7 +188,16 @@ _ABSENT = object()
 
 
 def with_key(spec: Any, key: str, value: Any) -> Any:
-    """`spec` with one dotted key set to `value` (an app.env entry: added, changed or removed)."""
+    """`spec` with one dotted key set to `value` (an app.env or app.env_file variable: added,
+    changed or removed)."""
+    if key.startswith("app.file_env."):
+        env = dict(spec.app.file_env.items())
+        name = key[13:]
+        if value is _ABSENT:
+            env.pop(name, None)
+        else:
+            env[name] = value
+        return dataclasses.replace(spec, app=dataclasses.replace(spec.app, file_env=FileEnv(env)))
     if key.startswith("app.env."):
         env = dict(spec.app.env)
         name = key[8:]

@@ -97,6 +97,7 @@ class Runner(Protocol):
     def log_size(self, path: str) -> int: ...
     def rotate_log(self, path: str, backups: int) -> None: ...
     def log_tail(self, path: str, lines: int) -> str: ...              # the last lines of a log
+    def log_since(self, path: str, offset: int) -> str: ...            # what a log got after offset (its end)
 
 
 class Upstream(Protocol):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 
+from ultrascaled.core import autoscale as autoscale_core
 from ultrascaled.effects import procs
 from ultrascaled.spec import Spec, budget_errors
 
@@ -135,6 +136,67 @@ def _import_problems(spec: Spec, python: str, found: str, directory: str,
         elif rc != 0:
             problems.append(f"app.module: {python} could not look for module `{top}`: {err}")
     return problems
+
+
+# Bounds of the look through the app's source for the metric names a target needs.
+SCAN_MAX_FILES = 20000
+SCAN_MAX_BYTES = 2 * 1024 * 1024
+SCAN_SKIP = {"__pycache__", "node_modules", "site-packages", "dist-packages", "var", "tests"}
+
+
+def _source_names(directory: str, names: set[str]) -> set[str]:
+    """Which of `names` some .py file under `directory` holds (bounded: SCAN_MAX_FILES files of
+    at most SCAN_MAX_BYTES; hidden folders, virtualenvs and caches skipped)."""
+    found: set[str] = set()
+    seen = 0
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in SCAN_SKIP
+                   and not os.path.exists(os.path.join(root, d, "pyvenv.cfg"))]
+        for f in files:
+            if not f.endswith(".py"):
+                continue
+            seen += 1
+            if seen > SCAN_MAX_FILES:
+                return found
+            try:
+                with open(os.path.join(root, f), "rb") as fh:
+                    text = fh.read(SCAN_MAX_BYTES)
+            except OSError:
+                continue
+            found |= {n for n in names if n.encode() in text}
+            if found == names:
+                return found
+    return found
+
+
+def host_warnings(spec: Spec) -> list[str]:
+    """What may keep an enabled autoscaler's target from ever being measured on this host (a
+    warning, not a refusal: an app may export the metric from code this look does not see,
+    e.g. an installed package). `ultrascaled --check` prints them."""
+    a = spec.autoscale
+    if not a.enabled:
+        return []
+    traffic_log = spec.nginx.traffic_log_path is not None
+    wanted = {name: autoscale_core.APP_SOURCE_NAMES[name]
+              for name in autoscale_core.targets_of(a)
+              if name in autoscale_core.APP_SOURCE_NAMES
+              and not (name == "p95_latency_seconds" and traffic_log)}
+    if not wanted:
+        return []
+    directory = spec.app.directory
+    found = _source_names(directory, set(wanted.values())) if os.path.isdir(directory) else set()
+    grace = autoscale_core.never_seen_grace(a)
+    out = []
+    for name, source_name in wanted.items():
+        if source_name in found:
+            continue
+        out.append(f"autoscale.target.{name}: no .py file under app.directory {directory} names "
+                   f"`{source_name}`, so this signal may never come: "
+                   f"{autoscale_core.needs(name, traffic_log)}. Without it the signal is missing: "
+                   f"a step up follows the other targets, and a step down waits {grace:g}s after "
+                   f"the daemon starts (then the signal is left out of the step-down rule, event "
+                   f"autoscale.signal_never_seen)")
+    return out
 
 
 def fleet_ports(spec: Spec) -> list[tuple[str, str, int]]:

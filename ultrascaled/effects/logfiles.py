@@ -69,6 +69,26 @@ def tail(path: str | os.PathLike, lines: int) -> str:
     return out.decode("utf-8", errors="replace")
 
 
+def since(path: str | os.PathLike, offset: int, limit: int = 256 * 1024) -> str:
+    """What was written to ``path`` after ``offset`` (its size when a master started), at most
+    its last ``limit`` bytes, from a line's start; "" if it is missing. A file shorter than
+    ``offset`` was rotated since: all of it is new."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return ""
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if offset > size or offset < 0:
+            offset = 0
+        start = max(offset, size - limit)
+        f.seek(start)
+        data = f.read(size - start)
+    if start > offset:
+        data = data.partition(b"\n")[2]   # the first piece may be the middle of a line
+    return data.decode("utf-8", errors="replace")
+
+
 def read_from(path: str | os.PathLike, offset: int, limit: int = _CHUNK) -> tuple[bytes, int]:
     """Bytes after ``offset`` (at most ``limit``) and the offset to ask for next: the polling
     step of ``logs -f``. If the file is now shorter than ``offset`` it is a new file after a

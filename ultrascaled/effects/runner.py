@@ -90,6 +90,9 @@ class OsRunner:
     def log_tail(self, path, lines):
         return logfiles.tail(path, lines)
 
+    def log_since(self, path, offset):
+        return logfiles.since(path, offset)
+
 
 async def http_probe(host: str, port: int, path: str, timeout: float) -> ProbeResult:
     """GET path with raw socket calls on the loop (stream objects per probe were most of the

@@ -12,11 +12,11 @@ UTF-8 file of at most 1 MiB; YAML composed from parser events with caps on alias
 nesting; plain tags only): whatever it holds, loading returns a Spec or raises SpecError.
 
 The modules, in the order a spec goes through them: schema (the declarations), nginx (the nginx
-section), yaml_reader, validate, budget, loader, errors; reference (the docs table). This face
-re-exports what the rest of the package reads.
+section), yaml_reader, validate, budget, envfile (app.env_file), loader, errors; reference
+(the docs table). This face re-exports what the rest of the package reads.
 """
 from ultrascaled.spec.errors import SpecError
-from ultrascaled.spec.loader import load_spec, parse_spec, read_spec_file
+from ultrascaled.spec.loader import load_spec, parse_spec, read_spec_file, shown_spec
 from ultrascaled.spec.reference import iter_settings, reference_markdown
 from ultrascaled.spec.schema import (MB, AlertsSection, ApiSection, AppSection, AutoscaleSection,
                                      DashboardSection, DeploySection, GunicornSection,
@@ -29,4 +29,4 @@ __all__ = ["MB", "MAX_SPEC_BYTES", "AlertsSection", "ApiSection", "AppSection", 
            "DashboardSection", "DeploySection", "GunicornSection", "HealthSection",
            "InstancesSection", "LogsSection", "MemorySection", "MongoSection", "PathsSection",
            "RestartSection", "Spec", "SpecError", "budget_errors", "iter_settings", "load_spec",
-           "parse_spec", "read_spec_file", "reference_markdown", "setting"]
+           "parse_spec", "read_spec_file", "reference_markdown", "setting", "shown_spec"]

@@ -10,6 +10,7 @@ from typing import Mapping
 
 import yaml
 
+from ultrascaled.spec import envfile
 from ultrascaled.spec.errors import SpecError
 from ultrascaled.spec.schema import MB, Spec, resolve_auto_workers
 from ultrascaled.spec.validate import _build, _cross_checks, _sorted
@@ -60,10 +61,32 @@ def _parse(text: str | bytes, source: str, base_dir: Path, cpu_count: int | None
         prefix = str(Path(spec.paths.state_dir) / "nginx")
         spec = dataclasses.replace(spec, nginx=dataclasses.replace(spec.nginx, prefix=prefix))
     spec = dataclasses.replace(spec, source=source)
+    if "app.env_file" not in bad:
+        spec = _with_env_files(spec, base_dir, lines, errors)
     errors += _cross_checks(spec, lines, bad, nofile_limit)
     if errors:
         raise SpecError(_sorted(errors))
     return spec
+
+
+def _with_env_files(spec: Spec, base_dir: Path, lines: dict[str, int], errors: list[str]) -> Spec:
+    """app.env_file resolved (relative to the spec's folder, `-` kept) and its files read into
+    app.file_env: a reload reads them again, so a changed value reaches the new instances."""
+    given = spec.app.env_file
+    entries = [given] if isinstance(given, str) else list(given)
+    line = lines.get("app.env_file")
+    key = f"app.env_file (line {line})" if line else "app.env_file"
+    resolved = []
+    for entry in entries:
+        if not entry.strip("-"):
+            errors.append(f"{key}: {entry!r} is not a path")
+            continue
+        path, optional = envfile.resolve(entry, base_dir)
+        resolved.append(("-" if optional else "") + path)
+    file_env, problems = envfile.load_env_files(resolved, key)
+    errors += problems
+    return dataclasses.replace(spec, app=dataclasses.replace(spec.app, env_file=resolved,
+                                                             file_env=file_env))
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
@@ -123,6 +146,13 @@ def load_spec(path: str | os.PathLike, cpu_count: int | None = None,
     p = Path(path).resolve()
     return parse_spec(data, source=str(p), base_dir=p.parent, cpu_count=cpu_count,
                       nofile_limit=nofile_limit)
+
+
+def shown_spec(spec: Spec) -> dict:
+    """The resolved spec as plain values for `--check`: app.env_file's values as `***`."""
+    data = dataclasses.asdict(spec)
+    data["app"]["file_env"] = spec.app.file_env.shown()
+    return data
 
 
 DEFAULT_SPEC = "/etc/ultrascaled/fleet.yaml"

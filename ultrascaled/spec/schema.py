@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ultrascaled.spec.budget import mongo_pool_that_fits
+from ultrascaled.spec.envfile import FileEnv
 from ultrascaled.spec.nginx import NginxSettings
 
 MB = 1024 * 1024
@@ -36,7 +37,16 @@ class AppSection:
     python: Optional[str] = setting(None, "Python interpreter for gunicorn, e.g. your app's "
                                     "virtualenv's `bin/python`; it must have gunicorn (and the "
                                     "worker class's package) installed. null = the daemon's own.")
-    env: dict = setting({}, "Extra environment for the app (string to string).")
+    env: dict = setting({}, "Extra environment for the app (string to string); a key also in "
+                        "`app.env_file` takes this value.")
+    env_file: list[str] = setting([], "systemd EnvironmentFile= files (`KEY=VALUE` lines) whose "
+                                  "variables the app gets, relative to the spec file; a leading "
+                                  "`-` ignores a missing one. Read with the spec (at start and on "
+                                  "every reload: a changed value restarts the instances); a later "
+                                  "file's value wins, `app.env` wins over all. Values are never "
+                                  "shown; a file every local user may read is refused when a key "
+                                  "looks like a secret (docs/configuration.md#env-files).")
+    file_env: FileEnv = field(default_factory=FileEnv, metadata={"internal": True})
 
 
 @dataclass(frozen=True)
@@ -327,8 +337,11 @@ class AutoscaleSection:
                                           "`instances.min`. Within `instances.min..max`.",
                                           min=0, max=256)
     max_replicas: Optional[int] = setting(None, "Most instances the autoscaler asks for; null = "
-                                          "`instances.max`. Within `instances.min..max`; every "
-                                          "budget still vetoes a step up.", min=1, max=256)
+                                          "`instances.max`. Within `instances.min..max`, and "
+                                          "within the budgets: an enabled autoscaler's max must "
+                                          "fit `memory.fleet_budget_mb` (max x (workers + 1) x "
+                                          "`worker_limit_mb`) and the other budgets; every budget "
+                                          "still vetoes a step up.", min=1, max=256)
     tolerance: float = setting(0.1, "No change while observed / target is within 1 +- this "
                                 "(the HPA's 10 %).", min=0, max=1)
     sync_period_seconds: float = setting(2.0, "Seconds between decisions (the HPA's controller "
@@ -340,9 +353,12 @@ class AutoscaleSection:
                                          "count is held, never lowered.", min=1, max=3600)
     host_cpu_saturation_percent: Optional[float] = setting(90.0, "Host CPU (all cores, percent) "
                                                            "above which a scale-up is held once "
-                                                           "the fleet has a worker per core: more "
-                                                           "instances on a saturated host serve "
-                                                           "less; null = not checked.",
+                                                           "the fleet has a worker per core and "
+                                                           "its own processes use at least half "
+                                                           "of the busy CPU: more instances on a "
+                                                           "host the fleet saturates serve less "
+                                                           "(a host busy with other work does not "
+                                                           "hold it); null = not checked.",
                                                            min=1, max=100)
     target: AutoscaleTarget = field(default_factory=AutoscaleTarget)
     behavior: AutoscaleBehavior = field(default_factory=AutoscaleBehavior)

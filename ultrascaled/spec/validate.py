@@ -114,9 +114,8 @@ def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f"; did you mean `{close[0]}`?" if close else ""
-            errors.append(f"{where(f'{path}.{key}' if path else key)}: unknown key{hint}")
+            errors.append(f"{where(f'{path}.{key}' if path else key)}: unknown key"
+                          f"{_suggestion(str(key), path, fields)}")
     kwargs = {}
     for name, fld in fields.items():
         sub = f"{path}.{name}" if path else name
@@ -148,6 +147,54 @@ def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[
             if isinstance(value, str) and not os.path.isabs(value):
                 fixes[name] = str((base_dir / value).resolve())
     return dataclasses.replace(obj, **fixes) if fixes else obj
+
+
+def _known_keys(cls: type = Spec, prefix: str = "") -> list[str]:
+    """Every key and section path of the spec, e.g. `app`, `app.env_file`."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for fld in dataclasses.fields(cls):
+        if fld.metadata.get("internal"):
+            continue
+        sub = f"{prefix}.{fld.name}" if prefix else fld.name
+        out.append(sub)
+        if dataclasses.is_dataclass(hints[fld.name]):
+            out += _known_keys(hints[fld.name], sub)
+    return out
+
+
+_KNOWN: list[str] = []
+
+
+def _suggestion(key: str, section: str, fields: dict) -> str:
+    """What an unknown `key` in `section` may have meant: a dotted path written as one key
+    (`app.env_file:` at the top), the same name in another section (`env_file` at the top ->
+    `app.env_file`), a close name in this section (`workrs` -> `workers`), or a close name
+    anywhere; "" when nothing is near."""
+    if not _KNOWN:
+        _KNOWN.extend(_known_keys())
+    here = f"{section}." if section else ""
+
+    def listed(paths: list[str]) -> str:
+        paths = [f"`{p}`" + ("" if "." in p else " at the top level") for p in paths[:3]]
+        return paths[0] if len(paths) == 1 else "one of " + ", ".join(paths)
+
+    if "." in key and (here + key) in _KNOWN:
+        head, _, rest = (here + key).rpartition(".")
+        return f"; write `{rest}` inside the `{head}` section (a dotted name is one key in YAML)"
+    elsewhere = [p for p in _KNOWN if p.rpartition(".")[2] == key and p != here + key]
+    if elsewhere:
+        return f"; `{key}` lives in another section: did you mean {listed(elsewhere)}?"
+    close = difflib.get_close_matches(key, fields, n=1)
+    if close:
+        return f"; did you mean `{close[0]}`?"
+    leaves = {}
+    for p in _KNOWN:
+        leaves.setdefault(p.rpartition(".")[2], []).append(p)
+    near = difflib.get_close_matches(key, leaves, n=1, cutoff=0.8)
+    if near:
+        return f"; did you mean {listed(leaves[near[0]])}?"
+    return ""
 
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
@@ -258,6 +305,9 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
                       "gunicorn, closes idle upstream connections (else a request nginx sends on a "
                       "connection gunicorn is closing fails)")
     errors += autoscale_errors(spec, where, ok)
+    if ok("autoscale.enabled", "autoscale.max_replicas", "instances.min", "instances.max",
+          "instances.count", "gunicorn.workers", "memory", "mongodb", "nginx"):
+        errors += max_replicas_errors(spec, where, lines, nofile_limit)
     if ok("deploy.shared"):
         errors += shared_errors(spec.deploy.shared, where("deploy.shared"))
     for msg in budget_errors(spec, spec.instances.count, lines, nofile_limit):
@@ -265,6 +315,48 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
         if ok(*inputs):
             errors.append(msg)
     return errors
+
+
+def _budget_keys(problems: list[str]) -> set[str]:
+    return {p.split(" ", 1)[0].rstrip(":") for p in problems}
+
+
+def largest_count_that_fits(spec: Spec, hi: int, nofile_limit: int | None = None) -> int:
+    """The most instances (at most `hi`) for which no budget fails that does not already fail
+    at instances.count (those are reported for the count); 0 when not even one fits."""
+    already = _budget_keys(budget_problems(spec, spec.instances.count, nofile_limit=nofile_limit))
+    n = hi
+    while n > 0 and _budget_keys(budget_problems(spec, n, nofile_limit=nofile_limit)) - already:
+        n -= 1
+    return n
+
+
+def max_replicas_errors(spec: Spec, where, lines: dict[str, int],
+                        nofile_limit: int | None = None) -> list[str]:
+    """An enabled autoscaler must be able to reach its max_replicas: the budgets (the memory
+    worst case above all; spec/budget.py) are judged for that count, not only for
+    instances.count. Else the autoscaler's steps past the largest count that fits are vetoed
+    at run time, for a number --check accepted."""
+    a = spec.autoscale
+    if not a.enabled:
+        return []
+    lo, hi = a.bounds(spec.instances)
+    if hi <= spec.instances.count:
+        return []    # the budgets for instances.count are checked (and reported) already
+    already = _budget_keys(budget_problems(spec, spec.instances.count, nofile_limit=nofile_limit))
+    new = [p for p in budget_problems(spec, hi, lines=lines, nofile_limit=nofile_limit)
+           if p.split(" ", 1)[0].rstrip(":") not in already]
+    if not new:
+        return []
+    fit = largest_count_that_fits(spec, hi, nofile_limit)
+    src = "" if a.max_replicas is not None else f" (null: instances.max {hi})"
+    keys = sorted({p.split(" ", 1)[0].rstrip(":") for p in new})
+    if fit >= max(lo, 1):
+        advice = f"set autoscale.max_replicas to at most {fit}, or raise {' / '.join(keys)}"
+    else:
+        advice = f"not even autoscale.min_replicas ({lo}) fits; raise {' / '.join(keys)}"
+    return [f"{where('autoscale.max_replicas')}{src}: the autoscaler could never reach {hi} "
+            f"instances, the budgets hold at most {fit}: " + "; ".join(new) + f"; {advice}"]
 
 
 def budget_errors(spec: Spec, count: int, lines: dict[str, int] | None = None,

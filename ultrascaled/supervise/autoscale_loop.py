@@ -15,11 +15,13 @@ It runs under the daemon's TaskGuard like the other loops (a dead or stalled aut
   instead: it includes the time a request waits for an instance.
 * Run-queue wait per worker (`cpu_wait_percent`): /proc/PID/schedstat of each ready
   instance's processes, read at each decision.
-* The host's CPU: psutil.cpu_percent over the tick.
+* The host's CPU: psutil.cpu_percent over the tick; the fleet's own share of it (the host CPU
+  guard, core.autoscale.host_saturated) from the same CPU seconds as `cpu_utilization`.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -94,6 +96,7 @@ class Autoscaler:
         self._app: deque = deque()                  # (t, flat app metrics of the ready instances)
         self._emitted: tuple[str, float] = ("", -math.inf)
         self._host_primed = False
+        self._fleet_cpu: Optional[float] = None      # % of all cores, from _cpu_signal
         self._last_ready: set[int] = set()
         self._warned: dict[str, str] = {}
         self._load_pause()
@@ -150,6 +153,8 @@ class Autoscaler:
             "ready": self.last_obs.ready if self.last_obs else None,
             "host_cpu_percent": (round(self.last_obs.host_cpu_percent, 1)
                                  if self.last_obs and self.last_obs.host_cpu_percent is not None else None),
+            "fleet_cpu_percent": (round(self.last_obs.fleet_cpu_percent, 1)
+                                  if self.last_obs and self.last_obs.fleet_cpu_percent is not None else None),
             "targets": core.targets_of(pol),
             "signals": last.to_dict()["signals"] if last else {},
             "recommendation": last.recommendation if last else None,
@@ -211,7 +216,8 @@ class Autoscaler:
         to a sample interval off at each end: +-20 % over a 5 s window)."""
         window = self.policy.metrics_window_seconds
         workers = max(1, self.sup.spec.workers)
-        rates, oldest = [], now
+        rates, oldest, used_cores = [], now, 0.0
+        self._fleet_cpu = None
         for port in ready:
             inst = self.sup.rec.instances[port]
             sample, at = inst.master_mem, inst.sampled_at
@@ -232,10 +238,13 @@ class Autoscaler:
                 continue
             used = sum(c - old[p] if p in old and c >= old[p] else 0.0 for p, c in cur.items())
             rates.append(100.0 * used / (at - t0) / workers)
+            used_cores += used / (at - t0)
         for port in [p for p in self._cpu if p not in ready]:
             del self._cpu[port]
         if not rates:
             return None
+        if len(rates) == len(ready):   # every ready instance measured: the fleet's own CPU
+            self._fleet_cpu = 100.0 * used_cores / max(1, self.cores())
         # the oldest instance's last sample dates the signal: a stalled sampler makes it stale
         return core.Signal(sum(rates) / len(rates), oldest)
 
@@ -305,6 +314,7 @@ class Autoscaler:
             while len(self._app) > 1:
                 self._app.popleft()
         signals: dict[str, core.Signal] = {}
+        self._fleet_cpu = None
         if ready:
             cpu = self._cpu_signal(ready, now)
             if cpu is not None:
@@ -325,7 +335,8 @@ class Autoscaler:
             self._host_primed, host = True, None
         wanted = len(self.sup.rec.wanted)
         return core.Observation(ready=len(ready), wanted=wanted, signals=signals, host_cpu_percent=host,
-                                cores=self.cores(), workers=wanted * max(1, self.sup.spec.workers))
+                                cores=self.cores(), workers=wanted * max(1, self.sup.spec.workers),
+                                fleet_cpu_percent=self._fleet_cpu)
 
     def _once(self, event: str, error: str) -> None:
         """A warning event per distinct error (a broken source must not flood the event ring)."""
@@ -357,14 +368,27 @@ class Autoscaler:
                 decision = core.Decision("hold", current, current, decision.recommendation,
                                          f"held: the scale to {decision.desired} was refused "
                                          f"({exc.code}): {exc}", decision.signals,
-                                         decision.vetoes + (str(exc),), now)
-                state = self.state   # nothing changed: the rate policies do not count it
+                                         decision.vetoes + (str(exc),), now,
+                                         never_seen=decision.never_seen)
+                # nothing changed: the rate policies do not count it (what was seen still counts)
+                state = dataclasses.replace(self.state, started=state.started,
+                                            followed_since=state.followed_since, seen=state.seen,
+                                            left_out=state.left_out)
         self.state, self.last, self.last_obs = state, decision, obs
         self.counts[decision.action] += 1
         record = {"time": round(self.clock.wall(), 3), **decision.to_dict(), "ready": obs.ready,
                   "host_cpu_percent": (None if obs.host_cpu_percent is None
-                                       else round(obs.host_cpu_percent, 1))}
+                                       else round(obs.host_cpu_percent, 1)),
+                  "fleet_cpu_percent": (None if obs.fleet_cpu_percent is None
+                                        else round(obs.fleet_cpu_percent, 1))}
         self.decisions.append(record)
+        for name in decision.never_seen:
+            self.events.emit("autoscale.signal_never_seen", level="warning", signal=name,
+                             seconds=core.never_seen_grace(self.policy),
+                             needs=core.needs(name, self.traffic is not None),
+                             rule="never measured since the daemon started (or since the target "
+                                  "was set): left out of the every-signal rule for a step down; a "
+                                  "step up still follows it if it comes")
         self._emit(decision, record, now)
         return decision
 

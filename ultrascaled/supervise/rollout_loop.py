@@ -126,6 +126,7 @@ class Deployer:
                          figures="access log" if self.traffic is not None else
                          "none: the canary is judged on health and crashes at the end of the soak window")
         self._apply()
+        self.wake()   # look at the fleet every INTERVAL from now on, not after the idle loop's 5 s
         return self.describe()
 
     def _prepare(self, directory, release, running, allow_data, notes) -> tuple[str | None, str]:
@@ -168,6 +169,7 @@ class Deployer:
         self._save()
         self.events.emit("rollback.started", release=show(target), previous=show(self.state.current))
         self._apply()
+        self.wake()
         return self.describe()
 
     def describe(self) -> dict[str, Any]:
@@ -194,7 +196,7 @@ class Deployer:
         out = []
         for r in releases.listing(self.spec):
             out.append({**r, "current": r["id"] == self.state.current, "previous": r["id"] == self.state.previous,
-                        "ports": running.get(r["id"], []),
+                        "base": r["id"] == self.state.base, "ports": running.get(r["id"], []),
                         "path": releases.directory_of(self.spec, r["id"])})
         if running.get(None) or self.state.current is None:
             out.insert(0, {"id": None, "created": None, "current": self.state.current is None,

@@ -545,7 +545,8 @@ def cmd_releases(api: Api, args) -> int:
         return 0
     rows = [("RELEASE", "CREATED", "", "PORTS", "PATH")]
     for r in data["releases"]:
-        mark = "current" if r["current"] else "previous" if r["previous"] else ""
+        mark = "current" if r["current"] else "previous" if r["previous"] else \
+            "app.directory as it started" if r.get("base") else ""
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])) if r["created"] else "-"
         rows.append((r["id"] or "app.directory", created, mark, ",".join(map(str, r["ports"])) or "-", r["path"]))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
@@ -599,10 +600,12 @@ def render_autoscale(st: dict) -> str:
     else:
         head = "autoscale: on"
     host = st.get("host_cpu_percent")
+    fleet = st.get("fleet_cpu_percent")
     ready = st.get("ready")
     lines = [head, f"instances {st['current']} (ready {ready if ready is not None else '-'}), "
                    f"replicas {st['min_replicas']}..{st['max_replicas']}"
-                   + (f", host CPU {host:.0f}%" if host is not None else "")]
+                   + (f", host CPU {host:.0f}%" if host is not None else "")
+                   + (f" (the fleet's own {fleet:.0f}%)" if fleet is not None else "")]
     rows = [("signal", "value", "target", "ratio", "wants")]
     for name, target in st["targets"].items():
         sig = st["signals"].get(name, {})

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ultrascaled.core import command, release_layout, rollout
+from ultrascaled.core.boot_log import excerpt, last_exception, with_exception
 from ultrascaled.core.control import AlertSink, EventSource
 from ultrascaled.core.plan import (Drain, ReloadDiff, ExitDecision, Forget, Handover,
                                    Kill, KillRetired, KillSuccessor, KillWorker, Probe, ProbeSuccessor,
@@ -302,7 +303,11 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
         why = inst.kill_reason if inst.kill_sent else ""
         d: ExitDecision = on_exit(inst.state, rc, inst.crashes, inst.start_failures, self.policy(), now, why)
         reason = d.reason
-        if d.state is S.FATAL:
+        error = inst.boot_error or self._boot_exception(inst) \
+            if inst.state is S.STARTING and d.state in (S.BACKOFF, S.FATAL) else ""
+        if error:               # a failed start: the app's own error, from its traceback
+            reason = with_exception(reason, error)
+        elif d.state is S.FATAL:
             reason += self._log_excerpt(port)
         pids = [handle.pid] + [w.pid for w in inst.workers]
         if not (inst.state is S.FATAL and d.state is S.FATAL):
@@ -335,12 +340,19 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
             now = self.clock.now()
             s.probing, s.last_probe = False, r.detail
             s.ready = r.ok
+            s.http_500s = s.http_500s + 1 if r.status == 500 else 0
+            if s.http_500s >= self.policy().fail_fast_500s and not s.boot_error:
+                s.boot_error = self._boot_exception(inst, successor=True)
             s.next_probe = now + probe_delay(now - s.since, self.policy())
             return
         if inst is None or inst.handle is not handle:
             return
         inst.probing = False
         inst.last_probe = r.detail
+        if inst.state is S.STARTING:
+            inst.http_500s = inst.http_500s + 1 if r.status == 500 else 0
+            if inst.http_500s >= self.policy().fail_fast_500s and not inst.boot_error:
+                inst.boot_error = self._boot_exception(inst)   # the plan fails the start on it
         now = self.clock.now()
         inst.next_probe = next_probe_at(inst.view(), now, self.policy())
         if inst.state is S.STARTING and r.ok:
@@ -411,6 +423,8 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
                 if inst.handle is not None:
                     self.runner.signal(inst.handle, signal.SIGTERM)  # gunicorn: graceful shutdown
             case Kill(port, reason):
+                if inst.state is S.STARTING:   # not ready in time: the traceback its log has, if any
+                    reason = with_exception(reason, inst.boot_error or self._boot_exception(inst))
                 self.events.emit("instance.killed", level="warning", port=port, pid=inst.pid, reason=reason)
                 inst.reason = reason
                 inst.kill_sent, inst.kill_reason = True, reason
@@ -445,6 +459,7 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
                 self._handover(inst, reason)
             case KillSuccessor(port, reason):
                 s = inst.successor
+                reason = with_exception(reason, s.boot_error or self._boot_exception(inst, successor=True))
                 s.kill_sent = True
                 self.events.emit("instance.replacement_killed", level="warning", port=port, pid=s.handle.pid,
                                  reason=reason)
@@ -498,6 +513,7 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
             argv = command.with_binds(command.gunicorn_argv(spec, inst.port, log_path, directory),
                                       [f"fd://{sock.fileno()}", f"fd://{probe.fileno()}"])
             env = command.instance_env(spec, inst.index, inst.port, metrics_dir)
+            offset = self._log_offset(log_path)
             handle = self.runner.spawn(argv, env, directory, log_path, (sock.fileno(), probe.fileno()))
         except OSError as exc:
             if is_transient(exc):   # the daemon is short of fds or memory: not the app's fault
@@ -515,6 +531,7 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
         inst.left_upstream_at = inst.stop_sent_at = None
         inst.kill_sent = False
         inst.probing, inst.next_probe, inst.last_probe = False, now, ""
+        inst.log_offset, inst.http_500s, inst.boot_error = offset, 0, ""
         inst.started_wall = self.clock.wall()
         inst.fingerprint = command.fingerprint(spec, inst.port, log_path, directory)
         inst.release = release
@@ -626,6 +643,38 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _log_offset(self, log_path: str) -> int:
+        """The log's size before a master starts: what that master writes lies after it."""
+        try:
+            return self.runner.log_size(log_path)
+        except OSError:
+            return 0
+
+    def _boot_exception(self, inst: Instance, successor: bool = False) -> str:
+        """The exception line of the last traceback the starting master (or the replacement
+        booting beside the serving one) left in the port's log since it started; "" if none.
+        The log is the port's for every master on it: tracebacks that gunicorn's own line
+        attributes to a process known to be another master's (the serving one and its workers,
+        retiring ones) are not counted."""
+        others = set(inst.retiring)
+        offset = inst.log_offset
+        if successor:
+            if inst.successor is None:
+                return ""
+            offset = inst.successor.log_offset
+            others |= {w.pid for w in inst.workers} | ({inst.pid} if inst.pid else set())
+        try:
+            text = self.runner.log_since(str(self.log_path(inst.port)), offset)
+        except OSError:
+            return ""
+        return last_exception(text.splitlines(), others)
+
+    def _start_error(self, inst: Instance, successor: bool = False) -> str:
+        """': <exception line>' of a failed start: its traceback since it started, else the
+        end of the log (`_log_excerpt`)."""
+        error = self._boot_exception(inst, successor)
+        return f": {error}" if error else self._log_excerpt(inst.port)
+
     def _log_excerpt(self, port: int) -> str:
         """The app's own error from the end of its log: the exception line (`SyntaxError: ...`)
         rather than gunicorn's shutdown lines after it."""
@@ -634,20 +683,3 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
         except OSError:
             return ""
         return excerpt(lines)
-
-
-
-def excerpt(lines: list[str]) -> str:
-    """': <the last exception line>' (else the last line) from an instance's log lines."""
-    if not lines:
-        return ""
-    gunicorn_noise = ("[INFO]", "Worker exiting", "Shutting down", "Reason: ")
-    error = next((ln.strip() for ln in reversed(lines)
-                  if _looks_like_exception(ln) and not any(n in ln for n in gunicorn_noise)), "")
-    return ": " + (error or lines[-1].strip())[:300]
-
-
-def _looks_like_exception(line: str) -> bool:
-    head = line.strip().split(":", 1)[0]
-    return bool(head) and " " not in head and (head.endswith(("Error", "Exception")) or head in
-                                                ("KeyboardInterrupt", "SystemExit"))

@@ -26,9 +26,13 @@ class Successor:
     next_probe: float = 0.0
     kill_sent: bool = False
     last_probe: str = ""
+    log_offset: int = 0                 # the log's size when it was started: what it wrote lies after
+    http_500s: int = 0
+    boot_error: str = ""
 
     def view(self) -> SuccessorView:
-        return SuccessorView(self.since, self.ready, self.probing, self.next_probe, self.kill_sent, self.last_probe)
+        return SuccessorView(self.since, self.ready, self.probing, self.next_probe, self.kill_sent, self.last_probe,
+                             self.http_500s, self.boot_error)
 
 
 @dataclass
@@ -75,6 +79,9 @@ class Instance:
     failed_release: str | None = None   # ... on this release (deploys read it)
     retiring: dict[int, tuple[Any, float]] = field(default_factory=dict)  # old master pid -> (handle, deadline)
     hold_upstream: bool = False         # see plan.InstanceView.hold_upstream
+    log_offset: int = 0                 # the log's size when the current master was started
+    http_500s: int = 0                  # see plan.InstanceView
+    boot_error: str = ""
 
     def view(self) -> InstanceView:
         return InstanceView(self.port, self.state, self.since, self.next_start, self.restart_requested,
@@ -83,7 +90,8 @@ class Instance:
                             tuple(WorkerRecycle(p, d) for p, d in self.recycles.items()),
                             frozenset(w.pid for w in self.workers), self.handoff,
                             self.successor.view() if self.successor else None, self.replace_retry_at,
-                            tuple(WorkerRecycle(p, d) for p, (_, d) in self.retiring.items()), self.hold_upstream)
+                            tuple(WorkerRecycle(p, d) for p, (_, d) in self.retiring.items()), self.hold_upstream,
+                            self.http_500s, self.boot_error)
 
     @property
     def pid(self) -> int | None:

@@ -34,6 +34,7 @@ class Replacement:
             argv = command.with_binds(command.gunicorn_argv(spec, inst.port, log_path, directory),
                                       [f"fd://{sock.fileno()}", f"fd://{probe.fileno()}"])
             env = command.instance_env(spec, inst.index, inst.port, metrics_dir)
+            offset = self._log_offset(log_path)
             handle = self.runner.spawn(argv, env, directory, log_path, (sock.fileno(), probe.fileno()))
             probe_port = probe.getsockname()[1]
         except (OSError, ValueError, TypeError) as exc:
@@ -42,7 +43,7 @@ class Replacement:
             probe.close()
         now = self.clock.now()
         inst.successor = Successor(handle, now, release, command.fingerprint(spec, inst.port, log_path, directory),
-                                   probe_port, next_probe=now)
+                                   probe_port, next_probe=now, log_offset=offset)
         self.events.emit("instance.replacing", port=inst.port, pid=inst.pid, successor_pid=handle.pid,
                          reason=reason, release=release)
         port = inst.port
@@ -71,6 +72,7 @@ class Replacement:
 
     def _successor_exited(self, inst: Instance, rc: int | None) -> None:
         s = inst.successor
+        quote = "" if s.kill_sent else self._start_error(inst, successor=True)
         inst.successor = None
         self.runner.forget([s.handle.pid])
         self._start_task(f"reap-next-{inst.port}", self._reap(inst.port, s.handle.pgid))
@@ -78,7 +80,7 @@ class Replacement:
             return   # _replace_failed already counted it
         what = describe_exit(rc)
         permanent = rc in (WORKER_BOOT_ERROR, APP_LOAD_ERROR)
-        self._replace_failed(inst, f"replacement exited before it was ready ({what})" + self._log_excerpt(inst.port),
+        self._replace_failed(inst, f"replacement exited before it was ready ({what})" + quote,
                              permanent=permanent, release=s.release)
 
     def _replace_failed(self, inst: Instance, reason: str, permanent: bool = False, transient: bool = False,

@@ -135,7 +135,10 @@ def deployment(spec: "Spec", name: str, opts: Options) -> dict:
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "env": [{"name": "PORT", "value": str(port)},
                 {"name": "ULTRASCALE_PORT", "value": str(port)}],
-        "envFrom": [{"configMapRef": {"name": f"{name}-env"}}],
+        # app.env_file's Secret first: a later source wins, so app.env (the ConfigMap) overrides
+        # it as on the daemon; the export never writes the Secret (its values stay out of here)
+        "envFrom": ([{"secretRef": {"name": f"{name}-env-file"}}] if spec.app.env_file else [])
+                   + [{"configMapRef": {"name": f"{name}-env"}}],
         "resources": {"requests": {"cpu": cpu, "memory": mem}, "limits": {"memory": mem}},
         "startupProbe": probe(periodSeconds=1, timeoutSeconds=timeout,
                               failureThreshold=_seconds(h.start_timeout)),

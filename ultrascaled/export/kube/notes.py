@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ultrascaled.export.kube.manifests import memory_limit_mib
 from ultrascaled.export.kube.model import HPA_DEFAULT_CPU_UTILIZATION, Options
+from ultrascaled.spec.envfile import looks_secret
 from ultrascaled.spec.budget import (GUNICORN_WORKER_BASE_FDS, MONGO_MONITOR_PER_SERVER,
                                      gunicorn_worker_fds, mongo_connections_per_process,
                                      mongo_pool_that_fits, open_connections_per_worker, plural)
@@ -17,8 +18,6 @@ from ultrascaled.spec.budget import (GUNICORN_WORKER_BASE_FDS, MONGO_MONITOR_PER
 if TYPE_CHECKING:  # pragma: no cover
     from ultrascaled.spec import Spec
 
-_SECRETISH = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|PRIVATE|CREDENTIAL|API_?KEY|ACCESS_?KEY",
-                        re.I)
 _LOOPBACK = re.compile(r"(?<![0-9.])127\.[0-9]+\.[0-9]+\.[0-9]+|\blocalhost\b|\[::1\]")
 
 
@@ -81,9 +80,20 @@ def warnings_for(spec: "Spec", name: str, opts: Options) -> list[str]:
         if _LOOPBACK.search(value):
             out.append(f"app.env.{key} = {value!r} names the loopback address: in a pod that is "
                        "the pod itself; point it at a Service (docs/scaling-out.md)")
-        if _SECRETISH.search(key):
+        if looks_secret(key):
             out.append(f"app.env.{key} looks like a secret: the ConfigMap holds it in clear; "
                        "move it to a Secret (env valueFrom secretKeyRef)")
+    if spec.app.env_file:
+        ns = f" -n {opts.namespace}" if opts.namespace else ""
+        files = " ".join(f"--from-env-file={p.lstrip('-')}" for p in spec.app.env_file)
+        keys = ", ".join(sorted(spec.app.file_env)) or "none read here"
+        out.append(f"app.env_file: the Deployment loads Secret {name}-env-file, which this export "
+                   f"does not write (its values stay out of the manifests); create it first: "
+                   f"kubectl create secret generic {name}-env-file {files}{ns} (kubectl's env-file "
+                   "format is plainer than systemd's: quotes stay part of the value and `;` "
+                   "starts no comment; rewrite such lines for it). "
+                   f"Keys: {keys}. A changed Secret restarts no pod: kubectl rollout restart "
+                   f"deployment/{name}")
     if spec.nginx.socketio and "REDIS_URL" not in spec.app.env:
         out.append("nginx.socketio with more than one pod needs a shared Socket.IO message "
                    "queue: set app.env.REDIS_URL")

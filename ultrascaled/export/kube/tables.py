@@ -14,6 +14,9 @@ CARRIED: dict[str, str] = {
     "app.module": "Deployment container args (the WSGI callable)",
     "app.config": "Deployment container args -c (relative to the image's working directory)",
     "app.env": "ConfigMap NAME-env, loaded with envFrom; its digest on the pod template",
+    "app.env_file": "Deployment envFrom secretRef NAME-env-file, before the ConfigMap (app.env "
+                    "wins); the operator creates the Secret: its values are never written into "
+                    "the manifests",
     "instances.count": "Deployment spec.replicas when autoscale is off (else the HPA owns it)",
     "instances.min": "HPA minReplicas when autoscale.min_replicas is null (at least 1)",
     "instances.max": "HPA maxReplicas when autoscale.max_replicas is null; MONGO_MAX_POOL_SIZE",

@@ -537,7 +537,9 @@
     const keep = pick.value;
     pick.textContent = "";
     for (const r of list) {
-      if (r.id === null) continue;  // app.directory itself: reached by rolling back, not deploying
+      // app.directory itself, and the copy of it kept for the first rollback: reached by
+      // rolling back, not deploying
+      if (r.id === null || (r.base && !r.current && !r.previous)) continue;
       const o = document.createElement("option");
       o.value = r.id;
       o.textContent = r.id + (r.current ? " (current)" : r.previous ? " (previous)" : "");
