@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import resource
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -22,8 +24,8 @@ from ultrascaled.effects.fleetlock import FleetLocked
 from ultrascaled.effects.upstream import NginxUpstream, NoUpstream
 from ultrascaled.observe import history, logs, metrics
 from ultrascaled.observe.events import EventLog
-from ultrascaled.effects.host_checks import host_problems, host_warnings
-from ultrascaled.spec import Spec, SpecError, load_spec, shown_spec
+from ultrascaled.effects.host_checks import host_problems, host_warnings, port_problems
+from ultrascaled.spec import Spec, SpecError, load_spec, parse_spec, shown_spec
 from ultrascaled.supervise.supervisor import Supervisor
 from ultrascaled.surface.api import ApiServer, AuditLog, Settings, read_token, tls_context
 from ultrascaled.surface.app import build_app
@@ -72,17 +74,34 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
 
     reload_lock = asyncio.Lock()
 
+    async def read_spec(text: bytes | None = None, source: str | None = None) -> Spec:
+        """The spec file (or, for a dry run, the text sent), read and checked off the event
+        loop within a time limit: a hostile file must not stall supervision."""
+        where = spec_path if text is None else (source or "<the spec sent>")
+        if text is None:
+            read = functools.partial(load_spec, spec_path, nofile_limit=nofile)
+        else:  # relative paths resolve against the sent file's folder, as `load_spec` does
+            base = Path(source).parent if source and os.path.isabs(source) else Path(spec_path).parent
+            read = functools.partial(parse_spec, text, source=where, base_dir=base, nofile_limit=nofile)
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(read), RELOAD_TIMEOUT)
+        except TimeoutError:
+            raise SpecError([f"{where}: not read within {RELOAD_TIMEOUT:g}s; "
+                             "the running spec stays in force"]) from None
+
     async def reload_spec() -> dict:
-        """Read and check the spec off the event loop, within a time limit (a hostile file must
-        not stall supervision); one reload at a time."""
+        """Re-read the spec file and take it; one reload at a time."""
         async with reload_lock:
-            try:
-                new = await asyncio.wait_for(asyncio.to_thread(load_spec, spec_path, nofile_limit=nofile),
-                                             RELOAD_TIMEOUT)
-            except TimeoutError:
-                raise SpecError([f"{spec_path}: not read within {RELOAD_TIMEOUT:g}s; "
-                                 "the running spec stays in force"]) from None
-            return sup.reload_spec(new)
+            return sup.reload_spec(await read_spec())
+
+    async def plan_reload(text: bytes | None = None, source: str | None = None) -> dict:
+        """The dry run: what `reload_spec` would do with the spec file now (or with `text`),
+        decided by the same function, and nothing done."""
+        async with reload_lock:
+            answer = sup.reload_dry_run(await read_spec(text, source))
+        answer["spec"] = spec_path if text is None else (source or "<the spec sent>")
+        answer["reload_reads"] = spec_path
+        return answer
 
     try:
         credentials = read_token(spec)
@@ -96,7 +115,7 @@ async def serve(spec_path: str, spec: Spec, nofile: int | None = None) -> int:
     settings = Settings.from_spec(spec, credentials)
     history = make_history(spec, sup)
     app = build_app(sup, settings, reload_spec, alerts, audit, dashboard=spec.dashboard.enabled,
-                    history=history)
+                    history=history, plan_reload=plan_reload)
     stop = asyncio.Event()
     detach = False
     # The app's startup starts the fleet and the loops; its cleanup stops them in reverse order.
@@ -283,7 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         warnings = host_warnings(spec)
         if warnings:
             report(f"warnings for spec {args.spec} (not errors)", warnings)
-        problems = host_problems(spec, nofile_limit=nofile) + fleetlock.check(spec.name, spec.paths.state_dir)
+        running = fleetlock.name_holder(spec.name)
+        if running:   # a spec edit checked before a reload: against the fleet that runs it
+            print(f"ultrascaled: fleet {spec.name!r} runs on this host (ultrascaled pid {running}): "
+                  "checking against the running fleet (its name, its state folder and the ports it "
+                  "holds are its own); `ultrascalectl diff` shows what a reload would change",
+                  file=sys.stderr)
+            held = fleetlock.check_running(spec.name, spec.paths.state_dir, running)
+        else:
+            held = fleetlock.check(spec.name, spec.paths.state_dir)
+        problems = host_problems(spec, nofile_limit=nofile) + held + port_problems(spec, running)
         if problems:
             return report(f"spec {args.spec} is valid, but this host cannot run it", problems)
         print(json.dumps(shown_spec(spec), indent=2))

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LINT = Path(sys.executable).with_name("lint-imports")
 PURE = ["ultrascaled.spec", "ultrascaled.spec.nginx", "ultrascaled.core.plan", "ultrascaled.core.states", "ultrascaled.effects.nginx_render",
         "ultrascaled.core.autoscale", "ultrascaled.core.rollout", "ultrascaled.core.memwatch",
-        "ultrascaled.core.capacity", "ultrascaled.core.command"]
+        "ultrascaled.core.capacity", "ultrascaled.core.command", "ultrascaled.core.reload_plan"]
 HEAVY = ["psutil", "aiohttp", "subprocess", "asyncio"]
 
 

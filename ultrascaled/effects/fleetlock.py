@@ -131,3 +131,36 @@ def check(name: str, state_dir: str | os.PathLike) -> list[str]:
     finally:
         lock.release()
     return []
+
+
+def check_running(name: str, state_dir: str | os.PathLike, pid: int) -> list[str]:
+    """For `--check` while ultrascaled `pid` runs fleet `name` here: the name is its own; the
+    state folder must be the one that daemon holds (a reload cannot change paths.state_dir)
+    and hold this fleet's state. Nothing is created or written."""
+    d = Path(state_dir)
+    moved = (f"paths.state_dir {d} is not the folder the running fleet {name!r} (ultrascaled pid "
+             f"{pid}) holds; a reload cannot change paths.state_dir (restart the daemon to move the fleet)")
+    try:
+        fd = os.open(d / "ultrascaled.lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return [moved]
+    except OSError as exc:
+        return [f"paths.state_dir {d}: {exc.strerror or exc}"]
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = os.read(fd, 256).decode(errors="replace").strip()
+        else:
+            return [moved]    # nobody holds the folder: the running fleet uses another one
+    finally:
+        os.close(fd)
+    if not held.startswith(f"pid {pid},"):
+        return [f"paths.state_dir {d} is in use by another ultrascaled ({held or 'unknown'}), not by "
+                f"the running fleet {name!r} (ultrascaled pid {pid}); give each fleet its own state_dir"]
+    lock = FleetLock(name, d)
+    try:
+        lock._check_state_owner()
+    except FleetLocked as exc:
+        return [str(exc)]
+    return []

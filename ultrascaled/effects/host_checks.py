@@ -1,17 +1,23 @@
 """What keeps this host from running a valid spec (`ultrascaled --check` only, never loading):
-app.directory, app.python and the packages it can import, app.config, app.module, and the
-budgets for the count a reload would keep (read from paths.state_dir/state.json)."""
+app.directory, app.python and the packages it can import, app.config, app.module, the
+budgets for the count a reload would keep (read from paths.state_dir/state.json), and the
+ports the fleet listens on (free, or held by the running fleet of this name)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 from ultrascaled.core import autoscale as autoscale_core
 from ultrascaled.core.command import gunicorn_argv
+from ultrascaled.effects import procs
 from ultrascaled.spec import Spec, budget_errors
 
 # Worker classes: gunicorn's module for each (importing it imports what the worker needs:
@@ -225,3 +231,85 @@ def host_warnings(spec: Spec) -> list[str]:
                    f"the daemon starts (then the signal is left out of the step-down rule, event "
                    f"autoscale.signal_never_seen)")
     return out
+
+
+def fleet_ports(spec: Spec) -> list[tuple[str, str, int]]:
+    """(key, host, port) of every port the fleet listens on: the API, a managed nginx's, and
+    each instance's for the count a start (or a reload) would run."""
+    out = [("api.port", spec.api.host, spec.api.port)]
+    ng = spec.nginx
+    if ng.mode == "managed":
+        host = "0.0.0.0" if ng.listen_host == "*" else ng.listen_host
+        out.append(("nginx.listen", host, ng.listen))
+        if ng.tls_enabled:
+            out.append(("nginx.tls_listen", host, ng.tls_listen))
+    out += [("instances.base_port", spec.instances.host, spec.port(i)) for i in range(reload_count(spec))]
+    return out
+
+
+def port_problems(spec: Spec, fleet_pid: int | None = None) -> list[str]:
+    """Ports of the fleet another program holds. A port held by this fleet is fine: by
+    `fleet_pid` (the ultrascaled running this fleet's name here) or its children, by a gunicorn
+    process with this fleet's marker, or by its nginx (left running for the next daemon to
+    adopt, or the running fleet's): the fleet is checked against itself."""
+    problems, busy = [], []
+    for key, host, port in fleet_ports(spec):
+        try:
+            if not _bindable(host, port):
+                busy.append((key, host, port))
+        except OSError as exc:
+            problems.append(f"{key}: cannot check {host}:{port}: {exc.strerror or exc}")
+    holders = _listeners({port for _, _, port in busy}) if busy else {}
+    for key, host, port in busy:
+        pid = holders.get(port)
+        if pid and _fleet_owns(spec, pid, fleet_pid):
+            continue
+        try:
+            who = f"pid {pid} ({psutil.Process(pid).name()})" if pid else "a program this user cannot see"
+        except psutil.Error:
+            who = f"pid {pid}"
+        hint = ("; if it is the running fleet's, run --check as the user that runs it"
+                if fleet_pid and not pid else "")
+        problems.append(f"{key}: {host}:{port} is in use by {who}{hint}")
+    return problems
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Whether `host:port` can be bound now (False: in use); OSError for any other failure."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        return True
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return False
+        raise
+    finally:
+        s.close()
+
+
+def _listeners(ports: set[int]) -> dict[int, int]:
+    """port -> pid listening there, for `ports`, in one scan (pids this user can see)."""
+    try:
+        return {c.laddr.port: c.pid for c in psutil.net_connections("inet")
+                if c.laddr and c.laddr.port in ports and c.status == psutil.CONN_LISTEN and c.pid}
+    except psutil.Error:
+        return {}
+
+
+def _fleet_owns(spec: Spec, pid: int, fleet_pid: int | None) -> bool:
+    """Whether `pid` is the running fleet's: the daemon or one of its children, a gunicorn
+    process with this fleet's marker (adopted masters), or the fleet's nginx (its pid file)."""
+    try:
+        nginx_pid = int(Path(spec.nginx.pid_path).read_text().strip()) if spec.nginx.mode == "managed" else None
+    except (OSError, ValueError):
+        nginx_pid = None
+    try:
+        p = psutil.Process(pid)
+        ours = {fleet_pid, nginx_pid} - {None}
+        if any(q.pid in ours for q in [p, *p.parents()]):
+            return True
+        return procs.marker_port(p.cmdline(), spec.name) is not None
+    except psutil.Error:
+        return False

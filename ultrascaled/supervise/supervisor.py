@@ -10,12 +10,13 @@ import asyncio
 import json
 import os
 import signal
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ultrascaled.core import reload_plan
 from ultrascaled.core.control import ScaleRefused
 from ultrascaled.core.reconciler import Instance, Reconciler
+from ultrascaled.core.reload_plan import ReloadDecision
 from ultrascaled.core.reconciler.records import Reload, Restart, Scale, Shutdown
 from ultrascaled.core.seams import Clock, Runner, Upstream
 from ultrascaled.core.states import State
@@ -26,7 +27,7 @@ from ultrascaled.effects.upstream import NoUpstream
 from ultrascaled.observe import alerts as alerting, metrics
 from ultrascaled.observe.accesslog import TrafficMonitor
 from ultrascaled.observe.events import EventLog
-from ultrascaled.spec import MB, Spec, budget_errors
+from ultrascaled.spec import MB, Spec
 from ultrascaled.supervise import views
 from ultrascaled.supervise.autoscale_loop import Autoscaler
 from ultrascaled.supervise.rollout_loop import Deployer
@@ -180,27 +181,30 @@ class Supervisor:
         self.events.emit("fleet.restart_requested", ports=targets)
         return targets
 
+    def plan_reload(self, new: Spec) -> ReloadDecision:
+        """What a reload to `new` would do now, decided and not done (core/reload_plan.py);
+        raises ScaleRefused as the reload would. Both `reload_spec` and the dry run use it."""
+        rec = self.rec
+        return reload_plan.decide(self.spec, new, self.count, rec.reload_view(), rec.fingerprint_for,
+                                  shutting_down=rec.shutting_down)
+
     def reload_spec(self, new: Spec) -> dict[str, Any]:
         """Take a validated spec: a diff against what runs (added, removed, changed, FATAL
         included); changed instances restart one at a time."""
-        old = self.spec
-        if new.name != old.name or new.paths.state_dir != old.paths.state_dir:
-            raise ScaleRefused("spec_invalid", "`name` and `paths.state_dir` cannot change on a reload; "
-                               "restart the daemon to move the fleet")
-        changes = [f.name for f in fields(Spec) if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
-        count = self.count if new.instances.count == old.instances.count else new.instances.count
-        count = max(new.instances.min, min(new.instances.max, count))
-        errors = budget_errors(new, count)
-        if errors:
-            raise ScaleRefused("spec_invalid", "; ".join(errors))
-        self._save_state(count)
-        diff = self.rec.tell(Reload(new, count))
+        decision = self.plan_reload(new)
+        self._save_state(decision.count)
+        diff = self.rec.tell(Reload(decision))
         if self.traffic is not None and self.traffic.max_bytes:   # the traffic log's rotation follows logs.*
             self.traffic.max_bytes, self.traffic.backups = new.logs.max_bytes, new.logs.backups
-        result = {"changed": changes, "restarting": list(diff.changed), "added": list(diff.added),
-                  "removed": list(diff.removed), "desired": count}
+        result = {"changed": list(decision.sections), "restarting": list(diff.changed), "added": list(diff.added),
+                  "removed": list(diff.removed), "desired": decision.count}
         self.events.emit("spec.reloaded", **result)
         return result
+
+    def reload_dry_run(self, new: Spec) -> dict[str, Any]:
+        """The dry run of `reload_spec(new)`: what it would do, as `reload_plan.describe` says,
+        and nothing done (no state saved, no message to the loop, no event)."""
+        return reload_plan.describe(self.plan_reload(new), self.spec)
 
     # ---- releases (ultrascaled/supervise/rollout_loop.py) ------------------------------------------------------
 

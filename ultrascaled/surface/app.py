@@ -20,6 +20,7 @@ from ultrascaled.surface.api.keys import (
     FOLLOWERS,
     PUBLIC,
     RELOAD,
+    RELOAD_PLAN,
     SETTINGS,
     Followers,
 )
@@ -29,13 +30,15 @@ from ultrascaled.surface.api.routes import routes
 
 def build_app(sup: FleetControl, settings: Settings, reload_spec: Callable[[], Awaitable[dict]],
               alerts=None, audit_log: AuditLog | None = None, *, dashboard: bool = True,
-              history=None) -> web.Application:
+              history=None, plan_reload: Callable[..., Awaitable[dict]] | None = None) -> web.Application:
     """`alerts`: the AlertManager (or None); its firing list is GET /alerts. `dashboard`:
-    serve GET /ui (ultrascaled/surface/dashboard.py), charting `history` (a history.History or None)."""
+    serve GET /ui (ultrascaled/surface/dashboard.py), charting `history` (a history.History or None).
+    `plan_reload(text=None, source=None)`: the reload's dry run (POST /fleet/reload/plan), or None."""
     app = web.Application(middlewares=[errors_and_audit, guard], client_max_size=settings.limits.max_body)
     app[FLEET] = sup
     app[SETTINGS] = settings
     app[RELOAD] = reload_spec
+    app[RELOAD_PLAN] = plan_reload
     app[ALERTS] = alerts
     app[AUDIT] = audit_log
     app[FOLLOWERS] = Followers(settings.limits.max_followers)

@@ -258,15 +258,143 @@ def cmd_restart(api: Api, args) -> int:
 
 
 def cmd_reload(api: Api, args) -> int:
+    if args.dry_run:
+        return cmd_diff(api, args)
+    if args.spec:
+        raise CtlError("reload: --spec needs --dry-run (a reload reads the daemon's own spec file; "
+                       "copy FILE there, then reload)", EXIT_USAGE)
     before = pids(api.request("GET", "/fleet")) if args.wait else {}
     result = api.request("POST", "/fleet/reload")
+    if args.json:
+        print(json.dumps(result, indent=2))
     ports = result.get("restarting") or []
     changed = ", ".join(result.get("changed") or []) or "nothing"
-    print(f"spec reloaded; changed: {changed}; restarting: {', '.join(map(str, ports)) or 'none'}")
+    if not args.json:
+        print(f"spec reloaded; changed: {changed}; restarting: {', '.join(map(str, ports)) or 'none'}")
     if args.wait and ports:
         wait_until(api, lambda f: restarted(f, ports, before), args.timeout, progress, restart_failed(ports))
         print(f"restarted: {', '.join(map(str, ports))}")
     return 0
+
+
+# ---- ultrascalectl diff / reload --dry-run ------------------------------------------------------
+
+MAX_SPEC_BYTES = 1 << 20   # the daemon's own limit for a spec file (spec/yaml_reader.py)
+EXIT_CHANGES, EXIT_INVALID = 1, 2
+
+
+def read_spec_text(path: str) -> str:
+    """FILE's text for the dry run: a regular UTF-8 file of at most 1 MiB (the daemon checks it
+    again as it checks its own)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CtlError(f"--spec: {exc.strerror}: {path}", EXIT_USAGE)
+    try:
+        import stat
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CtlError(f"--spec: {path} is not a regular file", EXIT_USAGE)
+        data = os.read(fd, MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise CtlError(f"--spec: {exc.strerror}: {path}", EXIT_USAGE)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SPEC_BYTES:
+        raise CtlError(f"--spec: {path} is over {MAX_SPEC_BYTES} bytes", EXIT_INVALID)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CtlError(f"--spec: {path} is not UTF-8 text (byte {exc.start})", EXIT_INVALID)
+
+
+def cmd_diff(api: Api, args) -> int:
+    """What a reload would do (POST /fleet/reload/plan): exit 0 nothing would change, 1 it would
+    change something, 2 the spec would be refused."""
+    body = {}
+    if args.spec:
+        body = {"spec": read_spec_text(args.spec), "source": os.path.abspath(args.spec)}
+    status, _, raw = api.fetch("POST", "/fleet/reload/plan", json.dumps(body).encode())
+    if status in (400, 413):
+        try:
+            err = json.loads(raw)["error"]
+        except (ValueError, KeyError, TypeError):
+            err = None
+        if isinstance(err, dict) and err.get("code") in ("spec_invalid", "too_large"):
+            if err["code"] == "too_large":
+                err = {**err, "message": err.get("message", "") + "; a spec this large can be planned from "
+                       "the daemon's own spec file: put it there and run `diff` without --spec"}
+            if args.json:
+                print(json.dumps({"refused": err}, indent=2))
+            else:
+                print("the reload would be refused; the running spec would stay in force:", file=sys.stderr)
+                print(f"  {err['code']}: {err.get('message', '')}", file=sys.stderr)
+                for e in err.get("errors") or []:
+                    print(f"    {e}", file=sys.stderr)
+            return EXIT_INVALID
+    Api.check(status, raw)
+    try:
+        plan = json.loads(raw)
+    except ValueError:
+        raise CtlError("not JSON from the daemon's /fleet/reload/plan", EXIT_FAILED)
+    print(json.dumps(plan, indent=2) if args.json else render_plan(plan))
+    return EXIT_CHANGES if plan.get("changes") else 0
+
+
+def _value(v) -> str:
+    return json.dumps(v, ensure_ascii=False)
+
+
+def render_plan(plan: dict) -> str:
+    """The dry run as text: the keys changed, diff-style, then what the reload would do."""
+    spec, reads = plan.get("spec", "the spec"), plan.get("reload_reads")
+    lines = [f"--- the running spec", f"+++ {spec}"]
+    for k in plan.get("keys") or []:
+        if k.get("old") is not None or k.get("new") is None:
+            lines.append(f"-{k['key']}: {_value(k.get('old'))}" if k.get("old") is not None else f"-{k['key']}")
+        if k.get("new") is not None:
+            lines.append(f"+{k['key']}: {_value(k['new'])}")
+    if not plan.get("keys"):
+        lines.append(" (no key changed)")
+    d = plan["desired"]
+    lines.append("")
+    lines.append(f"instances: {d['before']}" + (f" -> {d['after']}" if d["after"] != d["before"] else " (unchanged)"))
+    if plan.get("added"):
+        lines.append(f"  start: {', '.join(map(str, plan['added']))}")
+    if plan.get("removed"):
+        lines.append(f"  drain and stop: {', '.join(map(str, plan['removed']))}")
+    restarting = plan.get("restarting") or []
+    if restarting:
+        lines.append(f"restart, one at a time: {', '.join(str(r['port']) for r in restarting)}")
+        for r in restarting:
+            lines.append(f"  {r['port']}: {'; '.join(r['why'])}")
+    else:
+        lines.append("restart: none")
+    ng = plan.get("nginx") or {}
+    mode = ng.get("mode") or {}
+    if mode.get("before") == "off" and mode.get("after") == "off":
+        lines.append("nginx: off")
+    elif ng.get("reconfigure"):
+        lines.append(f"nginx: its settings are rewritten, checked and nginx reloaded "
+                     f"({', '.join(ng.get('keys') or [])} changed)")
+    elif ng.get("upstream_changes"):
+        how = ("nginx is reloaded at each change" if ng.get("upstream_servers") == "ready"
+               else "the ports' gates open and close; nginx is not reloaded")
+        lines.append(f"nginx: settings unchanged; the upstream follows the instances ({how})")
+    else:
+        lines.append("nginx: unchanged")
+    mem = (plan.get("budget") or {}).get("memory") or {}
+
+    def budget(b: dict) -> str:
+        return (f"{b['instances']} x ({b['workers']} worker{'' if b['workers'] == 1 else 's'} + 1) x {b['worker_limit_mb']} MiB = "
+                f"{b['worst_case_mb']} MiB of {b['fleet_budget_mb']} MiB")
+    if mem:
+        before, after = budget(mem["before"]), budget(mem["after"])
+        lines.append(f"memory, worst case: {before}" + (f" -> {after}" if after != before else " (unchanged)"))
+    if reads and spec != reads:
+        lines.append(f"note: a reload reads {reads}, not {spec}: copy it there, then `ultrascalectl reload`")
+    lines.append("the reload would change nothing" if not plan.get("changes") else
+                 "nothing was done (dry run)")
+    return "\n".join(lines)
 
 
 def cmd_events(api: Api, args) -> int:
@@ -613,6 +741,20 @@ def build_reload(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true",
                    help="wait until every instance the reload restarts runs again and serves")
     add_wait(p, 300.0, no_wait=False)
+    p.add_argument("--dry-run", action="store_true",
+                   help="show what the reload would do and do nothing (as `diff`; exit 0 nothing, "
+                        "1 changes, 2 refused)")
+    add_diff_options(p)
+
+
+def add_diff_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", metavar="FILE",
+                   help="plan the reload to this spec file instead of the daemon's own spec file")
+    add_json(p)
+
+
+def build_diff(p: argparse.ArgumentParser) -> None:
+    add_diff_options(p)
 
 
 def build_logs(p: argparse.ArgumentParser) -> None:
@@ -649,6 +791,8 @@ COMMANDS: dict[str, tuple] = {
     "scale": (cmd_scale, "set the number of instances and wait until they serve", build_scale),
     "restart": (cmd_restart, "restart one instance (PORT), or --all one at a time, and wait", build_restart),
     "reload": (cmd_reload, "re-read the spec file; --wait for the restarts it starts", build_reload),
+    "diff": (cmd_diff, "what a reload (to --spec FILE) would change, restart and reload, and "
+             "nothing done (exit 0 nothing, 1 changes, 2 refused)", build_diff),
     "alerts": (cmd_alerts, "alerts firing now (exit 1 when any)", add_json),
     "logs": (cmd_logs, "an instance's output (PORT); -f follows", build_logs),
     "events": (cmd_events, "recent events; -f follows", build_events),

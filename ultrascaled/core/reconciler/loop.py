@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ultrascaled.core import command, release_layout, rollout
 from ultrascaled.core.boot_log import excerpt, last_exception, with_exception
 from ultrascaled.core.control import AlertSink, EventSource
-from ultrascaled.core.plan import (Drain, ReloadDiff, reload_diff, ExitDecision, Forget, Handover,
+from ultrascaled.core.plan import (Drain, ReloadDiff, ExitDecision, Forget, Handover,
                                    Kill, KillRetired, KillSuccessor, KillWorker, Probe, ProbeSuccessor,
                                    Publish, Replace, Spawn, Stop, Undrain, backoff_delay, describe_exit, kind, next_probe_at, on_exit, plan, probe_delay)
 from ultrascaled.core.reconciler.adoption import Adoption
@@ -260,21 +260,29 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
         if inst.replace_failed:
             inst.replace_failures, inst.replace_retry_at = 0, 0.0
 
+    def reload_view(self) -> dict[int, tuple[State, str]]:
+        """What a reload decides on (core/reload_plan.py): each instance's state and the
+        fingerprint it was started with."""
+        return {p: (i.state, i.fingerprint) for p, i in self.instances.items()}
+
+    def fingerprint_for(self, spec: Spec, port: int) -> str:
+        """What `port` would be started with under `spec` now (its log, its release's folder)."""
+        rel = rollout.desired_release(self.releases.rollout, self.releases.current, port)
+        return command.fingerprint(spec, port, str(self.log_path(port)), release_layout.directory_of(spec, rel))
+
     def _reload(self, m: Reload) -> ReloadDiff:
-        """Take a validated spec: nginx follows a change of its settings or of the instances'
-        range, and the instances whose command changed restart one at a time."""
-        old, new = self.spec, m.spec
-        self.spec, self.count = new, m.count
-        if (new.nginx, new.instances.max, new.instances.base_port, new.instances.host) != \
-                (old.nginx, old.instances.max, old.instances.base_port, old.instances.host):
+        """Apply a reload's decision (core/reload_plan.py, decided on this loop's records just
+        before): nginx follows a change of its settings or of the instances' range, and the
+        instances whose command changed restart one at a time."""
+        d = m.decision
+        self.spec, self.count = d.spec, d.count
+        if d.nginx_reconfigure:
             self.pending_nginx = True    # (the static upstream lists the instances' range)
         if self.failed_upstream is not None:   # a refused upstream is tried again with the new spec
             self.failed_temporary, self.upstream_retry_at = True, 0.0
-        fps = {p: command.fingerprint(new, p, str(self.log_path(p)), self.release_for(p)[1]) for p in self.wanted}
-        diff = reload_diff({p: (i.state, i.fingerprint) for p, i in self.instances.items()}, self.wanted, fps)
-        for p in diff.changed:
+        for p in d.diff.changed:
             self._request_restart(self.instances[p])
-        return diff
+        return d.diff
 
     def _exited(self, port: int, handle: Any, rc: int | None) -> None:
         inst = self.instances.get(port)

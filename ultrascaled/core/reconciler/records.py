@@ -166,9 +166,18 @@ class Restart:
 
 @dataclass(frozen=True)
 class Reload:
-    """A new, validated spec and the count it runs at; the fold answers with the reload's diff."""
-    spec: Spec
-    count: int
+    """A reload's decision (core/reload_plan.py: the new, validated spec, the count it runs at,
+    the ports to restart, whether nginx takes new settings); the fold applies it and answers
+    with its diff."""
+    decision: Any
+
+    @property
+    def spec(self) -> Spec:
+        return self.decision.spec
+
+    @property
+    def count(self) -> int:
+        return self.decision.count
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from ultrascaled.surface.api.auth import Settings
 FLEET = web.AppKey("fleet", FleetControl)
 SETTINGS = web.AppKey("settings", Settings)
 RELOAD = web.AppKey("reload", Callable[[], Awaitable[dict]])
+RELOAD_PLAN = web.AppKey("reload_plan", object)   # the reload's dry run (text, source) -> dict, or None
 ALERTS = web.AppKey("alerts", object)            # the AlertManager, or None
 AUDIT = web.AppKey("audit", object)              # an AuditLog, or None
 

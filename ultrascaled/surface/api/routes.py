@@ -17,7 +17,7 @@ from ultrascaled.effects import logfiles
 from ultrascaled.observe import metrics as m
 from ultrascaled.spec import SpecError
 from ultrascaled.surface.api.errors import ApiError, Code
-from ultrascaled.surface.api.keys import ALERTS, FLEET, FOLLOWERS, RELOAD, SETTINGS
+from ultrascaled.surface.api.keys import ALERTS, FLEET, FOLLOWERS, RELOAD, RELOAD_PLAN, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -159,6 +159,33 @@ async def reload(request: web.Request) -> web.Response:
         result = await request.app[RELOAD]()
     except SpecError as exc:
         raise ApiError(Code.spec_invalid, "the spec was refused; the running spec stays in force",
+                       errors=exc.errors)
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response(result)
+
+
+@routes.post("/fleet/reload/plan")
+async def reload_plan(request: web.Request) -> web.Response:
+    """The reload's dry run: what `POST /fleet/reload` would do with the daemon's spec file as it
+    is now, or with the spec text sent (`spec`; `source` its path, which relative paths resolve
+    against). The same decision as the reload; nothing is done. Refused as the reload would be."""
+    data = await json_body(request, ("spec", "source"))
+    text, source = data.get("spec"), data.get("source")
+    if text is not None and (not isinstance(text, str) or not text):
+        raise ApiError(Code.bad_request, f"`spec` must be the spec's text (a non-empty string), got {str(text)[:40]!r}")
+    if source is not None and (not isinstance(source, str) or not source or len(source) > 4096 or "\0" in source):
+        raise ApiError(Code.bad_request, "`source` must be a non-empty string without NUL, at most 4096 "
+                       f"characters, got {str(source)[:40]!r}")
+    if source is not None and text is None:
+        raise ApiError(Code.bad_request, "`source` names the file `spec` was read from; send `spec` with it")
+    plan = request.app[RELOAD_PLAN]
+    if plan is None:
+        raise ApiError(Code.not_found, "this daemon has no reload dry run")
+    try:
+        result = await plan(text.encode() if text is not None else None, source)
+    except SpecError as exc:
+        raise ApiError(Code.spec_invalid, "the spec would be refused; the running spec stays in force",
                        errors=exc.errors)
     except ScaleRefused as exc:
         raise refused(exc)
