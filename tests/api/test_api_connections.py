@@ -11,6 +11,7 @@ import time
 import pytest
 
 from ultrascaled.daemon import raise_nofile
+from ultrascaled.surface.api.server import RESERVED_CONNECTIONS, RESERVED_IDLE
 from support.waiting import wait_for
 
 
@@ -91,7 +92,21 @@ def test_connections_beyond_the_cap_get_503_and_the_cap_frees_up(make_live):
         status, body = _get(live.settings.port, "/fleet")
         err = json.loads(body)["error"]
         assert status == 503 and err["code"] == "too_many_requests" and "20 connections" in err["message"]
+        # a monitor's probe is still answered, beyond the cap, on a connection of the reserve
+        assert _get(live.settings.port, "/health")[0] in (200, 503)
+        assert json.loads(_get(live.settings.port, "/health")[1]).get("error", {}).get("code") != "too_many_requests"
+        assert _get(live.settings.port, "/metrics")[0] == 200
+        assert live.server.refused == 0
+        # the reserve is bounded too: idle connections filling it leave the next one refused
+        socks += open_idle(live.settings.port, RESERVED_CONNECTIONS, 0)
+        wait_for(lambda: len(live.server.runner.server.connections) == 20 + RESERVED_CONNECTIONS,
+                 what="the reserve full")
+        status, body = _get(live.settings.port, "/health")
+        assert status == 503 and json.loads(body)["error"]["code"] == "too_many_requests"
         assert live.server.refused == 1
+        # and its idle connections are closed sooner than the others
+        wait_for(lambda: len(live.server.runner.server.connections) == 20, timeout=RESERVED_IDLE + 10,
+                 what="the reserve's idle connections closed")
     finally:
         for s in socks:
             s.close()

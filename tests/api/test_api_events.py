@@ -113,6 +113,22 @@ def test_a_follower_that_reads_nothing_is_dropped_and_frees_its_slot(make_live, 
         s.close()
 
 
+def test_a_closed_follower_frees_its_slot_at_once(make_live, fleet):
+    """Not at its next write (a keep-alive every 15 s): 40 followers opened and closed leave
+    room for 40 new ones right after, with no event in between."""
+    live = make_live(max_followers=40)
+    followers = live.server.runner.app[FOLLOWERS]
+    request = f"GET /events?follow=1 HTTP/1.1\r\nHost: 127.0.0.1:{live.settings.port}\r\n\r\n".encode()
+    for _ in range(2):
+        socks = [socket.create_connection(("127.0.0.1", live.settings.port)) for _ in range(40)]
+        for s in socks:
+            s.sendall(request)
+        wait_for(lambda: followers.active == 40, what="40 followers connected")
+        for s in socks:
+            s.close()
+        wait_for(lambda: followers.active == 0, timeout=10, what="closed followers noticed before any write")
+
+
 def test_ctl_events_follow_shows_the_gap_and_goes_on(make_live, tmp_path):
     fleet = FakeFleet(tmp_path)
     fleet.events = EventLog(size=20, logger=fleet.events.log)

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from ultrascaled.surface.api.auth import SAFE_METHODS
 from ultrascaled.surface.api.errors import ApiError, Code, error
+from ultrascaled.surface.api.server import RESERVED_PATHS
 from ultrascaled.surface.api.keys import (
     ACTOR,
     AUDIT,
@@ -23,7 +24,16 @@ def actor_of(request: web.Request) -> str:
 
 @web.middleware
 async def errors_and_audit(request: web.Request, handler) -> web.StreamResponse:
-    """Every error as JSON (also aiohttp's own and unexpected ones); every mutation audited."""
+    """Every error as JSON (also aiohttp's own and unexpected ones); every mutation audited.
+    On a connection past the API's cap (`server.RESERVED_CONNECTIONS`) only a read of the
+    health or metrics path is answered, and the connection is closed after it."""
+    reserved = getattr(request.protocol, "reserved", False)
+    if reserved and (request.method not in ("GET", "HEAD") or request.path not in RESERVED_PATHS):
+        cap = request.app[SETTINGS].limits.max_connections
+        resp = error(Code.too_many_requests, f"{cap} connections are open already (the limit); only "
+                     f"{' and '.join(RESERVED_PATHS)} are answered beyond it; try again later")
+        resp.force_close()
+        return resp
     try:
         resp = await handler(request)
     except ApiError as exc:
@@ -38,6 +48,8 @@ async def errors_and_audit(request: web.Request, handler) -> web.StreamResponse:
         resp = error(Code.internal, f"internal error ({type(exc).__name__}); see the daemon's events")
     if request.method not in SAFE_METHODS:
         await audit(request, resp.status)
+    if reserved:
+        resp.force_close()
     return resp
 
 

@@ -391,12 +391,14 @@ async def stream_events(request: web.Request, since: int) -> web.StreamResponse:
 
         await send(log.since(since), gaps=since > 0)  # since=0: whatever the ring still has, no gap
         closing = asyncio.ensure_future(followers.closing.wait())
+        lost = getattr(request.protocol, "lost", None)     # the client went: free the slot now
+        gone = asyncio.ensure_future(lost.wait() if lost is not None else asyncio.Event().wait())
         getter = asyncio.ensure_future(queue.get())
         try:
             while True:
-                done, _ = await asyncio.wait({getter, closing}, timeout=15,
+                done, _ = await asyncio.wait({getter, closing, gone}, timeout=15,
                                              return_when=asyncio.FIRST_COMPLETED)
-                if closing in done:
+                if closing in done or gone in done:
                     break
                 if not done:
                     async with asyncio.timeout(limits.write_timeout):
@@ -412,6 +414,7 @@ async def stream_events(request: web.Request, since: int) -> web.StreamResponse:
                 getter = asyncio.ensure_future(queue.get())
         finally:
             closing.cancel()
+            gone.cancel()
             getter.cancel()
     except (ConnectionResetError, TimeoutError):
         pass  # gone, or not reading: it reconnects with since=

@@ -43,7 +43,21 @@ class _Refuse(asyncio.Protocol):
 class _Protocol(web.RequestHandler):
     """aiohttp's request handler, answering HTTP it cannot parse (a header line over the limit,
     a bad method, a bad Content-Length) with our JSON error instead of plain text, and without
-    logging a traceback for each: a scanner sending garbage must not fill the journal."""
+    logging a traceback for each: a scanner sending garbage must not fill the journal.
+
+    `lost` is set when the client goes (an event-stream follower then frees its slot at once,
+    not at its next write); `reserved`: a connection beyond `max_connections`, which may only
+    ask for the health and metrics paths (`RESERVED_PATHS`), once."""
+
+    reserved = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lost = asyncio.Event()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.set()
+        super().connection_lost(exc)
 
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -54,6 +68,13 @@ class _Protocol(web.RequestHandler):
         resp = error(Code.bad_request, text) if status < 500 else error(Code.internal, "internal error")
         resp.force_close()
         return resp
+
+
+# Connections beyond max_connections kept for GET /health and /metrics alone, one request each,
+# idle at most RESERVED_IDLE seconds: a table full of idle connections leaves the probe an answer.
+RESERVED_CONNECTIONS = 16
+RESERVED_IDLE = 2.0
+RESERVED_PATHS = ("/health", "/metrics")
 
 
 class ApiServer:
@@ -78,9 +99,15 @@ class ApiServer:
         manager = self.runner.server
         assert manager is not None
         cap = self.settings.limits.max_connections
-        if len(manager.connections) >= cap:
+        open_now = len(manager.connections)
+        if open_now >= cap + RESERVED_CONNECTIONS:
             self.refused += 1
             return _Refuse(refusal(f"{cap} connections are open already (the limit); try again later"))
+        if open_now >= cap:      # a monitor's probe must not read a full table as an unhealthy daemon
+            proto = _Protocol(manager, loop=asyncio.get_running_loop(),
+                              **{**self._handler_args, "keepalive_timeout": min(RESERVED_IDLE, self._handler_args["keepalive_timeout"])})
+            proto.reserved = True
+            return proto
         return _Protocol(manager, loop=asyncio.get_running_loop(), **self._handler_args)
 
     async def start(self) -> None:
