@@ -228,3 +228,36 @@ async def test_a_spec_reload_that_leaves_the_static_upstream_republishes_and_ope
     h.sup.reload_spec(wider)
     await h.settle()
     assert h.upstream.reconfigured == 2
+
+
+@component
+async def test_a_master_over_its_limit_at_every_boot_is_held_with_an_alert_and_health_says_so(tmp_path):
+    """issue 24: memory.worker_limit_mb below what a master needs at boot replaced every master
+    for memory every ~3 s for ever, /alerts empty and /health 200. Replacements keep the
+    count, so the hold comes after restart.fatal_crashes, with the alert and /health."""
+    h = await up(tmp_path)
+    replaced = 0
+    for _ in range(40):
+        inst = h.rec.instances[8001]
+        h.runner.rss[inst.pid] = 900 << 20          # every master of 8001 is over the limit at once
+        await h.sample()
+        await h.sample()
+        await h.advance(0.3, step=0.05)
+        replaced = len([e for e in h.events_named("instance.replaced") if e["port"] == 8001])
+        if "memory_recycle_loop,port=8001" in h.alerts():
+            break
+    assert "memory_recycle_loop,port=8001" in h.alerts(), (replaced, h.events_named("watchdog.recycled")[-2:])
+    assert replaced <= h.spec.restart.fatal_crashes
+    held = len(h.events_named("watchdog.held"))
+    ok, reasons = h.sup.health()
+    assert not ok and any("recycling is held" in r and "8001" in r for r in reasons), reasons
+    # held: no more replacements however long it stays over
+    before = len(h.events_named("instance.replaced"))
+    for _ in range(10):
+        await h.sample()
+        await h.advance(0.5, step=0.1)
+    assert len(h.events_named("instance.replaced")) == before and len(h.events_named("watchdog.held")) == held
+    # under the limit again: the hold ends and the alert resolves
+    h.runner.rss[h.rec.instances[8001].pid] = 10 << 20
+    await h.sample()
+    assert "memory_recycle_loop,port=8001" not in h.alerts() and h.sup.health()[0]

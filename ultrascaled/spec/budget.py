@@ -3,6 +3,8 @@ of instances, and the per-worker figures they rest on. The spec's checks refuse 
 the capacity planner (core/capacity.py) shows the same arithmetic."""
 from __future__ import annotations
 
+import math
+
 from typing import TYPE_CHECKING, Mapping
 
 from ultrascaled.spec.errors import BudgetProblem
@@ -21,6 +23,10 @@ MONGO_MONITOR_PER_SERVER = 2
 TYPICAL_INSTANCE_RSS_MIB = 65.5
 TYPICAL_PROCESS_RSS_MIB = TYPICAL_INSTANCE_RSS_MIB / 2
 TYPICAL_RSS_SOURCE = "docs/benchmarks.md, scripts/bench --only footprint"
+# The lowest memory.worker_limit_mb accepted: 1.5 x the typical process above. Below it even a
+# small app's freshly booted worker (or master) is over the limit, and every recycle starts
+# another one over it.
+WORKER_LIMIT_FLOOR_MIB = math.ceil(1.5 * TYPICAL_PROCESS_RSS_MIB)
 # File descriptors that are not connections. Allowances, not measurements (docs/capacity.md):
 DAEMON_BASE_FDS = 64           # stdio, event loop, API listener + clients, logs, nginx pidfd
 DAEMON_FDS_PER_INSTANCE = 4    # pidfd, health probe socket, /proc reads, a spare

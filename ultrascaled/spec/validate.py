@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ultrascaled.spec import nginx as nginx_checks
-from ultrascaled.spec.budget import budget_problems, requests_per_worker
+from ultrascaled.spec.budget import (TYPICAL_PROCESS_RSS_MIB, WORKER_LIMIT_FLOOR_MIB, budget_problems,
+                                     requests_per_worker)
 from ultrascaled.spec.schema import Spec
 from ultrascaled.spec.yaml_reader import show_value, show_number
 
@@ -317,6 +318,11 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
     if ok("app.module") and not _APP_MODULE.match(spec.app.module):
         errors.append(f"{where('app.module')}: must look like `module:callable` or "
                       f"`module:factory()`, got {show_value(spec.app.module)}")
+    if ok("memory.worker_limit_mb") and spec.memory.worker_limit_mb < WORKER_LIMIT_FLOOR_MIB:
+        errors.append(f"{where('memory.worker_limit_mb')}: {spec.memory.worker_limit_mb} MiB cannot hold: a "
+                      f"gunicorn process of even a small app is about {TYPICAL_PROCESS_RSS_MIB:g} MiB at boot "
+                      "(the reference app, docs/benchmarks.md section 4), so every fresh worker would be "
+                      f"over it and recycled at once; give at least {WORKER_LIMIT_FLOOR_MIB}")
     g = spec.gunicorn
     if ok("gunicorn.threads", "gunicorn.worker_class") and g.threads > 1 and g.worker_class != "gthread":
         errors.append(f"{where('gunicorn.threads')}: {g.threads} threads need gunicorn.worker_class "

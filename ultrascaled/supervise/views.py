@@ -60,6 +60,8 @@ def health(rec: Reconciler, task_problems: list[str]) -> tuple[bool, list[str]]:
             state = inst.state.value if inst else "absent"
             detail = f" ({inst.reason})" if inst and inst.reason else ""
             reasons.append(f"instance {p} is {state}{detail}")
+        elif inst.recycle_held:
+            reasons.append(inst.recycle_held)
     if rec.upstream_ok is False:
         reasons.append(f"upstream update failed: {rec.upstream_error}")
     nginx = rec.upstream.status()

@@ -539,6 +539,7 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
         inst.handoff = True
         inst.replace_failures, inst.replace_retry_at, inst.replace_failed = 0, 0.0, False
         inst.master_mem, inst.workers, inst.recycles, inst.recycle_history = None, [], {}, ()
+        inst.recycle_held = ""
         self.alerts.resolve("memory_recycle_loop", port=inst.port)
         self.change_state(inst, S.STARTING, reason, pid=handle.pid, release=release)
         self._watch(inst, handle)

@@ -46,6 +46,14 @@ class MemoryWatch:
                                             recycling)
         for r in due:
             self._recycle(r)
+        limit = mem.worker_limit_mb * MB
+        for inst in self.instances.values():    # a held instance whose processes are all under the limit again
+            if inst.recycle_held and inst.handle is not None and inst.state is S.RUNNING and not any(
+                    _metric(m, mem.metric) > limit for m in ([inst.master_mem] if inst.master_mem else []) + inst.workers):
+                inst.recycle_held = ""
+                self._dirty = True
+                self.alerts.resolve("memory_recycle_loop", f"instance {inst.port}: every process is under "
+                                    f"memory.worker_limit_mb ({mem.worker_limit_mb} MiB) again", port=inst.port)
         total = sum(i.rss for i in self.instances.values())
         budget = mem.fleet_budget_mb * MB
         crossed = memwatch.budget_crossed(total, budget, self.over_budget)
@@ -68,11 +76,16 @@ class MemoryWatch:
         fields = dict(port=r.port, pid=r.pid, role=r.role, value_bytes=r.value, limit_bytes=r.limit,
                       metric=self.spec.memory.metric, samples=r.samples)
         if storm:  # hold: another recycle would only start another worker over the limit
-            self.alerts.fire("memory_recycle_loop", f"instance {r.port}: {len(history) - 1} recycles within "
-                             f"{policy.fatal_window:g}s, each fresh worker crosses memory.worker_limit_mb "
-                             f"({r.limit // MB} MiB, measured {r.value // MB} MiB); recycling is held until "
-                             "that stops", port=r.port)
-            self.events.emit("watchdog.held", level="error", **fields)
+            what = "master" if r.role == "master" or r.pid == inst.pid else "worker"
+            msg = (f"instance {r.port}: {len(history) - 1} recycles within {policy.fatal_window:g}s, each fresh "
+                   f"{what} crosses memory.worker_limit_mb ({r.limit // MB} MiB, measured {r.value // MB} MiB); "
+                   "recycling is held until that stops (raise the limit, or fix the leak)")
+            if inst.recycle_held != msg:
+                if not inst.recycle_held:
+                    self.events.emit("watchdog.held", level="error", **fields)
+                inst.recycle_held = msg
+                self._dirty = True
+                self.alerts.fire("memory_recycle_loop", msg, port=r.port)
             return
         inst.recycle_history = history
         by_port = self.counters["watchdog_recycles"]

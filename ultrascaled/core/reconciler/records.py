@@ -68,7 +68,8 @@ class Instance:
     workers: list[ProcMem] = field(default_factory=list)
     sampled_at: float = 0.0               # when master_mem/workers were taken (the autoscaler's time base)
     recycles: dict[int, float] = field(default_factory=dict)   # worker pid -> SIGKILL deadline
-    recycle_history: tuple[float, ...] = ()                     # recent watchdog recycles
+    recycle_history: tuple[float, ...] = ()                     # recent watchdog recycles (kept across a replacement)
+    recycle_held: str = ""              # why the watchdog holds its recycles ("" = it does not)
     release: str | None = None          # the release its current (or last) start runs; None: app.directory
     probe_port: int | None = None       # the master's private probe socket (None: probe the public port)
     handoff: bool = False               # the daemon holds its socket: restarts replace the master in place

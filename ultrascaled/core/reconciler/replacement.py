@@ -64,7 +64,9 @@ class Replacement:
         inst.started_wall = self.clock.wall()
         inst.adopted = False
         inst.health_failures, inst.last_probe = 0, s.last_probe
-        inst.master_mem, inst.workers, inst.recycles, inst.recycle_history = None, [], {}, ()
+        # recycle_history is kept: a master replaced for memory whose successor is over the limit
+        # again counts towards the hold (restart.fatal_crashes within fatal_window)
+        inst.master_mem, inst.workers, inst.recycles = None, [], {}
         self.alerts.resolve("instance_replace_failed", f"instance {inst.port} was restarted", port=inst.port)
         self.events.emit("instance.replaced", port=inst.port, old_pid=old.pid if old else None, pid=s.handle.pid,
                          boot_seconds=round(now - s.since, 3), release=s.release, reason=reason)
