@@ -59,6 +59,10 @@ def _parse(text: str | bytes, source: str, base_dir: Path, cpu_count: int | None
     if spec.nginx.mode == "managed" and not spec.nginx.prefix:
         prefix = str(Path(spec.paths.state_dir) / "nginx")
         spec = dataclasses.replace(spec, nginx=dataclasses.replace(spec.nginx, prefix=prefix))
+    if spec.nginx.static:   # where nginx finds the folders (spec/nginx.py, effects/nginx_render.py)
+        current = str(Path(spec.deploy.releases_dir or Path(spec.paths.state_dir) / "releases") / "current")
+        spec = dataclasses.replace(spec, nginx=dataclasses.replace(
+            spec.nginx, static_app_dir=spec.app.directory, static_current=current))
     spec = dataclasses.replace(spec, source=source)
     errors += _cross_checks(spec, lines, bad, nofile_limit)
     if errors:
