@@ -110,7 +110,9 @@ def traffic_log_format(upstream_name: str) -> str:
 
 
 def _proxy_common(s: NginxSettings) -> list[str]:
-    out = [
+    quiet = s.proxy_error_log
+    out = [f"error_log {quiet[0]} {quiet[1]};"] if quiet else []
+    out += [
         "proxy_http_version 1.1;",
         "proxy_set_header Host $http_host;",
         "proxy_set_header X-Real-IP $remote_addr;",

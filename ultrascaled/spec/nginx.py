@@ -112,6 +112,14 @@ class NginxSettings:
     user: str = _f("", "managed mode, master run as root: `user` directive for workers "
                    "('' = nginx default, nobody)")
     error_log_level: str = _f("warn", "error_log level")
+    proxy_error_log_level: str = _f("", "error_log level of the locations that pass requests to "
+                                    "the instances; '' = crit with upstream_servers: range, so "
+                                    "that the tries of ports with no instance (`connect() failed "
+                                    "(111)`, `upstream server temporarily disabled`) stay out of "
+                                    "the error log (the traffic log keeps each try's port and "
+                                    "status, docs/nginx.md#the-static-upstream-upstream_servers-range), "
+                                    "else error_log_level; in system mode it writes "
+                                    "/var/log/nginx/<upstream_name>.error.log")
     access_log: str = _f("off", "access_log path (managed: relative to prefix) or 'off'")
     traffic_log: str = _f("", "the JSON-lines access log the daemon reads for per-instance "
                           "requests, 5xx and latency (docs/observability.md); '' = "
@@ -200,6 +208,16 @@ class NginxSettings:
     @property
     def error_log_path(self) -> str:
         return os.path.join(self.prefix, "logs", "error.log")
+
+    @property
+    def proxy_error_log(self) -> tuple[str, str] | None:
+        """(path, level) of the proxy locations' own error_log; None = inherit the server's."""
+        level = self.proxy_error_log_level or ("crit" if self.upstream_servers == "range" else "")
+        if not level or self.mode == "managed" and level == self.error_log_level:
+            return None
+        if self.mode == "managed":
+            return self.error_log_path, level
+        return f"/var/log/nginx/{self.upstream_name}.error.log", level
 
     @property
     def traffic_log_path(self) -> str | None:
@@ -382,6 +400,8 @@ def _syntax_errors(s: NginxSettings) -> list[str]:
         bad("worker_processes", "must be auto or a number 1-9999")
     if s.error_log_level not in _LOG_LEVELS:
         bad("error_log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    if s.proxy_error_log_level and s.proxy_error_log_level not in _LOG_LEVELS:
+        bad("proxy_error_log_level", f"must be '' or one of {', '.join(_LOG_LEVELS)}")
     if s.access_log != "off" and (not re.match(rf"{_WORD}+\Z", s.access_log)
                                   or _UNSAFE & set(s.access_log)):
         bad("access_log", "must be off or a path without spaces, ; { } quotes or #")
