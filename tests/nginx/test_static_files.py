@@ -77,6 +77,6 @@ def test_static_prefix_follows_the_current_release_without_a_reload(nginx_prefix
         if mime_types:
             assert "include /etc/nginx/mime.types;" in conf or "types {" in conf
         else:
-            assert "types {" in conf and "mime.types" not in conf
+            assert "types {" in conf and "include /etc/nginx/mime.types" not in conf
     finally:
         asyncio.run(ctl.stop())
