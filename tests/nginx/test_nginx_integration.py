@@ -30,9 +30,12 @@ def settings(prefix, **kw):
 
 def answered_by_nginx_itself(s, status: int, body: str) -> bool:
     """A 503 from the server block's `return 503` (no ready instance): nginx's own page, and no
-    upstream tried (that would be a 502 and an error.log line), so nothing waited on one."""
+    upstream tried (that would be a 502, an address in the traffic log's `a` and, at the
+    proxy locations' error_log level, an error.log line), so nothing waited on one."""
     log = open(s.error_log_path).read() if os.path.exists(s.error_log_path) else ""
-    return status == 503 and "503 Service Temporarily Unavailable" in body and "upstream" not in log
+    last = open(s.traffic_log_path).read().splitlines()[-1]
+    return status == 503 and "503 Service Temporarily Unavailable" in body and "upstream" not in log \
+        and '"a":""' in last and '"s":503' in last
 
 
 def hits(port, n=12, path="/"):

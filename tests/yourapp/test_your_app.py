@@ -5,8 +5,11 @@ printed in the doc, with `app.python` = this venv's python and the daemon's mana
 Then both fleets side by side: restarting one never touches the other."""
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import subprocess
+import urllib.request
 import sys
 import textwrap
 from pathlib import Path
@@ -94,6 +97,7 @@ def write_django_project(root: Path) -> Path:
     text = re.sub(r"(?m)^ALLOWED_HOSTS = \[\]$", 'ALLOWED_HOSTS = ["127.0.0.1", "localhost"]', text)
     text = re.sub(r"(?m)^DEBUG = True$", "DEBUG = False", text)
     assert 'ALLOWED_HOSTS = ["127.0.0.1", "localhost"]' in text and "DEBUG = False" in text
+    text += '\nSTATIC_ROOT = BASE_DIR / "staticfiles"\n'   # nginx.static serves it
     settings.write_text(text)
     urls = root / "mysite" / "urls.py"
     urls.write_text(urls.read_text() + textwrap.dedent("""
@@ -293,3 +297,36 @@ def test_a_django_deploy_and_rollback_keep_the_rows_in_its_sqlite_database(djang
     check_serving(d, b"mysite index from", workers=2)
     deploy_rollback_deploy(d, app_dir, app_dir / "mysite" / "VERSION")
     assert (app_dir / "db.sqlite3").is_symlink(), "the running folder links to the shared database"
+
+
+def test_django_static_files_are_served_by_nginx_with_their_type_and_follow_a_deploy(django_fleet):
+    """docs/your-app.md's mysite with nginx.static: after `collectstatic`, the admin's CSS comes
+    from nginx as text/css with the cache header (Django, DEBUG off, serves no static file), and
+    after a deploy from the release the `current` link points at."""
+    d = django_fleet
+    if os.geteuid() == 0:   # else nginx's workers are `nobody`, who cannot read pytest's tmp folders
+        d.spec["nginx"]["user"] = pwd.getpwuid(os.geteuid()).pw_name
+        d.write_spec()
+    app_dir = Path(d.spec["app"]["directory"])
+    add_rows_and_migrate(app_dir, "v1")
+    subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput"], cwd=app_dir,
+                   check=True, capture_output=True, timeout=120)
+    assert (app_dir / "staticfiles" / "admin" / "css" / "base.css").is_file()
+    d.start()
+    fleet = check_serving(d, b"mysite index from", workers=2)
+
+    def fetch(path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{d.nginx_port}{path}", timeout=5) as r:
+            return r.headers["Content-Type"], r.headers["Cache-Control"], r.read()
+
+    ctype, cache, body = fetch("/static/admin/css/base.css")
+    assert (ctype, cache) == ("text/css", "max-age=3600")
+    assert body == (app_dir / "staticfiles" / "admin" / "css" / "base.css").read_bytes()
+    assert fetch("/static/admin/js/core.js")[0] in ("application/javascript", "text/javascript")
+    assert http_get(fleet["instances"][0]["port"], "/static/admin/css/base.css")[0] == 404
+
+    (app_dir / "staticfiles" / "release.css").write_text("/* v2 */")
+    out = d.ctl("deploy", str(app_dir))
+    assert out.returncode == 0, out.stdout + out.stderr
+    (app_dir / "staticfiles" / "release.css").unlink()   # now only in the release
+    assert fetch("/static/release.css") == ("text/css", "max-age=3600", b"/* v2 */")

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import re
 import shutil
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, Sequence
@@ -106,6 +109,38 @@ def find_binary(name: str) -> str:
         if os.access(cand, os.X_OK):
             return cand
     return name
+
+
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@~-]*\Z")
+
+
+@functools.lru_cache(maxsize=8)
+def find_mime_types(binary: str) -> str | None:
+    """nginx's own mime.types: beside the conf path it was built with (``nginx -V``
+    ``--conf-path``), else in the usual places; None when there is none (the managed
+    config then lists the common types itself, see nginx_render.COMMON_TYPES)."""
+    cands = []
+    try:
+        out = subprocess.run([binary, "-V"], stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=10)
+        info = out.stderr + out.stdout
+        m = re.search(r"--conf-path=(\S+)", info)
+        if m:
+            cands.append(os.path.join(os.path.dirname(m.group(1)), "mime.types"))
+        m = re.search(r"--prefix=(\S+)", info)
+        if m:
+            cands.append(os.path.join(m.group(1), "conf", "mime.types"))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    if os.sep in binary:   # a source build: <prefix>/sbin/nginx beside <prefix>/conf
+        cands.append(os.path.join(os.path.dirname(os.path.dirname(binary)), "conf", "mime.types"))
+    cands += ["/etc/nginx/mime.types", "/usr/local/etc/nginx/mime.types",
+              "/usr/local/nginx/conf/mime.types"]
+    for c in cands:
+        c = os.path.normpath(c)
+        if _SAFE_PATH.match(c) and os.path.isfile(c) and os.access(c, os.R_OK):
+            return c
+    return None
 
 
 # Atomic files -------------------------------------------------------------------------------
@@ -239,8 +274,10 @@ class NginxController:
     def __init__(self, settings: NginxSettings, *, runner: Runner = run_command,
                  procs: ProcessOps | None = None, binary: str | None = None,
                  clock: Callable[[], float] = time.time,
-                 poll_interval: float = 0.02) -> None:
+                 poll_interval: float = 0.02, mime_types: str | None | bool = True) -> None:
         self.settings = settings
+        # True: look for nginx's mime.types at the first write; a path; None = the common types
+        self._mime_types = mime_types
         self.runner = runner
         self.procs = procs or ProcessOps()
         self.binary = binary or find_binary(settings.binary)
@@ -256,6 +293,14 @@ class NginxController:
         self.restart_count = 0
 
     # Paths and commands ---------------------------------------------------------------------
+    @property
+    def mime_types(self) -> str | None:
+        """nginx's mime.types the managed config includes (None: the common types inline)."""
+        if self._mime_types is True:
+            self._mime_types = find_mime_types(self.binary)
+            log.info("nginx.mime_types", source=self._mime_types or "built-in common types")
+        return self._mime_types or None
+
     @property
     def upstream_file(self) -> str:
         return self.settings.effective_upstream_file
@@ -522,7 +567,7 @@ class NginxController:
         up_bytes = self._render_upstream_for(srv)
         changed = False
         for path, data in ((self.upstream_file, up_bytes),
-                           (s.conf_path, render_main_conf(s, self.upstream_file))):
+                           (s.conf_path, render_main_conf(s, self.upstream_file, self.mime_types))):
             w = write_atomic(path, data)
             if w.changed:
                 undo.append((path, w.previous))

@@ -110,7 +110,9 @@ def traffic_log_format(upstream_name: str) -> str:
 
 
 def _proxy_common(s: NginxSettings) -> list[str]:
-    out = [
+    quiet = s.proxy_error_log
+    out = [f"error_log {quiet[0]} {quiet[1]};"] if quiet else []
+    out += [
         "proxy_http_version 1.1;",
         "proxy_set_header Host $http_host;",
         "proxy_set_header X-Real-IP $remote_addr;",
@@ -135,6 +137,38 @@ def _limits(s: NginxSettings) -> list[str]:
     if s.conn_limit > 0:
         out.append(f"limit_conn {s.upstream_name}_conn {s.conn_limit};")
         out.append(f"limit_conn_status {s.rate_limit_status};")
+    return out
+
+
+def _regex_escape(text: str) -> str:
+    return "".join("\\" + c if c in ".+*?()[]{}^$|\\" else c for c in text)
+
+
+def _static_location(s: NginxSettings, prefix: str, folder: str) -> list[str]:
+    """One `nginx.static` entry: files of `<app folder>/<folder>` under `prefix`, read by nginx.
+
+    The app folder is the `current` release link when it exists (nginx resolves the link at
+    each request, so a deploy needs no reload), else app.directory. `^~` keeps the regex
+    locations of `extra_server` away; the inner regex only captures the rest of the path (nginx
+    has already decoded and normalised the URI: no `..` reaches it). Not in the traffic log:
+    the fleet's figures (error rate, p95 for the autoscaler) are about the instances."""
+    var = f"${s.upstream_name}_static"
+    base = s.static_app_dir.rstrip("/") or "."
+    folder = folder.strip("/")
+    out = [f"location ^~ {prefix} {{",
+           f"    location ~ ^{_regex_escape(prefix)}(.*)$ {{",
+           f"        set {var} {base};"]
+    if s.static_current:
+        out.append(f"        if (-d {s.static_current}) {{ set {var} {s.static_current}; }}")
+    out.append(f"        alias {var}/{folder}/$1;")
+    if s.static_max_age != "off":
+        out.append(f"        expires {s.static_max_age};")
+    out.append("        log_not_found off;")
+    if s.access_log and s.access_log != "off":
+        out.append(f"        access_log {access_log_path(s)};")
+    else:
+        out.append("        access_log off;")
+    out += ["    }", "}"]
     return out
 
 
@@ -174,6 +208,8 @@ def _server_block(s: NginxSettings, tls: bool) -> list[str]:
               "        proxy_buffering off;",
               f"        proxy_pass http://{name}_socketio;",
               "    }"]
+    for prefix, folder in sorted(s.static.items()):
+        b += [""] + ["    " + x for x in _static_location(s, prefix, folder)]
     b += ["", "    location / {", f"        if ({ready_var(s)} = 0) {{ return 503; }}"]
     b += ["        " + x for x in _proxy_common(s)]
     b += ['        proxy_set_header Connection "";',
@@ -226,8 +262,34 @@ def _site_lines(s: NginxSettings, up: str) -> list[str]:
     return lines
 
 
-def render_main_conf(s: NginxSettings, upstream_file: str | None = None) -> bytes:
+# The types nginx's own mime.types maps most often, for an nginx installed without that file.
+COMMON_TYPES = (
+    ("text/html", "html htm"), ("text/css", "css"), ("text/plain", "txt"),
+    ("text/xml", "xml"), ("text/csv", "csv"), ("text/javascript", "js mjs"),
+    ("application/json", "json map"), ("application/manifest+json", "webmanifest"),
+    ("application/wasm", "wasm"), ("application/pdf", "pdf"), ("application/zip", "zip"),
+    ("application/gzip", "gz"), ("application/rss+xml", "rss"), ("application/atom+xml", "atom"),
+    ("image/png", "png"), ("image/jpeg", "jpeg jpg"), ("image/gif", "gif"),
+    ("image/svg+xml", "svg svgz"), ("image/webp", "webp"), ("image/avif", "avif"),
+    ("image/x-icon", "ico"), ("font/woff", "woff"), ("font/woff2", "woff2"),
+    ("font/ttf", "ttf"), ("font/otf", "otf"), ("application/vnd.ms-fontobject", "eot"),
+    ("audio/mpeg", "mp3"), ("audio/ogg", "ogg"), ("video/mp4", "mp4"), ("video/webm", "webm"),
+)
+
+
+def mime_types_lines(mime_types: str | None) -> list[str]:
+    """http-level MIME types: an include of nginx's own mime.types, or the common ones inline."""
+    if mime_types:
+        return [f"# MIME types: nginx's own list ({mime_types})", f"include {mime_types};"]
+    return ["# MIME types: ultrascale's list of common types (no mime.types found beside nginx)",
+            "types {"] + [f"    {t} {ext};" for t, ext in COMMON_TYPES] + ["}"]
+
+
+def render_main_conf(s: NginxSettings, upstream_file: str | None = None,
+                     mime_types: str | None = None) -> bytes:
     """Managed mode: a complete nginx.conf; pid, logs and temp paths all inside ``s.prefix``.
+    ``mime_types``: the path of nginx's mime.types (the controller finds it), None = the
+    common types inline.
 
     The master daemonizes (``daemon on``) and writes its pid to ``<prefix>/logs/nginx.pid``; the
     controller reads it and checks the process is the nginx master of this prefix.
@@ -249,8 +311,9 @@ def render_main_conf(s: NginxSettings, upstream_file: str | None = None) -> byte
               "    multi_accept on;",
               "}",
               "",
-              "http {",
-              "    default_type application/octet-stream;",
+              "http {"]
+    lines += ["    " + x for x in mime_types_lines(mime_types)]
+    lines += ["    default_type application/octet-stream;",
               "    sendfile on;",
               "    tcp_nopush on;",
               "    tcp_nodelay on;",

@@ -677,7 +677,8 @@ class TrafficMonitor:
                  clock: Callable[[], float] = time.time, companions: tuple[str, ...] = ()):
         self.path = path
         # nginx's other logs, rotated by the same rule and the same reopen (the managed nginx's
-        # error.log: with the static upstream it gets a line each time a closed port is tried)
+        # error.log; the tries of closed ports of the static upstream are kept out of it by
+        # nginx.proxy_error_log_level, unless set to error or below)
         self.companions = companions
         self.store = TrafficStore(window, clock=clock, allowed=allowed)
         self.tail = LogTail(path)

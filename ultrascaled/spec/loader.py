@@ -60,6 +60,10 @@ def _parse(text: str | bytes, source: str, base_dir: Path, cpu_count: int | None
     if spec.nginx.mode == "managed" and not spec.nginx.prefix:
         prefix = str(Path(spec.paths.state_dir) / "nginx")
         spec = dataclasses.replace(spec, nginx=dataclasses.replace(spec.nginx, prefix=prefix))
+    if spec.nginx.static:   # where nginx finds the folders (spec/nginx.py, effects/nginx_render.py)
+        current = str(Path(spec.deploy.releases_dir or Path(spec.paths.state_dir) / "releases") / "current")
+        spec = dataclasses.replace(spec, nginx=dataclasses.replace(
+            spec.nginx, static_app_dir=spec.app.directory, static_current=current))
     spec = dataclasses.replace(spec, source=source)
     if "app.env_file" not in bad:
         spec = _with_env_files(spec, base_dir, lines, errors)

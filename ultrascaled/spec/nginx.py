@@ -112,6 +112,14 @@ class NginxSettings:
     user: str = _f("", "managed mode, master run as root: `user` directive for workers "
                    "('' = nginx default, nobody)")
     error_log_level: str = _f("warn", "error_log level")
+    proxy_error_log_level: str = _f("", "error_log level of the locations that pass requests to "
+                                    "the instances; '' = crit with upstream_servers: range, so "
+                                    "that the tries of ports with no instance (`connect() failed "
+                                    "(111)`, `upstream server temporarily disabled`) stay out of "
+                                    "the error log (the traffic log keeps each try's port and "
+                                    "status, docs/nginx.md#the-static-upstream-upstream_servers-range), "
+                                    "else error_log_level; in system mode it writes "
+                                    "/var/log/nginx/<upstream_name>.error.log")
     access_log: str = _f("off", "access_log path (managed: relative to prefix) or 'off'")
     traffic_log: str = _f("", "the JSON-lines access log the daemon reads for per-instance "
                           "requests, 5xx and latency (docs/observability.md); '' = "
@@ -155,6 +163,20 @@ class NginxSettings:
     extra_http: str = _f("", "raw directives appended at http level (escape hatch)")
     extra_server: str = _f("", "raw directives appended to every generated server block")
     extra_upstream: str = _f("", "raw directives appended inside the upstream blocks")
+    static: dict = field(default_factory=dict, metadata={"help": (
+        "URL prefixes nginx serves from folders of the app itself, without an instance: "
+        "`{\"/static/\": \"staticfiles\"}` serves Django's `collectstatic` output (STATIC_ROOT). "
+        "Each folder is relative to the folder the instances run (`app.directory`, or after a "
+        "deploy the current release, through the `current` link, so a deploy needs no nginx "
+        "reload); a prefix starts and ends with `/` (docs/nginx.md#static-files)"),
+        "keys": "url_prefix"}, hash=False)
+    static_max_age: str = _f("1h", "how long browsers may cache files under `static` (an nginx "
+                             "time, rendered as `expires`: Cache-Control max-age and Expires); "
+                             "off = no cache headers. Long (`365d`) only with hashed names "
+                             "(Django's ManifestStaticFilesStorage)")
+    # Filled in by the spec loader (not spec keys): where `static` folders are found.
+    static_app_dir: str = field(default="", metadata={"help": "", "internal": True})
+    static_current: str = field(default="", metadata={"help": "", "internal": True})
 
     def __post_init__(self) -> None:
         for name in ("reload_command", "test_command"):
@@ -188,6 +210,16 @@ class NginxSettings:
         return os.path.join(self.prefix, "logs", "error.log")
 
     @property
+    def proxy_error_log(self) -> tuple[str, str] | None:
+        """(path, level) of the proxy locations' own error_log; None = inherit the server's."""
+        level = self.proxy_error_log_level or ("crit" if self.upstream_servers == "range" else "")
+        if not level or self.mode == "managed" and level == self.error_log_level:
+            return None
+        if self.mode == "managed":
+            return self.error_log_path, level
+        return f"/var/log/nginx/{self.upstream_name}.error.log", level
+
+    @property
     def traffic_log_path(self) -> str | None:
         """Where nginx writes the traffic log; None when it is off."""
         if self.mode == "off" or self.traffic_log == "off":
@@ -213,8 +245,11 @@ def settings_help() -> list[tuple[str, str, Any, str]]:
     """(name, type, default, help) for every field, in declaration order (for docs / spec)."""
     out = []
     for f in dataclasses.fields(NginxSettings):
+        if f.metadata.get("internal"):
+            continue
         t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        out.append((f.name, t, f.default, f.metadata["help"]))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append((f.name, t, default, f.metadata["help"]))
     return out
 
 
@@ -261,6 +296,70 @@ def parse_time(value: str) -> float | None:
     return sum(int(n) * _TIME_UNITS[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d|w|M|y)?", value))
 
 
+_STATIC_PREFIX = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*\Z")
+_STATIC_FOLDER = re.compile(r"[A-Za-z0-9._~@+-]+(?:/[A-Za-z0-9._~@+-]+)*/?\Z")
+
+
+def static_errors(s: NginxSettings) -> list[str]:
+    """The `static` mapping: URL prefixes (`/static/`) to folders inside the app folder."""
+    if not isinstance(s.static, dict):
+        return [f"nginx.static: must be a mapping of URL prefixes to folders, got {s.static!r}"]
+    errs: list[str] = []
+    prefixes = []
+    for prefix, folder in s.static.items():
+        at = f"nginx.static: {prefix!r}"
+        if not isinstance(prefix, str) or not _STATIC_PREFIX.match(prefix):
+            errs.append(f"{at}: a URL prefix must start and end with / and hold only letters, "
+                        "digits and . _ ~ - between the slashes, such as /static/")
+            continue
+        if prefix == "/":
+            errs.append(f"{at}: the prefix / would take every request from the instances; "
+                        "use a prefix such as /static/")
+            continue
+        if any(seg in (".", "..") for seg in prefix.strip("/").split("/")):
+            errs.append(f"{at}: a URL prefix must not hold . or .. segments")
+            continue
+        prefixes.append(prefix)
+        if not isinstance(folder, str) or not folder:
+            errs.append(f"{at}: the folder must be a path relative to the app folder, got {folder!r}")
+            continue
+        if os.path.isabs(folder) or folder.startswith("~"):
+            errs.append(f"{at}: the folder {folder!r} must be relative to the app folder (the one "
+                        "the instances run: app.directory or the current release), not absolute")
+        elif ".." in folder.split("/"):
+            errs.append(f"{at}: the folder {folder!r} must stay inside the app folder (no ..)")
+        elif os.path.normpath(folder) == ".":
+            errs.append(f"{at}: the folder {folder!r} is the app folder itself, which would serve "
+                        "its source code and settings; name the folder collectstatic fills "
+                        "(STATIC_ROOT), such as staticfiles")
+        elif not _STATIC_FOLDER.match(folder):
+            errs.append(f"{at}: the folder {folder!r} must hold only letters, digits, . _ ~ @ + - "
+                        "and / (no spaces, quotes, ; { } # or backslashes)")
+    if s.static:
+        for name, key in (("static_app_dir", "app.directory"), ("static_current", "deploy.releases_dir")):
+            v = getattr(s, name)
+            if name == "static_app_dir" and not os.path.isabs(v):
+                errs.append(f"nginx.static: the app folder is unknown ({key} not resolved)")
+            elif v and (not re.match(rf"{_WORD}+\Z", v) or _UNSAFE & set(v) or "$" in v):
+                errs.append(f"nginx.static: nginx reads the folders under {key} ({v}), whose path "
+                            "must not hold spaces, ; { } quotes, #, $ or backslashes")
+    for p in prefixes:
+        for q in prefixes:
+            if p != q and q.startswith(p):
+                errs.append(f"nginx.static: {q!r} is inside {p!r}: prefixes must not nest")
+    for name in ("stub_status_path", "socketio_path"):
+        if name == "stub_status_path" and not s.stub_status or name == "socketio_path" and not s.socketio:
+            continue
+        path = getattr(s, name)
+        for p in prefixes:
+            if path.startswith(p) or p.startswith(path.rstrip("/") + "/"):
+                errs.append(f"nginx.static: {p!r} overlaps nginx.{name} ({path})")
+    if s.static_max_age != "off" and parse_time(s.static_max_age) is None:
+        errs.append(f"nginx.static_max_age: must be an nginx time such as 1h, 30d or 365d, or off, "
+                    f"got {s.static_max_age!r}")
+    return errs
+
+
 def _syntax_errors(s: NginxSettings) -> list[str]:
     """Settings rendered into nginx.conf that nginx would read as something else (a `;` in
     server_name ends the directive and starts another) or that are not in nginx syntax."""
@@ -301,6 +400,8 @@ def _syntax_errors(s: NginxSettings) -> list[str]:
         bad("worker_processes", "must be auto or a number 1-9999")
     if s.error_log_level not in _LOG_LEVELS:
         bad("error_log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    if s.proxy_error_log_level and s.proxy_error_log_level not in _LOG_LEVELS:
+        bad("proxy_error_log_level", f"must be '' or one of {', '.join(_LOG_LEVELS)}")
     if s.access_log != "off" and (not re.match(rf"{_WORD}+\Z", s.access_log)
                                   or _UNSAFE & set(s.access_log)):
         bad("access_log", "must be off or a path without spaces, ; { } quotes or #")
@@ -379,7 +480,7 @@ def validate(s: NginxSettings) -> list[str]:
     for name in ("reload_timeout", "command_timeout", "start_timeout", "stop_timeout"):
         if not 0 < getattr(s, name) <= 3600:
             errs.append(f"nginx.{name}: must be > 0 and at most 3600, got {getattr(s, name)!r}")
-    return errs + _syntax_errors(s)
+    return errs + _syntax_errors(s) + static_errors(s)
 
 
 # Rendering ------------------------------------------------------------------------------------

@@ -70,6 +70,8 @@ def _check_value(fld: dataclasses.Field, tp: Any, value: Any) -> tuple[Any, str 
         return value, f"must be {_type_name(tp)}{hint}, got {show_value(value)}"
     if tp is float and not math.isfinite(value):
         return value, f"must be a finite number, got {value}"
+    if tp is dict and meta.get("keys") == "url_prefix":  # nginx.static: checked in spec/nginx.py
+        return dict(value), None
     if tp is dict:
         for k, v in value.items():
             if not _ENV_NAME.match(k):
@@ -328,6 +330,11 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
         errors.append(f"{where('gunicorn.threads')}: {g.threads} threads need gunicorn.worker_class "
                       f"gthread (got {g.worker_class}; gunicorn would switch a sync worker to "
                       "gthread behind the spec's back)")
+    if ok("health.path", "nginx.static", "nginx.mode") and ng.mode != "off" and isinstance(ng.static, dict):
+        for prefix in ng.static:
+            if isinstance(prefix, str) and spec.health.path.split("?")[0].startswith(prefix):
+                errors.append(f"{where('nginx.static')}: {prefix!r} covers health.path "
+                              f"({spec.health.path}): nginx would answer it from the folder")
     if ok("health.path") and not _HTTP_PATH.match(spec.health.path):
         errors.append(f"{where('health.path')}: must start with / and hold no spaces, CR/LF or "
                       f"other control characters, got {show_value(spec.health.path)}")

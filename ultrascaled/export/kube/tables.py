@@ -152,6 +152,10 @@ NOT_CARRIED: dict[str, str] = {
                         "(allow-snippet-annotations), and they are a security risk",
     "nginx.extra_server": "raw nginx snippets: see nginx.extra_http",
     "nginx.extra_upstream": "raw nginx snippets: see nginx.extra_http",
+    "nginx.static": "files nginx serves from the release folder: in a cluster the image serves "
+                    "them (WhiteNoise) or a CDN/object store does",
+    "nginx.static_max_age": "see nginx.static",
+    "nginx.proxy_error_log_level": "the controller's error log: nginx.error_log_level",
     "api.host": "ultrascaled's control API: the Kubernetes API server replaces it",
     "api.port": "ultrascaled's control API",
     "api.token_file": "ultrascaled's control API: RBAC on the Kubernetes API replaces it",
