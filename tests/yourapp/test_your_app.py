@@ -259,7 +259,10 @@ def deploy_rollback_deploy(d, app_dir: Path, version_file: Path) -> None:
     def step(*args, version):
         out = d.ctl(*args)
         assert out.returncode == 0, out.stdout + out.stderr
-        assert http_get(d.nginx_port, "/version")[1] == version.encode()
+        # a keep-alive connection nginx holds to a retiring gthread worker may answer once more
+        # from the old release right after the step: wait for the new one (seen with Django)
+        d.wait_until(lambda f: http_get(d.nginx_port, "/version")[1] == version.encode(), timeout=15,
+                     what=f"{version} answering through nginx")
 
     for n in ("a1", "a2", "a3"):
         add(n)

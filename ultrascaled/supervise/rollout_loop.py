@@ -211,7 +211,7 @@ class Deployer:
 
     async def keep_base(self) -> None:
         """While the fleet runs app.directory itself (no release yet): a copy of it as the
-        instances start from it, the first deploy's rollback target, so that a rollback returns
+        instances start from it (the supervisor awaits it before any starts), the first deploy's rollback target, so that a rollback returns
         to what ran even when the folder is edited before that deploy (docs/deploys.md). The
         deploy.shared paths are left out (they are linked when the copy is rolled back to);
         a folder with undeclared data is not copied (the first deploy says what to declare)."""
@@ -240,7 +240,6 @@ class Deployer:
                 pass    # already gone
 
     async def run(self, beat=lambda: None) -> None:
-        await self.keep_base()
         while True:
             try:
                 async with asyncio.timeout(self.INTERVAL if self.rollout else 5.0):

@@ -267,6 +267,7 @@ class Supervisor:
                          source="state.json (last scale)" if restored else "instances.count")
         self.deployer.load()   # before adoption: an adopted master is judged against its port's release
         rec.adopt_leftovers()
+        await self.deployer.keep_base()   # before any instance starts: the copy is what they run
         await rec.upstream.start()
         self.guard.start("reconciler", rec.run, interval=rec.HEARTBEAT)
         self.guard.start("deployer", lambda: self.deployer.run(lambda: self.guard.beat("deployer")),
