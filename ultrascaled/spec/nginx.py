@@ -405,6 +405,8 @@ def _syntax_errors(s: NginxSettings) -> list[str]:
     if s.access_log != "off" and (not re.match(rf"{_WORD}+\Z", s.access_log)
                                   or _UNSAFE & set(s.access_log)):
         bad("access_log", "must be off or a path without spaces, ; { } quotes or #")
+    elif s.mode == "system" and s.access_log not in ("", "off") and not os.path.isabs(s.access_log):
+        bad("access_log", "must be an absolute path in system mode (or off)")
     if s.traffic_log and (not re.match(rf"{_WORD}+\Z", s.traffic_log) or _UNSAFE & set(s.traffic_log)):
         bad("traffic_log", "must be off, '' or a path without spaces, ; { } quotes, # or backslashes")
     elif s.mode == "system" and s.traffic_log not in ("", "off") and not os.path.isabs(s.traffic_log):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrascaled.spec import nginx as nginx_checks
+from ultrascaled.spec import path_rule
 from ultrascaled.spec.budget import (TYPICAL_PROCESS_RSS_MIB, WORKER_LIMIT_FLOOR_MIB, budget_problems,
                                      requests_per_worker)
 from ultrascaled.spec.schema import Spec
@@ -373,11 +374,38 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
         errors += max_replicas_errors(spec, where, lines, nofile_limit)
     if ok("deploy.shared"):
         errors += shared_errors(spec.deploy.shared, where("deploy.shared"))
+    targets = [(where(k), what, p, folder, exc) for k, what, p, folder, exc in written_paths(spec) if ok(k)]
+    errors += path_rule.problems(targets, spec.app.directory)
     for msg in budget_errors(spec, spec.instances.count, lines, nofile_limit):
         inputs = _BUDGET_INPUTS.get(msg.split(" ", 1)[0].rstrip(":"), ())
         if ok(*inputs):
             errors.append(msg)
     return errors
+
+
+def written_paths(spec: Spec) -> list[tuple[str, str, str, bool, str | None]]:
+    """(key, option, path, is_folder, allowed system folder) for every path the daemon, nginx or
+    gunicorn write to (the path rule, spec/path_rule.py)."""
+    ng = spec.nginx
+    system = ng.mode == "system"
+    log_exc = path_rule.SYSTEM_NGINX_EXCEPTIONS["log"] if system else None
+    out = [("paths.state_dir", "", spec.paths.state_dir, True, None),
+           ("paths.log_dir", "", spec.paths.log_dir, True, None)]
+    if spec.deploy.releases_dir:
+        out.append(("deploy.releases_dir", "", spec.deploy.releases_dir, True, None))
+    if ng.mode == "managed" and ng.prefix:
+        out.append(("nginx.prefix", "", ng.prefix, True, None))
+    if ng.mode != "off":
+        if ng.access_log not in ("", "off") and os.path.isabs(nginx_checks.access_log_path(ng)):
+            out.append(("nginx.access_log", "", nginx_checks.access_log_path(ng), False, log_exc))
+        if ng.traffic_log_path and os.path.isabs(ng.traffic_log_path):
+            out.append(("nginx.traffic_log", "", ng.traffic_log_path, False, log_exc))
+        if ng.effective_upstream_file:
+            out.append(("nginx.upstream_file", "", ng.effective_upstream_file, False,
+                        path_rule.SYSTEM_NGINX_EXCEPTIONS["upstream_file"] if system else None))
+    for opt, path, folder in path_rule.gunicorn_write_targets(spec.gunicorn.args):
+        out.append(("gunicorn.args", opt, path, folder, None))
+    return out
 
 
 def _budget_keys(problems: list[str]) -> set[str]:
