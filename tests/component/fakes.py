@@ -80,6 +80,7 @@ class FakeRunner:
         self.not_holding: set[int] = set()         # masters that closed their listener (a replaced one)
         self.probe_ports: dict[int, int] = {}      # private probe port -> instance port
         self.exit_on_spawn: dict[int, int | None] = {}   # port -> rc its next masters exit with at once
+        self.deaf: set[int] = set()                # ports whose masters ignore SIGTERM (a boot in C code)
 
     # -- processes
     def spawn(self, argv, env, cwd, log_path, pass_fds=()):
@@ -158,7 +159,7 @@ class FakeRunner:
         self.calls.append(("signal", handle.port, sig))
         if not handle.alive:
             return False
-        if sig == signal.SIGTERM:   # gunicorn stops gracefully
+        if sig == signal.SIGTERM and handle.port not in self.deaf:   # gunicorn stops gracefully
             handle.alive = False
             asyncio.get_running_loop().call_soon(handle.on_exit, 0)
         return True

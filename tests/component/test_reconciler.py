@@ -155,6 +155,33 @@ async def test_scale_up_joins_once_ready_and_scale_down_drains_then_stops(tmp_pa
 
 
 @component
+async def test_an_instance_stopped_before_it_served_is_killed_at_a_short_deadline(tmp_path):
+    """Nothing to drain: SIGTERM, then SIGKILL after Policy.unserved_stop_timeout (2 s), not the
+    graceful stop_timeout a serving instance gets (32 s); a scale storm used to leave one in
+    `stopping` for ~29 s, and /health 503 meanwhile."""
+    h = await up(tmp_path)
+    h.runner.deaf |= {8002, 8003}
+    h.runner.answers[8003] = ProbeResult(503, "HTTP 503")    # still booting
+    h.sup.scale(3)
+    await h.settle()
+    assert h.states()[8003] == "starting"
+    h.sup.scale(1)
+    await h.settle()
+    assert h.states()[8003] == "stopping" and ("signal", 8003, signal.SIGTERM) in h.runner.calls
+    pgid = h.runner.master(8003).pgid
+    await h.advance(1.5)
+    assert ("kill_group", pgid, signal.SIGKILL) not in h.runner.calls, "SIGTERM gets its moment"
+    await h.advance(1.0)
+    assert ("kill_group", pgid, signal.SIGKILL) in h.runner.calls
+    killed = [e for e in h.events_named("instance.killed") if e["port"] == 8003]
+    assert killed and "stopped before it served" in killed[0]["reason"]
+    assert 8003 not in h.rec.instances
+    # the one that served and ignores SIGTERM is given the graceful time
+    assert h.states()[8002] == "stopping"
+    assert not [c for c in h.runner.calls if c[0] == "kill_group" and c[1] == h.runner.master(8002).pgid]
+
+
+@component
 async def test_scale_is_persisted_first_and_refused_when_it_cannot_be(tmp_path):
     """issue 12: a failed state write half-applied a scale (500, count changed, fleet scaled,
     state.json kept the old count, a 0-byte temp file left)."""

@@ -180,3 +180,50 @@ def test_hostile_reloads_are_refused_and_nothing_running_is_touched(make_daemon)
         d.spec_path.write_bytes(good)
     assert {i["port"]: i["pid"] for i in d.fleet()["instances"]} == before
     assert d.api("GET", "/health")[0] == 200
+
+
+SLOW_WHEN_FLAGGED = '''
+import os, time
+if os.path.exists(os.path.join(os.path.dirname(__file__), "slow")):
+    time.sleep(60)          # a long boot (Django, a model): SIGTERM cannot cut it short
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+'''
+
+
+def test_fifty_concurrent_random_scales_converge_and_booting_instances_stop_at_once(make_daemon):
+    """issue 24, class 4: an instance told to stop while it boots was left in `stopping` for
+    ~29 s (gunicorn's master waits graceful_timeout for a worker still importing the app), and
+    /health answered 503 meanwhile. Now it gets SIGTERM, then SIGKILL 2 s later: after 50
+    concurrent random scales and a last one back to 1, the fleet is 1 ready instance and nothing
+    else within 12 s (2 s of SIGTERM, the kill, the exit's reaping, on a busy machine)."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+    d = make_daemon({"instances": {"count": 1, "max": 8}, "gunicorn": {"workers": 1, "graceful_timeout": 30},
+                     "health": {"start_timeout": 90}}, nginx=False)
+    (d.tmp / "slowboot.py").write_text(SLOW_WHEN_FLAGGED)
+    d.spec["app"] = {"directory": str(d.tmp), "module": "slowboot:application", "config": None}
+    d.write_spec()
+    d.start()
+    (d.tmp / "slow").write_text("")    # every instance started from now on boots for 60 s
+    rng = random.Random(24)
+    counts = [rng.randint(1, 7) for _ in range(50)]
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(lambda n: d.api("POST", "/fleet/scale", {"instances": n})[0], counts))
+    assert set(statuses) == {202}, statuses
+    assert d.api("POST", "/fleet/scale", {"instances": 6})[0] == 202
+    d.wait_until(lambda f: sum(i["state"] == "starting" for i in f["instances"]) >= 5, timeout=10,
+                 what="5 instances booting")
+    assert d.api("POST", "/fleet/scale", {"instances": 1})[0] == 202
+    asked = time.monotonic()
+    fleet = d.wait_until(lambda f: f["ready"] == 1 and len(f["instances"]) == 1, timeout=12,
+                         what="1 ready instance and no other")
+    took = time.monotonic() - asked
+    assert fleet["instances"][0]["port"] == d.base_port, fleet
+    assert d.api("GET", "/health")[0] == 200
+    killed = [e for e in d.events("instance.killed") if "stopped before it served" in e["reason"]]
+    stopped_booting = [e for e in d.events("instance.state")
+                       if e.get("old") == "starting" and e.get("new") == "stopping"]
+    assert stopped_booting and len(killed) <= len(stopped_booting), (killed, stopped_booting)
+    print(f"converged {took:.1f} s after the last scale; {len(stopped_booting)} stopped while booting")

@@ -41,6 +41,7 @@ class InstanceView:
                                        # stays in the upstream (connections wait in its queue)
     http_500s: int = 0                 # STARTING: readiness probes in a row that got HTTP 500
     boot_error: str = ""               # the exception line of a traceback its log got since the start
+    stop_unserved: bool = False        # STOPPING: told to stop before it ever served (nothing to drain)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class Policy:
     start_timeout: float = 30.0
     drain_seconds: float = 0.5
     stop_timeout: float = 32.0         # graceful timeout plus a margin, then SIGKILL
+    unserved_stop_timeout: float = 2.0  # the same for an instance stopped before it served: nothing
+                                        # to drain, so a boot that ignores SIGTERM is not waited for
     drain_max_wait: float = 10.0       # stop a draining instance even if nginx never confirmed
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
@@ -245,7 +248,7 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
                 actions.append(Spawn(port, "restart" if v.restart_requested else "start"))
         elif st is S.STARTING:
             if not want:
-                actions.append(Stop(port, "scale down"))
+                actions.append(Stop(port, "scale down before it served"))
             elif v.kill_sent:
                 pass
             elif fails_fast(v.http_500s, v.boot_error, policy.fail_fast_500s):
@@ -300,12 +303,14 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
             _recycle_deadlines(v, now, actions, timers)
         elif st is S.STOPPING:
             sent = v.stop_sent_at if v.stop_sent_at is not None else v.since
+            limit = policy.unserved_stop_timeout if v.stop_unserved else policy.stop_timeout
             if v.kill_sent:
                 pass
-            elif now - sent >= policy.stop_timeout:
-                actions.append(Kill(port, f"still running {policy.stop_timeout:g}s after SIGTERM"))
+            elif now - sent >= limit:
+                actions.append(Kill(port, f"still running {limit:g}s after SIGTERM"
+                                          + (" (stopped before it served)" if v.stop_unserved else "")))
             else:
-                timers.append(sent + policy.stop_timeout)
+                timers.append(sent + limit)
         elif st is S.BACKOFF:
             if not want:
                 actions.append(Forget(port))

@@ -418,6 +418,7 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
                 self.change_state(inst, S.RUNNING, reason)
                 inst.left_upstream_at = None
             case Stop(port, reason):
+                inst.stop_unserved = inst.state is S.STARTING
                 self.change_state(inst, S.STOPPING, reason)
                 inst.stop_sent_at = self.clock.now()
                 if inst.handle is not None:
@@ -529,7 +530,7 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
         inst.daemon_failures = 0
         inst.health_failures = 0
         inst.left_upstream_at = inst.stop_sent_at = None
-        inst.kill_sent = False
+        inst.kill_sent = inst.stop_unserved = False
         inst.probing, inst.next_probe, inst.last_probe = False, now, ""
         inst.log_offset, inst.http_500s, inst.boot_error = offset, 0, ""
         inst.started_wall = self.clock.wall()

@@ -83,6 +83,7 @@ class Instance:
     log_offset: int = 0                 # the log's size when the current master was started
     http_500s: int = 0                  # see plan.InstanceView
     boot_error: str = ""
+    stop_unserved: bool = False         # see plan.InstanceView
 
     def view(self) -> InstanceView:
         return InstanceView(self.port, self.state, self.since, self.next_start, self.restart_requested,
@@ -92,7 +93,7 @@ class Instance:
                             frozenset(w.pid for w in self.workers), self.handoff,
                             self.successor.view() if self.successor else None, self.replace_retry_at,
                             tuple(WorkerRecycle(p, d) for p, (_, d) in self.retiring.items()), self.hold_upstream,
-                            self.http_500s, self.boot_error)
+                            self.http_500s, self.boot_error, self.stop_unserved)
 
     @property
     def pid(self) -> int | None:
