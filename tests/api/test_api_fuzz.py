@@ -35,3 +35,33 @@ def live_url(make_live):
 @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_the_api_conforms_to_its_description(case, live_url):
     case.call_and_validate(base_url=live_url)
+
+
+def with_a_key_twice(body: dict) -> tuple[str, bytes]:
+    """The body's JSON with its first key given once more (another value) in front."""
+    import json
+    key = next(iter(body))
+    return key, ('{' + json.dumps(key) + ': "other", ' + json.dumps(body)[1:]).encode()
+
+
+@pytest.mark.integration   # 8 s: kept out of the quick suite
+@schema.parametrize()
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def test_every_json_body_with_a_key_given_twice_is_refused_naming_the_key(case, live_url):
+    """issue 24, class 6: schemathesis's bodies for every operation that takes one, sent with
+    their first key twice: a 400 bad_request naming the key, never the last value taken."""
+    import json
+    import urllib.error
+    import urllib.request
+    if case.method.upper() != "POST" or not isinstance(case.body, dict) or not case.body:
+        return
+    key, raw = with_a_key_twice(case.body)
+    req = urllib.request.Request(live_url + case.formatted_path, data=raw, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            status, payload = r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        status, payload = e.code, json.loads(e.read())
+    assert status == 400 and payload["error"]["code"] == "bad_request", (case.formatted_path, raw, payload)
+    assert f"{key!r} is given twice" in payload["error"]["message"], payload
