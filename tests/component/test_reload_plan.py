@@ -174,3 +174,26 @@ def test_a_refusal_is_the_reloads_own_and_changes_nothing(tmp_path, edit):
         assert (dry.value.code, str(dry.value)) == (real.value.code, str(real.value))
         assert everything(h) == before, "a refused reload changes nothing either"
     asyncio.run(run())
+
+
+@component
+async def test_a_worker_limit_below_the_smallest_measured_process_is_refused(tmp_path):
+    """issue 24, class 3: a reload to a limit every process is already over (measured by the
+    daemon) is refused with the figure, the dry run saying the same; the running limit stays."""
+    h = Harness(tmp_path)
+    await h.start()
+    await h.settle()
+    for p in list(h.runner.procs.values()):
+        h.runner.rss[p.pid] = 90 << 20
+        for w in p.workers:
+            h.runner.rss[w] = 95 << 20
+    await h.sample()
+    low = edited(h, tmp_path, ("worker_limit_mb: 100", "worker_limit_mb: 60"))
+    for attempt in (h.sup.reload_dry_run, h.sup.reload_spec):
+        with pytest.raises(ScaleRefused) as refused:
+            attempt(low)
+        assert refused.value.code == "spec_invalid"
+        assert "memory.worker_limit_mb: 60 MiB is below the smallest process this fleet runs (90 MiB" in str(refused.value)
+    assert h.rec.spec.memory.worker_limit_mb == 100
+    assert h.sup.reload_spec(edited(h, tmp_path, ("worker_limit_mb: 100", "worker_limit_mb: 140")))
+    assert h.rec.spec.memory.worker_limit_mb == 140

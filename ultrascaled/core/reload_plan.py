@@ -11,6 +11,7 @@ restart (each with why), whether nginx is reconfigured, and the memory budget be
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -21,6 +22,8 @@ from ultrascaled.core.plan import ReloadDiff, reload_diff
 from ultrascaled.core.states import State
 from ultrascaled.spec import Spec, budget_errors
 from ultrascaled.spec.envfile import FileEnv, looks_secret
+
+MIB = 1 << 20
 
 S = State
 # The keys whose change makes nginx take the new settings (the static upstream lists the
@@ -70,13 +73,21 @@ def memory_budget(spec: Spec, count: int) -> dict[str, Any]:
 
 
 def decide(old: Spec, new: Spec, count: int, instances: Mapping[int, tuple[State, str]],
-           fingerprint: Callable[[Spec, int], str], *, shutting_down: bool = False) -> ReloadDecision:
+           fingerprint: Callable[[Spec, int], str], *, shutting_down: bool = False,
+           smallest_process: Callable[[str], int | None] = lambda metric: None) -> ReloadDecision:
     """The reload of `old` (running at `count`) to `new`. `instances`: port -> (state, the
     fingerprint it was started with); `fingerprint(spec, port)`: what `port` would be started
-    with under `spec`. Raises ScaleRefused("spec_invalid", ...) as the reload refuses."""
+    with under `spec`; `smallest_process(metric)`: the smallest process of the fleet as measured
+    now, in bytes (None: not measured). Raises ScaleRefused("spec_invalid", ...) as the reload refuses."""
     if new.name != old.name or new.paths.state_dir != old.paths.state_dir:
         raise ScaleRefused("spec_invalid", "`name` and `paths.state_dir` cannot change on a reload; "
                            "restart the daemon to move the fleet")
+    smallest = smallest_process(new.memory.metric)
+    if smallest is not None and new.memory.worker_limit_mb * MIB < smallest:
+        raise ScaleRefused("spec_invalid", f"memory.worker_limit_mb: {new.memory.worker_limit_mb} MiB is below "
+                           f"the smallest process this fleet runs ({smallest / MIB:.0f} MiB {new.memory.metric}, "
+                           "measured now): every process would be over it from its boot and recycled again and "
+                           f"again; give at least {math.ceil(smallest / MIB * 1.5)} (1.5 x that)")
     sections = tuple(f.name for f in fields(Spec) if f.name != "source" and getattr(old, f.name) != getattr(new, f.name))
     after = count if new.instances.count == old.instances.count else new.instances.count
     after = max(new.instances.min, min(new.instances.max, after))

@@ -186,7 +186,7 @@ class Supervisor:
         raises ScaleRefused as the reload would. Both `reload_spec` and the dry run use it."""
         rec = self.rec
         return reload_plan.decide(self.spec, new, self.count, rec.reload_view(), rec.fingerprint_for,
-                                  shutting_down=rec.shutting_down)
+                                  shutting_down=rec.shutting_down, smallest_process=rec.smallest_process)
 
     def reload_spec(self, new: Spec) -> dict[str, Any]:
         """Take a validated spec: a diff against what runs (added, removed, changed, FATAL

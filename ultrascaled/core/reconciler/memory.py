@@ -66,6 +66,13 @@ class MemoryWatch:
                 self.alerts.resolve("memory_budget", f"fleet memory {total / MB:.0f} MiB is back under "
                                     f"{mem.fleet_budget_mb} MiB")
 
+    def smallest_process(self, metric: str) -> int | None:
+        """The smallest master or worker of the running instances, in bytes of `metric`, as
+        last sampled: what a fresh process of this app needs at least (reload_plan.decide)."""
+        sizes = [_metric(m, metric) for i in self.instances.values() if i.state is S.RUNNING
+                 for m in ([i.master_mem] if i.master_mem else []) + i.workers]
+        return min(sizes) if sizes else None
+
     def _recycle(self, r: memwatch.Recycle) -> None:
         inst = self.instances.get(r.port)
         if inst is None or inst.handle is None:
