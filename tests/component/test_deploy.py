@@ -189,3 +189,50 @@ async def test_bad_releases_are_refused_and_change_nothing(tmp_path):
         h.sup.rollback()
     assert refused.value.code == "no_rollback_target"
     assert h.sup.deployer.rollout is None and not releases.state_path(h.spec).exists()
+
+
+RELEASE_CMD = ("deploy: {{soak_seconds: 5, min_requests: 10, release_timeout: {timeout}, release_command: "
+               "[{python}, -c, {code!r}]}}")
+
+
+def with_release_command(code: str, timeout: float = 60) -> str:
+    import sys
+    return RELEASE_CMD.format(python=sys.executable, code=code, timeout=timeout)
+
+
+@component
+async def test_the_release_command_runs_in_the_new_folder_before_any_process_of_it_starts(tmp_path):
+    code = ("import os; open('migrated', 'w').write(os.environ['ULTRASCALE_RELEASE']); "
+            "print('Applying polls.0002... OK')")
+    h = await up(tmp_path, extra=with_release_command(code))
+    rid = new_release(h, tmp_path, "v2")
+    await h.sup.deploy(release=rid)
+    folder = releases.releases_dir(h.spec) / rid
+    assert (folder / "migrated").read_text() == rid, "it ran in the release's folder, with its id"
+    done = h.events_named("deploy.release_command_done")
+    assert done and done[0]["release"] == rid
+    names = [e["event"] for e in h.events.since(0)]
+    assert names.index("deploy.release_command_done") < names.index("deploy.started")
+    assert "Applying polls.0002" in (tmp_path / "logs" / f"release-{rid}.log").read_text()
+
+
+@pytest.mark.parametrize("code,timeout,why", [
+    ("import sys; print('django.db.utils.OperationalError: no such table'); sys.exit(3)", 60, "exited with 3"),
+    ("import time; print('waiting for a lock', flush=True); time.sleep(60)", 1, "ran past deploy.release_timeout (1s)"),
+])
+def test_a_failing_release_command_stops_the_deploy_with_nothing_moved(tmp_path, code, timeout, why):
+    async def run():
+        h = await up(tmp_path, extra=with_release_command(code, timeout))
+        rid = new_release(h, tmp_path, "v2")
+        before = {p: i.pid for p, i in h.rec.instances.items()}
+        with pytest.raises(ScaleRefused) as refused:
+            await h.sup.deploy(release=rid)
+        msg = str(refused.value)
+        assert refused.value.code == "release_command_failed" and why in msg, msg
+        assert ("no such table" in msg) or ("waiting for a lock" in msg), "the output's tail is quoted"
+        assert h.sup.deployer.rollout is None and h.sup.deployer.state.current is None
+        assert {p: i.pid for p, i in h.rec.instances.items()} == before
+        failed = h.events_named("deploy.release_command_failed")
+        assert failed and failed[0]["release"] == rid and failed[0]["output"]
+        assert not h.sup.deployer.preparing, "the next deploy may go"
+    asyncio.run(run())

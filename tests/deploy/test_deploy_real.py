@@ -238,3 +238,56 @@ def test_one_failing_route_at_one_percent_is_rolled_back_and_named(make_daemon, 
             c.stop()
     assert not any(c.failures for c in mains), [c.failures[:5] for c in mains]
     assert stats.failures and all(f.startswith("HTTP 500") for f in stats.failures), stats.failures[:5]
+
+
+NEEDS_MIGRATION = '''
+if not os.path.exists(os.path.join(HERE, "SCHEMA")):
+    raise RuntimeError("run the migrations first")   # an app that cannot start unmigrated
+'''
+
+MIGRATE = '''\
+import os, sys, time
+time.sleep(float(os.environ.get("MIGRATE_SECONDS", "0")))
+if open("VERSION").read().strip() == "v3":
+    print("django.db.utils.OperationalError: table polls_choice has no column named votes")
+    sys.exit(1)
+open("SCHEMA", "w").write(os.environ["ULTRASCALE_RELEASE"])
+print("Applying polls.0002_choice_votes... OK")
+'''
+
+
+def test_the_release_command_runs_before_the_release_serves_and_a_failing_one_stops_the_deploy(
+        make_daemon, tmp_path):
+    """deploy.release_command (Heroku's release phase) under a non-retrying client: a release
+    that cannot start before its migration is deployed (the command ran in its folder first, for
+    12 s, longer than the API's idle timeout); one whose migration fails is refused with the
+    output, the old release still serving everything; no request fails through either."""
+    import sys
+    base = write_app(tmp_path / "base", "v0")
+    (base / "SCHEMA").write_text("base")
+    d = make_daemon({"app": {"directory": str(base), "module": "verapp:application", "config": None,
+                             "env": {"MIGRATE_SECONDS": "12"}},
+                     "gunicorn": {"worker_class": "sync", "workers": 2}, "health": {"path": "/"},
+                     "deploy": {"soak_seconds": 2, "release_command": [sys.executable, "migrate.py"]}}).start()
+    client = Client(d.nginx_port)
+    client.start()
+    try:
+        v2 = write_app(tmp_path / "v2", "v2")
+        (v2 / "verapp.py").write_text((v2 / "verapp.py").read_text().replace(
+            'VERSION = open', NEEDS_MIGRATION + 'VERSION = open', 1))
+        (v2 / "migrate.py").write_text(MIGRATE)
+        out = d.ctl("deploy", str(v2))
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        assert get(d.nginx_port).startswith("v2")
+        done = d.events("deploy.release_command_done")
+        assert done and done[-1]["seconds"] >= 12
+        v3 = write_app(tmp_path / "v3", "v3")
+        (v3 / "migrate.py").write_text(MIGRATE)
+        out = d.ctl("deploy", str(v3))
+        assert out.returncode != 0 and "release_command_failed" in out.stderr + out.stdout, (out.stdout, out.stderr)
+        assert "has no column named votes" in out.stderr + out.stdout
+        assert set(releases_on(d).values()) == {d.fleet()["deploy"]["current"]} and get(d.nginx_port).startswith("v2")
+    finally:
+        client.stop()
+    assert not client.failures, client.failures[:5]
+    assert client.ok > 0

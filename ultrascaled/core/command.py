@@ -76,6 +76,19 @@ def instance_env(spec: Spec, index: int, port: int, metrics_dir: str) -> dict[st
     return env
 
 
+def release_env(spec: Spec, release: str) -> dict[str, str]:
+    """deploy.release_command's environment: the instances' (app.env_file, then app.env), the
+    release's id, and `app.python`'s folder first on PATH, so that `python manage.py migrate`
+    runs the app's own Python."""
+    env = {k: v for k, v in os.environ.items() if k not in DAEMON_ONLY_ENV}
+    env.update(spec.app.file_env)
+    env.update(spec.app.env)
+    python = spec.app.python or sys.executable
+    env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(python), env.get("PATH")]))
+    env.update({"ULTRASCALE_FLEET": spec.name, "ULTRASCALE_RELEASE": release, "PYTHONUNBUFFERED": "1"})
+    return env
+
+
 def fingerprint(spec: Spec, port: int, log_path: str | None = None, directory: str | None = None) -> str:
     """What an instance was started with; a reload restarts those whose fingerprint changes.
     app.env_file's values are in it as a digest only: the fingerprint never holds a secret."""

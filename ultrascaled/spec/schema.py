@@ -388,6 +388,17 @@ class DeploySection:
                            "in `<paths.state_dir>/shared/`, and every release links them, so a deploy "
                            "or a rollback keeps them. The first deploy moves them there from the "
                            "running folder and leaves a link (docs/deploys.md#data-the-app-writes).")
+    release_command: list = setting([], "A one-off command run in the new release's folder before "
+                                    "any process of it starts (Heroku's release phase), e.g. "
+                                    "`[python, manage.py, migrate, --noinput]`: an argv list, no "
+                                    "shell; `PATH` starts with `app.python`'s folder and the "
+                                    "environment is the instances' (`app.env_file`, `app.env`). A "
+                                    "non-zero exit or `release_timeout` stops the deploy, with "
+                                    "the old release still serving everything and the command's "
+                                    "output in the event and in `<paths.log_dir>/release-<id>.log`. "
+                                    "[] = none. A rollback does not run it (docs/deploys.md).")
+    release_timeout: float = setting(600.0, "Seconds `release_command` may run; then its process "
+                                     "group is killed and the deploy stops.", min=1, max=86400)
     keep_releases: int = setting(5, "Releases kept on disk; older ones are deleted after a "
                                  "deploy completes (never the current or previous one).",
                                  min=2, max=1000)

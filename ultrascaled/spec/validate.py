@@ -374,6 +374,9 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
         errors += max_replicas_errors(spec, where, lines, nofile_limit)
     if ok("deploy.shared"):
         errors += shared_errors(spec.deploy.shared, where("deploy.shared"))
+    if ok("deploy.release_command") and not all(isinstance(a, str) and a for a in spec.deploy.release_command):
+        errors.append(f"{where('deploy.release_command')}: must be a list of non-empty strings (an argv, "
+                      f"no shell: [python, manage.py, migrate]), got {show_value(spec.deploy.release_command)}")
     targets = [(where(k), what, p, folder, exc) for k, what, p, folder, exc in written_paths(spec) if ok(k)]
     errors += path_rule.problems(targets, spec.app.directory)
     for msg in budget_errors(spec, spec.instances.count, lines, nofile_limit):

@@ -14,8 +14,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from ultrascaled.effects import releases
-from ultrascaled.core import rollout, routes
+from ultrascaled.effects import release_command, releases
+from ultrascaled.core import command, rollout, routes
 from ultrascaled.core.control import ScaleRefused
 from ultrascaled.core.reconciler.records import Releases, Restart
 from ultrascaled.effects.releases import DeployState, ReleaseError
@@ -83,7 +83,8 @@ class Deployer:
         if self.rec.shutting_down:
             raise ScaleRefused("shutting_down", "the daemon is stopping")
         if self.rollout is not None or self.preparing:
-            what = ("a release is being copied for another deploy" if self.rollout is None else
+            what = ("a release is being prepared for another deploy (copied, or its "
+                    "deploy.release_command run)" if self.rollout is None else
                     f"a {self.rollout.kind} to release {show(self.rollout.target)} is in progress "
                     f"({self.rollout.phase})")
             raise ScaleRefused("deploy_in_progress", f"{what}; wait for it to end (`ultrascalectl status`)")
@@ -112,6 +113,12 @@ class Deployer:
         if base is not None:
             self.state.base = base
             self._save()
+        if self.spec.deploy.release_command:
+            self.preparing = True
+            try:
+                await self._release_command(rid)
+            finally:
+                self.preparing = False
         self._refuse_if_busy()
         if rid == self.state.current:
             raise ScaleRefused("already_current", f"release {rid} is the current release already")
@@ -128,6 +135,33 @@ class Deployer:
         self._apply()
         self.wake()   # look at the fleet every INTERVAL from now on, not after the idle loop's 5 s
         return self.describe()
+
+    async def _release_command(self, rid: str) -> None:
+        """deploy.release_command in the new release's folder, before any process of it starts;
+        a failure stops the deploy (ScaleRefused) with nothing moved and the output's tail."""
+        spec = self.spec
+        argv, cwd = list(spec.deploy.release_command), releases.directory_of(spec, rid)
+        log_path = str(Path(spec.paths.log_dir) / f"release-{rid}.log")
+        self.events.emit("deploy.release_command", release=rid, command=argv, cwd=cwd, log=log_path)
+        try:
+            out = await release_command.run(argv, cwd, command.release_env(spec, rid),
+                                            spec.deploy.release_timeout, log_path)
+        except OSError as exc:
+            why = f"cannot be started: {exc.strerror or exc}"
+            self.events.emit("deploy.release_command_failed", level="error", release=rid, command=argv, reason=why)
+            raise ScaleRefused("release_command_failed", f"deploy.release_command {argv} {why}; "
+                               "nothing was changed") from None
+        if out.rc == 0:
+            self.events.emit("deploy.release_command_done", release=rid, seconds=round(out.seconds, 2))
+            return
+        why = (f"exited with {out.rc}" if out.rc is not None and out.rc >= 0 else
+               f"was killed by signal {-out.rc}" if out.rc is not None else
+               f"ran past deploy.release_timeout ({spec.deploy.release_timeout:g}s) and was killed")
+        self.events.emit("deploy.release_command_failed", level="error", release=rid, command=argv, rc=out.rc,
+                         reason=why, seconds=round(out.seconds, 2), output=out.tail, log=log_path)
+        raise ScaleRefused("release_command_failed", f"deploy.release_command {argv} {why} after "
+                           f"{out.seconds:.1f}s; release {rid} was not rolled out, the fleet still runs "
+                           f"{show(self.state.current)}. Its output ends with:\n{out.tail}\n(all of it: {log_path})")
 
     def _prepare(self, directory, release, running, allow_data, notes) -> tuple[str | None, str]:
         """(the copy of app.directory a first deploy keeps, the release to roll to), both on disk

@@ -84,8 +84,9 @@ class Api:
             reason = getattr(exc, "strerror", None) or exc
             raise CtlError(f"cannot reach ultrascaled at {self.base}: {reason}", EXIT_UNREACHABLE)
 
-    def fetch(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
-        status, headers, f = self.open(method, path, body)
+    def fetch(self, method: str, path: str, body: bytes | None = None,
+              timeout: float | None = -1) -> tuple[int, dict, bytes]:
+        status, headers, f = self.open(method, path, body, timeout)
         with f:
             try:
                 return status, headers, f.read()
@@ -106,8 +107,8 @@ class Api:
             msg += "\n" + "\n".join(f"  {e}" for e in err["errors"])
         raise CtlError(f"{err.get('code', status)}: {msg}", EXIT_REFUSED)
 
-    def request(self, method: str, path: str, body: dict | None = None) -> dict:
-        status, _, raw = self.fetch(method, path, json.dumps(body).encode() if body is not None else None)
+    def request(self, method: str, path: str, body: dict | None = None, timeout: float | None = -1) -> dict:
+        status, _, raw = self.fetch(method, path, json.dumps(body).encode() if body is not None else None, timeout)
         self.check(status, raw)
         try:
             return json.loads(raw or b"{}")
@@ -524,7 +525,8 @@ def cmd_deploy(api: Api, args) -> int:
         body = {"directory": os.path.abspath(args.directory)}
     if args.allow_data:
         body["allow_data"] = True
-    started = api.request("POST", "/fleet/deploy", body)
+    # the answer comes once the release is copied and deploy.release_command has run: --timeout bounds both
+    started = api.request("POST", "/fleet/deploy", body, timeout=max(api.timeout, args.timeout))
     r = started["rollout"]
     print(f"deploying release {r['release']} (from {r['from'] or 'app.directory'}); canary: "
           f"{r['canary'] or 'none'}")

@@ -33,6 +33,7 @@ class Code(str, enum.Enum):
     release_invalid = ("release_invalid", 400)
     release_not_found = ("release_not_found", 404)
     already_current = ("already_current", 409)
+    release_command_failed = ("release_command_failed", 409)
     too_many_requests = ("too_many_requests", 503)
     shutting_down = ("shutting_down", 503)
     internal = ("internal", 500)
