@@ -136,13 +136,26 @@ def test_the_export_with_every_optional_part_on_validates(validate):
         "worker_connections: 100}\n"
         "nginx: {server_name: a.example.com .example.org, tls_cert: /c.pem, tls_key: /k.pem, "
         "rate_limit: 7, rate_limit_burst: 50, conn_limit: 9, balance: random}\n"
-        "instances: {count: 1, min: 1, max: 3}\nautoscale: {enabled: true}\n",
+        "instances: {count: 1, min: 1, max: 3}\nautoscale: {enabled: true}\n"
+        "deploy: {release_command: [python, manage.py, migrate, --noinput], release_timeout: 120}\n",
         base_dir=Path("/srv"), cpu_count=2)
     ex = kube.export(spec, kube.Options(namespace="prod", image="ghcr.io/o/app@sha256:" + "a" * 64))
     assert ex.name == "full-fleet"
     for m in ex.manifests:
         validate(m, newest_minor_versions()[-1])
         assert api_server_rules(m) == [], m["kind"]
+    kinds = [m["kind"] for m in ex.manifests]
+    assert kinds.index("Job") < kinds.index("Deployment"), "the release phase comes first"
+    job = next(m for m in ex.manifests if m["kind"] == "Job")
+    pod = job["spec"]["template"]
+    assert pod["spec"]["containers"][0]["command"] == ["python", "manage.py", "migrate", "--noinput"]
+    assert job["spec"]["activeDeadlineSeconds"] == 120 and job["spec"]["backoffLimit"] == 0
+    selectors = [m["spec"]["selector"] for m in ex.manifests if m["kind"] in ("Service", "PodDisruptionBudget")]
+    selectors += [m["spec"]["selector"]["matchLabels"] for m in ex.manifests if m["kind"] == "Deployment"]
+    for sel in selectors:   # no Service, PDB or Deployment selects the Job's pod
+        sel = sel.get("matchLabels", sel)
+        assert not all(pod["metadata"]["labels"].get(k) == v for k, v in sel.items()), sel
+    assert any("job/full-fleet-release" in w for w in ex.warnings)
     ing = {m["metadata"]["name"]: m for m in ex.manifests if m["kind"] == "Ingress"}
     assert ing["full-fleet"]["spec"]["tls"] == [{"hosts": ["a.example.com", "example.org",
                                                            "*.example.org"],
@@ -252,6 +265,8 @@ def get_key(obj, path: str):
 ON = {"autoscale.enabled": True}
 # key -> ({keys set first on both sides}, the new value); other keys get a generic change.
 MUTATIONS = {
+    "deploy.release_command": ({}, ["python", "manage.py", "migrate"]),
+    "deploy.release_timeout": ({"deploy.release_command": ["python", "manage.py", "migrate"]}, 900.0),
     "app.config": ({}, "other_conf.py"),
     "app.module": ({}, "mysite.wsgi:application"),
     "mongodb.connection_budget": ({}, 1000),

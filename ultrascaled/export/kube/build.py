@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ultrascaled.export.kube.checks import check_ingress, check_int32, check_options, k8s_name
 from ultrascaled.export.kube.manifests import (configmap, controller_settings, deployment, hpa,
-                                               ingress, ingress_hosts, pdb, service)
+                                               ingress, ingress_hosts, pdb, release_job, service)
 from ultrascaled.export.kube.model import Export, Options
 from ultrascaled.export.kube.notes import budgets, warnings_for
 from ultrascaled.export.kube.tables import NO_EQUIVALENT
@@ -23,7 +23,10 @@ def export(spec: "Spec", opts: Options = Options()) -> Export:
     check_options(opts)
     name = k8s_name(spec.name)
     check_ingress(spec, ingress_hosts(spec))
-    objs = [configmap(spec, name, opts), deployment(spec, name, opts), service(spec, name, opts)]
+    objs = [configmap(spec, name, opts)]
+    if spec.deploy.release_command:   # the release phase, before the Deployment that it precedes
+        objs.append(release_job(spec, name, opts))
+    objs += [deployment(spec, name, opts), service(spec, name, opts)]
     if spec.nginx.socketio:
         objs.append(service(spec, name, opts, "-socketio"))
     if spec.autoscale.enabled:

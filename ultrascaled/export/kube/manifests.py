@@ -176,6 +176,21 @@ def deployment(spec: "Spec", name: str, opts: Options) -> dict:
     }
 
 
+def release_job(spec: "Spec", name: str, opts: Options) -> dict:
+    """deploy.release_command as a Job of the same image and environment, to run to completion
+    before the Deployment rolls (Heroku's release phase; a Helm pre-upgrade hook or an Argo CD
+    PreSync hook in a pipeline): no retry, killed at deploy.release_timeout."""
+    pod = deployment(spec, name, opts)["spec"]["template"]["spec"]
+    gunicorn = pod["containers"][0]
+    container = {"name": "release", "image": gunicorn["image"], "command": list(spec.deploy.release_command),
+                 "envFrom": gunicorn["envFrom"], "securityContext": gunicorn["securityContext"]}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(f"{name}-release", opts, name),
+            "spec": {"backoffLimit": 0, "activeDeadlineSeconds": _seconds(spec.deploy.release_timeout),
+                     # labels of its own: the Service, the Deployment and the PDB must not select it
+                     "template": {"metadata": {"labels": labels(f"{name}-release")},
+                                  "spec": {"restartPolicy": "Never", "containers": [container]}}}}
+
+
 def service(spec: "Spec", name: str, opts: Options, suffix: str = "") -> dict:
     return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name + suffix, opts, name),
             "spec": {"type": "ClusterIP", "selector": selector(name),

@@ -83,6 +83,12 @@ def warnings_for(spec: "Spec", name: str, opts: Options) -> list[str]:
         if looks_secret(key):
             out.append(f"app.env.{key} looks like a secret: the ConfigMap holds it in clear; "
                        "move it to a Secret (env valueFrom secretKeyRef)")
+    if spec.deploy.release_command:
+        ns = f" -n {opts.namespace}" if opts.namespace else ""
+        out.append(f"deploy.release_command: apply Job {name}-release and wait for it "
+                   f"(`kubectl{ns} wait --for=condition=complete job/{name}-release`) before the "
+                   "Deployment; a Job cannot be changed, so delete it before the next release's (or "
+                   "run it as a Helm pre-upgrade or Argo CD PreSync hook)")
     if spec.app.env_file:
         ns = f" -n {opts.namespace}" if opts.namespace else ""
         files = " ".join(f"--from-env-file={p.lstrip('-')}" for p in spec.app.env_file)

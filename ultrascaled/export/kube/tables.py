@@ -31,6 +31,9 @@ CARRIED: dict[str, str] = {
     "gunicorn.max_requests": "gunicorn --max-requests (the export's default when 0)",
     "gunicorn.max_requests_jitter": "gunicorn --max-requests-jitter",
     "gunicorn.args": "Deployment container args",
+    "deploy.release_command": "Job NAME-release (its container command, the Deployment's image "
+                              "and environment), to run to completion before the Deployment rolls",
+    "deploy.release_timeout": "Job NAME-release activeDeadlineSeconds",
     "health.path": "startupProbe, readinessProbe, livenessProbe httpGet.path",
     "health.start_timeout": "startupProbe failureThreshold (periodSeconds 1)",
     "health.interval": "readinessProbe and livenessProbe periodSeconds (whole seconds, >= 1)",
