@@ -227,3 +227,30 @@ def test_fifty_concurrent_random_scales_converge_and_booting_instances_stop_at_o
                        if e.get("old") == "starting" and e.get("new") == "stopping"]
     assert stopped_booting and len(killed) <= len(stopped_booting), (killed, stopped_booting)
     print(f"converged {took:.1f} s after the last scale; {len(stopped_booting)} stopped while booting")
+
+
+def test_a_reload_naming_a_system_file_as_a_log_is_refused_and_nginx_keeps_its_files(make_daemon):
+    """issue 24, class 1: `nginx.access_log: /etc/passwd` (and a gunicorn log under /etc) passed
+    --check; the managed nginx, as root, would append to it. Through the API and SIGHUP the
+    reload is refused naming the key and the path rule; nothing running changes."""
+    import yaml
+    d = make_daemon({"instances": {"count": 1}}).start()
+    before = {i["port"]: i["pid"] for i in d.fleet()["instances"]}
+    confs = {p: p.read_bytes() for p in d.tmp.rglob("*.conf")}
+    assert confs, "the managed nginx's files"
+    good = d.spec_path.read_bytes()
+    for key, value, needle in (("nginx", {"access_log": "/etc/passwd"}, "nginx.access_log"),
+                               ("gunicorn", {"args": ["--access-logfile", "/etc/cron.d/x"]}, "gunicorn.args")):
+        spec = yaml.safe_load(good)
+        spec.setdefault(key, {}).update(value)
+        d.spec_path.write_text(yaml.safe_dump(spec))
+        status, body = d.api("POST", "/fleet/reload")
+        assert status == 400 and body["error"]["code"] == "spec_invalid", body
+        assert any(e.startswith(needle) and "the path rule" in e for e in body["error"]["errors"]), body
+        os.kill(d.proc.pid, signal.SIGHUP)
+        d.wait_until(lambda f: any(needle in json.dumps(e) for e in d.events("spec.refused")), timeout=10,
+                     what=f"the SIGHUP reload refused naming {needle}")
+    d.spec_path.write_bytes(good)
+    assert {i["port"]: i["pid"] for i in d.fleet()["instances"]} == before
+    assert {p: p.read_bytes() for p in d.tmp.rglob("*.conf")} == confs, "nginx's files as they were"
+    assert d.api("GET", "/health")[0] == 200
