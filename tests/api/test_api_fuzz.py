@@ -8,7 +8,8 @@ import pytest
 from support import needs
 
 schemathesis = needs.schemathesis()
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from ultrascaled.surface.api.routes import openapi_description  # noqa: E402
 
@@ -31,10 +32,33 @@ def live_url(make_live):
     return make_live().url
 
 
-@schema.parametrize()
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-def test_the_api_conforms_to_its_description(case, live_url):
-    case.call_and_validate(base_url=live_url)
+# The operations by path and method, from the description (cheap): schemathesis's own
+# @schema.parametrize() builds its hypothesis tests at collection, ~2 s of every run of the
+# quick suite; here the strategies are made when a test runs.
+OPERATIONS = [(path, method.upper()) for path, item in described_for_the_fake()["paths"].items()
+              for method in item if method in ("get", "post", "put", "delete", "patch")]
+
+
+def cases(path: str, method: str):
+    """schemathesis's positive and negative cases for one operation (negative ones only where
+    the description leaves something to get wrong)."""
+    from schemathesis import GenerationMode
+    operation = schema[path][method]
+    try:
+        negative = operation.as_strategy(GenerationMode.NEGATIVE)
+        return st.one_of(operation.as_strategy(GenerationMode.POSITIVE), negative)
+    except Exception:   # nothing to vary: no negative case can be made
+        return operation.as_strategy(GenerationMode.POSITIVE)
+
+
+@pytest.mark.parametrize("path,method", OPERATIONS, ids=[f"{m} {p}" for p, m in OPERATIONS])
+def test_the_api_conforms_to_its_description(path, method, live_url):
+    @settings(max_examples=30, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def check(data):
+        data.draw(cases(path, method)).call_and_validate(base_url=live_url)
+    check()
 
 
 def with_a_key_twice(body: dict) -> tuple[str, bytes]:
@@ -44,24 +68,38 @@ def with_a_key_twice(body: dict) -> tuple[str, bytes]:
     return key, ('{' + json.dumps(key) + ': "other", ' + json.dumps(body)[1:]).encode()
 
 
-@pytest.mark.integration   # 8 s: kept out of the quick suite
-@schema.parametrize()
-@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-def test_every_json_body_with_a_key_given_twice_is_refused_naming_the_key(case, live_url):
+POSTS_WITH_BODIES = [p for p, m in OPERATIONS
+                     if m == "POST" and "requestBody" in described_for_the_fake()["paths"][p]["post"]]
+
+
+@pytest.mark.integration   # a few seconds: kept out of the quick suite
+@pytest.mark.parametrize("path", POSTS_WITH_BODIES)
+def test_every_json_body_with_a_key_given_twice_is_refused_naming_the_key(path, live_url):
     """issue 24, class 6: schemathesis's bodies for every operation that takes one, sent with
     their first key twice: a 400 bad_request naming the key, never the last value taken."""
     import json
     import urllib.error
     import urllib.request
-    if case.method.upper() != "POST" or not isinstance(case.body, dict) or not case.body:
-        return
-    key, raw = with_a_key_twice(case.body)
-    req = urllib.request.Request(live_url + case.formatted_path, data=raw, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            status, payload = r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        status, payload = e.code, json.loads(e.read())
-    assert status == 400 and payload["error"]["code"] == "bad_request", (case.formatted_path, raw, payload)
-    assert f"{key!r} is given twice" in payload["error"]["message"], payload
+    operation = schema[path]["POST"]
+    tried = []
+
+    @settings(max_examples=10, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def check(data):
+        case = data.draw(operation.as_strategy())
+        if not isinstance(case.body, dict) or not case.body:
+            return
+        key, raw = with_a_key_twice(case.body)
+        req = urllib.request.Request(live_url + case.formatted_path, data=raw, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                status, payload = r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            status, payload = e.code, json.loads(e.read())
+        assert status == 400 and payload["error"]["code"] == "bad_request", (case.formatted_path, raw, payload)
+        assert f"{key!r} is given twice" in payload["error"]["message"], payload
+        tried.append(key)
+    check()
+    assert tried, f"no body with a key was drawn for {path}"
