@@ -373,6 +373,8 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
         errors += max_replicas_errors(spec, where, lines, nofile_limit)
     if ok("deploy.shared"):
         errors += shared_errors(spec.deploy.shared, where("deploy.shared"))
+    if ok("plan.urls"):
+        errors += plan_urls_errors(spec.plan.urls, where("plan.urls"))
     for msg in budget_errors(spec, spec.instances.count, lines, nofile_limit):
         inputs = _BUDGET_INPUTS.get(msg.split(" ", 1)[0].rstrip(":"), ())
         if ok(*inputs):
@@ -525,3 +527,18 @@ def shared_errors(entries: list[str], where: str) -> list[str]:
         else:
             seen.append(path)
     return errors
+
+
+MAX_PLAN_URLS = 32
+
+
+def plan_urls_errors(urls: list[str], where: str) -> list[str]:
+    """plan.urls: 1..32 paths on the instance, each starting with / (no scheme or host: the load
+    goes to one instance on a loopback port only), no spaces or control characters."""
+    if not urls:
+        return [f"{where}: must list at least one path, e.g. [/]"]
+    if len(urls) > MAX_PLAN_URLS:
+        return [f"{where}: at most {MAX_PLAN_URLS} paths, got {len(urls)}"]
+    return [f"{where}: each must be a path starting with / (no scheme or host: the load goes to "
+            f"one instance on a loopback port) and hold no spaces or control characters, got "
+            f"{show_value(u)}" for u in urls if not _HTTP_PATH.match(u)]
