@@ -8,6 +8,7 @@ import pytest
 
 from ultrascaled.core import capacity
 from ultrascaled.core.capacity import (MeasuredStep, Measurement, calibration_from_measurement, held_step,
+                                       measured_capacity,
                                        latency_target, measure_steps, plan_for, render, step_from_loadtest)
 from ultrascaled.spec import HealthSection, parse_spec
 
@@ -75,12 +76,28 @@ def test_a_pass_after_a_miss_is_noise_not_capacity():
     assert held_step(m, 1000.0).users == 100
 
 
-def test_every_step_held_is_a_lower_bound_and_says_so():
-    m = measured(step(100, 2000, 50), step(200, 2000, 90))
-    cal = calibration_from_measurement(m, 1000.0)
-    assert cal.users == 200 and "every step held: a lower bound" in cal.source
+def test_every_step_held_up_to_the_users_needed_plans_one_instance():
+    m = measured(step(250, 2600, 200), step(500, 2600, 400), step(1000, 2500, 800))
     p = plan(make_spec(max=8), 1000, m)
-    assert p.instances == 5 and any("200 or more (every step held)" in x for x in p.measured)
+    assert (p.instances, p.verdict) == (1, "holds")
+    assert any("1000 or more (every step held)" in x for x in p.measured)
+
+
+def test_steps_the_bounds_stopped_short_are_a_lower_bound_that_plans_nothing():
+    # The bounds ended the steps at 12 users: planning 1000 / 12 = 84 instances from it would be
+    # nonsense, so the plan counts connections only and says how to measure further.
+    m = measured(step(6, 3100, 5), step(12, 2900, 14))
+    cal = calibration_from_measurement(m, 1000.0, needed=1000)
+    assert cal.users is None and "the bounds stopped it" in cal.source
+    p = plan(make_spec(max=8), 1000, m)
+    assert (p.instances, p.verdict) == (1, "not measured")
+    assert any("stopped the steps at 12 users, below the 1000" in n and "--max-seconds" in n for n in p.notes)
+
+
+def test_a_knee_above_the_users_needed_is_planned_from_the_held_step():
+    m = measured(step(100, 2000, 50), step(200, 2000, 1200))
+    assert measured_capacity(m, 1000.0, 150) == (m.steps[0], "knee")
+    assert plan(make_spec(max=8), 150, m).instances == 2
 
 
 def test_no_step_held_plans_by_connections_and_says_the_measurement_missed():
@@ -96,7 +113,7 @@ def test_measured_rss_replaces_the_typical_figure():
 
 
 def test_output_says_what_was_measured_and_what_assumed():
-    m = measured(step(500, 2600, 300, p95=250.5), step(1000, 2500, 1400))
+    m = measured(step(500, 2600, 300, p95=250.5), step(1000, 2500, 1400))  # knee at 500
     text = render(plan(with_probe_timeout(make_spec(max=8), 1.0), 1000, m))
     assert "Measured: 1 instance of the app (1 gevent worker), /" in text
     assert "Assumed:" in text and "no think time" in text

@@ -204,18 +204,33 @@ def held_step(m: Measurement, p99_target_ms: float) -> MeasuredStep | None:
     return best
 
 
-def calibration_from_measurement(m: Measurement, p99_target_ms: float) -> Calibration:
-    """The measurement as the planner's calibration: 1 instance at the step that held."""
+def measured_capacity(m: Measurement, p99_target_ms: float, needed: int) -> tuple[MeasuredStep | None, str]:
+    """The step to plan from and what it tells: ``knee`` (a higher step missed, so this is what
+    one instance holds), ``enough`` (every step held, up to ``needed`` users or more), ``lower
+    bound`` (every step held but the bounds stopped the steps below ``needed``: one instance
+    holds at least this, how much more is not known), ``none`` (the first step missed)."""
+    best = held_step(m, p99_target_ms)
+    if best is None:
+        return None, "none"
+    if any(x.users > best.users for x in m.steps):
+        return best, "knee"
+    return best, "enough" if best.users >= needed else "lower bound"
+
+
+def calibration_from_measurement(m: Measurement, p99_target_ms: float, needed: int = 0) -> Calibration:
+    """The measurement as the planner's calibration: 1 instance at the step to plan from
+    (:func:`measured_capacity`); ``users`` is None for a lower bound, which plans nothing.
+    ``needed``: the users one instance would have to hold (min(users, what it accepts at once))."""
     if not m.steps:
         raise CalibrationError("measurement: no step ran")
-    best = held_step(m, p99_target_ms)
+    best, kind = measured_capacity(m, p99_target_ms, needed)
     st = best or min(m.steps, key=lambda x: x.users)
-    every = best is not None and best.users == max(x.users for x in m.steps)
-    src = (f"measured: 1 instance, {st.users} users"
-           + (" (every step held: a lower bound)" if every else
-              " (the most that held)" if best else " (the first step, which missed)"))
+    src = {"knee": f"measured: 1 instance held {st.users} users, the next step missed",
+           "enough": f"measured: 1 instance held {st.users} users, every step",
+           "lower bound": f"measured: 1 instance held {st.users} users, every step, then the bounds stopped it",
+           "none": f"measured: 1 instance missed at {st.users} users, the first step"}[kind]
     return Calibration(instances=1, rps=st.rps, p99_ms=st.p99_ms if st.p99_ms is not None else math.inf,
-                       users=st.users, error_rate_pct=st.error_rate_pct,
+                       users=None if kind == "lower bound" else st.users, error_rate_pct=st.error_rate_pct,
                        rss_per_instance_bytes=m.rss_bytes, source=src, p99_target_ms=p99_target_ms)
 
 
@@ -298,10 +313,18 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
     if measurement is not None and calibration is not None:
         raise ValueError("give a calibration or a measurement, not both")
     ar: list[str] = []
+    lower_bound_note = None
     if measurement is not None:
         target, target_formula = latency_target(spec)
         ar += _measured_lines(measurement, target, target_formula)
-        cal = calibration_from_measurement(measurement, target)
+        rw0, _ = requests_per_worker(spec)
+        needed = min(users, spec.workers * rw0)
+        cal = calibration_from_measurement(measurement, target, needed)
+        if cal.users is None:
+            lower_bound_note = (f"every step held, but the bounds stopped the steps at "
+                                f"{max(x.users for x in measurement.steps)} users, below the {needed} one instance "
+                                "would have to hold: how many it holds is not known, so no count is planned from "
+                                "it; raise --max-seconds or --max-requests, or give --steps")
     else:
         cal = (calibration if isinstance(calibration, Calibration) or calibration is None
                else parse_calibration(calibration))
@@ -464,7 +487,7 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
                       f"{fmt_number(cal.p99_ms)} ms")
             if by_measured is None:
                 verdict = "not measured"
-                notes.append("the calibration has no `users`: whether the target holds for "
+                notes.append(lower_bound_note or "the calibration has no `users`: whether the target holds for "
                              f"{users} users is not known")
             elif instances > inst.max:
                 verdict = "does not hold"
@@ -478,12 +501,13 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
     measured: list[str] = []
     assumed: list[str] = []
     if measurement is not None:
-        best = held_step(measurement, cal.p99_target_ms)
+        best, kind = measured_capacity(measurement, cal.p99_target_ms, needed)
         measured.append(f"req/s, p95, p99 and errors of 1 instance at {', '.join(str(x.users) for x in sorted(measurement.steps, key=lambda x: x.users))} "
                         f"concurrent users on {', '.join(measurement.urls)} ({measurement.stopped})")
         if best is not None:
             measured.append(f"users one instance holds at p99 < {fmt_number(cal.p99_target_ms)} ms: {best.users}"
-                            + (" or more (every step held)" if best.users == max(x.users for x in measurement.steps) else ""))
+                            + {"knee": " (the next step missed)", "enough": " or more (every step held)",
+                               "lower bound": " or more (every step held; the bounds stopped the steps)"}[kind])
         if measurement.rss_bytes:
             measured.append(f"memory of that instance after the load: {fmt_number(measurement.rss_bytes / MIB)} MiB")
         assumed.append("the instance serves under the daemon what it served alone, though nginx and the "
