@@ -139,10 +139,17 @@ class MeasuredStep:
     statuses: Mapping[str, int] = field(default_factory=dict)
     errors: Mapping[str, int] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    probes: int = 0                       # GET health.path during the step, timeout health.timeout
+    failed_probes: int = 0
+    failed_run: int = 0                   # the most failed probes in a row
+    probe_max_ms: float | None = None
 
-    def meets(self, p99_target_ms: float) -> bool:
+    def meets(self, p99_target_ms: float, health_failures: int = 0) -> bool:
+        """p99 under the target, errors under 1 %, and (with ``health_failures``) fewer failed
+        health probes in a row than make the daemon restart an instance."""
         return (self.requests > 0 and self.p99_ms is not None and self.p99_ms < p99_target_ms
-                and (self.error_rate_pct or 0.0) < TARGET_MAX_ERROR_RATE_PCT)
+                and (self.error_rate_pct or 0.0) < TARGET_MAX_ERROR_RATE_PCT
+                and not (health_failures and self.failed_run >= health_failures))
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,7 @@ class Measurement:
     rss_bytes: int | None = None          # master + workers after the last step
     stopped: str = "every step ran"       # why the rising steps ended
     bounds: str = ""                      # e.g. "60 s, 200000 requests"
+    health_failures: int = 0              # health.failures: failed probes in a row that restart
 
 
 def step_from_loadtest(data: Mapping[str, Any]) -> MeasuredStep:
@@ -198,7 +206,7 @@ def held_step(m: Measurement, p99_target_ms: float) -> MeasuredStep | None:
     later pass after a miss is noise, not capacity); None when the first step missed."""
     best = None
     for st in sorted(m.steps, key=lambda x: x.users):
-        if not st.meets(p99_target_ms):
+        if not st.meets(p99_target_ms, m.health_failures):
             break
         best = st
     return best
@@ -238,14 +246,17 @@ def _measured_lines(m: Measurement, target: float, target_formula: str) -> list[
     ar = [f"latency target per instance = {target_formula}"]
     first_miss = False
     for st in sorted(m.steps, key=lambda x: x.users):
-        ok = st.meets(target) and not first_miss
-        first_miss = first_miss or not st.meets(target)
+        meets = st.meets(target, m.health_failures)
+        ok = meets and not first_miss
+        first_miss = first_miss or not meets
         err = "n/a" if st.error_rate_pct is None else f"{st.error_rate_pct:.2f}%"
         per_worker = st.rps / m.workers if m.workers else st.rps
+        probes = (f", health probes {st.failed_probes} of {st.probes} failed ({st.failed_run} in a row, "
+                  f"{m.health_failures} restart)" if st.probes else "")
         ar.append(f"measured at {st.users} users: {fmt_number(st.rps)} req/s "
                   f"({fmt_number(per_worker)} per worker x {m.workers}), p95 "
                   f"{_ms(st.p95_ms)}, p99 {_ms(st.p99_ms)}, errors {err}, {st.requests} requests in "
-                  f"{fmt_number(st.seconds)} s: " + ("holds" if ok else "misses"))
+                  f"{fmt_number(st.seconds)} s{probes}: " + ("holds" if ok else "misses"))
     return ar
 
 
@@ -508,6 +519,10 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
             measured.append(f"users one instance holds at p99 < {fmt_number(cal.p99_target_ms)} ms: {best.users}"
                             + {"knee": " (the next step missed)", "enough": " or more (every step held)",
                                "lower bound": " or more (every step held; the bounds stopped the steps)"}[kind])
+        if any(x.probes for x in measurement.steps):
+            measured.append(f"the daemon's health probe (GET {spec.health.path}, health.timeout "
+                            f"{fmt_number(spec.health.timeout)} s) during every step, "
+                            f"{'; '.join(f'{x.users} users: {x.failed_probes} of {x.probes} failed' for x in sorted(measurement.steps, key=lambda x: x.users))}")
         if measurement.rss_bytes:
             measured.append(f"memory of that instance after the load: {fmt_number(measurement.rss_bytes / MIB)} MiB")
         assumed.append("the instance serves under the daemon what it served alone, though nginx and the "
@@ -574,14 +589,19 @@ def render(plan: CapacityPlan) -> str:
         target = plan.calibration.p99_target_ms if plan.calibration else TARGET_P99_MS
         out += ["", f"Measured: 1 instance of the app ({m.workers} {m.worker_class} "
                 f"{'worker' if m.workers == 1 else 'workers'}), {', '.join(m.urls)}, bounded by {m.bounds}; {m.stopped}:",
-                "  users     req/s   p95 ms   p99 ms  errors  requests  target"]
+                "  users     req/s   p95 ms   p99 ms  errors  requests  failed probes  target"]
         first_miss = False
         for st in sorted(m.steps, key=lambda x: x.users):
-            ok = st.meets(target) and not first_miss
-            first_miss = first_miss or not st.meets(target)
+            meets = st.meets(target, m.health_failures)
+            ok = meets and not first_miss
+            first_miss = first_miss or not meets
             err = "n/a" if st.error_rate_pct is None else f"{st.error_rate_pct:.2f}%"
+            fp = f"{st.failed_probes}/{st.probes}" if st.probes else "-"
             out.append(f"  {st.users:>5}  {st.rps:>8.1f}  {_ms(st.p95_ms)[:-3]:>7}  {_ms(st.p99_ms)[:-3]:>7}  "
-                       f"{err:>6}  {st.requests:>8}  {'holds' if ok else 'misses'} p99 < {fmt_number(target)} ms")
+                       f"{err:>6}  {st.requests:>8}  {fp:>13}  {'holds' if ok else 'misses'}")
+        out.append(f"  (holds: p99 < {fmt_number(target)} ms, errors < {fmt_number(TARGET_MAX_ERROR_RATE_PCT)}%"
+                   + (f", fewer than {m.health_failures} failed health probes in a row" if m.health_failures else "")
+                   + ")")
         out += ["", "Measured:"] + [f"  {line}" for line in plan.measured]
         out += ["", "Assumed:"] + [f"  {line}" for line in plan.assumed]
     out += ["", "Arithmetic:"] + [f"  {line}" for line in plan.arithmetic]

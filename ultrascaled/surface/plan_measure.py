@@ -11,8 +11,10 @@ its figures handed to the pure planner (core/capacity.py) as a :class:`Measureme
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
+import threading
 import time
 
 from ultrascaled.core.capacity import (TARGET_P99_MS, CalibrationError, MeasuredStep, Measurement,
@@ -21,6 +23,43 @@ from ultrascaled.effects.loopback_load import LoadError, run_step
 from ultrascaled.effects.solo_instance import SoloInstance, SoloInstanceError, free_port
 
 WARMUP_SECONDS = 1.0
+PROBE_EVERY = 0.25   # seconds between health probes during a step (the daemon's: health.interval)
+
+
+class Prober:
+    """GET health.path every PROBE_EVERY s during a step, each with health.timeout, the way the
+    daemon probes a running instance: a probe waits in the same queue as the users' requests."""
+
+    def __init__(self, inst, path: str, timeout: float):
+        self.inst, self.path, self.timeout = inst, path, timeout
+        self.results: list[tuple[bool, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="plan-measure-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(PROBE_EVERY):
+            t = time.monotonic()
+            try:
+                ok = self.inst.get(self.path, timeout=self.timeout)[0] == 200
+            except OSError:
+                ok = False
+            self.results.append((ok and time.monotonic() - t <= self.timeout, (time.monotonic() - t) * 1000))
+
+    def __enter__(self) -> "Prober":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(self.timeout + 5)
+
+    def figures(self) -> dict:
+        run = longest = 0
+        for ok, _ in self.results:
+            run = 0 if ok else run + 1
+            longest = max(longest, run)
+        return {"probes": len(self.results), "failed_probes": sum(1 for ok, _ in self.results if not ok),
+                "failed_run": longest, "probe_max_ms": max((ms for _, ms in self.results), default=None)}
 
 
 class MeasureError(RuntimeError):
@@ -72,13 +111,16 @@ def measure_app(spec, users: int, *, urls: list[str], steps: list[int] | None, s
                     break
                 secs = min(step_seconds, left_s)
                 _say(quiet, f"step: {n} users, {secs:g} s")
-                st = step_from_loadtest(run_step(inst.port, urls, n, seconds=secs, requests=left_n,
-                                                 timeout=timeout))
+                with Prober(inst, spec.health.path, spec.health.timeout) as probe:
+                    st = step_from_loadtest(run_step(inst.port, urls, n, seconds=secs, requests=left_n,
+                                                     timeout=timeout))
+                st = dataclasses.replace(st, **probe.figures())
                 sent += st.requests
                 done.append(st)
                 _say(quiet, f"  {st.rps:.1f} req/s, p95 {st.p95_ms or 0:.1f} ms, p99 {st.p99_ms or 0:.1f} ms, "
-                            f"errors {st.error_rate_pct or 0:.2f}%")
-                if not st.meets(target):
+                            f"errors {st.error_rate_pct or 0:.2f}%, health probes failed {st.failed_probes} "
+                            f"of {st.probes} ({st.failed_run} in a row)")
+                if not st.meets(target, spec.health.failures):
                     stopped = f"stopped after {n} users: the first step that missed"
                     break
             if not done:
@@ -93,4 +135,5 @@ def measure_app(spec, users: int, *, urls: list[str], steps: list[int] | None, s
         _say(quiet, f"instance stopped; {time.monotonic() - t0:.1f} s in all")
     return Measurement(steps=tuple(done), urls=tuple(urls), workers=spec.workers,
                        worker_class=spec.gunicorn.worker_class, rss_bytes=rss, stopped=stopped,
+                       health_failures=spec.health.failures,
                        bounds=f"{step_seconds:g} s per step, {max_seconds:g} s and {max_requests} requests in all")
