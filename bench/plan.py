@@ -104,8 +104,8 @@ def verdict_text(planned: int, runs: dict[int, dict]) -> str:
         return f"{planned} instances held the target"
     held = sorted(n for n, x in runs.items() if x["holds"] and n > planned)
     if held:
-        return (f"the plan missed by {held[0] - planned}: {planned} instances did not hold the target, "
-                f"{held[0]} did")
+        return (f"the plan missed by {held[0] - planned}: {planned} {'instance' if planned == 1 else 'instances'} "
+                f"did not hold the target, {held[0]} did")
     return (f"the plan missed by more than {max(runs) - planned}: no size up to {max(runs)} held the target "
             "on this machine")
 
@@ -115,8 +115,8 @@ def markdown(res: dict, argv: list[str]) -> str:
     m = plan["measurement"]
     cal = plan["calibration"] or {}
     lines = [BEGIN, f"## The planner against a real fleet (`scripts/bench-plan {' '.join(argv)}`)", "",
-             f"Measured {res['date']} on {res['machine']}; the machine is shared with other helpers' "
-             f"runs, so figures move from run to run. {res['elapsed_s']:.0f} s in all.", "",
+             f"Measured {res['date']} on {res['machine']}; the machine is shared with other "
+             f"test and benchmark runs, so figures move from run to run. {res['elapsed_s']:.0f} s in all.", "",
              f"1. `{shlex.join(res['measure_argv'])}` on the default spec (the reference app, 1 gevent "
              "worker per instance): one instance alone on a loopback port, the load tester straight "
              f"at it on {', '.join(m['urls'])}, {m['bounds']}; {m['stopped']}. The latency it must "
