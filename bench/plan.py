@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -88,6 +89,7 @@ def one_fleet(count: int, users: int, urls: list[str], seconds: float, max_reque
     finally:
         d.stop()
         d.cleanup()
+        shutil.rmtree(d.tmp, ignore_errors=True)
 
 
 def verdict_text(planned: int, runs: dict[int, dict]) -> str:
