@@ -45,10 +45,11 @@ class Calibration:
     error_rate_pct: float | None = None
     rss_per_instance_bytes: int | None = None
     source: str = "calibration"
+    p99_target_ms: float = TARGET_P99_MS  # min(target, health.timeout) for a measurement
 
     @property
     def meets_target(self) -> bool:
-        return self.p99_ms < TARGET_P99_MS and (self.error_rate_pct or 0.0) < TARGET_MAX_ERROR_RATE_PCT
+        return self.p99_ms < self.p99_target_ms and (self.error_rate_pct or 0.0) < TARGET_MAX_ERROR_RATE_PCT
 
     @property
     def rps_per_instance(self) -> float:
@@ -121,6 +122,148 @@ def parse_calibration(data: Any, instances: int | None = None) -> Calibration:
                        rss_per_instance_bytes=rss or None, source=src)
 
 
+# ---- measurement (`plan --measure`) -------------------------------------------------------
+
+@dataclass(frozen=True)
+class MeasuredStep:
+    """One step of `plan --measure`: ``users`` concurrent connections (closed loop, no think
+    time) against one instance for ``seconds``."""
+    users: int
+    rps: float
+    p95_ms: float | None
+    p99_ms: float | None
+    error_rate_pct: float | None
+    requests: int
+    seconds: float
+    p50_ms: float | None = None
+    statuses: Mapping[str, int] = field(default_factory=dict)
+    errors: Mapping[str, int] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    probes: int = 0                       # GET health.path during the step, timeout health.timeout
+    failed_probes: int = 0
+    failed_run: int = 0                   # the most failed probes in a row
+    probe_max_ms: float | None = None
+
+    def meets(self, p99_target_ms: float, health_failures: int = 0) -> bool:
+        """p99 under the target, errors under 1 %, and (with ``health_failures``) fewer failed
+        health probes in a row than make the daemon restart an instance."""
+        return (self.requests > 0 and self.p99_ms is not None and self.p99_ms < p99_target_ms
+                and (self.error_rate_pct or 0.0) < TARGET_MAX_ERROR_RATE_PCT
+                and not (health_failures and self.failed_run >= health_failures))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What `plan --measure` measured on one instance of the spec's app (surface/plan_command.py
+    runs it; this module only reads the figures)."""
+    steps: tuple[MeasuredStep, ...]
+    urls: tuple[str, ...]
+    workers: int
+    worker_class: str
+    rss_bytes: int | None = None          # master + workers after the last step
+    stopped: str = "every step ran"       # why the rising steps ended
+    bounds: str = ""                      # e.g. "60 s, 200000 requests"
+    health_failures: int = 0              # health.failures: failed probes in a row that restart
+
+
+def step_from_loadtest(data: Mapping[str, Any]) -> MeasuredStep:
+    """A step from the load tester's ``--json`` of one run (ultrascale-loadtest, docs/loadtest.md)."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("latency"), Mapping):
+        raise CalibrationError("load test result: expected its --json object with `latency`")
+    lat = data["latency"]
+    num = lambda v: None if v is None else float(v)  # noqa: E731
+    return MeasuredStep(users=int(data.get("users") or 0), rps=float(data.get("rps") or 0.0),
+                        p50_ms=num(lat.get("p50")), p95_ms=num(lat.get("p95")), p99_ms=num(lat.get("p99")),
+                        error_rate_pct=num(data.get("error_rate_pct")),
+                        requests=int(data.get("total") or 0), seconds=float(data.get("wall_s") or 0.0),
+                        statuses=dict(data.get("status_counts") or {}),
+                        errors=dict(data.get("error_counts") or {}),
+                        warnings=tuple(data.get("warnings") or ()))
+
+
+def latency_target(spec: "Spec") -> tuple[float, str]:
+    """The p99 one instance must hold: the product's target, and under it the daemon's health
+    probe timeout, since a probe waits in the same queue as the users' requests and probes that
+    time out take the instance out of service (the 1-instance plan that failed for 1000 users)."""
+    probe_ms = spec.health.timeout * 1000.0
+    target = min(TARGET_P99_MS, probe_ms)
+    return target, (f"min(target p99, health.timeout) = min({fmt_number(TARGET_P99_MS)} ms, "
+                    f"{fmt_number(probe_ms)} ms) = {fmt_number(target)} ms")
+
+
+def measure_steps(users: int, spec: "Spec", steps: list[int] | None = None) -> list[int]:
+    """The rising concurrency steps: given ones, else 5 doubling steps up to what one instance
+    accepts at once (workers x requests per worker), at most ``users``."""
+    if steps:
+        return sorted(set(steps))
+    rw, _ = requests_per_worker(spec)
+    cap = max(1, min(users, spec.workers * rw))
+    return sorted({max(1, round(cap / 2 ** k)) for k in range(4, -1, -1)})
+
+
+def held_step(m: Measurement, p99_target_ms: float) -> MeasuredStep | None:
+    """The step with the most users that held the target before the first one that missed (a
+    later pass after a miss is noise, not capacity); None when the first step missed."""
+    best = None
+    for st in sorted(m.steps, key=lambda x: x.users):
+        if not st.meets(p99_target_ms, m.health_failures):
+            break
+        best = st
+    return best
+
+
+def measured_capacity(m: Measurement, p99_target_ms: float, needed: int) -> tuple[MeasuredStep | None, str]:
+    """The step to plan from and what it tells: ``knee`` (a higher step missed, so this is what
+    one instance holds), ``enough`` (every step held, up to ``needed`` users or more), ``lower
+    bound`` (every step held but the bounds stopped the steps below ``needed``: one instance
+    holds at least this, how much more is not known), ``none`` (the first step missed)."""
+    best = held_step(m, p99_target_ms)
+    if best is None:
+        return None, "none"
+    if any(x.users > best.users for x in m.steps):
+        return best, "knee"
+    return best, "enough" if best.users >= needed else "lower bound"
+
+
+def calibration_from_measurement(m: Measurement, p99_target_ms: float, needed: int = 0) -> Calibration:
+    """The measurement as the planner's calibration: 1 instance at the step to plan from
+    (:func:`measured_capacity`); ``users`` is None for a lower bound, which plans nothing.
+    ``needed``: the users one instance would have to hold (min(users, what it accepts at once))."""
+    if not m.steps:
+        raise CalibrationError("measurement: no step ran")
+    best, kind = measured_capacity(m, p99_target_ms, needed)
+    st = best or min(m.steps, key=lambda x: x.users)
+    src = {"knee": f"measured: 1 instance held {st.users} users, the next step missed",
+           "enough": f"measured: 1 instance held {st.users} users, every step",
+           "lower bound": f"measured: 1 instance held {st.users} users, every step, then the bounds stopped it",
+           "none": f"measured: 1 instance missed at {st.users} users, the first step"}[kind]
+    return Calibration(instances=1, rps=st.rps, p99_ms=st.p99_ms if st.p99_ms is not None else math.inf,
+                       users=None if kind == "lower bound" else st.users, error_rate_pct=st.error_rate_pct,
+                       rss_per_instance_bytes=m.rss_bytes, source=src, p99_target_ms=p99_target_ms)
+
+
+def _measured_lines(m: Measurement, target: float, target_formula: str) -> list[str]:
+    ar = [f"latency target per instance = {target_formula}"]
+    first_miss = False
+    for st in sorted(m.steps, key=lambda x: x.users):
+        meets = st.meets(target, m.health_failures)
+        ok = meets and not first_miss
+        first_miss = first_miss or not meets
+        err = "n/a" if st.error_rate_pct is None else f"{st.error_rate_pct:.2f}%"
+        per_worker = st.rps / m.workers if m.workers else st.rps
+        probes = (f", health probes {st.failed_probes} of {st.probes} failed ({st.failed_run} in a row, "
+                  f"{m.health_failures} restart)" if st.probes else "")
+        ar.append(f"measured at {st.users} users: {fmt_number(st.rps)} req/s "
+                  f"({fmt_number(per_worker)} per worker x {m.workers}), p95 "
+                  f"{_ms(st.p95_ms)}, p99 {_ms(st.p99_ms)}, errors {err}, {st.requests} requests in "
+                  f"{fmt_number(st.seconds)} s{probes}: " + ("holds" if ok else "misses"))
+    return ar
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{fmt_number(v)} ms"
+
+
 # ---- the plan -----------------------------------------------------------------------------
 
 @dataclass
@@ -154,6 +297,9 @@ class CapacityPlan:
     calibration: Calibration | None = None
     worker_class: str = "sync"
     requests_per_worker: int = 1          # 1 sync, threads gthread, worker_connections gevent
+    measurement: Measurement | None = None  # plan --measure
+    measured: list[str] = field(default_factory=list)  # what --measure measured ...
+    assumed: list[str] = field(default_factory=list)   # ... and what the plan assumes
 
     @property
     def fits(self) -> bool:
@@ -168,14 +314,31 @@ class CapacityPlan:
 
 def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calibration | None = None,
              cpu_count: int, mem_total_bytes: int, nofile_limit: int,
-             mongo_servers: int = 1) -> CapacityPlan:
+             mongo_servers: int = 1, measurement: Measurement | None = None) -> CapacityPlan:
     """Instances, workers, connections, MongoDB pool, memory, file descriptors and throughput
-    for ``users`` concurrent users (each holding one connection with a request in flight)."""
+    for ``users`` concurrent users (each holding one connection with a request in flight).
+    ``measurement`` (from ``plan --measure``) takes the place of a calibration: the step of one
+    instance that held min(target p99, health.timeout) with the most users."""
     if users < 1:
         raise ValueError(f"users must be >= 1, got {users}")
-    cal = (calibration if isinstance(calibration, Calibration) or calibration is None
-           else parse_calibration(calibration))
+    if measurement is not None and calibration is not None:
+        raise ValueError("give a calibration or a measurement, not both")
     ar: list[str] = []
+    lower_bound_note = None
+    if measurement is not None:
+        target, target_formula = latency_target(spec)
+        ar += _measured_lines(measurement, target, target_formula)
+        rw0, _ = requests_per_worker(spec)
+        needed = min(users, spec.workers * rw0)
+        cal = calibration_from_measurement(measurement, target, needed)
+        if cal.users is None:
+            lower_bound_note = (f"every step held, but the bounds stopped the steps at "
+                                f"{max(x.users for x in measurement.steps)} users, below the {needed} one instance "
+                                "would have to hold: how many it holds is not known, so no count is planned from "
+                                "it; raise --max-seconds or --max-requests, or give --steps")
+    else:
+        cal = (calibration if isinstance(calibration, Calibration) or calibration is None
+               else parse_calibration(calibration))
     problems: list[str] = []
     notes: list[str] = []
     inst = spec.instances
@@ -201,8 +364,8 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
     by_measured = None
     if cal is not None and cal.meets_target and cal.users_per_instance:
         by_measured = math.ceil(users / cal.users_per_instance)
-        ar.append(f"users per instance (measured) = calibration users / instances = "
-                  f"{cal.users} / {cal.instances} = {fmt_number(cal.users_per_instance)}")
+        ar.append(f"users per instance (measured) = {'users of the step that held' if measurement else 'calibration users'}"
+                  f" / instances = {cal.users} / {cal.instances} = {fmt_number(cal.users_per_instance)}")
         ar.append(f"instances for measured capacity = ceil({users} / {fmt_number(cal.users_per_instance)}) "
                   f"= {by_measured}")
         need = max(need, by_measured)
@@ -314,17 +477,20 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
         notes.append("throughput is not measured: run the fleet with N instances, then "
                      f"`ultrascale-loadtest http://127.0.0.1:{spec.nginx.listen}/ -u "
                      f"{users} -d 30 --json cal.json`, and plan again with `--calibration cal.json "
-                     "--calibration-instances N`")
+                     "--calibration-instances N`; or plan with `--measure`, which loads one instance "
+                     "of the app alone")
     else:
-        ar.append(f"calibration: {cal.instances} instances, {cal.users if cal.users is not None else '?'}"
-                  f" users, {fmt_number(cal.rps)} req/s, p99 {fmt_number(cal.p99_ms)} ms"
-                  + (f", errors {cal.error_rate_pct:.2f}%" if cal.error_rate_pct is not None else "")
-                  + f" ({cal.source})")
+        if measurement is None:
+            ar.append(f"calibration: {cal.instances} instances, {cal.users if cal.users is not None else '?'}"
+                      f" users, {fmt_number(cal.rps)} req/s, p99 {fmt_number(cal.p99_ms)} ms"
+                      + (f", errors {cal.error_rate_pct:.2f}%" if cal.error_rate_pct is not None else "")
+                      + f" ({cal.source})")
         if not cal.meets_target:
             verdict = "not measured"
-            notes.append(f"the calibration missed the target (p99 < {fmt_number(TARGET_P99_MS)} ms, errors < "
+            notes.append(f"the {'measurement' if measurement else 'calibration'} missed the target (p99 < "
+                         f"{fmt_number(cal.p99_target_ms)} ms, errors < "
                          f"{fmt_number(TARGET_MAX_ERROR_RATE_PCT)}%): its rate is not a capacity; measure "
-                         "again with fewer users")
+                         "again with fewer users" + (" (`--steps`), or make the app faster" if measurement else ""))
         else:
             throughput = instances * cal.rps_per_instance
             ar.append(f"throughput = instances x measured req/s per instance = {instances} x "
@@ -332,16 +498,45 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
                       f"{fmt_number(cal.p99_ms)} ms")
             if by_measured is None:
                 verdict = "not measured"
-                notes.append("the calibration has no `users`: whether the target holds for "
+                notes.append(lower_bound_note or "the calibration has no `users`: whether the target holds for "
                              f"{users} users is not known")
             elif instances > inst.max:
                 verdict = "does not hold"
             elif instances > cal.instances:
                 verdict = "extrapolated"
                 notes.append(f"{instances} instances is more than the {cal.instances} measured; "
-                             "instances on one host share its cores, so measure at that count")
+                             "instances on one host share its cores, so measure at that count"
+                             + (" (`ultrascale-loadtest` through nginx, then `--calibration`)" if measurement else ""))
             else:
                 verdict = "holds"
+    measured: list[str] = []
+    assumed: list[str] = []
+    if measurement is not None:
+        best, kind = measured_capacity(measurement, cal.p99_target_ms, needed)
+        measured.append(f"req/s, p95, p99 and errors of 1 instance at {', '.join(str(x.users) for x in sorted(measurement.steps, key=lambda x: x.users))} "
+                        f"concurrent users on {', '.join(measurement.urls)} ({measurement.stopped})")
+        if best is not None:
+            measured.append(f"users one instance holds at p99 < {fmt_number(cal.p99_target_ms)} ms: {best.users}"
+                            + {"knee": " (the next step missed)", "enough": " or more (every step held)",
+                               "lower bound": " or more (every step held; the bounds stopped the steps)"}[kind])
+        if any(x.probes for x in measurement.steps):
+            measured.append(f"the daemon's health probe (GET {spec.health.path}, health.timeout "
+                            f"{fmt_number(spec.health.timeout)} s) during every step, "
+                            f"{'; '.join(f'{x.users} users: {x.failed_probes} of {x.probes} failed' for x in sorted(measurement.steps, key=lambda x: x.users))}")
+        if measurement.rss_bytes:
+            measured.append(f"memory of that instance after the load: {fmt_number(measurement.rss_bytes / MIB)} MiB")
+        assumed.append("the instance serves under the daemon what it served alone, though nginx and the "
+                       "daemon then share the host's cores (the load client shared them during the measurement)"
+                       if instances == 1 else
+                       f"each of the {instances} instances serves what the one measured served, though instances "
+                       "on one host share its cores (the load client shared them during the measurement)")
+        assumed.append("a user is one connection with a request always in flight (no think time); "
+                       "users who pause between requests need fewer instances")
+        assumed.append("nginx in front adds no latency: the load went straight to the instance")
+        assumed.append("the worst-case memory, MongoDB and file-descriptor figures are computed from "
+                       "the spec, not measured")
+        for w in sorted({w for st in measurement.steps for w in st.warnings}):
+            notes.append(f"load tester: {w}")
     return CapacityPlan(
         users=users, instances=instances, workers_per_instance=w, worker_connections=wc,
         connection_capacity=capacity, nginx_capacity=nginx_capacity,
@@ -351,7 +546,8 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
         fds_gunicorn_worker=fds_g, fds_nginx_worker=fds_n, fds_daemon=fds_d,
         nofile_limit=nofile_limit, nofile_nginx=ng_nofile, throughput_rps=throughput, verdict=verdict,
         arithmetic=ar, problems=problems, notes=notes, calibration=cal,
-        worker_class=spec.gunicorn.worker_class, requests_per_worker=rw)
+        worker_class=spec.gunicorn.worker_class, requests_per_worker=rw,
+        measurement=measurement, measured=measured, assumed=assumed)
 
 
 # ---- output -------------------------------------------------------------------------------
@@ -381,12 +577,33 @@ def render(plan: CapacityPlan) -> str:
         rows.append(("fds per nginx worker", str(plan.fds_nginx_worker),
                      f"nofile {plan.nofile_nginx}"))
     rows.append(("fds of the daemon", str(plan.fds_daemon), f"nofile {plan.nofile_limit}"))
+    target = plan.calibration.p99_target_ms if plan.calibration else TARGET_P99_MS
     rows.append(("throughput", "not measured" if plan.throughput_rps is None
-                 else f"{fmt_number(plan.throughput_rps)} req/s", f"target p99 < {fmt_number(TARGET_P99_MS)} ms: "
+                 else f"{fmt_number(plan.throughput_rps)} req/s", f"target p99 < {fmt_number(target)} ms: "
                  f"{plan.verdict}"))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     out = [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
+    if plan.measurement is not None:
+        m = plan.measurement
+        target = plan.calibration.p99_target_ms if plan.calibration else TARGET_P99_MS
+        out += ["", f"Measured: 1 instance of the app ({m.workers} {m.worker_class} "
+                f"{'worker' if m.workers == 1 else 'workers'}), {', '.join(m.urls)}, bounded by {m.bounds}; {m.stopped}:",
+                "  users     req/s   p95 ms   p99 ms  errors  requests  failed probes  target"]
+        first_miss = False
+        for st in sorted(m.steps, key=lambda x: x.users):
+            meets = st.meets(target, m.health_failures)
+            ok = meets and not first_miss
+            first_miss = first_miss or not meets
+            err = "n/a" if st.error_rate_pct is None else f"{st.error_rate_pct:.2f}%"
+            fp = f"{st.failed_probes}/{st.probes}" if st.probes else "-"
+            out.append(f"  {st.users:>5}  {st.rps:>8.1f}  {_ms(st.p95_ms)[:-3]:>7}  {_ms(st.p99_ms)[:-3]:>7}  "
+                       f"{err:>6}  {st.requests:>8}  {fp:>13}  {'holds' if ok else 'misses'}")
+        out.append(f"  (holds: p99 < {fmt_number(target)} ms, errors < {fmt_number(TARGET_MAX_ERROR_RATE_PCT)}%"
+                   + (f", fewer than {m.health_failures} failed health probes in a row" if m.health_failures else "")
+                   + ")")
+        out += ["", "Measured:"] + [f"  {line}" for line in plan.measured]
+        out += ["", "Assumed:"] + [f"  {line}" for line in plan.assumed]
     out += ["", "Arithmetic:"] + [f"  {line}" for line in plan.arithmetic]
     if plan.notes:
         out += ["", "Notes:"] + [f"  {line}" for line in plan.notes]

@@ -438,6 +438,15 @@ class DashboardSection:
 
 
 @dataclass(frozen=True)
+class PlanSection:
+    """What `ultrascalectl plan --measure` loads one instance of the app with (docs/capacity.md)."""
+    urls: list = setting(["/"], "Paths `plan --measure` requests, spread evenly, from one "
+                              "instance of the app on a free loopback port (each must answer 2xx "
+                              "or 3xx; `--url` replaces the list). Name the pages your users "
+                              "load, e.g. `[/, /products/1]`.")
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str = setting("ultrascale", "Fleet name; marks its processes (`--name ultrascale-NAME-PORT`).")
     app: AppSection = field(default_factory=AppSection)
@@ -455,6 +464,7 @@ class Spec:
     autoscale: AutoscaleSection = field(default_factory=AutoscaleSection)
     deploy: DeploySection = field(default_factory=DeploySection)
     dashboard: DashboardSection = field(default_factory=DashboardSection)
+    plan: PlanSection = field(default_factory=PlanSection)
     source: Optional[str] = field(default=None, metadata={"internal": True})
 
     # Derived figures used by the supervisor and the budget checks.

@@ -379,6 +379,8 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
                       f"no shell: [python, manage.py, migrate]), got {show_value(spec.deploy.release_command)}")
     targets = [(where(k), what, p, folder, exc) for k, what, p, folder, exc in written_paths(spec) if ok(k)]
     errors += path_rule.problems(targets, spec.app.directory)
+    if ok("plan.urls"):
+        errors += plan_urls_errors(spec.plan.urls, where("plan.urls"))
     for msg in budget_errors(spec, spec.instances.count, lines, nofile_limit):
         inputs = _BUDGET_INPUTS.get(msg.split(" ", 1)[0].rstrip(":"), ())
         if ok(*inputs):
@@ -556,3 +558,18 @@ def shared_errors(entries: list[str], where: str) -> list[str]:
         else:
             seen.append(path)
     return errors
+
+
+MAX_PLAN_URLS = 32
+
+
+def plan_urls_errors(urls: list[str], where: str) -> list[str]:
+    """plan.urls: 1..32 paths on the instance, each starting with / (no scheme or host: the load
+    goes to one instance on a loopback port only), no spaces or control characters."""
+    if not urls:
+        return [f"{where}: must list at least one path, e.g. [/]"]
+    if len(urls) > MAX_PLAN_URLS:
+        return [f"{where}: at most {MAX_PLAN_URLS} paths, got {len(urls)}"]
+    return [f"{where}: each must be a path starting with / (no scheme or host: the load goes to "
+            f"one instance on a loopback port) and hold no spaces or control characters, got "
+            f"{show_value(u)}" for u in urls if not _HTTP_PATH.match(u)]

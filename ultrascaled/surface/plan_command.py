@@ -1,6 +1,11 @@
 """`ultrascalectl plan`: the capacity planner (core/capacity.py) run on this host's figures (CPU
 count, /proc/meminfo, RLIMIT_NOFILE) and a spec file; 0 the plan fits, 1 a budget cannot hold,
-2 bad arguments or spec."""
+2 bad arguments or spec, 3 `--measure` could not measure (the app does not start, a URL does not
+answer 2xx/3xx, a busy port).
+
+`--measure` starts one instance of the spec's app on a loopback port (effects/solo_instance.py),
+loads it at rising concurrency with the project's load tester (effects/loopback_load.py), stops it
+by pid, and hands the figures to the planner."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +18,18 @@ from ultrascaled.core.capacity import CalibrationError, parse_calibration, plan_
 from ultrascaled.spec import SpecError, load_spec
 from ultrascaled.spec.loader import DEFAULT_SPEC, FALLBACK_SPEC, default_spec_path
 
-EXIT_FITS, EXIT_OVER_BUDGET, EXIT_USAGE = 0, 1, 2
+EXIT_FITS, EXIT_OVER_BUDGET, EXIT_USAGE, EXIT_NOT_MEASURED = 0, 1, 2, 3
+MEASURE_MAX_SECONDS, MEASURE_MAX_REQUESTS = 600.0, 5_000_000   # what the bounds may be raised to
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated user counts, got {text!r}") from None
+    if not steps or any(s < 1 or s > 20000 for s in steps):
+        raise argparse.ArgumentTypeError(f"user counts must be 1..20000, got {text!r}")
+    return steps
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +48,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mongo-servers", type=int, metavar="N", default=1,
                         help="MongoDB servers each client connects to (default 1)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    m = parser.add_argument_group("measuring (--measure: one instance of the app, loopback load)")
+    m.add_argument("--measure", action="store_true",
+                   help="start one instance of the spec's app on a free 127.0.0.1 port, load it at "
+                        "rising concurrency and plan from what it served (no daemon needed)")
+    m.add_argument("--url", dest="urls", action="append", metavar="/PATH",
+                   help="path to request, repeatable (default: the spec's plan.urls, else /)")
+    m.add_argument("--steps", type=_steps, metavar="U1,U2,...",
+                   help="concurrency steps (default: 5 doubling steps up to min(users, workers x "
+                        "requests per worker)); the steps stop at the first that misses the target")
+    m.add_argument("--step-seconds", type=float, default=5.0, metavar="S",
+                   help="seconds of load per step (default 5)")
+    m.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
+                   help=f"bound on the whole load, warm-up included (default 60, at most {MEASURE_MAX_SECONDS:g})")
+    m.add_argument("--max-requests", type=int, default=300_000, metavar="N",
+                   help=f"bound on the requests sent in all (default 300000, at most {MEASURE_MAX_REQUESTS})")
+    m.add_argument("--port", type=int, metavar="N", default=None,
+                   help="port for the instance (default: a free one)")
 
 
 def mem_total_bytes(meminfo: str = "/proc/meminfo") -> int:
@@ -54,6 +87,27 @@ def run(args: argparse.Namespace) -> int:
         return usage(f"--mongo-servers must be >= 1, got {args.mongo_servers}")
     if args.nofile is not None and args.nofile < 1:
         return usage(f"--nofile must be >= 1, got {args.nofile}")
+    measure = getattr(args, "measure", False)
+    if not measure:
+        for flag, given in (("--url", args.urls), ("--steps", args.steps), ("--port", args.port)):
+            if given is not None:
+                return usage(f"{flag} goes with --measure")
+    else:
+        if args.calibration:
+            return usage("--measure and --calibration exclude each other: --measure measures")
+        if not 0.5 <= args.step_seconds <= MEASURE_MAX_SECONDS:
+            return usage(f"--step-seconds must be 0.5..{MEASURE_MAX_SECONDS:g}, got {args.step_seconds:g}")
+        if not args.step_seconds <= args.max_seconds <= MEASURE_MAX_SECONDS:
+            return usage(f"--max-seconds must be --step-seconds ({args.step_seconds:g})..{MEASURE_MAX_SECONDS:g},"
+                         f" got {args.max_seconds:g}")
+        if not 1 <= args.max_requests <= MEASURE_MAX_REQUESTS:
+            return usage(f"--max-requests must be 1..{MEASURE_MAX_REQUESTS}, got {args.max_requests}")
+        if args.port is not None and not 1024 <= args.port <= 65535:
+            return usage(f"--port must be 1024..65535, got {args.port}")
+        for u in args.urls or []:
+            if not u.startswith("/") or any(c <= " " or c == "\x7f" for c in u):
+                return usage(f"--url must be a path starting with / (the load goes to the instance "
+                             f"on a loopback port), with no spaces, got {u!r}")
     cpu_count = os.cpu_count() or 1
     path = args.spec or default_spec_path()
     try:
@@ -85,8 +139,20 @@ def run(args: argparse.Namespace) -> int:
         mem = mem_total_bytes()
     except (OSError, ValueError) as exc:
         return usage(f"cannot read the host's memory: {exc}")
+    measurement = None
+    if measure:
+        from ultrascaled.surface.plan_measure import MeasureError, measure_app
+        try:
+            measurement = measure_app(spec, args.users, urls=args.urls or list(spec.plan.urls),
+                                      steps=args.steps, step_seconds=args.step_seconds,
+                                      max_seconds=args.max_seconds, max_requests=args.max_requests,
+                                      port=args.port, quiet=args.json)
+        except MeasureError as exc:
+            sys.stderr.write(f"ultrascalectl plan --measure: {exc}\n")
+            return EXIT_NOT_MEASURED
     plan = plan_for(spec, args.users, calibration=cal, cpu_count=cpu_count,
-                    mem_total_bytes=mem, nofile_limit=nofile, mongo_servers=args.mongo_servers)
+                    mem_total_bytes=mem, nofile_limit=nofile, mongo_servers=args.mongo_servers,
+                    measurement=measurement)
     if args.json:
         sys.stdout.write(json.dumps(dict(plan.to_dict(), spec=path), indent=2) + "\n")
     else:

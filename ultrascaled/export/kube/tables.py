@@ -167,6 +167,7 @@ NOT_CARRIED: dict[str, str] = {
     "dashboard.enabled": "ultrascaled's dashboard (GET /ui): chart the Prometheus metrics instead",
     "dashboard.history_seconds": "ultrascaled's dashboard",
     "dashboard.sample_interval": "ultrascaled's dashboard",
+    "plan.urls": "what `ultrascalectl plan --measure` loads, before any deployment: nothing runs it in a cluster",
     "api.tls_cert": "ultrascaled's control API",
     "api.tls_key": "ultrascaled's control API",
     "api.allowed_hosts": "ultrascaled's control API",
