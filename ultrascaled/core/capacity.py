@@ -242,14 +242,20 @@ def calibration_from_measurement(m: Measurement, p99_target_ms: float, needed: i
                        rss_per_instance_bytes=m.rss_bytes, source=src, p99_target_ms=p99_target_ms)
 
 
-def _measured_lines(m: Measurement, target: float, target_formula: str) -> list[str]:
-    ar = [f"latency target per instance = {target_formula}"]
+def _judged_steps(m: "Measurement", target: float):
+    """(step, it meets the target, it counts: it and every step below it meet it, its error
+    rate as text) for the measured steps, fewest users first."""
     first_miss = False
     for st in sorted(m.steps, key=lambda x: x.users):
         meets = st.meets(target, m.health_failures)
-        ok = meets and not first_miss
+        yield st, meets, meets and not first_miss, ("n/a" if st.error_rate_pct is None else
+                                                     f"{st.error_rate_pct:.2f}%")
         first_miss = first_miss or not meets
-        err = "n/a" if st.error_rate_pct is None else f"{st.error_rate_pct:.2f}%"
+
+
+def _measured_lines(m: Measurement, target: float, target_formula: str) -> list[str]:
+    ar = [f"latency target per instance = {target_formula}"]
+    for st, meets, ok, err in _judged_steps(m, target):
         per_worker = st.rps / m.workers if m.workers else st.rps
         probes = (f", health probes {st.failed_probes} of {st.probes} failed ({st.failed_run} in a row, "
                   f"{m.health_failures} restart)" if st.probes else "")
@@ -590,12 +596,7 @@ def render(plan: CapacityPlan) -> str:
         out += ["", f"Measured: 1 instance of the app ({m.workers} {m.worker_class} "
                 f"{'worker' if m.workers == 1 else 'workers'}), {', '.join(m.urls)}, bounded by {m.bounds}; {m.stopped}:",
                 "  users     req/s   p95 ms   p99 ms  errors  requests  failed probes  target"]
-        first_miss = False
-        for st in sorted(m.steps, key=lambda x: x.users):
-            meets = st.meets(target, m.health_failures)
-            ok = meets and not first_miss
-            first_miss = first_miss or not meets
-            err = "n/a" if st.error_rate_pct is None else f"{st.error_rate_pct:.2f}%"
+        for st, meets, ok, err in _judged_steps(m, target):
             fp = f"{st.failed_probes}/{st.probes}" if st.probes else "-"
             out.append(f"  {st.users:>5}  {st.rps:>8.1f}  {_ms(st.p95_ms)[:-3]:>7}  {_ms(st.p99_ms)[:-3]:>7}  "
                        f"{err:>6}  {st.requests:>8}  {fp:>13}  {'holds' if ok else 'misses'}")
