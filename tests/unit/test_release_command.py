@@ -1,0 +1,67 @@
+"""effects/release_command.py with real processes: the whole output kept, its tail given, the
+process group killed at the timeout or when the daemon stops while it runs, and a command that
+cannot start named."""
+import asyncio
+import os
+import sys
+import time
+
+import pytest
+
+from ultrascaled.effects import release_command
+
+
+def run(argv, tmp_path, timeout=30.0):
+    return asyncio.run(release_command.run(argv, str(tmp_path), dict(os.environ), timeout,
+                                           str(tmp_path / "log" / "release-x.log")))
+
+
+def test_the_output_is_kept_whole_and_its_tail_is_given(tmp_path):
+    out = run([sys.executable, "-c", "import sys\nfor i in range(500): print('line', i)\nsys.exit(4)"], tmp_path)
+    assert out.rc == 4
+    assert out.tail.splitlines() == [f"line {i}" for i in range(480, 500)]
+    assert "line 0\n" in (tmp_path / "log" / "release-x.log").read_text()
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_at_the_timeout_the_whole_group_is_killed(tmp_path):
+    code = ("import os, subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "open('pids', 'w').write(f'{os.getpid()} {child.pid}')\n"
+            "time.sleep(60)")
+    out = run([sys.executable, "-c", code], tmp_path, timeout=0.5)
+    assert out.rc is None
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    deadline = time.monotonic() + 5
+    while not all(gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(gone(p) for p in pids), "the command and what it started"
+
+
+def test_a_daemon_stopping_meanwhile_kills_it(tmp_path):
+    async def main():
+        task = asyncio.create_task(release_command.run(
+            [sys.executable, "-c", "import os, time; open('pid', 'w').write(str(os.getpid())); time.sleep(60)"],
+            str(tmp_path), dict(os.environ), 60, str(tmp_path / "r.log")))
+        for _ in range(200):
+            if (tmp_path / "pid").exists() and (tmp_path / "pid").read_text():
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return int((tmp_path / "pid").read_text())
+    pid = asyncio.run(main())
+    assert gone(pid)
+
+
+def test_a_command_that_cannot_start_raises_oserror(tmp_path):
+    with pytest.raises(OSError):
+        run([str(tmp_path / "no-such-program")], tmp_path)
