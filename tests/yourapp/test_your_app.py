@@ -299,6 +299,8 @@ def test_a_django_deploy_and_rollback_keep_the_rows_in_its_sqlite_database(djang
     d.start()
     check_serving(d, b"mysite index from", workers=2)
     deploy_rollback_deploy(d, app_dir, app_dir / "mysite" / "VERSION")
+    migrated = d.events("deploy.release_command_done")   # the doc's release_command: migrate
+    assert len(migrated) == 2, migrated                   # each deploy, not the rollback
     assert (app_dir / "db.sqlite3").is_symlink(), "the running folder links to the shared database"
 
 
