@@ -335,8 +335,9 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
     g = spec.gunicorn
     if ok("gunicorn.threads", "gunicorn.worker_class") and g.threads > 1 and g.worker_class != "gthread":
         errors.append(f"{where('gunicorn.threads')}: {g.threads} threads need gunicorn.worker_class "
-                      f"gthread (got {g.worker_class}; gunicorn would switch a sync worker to "
-                      "gthread behind the spec's back)")
+                      f"gthread (got {g.worker_class}; "
+                      + ("gunicorn would switch a sync worker to gthread behind the spec's back)"
+                         if g.worker_class == "sync" else "which does not use them)"))
     if ok("gunicorn.worker_class", "gunicorn.concurrency"):
         wrong = worker_classes.concurrency_error(g)
         if wrong:   # a missing key is shown at worker_class's line
