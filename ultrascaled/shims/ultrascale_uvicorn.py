@@ -9,9 +9,9 @@ kill -9 of its master it keeps serving until the daemon kills what is left of th
 (graceful_timeout + 2 s later, measured in tests/yourapp/test_your_app.py). This one checks
 its parent every second (uvicorn's own tick calls it) and, once the parent changed, shuts down
 as on SIGTERM: it stops accepting, lets the requests in flight finish, cancels what is still
-running after `--graceful-timeout`, runs the lifespan shutdown and exits. uvicorn's graceful
-shutdown also gets `--graceful-timeout` as its bound on SIGTERM (uvicorn's own default is none,
-so gunicorn's SIGKILL would cut the app's lifespan shutdown instead).
+running a second before `--graceful-timeout`, runs the lifespan shutdown and exits. That bound
+holds on SIGTERM from the master too (uvicorn's own default is none, so gunicorn's SIGKILL at
+`--graceful-timeout` would cut a long request and the app's lifespan shutdown with it).
 Only gunicorn and uvicorn are imported here: the app's interpreter need not have ultrascaled
 installed. Each class's base is imported on first use, so naming the uvicorn-worker ones never
 imports uvicorn's deprecated module, and the other way round.
@@ -26,7 +26,7 @@ class _FinishWhenOrphaned:
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.config.timeout_notify = min(self.timeout, PARENT_CHECK_SECONDS)
-        self.config.timeout_graceful_shutdown = self.cfg.graceful_timeout
+        self.config.timeout_graceful_shutdown = max(self.cfg.graceful_timeout - 1.0, 0.5)
         self._server = None
 
     async def _serve(self):
