@@ -84,8 +84,9 @@ class GunicornSection:
                            "gunicorn's default 1): requests one gthread worker serves at once.",
                            min=1, max=10000)
     worker_connections: int = setting(1000, "Concurrent connections per gevent or eventlet worker "
-                                      "(also gthread's cap on open connections).", min=1,
-                                      max=100000)
+                                      "(also gthread's cap on open connections, and what a uvicorn "
+                                      "worker is counted as when `concurrency` is null; uvicorn "
+                                      "itself ignores it).", min=1, max=100000)
     concurrency: Optional[int] = setting(None, "Requests one worker of a dotted `worker_class` "
                                          "serves at once: what the planner (`plan`), the file "
                                          "descriptor budget and `autoscale.target."
