@@ -21,14 +21,15 @@ class PoolSpec(Spec):
 
 def make_spec(*, count=2, min=1, max=4, workers=1, worker_connections=1000, limit_mb=500,
               budget_mb=8192, mongo_budget=1000, min_pool=0, pool="fits", nginx=None,
-              worker_class="gevent", threads=1) -> PoolSpec:
+              worker_class="gevent", threads=1, concurrency=None) -> PoolSpec:
     """worker_class: gevent unless given (the reference app's; the spec's default is sync).
     pool: an int, "fits" (the largest pool within the budget, monitoring included) or
     "daemon" (whatever spec.py's mongo_pool_per_process hands out)."""
     spec = PoolSpec(
         instances=InstancesSection(count=count, min=min, max=max),
         gunicorn=GunicornSection(workers=workers, worker_connections=worker_connections,
-                                 worker_class=worker_class, threads=threads),
+                                 worker_class=worker_class, threads=threads,
+                                 concurrency=concurrency),
         memory=MemorySection(worker_limit_mb=limit_mb, fleet_budget_mb=budget_mb),
         mongodb=MongoSection(connection_budget=mongo_budget, min_pool_size=min_pool),
         nginx=NginxSettings(**({"mode": "managed", "prefix": "/tmp/x", "worker_processes": "8"}

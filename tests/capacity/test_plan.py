@@ -192,11 +192,18 @@ def test_users_must_be_positive():
     ("gthread", 8, 2, 1000, 8, 63),       # ceil(1000 / 16)
     ("gevent", 1, 1, 1000, 1000, 1),      # worker_connections
     ("eventlet", 1, 2, 5000, 1000, 3),
+    # uvicorn sets no per-worker limit: counted as worker_connections (issue 23 planned 100
+    # instances for 200 users of a FastAPI fleet, taking it for sync)
+    ("uvicorn_worker.UvicornWorker", 1, 2, 200, 1000, 1),
+    ("uvicorn.workers.UvicornWorker", 1, 2, 5000, 1000, 3),
+    (("uvicorn_worker.UvicornWorker", 50), 1, 2, 200, 50, 2),     # gunicorn.concurrency
+    (("myworkers.OneAtATime", 1), 1, 4, 1000, 1, 250),           # a class of the operator's
 ])
 def test_requests_per_worker_follow_the_worker_class(worker_class, threads, workers, users,
                                                      per_worker, instances):
+    worker_class, concurrency = worker_class if isinstance(worker_class, tuple) else (worker_class, None)
     spec = make_spec(worker_class=worker_class, threads=threads, workers=workers, min=1, max=2000,
-                     budget_mb=10 ** 7, mongo_budget=10 ** 6)
+                     budget_mb=10 ** 7, mongo_budget=10 ** 6, concurrency=concurrency)
     assert capacity.requests_per_worker(spec)[0] == per_worker
     p = plan(spec, users)
     assert (p.requests_per_worker, p.instances) == (per_worker, instances)
@@ -204,19 +211,30 @@ def test_requests_per_worker_follow_the_worker_class(worker_class, threads, work
     assert p.to_dict()["worker_class"] == worker_class
 
 
-@pytest.mark.parametrize("worker_class,open_conns", [
-    ("sync", 1), ("gthread", 1000), ("gevent", 1000), ("eventlet", 1000)])
-def test_file_descriptors_count_the_connections_a_worker_holds_open(worker_class, open_conns):
-    spec = make_spec(worker_class=worker_class, worker_connections=1000, pool=10)
+@pytest.mark.parametrize("worker_class,concurrency,open_conns,key", [
+    ("sync", None, 1, "gunicorn.worker_connections"),
+    ("gthread", None, 1000, "gunicorn.worker_connections"),
+    ("gevent", None, 1000, "gunicorn.worker_connections"),
+    ("eventlet", None, 1000, "gunicorn.worker_connections"),
+    ("uvicorn_worker.UvicornWorker", None, 1000, "gunicorn.worker_connections"),
+    ("uvicorn_worker.UvicornWorker", 40, 40, "gunicorn.concurrency"),
+    ("myworkers.Async", 500, 500, "gunicorn.concurrency")])
+def test_file_descriptors_count_the_connections_a_worker_holds_open(worker_class, concurrency,
+                                                                    open_conns, key):
+    spec = make_spec(worker_class=worker_class, worker_connections=1000, pool=10,
+                     concurrency=concurrency)
     assert capacity.gunicorn_worker_fds(spec, 10) == open_conns + (10 + 2) + 32
     over = [m for m in capacity.budget_problems(spec, 2, nofile_limit=100)
-            if m.startswith("gunicorn.worker_connections")]
+            if m.startswith(key)]
     assert bool(over) == (open_conns > 100 - 12 - 32)
 
 
 @pytest.mark.parametrize("worker_class,threads,target,ok", [
     ("sync", 1, 0.8, True), ("sync", 1, 2, False),          # a sync worker never has 2 in flight
-    ("gthread", 4, 4, True), ("gthread", 4, 5, False), ("gevent", 1, 50, True)])
+    ("gthread", 4, 4, True), ("gthread", 4, 5, False), ("gevent", 1, 50, True),
+    ("uvicorn_worker.UvicornWorker", 1, 50, True),     # not a sync worker: many in flight
+    ("uvicorn_worker.UvicornWorker, concurrency: 20", 1, 30, False),
+    ("myworkers.Async, concurrency: 64", 1, 60, True)])
 def test_the_autoscalers_in_flight_target_follows_the_worker_class(worker_class, threads, target, ok):
     from pathlib import Path
 

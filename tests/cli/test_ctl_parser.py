@@ -210,3 +210,15 @@ def test_every_command_of_the_parser_is_in_the_readme_and_in_docs_cli_md_with_it
                 names = [a.metavar or a.dest.upper()]
             problems += [f"{name}: {n}" for n in names if n not in section]
     assert not problems, f"docs/cli.md is missing: {problems}"
+
+
+def test_status_names_the_worker_class_the_spec_runs():
+    fleet = {"fleet": "shop", "ready": 2, "desired": 2, "ports": [8001, 8002],
+             "memory": {"total_rss_bytes": 100 << 20, "budget_bytes": 8 << 30},
+             "gunicorn": {"worker_class": "uvicorn_worker.UvicornWorker", "workers": 2,
+                          "requests_per_worker": 1000},
+             "instances": []}
+    head = cli.render_status(fleet).splitlines()[0]
+    assert head.endswith("; 2 x uvicorn_worker.UvicornWorker per instance (1000 requests at once each)")
+    del fleet["gunicorn"]   # an older daemon's /fleet
+    assert "per instance" not in cli.render_status(fleet)

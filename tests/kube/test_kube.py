@@ -226,6 +226,24 @@ def test_the_rules_the_api_server_adds_to_the_schemas_hold(name):
         assert api_server_rules(m) == [], m["kind"]
 
 
+@pytest.mark.parametrize("wc,concurrency,fds_key", [
+    ("uvicorn_worker.UvicornWorker", "", "gunicorn.worker_connections"),
+    ("myworkers.FastWorker", ", concurrency: 9000", "gunicorn.concurrency"),
+])
+def test_a_dotted_worker_class_goes_to_the_pods_as_given_and_counts_its_concurrency(wc, concurrency, fds_key):
+    """The spec's class, not the daemon's orphan shim (a pod's container ends with its master),
+    and the open-files check counts the class's concurrency, naming the key that sets it."""
+    spec = parse_spec(f"gunicorn: {{workers: 2, worker_class: {wc}{concurrency}}}\n",
+                      base_dir=Path("/srv"), cpu_count=2)
+    ex = kube.export(spec, kube.Options(nofile=4096))
+    [dep] = [m for m in ex.manifests if m["kind"] == "Deployment"]
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--worker-class") + 1] == wc and "--threads" not in args
+    assert not any("ultrascale_" in a for a in args)
+    over = [p for p in ex.budget_problems if p.startswith(fds_key)]
+    assert bool(over) == (fds_key == "gunicorn.concurrency"), ex.budget_problems
+
+
 # ---- where every spec key goes --------------------------------------------------------------
 
 def spec_keys() -> set[str]:
@@ -272,6 +290,7 @@ MUTATIONS = {
     "mongodb.connection_budget": ({}, 1000),
     "gunicorn.worker_class": ({}, "sync"),
     "gunicorn.threads": ({"gunicorn.worker_class": "gthread"}, 4),
+    "gunicorn.concurrency": ({"gunicorn.worker_class": "uvicorn_worker.UvicornWorker"}, 50),
     "nginx.rate_limit_burst": ({"nginx.rate_limit": 10}, 50),
     "nginx.tls_cert": ({"nginx.tls_key": "/k.pem"}, "/c.pem"),
     "nginx.tls_key": ({"nginx.tls_cert": "/c.pem"}, "/k.pem"),

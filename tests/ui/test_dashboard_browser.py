@@ -84,6 +84,9 @@ def test_the_fleet_table_matches_fleet(daemon, driver):
     header = driver.find_element("id", "summary").text
     assert "2 of 2 instances ready" in header, header
     assert "Mode managed, running" in driver.find_element("id", "nginx-status").text
+    wc = fleet["gunicorn"]["worker_class"]   # the spec's class, as status names it
+    assert f"Workers: {fleet['gunicorn']['workers']} x {wc} per instance." in \
+        driver.find_element("id", "memory").text
     # every instance runs app.directory (no deploy yet): the release column says so with "-"
     assert driver.find_element("css selector", "th.release").is_displayed()
     assert [i["release"] for i in fleet["instances"]] == [None, None]

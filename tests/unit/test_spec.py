@@ -42,6 +42,16 @@ def test_the_repository_spec_keeps_the_reference_app_settings():
     ("gunicorn: {worker_class: gthread, threads: 8}", ["--worker-class", "gthread", "--threads", "8"]),
     # gevent through the shim that lets orphaned workers finish (ultrascaled/shims)
     ("gunicorn: {worker_class: gevent}", ["--worker-class", "ultrascale_gevent.GeventWorker"]),
+    # uvicorn's classes through the shim that makes orphaned workers finish and exit
+    ("gunicorn: {worker_class: uvicorn_worker.UvicornWorker}",
+     ["--worker-class", "ultrascale_uvicorn.UvicornWorker"]),
+    ("gunicorn: {worker_class: uvicorn_worker.UvicornH11Worker}",
+     ["--worker-class", "ultrascale_uvicorn.UvicornH11Worker"]),
+    ("gunicorn: {worker_class: uvicorn.workers.UvicornWorker}",
+     ["--worker-class", "ultrascale_uvicorn.LegacyUvicornWorker"]),
+    # a class of the operator's, as given
+    ("gunicorn: {worker_class: myworkers.FastWorker, concurrency: 8}",
+     ["--worker-class", "myworkers.FastWorker"]),
 ])
 def test_gunicorn_gets_the_worker_class_and_threads_only_for_gthread(yaml_text, expected):
     from ultrascaled.core.command import gunicorn_argv
@@ -53,6 +63,83 @@ def test_gunicorn_gets_the_worker_class_and_threads_only_for_gthread(yaml_text, 
     else:
         assert "--threads" not in argv  # a sync worker given threads > 1 becomes gthread
     assert "-c" not in argv  # no config file unless the spec names one
+
+
+def test_uvicorn_workers_run_the_shim_from_the_daemons_shims_folder_on_the_pythonpath():
+    from ultrascaled.core import command
+    for wc, on_path in [("uvicorn_worker.UvicornWorker", True), ("gevent", True), ("sync", False),
+                        ("myworkers.FastWorker, concurrency: 8", False)]:
+        s = parse_spec(f"gunicorn: {{worker_class: {wc}}}\napp: {{env: {{PYTHONPATH: /srv/lib}}}}",
+                       base_dir=Path("/srv/fleet"), cpu_count=2)
+        path = command.instance_env(s, 0, 8001, "/tmp/m")["PYTHONPATH"].split(":")
+        assert (path == [command.SHIMS, "/srv/lib"]) if on_path else (path == ["/srv/lib"]), (wc, path)
+    assert (Path(command.SHIMS) / "ultrascale_uvicorn.py").is_file()
+
+
+@pytest.mark.parametrize("wc", ["uvicorn_worker.UvicornWorker", "uvicorn_worker.UvicornH11Worker",
+                                "uvicorn.workers.UvicornWorker", "uvicorn.workers.UvicornH11Worker"])
+def test_uvicorns_classes_are_accepted_and_counted_as_worker_connections(wc):
+    from ultrascaled.spec.budget import requests_per_worker
+    s = parse_spec(f"gunicorn: {{worker_class: {wc}, worker_connections: 300}}",
+                   base_dir=Path("/srv"), cpu_count=2)
+    assert s.gunicorn.worker_class == wc and s.gunicorn.concurrency is None
+    per, formula = requests_per_worker(s)
+    assert per == 300 and "uvicorn sets no per-worker limit" in formula
+    s = parse_spec(f"gunicorn: {{worker_class: {wc}, concurrency: 64}}", base_dir=Path("/srv"), cpu_count=2)
+    assert requests_per_worker(s) == (64, f"gunicorn.concurrency = 64 (worker_class {wc})")
+
+
+def test_a_dotted_class_of_the_operators_is_accepted_with_its_concurrency():
+    from ultrascaled.spec.budget import requests_per_worker
+    s = parse_spec("gunicorn: {worker_class: my_pkg.workers.Fast2, concurrency: 1}",
+                   base_dir=Path("/srv"), cpu_count=2)
+    assert requests_per_worker(s)[0] == 1
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("gunicorn:\n  worker_class: myworkers.Fast\n",
+     "gunicorn.concurrency (line 2): required for gunicorn.worker_class myworkers.Fast, a class "
+     "ultrascaled does not know: say how many requests one of its workers serves at once"),
+    ("gunicorn:\n  worker_class: sync\n  concurrency: 4\n",
+     "gunicorn.concurrency (line 3): is for a dotted gunicorn.worker_class only; a sync worker "
+     "serves 1 request at a time"),
+    ("gunicorn:\n  worker_class: gthread\n  concurrency: 4\n",
+     "gunicorn.concurrency (line 3): is for a dotted gunicorn.worker_class only; gthread serves "
+     "gunicorn.threads requests at a time: set that"),
+    ("gunicorn:\n  worker_class: gevent\n  concurrency: 4\n",
+     "gunicorn.concurrency (line 3): is for a dotted gunicorn.worker_class only; gevent serves "
+     "gunicorn.worker_connections at a time: set that"),
+    ("gunicorn:\n  worker_class: myworkers.Fast\n  concurrency: 0\n",
+     "gunicorn.concurrency (line 3): must be 1..100000, got 0"),
+    ("gunicorn:\n  worker_class: myworkers.Fast\n  concurrency: many\n",
+     "gunicorn.concurrency (line 3): must be an integer, got 'many'"),
+    ("gunicorn:\n  worker_class: uvicorn_worker.UvicornWorker\n  concurrency: 1.5\n",
+     "gunicorn.concurrency (line 3): must be an integer, got 1.5"),
+    ("gunicorn:\n  worker_class: 'egg:gunicorn#gevent'\n",
+     "gunicorn.worker_class (line 2): must be one of gevent, sync, gthread, eventlet, or a worker "
+     "class as a dotted path"),
+    ("gunicorn:\n  worker_class: uvicorn_worker.UvicornWorker()\n", "gunicorn.worker_class (line 2): must be"),
+    ("gunicorn:\n  worker_class: uvicorn_worker.\n", "gunicorn.worker_class (line 2): must be"),
+    ("gunicorn:\n  worker_class: .UvicornWorker\n", "gunicorn.worker_class (line 2): must be"),
+    ("gunicorn:\n  worker_class: uvicorn_worker:UvicornWorker\n", "gunicorn.worker_class (line 2): must be"),
+    ("gunicorn:\n  worker_class: 'uvicorn_worker. UvicornWorker'\n", "gunicorn.worker_class (line 2): must be"),
+    ("gunicorn:\n  worker_class: 1a.Worker\n", "gunicorn.worker_class (line 2): must be"),
+    ("gunicorn:\n  worker_class: ''\n", "gunicorn.worker_class (line 2): must be"),
+    ("gunicorn:\n  worker_class: [uvicorn_worker.UvicornWorker]\n",
+     "gunicorn.worker_class (line 2): must be a string"),
+    ("gunicorn:\n  worker_class: " + "a." * 120 + "B\n", "gunicorn.worker_class (line 2): must be"),
+    ("gunicorn:\n  worker_class: uvicorn_worker.UvicornWorker\n  threads: 4\n",
+     "gunicorn.threads (line 3): 4 threads need gunicorn.worker_class gthread"),
+])
+def test_each_bad_worker_class_or_concurrency_is_named_with_its_key_and_line(text, expected):
+    errors = errors_of(text)
+    assert any(expected in e for e in errors), errors
+    assert len(errors) == 1, errors   # no budget judged on a guess besides
+
+
+def test_a_bad_worker_class_is_shown_short_and_escaped():
+    [error] = errors_of("gunicorn:\n  worker_class: \"" + "x" * 300 + "\\e[2J\"\n")
+    assert len(error) < 300 and "\x1b" not in error
 
 
 def test_the_factory_form_of_app_module_is_accepted_and_passed_as_is():
@@ -78,6 +165,8 @@ def test_repository_default_spec_is_valid():
     ("instances:\n  count: two\n", "instances.count (line 2): must be an integer, got 'two'"),
     ("gunicorn:\n  workers: many\n", "gunicorn.workers (line 2): must be an integer or `auto`, got 'many'"),
     ("gunicorn:\n  worker_class: tornado\n", "gunicorn.worker_class (line 2): must be one of gevent, sync"),
+    ("gunicorn:\n  worker_class: tornado\n", "or a worker class as a dotted path `module.Class` (for an "
+                                             "ASGI app: uvicorn_worker.UvicornWorker), got 'tornado'"),
     ("instances:\n  maxx: 3\n", "instances.maxx (line 2): unknown key; did you mean `max`?"),
     ("memory:\n  worker_limit_mb: true\n", "memory.worker_limit_mb (line 2): must be an integer, got True"),
     ("app: [1, 2]\n", "app (line 1): must be a mapping, got list"),

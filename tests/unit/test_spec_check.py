@@ -86,8 +86,9 @@ def shadowing_app(tmp_path, *missing: str) -> Path:
     """An app folder whose modules `missing` shadow the installed ones and fail to import as a
     missing package does (app.python runs in app.directory, which is first on sys.path)."""
     app = tmp_path / "app-dir"
+    app.mkdir(parents=True)
     for name in missing:
-        (app / name).mkdir(parents=True)
+        (app / name).mkdir()
         (app / name / "__init__.py").write_text(
             f"raise ModuleNotFoundError(\"No module named {name!r}\", name={name!r})\n")
     (app / "myapp.py").write_text("application = None\n")
@@ -232,3 +233,44 @@ def test_check_parses_gunicorn_args_with_the_apps_own_gunicorn(tmp_path, capsys,
 def test_check_passes_gunicorn_args_gunicorn_accepts(tmp_path, capsys):
     rc, err = check(write(tmp_path, base_spec(tmp_path, 'gunicorn: {args: ["--log-level", "debug"]}\n')), capsys)
     assert rc == 0, err
+
+
+def app_spec(tmp_path, app: Path, gunicorn: str) -> Path:
+    return write(tmp_path, base_spec(tmp_path, f"gunicorn: {{{gunicorn}}}\n").replace(
+        f"app: {{directory: {ROOT}}}", f"app: {{directory: {app}, module: 'myapp:application'}}"))
+
+
+@pytest.mark.parametrize("wc", ["uvicorn_worker.UvicornWorker", "uvicorn.workers.UvicornWorker"])
+def test_uvicorns_classes_pass_where_app_python_has_them(tmp_path, wc):
+    app = shadowing_app(tmp_path)
+    assert host_problems(load_spec(app_spec(tmp_path, app, f"worker_class: {wc}"))) == []
+
+
+def test_check_says_to_install_uvicorn_worker_when_app_python_lacks_it(tmp_path):
+    app = shadowing_app(tmp_path, "uvicorn_worker")
+    py = sys.executable
+    assert host_problems(load_spec(app_spec(tmp_path, app, "worker_class: uvicorn_worker.UvicornWorker"))) == [
+        f"app.python: {py} cannot import uvicorn_worker (gunicorn.worker_class "
+        f"uvicorn_worker.UvicornWorker needs it); install it: {py} -m pip install uvicorn-worker"]
+
+
+def test_the_deprecated_uvicorn_class_without_uvicorn_points_to_uvicorn_worker(tmp_path):
+    app = shadowing_app(tmp_path, "uvicorn")
+    py = sys.executable
+    [problem] = host_problems(load_spec(app_spec(tmp_path, app, "worker_class: uvicorn.workers.UvicornWorker")))
+    assert problem == (f"app.python: {py} cannot import uvicorn (gunicorn.worker_class "
+                       "uvicorn.workers.UvicornWorker needs it); uvicorn.workers is deprecated: install "
+                       f"uvicorn-worker ({py} -m pip install uvicorn-worker) and name "
+                       "uvicorn_worker.UvicornWorker, the same class")
+
+
+def test_check_names_a_dotted_class_whose_module_or_class_is_missing(tmp_path):
+    app = shadowing_app(tmp_path)
+    (app / "myworkers.py").write_text("class Other:\n    pass\n")
+    py = sys.executable
+    assert host_problems(load_spec(app_spec(tmp_path, app, "worker_class: nosuch.Worker, concurrency: 4"))) == [
+        f"app.python: {py} cannot import nosuch for gunicorn.worker_class nosuch.Worker: no module "
+        "named 'nosuch' (in app.directory or its venv)"]
+    assert host_problems(load_spec(app_spec(tmp_path, app, "worker_class: myworkers.Fast, concurrency: 4"))) == [
+        f"gunicorn.worker_class: {py} imports myworkers, but it has no class 'Fast'"]
+    assert host_problems(load_spec(app_spec(tmp_path, app, "worker_class: myworkers.Other, concurrency: 4"))) == []

@@ -1,14 +1,21 @@
 """An operator's own app under the real daemon, as docs/your-app.md tells it: a Flask app with an
-app factory (`flaskr:create_app()`, no health endpoint: probed on `/`, sync workers) and a fresh
-Django project (`django-admin startproject`, `/health`, gthread workers), each from the spec
-printed in the doc, with `app.python` = this venv's python and the daemon's managed nginx.
-Then both fleets side by side: restarting one never touches the other."""
+app factory (`flaskr:create_app()`, no health endpoint: probed on `/`, sync workers), a fresh
+Django project (`django-admin startproject`, `/health`, gthread workers) and the FastAPI app
+printed in the doc (`main:app` on `uvicorn_worker.UvicornWorker`), each from the spec printed in
+the doc, with `app.python` = this venv's python and the daemon's managed nginx.
+Then two fleets side by side: restarting one never touches the other."""
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import pwd
 import re
+import signal
+import sqlite3
 import subprocess
+import threading
+import time
 import urllib.request
 import sys
 import textwrap
@@ -18,7 +25,7 @@ import psutil
 import pytest
 import yaml
 
-from support.harness import http_get
+from support.harness import http_get, pid_alive
 from ultrascaled.effects.host_checks import host_problems
 from ultrascaled.spec import load_spec
 
@@ -26,6 +33,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "your-app.md"
+
+
+def documented_python(filename: str) -> str:
+    """The ```python block of docs/your-app.md whose first line is `# <filename>`."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    [text] = [b for b in blocks if b.startswith(f"# {filename}\n")]
+    return text
 
 
 def documented_spec(filename: str) -> dict:
@@ -130,6 +144,56 @@ urlpatterns += [
 """
 
 
+# What the tests add to the doc's main.py: a version to tell releases apart, rows in the SQL
+# chapter's SQLite file (deploy.shared), and a slow answer to have a request in flight.
+FASTAPI_TEST_ROUTES = """
+
+import asyncio
+import os
+import sqlite3
+from pathlib import Path
+
+from fastapi.responses import PlainTextResponse
+
+
+def db():
+    return sqlite3.connect("database.db", isolation_level=None)
+
+
+@app.get("/version", response_class=PlainTextResponse)
+async def version():
+    return (Path(__file__).parent / "VERSION").read_text()
+
+
+@app.get("/rows/add", response_class=PlainTextResponse)
+def add_row(name: str):
+    db().execute("insert into row values (?)", (name,))
+    return "added"
+
+
+@app.get("/rows", response_class=PlainTextResponse)
+def rows():
+    return " ".join(sorted(r[0] for r in db().execute("select name from row")))
+
+
+@app.get("/slow")
+async def slow(ms: int):
+    await asyncio.sleep(ms / 1000)
+    return {"slept_ms": ms, "pid": os.getpid()}
+"""
+
+
+def write_fastapi_app(root: Path) -> Path:
+    """docs/your-app.md's main.py as printed, plus FASTAPI_TEST_ROUTES, and the SQLite file made
+    before the first start (as the SQL chapter's create_db_and_tables() would)."""
+    root.mkdir(parents=True)
+    (root / "main.py").write_text(documented_python("main.py") + FASTAPI_TEST_ROUTES)
+    (root / "VERSION").write_text("v1")
+    with sqlite3.connect(root / "database.db") as conn:
+        conn.execute("create table row (name text)")
+    return root
+
+
 def add_rows_and_migrate(root: Path, version: str) -> None:
     """Views that write rows through Django's ORM into the tutorial's db.sqlite3, migrated."""
     urls = root / "mysite" / "urls.py"
@@ -170,6 +234,11 @@ def django_fleet(make_daemon, tmp_path):
     return fleet_of(make_daemon, tmp_path, "mysite.yaml", write_django_project(tmp_path / "srv-mysite"))
 
 
+@pytest.fixture
+def fastapi_fleet(make_daemon, tmp_path):
+    return fleet_of(make_daemon, tmp_path, "hello.yaml", write_fastapi_app(tmp_path / "srv-hello"))
+
+
 def serving_pids(d) -> dict[int, tuple[int, tuple[int, ...]]]:
     """port -> (master pid, worker pids) of every running instance."""
     return {i["port"]: (i["pid"], tuple(sorted(w["pid"] for w in i["workers"])))
@@ -191,10 +260,11 @@ def check_serving(d, needle: bytes, workers: int) -> dict:
     return fleet
 
 
-def test_the_documented_specs_pass_the_host_checks(flask_fleet, django_fleet):
-    """What `ultrascaled --check` does on top of loading: gunicorn, the worker class and the
-    app's module (the factory form included) are found by app.python in app.directory."""
-    for d in (flask_fleet, django_fleet):
+def test_the_documented_specs_pass_the_host_checks(flask_fleet, django_fleet, fastapi_fleet):
+    """What `ultrascaled --check` does on top of loading: gunicorn, the worker class (uvicorn's
+    dotted one included) and the app's module (the factory form included) are found by
+    app.python in app.directory."""
+    for d in (flask_fleet, django_fleet, fastapi_fleet):
         spec = load_spec(d.spec_path)
         assert spec.app.config is None
         assert host_problems(spec) == [], d.spec_path.read_text()
@@ -335,3 +405,90 @@ def test_django_static_files_are_served_by_nginx_with_their_type_and_follow_a_de
     assert out.returncode == 0, out.stdout + out.stderr
     (app_dir / "staticfiles" / "release.css").unlink()   # now only in the release
     assert fetch("/static/release.css") == ("text/css", "max-age=3600", b"/* v2 */")
+
+
+def test_a_fastapi_app_runs_on_uvicorn_workers_and_everything_knows_it(fastapi_fleet):
+    """Issue 23: the class is accepted, the instances run it (through the daemon's shim),
+    /fleet and `status` name it, and `plan --users 200` counts an async worker's requests at
+    once (it asked for 100 instances when everything took the fleet for sync)."""
+    d = fastapi_fleet.start()
+    fleet = check_serving(d, b'"Hello World"', workers=2)
+    assert fleet["gunicorn"] == {"worker_class": "uvicorn_worker.UvicornWorker", "workers": 2,
+                                 "requests_per_worker": 1000}
+    for inst in fleet["instances"]:
+        cmd = psutil.Process(inst["pid"]).cmdline()
+        assert cmd[-1] == "main:app"
+        assert cmd[cmd.index("--worker-class") + 1] == "ultrascale_uvicorn.UvicornWorker"
+    status, body = http_get(d.nginx_port, "/items/5?q=somequery")
+    assert (status, json.loads(body)) == (200, {"item_id": 5, "q": "somequery"})
+    assert http_get(d.nginx_port, "/items/five")[0] == 422    # FastAPI's own validation answers
+
+    out = d.ctl("status")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 x uvicorn_worker.UvicornWorker per instance (1000 requests at once each)" in \
+        out.stdout.splitlines()[0], out.stdout
+
+    out = d.ctl("plan", "--users", "200", "--spec", str(d.spec_path), "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    plan = json.loads(out.stdout)
+    assert (plan["worker_class"], plan["requests_per_worker"], plan["workers_per_instance"]) == \
+        ("uvicorn_worker.UvicornWorker", 1000, 2)
+    assert plan["instances"] == 1, plan["arithmetic"]
+    out = d.ctl("plan", "--users", "200", "--spec", str(d.spec_path))
+    assert "worker_class uvicorn_worker.UvicornWorker" in out.stdout, out.stdout
+
+
+def test_a_fastapi_deploy_and_rollback_keep_the_rows_in_its_sqlite_database(fastapi_fleet):
+    """hello.yaml's deploy.shared: [database.db]: rows written before a deploy, under the new
+    release and after a rollback are all there, and each step changed the code that answers."""
+    d = fastapi_fleet
+    app_dir = Path(d.spec["app"]["directory"])
+    d.start()
+    check_serving(d, b'"Hello World"', workers=2)
+    deploy_rollback_deploy(d, app_dir, app_dir / "VERSION")
+    assert (app_dir / "database.db").is_symlink(), "the running folder links to the shared database"
+
+
+def slow_get(port: int, ms: int, out: dict) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", f"/slow?ms={ms}")
+        r = conn.getresponse()
+        out["status"], out["body"], out["done"] = r.status, r.read(), time.monotonic()
+    except (OSError, http.client.HTTPException) as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+
+
+def test_orphaned_uvicorn_workers_finish_in_flight_and_exit_long_before_the_reap(fastapi_fleet):
+    """Issue 23: after kill -9 of their master, uvicorn's workers served on until the daemon
+    killed the group, graceful_timeout + 2 = 32 s later. Under the shim each finishes what it
+    answers (a 2 s request, straight to the instance's port) and exits about a second after:
+    measured here from the kill to the last orphan gone."""
+    d = fastapi_fleet
+    d.spec["gunicorn"]["graceful_timeout"] = 30   # the default: the reap comes at 32 s
+    d.write_spec()
+    d.start()
+    fleet = check_serving(d, b'"Hello World"', workers=2)
+    inst = fleet["instances"][0]
+    orphans = [w["pid"] for w in inst["workers"]]
+    slow: dict = {}
+    t = threading.Thread(target=slow_get, args=(inst["port"], 2000, slow))
+    t.start()
+    time.sleep(0.5)      # in flight on one of the master's workers
+    killed = time.monotonic()
+    os.kill(inst["pid"], signal.SIGKILL)
+    while any(pid_alive(p) for p in orphans) and time.monotonic() - killed < 40:
+        time.sleep(0.05)
+    lived = time.monotonic() - killed
+    t.join(30)
+    print(f"orphaned uvicorn workers lived {lived:.2f} s after kill -9 (graceful_timeout 30)")
+    assert slow.get("status") == 200, slow            # the answer in flight was not cut
+    assert not any(pid_alive(p) for p in orphans)
+    assert lived < 5, f"orphans lived {lived:.1f} s: they waited for the daemon's reap"
+    assert slow["done"] - killed < lived + 0.1        # they left after answering, not before
+    d.wait_until(lambda f: f["instances"][0]["state"] == "running" and f["instances"][0]["pid"] != inst["pid"],
+                 timeout=30, what="the instance restarted")
+    assert d.events("instance.orphans_finishing") and not d.events("instance.group_lingers")
+    assert http_get(d.nginx_port, "/")[0] == 200

@@ -16,8 +16,16 @@ DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS
 
 # gunicorn's gevent worker exits at once when its master dies, cutting the responses in flight;
 # ultrascaled/shims/ultrascale_gevent.py finishes them (on the instances' PYTHONPATH, see below).
+# uvicorn's workers never look at their parent: orphaned, they serve on until the daemon kills
+# what is left of the group (graceful_timeout + 2 s later); ultrascale_uvicorn.py makes them
+# finish what they answer and exit as soon as the parent changes. status, the planner and the
+# Kubernetes export name the spec's class; only the instances' command line names the shim.
 SHIMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shims")
-WORKER_CLASSES = {"gevent": "ultrascale_gevent.GeventWorker"}
+WORKER_CLASSES = {"gevent": "ultrascale_gevent.GeventWorker",
+                  "uvicorn_worker.UvicornWorker": "ultrascale_uvicorn.UvicornWorker",
+                  "uvicorn_worker.UvicornH11Worker": "ultrascale_uvicorn.UvicornH11Worker",
+                  "uvicorn.workers.UvicornWorker": "ultrascale_uvicorn.LegacyUvicornWorker",
+                  "uvicorn.workers.UvicornH11Worker": "ultrascale_uvicorn.LegacyUvicornH11Worker"}
 
 
 def marker(fleet: str, port: int) -> str:

@@ -19,6 +19,7 @@ from ultrascaled.core import autoscale as autoscale_core
 from ultrascaled.core.command import gunicorn_argv
 from ultrascaled.effects import procs
 from ultrascaled.spec import Spec, budget_errors
+from ultrascaled.spec import workers as worker_classes
 
 # Worker classes: gunicorn's module for each (importing it imports what the worker needs:
 # gunicorn 27's gevent worker also imports `packaging`), and the package it needs besides gunicorn.
@@ -34,6 +35,16 @@ _IMPORT_PROBE = ("import importlib, sys\n"
                  "try:\n    importlib.import_module(sys.argv[1])\n"
                  "except ModuleNotFoundError as e:\n"
                  "    print((e.name or '?').split('.')[0]); sys.exit(3)\n")
+# Run by app.python in app.directory: a dotted worker class (`module.Class`) as gunicorn loads
+# it: a missing module named on stdout (exit 3), a module without the class exit 4.
+_CLASS_PROBE = ("import importlib, sys\n"
+                "module, _, cls = sys.argv[1].rpartition('.')\n"
+                "try:\n    m = importlib.import_module(module)\n"
+                "except ModuleNotFoundError as e:\n"
+                "    print((e.name or '?').split('.')[0]); sys.exit(3)\n"
+                "if not isinstance(getattr(m, cls, None), type):\n    sys.exit(4)\n")
+# pip's name for a top-level module a known dotted class needs, where it differs
+PIP_NAMES = {"uvicorn_worker": "uvicorn-worker"}
 # Run by app.python in app.directory: is the top-level module of app.module on the import path
 # (found, never imported: importing the app could connect to databases)?
 _FIND_PROBE = ("import importlib.util, sys\nsys.path.insert(0, '')\n"
@@ -83,6 +94,30 @@ def host_problems(spec: Spec, nofile_limit: int | None = None, timeout: float = 
     return problems
 
 
+def _class_problems(wc: str, python: str, probe) -> list[str]:
+    """A dotted gunicorn.worker_class as app.python loads it: its module (the package to
+    install named for the classes ultrascaled knows) and the class in it."""
+    module, cls = worker_classes.split(wc)
+    rc, out = probe(_CLASS_PROBE, wc)
+    if rc == 0:
+        return []
+    if rc == 3:
+        if worker_classes.is_uvicorn(wc) or out in PIP_NAMES:
+            package = PIP_NAMES.get(out, out)
+            hint = f"; install it: {python} -m pip install {package}"
+            if wc in worker_classes.DEPRECATED:
+                hint = (f"; uvicorn.workers is deprecated: install uvicorn-worker ({python} -m pip "
+                        f"install uvicorn-worker) and name {worker_classes.DEPRECATED[wc]}, "
+                        "the same class")
+            return [f"app.python: {python} cannot import {out} (gunicorn.worker_class {wc} "
+                    f"needs it){hint}"]
+        return [f"app.python: {python} cannot import {module} for gunicorn.worker_class {wc}: "
+                f"no module named {out!r} (in app.directory or its venv)"]
+    if rc == 4:
+        return [f"gunicorn.worker_class: {python} imports {module}, but it has no class {cls!r}"]
+    return [f"app.python: {python} cannot import {module} (gunicorn.worker_class {wc}): {out}"]
+
+
 def _import_problems(spec: Spec, python: str, found: str, directory: str,
                     timeout: float) -> list[str]:
     """gunicorn, the worker class's module and app.module's top-level module, as app.python
@@ -102,7 +137,8 @@ def _import_problems(spec: Spec, python: str, found: str, directory: str,
     problems = []
     # gunicorn, then the worker class's package, then gunicorn's worker module (which imports
     # more: `packaging` for gevent); the first that fails is reported.
-    for module in ["gunicorn", WORKER_PACKAGES[wc], WORKER_MODULES[wc]]:
+    for module in ["gunicorn"] + ([] if worker_classes.is_dotted(wc) else
+                                  [WORKER_PACKAGES[wc], WORKER_MODULES[wc]]):
         if not module:
             continue
         rc, missing = probe(_IMPORT_PROBE, module)
@@ -127,6 +163,8 @@ def _import_problems(spec: Spec, python: str, found: str, directory: str,
             problems.append(f"app.python: {python} cannot import {module} (gunicorn.worker_class "
                             f"{wc}): {missing}")
         break
+    if not problems and worker_classes.is_dotted(wc):   # a dotted class, as gunicorn loads it
+        problems += _class_problems(wc, python, probe)
     top = spec.app.module.split(":", 1)[0].split(".", 1)[0]
     if cwd and not any(a == "--pythonpath" or a.startswith("--pythonpath=") for a in spec.gunicorn.args):
         rc, err = probe(_FIND_PROBE, top)

@@ -12,7 +12,7 @@ UTF-8 file of at most 1 MiB; YAML composed from parser events with caps on alias
 nesting; plain tags only): whatever it holds, loading returns a Spec or raises SpecError.
 
 The modules, in the order a spec goes through them: schema (the declarations), nginx (the nginx
-section), yaml_reader, validate, budget, envfile (app.env_file), loader, errors; reference
+section), yaml_reader, validate, budget, workers (worker classes), envfile (app.env_file), loader, errors; reference
 (the docs table). This face re-exports what the rest of the package reads.
 """
 from ultrascaled.spec.errors import SpecError

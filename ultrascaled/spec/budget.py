@@ -7,6 +7,7 @@ import math
 
 from typing import TYPE_CHECKING, Mapping
 
+from ultrascaled.spec import workers as worker_classes
 from ultrascaled.spec.errors import BudgetProblem
 
 if TYPE_CHECKING:  # the spec's sections: budget.py sits below the schema that imports it
@@ -79,20 +80,23 @@ def mongo_pool_that_fits(spec: "Spec", mongo_servers: int = 1) -> int:
 def requests_per_worker(spec: "Spec") -> tuple[int, str]:
     """Requests one gunicorn worker serves at once, and the formula: 1 for `sync` (one request
     at a time), `gunicorn.threads` for `gthread`, `gunicorn.worker_connections` for gevent and
-    eventlet (one greenlet per connection)."""
-    g = spec.gunicorn
-    if g.worker_class == "sync":
-        return 1, "1 (worker_class sync: one request at a time)"
-    if g.worker_class == "gthread":
-        return g.threads, f"gunicorn.threads = {g.threads} (worker_class gthread)"
-    return g.worker_connections, (f"gunicorn.worker_connections = {g.worker_connections} "
-                                  f"(worker_class {g.worker_class})")
+    eventlet (one greenlet per connection), `gunicorn.concurrency` for a dotted class (uvicorn's
+    by default worker_connections: spec/workers.py)."""
+    return worker_classes.requests_per_worker(spec.gunicorn)
 
 
 def open_connections_per_worker(spec: "Spec") -> int:
     """Client connections one worker may hold open: a sync worker closes each after its answer;
-    gthread (idle keep-alive ones included), gevent and eventlet up to worker_connections."""
-    return 1 if spec.gunicorn.worker_class == "sync" else spec.gunicorn.worker_connections
+    gthread (idle keep-alive ones included), gevent and eventlet up to worker_connections; a
+    dotted class up to its concurrency."""
+    return worker_classes.open_connections_per_worker(spec.gunicorn)
+
+
+def connections_key(spec: "Spec") -> str:
+    """The key that sets open_connections_per_worker, named in the budget's message."""
+    g = spec.gunicorn
+    return ("gunicorn.concurrency" if g.concurrency is not None and worker_classes.is_dotted(g.worker_class)
+            else "gunicorn.worker_connections")
 
 
 def gunicorn_worker_fds(spec: "Spec", pool: int, mongo_servers: int = 1) -> int:
@@ -186,7 +190,7 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
         need = gunicorn_worker_fds(spec, max(pool, 0), mongo_servers)
         if need > nofile_limit:
             problems.append(
-                f"{where('gunicorn.worker_connections')}: {open_connections_per_worker(spec)} "
+                f"{where(connections_key(spec))}: {open_connections_per_worker(spec)} "
                 f"connections + {mongo_connections_per_process(max(pool, 0), mongo_servers)} MongoDB "
                 f"({servers} x ({max(pool, 0)} pool + {MONGO_MONITOR_PER_SERVER} monitoring)) + "
                 f"{GUNICORN_WORKER_BASE_FDS} other files per gunicorn worker = {need} file "

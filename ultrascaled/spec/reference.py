@@ -39,6 +39,8 @@ def _describe_type(fld: dataclasses.Field, tp: Any) -> str:
     choices = fld.metadata.get("choices")
     if choices:
         name += ": " + ", ".join(map(str, choices))
+        if fld.metadata.get("dotted"):
+            name += ", or `module.Class`"
     if fld.metadata.get("path"):
         name = "path"
     return name

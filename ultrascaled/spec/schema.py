@@ -13,9 +13,12 @@ MB = 1024 * 1024
 
 
 def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-            choices: tuple = (), path: bool = False) -> Any:
-    """A spec key: its default, help text and bounds, in one place."""
+            choices: tuple = (), path: bool = False, dotted: bool = False) -> Any:
+    """A spec key: its default, help text and bounds, in one place. `dotted`: a `module.Class`
+    path is accepted besides `choices` (gunicorn.worker_class)."""
     meta = {"help": help, "min": min, "max": max, "choices": choices, "path": path}
+    if dotted:
+        meta["dotted"] = True
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -70,15 +73,30 @@ class GunicornSection:
                                 "in front buffers slow clients for it. `gthread` is also in "
                                 "gunicorn (`threads` requests at a time); `gevent` and `eventlet` "
                                 "serve `worker_connections` at a time but need their package in "
-                                "`app.python`'s venv (`--check` names it). The reference app "
-                                "runs on gevent.",
-                                choices=("gevent", "sync", "gthread", "eventlet"))
+                                "`app.python`'s venv (`--check` names it). Or a class as a dotted "
+                                "path `module.Class`: for an ASGI app (FastAPI, Starlette) "
+                                "`uvicorn_worker.UvicornWorker` (package `uvicorn-worker`; "
+                                "uvicorn's own `uvicorn.workers.UvicornWorker` is deprecated but "
+                                "accepted), counted as `concurrency` requests at a time; any other "
+                                "dotted class needs `concurrency`. The reference app runs on gevent.",
+                                choices=("gevent", "sync", "gthread", "eventlet"), dotted=True)
     threads: int = setting(1, "Threads per worker for `worker_class: gthread` (`--threads`; "
                            "gunicorn's default 1): requests one gthread worker serves at once.",
                            min=1, max=10000)
     worker_connections: int = setting(1000, "Concurrent connections per gevent or eventlet worker "
-                                      "(also gthread's cap on open connections).", min=1,
-                                      max=100000)
+                                      "(also gthread's cap on open connections, and what a uvicorn "
+                                      "worker is counted as when `concurrency` is null; uvicorn "
+                                      "itself ignores it).", min=1, max=100000)
+    concurrency: Optional[int] = setting(None, "Requests one worker of a dotted `worker_class` "
+                                         "serves at once: what the planner (`plan`), the file "
+                                         "descriptor budget and `autoscale.target."
+                                         "in_flight_per_worker`'s limit count with. null: for "
+                                         "uvicorn's classes, `worker_connections` (uvicorn itself "
+                                         "sets no per-worker limit: this is the figure the plan "
+                                         "assumes, not a cap uvicorn enforces); required for a "
+                                         "dotted class ultrascaled does not know. Refused for "
+                                         "sync, gthread, gevent and eventlet (their own keys say "
+                                         "it).", min=1, max=100000)
     timeout: int = setting(30, "Seconds a silent worker lives before its master kills it.", min=1)
     graceful_timeout: int = setting(30, "Seconds a stopping instance gets to finish in-flight requests.",
                                     min=1)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ultrascaled.spec import nginx as nginx_checks
 from ultrascaled.spec import path_rule
+from ultrascaled.spec import workers as worker_classes
 from ultrascaled.spec.budget import (TYPICAL_PROCESS_RSS_MIB, WORKER_LIMIT_FLOOR_MIB, budget_problems,
                                      requests_per_worker)
 from ultrascaled.spec.schema import Spec
@@ -86,6 +87,8 @@ def _check_value(fld: dataclasses.Field, tp: Any, value: Any) -> tuple[Any, str 
             return value, "must be a list of strings"
         return [str(v) for v in value], None
     lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices") or ()
+    if meta.get("dotted") and isinstance(value, str):  # gunicorn.worker_class
+        return value, worker_classes.class_error(value)
     if choices and value not in choices:
         return value, f"must be one of {', '.join(map(str, choices))}; got {show_value(value)}"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -214,7 +217,11 @@ _BUDGET_INPUTS = {
     "mongodb.max_connecting": ("instances.max", "gunicorn.workers", "mongodb"),
     "nginx.worker_connections": ("nginx",),
     "gunicorn.worker_connections": ("gunicorn.worker_connections", "gunicorn.workers",
+                                    "gunicorn.worker_class", "gunicorn.concurrency",
                                     "instances.max", "mongodb"),
+    "gunicorn.concurrency": ("gunicorn.worker_connections", "gunicorn.workers",
+                             "gunicorn.worker_class", "gunicorn.concurrency", "instances.max",
+                             "mongodb"),
     "instances.max": ("instances.max",),
 }
 
@@ -329,8 +336,15 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
     g = spec.gunicorn
     if ok("gunicorn.threads", "gunicorn.worker_class") and g.threads > 1 and g.worker_class != "gthread":
         errors.append(f"{where('gunicorn.threads')}: {g.threads} threads need gunicorn.worker_class "
-                      f"gthread (got {g.worker_class}; gunicorn would switch a sync worker to "
-                      "gthread behind the spec's back)")
+                      f"gthread (got {g.worker_class}; "
+                      + ("gunicorn would switch a sync worker to gthread behind the spec's back)"
+                         if g.worker_class == "sync" else "which does not use them)"))
+    if ok("gunicorn.worker_class", "gunicorn.concurrency"):
+        wrong = worker_classes.concurrency_error(g)
+        if wrong:   # a missing key is shown at worker_class's line
+            line = lines.get(wrong[0]) or lines.get("gunicorn.worker_class")
+            errors.append(f"{wrong[0]}{f' (line {line})' if line else ''}: {wrong[1]}")
+            bad.add("gunicorn.concurrency")   # the budgets below are not judged on a guess
     if ok("health.path", "nginx.static", "nginx.mode") and ng.mode != "off" and isinstance(ng.static, dict):
         for prefix in ng.static:
             if isinstance(prefix, str) and spec.health.path.split("?")[0].startswith(prefix):
@@ -501,7 +515,8 @@ def autoscale_errors(spec: "Spec", where, ok) -> list[str]:
                       "p95_latency_seconds)")
     if t.in_flight_per_worker is not None and ok("autoscale.target.in_flight_per_worker",
                                                  "gunicorn.worker_class", "gunicorn.threads",
-                                                 "gunicorn.worker_connections"):
+                                                 "gunicorn.worker_connections",
+                                                 "gunicorn.concurrency"):
         per, formula = requests_per_worker(spec)
         if t.in_flight_per_worker > per:
             errors.append(f"{where('autoscale.target.in_flight_per_worker')}: {t.in_flight_per_worker:g} "

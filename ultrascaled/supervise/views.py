@@ -5,6 +5,7 @@ from typing import Any
 
 from ultrascaled.core.reconciler import Reconciler
 from ultrascaled.spec import MB
+from ultrascaled.spec.budget import requests_per_worker
 from ultrascaled.core.states import State
 
 S = State
@@ -43,6 +44,9 @@ def fleet(rec: Reconciler) -> dict[str, Any]:
         "fleet": spec.name, "desired": rec.count, "ready": ready,
         "min": spec.instances.min, "max": spec.instances.max,
         "ports": list(wanted), "shutting_down": rec.shutting_down,
+        # the spec's class (the command line may name the daemon's shim of it: core/command.py)
+        "gunicorn": {"worker_class": spec.gunicorn.worker_class, "workers": spec.workers,
+                     "requests_per_worker": requests_per_worker(spec)[0]},
         "memory": {"total_rss_bytes": total, "budget_bytes": spec.memory.fleet_budget_mb * MB,
                    "worker_limit_bytes": spec.memory.worker_limit_mb * MB},
         "upstream": {"servers": sorted(rec.applied), "ok": rec.upstream_ok, "error": rec.upstream_error},

@@ -147,6 +147,11 @@ def render_status(fleet: dict) -> str:
     mem = fleet.get("memory", {})
     head = (f"fleet {fleet['fleet']}: {fleet['ready']}/{fleet['desired']} ready; "
             f"memory {fmt_bytes(mem.get('total_rss_bytes'))} of {fmt_bytes(mem.get('budget_bytes'))}")
+    g = fleet.get("gunicorn") or {}
+    if g.get("worker_class"):
+        head += (f"; {g.get('workers')} x {g['worker_class']} per instance"
+                 + (f" ({g['requests_per_worker']} requests at once each)"
+                    if g.get("requests_per_worker") else ""))
     if (fleet.get("deploy") or {}).get("rollout"):
         head += "\n" + deploy_progress(fleet)
     up = fleet.get("upstream") or {}

@@ -13,7 +13,8 @@ from ultrascaled.export.kube.model import HPA_DEFAULT_CPU_UTILIZATION, Options
 from ultrascaled.spec.envfile import looks_secret
 from ultrascaled.spec.budget import (GUNICORN_WORKER_BASE_FDS, MONGO_MONITOR_PER_SERVER,
                                      gunicorn_worker_fds, mongo_connections_per_process,
-                                     mongo_pool_that_fits, open_connections_per_worker, plural)
+                                     mongo_pool_that_fits, open_connections_per_worker, plural,
+                                     connections_key)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ultrascaled.spec import Spec
@@ -64,9 +65,10 @@ def budgets(spec: "Spec", opts: Options) -> tuple[list[str], list[str]]:
                                 f"({pool} = {cb} // ({imax} x {w} x {servers}) - "
                                 f"{MONGO_MONITOR_PER_SERVER})")
     if fds > opts.nofile:
-        problems.append(f"gunicorn.worker_connections: {fds} open files per gunicorn worker "
+        key = connections_key(spec)
+        problems.append(f"{key}: {fds} open files per gunicorn worker "
                         f"exceed the pod's nofile limit of {opts.nofile} by {fds - opts.nofile}: "
-                        "lower gunicorn.worker_connections, or raise the limit in the image's "
+                        f"lower {key}, or raise the limit in the image's "
                         "entrypoint (`ulimit -n`) and pass --nofile")
     return lines, problems
 

@@ -22,7 +22,8 @@ CARRIED: dict[str, str] = {
     "instances.max": "HPA maxReplicas when autoscale.max_replicas is null; MONGO_MAX_POOL_SIZE",
     "instances.base_port": "containerPort, gunicorn --bind, PORT",
     "gunicorn.workers": "gunicorn --workers; memory limit; CPU request; MONGO_MAX_POOL_SIZE",
-    "gunicorn.worker_class": "gunicorn --worker-class",
+    "gunicorn.worker_class": "gunicorn --worker-class (a dotted class as given: the image needs "
+                             "its package; no orphan shim, the container ends with its master)",
     "gunicorn.threads": "gunicorn --threads (gthread)",
     "gunicorn.worker_connections": "gunicorn --worker-connections",
     "gunicorn.timeout": "gunicorn --timeout",
@@ -92,6 +93,8 @@ NOT_CARRIED: dict[str, str] = {
     "app.directory": "the image's working directory is the app's folder; build the image so",
     "app.python": "the image's `python` runs gunicorn",
     "instances.host": "gunicorn binds 0.0.0.0 in the pod; the pod's IP is its address",
+    "gunicorn.concurrency": "no gunicorn option: the export's open-files check per worker "
+                            "counts with it, as the daemon's budgets do",
     "health.probe_interval": "Kubernetes probes at most once a second (startupProbe period 1 s)",
     "restart.backoff_initial": "the kubelet restarts a container with its own back-off "
                                "(10 s doubling to 5 min)",

@@ -217,7 +217,9 @@
     const m = f.memory || {};
     $("memory").textContent = "Memory: " + mib(m.total_rss_bytes) + " MiB of the " + mib(m.budget_bytes) +
       " MiB fleet budget" + (m.budget_bytes ? " (" + Math.round(100 * m.total_rss_bytes / m.budget_bytes) + "%)" : "") +
-      "; per-worker limit " + mib(m.worker_limit_bytes) + " MiB. Upstream: " +
+      "; per-worker limit " + mib(m.worker_limit_bytes) + " MiB." +
+      (f.gunicorn && f.gunicorn.worker_class ? " Workers: " + f.gunicorn.workers + " x " +
+        f.gunicorn.worker_class + " per instance." : "") + " Upstream: " +
       ((f.upstream.servers || []).join(", ") || "empty") +
       (f.upstream.ok === false ? " (last update FAILED: " + f.upstream.error + ")" : "");
     const n = $("scale-n");
