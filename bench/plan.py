@@ -1,11 +1,13 @@
 """The planner against a real fleet (issue 23): `ultrascalectl plan --users U --measure` for the
-reference app (the default spec, etc/ultrascaled/fleet.yaml), then a real daemon fleet behind its
+reference app (the default spec, etc/ultrascaled/fleet.yaml) or, with `--app fastapi`, the
+FastAPI service of docs/your-app.md (its main.py and hello.yaml as printed), then a real daemon fleet behind its
 managed nginx at the planned size and at one instance fewer, each under U users of the load
 tester through nginx. A fleet holds the target when p99 < 2 s, errors < 1 % and no instance left
 service (a health probe that failed 3 times in a row restarts it). When the planned size misses,
 the next sizes are tried, up to --max-extra more, to say by how much the plan missed.
 
-    scripts/bench-plan [--users 1000] [--seconds 20] [--url / ...] [--write docs/benchmarks.md]
+    scripts/bench-plan [--app reference|fastapi] [--users 1000] [--seconds 20] [--url / ...]
+                       [--write docs/benchmarks.md]
 
 Everything runs on 127.0.0.1, bounded in time and requests; every process started is ended by pid
 (the daemon stops its instances and nginx; the harness sweeps what is left).
@@ -27,9 +29,33 @@ from bench.figures import tmpdir
 from bench.util import REPO, machine_line, write_section
 from loadtest import Config, run
 from support.harness import Daemon, tool
+from support.your_app_doc import documented_python, documented_spec
 
-BEGIN, END = "<!-- plan-measure:begin -->", "<!-- plan-measure:end -->"
 DEFAULT_SPEC = REPO / "etc" / "ultrascaled" / "fleet.yaml"
+APPS = {"reference": "the reference app, 1 gevent worker per instance",
+        "fastapi": "docs/your-app.md's FastAPI service, 2 uvicorn workers per instance"}
+
+
+def markers(app: str) -> tuple[str, str]:
+    tag = "plan-measure" if app == "reference" else f"plan-measure-{app}"
+    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+
+
+def app_spec(app: str) -> Path:
+    """The spec file plan --measure reads: the default one, or the FastAPI service of
+    docs/your-app.md written out (main.py as printed, hello.yaml with this venv's Python and
+    folders of the run's own)."""
+    if app == "reference":
+        return DEFAULT_SPEC
+    root = Path(tmpdir("plan-fastapi"))
+    (root / "hello").mkdir(exist_ok=True)
+    (root / "hello" / "main.py").write_text(documented_python("main.py"))
+    spec = documented_spec("hello.yaml")
+    spec["app"].update(directory=str(root / "hello"), python=sys.executable)
+    spec["paths"] = {"state_dir": str(root / "state"), "log_dir": str(root / "log")}
+    path = root / "hello.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
 TARGET_P99_MS, TARGET_ERRORS_PCT = 2000.0, 1.0
 HEALTH_FAILURES = 3   # the default spec's health.failures (the schema's default): a restart
 
@@ -38,28 +64,32 @@ def log(msg: str) -> None:
     print(f"[bench-plan {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def measure(users: int, urls: list[str], args) -> tuple[dict, list[str], str]:
-    """`plan --measure --json` on the default spec: (plan, argv shown in the doc, its progress)."""
-    shown = ["ultrascalectl", "plan", "--users", str(users), "--measure",
-             "--max-seconds", f"{args.measure_seconds:g}"] + [x for u in urls for x in ("--url", u)]
-    argv = [tool("ultrascalectl"), *shown[1:], "--spec", str(DEFAULT_SPEC)]
+def measure(spec: Path, users: int, urls: list[str], args) -> tuple[dict, list[str], str]:
+    """`plan --measure --json` on `spec`: (plan, argv shown in the doc, its progress)."""
+    base = ["ultrascalectl", "plan", "--users", str(users), "--measure",
+            "--max-seconds", f"{args.measure_seconds:g}"] + [x for u in urls for x in ("--url", u)]
+    shown = base + ([] if spec == DEFAULT_SPEC else ["--spec", "hello.yaml"])
+    argv = [tool("ultrascalectl"), *base[1:], "--spec", str(spec)]
     r = subprocess.run(argv + ["--json"], capture_output=True, text=True, timeout=args.measure_seconds + 120)
     if r.returncode not in (0, 1):
         raise SystemExit(f"plan --measure failed ({r.returncode}):\n{r.stderr}")
     return json.loads(r.stdout), shown, r.stderr
 
 
-def fleet_spec() -> dict:
-    """The default spec's keys for the app, gunicorn, health and memory (the harness picks the
-    ports, paths and a managed nginx on free loopback ports)."""
-    spec = yaml.safe_load(DEFAULT_SPEC.read_text())
+def fleet_spec(spec_path: Path) -> dict:
+    """The spec's keys for the app, gunicorn, health and memory (the harness picks the ports,
+    paths and a managed nginx on free loopback ports)."""
+    spec = yaml.safe_load(spec_path.read_text())
     keep = {k: spec[k] for k in ("gunicorn", "health", "memory", "mongodb") if k in spec}
-    keep["app"] = {"env": dict(spec.get("app", {}).get("env", {}))}
+    app = spec.get("app", {})
+    keep["app"] = {"env": dict(app.get("env", {}))}
+    if spec_path != DEFAULT_SPEC:   # the app of its own (the harness's default is the reference app)
+        keep["app"].update(directory=app["directory"], module=app["module"], python=app["python"], config=None)
     return keep
 
 
-def one_fleet(count: int, users: int, urls: list[str], seconds: float, max_requests: int) -> dict:
-    over = fleet_spec()
+def one_fleet(spec_path: Path, count: int, users: int, urls: list[str], seconds: float, max_requests: int) -> dict:
+    over = fleet_spec(spec_path)
     over["instances"] = {"count": count, "min": 1, "max": max(count, 8)}
     d = Daemon(tmpdir(f"plan-{count}"), over, tuned=False)
     try:
@@ -116,11 +146,14 @@ def markdown(res: dict, argv: list[str]) -> str:
     plan = res["plan"]
     m = plan["measurement"]
     cal = plan["calibration"] or {}
-    lines = [BEGIN, f"## The planner against a real fleet (`scripts/bench-plan {' '.join(argv)}`)", "",
+    app = res.get("app", "reference")
+    begin, end = markers(app)
+    title = "" if app == "reference" else f": {APPS[app].split(',')[0]}"
+    lines = [begin, f"## The planner against a real fleet{title} (`scripts/bench-plan {' '.join(argv)}`)", "",
              f"Measured {res['date']} on {res['machine']}; the machine is shared with other "
              f"test and benchmark runs, so figures move from run to run. {res['elapsed_s']:.0f} s in all.", "",
-             f"1. `{shlex.join(res['measure_argv'])}` on the default spec (the reference app, 1 gevent "
-             "worker per instance): one instance alone on a loopback port, the load tester straight "
+             f"1. `{shlex.join(res['measure_argv'])}` on "
+             f"{'the default spec' if app == 'reference' else 'the spec of docs/your-app.md'} ({APPS[app]}): one instance alone on a loopback port, the load tester straight "
              f"at it on {', '.join(m['urls'])}, {m['bounds']}; {m['stopped']}. The latency it must "
              f"hold is min(2 s target, `health.timeout` 1 s) = {cal.get('p99_target_ms', 0):g} ms.", "",
              "A step holds when p99 < that, errors < 1 % and fewer than `health.failures` (3) health probes "
@@ -134,7 +167,7 @@ def markdown(res: dict, argv: list[str]) -> str:
     lines += ["", f"The plan for {res['users']} users: **{plan['instances']} "
               f"{'instance' if plan['instances'] == 1 else 'instances'}** ({plan['verdict']}; "
               f"{cal.get('source', '')}; memory expected {plan['memory_expected_mib']} MiB).", "",
-              f"2. A real daemon fleet (the default spec's gunicorn, health and memory keys; managed "
+              f"2. A real daemon fleet (the spec's app, gunicorn, health and memory keys; managed "
               f"nginx) at each size, {res['users']} users of the load tester through nginx on the same "
               f"URLs for {res['seconds']:g} s after a 3 s warm-up (longer than `health.failures` x "
               "`health.interval` = 3 x 10 s); holds = p99 < 2 s, errors < 1 %, no instance restarted and "
@@ -153,13 +186,14 @@ def markdown(res: dict, argv: list[str]) -> str:
     warns = sorted({w for x in res["runs"].values() for w in x["warnings"]})
     if warns:
         lines += ["Load tester warnings: " + "; ".join(warns), ""]
-    lines.append(END)
+    lines.append(end)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="bench-plan", description=__doc__.split("\n\n")[0])
+    p.add_argument("--app", choices=sorted(APPS), default="reference", help="whose plan (default: reference)")
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--url", dest="urls", action="append", help="paths (default: /)")
     p.add_argument("--seconds", type=float, default=40.0,
@@ -178,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_line()
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     log(f"plan --measure for {a.users} users ...")
-    plan, shown, text = measure(a.users, urls, a)
+    spec = app_spec(a.app)
+    plan, shown, text = measure(spec, a.users, urls, a)
     print(text, file=sys.stderr)
     planned = plan["instances"]
     if not 1 <= planned <= 8 or plan["problems"]:
@@ -187,16 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [planned] + ([planned - 1] if planned > 1 else [])
     for n in sizes:
         log(f"fleet of {n}, {a.users} users for {a.seconds:g} s ...")
-        runs[n] = one_fleet(n, a.users, urls, a.seconds, a.max_requests)
+        runs[n] = one_fleet(spec, n, a.users, urls, a.seconds, a.max_requests)
         log(json.dumps(runs[n]))
     if not runs[planned]["holds"]:
         for n in range(planned + 1, planned + 1 + a.max_extra):
             log(f"the plan missed; fleet of {n} ...")
-            runs[n] = one_fleet(n, a.users, urls, a.seconds, a.max_requests)
+            runs[n] = one_fleet(spec, n, a.users, urls, a.seconds, a.max_requests)
             log(json.dumps(runs[n]))
             if runs[n]["holds"]:
                 break
-    res = {"users": a.users, "seconds": a.seconds, "plan": plan, "measure_argv": shown, "runs": runs,
+    res = {"app": a.app, "users": a.users, "seconds": a.seconds, "plan": plan, "measure_argv": shown, "runs": runs,
            "verdict": verdict_text(planned, runs), "machine": machine, "date": date,
            "elapsed_s": time.monotonic() - t0}
     out = Path(tmpdir("plan-result")) / "result.json"
@@ -205,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(res, argv)
     print(md)
     if a.write:
-        write_section(a.write, md, BEGIN, END)
+        write_section(a.write, md, *markers(a.app))
     return 0
 
 

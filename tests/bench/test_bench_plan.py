@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from bench.plan import BEGIN, END, markdown, verdict_text  # noqa: E402
+from bench.plan import markdown, markers, verdict_text  # noqa: E402
 
 
 def fleet(n, holds, p99=500.0):
@@ -42,7 +42,8 @@ def test_section_has_markers_the_command_and_both_tables():
            "runs": {1: fleet(1, False, 2029.1), 2: fleet(2, True, 820.5)},
            "verdict": "the plan holds: 2 instances held the target and 1 did not"}
     md = markdown(res, ["--users", "1000"])
-    assert md.startswith(BEGIN) and md.endswith(END)
+    begin, end = markers("reference")
+    assert md.startswith(begin) and md.endswith(end)
     assert "`scripts/bench-plan --users 1000`" in md and "shared with other test and benchmark runs" in md
     assert "| 500 | 2500.0 | 300.0 | 400.0 | 0.00% | 12000 | 0 of 11 (0) |" in md
     assert "| 2 (planned) | 2500.0 |" in md and "| misses |" in md

@@ -23,30 +23,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
 from support.harness import http_get, pid_alive
+from support.your_app_doc import documented_python, documented_spec
 from ultrascaled.effects.host_checks import host_problems
 from ultrascaled.spec import load_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "your-app.md"
-
-
-def documented_python(filename: str) -> str:
-    """The ```python block of docs/your-app.md whose first line is `# <filename>`."""
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
-    [text] = [b for b in blocks if b.startswith(f"# {filename}\n")]
-    return text
-
-
-def documented_spec(filename: str) -> dict:
-    """The ```yaml block of docs/your-app.md whose first line is `# <filename>`."""
-    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S)
-    [text] = [b for b in blocks if b.startswith(f"# {filename}\n")]
-    return yaml.safe_load(text)
 
 
 def write_flask_app(root: Path) -> Path:
