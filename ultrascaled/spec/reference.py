@@ -21,6 +21,10 @@ def iter_settings(cls: type = Spec, prefix: str = ""):
         if dataclasses.is_dataclass(tp):
             yield from iter_settings(tp, path)
             continue
+        if fld.metadata.get("map_of"):   # processes: the map, then one entry's keys
+            yield path, "map of names to process types", {}, fld.metadata.get("help", "")
+            yield from iter_settings(fld.metadata["map_of"], f"{path}.NAME")
+            continue
         default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
         yield path, _describe_type(fld, tp), default, fld.metadata.get("help", "")
 

@@ -455,6 +455,42 @@ class DashboardSection:
                                      "rate, p95, 5xx, memory, instance count).", min=0.5, max=60)
 
 
+# ---- process types beside the web fleet (`processes:`; ultrascaled/core/worker_plan.py decides) --
+
+PROCESS_KINDS = ("worker", "job", "web")
+BUILT_KINDS = ("worker",)
+
+
+@dataclass(frozen=True)
+class ProcessType:
+    """One entry of `processes:` (a Procfile line): a named type of long-running command."""
+    kind: str = setting("worker", "`worker`: a long-running command the daemon keeps `count` of "
+                        "(Celery, RQ, a queue consumer). `job` (scheduled) and `web` (the "
+                        "gunicorn fleet is the top-level sections) are not built yet and refused.",
+                        choices=PROCESS_KINDS)
+    command: list = setting([], "The argv to run, a list (no shell: write `[sh, -c, '...']` for "
+                            "one); required.")
+    count: int = setting(1, "Processes of this type to run when no scale was requested.",
+                         min=0, max=256)
+    min: int = setting(0, "Lowest count `scale NAME=N` accepts.", min=0, max=256)
+    max: int = setting(8, "Highest count `scale NAME=N` accepts.", min=1, max=256)
+    env: dict = setting({}, "Environment for this type, over `app.env_file` and `app.env`; "
+                        "`ULTRASCALE_PROCESS=<fleet>/<name>/<index>` is set by the daemon.")
+    directory: Optional[str] = setting(None, "Folder the command runs in; null = `app.directory` "
+                                       "(the current release's folder after a deploy); relative "
+                                       "to the spec file.", path=True)
+    stop_signal: str = setting("TERM", "Signal that asks a process to stop (Celery's and RQ's "
+                               "warm shutdown is TERM); SIGKILL to its process group follows at "
+                               "`graceful_timeout`.", choices=("TERM", "INT", "QUIT", "HUP",
+                                                               "USR1", "USR2"))
+    graceful_timeout: float = setting(30.0, "Seconds a stopping process gets before its "
+                                      "process group is SIGKILLed.", min=0.1, max=86400)
+    start_seconds: float = setting(1.0, "Seconds a process must stay alive to count as started "
+                                    "(RUNNING); an exit sooner is a start failure "
+                                    "(`restart.fatal_crashes` in a row make it FATAL).",
+                                    min=0, max=3600)
+
+
 @dataclass(frozen=True)
 class PlanSection:
     """What `ultrascalectl plan --measure` loads one instance of the app with (docs/capacity.md)."""
@@ -483,6 +519,10 @@ class Spec:
     deploy: DeploySection = field(default_factory=DeploySection)
     dashboard: DashboardSection = field(default_factory=DashboardSection)
     plan: PlanSection = field(default_factory=PlanSection)
+    processes: dict = field(default_factory=dict, metadata={
+        "map_of": ProcessType, "help": "Process types beside the web fleet, by name (letters, "
+        "digits, `-`, `_`; not `web`), each `processes.NAME.*` below; {} = the web fleet "
+        "alone (docs/configuration.md#process-types)."})
     source: Optional[str] = field(default=None, metadata={"internal": True})
 
     # Derived figures used by the supervisor and the budget checks.

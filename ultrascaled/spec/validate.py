@@ -130,6 +130,10 @@ def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[
         if dataclasses.is_dataclass(tp):  # absent sections still resolve their relative paths
             kwargs[name] = _build(tp, data.get(name), sub, lines, errors, base_dir, bad)
             continue
+        if fld.metadata.get("map_of") and name in data:   # processes: name -> section
+            kwargs[name] = _build_map(fld.metadata["map_of"], data[name], sub, lines, errors,
+                                      base_dir, bad)
+            continue
         if name not in data:
             continue
         value, err = _check_value(fld, tp, data[name])
@@ -154,6 +158,76 @@ def _build(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[
             if isinstance(value, str) and not os.path.isabs(value):
                 fixes[name] = str((base_dir / value).resolve())
     return dataclasses.replace(obj, **fixes) if fixes else obj
+
+
+PROCESS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+
+
+def _build_map(cls: type, data: Any, path: str, lines: dict[str, int], errors: list[str],
+               base_dir: Path, bad: set[str]) -> dict:
+    """`processes:` (a mapping of names to `cls` sections): each entry built like a section at
+    `path.NAME`; a bad name or a kind not built yet is refused alone, naming its key."""
+    from ultrascaled.spec.schema import BUILT_KINDS
+
+    def where(p: str) -> str:
+        line = lines.get(p) or lines.get(path)
+        return f"{p} (line {line})" if line else p
+
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        errors.append(f"{where(path)}: must be a mapping of process type names to their "
+                      f"settings, got {show_value(data)}")
+        bad.add(path)
+        return {}
+    out = {}
+    for name, entry in data.items():
+        sub = f"{path}.{name}"
+        if not isinstance(name, str) or not PROCESS_NAME.match(name):
+            errors.append(f"{where(sub)}: {show_value(name)} is not a process type name "
+                          "(1-64 letters, digits, - and _)")
+            bad.add(sub)
+            continue
+        if name == "web":
+            errors.append(f"{where(sub)}: `web` is the gunicorn fleet of the top-level sections "
+                          "(app, instances, gunicorn); a `web` entry in processes is not built "
+                          "yet: name a worker type otherwise")
+            bad.add(sub)
+            continue
+        kind = entry.get("kind", "worker") if isinstance(entry, dict) else "worker"
+        if kind in ("job", "web"):
+            what = ("scheduled jobs (`kind: job`) are not built yet" if kind == "job" else
+                    "`kind: web` is not built yet: the web type is the top-level gunicorn fleet "
+                    "(app, instances, gunicorn)")
+            errors.append(f"{where(sub + '.kind')}: {what}; only `kind: worker` runs for now")
+            bad.add(sub)
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("command"), str):
+            errors.append(f"{where(sub + '.command')}: must be an argv list (no shell), got "
+                          f"{show_value(entry['command'])}: write it as [prog, arg, ...], or "
+                          "[sh, -c, '...'] for a shell")
+            bad.add(f"{sub}.command")
+            entry = {k: v for k, v in entry.items() if k != "command"}
+        section = _build(cls, entry, sub, lines, errors, base_dir, bad)
+        if kind not in BUILT_KINDS or sub in bad:   # reported: a kind not one of the choices,
+            continue                                # or an entry that is not a mapping
+        key = f"{sub}.command"
+        line = lines.get(key) or lines.get(sub)
+        if key not in bad and not section.command:
+            errors.append(f"{key}{f' (line {line})' if line else ''}: is required: the argv to "
+                          "run, a list such as [celery, -A, proj, worker]")
+            bad.add(key)
+        elif key not in bad and not section.command[0]:
+            errors.append(f"{where(key)}: its first item (the program) must not be empty")
+            bad.add(key)
+        lo, hi, n = section.min, section.max, section.count
+        if not _tainted(bad, f"{sub}.min", f"{sub}.max") and lo > hi:
+            errors.append(f"{where(sub + '.min')}: must not exceed {sub}.max ({hi}), got {lo}")
+        elif not _tainted(bad, f"{sub}.min", f"{sub}.max", f"{sub}.count") and not lo <= n <= hi:
+            errors.append(f"{where(sub + '.count')}: must be within {sub}.min..max ({lo}..{hi}), "
+                          f"got {n}")
+        out[name] = section
+    return out
 
 
 def _known_keys(cls: type = Spec, prefix: str = "") -> list[str]:

@@ -1,0 +1,70 @@
+"""`processes:`: worker types beside the web fleet; every bad value names its key and line."""
+import pytest
+
+from ultrascaled.spec import SpecError, parse_spec
+from ultrascaled.spec.schema import ProcessType
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(SpecError) as exc:
+        parse_spec(text)
+    return exc.value.errors
+
+
+def test_a_spec_without_processes_is_the_web_fleet_alone():
+    assert parse_spec("{}").processes == {}
+    assert parse_spec("processes: {}\n").processes == {}
+
+
+def test_a_worker_type_with_its_defaults():
+    spec = parse_spec("processes:\n  worker:\n    command: [python, w.py]\n    env: {N: 1}\n")
+    assert spec.processes == {"worker": ProcessType(command=["python", "w.py"], env={"N": "1"})}
+    w = spec.processes["worker"]
+    assert (w.kind, w.count, w.min, w.max, w.stop_signal, w.graceful_timeout, w.start_seconds,
+            w.directory) == ("worker", 1, 0, 8, "TERM", 30.0, 1.0, None)
+
+
+def test_directory_is_relative_to_the_spec_file(tmp_path):
+    spec = parse_spec("processes:\n  w: {command: [x], directory: sub}\n", base_dir=tmp_path)
+    assert spec.processes["w"].directory == str(tmp_path / "sub")
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ("{command: python w.py}", "processes.w.command (line 2): must be an argv list (no shell)"),
+    ("{}", "processes.w.command (line 2): is required"),
+    ("{command: []}", "processes.w.command (line 2): is required"),
+    ("{command: ['', x]}", "processes.w.command (line 2): its first item"),
+    ("{command: [x], count: 9}", "processes.w.count (line 2): must be within processes.w.min..max (0..8), got 9"),
+    ("{command: [x], min: 3, max: 2, count: 2}", "processes.w.min (line 2): must not exceed processes.w.max (2)"),
+    ("{command: [x], count: -1}", "processes.w.count (line 2): must be 0..256, got -1"),
+    ("{command: [x], stop_signal: KILL}", "processes.w.stop_signal (line 2): must be one of TERM"),
+    ("{command: [x], graceful_timeout: 0}", "processes.w.graceful_timeout (line 2): must be 0.1..86400"),
+    ("{command: [x], start_seconds: x}", "processes.w.start_seconds (line 2): must be a number"),
+    ("{command: [x], env: {1A: x}}", "processes.w.env (line 2): '1A' is not an environment variable name"),
+    ("{command: [x], comand: [y]}", "processes.w.comand (line 2): unknown key; did you mean `command`?"),
+    ("{command: [x], kind: job, schedule: x}", "processes.w.kind (line 2): scheduled jobs (`kind: job`) are not built yet"),
+    ("{command: [x], kind: web}", "processes.w.kind (line 2): `kind: web` is not built yet"),
+    ("{command: [x], kind: cron}", "processes.w.kind (line 2): must be one of worker, job, web"),
+    ("5", "processes.w (line 2): must be a mapping"),
+])
+def test_a_bad_value_names_its_key_and_line(entry, expected):
+    errors = errors_of(f"processes:\n  w: {entry}\n")
+    assert any(e.startswith(expected) for e in errors), errors
+    assert len(errors) == 1, errors   # a kind not built yet is one error, not one per key it has
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("processes:\n  web: {command: [x]}\n", "processes.web (line 2): `web` is the gunicorn fleet"),
+    ("processes:\n  'a b': {command: [x]}\n", "processes.a b (line 2): 'a b' is not a process type name"),
+    ("processes:\n  a.b: {command: [x]}\n", "processes.a.b (line 2): 'a.b' is not a process type name"),
+    ("processes: [worker]\n", "processes (line 1): must be a mapping of process type names"),
+])
+def test_names_and_the_section_itself(text, expected):
+    errors = errors_of(text)
+    assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_every_problem_is_reported_at_once_with_the_web_keys_too():
+    errors = errors_of("instances: {base_port: 80}\nprocesses:\n  a: {}\n  b: {command: [x], count: 99}\n")
+    assert [e.split(":")[0] for e in errors] == [
+        "instances.base_port (line 1)", "processes.a.command (line 3)", "processes.b.count (line 4)"]
