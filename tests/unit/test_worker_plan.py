@@ -1,0 +1,144 @@
+"""core/worker_plan.py: the worker types' decisions, as tables over plain values."""
+import signal
+
+import pytest
+
+from ultrascaled.core import worker_plan as wp
+from ultrascaled.core.states import State, check_transition
+from ultrascaled.core.worker_plan import Forget, Kill, Promote, Slot, Spawn, Stop, WorkerPolicy
+
+S = State
+P = WorkerPolicy(start_seconds=1.0, graceful_timeout=5.0, backoff_initial=0.5, backoff_max=4.0,
+                 fatal_crashes=3, fatal_window=60.0)
+POL = {"w": P}
+
+
+def slots(*ss: Slot) -> dict:
+    return {s.key: s for s in ss}
+
+
+def test_a_new_type_spawns_each_index():
+    assert wp.plan({}, {"w": 2}, POL, 0.0) == [Spawn(("w", 0), "wanted"), Spawn(("w", 1), "wanted")]
+
+
+def test_nothing_to_do_when_the_slots_run_as_wanted():
+    running = Slot("w", 0, S.RUNNING, started_at=0.0, fingerprint="f")
+    assert wp.plan(slots(running), {"w": 1}, POL, 100.0, {"w": "f"}) == []
+
+
+@pytest.mark.parametrize("age, expected", [(0.999, []), (1.0, [Promote(("w", 0))])])
+def test_starting_becomes_running_after_start_seconds(age, expected):
+    s = Slot("w", 0, S.STARTING, started_at=10.0)
+    assert wp.plan(slots(s), {"w": 1}, POL, 10.0 + age) == expected
+
+
+def test_scale_down_stops_the_highest_index_with_the_stop_signal_and_a_deadline():
+    ss = slots(Slot("w", 0, S.RUNNING, started_at=0.0), Slot("w", 1, S.RUNNING, started_at=0.0))
+    assert wp.plan(ss, {"w": 1}, POL, 50.0) == [Stop(("w", 1), signal.SIGTERM, 55.0, "scaled down")]
+
+
+def test_a_removed_type_and_shutdown_stop_everything():
+    ss = slots(Slot("w", 0, S.STARTING, started_at=0.0), Slot("w", 1, S.BACKOFF, next_start=9.0),
+               Slot("w", 2, S.FATAL))
+    assert wp.plan(ss, {}, POL, 0.5) == [Stop(("w", 0), signal.SIGTERM, 5.5, "scaled down"),
+                                         Forget(("w", 1)), Forget(("w", 2))]
+
+
+@pytest.mark.parametrize("now, killed, expected", [
+    (4.999, False, []), (5.0, False, [Kill(("w", 0))]), (9.0, True, [])])
+def test_sigkill_at_graceful_timeout_once(now, killed, expected):
+    s = Slot("w", 0, S.STOPPING, stop_deadline=5.0, killed=killed)
+    assert wp.plan(slots(s), {}, POL, now) == expected
+
+
+def test_a_stopped_slot_still_wanted_starts_again_and_one_not_wanted_is_forgotten():
+    assert wp.plan(slots(Slot("w", 0, S.STOPPED, spawns=1)), {"w": 1}, POL, 0.0) == \
+        [Spawn(("w", 0), "restart after its stop")]
+    assert wp.plan(slots(Slot("w", 0, S.STOPPED, spawns=1)), {"w": 0}, POL, 0.0) == [Forget(("w", 0))]
+
+
+@pytest.mark.parametrize("now, expected", [(1.49, []), (1.5, [Spawn(("w", 0), "restart after backoff")])])
+def test_backoff_waits_until_next_start(now, expected):
+    assert wp.plan(slots(Slot("w", 0, S.BACKOFF, next_start=1.5)), {"w": 1}, POL, now) == expected
+
+
+def test_fatal_stays_fatal_until_retried():
+    fatal = Slot("w", 0, S.FATAL, start_failures=3)
+    assert wp.plan(slots(fatal), {"w": 1}, POL, 1e6) == []
+    again = wp.retried(fatal)
+    assert (again.state, again.start_failures) == (S.BACKOFF, 0)
+    assert wp.plan(slots(again), {"w": 1}, POL, 0.0) == [Spawn(("w", 0), "restart after backoff")]
+
+
+def test_a_changed_command_restarts_live_processes():
+    s = Slot("w", 0, S.RUNNING, started_at=0.0, fingerprint="old")
+    assert wp.plan(slots(s), {"w": 1}, POL, 3.0, {"w": "new"}) == \
+        [Stop(("w", 0), signal.SIGTERM, 8.0, "its command, environment or folder changed")]
+
+
+def test_start_failures_back_off_and_turn_fatal_at_fatal_crashes():
+    s, delays = Slot("w", 0), []
+    for i in range(3):
+        s = wp.spawned(s, float(i * 10), "f")
+        s, loop = wp.on_exit(s, 1, P, i * 10 + 0.2)
+        assert not loop
+        delays.append(s.next_start - (i * 10 + 0.2) if s.state is S.BACKOFF else None)
+    assert s.state is S.FATAL and s.start_failures == 3 and "failed to start 3 times in a row" in s.reason
+    assert delays[:2] == [0.0, 0.5]
+    assert "exit 1 after 0.2s, before start_seconds (1s)" in s.reason
+
+
+def test_running_resets_the_start_failures():
+    s = wp.spawned(Slot("w", 0, start_failures=2), 0.0, "f")
+    assert wp.promoted(s).start_failures == 0
+
+
+def test_crashes_after_running_back_off_growing_capped_and_raise_the_crash_loop_never_fatal():
+    s, delays, loops = Slot("w", 0), [], []
+    for i in range(6):
+        s = wp.promoted(wp.spawned(s, float(i), "f"))
+        s, loop = wp.on_exit(s, -9, P, i + 0.5)
+        delays.append(s.next_start - (i + 0.5))
+        loops.append(loop)
+        assert s.state is S.BACKOFF and "killed by SIGKILL" in s.reason
+    assert delays == [0.0, 0.5, 1.0, 2.0, 4.0, 4.0]
+    assert loops == [False, False, True, True, True, True]
+    assert s.restarts == 5 and s.spawns == 6
+
+
+def test_crashes_outside_fatal_window_are_forgotten():
+    s = wp.promoted(wp.spawned(Slot("w", 0, crashes=(0.0, 1.0)), 100.0, "f"))
+    s, loop = wp.on_exit(s, 1, P, 100.5)
+    assert s.crashes == (100.5,) and not loop and s.next_start == 100.5
+
+
+@pytest.mark.parametrize("killed, words", [(False, "stopped (exit 0)"), (True, "SIGKILLed at graceful_timeout")])
+def test_an_exit_while_stopping_is_stopped(killed, words):
+    s = Slot("w", 0, S.STOPPING, stop_deadline=5.0, killed=killed)
+    after, loop = wp.on_exit(s, 0 if not killed else -9, P, 3.0)
+    assert after.state is S.STOPPED and words in after.reason and not loop and after.stop_deadline is None
+
+
+def test_spawn_errors_count_unless_transient():
+    s = wp.on_spawn_error(Slot("w", 0), "too many open files", True, P, 10.0)
+    assert (s.state, s.start_failures, s.next_start) == (S.BACKOFF, 0, 10.5)
+    for _ in range(3):
+        s = wp.on_spawn_error(s, "No such file or directory: 'celery'", False, P, 10.0)
+    assert s.state is S.FATAL and "failed 3 times in a row" in s.reason
+
+
+def test_next_wakeup_is_the_earliest_timer():
+    ss = slots(Slot("w", 0, S.STARTING, started_at=2.0), Slot("w", 1, S.BACKOFF, next_start=2.5),
+               Slot("w", 2, S.STOPPING, stop_deadline=2.2), Slot("w", 3, S.RUNNING),
+               Slot("w", 4, S.STOPPING, stop_deadline=1.0, killed=True))
+    assert wp.next_wakeup(ss, POL) == 2.2
+    assert wp.next_wakeup({}, POL) is None
+
+
+def test_every_move_the_plan_makes_is_an_allowed_transition():
+    moves = [(S.STOPPED, S.STARTING), (S.STARTING, S.RUNNING), (S.STARTING, S.BACKOFF),
+             (S.STARTING, S.FATAL), (S.STARTING, S.STOPPING), (S.RUNNING, S.BACKOFF),
+             (S.RUNNING, S.STOPPING), (S.STOPPING, S.STOPPED), (S.BACKOFF, S.STARTING),
+             (S.BACKOFF, S.FATAL), (S.FATAL, S.BACKOFF)]
+    for old, new in moves:
+        check_transition(old, new)

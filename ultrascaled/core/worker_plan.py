@@ -1,0 +1,228 @@
+"""Decisions for the worker process types (`processes:` entries of `kind: worker`): pure.
+
+Given the slots (one per process a type runs: its name and 0-based index), the counts wanted
+and `now`, `plan` returns the actions that bring them together; `on_exit` and
+`on_spawn_error` say where a slot goes when its process exits or cannot be started. Nothing
+here reads a clock or touches a process: `ultrascaled/supervise/workers_loop.py` does both.
+The states are the web instances' (`core/states.py`), without DRAINING (a worker serves no
+upstream):
+
+    (none) ─spawn─► STARTING ─alive start_seconds─► RUNNING ─scale down / shutdown─► STOPPING ─exit─► STOPPED
+                      │                               │                        (SIGKILL to the group
+                      │ exit: start failure           │ exit: crash             at graceful_timeout)
+                      ▼                               ▼
+                 BACKOFF ──restart.fatal_crashes──► FATAL (until an operator scales the type)
+                      ▲   start failures in a row
+                      └── wait (the first restart is immediate, then backoff_initial, doubling,
+                          up to backoff_max), then spawn again
+"""
+from __future__ import annotations
+
+import dataclasses
+import signal as _signal
+from dataclasses import dataclass
+from typing import Mapping
+
+from ultrascaled.core.plan import backoff_delay, describe_exit
+from ultrascaled.core.states import State
+
+S = State
+Key = tuple[str, int]       # (type name, index)
+
+
+@dataclass(frozen=True)
+class WorkerPolicy:
+    """One type's timings: its own keys and the fleet's restart.* keys."""
+    start_seconds: float = 1.0
+    graceful_timeout: float = 30.0
+    stop_signal: int = int(_signal.SIGTERM)
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    fatal_crashes: int = 5
+    fatal_window: float = 60.0
+
+
+@dataclass(frozen=True)
+class Slot:
+    """What is known of one process slot; a new value for every change."""
+    name: str
+    index: int
+    state: State = S.STOPPED
+    started_at: float | None = None     # when its current process was spawned
+    next_start: float = 0.0             # BACKOFF: spawn again at this time
+    start_failures: int = 0             # exits before start_seconds (or spawn errors), in a row
+    crashes: tuple[float, ...] = ()     # exits after RUNNING, within fatal_window
+    restarts: int = 0                   # spawns after the first
+    spawns: int = 0
+    stop_deadline: float | None = None  # STOPPING: SIGKILL to the group at this time
+    killed: bool = False                # SIGKILL sent
+    fingerprint: str = ""               # what its process was started with
+    reason: str = ""
+
+    @property
+    def key(self) -> Key:
+        return (self.name, self.index)
+
+
+# ---- actions -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spawn:
+    key: Key
+    reason: str
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Alive for start_seconds: RUNNING."""
+    key: Key
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Send the type's stop_signal; SIGKILL to the group at `deadline`."""
+    key: Key
+    sig: int
+    deadline: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Kill:
+    """graceful_timeout is over: SIGKILL to the process group."""
+    key: Key
+
+
+@dataclass(frozen=True)
+class Forget:
+    """A slot without a process that is no longer wanted (BACKOFF, FATAL, STOPPED)."""
+    key: Key
+
+
+Action = Spawn | Promote | Stop | Kill | Forget
+LIVE = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
+
+
+def plan(slots: Mapping[Key, Slot], desired: Mapping[str, int], policies: Mapping[str, WorkerPolicy],
+         now: float, fingerprints: Mapping[str, str] | None = None) -> list[Action]:
+    """The actions for this instant. `desired`: type name -> count (a type not in it, e.g.
+    removed by a reload or everything at shutdown, is wanted at 0); `fingerprints`: type name ->
+    what its processes would be started with now (a live process started otherwise is
+    restarted)."""
+    fingerprints = fingerprints or {}
+    actions: list[Action] = []
+    for key in sorted(slots):
+        slot = slots[key]
+        name, index = key
+        policy = policies.get(name, WorkerPolicy())
+        wanted = index < desired.get(name, 0)
+        stale = name in fingerprints and slot.fingerprint != fingerprints[name]
+        if slot.state is S.STOPPING:
+            if not slot.killed and slot.stop_deadline is not None and now >= slot.stop_deadline:
+                actions.append(Kill(key))
+        elif slot.state in (S.STARTING, S.RUNNING):
+            if not wanted:
+                actions.append(Stop(key, policy.stop_signal, now + policy.graceful_timeout, "scaled down"))
+            elif stale:
+                actions.append(Stop(key, policy.stop_signal, now + policy.graceful_timeout,
+                                    "its command, environment or folder changed"))
+            elif slot.state is S.STARTING and slot.started_at is not None and \
+                    now - slot.started_at >= policy.start_seconds:
+                actions.append(Promote(key))
+        elif not wanted:
+            actions.append(Forget(key))
+        elif slot.state is S.STOPPED:
+            actions.append(Spawn(key, "restart after its stop" if slot.spawns else "wanted"))
+        elif slot.state is S.BACKOFF and now >= slot.next_start:
+            actions.append(Spawn(key, "restart after backoff"))
+    for name, count in sorted(desired.items()):
+        for index in range(count):
+            if (name, index) not in slots:
+                actions.append(Spawn((name, index), "wanted"))
+    return actions
+
+
+def on_exit(slot: Slot, returncode: int | None, policy: WorkerPolicy, now: float) -> tuple[Slot, bool]:
+    """The slot after its process exited, and whether that makes a crash loop
+    (`fatal_crashes` exits after RUNNING within `fatal_window`: an alert, never FATAL).
+
+    An exit while STOPPING is the stop asked for (STOPPED); while STARTING, a start failure:
+    counted in a row, FATAL at `fatal_crashes`; while RUNNING, a crash: backoff by the crashes
+    within `fatal_window`."""
+    what = describe_exit(returncode)
+    done = dict(started_at=None, stop_deadline=None, killed=False)
+    if slot.state is S.STOPPING:
+        how = "SIGKILLed at graceful_timeout" if slot.killed else "stopped"
+        return dataclasses.replace(slot, state=S.STOPPED, reason=f"{how} ({what})", **done), False
+    if slot.state is S.STARTING:
+        failures = slot.start_failures + 1
+        lived = now - slot.started_at if slot.started_at is not None else 0.0
+        why = f"{what} after {lived:.3g}s, before start_seconds ({policy.start_seconds:g}s)"
+        if failures >= policy.fatal_crashes:
+            return dataclasses.replace(slot, state=S.FATAL, start_failures=failures,
+                                       reason=f"{why}; failed to start {failures} times in a row",
+                                       **done), False
+        return dataclasses.replace(slot, state=S.BACKOFF, start_failures=failures,
+                                   next_start=now + backoff_delay(failures, policy),
+                                   reason=f"{why}; start failure {failures} of {policy.fatal_crashes}",
+                                   **done), False
+    recent = tuple(t for t in slot.crashes if now - t < policy.fatal_window) + (now,)
+    loop = len(recent) >= policy.fatal_crashes
+    reason = what + (f"; {len(recent)} crashes within {policy.fatal_window:g}s" if loop else "")
+    return dataclasses.replace(slot, state=S.BACKOFF, crashes=recent, start_failures=0,
+                               next_start=now + backoff_delay(len(recent), policy), reason=reason,
+                               **done), loop
+
+
+def on_spawn_error(slot: Slot, detail: str, transient: bool, policy: WorkerPolicy,
+                   now: float) -> Slot:
+    """The slot after its command could not be started. A shortage of the daemon's own (file
+    descriptors, memory) is retried without counting; anything else (no such program, a
+    folder that is not there) is a start failure like an early exit."""
+    if transient:
+        return dataclasses.replace(slot, state=S.BACKOFF, next_start=now + max(0.5, policy.backoff_initial),
+                                   reason=f"cannot start: {detail} (the daemon's own shortage; retrying)")
+    failures = slot.start_failures + 1
+    if failures >= policy.fatal_crashes:
+        return dataclasses.replace(slot, state=S.FATAL, start_failures=failures,
+                                   reason=f"cannot start: {detail}; failed {failures} times in a row")
+    return dataclasses.replace(slot, state=S.BACKOFF, start_failures=failures,
+                               next_start=now + max(policy.backoff_initial, backoff_delay(failures, policy)),
+                               reason=f"cannot start: {detail}; start failure {failures} of {policy.fatal_crashes}")
+
+
+def spawned(slot: Slot, now: float, fingerprint: str) -> Slot:
+    """The slot once its process was started."""
+    return dataclasses.replace(slot, state=S.STARTING, started_at=now, spawns=slot.spawns + 1,
+                               restarts=slot.restarts + (1 if slot.spawns else 0),
+                               fingerprint=fingerprint, stop_deadline=None, killed=False, reason="")
+
+
+def promoted(slot: Slot) -> Slot:
+    return dataclasses.replace(slot, state=S.RUNNING, start_failures=0, reason="")
+
+
+def stopping(slot: Slot, deadline: float, reason: str) -> Slot:
+    return dataclasses.replace(slot, state=S.STOPPING, stop_deadline=deadline, reason=reason)
+
+
+def retried(slot: Slot) -> Slot:
+    """An operator asked again (a scale of the type): a FATAL slot starts afresh."""
+    if slot.state is not S.FATAL:
+        return slot
+    return dataclasses.replace(slot, state=S.BACKOFF, next_start=0.0, start_failures=0,
+                               reason="retried by the operator")
+
+
+def next_wakeup(slots: Mapping[Key, Slot], policies: Mapping[str, WorkerPolicy]) -> float | None:
+    """The earliest time `plan` may act without an exit or a change of what is wanted."""
+    times = []
+    for slot in slots.values():
+        policy = policies.get(slot.name, WorkerPolicy())
+        if slot.state is S.STARTING and slot.started_at is not None:
+            times.append(slot.started_at + policy.start_seconds)
+        elif slot.state is S.BACKOFF:
+            times.append(slot.next_start)
+        elif slot.state is S.STOPPING and not slot.killed and slot.stop_deadline is not None:
+            times.append(slot.stop_deadline)
+    return min(times) if times else None
