@@ -34,6 +34,10 @@ class FakeProc:
     alive: bool = True
     on_exit: object = None
     workers: list = field(default_factory=list)
+    label: str = ""          # a worker type's process: its ULTRASCALE_PROCESS (fleet/name/index)
+    env: dict = field(default_factory=dict)
+    cwd: str = ""
+    log_path: str = ""
 
     @property
     def pgid(self) -> int:
@@ -81,12 +85,19 @@ class FakeRunner:
         self.probe_ports: dict[int, int] = {}      # private probe port -> instance port
         self.exit_on_spawn: dict[int, int | None] = {}   # port -> rc its next masters exit with at once
         self.deaf: set[int] = set()                # ports whose masters ignore SIGTERM (a boot in C code)
+        self.deaf_labels: set[str] = set()         # worker processes (fleet/name/index) that ignore their stop signal
 
     # -- processes
     def spawn(self, argv, env, cwd, log_path, pass_fds=()):
         self.calls.append(("spawn", argv))
         if self.spawn_error is not None:
             raise self.spawn_error
+        if "--name" not in argv:   # a worker type's process (supervise/workers_loop.py)
+            self.next_pid += 10
+            p = FakeProc(self.next_pid, 0, list(argv), label=env.get("ULTRASCALE_PROCESS", ""),
+                         env=dict(env), cwd=cwd, log_path=log_path)
+            self.procs[p.pid] = p
+            return p
         port = int(argv[argv.index("--name") + 1].rsplit("-", 1)[1])
         if port in self.exit_on_spawn:   # a master that exits before it is ready (rc)
             rc = self.exit_on_spawn[port]
@@ -152,13 +163,25 @@ class FakeRunner:
         asyncio.get_running_loop().call_soon(p.on_exit, rc)
         return p
 
+    def worker(self, label: str) -> FakeProc:
+        """The live process of a worker type's slot, by its ULTRASCALE_PROCESS."""
+        return next(p for p in self.procs.values() if p.label == label and p.alive)
+
+    def workers_alive(self) -> list[str]:
+        return sorted(p.label for p in self.procs.values() if p.label and p.alive)
+
     def master(self, port: int) -> FakeProc:
         return next(p for p in self.procs.values() if p.port == port and p.alive)
 
     def signal(self, handle, sig):
-        self.calls.append(("signal", handle.port, sig))
+        self.calls.append(("signal", handle.label or handle.port, sig))
         if not handle.alive:
             return False
+        if handle.label:   # a worker stops on its stop signal unless it is deaf to it
+            if handle.label not in self.deaf_labels:
+                handle.alive = False
+                asyncio.get_running_loop().call_soon(handle.on_exit, -sig)
+            return True
         if sig == signal.SIGTERM and handle.port not in self.deaf:   # gunicorn stops gracefully
             handle.alive = False
             asyncio.get_running_loop().call_soon(handle.on_exit, 0)
@@ -290,20 +313,32 @@ class Harness:
         for d in (self.rec.state_dir, self.rec.log_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.sup._load_state()
+        self.sup.workers.load()
         self.rec.adopt_leftovers()
         await self.settle()
+        if self.spec.processes:   # the supervisor starts the worker types once the web fleet is ready
+            assert self.rec.ready_event.is_set()
+            self.sup.workers.begin()
+            await self.settle()
 
     async def settle(self, rounds: int = 50):
         """Step the loop until nothing is left to do at this instant."""
         for _ in range(rounds):
             self.rec.step()
+            if self.sup.workers.started:
+                self.sup.workers.step()
             for _ in range(5):
                 await asyncio.sleep(0)
             if self.rec._tasks:  # sampling runs in a thread: wait for it, not for wall time
                 await asyncio.wait(list(self.rec._tasks), timeout=5)
             if not self.rec._inbox and not self.rec._tasks:
                 self.rec.step()
-                if not self.rec._inbox and not self.rec._tasks:
+                moves = self.sup.workers.moves
+                if self.sup.workers.started:
+                    self.sup.workers.step()
+                    for _ in range(5):
+                        await asyncio.sleep(0)
+                if not self.rec._inbox and not self.rec._tasks and self.sup.workers.moves == moves:
                     return
         raise AssertionError("the reconciler did not settle")
 

@@ -142,3 +142,15 @@ def test_every_move_the_plan_makes_is_an_allowed_transition():
              (S.BACKOFF, S.FATAL), (S.FATAL, S.BACKOFF)]
     for old, new in moves:
         check_transition(old, new)
+
+
+def test_a_workers_environment_is_app_env_file_then_app_env_then_its_own_then_the_markers():
+    from ultrascaled.core import command
+    from ultrascaled.spec import parse_spec
+    spec = parse_spec("name: f\napp: {env: {A: app, B: app}, python: /venv/bin/python}\n"
+                      "processes:\n  w:\n    command: [x]\n    env: {B: type, ULTRASCALE_PROCESS: mine}\n")
+    env = command.process_env(spec, "w", 2)
+    assert (env["A"], env["B"], env["ULTRASCALE_PROCESS"], env["ULTRASCALE_FLEET"]) == ("app", "type", "f/w/2", "f")
+    assert env["PATH"].startswith("/venv/bin")
+    fp = command.process_fingerprint(spec, "w")
+    assert fp == command.process_fingerprint(spec, "w") and "mine" in fp

@@ -124,3 +124,35 @@ def with_binds(argv: list[str], binds: list[str]) -> list[str]:
 def same_command(running: list[str] | tuple[str, ...], wanted: list[str]) -> bool:
     """Whether an adopted master runs `wanted`, whatever sockets it was given (`--bind`)."""
     return with_binds(list(running), ["*"]) == with_binds(wanted, ["*"])
+
+
+# ---- the worker types (`processes:`; supervise/workers_loop.py starts them) -------------------
+
+def process_label(spec: Spec, name: str, index: int) -> str:
+    """`<fleet>/<name>/<index>`: ULTRASCALE_PROCESS, the process's marker in its environment."""
+    return f"{spec.name}/{name}/{index}"
+
+
+def process_env(spec: Spec, name: str, index: int) -> dict[str, str]:
+    """A worker's environment: the daemon's, then app.env_file, app.env and the type's env (each
+    over the one before), `app.python`'s folder first on PATH (as for deploy.release_command),
+    and the markers."""
+    ptype = spec.processes[name]
+    env = {k: v for k, v in os.environ.items() if k not in DAEMON_ONLY_ENV}
+    env.update(spec.app.file_env)
+    env.update(spec.app.env)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    python = spec.app.python or sys.executable
+    env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(python), env.get("PATH")]))
+    env.update(ptype.env)
+    env.update({"ULTRASCALE_FLEET": spec.name, "ULTRASCALE_PROCESS": process_label(spec, name, index)})
+    return env
+
+
+def process_fingerprint(spec: Spec, name: str) -> str:
+    """What a worker type's processes are started with (app.env_file as a digest only); a
+    reload restarts the live ones whose fingerprint changed. The release folder is left out:
+    a deploy reaches a worker when it next starts."""
+    t = spec.processes[name]
+    return json.dumps([list(t.command), t.env, t.directory, spec.app.env, spec.app.file_env.digest(),
+                       spec.app.python], sort_keys=True)

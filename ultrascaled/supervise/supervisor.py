@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ultrascaled.core import reload_plan
+from ultrascaled.core import release_layout, reload_plan
 from ultrascaled.core.control import ScaleRefused
 from ultrascaled.core.reconciler import Instance, Reconciler
 from ultrascaled.core.reload_plan import ReloadDecision
@@ -32,6 +32,7 @@ from ultrascaled.supervise import views
 from ultrascaled.supervise.autoscale_loop import Autoscaler
 from ultrascaled.supervise.rollout_loop import Deployer
 from ultrascaled.supervise.tasks import TaskGuard
+from ultrascaled.supervise.workers_loop import WorkersLoop
 
 S = State
 FROM_SPEC = object()   # Supervisor(traffic=...): the traffic log the spec names (the default)
@@ -63,6 +64,13 @@ class Supervisor:
         self.deployer = Deployer(self.rec, events, self.clock, self.alerts, traffic=self.traffic)
         # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
         self.autoscaler = Autoscaler(self, nofile_limit=nofile_limit, traffic=self.traffic, **(autoscale or {}))
+        # the `processes:` worker types: their own loop, started once the web fleet is ready
+        self.workers = WorkersLoop(lambda: self.rec.spec, events, self.rec.runner, self.clock, self.alerts,
+                                   directory=lambda: release_layout.directory_of(
+                                       self.rec.spec, self.rec.releases.current),
+                                   log_dir=self.rec.log_dir, state_dir=self.rec.state_dir,
+                                   beat=lambda: self.guard.beat("workers"))
+        self._workers_running = False
 
     # ---- traffic measured at nginx (accesslog.py), and the alerts over the fleet's metrics ---------
 
@@ -199,6 +207,9 @@ class Supervisor:
         result = {"changed": list(decision.sections), "restarting": list(diff.changed), "added": list(diff.added),
                   "removed": list(diff.removed), "desired": decision.count}
         self.events.emit("spec.reloaded", **result)
+        if new.processes:
+            self._start_workers()   # a reload that adds the first worker type
+        self.workers.wake()
         return result
 
     def reload_dry_run(self, new: Spec) -> dict[str, Any]:
@@ -273,9 +284,41 @@ class Supervisor:
         self.guard.start("deployer", lambda: self.deployer.run(lambda: self.guard.beat("deployer")),
                          interval=10.0)
         self.guard.start("sampler", self._sample_loop, interval=self.spec.memory.sample_interval)
+        self.workers.load()
+        if self.spec.processes:
+            self._start_workers()
         if self.traffic is not None:
             self.guard.start("traffic", lambda: self.traffic.run(beat=lambda: self.guard.beat("traffic")),
                              interval=self.traffic.interval)
+
+    def _start_workers(self) -> None:
+        """The worker types' loop (supervise/workers_loop.py): it waits for the web fleet to be
+        ready, then starts them. Not started for a spec without `processes:`."""
+        if not self._workers_running:
+            self._workers_running = True
+            self.guard.start("workers", lambda: self.workers.run(self.rec.ready_event), interval=5.0)
+
+    def processes(self) -> dict[str, Any]:
+        """`GET /processes`: the web type, then each worker type."""
+        snap = views.fleet(self.rec)
+        instances = [{"index": i["index"], "port": i["port"], "pid": i["pid"], "state": i["state"],
+                      "uptime": i["uptime"], "restarts": i["restarts"], "rss": i["rss_total"],
+                      "serving": i["serving"]} for i in snap["instances"]]
+        web = {"kind": "web", "desired": snap["desired"], "ready": snap["ready"],
+               "min": self.spec.instances.min, "max": self.spec.instances.max, "instances": instances}
+        return {"web": web, **self.workers.snapshot()}
+
+    def scale_process(self, name: str, n: int, source: str = "operator") -> dict[str, Any]:
+        """`POST /processes/{name}/scale`: `web` is the web fleet's scale; any other name a
+        worker type's (raises ScaleRefused)."""
+        if name == "web":
+            previous = self.count
+            note = self.scale(n, source)
+            out = {"process": "web", "desired": n, "previous": previous}
+            if note:
+                out["autoscale"] = note
+            return out
+        return self.workers.scale(name, n, source)
 
     async def _sample_loop(self) -> None:
         while True:
@@ -292,6 +335,8 @@ class Supervisor:
         rec = self.rec
         self.events.emit("daemon.stopping", instances=len(self.instances))
         rec.tell(Shutdown())
+        workers = asyncio.get_running_loop().create_task(self.workers.stop_all(), name="workers-stop") \
+            if self.workers.slots else None   # at the same time as the web instances
         limit = timeout or (self.spec.gunicorn.graceful_timeout + 10)
         try:
             async with asyncio.timeout(limit):
@@ -302,6 +347,8 @@ class Supervisor:
                 if inst.handle is not None:
                     rec.runner.kill_group(inst.handle.pgid, signal.SIGKILL)
             self.events.emit("daemon.stop_timeout", level="error", killed=sorted(self.instances))
+        if workers is not None:
+            await workers
         await self.guard.stop()
         await rec.cancel_tasks()
         await rec.upstream.stop()
@@ -310,7 +357,11 @@ class Supervisor:
         self.events.emit("daemon.stopped")
 
     async def detach(self) -> None:
-        """Exit without touching the fleet: instances and nginx keep serving for the next daemon."""
+        """Exit without touching the fleet: instances and nginx keep serving for the next daemon.
+        Worker processes are stopped (stop_signal, SIGKILL at graceful_timeout): a next daemon
+        does not adopt them yet, and would start a second set beside them."""
+        if self.workers.slots:
+            await self.workers.stop_all()
         await self.guard.stop()
         await self.rec.cancel_tasks()
         self.rec.detach()

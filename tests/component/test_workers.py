@@ -1,0 +1,276 @@
+"""The worker types' loop (supervise/workers_loop.py) with the fake runner and clock: starts,
+crashes, backoff, FATAL, scaling, stops at graceful_timeout, reloads, shutdown, in milliseconds."""
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import json
+import signal
+
+import pytest
+
+from fakes import Harness
+from ultrascaled.core.control import ScaleRefused
+from ultrascaled.spec import parse_spec
+
+
+def component(fn):
+    @functools.wraps(fn)
+    def wrapper(tmp_path, *a, **kw):
+        return asyncio.run(fn(tmp_path, *a, **kw))
+    return wrapper
+
+
+WORKER = """
+processes:
+  worker:
+    command: [python, -m, rq.cli, worker]
+    count: {count}
+    max: 4
+    env: {{OVER: type, QUEUE: default}}
+    graceful_timeout: 10
+    start_seconds: 1
+"""
+
+
+def spec_text(tmp_path, count=2, extra=""):
+    return WORKER.format(dir=tmp_path, count=count) + extra
+
+
+async def up(tmp_path, count=2, extra="") -> Harness:
+    h = Harness(tmp_path, spec_text(tmp_path, count, extra))
+    await h.start()
+    return h
+
+
+def states(h: Harness) -> dict:
+    return {f"{n}/{i}": s.state.value for (n, i), s in sorted(h.sup.workers.slots.items())}
+
+
+def worker_events(h: Harness, name="process.state") -> list[tuple]:
+    return [(e["process"], e["index"], e.get("previous"), e.get("state")) for e in h.events_named(name)]
+
+
+@component
+async def test_a_spec_without_processes_runs_no_worker_loop_and_shows_web_alone(tmp_path):
+    h = Harness(tmp_path)
+    await h.start()
+    assert h.sup.workers.slots == {} and not h.sup._workers_running
+    assert [c for c in h.runner.calls if c[0] == "spawn" and "--name" not in c[1]] == []
+    procs = h.sup.processes()
+    assert list(procs) == ["web"] and procs["web"]["kind"] == "web" and procs["web"]["ready"] == 2
+    assert not (h.rec.state_dir / "processes.json").exists()
+
+
+@component
+async def test_workers_start_after_the_web_fleet_with_their_argv_env_folder_and_log(tmp_path):
+    h = await up(tmp_path)
+    spawns = [c[1] for c in h.runner.calls if c[0] == "spawn"]
+    assert spawns[-2:] == [["python", "-m", "rq.cli", "worker"]] * 2
+    assert all("--name" in a for a in spawns[:-2])   # the web instances came first
+    p = h.runner.worker("comp/worker/1")
+    assert p.env["ULTRASCALE_PROCESS"] == "comp/worker/1" and p.env["ULTRASCALE_FLEET"] == "comp"
+    assert (p.env["OVER"], p.env["QUEUE"]) == ("type", "default")
+    assert p.cwd == str(tmp_path) and p.log_path == str(tmp_path / "logs" / "worker-1.log")
+    assert states(h) == {"worker/0": "starting", "worker/1": "starting"}
+    await h.advance(0.75)
+    assert states(h)["worker/0"] == "starting"
+    await h.advance(0.25)
+    assert states(h) == {"worker/0": "running", "worker/1": "running"}
+    assert ("worker", 0, "starting", "running") in worker_events(h)
+    snap = h.sup.processes()["worker"]
+    assert (snap["kind"], snap["desired"], snap["ready"]) == ("worker", 2, 2)
+    assert [(i["index"], i["state"], i["restarts"], i["uptime"]) for i in snap["instances"]] == \
+        [(0, "running", 0, 1.0), (1, "running", 0, 1.0)]
+    assert snap["instances"][0]["pid"] == h.runner.worker("comp/worker/0").pid
+
+
+@component
+async def test_a_killed_worker_restarts_at_once_then_with_growing_backoff(tmp_path):
+    h = await up(tmp_path, count=1)
+    await h.advance(1.0)
+    first = h.runner.worker("comp/worker/0")
+    h.runner.exit_proc(first, -9)
+    await h.settle()
+    second = h.runner.worker("comp/worker/0")
+    assert second.pid != first.pid and states(h) == {"worker/0": "starting"}
+    backoff = [e for e in h.events_named("process.state") if e["state"] == "backoff"]
+    assert backoff[-1]["reason"] == "killed by SIGKILL" and backoff[-1]["next_start_in"] == 0.0
+    await h.advance(1.0)
+    h.runner.exit_proc(second, -9)   # a second crash within fatal_window: backoff_initial
+    await h.settle()
+    assert states(h) == {"worker/0": "backoff"}
+    await h.advance(0.5)
+    assert states(h) == {"worker/0": "starting"}
+    assert h.sup.workers.slots[("worker", 0)].restarts == 2
+    assert h.sup.processes()["worker"]["instances"][0]["restarts"] == 2
+
+
+@component
+async def test_start_failures_in_a_row_make_it_fatal_and_a_scale_retries_it(tmp_path):
+    h = await up(tmp_path, count=1)
+    for _ in range(5):   # restart.fatal_crashes: 5, each exit before start_seconds
+        while states(h)["worker/0"] == "backoff":
+            await h.advance(0.25)
+        assert states(h)["worker/0"] == "starting"
+        h.runner.exit_proc(h.runner.worker("comp/worker/0"), 1)
+        await h.settle()
+    assert states(h) == {"worker/0": "fatal"}
+    last = h.events_named("process.state")[-1]
+    assert last["level"] == "error" and "failed to start 5 times in a row" in last["reason"]
+    await h.advance(60)
+    assert h.runner.workers_alive() == []
+    h.sup.scale_process("worker", 1)
+    await h.settle()
+    assert states(h) == {"worker/0": "starting"}
+
+
+@component
+async def test_crashes_after_running_raise_the_crash_loop_alert_never_fatal(tmp_path):
+    h = await up(tmp_path, count=1)
+    for _ in range(6):
+        while states(h)["worker/0"] != "running":   # backoff (0, 0.5, 1, 2, ...), then start_seconds
+            await h.advance(0.25)
+        await h.advance(0.5)
+        h.runner.exit_proc(h.runner.worker("comp/worker/0"), -9)
+        await h.settle()
+    assert [a["alert"] for a in h.alerts().values()] == ["worker_crash_loop"]
+    assert h.events_named("alert.firing")[-1]["process"] == "worker"
+    await h.advance(70, step=1.0)
+    assert states(h) == {"worker/0": "running"}   # never FATAL
+    assert h.alerts() == {}   # resolved once it ran for fatal_window
+
+
+@component
+async def test_scale_down_stops_the_highest_index_with_sigterm_and_up_starts_it_again(tmp_path):
+    h = await up(tmp_path)
+    await h.advance(1)
+    one = h.runner.worker("comp/worker/1")
+    result = h.sup.scale_process("worker", 1)
+    assert result == {"process": "worker", "desired": 1, "previous": 2}
+    await h.settle()
+    assert ("signal", "comp/worker/1", signal.SIGTERM) in h.runner.calls and not one.alive
+    assert states(h) == {"worker/0": "running"}
+    assert ("worker", 1, "running", "stopping") in worker_events(h)
+    assert ("worker", 1, "stopping", "stopped") in worker_events(h)
+    assert json.loads((h.rec.state_dir / "processes.json").read_text()) == {"worker": 1}
+    assert h.events_named("process.scale")[-1]["desired"] == 1
+    h.sup.scale_process("worker", 3)
+    await h.settle()
+    assert states(h) == {"worker/0": "running", "worker/1": "starting", "worker/2": "starting"}
+    assert h.sup.count == 2   # the web fleet was not touched
+
+
+@component
+async def test_a_worker_that_ignores_its_stop_signal_is_sigkilled_at_graceful_timeout(tmp_path):
+    h = await up(tmp_path)
+    await h.advance(1)
+    h.runner.deaf_labels.add("comp/worker/1")
+    deaf = h.runner.worker("comp/worker/1")
+    h.sup.scale_process("worker", 1)
+    await h.settle()
+    assert states(h)["worker/1"] == "stopping"
+    await h.advance(9.75)
+    assert deaf.alive and ("kill_group", deaf.pgid, signal.SIGKILL) not in h.runner.calls
+    await h.advance(0.25)
+    assert ("kill_group", deaf.pgid, signal.SIGKILL) in h.runner.calls and not deaf.alive
+    assert states(h) == {"worker/0": "running"}
+    assert any("SIGKILLed at graceful_timeout" in e.get("reason", "") for e in h.events_named("process.state"))
+    assert h.events_named("process.killed")[-1]["reason"] == "still running at its graceful_timeout"
+
+
+@pytest.mark.parametrize("name, n, code", [("worker", 5, "out_of_range"), ("worker", -1, "out_of_range"),
+                                           ("nope", 1, "not_found")])
+@component
+async def test_a_scale_out_of_range_or_of_an_unknown_type_is_refused(tmp_path, name, n, code):
+    h = await up(tmp_path)
+    with pytest.raises(ScaleRefused) as exc:
+        h.sup.scale_process(name, n)
+    assert exc.value.code == code and name in str(exc.value)
+    assert h.sup.workers.desired == {"worker": 2}
+
+
+@component
+async def test_web_scale_through_the_processes_route_is_the_fleets_scale(tmp_path):
+    h = await up(tmp_path)
+    out = h.sup.scale_process("web", 3)
+    assert out["process"] == "web" and out["desired"] == 3 and out["previous"] == 2
+    await h.settle()
+    assert h.sup.count == 3 and len(h.states()) == 3 and len(h.sup.workers.slots) == 2
+
+
+@component
+async def test_a_scaled_count_survives_a_restart_of_the_daemon(tmp_path):
+    h = await up(tmp_path)
+    h.sup.scale_process("worker", 3)
+    again = Harness(tmp_path, spec_text(tmp_path))
+    again.sup.workers.load()
+    assert again.sup.workers.desired == {"worker": 3}
+
+
+@component
+async def test_shutdown_stops_every_worker_and_the_deaf_one_at_graceful_timeout(tmp_path):
+    h = await up(tmp_path)
+    await h.advance(1)
+    h.runner.deaf_labels.add("comp/worker/0")
+    deaf = h.runner.worker("comp/worker/0")
+    stop = asyncio.get_running_loop().create_task(h.sup.workers.stop_all())
+    await asyncio.sleep(0.01)
+    assert h.runner.workers_alive() == ["comp/worker/0"]
+    assert ("signal", "comp/worker/1", signal.SIGTERM) in h.runner.calls
+    h.clock.t += 10
+    await asyncio.wait_for(stop, 5)
+    assert h.runner.workers_alive() == [] and ("kill_group", deaf.pgid, signal.SIGKILL) in h.runner.calls
+    assert states(h) == {"worker/0": "stopped", "worker/1": "stopped"} or states(h) == {}
+
+
+@component
+async def test_supervisor_shutdown_stops_the_workers_with_the_web_fleet(tmp_path):
+    h = await up(tmp_path)
+    await h.advance(1)
+    stop = asyncio.get_running_loop().create_task(h.sup.shutdown(timeout=5))
+    while not stop.done():   # the harness steps the reconciler the daemon's loop would run
+        await h.advance(0.25)
+        await asyncio.sleep(0.01)
+    await stop
+    assert h.runner.workers_alive() == [] and h.rec.instances == {}
+    assert not h.events_named("daemon.stop_timeout") and not h.events_named("processes.stop_timeout")
+    assert h.events_named("daemon.stopped")
+
+
+@component
+async def test_a_program_that_cannot_be_started_backs_off_and_goes_fatal(tmp_path):
+    h = Harness(tmp_path, spec_text(tmp_path, count=1))
+    await h.start()
+    h.sup.workers.step()
+    h.runner.spawn_error = FileNotFoundError(errno.ENOENT, "No such file or directory", "python")
+    h.runner.exit_proc(h.runner.worker("comp/worker/0"), 1)
+    await h.settle()
+    for _ in range(6):
+        await h.advance(30, step=1.0)
+    assert states(h) == {"worker/0": "fatal"}
+    failed = h.events_named("process.spawn_failed")
+    assert failed and failed[0]["error"] == "No such file or directory: 'python'"
+
+
+@component
+async def test_a_reload_starts_added_types_stops_removed_ones_and_restarts_a_changed_command(tmp_path):
+    h = await up(tmp_path, count=1)
+    await h.advance(1)
+    old = h.runner.worker("comp/worker/0")
+    text = h.spec.source
+    new = parse_spec(
+        __import__("fakes").SPEC.format(dir=tmp_path, extra=WORKER.format(dir=tmp_path, count=1).replace(
+            "worker]", "worker, --burst]") + "  mailer:\n    command: [python, mail.py]\n"),
+        base_dir=tmp_path)
+    h.sup.reload_spec(new)
+    await h.settle()
+    assert not old.alive and h.runner.worker("comp/worker/0").argv[-1] == "--burst"
+    assert "comp/mailer/0" in h.runner.workers_alive()
+    assert h.states() == {8001: "running", 8002: "running"}   # the web fleet was not restarted
+    gone = parse_spec(__import__("fakes").SPEC.format(dir=tmp_path, extra=""), base_dir=tmp_path)
+    h.sup.reload_spec(gone)
+    await h.settle()
+    assert h.runner.workers_alive() == [] and h.sup.processes().keys() == {"web"}
+    del text

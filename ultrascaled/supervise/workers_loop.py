@@ -1,0 +1,359 @@
+"""The worker types' loop: applies `core/worker_plan.py`'s decisions through the Runner seam.
+
+One writer for the worker processes, as the reconciler is for the web instances: the API's
+`scale` changes the wanted count and wakes it; only this loop spawns, signals or kills. Each
+process runs in its own session (the runner's spawn), its output appended to
+`<paths.log_dir>/<name>-<index>.log`; every state change is a `process.state` event. It starts
+once the web fleet is ready (the supervisor waits for that) and stops every process at the
+daemon's shutdown: the type's stop_signal, then SIGKILL to the process group at its
+graceful_timeout.
+
+Not here (issue 22): adopting worker processes across a daemon restart, log rotation, the
+memory watchdog and budgets, deploys, readiness probes and start order beyond "after web".
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+from ultrascaled.core import command, worker_plan as wp
+from ultrascaled.core.control import ScaleRefused
+from ultrascaled.core.seams import Clock, Handle, Runner, is_transient
+from ultrascaled.core.states import LIVE, State, check_transition
+from ultrascaled.effects.files import write_atomic
+from ultrascaled.spec import Spec
+
+S = State
+Key = wp.Key
+IDLE_WAIT = 1.0           # the loop looks again at least this often (and beats)
+
+
+def policy_for(spec: Spec, name: str) -> wp.WorkerPolicy:
+    t, r = spec.processes[name], spec.restart
+    return wp.WorkerPolicy(start_seconds=t.start_seconds, graceful_timeout=t.graceful_timeout,
+                           stop_signal=int(getattr(signal, "SIG" + t.stop_signal)),
+                           backoff_initial=r.backoff_initial, backoff_max=r.backoff_max,
+                           fatal_crashes=r.fatal_crashes, fatal_window=r.fatal_window)
+
+
+class WorkersLoop:
+    """`spec()`: the spec in force (a reload changes it); `directory()`: the folder a type with
+    `directory: null` starts in (app.directory, or the current release's)."""
+
+    def __init__(self, spec: Callable[[], Spec], events: Any, runner: Runner, clock: Clock,
+                 alerts: Any, directory: Callable[[], str], log_dir: Path, state_dir: Path,
+                 beat: Callable[[], None] = lambda: None):
+        self._spec = spec
+        self.events = events
+        self.runner = runner
+        self.clock = clock
+        self.alerts = alerts
+        self.directory = directory
+        self.log_dir = Path(log_dir)
+        self.state_file = Path(state_dir) / "processes.json"
+        self.beat = beat
+        self.slots: dict[Key, wp.Slot] = {}
+        self.handles: dict[Key, Handle] = {}
+        self.pids: dict[Key, int] = {}
+        self.desired: dict[str, int] = {}
+        self.started = False            # the web fleet was ready: processes may start
+        self.shutting_down = False
+        self._seen: Spec | None = None
+        self.moves = 0                  # slot changes made, for tests that step the loop
+        self._wake = asyncio.Event()
+
+    @property
+    def spec(self) -> Spec:
+        return self._spec()
+
+    # ---- what is wanted ---------------------------------------------------------------------
+
+    def load(self) -> None:
+        """The counts last scaled to (`<state_dir>/processes.json`), where they still fit."""
+        try:
+            saved = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            saved = {}
+        except (OSError, ValueError) as exc:
+            self.events.emit("state.ignored", level="warning", path=str(self.state_file),
+                             reason=f"unreadable ({type(exc).__name__}: {exc}); using processes.*.count")
+            saved = {}
+        spec = self._seen = self.spec
+        for name, t in spec.processes.items():
+            n = saved.get(name) if isinstance(saved, dict) else None
+            ok = isinstance(n, int) and not isinstance(n, bool) and t.min <= n <= t.max
+            self.desired[name] = n if ok else t.count
+
+    def _follow_spec(self) -> None:
+        """A reload: added types start at their count, removed ones stop; a type keeps its
+        scaled count unless the spec's count changed (as the web fleet does)."""
+        spec = self.spec
+        old = self._seen
+        if spec is old:
+            return
+        self._seen = spec
+        before = old.processes if old is not None else {}
+        for name in list(self.desired):
+            if name not in spec.processes:
+                del self.desired[name]
+        for name, t in spec.processes.items():
+            prev = before.get(name)
+            if name not in self.desired or prev is None or prev.count != t.count:
+                self.desired[name] = t.count
+            else:
+                self.desired[name] = min(t.max, max(t.min, self.desired[name]))
+
+    def scale(self, name: str, n: int, source: str = "operator") -> dict[str, Any]:
+        """A new count for one type (raises ScaleRefused); a FATAL process of it is tried again."""
+        spec = self.spec
+        if name not in spec.processes:
+            known = ", ".join(sorted(spec.processes)) or "none"
+            raise ScaleRefused("not_found", f"no process type {name!r} (types: web, {known})"
+                               if known != "none" else f"no process type {name!r}: the spec has "
+                               "no processes: section, only the web fleet")
+        t = spec.processes[name]
+        if isinstance(n, bool) or not isinstance(n, int) or not t.min <= n <= t.max:
+            raise ScaleRefused("out_of_range", f"{name} must be {t.min}..{t.max} "
+                               f"(processes.{name}.min..max), got {n}")
+        self._follow_spec()
+        old = self.desired.get(name, t.count)
+        counts = dict(self.desired, **{name: n})
+        try:
+            write_atomic(str(self.state_file), json.dumps(counts, sort_keys=True).encode())
+        except OSError as exc:
+            raise ScaleRefused("internal", f"cannot save the count to {self.state_file}: "
+                               f"{exc.strerror or exc}; nothing was changed") from None
+        self.desired[name] = n
+        for key, slot in list(self.slots.items()):
+            if key[0] == name and slot.state is S.FATAL:
+                self._move(wp.retried(slot))
+        if n != old:
+            self.events.emit("process.scale", process=name, desired=n, previous=old, source=source)
+        self.wake()
+        return {"process": name, "desired": n, "previous": old}
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def begin(self) -> None:
+        """The web fleet is ready: start the worker types."""
+        if not self.started:
+            self.started = True
+            self.events.emit("processes.starting", types={n: c for n, c in sorted(self.desired.items())})
+            self.wake()
+
+    async def run(self, web_ready: asyncio.Event) -> None:
+        if not web_ready.is_set():
+            self.events.emit("processes.waiting", awaits="web fleet ready",
+                             types=sorted(self.spec.processes))
+            while not web_ready.is_set():
+                self.beat()
+                try:
+                    await asyncio.wait_for(web_ready.wait(), IDLE_WAIT)
+                except TimeoutError:
+                    pass
+        self.begin()
+        while True:
+            wake_at = self.step()
+            self.beat()
+            delay = IDLE_WAIT if wake_at is None else min(IDLE_WAIT, max(0.0, wake_at - self.clock.now()))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    def step(self) -> float | None:
+        """Plan and apply until nothing is left at this instant; the next time to look."""
+        self._follow_spec()
+        spec = self.spec
+        policies = {n: policy_for(spec, n) for n in spec.processes}
+        desired = {} if self.shutting_down or not self.started else dict(self.desired)
+        fingerprints = {n: command.process_fingerprint(spec, n) for n in spec.processes}
+        for _ in range(10):
+            actions = wp.plan(self.slots, desired, policies, self.clock.now(), fingerprints)
+            if not actions:
+                break
+            for action in actions:
+                self._apply(action, spec, policies)
+        self._resolve_crash_loops(policies)
+        return wp.next_wakeup(self.slots, policies)
+
+    def _apply(self, action: wp.Action, spec: Spec, policies: dict[str, wp.WorkerPolicy]) -> None:
+        now = self.clock.now()
+        key = action.key
+        slot = self.slots.get(key) or wp.Slot(*key)
+        if isinstance(action, wp.Spawn):
+            self._spawn(slot, spec, policies[key[0]], action.reason)
+        elif isinstance(action, wp.Promote):
+            self._move(wp.promoted(slot), uptime=round(now - (slot.started_at or now), 3))
+        elif isinstance(action, wp.Stop):
+            self._move(wp.stopping(slot, action.deadline, action.reason), signal=signal.Signals(action.sig).name,
+                       graceful_timeout=round(action.deadline - now, 3))
+            handle = self.handles.get(key)
+            if handle is not None:
+                try:
+                    self.runner.signal(handle, action.sig)
+                except OSError as exc:
+                    self.events.emit("process.signal_failed", level="warning", process=key[0],
+                                     index=key[1], error=str(exc))
+        elif isinstance(action, wp.Kill):
+            self.slots[key] = dataclasses.replace(slot, killed=True)
+            self.moves += 1
+            handle = self.handles.get(key)
+            self.events.emit("process.killed", level="warning", process=key[0], index=key[1],
+                             pid=self.pids.get(key), signal="SIGKILL",
+                             reason="still running at its graceful_timeout")
+            if handle is not None:
+                try:
+                    self.runner.kill_group(handle.pgid, signal.SIGKILL)
+                except OSError as exc:
+                    self.events.emit("process.signal_failed", level="error", process=key[0],
+                                     index=key[1], error=str(exc))
+        elif isinstance(action, wp.Forget):
+            if slot.state is not S.STOPPED:
+                self._move(dataclasses.replace(slot, state=S.STOPPED, reason="not wanted"))
+            self.slots.pop(key, None)
+            self.pids.pop(key, None)
+            self.alerts.resolve("worker_crash_loop", process=key[0], index=key[1])
+
+    def _spawn(self, slot: wp.Slot, spec: Spec, policy: wp.WorkerPolicy, reason: str) -> None:
+        name, index = slot.key
+        t = spec.processes[name]
+        cwd = t.directory or self.directory()
+        log_path = str(self.log_dir / f"{name}-{index}.log")
+        now = self.clock.now()
+        try:
+            env = command.process_env(spec, name, index)
+            handle = self.runner.spawn(list(t.command), env, cwd, log_path)
+        except OSError as exc:
+            detail = f"{exc.strerror or exc}" + (f": {exc.filename!r}" if getattr(exc, "filename", None) else "")
+            after = wp.on_spawn_error(slot, detail, is_transient(exc), policy, now)
+            self.events.emit("process.spawn_failed", level="error", process=name, index=index,
+                             argv=list(t.command), cwd=cwd, error=detail)
+            self._move(after)
+            return
+        self.handles[slot.key] = handle
+        self.pids[slot.key] = handle.pid
+        self._move(wp.spawned(slot, now, command.process_fingerprint(spec, name)), pid=handle.pid,
+                   why=reason, log=log_path)
+        self.runner.watch(handle, lambda rc, key=slot.key, h=handle: self._exited(key, h, rc))
+
+    def _exited(self, key: Key, handle: Handle, returncode: int | None) -> None:
+        if self.handles.get(key) is not handle:
+            return
+        del self.handles[key]
+        try:
+            self.runner.unwatch(handle)
+        except OSError:
+            pass
+        try:   # what the process left in its session (a shell's child, a forked helper)
+            if self.runner.group_alive(handle.pgid):
+                self.runner.kill_group(handle.pgid, signal.SIGKILL)
+        except OSError:
+            pass
+        slot = self.slots.get(key)
+        if slot is None:
+            return
+        spec = self.spec
+        policy = policy_for(spec, key[0]) if key[0] in spec.processes else wp.WorkerPolicy()
+        after, loop = wp.on_exit(slot, returncode, policy, self.clock.now())
+        self._move(after, pid=handle.pid, returncode=returncode)
+        if loop:
+            self.alerts.fire("worker_crash_loop", f"{key[0]} process {key[1]} keeps crashing after it "
+                             f"started: {after.reason}", process=key[0], index=key[1])
+        self.wake()
+
+    def _resolve_crash_loops(self, policies: dict[str, wp.WorkerPolicy]) -> None:
+        raised = getattr(self.alerts, "raised", None)
+        if not raised:
+            return
+        now = self.clock.now()
+        for key, slot in self.slots.items():
+            p = policies.get(key[0])
+            if p is not None and slot.state is S.RUNNING and slot.started_at is not None \
+                    and now - slot.started_at >= p.fatal_window:
+                self.alerts.resolve("worker_crash_loop", f"{key[0]} process {key[1]} has run for "
+                                    f"{p.fatal_window:g}s", process=key[0], index=key[1])
+
+    def _move(self, new: wp.Slot, **fields: Any) -> None:
+        """The one function that changes a slot's state: checks the move, logs the event."""
+        old = self.slots.get(new.key)
+        previous = old.state if old is not None else S.STOPPED
+        if new.state is not previous:
+            check_transition(previous, new.state)
+        self.slots[new.key] = new
+        self.moves += 1
+        if new.state is not previous:
+            level = "error" if new.state is S.FATAL else "warning" if new.state is S.BACKOFF else "info"
+            extra = {"reason": new.reason} if new.reason else {}
+            if new.state is S.BACKOFF:
+                extra["next_start_in"] = round(max(0.0, new.next_start - self.clock.now()), 3)
+            self.events.emit("process.state", level=level, process=new.name, index=new.index,
+                             state=new.state.value, previous=previous.value,
+                             **{"pid": self.pids.get(new.key), **fields, **extra})
+
+    # ---- shutdown -----------------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        self.shutting_down = True
+        self.wake()
+
+    @property
+    def live(self) -> list[Key]:
+        return sorted(k for k, s in self.slots.items() if s.state in LIVE)
+
+    async def stop_all(self, margin: float = 5.0) -> None:
+        """Every process stopped: stop_signal, SIGKILL at graceful_timeout (by the loop's plan),
+        and if an exit still does not come `margin` seconds later, SIGKILL again and go."""
+        self.begin_shutdown()
+        self.step()
+        spec = self.spec
+        longest = max((t.graceful_timeout for t in spec.processes.values()), default=0.0)
+        try:
+            async with asyncio.timeout(longest + margin):
+                while self.live:
+                    self.step()
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            for key in self.live:
+                handle = self.handles.get(key)
+                if handle is not None:
+                    try:
+                        self.runner.kill_group(handle.pgid, signal.SIGKILL)
+                    except OSError:
+                        pass
+            self.events.emit("processes.stop_timeout", level="error",
+                             left=[f"{n}/{i}" for n, i in self.live])
+        self.step()
+
+    # ---- what the API reads ---------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """`GET /processes`' worker types: name -> kind, desired, ready and the instances."""
+        spec = self.spec
+        self._follow_spec()
+        now = self.clock.now()
+        out: dict[str, Any] = {}
+        for name, t in spec.processes.items():
+            insts = []
+            for (n, index), slot in sorted(self.slots.items()):
+                if n != name:
+                    continue
+                alive = slot.state in LIVE and slot.started_at is not None
+                insts.append({"index": index, "pid": self.pids.get((n, index)) if alive else None,
+                              "state": slot.state.value,
+                              "uptime": round(now - slot.started_at, 3) if alive else None,
+                              "restarts": slot.restarts, "reason": slot.reason,
+                              "log": str(self.log_dir / f"{name}-{index}.log")})
+            out[name] = {"kind": t.kind, "desired": self.desired.get(name, t.count),
+                         "ready": sum(1 for i in insts if i["state"] == "running"),
+                         "min": t.min, "max": t.max, "command": list(t.command),
+                         "instances": insts}
+        return out
