@@ -65,6 +65,30 @@ class FakeFleet:
             return self.autoscaler.manual_scale(n)
         return None
 
+    workers = 1   # the fake's one worker type, `worker` (0..4)
+
+    def processes(self) -> dict:
+        web = {"kind": "web", "desired": self.count, "ready": len(self.instances),
+               "instances": [{"index": i, "port": p, "pid": None, "state": "running", "uptime": None,
+                              "restarts": 0, "rss": None} for i, p in enumerate(sorted(self.instances))]}
+        worker = {"kind": "worker", "desired": self.workers, "ready": self.workers,
+                  "instances": [{"index": i, "pid": 4000 + i, "state": "running", "uptime": 1.5,
+                                 "restarts": 0} for i in range(self.workers)]}
+        return {"web": web, "worker": worker}
+
+    def scale_process(self, name: str, n: int, source: str = "operator") -> dict:
+        if name == "web":
+            previous = self.count
+            said = self.scale(n, source)
+            return {"process": "web", "desired": n, "previous": previous, **({"autoscale": said} if said else {})}
+        if name != "worker":
+            raise ScaleRefused("not_found", f"no process type {name!r} (types: web, worker)")
+        if not 0 <= n <= 4:
+            raise ScaleRefused("out_of_range", f"worker must be 0..4 (processes.worker.min..max), got {n}")
+        self.calls.append(("scale_process", name, n))
+        previous, self.workers = self.workers, n
+        return {"process": name, "desired": n, "previous": previous}
+
     def restart(self, port: int | None = None) -> list[int]:
         self.calls.append(("restart", port))
         return [port] if port is not None else sorted(self.instances)

@@ -264,8 +264,11 @@ async def test_a_reload_starts_added_types_stops_removed_ones_and_restarts_a_cha
         __import__("fakes").SPEC.format(dir=tmp_path, extra=WORKER.format(dir=tmp_path, count=1).replace(
             "worker]", "worker, --burst]") + "  mailer:\n    command: [python, mail.py]\n"),
         base_dir=tmp_path)
-    h.sup.reload_spec(new)
+    web_spawns = sum(1 for c in h.runner.calls if c[0] == "spawn" and "--name" in c[1])
+    result = h.sup.reload_spec(new)
+    assert result["changed"] == ["processes"] and result["restarting"] == []
     await h.settle()
+    assert sum(1 for c in h.runner.calls if c[0] == "spawn" and "--name" in c[1]) == web_spawns
     assert not old.alive and h.runner.worker("comp/worker/0").argv[-1] == "--burst"
     assert "comp/mailer/0" in h.runner.workers_alive()
     assert h.states() == {8001: "running", 8002: "running"}   # the web fleet was not restarted

@@ -1,4 +1,4 @@
-"""The API's handlers: fleet, health, scale, restarts, releases, metrics, traffic, autoscale, logs, events, openapi."""
+"""The API's handlers: fleet, health, scale, process types, restarts, releases, metrics, traffic, autoscale, logs, events, openapi."""
 from __future__ import annotations
 
 import asyncio
@@ -133,6 +133,33 @@ async def scale(request: web.Request) -> web.Response:
     answer: dict[str, Any] = {"desired": sup.count, "ports": list(sup.wanted)}
     if said:
         answer["autoscale"] = said
+    return web.json_response(answer, status=202)
+
+
+# ---- process types: web and the `processes:` workers (ultrascaled/supervise/workers_loop.py) -----
+
+PROCESS_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@routes.get("/processes")
+async def processes(request: web.Request) -> web.Response:
+    return web.json_response(fleet_of(request).processes())
+
+
+@routes.post("/processes/{name}/scale")
+async def scale_process(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if not PROCESS_NAME_RE.fullmatch(name):
+        raise ApiError(Code.bad_request, f"a process type name is 1-64 letters, digits, - and _, "
+                       f"got {name[:40]!r}")
+    data = await json_body(request, ("instances",))
+    n = data.get("instances")
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise ApiError(Code.bad_request, f"`instances` must be an integer, got {str(n)[:40]!r}")
+    try:
+        answer = fleet_of(request).scale_process(name, n, source="operator")
+    except ScaleRefused as exc:
+        raise refused(exc)
     return web.json_response(answer, status=202)
 
 
