@@ -221,3 +221,60 @@ def test_deploy_progress_counts_the_soak_seconds_only_on_a_terminal(monkeypatch)
     assert "canary serving" in cli.deploy_progress(f)
     monkeypatch.setattr("sys.stderr", Tty())
     assert "canary serving 3.2s" in cli.deploy_progress(f) and cli.deploy_progress(f) != cli.deploy_progress(later)
+
+
+def worker(index, state="running", reason=""):
+    return {"index": index, "pid": 5000 + index, "state": state, "uptime": 3.0, "restarts": 0, "reason": reason}
+
+
+class ProcessesApi(ScriptedApi):
+    """Also answers GET /processes from a script (the last answer repeats)."""
+
+    def __init__(self, fleets, processes, answers=None):
+        super().__init__(fleets, answers)
+        self.processes = list(processes)
+
+    def request(self, method, path, body=None):
+        if (method, path) == ("GET", "/processes"):
+            self.calls.append((method, path, body))
+            return self.processes.pop(0) if len(self.processes) > 1 else self.processes[0]
+        return super().request(method, path, body)
+
+
+def types(*instances, desired=None):
+    insts = list(instances)
+    return {"web": {"kind": "web", "desired": 1, "ready": 1, "instances": []},
+            "worker": {"kind": "worker", "desired": len(insts) if desired is None else desired,
+                       "ready": sum(1 for i in insts if i["state"] == "running"), "instances": insts}}
+
+
+def test_scale_worker_and_web_posts_each_and_waits_for_both(capsys):
+    api = ProcessesApi([fleet(inst(8001), inst(8002))],
+                       [types(worker(0), worker(1, "starting"), worker(2, "starting"), desired=3),
+                        types(worker(0), worker(1), worker(2))],
+                       {("POST", "/fleet/scale"): {"desired": 2, "ports": [8001, 8002]},
+                        ("POST", "/processes/worker/scale"): {"process": "worker", "desired": 3, "previous": 1}})
+    assert run(api, ["scale", "worker=3", "web=2"]) == 0
+    posts = [c for c in api.calls if c[0] == "POST"]
+    assert posts == [("POST", "/fleet/scale", {"instances": 2}),
+                     ("POST", "/processes/worker/scale", {"instances": 3})]
+    assert "worker at 3 processes running" in capsys.readouterr().out
+
+
+def test_scale_of_a_worker_fails_at_once_when_a_wanted_process_is_fatal():
+    api = ProcessesApi([fleet(inst(8001))], [types(worker(0, "fatal", reason="exit 1; failed to start 5 times"))],
+                       {("POST", "/processes/worker/scale"): {"process": "worker", "desired": 1, "previous": 0}})
+    with pytest.raises(cli.CtlError) as err:
+        run(api, ["scale", "worker=1"])
+    assert err.value.code == cli.EXIT_FAILED and "worker process 0 is FATAL: exit 1" in str(err.value)
+    assert api.polls == 0   # the web fleet was not asked for
+
+
+def test_status_lists_the_worker_types_after_the_web_instances(capsys):
+    api = ProcessesApi([fleet(inst(8001))], [types(worker(0), worker(1, "backoff", reason="killed by SIGKILL"))],
+                       {})
+    api.fleets[0]["memory"] = {}
+    assert run(api, ["status"]) == cli.EXIT_FAILED   # a worker is not running
+    out = capsys.readouterr().out
+    assert out.index("8001") < out.index("worker (worker): 1/2 running")
+    assert "killed by SIGKILL" in out

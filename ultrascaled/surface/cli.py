@@ -219,22 +219,95 @@ def fleet_converged(fleet: dict) -> bool:
                                        for i in inst.values()))
 
 
+def worker_types(api: Api) -> dict:
+    """GET /processes without `web`: the `processes:` worker types ({} for a daemon without
+    any, or one too old to answer)."""
+    try:
+        types = api.request("GET", "/processes")
+    except CtlError as exc:
+        if exc.code == EXIT_REFUSED:
+            return {}
+        raise
+    return {n: t for n, t in types.items() if n != "web"}
+
+
+def render_workers(types: dict) -> str:
+    """The worker types after the web instances: one table per type."""
+    out = []
+    for name, t in types.items():
+        out.append(f"{name} ({t['kind']}): {t['ready']}/{t['desired']} running")
+        rows = [("INDEX", "PID", "STATE", "UPTIME", "RESTARTS", "REASON")]
+        for i in t["instances"]:
+            rows.append((str(i.get("index", "-")), str(i["pid"] or "-"), i["state"], fmt_uptime(i.get("uptime")),
+                         str(i["restarts"]), i.get("reason") or ""))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        out += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(out)
+
+
 def cmd_status(api: Api, args) -> int:
     fleet = api.request("GET", "/fleet")
-    print(json.dumps(fleet, indent=2) if args.json else render_status(fleet))
-    ok = fleet["ready"] == fleet["desired"]
+    types = {} if args.json else worker_types(api)
+    print(json.dumps(fleet, indent=2) if args.json else
+          "\n".join(filter(None, [render_status(fleet), render_workers(types)])))
+    ok = fleet["ready"] == fleet["desired"] and all(t["ready"] == t["desired"] for t in types.values())
     return 0 if ok else EXIT_FAILED
 
 
+def processes_converged(wanted: dict[str, int]):
+    """Each worker type in `wanted` runs exactly that many processes, all running."""
+    def done(types: dict) -> bool:
+        return all(name in types and types[name]["desired"] == n and len(types[name]["instances"]) == n
+                   and all(i["state"] == "running" for i in types[name]["instances"])
+                   for name, n in wanted.items())
+    return done
+
+
+def wait_processes(api: Api, wanted: dict[str, int], timeout: float) -> dict:
+    """Poll GET /processes until the worker types run as `wanted`; exit 1 at once when a
+    wanted process is FATAL (it stays so until the type is scaled again)."""
+    deadline = time.monotonic() + timeout
+    done, last = processes_converged(wanted), None
+    while True:
+        types = api.request("GET", "/processes")
+        line = "; ".join(f"{n}: {types.get(n, {}).get('ready', 0)}/{c} running" for n, c in wanted.items())
+        if line != last:
+            print(line, file=sys.stderr)
+            last = line
+        if done(types):
+            return types
+        fatal = [f"{n} process {i.get('index')} is FATAL: {i.get('reason') or 'no reason given'}"
+                 for n, c in wanted.items() for i in types.get(n, {}).get("instances", [])
+                 if i["state"] == "fatal" and i.get("index", 0) < c]
+        if fatal:
+            raise CtlError("\n".join(fatal), EXIT_FAILED)
+        if time.monotonic() >= deadline:
+            raise CtlError(f"timed out after {timeout:g}s; {line}", EXIT_FAILED)
+        time.sleep(0.1)
+
+
 def cmd_scale(api: Api, args) -> int:
-    answer = api.request("POST", "/fleet/scale", {"instances": args.instances})
-    if isinstance(answer, dict) and answer.get("autoscale"):
-        print(f"note: {answer['autoscale']}", file=sys.stderr)
+    workers = {name: n for name, n in args.targets if name != "web"}
+    if args.instances is not None:
+        answer = api.request("POST", "/fleet/scale", {"instances": args.instances})
+        if isinstance(answer, dict) and answer.get("autoscale"):
+            print(f"note: {answer['autoscale']}", file=sys.stderr)
+    for name, n in workers.items():
+        api.request("POST", f"/processes/{name}/scale", {"instances": n})
     if args.no_wait:
-        print(f"desired instances: {args.instances}")
+        said = ([f"desired instances: {args.instances}"] if args.instances is not None else []) + \
+            [f"desired {name}: {n}" for name, n in workers.items()]
+        print("\n".join(said))
         return 0
-    fleet = wait_until(api, fleet_converged, args.timeout, progress)
-    print(f"fleet at {fleet['ready']} instances: ports {', '.join(map(str, fleet['ports'])) or 'none'}")
+    started = time.monotonic()
+    if args.instances is not None:
+        fleet = wait_until(api, fleet_converged, args.timeout, progress)
+        print(f"fleet at {fleet['ready']} instances: ports {', '.join(map(str, fleet['ports'])) or 'none'}")
+    if workers:
+        left = max(0.0, args.timeout - (time.monotonic() - started))
+        types = wait_processes(api, workers, left)
+        for name in workers:
+            print(f"{name} at {types[name]['ready']} processes running")
     return 0
 
 
@@ -732,8 +805,35 @@ def add_lines(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"show the last N {what} (default %(default)s)")
 
 
+def scale_target(text: str) -> tuple[str, int]:
+    """`N` (the web fleet) or `NAME=N` (a process type; `web=N` is the web fleet)."""
+    name, eq, n = text.rpartition("=")
+    if not eq:
+        return "web", count(text)
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_" for c in name) or not name.isascii():
+        raise argparse.ArgumentTypeError(f"a process type name is letters, digits, - and _, got {name!r}")
+    try:
+        return name, count(n)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{name}: {exc}") from None
+
+
+class ScaleTargets(argparse.Action):
+    """INSTANCES...: `targets` [(name, n)], and `instances` the web fleet's count (or None)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        names = [name for name, _ in values]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            parser.error(f"INSTANCES: {', '.join(twice)} given twice (a bare N is web)")
+        namespace.targets = list(values)
+        namespace.instances = dict(values).get("web")
+
+
 def build_scale(p: argparse.ArgumentParser) -> None:
-    p.add_argument("instances", type=count, metavar="INSTANCES", help="the number of instances wanted")
+    p.add_argument("instances", type=scale_target, nargs="+", action=ScaleTargets, metavar="INSTANCES",
+                   help="the number of web instances wanted (N), or NAME=N for each process type to "
+                        "scale (Heroku's ps:scale form: worker=3 web=4)")
     add_wait(p, 120.0)
 
 
@@ -795,7 +895,8 @@ def build_export(p: argparse.ArgumentParser) -> None:
 # only when that command is given (see Commands).
 COMMANDS: dict[str, tuple] = {
     "status": (cmd_status, "the fleet as a table (exit 1 unless every instance serves)", add_json),
-    "scale": (cmd_scale, "set the number of instances and wait until they serve", build_scale),
+    "scale": (cmd_scale, "set the number of instances (or of a process type's: worker=3) and wait "
+                         "until they serve", build_scale),
     "restart": (cmd_restart, "restart one instance (PORT), or --all one at a time, and wait", build_restart),
     "reload": (cmd_reload, "re-read the spec file; --wait for the restarts it starts", build_reload),
     "diff": (cmd_diff, "what a reload (to --spec FILE) would change, restart and reload, and "
