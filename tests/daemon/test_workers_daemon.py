@@ -1,0 +1,155 @@
+"""The `processes:` worker types on a real daemon: real processes of a small Python loop, real
+signals. A kill -9 is restarted, a scale 2 -> 1 stops one with SIGTERM, a worker that ignores
+SIGTERM is SIGKILLed at its graceful_timeout, and the daemon's stop stops them all."""
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+LOOP = textwrap.dedent("""\
+    import os, signal, sys, time
+    out = sys.argv[1]
+    deaf = "--deaf" in sys.argv
+    def note(what):
+        with open(out, "a") as f:
+            f.write(f"{what} {os.getpid()} {os.environ.get('ULTRASCALE_PROCESS')} {os.getcwd()}\\n")
+    def on_term(signum, frame):
+        note("term")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if deaf else on_term)
+    note("start")
+    print("worker up", os.environ.get("ULTRASCALE_PROCESS"), os.environ.get("QUEUE"), flush=True)
+    while True:
+        time.sleep(0.05)
+""")
+
+
+def processes(d) -> dict:
+    status, body = d.api("GET", "/processes")
+    assert status == 200, body
+    return body
+
+
+def wait_processes(d, cond, timeout=20, what="processes"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = processes(d)
+        if cond(last):
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last /processes: {last}\n{d.log_tail()}")
+
+
+def running(body, name, n):
+    t = body.get(name)
+    return t is not None and len(t["instances"]) == n and t["ready"] == n and \
+        all(i["state"] == "running" for i in t["instances"])
+
+
+def pid_of(body, name, index):
+    return next(i["pid"] for i in body[name]["instances"] if i["index"] == index)
+
+
+def gone(pid, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def notes(path) -> list[list[str]]:
+    try:
+        return [line.split() for line in path.read_text().splitlines()]
+    except FileNotFoundError:
+        return []
+
+
+@pytest.fixture
+def started(tmp_path):
+    """Worker pids seen by the test: ended by process group afterwards if any is still ours."""
+    pids: set[int] = set()
+    yield pids
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            if any("loop.py" in part for part in p.cmdline()):
+                os.killpg(pid, signal.SIGKILL)
+        except (psutil.Error, OSError):
+            pass
+
+
+def test_workers_restart_scale_down_with_sigterm_sigkill_at_deadline_and_stop_with_the_daemon(
+        make_daemon, tmp_path, started):
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    out = tmp_path / "notes.txt"
+    d = make_daemon({"processes": {
+        "worker": {"command": ["python", str(script), str(out)], "count": 2, "max": 4,
+                   "env": {"QUEUE": "default"}, "graceful_timeout": 5, "start_seconds": 0.5},
+        "deaf": {"command": ["python", str(script), str(out), "--deaf"], "count": 1,
+                 "graceful_timeout": 1.5, "start_seconds": 0.5},
+    }}, nginx=False).start()
+    body = wait_processes(d, lambda b: running(b, "worker", 2) and running(b, "deaf", 1), what="workers running")
+    started.update(i["pid"] for t in ("worker", "deaf") for i in body[t]["instances"])
+    assert body["web"]["kind"] == "web" and body["web"]["ready"] == 2 and body["worker"]["kind"] == "worker"
+    first = pid_of(body, "worker", 0)
+    assert [n[:3] for n in notes(out) if n[1] == str(first)] == [["start", str(first), f"{d.name}/worker/0"]]
+    assert "worker up " + f"{d.name}/worker/0 default" in (tmp_path / "log" / "worker-0.log").read_text()
+    assert os.getpgid(first) == first   # its own process group
+
+    # kill -9 from outside: restarted at once (the first restart), a new pid, restarts 1
+    os.kill(first, signal.SIGKILL)
+    body = wait_processes(d, lambda b: running(b, "worker", 2) and pid_of(b, "worker", 0) != first,
+                          what="worker 0 restarted")
+    started.add(pid_of(body, "worker", 0))
+    assert body["worker"]["instances"][0]["restarts"] == 1
+    assert any(e["state"] == "backoff" and e["reason"] == "killed by SIGKILL" for e in d.events("process.state"))
+
+    # scale 2 -> 1: the highest index gets SIGTERM and exits by itself
+    second = pid_of(body, "worker", 1)
+    r = d.ctl("scale", "worker=1", "--timeout", "20")
+    assert r.returncode == 0, r.stderr
+    assert "worker at 1 processes running" in r.stdout
+    assert gone(second) and ["term", str(second)] in [n[:2] for n in notes(out)]
+    assert running(processes(d), "worker", 1)
+
+    # a worker that ignores SIGTERM: SIGKILLed to its group at graceful_timeout (1.5 s)
+    deaf = pid_of(body, "deaf", 0)
+    t0 = time.monotonic()
+    assert d.api("POST", "/processes/deaf/scale", {"instances": 0})[0] == 202
+    assert gone(deaf, timeout=10)
+    took = time.monotonic() - t0
+    assert 1.4 <= took < 5, took
+    killed = d.events("process.killed")
+    assert killed and killed[-1]["process"] == "deaf" and killed[-1]["signal"] == "SIGKILL"
+    assert ["term", str(deaf)] not in [n[:2] for n in notes(out)]
+
+    # status lists the worker types after the web instances
+    r = d.ctl("status")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.index("worker (worker): 1/1 running") > r.stdout.index(str(d.base_port))
+
+    # the daemon's stop stops every worker: SIGTERM, and SIGKILL at the deadline for the deaf one
+    assert d.api("POST", "/processes/deaf/scale", {"instances": 1})[0] == 202
+    body = wait_processes(d, lambda b: running(b, "deaf", 1), what="deaf running again")
+    live = [i["pid"] for t in ("worker", "deaf") for i in body[t]["instances"]]
+    started.update(live)
+    t0 = time.monotonic()
+    assert d.stop(timeout=30) == 0
+    assert all(gone(p, timeout=1) for p in live), [p for p in live if not gone(p, 0)]
+    assert time.monotonic() - t0 >= 1.4   # the deaf one was given its graceful_timeout
+    worker_pid = pid_of(body, "worker", 0)
+    assert ["term", str(worker_pid)] in [n[:2] for n in notes(out)]
