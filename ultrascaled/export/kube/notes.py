@@ -85,6 +85,11 @@ def warnings_for(spec: "Spec", name: str, opts: Options) -> list[str]:
         if looks_secret(key):
             out.append(f"app.env.{key} looks like a secret: the ConfigMap holds it in clear; "
                        "move it to a Secret (env valueFrom secretKeyRef)")
+    if spec.processes:
+        out.append(f"processes ({', '.join(sorted(spec.processes))}): worker types are not exported "
+                   "yet; run each as a Deployment of its own (the same image and environment, its "
+                   "command, replicas = its count, terminationGracePeriodSeconds = its "
+                   "graceful_timeout)")
     if spec.deploy.release_command:
         ns = f" -n {opts.namespace}" if opts.namespace else ""
         out.append(f"deploy.release_command: apply Job {name}-release and wait for it "
