@@ -154,3 +154,22 @@ def test_a_workers_environment_is_app_env_file_then_app_env_then_its_own_then_th
     assert env["PATH"].startswith("/venv/bin")
     fp = command.process_fingerprint(spec, "w")
     assert fp == command.process_fingerprint(spec, "w") and "mine" in fp
+
+
+def test_check_finds_a_worker_types_missing_program_and_folder(tmp_path):
+    from ultrascaled.effects.host_checks import process_problems
+    from ultrascaled.spec import parse_spec
+    (tmp_path / "run.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "run.sh").chmod(0o755)
+    spec = parse_spec("processes:\n"
+                      "  ok: {command: [python, w.py]}\n"
+                      "  script: {command: [./run.sh]}\n"
+                      "  gone: {command: [no-such-program-here], directory: nowhere}\n"
+                      "  lost: {command: [./missing.sh]}\n", base_dir=tmp_path)
+    spec = spec.__class__(**{**spec.__dict__, "app": spec.app.__class__(directory=str(tmp_path))})
+    import sys
+    assert process_problems(spec, sys.executable) == [
+        f"processes.gone.directory: {tmp_path / 'nowhere'} does not exist",
+        "processes.gone.command: 'no-such-program-here' is not an executable file on the PATH it "
+        "starts with (app.python's folder, then the daemon's PATH)",
+        "processes.lost.command: './missing.sh' is not an executable file"]

@@ -87,6 +87,7 @@ def host_problems(spec: Spec, nofile_limit: int | None = None, timeout: float = 
     if found:
         imports = _import_problems(spec, python, found, directory, timeout)
         problems += imports or _argv_problems(spec, python, found, timeout)
+    problems += process_problems(spec, found)
     count = reload_count(spec)
     if count > spec.instances.count:
         problems += [f"{e} (for the count {count} saved in paths.state_dir/state.json, which a "
@@ -116,6 +117,33 @@ def _class_problems(wc: str, python: str, probe) -> list[str]:
     if rc == 4:
         return [f"gunicorn.worker_class: {python} imports {module}, but it has no class {cls!r}"]
     return [f"app.python: {python} cannot import {module} (gunicorn.worker_class {wc}): {out}"]
+
+
+def process_problems(spec: Spec, python: str | None) -> list[str]:
+    """Each worker type's folder exists and its program is found: a path, or a name on the PATH
+    it starts with (app.python's folder first, then the daemon's PATH, unless its env sets PATH)."""
+    problems = []
+    for name, t in sorted(spec.processes.items()):
+        key = f"processes.{name}"
+        folder = t.directory or spec.app.directory
+        if t.directory and not os.path.isdir(folder):
+            why = "is not a folder" if os.path.exists(folder) else "does not exist"
+            problems.append(f"{key}.directory: {folder} {why}")
+        program = t.command[0] if t.command else ""
+        if not program:
+            continue
+        if os.sep in program:
+            where = program if os.path.isabs(program) else os.path.join(folder, program)
+            found = where if os.path.isfile(where) and os.access(where, os.X_OK) else None
+        else:
+            path = t.env.get("PATH") or os.pathsep.join(filter(None, [
+                os.path.dirname(python) if python else "", os.environ.get("PATH", "")]))
+            found = shutil.which(program, path=path)
+        if not found:
+            problems.append(f"{key}.command: {program!r} is not an executable file"
+                            + ("" if os.sep in program else " on the PATH it starts with (app.python's "
+                               "folder, then the daemon's PATH)"))
+    return problems
 
 
 def _import_problems(spec: Spec, python: str, found: str, directory: str,
