@@ -277,3 +277,12 @@ async def test_a_reload_starts_added_types_stops_removed_ones_and_restarts_a_cha
     await h.settle()
     assert h.runner.workers_alive() == [] and h.sup.processes().keys() == {"web"}
     del text
+
+
+@component
+async def test_a_detaching_stop_stops_the_workers_which_are_not_adopted_yet(tmp_path):
+    h = await up(tmp_path)
+    await h.advance(1)
+    await asyncio.wait_for(h.sup.detach(), 5)
+    assert h.runner.workers_alive() == []
+    assert all(p.alive for p in h.runner.procs.values() if not p.label)   # the web masters serve on
