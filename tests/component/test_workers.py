@@ -222,7 +222,7 @@ async def test_shutdown_stops_every_worker_and_the_deaf_one_at_graceful_timeout(
     h.clock.t += 10
     await asyncio.wait_for(stop, 5)
     assert h.runner.workers_alive() == [] and ("kill_group", deaf.pgid, signal.SIGKILL) in h.runner.calls
-    assert states(h) == {"worker/0": "stopped", "worker/1": "stopped"} or states(h) == {}
+    assert states(h) == {}   # stopped, then forgotten: nothing of them is wanted
 
 
 @component
@@ -286,3 +286,28 @@ async def test_a_detaching_stop_stops_the_workers_which_are_not_adopted_yet(tmp_
     await asyncio.wait_for(h.sup.detach(), 5)
     assert h.runner.workers_alive() == []
     assert all(p.alive for p in h.runner.procs.values() if not p.label)   # the web masters serve on
+
+
+@component
+async def test_a_type_a_reload_removes_stops_with_its_own_graceful_timeout_and_shows_while_stopping(tmp_path):
+    h = await up(tmp_path, count=1)
+    await h.advance(1)
+    h.runner.deaf_labels.add("comp/worker/0")
+    deaf = h.runner.worker("comp/worker/0")
+    h.sup.reload_spec(parse_spec(__import__("fakes").SPEC.format(dir=tmp_path, extra=""), base_dir=tmp_path))
+    await h.settle()
+    snap = h.sup.processes()["worker"]
+    assert (snap["desired"], snap["instances"][0]["state"]) == (0, "stopping")
+    await h.advance(9.75)
+    assert deaf.alive   # graceful_timeout 10 (the removed type's), not the default 30
+    await h.advance(0.25)
+    assert not deaf.alive and list(h.sup.processes()) == ["web"]
+
+
+@component
+async def test_a_scale_during_shutdown_is_refused(tmp_path):
+    h = await up(tmp_path)
+    h.sup.workers.begin_shutdown()
+    with pytest.raises(ScaleRefused) as exc:
+        h.sup.scale_process("worker", 1)
+    assert exc.value.code == "shutting_down"

@@ -64,6 +64,7 @@ class WorkersLoop:
         self.shutting_down = False
         self._seen: Spec | None = None
         self.moves = 0                  # slot changes made, for tests that step the loop
+        self.policies: dict[str, wp.WorkerPolicy] = {}   # also of a type a reload removed, while it stops
         self._wake = asyncio.Event()
 
     @property
@@ -110,6 +111,8 @@ class WorkersLoop:
     def scale(self, name: str, n: int, source: str = "operator") -> dict[str, Any]:
         """A new count for one type (raises ScaleRefused); a FATAL process of it is tried again."""
         spec = self.spec
+        if self.shutting_down:
+            raise ScaleRefused("shutting_down", "the daemon is stopping; its processes are stopping too")
         if name not in spec.processes:
             known = ", ".join(sorted(spec.processes)) or "none"
             raise ScaleRefused("not_found", f"no process type {name!r} (types: web, {known})"
@@ -173,7 +176,10 @@ class WorkersLoop:
         """Plan and apply until nothing is left at this instant; the next time to look."""
         self._follow_spec()
         spec = self.spec
-        policies = {n: policy_for(spec, n) for n in spec.processes}
+        kept = {n for n, _ in self.slots}
+        self.policies = {**{n: p for n, p in self.policies.items() if n in kept},
+                         **{n: policy_for(spec, n) for n in spec.processes}}
+        policies = self.policies
         desired = {} if self.shutting_down or not self.started else dict(self.desired)
         fingerprints = {n: command.process_fingerprint(spec, n) for n in spec.processes}
         for _ in range(10):
@@ -261,8 +267,7 @@ class WorkersLoop:
         slot = self.slots.get(key)
         if slot is None:
             return
-        spec = self.spec
-        policy = policy_for(spec, key[0]) if key[0] in spec.processes else wp.WorkerPolicy()
+        policy = self.policies.get(key[0], wp.WorkerPolicy())
         after, loop = wp.on_exit(slot, returncode, policy, self.clock.now())
         self._move(after, pid=handle.pid, returncode=returncode)
         if loop:
@@ -338,10 +343,11 @@ class WorkersLoop:
     def snapshot(self) -> dict[str, Any]:
         """`GET /processes`' worker types: name -> kind, desired, ready and the instances."""
         spec = self.spec
-        self._follow_spec()
         now = self.clock.now()
         out: dict[str, Any] = {}
-        for name, t in spec.processes.items():
+        gone = sorted({n for n, _ in self.slots} - set(spec.processes))   # removed by a reload, stopping
+        for name in [*spec.processes, *gone]:
+            t = spec.processes.get(name)
             insts = []
             for (n, index), slot in sorted(self.slots.items()):
                 if n != name:
@@ -352,8 +358,8 @@ class WorkersLoop:
                               "uptime": round(now - slot.started_at, 3) if alive else None,
                               "restarts": slot.restarts, "reason": slot.reason,
                               "log": str(self.log_dir / f"{name}-{index}.log")})
-            out[name] = {"kind": t.kind, "desired": self.desired.get(name, t.count),
+            out[name] = {"kind": "worker", "desired": 0 if t is None else self.desired.get(name, t.count),
                          "ready": sum(1 for i in insts if i["state"] == "running"),
-                         "min": t.min, "max": t.max, "command": list(t.command),
-                         "instances": insts}
+                         "min": 0 if t is None else t.min, "max": 0 if t is None else t.max,
+                         "command": [] if t is None else list(t.command), "instances": insts}
         return out
