@@ -46,6 +46,12 @@ def test_directory_is_relative_to_the_spec_file(tmp_path):
     ("{command: [x], kind: web}", "processes.w.kind (line 2): `kind: web` is not built yet"),
     ("{command: [x], kind: cron}", "processes.w.kind (line 2): must be one of worker, job, web"),
     ("5", "processes.w (line 2): must be a mapping"),
+    ("[]", "processes.w (line 2): must be a mapping"),
+    ("~", "processes.w.command (line 2): is required"),
+    ("{command: [[a]]}", "processes.w.command (line 2): must be a list of strings"),
+    ("{command: {a: b}}", "processes.w.command (line 2): must be a list"),
+    ("{command: [x], kind: [worker]}", "processes.w.kind (line 2): must be a string"),
+    ("{command: [x], max: 0}", "processes.w.max (line 2): must be 1..256, got 0"),
 ])
 def test_a_bad_value_names_its_key_and_line(entry, expected):
     errors = errors_of(f"processes:\n  w: {entry}\n")
