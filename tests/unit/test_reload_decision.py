@@ -67,3 +67,16 @@ def test_a_changed_env_file_value_is_named_and_never_shown(tmp_path):
     assert d.why[20000] == ("app.file_env.DB_URL changed",)
     shown = repr(reload_plan.describe(d, old))
     assert "first" not in shown and "second" not in shown
+
+
+def test_a_worker_types_changes_are_named_per_key_its_secrets_hidden_and_no_web_instance_restarts():
+    old = parse_spec("processes:\n  w: {command: [x], env: {API_TOKEN: a, QUEUE: q}}\n")
+    new = parse_spec("processes:\n  w: {command: [y], env: {API_TOKEN: b, QUEUE: r}}\n  mail: {command: [m]}\n")
+    keys = {k.key: (k.old, k.new) for k in reload_plan.key_changes(old, new)}
+    assert keys["processes.w.command"] == (["x"], ["y"])
+    assert keys["processes.w.env.API_TOKEN"] == ("(hidden)", "(hidden)")
+    assert keys["processes.w.env.QUEUE"] == ("q", "r")
+    assert keys["processes.mail.command"] == (None, ["m"])
+    running = {p: (State.RUNNING, command.fingerprint(old, p)) for p in (8001, 8002)}
+    d = reload_plan.decide(old, new, 2, running, command.fingerprint)
+    assert d.sections == ("processes",) and d.diff.changed == ()

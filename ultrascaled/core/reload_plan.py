@@ -149,9 +149,17 @@ def leaves(value: Any, prefix: str = "") -> dict[str, Any]:
                 continue
             out.update(leaves(getattr(value, f.name), f"{prefix}{f.name}."))
         return out
-    if prefix in ("app.env.", "app.file_env.") and isinstance(value, Mapping):
+    if prefix == "processes." and isinstance(value, Mapping):   # processes.NAME.KEY
+        out = {}
+        for name, entry in value.items():
+            out.update(leaves(entry, f"processes.{name}."))
+        return out
+    if (prefix in ("app.env.", "app.file_env.") or PROCESS_ENV.fullmatch(prefix)) and isinstance(value, Mapping):
         return {f"{prefix}{k}": value[k] for k in value}
     return {prefix[:-1]: value}
+
+
+PROCESS_ENV = re.compile(r"processes\.[A-Za-z0-9_-]+\.env\.")
 
 
 def key_changes(old: Spec, new: Spec) -> tuple[KeyChange, ...]:
@@ -169,6 +177,9 @@ def shown(key: str, value: Any) -> Any:
     if value is not None and (key.startswith("app.file_env.") or (key.startswith("app.env.") and (
             looks_secret(key[8:]) or SECRET_NAME.search(key[8:])))):
         return HIDDEN
+    var = key.rpartition(".")[2]
+    if value is not None and PROCESS_ENV.match(key) and (looks_secret(var) or SECRET_NAME.search(var)):
+        return HIDDEN   # a worker type's env: named like a secret, as app.env's
     return plain(value)
 
 
