@@ -361,5 +361,5 @@ class WorkersLoop:
             out[name] = {"kind": "worker", "desired": 0 if t is None else self.desired.get(name, t.count),
                          "ready": sum(1 for i in insts if i["state"] == "running"),
                          "min": 0 if t is None else t.min, "max": 0 if t is None else t.max,
-                         "command": [] if t is None else list(t.command), "instances": insts}
+                         "instances": insts}   # not its command: an argv may hold a secret
         return out
