@@ -242,7 +242,7 @@ class WorkersLoop:
             detail = f"{exc.strerror or exc}" + (f": {exc.filename!r}" if getattr(exc, "filename", None) else "")
             after = wp.on_spawn_error(slot, detail, is_transient(exc), policy, now)
             self.events.emit("process.spawn_failed", level="error", process=name, index=index,
-                             argv=list(t.command), cwd=cwd, error=detail)
+                             program=t.command[0], cwd=cwd, error=detail)
             self._move(after)
             return
         self.handles[slot.key] = handle
