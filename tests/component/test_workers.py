@@ -311,3 +311,49 @@ async def test_a_scale_during_shutdown_is_refused(tmp_path):
     with pytest.raises(ScaleRefused) as exc:
         h.sup.scale_process("worker", 1)
     assert exc.value.code == "shutting_down"
+
+
+@component
+async def test_a_deploy_rolls_the_workers_to_the_new_release_one_at_a_time(tmp_path):
+    """issue 22's deploy order, third step: once the web fleet is on the new release, each worker
+    type moves to it one process at a time with its graceful stop (before, a worker kept the old
+    release's folder until it next crashed, and a deploy could prune that folder under it)."""
+    from test_deploy import drive, new_release
+    from ultrascaled.effects import releases
+    h = await up(tmp_path, extra="deploy: {soak_seconds: 1, min_requests: 10}\n")
+    await h.advance(1)
+    rid = new_release(h, tmp_path, "v2")
+    await h.sup.deploy(release=rid)
+    await drive(h, 20, until=lambda: h.sup.deployer.rollout is None)
+    assert h.sup.deployer.state.current == rid
+    folder = str(releases.releases_dir(h.spec) / rid)
+    for _ in range(40):
+        await h.advance(0.25)
+        if all(h.runner.worker(f"comp/worker/{i}").cwd == folder for i in (0, 1)) and \
+                set(states(h).values()) == {"running"}:
+            break
+    assert [h.runner.worker(f"comp/worker/{i}").cwd for i in (0, 1)] == [folder, folder]
+    stops = [e for e in h.events_named("process.state") if e.get("state") == "stopping"]
+    assert len(stops) == 2 and all("folder changed" in e["reason"] for e in stops)
+    slots = h.sup.workers.slots
+    assert abs(slots[("worker", 1)].started_at - slots[("worker", 0)].started_at) >= 1.0, "one at a time"
+
+
+@component
+async def test_a_release_a_worker_still_runs_in_is_not_pruned(tmp_path):
+    from test_deploy import drive, new_release
+    from ultrascaled.effects import releases
+    h = await up(tmp_path, extra="deploy: {soak_seconds: 1, min_requests: 10, keep_releases: 2}\n")
+    await h.advance(1)
+    rids = []
+    for n in (2, 3, 4):
+        rids.append(new_release(h, tmp_path, f"v{n}"))
+        if n == 2:   # a worker still on the first release (e.g. a long job in its graceful stop)
+            held = str(releases.releases_dir(h.spec) / rids[0])
+            h.sup.workers.folders_in_use = lambda: {held}
+        await h.sup.deploy(release=rids[-1])
+        await drive(h, 20, until=lambda: h.sup.deployer.rollout is None)
+    assert h.sup.deployer.state.current == rids[2]
+    assert (releases.releases_dir(h.spec) / rids[0]).is_dir(), "kept: a worker runs in it"
+    pruned = [r for e in h.events_named("release.pruned") for r in e["releases"]]
+    assert rids[0] not in pruned and pruned, pruned   # others beyond keep_releases still go

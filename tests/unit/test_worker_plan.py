@@ -76,6 +76,21 @@ def test_a_changed_command_restarts_live_processes():
         [Stop(("w", 0), signal.SIGTERM, 8.0, "its command, environment or folder changed")]
 
 
+def test_a_changed_folder_rolls_a_types_processes_one_at_a_time():
+    """A deploy (a new release folder) or a reload: one live process of a type is stopped, and
+    the next only once none of that type is starting or stopping; other types roll alongside."""
+    live = {k: Slot(*k, S.RUNNING, started_at=0.0, fingerprint="old")
+            for k in [("w", 0), ("w", 1), ("w", 2), ("m", 0)]}
+    first = wp.plan(live, {"w": 3, "m": 1}, POL, 3.0, {"w": "new", "m": "new"})
+    assert [a.key for a in first] == [("m", 0), ("w", 0)]
+    live[("w", 0)] = Slot("w", 0, S.STARTING, started_at=4.0, fingerprint="new")
+    live[("m", 0)] = Slot("m", 0, S.RUNNING, started_at=4.0, fingerprint="new")
+    both = {"w": 3, "m": 1}, POL
+    assert wp.plan(live, *both, 4.5, {"w": "new", "m": "new"}) == [], "w/0 is still starting"
+    live[("w", 0)] = Slot("w", 0, S.RUNNING, started_at=4.0, fingerprint="new")
+    assert [a.key for a in wp.plan(live, *both, 6.0, {"w": "new", "m": "new"})] == [("w", 1)]
+
+
 def test_start_failures_back_off_and_turn_fatal_at_fatal_crashes():
     s, delays = Slot("w", 0), []
     for i in range(3):
@@ -152,8 +167,9 @@ def test_a_workers_environment_is_app_env_file_then_app_env_then_its_own_then_th
     env = command.process_env(spec, "w", 2)
     assert (env["A"], env["B"], env["ULTRASCALE_PROCESS"], env["ULTRASCALE_FLEET"]) == ("app", "type", "f/w/2", "f")
     assert env["PATH"].startswith("/venv/bin")
-    fp = command.process_fingerprint(spec, "w")
-    assert fp == command.process_fingerprint(spec, "w") and "mine" in fp
+    fp = command.process_fingerprint(spec, "w", "/srv/r1")
+    assert fp == command.process_fingerprint(spec, "w", "/srv/r1") and "mine" in fp
+    assert fp != command.process_fingerprint(spec, "w", "/srv/r2"), "a deploy's new folder restarts them"
 
 
 def test_check_finds_a_worker_types_missing_program_and_folder(tmp_path):

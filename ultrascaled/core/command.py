@@ -149,10 +149,10 @@ def process_env(spec: Spec, name: str, index: int) -> dict[str, str]:
     return env
 
 
-def process_fingerprint(spec: Spec, name: str) -> str:
-    """What a worker type's processes are started with (app.env_file as a digest only); a
-    reload restarts the live ones whose fingerprint changed. The release folder is left out:
-    a deploy reaches a worker when it next starts."""
+def process_fingerprint(spec: Spec, name: str, folder: str) -> str:
+    """What a worker type's processes are started with (app.env_file as a digest only), in
+    `folder` (theirs, or the current release's): a reload or a deploy restarts the live ones
+    whose fingerprint changed, one at a time per type (core/worker_plan.py)."""
     t = spec.processes[name]
-    return json.dumps([list(t.command), t.env, t.directory, spec.app.env, spec.app.file_env.digest(),
+    return json.dumps([list(t.command), t.env, folder, spec.app.env, spec.app.file_env.digest(),
                        spec.app.python], sort_keys=True)

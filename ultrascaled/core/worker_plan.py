@@ -57,6 +57,7 @@ class Slot:
     stop_deadline: float | None = None  # STOPPING: SIGKILL to the group at this time
     killed: bool = False                # SIGKILL sent
     fingerprint: str = ""               # what its process was started with
+    folder: str = ""                    # where it was started (a release a deploy must keep)
     reason: str = ""
 
     @property
@@ -111,6 +112,11 @@ def plan(slots: Mapping[Key, Slot], desired: Mapping[str, int], policies: Mappin
     restarted)."""
     fingerprints = fingerprints or {}
     actions: list[Action] = []
+    # a changed command, environment or folder (a reload, a deploy) restarts a type's live
+    # processes one at a time: the next only once none of that type is stopping, stopped and
+    # about to start again, or starting
+    rolling = {name for (name, i), s in slots.items()
+               if s.state in (S.STARTING, S.STOPPING) or s.state is S.STOPPED and i < desired.get(name, 0)}
     for key in sorted(slots):
         slot = slots[key]
         name, index = key
@@ -123,9 +129,10 @@ def plan(slots: Mapping[Key, Slot], desired: Mapping[str, int], policies: Mappin
         elif slot.state in (S.STARTING, S.RUNNING):
             if not wanted:
                 actions.append(Stop(key, policy.stop_signal, now + policy.graceful_timeout, "scaled down"))
-            elif stale:
+            elif stale and slot.state is S.RUNNING and name not in rolling:
                 actions.append(Stop(key, policy.stop_signal, now + policy.graceful_timeout,
                                     "its command, environment or folder changed"))
+                rolling.add(name)
             elif slot.state is S.STARTING and slot.started_at is not None and \
                     now - slot.started_at >= policy.start_seconds:
                 actions.append(Promote(key))
@@ -191,10 +198,10 @@ def on_spawn_error(slot: Slot, detail: str, transient: bool, policy: WorkerPolic
                                reason=f"cannot start: {detail}; start failure {failures} of {policy.fatal_crashes}")
 
 
-def spawned(slot: Slot, now: float, fingerprint: str) -> Slot:
-    """The slot once its process was started."""
+def spawned(slot: Slot, now: float, fingerprint: str, folder: str = "") -> Slot:
+    """The slot once its process was started (in `folder`)."""
     return dataclasses.replace(slot, state=S.STARTING, started_at=now, spawns=slot.spawns + 1,
-                               restarts=slot.restarts + (1 if slot.spawns else 0),
+                               restarts=slot.restarts + (1 if slot.spawns else 0), folder=folder,
                                fingerprint=fingerprint, stop_deadline=None, killed=False, reason="")
 
 

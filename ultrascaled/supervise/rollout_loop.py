@@ -29,8 +29,10 @@ S = State
 class Deployer:
     INTERVAL = 0.25   # seconds between looks at the fleet while a rollout runs (woken sooner by the API)
 
-    def __init__(self, rec, events, clock, alerts, traffic: TrafficSource | None = None):
+    def __init__(self, rec, events, clock, alerts, traffic: TrafficSource | None = None,
+                 folders_in_use=lambda: set()):
         self.rec = rec
+        self.folders_in_use = folders_in_use   # folders other processes run in (worker types): never pruned
         self.events = events
         self.clock = clock
         self.alerts = alerts
@@ -314,8 +316,11 @@ class Deployer:
             self.state.previous, self.state.current = r.source if r.source is not None else self.state.base, r.target
             self.alerts.resolve("deploy_failed", f"release {show(r.target)} is deployed")
             self._point_current()
+            in_use = self.folders_in_use()
             doomed = releases.prune(self.spec, self.spec.deploy.keep_releases,
-                                    {self.state.current, self.state.previous})
+                                    {self.state.current, self.state.previous} |
+                                    {r["id"] for r in releases.listing(self.spec)
+                                     if releases.directory_of(self.spec, r["id"]) in in_use})
             if self.state.base in doomed:
                 self.state.base = None
             if doomed:

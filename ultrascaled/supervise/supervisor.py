@@ -61,7 +61,8 @@ class Supervisor:
                               beat=lambda: self.guard.beat("reconciler"))
         self.lock = FleetLock(spec.name, spec.paths.state_dir) if lock else None
         self.started_at = self.clock.wall()
-        self.deployer = Deployer(self.rec, events, self.clock, self.alerts, traffic=self.traffic)
+        self.deployer = Deployer(self.rec, events, self.clock, self.alerts, traffic=self.traffic,
+                                 folders_in_use=lambda: self.workers.folders_in_use())
         # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
         self.autoscaler = Autoscaler(self, nofile_limit=nofile_limit, traffic=self.traffic, **(autoscale or {}))
         # the `processes:` worker types: their own loop, started once the web fleet is ready

@@ -6,10 +6,12 @@ process runs in its own session (the runner's spawn), its output appended to
 `<paths.log_dir>/<name>-<index>.log`; every state change is a `process.state` event. It starts
 once the web fleet is ready (the supervisor waits for that) and stops every process at the
 daemon's shutdown: the type's stop_signal, then SIGKILL to the process group at its
-graceful_timeout.
+graceful_timeout. A deploy reaches them through their folder: the current release's, part of
+what a process was started with, so that once the web fleet is on a new release each type rolls
+to it one process at a time (core/worker_plan.py).
 
 Not here (issue 22): adopting worker processes across a daemon restart, log rotation, the
-memory watchdog and budgets, deploys, readiness probes and start order beyond "after web".
+memory watchdog and budgets, readiness probes and start order beyond "after web".
 """
 from __future__ import annotations
 
@@ -181,7 +183,7 @@ class WorkersLoop:
                          **{n: policy_for(spec, n) for n in spec.processes}}
         policies = self.policies
         desired = {} if self.shutting_down or not self.started else dict(self.desired)
-        fingerprints = {n: command.process_fingerprint(spec, n) for n in spec.processes}
+        fingerprints = {n: command.process_fingerprint(spec, n, self.folder(spec, n)) for n in spec.processes}
         for _ in range(10):
             actions = wp.plan(self.slots, desired, policies, self.clock.now(), fingerprints)
             if not actions:
@@ -229,10 +231,19 @@ class WorkersLoop:
             self.pids.pop(key, None)
             self.alerts.resolve("worker_crash_loop", process=key[0], index=key[1])
 
+    def folder(self, spec: Spec, name: str) -> str:
+        """Where a process of type `name` starts: its own `directory`, or the current release's."""
+        return spec.processes[name].directory or self.directory()
+
+    def folders_in_use(self) -> set[str]:
+        """The folders live worker processes run in (a release a deploy must not prune)."""
+        return {slot.folder for slot in self.slots.values()
+                if slot.folder and slot.state in (S.STARTING, S.RUNNING, S.STOPPING)}
+
     def _spawn(self, slot: wp.Slot, spec: Spec, policy: wp.WorkerPolicy, reason: str) -> None:
         name, index = slot.key
         t = spec.processes[name]
-        cwd = t.directory or self.directory()
+        cwd = self.folder(spec, name)
         log_path = str(self.log_dir / f"{name}-{index}.log")
         now = self.clock.now()
         try:
@@ -247,7 +258,7 @@ class WorkersLoop:
             return
         self.handles[slot.key] = handle
         self.pids[slot.key] = handle.pid
-        self._move(wp.spawned(slot, now, command.process_fingerprint(spec, name)), pid=handle.pid,
+        self._move(wp.spawned(slot, now, command.process_fingerprint(spec, name, cwd), cwd), pid=handle.pid,
                    why=reason, log=log_path)
         self.runner.watch(handle, lambda rc, key=slot.key, h=handle: self._exited(key, h, rc))
 
