@@ -201,6 +201,7 @@ def fleet_of(make_daemon, tmp_path: Path, filename: str, app_dir: Path):
     spec["paths"] = d.spec["paths"]
     spec["nginx"]["listen"] = d.nginx_port
     spec.setdefault("restart", {})["drain_seconds"] = 0.2   # test speed only
+    spec.setdefault("deploy", {})["soak_seconds"] = 3        # test speed only (the default soaks 30 s)
     spec["gunicorn"]["graceful_timeout"] = 5
     d.spec = spec
     d.write_spec()
