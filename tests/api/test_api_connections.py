@@ -58,6 +58,7 @@ def open_idle(port: int, n_idle: int, n_half: int, batch: int = 50) -> list[sock
     return socks
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_idle_and_half_sent_connections_are_closed_and_their_fds_return(make_live):
     raise_nofile()
     live = make_live(idle_timeout=0.5, max_connections=1000)  # closing sooner is never wrong here
@@ -84,6 +85,7 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_connections_beyond_the_cap_get_503_and_the_cap_frees_up(make_live):
     live = make_live(idle_timeout=60, max_connections=20)
     socks = open_idle(live.settings.port, 20, 0)

@@ -51,6 +51,7 @@ def cases(path: str, method: str):
         return operation.as_strategy(GenerationMode.POSITIVE)
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 @pytest.mark.parametrize("path,method", OPERATIONS, ids=[f"{m} {p}" for p, m in OPERATIONS])
 def test_the_api_conforms_to_its_description(path, method, live_url):
     @settings(max_examples=30, deadline=None, derandomize=True, database=None,

@@ -33,6 +33,7 @@ def started():
             bg.stop()
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_start_stop_counts_ok(server, started):
     # an hour's limit: only the stop request can end it (stop() raises if it does not end soon)
     bg = started(f"{server.base}/ok", users=5, duration_limit=3600, think_ms=5)  # not at full speed
@@ -48,6 +49,7 @@ def test_start_stop_counts_ok(server, started):
     assert not bg.running
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_stops_by_itself_at_duration_limit(server, started):
     bg = started(f"{server.base}/ok", users=2, duration_limit=0.4, think_ms=5)
     assert wait_until(lambda: not bg.running)
@@ -68,6 +70,7 @@ def test_failures_counted_by_status_and_kind(server, started):
     assert result.error_samples and result.error_samples[0]["kind"] in ("http_4xx", "http_5xx")
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_stop_lets_in_flight_requests_finish(server, started):
     server.slow_seconds = 0.4
     bg = started(f"{server.base}/slow", users=3, duration_limit=30, timeout=2)

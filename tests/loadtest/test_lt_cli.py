@@ -57,6 +57,7 @@ def test_missed_error_rate_exits_1(server, capsys):
     assert "FAIL  error rate" in out
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_missed_p99_exits_1_and_timeouts_counted(server, capsys):
     server.slow_seconds = 0.6
     rc, out, err = cli_here(capsys, f"{server.base}/slow", "-u", "2", "-n", "4", "-q", "--procs", "1",
@@ -68,6 +69,7 @@ def test_missed_p99_exits_1_and_timeouts_counted(server, capsys):
     assert data["checks"][0]["passed"] is False
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_duration_bound_stops_by_itself_with_progress(server, capsys):
     # 10 ms think time: the run needs its length, not 1.5 s of both cores at full speed
     rc, out, err = cli_here(capsys, f"{server.base}/ok", "-u", "3", "-d", "1.5", "--procs", "1",
@@ -80,6 +82,7 @@ def test_duration_bound_stops_by_itself_with_progress(server, capsys):
     assert "Requests    " in out and "0 failed" in out
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_quiet_suppresses_progress(server, capsys):
     # longer than the 1 s between progress lines, so without -q there would be one
     rc, out, err = cli_here(capsys, f"{server.base}/ok", "-u", "2", "-d", "1.2", "--procs", "1", "-q",
@@ -123,6 +126,7 @@ def test_missing_url_exit_2():
     assert p.returncode == 2 and "url" in p.stderr
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_run_api_path_mix_and_json_file(server, tmp_path, capsys):
     cfg = Config(url=f"{server.base}/ignored", users=4, duration=None, requests=400, procs=2,
                  paths=[("/ok", 3), ("/chunked", 1)], targets=Targets(max_error_rate_pct=0))
@@ -145,6 +149,7 @@ def test_run_api_connect_refused(free_port):
     assert r.checks == [] and r.passed  # no targets given: nothing to miss
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_run_api_ramp_delays_users(server):
     r = run(Config(url=f"{server.base}/ok", users=4, duration=0.6, ramp=0.4, procs=1, think_ms=50))
     # users start at 0, 0.1, 0.2, 0.3 s, so they are active 0.6+0.5+0.4+0.3 = 1.8 user-seconds;
@@ -154,6 +159,7 @@ def test_run_api_ramp_delays_users(server):
     assert server.connections == 4
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_dead_target_duration_run_stops_on_time(free_port):
     """Connect failures can fail without yielding; the run must still end at its deadline."""
     duration = 0.3

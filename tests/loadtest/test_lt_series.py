@@ -15,6 +15,7 @@ def table_rows(text):
     return [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| users")]
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_series_markdown_table_with_fleet_memory(server, capsys):
     rc = main([f"{server.base}/ok", "--series", "1,3", "-d", "0.3", "--think", "5", "-q", "--procs", "1",
                "--fleet-api", server.base, "--max-error-rate", "0"])
@@ -31,6 +32,7 @@ def test_series_markdown_table_with_fleet_memory(server, capsys):
         assert cells[9] == "PASS"
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_series_fleet_api_unreachable_prints_na(server, free_port, capsys):
     rc = main([f"{server.base}/ok", "--series", "2", "-d", "0.3", "--think", "5", "-q", "--procs", "1",
                "--fleet-api", f"http://127.0.0.1:{free_port}", "--json", "-"])
@@ -43,6 +45,7 @@ def test_series_fleet_api_unreachable_prints_na(server, free_port, capsys):
     assert data["steps"][0]["result"]["failed"] == 0
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_series_step_missing_target_exits_1(server, capsys):
     rc = main([f"{server.base}/500", "--series", "1", "-d", "0.3", "--think", "5", "-q", "--procs", "1",
                "--max-error-rate", "1"])
@@ -75,6 +78,7 @@ def test_chart_without_matplotlib_exits_2_with_hint(server, capsys, monkeypatch)
     assert server.requests == 0  # refused before sending any load
 
 
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_chart_written(server, tmp_path, capsys):
     needs.matplotlib()
     png = tmp_path / "series.png"

@@ -225,6 +225,7 @@ def test_no_warning_when_the_app_names_the_metrics_or_nginx_logs_the_traffic(tmp
     ('["--no-such-flag"]', "gunicorn refuses the command line: unrecognized arguments: --no-such-flag"),
     ('["--limit-request-line", "many"]', "invalid int value: 'many'"),
 ])
+@pytest.mark.integration   # real servers or processes, about a second or more: the full suite runs it
 def test_check_parses_gunicorn_args_with_the_apps_own_gunicorn(tmp_path, capsys, args, needle):
     rc, err = check(write(tmp_path, base_spec(tmp_path, f"gunicorn: {{args: {args}}}\n")), capsys)
     assert rc == 2 and needle in err, err
