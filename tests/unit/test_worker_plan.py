@@ -183,8 +183,7 @@ def test_check_finds_a_worker_types_missing_program_and_folder(tmp_path):
                       "  gone: {command: [no-such-program-here], directory: nowhere}\n"
                       "  lost: {command: [./missing.sh]}\n", base_dir=tmp_path)
     spec = spec.__class__(**{**spec.__dict__, "app": spec.app.__class__(directory=str(tmp_path))})
-    import sys
-    assert process_problems(spec, sys.executable) == [
+    assert process_problems(spec) == [
         f"processes.gone.directory: {tmp_path / 'nowhere'} does not exist",
         "processes.gone.command: 'no-such-program-here' is not an executable file on the PATH it "
         "starts with (app.python's folder, then the daemon's PATH)",

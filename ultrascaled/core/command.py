@@ -67,10 +67,24 @@ def gunicorn_argv(spec: Spec, port: int, log_path: str | None = None, directory:
     return argv + list(g.args) + [spec.app.module]
 
 
-def instance_env(spec: Spec, index: int, port: int, metrics_dir: str) -> dict[str, str]:
+def app_env(spec: Spec) -> dict[str, str]:
+    """What every process of the fleet starts with: the daemon's environment without its own
+    systemd variables, then app.env_file, then app.env over it."""
     env = {k: v for k, v in os.environ.items() if k not in DAEMON_ONLY_ENV}
-    env.update(spec.app.file_env)   # app.env_file, then app.env over it
+    env.update(spec.app.file_env)
     env.update(spec.app.env)
+    return env
+
+
+def python_first(spec: Spec, env: dict[str, str]) -> dict[str, str]:
+    """`env` with app.python's folder first on PATH, so that `python ...` is the app's own."""
+    python = spec.app.python or sys.executable
+    env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(python), env.get("PATH")]))
+    return env
+
+
+def instance_env(spec: Spec, index: int, port: int, metrics_dir: str) -> dict[str, str]:
+    env = app_env(spec)
     env.update({
         "PORT": str(port), "ULTRASCALE_PORT": str(port), "ULTRASCALE_INSTANCE": str(index),
         "ULTRASCALE_FLEET": spec.name, "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
@@ -88,11 +102,7 @@ def release_env(spec: Spec, release: str) -> dict[str, str]:
     """deploy.release_command's environment: the instances' (app.env_file, then app.env), the
     release's id, and `app.python`'s folder first on PATH, so that `python manage.py migrate`
     runs the app's own Python."""
-    env = {k: v for k, v in os.environ.items() if k not in DAEMON_ONLY_ENV}
-    env.update(spec.app.file_env)
-    env.update(spec.app.env)
-    python = spec.app.python or sys.executable
-    env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(python), env.get("PATH")]))
+    env = python_first(spec, app_env(spec))
     env.update({"ULTRASCALE_FLEET": spec.name, "ULTRASCALE_RELEASE": release, "PYTHONUNBUFFERED": "1"})
     return env
 
@@ -138,12 +148,8 @@ def process_env(spec: Spec, name: str, index: int) -> dict[str, str]:
     over the one before), `app.python`'s folder first on PATH (as for deploy.release_command),
     and the markers."""
     ptype = spec.processes[name]
-    env = {k: v for k, v in os.environ.items() if k not in DAEMON_ONLY_ENV}
-    env.update(spec.app.file_env)
-    env.update(spec.app.env)
+    env = python_first(spec, app_env(spec))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    python = spec.app.python or sys.executable
-    env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(python), env.get("PATH")]))
     env.update(ptype.env)
     env.update({"ULTRASCALE_FLEET": spec.name, "ULTRASCALE_PROCESS": process_label(spec, name, index)})
     return env

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from ultrascaled.core import autoscale as autoscale_core
-from ultrascaled.core.command import gunicorn_argv
+from ultrascaled.core.command import gunicorn_argv, process_env
 from ultrascaled.effects import procs
 from ultrascaled.spec import Spec, budget_errors
 from ultrascaled.spec import workers as worker_classes
@@ -87,7 +87,7 @@ def host_problems(spec: Spec, nofile_limit: int | None = None, timeout: float = 
     if found:
         imports = _import_problems(spec, python, found, directory, timeout)
         problems += imports or _argv_problems(spec, python, found, timeout)
-    problems += process_problems(spec, found)
+    problems += process_problems(spec)
     count = reload_count(spec)
     if count > spec.instances.count:
         problems += [f"{e} (for the count {count} saved in paths.state_dir/state.json, which a "
@@ -119,9 +119,10 @@ def _class_problems(wc: str, python: str, probe) -> list[str]:
     return [f"app.python: {python} cannot import {module} (gunicorn.worker_class {wc}): {out}"]
 
 
-def process_problems(spec: Spec, python: str | None) -> list[str]:
+def process_problems(spec: Spec) -> list[str]:
     """Each worker type's folder exists and its program is found: a path, or a name on the PATH
-    it starts with (app.python's folder first, then the daemon's PATH, unless its env sets PATH)."""
+    it starts with (the one its processes get: app.python's folder first, then the daemon's
+    PATH, unless app.env or its env sets PATH)."""
     problems = []
     for name, t in sorted(spec.processes.items()):
         key = f"processes.{name}"
@@ -136,9 +137,7 @@ def process_problems(spec: Spec, python: str | None) -> list[str]:
             where = program if os.path.isabs(program) else os.path.join(folder, program)
             found = where if os.path.isfile(where) and os.access(where, os.X_OK) else None
         else:
-            path = t.env.get("PATH") or os.pathsep.join(filter(None, [
-                os.path.dirname(python) if python else "", os.environ.get("PATH", "")]))
-            found = shutil.which(program, path=path)
+            found = shutil.which(program, path=process_env(spec, name, 0)["PATH"])
         if not found:
             problems.append(f"{key}.command: {program!r} is not an executable file"
                             + ("" if os.sep in program else " on the PATH it starts with (app.python's "
