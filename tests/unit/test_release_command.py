@@ -66,3 +66,35 @@ def test_a_daemon_stopping_meanwhile_kills_it(tmp_path):
 def test_a_command_that_cannot_start_raises_oserror(tmp_path):
     with pytest.raises(OSError):
         run([str(tmp_path / "no-such-program")], tmp_path)
+
+
+@pytest.mark.integration   # a real daemon-like parent killed with SIGKILL, then a wait for its child
+def test_a_daemon_killed_with_sigkill_takes_the_command_with_it(tmp_path):
+    """Found by attacking the release step: the command runs in its own session, so a daemon
+    killed with SIGKILL left a migration running, and the next daemon's deploy could run a
+    second one beside it. The command now gets SIGTERM when the daemon dies (PR_SET_PDEATHSIG)."""
+    import signal
+    import subprocess
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import asyncio, os, sys\n"
+        "from ultrascaled.effects import release_command\n"
+        f"asyncio.run(release_command.run([sys.executable, '-c', \"import os, time; open('pid', 'w')"
+        f".write(str(os.getpid())); time.sleep(60)\"], {str(tmp_path)!r}, dict(os.environ), 60, "
+        f"{str(tmp_path / 'r.log')!r}))\n")])
+    try:
+        deadline = time.monotonic() + 20
+        while not ((tmp_path / "pid").exists() and (tmp_path / "pid").read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = int((tmp_path / "pid").read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while not gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        alive = not gone(pid)
+        if alive:
+            os.kill(pid, signal.SIGKILL)
+        assert not alive, "the release command outlived the daemon"
+    finally:
+        if parent.poll() is None:
+            parent.kill()

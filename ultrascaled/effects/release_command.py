@@ -1,13 +1,19 @@
 """deploy.release_command, run: one process group in the new release's folder, its output kept
 whole in a log file and its tail for the event, killed (the whole group) at its timeout or when
-the daemon stops while it runs."""
+the daemon stops while it runs, and sent SIGTERM when the daemon dies without stopping (SIGKILL,
+the OOM killer): a migration never runs on unwatched, where the next daemon's deploy could start
+a second one beside it."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import time
 from dataclasses import dataclass
+
+PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl   # resolved here: the forked child only calls it
 
 TAIL_LINES = 20
 TAIL_BYTES = 4096
@@ -32,6 +38,16 @@ def _tail(path: str) -> str:
     return "\n".join(data.rstrip("\n").splitlines()[-TAIL_LINES:])
 
 
+def _dies_with(parent: int):
+    """preexec_fn: SIGTERM to the command when the thread that started it (the daemon's event
+    loop) ends; and if the daemon was already gone by then, exit at once."""
+    def preexec() -> None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
+
+
 def _kill(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -48,7 +64,8 @@ async def run(argv: list[str], cwd: str, env: dict[str, str], timeout: float, lo
         log.write(f"==> {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {argv!r} in {cwd}\n".encode())
         log.flush()
         proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=log, stderr=log, start_new_session=True)
+                                                    stdout=log, stderr=log, start_new_session=True,
+                                                    preexec_fn=_dies_with(os.getpid()))
     rc: int | None = None
     try:
         rc = await asyncio.wait_for(proc.wait(), timeout)
