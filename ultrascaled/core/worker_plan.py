@@ -101,7 +101,6 @@ class Forget:
 
 
 Action = Spawn | Promote | Stop | Kill | Forget
-LIVE = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
 
 
 def plan(slots: Mapping[Key, Slot], desired: Mapping[str, int], policies: Mapping[str, WorkerPolicy],

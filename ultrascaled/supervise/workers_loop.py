@@ -237,8 +237,7 @@ class WorkersLoop:
 
     def folders_in_use(self) -> set[str]:
         """The folders live worker processes run in (a release a deploy must not prune)."""
-        return {slot.folder for slot in self.slots.values()
-                if slot.folder and slot.state in (S.STARTING, S.RUNNING, S.STOPPING)}
+        return {slot.folder for slot in self.slots.values() if slot.folder and slot.state in LIVE}
 
     def _spawn(self, slot: wp.Slot, spec: Spec, policy: wp.WorkerPolicy, reason: str) -> None:
         name, index = slot.key
