@@ -123,3 +123,21 @@ def test_a_url_that_does_not_answer_2xx_exits_3_before_any_load(spec_path, key, 
     assert r.returncode == 3
     assert f"{key}: GET {path} answered HTTP {status}" in r.stderr and "before any load" in r.stderr
     assert not leftovers()
+
+
+def test_measure_runs_the_release_the_fleet_serves_not_the_working_copy(spec_path, tmp_path):
+    from ultrascaled.effects import releases
+    from ultrascaled.effects.solo_instance import SoloInstance
+    from ultrascaled.spec import load_spec
+    from ultrascaled.surface.plan_measure import current_folder
+
+    spec = load_spec(spec_path())
+    assert current_folder(spec) is None          # no deploy yet: app.directory
+    argv = SoloInstance(spec, 1, tmp_path).argv()
+    assert argv[argv.index("--chdir") + 1] == spec.app.directory
+    folder = releases.releases_dir(spec) / "20261207T120000Z"
+    folder.mkdir(parents=True)
+    releases.save_state(spec, releases.DeployState(current=folder.name))
+    assert current_folder(spec) == str(folder)
+    argv = SoloInstance(spec, 1, tmp_path, current_folder(spec)).argv()
+    assert argv[argv.index("--chdir") + 1] == str(folder)

@@ -53,13 +53,15 @@ def marker(fleet: str, port: int) -> str:
 
 
 class SoloInstance:
-    def __init__(self, spec: Spec, port: int, workdir: str | os.PathLike):
+    def __init__(self, spec: Spec, port: int, workdir: str | os.PathLike, directory: str | None = None):
+        """`directory`: the folder gunicorn runs in (the fleet's current release), app.directory if None."""
         self.spec, self.port, self.workdir = spec, port, Path(workdir)
+        self.directory = directory or spec.app.directory
         self.log_path = self.workdir / "gunicorn.log"
         self.proc: subprocess.Popen | None = None
 
     def argv(self) -> list[str]:
-        argv = with_binds(gunicorn_argv(self.spec, self.port, str(self.log_path)), [f"{HOST}:{self.port}"])
+        argv = with_binds(gunicorn_argv(self.spec, self.port, str(self.log_path), self.directory), [f"{HOST}:{self.port}"])
         i = argv.index("--name")
         argv[i + 1] = marker(self.spec.name, self.port)
         return argv
@@ -83,7 +85,7 @@ class SoloInstance:
                 why = self.exception_line()
                 raise SoloInstanceError(
                     f"the app did not start: gunicorn exited with code {code} ({self.spec.app.module} "
-                    f"in {self.spec.app.directory})" + (f": {why}" if why else "")
+                    f"in {self.directory})" + (f": {why}" if why else "")
                     + f"; the end of its log:\n{self.log_tail()}")
             try:
                 status, _ = self.get(h.path, timeout=h.timeout)

@@ -20,6 +20,7 @@ import time
 from ultrascaled.core.capacity import (TARGET_P99_MS, CalibrationError, MeasuredStep, Measurement,
                                        latency_target, measure_steps, step_from_loadtest)
 from ultrascaled.effects.loopback_load import LoadError, run_step
+from ultrascaled.effects import releases
 from ultrascaled.effects.solo_instance import SoloInstance, SoloInstanceError, free_port
 
 WARMUP_SECONDS = 1.0
@@ -72,6 +73,13 @@ def _say(quiet: bool, msg: str) -> None:
         sys.stderr.flush()
 
 
+def current_folder(spec) -> str | None:
+    """The folder of the release the fleet serves (what a deploy made current), None for
+    app.directory: the planner measures the code the fleet runs, not the working copy."""
+    state, _ = releases.load_state(spec)
+    return str(releases.releases_dir(spec) / state.current) if state.current else None
+
+
 def measure_app(spec, users: int, *, urls: list[str], steps: list[int] | None, step_seconds: float,
                 max_seconds: float, max_requests: int, port: int | None = None,
                 quiet: bool = False) -> Measurement:
@@ -79,8 +87,10 @@ def measure_app(spec, users: int, *, urls: list[str], steps: list[int] | None, s
     plan = measure_steps(users, spec, steps)
     timeout = TARGET_P99_MS / 1000.0
     with tempfile.TemporaryDirectory(prefix="ultrascale-measure-") as tmp:
-        inst = SoloInstance(spec, port if port is not None else free_port(), tmp)
-        _say(quiet, f"starting 1 instance of {spec.app.module} on 127.0.0.1:{inst.port}")
+        folder = current_folder(spec)
+        inst = SoloInstance(spec, port if port is not None else free_port(), tmp, folder)
+        _say(quiet, f"starting 1 instance of {spec.app.module} on 127.0.0.1:{inst.port}"
+             + (f" from the current release, {folder}" if folder else ""))
         t0 = time.monotonic()
         try:
             inst.start()
