@@ -8,6 +8,7 @@ import pytest
 
 from ultrascaled.core import capacity
 from ultrascaled.core.capacity import CalibrationError, parse_calibration, plan_for, render
+from ultrascaled.spec import HealthSection
 
 from capacity_helpers import make_spec
 
@@ -259,3 +260,18 @@ def test_the_plan_says_when_autoscale_max_replicas_cannot_reach_the_users():
     assert any("autoscale.max_replicas 4 is below the 50 instances 100 users need" in n and
                "4 x 2 x 1 = 8 requests at once" in n for n in p.notes), p.notes
     assert "autoscale bounds = min_replicas..max_replicas = 1..4" in "\n".join(p.arithmetic)
+
+
+@pytest.mark.parametrize("probe_timeout, counts", [(1.0, False), (5.0, True)])
+def test_a_calibration_is_judged_against_the_health_probe_timeout_too(probe_timeout, counts):
+    # p99 1.5 s: under the 2 s target, but over a 1 s health.timeout the daemon's probes time
+    # out in the same queue, so its rate is no capacity there
+    spec = dataclasses.replace(make_spec(), health=HealthSection(timeout=probe_timeout))
+    cal = {"instances": 2, "users": 1000, "rps": 3000.0, "p99_ms": 1500.0, "error_rate_pct": 0.0}
+    plan = plan_for(spec, 1000, calibration=cal, cpu_count=8, mem_total_bytes=64 << 30, nofile_limit=1 << 20)
+    assert plan.calibration.meets_target is counts
+    assert any("health.timeout" in line for line in plan.arithmetic)
+    series = {"instances": 2, "steps": [{"users": 500, "rps": 2000.0, "p99_ms": 800.0},
+                                        {"users": 1000, "rps": 3000.0, "p99_ms": 1500.0}]}
+    best = parse_calibration(series, target_ms=capacity.latency_target(spec)[0])
+    assert best.users == (1000 if counts else 500)

@@ -71,7 +71,8 @@ def _num(data: Mapping[str, Any], key: str, *, required: bool, integer: bool = F
     return int(v) if integer else float(v)
 
 
-def parse_calibration(data: Any, instances: int | None = None) -> Calibration:
+def parse_calibration(data: Any, instances: int | None = None,
+                      target_ms: float = TARGET_P99_MS) -> Calibration:
     """Read one of the accepted calibration shapes (docs/capacity.md):
 
     * small: ``{"instances": 2, "users": 1000, "rps": 5196.3, "p99_ms": 346.3,
@@ -82,7 +83,8 @@ def parse_calibration(data: Any, instances: int | None = None) -> Calibration:
     * its ``--series`` output (``{"steps": [...]}``): the step with the most users that met
       p99 < 2 s and < 1 % errors (else the first step), with ``"instances"`` added.
 
-    ``instances`` (from ``--calibration-instances``) overrides the file's.
+    ``instances`` (from ``--calibration-instances``) overrides the file's. ``target_ms``: the p99
+    it is judged against (``latency_target(spec)``: the probes share the users' queue).
     """
     if not isinstance(data, Mapping):
         raise CalibrationError(f"calibration: expected a JSON object, got {type(data).__name__}")
@@ -95,7 +97,7 @@ def parse_calibration(data: Any, instances: int | None = None) -> Calibration:
         for s in steps:
             flat = dict(s)
             flat.setdefault("instances", data.get("instances"))
-            parsed.append(parse_calibration(flat, instances))
+            parsed.append(parse_calibration(flat, instances, target_ms))
         good = [c for c in parsed if c.meets_target]
         best = max(good, key=lambda c: (c.users or 0, c.rps)) if good else parsed[0]
         return dataclasses.replace(best, source=f"load-test series step of {best.users} users")
@@ -119,7 +121,7 @@ def parse_calibration(data: Any, instances: int | None = None) -> Calibration:
     return Calibration(instances=n, rps=rps, p99_ms=p99,
                        users=_num(flat, "users", required=False, integer=True),
                        error_rate_pct=_num(flat, "error_rate_pct", required=False),
-                       rss_per_instance_bytes=rss or None, source=src)
+                       rss_per_instance_bytes=rss or None, source=src, p99_target_ms=target_ms)
 
 
 # ---- measurement (`plan --measure`) -------------------------------------------------------
@@ -343,8 +345,11 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
                                 "would have to hold: how many it holds is not known, so no count is planned from "
                                 "it; raise --max-seconds or --max-requests, or give --steps")
     else:
-        cal = (calibration if isinstance(calibration, Calibration) or calibration is None
-               else parse_calibration(calibration))
+        target, target_formula = latency_target(spec)
+        cal = (dataclasses.replace(calibration, p99_target_ms=target) if isinstance(calibration, Calibration)
+               else None if calibration is None else parse_calibration(calibration, target_ms=target))
+        if cal is not None:
+            ar.append(f"the calibration is judged against {target_formula}")
     problems: list[str] = []
     notes: list[str] = []
     inst = spec.instances

@@ -14,7 +14,7 @@ import os
 import resource
 import sys
 
-from ultrascaled.core.capacity import CalibrationError, parse_calibration, plan_for, render
+from ultrascaled.core.capacity import CalibrationError, latency_target, parse_calibration, plan_for, render
 from ultrascaled.spec import SpecError, load_spec
 from ultrascaled.spec.loader import DEFAULT_SPEC, FALLBACK_SPEC, default_spec_path
 
@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             with open(args.calibration) as f:
                 data = json.load(f)
-            cal = parse_calibration(data, instances=args.calibration_instances)
+            cal = parse_calibration(data, instances=args.calibration_instances,
+                                    target_ms=latency_target(spec)[0])
         except OSError as exc:
             return usage(f"{args.calibration}: cannot read: {exc.strerror or exc}")
         except json.JSONDecodeError as exc:
