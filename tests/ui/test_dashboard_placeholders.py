@@ -77,3 +77,16 @@ def test_a_release_column_and_the_autoscaler_target_appear_when_present(served):
     legend = drv.find_element("id", "legend-count").text
     assert "autoscaler target: 5.00" in legend, legend
     assert drv.find_elements("css selector", '#chart-count path[data-name="autoscaler target"]')
+
+
+def test_the_process_types_beside_the_web_fleet_are_shown_with_their_processes(served):
+    drv, url = served
+    open_page(drv, url)
+    wait(lambda: drv.find_elements("css selector", '#processes-body tr[data-type="worker"]'), 20, "the worker row")
+    assert drv.find_element("id", "processes").is_displayed()
+    row = drv.find_element("css selector", '#processes-body tr[data-type="worker"]')
+    cells = [c.text for c in row.find_elements("css selector", "td")]
+    assert cells[:3] == ["worker", "worker", "1 / 1"], cells
+    assert "pid 4000 running" in cells[3] and "restarts 0" in cells[3], cells
+    # the web type is the fleet table's, not a row here
+    assert not drv.find_elements("css selector", '#processes-body tr[data-type="web"]')

@@ -9,7 +9,7 @@
   const SVGNS = "http://www.w3.org/2000/svg";
   const MIB = 1024 * 1024;
   const KEY = "ultrascale.token";
-  const REFRESH_EVENTS = /^(instance|fleet|nginx|upstream|watchdog|alert|spec|daemon|deploy|autoscale|api\.request)/;
+  const REFRESH_EVENTS = /^(instance|fleet|nginx|upstream|watchdog|alert|spec|daemon|deploy|autoscale|process|job|api\.request)/;
   const DASHES = ["", "6 3", "2 3", "10 3 2 3", "1 2", "12 4", "4 2 1 2", "8 2 2 2 2 2"];
   const MAX_EVENTS = 200;
 
@@ -227,6 +227,34 @@
     if (document.activeElement !== n && !n.dataset.touched) n.value = String(f.desired);
   }
 
+  // The types beside the web fleet (`processes:`), one row each; the web type is the table above.
+  function renderProcesses(p) {
+    const names = Object.keys(p || {}).filter((n) => p[n].kind !== "web");
+    $("processes").hidden = !names.length;
+    const body = $("processes-body");
+    body.textContent = "";
+    for (const name of names) {
+      const t = p[name];
+      const tr = el("tr", { "data-type": name });
+      tr.appendChild(el("td", {}, name));
+      tr.appendChild(el("td", {}, t.kind));
+      tr.appendChild(el("td", {}, (t.ready === undefined ? "-" : t.ready) + " / " +
+                                  (t.desired === undefined ? "-" : t.desired)));
+      const td = el("td", {});
+      if (!(t.instances || []).length) td.textContent = "none running";
+      for (const i of t.instances || []) {
+        const d = el("div", { "class": "process", "data-state": i.state });
+        d.appendChild(el("span", { "class": "state state-" + i.state },
+          "#" + i.index + " " + (i.pid === null || i.pid === undefined ? "-" : "pid " + i.pid) + " " + i.state));
+        d.appendChild(el("span", { "class": "muted" }, " up " + duration(i.uptime) + ", restarts " + i.restarts +
+          (i.reason ? "; " + i.reason : "")));
+        td.appendChild(d);
+      }
+      tr.appendChild(td);
+      body.appendChild(tr);
+    }
+  }
+
   function renderHealth(h) {
     $("summary").textContent = (h.status === "ok" ? "Healthy" : "Degraded") + ": " + h.ready + " of " +
       h.desired + " instances ready" + (st.fleet && st.fleet.shutting_down ? " (the daemon is stopping)" : "");
@@ -261,9 +289,9 @@
     if (refreshing) return refreshing;
     refreshing = (async () => {
       try {
-        const [f, h, a] = await Promise.all([api("GET", "/fleet"), api("GET", "/health", undefined, [503]),
-                                             api("GET", "/alerts")]);
-        renderFleet(f); renderHealth(h); renderAlerts(a);
+        const [f, h, a, p] = await Promise.all([api("GET", "/fleet"), api("GET", "/health", undefined, [503]),
+                                                api("GET", "/alerts"), api("GET", "/processes")]);
+        renderFleet(f); renderHealth(h); renderAlerts(a); renderProcesses(p);
       } catch (e) {
         $("summary").textContent = "Cannot read the fleet: " + e.message;
       } finally {
