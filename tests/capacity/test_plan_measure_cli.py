@@ -132,12 +132,25 @@ def test_measure_runs_the_release_the_fleet_serves_not_the_working_copy(spec_pat
     from ultrascaled.surface.plan_measure import current_folder
 
     spec = load_spec(spec_path())
-    assert current_folder(spec) is None          # no deploy yet: app.directory
+    assert current_folder(spec) == (None, None)  # no deploy yet: app.directory
     argv = SoloInstance(spec, 1, tmp_path).argv()
     assert argv[argv.index("--chdir") + 1] == spec.app.directory
     folder = releases.releases_dir(spec) / "20261207T120000Z"
     folder.mkdir(parents=True)
     releases.save_state(spec, releases.DeployState(current=folder.name))
-    assert current_folder(spec) == str(folder)
-    argv = SoloInstance(spec, 1, tmp_path, current_folder(spec)).argv()
+    assert current_folder(spec) == (str(folder), None)
+    argv = SoloInstance(spec, 1, tmp_path, current_folder(spec)[0]).argv()
     assert argv[argv.index("--chdir") + 1] == str(folder)
+
+
+def test_an_unreadable_deploy_state_measures_app_directory_and_says_why(spec_path):
+    from ultrascaled.effects import releases
+    from ultrascaled.spec import load_spec
+    from ultrascaled.surface.plan_measure import current_folder
+
+    spec = load_spec(spec_path())
+    path = releases.state_path(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{not json")
+    folder, problem = current_folder(spec)
+    assert folder is None and "unreadable" in problem and str(path) in problem

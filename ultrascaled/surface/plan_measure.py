@@ -19,8 +19,9 @@ import time
 
 from ultrascaled.core.capacity import (TARGET_P99_MS, CalibrationError, MeasuredStep, Measurement,
                                        latency_target, measure_steps, step_from_loadtest)
-from ultrascaled.effects.loopback_load import LoadError, run_step
+from ultrascaled.core.release_layout import directory_of
 from ultrascaled.effects import releases
+from ultrascaled.effects.loopback_load import LoadError, run_step
 from ultrascaled.effects.solo_instance import SoloInstance, SoloInstanceError, free_port
 
 WARMUP_SECONDS = 1.0
@@ -73,11 +74,12 @@ def _say(quiet: bool, msg: str) -> None:
         sys.stderr.flush()
 
 
-def current_folder(spec) -> str | None:
-    """The folder of the release the fleet serves (what a deploy made current), None for
-    app.directory: the planner measures the code the fleet runs, not the working copy."""
-    state, _ = releases.load_state(spec)
-    return str(releases.releases_dir(spec) / state.current) if state.current else None
+def current_folder(spec) -> tuple[str | None, str | None]:
+    """(the folder of the release the fleet serves, as the daemon starts it: None for
+    app.directory; why it cannot be told, when deploy.json is unreadable): the planner
+    measures the code the fleet runs, not the working copy."""
+    state, problem = releases.load_state(spec)
+    return (directory_of(spec, state.current) if state.current else None), problem
 
 
 def measure_app(spec, users: int, *, urls: list[str], steps: list[int] | None, step_seconds: float,
@@ -87,7 +89,10 @@ def measure_app(spec, users: int, *, urls: list[str], steps: list[int] | None, s
     plan = measure_steps(users, spec, steps)
     timeout = TARGET_P99_MS / 1000.0
     with tempfile.TemporaryDirectory(prefix="ultrascale-measure-") as tmp:
-        folder = current_folder(spec)
+        folder, problem = current_folder(spec)
+        if problem:
+            _say(quiet, f"cannot tell the release the fleet serves ({problem}); measuring "
+                 f"app.directory, {spec.app.directory}")
         inst = SoloInstance(spec, port if port is not None else free_port(), tmp, folder)
         _say(quiet, f"starting 1 instance of {spec.app.module} on 127.0.0.1:{inst.port}"
              + (f" from the current release, {folder}" if folder else ""))
