@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -40,7 +41,8 @@ class Tracker:
     """Starts processes for one run and stops every one of them by pid."""
 
     def __init__(self, run_id: str | None = None, cmdline_marker: str | None = None):
-        self.run_id = run_id or f"{os.getpid()}-{int(time.time())}"
+        # unique per Tracker: two runs of one process within a second must not share a marker
+        self.run_id = run_id or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         # nginx overwrites its environment with its process title, so its master is found by the
         # run folder in its command line (`-p <prefix>`) and its workers as the master's children.
         self.cmdline_marker = cmdline_marker
@@ -107,10 +109,18 @@ class Tracker:
             except subprocess.TimeoutExpired:
                 pass
         killed = []
-        for _ in range(3):
+        quiet = 0
+        for _ in range(5):
             left = self.ours()
             if not left:
-                break
+                # a process caught between fork and exec can be missed by one scan (its
+                # /proc entry is half-written): believe "nothing left" only twice in a row
+                quiet += 1
+                if quiet == 2:
+                    break
+                time.sleep(0.05)
+                continue
+            quiet = 0
             for p in left:
                 try:
                     p.kill()

@@ -187,6 +187,13 @@ def test_tracker_cleanup_kills_what_escaped_into_another_session(tmp_path):
             time.sleep(0.02)
         grandchild = int(pidfile.read_text())
         assert psutil.pid_exists(grandchild)
+        for _ in range(250):  # until it is the escapee: `sleep` in a session of its own
+            try:
+                if psutil.Process(grandchild).cmdline() == ["sleep", "300"]:
+                    break
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
         killed = t.cleanup(grace=2)
     assert p.poll() is not None
     assert grandchild in killed
