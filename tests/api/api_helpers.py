@@ -89,6 +89,31 @@ class FakeFleet:
         previous, self.workers = self.workers, n
         return {"process": name, "desired": n, "previous": previous}
 
+    job_running = False   # the fake's one job, `nightly` (concurrency: forbid)
+
+    def _job(self) -> dict:
+        last = {"run": 3, "pid": 4100, "started": 1_700_000_000.0, "due": 1_700_000_000.0, "why": "schedule",
+                "duration": 2.5, "returncode": 0, "outcome": "succeeded", "log": "/tmp/job-nightly.log",
+                "log_offset": 120}
+        return {"schedule": "30 3 * * *", "every": None, "concurrency": "forbid",
+                "next_run": 1_700_086_200.0, "last_run": last, "running": []}
+
+    def jobs_listing(self) -> dict:
+        return {"nightly": self._job()}
+
+    def job_runs(self, name: str) -> list:
+        if name != "nightly":
+            raise ScaleRefused("not_found", f"no job {name!r} (jobs: nightly)")
+        return [self._job()["last_run"]]
+
+    def run_job(self, name: str) -> dict:
+        if name != "nightly":
+            raise ScaleRefused("not_found", f"no job {name!r} (jobs: nightly)")
+        if self.job_running:
+            raise ScaleRefused("job_running", "nightly: run 4 still going (concurrency: forbid); nothing started")
+        self.calls.append(("run_job", name))
+        return {"job": name, "run": 4, "action": "start"}
+
     def restart(self, port: int | None = None) -> list[int]:
         self.calls.append(("restart", port))
         return [port] if port is not None else sorted(self.instances)

@@ -38,6 +38,8 @@ class FakeProc:
     env: dict = field(default_factory=dict)
     cwd: str = ""
     log_path: str = ""
+    pass_fds: tuple = ()
+    adopted: bool = False
 
     @property
     def pgid(self) -> int:
@@ -86,6 +88,7 @@ class FakeRunner:
         self.exit_on_spawn: dict[int, int | None] = {}   # port -> rc its next masters exit with at once
         self.deaf: set[int] = set()                # ports whose masters ignore SIGTERM (a boot in C code)
         self.deaf_labels: set[str] = set()         # worker processes (fleet/name/index) that ignore their stop signal
+        self.start_times: dict[int, float] = {}    # pid -> its start time (default: one for all); a change is pid reuse
 
     # -- processes
     def spawn(self, argv, env, cwd, log_path, pass_fds=()):
@@ -95,7 +98,7 @@ class FakeRunner:
         if "--name" not in argv:   # a worker type's process (supervise/workers_loop.py)
             self.next_pid += 10
             p = FakeProc(self.next_pid, 0, list(argv), label=env.get("ULTRASCALE_PROCESS", ""),
-                         env=dict(env), cwd=cwd, log_path=log_path)
+                         env=dict(env), cwd=cwd, log_path=log_path, pass_fds=tuple(pass_fds))
             self.procs[p.pid] = p
             return p
         port = int(argv[argv.index("--name") + 1].rsplit("-", 1)[1])
@@ -139,13 +142,17 @@ class FakeRunner:
         return p
 
     def adopt(self, pid):
+        p = self.procs.get(pid)
+        if p is not None and p.label and p.alive:   # a worker's or a job run's process, from a runner shared across a restart
+            p.adopted = True                         # not our child: its exit code is not ours to read
+            return p
         lo = next(lo for lo in self.leftovers if lo.pid == pid)
         p = FakeProc(pid, lo.port, list(lo.cmdline), workers=[pid + 1])
         self.procs[pid] = p
         return p
 
     def watch(self, handle, on_exit):
-        handle.on_exit = on_exit
+        handle.on_exit = (lambda rc: on_exit(None)) if handle.adopted else on_exit
 
     def unwatch(self, handle):
         handle.on_exit = None
@@ -218,7 +225,10 @@ class FakeRunner:
         return list(self.leftovers)
 
     def start_time(self, pid):
-        return 1_600_000_000.0
+        p = self.procs.get(pid)
+        if p is not None and p.label and not p.alive:
+            return None
+        return self.start_times.get(pid, 1_600_000_000.0)
 
     def port_in_use(self, host, port):
         return self.busy.get(port)
@@ -246,6 +256,33 @@ class FakeRunner:
 
     def kinds(self) -> list:
         return [c[0] for c in self.calls]
+
+
+class FakeLocks:
+    """Job locks (effects/joblock.py) as the kernel keeps flocks: a lock handed to a process
+    (pass_fds) is held while that process lives; `outside` holds some for a process we never saw."""
+
+    def __init__(self, runner: FakeRunner):
+        self.runner = runner
+        self.paths: dict[int, str] = {}     # fd -> lock path
+        self.taken: dict[str, int] = {}     # path -> fd the daemon holds between take and release
+        self.outside: set[str] = set()
+        self.next_fd = 500
+
+    def held(self, path):
+        return path in self.outside or path in self.taken or any(
+            p.alive and any(self.paths.get(fd) == path for fd in p.pass_fds) for p in self.runner.procs.values())
+
+    def take(self, path):
+        if self.held(path):
+            return None
+        self.next_fd += 1
+        self.paths[self.next_fd] = path
+        self.taken[path] = self.next_fd
+        return self.next_fd
+
+    def release(self, fd):
+        self.taken.pop(self.paths[fd], None)
 
 
 class FakeUpstream:
@@ -296,15 +333,18 @@ nginx: {{mode: "off"}}
 
 
 class Harness:
-    def __init__(self, tmp_path, extra: str = "", traffic=FROM_SPEC, autoscale=None):
+    def __init__(self, tmp_path, extra: str = "", traffic=FROM_SPEC, autoscale=None, *,
+                 runner: FakeRunner | None = None, clock: FakeClock | None = None, locks: FakeLocks | None = None):
+        """`runner`, `clock`, `locks`: an earlier Harness's, for a daemon restarted on the same host."""
         self.spec = parse_spec(SPEC.format(dir=tmp_path, extra=extra), base_dir=tmp_path)
-        self.clock = FakeClock()
-        self.runner = FakeRunner()
+        self.clock = clock or FakeClock()
+        self.runner = runner or FakeRunner()
+        self.locks = locks or FakeLocks(self.runner)
         self.upstream = FakeUpstream()
         self.events = EventLog(clock=self.clock.wall)
         self.sup = Supervisor(self.spec, self.events, self.upstream, runner=self.runner, clock=self.clock,
                               lock=False,  # tests/component/test_fleetlock.py tests the lock
-                              traffic=traffic, autoscale=autoscale)
+                              traffic=traffic, autoscale=autoscale, job_locks=self.locks)
         self.rec = self.sup.rec
         self.sup.guard.BACKOFF_INITIAL = 0.001
 
@@ -314,11 +354,13 @@ class Harness:
             d.mkdir(parents=True, exist_ok=True)
         self.sup._load_state()
         self.sup.workers.load()
+        self.sup.jobs.load()
         self.rec.adopt_leftovers()
         await self.settle()
-        if self.spec.processes:   # the supervisor starts the worker types once the web fleet is ready
+        if self.spec.processes:   # the supervisor starts the worker and job types once the web fleet is ready
             assert self.rec.ready_event.is_set()
             self.sup.workers.begin()
+            self.sup.jobs.begin()
             await self.settle()
 
     async def settle(self, rounds: int = 50):
@@ -327,6 +369,8 @@ class Harness:
             self.rec.step()
             if self.sup.workers.started:
                 self.sup.workers.step()
+            if self.sup.jobs.started:
+                self.sup.jobs.step()
             for _ in range(5):
                 await asyncio.sleep(0)
             if self.rec._tasks:  # sampling runs in a thread: wait for it, not for wall time
@@ -336,8 +380,10 @@ class Harness:
                 moves = self.sup.workers.moves
                 if self.sup.workers.started:
                     self.sup.workers.step()
-                    for _ in range(5):
-                        await asyncio.sleep(0)
+                if self.sup.jobs.started:
+                    self.sup.jobs.step()
+                for _ in range(5):
+                    await asyncio.sleep(0)
                 if not self.rec._inbox and not self.rec._tasks and self.sup.workers.moves == moves:
                     return
         raise AssertionError("the reconciler did not settle")

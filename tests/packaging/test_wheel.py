@@ -109,7 +109,7 @@ def test_the_plain_install_needs_no_app_package_and_the_extras_are_declared(whee
     msg, entry_points = _metadata(wheel)
     reqs = _requirements(msg)
     base = reqs[None]
-    assert base == {"aiohttp", "psutil", "structlog", "pyyaml", "prometheus-client", "gunicorn"}, base
+    assert base == {"aiohttp", "psutil", "structlog", "pyyaml", "prometheus-client", "gunicorn", "cronsim"}, base
     assert not base & (APP_PACKAGES | {"python-socketio", "socketio"})
     extras = set(msg.get_all("Provides-Extra") or [])
     assert {"app", "loadtest", "test"} <= extras, extras

@@ -24,6 +24,17 @@ def test_a_worker_type_with_its_defaults():
             w.directory) == ("worker", 1, 0, 8, "TERM", 30.0, 1.0, None)
 
 
+@pytest.mark.parametrize("when, schedule, every", [
+    ("every: 30s", None, "30s"), ("every: 2", None, "2"), ("every: 1.5", None, "1.5"),
+    ("every: 5m", None, "5m"), ("schedule: '*/15 * * * *'", "*/15 * * * *", None),
+    ("schedule: '@daily'", "@daily", None), ("schedule: '30 3 * * 1-5'", "30 3 * * 1-5", None),
+])
+def test_a_job_type_with_its_defaults(when, schedule, every):
+    t = parse_spec(f"processes:\n  nightly:\n    kind: job\n    command: [x]\n    {when}\n").processes["nightly"]
+    assert (t.kind, t.schedule, t.every, t.concurrency, t.timeout, t.catch_up, t.history) == \
+        ("job", schedule, every, "forbid", None, False, 20)
+
+
 def test_directory_is_relative_to_the_spec_file(tmp_path):
     spec = parse_spec("processes:\n  w: {command: [x], directory: sub}\n", base_dir=tmp_path)
     assert spec.processes["w"].directory == str(tmp_path / "sub")
@@ -42,7 +53,22 @@ def test_directory_is_relative_to_the_spec_file(tmp_path):
     ("{command: [x], start_seconds: x}", "processes.w.start_seconds (line 2): must be a number"),
     ("{command: [x], env: {1A: x}}", "processes.w.env (line 2): '1A' is not an environment variable name"),
     ("{command: [x], comand: [y]}", "processes.w.comand (line 2): unknown key; did you mean `command`?"),
-    ("{command: [x], kind: job, schedule: x}", "processes.w.kind (line 2): scheduled jobs (`kind: job`) are not built yet"),
+    ("{command: [x], kind: job, schedule: x}", "processes.w.schedule (line 2): is not a cron schedule"),
+    ("{command: [x], kind: job, schedule: '61 * * * *'}", "processes.w.schedule (line 2): is not a cron schedule (minute hour day month weekday, e.g. '*/15 * * * *'): Bad minute"),
+    ("{command: [x], kind: job}", "processes.w (line 2): a job needs exactly one of processes.w.schedule"),
+    ("{command: [x], kind: job, every: 5s, schedule: '* * * * *'}", "processes.w (line 2): a job needs exactly one of"),
+    ("{command: [x], kind: job, every: 0.5}", "processes.w.every (line 2): must be 1 s..7d, got 0.5"),
+    ("{command: [x], kind: job, every: 8d}", "processes.w.every (line 2): must be 1 s..7d"),
+    ("{command: [x], kind: job, every: soon}", "processes.w.every (line 2): must be a period such as 30s"),
+    ("{command: [x], kind: job, every: yes}", "processes.w.every (line 2): must be a period"),
+    ("{command: [x], kind: job, every: 5s, count: 2}", "processes.w.count (line 2): not a key of a job"),
+    ("{command: [x], kind: job, every: 5s, start_seconds: 2}", "processes.w.start_seconds (line 2): not a key of a job"),
+    ("{command: [x], kind: job, every: 5s, concurrency: never}", "processes.w.concurrency (line 2): must be one of forbid, replace, allow"),
+    ("{command: [x], kind: job, every: 5s, timeout: 0}", "processes.w.timeout (line 2): must be 1..604800"),
+    ("{command: [x], kind: job, every: 5s, history: 0}", "processes.w.history (line 2): must be 1..1000"),
+    ("{kind: job, every: 5s}", "processes.w.command (line 2): is required"),
+    ("{command: [x], schedule: '* * * * *'}", "processes.w.schedule (line 2): not a key of a worker"),
+    ("{command: [x], catch_up: true}", "processes.w.catch_up (line 2): not a key of a worker"),
     ("{command: [x], kind: web}", "processes.w.kind (line 2): `kind: web` is not built yet"),
     ("{command: [x], kind: cron}", "processes.w.kind (line 2): must be one of worker, job, web"),
     ("5", "processes.w (line 2): must be a mapping"),

@@ -458,15 +458,19 @@ class DashboardSection:
 # ---- process types beside the web fleet (`processes:`; ultrascaled/core/worker_plan.py decides) --
 
 PROCESS_KINDS = ("worker", "job", "web")
-BUILT_KINDS = ("worker",)
+BUILT_KINDS = ("worker", "job")
+WORKER_ONLY = ("count", "min", "max", "start_seconds")   # refused on a job: it runs when due
+JOB_ONLY = ("schedule", "every", "concurrency", "timeout", "catch_up", "history")
 
 
 @dataclass(frozen=True)
 class ProcessType:
     """One entry of `processes:` (a Procfile line): a named type of long-running command."""
     kind: str = setting("worker", "`worker`: a long-running command the daemon keeps `count` of "
-                        "(Celery, RQ, a queue consumer). `job` (scheduled) and `web` (the "
-                        "gunicorn fleet is the top-level sections) are not built yet and refused.",
+                        "(Celery, RQ, a queue consumer). `job`: a command run on a `schedule` or "
+                        "`every` period, one run at a time on the host unless `concurrency` says "
+                        "otherwise (docs/processes.md#jobs). `web` (the gunicorn fleet is the "
+                        "top-level sections) is not built yet and refused.",
                         choices=PROCESS_KINDS)
     command: list = setting([], "The argv to run, a list (no shell: write `[sh, -c, '...']` for "
                             "one); required.")
@@ -489,6 +493,27 @@ class ProcessType:
                                     "(RUNNING); an exit sooner is a start failure "
                                     "(`restart.fatal_crashes` in a row make it FATAL).",
                                     min=0, max=3600)
+    # a job's keys (kind: job); ultrascaled/spec/jobs.py reads the schedule
+    schedule: Optional[str] = setting(None, "A job's cron schedule, five fields in the host's "
+                                      "local time (`*/15 * * * *`, `30 3 * * *`) or `@hourly`, "
+                                      "`@daily`, `@weekly`, `@monthly`, `@yearly`; set this or "
+                                      "`every`.")
+    every: Optional[str] = setting(None, "A job's period for short ones: `30s`, `5m`, `1h` or a "
+                                   "number of seconds (1 s..7d), on a fixed grid from the epoch "
+                                   "(`1m` runs at each minute); set this or `schedule`.")
+    concurrency: str = setting("forbid", "A job that is due while its last run still goes: "
+                               "`forbid` skips the new run (an event says so), `replace` stops "
+                               "the old one (stop_signal, SIGKILL at graceful_timeout) and starts "
+                               "the new, `allow` runs both (at most 16 at once). Kubernetes "
+                               "CronJob's concurrencyPolicy.", choices=("forbid", "replace", "allow"))
+    timeout: Optional[float] = setting(None, "Seconds a job's run may take; then it is stopped "
+                                       "(stop_signal, SIGKILL at graceful_timeout) and counts as "
+                                       "failed. null = no limit.", min=1, max=7 * 86400)
+    catch_up: bool = setting(False, "A job whose runs were missed while the daemon was down "
+                             "runs once at start when true; false skips them (an event names "
+                             "what was missed).")
+    history: int = setting(20, "Runs of a job kept in `GET /jobs/NAME/runs` and `<paths."
+                           "state_dir>/jobs.json`.", min=1, max=1000)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,8 @@ def _check_value(fld: dataclasses.Field, tp: Any, value: Any) -> tuple[Any, str 
         value = "on" if value else "off"
     elif tp is str and isinstance(value, int):  # `worker_processes: 2`
         value = str(value)
+    elif tp is str and isinstance(value, float) and fld.name == "every":   # `every: 2.5`
+        value = repr(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
@@ -195,13 +197,13 @@ def _build_map(cls: type, data: Any, path: str, lines: dict[str, int], errors: l
             bad.add(sub)
             continue
         kind = entry.get("kind", "worker") if isinstance(entry, dict) else "worker"
-        if kind in ("job", "web"):
-            what = ("scheduled jobs (`kind: job`) are not built yet" if kind == "job" else
-                    "`kind: web` is not built yet: the web type is the top-level gunicorn fleet "
-                    "(app, instances, gunicorn)")
-            errors.append(f"{where(sub + '.kind')}: {what}; only `kind: worker` runs for now")
+        if kind == "web":
+            errors.append(f"{where(sub + '.kind')}: `kind: web` is not built yet: the web type is "
+                          "the top-level gunicorn fleet (app, instances, gunicorn)")
             bad.add(sub)
             continue
+        if isinstance(entry, dict) and kind in BUILT_KINDS:
+            entry = _check_kind_keys(kind, entry, sub, where, errors, bad)
         if isinstance(entry, dict) and isinstance(entry.get("command"), str):
             errors.append(f"{where(sub + '.command')}: must be an argv list (no shell), got "
                           f"{show_value(entry['command'])}: write it as [prog, arg, ...], or "
@@ -221,6 +223,9 @@ def _build_map(cls: type, data: Any, path: str, lines: dict[str, int], errors: l
             errors.append(f"{where(key)}: its first item (the program) must not be empty")
             bad.add(key)
         lo, hi, n = section.min, section.max, section.count
+        if kind == "job":
+            out[name] = section
+            continue
         if not _tainted(bad, f"{sub}.min", f"{sub}.max") and lo > hi:
             errors.append(f"{where(sub + '.min')}: must not exceed {sub}.max ({hi}), got {lo}")
         elif not _tainted(bad, f"{sub}.min", f"{sub}.max", f"{sub}.count") and not lo <= n <= hi:
@@ -228,6 +233,45 @@ def _build_map(cls: type, data: Any, path: str, lines: dict[str, int], errors: l
                           f"got {n}")
         out[name] = section
     return out
+
+
+def _check_kind_keys(kind: str, entry: dict, sub: str, where: Any, errors: list[str],
+                     bad: set[str]) -> dict:
+    """A worker's keys on a job or a job's on a worker are refused, naming the key; a job needs
+    exactly one of `schedule` and `every`, each as cron or a period understands it. Returns the
+    entry without the keys refused, so the rest is built."""
+    from ultrascaled.spec import jobs
+    from ultrascaled.spec.schema import JOB_ONLY, WORKER_ONLY
+
+    foreign, what = (WORKER_ONLY, "a job runs when it is due, one run at a time (`concurrency`)") \
+        if kind == "job" else (JOB_ONLY, "only a job (`kind: job`) has it")
+    for key in foreign:
+        if key in entry:
+            errors.append(f"{where(f'{sub}.{key}')}: not a key of a {kind}: {what}")
+            bad.add(f"{sub}.{key}")
+    entry = {k: v for k, v in entry.items() if k not in foreign}
+    if kind != "job":
+        return entry
+    given = [k for k in ("schedule", "every") if entry.get(k) is not None]
+    if len(given) != 1:
+        errors.append(f"{where(sub)}: a job needs exactly one of {sub}.schedule (cron, e.g. "
+                      f"'*/15 * * * *') and {sub}.every (e.g. 30s), got "
+                      f"{'both' if given else 'neither'}")
+        bad.add(f"{sub}.schedule")
+    elif given == ["schedule"] and isinstance(entry["schedule"], str):
+        problem = jobs.check_schedule(entry["schedule"])
+        if problem:
+            errors.append(f"{where(sub + '.schedule')}: {problem}")
+            bad.add(f"{sub}.schedule")
+            entry = {k: v for k, v in entry.items() if k != "schedule"}
+    elif given == ["every"]:
+        try:
+            jobs.every_seconds(entry["every"])
+        except ValueError as exc:
+            errors.append(f"{where(sub + '.every')}: {exc}")
+            bad.add(f"{sub}.every")
+            entry = {k: v for k, v in entry.items() if k != "every"}
+    return entry
 
 
 def _known_keys(cls: type = Spec, prefix: str = "") -> list[str]:

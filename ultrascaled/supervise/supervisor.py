@@ -7,6 +7,7 @@ restart requests, the spec. It never spawns or signals anything itself; it wakes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -30,12 +31,30 @@ from ultrascaled.observe.events import EventLog
 from ultrascaled.spec import MB, Spec
 from ultrascaled.supervise import views
 from ultrascaled.supervise.autoscale_loop import Autoscaler
+from ultrascaled.supervise.jobs_loop import JobsLoop
 from ultrascaled.supervise.rollout_loop import Deployer
 from ultrascaled.supervise.tasks import TaskGuard
 from ultrascaled.supervise.workers_loop import WorkersLoop
 
 S = State
 FROM_SPEC = object()   # Supervisor(traffic=...): the traffic log the spec names (the default)
+
+
+class KindView:
+    """The spec in force with only the `processes:` of one kind: what that kind's loop reads.
+    The same object while the spec is the same, so a loop can tell a reload by identity."""
+
+    def __init__(self, spec, kind: str):
+        self._spec, self.kind = spec, kind
+        self._seen: tuple[Spec, Spec] | None = None
+
+    def __call__(self) -> Spec:
+        spec = self._spec()
+        if self._seen is None or self._seen[0] is not spec:
+            view = dataclasses.replace(spec, processes={n: t for n, t in spec.processes.items()
+                                                        if t.kind == self.kind})
+            self._seen = (spec, view)
+        return self._seen[1]
 
 
 class Supervisor:
@@ -50,7 +69,7 @@ class Supervisor:
     def __init__(self, spec: Spec, events: EventLog, upstream: Upstream | None = None, *,
                  runner: Runner | None = None, clock: Clock | None = None, lock: bool = True,
                  alerts: bool = False, traffic: Any = FROM_SPEC, autoscale: dict[str, Any] | None = None,
-                 nofile_limit: int | None = None):
+                 nofile_limit: int | None = None, job_locks: Any = None):
         self.events = events
         self.clock = clock or Clock()
         upstream = upstream or NoUpstream()
@@ -62,16 +81,21 @@ class Supervisor:
         self.lock = FleetLock(spec.name, spec.paths.state_dir) if lock else None
         self.started_at = self.clock.wall()
         self.deployer = Deployer(self.rec, events, self.clock, self.alerts, traffic=self.traffic,
-                                 folders_in_use=lambda: self.workers.folders_in_use())
+                                 folders_in_use=lambda: self.workers.folders_in_use() | self.jobs.folders_in_use())
         # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
         self.autoscaler = Autoscaler(self, nofile_limit=nofile_limit, traffic=self.traffic, **(autoscale or {}))
         # the `processes:` worker types: their own loop, started once the web fleet is ready
-        self.workers = WorkersLoop(lambda: self.rec.spec, events, self.rec.runner, self.clock, self.alerts,
-                                   directory=lambda: release_layout.directory_of(
-                                       self.rec.spec, self.rec.releases.current),
-                                   log_dir=self.rec.log_dir, state_dir=self.rec.state_dir,
-                                   beat=lambda: self.guard.beat("workers"))
+        current = lambda: release_layout.directory_of(self.rec.spec, self.rec.releases.current)  # noqa: E731
+        self.workers = WorkersLoop(KindView(lambda: self.rec.spec, "worker"), events, self.rec.runner,
+                                   self.clock, self.alerts, directory=current, log_dir=self.rec.log_dir,
+                                   state_dir=self.rec.state_dir, beat=lambda: self.guard.beat("workers"))
+        # the `kind: job` types: started with the workers, once the web fleet is ready
+        self.jobs = JobsLoop(KindView(lambda: self.rec.spec, "job"), events, self.rec.runner, self.clock,
+                             self.alerts, directory=current, log_dir=self.rec.log_dir,
+                             state_dir=self.rec.state_dir, beat=lambda: self.guard.beat("jobs"),
+                             **({"locks": job_locks} if job_locks is not None else {}))
         self._workers_running = False
+        self._jobs_running = False
 
     # ---- traffic measured at nginx (accesslog.py), and the alerts over the fleet's metrics ---------
 
@@ -208,9 +232,9 @@ class Supervisor:
         result = {"changed": list(decision.sections), "restarting": list(diff.changed), "added": list(diff.added),
                   "removed": list(diff.removed), "desired": decision.count}
         self.events.emit("spec.reloaded", **result)
-        if new.processes:
-            self._start_workers()   # a reload that adds the first worker type
+        self._start_process_loops()   # a reload that adds the first worker or job type
         self.workers.wake()
+        self.jobs.wake()
         return result
 
     def reload_dry_run(self, new: Spec) -> dict[str, Any]:
@@ -286,18 +310,22 @@ class Supervisor:
                          interval=10.0)
         self.guard.start("sampler", self._sample_loop, interval=self.spec.memory.sample_interval)
         self.workers.load()
-        if self.spec.processes:
-            self._start_workers()
+        self.jobs.load()
+        self._start_process_loops()
         if self.traffic is not None:
             self.guard.start("traffic", lambda: self.traffic.run(beat=lambda: self.guard.beat("traffic")),
                              interval=self.traffic.interval)
 
-    def _start_workers(self) -> None:
-        """The worker types' loop (supervise/workers_loop.py): it waits for the web fleet to be
-        ready, then starts them. Not started for a spec without `processes:`."""
-        if not self._workers_running:
+    def _start_process_loops(self) -> None:
+        """The worker types' loop (supervise/workers_loop.py) and the jobs' (jobs_loop.py): each
+        waits for the web fleet to be ready, then starts its types. Neither is started for a
+        spec without a type of its kind (nor a run left to adopt)."""
+        if not self._workers_running and self.workers.spec.processes:
             self._workers_running = True
             self.guard.start("workers", lambda: self.workers.run(self.rec.ready_event), interval=5.0)
+        if not self._jobs_running and (self.jobs.spec.processes or self.jobs.live):
+            self._jobs_running = True
+            self.guard.start("jobs", lambda: self.jobs.run(self.rec.ready_event), interval=10.0)
 
     def processes(self) -> dict[str, Any]:
         """`GET /processes`: the web type, then each worker type."""
@@ -307,7 +335,7 @@ class Supervisor:
                       "serving": i["serving"]} for i in snap["instances"]]
         web = {"kind": "web", "desired": snap["desired"], "ready": snap["ready"],
                "min": self.spec.instances.min, "max": self.spec.instances.max, "instances": instances}
-        return {"web": web, **self.workers.snapshot()}
+        return {"web": web, **self.workers.snapshot(), **self.jobs.snapshot()}
 
     def scale_process(self, name: str, n: int, source: str = "operator") -> dict[str, Any]:
         """`POST /processes/{name}/scale`: `web` is the web fleet's scale; any other name a
@@ -319,7 +347,20 @@ class Supervisor:
             if note:
                 out["autoscale"] = note
             return out
+        if name in self.jobs.spec.processes:
+            raise ScaleRefused("out_of_range", f"{name} is a job: it runs on its schedule, one run "
+                               f"at a time unless its concurrency allows more; `ultrascalectl jobs "
+                               f"{name} --run` runs it now")
         return self.workers.scale(name, n, source)
+
+    def jobs_listing(self) -> dict[str, Any]:
+        return self.jobs.listing()
+
+    def job_runs(self, name: str) -> list[dict[str, Any]]:
+        return self.jobs.runs(name)
+
+    def run_job(self, name: str) -> dict[str, Any]:
+        return self.jobs.run_now(name)
 
     async def _sample_loop(self) -> None:
         while True:
@@ -336,8 +377,10 @@ class Supervisor:
         rec = self.rec
         self.events.emit("daemon.stopping", instances=len(self.instances))
         rec.tell(Shutdown())
-        workers = asyncio.get_running_loop().create_task(self.workers.stop_all(), name="workers-stop") \
-            if self.workers.slots else None   # at the same time as the web instances
+        loop = asyncio.get_running_loop()   # worker processes and job runs stop with the web instances
+        workers = loop.create_task(self.workers.stop_all(), name="workers-stop") if self.workers.slots else None
+        jobs = loop.create_task(self.jobs.stop_all(), name="jobs-stop") if self.jobs.live else None
+        self.jobs.begin_shutdown()
         limit = timeout or (self.spec.gunicorn.graceful_timeout + 10)
         try:
             async with asyncio.timeout(limit):
@@ -348,8 +391,9 @@ class Supervisor:
                 if inst.handle is not None:
                     rec.runner.kill_group(inst.handle.pgid, signal.SIGKILL)
             self.events.emit("daemon.stop_timeout", level="error", killed=sorted(self.instances))
-        if workers is not None:
-            await workers
+        for task in (workers, jobs):
+            if task is not None:
+                await task
         await self.guard.stop()
         await rec.cancel_tasks()
         await rec.upstream.stop()
@@ -360,7 +404,9 @@ class Supervisor:
     async def detach(self) -> None:
         """Exit without touching the fleet: instances and nginx keep serving for the next daemon.
         Worker processes are stopped (stop_signal, SIGKILL at graceful_timeout): a next daemon
-        does not adopt them yet, and would start a second set beside them."""
+        does not adopt them yet, and would start a second set beside them. Job runs go on: the
+        next daemon adopts them (jobs.json and their lock)."""
+        self.jobs.begin_shutdown()
         if self.workers.slots:
             await self.workers.stop_all()
         await self.guard.stop()

@@ -231,17 +231,44 @@ def worker_types(api: Api) -> dict:
     return {n: t for n, t in types.items() if n != "web"}
 
 
+def table(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def fmt_when(t: float | None, now: float) -> str:
+    """A Unix time as local HH:MM:SS with how far it is from now."""
+    if t is None:
+        return "-"
+    d = t - now
+    rel = f"in {fmt_uptime(d)}" if d >= 0 else f"{fmt_uptime(-d)} ago"
+    return f"{time.strftime('%H:%M:%S', time.localtime(t))} ({rel})"
+
+
+def job_line(name: str, t: dict, now: float) -> str:
+    when = f"schedule {t['schedule']}" if t.get("schedule") else f"every {t.get('every')}"
+    last = t.get("last_run")
+    said = f"last run {last['run']} {last['outcome']} {fmt_when(last.get('started'), now)}" if last else "no run yet"
+    return f"{name} (job, {when}, {t.get('concurrency')}): next {fmt_when(t.get('next_run'), now)}; {said}"
+
+
 def render_workers(types: dict) -> str:
-    """The worker types after the web instances: one table per type."""
-    out = []
+    """The worker and job types after the web instances: one table per type (a job's: its runs going)."""
+    out, now = [], time.time()
     for name, t in types.items():
-        out.append(f"{name} ({t['kind']}): {t['ready']}/{t['desired']} running")
-        rows = [("INDEX", "PID", "STATE", "UPTIME", "RESTARTS", "REASON")]
-        for i in t["instances"]:
-            rows.append((str(i.get("index", "-")), str(i["pid"] or "-"), i["state"], fmt_uptime(i.get("uptime")),
-                         str(i["restarts"]), i.get("reason") or ""))
-        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-        out += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+        if t["kind"] == "job":
+            out.append(job_line(name, t, now))
+            if not t["instances"]:
+                continue
+            rows = [("RUN", "PID", "STATE", "UPTIME", "REASON")]
+            rows += [(str(i.get("run", i.get("index", "-"))), str(i["pid"] or "-"), i["state"],
+                      fmt_uptime(i.get("uptime")), i.get("reason") or "") for i in t["instances"]]
+        else:
+            out.append(f"{name} ({t['kind']}): {t['ready']}/{t['desired']} running")
+            rows = [("INDEX", "PID", "STATE", "UPTIME", "RESTARTS", "REASON")]
+            rows += [(str(i.get("index", "-")), str(i["pid"] or "-"), i["state"], fmt_uptime(i.get("uptime")),
+                      str(i["restarts"]), i.get("reason") or "") for i in t["instances"]]
+        out += table(rows)
     return "\n".join(out)
 
 
@@ -250,7 +277,8 @@ def cmd_status(api: Api, args) -> int:
     types = {} if args.json else worker_types(api)
     print(json.dumps(fleet, indent=2) if args.json else
           "\n".join(filter(None, [render_status(fleet), render_workers(types)])))
-    ok = fleet["ready"] == fleet["desired"] and all(t["ready"] == t["desired"] for t in types.values())
+    ok = fleet["ready"] == fleet["desired"] and all(t["ready"] == t["desired"] for t in types.values()
+                                                    if t["kind"] != "job")
     return 0 if ok else EXIT_FAILED
 
 
@@ -505,6 +533,52 @@ def cmd_events(api: Api, args) -> int:
         raise CtlError(f"event stream ended after event {last}: {exc}", EXIT_UNREACHABLE)
     except OSError as exc:
         raise CtlError(f"event stream ended after event {last}: {exc}", EXIT_UNREACHABLE)
+
+
+def cmd_jobs(api: Api, args) -> int:
+    """The jobs with their next and last runs, or one job's runs; --run starts one now."""
+    if args.run and not args.name:
+        raise CtlError("jobs --run: name the job to run, e.g. `ultrascalectl jobs nightly --run`", EXIT_USAGE)
+    if args.name is not None and not (0 < len(args.name) <= 64 and all(
+            c.isascii() and (c.isalnum() or c in "-_") for c in args.name)):
+        raise CtlError(f"jobs: {args.name[:40]!r} is not a job name (1-64 letters, digits, - and _)", EXIT_USAGE)
+    if args.run:
+        answer = api.request("POST", f"/jobs/{args.name}/run")
+        print(json.dumps(answer, indent=2) if args.json else
+              f"{args.name}: run {answer['run']} starting" +
+              (" (the run going is stopped first: concurrency replace)" if answer["action"] == "replace" else ""))
+        return 0
+    now = time.time()
+    if not args.name:
+        jobs = api.request("GET", "/jobs")
+        if args.json:
+            print(json.dumps(jobs, indent=2))
+        else:
+            print("\n".join(job_line(n, j, now) for n, j in jobs.items()) or
+                  "no jobs: the spec has no `kind: job` process type")
+        return 1 if any((j.get("last_run") or {}).get("outcome") in ("failed", "timed_out", "spawn_failed")
+                        for j in jobs.values()) else 0
+    data = api.request("GET", f"/jobs/{args.name}/runs?limit={min(max(args.lines, 1), 1000)}")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    rows = [("RUN", "STARTED", "WHY", "DURATION", "EXIT", "OUTCOME", "LOG FROM")]
+    for r in data["runs"]:
+        rows.append((str(r["run"]), fmt_when(r.get("started"), now), r.get("why") or "-",
+                     "-" if r.get("duration") is None else f"{r['duration']:.1f}s",
+                     "-" if r.get("returncode") is None else str(r["returncode"]), r["outcome"],
+                     f"{r.get('log')}:{r.get('log_offset')}" if r.get("log") else "-"))
+    print("\n".join(table(rows, indent="")) if data["runs"] else f"{args.name}: no run yet")
+    return 0
+
+
+def build_jobs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", metavar="NAME", help="one job: its runs, newest first")
+    p.add_argument("--run", action="store_true", help="run NAME now, as its concurrency allows "
+                   "(forbid refuses while a run goes, exit 4)")
+    p.add_argument("-n", "--lines", type=count, default=20, metavar="N",
+                   help="runs shown, up to 1000 (default %(default)s)")
+    add_json(p)
 
 
 def cmd_alerts(api: Api, args) -> int:
@@ -902,6 +976,8 @@ COMMANDS: dict[str, tuple] = {
     "diff": (cmd_diff, "what a reload (to --spec FILE) would change, restart and reload, and "
              "nothing done (exit 0 nothing, 1 changes, 2 refused)", build_diff),
     "alerts": (cmd_alerts, "alerts firing now (exit 1 when any)", add_json),
+    "jobs": (cmd_jobs, "the scheduled jobs, next and last runs; NAME: its run history; "
+             "NAME --run: run it now", build_jobs),
     "logs": (cmd_logs, "an instance's output (PORT); -f follows", build_logs),
     "events": (cmd_events, "recent events; -f follows", build_events),
     "plan": (cmd_plan, "capacity plan for N users from the spec, with the arithmetic", build_plan),

@@ -183,6 +183,13 @@ NOT_CARRIED: dict[str, str] = {
     "processes.NAME.stop_signal": "see processes",
     "processes.NAME.graceful_timeout": "see processes",
     "processes.NAME.start_seconds": "see processes",
+    # a job (kind: job) would be a CronJob: not exported yet
+    "processes.NAME.schedule": "see processes",
+    "processes.NAME.every": "see processes",
+    "processes.NAME.concurrency": "see processes",
+    "processes.NAME.timeout": "see processes",
+    "processes.NAME.catch_up": "see processes",
+    "processes.NAME.history": "see processes",
     "api.tls_cert": "ultrascaled's control API",
     "api.tls_key": "ultrascaled's control API",
     "api.allowed_hosts": "ultrascaled's control API",

@@ -34,6 +34,7 @@ class Code(str, enum.Enum):
     release_not_found = ("release_not_found", 404)
     already_current = ("already_current", 409)
     release_command_failed = ("release_command_failed", 409)
+    job_running = ("job_running", 409)      # POST /jobs/{name}/run under concurrency: forbid
     too_many_requests = ("too_many_requests", 503)
     shutting_down = ("shutting_down", 503)
     internal = ("internal", 500)

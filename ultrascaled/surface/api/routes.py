@@ -163,6 +163,40 @@ async def scale_process(request: web.Request) -> web.Response:
     return web.json_response(answer, status=202)
 
 
+def job_param(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not PROCESS_NAME_RE.fullmatch(name):
+        raise ApiError(Code.bad_request, f"a job name is 1-64 letters, digits, - and _, got {name[:40]!r}")
+    return name
+
+
+@routes.get("/jobs")
+async def jobs(request: web.Request) -> web.Response:
+    return web.json_response(fleet_of(request).jobs_listing())
+
+
+@routes.get("/jobs/{name}/runs")
+async def job_runs(request: web.Request) -> web.Response:
+    name = job_param(request)
+    limit = query_int(request, "limit", 100, 1, 1000)
+    try:
+        runs = fleet_of(request).job_runs(name)
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response({"job": name, "runs": runs[:limit]})
+
+
+@routes.post("/jobs/{name}/run")
+async def run_job(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    name = job_param(request)
+    try:
+        answer = fleet_of(request).run_job(name)
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response(answer, status=202)
+
+
 @routes.post("/instances/{port}/restart")
 async def restart_one(request: web.Request) -> web.Response:
     await json_body(request, ())
