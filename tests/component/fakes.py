@@ -86,6 +86,8 @@ class FakeRunner:
         self.exit_on_spawn: dict[int, int | None] = {}   # port -> rc its next masters exit with at once
         self.deaf: set[int] = set()                # ports whose masters ignore SIGTERM (a boot in C code)
         self.deaf_labels: set[str] = set()         # worker processes (fleet/name/index) that ignore their stop signal
+        self.start_times: dict[int, float] = {}    # pid -> start time (a test changes one: the pid was reused)
+        self.clock: FakeClock | None = None        # a worker's start time is the clock's wall time at spawn
 
     # -- processes
     def spawn(self, argv, env, cwd, log_path, pass_fds=()):
@@ -97,6 +99,7 @@ class FakeRunner:
             p = FakeProc(self.next_pid, 0, list(argv), label=env.get("ULTRASCALE_PROCESS", ""),
                          env=dict(env), cwd=cwd, log_path=log_path)
             self.procs[p.pid] = p
+            self.start_times[p.pid] = self.clock.wall() if self.clock is not None else 1_600_000_000.0
             return p
         port = int(argv[argv.index("--name") + 1].rsplit("-", 1)[1])
         if port in self.exit_on_spawn:   # a master that exits before it is ready (rc)
@@ -139,6 +142,10 @@ class FakeRunner:
         return p
 
     def adopt(self, pid):
+        self.calls.append(("adopt", pid))
+        known = self.procs.get(pid)
+        if known is not None and known.label:   # a worker type's process an earlier daemon left
+            return known
         lo = next(lo for lo in self.leftovers if lo.pid == pid)
         p = FakeProc(pid, lo.port, list(lo.cmdline), workers=[pid + 1])
         self.procs[pid] = p
@@ -218,7 +225,10 @@ class FakeRunner:
         return list(self.leftovers)
 
     def start_time(self, pid):
-        return 1_600_000_000.0
+        p = self.procs.get(pid)
+        if p is not None and p.label and not p.alive:
+            return None   # a worker's process that exited: no such pid
+        return self.start_times.get(pid, 1_600_000_000.0)
 
     def port_in_use(self, host, port):
         return self.busy.get(port)
@@ -296,10 +306,13 @@ nginx: {{mode: "off"}}
 
 
 class Harness:
-    def __init__(self, tmp_path, extra: str = "", traffic=FROM_SPEC, autoscale=None):
+    def __init__(self, tmp_path, extra: str = "", traffic=FROM_SPEC, autoscale=None, runner=None, clock=None):
+        self.tmp_path = tmp_path
         self.spec = parse_spec(SPEC.format(dir=tmp_path, extra=extra), base_dir=tmp_path)
-        self.clock = FakeClock()
-        self.runner = FakeRunner()
+        self._extra = extra
+        self.clock = clock or FakeClock()
+        self.runner = runner or FakeRunner()
+        self.runner.clock = self.clock
         self.upstream = FakeUpstream()
         self.events = EventLog(clock=self.clock.wall)
         self.sup = Supervisor(self.spec, self.events, self.upstream, runner=self.runner, clock=self.clock,
@@ -315,11 +328,21 @@ class Harness:
         self.sup._load_state()
         self.sup.workers.load()
         self.rec.adopt_leftovers()
+        self.sup.workers.adopt()
         await self.settle()
-        if self.spec.processes:   # the supervisor starts the worker types once the web fleet is ready
+        if self.spec.processes or self.sup.workers.slots:   # the supervisor starts the worker types once the web fleet is ready
             assert self.rec.ready_event.is_set()
             self.sup.workers.begin()
             await self.settle()
+
+    def restarted(self, extra: str | None = None) -> "Harness":
+        """A new daemon on the same host and state folder after this one was SIGKILLed: its
+        processes run on (the web masters are its leftovers), nothing of this one's loops
+        acts any more. `extra`: the new daemon's spec (default: the same)."""
+        self.runner.leftovers = [Leftover(p.pid, p.port, tuple(p.argv), True, True)
+                                 for p in self.runner.procs.values() if p.alive and not p.label]
+        return Harness(self.tmp_path, self._extra if extra is None else extra, runner=self.runner,
+                       clock=self.clock)
 
     async def settle(self, rounds: int = 50):
         """Step the loop until nothing is left to do at this instant."""

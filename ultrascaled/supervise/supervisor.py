@@ -286,7 +286,8 @@ class Supervisor:
                          interval=10.0)
         self.guard.start("sampler", self._sample_loop, interval=self.spec.memory.sample_interval)
         self.workers.load()
-        if self.spec.processes:
+        self.workers.adopt()   # what a killed daemon left running: no second set beside it
+        if self.spec.processes or self.workers.slots:   # adopted ones of removed types get stopped
             self._start_workers()
         if self.traffic is not None:
             self.guard.start("traffic", lambda: self.traffic.run(beat=lambda: self.guard.beat("traffic")),
