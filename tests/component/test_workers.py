@@ -280,12 +280,18 @@ async def test_a_reload_starts_added_types_stops_removed_ones_and_restarts_a_cha
 
 
 @component
-async def test_a_detaching_stop_stops_the_workers_which_are_not_adopted_yet(tmp_path):
+async def test_a_detaching_stop_leaves_the_workers_running_for_the_next_daemon_to_adopt(tmp_path):
     h = await up(tmp_path)
     await h.advance(1)
+    before = {i["index"]: i["pid"] for i in h.sup.processes()["worker"]["instances"]}
     await asyncio.wait_for(h.sup.detach(), 5)
-    assert h.runner.workers_alive() == []
+    assert h.runner.workers_alive() == ["comp/worker/0", "comp/worker/1"]
+    assert not [c for c in h.runner.calls if c[0] == "signal" and isinstance(c[1], str)], "no worker signalled"
     assert all(p.alive for p in h.runner.procs.values() if not p.label)   # the web masters serve on
+    again = h.restarted()
+    await again.start()
+    assert {i["index"]: i["pid"] for i in again.sup.processes()["worker"]["instances"]} == before
+    assert len(again.events_named("process.adopted")) == 2
 
 
 @component

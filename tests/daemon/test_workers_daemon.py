@@ -173,7 +173,7 @@ def marked(fleet: str) -> set[int]:
     return found
 
 
-def test_regression_a_sigkilled_daemons_workers_are_adopted_by_the_next_not_run_twice(
+def test_regression_a_sigkilled_or_detached_daemons_workers_are_adopted_by_the_next_not_run_twice(
         make_daemon, tmp_path, started):
     """issue 22: a daemon killed with SIGKILL left its workers running in their sessions and the
     next daemon started `count` more beside them (two sets of workers, the old never stopped)."""
@@ -203,6 +203,15 @@ def test_regression_a_sigkilled_daemons_workers_are_adopted_by_the_next_not_run_
     time.sleep(1.5)   # a second set would be starting (and start_seconds passed) by now
     assert marked(d.name) == set(before.values()), "no second set beside the adopted ones"
     assert [n[0] for n in notes(out)].count("start") == 2
+
+    # a detaching stop (SIGQUIT, to upgrade the daemon) leaves them running for the next one too
+    d.proc.send_signal(signal.SIGQUIT)
+    assert d.proc.wait(15) == 0
+    assert marked(d.name) == set(before.values())
+    d.start()
+    body = wait_processes(d, lambda b: running(b, "worker", 2), what="workers adopted after SIGQUIT")
+    assert {i["index"]: i["pid"] for i in body["worker"]["instances"]} == before
+    assert marked(d.name) == set(before.values())
 
     assert d.stop(timeout=30) == 0   # the next daemon's stop stops the adopted workers
     assert all(gone(p, timeout=5) for p in before.values())

@@ -359,12 +359,10 @@ class Supervisor:
         self.events.emit("daemon.stopped")
 
     async def detach(self) -> None:
-        """Exit without touching the fleet: instances and nginx keep serving for the next daemon.
-        Worker processes are stopped (stop_signal, SIGKILL at graceful_timeout): a next daemon
-        does not adopt them yet, and would start a second set beside them."""
-        if self.workers.slots:
-            await self.workers.stop_all()
+        """Exit without touching the fleet: instances, worker processes and nginx keep running
+        for the next daemon, which adopts them (the workers from processes-live.json)."""
         await self.guard.stop()
+        self.workers.detach()
         await self.rec.cancel_tasks()
         self.rec.detach()
         if self.lock is not None:

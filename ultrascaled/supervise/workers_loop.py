@@ -425,6 +425,17 @@ class WorkersLoop:
         self.shutting_down = True
         self.wake()
 
+    def detach(self) -> None:
+        """The daemon exits leaving its processes running (SIGQUIT): their record is brought up
+        to date for the next daemon's adopt(), and they are no longer watched."""
+        self._record()
+        for handle in list(self.handles.values()):
+            try:
+                self.runner.unwatch(handle)
+            except OSError:
+                pass
+        self.handles.clear()
+
     @property
     def live(self) -> list[Key]:
         return sorted(k for k, s in self.slots.items() if s.state in LIVE)
