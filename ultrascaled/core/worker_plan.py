@@ -2,7 +2,9 @@
 
 Given the slots (one per process a type runs: its name and 0-based index), the counts wanted
 and `now`, `plan` returns the actions that bring them together; `on_exit` and
-`on_spawn_error` say where a slot goes when its process exits or cannot be started. Nothing
+`on_spawn_error` say where a slot goes when its process exits or cannot be started;
+`records_from`, `not_same_process` and `adopted` judge what an earlier daemon recorded of its
+live processes (adoption across a restart: only a pid with the recorded start time). Nothing
 here reads a clock or touches a process: `ultrascaled/supervise/workers_loop.py` does both.
 The states are the web instances' (`core/states.py`), without DRAINING (a worker serves no
 upstream):
