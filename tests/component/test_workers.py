@@ -388,6 +388,7 @@ async def test_the_next_daemon_adopts_a_killed_daemons_workers_without_a_second_
     await h.advance(6)
     before = pids(h)
     assert live_record(h) == {"worker/0": before[0], "worker/1": before[1]}
+    assert "QUEUE" not in (h.rec.state_dir / "processes-live.json").read_text(), "env values stay off disk"
     spawned = worker_spawns(h)
     again = h.restarted()          # the first daemon is SIGKILLed: nothing of it acts any more
     await again.start()

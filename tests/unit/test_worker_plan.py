@@ -1,5 +1,6 @@
 """core/worker_plan.py: the worker types' decisions, as tables over plain values."""
 import dataclasses
+import json
 import signal
 
 import pytest
@@ -193,7 +194,7 @@ def test_check_finds_a_worker_types_missing_program_and_folder(tmp_path):
 
 # ---- adoption across a daemon restart ------------------------------------------------------------
 
-REC = wp.Record("w", 1, 4242, 1000.0, "fp", "/srv/app", restarts=2, stop_signal=int(signal.SIGINT),
+REC = wp.Record("w", 1, 4242, 1000.0, wp.digest("fp"), "/srv/app", restarts=2, stop_signal=int(signal.SIGINT),
                 graceful_timeout=7.0)
 
 
@@ -228,8 +229,19 @@ def test_only_the_same_pid_with_the_same_start_time_is_our_process(now, recorded
 
 
 def test_an_adopted_slot_starts_where_its_process_did_with_its_restarts_fingerprint_and_folder():
-    slot = wp.adopted(REC, 50.0)
+    slot = wp.adopted(REC, 50.0, "fp")
     assert (slot.state, slot.started_at, slot.restarts, slot.spawns, slot.fingerprint, slot.folder) == \
         (S.STARTING, 50.0, 2, 1, "fp", "/srv/app")
-    actions = wp.plan({slot.key: wp.promoted(slot)}, {"w": 2}, POL, 60.0, {"w": "other"})
+    assert wp.plan({slot.key: wp.promoted(slot)}, {"w": 2}, POL, 60.0, {"w": "fp"}) == [Spawn(("w", 0), "wanted")]
+
+
+@pytest.mark.parametrize("then", ["fp with another env", ""])
+def test_an_adopted_process_started_otherwise_than_the_spec_would_is_rolled(then):
+    slot = wp.promoted(wp.adopted(REC, 50.0, then))
+    assert slot.fingerprint != then
+    actions = wp.plan({slot.key: slot}, {"w": 2}, POL, 60.0, {"w": then})
     assert [a.reason for a in actions if isinstance(a, Stop)] == ["its command, environment or folder changed"]
+
+
+def test_the_record_holds_a_digest_of_the_fingerprint_not_its_env_values():
+    assert "fp" not in json.dumps(wp.records_json([REC])) and len(REC.fingerprint) == 64

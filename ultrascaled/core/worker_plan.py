@@ -21,6 +21,7 @@ upstream):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import signal as _signal
 from dataclasses import dataclass
 from typing import Mapping
@@ -250,7 +251,7 @@ class Record:
     index: int
     pid: int
     start_time: float | None            # Runner.start_time at spawn (wall clock, seconds)
-    fingerprint: str
+    fingerprint: str                    # digest() of the slot's fingerprint (which may hold secrets)
     folder: str
     restarts: int = 0
     stop_signal: int = int(_signal.SIGTERM)     # to stop it even when a new spec removed its type
@@ -265,6 +266,11 @@ class Record:
 
 
 RECORD_VERSION = 1
+
+
+def digest(fingerprint: str) -> str:
+    """A fingerprint as recorded on disk: it holds the type's and app's env values."""
+    return hashlib.sha256(fingerprint.encode()).hexdigest()
 
 
 def records_json(records: list[Record]) -> dict:
@@ -316,9 +322,13 @@ def not_same_process(record: Record, start_time_now: float | None) -> str | None
     return None
 
 
-def adopted(record: Record, started_at: float) -> Slot:
+def adopted(record: Record, started_at: float, fingerprint_then: str) -> Slot:
     """The slot of a process adopted from an earlier daemon (STARTING; RUNNING once it has lived
-    start_seconds, at once for one that already has). `started_at` on the loop's clock."""
+    start_seconds, at once for one that already has). `started_at` on the loop's clock;
+    `fingerprint_then`: what the spec in force would start it with in its recorded folder. If
+    that is not what it was started with, its slot's fingerprint matches nothing, and the plan
+    rolls it."""
+    same = fingerprint_then and digest(fingerprint_then) == record.fingerprint
     return Slot(record.name, record.index, S.STARTING, started_at=started_at, spawns=1,
-                restarts=record.restarts, fingerprint=record.fingerprint, folder=record.folder,
-                reason="adopted from an earlier run")
+                restarts=record.restarts, folder=record.folder, reason="adopted from an earlier run",
+                fingerprint=fingerprint_then if same else "adopted, started otherwise: " + record.fingerprint)

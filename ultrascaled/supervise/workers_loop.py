@@ -11,7 +11,7 @@ what a process was started with, so that once the web fleet is on a new release 
 to it one process at a time (core/worker_plan.py).
 
 Each live process is recorded in `<paths.state_dir>/processes-live.json` (written atomically,
-only when it changes): its slot, pid, start time, fingerprint and folder. A daemon that was
+only when it changes): its slot, pid, start time, a digest of its fingerprint (the env values stay off disk) and folder. A daemon that was
 killed (SIGKILL, a crash) leaves them running in their sessions; the next one's `adopt()` takes
 over each recorded process that still runs with the same start time (a pid another program
 took over is left alone), watches it through a pidfd (its exit status is then unknown) and
@@ -316,8 +316,8 @@ class WorkersLoop:
             if slot is None:
                 continue
             policy = self.policies.get(key[0], wp.WorkerPolicy())
-            records.append(wp.Record(key[0], key[1], handle.pid, self.start_times.get(key), slot.fingerprint,
-                                     slot.folder, slot.restarts, policy.stop_signal, policy.graceful_timeout))
+            records.append(wp.Record(key[0], key[1], handle.pid, self.start_times.get(key),
+                                     wp.digest(slot.fingerprint), slot.folder, slot.restarts, policy.stop_signal, policy.graceful_timeout))
         data = json.dumps(wp.records_json(records), sort_keys=True, indent=1).encode()
         if data == self._recorded:
             return
@@ -371,15 +371,15 @@ class WorkersLoop:
                     pass
                 self.events.emit("process.not_adopted", level="warning", **fields, reason=why)
                 continue
-            if rec.name not in spec.processes:   # stopped as the type it was, by the plan
-                self.policies[rec.name] = wp.WorkerPolicy(stop_signal=rec.stop_signal,
-                                                          graceful_timeout=rec.graceful_timeout)
-            policy = policy_for(spec, rec.name) if rec.name in spec.processes else self.policies[rec.name]
-            uptime = max(0.0, wall - rec.start_time)
+            known = rec.name in spec.processes
+            policy = self.policies[rec.name] = policy_for(spec, rec.name) if known else \
+                wp.WorkerPolicy(stop_signal=rec.stop_signal, graceful_timeout=rec.graceful_timeout)
+            uptime = max(0.0, wall - rec.start_time)   # a removed type: stopped as the type it was
             self.handles[key] = handle
             self.pids[key] = rec.pid
             self.start_times[key] = rec.start_time
-            slot = wp.adopted(rec, now - uptime)
+            slot = wp.adopted(rec, now - uptime,
+                              command.process_fingerprint(spec, rec.name, rec.folder) if known else "")
             self._move(slot, pid=rec.pid, uptime=round(uptime, 3))
             if uptime >= policy.start_seconds:
                 self._move(wp.promoted(slot), uptime=round(uptime, 3))
