@@ -11,8 +11,9 @@ what a process was started with, so that once the web fleet is on a new release 
 to it one process at a time (core/worker_plan.py).
 
 Each live process is recorded in `<paths.state_dir>/processes-live.json` (written atomically,
-only when it changes): its slot, pid, start time, a digest of its fingerprint (the env values stay off disk) and folder. A daemon that was
-killed (SIGKILL, a crash) leaves them running in their sessions; the next one's `adopt()` takes
+only when it changes): its slot, pid, start time, folder and a digest of its fingerprint (the
+env values stay off disk). A daemon that was killed (SIGKILL, a crash) or that detached
+(SIGQUIT) leaves them running in their sessions; the next one's `adopt()` takes
 over each recorded process that still runs with the same start time (a pid another program
 took over is left alone), watches it through a pidfd (its exit status is then unknown) and
 plans it like its own: a type the new spec removed or an index beyond the count is stopped as
