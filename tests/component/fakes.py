@@ -88,7 +88,8 @@ class FakeRunner:
         self.exit_on_spawn: dict[int, int | None] = {}   # port -> rc its next masters exit with at once
         self.deaf: set[int] = set()                # ports whose masters ignore SIGTERM (a boot in C code)
         self.deaf_labels: set[str] = set()         # worker processes (fleet/name/index) that ignore their stop signal
-        self.start_times: dict[int, float] = {}    # pid -> its start time (default: one for all); a change is pid reuse
+        self.start_times: dict[int, float] = {}    # pid -> start time (a test changes one: the pid was reused)
+        self.clock: FakeClock | None = None        # a worker's start time is the clock's wall time at spawn
 
     # -- processes
     def spawn(self, argv, env, cwd, log_path, pass_fds=()):
@@ -100,6 +101,7 @@ class FakeRunner:
             p = FakeProc(self.next_pid, 0, list(argv), label=env.get("ULTRASCALE_PROCESS", ""),
                          env=dict(env), cwd=cwd, log_path=log_path, pass_fds=tuple(pass_fds))
             self.procs[p.pid] = p
+            self.start_times[p.pid] = self.clock.wall() if self.clock is not None else 1_600_000_000.0
             return p
         port = int(argv[argv.index("--name") + 1].rsplit("-", 1)[1])
         if port in self.exit_on_spawn:   # a master that exits before it is ready (rc)
@@ -142,10 +144,11 @@ class FakeRunner:
         return p
 
     def adopt(self, pid):
-        p = self.procs.get(pid)
-        if p is not None and p.label and p.alive:   # a worker's or a job run's process, from a runner shared across a restart
-            p.adopted = True                         # not our child: its exit code is not ours to read
-            return p
+        self.calls.append(("adopt", pid))
+        known = self.procs.get(pid)
+        if known is not None and known.label:   # a worker's or a job run's process an earlier daemon left
+            known.adopted = True                 # not our child: its exit code is not ours to read
+            return known
         lo = next(lo for lo in self.leftovers if lo.pid == pid)
         p = FakeProc(pid, lo.port, list(lo.cmdline), workers=[pid + 1])
         self.procs[pid] = p
@@ -227,7 +230,7 @@ class FakeRunner:
     def start_time(self, pid):
         p = self.procs.get(pid)
         if p is not None and p.label and not p.alive:
-            return None
+            return None   # a worker's process that exited: no such pid
         return self.start_times.get(pid, 1_600_000_000.0)
 
     def port_in_use(self, host, port):
@@ -336,9 +339,12 @@ class Harness:
     def __init__(self, tmp_path, extra: str = "", traffic=FROM_SPEC, autoscale=None, *,
                  runner: FakeRunner | None = None, clock: FakeClock | None = None, locks: FakeLocks | None = None):
         """`runner`, `clock`, `locks`: an earlier Harness's, for a daemon restarted on the same host."""
+        self.tmp_path = tmp_path
         self.spec = parse_spec(SPEC.format(dir=tmp_path, extra=extra), base_dir=tmp_path)
+        self._extra = extra
         self.clock = clock or FakeClock()
         self.runner = runner or FakeRunner()
+        self.runner.clock = self.clock
         self.locks = locks or FakeLocks(self.runner)
         self.upstream = FakeUpstream()
         self.events = EventLog(clock=self.clock.wall)
@@ -356,12 +362,22 @@ class Harness:
         self.sup.workers.load()
         self.sup.jobs.load()
         self.rec.adopt_leftovers()
+        self.sup.workers.adopt()
         await self.settle()
-        if self.spec.processes:   # the supervisor starts the worker and job types once the web fleet is ready
+        if self.spec.processes or self.sup.workers.slots:   # the supervisor starts the worker and job types once the web fleet is ready
             assert self.rec.ready_event.is_set()
             self.sup.workers.begin()
             self.sup.jobs.begin()
             await self.settle()
+
+    def restarted(self, extra: str | None = None) -> "Harness":
+        """A new daemon on the same host and state folder after this one was SIGKILLed: its
+        processes run on (the web masters are its leftovers), nothing of this one's loops
+        acts any more. `extra`: the new daemon's spec (default: the same)."""
+        self.runner.leftovers = [Leftover(p.pid, p.port, tuple(p.argv), True, True)
+                                 for p in self.runner.procs.values() if p.alive and not p.label]
+        return Harness(self.tmp_path, self._extra if extra is None else extra, runner=self.runner,
+                       clock=self.clock, locks=self.locks)
 
     async def settle(self, rounds: int = 50):
         """Step the loop until nothing is left to do at this instant."""

@@ -280,12 +280,18 @@ async def test_a_reload_starts_added_types_stops_removed_ones_and_restarts_a_cha
 
 
 @component
-async def test_a_detaching_stop_stops_the_workers_which_are_not_adopted_yet(tmp_path):
+async def test_a_detaching_stop_leaves_the_workers_running_for_the_next_daemon_to_adopt(tmp_path):
     h = await up(tmp_path)
     await h.advance(1)
+    before = {i["index"]: i["pid"] for i in h.sup.processes()["worker"]["instances"]}
     await asyncio.wait_for(h.sup.detach(), 5)
-    assert h.runner.workers_alive() == []
+    assert h.runner.workers_alive() == ["comp/worker/0", "comp/worker/1"]
+    assert not [c for c in h.runner.calls if c[0] == "signal" and isinstance(c[1], str)], "no worker signalled"
     assert all(p.alive for p in h.runner.procs.values() if not p.label)   # the web masters serve on
+    again = h.restarted()
+    await again.start()
+    assert {i["index"]: i["pid"] for i in again.sup.processes()["worker"]["instances"]} == before
+    assert len(again.events_named("process.adopted")) == 2
 
 
 @component
@@ -357,3 +363,129 @@ async def test_a_release_a_worker_still_runs_in_is_not_pruned(tmp_path):
     assert (releases.releases_dir(h.spec) / rids[0]).is_dir(), "kept: a worker runs in it"
     pruned = [r for e in h.events_named("release.pruned") for r in e["releases"]]
     assert rids[0] not in pruned and pruned, pruned   # others beyond keep_releases still go
+
+
+# ---- adoption across a daemon restart (a daemon SIGKILLed leaves its workers running) -----------
+
+def worker_spawns(h: Harness) -> int:
+    return sum(1 for c in h.runner.calls if c[0] == "spawn" and "--name" not in c[1])
+
+
+def live_record(h: Harness) -> dict:
+    body = json.loads((h.rec.state_dir / "processes-live.json").read_text())
+    return {f"{r['name']}/{r['index']}": r["pid"] for r in body["processes"]}
+
+
+def pids(h: Harness, name="worker") -> dict:
+    return {i["index"]: i["pid"] for i in h.sup.processes()[name]["instances"]}
+
+
+@component
+async def test_the_next_daemon_adopts_a_killed_daemons_workers_without_a_second_spawn(tmp_path):
+    """The defect: a SIGKILLed daemon's workers ran on in their sessions and the next daemon
+    started `count` new ones beside them (two sets of Celery/RQ workers, the old never stopped)."""
+    h = await up(tmp_path)
+    await h.advance(6)
+    before = pids(h)
+    assert live_record(h) == {"worker/0": before[0], "worker/1": before[1]}
+    assert "QUEUE" not in (h.rec.state_dir / "processes-live.json").read_text(), "env values stay off disk"
+    spawned = worker_spawns(h)
+    again = h.restarted()          # the first daemon is SIGKILLed: nothing of it acts any more
+    await again.start()
+    assert worker_spawns(again) == spawned, "no second set"
+    assert pids(again) == before and states(again) == {"worker/0": "running", "worker/1": "running"}
+    assert sorted(h.runner.workers_alive()) == ["comp/worker/0", "comp/worker/1"]
+    adopted = again.events_named("process.adopted")
+    assert [(e["index"], e["pid"], e["uptime"]) for e in adopted] == [(0, before[0], 6.0), (1, before[1], 6.0)]
+    assert [i["uptime"] for i in again.sup.processes()["worker"]["instances"]] == [6.0, 6.0]
+    await again.advance(1)
+    assert worker_spawns(again) == spawned and live_record(again) == {"worker/0": before[0], "worker/1": before[1]}
+
+    # an adopted process that dies is restarted like one of ours (its exit status unknown)
+    h.runner.exit_proc(h.runner.worker("comp/worker/1"), None)
+    await again.settle()
+    assert pids(again)[1] != before[1] and worker_spawns(again) == spawned + 1
+    assert any(e["index"] == 1 and e.get("state") == "backoff" and "status unknown" in e["reason"]
+               for e in again.events_named("process.state"))
+
+    # and the daemon's stop stops the adopted one with its stop signal, as its own
+    await asyncio.wait_for(again.sup.workers.stop_all(), 5)
+    assert h.runner.workers_alive() == [] and ("signal", "comp/worker/0", signal.SIGTERM) in again.runner.calls
+    assert live_record(again) == {}
+
+
+@component
+async def test_a_recorded_pid_that_another_process_took_over_or_that_is_gone_is_not_adopted(tmp_path):
+    h = await up(tmp_path)
+    await h.advance(2)
+    before = pids(h)
+    stranger = h.runner.procs[before[0]]
+    h.runner.start_times[before[0]] += 40          # worker 0 died; its pid is another program's now
+    h.runner.procs[before[1]].alive = False        # worker 1 died while no daemon watched
+    spawned = worker_spawns(h)
+    again = h.restarted()
+    await again.start()
+    assert again.events_named("process.adopted") == []
+    why = {e["index"]: e["reason"] for e in again.events_named("process.not_adopted")}
+    assert why[0].startswith(f"pid {before[0]} now belongs to another process") and why[1].startswith("gone")
+    assert worker_spawns(again) == spawned + 2
+    now = pids(again)
+    assert set(now) == {0, 1} and not set(now.values()) & set(before.values())
+    assert states(again) == {"worker/0": "starting", "worker/1": "starting"}
+    await asyncio.wait_for(again.sup.workers.stop_all(), 5)
+    assert stranger.alive, "a process that merely has our old pid is never signalled"
+    assert not [c for c in again.runner.calls if c[0] in ("kill_group", "signal_worker") and c[1] == stranger.pid]
+
+
+@component
+async def test_adopted_workers_follow_the_new_spec_removed_type_stopped_extra_index_stopped_changed_rolled(tmp_path):
+    mailer = "  mailer:\n    command: [python, mail.py]\n    stop_signal: INT\n    graceful_timeout: 3\n"
+    h = await up(tmp_path, extra=mailer)
+    await h.advance(2)
+    old = {**{f"worker/{i}": p for i, p in pids(h).items()}, "mailer/0": pids(h, "mailer")[0]}
+    h.runner.deaf_labels.add("comp/mailer/0")
+    new_spec = spec_text(tmp_path, count=1).replace("worker]", "worker, --burst]")
+    again = h.restarted(extra=new_spec)
+    await again.start()
+    assert {e["pid"] for e in again.events_named("process.adopted")} == set(old.values())
+    calls = again.runner.calls
+    assert ("signal", "comp/mailer/0", signal.SIGINT) in calls, "the removed type's own stop signal"
+    assert ("signal", "comp/worker/1", signal.SIGTERM) in calls, "beyond the count: scaled down"
+    assert not h.runner.procs[old["worker/1"]].alive
+    assert not h.runner.procs[old["worker/0"]].alive, "started with the old command: rolled"
+    assert h.runner.worker("comp/worker/0").argv[-1] == "--burst"
+    stops = {(e["process"], e["index"]): e["reason"] for e in again.events_named("process.state")
+             if e.get("state") == "stopping"}
+    assert stops[("worker", 1)] == "scaled down" and "command" in stops[("worker", 0)]
+    snap = again.sup.processes()
+    assert snap["mailer"]["instances"][0]["state"] == "stopping"
+    await again.advance(2.75)
+    assert h.runner.procs[old["mailer/0"]].alive
+    await again.advance(0.25)   # its recorded graceful_timeout (3 s), not the default 30
+    assert not h.runner.procs[old["mailer/0"]].alive and list(again.sup.processes()) == ["web", "worker"]
+    assert live_record(again) == {"worker/0": h.runner.worker("comp/worker/0").pid}
+
+
+@component
+async def test_an_unreadable_record_of_live_processes_is_said_and_the_workers_start_afresh(tmp_path):
+    h = await up(tmp_path, count=1)
+    await h.advance(1)
+    (h.rec.state_dir / "processes-live.json").write_text("{not json")
+    spawned = worker_spawns(h)
+    again = h.restarted()
+    await again.start()
+    ignored = [e for e in again.events_named("state.ignored") if e["path"].endswith("processes-live.json")]
+    assert ignored and ignored[0]["level"] == "warning" and "unreadable" in ignored[0]["reason"]
+    assert worker_spawns(again) == spawned + 1 and states(again) == {"worker/0": "starting"}
+    assert again.events_named("process.adopted") == []
+    assert live_record(again) == {"worker/0": pids(again)[0]}   # written anew
+
+
+@component
+async def test_a_spec_without_processes_still_stops_the_workers_a_killed_daemon_left(tmp_path):
+    h = await up(tmp_path, count=1)
+    await h.advance(1)
+    left = h.runner.worker("comp/worker/0")
+    again = h.restarted(extra="")
+    await again.start()
+    assert not left.alive and again.sup.processes().keys() == {"web"}

@@ -153,3 +153,67 @@ def test_workers_restart_scale_down_with_sigterm_sigkill_at_deadline_and_stop_wi
     assert time.monotonic() - t0 >= 1.4   # the deaf one was given its graceful_timeout
     worker_pid = pid_of(body, "worker", 0)
     assert ["term", str(worker_pid)] in [n[:2] for n in notes(out)]
+
+
+def marked(fleet: str) -> set[int]:
+    """The live processes whose environment says they are this fleet's worker processes
+    (ULTRASCALE_PROCESS=<fleet>/<name>/<index>), from /proc/*/environ (a zombie's reads empty)."""
+    prefix = f"ULTRASCALE_PROCESS={fleet}/".encode()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if any(v.startswith(prefix) for v in env.split(b"\0")):
+            found.add(int(entry))
+    return found
+
+
+def test_regression_a_sigkilled_or_detached_daemons_workers_are_adopted_by_the_next_not_run_twice(
+        make_daemon, tmp_path, started):
+    """issue 22: a daemon killed with SIGKILL left its workers running in their sessions and the
+    next daemon started `count` more beside them (two sets of workers, the old never stopped)."""
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    out = tmp_path / "notes.txt"
+    d = make_daemon({"processes": {
+        "worker": {"command": ["python", str(script), str(out)], "count": 2, "max": 4,
+                   "graceful_timeout": 5, "start_seconds": 0.5},
+    }}, nginx=False).start()
+    body = wait_processes(d, lambda b: running(b, "worker", 2), what="workers running")
+    before = {i["index"]: i["pid"] for i in body["worker"]["instances"]}
+    started.update(before.values())
+    assert marked(d.name) == set(before.values())
+
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(10)
+    time.sleep(0.3)
+    assert marked(d.name) == set(before.values()), "the workers outlive a killed daemon"
+
+    d.start()
+    body = wait_processes(d, lambda b: running(b, "worker", 2), what="workers running again")
+    assert {i["index"]: i["pid"] for i in body["worker"]["instances"]} == before
+    assert all(i["restarts"] == 0 and i["uptime"] > 0.5 for i in body["worker"]["instances"])
+    adopted = d.events("process.adopted")
+    assert sorted(e["pid"] for e in adopted) == sorted(before.values())
+    time.sleep(1.5)   # a second set would be starting (and start_seconds passed) by now
+    assert marked(d.name) == set(before.values()), "no second set beside the adopted ones"
+    assert [n[0] for n in notes(out)].count("start") == 2
+
+    # a detaching stop (SIGQUIT, to upgrade the daemon) leaves them running for the next one too
+    d.proc.send_signal(signal.SIGQUIT)
+    assert d.proc.wait(15) == 0
+    assert marked(d.name) == set(before.values())
+    d.start()
+    body = wait_processes(d, lambda b: running(b, "worker", 2), what="workers adopted after SIGQUIT")
+    assert {i["index"]: i["pid"] for i in body["worker"]["instances"]} == before
+    assert marked(d.name) == set(before.values())
+
+    assert d.stop(timeout=30) == 0   # the next daemon's stop stops the adopted workers
+    assert all(gone(p, timeout=5) for p in before.values())
+    assert marked(d.name) == set()
+    assert sorted(int(n[1]) for n in notes(out) if n[0] == "term") == sorted(before.values())

@@ -1,4 +1,6 @@
 """core/worker_plan.py: the worker types' decisions, as tables over plain values."""
+import dataclasses
+import json
 import signal
 
 import pytest
@@ -188,3 +190,58 @@ def test_check_finds_a_worker_types_missing_program_and_folder(tmp_path):
         "processes.gone.command: 'no-such-program-here' is not an executable file on the PATH it "
         "starts with (app.python's folder, then the daemon's PATH)",
         "processes.lost.command: './missing.sh' is not an executable file"]
+
+
+# ---- adoption across a daemon restart ------------------------------------------------------------
+
+REC = wp.Record("w", 1, 4242, 1000.0, wp.digest("fp"), "/srv/app", restarts=2, stop_signal=int(signal.SIGINT),
+                graceful_timeout=7.0)
+
+
+def test_records_round_trip_through_their_json():
+    assert wp.records_from(wp.records_json([REC])) == ([REC], [])
+
+
+@pytest.mark.parametrize("data, error", [
+    ([], "not {"), ({"version": 2, "processes": []}, "version 2"),
+    ({"version": 1, "processes": [{"name": "w"}]}, "not a process record"),
+    ({"version": 1, "processes": [dict(REC.to_json(), pid=0)]}, "not a process record"),
+    ({"version": 1, "processes": [dict(REC.to_json(), index=True)]}, "not a process record"),
+])
+def test_a_bad_record_file_or_entry_is_said_and_adopts_nothing_of_it(data, error):
+    records, errors = wp.records_from(data)
+    assert records == [] and len(errors) == 1 and error in errors[0]
+
+
+def test_one_bad_entry_keeps_the_others_and_a_second_record_of_a_slot_is_refused():
+    data = {"version": 1, "processes": [REC.to_json(), "junk", dict(REC.to_json(), pid=99)]}
+    records, errors = wp.records_from(data)
+    assert records == [REC] and len(errors) == 2 and "a second record for w/1 (pid 99)" in errors[1]
+
+
+@pytest.mark.parametrize("now, recorded, expected", [
+    (1000.0, 1000.0, None), (1000.9, 1000.0, None),
+    (None, 1000.0, "gone"), (1040.0, 1000.0, "pid 4242 now belongs to another process"),
+    (1000.0, None, "its start time was not recorded")])
+def test_only_the_same_pid_with_the_same_start_time_is_our_process(now, recorded, expected):
+    why = wp.not_same_process(dataclasses.replace(REC, start_time=recorded), now)
+    assert why is None if expected is None else why.startswith(expected)
+
+
+def test_an_adopted_slot_starts_where_its_process_did_with_its_restarts_fingerprint_and_folder():
+    slot = wp.adopted(REC, 50.0, "fp")
+    assert (slot.state, slot.started_at, slot.restarts, slot.spawns, slot.fingerprint, slot.folder) == \
+        (S.STARTING, 50.0, 2, 1, "fp", "/srv/app")
+    assert wp.plan({slot.key: wp.promoted(slot)}, {"w": 2}, POL, 60.0, {"w": "fp"}) == [Spawn(("w", 0), "wanted")]
+
+
+@pytest.mark.parametrize("then", ["fp with another env", ""])
+def test_an_adopted_process_started_otherwise_than_the_spec_would_is_rolled(then):
+    slot = wp.promoted(wp.adopted(REC, 50.0, then))
+    assert slot.fingerprint != then
+    actions = wp.plan({slot.key: slot}, {"w": 2}, POL, 60.0, {"w": then})
+    assert [a.reason for a in actions if isinstance(a, Stop)] == ["its command, environment or folder changed"]
+
+
+def test_the_record_holds_a_digest_of_the_fingerprint_not_its_env_values():
+    assert "fp" not in json.dumps(wp.records_json([REC])) and len(REC.fingerprint) == 64

@@ -2,7 +2,9 @@
 
 Given the slots (one per process a type runs: its name and 0-based index), the counts wanted
 and `now`, `plan` returns the actions that bring them together; `on_exit` and
-`on_spawn_error` say where a slot goes when its process exits or cannot be started. Nothing
+`on_spawn_error` say where a slot goes when its process exits or cannot be started;
+`records_from`, `not_same_process` and `adopted` judge what an earlier daemon recorded of its
+live processes (adoption across a restart: only a pid with the recorded start time). Nothing
 here reads a clock or touches a process: `ultrascaled/supervise/workers_loop.py` does both.
 The states are the web instances' (`core/states.py`), without DRAINING (a worker serves no
 upstream):
@@ -19,6 +21,7 @@ upstream):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import signal as _signal
 from dataclasses import dataclass
 from typing import Mapping
@@ -232,3 +235,100 @@ def next_wakeup(slots: Mapping[Key, Slot], policies: Mapping[str, WorkerPolicy])
         elif slot.state is S.STOPPING and not slot.killed and slot.stop_deadline is not None:
             times.append(slot.stop_deadline)
     return min(times) if times else None
+
+
+# ---- adoption across a daemon restart ----------------------------------------------------------
+
+START_TIME_SLACK = 1.0      # seconds two readings of one process's start time may differ by
+
+
+@dataclass(frozen=True)
+class Record:
+    """One live process as the loop records it (`<state_dir>/processes-live.json`), so that the
+    next daemon can adopt it: the slot, the pid and the pid's start time (which proves, later,
+    that the pid is still that process and not another that took the number over)."""
+    name: str
+    index: int
+    pid: int
+    start_time: float | None            # Runner.start_time at spawn (wall clock, seconds)
+    fingerprint: str                    # digest() of the slot's fingerprint (which may hold secrets)
+    folder: str
+    restarts: int = 0
+    stop_signal: int = int(_signal.SIGTERM)     # to stop it even when a new spec removed its type
+    graceful_timeout: float = 30.0
+
+    @property
+    def key(self) -> Key:
+        return (self.name, self.index)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+RECORD_VERSION = 1
+
+
+def digest(fingerprint: str) -> str:
+    """A fingerprint as recorded on disk: it holds the type's and app's env values."""
+    return hashlib.sha256(fingerprint.encode()).hexdigest()
+
+
+def records_json(records: list[Record]) -> dict:
+    return {"version": RECORD_VERSION, "processes": [r.to_json() for r in sorted(records, key=lambda r: r.key)]}
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def records_from(data: object) -> tuple[list[Record], list[str]]:
+    """The records in a parsed processes-live.json, and what was wrong with the rest (each
+    entry is judged alone: one bad entry does not lose the others)."""
+    if not isinstance(data, dict) or not isinstance(data.get("processes"), list):
+        return [], ['not {"version": 1, "processes": [...]}']
+    if data.get("version") != RECORD_VERSION:
+        return [], [f"version {data.get('version')!r}, this daemon reads {RECORD_VERSION}"]
+    out, errors, seen = [], [], set()
+    for n, e in enumerate(data["processes"]):
+        ok = isinstance(e, dict) and isinstance(e.get("name"), str) and \
+            all(isinstance(e.get(k), int) and not isinstance(e.get(k), bool) for k in ("index", "pid")) and \
+            (e.get("start_time") is None or _number(e.get("start_time"))) and \
+            isinstance(e.get("fingerprint"), str) and isinstance(e.get("folder"), str) and \
+            all(_number(e.get(k, 0)) for k in ("restarts", "stop_signal", "graceful_timeout"))
+        if not ok or e["pid"] <= 0 or e["index"] < 0:
+            errors.append(f"processes[{n}]: not a process record: {e!r}"[:200])
+            continue
+        rec = Record(e["name"], e["index"], e["pid"], e["start_time"], e["fingerprint"], e["folder"],
+                     int(e.get("restarts", 0)), int(e.get("stop_signal", _signal.SIGTERM)),
+                     float(e.get("graceful_timeout", 30.0)))
+        if rec.key in seen:
+            errors.append(f"processes[{n}]: a second record for {rec.name}/{rec.index} (pid {rec.pid})")
+            continue
+        seen.add(rec.key)
+        out.append(rec)
+    return out, errors
+
+
+def not_same_process(record: Record, start_time_now: float | None) -> str | None:
+    """Why the recorded pid is not (provably) our process any more, or None when it is: it
+    exists and started when ours did."""
+    if start_time_now is None:
+        return "gone: it exited while no daemon watched it"
+    if record.start_time is None:
+        return "its start time was not recorded, so it cannot be told from another process with its pid; left alone"
+    if abs(start_time_now - record.start_time) > START_TIME_SLACK:
+        return (f"pid {record.pid} now belongs to another process (started at {start_time_now:.2f}, ours at "
+                f"{record.start_time:.2f}); left alone")
+    return None
+
+
+def adopted(record: Record, started_at: float, fingerprint_then: str) -> Slot:
+    """The slot of a process adopted from an earlier daemon (STARTING; RUNNING once it has lived
+    start_seconds, at once for one that already has). `started_at` on the loop's clock;
+    `fingerprint_then`: what the spec in force would start it with in its recorded folder. If
+    that is not what it was started with, its slot's fingerprint matches nothing, and the plan
+    rolls it."""
+    same = fingerprint_then and digest(fingerprint_then) == record.fingerprint
+    return Slot(record.name, record.index, S.STARTING, started_at=started_at, spawns=1,
+                restarts=record.restarts, folder=record.folder, reason="adopted from an earlier run",
+                fingerprint=fingerprint_then if same else "adopted, started otherwise: " + record.fingerprint)

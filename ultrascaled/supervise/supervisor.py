@@ -310,7 +310,8 @@ class Supervisor:
                          interval=10.0)
         self.guard.start("sampler", self._sample_loop, interval=self.spec.memory.sample_interval)
         self.workers.load()
-        self.jobs.load()
+        self.workers.adopt()   # what a killed daemon left running: no second set beside it
+        self.jobs.load()       # and its job runs going (adopted there)
         self._start_process_loops()
         if self.traffic is not None:
             self.guard.start("traffic", lambda: self.traffic.run(beat=lambda: self.guard.beat("traffic")),
@@ -320,7 +321,7 @@ class Supervisor:
         """The worker types' loop (supervise/workers_loop.py) and the jobs' (jobs_loop.py): each
         waits for the web fleet to be ready, then starts its types. Neither is started for a
         spec without a type of its kind (nor a run left to adopt)."""
-        if not self._workers_running and self.workers.spec.processes:
+        if not self._workers_running and (self.workers.spec.processes or self.workers.slots):   # adopted: stopped if removed
             self._workers_running = True
             self.guard.start("workers", lambda: self.workers.run(self.rec.ready_event), interval=5.0)
         if not self._jobs_running and (self.jobs.spec.processes or self.jobs.live):
@@ -402,14 +403,12 @@ class Supervisor:
         self.events.emit("daemon.stopped")
 
     async def detach(self) -> None:
-        """Exit without touching the fleet: instances and nginx keep serving for the next daemon.
-        Worker processes are stopped (stop_signal, SIGKILL at graceful_timeout): a next daemon
-        does not adopt them yet, and would start a second set beside them. Job runs go on: the
-        next daemon adopts them (jobs.json and their lock)."""
+        """Exit without touching the fleet: instances, worker processes, job runs and nginx keep
+        running for the next daemon, which adopts them (the workers from processes-live.json,
+        the runs from jobs.json and their locks)."""
         self.jobs.begin_shutdown()
-        if self.workers.slots:
-            await self.workers.stop_all()
         await self.guard.stop()
+        self.workers.detach()
         await self.rec.cancel_tasks()
         self.rec.detach()
         if self.lock is not None:

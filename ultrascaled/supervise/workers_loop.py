@@ -10,8 +10,17 @@ graceful_timeout. A deploy reaches them through their folder: the current releas
 what a process was started with, so that once the web fleet is on a new release each type rolls
 to it one process at a time (core/worker_plan.py).
 
-Not here (issue 22): adopting worker processes across a daemon restart, log rotation, the
-memory watchdog and budgets, readiness probes and start order beyond "after web".
+Each live process is recorded in `<paths.state_dir>/processes-live.json` (written atomically,
+only when it changes): its slot, pid, start time, folder and a digest of its fingerprint (the
+env values stay off disk). A daemon that was killed (SIGKILL, a crash) or that detached
+(SIGQUIT) leaves them running in their sessions; the next one's `adopt()` takes
+over each recorded process that still runs with the same start time (a pid another program
+took over is left alone), watches it through a pidfd (its exit status is then unknown) and
+plans it like its own: a type the new spec removed or an index beyond the count is stopped as
+a scale-down, a changed command, environment or folder rolls it. No second set is started.
+
+Not here (issue 22): log rotation, the memory watchdog and budgets, readiness probes and start
+order beyond "after web".
 """
 from __future__ import annotations
 
@@ -57,10 +66,13 @@ class WorkersLoop:
         self.directory = directory
         self.log_dir = Path(log_dir)
         self.state_file = Path(state_dir) / "processes.json"
+        self.live_file = Path(state_dir) / "processes-live.json"   # the live processes, for adoption
         self.beat = beat
         self.slots: dict[Key, wp.Slot] = {}
         self.handles: dict[Key, Handle] = {}
         self.pids: dict[Key, int] = {}
+        self.start_times: dict[Key, float | None] = {}   # Runner.start_time of each live process
+        self._recorded: bytes | None = None              # what processes-live.json holds
         self.desired: dict[str, int] = {}
         self.started = False            # the web fleet was ready: processes may start
         self.shutting_down = False
@@ -191,6 +203,7 @@ class WorkersLoop:
             for action in actions:
                 self._apply(action, spec, policies)
         self._resolve_crash_loops(policies)
+        self._record()
         return wp.next_wakeup(self.slots, policies)
 
     def _apply(self, action: wp.Action, spec: Spec, policies: dict[str, wp.WorkerPolicy]) -> None:
@@ -257,6 +270,7 @@ class WorkersLoop:
             return
         self.handles[slot.key] = handle
         self.pids[slot.key] = handle.pid
+        self.start_times[slot.key] = self._start_time(handle.pid)
         self._move(wp.spawned(slot, now, command.process_fingerprint(spec, name, cwd), cwd), pid=handle.pid,
                    why=reason, log=log_path)
         self.runner.watch(handle, lambda rc, key=slot.key, h=handle: self._exited(key, h, rc))
@@ -265,6 +279,7 @@ class WorkersLoop:
         if self.handles.get(key) is not handle:
             return
         del self.handles[key]
+        self.start_times.pop(key, None)
         try:
             self.runner.unwatch(handle)
         except OSError:
@@ -283,7 +298,98 @@ class WorkersLoop:
         if loop:
             self.alerts.fire("worker_crash_loop", f"{key[0]} process {key[1]} keeps crashing after it "
                              f"started: {after.reason}", process=key[0], index=key[1])
+        self._record()
         self.wake()
+
+    # ---- adoption across a daemon restart ------------------------------------------------------
+
+    def _start_time(self, pid: int) -> float | None:
+        try:
+            return self.runner.start_time(pid)
+        except OSError:
+            return None
+
+    def _record(self) -> None:
+        """Write the live processes to processes-live.json when they changed (atomically)."""
+        records = []
+        for key, handle in self.handles.items():
+            slot = self.slots.get(key)
+            if slot is None:
+                continue
+            policy = self.policies.get(key[0], wp.WorkerPolicy())
+            records.append(wp.Record(key[0], key[1], handle.pid, self.start_times.get(key),
+                                     wp.digest(slot.fingerprint), slot.folder, slot.restarts, policy.stop_signal, policy.graceful_timeout))
+        data = json.dumps(wp.records_json(records), sort_keys=True, indent=1).encode()
+        if data == self._recorded:
+            return
+        try:
+            write_atomic(str(self.live_file), data)
+        except OSError as exc:   # tried again at the next change; a next daemon would adopt less
+            self.events.emit("processes.record_failed", level="warning", path=str(self.live_file),
+                             error=exc.strerror or str(exc),
+                             effect="a daemon killed now would not adopt the processes started since")
+            return
+        self._recorded = data
+
+    def adopt(self) -> list[Key]:
+        """Take over the processes an earlier daemon recorded in processes-live.json and left
+        running (it was killed or crashed): each one still alive with the start time recorded
+        is watched as if spawned, in its slot (RUNNING once it has lived start_seconds, its
+        uptime kept); a pid that is gone or now another process's is dropped, with an event
+        saying why. Call after load(), with the loop running (the watch needs it); the plan
+        then stops what the spec no longer wants and rolls what it starts differently."""
+        try:
+            data = json.loads(self.live_file.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            self.events.emit("state.ignored", level="warning", path=str(self.live_file),
+                             reason=f"unreadable ({type(exc).__name__}: {exc}); every worker process starts "
+                                    "afresh (any an earlier daemon left running are not adopted)")
+            return []
+        records, errors = wp.records_from(data)
+        for error in errors:
+            self.events.emit("state.ignored", level="warning", path=str(self.live_file), reason=error)
+        spec = self.spec
+        now, wall = self.clock.now(), self.clock.wall()
+        taken = []
+        for rec in records:
+            key = rec.key
+            fields = dict(process=rec.name, index=rec.index, pid=rec.pid)
+            if key in self.slots:
+                continue
+            try:
+                handle = self.runner.adopt(rec.pid)   # a pidfd first: the start time then speaks of it
+            except OSError as exc:
+                self.events.emit("process.not_adopted", level="warning", **fields,
+                                 reason=f"cannot watch it: {exc.strerror or exc}; left alone")
+                continue
+            why = wp.not_same_process(rec, self._start_time(rec.pid))
+            if why is not None:
+                try:
+                    self.runner.unwatch(handle)   # closes its pidfd
+                except OSError:
+                    pass
+                self.events.emit("process.not_adopted", level="warning", **fields, reason=why)
+                continue
+            known = rec.name in spec.processes
+            policy = self.policies[rec.name] = policy_for(spec, rec.name) if known else \
+                wp.WorkerPolicy(stop_signal=rec.stop_signal, graceful_timeout=rec.graceful_timeout)
+            uptime = max(0.0, wall - rec.start_time)   # a removed type: stopped as the type it was
+            self.handles[key] = handle
+            self.pids[key] = rec.pid
+            self.start_times[key] = rec.start_time
+            slot = wp.adopted(rec, now - uptime,
+                              command.process_fingerprint(spec, rec.name, rec.folder) if known else "")
+            self._move(slot, pid=rec.pid, uptime=round(uptime, 3))
+            if uptime >= policy.start_seconds:
+                self._move(wp.promoted(slot), uptime=round(uptime, 3))
+            self.events.emit("process.adopted", **fields, uptime=round(uptime, 3), folder=rec.folder,
+                             restarts=rec.restarts)
+            self.runner.watch(handle, lambda rc, key=key, h=handle: self._exited(key, h, rc))
+            taken.append(key)
+        self._record()
+        return taken
 
     def _resolve_crash_loops(self, policies: dict[str, wp.WorkerPolicy]) -> None:
         raised = getattr(self.alerts, "raised", None)
@@ -319,6 +425,17 @@ class WorkersLoop:
     def begin_shutdown(self) -> None:
         self.shutting_down = True
         self.wake()
+
+    def detach(self) -> None:
+        """The daemon exits leaving its processes running (SIGQUIT): their record is brought up
+        to date for the next daemon's adopt(), and they are no longer watched."""
+        self._record()
+        for handle in list(self.handles.values()):
+            try:
+                self.runner.unwatch(handle)
+            except OSError:
+                pass
+        self.handles.clear()
 
     @property
     def live(self) -> list[Key]:
