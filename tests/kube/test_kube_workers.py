@@ -1,7 +1,8 @@
 """`processes:` worker types as Deployments NAME-TYPE: command, environment, replicas, grace
 period, the preStop hook of a stop signal other than TERM, the folder, the names Kubernetes takes,
-the official schemas; a spec without processes exports what it did before. The last tests run
-the exported command and hook for real, in a PID namespace of their own (as a container's)."""
+the official schemas; a spec without processes exports what it did before. One test (marked
+integration) runs the exported command and hook for real, in a PID namespace of their own, as a
+container's."""
 from __future__ import annotations
 
 import dataclasses
