@@ -2,7 +2,8 @@
 
 The same spec that runs a fleet on one host becomes, on a cluster, a Deployment (one gunicorn
 master per pod), a Service, a HorizontalPodAutoscaler, a PodDisruptionBudget, a ConfigMap with
-the app's environment and an Ingress for ingress-nginx carrying what the managed nginx does.
+the app's environment, an Ingress for ingress-nginx carrying what the managed nginx does, and a
+Deployment for each worker type of `processes:`.
 :func:`export` is pure (spec and options in, plain dicts and notes out, nothing read or
 written); :func:`render_stream` / :func:`render_files` turn the result into deterministic YAML;
 :func:`run` is the command (it reads the spec file and writes the output). Which spec key goes
@@ -20,8 +21,8 @@ from ultrascaled.export.kube.checks import check_options
 from ultrascaled.export.kube.cli import add_arguments, run
 from ultrascaled.export.kube.model import (ANNOTATION, DEFAULT_MAX_REQUESTS, DEFAULT_POD_NOFILE,
                                            ENV_HASH, EXIT_OK, EXIT_OVER_BUDGET, EXIT_USAGE,
-                                           EXPORT_CPU_COUNT, GENERATED_MARK, RAISE_NOFILE, Export,
-                                           ExportError, Options)
+                                           EXPORT_CPU_COUNT, GENERATED_MARK, PROCESS_TYPE,
+                                           RAISE_NOFILE, Export, ExportError, Options)
 from ultrascaled.export.kube.render import render_files, render_stream
 from ultrascaled.export.kube.tables import (CARRIED, NO_EQUIVALENT, NOT_CARRIED, tables_markdown,
                                             with_tables)
@@ -30,7 +31,7 @@ from ultrascaled.export.kube.write import write_dir
 __all__ = [
     "ANNOTATION", "CARRIED", "DEFAULT_MAX_REQUESTS", "DEFAULT_POD_NOFILE", "ENV_HASH", "EXIT_OK",
     "EXIT_OVER_BUDGET", "EXIT_USAGE", "EXPORT_CPU_COUNT", "GENERATED_MARK", "NOT_CARRIED",
-    "NO_EQUIVALENT", "RAISE_NOFILE", "Export", "ExportError", "Options", "add_arguments",
+    "NO_EQUIVALENT", "PROCESS_TYPE", "RAISE_NOFILE", "Export", "ExportError", "Options", "add_arguments",
     "check_options", "export", "render_files", "render_stream", "run", "tables_markdown",
     "with_tables", "write_dir",
 ]

@@ -37,7 +37,8 @@ def add_arguments(parser: "argparse.ArgumentParser") -> None:
                         help="a folder for one file per object and a kustomization.yaml, or - "
                              "for one YAML stream on stdout (default -)")
     parser.add_argument("--cpu-per-worker", metavar="CPU", default="1",
-                        help="CPU request per gunicorn worker, e.g. 1, 0.5 or 250m (default 1)")
+                        help="CPU request per gunicorn worker, and of each worker type's pod "
+                             "(processes:), e.g. 1, 0.5 or 250m (default 1)")
     parser.add_argument("--max-requests", type=int, metavar="N", default=DEFAULT_MAX_REQUESTS,
                         help="gunicorn --max-requests when the spec's gunicorn.max_requests is 0 "
                              f"(default {DEFAULT_MAX_REQUESTS}; jitter N/10)")

@@ -1,6 +1,6 @@
 """The fleet's Kubernetes objects, built from its spec as plain dicts.
 
-ConfigMap, Deployment, Services, HorizontalPodAutoscaler, PodDisruptionBudget and Ingresses, and
+ConfigMap, Deployment, one Deployment per worker type, Services, HorizontalPodAutoscaler, PodDisruptionBudget and Ingresses, and
 the ingress-nginx controller settings that are told alongside them, never applied.
 """
 from __future__ import annotations
@@ -8,12 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import posixpath
 from typing import TYPE_CHECKING, Any
 
 from ultrascaled.spec.nginx import parse_time
 from ultrascaled.export.kube.checks import cpu_millis, k8s_name
 from ultrascaled.export.kube.model import (ANNOTATION, ENV_HASH, HPA_DEFAULT_CPU_UTILIZATION,
-                                           INGRESS_CLASS, METRICS_DIR, RAISE_NOFILE, Options)
+                                           INGRESS_CLASS, METRICS_DIR, PROCESS_TYPE, RAISE_NOFILE,
+                                           Options)
 from ultrascaled.spec.budget import mongo_pool_that_fits
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -189,6 +191,104 @@ def release_job(spec: "Spec", name: str, opts: Options) -> dict:
                      # labels of its own: the Service, the Deployment and the PDB must not select it
                      "template": {"metadata": {"labels": labels(f"{name}-release")},
                                   "spec": {"restartPolicy": "Never", "containers": [container]}}}}
+
+
+# In the container, a worker type's `directory` inside app.directory: enter it, then become the
+# type's argv (PID 1 stays the type's process, for the kubelet's and the preStop's signals).
+ENTER_FOLDER = 'cd "$0" && exec "$@"'
+
+
+def worker_folder(spec: "Spec", type_key: str) -> str | None:
+    """Where a worker type runs in its pod, by its `directory` against app.directory (the image's
+    working directory, as for the web pods): None for app.directory itself (or no directory),
+    the path inside it for a folder within it (`worker/`), and an absolute path for a folder
+    outside it, which the image must then hold at that path."""
+    folder = spec.processes[type_key].directory
+    if folder is None:
+        return None
+    app = posixpath.normpath(spec.app.directory)
+    folder = posixpath.normpath(posixpath.join(app, folder))   # loaded specs are absolute
+    if folder == app:
+        return None
+    if folder.startswith(app.rstrip("/") + "/"):
+        return posixpath.relpath(folder, app)
+    return folder
+
+
+def stop_hook(signal_name: str) -> dict:
+    """The preStop hook of a type whose stop_signal is not TERM. After preStop the container is
+    sent SIGTERM (or its image's STOPSIGNAL; lifecycle.stopSignal needs a feature gate and
+    spec.os.name), so the hook sends the type's signal to PID 1 and waits for it to exit: the
+    SIGTERM comes only if the hook is cut off (RQ takes a second signal as "stop now"). `kill` is
+    sh's builtin, so the image needs only a `sh`."""
+    return {"exec": {"command": [
+        "sh", "-c", f"kill -s {signal_name} 1; while kill -0 1 2>/dev/null; do sleep 1; done"]}}
+
+
+def worker_deployment(spec: "Spec", name: str, opts: Options, type_key: str, part: str) -> dict:
+    """A `kind: worker` type as Deployment NAME-TYPE: the web pods' image, environment
+    (envFrom) and security, the type's own env over them, its argv as the command, `count`
+    replicas replaced one at a time like the daemon's roll (stop, then start), its
+    graceful_timeout as the grace period, its start_seconds as minReadySeconds. No port, no
+    probe and no Service: a worker serves nothing; its pods' labels are their own, so that no web
+    Service, PDB or Deployment selects them."""
+    t = spec.processes[type_key]
+    web = deployment(spec, name, opts)["spec"]["template"]["spec"]["containers"][0]
+    obj_name = f"{name}-{part}"
+    mem = f"{spec.memory.worker_limit_mb}Mi"
+    container: dict[str, Any] = {"name": part, "image": web["image"]}
+    folder = worker_folder(spec, type_key)
+    if folder is not None and not folder.startswith("/"):
+        # workingDir must be absolute (the OCI runtime spec's process.cwd) and the export does
+        # not know the image's WORKDIR: the command enters the folder inside it
+        container["command"] = ["sh", "-c", ENTER_FOLDER, folder]
+        container["args"] = list(t.command)
+    else:
+        container["command"] = list(t.command)
+        if folder is not None:
+            container["workingDir"] = folder
+    if t.env:   # a container's env wins over its envFrom: the type's env over app.env
+        container["env"] = [{"name": k, "value": str(v)} for k, v in sorted(t.env.items())]
+    container.update({
+        "envFrom": web["envFrom"],
+        "resources": {"requests": {"cpu": _cpu_quantity(cpu_millis(opts.cpu_per_worker)),
+                                   "memory": mem},
+                      "limits": {"memory": mem}},
+    })
+    if t.stop_signal != "TERM":
+        container["lifecycle"] = {"preStop": stop_hook(t.stop_signal)}
+    container.update({"volumeMounts": web["volumeMounts"],
+                      "securityContext": web["securityContext"]})
+    pod_labels = {**labels(obj_name), PROCESS_TYPE: part}
+    match = {**selector(obj_name), PROCESS_TYPE: part}
+    meta = _meta(obj_name, opts, name)
+    meta["labels"][PROCESS_TYPE] = part
+    # the daemon rolls a type one process at a time, the next started only once the old one
+    # has exited: never more than `count` at once (a singleton such as a scheduler stays one)
+    strategy = ({"type": "Recreate"} if t.count <= 1 else
+                {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}})
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+        "spec": {
+            "replicas": t.count,
+            "minReadySeconds": _seconds(t.start_seconds, least=0),
+            "selector": {"matchLabels": dict(match)},   # no object twice: no YAML aliases
+            "strategy": strategy,
+            "template": {
+                "metadata": {"labels": pod_labels,
+                             "annotations": {ENV_HASH: env_hash(spec, opts)}},
+                "spec": {
+                    "terminationGracePeriodSeconds": _seconds(t.graceful_timeout),
+                    "containers": [container],
+                    "volumes": [{"name": "metrics", "emptyDir": {}}],
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                        "labelSelector": {"matchLabels": dict(match)}}],
+                },
+            },
+        },
+    }
 
 
 def service(spec: "Spec", name: str, opts: Options, suffix: str = "") -> dict:

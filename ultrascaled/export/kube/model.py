@@ -19,6 +19,8 @@ RAISE_NOFILE = 'ulimit -n "$(ulimit -H -n)" 2>/dev/null; exec python -m gunicorn
 DEFAULT_MAX_REQUESTS = 10000
 METRICS_DIR = "/var/run/ultrascale/metrics"
 ENV_HASH = "ultrascale/env-sha256"
+# The label that names a worker type's objects and pods (its Deployment NAME-TYPE selects on it).
+PROCESS_TYPE = "ultrascale/process-type"
 # What an HPA without metrics defaults to: 80 % average CPU utilization of the requests.
 HPA_DEFAULT_CPU_UTILIZATION = 80
 INGRESS_CLASS = "nginx"
@@ -35,7 +37,7 @@ class ExportError(ValueError):
 class Options:
     image: str | None = None          # None: `<name>:latest`, with a warning
     namespace: str | None = None      # None: no metadata.namespace (kubectl's current one)
-    cpu_per_worker: str = "1"         # CPU request per gunicorn worker (a Kubernetes quantity)
+    cpu_per_worker: str = "1"         # CPU request per gunicorn worker and per worker-type pod
     max_requests: int = DEFAULT_MAX_REQUESTS
     nofile: int = DEFAULT_POD_NOFILE
     mongo_servers: int = 1

@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from ultrascaled.export.kube.manifests import memory_limit_mib
+from ultrascaled.export.kube.checks import worker_names
+from ultrascaled.export.kube.manifests import memory_limit_mib, worker_folder
 from ultrascaled.export.kube.model import HPA_DEFAULT_CPU_UTILIZATION, Options
 from ultrascaled.spec.envfile import looks_secret
 from ultrascaled.spec.budget import (GUNICORN_WORKER_BASE_FDS, MONGO_MONITOR_PER_SERVER,
@@ -85,11 +86,7 @@ def warnings_for(spec: "Spec", name: str, opts: Options) -> list[str]:
         if looks_secret(key):
             out.append(f"app.env.{key} looks like a secret: the ConfigMap holds it in clear; "
                        "move it to a Secret (env valueFrom secretKeyRef)")
-    if spec.processes:
-        out.append(f"processes ({', '.join(sorted(spec.processes))}): worker types are not exported "
-                   "yet; run each as a Deployment of its own (the same image and environment, its "
-                   "command, replicas = its count, terminationGracePeriodSeconds = its "
-                   "graceful_timeout)")
+    out += worker_warnings(spec, name)
     if spec.deploy.release_command:
         ns = f" -n {opts.namespace}" if opts.namespace else ""
         out.append(f"deploy.release_command: apply Job {name}-release and wait for it "
@@ -130,4 +127,49 @@ def warnings_for(spec: "Spec", name: str, opts: Options) -> list[str]:
     if spec.workers == 1 and spec.gunicorn.max_requests == 0:
         out.append("one gunicorn worker per pod: while --max-requests replaces it the pod "
                    "serves nothing for a moment; with 2 or more workers per pod it keeps serving")
+    return out
+
+
+def worker_warnings(spec: "Spec", name: str) -> list[str]:
+    """What a worker type's Deployment does not carry 1:1: the stop signal, the folder, its
+    memory and connections outside the budgets, its env in clear; and types of another kind."""
+    out = []
+    workers = worker_names(spec, name)
+    if workers:
+        limit = spec.memory.worker_limit_mb
+        deps = ", ".join(f"{name}-{part}" for part in workers.values())
+        out.append(f"processes: the worker types run as Deployments {deps}; each pod is one "
+                   f"process of its type, with a memory limit of memory.worker_limit_mb ({limit} "
+                   "MiB) for the whole container (a Celery prefork pool's children included: "
+                   "the kernel OOM-kills the pod at it, which the daemon never does to a worker "
+                   "type). Their memory and MongoDB connections (the ConfigMap's "
+                   "MONGO_MAX_POOL_SIZE) are not counted in the export's budgets, as on the daemon")
+    for key, part in workers.items():
+        t = spec.processes[key]
+        where = f"processes.{key}"
+        if t.stop_signal != "TERM":
+            out.append(f"{where}.stop_signal {t.stop_signal}: Kubernetes stops a container with "
+                       f"SIGTERM (or the image's STOPSIGNAL); Deployment {name}-{part}'s preStop "
+                       f"hook sends SIG{t.stop_signal} to PID 1 with sh's kill and waits for it to "
+                       "exit, so the image needs a `sh` and the command must be PID 1 (an argv, "
+                       "or a shell that execs it)")
+        folder = worker_folder(spec, key)
+        if folder is not None and not folder.startswith("/"):
+            out.append(f"{where}.directory: the pods run it in {folder} inside the image's working "
+                       "directory (the app's folder, as app.directory is on the host): the "
+                       f"command is `sh -c 'cd \"$0\" && exec \"$@\"' {folder}` before the type's "
+                       "argv, since workingDir must be absolute; build the image with that folder")
+        elif folder is not None:
+            out.append(f"{where}.directory {folder} is outside app.directory (the image's working "
+                       "directory): the pods' workingDir is that path, which the image must hold")
+        for env_key, value in sorted(t.env.items()):
+            if _LOOPBACK.search(str(value)):
+                out.append(f"{where}.env.{env_key} = {value!r} names the loopback address: in a "
+                           "pod that is the pod itself; point it at a Service")
+            if looks_secret(env_key):
+                out.append(f"{where}.env.{env_key} looks like a secret: Deployment "
+                           f"{name}-{part} holds it in clear; move it to a Secret")
+    others = sorted(k for k, t in spec.processes.items() if t.kind != "worker")
+    if others:
+        out.append(f"processes ({', '.join(others)}): only `kind: worker` types are exported")
     return out

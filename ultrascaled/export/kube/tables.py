@@ -35,13 +35,33 @@ CARRIED: dict[str, str] = {
     "deploy.release_command": "Job NAME-release (its container command, the Deployment's image "
                               "and environment), to run to completion before the Deployment rolls",
     "deploy.release_timeout": "Job NAME-release activeDeadlineSeconds",
+    "processes": "one Deployment NAME-TYPE per `kind: worker` type (TYPE lower case, `_` as "
+                 "`-`; two types that become one name are refused), labelled "
+                 "ultrascale/process-type: TYPE; no Service, PDB or HPA",
+    "processes.NAME.kind": "`worker`: a Deployment NAME-TYPE (other kinds are not exported here)",
+    "processes.NAME.command": "Deployment NAME-TYPE container command (args after a `cd` with a "
+                              "directory inside app.directory)",
+    "processes.NAME.count": "Deployment NAME-TYPE spec.replicas; strategy Recreate at 1 (never "
+                            "two), else one pod at a time (maxSurge 0, maxUnavailable 1), as the "
+                            "daemon rolls a type",
+    "processes.NAME.env": "Deployment NAME-TYPE container env, over the envFrom of the web pods "
+                          "(app.env_file's Secret, the ConfigMap)",
+    "processes.NAME.directory": "inside app.directory (the image's working directory): the "
+                                "command enters that folder with sh (`cd`, then exec; workingDir "
+                                "must be absolute); outside it: workingDir",
+    "processes.NAME.stop_signal": "other than TERM: a preStop exec hook that sends it to PID 1 "
+                                  "(`kill -s SIG 1`, sh's builtin) and waits for the exit",
+    "processes.NAME.graceful_timeout": "Deployment NAME-TYPE terminationGracePeriodSeconds "
+                                       "(whole seconds, >= 1)",
+    "processes.NAME.start_seconds": "Deployment NAME-TYPE minReadySeconds (whole seconds)",
     "health.path": "startupProbe, readinessProbe, livenessProbe httpGet.path",
     "health.start_timeout": "startupProbe failureThreshold (periodSeconds 1)",
     "health.interval": "readinessProbe and livenessProbe periodSeconds (whole seconds, >= 1)",
     "health.timeout": "probes' timeoutSeconds (whole seconds, >= 1)",
     "health.failures": "readinessProbe and livenessProbe failureThreshold",
     "restart.drain_seconds": "preStop sleep (whole seconds, >= 1); terminationGracePeriodSeconds",
-    "memory.worker_limit_mb": "container memory request and limit = (workers + 1) x limit",
+    "memory.worker_limit_mb": "container memory request and limit = (workers + 1) x limit; a "
+                              "worker type's pod: one x limit",
     "mongodb.connection_budget": "MONGO_MAX_POOL_SIZE in the ConfigMap",
     "mongodb.min_pool_size": "MONGO_MIN_POOL_SIZE in the ConfigMap",
     "mongodb.max_connecting": "MONGO_MAX_CONNECTING in the ConfigMap",
@@ -171,25 +191,15 @@ NOT_CARRIED: dict[str, str] = {
     "dashboard.history_seconds": "ultrascaled's dashboard",
     "dashboard.sample_interval": "ultrascaled's dashboard",
     "plan.urls": "what `ultrascalectl plan --measure` loads, before any deployment: nothing runs it in a cluster",
-    "processes": "not exported yet: each worker type would be a Deployment of its own (the "
-                 "export warns when the spec has one)",
-    "processes.NAME.kind": "see processes",
-    "processes.NAME.command": "see processes",
-    "processes.NAME.count": "see processes",
-    "processes.NAME.min": "see processes",
-    "processes.NAME.max": "see processes",
-    "processes.NAME.env": "see processes",
-    "processes.NAME.directory": "see processes",
-    "processes.NAME.stop_signal": "see processes",
-    "processes.NAME.graceful_timeout": "see processes",
-    "processes.NAME.start_seconds": "see processes",
-    # a job (kind: job) would be a CronJob: not exported yet
-    "processes.NAME.schedule": "see processes",
-    "processes.NAME.every": "see processes",
-    "processes.NAME.concurrency": "see processes",
-    "processes.NAME.timeout": "see processes",
-    "processes.NAME.catch_up": "see processes",
-    "processes.NAME.history": "see processes",
+    "processes.NAME.min": "the lowest count `ultrascalectl scale` takes: `kubectl scale` has no "
+                          "bounds",
+    "processes.NAME.max": "the highest count `ultrascalectl scale` takes (see processes.NAME.min)",
+    "processes.NAME.schedule": "a job (kind: job) is not exported yet",
+    "processes.NAME.every": "a job (kind: job) is not exported yet",
+    "processes.NAME.concurrency": "a job (kind: job) is not exported yet",
+    "processes.NAME.timeout": "a job (kind: job) is not exported yet",
+    "processes.NAME.catch_up": "a job (kind: job) is not exported yet",
+    "processes.NAME.history": "a job (kind: job) is not exported yet",
     "api.tls_cert": "ultrascaled's control API",
     "api.tls_key": "ultrascaled's control API",
     "api.allowed_hosts": "ultrascaled's control API",
