@@ -20,7 +20,7 @@ import yaml
 from ultrascaled.surface import cli
 from ultrascaled.export import kube
 from ultrascaled.spec import iter_settings, load_spec, parse_spec
-from ultrascaled.spec.schema import ProcessType
+from ultrascaled.spec.schema import JOB_ONLY, ProcessType
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -359,6 +359,11 @@ def changed(value):
     raise AssertionError(f"no change for {value!r}")
 
 
+JOB_CHANGES = {"schedule": {"schedule": "0 4 * * *"}, "every": {"schedule": None, "every": "10m"},
+               "concurrency": {"concurrency": "replace"}, "timeout": {"timeout": 60.0},
+               "catch_up": {"catch_up": True}, "history": {"history": 5}}
+
+
 def test_a_carried_key_changes_the_manifests_and_one_not_carried_leaves_them_alone():
     base = load("fleet")
     wrong = []
@@ -369,11 +374,15 @@ def test_a_carried_key_changes_the_manifests_and_one_not_carried_leaves_them_alo
         for k, v in pre.items():
             before = set_key(before, k, v)
         if key.startswith("processes.NAME."):   # a key of a `processes:` entry: one worker type `w`
-            entry = ProcessType(command=["python", "w.py"])
             field = key.rsplit(".", 1)[1]
+            if field in JOB_ONLY:                # or one job `w`
+                entry = ProcessType(kind="job", command=["python", "w.py"], schedule="0 3 * * *")
+                new = JOB_CHANGES[field]
+            else:
+                entry = ProcessType(command=["python", "w.py"])
+                new = {field: changed(getattr(entry, field))}
             before = set_key(before, "processes", {"w": entry})
-            after = set_key(before, "processes", {"w": dataclasses.replace(
-                entry, **{field: changed(getattr(entry, field))})})
+            after = set_key(before, "processes", {"w": dataclasses.replace(entry, **new)})
         else:
             after = set_key(before, key, value if key in MUTATIONS else changed(get_key(before, key)))
         differs = kube.export(before).manifests != kube.export(after).manifests
