@@ -302,7 +302,7 @@ class JobsLoop:
         self.handles[(name, run)] = handle
         self.runner.watch(handle, lambda rc, n=name, k=run, h=handle: self._exited(n, k, h, rc))
         late = None if due is None else round(r.started_wall - due, 3)
-        self.events.emit("job.started", process=name, run=run, pid=handle.pid, why=why, late=late, log=log)
+        self.events.emit("job.started", process=name, run=run, pid=handle.pid, why=why, due=due, late=late, log=log)
         self._save()
 
     def _stop(self, r: Run, policy: jp.JobPolicy, reason: str, detail: str) -> None:
