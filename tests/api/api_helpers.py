@@ -89,6 +89,14 @@ class FakeFleet:
         previous, self.workers = self.workers, n
         return {"process": name, "desired": n, "previous": previous}
 
+    def restart_process(self, name: str) -> dict:
+        if name == "web":
+            return {"process": "web", "restarting": self.restart()}
+        if name != "worker":
+            raise ScaleRefused("not_found", f"no worker type {name!r} (worker types: worker)")
+        self.calls.append(("restart_process", name))
+        return {"process": name, "restarting": list(range(self.workers))}
+
     job_running = False   # the fake's one job, `nightly` (concurrency: forbid)
 
     def _job(self) -> dict:

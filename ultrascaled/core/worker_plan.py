@@ -107,12 +107,15 @@ Action = Spawn | Promote | Stop | Kill | Forget
 
 
 def plan(slots: Mapping[Key, Slot], desired: Mapping[str, int], policies: Mapping[str, WorkerPolicy],
-         now: float, fingerprints: Mapping[str, str] | None = None) -> list[Action]:
+         now: float, fingerprints: Mapping[str, str] | None = None,
+         restart_before: Mapping[str, float] | None = None) -> list[Action]:
     """The actions for this instant. `desired`: type name -> count (a type not in it, e.g.
     removed by a reload or everything at shutdown, is wanted at 0); `fingerprints`: type name ->
     what its processes would be started with now (a live process started otherwise is
-    restarted)."""
+    restarted); `restart_before`: type name -> a time its processes started before are restarted
+    (`ultrascalectl restart NAME`), as a changed one is."""
     fingerprints = fingerprints or {}
+    restart_before = restart_before or {}
     actions: list[Action] = []
     # a changed command, environment or folder (a reload, a deploy) restarts a type's live
     # processes one at a time: the next only once none of that type is stopping, stopped and
@@ -124,7 +127,9 @@ def plan(slots: Mapping[Key, Slot], desired: Mapping[str, int], policies: Mappin
         name, index = key
         policy = policies.get(name, WorkerPolicy())
         wanted = index < desired.get(name, 0)
-        stale = name in fingerprints and slot.fingerprint != fingerprints[name]
+        changed = name in fingerprints and slot.fingerprint != fingerprints[name]
+        asked = name in restart_before and slot.started_at is not None and slot.started_at < restart_before[name]
+        stale = changed or asked
         if slot.state is S.STOPPING:
             if not slot.killed and slot.stop_deadline is not None and now >= slot.stop_deadline:
                 actions.append(Kill(key))
@@ -133,7 +138,8 @@ def plan(slots: Mapping[Key, Slot], desired: Mapping[str, int], policies: Mappin
                 actions.append(Stop(key, policy.stop_signal, now + policy.graceful_timeout, "scaled down"))
             elif stale and slot.state is S.RUNNING and name not in rolling:
                 actions.append(Stop(key, policy.stop_signal, now + policy.graceful_timeout,
-                                    "its command, environment or folder changed"))
+                                    "its command, environment or folder changed" if changed else
+                                    "restart requested"))
                 rolling.add(name)
             elif slot.state is S.STARTING and slot.started_at is not None and \
                     now - slot.started_at >= policy.start_seconds:

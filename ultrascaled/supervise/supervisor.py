@@ -354,6 +354,16 @@ class Supervisor:
                                f"{name} --run` runs it now")
         return self.workers.scale(name, n, source)
 
+    def restart_process(self, name: str) -> dict[str, Any]:
+        """`POST /processes/{name}/restart`: `web` is the fleet's rolling restart, a worker type
+        restarts one process at a time (raises ScaleRefused)."""
+        if name == "web":
+            return {"process": "web", "restarting": self.restart()}
+        if name in self.jobs.spec.processes:
+            raise ScaleRefused("out_of_range", f"{name} is a job: it has no process to restart "
+                               f"between runs; `ultrascalectl jobs {name} --run` runs it now")
+        return self.workers.restart(name)
+
     def jobs_listing(self) -> dict[str, Any]:
         return self.jobs.listing()
 

@@ -80,6 +80,7 @@ class WorkersLoop:
         self.moves = 0                  # slot changes made, for tests that step the loop
         self.policies: dict[str, wp.WorkerPolicy] = {}   # also of a type a reload removed, while it stops
         self._wake = asyncio.Event()
+        self.restart_before: dict[str, float] = {}   # type -> processes started before this are restarted
 
     @property
     def spec(self) -> Spec:
@@ -153,6 +154,25 @@ class WorkersLoop:
         self.wake()
         return {"process": name, "desired": n, "previous": old}
 
+    def restart(self, name: str, source: str = "operator") -> dict[str, Any]:
+        """Restart a type's processes one at a time, each stopped (stop_signal, SIGKILL at
+        graceful_timeout) and started again before the next (raises ScaleRefused). A FATAL one
+        is tried again. A daemon restarted meanwhile does not go on with the roll."""
+        spec = self.spec
+        if self.shutting_down:
+            raise ScaleRefused("shutting_down", "the daemon is stopping; its processes are stopping too")
+        if name not in spec.processes:
+            known = ", ".join(sorted(spec.processes)) or "none"
+            raise ScaleRefused("not_found", f"no worker type {name!r} (worker types: {known})")
+        self.restart_before[name] = self.clock.now()
+        for key, slot in list(self.slots.items()):
+            if key[0] == name and slot.state is S.FATAL:
+                self._move(wp.retried(slot))
+        indexes = sorted(i for (n, i), s in self.slots.items() if n == name and s.state in LIVE)
+        self.events.emit("process.restart_requested", process=name, indexes=indexes, source=source)
+        self.wake()
+        return {"process": name, "restarting": indexes}
+
     # ---- the loop ------------------------------------------------------------------------------
 
     def wake(self) -> None:
@@ -197,7 +217,7 @@ class WorkersLoop:
         desired = {} if self.shutting_down or not self.started else dict(self.desired)
         fingerprints = {n: command.process_fingerprint(spec, n, self.folder(spec, n)) for n in spec.processes}
         for _ in range(10):
-            actions = wp.plan(self.slots, desired, policies, self.clock.now(), fingerprints)
+            actions = wp.plan(self.slots, desired, policies, self.clock.now(), fingerprints, self.restart_before)
             if not actions:
                 break
             for action in actions:

@@ -163,6 +163,20 @@ async def scale_process(request: web.Request) -> web.Response:
     return web.json_response(answer, status=202)
 
 
+@routes.post("/processes/{name}/restart")
+async def restart_process(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    name = request.match_info["name"]
+    if not PROCESS_NAME_RE.fullmatch(name):
+        raise ApiError(Code.bad_request, f"a process type name is 1-64 letters, digits, - and _, "
+                       f"got {name[:40]!r}")
+    try:
+        answer = fleet_of(request).restart_process(name)
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response(answer, status=202)
+
+
 def job_param(request: web.Request) -> str:
     name = request.match_info["name"]
     if not PROCESS_NAME_RE.fullmatch(name):
