@@ -279,3 +279,19 @@ async def test_workers_and_jobs_each_see_only_their_kind(tmp_path):
     assert (procs["worker"]["kind"], procs["tick"]["kind"]) == ("worker", "job")
     await h.advance(2.0)
     assert h.runner.workers_alive() == ["comp/tick/1", "comp/worker/0"]
+
+
+@component
+async def test_the_metrics_count_runs_by_outcome_and_say_the_last_success(tmp_path):
+    h = await up(tmp_path, job() + "  worker:\n    command: [rq, worker]\n    count: 2\n")
+    await h.advance(2.0)
+    await finish(h, 0)
+    await h.advance(2.0)
+    await finish(h, 1)
+    fams = {f.name: f for f in h.sup.process_metric_families()}
+    runs = {s.labels["outcome"]: s.value for s in fams["ultrascale_job_runs"].samples if s.name.endswith("_total")}
+    assert runs == {"succeeded": 1, "failed": 1}
+    (last,) = fams["ultrascale_job_last_success_timestamp_seconds"].samples
+    assert last.labels == {"job": "tick"} and abs(last.value - (h.clock.wall() - 2.0)) < 0.5
+    desired = {s.labels["type"]: s.value for s in fams["ultrascale_process_desired"].samples}
+    assert desired == {"tick": 0, "worker": 2}

@@ -86,6 +86,8 @@ class JobsLoop:
         self.started = False
         self.shutting_down = False
         self._wake = asyncio.Event()
+        self.outcomes: dict[str, dict[str, int]] = {}   # job -> outcome -> runs ended, since start (/metrics)
+        self.last_success: dict[str, float] = {}
 
     @property
     def spec(self) -> Spec:
@@ -366,6 +368,10 @@ class JobsLoop:
         self.wake()
 
     def _remember(self, name: str, entry: dict[str, Any]) -> None:
+        counts = self.outcomes.setdefault(name, {})
+        counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+        if entry["outcome"] == "succeeded":
+            self.last_success[name] = self.clock.wall()
         keep = self.policy(name).history
         self.history[name] = (self.history.get(name, []) + [entry])[-keep:]
 
@@ -460,6 +466,15 @@ class JobsLoop:
         return {name: {**self._summary(name), "running": [self._live_view(r, now) for _, r in
                                                          sorted(self.live.get(name, {}).items())]}
                 for name in sorted(set(self.spec.processes) | set(self.live))}
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """What /metrics says of each job (observe/metrics.py process_families)."""
+        out = {}
+        for name in sorted(set(self.spec.processes) | set(self.outcomes)):
+            last = (self.history.get(name) or [{}])[-1]
+            out[name] = {"outcomes": dict(self.outcomes.get(name, {})), "last_success": self.last_success.get(name),
+                         "last_duration": last.get("duration"), "next_run": self._summary(name)["next_run"]}
+        return out
 
     def runs(self, name: str) -> list[dict[str, Any]]:
         """`GET /jobs/{name}/runs`: the runs going, then the history, newest first."""

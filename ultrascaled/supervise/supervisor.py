@@ -364,6 +364,10 @@ class Supervisor:
                                f"between runs; `ultrascalectl jobs {name} --run` runs it now")
         return self.workers.restart(name)
 
+    def process_metric_families(self) -> list:
+        """/metrics: the worker and job types' counts and the jobs' runs."""
+        return metrics.process_families(self.processes(), self.jobs.figures())
+
     def jobs_listing(self) -> dict[str, Any]:
         return self.jobs.listing()
 

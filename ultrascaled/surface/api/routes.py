@@ -314,6 +314,7 @@ async def metrics(request: web.Request) -> web.Response:
     auto = sup.autoscaler
     extra = list(sup.traffic.families()) if sup.traffic is not None else []
     extra += auto.metric_families() if auto is not None else []
+    extra += sup.process_metric_families()
     body = await m.render_async(sup.snapshot(), sup.upstream.status(), counters, sup.metrics_dirs(),
                                 extra=extra)
     return web.Response(body=body, headers={"Content-Type": m.CONTENT_TYPE})
