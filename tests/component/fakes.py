@@ -88,12 +88,14 @@ class FakeRunner:
         self.exit_on_spawn: dict[int, int | None] = {}   # port -> rc its next masters exit with at once
         self.deaf: set[int] = set()                # ports whose masters ignore SIGTERM (a boot in C code)
         self.deaf_labels: set[str] = set()         # worker processes (fleet/name/index) that ignore their stop signal
+        self.rotations: dict[str, tuple | None] = {}   # log path -> the rotate= it was last spawned with
         self.start_times: dict[int, float] = {}    # pid -> start time (a test changes one: the pid was reused)
         self.clock: FakeClock | None = None        # a worker's start time is the clock's wall time at spawn
 
     # -- processes
-    def spawn(self, argv, env, cwd, log_path, pass_fds=()):
+    def spawn(self, argv, env, cwd, log_path, pass_fds=(), rotate=None):
         self.calls.append(("spawn", argv))
+        self.rotations[log_path] = rotate
         if self.spawn_error is not None:
             raise self.spawn_error
         if "--name" not in argv:   # a worker type's process (supervise/workers_loop.py)

@@ -295,3 +295,23 @@ async def test_the_metrics_count_runs_by_outcome_and_say_the_last_success(tmp_pa
     assert last.labels == {"job": "tick"} and abs(last.value - (h.clock.wall() - 2.0)) < 0.5
     desired = {s.labels["type"]: s.value for s in fams["ultrascale_process_desired"].samples}
     assert desired == {"tick": 0, "worker": 2}
+
+
+@component
+async def test_a_jobs_log_is_rotated_between_runs_never_under_one(tmp_path):
+    h = await up(tmp_path, job(extra="    concurrency: allow\n"))
+    log = str(tmp_path / "logs" / "job-tick.log")
+    h.runner.log_sizes[log] = 60 << 20                      # over logs.max_bytes (50 MiB)
+    await h.advance(2.0)
+    assert h.runner.rotated == [log] and h.sup.jobs.live["tick"][1].log_offset == 0
+    h.runner.log_sizes[log] = 60 << 20
+    await h.advance(2.0)                                    # run 1 still writes: not now
+    assert h.runner.rotated == [log] and h.sup.jobs.live["tick"][2].log_offset == 60 << 20
+
+
+@component
+async def test_worker_logs_are_written_through_a_rotating_pipe(tmp_path):
+    h = await up(tmp_path, "processes:\n  worker:\n    command: [rq, worker]\n")
+    assert h.runner.rotations[str(tmp_path / "logs" / "worker-0.log")] == (50 * 1024 * 1024, 5)
+    web = [r for path, r in h.runner.rotations.items() if "instance-" in path]
+    assert web and all(r is None for r in web)              # gunicorn reopens its own on SIGUSR1

@@ -76,7 +76,8 @@ def is_transient(exc: BaseException) -> bool:
 
 class Runner(Protocol):
     def spawn(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str,
-              pass_fds: tuple[int, ...] = ()) -> Handle: ...
+              pass_fds: tuple[int, ...] = (), rotate: tuple[int, int] | None = None) -> Handle: ...
+    # rotate: (max_bytes, backups): the log is written through a pipe whose reader rotates it
     def listen(self, host: str, port: int, gate_closed: bool = False) -> socket.socket: ...  # port 0: a free one
     def set_gate(self, sock: socket.socket, open_: bool) -> None: ...     # procs.set_gate
     def take_listener(self, pid: int, host: str, port: int) -> socket.socket | None: ...

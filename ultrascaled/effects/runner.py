@@ -17,8 +17,8 @@ from ultrascaled.effects import logfiles, procs
 class OsRunner:
     """The real runner: subprocess, pidfds, /proc and sockets on this host."""
 
-    def spawn(self, argv, env, cwd, log_path, pass_fds=()):
-        return procs.spawn(argv, env, cwd, log_path, pass_fds)
+    def spawn(self, argv, env, cwd, log_path, pass_fds=(), rotate=None):
+        return procs.spawn(argv, env, cwd, log_path, pass_fds, rotate)
 
     def listen(self, host, port, gate_closed=False):
         return procs.listen(host, port, gate_closed)

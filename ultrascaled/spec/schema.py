@@ -265,9 +265,11 @@ class AlertsSection:
 @dataclass(frozen=True)
 class LogsSection:
     max_bytes: int = setting(50 * 1024 * 1024, "Size at which an instance's log file is rotated "
-                             "(renamed to `.1`, then gunicorn reopens it on SIGUSR1: no line is lost).", min=4096)
-    backups: int = setting(5, "Rotated files kept per instance (`instance-PORT.log.1` .. `.N`).",
-                           min=0, max=100)
+                             "(renamed to `.1`, then gunicorn reopens it on SIGUSR1: no line is lost); "
+                             "a worker process's is rotated by the pipe it writes into, a job's "
+                             "between runs (docs/processes.md#logs).", min=4096)
+    backups: int = setting(5, "Rotated files kept per instance, worker process or job "
+                           "(`instance-PORT.log.1` .. `.N`).", min=0, max=100)
 
 
 # ---- autoscale: the fleet follows its load (ultrascaled/core/autoscale.py decides) --------------

@@ -281,6 +281,9 @@ class JobsLoop:
                                      reason="a run holds the job's lock")
                     return
             offset = self.runner.log_size(log)
+            if offset >= spec.logs.max_bytes and not self.live.get(name):   # between runs: no writer
+                self.runner.rotate_log(log, spec.logs.backups)
+                offset = 0
             handle = self.runner.spawn(list(t.command), command.process_env(spec, name, run), cwd, log,
                                        pass_fds=(fd,) if fd is not None else ())
         except OSError as exc:

@@ -2,8 +2,9 @@
 
 One writer for the worker processes, as the reconciler is for the web instances: the API's
 `scale` changes the wanted count and wakes it; only this loop spawns, signals or kills. Each
-process runs in its own session (the runner's spawn), its output appended to
-`<paths.log_dir>/<name>-<index>.log`; every state change is a `process.state` event. It starts
+process runs in its own session (the runner's spawn), its output written through a pipe whose
+reader appends it to `<paths.log_dir>/<name>-<index>.log` and rotates it at logs.max_bytes
+(shims/ultrascale_logpipe.py); every state change is a `process.state` event. It starts
 once the web fleet is ready (the supervisor waits for that) and stops every process at the
 daemon's shutdown: the type's stop_signal, then SIGKILL to the process group at its
 graceful_timeout. A deploy reaches them through their folder: the current release's, part of
@@ -19,7 +20,7 @@ took over is left alone), watches it through a pidfd (its exit status is then un
 plans it like its own: a type the new spec removed or an index beyond the count is stopped as
 a scale-down, a changed command, environment or folder rolls it. No second set is started.
 
-Not here (issue 22): log rotation, the memory watchdog and budgets, readiness probes and start
+Not here (issue 22): the memory watchdog and budgets, readiness probes and start
 order beyond "after web".
 """
 from __future__ import annotations
@@ -280,7 +281,8 @@ class WorkersLoop:
         now = self.clock.now()
         try:
             env = command.process_env(spec, name, index)
-            handle = self.runner.spawn(list(t.command), env, cwd, log_path)
+            handle = self.runner.spawn(list(t.command), env, cwd, log_path,
+                                       rotate=(spec.logs.max_bytes, spec.logs.backups))
         except OSError as exc:
             detail = f"{exc.strerror or exc}" + (f": {exc.filename!r}" if getattr(exc, "filename", None) else "")
             after = wp.on_spawn_error(slot, detail, is_transient(exc), policy, now)
