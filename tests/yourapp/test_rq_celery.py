@@ -370,7 +370,8 @@ def test_django_celery_tasks_survive_kill_9_of_the_worker_and_the_job_runs_every
     twice = sorted({o for o in runs if runs.count(o) > 1})
     print(f"Celery: {n} tasks, the worker's main process SIGKILLed with {shipped_at_kill} shipped "
           f"and {unacked_after} unacked in its hands, replaced in "
-          f"{replaced_in:.1f} s, every order shipped {all_done_in:.1f} s after the kill; {done - 1} shipped, {len(runs) - 1} runs, ran twice ({len(twice)}): {twice or 'none'}; "
+          f"{replaced_in:.1f} s, every order shipped {all_done_in:.1f} s after the kill; "
+          f"{done - 1} shipped, {len(runs) - 1} runs, ran twice ({len(twice)}): {twice or 'none'}; "
           f"missing: {sorted(missing) or 'none'}")
     assert not missing, f"{len(missing)} tasks lost: {sorted(missing)[:20]}"
     assert unacked_orders(redis_port) == [], "the killed worker's messages were restored and acked"
