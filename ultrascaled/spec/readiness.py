@@ -99,7 +99,7 @@ def tcp_address(text: str) -> tuple[str, int]:
         ok_host = _is_ip(host)
     else:
         host, sep, port = rest.rpartition(":")
-        ok_host = _is_ip(host) or bool(_HOST.match(host))
+        ok_host = ":" not in host and (_is_ip(host) or bool(_HOST.match(host)))   # IPv6 in brackets
     if not sep or not ok_host or not port.isascii() or not port.isdigit() or _port(int(port)) is None:
         raise ValueError(f"must be tcp://HOST:PORT with a port 1-65535 (IPv6 in brackets: "
                          f"tcp://[::1]:6379), got {show_value(text)}")
