@@ -10,6 +10,7 @@ import signal
 
 from fakes import Harness
 from ultrascaled.core.seams import ProbeResult
+from ultrascaled.surface import cli
 
 REDIS = ("127.0.0.1", 6379)
 
@@ -187,6 +188,8 @@ processes:
     assert waits[0]["awaits"] == ["tcp://127.0.0.1:6379"] and waits[0]["process"] == "worker"
     assert tcp_checks(h, 6379) >= 40                          # connected to about every 0.5 s
     assert h.runner.workers_alive() == []
+    shown = cli.render_workers({"worker": h.sup.processes()["worker"]})
+    assert shown.splitlines()[0] == "worker (worker): 0/1 running, waiting for tcp://127.0.0.1:6379"
     h.runner.listening.add(REDIS)
     await h.advance(0.5)
     assert h.runner.workers_alive() == ["comp/worker/0"]
