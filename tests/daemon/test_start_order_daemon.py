@@ -83,3 +83,44 @@ def test_requires_waits_for_a_listener_and_a_tcp_ready_check_holds_starting(make
     finally:
         listener.close()
     d.stop()
+
+
+def test_the_real_runners_checks_connect_run_and_time_out(tmp_path):
+    """effects/runner.py's tcp_check and run_check on real sockets and processes."""
+    import asyncio
+    from ultrascaled.effects.runner import run_check, tcp_check
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    free = closed.getsockname()[1]
+    closed.close()
+    env = {"PATH": os.environ["PATH"], "WHO": "me"}
+    nap = f"30.{os.getpid()}"   # this test's own sleeps, told from any other on the host
+
+    async def main():
+        return await asyncio.gather(
+            tcp_check("127.0.0.1", port, 1.0), tcp_check("127.0.0.1", free, 1.0),
+            run_check(["sh", "-c", 'test "$WHO" = me && test "$PWD" = "$0"', str(tmp_path)], env, str(tmp_path), 5.0),
+            run_check(["sh", "-c", "echo not yet; exit 3"], env, str(tmp_path), 5.0),
+            run_check(["sh", "-c", f"sleep {nap} & sleep {nap}"], env, str(tmp_path), 0.3),
+            run_check(["no-such-program-here"], env, str(tmp_path), 1.0))
+    try:
+        started = time.monotonic()
+        up, down, ok, failed, slow, missing = asyncio.run(main())
+        took = time.monotonic() - started
+    finally:
+        listener.close()
+    assert (up.ok, up.detail) == (True, "connected")
+    assert (down.ok, down.detail) == (False, "connection refused")
+    assert ok.ok, ok.detail
+    assert (failed.ok, failed.detail) == (False, "sh exited 3: not yet")
+    assert (slow.ok, slow.detail) == (False, "sh did not exit within 0.3s") and took < 3.0
+    assert not missing.ok and missing.detail.startswith("cannot run 'no-such-program-here'")
+    time.sleep(0.1)
+    leftover = [p for p in psutil.process_iter(["cmdline", "status"]) if p.info["cmdline"] == ["sleep", nap]
+                and p.info["status"] != psutil.STATUS_ZOMBIE]
+    assert leftover == []   # the timed-out command's process group was SIGKILLed

@@ -11,6 +11,9 @@ records each live run (pid and process start time), so a next daemon adopts a ru
 and never starts a second beside it, even when the record was lost. Runs missed while no daemon
 ran are counted in an event and run once at start only with `catch_up: true`.
 
+A job with `requires` has each address connected to when a run is due (in parallel): a run due
+while one does not accept is skipped, with a `job.skipped` naming it.
+
 A daemon that stops stops the runs (stop_signal, SIGKILL at graceful_timeout); one that detaches
 for an upgrade leaves them to the next. A reload that removes a job lets its runs finish.
 """
