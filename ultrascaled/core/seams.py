@@ -56,6 +56,13 @@ class ProbeResult:
         return self.status == 200
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    """A readiness check's or a connect's answer: passed or not, and what it got."""
+    ok: bool
+    detail: str             # "connected", "connection refused", "exit 1: <its last line>", ...
+
+
 class Clock:
     """Monotonic time for timers, wall time for what people read."""
     def now(self) -> float:
@@ -94,6 +101,9 @@ class Runner(Protocol):
     def start_time(self, pid: int) -> float | None: ...
     def port_in_use(self, host: str, port: int) -> PortHolder | None: ...
     async def probe(self, host: str, port: int, path: str, timeout: float) -> ProbeResult: ...
+    async def tcp_check(self, host: str, port: int, timeout: float) -> CheckResult: ...   # a connect, closed at once
+    async def run_check(self, argv: list[str], env: dict[str, str], cwd: str,
+                        timeout: float) -> CheckResult: ...   # exit 0 within timeout; its group killed after
     def prepare_metrics_dir(self, path: str) -> None: ...
     def log_size(self, path: str) -> int: ...
     def rotate_log(self, path: str, backups: int) -> None: ...

@@ -84,11 +84,12 @@ class Supervisor:
                                  folders_in_use=lambda: self.workers.folders_in_use() | self.jobs.folders_in_use())
         # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
         self.autoscaler = Autoscaler(self, nofile_limit=nofile_limit, traffic=self.traffic, **(autoscale or {}))
-        # the `processes:` worker types: their own loop, started once the web fleet is ready
+        # the `processes:` worker types: their own loop, each type in its start order (`after`)
         current = lambda: release_layout.directory_of(self.rec.spec, self.rec.releases.current)  # noqa: E731
         self.workers = WorkersLoop(KindView(lambda: self.rec.spec, "worker"), events, self.rec.runner,
                                    self.clock, self.alerts, directory=current, log_dir=self.rec.log_dir,
-                                   state_dir=self.rec.state_dir, beat=lambda: self.guard.beat("workers"))
+                                   state_dir=self.rec.state_dir, beat=lambda: self.guard.beat("workers"),
+                                   web_ready=self.rec.ready_event.is_set)
         # the `kind: job` types: started with the workers, once the web fleet is ready
         self.jobs = JobsLoop(KindView(lambda: self.rec.spec, "job"), events, self.rec.runner, self.clock,
                              self.alerts, directory=current, log_dir=self.rec.log_dir,

@@ -257,14 +257,17 @@ def render_workers(types: dict) -> str:
     out, now = [], time.time()
     for name, t in types.items():
         if t["kind"] == "job":
-            out.append(job_line(name, t, now))
+            out.append(job_line(name, t, now) + (f"; runs skipped: waiting for {', '.join(t['waiting_for'])}"
+                                                 if t.get("waiting_for") else ""))
             if not t["instances"]:
                 continue
             rows = [("RUN", "PID", "STATE", "UPTIME", "REASON")]
             rows += [(str(i.get("run", i.get("index", "-"))), str(i["pid"] or "-"), i["state"],
                       fmt_uptime(i.get("uptime")), i.get("reason") or "") for i in t["instances"]]
         else:
-            out.append(f"{name} ({t['kind']}): {t['ready']}/{t['desired']} running")
+            waiting = t.get("waiting_for") or []
+            out.append(f"{name} ({t['kind']}): {t['ready']}/{t['desired']} running"
+                       + (f", waiting for {', '.join(waiting)}" if waiting else ""))
             rows = [("INDEX", "PID", "STATE", "UPTIME", "RESTARTS", "REASON")]
             rows += [(str(i.get("index", "-")), str(i["pid"] or "-"), i["state"], fmt_uptime(i.get("uptime")),
                       str(i["restarts"]), i.get("reason") or "") for i in t["instances"]]

@@ -200,6 +200,10 @@ NOT_CARRIED: dict[str, str] = {
     "processes.NAME.min": "the lowest count `ultrascalectl scale` takes: `kubectl scale` has no "
                           "bounds",
     "processes.NAME.max": "the highest count `ultrascalectl scale` takes (see processes.NAME.min)",
+    "processes.NAME.ready": "not exported yet: a worker's readiness probe (tcpSocket, httpGet, exec) would be its equivalent",
+    "processes.NAME.ready_timeout": "with processes.NAME.ready: not exported yet",
+    "processes.NAME.after": "Kubernetes starts Deployments in no order; an init container that waits would be its equivalent",
+    "processes.NAME.requires": "not exported yet: an init container that waits for the addresses (a job: a check before its command) would be its equivalent",
     "api.tls_cert": "ultrascaled's control API",
     "api.tls_key": "ultrascaled's control API",
     "api.allowed_hosts": "ultrascaled's control API",
