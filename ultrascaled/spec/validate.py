@@ -246,6 +246,7 @@ _NOT_ON_A_JOB = {   # why a worker's start-order key is refused on a job
     "ready_timeout": "a job's run is not awaited, it runs to its end (readiness is for workers)",
     "after": "a job's schedule starts with the web fleet; `requires` skips its runs while a "
              "service is down",
+    "memory_limit_mb": "a job's run is bounded by its `timeout`; the memory watchdog watches workers",
 }
 
 
