@@ -273,6 +273,7 @@ async def test_workers_and_jobs_each_see_only_their_kind(tmp_path):
     h = await up(tmp_path, job() + """  worker:
     command: [rq, worker]
     count: 1
+    max: 2
 """)
     assert set(h.sup.workers.spec.processes) == {"worker"} and set(h.sup.jobs.spec.processes) == {"tick"}
     procs = h.sup.processes()

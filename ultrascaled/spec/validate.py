@@ -345,7 +345,7 @@ _HTTP_PATH = re.compile(r"/[\x21-\x7e]*\Z")
 # The inputs of each budget message (by the key it names): a budget is not judged when one of
 # them could not be read (it would be judged on a default the file did not ask for).
 _BUDGET_INPUTS = {
-    "memory.fleet_budget_mb": ("instances.count", "gunicorn.workers", "memory"),
+    "memory.fleet_budget_mb": ("instances.count", "gunicorn.workers", "memory", "processes"),
     "mongodb.connection_budget": ("instances.max", "gunicorn.workers", "mongodb"),
     "mongodb.min_pool_size": ("instances.max", "gunicorn.workers", "mongodb"),
     "mongodb.max_connecting": ("instances.max", "gunicorn.workers", "mongodb"),
@@ -356,7 +356,7 @@ _BUDGET_INPUTS = {
     "gunicorn.concurrency": ("gunicorn.worker_connections", "gunicorn.workers",
                              "gunicorn.worker_class", "gunicorn.concurrency", "instances.max",
                              "mongodb"),
-    "instances.max": ("instances.max",),
+    "instances.max": ("instances.max", "processes"),
 }
 
 
