@@ -169,3 +169,21 @@ async def test_a_scale_of_a_type_none_of_which_runs_counts_its_limit(tmp_path):
     assert exc.value.code == "over_budget"
     assert "2 x 60 MiB (processes.mailer.memory_limit_mb, none measured) + 900 MiB" in str(exc.value)
     assert h.sup.scale_process("mailer", 1)["desired"] == 1
+
+
+@component
+async def test_a_web_scale_counts_the_worker_types_measured_memory_too(tmp_path):
+    h = await up(tmp_path)
+    for port in (8001, 8002):    # the web: 60 + 70 = 130 MiB per instance measured
+        m = h.runner.master(port)
+        h.runner.rss.update({m.pid: 60 * MiB, m.workers[0]: 70 * MiB})
+    for i in (0, 1):
+        h.runner.rss[h.runner.worker(f"comp/celery/{i}").pid] = 99 * MiB
+    h.runner.rss[h.runner.worker("comp/mailer/0").pid] = 50 * MiB
+    await h.sample()             # the worker types: 2 x 99 + 50 = 248 MiB, each under its limit
+    with pytest.raises(ScaleRefused) as exc:      # 6 x 130 = 780 alone would fit
+        h.sup.scale_process("web", 6)
+    assert exc.value.code == "over_budget"
+    assert str(exc.value) == ("6 instances x 130 MiB measured average + 248 MiB measured of the worker "
+                              "types = 1028 MiB exceeds memory.fleet_budget_mb 1000 MiB")
+    assert h.sup.scale_process("web", 5)["desired"] == 5     # 650 + 248 = 898 MiB

@@ -204,9 +204,11 @@ class Supervisor:
         if not sizes:
             return None
         avg = sum(sizes) / len(sizes)
-        need = avg * n
+        workers = self.workers.measured_memory()   # the worker types' trees share the budget
+        need = avg * n + workers
         if need > budget:
-            return (f"{n} instances x {avg / MB:.0f} MiB measured average = {need / MB:.0f} "
+            beside = f" + {workers / MB:.0f} MiB measured of the worker types" if workers else ""
+            return (f"{n} instances x {avg / MB:.0f} MiB measured average{beside} = {need / MB:.0f} "
                     f"MiB exceeds memory.fleet_budget_mb {self.spec.memory.fleet_budget_mb} MiB")
         return None
 

@@ -704,6 +704,10 @@ class WorkersLoop:
                          action=f"restart: {signal.Signals(policy.stop_signal).name}, SIGKILL at "
                                 f"graceful_timeout ({policy.graceful_timeout:g}s)")
 
+    def measured_memory(self) -> int:
+        """Bytes of every live worker process's tree, as last sampled (the web's scale counts it)."""
+        return sum(v for v in (self._rss_of(k) for k in self.handles) if v)
+
     def memory_refusal(self, name: str, n: int) -> str | None:
         """Why `n` processes of `name` would break memory.fleet_budget_mb, by what is measured
         now (the web's way): its measured average per process (its limit while none runs), beside
