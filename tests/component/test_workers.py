@@ -493,7 +493,7 @@ async def test_a_spec_without_processes_still_stops_the_workers_a_killed_daemon_
 
 @component
 async def test_restart_of_a_type_rolls_its_processes_one_at_a_time_and_leaves_the_others(tmp_path):
-    h = await up(tmp_path, extra="  other:\n    command: [sleep, '1000']\n    count: 1\n")
+    h = await up(tmp_path, extra="  other:\n    command: [sleep, '1000']\n    count: 1\n    max: 2\n")
     await h.advance(1.0)
     before = {k: h.runner.worker(f"comp/{k[0]}/{k[1]}").pid for k in h.sup.workers.slots}
     with pytest.raises(ScaleRefused) as exc:
