@@ -187,3 +187,16 @@ async def test_a_web_scale_counts_the_worker_types_measured_memory_too(tmp_path)
     assert str(exc.value) == ("6 instances x 130 MiB measured average + 248 MiB measured of the worker "
                               "types = 1028 MiB exceeds memory.fleet_budget_mb 1000 MiB")
     assert h.sup.scale_process("web", 5)["desired"] == 5     # 650 + 248 = 898 MiB
+
+
+@component
+async def test_status_shows_each_worker_processes_tree_rss(tmp_path):
+    from ultrascaled.surface import cli
+    h = await up(tmp_path)
+    parent = h.runner.worker("comp/celery/0")
+    parent.workers = [parent.pid + 1]
+    h.runner.rss.update({parent.pid: 30 * MiB, parent.pid + 1: 45 * MiB})
+    await h.sample()
+    shown = cli.render_workers({"celery": h.sup.processes()["celery"]}).splitlines()
+    assert shown[1].split() == ["INDEX", "PID", "STATE", "UPTIME", "RSS", "RESTARTS", "REASON"]
+    assert shown[2].split()[4] == "75M" and shown[3].split()[4] == "10M"
