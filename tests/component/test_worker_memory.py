@@ -54,7 +54,9 @@ async def test_a_worker_over_its_limit_for_samples_over_samples_is_restarted_onc
     h = await up(tmp_path)
     fat, other = h.runner.worker("comp/celery/0"), h.runner.worker("comp/celery/1")
     h.runner.rss[fat.pid] = 150 * MiB            # over memory.worker_limit_mb (100)
-    await h.sample()
+    await h.sample()                              # the sampler's one pass: the web's, then every worker's
+    assert sorted(c[1] for c in h.runner.calls if c[0] == "sample_tree") == sorted(
+        h.runner.worker(label).pid for label in h.runner.workers_alive())
     assert fat.alive and recycles(h) == []        # one sample over: not yet
     await h.sample()
     [event] = recycles(h)
