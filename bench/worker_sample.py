@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.monotonic() + 10
         while len(procs.sample_tree(p.pid, "rss")) < args.children + 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        print(f"| call | processes | µs per call |\n|---|---:|---:|")
-        for name, fn in (("sample_group (the web's: master + direct children)", lambda: procs.sample_group(p.pid, "rss")),
-                         ("sample_tree (a worker type's: the whole tree)", lambda: procs.sample_tree(p.pid, "rss"))):
+        print("| call | processes | µs per call |\n|---|---:|---:|")
+        calls = (("sample_group (the web's: master + direct children)", lambda: procs.sample_group(p.pid, "rss")),
+                 ("sample_tree (a worker type's: the whole tree)", lambda: procs.sample_tree(p.pid, "rss")))
+        for name, fn in calls:
             out = fn()
             t = time.perf_counter()
             for _ in range(args.calls):
