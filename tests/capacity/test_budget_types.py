@@ -17,7 +17,11 @@ GiB = 1024 ** 3
 
 
 def with_types(spec, **types):
-    return dataclasses.replace(spec, processes=dict(types))
+    """`spec` with these process types, its pool the largest that fits with them (each of their
+    processes holds one too)."""
+    from ultrascaled.core import capacity
+    spec = dataclasses.replace(spec, processes=dict(types))
+    return dataclasses.replace(spec, pool=capacity.mongo_pool_that_fits(spec))
 
 
 def worker(max, limit=None, count=1):

@@ -45,7 +45,7 @@ def test_rotated_by_its_reader_with_every_line_in_order(tmp_path):
         for r in readers(log):
             r.kill()
     parts = sorted(tmp_path.glob("worker-0.log.*"), key=lambda f: -int(f.suffix[1:])) + [log]
-    assert len(parts) >= 4                                     # ~190 KB in 50 KB files
+    assert len(parts) >= 2                      # ~184 KB in files of 50 KB (+ one read of at most 64 KB)
     lines = "".join(f.read_text() for f in parts).splitlines()
     assert [int(line.split()[1]) for line in lines] == list(range(2000))
     assert all(f.stat().st_size < 50_000 + 65536 for f in parts)

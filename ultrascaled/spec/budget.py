@@ -71,10 +71,19 @@ def mongo_connections_per_process(pool: int, mongo_servers: int = 1) -> int:
     return mongo_servers * (pool + MONGO_MONITOR_PER_SERVER)
 
 
+def mongo_processes(spec: "Spec") -> tuple[int, str]:
+    """Processes that may each hold a MongoDB pool, and how they are counted: every gunicorn
+    worker at instances.max, every worker type's process at its max, one run of each job (the
+    daemon gives them all the same MONGO_* settings)."""
+    imax, w = spec.instances.max, spec.workers
+    types = sum(t.max if t.kind == "worker" else 1 for t in getattr(spec, "processes", {}).values())
+    return imax * w + types, (f"{imax} x {w}" + (f" + {types} of processes:" if types else ""))
+
+
 def mongo_pool_that_fits(spec: "Spec", mongo_servers: int = 1) -> int:
-    """Largest maxPoolSize per process with instances.max x workers x servers x (pool + 2)
-    within mongodb.connection_budget (may be < 1: then no pool fits)."""
-    return (spec.mongodb.connection_budget // (spec.instances.max * spec.workers * mongo_servers)
+    """Largest maxPoolSize per process with processes x servers x (pool + 2) within
+    mongodb.connection_budget (may be < 1: then no pool fits); :func:`mongo_processes` counts."""
+    return (spec.mongodb.connection_budget // (mongo_processes(spec)[0] * mongo_servers)
             - MONGO_MONITOR_PER_SERVER)
 
 
@@ -185,31 +194,37 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
     pool = spec.mongo_pool_per_process()
     fit = mongo_pool_that_fits(spec, mongo_servers)
     servers = plural(mongo_servers, "server")
+    nproc, counted = mongo_processes(spec)
+    typed = nproc != imax * w   # worker and job types hold pools too: say so in the figures
+    counted = f"({counted})" if typed else counted
+    who = f"{imax} instances x {plural(w, 'worker')}" + (f" + {nproc - imax * w} processes of "
+                                                          "processes:" if typed else "")
     if pool < 1:
-        need1 = imax * w * mongo_connections_per_process(1, mongo_servers)
+        need1 = nproc * mongo_connections_per_process(1, mongo_servers)
         problems.append(
             f"{where('mongodb.connection_budget')}: {cb} connections cannot give each of "
-            f"{imax} instances x {plural(w, 'worker')} a pool of 1: {imax} x {w} x (1 pool + "
+            f"{who} a pool of 1: {counted} x (1 pool + "
             f"{MONGO_MONITOR_PER_SERVER} monitoring) x {servers} = {need1} needed, "
             f"over by {need1 - cb}")
     else:
         per = mongo_connections_per_process(pool, mongo_servers)
-        need = imax * w * per
+        need = nproc * per
         if need > cb:
-            hint = (f"a pool of {fit} per process fits ({cb} // ({imax} x {w} x {mongo_servers})"
+            hint = (f"a pool of {fit} per process fits ({cb} // ({counted} x {mongo_servers})"
                     f" - {MONGO_MONITOR_PER_SERVER})" if fit >= 1 else
                     f"no pool fits; the budget must be at least "
-                    f"{imax * w * mongo_connections_per_process(1, mongo_servers)}")
+                    f"{nproc * mongo_connections_per_process(1, mongo_servers)}")
+            lead = (f"{plural(imax, 'instance')} (instances.max) x {plural(w, 'worker')}" if not typed
+                    else f"{counted} processes")
             problems.append(
-                f"{where('mongodb.connection_budget')}: {plural(imax, 'instance')} (instances.max) x "
-                f"{plural(w, 'worker')} x ({pool} pool + {MONGO_MONITOR_PER_SERVER} monitoring) x "
-                f"{servers} = {need} connections exceeds the budget of {cb} by {need - cb}; {hint}")
+                f"{where('mongodb.connection_budget')}: {lead} x ({pool} pool + {MONGO_MONITOR_PER_SERVER} "
+                f"monitoring) x {servers} = {need} connections exceeds the budget of {cb} by {need - cb}; {hint}")
         for key in ("min_pool_size", "max_connecting"):
             value = getattr(spec.mongodb, key)
             if value > pool:
                 problems.append(
                     f"{where('mongodb.' + key)}: {value} exceeds the pool each process gets "
-                    f"({pool} = {cb} // ({imax} x {w}) - {MONGO_MONITOR_PER_SERVER})")
+                    f"({pool} = {cb} // {counted if typed else f'({counted})'} - {MONGO_MONITOR_PER_SERVER})")
 
     # nginx (managed: its settings are ours) proxies each client over 2 connections.
     ng = spec.nginx

@@ -142,8 +142,9 @@ def worker_warnings(spec: "Spec", name: str) -> list[str]:
                    f"process of its type, with a memory limit of memory.worker_limit_mb ({limit} "
                    "MiB) for the whole container (a Celery prefork pool's children included: "
                    "the kernel OOM-kills the pod at it, which the daemon never does to a worker "
-                   "type). Their memory and MongoDB connections (the ConfigMap's "
-                   "MONGO_MAX_POOL_SIZE) are not counted in the export's budgets, as on the daemon")
+                   "type). Their memory is not counted in the export's budgets; their MongoDB "
+                   "pools are: the ConfigMap's MONGO_MAX_POOL_SIZE is shared by every process at "
+                   "its max, as on the daemon")
     for key, part in workers.items():
         t = spec.processes[key]
         where = f"processes.{key}"

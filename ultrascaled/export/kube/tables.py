@@ -54,6 +54,8 @@ CARRIED: dict[str, str] = {
     "processes.NAME.graceful_timeout": "Deployment NAME-TYPE terminationGracePeriodSeconds "
                                        "(whole seconds, >= 1)",
     "processes.NAME.start_seconds": "Deployment NAME-TYPE minReadySeconds (whole seconds)",
+    "processes.NAME.max": "counted in MONGO_MAX_POOL_SIZE (each process at its max holds a pool); "
+                          "`kubectl scale` has no upper bound",
     "processes.NAME.memory_limit_mb": "the worker pod's (or job pod's) container memory request and "
                                       "limit, in place of memory.worker_limit_mb; the kernel "
                                       "OOM-kills the pod at it, where the daemon restarts gracefully",
@@ -202,7 +204,6 @@ NOT_CARRIED: dict[str, str] = {
     "plan.urls": "what `ultrascalectl plan --measure` loads, before any deployment: nothing runs it in a cluster",
     "processes.NAME.min": "the lowest count `ultrascalectl scale` takes: `kubectl scale` has no "
                           "bounds",
-    "processes.NAME.max": "the highest count `ultrascalectl scale` takes (see processes.NAME.min)",
     "processes.NAME.ready": "not exported yet: a worker's readiness probe (tcpSocket, httpGet, exec) would be its equivalent",
     "processes.NAME.ready_timeout": "with processes.NAME.ready: not exported yet",
     "processes.NAME.after": "Kubernetes starts Deployments in no order; an init container that waits would be its equivalent",
