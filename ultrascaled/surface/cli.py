@@ -783,7 +783,7 @@ def render_autoscale(st: dict) -> str:
     for name, q in (st.get("processes") or {}).items():   # worker types on their queue's depth
         state = "PAUSED (" + (q.get("paused_reason") or "operator") + ")" if q["paused"] else "on"
         depth = q["queue_depth"] if q["queue_depth"] is not None else "-"
-        lines.append(f"{name}: autoscale {state} on {q['queue']['list']} at {q['queue']['redis']}"
+        lines.append(f"{name}: autoscale {state}, queue {q['queue']['list']} at {q['queue']['redis']}"
                      f"{'' if q['reachable'] else ' (UNREACHABLE)'}: depth {depth}, target "
                      f"{q['target']:g} per process, processes {q['current']} "
                      f"(running {q.get('running', '-')}), {q['min']}..{q['max']}")
