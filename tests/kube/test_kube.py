@@ -359,6 +359,13 @@ def changed(value):
     raise AssertionError(f"no change for {value!r}")
 
 
+def changed_at(section, path: list[str]):
+    """`section` with the key at `path` (nested sections: processes.NAME.autoscale.queue.redis) changed."""
+    head, rest = path[0], path[1:]
+    value = getattr(section, head)
+    return dataclasses.replace(section, **{head: changed_at(value, rest) if rest else changed(value)})
+
+
 def test_a_carried_key_changes_the_manifests_and_one_not_carried_leaves_them_alone():
     base = load("fleet")
     wrong = []
@@ -370,10 +377,8 @@ def test_a_carried_key_changes_the_manifests_and_one_not_carried_leaves_them_alo
             before = set_key(before, k, v)
         if key.startswith("processes.NAME."):   # a key of a `processes:` entry: one worker type `w`
             entry = ProcessType(command=["python", "w.py"])
-            field = key.rsplit(".", 1)[1]
             before = set_key(before, "processes", {"w": entry})
-            after = set_key(before, "processes", {"w": dataclasses.replace(
-                entry, **{field: changed(getattr(entry, field))})})
+            after = set_key(before, "processes", {"w": changed_at(entry, key.split(".")[2:])})
         else:
             after = set_key(before, key, value if key in MUTATIONS else changed(get_key(before, key)))
         differs = kube.export(before).manifests != kube.export(after).manifests
