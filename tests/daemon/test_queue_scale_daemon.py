@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from support.harness import free_port_block
-from support.redis_servers import Node, _server_args, missing_tools
+from support import needs
+from support.redis_servers import Node, _server_args
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +35,8 @@ POP = textwrap.dedent("""\
 
 @pytest.fixture
 def redis_node(tmp_path):
-    if missing_tools():
-        pytest.skip(f"needs {', '.join(missing_tools())} (scripts/setup installs them)")
+    needs.redis_tools()
+    needs.module("redis")
     port = free_port_block(1)
     node = Node(port, tmp_path / "redis", _server_args(port, ["--requirepass", PASSWORD]), password=PASSWORD)
     node.start()
