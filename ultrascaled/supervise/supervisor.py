@@ -65,7 +65,8 @@ class Supervisor:
     `alerts`: True for the alert rules over the fleet's own metrics (the daemon), False for
     events only (component tests). `traffic`: the per-port traffic source, by default the
     spec's nginx traffic log (None when off). `autoscale`: the autoscaler's measurement seams
-    (host_cpu, app_families, cores, ...), for tests."""
+    (host_cpu, app_families, cores, ...), for tests. `queue_depth`: how the worker types that
+    autoscale on a queue read its depth (effects/queue_depth.py's RedisDepth; a fake in tests)."""
 
     def __init__(self, spec: Spec, events: EventLog, upstream: Upstream | None = None, *,
                  runner: Runner | None = None, clock: Clock | None = None, lock: bool = True,
