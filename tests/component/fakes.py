@@ -9,7 +9,7 @@ import signal
 from dataclasses import dataclass, field
 
 from ultrascaled.observe.events import EventLog
-from ultrascaled.core.seams import Leftover, PortHolder, ProbeResult, ProcMem
+from ultrascaled.core.seams import CheckResult, Leftover, PortHolder, ProbeResult, ProcMem
 from ultrascaled.spec import parse_spec
 from ultrascaled.effects import logfiles
 from ultrascaled.supervise.supervisor import FROM_SPEC, Supervisor
@@ -88,12 +88,17 @@ class FakeRunner:
         self.exit_on_spawn: dict[int, int | None] = {}   # port -> rc its next masters exit with at once
         self.deaf: set[int] = set()                # ports whose masters ignore SIGTERM (a boot in C code)
         self.deaf_labels: set[str] = set()         # worker processes (fleet/name/index) that ignore their stop signal
+        self.rotations: dict[str, tuple | None] = {}   # log path -> the rotate= it was last spawned with
         self.start_times: dict[int, float] = {}    # pid -> start time (a test changes one: the pid was reused)
         self.clock: FakeClock | None = None        # a worker's start time is the clock's wall time at spawn
+        self.listening: set[tuple[str, int]] = set()   # (host, port) accepting connections (tcp_check)
+        self.check_rcs: dict[str, int] = {}        # a readiness command's argv[0] -> its exit code (default 1)
+        self.checks: list[tuple] = []              # ("tcp", host, port) / ("command", argv, cwd)
 
     # -- processes
-    def spawn(self, argv, env, cwd, log_path, pass_fds=()):
+    def spawn(self, argv, env, cwd, log_path, pass_fds=(), rotate=None):
         self.calls.append(("spawn", argv))
+        self.rotations[log_path] = rotate
         if self.spawn_error is not None:
             raise self.spawn_error
         if "--name" not in argv:   # a worker type's process (supervise/workers_loop.py)
@@ -240,6 +245,17 @@ class FakeRunner:
         port = self.probe_ports.get(port, port)
         self.probes.append(port)
         return self.answers.get(port, ProbeResult(200, "HTTP 200"))
+
+    async def tcp_check(self, host, port, timeout):
+        self.checks.append(("tcp", host, port))
+        if (host, port) in self.listening:
+            return CheckResult(True, "connected")
+        return CheckResult(False, "connection refused")
+
+    async def run_check(self, argv, env, cwd, timeout):
+        self.checks.append(("command", list(argv), cwd, env.get("ULTRASCALE_PROCESS")))
+        rc = self.check_rcs.get(argv[0], 1)
+        return CheckResult(rc == 0, "exit 0" if rc == 0 else f"{argv[0]} exited {rc}")
 
     def prepare_metrics_dir(self, path):
         pass

@@ -489,3 +489,27 @@ async def test_a_spec_without_processes_still_stops_the_workers_a_killed_daemon_
     again = h.restarted(extra="")
     await again.start()
     assert not left.alive and again.sup.processes().keys() == {"web"}
+
+
+@component
+async def test_restart_of_a_type_rolls_its_processes_one_at_a_time_and_leaves_the_others(tmp_path):
+    h = await up(tmp_path, extra="  other:\n    command: [sleep, '1000']\n    count: 1\n")
+    await h.advance(1.0)
+    before = {k: h.runner.worker(f"comp/{k[0]}/{k[1]}").pid for k in h.sup.workers.slots}
+    with pytest.raises(ScaleRefused) as exc:
+        h.sup.restart_process("nope")
+    assert exc.value.code == "not_found"
+    assert h.sup.restart_process("worker") == {"process": "worker", "restarting": [0, 1]}
+    await h.settle()
+    assert h.runner.worker("comp/worker/0").pid != before[("worker", 0)] and states(h)["worker/0"] == "starting"
+    assert h.runner.worker("comp/worker/1").pid == before[("worker", 1)]   # the second waits for the first
+    for _ in range(8):
+        await h.advance(0.5)
+    after = {k: h.runner.worker(f"comp/{k[0]}/{k[1]}").pid for k in h.sup.workers.slots}
+    assert after[("worker", 0)] != before[("worker", 0)] and after[("worker", 1)] != before[("worker", 1)]
+    assert after[("other", 0)] == before[("other", 0)]
+    assert states(h) == {"other/0": "running", "worker/0": "running", "worker/1": "running"}
+    reasons = [e.get("reason") for e in h.events_named("process.state") if e["state"] == "stopping"]
+    assert reasons == ["restart requested"] * 2
+    await h.advance(5.0)
+    assert {k: h.runner.worker(f"comp/{k[0]}/{k[1]}").pid for k in h.sup.workers.slots} == after   # once

@@ -20,7 +20,7 @@ import yaml
 from ultrascaled.surface import cli
 from ultrascaled.export import kube
 from ultrascaled.spec import iter_settings, load_spec, parse_spec
-from ultrascaled.spec.schema import ProcessType
+from ultrascaled.spec.schema import JOB_ONLY, ProcessType
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -366,6 +366,11 @@ def changed_at(section, path: list[str]):
     return dataclasses.replace(section, **{head: changed_at(value, rest) if rest else changed(value)})
 
 
+JOB_CHANGES = {"schedule": {"schedule": "0 4 * * *"}, "every": {"schedule": None, "every": "10m"},
+               "concurrency": {"concurrency": "replace"}, "timeout": {"timeout": 60.0},
+               "catch_up": {"catch_up": True}, "history": {"history": 5}}
+
+
 def test_a_carried_key_changes_the_manifests_and_one_not_carried_leaves_them_alone():
     base = load("fleet")
     wrong = []
@@ -376,9 +381,15 @@ def test_a_carried_key_changes_the_manifests_and_one_not_carried_leaves_them_alo
         for k, v in pre.items():
             before = set_key(before, k, v)
         if key.startswith("processes.NAME."):   # a key of a `processes:` entry: one worker type `w`
-            entry = ProcessType(command=["python", "w.py"])
-            before = set_key(before, "processes", {"w": entry})
-            after = set_key(before, "processes", {"w": changed_at(entry, key.split(".")[2:])})
+            path = key.split(".")[2:]
+            if path[0] in JOB_ONLY:              # or one job `w`
+                entry = ProcessType(kind="job", command=["python", "w.py"], schedule="0 3 * * *")
+                before = set_key(before, "processes", {"w": entry})
+                after = set_key(before, "processes", {"w": dataclasses.replace(entry, **JOB_CHANGES[path[0]])})
+            else:
+                entry = ProcessType(command=["python", "w.py"])
+                before = set_key(before, "processes", {"w": entry})
+                after = set_key(before, "processes", {"w": changed_at(entry, path)})
         else:
             after = set_key(before, key, value if key in MUTATIONS else changed(get_key(before, key)))
         differs = kube.export(before).manifests != kube.export(after).manifests

@@ -56,6 +56,13 @@ class ProbeResult:
         return self.status == 200
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    """A readiness check's or a connect's answer: passed or not, and what it got."""
+    ok: bool
+    detail: str             # "connected", "connection refused", "exit 1: <its last line>", ...
+
+
 class Clock:
     """Monotonic time for timers, wall time for what people read."""
     def now(self) -> float:
@@ -76,7 +83,8 @@ def is_transient(exc: BaseException) -> bool:
 
 class Runner(Protocol):
     def spawn(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str,
-              pass_fds: tuple[int, ...] = ()) -> Handle: ...
+              pass_fds: tuple[int, ...] = (), rotate: tuple[int, int] | None = None) -> Handle: ...
+    # rotate: (max_bytes, backups): the log is written through a pipe whose reader rotates it
     def listen(self, host: str, port: int, gate_closed: bool = False) -> socket.socket: ...  # port 0: a free one
     def set_gate(self, sock: socket.socket, open_: bool) -> None: ...     # procs.set_gate
     def take_listener(self, pid: int, host: str, port: int) -> socket.socket | None: ...
@@ -93,6 +101,9 @@ class Runner(Protocol):
     def start_time(self, pid: int) -> float | None: ...
     def port_in_use(self, host: str, port: int) -> PortHolder | None: ...
     async def probe(self, host: str, port: int, path: str, timeout: float) -> ProbeResult: ...
+    async def tcp_check(self, host: str, port: int, timeout: float) -> CheckResult: ...   # a connect, closed at once
+    async def run_check(self, argv: list[str], env: dict[str, str], cwd: str,
+                        timeout: float) -> CheckResult: ...   # exit 0 within timeout; its group killed after
     def prepare_metrics_dir(self, path: str) -> None: ...
     def log_size(self, path: str) -> int: ...
     def rotate_log(self, path: str, backups: int) -> None: ...

@@ -265,9 +265,11 @@ class AlertsSection:
 @dataclass(frozen=True)
 class LogsSection:
     max_bytes: int = setting(50 * 1024 * 1024, "Size at which an instance's log file is rotated "
-                             "(renamed to `.1`, then gunicorn reopens it on SIGUSR1: no line is lost).", min=4096)
-    backups: int = setting(5, "Rotated files kept per instance (`instance-PORT.log.1` .. `.N`).",
-                           min=0, max=100)
+                             "(renamed to `.1`, then gunicorn reopens it on SIGUSR1: no line is lost); "
+                             "a worker process's is rotated by the pipe it writes into, a job's "
+                             "between runs (docs/processes.md#logs).", min=4096)
+    backups: int = setting(5, "Rotated files kept per instance, worker process or job "
+                           "(`instance-PORT.log.1` .. `.N`).", min=0, max=100)
 
 
 # ---- autoscale: the fleet follows its load (ultrascaled/core/autoscale.py decides) --------------
@@ -500,7 +502,8 @@ class QueueAutoscale:
 
 PROCESS_KINDS = ("worker", "job", "web")
 BUILT_KINDS = ("worker", "job")
-WORKER_ONLY = ("count", "min", "max", "start_seconds")   # refused on a job: it runs when due
+WORKER_ONLY = ("count", "min", "max", "start_seconds",   # refused on a job: it runs when due
+               "ready", "ready_timeout", "after")
 JOB_ONLY = ("schedule", "every", "concurrency", "timeout", "catch_up", "history")
 
 
@@ -534,6 +537,28 @@ class ProcessType:
                                     "(RUNNING); an exit sooner is a start failure "
                                     "(`restart.fatal_crashes` in a row make it FATAL).",
                                     min=0, max=3600)
+    ready: Optional[dict] = field(default=None, hash=False, metadata={"keys": "ready", "help": (
+        "A worker's readiness check, one of: `{tcp: PORT}` (a TCP connect to 127.0.0.1:PORT "
+        "succeeds), `{http: URL}` (a GET on a loopback URL such as `http://127.0.0.1:9101/"
+        "health` answers 2xx), `{command: [argv]}` (exits 0 within 5 s; no shell: `[sh, -c, "
+        "'...']` to expand `$HOSTNAME`; run in the process's folder with its environment). Tried "
+        "every 0.5 s from the spawn; the process is STARTING until it passed and `start_seconds` "
+        "are over. null = alive `start_seconds` is enough (docs/processes.md#start-order-and-"
+        "readiness).")})
+    ready_timeout: float = setting(60.0, "Seconds a worker's process may take to pass its `ready` "
+                                   "check; then its process group is SIGKILLed and it counts as "
+                                   "a start failure (backoff, FATAL at `restart.fatal_crashes` "
+                                   "in a row).", min=0.5, max=86400)
+    after: list = setting(["web"], "Types a worker type starts after: `web` (the web fleet "
+                          "ready, the default) and other worker types (all their processes "
+                          "running, each past its `ready` check). `[]` = at once, with the "
+                          "daemon, before the web fleet. Only the first start waits: a restart "
+                          "later does not. Cycles and unknown names are refused.")
+    requires: list = setting([], "Addresses `tcp://HOST:PORT` that must accept a TCP connection: "
+                             "a worker type's processes first start once all do (a "
+                             "`processes.waiting` event names what is awaited, every 10 s; "
+                             "status shows `waiting for`); a job's run that is due while one "
+                             "does not is skipped (`job.skipped` says which). [] = none.")
     autoscale: QueueAutoscale = field(default_factory=QueueAutoscale)   # a worker's, on its queue
     # a job's keys (kind: job); ultrascaled/spec/jobs.py reads the schedule
     schedule: Optional[str] = setting(None, "A job's cron schedule, five fields in the host's "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrascaled.spec import nginx as nginx_checks
-from ultrascaled.spec import path_rule
+from ultrascaled.spec import path_rule, readiness
 from ultrascaled.spec import queue as queue_checks
 from ultrascaled.spec import workers as worker_classes
 from ultrascaled.spec.budget import (TYPICAL_PROCESS_RSS_MIB, WORKER_LIMIT_FLOOR_MIB, budget_problems,
@@ -52,6 +52,9 @@ def _check_value(fld: dataclasses.Field, tp: Any, value: Any) -> tuple[Any, str 
         return (None, None) if optional else (value, "must not be empty")
     if _has_nul(value):
         return value, "must not contain a NUL character"
+    if meta.get("keys") == "ready":   # processes.NAME.ready: checked in spec/readiness.py
+        checked, problem = readiness.check_ready(value)
+        return (value, problem) if problem else (checked, None)
     if fld.name == "workers":  # int or "auto"
         if value == "auto":
             return value, None
@@ -223,6 +226,8 @@ def _build_map(cls: type, data: Any, path: str, lines: dict[str, int], errors: l
         elif key not in bad and not section.command[0]:
             errors.append(f"{where(key)}: its first item (the program) must not be empty")
             bad.add(key)
+        if f"{sub}.requires" not in bad:
+            errors += readiness.requires_errors(section.requires, where(f"{sub}.requires"))
         if isinstance(entry, dict) and "autoscale" in entry:   # a worker's, on its queue (spec/queue.py)
             for key, message in queue_checks.errors(kind, entry, section, sub, bad):
                 near = key   # the line of the key, else of its nearest section written
@@ -240,7 +245,16 @@ def _build_map(cls: type, data: Any, path: str, lines: dict[str, int], errors: l
             errors.append(f"{where(sub + '.count')}: must be within {sub}.min..max ({lo}..{hi}), "
                           f"got {n}")
         out[name] = section
+    errors += readiness.after_errors(out, where)   # a bad `after` is left at its default
     return out
+
+
+_NOT_ON_A_JOB = {   # why a worker's start-order key is refused on a job
+    "ready": "a job's run is not awaited, it runs to its end (readiness is for workers)",
+    "ready_timeout": "a job's run is not awaited, it runs to its end (readiness is for workers)",
+    "after": "a job's schedule starts with the web fleet; `requires` skips its runs while a "
+             "service is down",
+}
 
 
 def _check_kind_keys(kind: str, entry: dict, sub: str, where: Any, errors: list[str],
@@ -255,7 +269,8 @@ def _check_kind_keys(kind: str, entry: dict, sub: str, where: Any, errors: list[
         if kind == "job" else (JOB_ONLY, "only a job (`kind: job`) has it")
     for key in foreign:
         if key in entry:
-            errors.append(f"{where(f'{sub}.{key}')}: not a key of a {kind}: {what}")
+            why = _NOT_ON_A_JOB.get(key, what) if kind == "job" else what
+            errors.append(f"{where(f'{sub}.{key}')}: not a key of a {kind}: {why}")
             bad.add(f"{sub}.{key}")
     entry = {k: v for k, v in entry.items() if k not in foreign}
     if kind != "job":

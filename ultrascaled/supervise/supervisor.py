@@ -86,11 +86,12 @@ class Supervisor:
                                  folders_in_use=lambda: self.workers.folders_in_use() | self.jobs.folders_in_use())
         # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
         self.autoscaler = Autoscaler(self, nofile_limit=nofile_limit, traffic=self.traffic, **(autoscale or {}))
-        # the `processes:` worker types: their own loop, started once the web fleet is ready
+        # the `processes:` worker types: their own loop, each type in its start order (`after`)
         current = lambda: release_layout.directory_of(self.rec.spec, self.rec.releases.current)  # noqa: E731
         self.workers = WorkersLoop(KindView(lambda: self.rec.spec, "worker"), events, self.rec.runner,
                                    self.clock, self.alerts, directory=current, log_dir=self.rec.log_dir,
-                                   state_dir=self.rec.state_dir, beat=lambda: self.guard.beat("workers"))
+                                   state_dir=self.rec.state_dir, beat=lambda: self.guard.beat("workers"),
+                                   web_ready=self.rec.ready_event.is_set)
         # the `kind: job` types: started with the workers, once the web fleet is ready
         self.jobs = JobsLoop(KindView(lambda: self.rec.spec, "job"), events, self.rec.runner, self.clock,
                              self.alerts, directory=current, log_dir=self.rec.log_dir,
@@ -372,6 +373,20 @@ class Supervisor:
         if note:
             out["autoscale"] = note
         return out
+
+    def restart_process(self, name: str) -> dict[str, Any]:
+        """`POST /processes/{name}/restart`: `web` is the fleet's rolling restart, a worker type
+        restarts one process at a time (raises ScaleRefused)."""
+        if name == "web":
+            return {"process": "web", "restarting": self.restart()}
+        if name in self.jobs.spec.processes:
+            raise ScaleRefused("out_of_range", f"{name} is a job: it has no process to restart "
+                               f"between runs; `ultrascalectl jobs {name} --run` runs it now")
+        return self.workers.restart(name)
+
+    def process_metric_families(self) -> list:
+        """/metrics: the worker and job types' counts and the jobs' runs."""
+        return metrics.process_families(self.processes(), self.jobs.figures())
 
     def jobs_listing(self) -> dict[str, Any]:
         return self.jobs.listing()

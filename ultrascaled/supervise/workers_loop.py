@@ -2,9 +2,14 @@
 
 One writer for the worker processes, as the reconciler is for the web instances: the API's
 `scale` changes the wanted count and wakes it; only this loop spawns, signals or kills. Each
-process runs in its own session (the runner's spawn), its output appended to
-`<paths.log_dir>/<name>-<index>.log`; every state change is a `process.state` event. It starts
-once the web fleet is ready (the supervisor waits for that) and stops every process at the
+process runs in its own session (the runner's spawn), its output written through a pipe whose
+reader appends it to `<paths.log_dir>/<name>-<index>.log` and rotates it at logs.max_bytes
+(shims/ultrascale_logpipe.py); every state change is a `process.state` event. Each type
+starts in its own order (`after`: the web fleet ready, the default, or other worker types all
+running; `requires`: addresses that accept a TCP connection, probed every READY_INTERVAL while it
+waits, a `processes.waiting` event naming what is awaited), and a type with a `ready` check has
+its starting processes checked every READY_INTERVAL through the runner (`tcp_check`, `probe`,
+`run_check`) until they pass or ready_timeout kills them. It stops every process at the
 daemon's shutdown: the type's stop_signal, then SIGKILL to the process group at its
 graceful_timeout. A deploy reaches them through their folder: the current release's, part of
 what a process was started with, so that once the web fleet is on a new release each type rolls
@@ -19,8 +24,7 @@ took over is left alone), watches it through a pidfd (its exit status is then un
 plans it like its own: a type the new spec removed or an index beyond the count is stopped as
 a scale-down, a changed command, environment or folder rolls it. No second set is started.
 
-Not here (issue 22): log rotation, the memory watchdog and budgets, readiness probes and start
-order beyond "after web".
+Not here (issue 22): the memory watchdog and budgets.
 """
 from __future__ import annotations
 
@@ -33,14 +37,17 @@ from typing import Any, Callable
 
 from ultrascaled.core import command, worker_plan as wp
 from ultrascaled.core.control import ScaleRefused
-from ultrascaled.core.seams import Clock, Handle, Runner, is_transient
+from ultrascaled.core.seams import CheckResult, Clock, Handle, Runner, is_transient
 from ultrascaled.core.states import LIVE, State, check_transition
 from ultrascaled.effects.files import write_atomic
 from ultrascaled.spec import Spec
+from ultrascaled.spec import readiness
 
 S = State
 Key = wp.Key
 IDLE_WAIT = 1.0           # the loop looks again at least this often (and beats)
+CONNECT_TIMEOUT = 1.0     # seconds a `tcp` or `http` check, or a `requires` connect, may take
+COMMAND_TIMEOUT = 5.0     # seconds a `ready: {command: ...}` check may take
 
 
 def policy_for(spec: Spec, name: str) -> wp.WorkerPolicy:
@@ -48,7 +55,9 @@ def policy_for(spec: Spec, name: str) -> wp.WorkerPolicy:
     return wp.WorkerPolicy(start_seconds=t.start_seconds, graceful_timeout=t.graceful_timeout,
                            stop_signal=int(getattr(signal, "SIG" + t.stop_signal)),
                            backoff_initial=r.backoff_initial, backoff_max=r.backoff_max,
-                           fatal_crashes=r.fatal_crashes, fatal_window=r.fatal_window)
+                           fatal_crashes=r.fatal_crashes, fatal_window=r.fatal_window,
+                           ready_check=t.ready is not None, ready_timeout=t.ready_timeout,
+                           ready_interval=wp.READY_INTERVAL)
 
 
 class WorkersLoop:
@@ -57,7 +66,7 @@ class WorkersLoop:
 
     def __init__(self, spec: Callable[[], Spec], events: Any, runner: Runner, clock: Clock,
                  alerts: Any, directory: Callable[[], str], log_dir: Path, state_dir: Path,
-                 beat: Callable[[], None] = lambda: None):
+                 beat: Callable[[], None] = lambda: None, web_ready: Callable[[], bool] = lambda: True):
         self._spec = spec
         self.events = events
         self.runner = runner
@@ -80,6 +89,16 @@ class WorkersLoop:
         self.moves = 0                  # slot changes made, for tests that step the loop
         self.policies: dict[str, wp.WorkerPolicy] = {}   # also of a type a reload removed, while it stops
         self._wake = asyncio.Event()
+        self.restart_before: dict[str, float] = {}   # type -> processes started before this are restarted
+        self.web_ready = web_ready      # the web fleet's ready_event is set (`after: [web]`)
+        self.released: set[str] = set()   # types past their start order: they start and restart
+        self.waiting: dict[str, list[str]] = {}   # a type held back -> what it awaits
+        self._announced: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._waiting_since: dict[str, float] = {}
+        self.up: dict[str, bool] = {}   # a `requires` address -> it accepted a connection
+        self._next_connect: dict[str, float] = {}
+        self._tasks: dict[Any, asyncio.Task] = {}   # checks and connects under way
+        self._connect_at: float | None = None     # the next connect to a `requires` address
 
     @property
     def spec(self) -> Spec:
@@ -153,28 +172,49 @@ class WorkersLoop:
         self.wake()
         return {"process": name, "desired": n, "previous": old}
 
+    def restart(self, name: str, source: str = "operator") -> dict[str, Any]:
+        """Restart a type's processes one at a time, each stopped (stop_signal, SIGKILL at
+        graceful_timeout) and started again before the next (raises ScaleRefused). A FATAL one
+        is tried again. A daemon restarted meanwhile does not go on with the roll."""
+        spec = self.spec
+        if self.shutting_down:
+            raise ScaleRefused("shutting_down", "the daemon is stopping; its processes are stopping too")
+        if name not in spec.processes:
+            known = ", ".join(sorted(spec.processes)) or "none"
+            raise ScaleRefused("not_found", f"no worker type {name!r} (worker types: {known})")
+        self.restart_before[name] = self.clock.now()
+        for key, slot in list(self.slots.items()):
+            if key[0] == name and slot.state is S.FATAL:
+                self._move(wp.retried(slot))
+        indexes = sorted(i for (n, i), s in self.slots.items() if n == name and s.state in LIVE)
+        self.events.emit("process.restart_requested", process=name, indexes=indexes, source=source)
+        self.wake()
+        return {"process": name, "restarting": indexes}
+
     # ---- the loop ------------------------------------------------------------------------------
 
     def wake(self) -> None:
         self._wake.set()
 
     def begin(self) -> None:
-        """The web fleet is ready: start the worker types."""
+        """Start the worker types, each in its start order (`after`, `requires`)."""
         if not self.started:
             self.started = True
             self.events.emit("processes.starting", types={n: c for n, c in sorted(self.desired.items())})
             self.wake()
 
     async def run(self, web_ready: asyncio.Event) -> None:
-        if not web_ready.is_set():
-            self.events.emit("processes.waiting", awaits="web fleet ready",
-                             types=sorted(self.spec.processes))
-            while not web_ready.is_set():
-                self.beat()
-                try:
-                    await asyncio.wait_for(web_ready.wait(), IDLE_WAIT)
-                except TimeoutError:
-                    pass
+        """The loop: a type with `after: [web]` waits for `web_ready` (its step holds it)."""
+        async def wake_when_web_ready() -> None:
+            await web_ready.wait()
+            self.wake()
+        watcher = asyncio.get_running_loop().create_task(wake_when_web_ready(), name="workers-web-ready")
+        try:
+            await self._run()
+        finally:
+            watcher.cancel()
+
+    async def _run(self) -> None:
         self.begin()
         while True:
             wake_at = self.step()
@@ -196,15 +236,124 @@ class WorkersLoop:
         policies = self.policies
         desired = {} if self.shutting_down or not self.started else dict(self.desired)
         fingerprints = {n: command.process_fingerprint(spec, n, self.folder(spec, n)) for n in spec.processes}
+        held = self._start_order(spec) if desired else set()
         for _ in range(10):
-            actions = wp.plan(self.slots, desired, policies, self.clock.now(), fingerprints)
+            actions = wp.plan(self.slots, desired, policies, self.clock.now(), fingerprints, self.restart_before,
+                              held)
             if not actions:
                 break
             for action in actions:
                 self._apply(action, spec, policies)
         self._resolve_crash_loops(policies)
         self._record()
-        return wp.next_wakeup(self.slots, policies)
+        wake = wp.next_wakeup(self.slots, policies)
+        if self._connect_at is not None:   # a type waiting connects again then
+            wake = self._connect_at if wake is None else min(wake, self._connect_at)
+        return wake
+
+    # ---- start order ---------------------------------------------------------------------------
+
+    def _start_order(self, spec: Spec) -> set[str]:
+        """The types that may not start yet (held), after releasing those whose `after` and
+        `requires` are met now; connects to `requires` addresses are started as needed."""
+        self.released &= set(spec.processes)
+        for gone in set(self.waiting) - set(spec.processes):
+            self._stop_waiting(gone)
+        ready = {"web": bool(self.web_ready())}
+        for name in spec.processes:
+            ready[name] = name in self.released and wp.type_ready(self.slots, name, self.desired.get(name, 0))
+        held, now = set(), self.clock.now()
+        self._connect_at = None
+        for name, t in spec.processes.items():
+            if name in self.released:
+                continue
+            blockers = wp.start_blockers(t.after, ready, t.requires, self.up)
+            if not blockers:
+                self.released.add(name)
+                waited = now - self._waiting_since.get(name, now)
+                self._stop_waiting(name)
+                self.events.emit("processes.released", process=name, after=list(t.after),
+                                 requires=list(t.requires), waited=round(waited, 3))
+                continue
+            held.add(name)
+            self._waiting_since.setdefault(name, now)
+            self.waiting[name] = blockers
+            if wp.announce_waiting(self._announced.get(name), blockers, now):
+                self._announced[name] = (now, tuple(blockers))
+                self.events.emit("processes.waiting", process=name, awaits=blockers,
+                                 waited=round(now - self._waiting_since[name], 3))
+            for address in t.requires:
+                if self.up.get(address) or ("connect", address) in self._tasks:
+                    continue
+                at = self._next_connect.get(address, 0.0)
+                if now >= at:
+                    self._connect(address)
+                else:
+                    self._connect_at = at if self._connect_at is None else min(self._connect_at, at)
+        needed = {a for n in held for a in spec.processes[n].requires}
+        self.up = {a: v for a, v in self.up.items() if a in needed}   # asked afresh for a type added later
+        return held
+
+    def _stop_waiting(self, name: str) -> None:
+        self.waiting.pop(name, None)
+        self._announced.pop(name, None)
+        self._waiting_since.pop(name, None)
+
+    def _task(self, key: Any, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"workers-{key[0]}-{key[1]}")
+        self._tasks[key] = task
+        task.add_done_callback(lambda t, key=key: self._tasks.pop(key, None) if self._tasks.get(key) is t else None)
+
+    def _connect(self, address: str) -> None:
+        host, port = readiness.tcp_address(address)
+
+        async def connect() -> None:
+            try:
+                result = await self.runner.tcp_check(host, port, CONNECT_TIMEOUT)
+            except OSError as exc:
+                result = CheckResult(False, exc.strerror or str(exc))
+            self._next_connect[address] = self.clock.now() + wp.READY_INTERVAL
+            if result.ok:
+                self.up[address] = True
+                self.events.emit("processes.required_up", address=address)
+            self.wake()
+        self._task(("connect", address), connect())
+
+    def _check(self, key: Key, spec: Spec, policy: wp.WorkerPolicy) -> None:
+        """Run the type's `ready` check of this process (a task); its answer moves the slot."""
+        handle = self.handles.get(key)
+        t = spec.processes.get(key[0])
+        slot = self.slots.get(key)
+        if handle is None or t is None or t.ready is None or slot is None:
+            return
+        self.slots[key] = wp.check_started(slot)
+        ready = t.ready
+
+        async def check() -> None:
+            try:
+                if "tcp" in ready:
+                    result = await self.runner.tcp_check("127.0.0.1", ready["tcp"], CONNECT_TIMEOUT)
+                elif "http" in ready:
+                    (host, port, path), _ = readiness.http_target(ready["http"])
+                    answer = await self.runner.probe(host, port, path, CONNECT_TIMEOUT)
+                    ok = answer.status is not None and 200 <= answer.status < 300
+                    result = CheckResult(ok, answer.detail)
+                else:
+                    result = await self.runner.run_check(list(ready["command"]),
+                                                         command.process_env(spec, key[0], key[1]),
+                                                         slot.folder or self.folder(spec, key[0]), COMMAND_TIMEOUT)
+            except OSError as exc:
+                result = CheckResult(False, exc.strerror or str(exc))
+            current = self.slots.get(key)
+            if self.handles.get(key) is not handle or current is None or current.state is not S.STARTING:
+                return   # the process is gone (or stopping): its answer is of no use
+            self.slots[key] = wp.check_done(current, result.ok, result.detail, policy, self.clock.now())
+            self.moves += 1
+            if result.ok:
+                self.events.emit("process.ready", process=key[0], index=key[1], pid=handle.pid,
+                                 after=round(self.clock.now() - (current.started_at or 0.0), 3))
+            self.wake()
+        self._task(("check", key), check())
 
     def _apply(self, action: wp.Action, spec: Spec, policies: dict[str, wp.WorkerPolicy]) -> None:
         now = self.clock.now()
@@ -212,6 +361,22 @@ class WorkersLoop:
         slot = self.slots.get(key) or wp.Slot(*key)
         if isinstance(action, wp.Spawn):
             self._spawn(slot, spec, policies[key[0]], action.reason)
+        elif isinstance(action, wp.Check):
+            self._check(key, spec, policies[key[0]])
+        elif isinstance(action, wp.NotReady):
+            policy = policies[key[0]]
+            self.slots[key] = wp.not_ready(slot, action.detail)
+            self.moves += 1
+            self.events.emit("process.not_ready", level="warning", process=key[0], index=key[1],
+                             pid=self.pids.get(key), ready_timeout=policy.ready_timeout,
+                             last_check=action.detail, action="SIGKILL to its process group")
+            handle = self.handles.get(key)
+            if handle is not None:
+                try:
+                    self.runner.kill_group(handle.pgid, signal.SIGKILL)
+                except OSError as exc:
+                    self.events.emit("process.signal_failed", level="error", process=key[0],
+                                     index=key[1], error=str(exc))
         elif isinstance(action, wp.Promote):
             self._move(wp.promoted(slot), uptime=round(now - (slot.started_at or now), 3))
         elif isinstance(action, wp.Stop):
@@ -260,7 +425,8 @@ class WorkersLoop:
         now = self.clock.now()
         try:
             env = command.process_env(spec, name, index)
-            handle = self.runner.spawn(list(t.command), env, cwd, log_path)
+            handle = self.runner.spawn(list(t.command), env, cwd, log_path,
+                                       rotate=(spec.logs.max_bytes, spec.logs.backups))
         except OSError as exc:
             detail = f"{exc.strerror or exc}" + (f": {exc.filename!r}" if getattr(exc, "filename", None) else "")
             after = wp.on_spawn_error(slot, detail, is_transient(exc), policy, now)
@@ -424,6 +590,9 @@ class WorkersLoop:
 
     def begin_shutdown(self) -> None:
         self.shutting_down = True
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self.waiting.clear()
         self.wake()
 
     def detach(self) -> None:
@@ -488,5 +657,6 @@ class WorkersLoop:
             out[name] = {"kind": "worker", "desired": 0 if t is None else self.desired.get(name, t.count),
                          "ready": sum(1 for i in insts if i["state"] == "running"),
                          "min": 0 if t is None else t.min, "max": 0 if t is None else t.max,
+                         "waiting_for": list(self.waiting.get(name, [])),
                          "instances": insts}   # not its command: an argv may hold a secret
         return out

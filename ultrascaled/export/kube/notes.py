@@ -169,7 +169,15 @@ def worker_warnings(spec: "Spec", name: str) -> list[str]:
             if looks_secret(env_key):
                 out.append(f"{where}.env.{env_key} looks like a secret: Deployment "
                            f"{name}-{part} holds it in clear; move it to a Secret")
-    others = sorted(k for k, t in spec.processes.items() if t.kind != "worker")
-    if others:
-        out.append(f"processes ({', '.join(others)}): only `kind: worker` types are exported")
+    jobs = worker_names(spec, name, "job")
+    if jobs:
+        crons = ", ".join(f"{name}-{part}" for part in jobs.values())
+        out.append(f"processes: the jobs run as CronJobs {crons}. Their schedules are in the "
+                   "daemon host's local time; a CronJob's are in the kube-controller-manager's "
+                   "time zone unless you set its spec.timeZone (e.g. Etc/UTC). A Job run is "
+                   "not retried (backoffLimit 0), as the daemon does not retry a run; with "
+                   "catch_up: false a run more than 60 s late is skipped (startingDeadlineSeconds), "
+                   "with catch_up: true Kubernetes starts one missed run, as the daemon does. "
+                   "concurrencyPolicy Forbid keeps one run at a time in the cluster, as the "
+                   "job's lock does on one host")
     return out

@@ -35,10 +35,10 @@ CARRIED: dict[str, str] = {
     "deploy.release_command": "Job NAME-release (its container command, the Deployment's image "
                               "and environment), to run to completion before the Deployment rolls",
     "deploy.release_timeout": "Job NAME-release activeDeadlineSeconds",
-    "processes": "one Deployment NAME-TYPE per `kind: worker` type (TYPE lower case, `_` as "
-                 "`-`; two types that become one name are refused), labelled "
-                 "ultrascale/process-type: TYPE; no Service, PDB or HPA",
-    "processes.NAME.kind": "`worker`: a Deployment NAME-TYPE (other kinds are not exported here)",
+    "processes": "one Deployment NAME-TYPE per `kind: worker` type and one CronJob NAME-TYPE per "
+                 "`kind: job` (TYPE lower case, `_` as `-`; two types that become one name are "
+                 "refused), labelled ultrascale/process-type: TYPE; no Service, PDB or HPA",
+    "processes.NAME.kind": "`worker`: a Deployment NAME-TYPE; `job`: a CronJob NAME-TYPE",
     "processes.NAME.command": "Deployment NAME-TYPE container command (args after a `cd` with a "
                               "directory inside app.directory)",
     "processes.NAME.count": "Deployment NAME-TYPE spec.replicas; strategy Recreate at 1 (never "
@@ -54,6 +54,12 @@ CARRIED: dict[str, str] = {
     "processes.NAME.graceful_timeout": "Deployment NAME-TYPE terminationGracePeriodSeconds "
                                        "(whole seconds, >= 1)",
     "processes.NAME.start_seconds": "Deployment NAME-TYPE minReadySeconds (whole seconds)",
+    "processes.NAME.schedule": "CronJob NAME-TYPE spec.schedule (cron's five fields and @ macros, as the daemon reads them)",
+    "processes.NAME.every": "CronJob NAME-TYPE spec.schedule when cron can say it (a whole number of minutes or hours dividing an hour or a day; shorter or odd periods are refused)",
+    "processes.NAME.concurrency": "CronJob NAME-TYPE spec.concurrencyPolicy (Forbid, Replace, Allow)",
+    "processes.NAME.timeout": "the Job's activeDeadlineSeconds (whole seconds)",
+    "processes.NAME.catch_up": "false: CronJob startingDeadlineSeconds 60 (a later run is skipped); true: unset (one missed run starts)",
+    "processes.NAME.history": "CronJob successfulJobsHistoryLimit and failedJobsHistoryLimit (at most 10: each kept Job keeps its pod)",
     "health.path": "startupProbe, readinessProbe, livenessProbe httpGet.path",
     "health.start_timeout": "startupProbe failureThreshold (periodSeconds 1)",
     "health.interval": "readinessProbe and livenessProbe periodSeconds (whole seconds, >= 1)",
@@ -194,12 +200,10 @@ NOT_CARRIED: dict[str, str] = {
     "processes.NAME.min": "the lowest count `ultrascalectl scale` takes: `kubectl scale` has no "
                           "bounds",
     "processes.NAME.max": "the highest count `ultrascalectl scale` takes (see processes.NAME.min)",
-    "processes.NAME.schedule": "a job (kind: job) is not exported yet",
-    "processes.NAME.every": "a job (kind: job) is not exported yet",
-    "processes.NAME.concurrency": "a job (kind: job) is not exported yet",
-    "processes.NAME.timeout": "a job (kind: job) is not exported yet",
-    "processes.NAME.catch_up": "a job (kind: job) is not exported yet",
-    "processes.NAME.history": "a job (kind: job) is not exported yet",
+    "processes.NAME.ready": "not exported yet: a worker's readiness probe (tcpSocket, httpGet, exec) would be its equivalent",
+    "processes.NAME.ready_timeout": "with processes.NAME.ready: not exported yet",
+    "processes.NAME.after": "Kubernetes starts Deployments in no order; an init container that waits would be its equivalent",
+    "processes.NAME.requires": "not exported yet: an init container that waits for the addresses (a job: a check before its command) would be its equivalent",
     # a worker type's autoscaling on its queue's depth (spec/queue.py): not exported yet
     **{f"processes.NAME.autoscale.{k}": "a worker type's autoscaling on its queue is not exported "
        "yet (a KEDA ScaledObject with a Redis list trigger would carry it): the Deployment keeps "

@@ -163,6 +163,20 @@ async def scale_process(request: web.Request) -> web.Response:
     return web.json_response(answer, status=202)
 
 
+@routes.post("/processes/{name}/restart")
+async def restart_process(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    name = request.match_info["name"]
+    if not PROCESS_NAME_RE.fullmatch(name):
+        raise ApiError(Code.bad_request, f"a process type name is 1-64 letters, digits, - and _, "
+                       f"got {name[:40]!r}")
+    try:
+        answer = fleet_of(request).restart_process(name)
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response(answer, status=202)
+
+
 def job_param(request: web.Request) -> str:
     name = request.match_info["name"]
     if not PROCESS_NAME_RE.fullmatch(name):
@@ -300,6 +314,7 @@ async def metrics(request: web.Request) -> web.Response:
     auto = sup.autoscaler
     extra = list(sup.traffic.families()) if sup.traffic is not None else []
     extra += auto.metric_families() if auto is not None else []
+    extra += sup.process_metric_families()
     body = await m.render_async(sup.snapshot(), sup.upstream.status(), counters, sup.metrics_dirs(),
                                 extra=extra)
     return web.Response(body=body, headers={"Content-Type": m.CONTENT_TYPE})
