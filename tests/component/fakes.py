@@ -226,6 +226,14 @@ class FakeRunner:
         return (ProcMem(pid, self.rss.get(pid, 10 << 20), cpu=self.cpu.get(pid, 0.0)),
                 [ProcMem(w, self.rss.get(w, 20 << 20), cpu=self.cpu.get(w, 0.0)) for w in p.workers])
 
+    def sample_tree(self, pid, metric):
+        """A worker type's process and its children (`FakeProc.workers`: e.g. a Celery pool)."""
+        self.calls.append(("sample_tree", pid))
+        p = self.procs.get(pid)
+        if p is None or not p.alive:
+            return []
+        return [ProcMem(x, self.rss.get(x, 10 << 20), cpu=self.cpu.get(x, 0.0)) for x in [pid, *p.workers]]
+
     def forget(self, pids):
         pass
 
@@ -431,7 +439,7 @@ class Harness:
             await self.settle()
 
     async def sample(self):
-        self.rec.sample_all()
+        self.sup.sample_all()   # the web instances', then the worker processes' (one pass)
         await self.settle()
 
     def states(self) -> dict[int, str]:

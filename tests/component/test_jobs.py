@@ -273,6 +273,7 @@ async def test_workers_and_jobs_each_see_only_their_kind(tmp_path):
     h = await up(tmp_path, job() + """  worker:
     command: [rq, worker]
     count: 1
+    max: 2
 """)
     assert set(h.sup.workers.spec.processes) == {"worker"} and set(h.sup.jobs.spec.processes) == {"tick"}
     procs = h.sup.processes()
@@ -283,7 +284,7 @@ async def test_workers_and_jobs_each_see_only_their_kind(tmp_path):
 
 @component
 async def test_the_metrics_count_runs_by_outcome_and_say_the_last_success(tmp_path):
-    h = await up(tmp_path, job() + "  worker:\n    command: [rq, worker]\n    count: 2\n")
+    h = await up(tmp_path, job() + "  worker:\n    command: [rq, worker]\n    count: 2\n    max: 2\n")
     await h.advance(2.0)
     await finish(h, 0)
     await h.advance(2.0)
@@ -311,7 +312,7 @@ async def test_a_jobs_log_is_rotated_between_runs_never_under_one(tmp_path):
 
 @component
 async def test_worker_logs_are_written_through_a_rotating_pipe(tmp_path):
-    h = await up(tmp_path, "processes:\n  worker:\n    command: [rq, worker]\n")
+    h = await up(tmp_path, "processes:\n  worker:\n    command: [rq, worker]\n    max: 2\n")
     assert h.runner.rotations[str(tmp_path / "logs" / "worker-0.log")] == (50 * 1024 * 1024, 5)
     web = [r for path, r in h.runner.rotations.items() if "instance-" in path]
     assert web and all(r is None for r in web)              # gunicorn reopens its own on SIGUSR1

@@ -42,6 +42,7 @@ async def test_a_worker_with_a_tcp_check_stays_starting_until_its_port_accepts(t
 processes:
   cache:
     command: [redis-server, --port, "6380"]
+    max: 2
     start_seconds: 1
     ready: {tcp: 6380}
 """)
@@ -66,6 +67,7 @@ async def test_a_check_that_passes_at_once_still_waits_for_start_seconds(tmp_pat
 processes:
   celery:
     command: [celery, -A, proj, worker]
+    max: 2
     start_seconds: 2
     env: {QUEUE: mail}
     ready: {command: [sh, -c, 'celery -A proj inspect ping -d celery@$HOSTNAME']}
@@ -87,6 +89,7 @@ async def test_an_http_check_wants_a_2xx_from_its_loopback_url(tmp_path):
 processes:
   exporter:
     command: [python, exporter.py]
+    max: 2
     start_seconds: 0
     ready: {http: "http://127.0.0.1:9101/health"}
 """)
@@ -106,6 +109,7 @@ async def test_never_ready_is_a_start_failure_sigkilled_at_ready_timeout_then_ba
 processes:
   cache:
     command: [redis-server]
+    max: 2
     ready: {tcp: 6380}
     ready_timeout: 3
 """)
@@ -130,7 +134,7 @@ processes:
 
 @component
 async def test_an_exit_before_the_check_passed_is_a_start_failure_saying_so(tmp_path):
-    h = await up(tmp_path, "processes:\n  cache:\n    command: [x]\n    ready: {tcp: 6380}\n")
+    h = await up(tmp_path, "processes:\n  cache:\n    command: [x]\n    max: 2\n    ready: {tcp: 6380}\n")
     await h.advance(2.0)
     h.runner.exit_proc(h.runner.worker("comp/cache/0"), 1)
     await h.settle()
@@ -144,10 +148,12 @@ async def test_after_starts_worker_b_once_every_process_of_worker_a_is_running(t
 processes:
   a:
     command: [redis-server]
+    max: 2
     count: 2
     ready: {tcp: 6380}
   b:
     command: [celery, worker]
+    max: 2
     after: [a]
 """)
     assert states(h) == {"a/0": "starting", "a/1": "starting"}    # b not spawned
@@ -177,6 +183,7 @@ async def test_requires_holds_a_type_says_so_every_10s_then_starts_once_the_addr
 processes:
   worker:
     command: [rq, worker]
+    max: 2
     requires: ["tcp://127.0.0.1:6379"]
 """)
     assert states(h) == {}
@@ -207,8 +214,8 @@ processes:
 async def test_the_default_waits_for_the_web_fleet_and_after_empty_starts_at_once(tmp_path):
     h = Harness(tmp_path, """
 processes:
-  early: {command: [early], after: []}
-  late: {command: [late]}
+  early: {command: [early], after: [], max: 2}
+  late: {command: [late], max: 2}
 """)
     for port in (8001, 8002):   # the web fleet never gets ready
         h.runner.answers[port] = ProbeResult(503, "HTTP 503")

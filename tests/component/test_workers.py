@@ -262,7 +262,7 @@ async def test_a_reload_starts_added_types_stops_removed_ones_and_restarts_a_cha
     text = h.spec.source
     new = parse_spec(
         __import__("fakes").SPEC.format(dir=tmp_path, extra=WORKER.format(dir=tmp_path, count=1).replace(
-            "worker]", "worker, --burst]") + "  mailer:\n    command: [python, mail.py]\n"),
+            "worker]", "worker, --burst]") + "  mailer:\n    command: [python, mail.py]\n    max: 2\n"),
         base_dir=tmp_path)
     web_spawns = sum(1 for c in h.runner.calls if c[0] == "spawn" and "--name" in c[1])
     result = h.sup.reload_spec(new)
@@ -439,7 +439,7 @@ async def test_a_recorded_pid_that_another_process_took_over_or_that_is_gone_is_
 
 @component
 async def test_adopted_workers_follow_the_new_spec_removed_type_stopped_extra_index_stopped_changed_rolled(tmp_path):
-    mailer = "  mailer:\n    command: [python, mail.py]\n    stop_signal: INT\n    graceful_timeout: 3\n"
+    mailer = "  mailer:\n    command: [python, mail.py]\n    max: 2\n    stop_signal: INT\n    graceful_timeout: 3\n"
     h = await up(tmp_path, extra=mailer)
     await h.advance(2)
     old = {**{f"worker/{i}": p for i, p in pids(h).items()}, "mailer/0": pids(h, "mailer")[0]}
@@ -493,7 +493,7 @@ async def test_a_spec_without_processes_still_stops_the_workers_a_killed_daemon_
 
 @component
 async def test_restart_of_a_type_rolls_its_processes_one_at_a_time_and_leaves_the_others(tmp_path):
-    h = await up(tmp_path, extra="  other:\n    command: [sleep, '1000']\n    count: 1\n")
+    h = await up(tmp_path, extra="  other:\n    command: [sleep, '1000']\n    count: 1\n    max: 2\n")
     await h.advance(1.0)
     before = {k: h.runner.worker(f"comp/{k[0]}/{k[1]}").pid for k in h.sup.workers.slots}
     with pytest.raises(ScaleRefused) as exc:

@@ -32,11 +32,12 @@ processes:
   celery_worker:
     command: [celery, -A, shop, worker, --loglevel, INFO]
     count: 3
+    max: 3                     # each type at its max fits memory.fleet_budget_mb (spec/budget.py)
     env: {QUEUE: emails, C_FORCE_ROOT: "0"}
     stop_signal: INT
     graceful_timeout: 45.5
     start_seconds: 2.2
-  rq: {command: [rq, worker, high, low]}
+  rq: {command: [rq, worker, high, low], max: 4}
 """
 
 
@@ -207,8 +208,8 @@ def test_two_types_that_become_one_name_are_refused_naming_both_keys():
 
 def test_the_command_refuses_a_name_clash_with_exit_2_and_writes_nothing(tmp_path, capsys):
     spec = tmp_path / "fleet.yaml"
-    spec.write_text("processes:\n  mail_worker: {command: [python, a.py]}\n"
-                    "  Mail-Worker: {command: [python, b.py]}\n")
+    spec.write_text("processes:\n  mail_worker: {command: [python, a.py], max: 2}\n"
+                    "  Mail-Worker: {command: [python, b.py], max: 2}\n")
     out_dir = tmp_path / "out"
     assert cli.main(["export", "kubernetes", "--spec", str(spec), "-o", str(out_dir)]) == 2
     err = capsys.readouterr().err

@@ -71,7 +71,7 @@ def test_a_changed_env_file_value_is_named_and_never_shown(tmp_path):
 
 def test_a_worker_types_changes_are_named_per_key_its_secrets_hidden_and_no_web_instance_restarts():
     old = parse_spec("processes:\n  w: {command: [x], env: {API_TOKEN: a, QUEUE: q}}\n")
-    new = parse_spec("processes:\n  w: {command: [y], env: {API_TOKEN: b, QUEUE: r}}\n  mail: {command: [m]}\n")
+    new = parse_spec("processes:\n  w: {command: [y], env: {API_TOKEN: b, QUEUE: r}}\n  mail: {command: [m], max: 2}\n")
     keys = {k.key: (k.old, k.new) for k in reload_plan.key_changes(old, new)}
     assert keys["processes.w.command"] == (["x"], ["y"])
     assert keys["processes.w.env.API_TOKEN"] == ("(hidden)", "(hidden)")

@@ -105,11 +105,11 @@ def test_every_problem_is_reported_at_once_with_the_web_keys_too():
 # ---- readiness and start order (spec/readiness.py) ------------------------------------------------
 
 def test_ready_after_and_requires_with_their_defaults_and_normalised_values():
-    spec = parse_spec("processes:\n  cache: {command: [x], ready: {tcp: 6380}, after: []}\n"
+    spec = parse_spec("processes:\n  cache: {command: [x], ready: {tcp: 6380}, after: [], max: 2}\n"
                       "  w: {command: [x], after: [cache, web], ready: {http: 'http://[::1]:9101/h'},\n"
                       "      requires: ['tcp://127.0.0.1:6379', 'tcp://db.internal:5432', 'tcp://[::1]:1']}\n"
                       "  j: {kind: job, command: [x], every: 1m, requires: ['tcp://127.0.0.1:6379']}\n"
-                      "  plain: {command: [x]}\n")
+                      "  plain: {command: [x], max: 2}\n")
     c, w, j, plain = (spec.processes[n] for n in ("cache", "w", "j", "plain"))
     assert (c.ready, c.after, c.ready_timeout) == ({"tcp": 6380}, [], 60.0)
     assert (w.ready, w.after, len(w.requires)) == ({"http": "http://[::1]:9101/h"}, ["cache", "web"], 3)
@@ -150,10 +150,10 @@ def test_a_bad_readiness_or_start_order_names_its_key_and_line(entry, expected):
 
 
 def test_after_refuses_a_job_and_each_cycle_once():
-    errors = errors_of("processes:\n  a: {command: [x], after: [b]}\n  b: {command: [x], after: [a]}\n"
-                       "  j: {kind: job, command: [x], every: 1m}\n  c: {command: [x], after: [j]}\n"
-                       "  d: {command: [x], after: [e]}\n  e: {command: [x], after: [f]}\n"
-                       "  f: {command: [x], after: [d, web]}\n")
+    errors = errors_of("processes:\n  a: {command: [x], after: [b], max: 1}\n  b: {command: [x], after: [a], max: 1}\n"
+                       "  j: {kind: job, command: [x], every: 1m}\n  c: {command: [x], after: [j], max: 1}\n"
+                       "  d: {command: [x], after: [e], max: 1}\n  e: {command: [x], after: [f], max: 1}\n"
+                       "  f: {command: [x], after: [d, web], max: 1}\n")
     assert errors == [
         "processes.a.after (line 2): a cycle: a -> b -> a (none of them would ever start)",
         "processes.c.after (line 5): 'j' is a job (it has no processes to wait for); after names web "

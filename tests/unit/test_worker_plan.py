@@ -181,9 +181,9 @@ def test_check_finds_a_worker_types_missing_program_and_folder(tmp_path):
     (tmp_path / "run.sh").chmod(0o755)
     spec = parse_spec("processes:\n"
                       "  ok: {command: [python, w.py]}\n"
-                      "  script: {command: [./run.sh]}\n"
-                      "  gone: {command: [no-such-program-here], directory: nowhere}\n"
-                      "  lost: {command: [./missing.sh]}\n", base_dir=tmp_path)
+                      "  script: {command: [./run.sh], max: 1}\n"
+                      "  gone: {command: [no-such-program-here], directory: nowhere, max: 1}\n"
+                      "  lost: {command: [./missing.sh], max: 1}\n", base_dir=tmp_path)
     spec = spec.__class__(**{**spec.__dict__, "app": spec.app.__class__(directory=str(tmp_path))})
     assert process_problems(spec) == [
         f"processes.gone.directory: {tmp_path / 'nowhere'} does not exist",

@@ -140,15 +140,19 @@ Action = Spawn | Promote | Check | NotReady | Stop | Kill | Forget
 def plan(slots: Mapping[Key, Slot], desired: Mapping[str, int], policies: Mapping[str, WorkerPolicy],
          now: float, fingerprints: Mapping[str, str] | None = None,
          restart_before: Mapping[str, float] | None = None,
-         held: frozenset[str] | set[str] = frozenset()) -> list[Action]:
+         held: frozenset[str] | set[str] = frozenset(),
+         recycle: Mapping[Key, str] | None = None) -> list[Action]:
     """The actions for this instant. `desired`: type name -> count (a type not in it, e.g.
     removed by a reload or everything at shutdown, is wanted at 0); `fingerprints`: type name ->
     what its processes would be started with now (a live process started otherwise is
     restarted); `restart_before`: type name -> a time its processes started before are restarted
     (`ultrascalectl restart NAME`), as a changed one is; `held`: types that may not start yet
-    (`start_blockers`): no process of theirs is spawned, the ones they run are kept."""
+    (`start_blockers`): no process of theirs is spawned, the ones they run are kept; `recycle`:
+    slot -> why its live process is to be restarted now (the memory watchdog: stop_signal,
+    SIGKILL at graceful_timeout, then a new one), not rolled one at a time."""
     fingerprints = fingerprints or {}
     restart_before = restart_before or {}
+    recycle = recycle or {}
     actions: list[Action] = []
     # a changed command, environment or folder (a reload, a deploy) restarts a type's live
     # processes one at a time: the next only once none of that type is stopping, stopped and
@@ -169,6 +173,8 @@ def plan(slots: Mapping[Key, Slot], desired: Mapping[str, int], policies: Mappin
         elif slot.state in (S.STARTING, S.RUNNING):
             if not wanted:
                 actions.append(Stop(key, policy.stop_signal, now + policy.graceful_timeout, "scaled down"))
+            elif key in recycle:
+                actions.append(Stop(key, policy.stop_signal, now + policy.graceful_timeout, recycle[key]))
             elif stale and slot.state is S.RUNNING and name not in rolling:
                 actions.append(Stop(key, policy.stop_signal, now + policy.graceful_timeout,
                                     "its command, environment or folder changed" if changed else

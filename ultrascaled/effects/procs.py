@@ -316,6 +316,32 @@ def sample_group(master_pid: int, metric: str = "rss") -> tuple[ProcMem | None, 
     return master, workers
 
 
+def sample_tree(root_pid: int, metric: str = "rss") -> list[ProcMem]:
+    """Memory and CPU of a process and all its descendants (a worker type's process: a Celery
+    parent, its pool children and theirs), root first; [] when the root is gone. One small read
+    of /proc/PID/task/PID/children per process of the tree, a pass over /proc without it."""
+    root = _read_mem(root_pid, metric)
+    if root is None:
+        return []
+    out, todo, seen = [root], [root_pid], {root_pid}
+    every: dict[int, list[int]] | None = None
+    while todo:
+        pid = todo.pop()
+        kids = children_of(pid)
+        if kids is None:
+            every = every if every is not None else children_map()
+            kids = every.get(pid, [])
+        for kid in kids:
+            if kid in seen:
+                continue
+            seen.add(kid)
+            m = _read_mem(kid, metric)
+            if m is not None:
+                out.append(m)
+                todo.append(kid)
+    return out
+
+
 def signal_worker(pid: int, sig: int) -> bool:
     """Signal a worker seen by `sample_group`, only if it is still that process: psutil compares
     the start time it recorded with the pid's current one (a reused pid is left alone)."""

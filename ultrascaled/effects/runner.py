@@ -54,6 +54,9 @@ class OsRunner:
     def sample(self, pid, metric):
         return procs.sample_group(pid, metric)
 
+    def sample_tree(self, pid, metric):
+        return procs.sample_tree(pid, metric)
+
     def forget(self, pids):
         procs.forget_pids(pids)
 

@@ -33,6 +33,7 @@ DAEMON_BASE_FDS = 64           # stdio, event loop, API listener + clients, logs
 DAEMON_FDS_PER_INSTANCE = 4    # pidfd, health probe socket, /proc reads, a spare
 NGINX_WORKER_BASE_FDS = 32     # listeners, log files, event fds, temp files
 GUNICORN_WORKER_BASE_FDS = 32  # stdio, listener, heartbeat file, hub fds, Redis, metrics file
+DAEMON_FDS_PER_PROCESS = 2     # a worker type's process: its pidfd, a /proc read of its tree
 # The target a calibration must have met for its rate to count as capacity.
 TARGET_P99_MS = 2000.0
 TARGET_MAX_ERROR_RATE_PCT = 1.0
@@ -104,8 +105,37 @@ def gunicorn_worker_fds(spec: "Spec", pool: int, mongo_servers: int = 1) -> int:
             + GUNICORN_WORKER_BASE_FDS)
 
 
-def daemon_fds(instances: int) -> int:
-    return DAEMON_BASE_FDS + instances * DAEMON_FDS_PER_INSTANCE
+def daemon_fds(instances: int, processes: int = 0) -> int:
+    """The daemon's own: its base, per web instance, per worker-type process."""
+    return DAEMON_BASE_FDS + instances * DAEMON_FDS_PER_INSTANCE + processes * DAEMON_FDS_PER_PROCESS
+
+
+# ---- the worker types (`processes:` of kind worker), each counted at its max ---------------------
+
+def worker_types(spec: "Spec") -> list[tuple[str, int, int, str]]:
+    """(name, max, memory limit in MiB, the key the limit comes from) of each worker type, in
+    the spec's order. Jobs are not counted: a run is bounded by its timeout, not sized here."""
+    out = []
+    for name, t in getattr(spec, "processes", {}).items():
+        if t.kind != "worker":
+            continue
+        own = t.memory_limit_mb
+        out.append((name, t.max, own if own is not None else spec.memory.worker_limit_mb,
+                    f"processes.{name}.memory_limit_mb" if own is not None else "memory.worker_limit_mb"))
+    return out
+
+
+def worker_types_memory(spec: "Spec") -> int:
+    """MiB of every worker type at its max, each process (tree) at its limit."""
+    return sum(m * limit for _, m, limit, _ in worker_types(spec))
+
+
+def worker_types_processes(spec: "Spec") -> int:
+    return sum(m for _, m, _, _ in worker_types(spec))
+
+
+def _types_formula(types: list[tuple[str, int, int, str]]) -> str:
+    return ", ".join(f"{name} {m} x {limit} MiB = {m * limit} MiB" for name, m, limit, _ in types)
 
 
 # ---- budgets ------------------------------------------------------------------------------
@@ -136,7 +166,16 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
     limit = spec.memory.worker_limit_mb
     budget = spec.memory.fleet_budget_mb
     need = count * (w + 1) * limit
-    if need > budget:
+    types = worker_types(spec)   # and every worker type at its max, each process at its limit
+    if types:
+        web, need = need, need + worker_types_memory(spec)
+        if need > budget:
+            problems.append(
+                f"{where('memory.fleet_budget_mb')}: {plural(count, 'instance')} x ({plural(w, 'worker')} + "
+                f"1 master) x {limit} MiB = {web} MiB, plus the worker types at their max: "
+                f"{_types_formula(types)}; {need} MiB in all exceeds the budget of {budget} MiB by "
+                f"{need - budget} MiB")
+    elif need > budget:
         problems.append(
             f"{where('memory.fleet_budget_mb')}: {plural(count, 'instance')} x ({plural(w, 'worker')} + 1 master)"
             f" x {limit} MiB = {need} MiB exceeds the budget of {budget} MiB by {need - budget} MiB")
@@ -195,10 +234,14 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
                 f"({servers} x ({max(pool, 0)} pool + {MONGO_MONITOR_PER_SERVER} monitoring)) + "
                 f"{GUNICORN_WORKER_BASE_FDS} other files per gunicorn worker = {need} file "
                 f"descriptors exceeds the nofile limit of {nofile_limit} by {need - nofile_limit}")
-        need = daemon_fds(imax)
+        procs = worker_types_processes(spec)
+        need = daemon_fds(imax, procs)
         if need > nofile_limit:
+            per_type = (f" + {procs} worker-type processes at their max ("
+                        + ", ".join(f"{name} {m}" for name, m, _, _ in types)
+                        + f") x {DAEMON_FDS_PER_PROCESS}") if types else ""
             problems.append(
                 f"{where('instances.max')}: the daemon needs {DAEMON_BASE_FDS} + {imax} instances"
-                f" x {DAEMON_FDS_PER_INSTANCE} = {need} file descriptors, which exceeds its nofile"
+                f" x {DAEMON_FDS_PER_INSTANCE}{per_type} = {need} file descriptors, which exceeds its nofile"
                 f" limit of {nofile_limit} by {need - nofile_limit}")
     return [BudgetProblem(p) for p in problems]

@@ -505,6 +505,7 @@ BUILT_KINDS = ("worker", "job")
 WORKER_ONLY = ("count", "min", "max", "start_seconds",   # refused on a job: it runs when due
                "ready", "ready_timeout", "after")
 JOB_ONLY = ("schedule", "every", "concurrency", "timeout", "catch_up", "history")
+WORKER_ONLY += ("memory_limit_mb",)   # the memory watchdog's: a job's run is bounded by its timeout
 
 
 @dataclass(frozen=True)
@@ -559,6 +560,13 @@ class ProcessType:
                              "`processes.waiting` event names what is awaited, every 10 s; "
                              "status shows `waiting for`); a job's run that is due while one "
                              "does not is skipped (`job.skipped` says which). [] = none.")
+    # the memory watchdog of a worker (docs/processes.md#memory; issue 22)
+    memory_limit_mb: Optional[int] = setting(None, "MiB a worker process may use with its whole "
+                                             "process tree (a Celery parent and its children), "
+                                             "in `memory.metric`; `memory.samples_over` samples "
+                                             "in a row over it restart the process gracefully. "
+                                             "null = `memory.worker_limit_mb`.", min=16,
+                                             max=1048576)
     autoscale: QueueAutoscale = field(default_factory=QueueAutoscale)   # a worker's, on its queue
     # a job's keys (kind: job); ultrascaled/spec/jobs.py reads the schedule
     schedule: Optional[str] = setting(None, "A job's cron schedule, five fields in the host's "

@@ -254,6 +254,7 @@ _NOT_ON_A_JOB = {   # why a worker's start-order key is refused on a job
     "ready_timeout": "a job's run is not awaited, it runs to its end (readiness is for workers)",
     "after": "a job's schedule starts with the web fleet; `requires` skips its runs while a "
              "service is down",
+    "memory_limit_mb": "a job's run is bounded by its `timeout`; the memory watchdog watches workers",
 }
 
 
@@ -352,7 +353,7 @@ _HTTP_PATH = re.compile(r"/[\x21-\x7e]*\Z")
 # The inputs of each budget message (by the key it names): a budget is not judged when one of
 # them could not be read (it would be judged on a default the file did not ask for).
 _BUDGET_INPUTS = {
-    "memory.fleet_budget_mb": ("instances.count", "gunicorn.workers", "memory"),
+    "memory.fleet_budget_mb": ("instances.count", "gunicorn.workers", "memory", "processes"),
     "mongodb.connection_budget": ("instances.max", "gunicorn.workers", "mongodb"),
     "mongodb.min_pool_size": ("instances.max", "gunicorn.workers", "mongodb"),
     "mongodb.max_connecting": ("instances.max", "gunicorn.workers", "mongodb"),
@@ -363,7 +364,7 @@ _BUDGET_INPUTS = {
     "gunicorn.concurrency": ("gunicorn.worker_connections", "gunicorn.workers",
                              "gunicorn.worker_class", "gunicorn.concurrency", "instances.max",
                              "mongodb"),
-    "instances.max": ("instances.max",),
+    "instances.max": ("instances.max", "processes"),
 }
 
 

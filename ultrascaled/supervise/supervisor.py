@@ -91,7 +91,8 @@ class Supervisor:
         self.workers = WorkersLoop(KindView(lambda: self.rec.spec, "worker"), events, self.rec.runner,
                                    self.clock, self.alerts, directory=current, log_dir=self.rec.log_dir,
                                    state_dir=self.rec.state_dir, beat=lambda: self.guard.beat("workers"),
-                                   web_ready=self.rec.ready_event.is_set)
+                                   web_ready=self.rec.ready_event.is_set,
+                                   web_memory=lambda: sum(i.rss for i in self.rec.instances.values()))
         # the `kind: job` types: started with the workers, once the web fleet is ready
         self.jobs = JobsLoop(KindView(lambda: self.rec.spec, "job"), events, self.rec.runner, self.clock,
                              self.alerts, directory=current, log_dir=self.rec.log_dir,
@@ -209,9 +210,11 @@ class Supervisor:
         if not sizes:
             return None
         avg = sum(sizes) / len(sizes)
-        need = avg * n
+        workers = self.workers.measured_memory()   # the worker types' trees share the budget
+        need = avg * n + workers
         if need > budget:
-            return (f"{n} instances x {avg / MB:.0f} MiB measured average = {need / MB:.0f} "
+            beside = f" + {workers / MB:.0f} MiB measured of the worker types" if workers else ""
+            return (f"{n} instances x {avg / MB:.0f} MiB measured average{beside} = {need / MB:.0f} "
                     f"MiB exceeds memory.fleet_budget_mb {self.spec.memory.fleet_budget_mb} MiB")
         return None
 
@@ -400,8 +403,15 @@ class Supervisor:
     async def _sample_loop(self) -> None:
         while True:
             await asyncio.sleep(self.spec.memory.sample_interval)
-            self.rec.sample_all()
+            self.sample_all()
             self.guard.beat("sampler")
+
+    def sample_all(self) -> None:
+        """One round of memory samples: the web instances', then in the same pass the worker
+        processes' (one timer for both; the memory watchdog of each decides)."""
+        self.rec.sample_all()
+        if self.workers.handles:
+            self.workers.sample_memory()
 
     def start_guarded(self, name: str, factory, interval: float | None = None) -> None:
         """Other loops of the daemon (alerts, the systemd watchdog) under the same guard."""

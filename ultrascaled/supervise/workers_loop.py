@@ -24,7 +24,13 @@ took over is left alone), watches it through a pidfd (its exit status is then un
 plans it like its own: a type the new spec removed or an index beyond the count is stopped as
 a scale-down, a changed command, environment or folder rolls it. No second set is started.
 
-Not here (issue 22): the memory watchdog and budgets.
+The memory watchdog of the worker types: the supervisor's sampler calls `sample_memory()` in
+the same pass as the web instances' samples (no timer of its own); each live process is sampled
+with its whole process tree and judged against its type's limit (`core/memwatch.decide_trees`);
+one over it for `memory.samples_over` samples in a row is restarted through the plan (its
+stop_signal, SIGKILL at graceful_timeout, then a new one), with a `process.memory_recycle`
+event. A `scale` that the measured memory says would break `memory.fleet_budget_mb` is refused
+(`over_budget`).
 """
 from __future__ import annotations
 
@@ -35,12 +41,12 @@ import signal
 from pathlib import Path
 from typing import Any, Callable
 
-from ultrascaled.core import command, worker_plan as wp
+from ultrascaled.core import command, memwatch, worker_plan as wp
 from ultrascaled.core.control import ScaleRefused
 from ultrascaled.core.seams import CheckResult, Clock, Handle, Runner, is_transient
 from ultrascaled.core.states import LIVE, State, check_transition
 from ultrascaled.effects.files import write_atomic
-from ultrascaled.spec import Spec
+from ultrascaled.spec import MB, Spec
 from ultrascaled.spec import readiness
 
 S = State
@@ -66,7 +72,8 @@ class WorkersLoop:
 
     def __init__(self, spec: Callable[[], Spec], events: Any, runner: Runner, clock: Clock,
                  alerts: Any, directory: Callable[[], str], log_dir: Path, state_dir: Path,
-                 beat: Callable[[], None] = lambda: None, web_ready: Callable[[], bool] = lambda: True):
+                 beat: Callable[[], None] = lambda: None, web_ready: Callable[[], bool] = lambda: True,
+                 web_memory: Callable[[], int] = lambda: 0):
         self._spec = spec
         self.events = events
         self.runner = runner
@@ -88,6 +95,14 @@ class WorkersLoop:
         self._seen: Spec | None = None
         self.moves = 0                  # slot changes made, for tests that step the loop
         self.policies: dict[str, wp.WorkerPolicy] = {}   # also of a type a reload removed, while it stops
+        # the memory watchdog: `web_memory()` is the web instances' measured bytes (for scale's budget)
+        self.web_memory = web_memory
+        self.memory: dict[Key, tuple[int, int]] = {}       # slot -> (pid, its tree's rss) as last sampled
+        self.mem_streaks: dict[int, int] = {}              # root pid -> samples over its limit in a row
+        self.recycle_wanted: dict[Key, tuple[int, str]] = {}   # slot -> (pid, why): restart it now
+        self.recycle_history: dict[Key, tuple[float, ...]] = {}
+        self.recycle_held: dict[Key, str] = {}
+        self._tree_pids: set[int] = set()                  # pids the last samples read
         self._wake = asyncio.Event()
         self.restart_before: dict[str, float] = {}   # type -> processes started before this are restarted
         self.web_ready = web_ready      # the web fleet's ready_event is set (`after: [web]`)
@@ -157,6 +172,10 @@ class WorkersLoop:
                                f"(processes.{name}.min..max), got {n}")
         self._follow_spec()
         old = self.desired.get(name, t.count)
+        if n > old:
+            problem = self.memory_refusal(name, n)
+            if problem:
+                raise ScaleRefused("over_budget", problem)
         counts = dict(self.desired, **{name: n})
         try:
             write_atomic(str(self.state_file), json.dumps(counts, sort_keys=True).encode())
@@ -238,8 +257,12 @@ class WorkersLoop:
         fingerprints = {n: command.process_fingerprint(spec, n, self.folder(spec, n)) for n in spec.processes}
         held = self._start_order(spec) if desired else set()
         for _ in range(10):
+            for key, (pid, _) in list(self.recycle_wanted.items()):   # its process is gone meanwhile
+                if self.pids.get(key) != pid or key not in self.handles:
+                    del self.recycle_wanted[key]
+            recycle = {key: why for key, (_, why) in self.recycle_wanted.items()}
             actions = wp.plan(self.slots, desired, policies, self.clock.now(), fingerprints, self.restart_before,
-                              held)
+                              held, recycle)
             if not actions:
                 break
             for action in actions:
@@ -380,6 +403,7 @@ class WorkersLoop:
         elif isinstance(action, wp.Promote):
             self._move(wp.promoted(slot), uptime=round(now - (slot.started_at or now), 3))
         elif isinstance(action, wp.Stop):
+            self.recycle_wanted.pop(key, None)
             self._move(wp.stopping(slot, action.deadline, action.reason), signal=signal.Signals(action.sig).name,
                        graceful_timeout=round(action.deadline - now, 3))
             handle = self.handles.get(key)
@@ -407,6 +431,7 @@ class WorkersLoop:
                 self._move(dataclasses.replace(slot, state=S.STOPPED, reason="not wanted"))
             self.slots.pop(key, None)
             self.pids.pop(key, None)
+            self.recycle_history.pop(key, None)
             self.alerts.resolve("worker_crash_loop", process=key[0], index=key[1])
 
     def folder(self, spec: Spec, name: str) -> str:
@@ -586,6 +611,119 @@ class WorkersLoop:
                              state=new.state.value, previous=previous.value,
                              **{"pid": self.pids.get(new.key), **fields, **extra})
 
+    # ---- the memory watchdog (docs/processes.md#memory) ---------------------------------------
+
+    def limit_mb(self, spec: Spec, name: str) -> int:
+        """A type's memory limit: its own memory_limit_mb, else memory.worker_limit_mb."""
+        t = spec.processes.get(name)
+        own = t.memory_limit_mb if t is not None else None
+        return own if own is not None else spec.memory.worker_limit_mb
+
+    def _rss_of(self, key: Key) -> int | None:
+        seen = self.memory.get(key)
+        return seen[1] if seen is not None and seen[0] == self.pids.get(key) else None
+
+    def sample_memory(self) -> None:
+        """One round of memory samples of the live processes, each with its whole tree (the
+        supervisor's sampler calls it right after the web instances' round), and the watchdog's
+        decision: a RUNNING process over its limit for memory.samples_over samples in a row is
+        restarted by the plan (woken here); a fresh one crossing it restart.fatal_crashes times
+        within restart.fatal_window is held, with the memory_recycle_loop alert, as the web's is."""
+        spec = self.spec
+        mem = spec.memory
+        samples: list[memwatch.TreeSample] = []
+        read: set[int] = set()
+        for key, handle in list(self.handles.items()):
+            slot = self.slots.get(key)
+            if slot is None or slot.state not in LIVE:
+                continue
+            try:
+                tree = self.runner.sample_tree(handle.pid, mem.metric)
+            except OSError:
+                tree = []
+            if not tree:
+                self.memory.pop(key, None)
+                continue
+            read.update(m.pid for m in tree)
+            rss = sum(m.rss for m in tree)
+            self.memory[key] = (handle.pid, rss)
+            if slot.state is S.RUNNING and key[0] in spec.processes:
+                value = sum(_metric(m, mem.metric) for m in tree)
+                samples.append(memwatch.TreeSample(key, handle.pid, value, self.limit_mb(spec, key[0]) * MB,
+                                                   len(tree)))
+        gone = self._tree_pids - read
+        self._tree_pids = read
+        if gone:
+            try:
+                self.runner.forget(sorted(gone))
+            except OSError:
+                pass
+        for key in [k for k in self.memory if k not in self.handles]:
+            del self.memory[key]
+        recycling = frozenset(self.pids[k] for k, s in self.slots.items()
+                              if k in self.pids and (s.state is S.STOPPING or k in self.recycle_wanted))
+        self.mem_streaks, due = memwatch.decide_trees(self.mem_streaks, samples, mem.samples_over, recycling)
+        by_key = {s.key: s for s in samples}
+        for key, msg in list(self.recycle_held.items()):   # held: under its limit again (or gone)
+            s = by_key.get(key)
+            if s is None and key in self.handles:
+                continue
+            if s is None or s.value <= s.limit:
+                del self.recycle_held[key]
+                self.alerts.resolve("memory_recycle_loop", f"{key[0]} process {key[1]} is under its "
+                                    "memory limit again", process=key[0], index=key[1])
+        for r in due:
+            self._memory_recycle(r, by_key[r.key], mem.metric)
+        if due:
+            self.wake()
+
+    def _memory_recycle(self, r: memwatch.TreeRecycle, s: memwatch.TreeSample, metric: str) -> None:
+        name, index = r.key
+        policy = self.policies.get(name, wp.WorkerPolicy())
+        rss = self.memory.get(r.key, (0, r.value))[1]
+        fields = dict(process=name, index=index, pid=r.pid, rss=rss, value=r.value, metric=metric,
+                      limit=r.limit, limit_mb=r.limit // MB, samples=r.samples, processes=s.processes)
+        history, storm = memwatch.recycle_storm(self.recycle_history.get(r.key, ()), self.clock.now(),
+                                                policy.fatal_crashes, policy.fatal_window)
+        if storm:   # every fresh process crosses the limit: restarting it again would only loop
+            msg = (f"{name} process {index}: {len(history) - 1} memory restarts within "
+                   f"{policy.fatal_window:g}s, each fresh process crosses its limit ({r.limit // MB} MiB, "
+                   f"measured {r.value // MB} MiB {metric}); restarts are held until it is under it "
+                   f"(raise processes.{name}.memory_limit_mb, or fix the leak)")
+            if r.key not in self.recycle_held:
+                self.events.emit("process.memory_recycle_held", level="error", **fields)
+                self.alerts.fire("memory_recycle_loop", msg, process=name, index=index)
+            self.recycle_held[r.key] = msg
+            return
+        self.recycle_history[r.key] = history
+        why = (f"memory: {r.value // MB} MiB ({metric}, {s.processes} "
+               f"{'process' if s.processes == 1 else 'processes'}) over its limit of {r.limit // MB} MiB "
+               f"for {r.samples} samples in a row")
+        self.recycle_wanted[r.key] = (r.pid, why)
+        self.events.emit("process.memory_recycle", level="warning", **fields,
+                         action=f"restart: {signal.Signals(policy.stop_signal).name}, SIGKILL at "
+                                f"graceful_timeout ({policy.graceful_timeout:g}s)")
+
+    def measured_memory(self) -> int:
+        """Bytes of every live worker process's tree, as last sampled (the web's scale counts it)."""
+        return sum(v for v in (self._rss_of(k) for k in self.handles) if v)
+
+    def memory_refusal(self, name: str, n: int) -> str | None:
+        """Why `n` processes of `name` would break memory.fleet_budget_mb, by what is measured
+        now (the web's way): its measured average per process (its limit while none runs), beside
+        the web instances and the other types as measured."""
+        spec = self.spec
+        live = {k: self._rss_of(k) for k in self.handles}
+        own = [v for (t, _), v in live.items() if t == name and v]
+        rest = self.web_memory() + sum(v for (t, _), v in live.items() if t != name and v)
+        if own:
+            per, source = sum(own) // len(own), f"measured average of {len(own)}"
+        else:
+            per = self.limit_mb(spec, name) * MB
+            source = (f"processes.{name}.memory_limit_mb" if spec.processes[name].memory_limit_mb is not None
+                      else "memory.worker_limit_mb") + ", none measured"
+        return memwatch.worker_scale_refusal(name, n, per, source, rest, spec.memory.fleet_budget_mb * MB)
+
     # ---- shutdown -----------------------------------------------------------------------------
 
     def begin_shutdown(self) -> None:
@@ -653,6 +791,7 @@ class WorkersLoop:
                               "state": slot.state.value,
                               "uptime": round(now - slot.started_at, 3) if alive else None,
                               "restarts": slot.restarts, "reason": slot.reason,
+                              "rss": self._rss_of((n, index)) if alive else None,
                               "log": str(self.log_dir / f"{name}-{index}.log")})
             out[name] = {"kind": "worker", "desired": 0 if t is None else self.desired.get(name, t.count),
                          "ready": sum(1 for i in insts if i["state"] == "running"),
@@ -660,3 +799,8 @@ class WorkersLoop:
                          "waiting_for": list(self.waiting.get(name, [])),
                          "instances": insts}   # not its command: an argv may hold a secret
         return out
+
+
+def _metric(m: Any, metric: str) -> int:
+    value = getattr(m, metric, None)
+    return value if value is not None else m.rss

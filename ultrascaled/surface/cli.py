@@ -268,9 +268,9 @@ def render_workers(types: dict) -> str:
             waiting = t.get("waiting_for") or []
             out.append(f"{name} ({t['kind']}): {t['ready']}/{t['desired']} running"
                        + (f", waiting for {', '.join(waiting)}" if waiting else ""))
-            rows = [("INDEX", "PID", "STATE", "UPTIME", "RESTARTS", "REASON")]
+            rows = [("INDEX", "PID", "STATE", "UPTIME", "RSS", "RESTARTS", "REASON")]   # RSS: its process tree
             rows += [(str(i.get("index", "-")), str(i["pid"] or "-"), i["state"], fmt_uptime(i.get("uptime")),
-                      str(i["restarts"]), i.get("reason") or "") for i in t["instances"]]
+                      fmt_bytes(i.get("rss")), str(i["restarts"]), i.get("reason") or "") for i in t["instances"]]
         out += table(rows)
     return "\n".join(out)
 
