@@ -20,6 +20,7 @@ processes:
     min: 0
     max: 8
     start_seconds: 1
+    memory_limit_mb: 16      # 8 of them fit the harness's fleet budget
     autoscale:
       queue: {{redis: "{URL}", rq: default}}
       target: 50
@@ -29,6 +30,7 @@ processes:
   other:
     command: [python, other.py]
     count: 1
+    max: 2
 """
 
 
@@ -197,7 +199,7 @@ async def test_a_reload_that_drops_autoscale_forgets_the_type(tmp_path):
     depth.error = ConnectionError("down")
     await run_for(h, 40)
     assert [a["alert"] for a in h.alerts().values()] == ["queue_unreachable"]
-    plain = SPEC.split("    autoscale:")[0] + "  other:\n    command: [python, other.py]\n    count: 1\n"
+    plain = SPEC.split("    autoscale:")[0] + "  other:\n    command: [python, other.py]\n    count: 1\n    max: 2\n"
     h.sup.reload_spec(Harness(tmp_path, plain).spec)
     await h.sup.queues.step()
     assert h.sup.queues.status() == {} and h.alerts() == {}
