@@ -21,7 +21,7 @@ def test_a_worker_type_with_its_defaults():
     assert spec.processes == {"worker": ProcessType(command=["python", "w.py"], env={"N": "1"})}
     w = spec.processes["worker"]
     assert (w.kind, w.count, w.min, w.max, w.stop_signal, w.graceful_timeout, w.start_seconds,
-            w.directory) == ("worker", 1, 0, 8, "TERM", 30.0, 1.0, None)
+            w.directory) == ("worker", 1, 0, 1, "TERM", 30.0, 1.0, None)
 
 
 @pytest.mark.parametrize("when, schedule, every", [
@@ -45,7 +45,8 @@ def test_directory_is_relative_to_the_spec_file(tmp_path):
     ("{}", "processes.w.command (line 2): is required"),
     ("{command: []}", "processes.w.command (line 2): is required"),
     ("{command: ['', x]}", "processes.w.command (line 2): its first item"),
-    ("{command: [x], count: 9}", "processes.w.count (line 2): must be within processes.w.min..max (0..8), got 9"),
+    ("{command: [x], count: 9, max: 8}", "processes.w.count (line 2): must be within processes.w.min..max (0..8), got 9"),
+    ("{command: [x], count: 2, min: 3}", "processes.w.min (line 2): must not exceed processes.w.max (2)"),
     ("{command: [x], min: 3, max: 2, count: 2}", "processes.w.min (line 2): must not exceed processes.w.max (2)"),
     ("{command: [x], count: -1}", "processes.w.count (line 2): must be 0..256, got -1"),
     ("{command: [x], stop_signal: KILL}", "processes.w.stop_signal (line 2): must be one of TERM"),
@@ -97,7 +98,7 @@ def test_names_and_the_section_itself(text, expected):
 
 
 def test_every_problem_is_reported_at_once_with_the_web_keys_too():
-    errors = errors_of("instances: {base_port: 80}\nprocesses:\n  a: {}\n  b: {command: [x], count: 99}\n")
+    errors = errors_of("instances: {base_port: 80}\nprocesses:\n  a: {}\n  b: {command: [x], count: 99, max: 8}\n")
     assert [e.split(":")[0] for e in errors] == [
         "instances.base_port (line 1)", "processes.a.command (line 3)", "processes.b.count (line 4)"]
 

@@ -502,10 +502,10 @@ class QueueAutoscale:
 
 PROCESS_KINDS = ("worker", "job", "web")
 BUILT_KINDS = ("worker", "job")
-WORKER_ONLY = ("count", "min", "max", "start_seconds",   # refused on a job: it runs when due
-               "ready", "ready_timeout", "after")
+WORKER_ONLY = ("count", "min", "max", "start_seconds",   # refused on a job: it runs when due,
+               "ready", "ready_timeout", "after",         # and its run is bounded by its timeout
+               "memory_limit_mb")
 JOB_ONLY = ("schedule", "every", "concurrency", "timeout", "catch_up", "history")
-WORKER_ONLY += ("memory_limit_mb",)   # the memory watchdog's: a job's run is bounded by its timeout
 
 
 @dataclass(frozen=True)
@@ -522,7 +522,9 @@ class ProcessType:
     count: int = setting(1, "Processes of this type to run when no scale was requested.",
                          min=0, max=256)
     min: int = setting(0, "Lowest count `scale NAME=N` accepts.", min=0, max=256)
-    max: int = setting(8, "Highest count `scale NAME=N` accepts.", min=1, max=256)
+    max: Optional[int] = setting(None, "Highest count `scale NAME=N` accepts; null = `count` (a "
+                                 "type scales past its count only as far as the spec says). The "
+                                 "memory budget counts each worker type at its max.", min=1, max=256)
     env: dict = setting({}, "Environment for this type, over `app.env_file` and `app.env`; "
                         "`ULTRASCALE_PROCESS=<fleet>/<name>/<index>` is set by the daemon.")
     directory: Optional[str] = setting(None, "Folder the command runs in; null = `app.directory` "
@@ -589,6 +591,10 @@ class ProcessType:
                              "what was missed).")
     history: int = setting(20, "Runs of a job kept in `GET /jobs/NAME/runs` and `<paths."
                            "state_dir>/jobs.json`.", min=1, max=1000)
+
+    def __post_init__(self) -> None:
+        if self.max is None:   # null: the type's count (one process at least, as `max` is >= 1)
+            object.__setattr__(self, "max", max(self.count, 1))
 
 
 @dataclass(frozen=True)

@@ -231,7 +231,7 @@ def process_container(spec: "Spec", name: str, opts: Options, type_key: str, par
     that is inside app.directory) and a preStop hook for a stop signal other than TERM."""
     t = spec.processes[type_key]
     web = deployment(spec, name, opts)["spec"]["template"]["spec"]["containers"][0]
-    mem = f"{spec.memory.worker_limit_mb}Mi"
+    mem = f"{t.memory_limit_mb or spec.memory.worker_limit_mb}Mi"
     container: dict[str, Any] = {"name": part, "image": web["image"]}
     folder = worker_folder(spec, type_key)
     if folder is not None and not folder.startswith("/"):

@@ -54,6 +54,9 @@ CARRIED: dict[str, str] = {
     "processes.NAME.graceful_timeout": "Deployment NAME-TYPE terminationGracePeriodSeconds "
                                        "(whole seconds, >= 1)",
     "processes.NAME.start_seconds": "Deployment NAME-TYPE minReadySeconds (whole seconds)",
+    "processes.NAME.memory_limit_mb": "the worker pod's (or job pod's) container memory request and "
+                                      "limit, in place of memory.worker_limit_mb; the kernel "
+                                      "OOM-kills the pod at it, where the daemon restarts gracefully",
     "processes.NAME.schedule": "CronJob NAME-TYPE spec.schedule (cron's five fields and @ macros, as the daemon reads them)",
     "processes.NAME.every": "CronJob NAME-TYPE spec.schedule when cron can say it (a whole number of minutes or hours dividing an hour or a day; shorter or odd periods are refused)",
     "processes.NAME.concurrency": "CronJob NAME-TYPE spec.concurrencyPolicy (Forbid, Replace, Allow)",
