@@ -177,6 +177,14 @@ def test_errors_name_the_key(autoscale, key, words):
     assert f"{key} (line" in text and words in text, text
 
 
+def test_a_type_without_room_to_scale_is_refused_naming_its_max():
+    with pytest.raises(SpecError) as e:
+        parse_spec("processes:\n  worker:\n    command: [x]\n    count: 2\n    autoscale:\n"
+                   "      queue: {redis: 'redis://h/0', rq: a}\n      min: 2\n", base_dir=Path("/srv"))
+    assert "processes.worker.max (line 2): leaves nothing to scale" in str(e.value)   # the type's line: max unwritten
+    assert "defaults to its count" in str(e.value)
+
+
 def test_a_bad_url_is_refused_without_its_password():
     text = refused('      queue: {redis: "redis://:hunter22@h:port/0", rq: a}\n')
     assert "processes.worker.autoscale.queue.redis" in text and "hunter22" not in text

@@ -109,6 +109,11 @@ def errors(kind: str, raw: dict, section: Any, sub: str, bad: set[str]) -> list[
         which = "min" if not section.min <= lo <= section.max or lo > hi else "max"
         out.append((f"{key}.{which}", f"must keep {key}.min <= max within {sub}.min..max "
                     f"({section.min}..{section.max}), got {lo}..{hi}"))
+    elif lo == hi:
+        where = f"{key}.max" if a.max is not None else f"{sub}.max"
+        why = "" if a.max is not None or "max" in raw else f" ({sub}.max defaults to its count)"
+        out.append((where, f"leaves nothing to scale: the autoscaler keeps {sub} within "
+                    f"{lo}..{hi}{why}; set {sub}.max to the most processes it may run"))
     if q.redis is not None and redis_py_missing():
         out.append((f"{key}.queue.redis", f"reading the queue needs redis-py in the daemon's "
                     f"Python ({sys.executable}), which cannot import it: pip install 'redis>=5' "
