@@ -361,8 +361,10 @@ nginx: {{mode: "off"}}
 
 class Harness:
     def __init__(self, tmp_path, extra: str = "", traffic=FROM_SPEC, autoscale=None, *,
-                 runner: FakeRunner | None = None, clock: FakeClock | None = None, locks: FakeLocks | None = None):
-        """`runner`, `clock`, `locks`: an earlier Harness's, for a daemon restarted on the same host."""
+                 runner: FakeRunner | None = None, clock: FakeClock | None = None, locks: FakeLocks | None = None,
+                 queue_depth=None):
+        """`runner`, `clock`, `locks`: an earlier Harness's, for a daemon restarted on the same host.
+        `queue_depth`: the worker types' queue read (tests/component/test_queue_scale.py's fake)."""
         self.tmp_path = tmp_path
         self.spec = parse_spec(SPEC.format(dir=tmp_path, extra=extra), base_dir=tmp_path)
         self._extra = extra
@@ -374,7 +376,8 @@ class Harness:
         self.events = EventLog(clock=self.clock.wall)
         self.sup = Supervisor(self.spec, self.events, self.upstream, runner=self.runner, clock=self.clock,
                               lock=False,  # tests/component/test_fleetlock.py tests the lock
-                              traffic=traffic, autoscale=autoscale, job_locks=self.locks)
+                              traffic=traffic, autoscale=autoscale, job_locks=self.locks,
+                              queue_depth=queue_depth)
         self.rec = self.sup.rec
         self.sup.guard.BACKOFF_INITIAL = 0.001
 

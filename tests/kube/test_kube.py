@@ -359,6 +359,13 @@ def changed(value):
     raise AssertionError(f"no change for {value!r}")
 
 
+def changed_at(section, path: list[str]):
+    """`section` with the key at `path` (nested sections: processes.NAME.autoscale.queue.redis) changed."""
+    head, rest = path[0], path[1:]
+    value = getattr(section, head)
+    return dataclasses.replace(section, **{head: changed_at(value, rest) if rest else changed(value)})
+
+
 JOB_CHANGES = {"schedule": {"schedule": "0 4 * * *"}, "every": {"schedule": None, "every": "10m"},
                "concurrency": {"concurrency": "replace"}, "timeout": {"timeout": 60.0},
                "catch_up": {"catch_up": True}, "history": {"history": 5}}
@@ -374,15 +381,15 @@ def test_a_carried_key_changes_the_manifests_and_one_not_carried_leaves_them_alo
         for k, v in pre.items():
             before = set_key(before, k, v)
         if key.startswith("processes.NAME."):   # a key of a `processes:` entry: one worker type `w`
-            field = key.rsplit(".", 1)[1]
-            if field in JOB_ONLY:                # or one job `w`
+            path = key.split(".")[2:]
+            if path[0] in JOB_ONLY:              # or one job `w`
                 entry = ProcessType(kind="job", command=["python", "w.py"], schedule="0 3 * * *")
-                new = JOB_CHANGES[field]
+                before = set_key(before, "processes", {"w": entry})
+                after = set_key(before, "processes", {"w": dataclasses.replace(entry, **JOB_CHANGES[path[0]])})
             else:
                 entry = ProcessType(command=["python", "w.py"])
-                new = {field: changed(getattr(entry, field))}
-            before = set_key(before, "processes", {"w": entry})
-            after = set_key(before, "processes", {"w": dataclasses.replace(entry, **new)})
+                before = set_key(before, "processes", {"w": entry})
+                after = set_key(before, "processes", {"w": changed_at(entry, path)})
         else:
             after = set_key(before, key, value if key in MUTATIONS else changed(get_key(before, key)))
         differs = kube.export(before).manifests != kube.export(after).manifests

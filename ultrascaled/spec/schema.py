@@ -459,6 +459,47 @@ class DashboardSection:
 
 # ---- process types beside the web fleet (`processes:`; ultrascaled/core/worker_plan.py decides) --
 
+# ---- a worker type's autoscaling on its queue's depth (spec/queue.py checks it, docs/processes.md)
+
+@dataclass(frozen=True)
+class QueueSource:
+    redis: Optional[str] = setting(None, "URL of the Redis broker whose list is the queue: "
+                                   "`redis://[[user]:password@]host:port/db`, `rediss://` for "
+                                   "TLS, `unix:///path.sock?db=0`; required to autoscale. Its "
+                                   "password is shown as `***` everywhere. The daemon reads it "
+                                   "with redis-py (`pip install 'redis>=5'`).")
+    list: Optional[str] = setting(None, "The Redis list whose length (LLEN) is the queue depth; "
+                                  "or one of `rq` and `celery`.")
+    rq: Optional[str] = setting(None, "An RQ queue's name: the list `rq:queue:<name>`.")
+    celery: Optional[str] = setting(None, "A Celery queue's name on its Redis broker: the list "
+                                    "of that name (Celery's default queue is `celery`).")
+
+
+@dataclass(frozen=True)
+class QueueAutoscale:
+    queue: QueueSource = field(default_factory=QueueSource)
+    target: float = setting(50.0, "Queued items per process: the type runs ceil(depth / target) "
+                            "processes (the HPA's External metric with an AverageValue "
+                            "target), within min..max.", min=0.001, max=1e9)
+    min: Optional[int] = setting(None, "Fewest processes the autoscaler keeps; null = the "
+                                 "type's `min`. Within the type's min..max.", min=0, max=256)
+    max: Optional[int] = setting(None, "Most processes the autoscaler asks for; null = the "
+                                 "type's `max`. Within the type's min..max.", min=1, max=256)
+    interval: float = setting(5.0, "Seconds between two reads of the queue's depth (each one "
+                              "a decision).", min=0.5, max=300)
+    tolerance: float = setting(0.1, "No change while depth / (target x processes) is within "
+                               "1 +- this (the HPA's 10 %).", min=0, max=1)
+    behavior: AutoscaleBehavior = field(default_factory=AutoscaleBehavior)
+
+    @property
+    def enabled(self) -> bool:
+        return self.queue.redis is not None
+
+    def bounds(self, t: "ProcessType") -> tuple[int, int]:
+        """(min, max) the autoscaler keeps the type's count within."""
+        return (t.min if self.min is None else self.min, t.max if self.max is None else self.max)
+
+
 PROCESS_KINDS = ("worker", "job", "web")
 BUILT_KINDS = ("worker", "job")
 WORKER_ONLY = ("count", "min", "max", "start_seconds",   # refused on a job: it runs when due,
@@ -528,6 +569,7 @@ class ProcessType:
                                              "in a row over it restart the process gracefully. "
                                              "null = `memory.worker_limit_mb`.", min=16,
                                              max=1048576)
+    autoscale: QueueAutoscale = field(default_factory=QueueAutoscale)   # a worker's, on its queue
     # a job's keys (kind: job); ultrascaled/spec/jobs.py reads the schedule
     schedule: Optional[str] = setting(None, "A job's cron schedule, five fields in the host's "
                                       "local time (`*/15 * * * *`, `30 3 * * *`) or `@hourly`, "

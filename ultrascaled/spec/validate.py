@@ -14,6 +14,7 @@ from typing import Any
 
 from ultrascaled.spec import nginx as nginx_checks
 from ultrascaled.spec import path_rule, readiness
+from ultrascaled.spec import queue as queue_checks
 from ultrascaled.spec import workers as worker_classes
 from ultrascaled.spec.budget import (TYPICAL_PROCESS_RSS_MIB, WORKER_LIMIT_FLOOR_MIB, budget_problems,
                                      requests_per_worker)
@@ -227,6 +228,13 @@ def _build_map(cls: type, data: Any, path: str, lines: dict[str, int], errors: l
             bad.add(key)
         if f"{sub}.requires" not in bad:
             errors += readiness.requires_errors(section.requires, where(f"{sub}.requires"))
+        if isinstance(entry, dict) and "autoscale" in entry:   # a worker's, on its queue (spec/queue.py)
+            for key, message in queue_checks.errors(kind, entry, section, sub, bad):
+                near = key   # the line of the key, else of its nearest section written
+                while near and near not in lines:
+                    near = near.rpartition(".")[0]
+                errors.append(f"{key} (line {lines[near]}): {message}" if near else f"{where(key)}: {message}")
+                bad.add(key)
         lo, hi, n = section.min, section.max, section.count
         if kind == "job":
             out[name] = section

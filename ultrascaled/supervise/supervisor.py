@@ -32,6 +32,7 @@ from ultrascaled.spec import MB, Spec
 from ultrascaled.supervise import views
 from ultrascaled.supervise.autoscale_loop import Autoscaler
 from ultrascaled.supervise.jobs_loop import JobsLoop
+from ultrascaled.supervise.queue_scale_loop import QueueScaler
 from ultrascaled.supervise.rollout_loop import Deployer
 from ultrascaled.supervise.tasks import TaskGuard
 from ultrascaled.supervise.workers_loop import WorkersLoop
@@ -64,12 +65,13 @@ class Supervisor:
     `alerts`: True for the alert rules over the fleet's own metrics (the daemon), False for
     events only (component tests). `traffic`: the per-port traffic source, by default the
     spec's nginx traffic log (None when off). `autoscale`: the autoscaler's measurement seams
-    (host_cpu, app_families, cores, ...), for tests."""
+    (host_cpu, app_families, cores, ...), for tests. `queue_depth`: how the worker types that
+    autoscale on a queue read its depth (effects/queue_depth.py's RedisDepth; a fake in tests)."""
 
     def __init__(self, spec: Spec, events: EventLog, upstream: Upstream | None = None, *,
                  runner: Runner | None = None, clock: Clock | None = None, lock: bool = True,
                  alerts: bool = False, traffic: Any = FROM_SPEC, autoscale: dict[str, Any] | None = None,
-                 nofile_limit: int | None = None, job_locks: Any = None):
+                 nofile_limit: int | None = None, job_locks: Any = None, queue_depth: Any = None):
         self.events = events
         self.clock = clock or Clock()
         upstream = upstream or NoUpstream()
@@ -98,6 +100,10 @@ class Supervisor:
                              **({"locks": job_locks} if job_locks is not None else {}))
         self._workers_running = False
         self._jobs_running = False
+        # worker types that autoscale on their queue's depth (`queue_depth`: the read, for tests)
+        self.queues = QueueScaler(self.workers, events, self.clock, self.alerts, self.rec.state_dir,
+                                  depth=queue_depth)
+        self._queues_running = False
 
     # ---- traffic measured at nginx (accesslog.py), and the alerts over the fleet's metrics ---------
 
@@ -331,6 +337,11 @@ class Supervisor:
         if not self._jobs_running and (self.jobs.spec.processes or self.jobs.live):
             self._jobs_running = True
             self.guard.start("jobs", lambda: self.jobs.run(self.rec.ready_event), interval=10.0)
+        if not self._queues_running and self.queues.autoscaled():
+            self._queues_running = True
+            self.guard.start("queue-autoscaler",
+                             lambda: self.queues.run(lambda: self.guard.beat("queue-autoscaler")),
+                             interval=10.0)
 
     def processes(self) -> dict[str, Any]:
         """`GET /processes`: the web type, then each worker type."""
@@ -340,7 +351,11 @@ class Supervisor:
                       "serving": i["serving"]} for i in snap["instances"]]
         web = {"kind": "web", "desired": snap["desired"], "ready": snap["ready"],
                "min": self.spec.instances.min, "max": self.spec.instances.max, "instances": instances}
-        return {"web": web, **self.workers.snapshot(), **self.jobs.snapshot()}
+        workers = self.workers.snapshot()
+        for name, st in self.queues.status().items():   # its last decision on queue depth
+            if name in workers:
+                workers[name]["autoscale"] = {k: v for k, v in st.items() if k != "decisions"}
+        return {"web": web, **workers, **self.jobs.snapshot()}
 
     def scale_process(self, name: str, n: int, source: str = "operator") -> dict[str, Any]:
         """`POST /processes/{name}/scale`: `web` is the web fleet's scale; any other name a
@@ -356,7 +371,11 @@ class Supervisor:
             raise ScaleRefused("out_of_range", f"{name} is a job: it runs on its schedule, one run "
                                f"at a time unless its concurrency allows more; `ultrascalectl jobs "
                                f"{name} --run` runs it now")
-        return self.workers.scale(name, n, source)
+        out = self.workers.scale(name, n, source)
+        note = self.queues.manual_scale(name, n) if source == "operator" else None
+        if note:
+            out["autoscale"] = note
+        return out
 
     def restart_process(self, name: str) -> dict[str, Any]:
         """`POST /processes/{name}/restart`: `web` is the fleet's rolling restart, a worker type
@@ -421,6 +440,7 @@ class Supervisor:
             if task is not None:
                 await task
         await self.guard.stop()
+        self.queues.close()
         await rec.cancel_tasks()
         await rec.upstream.stop()
         if self.lock is not None:
@@ -433,6 +453,7 @@ class Supervisor:
         the runs from jobs.json and their locks)."""
         self.jobs.begin_shutdown()
         await self.guard.stop()
+        self.queues.close()
         self.workers.detach()
         await self.rec.cancel_tasks()
         self.rec.detach()

@@ -324,7 +324,9 @@ def cmd_scale(api: Api, args) -> int:
         if isinstance(answer, dict) and answer.get("autoscale"):
             print(f"note: {answer['autoscale']}", file=sys.stderr)
     for name, n in workers.items():
-        api.request("POST", f"/processes/{name}/scale", {"instances": n})
+        answer = api.request("POST", f"/processes/{name}/scale", {"instances": n})
+        if isinstance(answer, dict) and answer.get("autoscale"):   # the type's queue autoscaling paused
+            print(f"note: {answer['autoscale']}", file=sys.stderr)
     if args.no_wait:
         said = ([f"desired instances: {args.instances}"] if args.instances is not None else []) + \
             [f"desired {name}: {n}" for name, n in workers.items()]
@@ -818,6 +820,18 @@ def render_autoscale(st: dict) -> str:
         t = time.strftime("%H:%M:%S", time.localtime(d["time"]))
         move = f"{d['current']} -> {d['desired']}" if d["desired"] != d["current"] else str(d["current"])
         lines.append(f"  {t} {d['action']:10} {move:8} {d['reason']}")
+    for name, q in (st.get("processes") or {}).items():   # worker types on their queue's depth
+        state = "PAUSED (" + (q.get("paused_reason") or "operator") + ")" if q["paused"] else "on"
+        depth = q["queue_depth"] if q["queue_depth"] is not None else "-"
+        lines.append(f"{name}: autoscale {state}, queue {q['queue']['list']} at {q['queue']['redis']}"
+                     f"{'' if q['reachable'] else ' (UNREACHABLE)'}: depth {depth}, target "
+                     f"{q['target']:g} per process, processes {q['current']} "
+                     f"(running {q.get('running', '-')}), {q['min']}..{q['max']}")
+        last = q.get("last")
+        if last:
+            move = f"{last['current']} -> {last['desired']}" if last["desired"] != last["current"] \
+                else str(last["current"])
+            lines.append(f"  last: {last['action']} {move} {last['reason']}")
     return "\n".join(lines)
 
 
@@ -830,7 +844,8 @@ def cmd_autoscale(api: Api, args) -> int:
             body["for"] = args.duration
         st = api.request("POST", "/autoscale/pause", body)
     else:
-        st = api.request("POST", "/autoscale/resume")
+        st = api.request("POST", "/autoscale/resume",
+                         {"process": args.process} if args.process else None)
     print(json.dumps(st, indent=2) if args.json else render_autoscale(st))
     return 0
 
@@ -857,6 +872,8 @@ def build_autoscale(p: argparse.ArgumentParser) -> None:
     pause.add_argument("--reason", default="operator", help="said in the event and the status")
     add_json(pause)
     resume = sub.add_parser("resume", help="let the autoscaler decide again", formatter_class=Formatter)
+    resume.add_argument("process", nargs="?", default=None, metavar="NAME",
+                        help="a worker type's autoscaling on its queue (default: the web fleet's)")
     add_json(resume)
 
 

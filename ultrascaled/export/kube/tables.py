@@ -208,6 +208,15 @@ NOT_CARRIED: dict[str, str] = {
     "processes.NAME.ready_timeout": "with processes.NAME.ready: not exported yet",
     "processes.NAME.after": "Kubernetes starts Deployments in no order; an init container that waits would be its equivalent",
     "processes.NAME.requires": "not exported yet: an init container that waits for the addresses (a job: a check before its command) would be its equivalent",
+    # a worker type's autoscaling on its queue's depth (spec/queue.py): not exported yet
+    **{f"processes.NAME.autoscale.{k}": "a worker type's autoscaling on its queue is not exported "
+       "yet (a KEDA ScaledObject with a Redis list trigger would carry it): the Deployment keeps "
+       "`count` replicas"
+       for k in ("queue.redis", "queue.list", "queue.rq", "queue.celery", "target", "min", "max",
+                 "interval", "tolerance",
+                 *(f"behavior.{d}.{b}" for d in ("scale_up", "scale_down")
+                   for b in ("stabilization_window_seconds", "select_policy", "pods_value",
+                             "pods_period_seconds", "percent_value", "percent_period_seconds")))},
     "api.tls_cert": "ultrascaled's control API",
     "api.tls_key": "ultrascaled's control API",
     "api.allowed_hosts": "ultrascaled's control API",

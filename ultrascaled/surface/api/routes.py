@@ -355,9 +355,15 @@ def autoscaler_of(request: web.Request) -> AutoscaleControl:
     return auto
 
 
+def with_processes(request: web.Request, status: dict) -> dict:
+    """The web autoscaler's status and each worker type's on its queue (`processes`)."""
+    queues = getattr(fleet_of(request), "queues", None)
+    return {**status, "processes": queues.status() if queues is not None else {}}
+
+
 @routes.get("/autoscale")
 async def autoscale_status(request: web.Request) -> web.Response:
-    return web.json_response(autoscaler_of(request).status())
+    return web.json_response(with_processes(request, autoscaler_of(request).status()))
 
 
 @routes.post("/autoscale/pause")
@@ -387,8 +393,22 @@ async def autoscale_pause(request: web.Request) -> web.Response:
 
 @routes.post("/autoscale/resume")
 async def autoscale_resume(request: web.Request) -> web.Response:
-    await json_body(request, ())
-    return web.json_response(autoscaler_of(request).resume())
+    data = await json_body(request, ("process",))
+    if "process" in data:   # a worker type's autoscaling on its queue (supervise/queue_scale_loop.py)
+        name = data["process"]
+        if not isinstance(name, str) or not PROCESS_NAME_RE.fullmatch(name):
+            raise ApiError(Code.bad_request, "`process` must be a process type name (1-64 letters, "
+                           f"digits, - and _), got {str(name)[:40]!r}")
+        if name == "web":
+            return web.json_response(with_processes(request, autoscaler_of(request).resume()))
+        queues = getattr(fleet_of(request), "queues", None)
+        try:
+            queues.resume(name)
+        except (KeyError, AttributeError):
+            raise ApiError(Code.not_found, f"{name} is not a worker type that autoscales on its "
+                           "queue (processes.NAME.autoscale)")
+        return web.json_response(with_processes(request, autoscaler_of(request).status()))
+    return web.json_response(with_processes(request, autoscaler_of(request).resume()))
 
 
 MAX_LINES = 10_000
