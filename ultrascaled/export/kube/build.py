@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from ultrascaled.export.kube.checks import (check_ingress, check_int32, check_options, k8s_name,
                                             worker_names)
 from ultrascaled.export.kube.manifests import (configmap, controller_settings, cronjob, deployment,
-                                               hpa, ingress, ingress_hosts, pdb, release_job,
-                                               service, worker_deployment)
+                                               hpa, ingress, ingress_hosts, pdb, queue_hpa,
+                                               release_job, service, worker_deployment)
 from ultrascaled.export.kube.model import Export, Options
 from ultrascaled.export.kube.notes import budgets, warnings_for
 from ultrascaled.export.kube.tables import NO_EQUIVALENT
@@ -39,6 +39,8 @@ def export(spec: "Spec", opts: Options = Options()) -> Export:
         objs.append(service(spec, name, opts, "-socketio"))
     if spec.autoscale.enabled:
         objs.append(hpa(spec, name, opts))
+    objs += [queue_hpa(spec, name, opts, key, part) for key, part in workers.items()
+             if spec.processes[key].autoscale.enabled]
     objs += [pdb(spec, name, opts), ingress(spec, name, opts)]
     if spec.nginx.socketio:
         objs.append(ingress(spec, name, opts, socketio=True))

@@ -1,6 +1,7 @@
 """The fleet's Kubernetes objects, built from its spec as plain dicts.
 
-ConfigMap, Deployment, one Deployment per worker type, one CronJob per job, Services, HorizontalPodAutoscaler, PodDisruptionBudget and Ingresses, and
+ConfigMap, Deployment, one Deployment per worker type (and its HorizontalPodAutoscaler on its
+queue's depth), one CronJob per job, Services, HorizontalPodAutoscaler, PodDisruptionBudget and Ingresses, and
 the ingress-nginx controller settings that are told alongside them, never applied.
 """
 from __future__ import annotations
@@ -433,6 +434,36 @@ def hpa_spec(spec: "Spec", name: str, opts: Options) -> dict:
 def hpa(spec: "Spec", name: str, opts: Options) -> dict:
     return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
             "metadata": _meta(name, opts, name), "spec": hpa_spec(spec, name, opts)}
+
+
+QUEUE_METRIC = "ultrascale_queue_depth"   # the External metric a metrics adapter serves (notes.py)
+
+
+def queue_list(t: Any) -> str:
+    """The Redis list a worker type's autoscaling reads (spec/queue.py's names)."""
+    q = t.autoscale.queue
+    return q.list or (f"rq:queue:{q.rq}" if q.rq else q.celery or "")
+
+
+def queue_hpa(spec: "Spec", name: str, opts: Options, type_key: str, part: str) -> dict:
+    """A worker type's queue-depth autoscaling as HorizontalPodAutoscaler NAME-TYPE on its
+    Deployment: the same decision the daemon makes (ceil(depth / target) pods, its tolerance and
+    behavior) on an External metric, the Redis list's length, with an AverageValue target. A
+    metrics adapter must serve that metric; notes.py says which."""
+    t = spec.processes[type_key]
+    a = t.autoscale
+    lo, hi = a.bounds(t)
+    obj_name = f"{name}-{part}"
+    meta = _meta(obj_name, opts, name)
+    meta["labels"][PROCESS_TYPE] = part
+    metric = {"type": "External", "external": {
+        "metric": {"name": QUEUE_METRIC, "selector": {"matchLabels": {"queue": queue_list(t).replace(":", "_")}}},
+        "target": {"type": "AverageValue", "averageValue": quantity(a.target)}}}
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta,
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": obj_name},
+                     "minReplicas": max(1, lo), "maxReplicas": hi, "metrics": [metric],
+                     "behavior": {"scaleUp": _rules(a.behavior.scale_up, a.tolerance),
+                                  "scaleDown": _rules(a.behavior.scale_down, a.tolerance)}}}
 
 
 def pdb(spec: "Spec", name: str, opts: Options) -> dict:

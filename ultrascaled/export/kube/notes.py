@@ -170,6 +170,14 @@ def worker_warnings(spec: "Spec", name: str) -> list[str]:
             if looks_secret(env_key):
                 out.append(f"{where}.env.{env_key} looks like a secret: Deployment "
                            f"{name}-{part} holds it in clear; move it to a Secret")
+    scaled = [(key, part) for key, part in workers.items() if spec.processes[key].autoscale.enabled]
+    if scaled:
+        hpas = ", ".join(f"{name}-{part}" for _, part in scaled)
+        out.append(f"processes: HorizontalPodAutoscalers {hpas} scale their worker Deployments on the "
+                   "External metric ultrascale_queue_depth (selector queue: the Redis list, `:` as "
+                   "`_`), which a metrics adapter must serve: e.g. prometheus-adapter over "
+                   "redis_exporter's key-size metric for the list, or use KEDA's Redis list scaler "
+                   "(a ScaledObject) in place of these HPAs; without an adapter they hold minReplicas")
     jobs = worker_names(spec, name, "job")
     if jobs:
         crons = ", ".join(f"{name}-{part}" for part in jobs.values())

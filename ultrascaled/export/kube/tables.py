@@ -54,6 +54,14 @@ CARRIED: dict[str, str] = {
     "processes.NAME.graceful_timeout": "Deployment NAME-TYPE terminationGracePeriodSeconds "
                                        "(whole seconds, >= 1)",
     "processes.NAME.start_seconds": "Deployment NAME-TYPE minReadySeconds (whole seconds)",
+    # a worker type's autoscaling on its queue's depth: HorizontalPodAutoscaler NAME-TYPE
+    "processes.NAME.autoscale.queue.list": "HPA NAME-TYPE External metric ultrascale_queue_depth, selector queue: LIST (`:` as `_`)",
+    "processes.NAME.autoscale.queue.rq": "as queue.list, the list rq:queue:NAME",
+    "processes.NAME.autoscale.queue.celery": "as queue.list, the list NAME",
+    "processes.NAME.autoscale.target": "HPA NAME-TYPE External metric target averageValue",
+    "processes.NAME.autoscale.min": "HPA NAME-TYPE minReplicas (at least 1)",
+    "processes.NAME.autoscale.max": "HPA NAME-TYPE maxReplicas",
+    "processes.NAME.autoscale.tolerance": "HPA NAME-TYPE behavior scaleUp/scaleDown tolerance",
     "processes.NAME.max": "counted in MONGO_MAX_POOL_SIZE (each process at its max holds a pool); "
                           "`kubectl scale` has no upper bound",
     "processes.NAME.memory_limit_mb": "the worker pod's (or job pod's) container memory request and "
@@ -208,15 +216,9 @@ NOT_CARRIED: dict[str, str] = {
     "processes.NAME.ready_timeout": "with processes.NAME.ready: not exported yet",
     "processes.NAME.after": "Kubernetes starts Deployments in no order; an init container that waits would be its equivalent",
     "processes.NAME.requires": "not exported yet: an init container that waits for the addresses (a job: a check before its command) would be its equivalent",
-    # a worker type's autoscaling on its queue's depth (spec/queue.py): not exported yet
-    **{f"processes.NAME.autoscale.{k}": "a worker type's autoscaling on its queue is not exported "
-       "yet (a KEDA ScaledObject with a Redis list trigger would carry it): the Deployment keeps "
-       "`count` replicas"
-       for k in ("queue.redis", "queue.list", "queue.rq", "queue.celery", "target", "min", "max",
-                 "interval", "tolerance",
-                 *(f"behavior.{d}.{b}" for d in ("scale_up", "scale_down")
-                   for b in ("stabilization_window_seconds", "select_policy", "pods_value",
-                             "pods_period_seconds", "percent_value", "percent_period_seconds")))},
+    "processes.NAME.autoscale.queue.redis": "not in the HPA: the metrics adapter reads Redis (the export's warning says how)",
+    "processes.NAME.autoscale.interval": "the HPA controller's sync period (kube-controller-manager "
+                                         "--horizontal-pod-autoscaler-sync-period, 15 s), not per object",
     "api.tls_cert": "ultrascaled's control API",
     "api.tls_key": "ultrascaled's control API",
     "api.allowed_hosts": "ultrascaled's control API",
@@ -274,6 +276,16 @@ NOT_CARRIED: dict[str, str] = {
 }
 
 # Said in every export's header: what the daemon does that no manifest field can.
+# A queue-autoscaled worker type's HPA takes its behavior as the web HPA takes autoscale.behavior:
+# each key is carried where the web's is.
+for _d in ("scale_up", "scale_down"):
+    for _b in ("stabilization_window_seconds", "select_policy", "pods_value", "pods_period_seconds",
+               "percent_value", "percent_period_seconds"):
+        _web = f"autoscale.behavior.{_d}.{_b}"
+        (CARRIED if _web in CARRIED else NOT_CARRIED)[f"processes.NAME.autoscale.behavior.{_d}.{_b}"] = \
+            f"as {_web} for the web: HPA NAME-TYPE behavior"
+
+
 NO_EQUIVALENT = [
     "per-worker memory recycling (memory.worker_limit_mb watched per worker, K samples over): "
     "carried as gunicorn --max-requests with --max-requests-jitter, and a container memory "
