@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--seconds must be 5..300")
     load = os.getloadavg()
     command_line = "scripts/bench-processes " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [BEGIN, f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores, "
+    lines = [BEGIN, f"## Process types: jobs through a deploy, the daemon's idle cost (`{command_line.strip()}`)", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores, "
              f"Linux {platform.release()}, Python {platform.python_version()}, load average before: "
              f"{load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}. Command: `{command_line.strip()}`.", ""]
     tracker = Tracker()
