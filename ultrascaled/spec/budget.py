@@ -73,8 +73,23 @@ def mongo_connections_per_process(pool: int, mongo_servers: int = 1) -> int:
 def mongo_pool_that_fits(spec: "Spec", mongo_servers: int = 1) -> int:
     """Largest maxPoolSize per process with instances.max x workers x servers x (pool + 2)
     within mongodb.connection_budget (may be < 1: then no pool fits)."""
-    return (spec.mongodb.connection_budget // (spec.instances.max * spec.workers * mongo_servers)
+    return (spec.mongodb.connection_budget // (masters_at_max(spec) * spec.workers * mongo_servers)
             - MONGO_MONITOR_PER_SERVER)
+
+
+def spares_of(spec: "Spec") -> int:
+    """instances.spares: warm masters that serve nothing but hold memory, connections and fds."""
+    return getattr(spec.instances, "spares", 0)
+
+
+def masters_at_max(spec: "Spec") -> int:
+    """instances.max plus the spares: the masters the fleet may run at once."""
+    return spec.instances.max + spares_of(spec)
+
+
+def spares_text(spec: "Spec") -> str:
+    k = spares_of(spec)
+    return f" + {plural(k, 'spare')}" if k else ""
 
 
 def requests_per_worker(spec: "Spec") -> tuple[int, str]:
@@ -130,15 +145,17 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
 
     problems: list[str] = []
     w = spec.workers
-    imax = spec.instances.max
+    imax = masters_at_max(spec)        # the spares hold pools and fds as instances do
+    k = spares_of(spec)
+    sp = spares_text(spec)
 
     # Memory, worst case: every process at the per-worker limit (the master counted alike).
     limit = spec.memory.worker_limit_mb
     budget = spec.memory.fleet_budget_mb
-    need = count * (w + 1) * limit
+    need = (count + k) * (w + 1) * limit
     if need > budget:
         problems.append(
-            f"{where('memory.fleet_budget_mb')}: {plural(count, 'instance')} x ({plural(w, 'worker')} + 1 master)"
+            f"{where('memory.fleet_budget_mb')}: {plural(count, 'instance')}{sp} x ({plural(w, 'worker')} + 1 master)"
             f" x {limit} MiB = {need} MiB exceeds the budget of {budget} MiB by {need - budget} MiB")
 
     # MongoDB: the pool the daemon hands out, plus monitoring, to every server, at instances.max.
@@ -162,7 +179,7 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
                     f"no pool fits; the budget must be at least "
                     f"{imax * w * mongo_connections_per_process(1, mongo_servers)}")
             problems.append(
-                f"{where('mongodb.connection_budget')}: {plural(imax, 'instance')} (instances.max) x "
+                f"{where('mongodb.connection_budget')}: {plural(imax, 'instance')} (instances.max{' + spares' if k else ''}) x "
                 f"{plural(w, 'worker')} x ({pool} pool + {MONGO_MONITOR_PER_SERVER} monitoring) x "
                 f"{servers} = {need} connections exceeds the budget of {cb} by {need - cb}; {hint}")
         for key in ("min_pool_size", "max_connecting"):

@@ -202,9 +202,10 @@ class Supervisor:
         if not sizes:
             return None
         avg = sum(sizes) / len(sizes)
-        need = avg * n
+        k = self.spec.instances.spares   # a spare holds as much as an instance
+        need = avg * (n + k)
         if need > budget:
-            return (f"{n} instances x {avg / MB:.0f} MiB measured average = {need / MB:.0f} "
+            return (f"{n} instances{f' + {k} spares' if k else ''} x {avg / MB:.0f} MiB measured average = {need / MB:.0f} "
                     f"MiB exceeds memory.fleet_budget_mb {self.spec.memory.fleet_budget_mb} MiB")
         return None
 

@@ -1,0 +1,223 @@
+"""Warm spares (instances.spares, docs/spares.md) with the fake runner and clock: a spare boots
+ahead on a port past the range, is probed ready, is never published nor counted, and takes a
+serving port's socket at once when its master crashes, fails its health checks, is replaced for
+memory, or when the fleet scales up; a new spare then boots behind it."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+
+import pytest
+
+import fakes
+from fakes import Harness
+from ultrascaled.core.seams import ProbeResult, ProcMem
+from ultrascaled.spec import SpecError, parse_spec
+
+SPARE = 8007          # base_port 8001 + max 6: the first spare's port, past the range nginx lists
+
+
+def component(fn):
+    @functools.wraps(fn)
+    def wrapper(tmp_path, monkeypatch, *a, **kw):
+        return asyncio.run(fn(tmp_path, monkeypatch, *a, **kw))
+    return wrapper
+
+
+async def up(tmp_path, monkeypatch, spares: int = 1, count: int = 2, extra: str = "") -> Harness:
+    monkeypatch.setattr(fakes, "SPEC", fakes.SPEC.replace(
+        "{{count: 2, min: 0, max: 6, base_port: 8001}}",
+        f"{{{{count: {count}, min: 0, max: 6, base_port: 8001, spares: {spares}}}}}"))
+    h = Harness(tmp_path, extra)
+    await h.start()
+    await h.advance(0.1, step=0.02)   # the spares' readiness probes
+    assert all(s.ready for s in h.rec.spares.values()) and len(h.rec.spares) == spares
+    return h
+
+
+def master(h: Harness, pid: int):
+    return h.runner.procs[pid]
+
+
+def spare_pid(h: Harness, port: int = SPARE) -> int:
+    return h.rec.spares[port].pid
+
+
+def takeovers(h: Harness) -> list[tuple]:
+    return [(e["port"], e["spare_port"], e["reason"].split(":")[0]) for e in h.events_named("instance.takeover")]
+
+
+@component
+async def test_spares_boot_past_the_range_gated_never_published_and_not_counted(tmp_path, monkeypatch):
+    h = await up(tmp_path, monkeypatch, spares=2)
+    assert sorted(h.rec.spares) == [8007, 8008]
+    assert h.states() == {8001: "running", 8002: "running"}
+    assert all(not set(a) & {8007, 8008} for a in h.upstream.applied), "nginx never lists a spare"
+    spawn = next(c[1] for c in h.runner.calls if c[0] == "spawn" and c[1][c[1].index("--name") + 1].endswith("-8007"))
+    assert spawn[spawn.index("--worker-class") + 1] == "ultrascale_spare.SyncWorker"
+    assert not h.rec.spare_listeners[8007].gate_open, "a spare's own socket keeps its gate closed"
+    fleet = h.sup.snapshot()
+    assert fleet["ready"] == 2 and [s["port"] for s in fleet["spares"]] == [8007, 8008]
+    assert all(s["ready"] and s["state"] == "ready" for s in fleet["spares"])
+    assert {i["port"] for i in fleet["instances"]} == {8001, 8002}
+
+
+@component
+async def test_a_crashed_master_is_taken_over_by_the_spare_at_once_and_a_new_spare_follows(tmp_path, monkeypatch):
+    h = await up(tmp_path, monkeypatch)
+    spare = spare_pid(h)
+    publishes = len(h.upstream.applied)
+    h.runner.exit(8001, -9)
+    await h.settle()
+    inst = h.rec.instances[8001]
+    assert inst.pid == spare and inst.state.value == "running"
+    assert ("hand_over", 8001, 4) in h.runner.calls, "the port's held socket, to the master and each worker"
+    assert takeovers(h) == [(8001, SPARE, "crash")]
+    e = h.events_named("instance.takeover")[0]
+    assert e["seconds"] == 0 and e["old_pid"] is None
+    assert len(h.upstream.applied) == publishes, "no upstream change: no nginx reload"
+    assert h.rec.gates.get(8001) is not False
+    new = h.rec.spares[SPARE]
+    assert new.pid not in (None, spare), "a new spare boots behind it"
+    assert h.events_named("spare.starting")[-1]["reason"] == "behind the spare that took over 8001"
+    await h.advance(0.1, step=0.02)
+    assert h.rec.spares[SPARE].ready
+    # the taken-over master is the port's instance now: its exit is the port's
+    h.runner.exit_proc(master(h, spare), -9)
+    await h.settle()
+    assert [t[0] for t in takeovers(h)] == [8001, 8001]
+
+
+@component
+async def test_failed_health_checks_hand_the_port_to_the_spare_and_the_old_master_retires(tmp_path, monkeypatch):
+    h = await up(tmp_path, monkeypatch)
+    spare, old = spare_pid(h), h.rec.instances[8002].pid
+    h.runner.answers[8002] = ProbeResult(503, "HTTP 503")
+    await h.advance(35, step=5)
+    inst = h.rec.instances[8002]
+    assert inst.pid == spare and inst.state.value == "running"
+    assert takeovers(h) == [(8002, SPARE, "health check failed 3 times in a row (last")]
+    assert ("signal", 8002, signal.SIGTERM) in h.runner.calls and not master(h, old).alive
+    assert not h.events_named("instance.replacing"), "no replacement booted beside it"
+
+
+@component
+async def test_a_master_over_its_memory_limit_is_replaced_by_the_spare(tmp_path, monkeypatch):
+    h = await up(tmp_path, monkeypatch)
+    spare, old = spare_pid(h), h.rec.instances[8001].pid
+    h.runner.rss[old] = 300 << 20          # over memory.worker_limit_mb (100), samples_over 2
+    await h.sample()
+    await h.sample()
+    await h.settle()
+    assert h.rec.instances[8001].pid == spare
+    assert takeovers(h) == [(8001, SPARE, "memory")]
+    assert not master(h, old).alive and not h.events_named("instance.replacing")
+
+
+@component
+async def test_a_scale_up_takes_the_spares_first_then_boots_new_spares(tmp_path, monkeypatch):
+    h = await up(tmp_path, monkeypatch, spares=2)
+    pids = {spare_pid(h, 8007), spare_pid(h, 8008)}
+    h.sup.scale(4)
+    await h.settle()
+    assert {h.rec.instances[p].pid for p in (8003, 8004)} == pids
+    assert sorted(t[:2] for t in takeovers(h)) == [(8003, 8007), (8004, 8008)]
+    await h.advance(0.05, step=0.02)      # one probe on the private socket each, then published
+    assert h.states() == {p: "running" for p in (8001, 8002, 8003, 8004)}
+    assert {8003, 8004} <= h.rec.applied
+    assert all(s.pid not in pids and s.pid is not None for s in h.rec.spares.values())
+
+
+@component
+async def test_a_spare_that_dies_while_waiting_is_booted_again_and_never_taken(tmp_path, monkeypatch):
+    h = await up(tmp_path, monkeypatch)
+    dead = spare_pid(h)
+    h.runner.answers[SPARE] = ProbeResult(None, "connection refused")   # the next one boots slowly
+    h.runner.exit_proc(master(h, dead), -9)
+    await h.settle()
+    ex = h.events_named("spare.exited")
+    assert ex and ex[-1]["reason"].startswith("died while waiting")
+    s = h.rec.spares[SPARE]
+    assert s.pid not in (None, dead) and s.state == "starting"
+    h.runner.exit(8001, -9)               # no ready spare now: the usual restart
+    await h.settle()
+    assert not takeovers(h)
+    assert h.rec.instances[8001].pid != dead
+
+
+@component
+async def test_two_failures_at_once_with_one_spare_one_takes_over_the_other_restarts(tmp_path, monkeypatch):
+    h = await up(tmp_path, monkeypatch)
+    spare = spare_pid(h)
+    a, b = h.rec.instances[8001].pid, h.rec.instances[8002].pid
+    h.runner.exit(8001, -9)
+    h.runner.exit(8002, -9)
+    await h.settle()
+    assert takeovers(h) == [(8001, SPARE, "crash")]
+    assert h.rec.instances[8001].pid == spare
+    assert h.rec.instances[8002].pid not in (a, b, spare), "the other boots as without spares"
+    assert h.events_named("instance.state")[-1]["reason"] != "scale up"
+    await h.advance(0.2, step=0.02)
+    assert h.states() == {8001: "running", 8002: "running"} and h.rec.spares[SPARE].ready
+
+
+@component
+async def test_a_deploy_replaces_a_spare_of_the_old_release_before_any_instance_moves(tmp_path, monkeypatch):
+    h = await up(tmp_path, monkeypatch)
+    from ultrascaled.core.reconciler.records import Releases, Restart
+    old_spare = spare_pid(h)
+    assert h.rec.spares[SPARE].release is None
+    (tmp_path / "releases" / "r2").mkdir(parents=True)
+    monkeypatch.setattr("ultrascaled.core.release_layout.directory_of",
+                        lambda spec, rel: str(tmp_path / "releases" / rel) if rel else spec.app.directory)
+    h.runner.answers[SPARE] = ProbeResult(None, "connection refused")   # the new release's spare boots
+    h.rec.tell(Releases(None, "r2"))
+    h.rec.tell(Restart((8001, 8002)))
+    await h.settle()
+    assert not master(h, old_spare).alive, "the old release's spare goes first"
+    assert h.rec.spares[SPARE].release == "r2" and h.rec.spares[SPARE].state == "starting"
+    assert not h.events_named("instance.replacing") and not takeovers(h), "nothing else moved yet"
+    assert all(h.rec.instances[p].release is None for p in (8001, 8002))
+    await h.advance(2, step=0.25)
+    assert not h.events_named("instance.replacing") and not takeovers(h), "restarts wait for the fresh spare"
+    del h.runner.answers[SPARE]
+    for _ in range(40):
+        await h.advance(0.05, step=0.05)
+        if all(h.rec.instances[p].release == "r2" and not h.rec.instances[p].restart_requested
+               for p in (8001, 8002)):
+            break
+    assert all(h.rec.instances[p].release == "r2" for p in (8001, 8002))
+    assert takeovers(h), "the fresh spare took the first restart"
+    assert all(e["release"] == "r2" for e in h.events_named("instance.takeover"))
+
+
+def test_spares_count_in_the_memory_budget_and_need_room_past_the_range(tmp_path):
+    base = ("name: b\napp: {{directory: {d}}}\nnginx: {{mode: 'off'}}\n"
+            "paths: {{state_dir: {d}/s, log_dir: {d}/l}}\n"
+            "gunicorn: {{workers: 2}}\nmemory: {{worker_limit_mb: 100, fleet_budget_mb: 900}}\n"
+            "instances: {{count: 3, max: 4, base_port: {port}, spares: {k}}}\n")
+    parse_spec(base.format(d=tmp_path, port=8001, k=0), base_dir=tmp_path)   # 3 x 3 x 100 = 900: fits
+    with pytest.raises(SpecError) as e:
+        parse_spec(base.format(d=tmp_path, port=8001, k=1), base_dir=tmp_path)
+    assert "3 instances + 1 spare x (2 workers + 1 master) x 100 MiB = 1200 MiB" in str(e.value)
+    with pytest.raises(SpecError) as e:
+        parse_spec(base.format(d=tmp_path, port=65532, k=1).replace("900", "2000"), base_dir=tmp_path)
+    assert "instances.spares" in str(e.value) and "past 65535" in str(e.value)
+    with pytest.raises(SpecError) as e:
+        parse_spec(base.format(d=tmp_path, port=8001, k=1).replace("900", "2000").replace(
+            "workers: 2", "workers: 2, worker_class: gevent"), base_dir=tmp_path)
+    assert "spares need gunicorn.worker_class sync or gthread" in str(e.value)
+
+
+@component
+async def test_spares_zero_spawns_and_acts_exactly_as_before(tmp_path, monkeypatch):
+    h = Harness(tmp_path)
+    await h.start()
+    h.runner.exit(8001, -9)
+    await h.settle()
+    assert not h.rec.spares and not h.rec.spare_listeners and not takeovers(h)
+    assert not any(c[0] == "hand_over" for c in h.runner.calls)
+    assert h.sup.snapshot()["spares"] == []
+    spawns = [c[1] for c in h.runner.calls if c[0] == "spawn"]
+    assert all(a[a.index("--worker-class") + 1] == "sync" for a in spawns)
