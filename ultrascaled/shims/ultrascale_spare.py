@@ -36,7 +36,7 @@ def _channel():
         return None
 
 
-def _receive(chan):
+def _receive(chan, cfg, log):
     """One datagram's socket, as a gunicorn listener (None: the channel closed)."""
     try:
         _, fds, _, _ = socket.recv_fds(chan, 16, 4)
@@ -51,18 +51,7 @@ def _receive(chan):
     fam = raw.family
     raw.detach()
     cls = gsock.TCP6Socket if fam == socket.AF_INET6 else gsock.TCPSocket
-    return cls(addr, _Conf, _Log, fd=fds[0])
-
-
-class _Conf:                      # what gunicorn's BaseSocket reads of a config
-    reuse_port = False
-    backlog = 2048
-
-
-class _Log:
-    @staticmethod
-    def debug(*a, **k):
-        pass
+    return cls(addr, cfg, log, fd=fds[0])   # it listens already: gunicorn keeps its backlog
 
 
 def _same(a, b):
@@ -73,7 +62,7 @@ def _same(a, b):
 
 
 def _master_thread(arbiter, chan):
-    lst = _receive(chan)
+    lst = _receive(chan, arbiter.cfg, arbiter.log)
     if lst is None:
         return
     if any(_same(lst, known) for known in arbiter.LISTENERS):
@@ -103,7 +92,7 @@ class _TakesOver:
         super().init_process()
 
     def _worker_thread(self, chan):
-        lst = _receive(chan)
+        lst = _receive(chan, self.cfg, self.log)
         if lst is None:
             return
         if any(_same(lst, known) for known in self.sockets):   # inherited from the master already

@@ -92,6 +92,7 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption, Spares):
         # the slots (gates closed, never published; kept across the spares booted there).
         self.spares: dict[int, Any] = {}
         self.spare_listeners: dict[int, Any] = {}
+        self.spare_home: dict[int, int] = {}     # a spare's master pid -> the port it took over
         self._spare_wake: float | None = None
         self.republish = False
 

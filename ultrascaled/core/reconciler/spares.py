@@ -172,7 +172,8 @@ class Spares:
         s.release, s.fingerprint, s.probe_port = release, command.fingerprint(spec, port, log_path, directory), probe_port
         s.probing, s.next_probe, s.kill_sent, s.health_failures, s.last_probe = False, now, False, 0, ""
         self.events.emit("spare.starting", port=port, pid=handle.pid, release=release, reason=reason)
-        self.runner.watch(handle, lambda rc: self.post(Exited(port, handle, rc)))
+        # its exit is its slot's until a takeover makes it a port's (the pidfd stays the same)
+        self.runner.watch(handle, lambda rc: self.post(Exited(self.spare_home.pop(handle.pid, port), handle, rc)))
 
     def _spare_failed(self, s: Spare, why: str, now: float) -> None:
         s.failures += 1
@@ -252,7 +253,7 @@ class Spares:
             self.runner.signal(old, signal.SIGTERM)
             self.runner.forget([w.pid for w in inst.workers])
         handle = s.handle
-        self.runner.unwatch(handle)
+        self.spare_home[handle.pid] = inst.port
         inst.handle, inst.probe_port, inst.release = handle, s.probe_port, s.release
         inst.fingerprint = self.fingerprint_for(self.spec, inst.port)
         inst.handoff = True
@@ -265,7 +266,6 @@ class Spares:
         inst.kill_sent, inst.kill_reason = False, ""
         inst.master_mem, inst.workers, inst.recycles = None, [], {}
         inst.http_500s, inst.boot_error = 0, ""
-        self._watch(inst, handle)
         if s.chan is not None:
             s.chan.close()
         spare_port = s.port
