@@ -221,3 +221,18 @@ async def test_spares_zero_spawns_and_acts_exactly_as_before(tmp_path, monkeypat
     assert h.sup.snapshot()["spares"] == []
     spawns = [c[1] for c in h.runner.calls if c[0] == "spawn"]
     assert all(a[a.index("--worker-class") + 1] == "sync" for a in spawns)
+
+
+def test_the_plan_shows_the_memory_cost_of_the_spares(tmp_path):
+    from ultrascaled.core.capacity import plan_for, render
+    text = ("name: p\napp: {{directory: {d}}}\nnginx: {{mode: 'off'}}\npaths: {{state_dir: {d}/s, log_dir: {d}/l}}\n"
+            "gunicorn: {{workers: 2}}\nmemory: {{worker_limit_mb: 100, fleet_budget_mb: 4000}}\n"
+            "instances: {{count: 2, max: 4, spares: {k}}}\n")
+    plans = [plan_for(parse_spec(text.format(d=tmp_path, k=k), base_dir=tmp_path), 10, cpu_count=2,
+                      mem_total_bytes=8 << 30, nofile_limit=65536) for k in (0, 2)]
+    none, two = plans
+    assert none.spares == 0 and "spares" not in render(none)
+    assert two.spares == 2 and two.spares_memory_worst_mib == 2 * 3 * 100
+    assert two.memory_worst_mib == none.memory_worst_mib + 600
+    assert two.memory_expected_mib == pytest.approx(none.memory_expected_mib + two.spares_memory_mib, abs=0.2)
+    assert "memory of the spares" in render(two)
