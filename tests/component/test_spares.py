@@ -25,11 +25,12 @@ def component(fn):
     return wrapper
 
 
-async def up(tmp_path, monkeypatch, spares: int = 1, count: int = 2, extra: str = "") -> Harness:
+async def up(tmp_path, monkeypatch, spares: int = 1, count: int = 2, extra: str = "", **kw) -> Harness:
     monkeypatch.setattr(fakes, "SPEC", fakes.SPEC.replace(
         "{{count: 2, min: 0, max: 6, base_port: 8001}}",
-        f"{{{{count: {count}, min: 0, max: 6, base_port: 8001, spares: {spares}}}}}"))
-    h = Harness(tmp_path, extra)
+        f"{{{{count: {count}, min: 0, max: 6, base_port: 8001, spares: {spares}}}}}").replace(
+        "fleet_budget_mb: 1000", "fleet_budget_mb: 2000"))
+    h = Harness(tmp_path, extra, **kw)
     await h.start()
     await h.advance(0.1, step=0.02)   # the spares' readiness probes
     assert all(s.ready for s in h.rec.spares.values()) and len(h.rec.spares) == spares
@@ -236,3 +237,16 @@ def test_the_plan_shows_the_memory_cost_of_the_spares(tmp_path):
     assert two.memory_worst_mib == none.memory_worst_mib + 600
     assert two.memory_expected_mib == pytest.approx(none.memory_expected_mib + two.spares_memory_mib, abs=0.2)
     assert "memory of the spares" in render(two)
+
+
+@component
+async def test_an_autoscaling_step_up_served_from_spares_is_immediate(tmp_path, monkeypatch):
+    from test_autoscaler import AUTO, no_app_metrics, run_for
+    h = await up(tmp_path, monkeypatch, spares=2, extra=AUTO,
+                 autoscale=dict(host_cpu=lambda: 10.0, app_families=no_app_metrics, cores=lambda: 2))
+    pids = {spare_pid(h, 8007), spare_pid(h, 8008)}
+    await run_for(h, h.sup.autoscaler, 8, load=280)     # twice the CPU target: 2 -> 4
+    up_ = h.events_named("autoscale.scale_up")[0]
+    assert (up_["current"], up_["desired"], up_["from_spares"], up_["immediate"]) == (2, 4, 2, True)
+    assert {h.rec.instances[p].pid for p in (8003, 8004)} == pids
+    assert sorted(t[:2] for t in takeovers(h)) == [(8003, 8007), (8004, 8008)]
