@@ -53,3 +53,28 @@ def test_kill_9_under_load_with_a_3s_boot_is_taken_over_by_the_spare_and_fails_n
     # the taken-over master's workers serve the port: the answers name its pids
     assert d.fleet()["instances"][0]["pid"] == spare["pid"]
     print(f"\ntakeover: capacity back {back_ms:.1f} ms after kill -9; {result.ok} ok, 0 failed")
+
+
+def test_a_daemon_killed_after_a_takeover_adopts_the_taken_over_master_and_ends_the_waiting_spare(make_daemon):
+    d = make_daemon({"instances": {"count": 2, "spares": 1},
+                     "gunicorn": {"worker_class": "sync", "workers": 1},
+                     "app": {"env": {"ULTRASCALE_BOOT_DELAY": "1"}}}).start()
+    f = d.wait_until(lambda f: f["spares"] and f["spares"][0]["ready"], timeout=30, what="a ready spare")
+    spare = f["spares"][0]["pid"]
+    os.kill(f["instances"][0]["pid"], signal.SIGKILL)
+    f = d.wait_until(lambda f: f["instances"][0]["pid"] == spare and f["spares"][0]["ready"], timeout=30,
+                     what="the takeover and a new spare")
+    waiting = f["spares"][0]["pid"]
+    d.proc.kill()
+    d.proc.wait()
+    d.start()
+    f = d.wait_until(lambda f: f["spares"] and f["spares"][0]["ready"], timeout=30, what="a ready spare again")
+    assert [(e["pid"], e["port"]) for e in d.events("adopt.spare_took_over")] == [(spare, d.base_port)], \
+        "the master that took over port 0 was adopted as its instance (by the socket it holds)"
+    assert f["instances"][0]["serving"] and f["spares"][0]["pid"] != waiting
+    # it runs a spare's command line (its port's marker, the shim): rolled like any adopted master
+    # whose command changed, here by the new spare at once
+    d.wait_until(lambda f: not f["instances"][0]["restart_pending"] and f["instances"][0]["pid"] != spare,
+                 timeout=30, what="the adopted master rolled")
+    assert [e["pid"] for e in d.events("adopt.spare_stopped")] == [waiting]
+    assert not any(p.pid == waiting for p in d.fleet_processes())

@@ -19,6 +19,7 @@ spares current: a stale spare is killed and booted again, and restarts wait for 
 (core/spares.py hold_restarts)."""
 from __future__ import annotations
 
+import dataclasses
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from ultrascaled.core.seams import ProbeResult
 from ultrascaled.core.states import State
 
 S = State
+SPARES_MAX = 16        # instances.spares' bound (spec/schema.py)
 SPARE_WORKER_CLASSES = {"sync": "ultrascale_spare.SyncWorker", "gthread": "ultrascale_spare.ThreadWorker"}
 
 
@@ -340,6 +342,29 @@ class Spares:
             self._drop_successor(inst, "a spare took over")
         self._take_over(inst, s, reason, self.clock.now())
         return True
+
+    def _spare_leftover(self, lo):
+        """A master an earlier run left with a spare's marker: one that took over a port of the
+        range holds that port's socket and is adopted as its instance; a spare that was still
+        waiting (and its workers) is ended: the new run boots its own."""
+        spec = self.spec
+        if not lo.is_master:
+            if not lo.master_alive and self.runner.signal_worker(lo.pid, signal.SIGKILL):
+                self.events.emit("adopt.orphan_killed", level="warning", pid=lo.pid, port=lo.port)
+            return None
+        for i in range(spec.instances.max):
+            port = spec.port(i)
+            if port in self.instances:
+                continue
+            sock = self.runner.take_listener(lo.pid, spec.instances.host, port)
+            if sock is not None:
+                sock.close()
+                self.events.emit("adopt.spare_took_over", pid=lo.pid, spare_port=lo.port, port=port)
+                return dataclasses.replace(lo, port=port)
+        self.runner.kill_group(lo.pid, signal.SIGKILL)
+        self.events.emit("adopt.spare_stopped", pid=lo.pid, port=lo.port,
+                         reason="a spare of the last run: this run boots its own")
+        return None
 
     def _restart_why(self, inst: Instance, reason: str) -> str:
         h = inst.recycle_history
