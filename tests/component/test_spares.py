@@ -250,3 +250,20 @@ async def test_an_autoscaling_step_up_served_from_spares_is_immediate(tmp_path, 
     assert (up_["current"], up_["desired"], up_["from_spares"], up_["immediate"]) == (2, 4, 2, True)
     assert {h.rec.instances[p].pid for p in (8003, 8004)} == pids
     assert sorted(t[:2] for t in takeovers(h)) == [(8003, 8007), (8004, 8008)]
+
+
+def test_status_lists_the_spares_apart_from_the_instances_and_nothing_without_them():
+    from ultrascaled.surface.cli import render_status
+    fleet = {"fleet": "f", "ready": 1, "desired": 1, "memory": {}, "instances": [
+        {"port": 8001, "pid": 10, "state": "running", "uptime": 5, "workers": [], "restarts": 1,
+         "in_upstream": True, "last_exit": None, "release": None}]}
+    plain = render_status(fleet)
+    assert "SPARE" not in plain and render_status(dict(fleet, spares=[])) == plain
+    text = render_status(dict(fleet, spares=[{"port": 8007, "pid": 20, "state": "ready", "ready": True,
+                                              "release": None, "reason": "took over 8001"},
+                                             {"port": 8008, "pid": 21, "state": "starting", "ready": False}]))
+    lines = text.splitlines()
+    assert lines[:len(plain.splitlines())] == plain.splitlines()
+    assert "spares: 1/2 ready" in text
+    assert any(ln.startswith("8007") and "ready" in ln and "yes" in ln for ln in lines)
+    assert any(ln.startswith("8008") and "starting" in ln and "no" in ln for ln in lines)
