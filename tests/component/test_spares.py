@@ -267,3 +267,19 @@ def test_status_lists_the_spares_apart_from_the_instances_and_nothing_without_th
     assert "spares: 1/2 ready" in text
     assert any(ln.startswith("8007") and "ready" in ln and "yes" in ln for ln in lines)
     assert any(ln.startswith("8008") and "starting" in ln and "no" in ln for ln in lines)
+
+
+@component
+async def test_a_spare_whose_channel_refuses_the_socket_is_ended_and_the_port_restarts_as_usual(tmp_path, monkeypatch):
+    h = await up(tmp_path, monkeypatch)
+    dead = spare_pid(h)
+
+    def refused(chan, sock, copies):
+        raise ConnectionRefusedError(111, "Connection refused")
+    monkeypatch.setattr(h.runner, "hand_over", refused)
+    h.runner.exit(8001, -9)
+    await h.settle()
+    assert not takeovers(h) and not master(h, dead).alive
+    assert h.events_named("spare.killed")[-1]["reason"].startswith("could not be handed port 8001")
+    assert h.rec.instances[8001].pid not in (None, dead)
+    assert not h.events_named("reconciler.error")

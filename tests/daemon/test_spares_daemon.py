@@ -78,3 +78,5 @@ def test_a_daemon_killed_after_a_takeover_adopts_the_taken_over_master_and_ends_
                  timeout=30, what="the adopted master rolled")
     assert [e["pid"] for e in d.events("adopt.spare_stopped")] == [waiting]
     assert not any(p.pid == waiting for p in d.fleet_processes())
+    assert d.stop() == 0
+    assert not d.fleet_processes(), "a stopped daemon leaves neither instances nor spares behind"

@@ -120,7 +120,7 @@ class ThreadWorker(_TakesOver, gthread.ThreadWorker):
         def add():
             lst.setblocking(False)
             self.sockets.append(lst)
-            if self._accepting:
+            if getattr(self, "_accepting", True):   # (gunicorn 23's gthread registers them all at once)
                 import selectors
                 self.poller.register(lst, selectors.EVENT_READ, self.accept)
         self.method_queue.defer(add)

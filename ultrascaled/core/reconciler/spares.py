@@ -244,10 +244,20 @@ class Spares:
                 return s
         return None
 
-    def _take_over(self, inst: Instance, s: Spare, reason: str, t0: float) -> None:
-        """Hand the port's held socket to the spare; the spare's master is the port's instance."""
+    def _take_over(self, inst: Instance, s: Spare, reason: str, t0: float) -> bool:
+        """Hand the port's held socket to the spare; the spare's master is the port's instance.
+        False (nothing changed but the spare, which is ended) when the channel refuses it: a spare
+        that died a moment ago, its exit not seen yet."""
         sock = self.listeners[inst.port]
-        sent = self.runner.hand_over(s.chan, sock, 2 * (self.spec.workers + 1))
+        try:
+            sent = self.runner.hand_over(s.chan, sock, 2 * (self.spec.workers + 1))
+        except OSError as exc:
+            s.kill_sent, s.reason = True, f"could not be handed port {inst.port}: {exc.strerror or exc}"
+            self.events.emit("spare.killed", level="warning", port=s.port, pid=s.pid, reason=s.reason)
+            self.runner.kill_group(s.handle.pgid, signal.SIGKILL)
+            return False
+        if not sent:
+            return False
         now = self.clock.now()
         old = inst.handle
         if old is not None:   # alive (failed health, memory, a restart): it retires as after a replacement
@@ -278,6 +288,7 @@ class Spares:
                          old_pid=old.pid if old is not None else None, reason=reason, copies=sent,
                          seconds=round(now - t0, 6), release=inst.release)
         self._dirty = True
+        return True
 
     def _take_over_crashed(self, inst: Instance, handle: Any, rc: int | None) -> bool:
         """A serving master died: a ready spare takes its socket (its queued connections too) at
@@ -289,11 +300,14 @@ class Spares:
         if s is None:
             return False
         now = self.clock.now()
-        d = on_exit(inst.state, rc, inst.crashes, inst.start_failures, self.policy(), now)
-        inst.crashes, inst.last_exit = d.crashes, describe_exit(rc)
-        self.runner.forget([handle.pid] + [w.pid for w in inst.workers])
+        orphans = [w.pid for w in inst.workers]
         inst.handle = None
-        self._take_over(inst, s, f"crash: {describe_exit(rc)}", now)
+        if not self._take_over(inst, s, f"crash: {describe_exit(rc)}", now):
+            inst.handle = handle
+            return False
+        d = on_exit(S.RUNNING, rc, inst.crashes, inst.start_failures, self.policy(), now)
+        inst.crashes, inst.last_exit = d.crashes, describe_exit(rc)
+        self.runner.forget([handle.pid] + orphans)
         grace = self.spec.gunicorn.graceful_timeout + 2.0
         self._start_task(f"reap-{inst.port}-{handle.pid}", self._reap(inst.port, handle.pgid, grace))
         if d.crash_loop:
@@ -321,9 +335,11 @@ class Spares:
             self.listeners[port] = sock
             self.gates[port] = not self.gated
         if inst is None:
-            inst = self.instances[port] = Instance(index=port - self.spec.instances.base_port, port=port,
-                                                   since=now, since_wall=self.clock.wall())
-        self._take_over(inst, s, reason, now)
+            inst = Instance(index=port - self.spec.instances.base_port, port=port, since=now,
+                            since_wall=self.clock.wall())
+        if not self._take_over(inst, s, reason, now):
+            return False
+        self.instances[port] = inst
         inst.left_upstream_at = inst.stop_sent_at = None
         inst.stop_unserved = False
         inst.log_offset = 0
@@ -338,9 +354,11 @@ class Spares:
         s = self._ready_spare(inst.port)
         if s is None:
             return False
-        if inst.successor is not None:
+        successor = inst.successor
+        if not self._take_over(inst, s, reason, self.clock.now()):
+            return False
+        if successor is not None:
             self._drop_successor(inst, "a spare took over")
-        self._take_over(inst, s, reason, self.clock.now())
         return True
 
     def _spare_leftover(self, lo):
