@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.deploys import Posts
 from bench.util import machine_line, write_section
 from loadtest import BackgroundLoad
 from support.harness import Daemon
@@ -57,7 +58,10 @@ def kill_9(d: Daemon, boot: float) -> dict:
     victim = f["instances"][0]
     spare_pid = f["spares"][0]["pid"] if f["spares"] else None
     load = load_on(d)
+    posts = Posts(d.nginx_port)      # non-retrying keep-alive clients beside it
+    posts.start()
     try:
+        time.sleep(0.5)
         seq = max((e["seq"] for e in d.api("GET", "/events")[1]["events"]), default=0)
         killed = time.time()
         os.kill(victim["pid"], signal.SIGKILL)
@@ -76,7 +80,9 @@ def kill_9(d: Daemon, boot: float) -> dict:
         time.sleep(0.5)
     finally:
         r = load.stop()
+        posts.stop()
     return {"back_ms": None if back is None else back * 1000, "failed": r.failed, "ok": r.ok,
+            "reconnects": getattr(r, "reconnects", None), "posts_ok": posts.ok, "posts_failed": posts.failed,
             "took_over": bool(spare_pid)}
 
 
@@ -159,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| kill -9 of a master -> capacity back to N | {ms(k0['back_ms'])} | {ms(k1['back_ms'])} (spares: 1) | <= 50 ms |",
         f"| failed requests through it | {k0['failed']} of {k0['ok'] + k0['failed']} | "
         f"{k1['failed']} of {k1['ok'] + k1['failed']} | 0 |",
+        f"| requests the load tester sent again on a new connection (reconnects) | {k0['reconnects']} | {k1['reconnects']} | - |",
+        f"| non-retrying keep-alive POSTs through it (4 threads) | {k0['posts_failed']} failed of "
+        f"{k0['posts_ok'] + k0['posts_failed']} | {k1['posts_failed']} failed of {k1['posts_ok'] + k1['posts_failed']} | 0 |",
         f"| `scale 2->4` -> both new instances serving | {ms(s0['serving_ms'])} ({ms(s0['command_ms'])}) | "
         f"{ms(s2['serving_ms'])} ({ms(s2['command_ms'])}) (spares: 2) | <= 100 ms |",
         f"| failed requests through the scale | {s0['failed']} | {s2['failed']} | 0 |",
