@@ -70,10 +70,12 @@ def mongo_connections_per_process(pool: int, mongo_servers: int = 1) -> int:
     return mongo_servers * (pool + MONGO_MONITOR_PER_SERVER)
 
 
-def mongo_pool_that_fits(spec: "Spec", mongo_servers: int = 1) -> int:
-    """Largest maxPoolSize per process with instances.max x workers x servers x (pool + 2)
-    within mongodb.connection_budget (may be < 1: then no pool fits)."""
-    return (spec.mongodb.connection_budget // (masters_at_max(spec) * spec.workers * mongo_servers)
+def mongo_pool_that_fits(spec: "Spec", mongo_servers: int = 1, spares: bool = True) -> int:
+    """Largest maxPoolSize per process with instances.max (+ instances.spares, unless `spares` is
+    off: the Kubernetes export runs none) x workers x servers x (pool + 2) within
+    mongodb.connection_budget (may be < 1: then no pool fits)."""
+    masters = masters_at_max(spec) if spares else spec.instances.max
+    return (spec.mongodb.connection_budget // (masters * spec.workers * mongo_servers)
             - MONGO_MONITOR_PER_SERVER)
 
 
