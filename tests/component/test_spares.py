@@ -283,3 +283,42 @@ async def test_a_spare_whose_channel_refuses_the_socket_is_ended_and_the_port_re
     assert h.events_named("spare.killed")[-1]["reason"].startswith("could not be handed port 8001")
     assert h.rec.instances[8001].pid not in (None, dead)
     assert not h.events_named("reconciler.error")
+
+
+@component
+async def test_a_reload_sets_the_spares_and_a_command_change_replaces_them_before_the_instances(tmp_path, monkeypatch):
+    h = await up(tmp_path, monkeypatch, spares=1)
+    text = fakes.SPEC.format(dir=tmp_path, extra="")
+    two = parse_spec(text.replace("spares: 1", "spares: 2"), base_dir=tmp_path)
+    h.sup.reload_spec(two)     # (the MongoDB pool per process counts the spares: the instances restart)
+    await h.advance(0.5, step=0.02)
+    assert sorted(h.rec.spares) == [8007, 8008] and all(s.ready for s in h.rec.spares.values())
+    before = len(takeovers(h))
+    old = {p: s.pid for p, s in h.rec.spares.items()}
+    served = {p: i.pid for p, i in h.rec.instances.items()}
+    # a gunicorn change: every instance restarts, the spares are booted again with it first
+    changed = parse_spec(text.replace("spares: 1", "spares: 2").replace("graceful_timeout: 5", "graceful_timeout: 6"),
+                         base_dir=tmp_path)
+    for p in old:
+        h.runner.answers[p] = ProbeResult(None, "connection refused")   # the fresh spares boot
+    result = h.sup.reload_spec(changed)
+    assert result["restarting"] == [8001, 8002]
+    await h.advance(1.0, step=0.1)
+    assert all(not master(h, pid).alive for pid in old.values()), "the stale spares go first"
+    assert len(takeovers(h)) == before and not h.events_named("instance.replacing")
+    assert all(h.rec.instances[p].pid == served[p] for p in served), "nothing else moved"
+    for p in old:
+        del h.runner.answers[p]
+    await h.advance(1.0, step=0.05)
+    assert {p: i.pid for p, i in h.rec.instances.items()}.keys() == served.keys()
+    assert all(h.rec.instances[p].pid != served[p] for p in served)
+    assert [t[0] for t in takeovers(h)[before:]] == [8001, 8002], "each restart took a fresh spare"
+    assert all("--graceful-timeout" in master(h, h.rec.instances[p].pid).argv and
+               master(h, h.rec.instances[p].pid).argv[master(h, h.rec.instances[p].pid).argv.index("--graceful-timeout") + 1] == "6"
+               for p in served)
+    none = parse_spec(text.replace("spares: 1", "spares: 0").replace("graceful_timeout: 5", "graceful_timeout: 6"),
+                      base_dir=tmp_path)
+    h.sup.reload_spec(none)
+    await h.advance(0.2, step=0.05)
+    assert not h.rec.spares and not h.rec.spare_listeners
+    assert h.sup.snapshot()["spares"] == []
