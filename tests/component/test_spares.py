@@ -45,6 +45,10 @@ def spare_pid(h: Harness, port: int = SPARE) -> int:
     return h.rec.spares[port].pid
 
 
+def failing(h: Harness) -> bool:
+    return any(a["alert"] == "spare_failing" for a in h.alerts().values())
+
+
 def takeovers(h: Harness) -> list[tuple]:
     return [(e["port"], e["spare_port"], e["reason"].split(":")[0]) for e in h.events_named("instance.takeover")]
 
@@ -322,3 +326,18 @@ async def test_a_reload_sets_the_spares_and_a_command_change_replaces_them_befor
     await h.advance(0.2, step=0.05)
     assert not h.rec.spares and not h.rec.spare_listeners
     assert h.sup.snapshot()["spares"] == []
+
+
+@component
+async def test_a_slot_whose_spares_keep_failing_raises_an_alert_resolved_once_one_is_ready(tmp_path, monkeypatch):
+    h = await up(tmp_path, monkeypatch)
+    h.runner.exit_on_spawn[SPARE] = 1
+    h.runner.exit_proc(master(h, spare_pid(h)), -9)
+    await h.advance(40, step=0.5)
+    assert h.rec.spares[SPARE].failures >= 5 and failing(h)
+    del h.runner.exit_on_spawn[SPARE]
+    await h.advance(35, step=0.5)
+    assert h.rec.spares[SPARE].ready and failing(h), "not before it stays up a window"
+    await h.advance(70, step=1)
+    assert h.rec.spares[SPARE].ready and not failing(h)
+    assert h.states() == {8001: "running", 8002: "running"}, "the instances never noticed"

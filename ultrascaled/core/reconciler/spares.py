@@ -53,6 +53,7 @@ class Spare:
     health_failures: int = 0
     last_probe: str = ""
     failures: int = 0                   # spares in a row on this slot that died or never got ready
+    ready_at: float = 0.0
     next_start: float = 0.0
     reason: str = ""
 
@@ -183,8 +184,17 @@ class Spares:
         s.state, s.handle, s.next_start, s.reason = sp.BACKOFF, None, now + delay, why
         self.events.emit("spare.failed", level="warning", port=s.port, reason=why, retry_in=delay,
                          failures=s.failures)
+        self._spare_alert(s, why)
+
+    def _spare_alert(self, s: Spare, why: str) -> None:
+        """restart.fatal_crashes spares in a row on a slot that died or never got ready: the
+        fleet has no spare there (a takeover boots as without spares); retried with backoff."""
+        if s.failures == self.policy().fatal_crashes:
+            self.alerts.fire("spare_failing", f"spare {s.port}: {s.failures} in a row died or never got ready "
+                             f"(last: {why}); takeovers wait for a boot until one is ready", port=s.port)
 
     def _forget_spare(self, port: int) -> None:
+        self.alerts.resolve("spare_failing", f"spare {port} is no longer wanted", port=port)
         s = self.spares.pop(port, None)
         if s is not None and s.chan is not None:
             s.chan.close()
@@ -209,10 +219,13 @@ class Spares:
             s.state, s.next_start = sp.BACKOFF, now          # replaced at once (a deploy, a reload)
             self.events.emit("spare.exited", port=port, pid=handle.pid, reason=s.reason)
             return True
+        if was == sp.READY and now - s.ready_at >= self.policy().fatal_window:
+            s.failures = 0          # it waited a whole window: not a crash loop
         s.failures += 1
         delay = sp.spare_backoff(s.failures, self.policy())
         s.state, s.next_start = sp.BACKOFF, now + delay
         what = s.reason if killed else describe_exit(rc)
+        self._spare_alert(s, what)
         self.events.emit("spare.exited", level="warning", port=port, pid=handle.pid,
                          reason=f"{'died while waiting' if was == sp.READY else 'failed to start'}: {what}",
                          failures=s.failures, retry_in=delay)
@@ -225,11 +238,16 @@ class Spares:
         now = self.clock.now()
         s.probing, s.last_probe = False, r.detail
         if s.state == sp.STARTING and r.ok:
-            s.state, s.failures = sp.READY, 0
+            s.state, s.ready_at = sp.READY, now     # (failures count on until it stays up a while)
             self.events.emit("spare.ready", port=port, pid=handle.pid, release=s.release,
                              boot_seconds=round(now - s.since, 3))
         elif s.state == sp.READY:
             s.health_failures = 0 if r.ok else s.health_failures + 1
+            if r.ok and s.failures and now - s.ready_at >= self.policy().fatal_window:
+                if s.failures >= self.policy().fatal_crashes:
+                    self.alerts.resolve("spare_failing", f"spare {port} has waited ready for "
+                                        f"{self.policy().fatal_window:g}s", port=port)
+                s.failures = 0
         s.next_probe = sp.next_spare_probe(s.state, s.since, now, self.policy())
         return True
 
@@ -282,7 +300,7 @@ class Spares:
             s.chan.close()
         spare_port = s.port
         s.handle, s.chan, s.state, s.next_start, s.kill_sent, s.probing = None, None, sp.BACKOFF, now, False, False
-        s.reason = f"took over {inst.port}"
+        s.reason, s.failures = f"took over {inst.port}", 0
         self.alerts.resolve("instance_replace_failed", f"instance {inst.port} was taken over by a spare", port=inst.port)
         self.events.emit("instance.takeover", port=inst.port, spare_port=spare_port, pid=handle.pid,
                          old_pid=old.pid if old is not None else None, reason=reason, copies=sent,
