@@ -16,6 +16,7 @@ measurement: the suite, and each figure of docs/benchmarks.md by its own subcomm
     python -m bench processes [--help]  RQ jobs through a deploy; the daemon's idle cost with workers (scripts/bench-processes)
     python -m bench plan [--help]       plan --measure against a real fleet at that size (scripts/bench-plan)
     python -m bench queue [--help]      a queue burst: autoscaled worker type vs one (scripts/bench-queue)
+    python -m bench spares [--help]     warm spares against none, with a slow boot (scripts/bench-spares)
     python -m bench.dashboard           the dashboard's memory and CPU (scripts/bench-dashboard)
     python -m bench.screenshots         the dashboard screenshots in docs/ (scripts/screenshots)
 """
@@ -98,7 +99,8 @@ def _on_term(signum, frame):
 SUBCOMMANDS = {"fleet": "bench.figures", "chaos": "bench.chaos", "accesslog": "bench.accesslog",
                "redis-failover": "bench.redis_failover", "autoscale": "bench.autoscale",
                "deploy": "bench.deploys", "listeners": "bench.listeners", "plan": "bench.plan",
-               "jobs": "bench.jobs", "processes": "bench.processes", "queue": "bench.queue"}
+               "jobs": "bench.jobs", "processes": "bench.processes", "queue": "bench.queue",
+               "spares": "bench.spares"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,6 +137,15 @@ class FakeRunner:
         """Port -> gate open, for the sockets the daemon still holds."""
         return {s.addr[1]: s.gate_open for s in self.sockets if not s.closed and s.addr[1] < 40000}
 
+    def takeover_channel(self):
+        self.next_fd += 2
+        return FakeSocket(self.next_fd - 1, ("chan", 0)), FakeSocket(self.next_fd, ("chan", 0))
+
+    def hand_over(self, chan, sock, copies):
+        """A spare's workers take `sock` (tests/component/test_spares.py)."""
+        self.calls.append(("hand_over", sock.addr[1], copies))
+        return copies
+
     def take_listener(self, pid, host, port):
         if pid in self.not_holding:
             return None

@@ -309,6 +309,9 @@ class CapacityPlan:
     measurement: Measurement | None = None  # plan --measure
     measured: list[str] = field(default_factory=list)  # what --measure measured ...
     assumed: list[str] = field(default_factory=list)   # ... and what the plan assumes
+    spares: int = 0                       # instances.spares: warm masters, not capacity (docs/spares.md)
+    spares_memory_mib: float = 0.0        # what they hold, expected (in memory_expected_mib too)
+    spares_memory_worst_mib: int = 0      # worst case (in memory_worst_mib too)
     process_types: list[dict] = field(default_factory=list)   # each worker type at its max
 
     @staticmethod
@@ -474,13 +477,20 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
         ar.append(f"memory expected = instances x {fmt_number(TYPICAL_PROCESS_RSS_MIB)} MiB per process x "
                   f"(workers + 1) = {instances} x {fmt_number(TYPICAL_PROCESS_RSS_MIB)} x ({w} + 1) = "
                   f"{fmt_number(expected)} MiB (typical, {TYPICAL_RSS_SOURCE})")
+    k = getattr(inst, "spares", 0)
+    spare_worst, spare_expected = k * (w + 1) * limit, k * per
+    if k:   # a spare holds what an instance holds and serves nothing
+        worst, expected = worst + spare_worst, expected + spare_expected
+        ar.append(f"spares (instances.spares) = {k} x (memory of an instance): worst {k} x ({w} + 1) x "
+                  f"{limit} MiB = {spare_worst} MiB, expected {k} x {fmt_number(per)} MiB = "
+                  f"{fmt_number(spare_expected)} MiB; both in the totals above")
     if worst > mem_total_mib:
-        problems.append(f"memory.worker_limit_mb: worst case {instances} x ({w} + 1) x {limit} MiB"
+        problems.append(f"memory.worker_limit_mb: worst case {instances}{f' + {k} spares' if k else ''} x ({w} + 1) x {limit} MiB"
                         + (" + the worker types at their max" if types else "") + " ="
                         f" {worst} MiB exceeds this host's memory of {mem_total_mib} MiB by "
                         f"{worst - mem_total_mib} MiB")
     if expected > budget:
-        problems.append(f"memory.fleet_budget_mb: expected {instances} x {fmt_number(per)} MiB = "
+        problems.append(f"memory.fleet_budget_mb: expected {instances}{f' + {k} spares' if k else ''} x {fmt_number(per)} MiB = "
                         f"{fmt_number(expected)} MiB exceeds the budget of {budget} MiB")
 
     # File descriptors.
@@ -589,7 +599,8 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
         nofile_limit=nofile_limit, nofile_nginx=ng_nofile, throughput_rps=throughput, verdict=verdict,
         arithmetic=ar, problems=problems, notes=notes, calibration=cal,
         worker_class=spec.gunicorn.worker_class, requests_per_worker=rw,
-        measurement=measurement, measured=measured, assumed=assumed, process_types=process_types)
+        measurement=measurement, measured=measured, assumed=assumed, process_types=process_types,
+        spares=k, spares_memory_mib=round(spare_expected, 1), spares_memory_worst_mib=spare_worst)
 
 
 # ---- output -------------------------------------------------------------------------------
@@ -613,6 +624,9 @@ def render(plan: CapacityPlan) -> str:
         ("memory, worst case", mib(plan.memory_worst_mib), f"budget {mib(plan.memory_budget_mib)}, "
          f"host {mib(plan.mem_total_mib)}"),
         ("memory, expected", mib(plan.memory_expected_mib), plan.memory_expected_source),
+        *([("memory of the spares", mib(plan.spares_memory_mib),
+            f"{plan.spares} warm spare{'s' if plan.spares != 1 else ''} (instances.spares), in both totals; "
+            f"worst {mib(plan.spares_memory_worst_mib)}")] if plan.spares else []),
         ("fds per gunicorn worker", str(plan.fds_gunicorn_worker), f"nofile {plan.nofile_limit}"),
     ]
     if plan.fds_nginx_worker is not None:

@@ -12,7 +12,7 @@ import socket
 import psutil
 
 from ultrascaled.core.seams import CheckResult, ProbeResult
-from ultrascaled.effects import logfiles, procs
+from ultrascaled.effects import logfiles, procs, takeover
 
 
 class OsRunner:
@@ -26,6 +26,12 @@ class OsRunner:
 
     def set_gate(self, sock, open_):
         procs.set_gate(sock, open_)
+
+    def takeover_channel(self):
+        return takeover.channel()
+
+    def hand_over(self, chan, sock, copies):
+        return takeover.hand_over(chan, sock, copies)
 
     def take_listener(self, pid, host, port):
         return procs.take_listener(pid, host, port)

@@ -71,20 +71,36 @@ def mongo_connections_per_process(pool: int, mongo_servers: int = 1) -> int:
     return mongo_servers * (pool + MONGO_MONITOR_PER_SERVER)
 
 
-def mongo_processes(spec: "Spec") -> tuple[int, str]:
+def mongo_processes(spec: "Spec", spares: bool = True) -> tuple[int, str]:
     """Processes that may each hold a MongoDB pool, and how they are counted: every gunicorn
-    worker at instances.max, every worker type's process at its max, one run of each job (the
-    daemon gives them all the same MONGO_* settings)."""
-    imax, w = spec.instances.max, spec.workers
+    worker at instances.max (+ instances.spares, unless `spares` is off: the Kubernetes export
+    runs none), every worker type's process at its max, one run of each job (the daemon gives
+    them all the same MONGO_* settings)."""
+    imax, w = spec.instances.max + (spares_of(spec) if spares else 0), spec.workers
     types = sum(t.max if t.kind == "worker" else 1 for t in getattr(spec, "processes", {}).values())
     return imax * w + types, (f"{imax} x {w}" + (f" + {types} of processes:" if types else ""))
 
 
-def mongo_pool_that_fits(spec: "Spec", mongo_servers: int = 1) -> int:
+def mongo_pool_that_fits(spec: "Spec", mongo_servers: int = 1, spares: bool = True) -> int:
     """Largest maxPoolSize per process with processes x servers x (pool + 2) within
     mongodb.connection_budget (may be < 1: then no pool fits); :func:`mongo_processes` counts."""
-    return (spec.mongodb.connection_budget // (mongo_processes(spec)[0] * mongo_servers)
+    return (spec.mongodb.connection_budget // (mongo_processes(spec, spares)[0] * mongo_servers)
             - MONGO_MONITOR_PER_SERVER)
+
+
+def spares_of(spec: "Spec") -> int:
+    """instances.spares: warm masters that serve nothing but hold memory, connections and fds."""
+    return getattr(spec.instances, "spares", 0)
+
+
+def masters_at_max(spec: "Spec") -> int:
+    """instances.max plus the spares: the masters the fleet may run at once."""
+    return spec.instances.max + spares_of(spec)
+
+
+def spares_text(spec: "Spec") -> str:
+    k = spares_of(spec)
+    return f" + {plural(k, 'spare')}" if k else ""
 
 
 def requests_per_worker(spec: "Spec") -> tuple[int, str]:
@@ -169,24 +185,26 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
 
     problems: list[str] = []
     w = spec.workers
-    imax = spec.instances.max
+    imax = masters_at_max(spec)        # the spares hold pools and fds as instances do
+    k = spares_of(spec)
+    sp = spares_text(spec)
 
     # Memory, worst case: every process at the per-worker limit (the master counted alike).
     limit = spec.memory.worker_limit_mb
     budget = spec.memory.fleet_budget_mb
-    need = count * (w + 1) * limit
+    need = (count + k) * (w + 1) * limit
     types = worker_types(spec)   # and every worker type at its max, each process at its limit
     if types:
         web, need = need, need + worker_types_memory(spec)
         if need > budget:
             problems.append(
-                f"{where('memory.fleet_budget_mb')}: {plural(count, 'instance')} x ({plural(w, 'worker')} + "
+                f"{where('memory.fleet_budget_mb')}: {plural(count, 'instance')}{sp} x ({plural(w, 'worker')} + "
                 f"1 master) x {limit} MiB = {web} MiB, plus the worker types at their max: "
                 f"{_types_formula(types)}; {need} MiB in all exceeds the budget of {budget} MiB by "
                 f"{need - budget} MiB")
     elif need > budget:
         problems.append(
-            f"{where('memory.fleet_budget_mb')}: {plural(count, 'instance')} x ({plural(w, 'worker')} + 1 master)"
+            f"{where('memory.fleet_budget_mb')}: {plural(count, 'instance')}{sp} x ({plural(w, 'worker')} + 1 master)"
             f" x {limit} MiB = {need} MiB exceeds the budget of {budget} MiB by {need - budget} MiB")
 
     # MongoDB: the pool the daemon hands out, plus monitoring, to every server, at instances.max.
@@ -214,7 +232,8 @@ def budget_problems(spec: "Spec", count: int, *, nofile_limit: int | None = None
                     f" - {MONGO_MONITOR_PER_SERVER})" if fit >= 1 else
                     f"no pool fits; the budget must be at least "
                     f"{nproc * mongo_connections_per_process(1, mongo_servers)}")
-            lead = (f"{plural(imax, 'instance')} (instances.max) x {plural(w, 'worker')}" if not typed
+            lead = (f"{plural(imax, 'instance')} (instances.max{' + spares' if k else ''}) x {plural(w, 'worker')}"
+                    if not typed
                     else f"{counted} processes")
             problems.append(
                 f"{where('mongodb.connection_budget')}: {lead} x ({pool} pool + {MONGO_MONITOR_PER_SERVER} "

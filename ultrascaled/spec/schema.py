@@ -60,6 +60,12 @@ class InstancesSection:
     base_port: int = setting(8001, "Port of instance 0; instance i listens on base_port + i.",
                              min=1024, max=65535)
     host: str = setting("127.0.0.1", "Address the instances bind.")
+    spares: int = setting(0, "Warm spares: masters of the current release booted ahead on ports just "
+                          "past the range (base_port + max + j), never in nginx's upstream and not "
+                          "counted as capacity, but counted in every budget. A crash, a failed "
+                          "health check, a memory replacement or a scale-up hands the port's socket "
+                          "to a ready spare at once (docs/spares.md). Needs gunicorn.worker_class "
+                          "sync or gthread.", min=0, max=16)
 
 
 @dataclass(frozen=True)

@@ -454,6 +454,8 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
     if instance_ports and ok("api.port") and spec.api.port in ports:
         errors.append(f"{where('api.port')}: {spec.api.port} is inside the instance ports "
                       f"{inst.base_port}..{last}")
+    if instance_ports and ok("instances.spares") and inst.spares:
+        errors += spare_errors(spec, where, ok)
     ng = spec.nginx
     nginx_ports = [] if ng.mode == "off" or not ok("nginx.mode") else (
         [("nginx.listen", ng.listen)] + ([("nginx.tls_listen", ng.tls_listen)] if ng.tls_enabled else []))
@@ -730,3 +732,30 @@ def plan_urls_errors(urls: list[str], where: str) -> list[str]:
     return [f"{where}: each must be a path starting with / (no scheme or host: the load goes to "
             f"one instance on a loopback port) and hold no spaces or control characters, got "
             f"{show_value(u)}" for u in urls if not _HTTP_PATH.match(u)]
+
+
+SPARE_WORKER_CLASSES = ("sync", "gthread")   # ultrascaled/shims/ultrascale_spare.py takes a socket in these
+
+
+def spare_errors(spec, where, ok) -> list[str]:
+    """instances.spares: the spares' ports (base_port + max .. + spares - 1, just past the range
+    nginx lists) must exist and be free of the API's and nginx's; their workers must be able to
+    take a serving port's socket (docs/spares.md)."""
+    inst, errors = spec.instances, []
+    first, last = inst.base_port + inst.max, inst.base_port + inst.max + inst.spares - 1
+    if last > 65535:
+        errors.append(f"{where('instances.spares')}: the spares' ports {first}..{last} (base_port + max + j) "
+                      "are past 65535")
+    taken = [("api.port", spec.api.port)]
+    if spec.nginx.mode != "off":
+        taken.append(("nginx.listen", spec.nginx.listen))
+        if spec.nginx.tls_enabled:
+            taken.append(("nginx.tls_listen", spec.nginx.tls_listen))
+    for key, port in taken:
+        if ok(key) and first <= port <= last:
+            errors.append(f"{where('instances.spares')}: the spares' ports {first}..{last} hold {key} ({port})")
+    if ok("gunicorn.worker_class") and spec.gunicorn.worker_class not in SPARE_WORKER_CLASSES:
+        errors.append(f"{where('instances.spares')}: spares need gunicorn.worker_class "
+                      f"{' or '.join(SPARE_WORKER_CLASSES)} (a spare's workers take over a serving port's "
+                      f"socket), got {spec.gunicorn.worker_class}")
+    return errors

@@ -211,10 +211,11 @@ class Supervisor:
             return None
         avg = sum(sizes) / len(sizes)
         workers = self.workers.measured_memory()   # the worker types' trees share the budget
-        need = avg * n + workers
+        k = self.spec.instances.spares   # a spare holds as much as an instance
+        need = avg * (n + k) + workers
         if need > budget:
             beside = f" + {workers / MB:.0f} MiB measured of the worker types" if workers else ""
-            return (f"{n} instances x {avg / MB:.0f} MiB measured average{beside} = {need / MB:.0f} "
+            return (f"{n} instances{f' + {k} spares' if k else ''} x {avg / MB:.0f} MiB measured average{beside} = {need / MB:.0f} "
                     f"MiB exceeds memory.fleet_budget_mb {self.spec.memory.fleet_budget_mb} MiB")
         return None
 

@@ -159,7 +159,22 @@ def render_status(fleet: dict) -> str:
         head += f"\nupstream update FAILED: {up.get('error')}"
     notes = [f"  {i['port']}: {i['reason']}" for i in fleet["instances"]
              if i["state"] in ("backoff", "fatal") and i.get("reason")]
-    return "\n".join([head, *lines] + (["reasons:", *notes] if notes else []))
+    return "\n".join([head, *lines] + render_spares(fleet.get("spares") or [])
+                      + (["reasons:", *notes] if notes else []))
+
+
+def render_spares(spares: list[dict]) -> list[str]:
+    """Warm spares, apart from the serving instances (docs/spares.md): never in the upstream."""
+    if not spares:
+        return []
+    rows = [("SPARE", "PID", "STATE", "READY", "RELEASE", "NOTE")]
+    for s in spares:
+        rows.append((str(s["port"]), str(s.get("pid") or "-"), s["state"], "yes" if s.get("ready") else "no",
+                     s.get("release") or "app.directory", s.get("reason") or ""))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    ready = sum(1 for s in spares if s.get("ready"))
+    return [f"spares: {ready}/{len(spares)} ready (not capacity; a takeover hands one a serving port)",
+            *("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)]
 
 
 def wait_until(api: Api, done, timeout: float, show, failed=None, *, fatal_fails: bool = True,

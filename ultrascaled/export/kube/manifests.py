@@ -68,7 +68,7 @@ def app_environment(spec: "Spec", mongo_servers: int = 1) -> dict[str, str]:
     pod still needs (the MongoDB pool sizes, the fleet name, the metrics folder)."""
     env = dict(sorted(spec.app.env.items()))
     env.update({
-        "MONGO_MAX_POOL_SIZE": str(max(mongo_pool_that_fits(spec, mongo_servers), 1)),
+        "MONGO_MAX_POOL_SIZE": str(max(mongo_pool_that_fits(spec, mongo_servers, spares=False), 1)),
         "MONGO_MIN_POOL_SIZE": str(spec.mongodb.min_pool_size),
         "MONGO_MAX_CONNECTING": str(spec.mongodb.max_connecting),
         "ULTRASCALE_FLEET": spec.name,

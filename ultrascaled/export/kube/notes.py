@@ -31,7 +31,7 @@ def budgets(spec: "Spec", opts: Options) -> tuple[list[str], list[str]]:
     imax, w, servers = spec.instances.max, spec.workers, opts.mongo_servers
     # maxPoolSize per process that keeps instances.max pods within mongodb.connection_budget
     # when each client connects to `servers` servers (a replica set's members)
-    pool = mongo_pool_that_fits(spec, servers)
+    pool = mongo_pool_that_fits(spec, servers, spares=False)
     per = mongo_connections_per_process(max(pool, 0), servers)
     limit, budget = spec.memory.worker_limit_mb, spec.memory.fleet_budget_mb
     mem = imax * memory_limit_mib(spec)

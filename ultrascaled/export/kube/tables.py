@@ -132,6 +132,8 @@ NOT_CARRIED: dict[str, str] = {
     "app.directory": "the image's working directory is the app's folder; build the image so",
     "app.python": "the image's `python` runs gunicorn",
     "instances.host": "gunicorn binds 0.0.0.0 in the pod; the pod's IP is its address",
+    "instances.spares": "no warm pod takes over a port: a Deployment's extra replicas serve; "
+                        "readiness gates the Service instead (docs/spares.md)",
     "gunicorn.concurrency": "no gunicorn option: the export's open-files check per worker "
                             "counts with it, as the daemon's budgets do",
     "health.probe_interval": "Kubernetes probes at most once a second (startupProbe period 1 s)",

@@ -222,6 +222,12 @@
         f.gunicorn.worker_class + " per instance." : "") + " Upstream: " +
       ((f.upstream.servers || []).join(", ") || "empty") +
       (f.upstream.ok === false ? " (last update FAILED: " + f.upstream.error + ")" : "");
+    // warm spares (docs/spares.md): apart from the instances, never capacity nor in the upstream
+    const sp = f.spares || [];
+    $("spares").hidden = !sp.length;
+    $("spares").textContent = sp.length ? "Warm spares (not capacity, never in the upstream): " + sp.map((s) =>
+      s.port + " " + (s.pid === null ? "-" : "pid " + s.pid) + " " + s.state +
+      (s.reason ? " (" + s.reason + ")" : "")).join("; ") + "." : "";
     const n = $("scale-n");
     n.min = String(f.min); n.max = String(f.max);
     if (document.activeElement !== n && !n.dataset.touched) n.value = String(f.desired);
