@@ -316,3 +316,21 @@ async def test_worker_logs_are_written_through_a_rotating_pipe(tmp_path):
     assert h.runner.rotations[str(tmp_path / "logs" / "worker-0.log")] == (50 * 1024 * 1024, 5)
     web = [r for path, r in h.runner.rotations.items() if "instance-" in path]
     assert web and all(r is None for r in web)              # gunicorn reopens its own on SIGUSR1
+
+
+@component
+async def test_a_wall_clock_that_goes_back_neither_runs_a_job_twice_nor_stalls_it(tmp_path):
+    h = await up(tmp_path, job(every="10s"))
+    await h.advance(10.0)
+    await finish(h, 0)
+    assert started(h) == [1]
+    wall = h.clock.wall
+    h.clock.wall = lambda: wall() - 5.0                     # back by less than the period
+    await h.advance(10.0)                                   # the due time that ran is not run again
+    assert started(h) == [1] and h.events_named("job.clock_back") == []
+    await h.advance(5.0)
+    await finish(h, 0)
+    assert started(h) == [1, 2]
+    h.clock.wall = lambda: wall() - 3600.0                  # back by an hour: from now, not in an hour
+    await h.advance(10.0)
+    assert h.events_named("job.clock_back") and started(h) == [1, 2, 3]

@@ -236,6 +236,7 @@ class JobsLoop:
                 continue
             if name not in self.last_due:
                 self._follow(name, wall)
+            self._clock_back(name, policy, wall)
             due = policy.next_due(self.last_due[name])
             if due <= wall:
                 n, latest = jp.missed(policy, self.last_due[name], wall)
@@ -287,6 +288,16 @@ class JobsLoop:
         task = asyncio.get_running_loop().create_task(check(), name=f"jobs-requires-{name}")
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
+
+    def _clock_back(self, name: str, policy: jp.JobPolicy, wall: float) -> None:
+        """The wall clock went back (an NTP step, a restored VM): by less than the job's period,
+        its next run stays where it was (nothing runs twice); by more, the schedule starts again
+        from now, instead of waiting for the clock to come back to the last due time."""
+        last = self.last_due[name]
+        if last - wall > max(1.0, policy.next_due(last) - last):
+            self.events.emit("job.clock_back", level="warning", process=name, by=round(last - wall, 3),
+                             note="the wall clock went back past the last due time: scheduling from now")
+            self.last_due[name] = wall
 
     def _due(self, name: str, policy: jp.JobPolicy, due: float | None, why: str) -> None:
         live = self.live.get(name, {})
