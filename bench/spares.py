@@ -8,6 +8,8 @@ under 200 users of the load tester through nginx, from 127.0.0.1, bounded in tim
   scale 2 -> 4               `ultrascalectl scale 4`: the time until both new ports serve (their
                              RUNNING events, against the command's start)
   memory of one spare        the RSS of a ready spare's master and workers (psutil)
+  autoscaling step           the autoscaler (CPU target 5 %, 2..3 instances) under the same load:
+                             from its decision to the added port serving, and from the load's start
 
     scripts/bench-spares [--boot 3] [--write docs/benchmarks.md]
 """
@@ -33,8 +35,8 @@ BEGIN = "<!-- bench-spares:begin -->"
 END = "<!-- bench-spares:end -->"
 
 
-def daemon(tmp: Path, spares: int, boot: float, workers: int) -> Daemon:
-    d = Daemon(tmp, {"instances": {"count": 2, "spares": spares},
+def daemon(tmp: Path, spares: int, boot: float, workers: int, autoscale: dict | None = None) -> Daemon:
+    d = Daemon(tmp, {"instances": {"count": 2, "spares": spares}, **({"autoscale": autoscale} if autoscale else {}),
                      "gunicorn": {"worker_class": "sync", "workers": workers},
                      "app": {"env": {"ULTRASCALE_BOOT_DELAY": str(boot)}},
                      "health": {"start_timeout": 30}})
@@ -108,6 +110,34 @@ def scale_up(d: Daemon, boot: float) -> dict:
             "command_ms": (max(times.values()) - t0) * 1000 if len(times) == 2 else None, "failed": r.failed}
 
 
+def autoscale_step(d: Daemon, boot: float) -> dict:
+    """The load step on a fleet whose autoscaler may add one instance (2 -> 3): the time from
+    its decision (the `fleet.scale` event it causes) to the new port serving, and from the load's
+    start."""
+    seq = max((e["seq"] for e in d.api("GET", "/events")[1]["events"]), default=0)
+    t0 = time.time()
+    load = load_on(d)
+    try:
+        d.wait_until(lambda f: f["ready"] == 3, timeout=boot + 60, what="the autoscaler's third instance serving")
+        decided = serving = None
+        for e in d.api("GET", "/events?limit=10000")[1]["events"]:
+            if e["seq"] <= seq:
+                continue
+            if e["event"] == "fleet.scale" and e.get("source") == "autoscale" and decided is None:
+                decided = e["time"]
+            if decided is not None and serving is None and e.get("port") == d.base_port + 2 and (
+                    e["event"] == "instance.takeover" or e["event"] == "instance.state" and e.get("new") == "running"):
+                serving = e["time"]
+        time.sleep(0.5)
+    finally:
+        r = load.stop()
+    return {"after_decision_ms": None if None in (decided, serving) else (serving - decided) * 1000,
+            "after_load_ms": None if serving is None else (serving - t0) * 1000, "failed": r.failed}
+
+
+AUTOSCALE = {"enabled": True, "min_replicas": 2, "max_replicas": 3, "target": {"cpu_utilization": 5.0}}
+
+
 def spare_rss(d: Daemon) -> int:
     pid = d.fleet()["spares"][0]["pid"]
     p = psutil.Process(pid)
@@ -125,14 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows, t_begin = {}, time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-spares-") as tmp:
-        for k, what in ((0, ("kill", "scale")), (1, ("kill", "rss")), (2, ("scale",))):
-            sub = Path(tmp) / f"k{k}"
+        for k, what in ((0, ("kill", "scale")), (1, ("kill", "rss")), (2, ("scale",)),
+                        (0, ("autoscale",)), (1, ("autoscale",))):
+            sub = Path(tmp) / f"k{k}-{'-'.join(what)}"
             sub.mkdir()
-            d = daemon(sub, k, args.boot, args.workers)
+            d = daemon(sub, k, args.boot, args.workers, AUTOSCALE if "autoscale" in what else None)
             try:
                 if "kill" in what:
                     rows[("kill", k)] = kill_9(d, args.boot)
                     print(f"spares {k}: kill -9 -> {rows[('kill', k)]}", file=sys.stderr)
+                if "autoscale" in what:
+                    rows[("autoscale", k)] = autoscale_step(d, args.boot)
+                    print(f"spares {k}: autoscale step -> {rows[('autoscale', k)]}", file=sys.stderr)
                 if "rss" in what:
                     rows[("rss", k)] = spare_rss(d)
                 if "scale" in what:
@@ -149,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     k0, k1 = rows[("kill", 0)], rows[("kill", 1)]
     s0, s2 = rows[("scale", 0)], rows[("scale", 2)]
+    a0, a1 = rows[("autoscale", 0)], rows[("autoscale", 1)]
     md = "\n".join([
         BEGIN,
         f"## Warm spares (`scripts/bench-spares --write docs/benchmarks.md`, {started})",
@@ -158,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         f"127.0.0.1; one run, {wall:.0f} s. Machine: {machine}. Capacity back: from the kill to the event "
         "that the port serves again (`instance.takeover`, or the new master's RUNNING); scale: from "
         "the `fleet.scale` event (the API took the count) to the second new port's RUNNING event, and "
-        "in brackets from the start of the `ultrascalectl scale 4` process (docs/spares.md).",
+        "in brackets from the start of the `ultrascalectl scale 4` process (docs/spares.md). Autoscaling: "
+        "from the autoscaler's decision (the `fleet.scale` event it causes) to the added port serving; "
+        "from the load's start the time includes the autoscaler's hold while the host's CPU is over "
+        "`autoscale.host_cpu_saturation_percent` (2 cores shared with the load tester).",
         "",
         "| figure | spares: 0 | with spares | goal |",
         "|---|---|---|---|",
@@ -171,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| `scale 2->4` -> both new instances serving | {ms(s0['serving_ms'])} ({ms(s0['command_ms'])}) | "
         f"{ms(s2['serving_ms'])} ({ms(s2['command_ms'])}) (spares: 2) | <= 100 ms |",
         f"| failed requests through the scale | {s0['failed']} | {s2['failed']} | 0 |",
+        f"| autoscaling 2 -> 3 on a load step: the decision -> the added instance serving (from the load's start) "
+        f"| {ms(a0['after_decision_ms'])} ({ms(a0['after_load_ms'])}) | {ms(a1['after_decision_ms'])} "
+        f"({ms(a1['after_load_ms'])}) (spares: 1) | <= 0.5 s after the decision |",
         f"| memory of one spare (RSS, master + {args.workers} workers, ready) | - | "
         f"{rows[('rss', 1)] / 2**20:.0f} MiB | reported |",
         "",
