@@ -17,8 +17,6 @@ beside both, as a loaded host would.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.util import REPO, Tracker, write_section
+from bench.util import REPO, Tracker, machine_line, write_section
 from support.harness import Daemon
 
 BEGIN, END = "<!-- job-drift:begin -->", "<!-- job-drift:end -->"
@@ -88,12 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 10 <= args.runs <= 1000:
         p.error("--runs must be 10..1000")
-    load = os.getloadavg()
     command = "scripts/bench-jobs " + " ".join(argv if argv is not None else sys.argv[1:])
-    head = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores, "
-            f"Linux {platform.release()}, Python {platform.python_version()}, load average before: "
-            f"{load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}{', a busy loop on one core beside it' if args.hog else ''}. "
-            f"Command: `{command}`.")
+    head = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine_line()}"
+            f"{', a busy loop on one core beside it' if args.hog else ''}. Command: `{command.strip()}`.")
     tracker = Tracker()
     hog = tracker.spawn([sys.executable, "-c", "while True: pass"]) if args.hog else None
     try:

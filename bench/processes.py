@@ -15,8 +15,6 @@ twice shows in the counts. Only 127.0.0.1, bounded in time.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import threading
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.util import REPO, Tracker, log, write_section
+from bench.util import REPO, Tracker, log, machine_line, write_section
 from support.harness import Daemon, free_port_block
 from support.redis_servers import Node, command
 
@@ -145,12 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 5 <= args.seconds <= 300:
         p.error("--seconds must be 5..300")
-    load = os.getloadavg()
     command_line = "scripts/bench-processes " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [BEGIN, f"## Process types: jobs through a deploy, the daemon's idle cost (`{command_line.strip()}`)", "",
-             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores, "
-             f"Linux {platform.release()}, Python {platform.python_version()}, load average before: "
-             f"{load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}. Command: `{command_line.strip()}`.", ""]
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine_line()}. "
+             f"Command: `{command_line.strip()}`.", ""]
     tracker = Tracker()
     try:
         with tempfile.TemporaryDirectory(prefix="ultrascale-bench-processes-") as tmp:

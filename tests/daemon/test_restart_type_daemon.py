@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from test_workers_daemon import LOOP, notes, pid_of, processes, running, started, wait_processes  # noqa: F401
+from support.process_types import pid_of, processes, running, wait_processes
+from test_workers_daemon import LOOP, notes, started  # noqa: F401 (started is a fixture)
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from support.harness import free_port_block
-from test_workers_daemon import processes, wait_processes
+from support.process_types import processes, wait_processes
 
 pytestmark = pytest.mark.integration
 

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from support.harness import free_port_block, http_get
+from support.process_types import marked, pids, processes, running, wait_processes  # noqa: F401
 from support.needs import module, redis_tools
 from support.redis_servers import Node, _server_args, command
 
@@ -57,26 +58,6 @@ def doc_spec(filename: str, redis_url: str) -> dict:
     return yaml.safe_load(text.replace(DOC_REDIS, redis_url))
 
 
-def marked(fleet: str) -> set[int]:
-    """Live processes whose environment says they belong to this fleet's process types
-    (ULTRASCALE_PROCESS=<fleet>/...): the workers, and what they forked (RQ's work-horses, which
-    move to a process group of their own, Celery's pool)."""
-    prefix = f"ULTRASCALE_PROCESS={fleet}/".encode()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                    continue
-        except OSError:
-            continue
-        if any(v.startswith(prefix) for v in env.split(b"\0")):
-            found.add(int(entry))
-    return found
 
 
 @pytest.fixture
@@ -125,31 +106,12 @@ def fleet_from_doc(make_daemon, tmp_path: Path, spec: dict, app_dir: Path, names
     return d
 
 
-def processes(d) -> dict:
-    status, body = d.api("GET", "/processes")
-    assert status == 200, body
-    return body
 
 
-def wait_processes(d, cond, timeout=30, what="processes"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = processes(d)
-        if cond(last):
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last /processes: {last}\n{d.log_tail()}")
 
 
-def running(body, name, n) -> bool:
-    t = body.get(name)
-    return t is not None and len(t["instances"]) == n and t["ready"] == n and \
-        all(i["state"] == "running" for i in t["instances"])
 
 
-def pids(body, name) -> dict[int, int]:
-    return {i["index"]: i["pid"] for i in body[name]["instances"]}
 
 
 def post(port: int, path: str, fields: dict) -> int:
@@ -210,7 +172,7 @@ def test_flask_rq_a_stream_of_jobs_survives_kill_9_of_an_rq_worker(make_daemon, 
     spec = doc_spec("rq-fleet.yaml", url)
     assert spec["processes"]["worker"] == {"command": ["rq", "worker", "--url", url, "default"], "count": 2}
     d = fleet_from_doc(make_daemon, tmp_path, spec, app_dir, fleet_names).start()
-    body = wait_processes(d, lambda b: running(b, "worker", 2), what="2 RQ workers running")
+    body = wait_processes(d, lambda b: running(b, "worker", 2), what="2 RQ workers running", timeout=30)
     before = pids(body, "worker")
     web = d.fleet()["instances"][0]["port"]
     assert http_get(web, "/")[0] == 200
@@ -234,7 +196,7 @@ def test_flask_rq_a_stream_of_jobs_survives_kill_9_of_an_rq_worker(make_daemon, 
     killed_at = time.monotonic()
     shipped_at_kill = redis_int(redis_port, "SCARD", "shipped")
     body = wait_processes(d, lambda b: running(b, "worker", 2) and pids(b, "worker")[0] != before[0],
-                          what="the killed RQ worker replaced")
+                          what="the killed RQ worker replaced", timeout=30)
     replaced_in = time.monotonic() - killed_at
     assert pids(body, "worker")[1] == before[1], "the other worker was left alone"
     assert body["worker"]["instances"][0]["restarts"] == 1
@@ -327,7 +289,7 @@ def test_django_celery_tasks_survive_kill_9_of_the_worker_and_the_job_runs_every
         "tick": {"kind": "job", "every": "2s", "command": ["python", "manage.py", "tick"]}}
     d = fleet_from_doc(make_daemon, tmp_path, spec, app_dir, fleet_names).start()
     started = time.monotonic()
-    body = wait_processes(d, lambda b: running(b, "celery", 1), what="the Celery worker running")
+    body = wait_processes(d, lambda b: running(b, "celery", 1), what="the Celery worker running", timeout=30)
     main = pids(body, "celery")[0]
     web = d.fleet()["instances"][0]["port"]
     assert http_get(web, "/health")[0] == 200
@@ -351,7 +313,7 @@ def test_django_celery_tasks_survive_kill_9_of_the_worker_and_the_job_runs_every
     shipped_at_kill = redis_int(redis_port, "SCARD", "shipped")
     unacked_after = unacked_orders(redis_port)   # the killed worker's, before a new one takes any
     body = wait_processes(d, lambda b: running(b, "celery", 1) and pids(b, "celery")[0] != main,
-                          what="the killed Celery worker replaced")
+                          what="the killed Celery worker replaced", timeout=30)
     replaced_in = time.monotonic() - killed_at
     assert body["celery"]["instances"][0]["restarts"] == 1
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE

@@ -141,6 +141,13 @@ async def scale(request: web.Request) -> web.Response:
 PROCESS_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+def name_param(request: web.Request, what: str = "a process type name") -> str:
+    name = request.match_info["name"]
+    if not PROCESS_NAME_RE.fullmatch(name):
+        raise ApiError(Code.bad_request, f"{what} is 1-64 letters, digits, - and _, got {name[:40]!r}")
+    return name
+
+
 @routes.get("/processes")
 async def processes(request: web.Request) -> web.Response:
     return web.json_response(fleet_of(request).processes())
@@ -148,10 +155,7 @@ async def processes(request: web.Request) -> web.Response:
 
 @routes.post("/processes/{name}/scale")
 async def scale_process(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    if not PROCESS_NAME_RE.fullmatch(name):
-        raise ApiError(Code.bad_request, f"a process type name is 1-64 letters, digits, - and _, "
-                       f"got {name[:40]!r}")
+    name = name_param(request)
     data = await json_body(request, ("instances",))
     n = data.get("instances")
     if isinstance(n, bool) or not isinstance(n, int):
@@ -166,10 +170,7 @@ async def scale_process(request: web.Request) -> web.Response:
 @routes.post("/processes/{name}/restart")
 async def restart_process(request: web.Request) -> web.Response:
     await json_body(request, ())
-    name = request.match_info["name"]
-    if not PROCESS_NAME_RE.fullmatch(name):
-        raise ApiError(Code.bad_request, f"a process type name is 1-64 letters, digits, - and _, "
-                       f"got {name[:40]!r}")
+    name = name_param(request)
     try:
         answer = fleet_of(request).restart_process(name)
     except ScaleRefused as exc:
@@ -178,10 +179,7 @@ async def restart_process(request: web.Request) -> web.Response:
 
 
 def job_param(request: web.Request) -> str:
-    name = request.match_info["name"]
-    if not PROCESS_NAME_RE.fullmatch(name):
-        raise ApiError(Code.bad_request, f"a job name is 1-64 letters, digits, - and _, got {name[:40]!r}")
-    return name
+    return name_param(request, "a job name")
 
 
 @routes.get("/jobs")
