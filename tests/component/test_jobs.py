@@ -109,6 +109,12 @@ async def test_replace_stops_the_run_going_then_starts_the_new_one(tmp_path):
     (second,) = runs_alive(h)
     assert second.label == "comp/tick/2"
     assert h.sup.job_runs("tick")[-1]["outcome"] == "replaced"
+    h.runner.deaf_labels.add(second.label)
+    assert h.sup.run_job("tick")["action"] == "replace"     # run now under replace: the same way
+    await h.settle()
+    h.runner.exit_proc(second, -15)
+    await h.settle()
+    assert [e["why"] for e in h.events_named("job.started")][-1] == "operator"
 
 
 @component

@@ -302,9 +302,9 @@ class JobsLoop:
     def _due(self, name: str, policy: jp.JobPolicy, due: float | None, why: str) -> None:
         live = self.live.get(name, {})
         elsewhere = policy.singleton and not live and self.locks.held(self.lock_path(name))
-        if why == "replace_waiting":   # a replaced run was stopped: start the new one once it is gone
+        if why.startswith("replace_waiting:"):   # a replaced run was stopped: start the new one once it is gone
             if not live and not elsewhere:
-                self._start(name, policy, due, "schedule")
+                self._start(name, policy, due, why.split(":", 1)[1])
             else:
                 self.requested[name] = why
             return
@@ -314,7 +314,7 @@ class JobsLoop:
         elif action == "replace":
             for r in list(live.values()):
                 self._stop(r, policy, "replaced", reason)
-            self.requested[name] = "replace_waiting"
+            self.requested[name] = f"replace_waiting:{why}"
         else:
             self.events.emit("job.skipped", level="warning", process=name, due=due, why=why, reason=reason)
             self._save()
