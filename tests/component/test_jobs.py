@@ -340,3 +340,15 @@ async def test_a_wall_clock_that_goes_back_neither_runs_a_job_twice_nor_stalls_i
     h.clock.wall = lambda: wall() - 3600.0                  # back by an hour: from now, not in an hour
     await h.advance(10.0)
     assert h.events_named("job.clock_back") and started(h) == [1, 2, 3]
+
+
+@component
+async def test_a_history_that_cannot_be_written_is_said_and_the_run_still_goes_singly(tmp_path):
+    h = await up(tmp_path)
+    state = tmp_path / "state" / "jobs.json"
+    state.unlink()
+    state.mkdir()                                           # what a full disk or a bad folder does to the write
+    await h.advance(2.0)
+    assert started(h) == [1] and h.events_named("state.write_failed")
+    await h.advance(2.0)                                    # the lock still keeps it single
+    assert started(h) == [1] and len(runs_alive(h)) == 1
