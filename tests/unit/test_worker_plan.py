@@ -183,13 +183,19 @@ def test_check_finds_a_worker_types_missing_program_and_folder(tmp_path):
                       "  ok: {command: [python, w.py]}\n"
                       "  script: {command: [./run.sh], max: 1}\n"
                       "  gone: {command: [no-such-program-here], directory: nowhere, max: 1}\n"
-                      "  lost: {command: [./missing.sh], max: 1}\n", base_dir=tmp_path)
+                      "  lost: {command: [./missing.sh], max: 1}\n"
+                      "  probed: {command: [python, w.py], ready: {command: [no-such-check, ping]}}\n"
+                      "  job: {kind: job, command: [no-such-job], every: 1m}\n", base_dir=tmp_path)
     spec = spec.__class__(**{**spec.__dict__, "app": spec.app.__class__(directory=str(tmp_path))})
     assert process_problems(spec) == [
         f"processes.gone.directory: {tmp_path / 'nowhere'} does not exist",
         "processes.gone.command: 'no-such-program-here' is not an executable file on the PATH it "
         "starts with (app.python's folder, then the daemon's PATH)",
-        "processes.lost.command: './missing.sh' is not an executable file"]
+        "processes.job.command: 'no-such-job' is not an executable file on the PATH it starts with "
+        "(app.python's folder, then the daemon's PATH)",
+        "processes.lost.command: './missing.sh' is not an executable file",
+        "processes.probed.ready.command: 'no-such-check' is not an executable file on the PATH it "
+        "starts with (app.python's folder, then the daemon's PATH)"]
 
 
 # ---- adoption across a daemon restart ------------------------------------------------------------
