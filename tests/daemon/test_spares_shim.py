@@ -1,5 +1,5 @@
-"""The spare's worker shim (ultrascaled/shims/ultrascale_spare.py) on real gunicorn, sync and
-gthread: a socket handed over the takeover channel is served by the running workers at once (a
+"""The spare's worker shim (ultrascaled/shims/ultrascale_spare.py) on real gunicorn, sync,
+gthread and gevent: a socket handed over the takeover channel is served by the running workers at once (a
 connection queued on it before the hand-over included), and by a worker the master forks later."""
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def get(port: int) -> int:
         return int(r.read())
 
 
-@pytest.mark.parametrize("worker_class", ["ultrascale_spare.SyncWorker", "ultrascale_spare.ThreadWorker"])
+@pytest.mark.parametrize("worker_class", ["ultrascale_spare.SyncWorker", "ultrascale_spare.ThreadWorker",
+                                          "ultrascale_spare.GeventWorker"])
 def test_a_handed_socket_is_served_at_once_and_by_a_worker_forked_later(tmp_path, worker_class):
     (tmp_path / "tinyapp.py").write_text(APP)
     serving = procs.listen("127.0.0.1", 0)

@@ -24,7 +24,8 @@ def imported_top_names(path: Path) -> set[str]:
 # Optional packages one daemon module may import lazily, inside a function and never at its top:
 # effects/queue_depth.py reads a worker type's queue with redis-py only for a spec that autoscales
 # on one, and spec validation (spec/queue.py) refuses such a spec when redis-py is missing.
-LAZY_OPTIONAL = {"ultrascaled/effects/queue_depth.py": {"redis"}}
+LAZY_OPTIONAL = {"ultrascaled/effects/queue_depth.py": {"redis"},
+                 "ultrascaled/shims/ultrascale_spare.py": {"gevent"}}   # a gevent spare's, in the app's Python
 
 
 def module_level_names(path: Path) -> set[str]:

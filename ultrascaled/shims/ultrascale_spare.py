@@ -1,12 +1,15 @@
-"""gunicorn's sync and gthread workers, for a warm spare: they can be handed a serving port's
+"""gunicorn's sync, gthread and gevent workers, for a warm spare: they can be handed a serving port's
 listening socket while they run (docs/spares.md).
 
-The daemon starts a spare with `--worker-class ultrascale_spare.SyncWorker` (or `ThreadWorker`)
+The daemon starts a spare with `--worker-class ultrascale_spare.SyncWorker` (`ThreadWorker`,
+`GeventWorker`)
 and `ULTRASCALE_TAKEOVER_FD`, one end of a datagram socketpair it keeps the other end of. At a
 takeover it sends the port's socket (SCM_RIGHTS) in several datagrams; the master and each worker
 take one each, on a thread that waits for it from the start:
 - a worker adds the socket to what it accepts on, at once (the sync worker's select is woken by
-  its pipe; the gthread worker registers it through its method queue, on its main thread);
+  its pipe; the gthread worker registers it through its method queue, on its main thread; the
+  gevent worker, reading the channel in a greenlet, starts a server of its own for it, closed
+  and drained like run()'s at the worker's stop);
 - the master appends it to its LISTENERS, so that a worker it forks later (max_requests, the
   memory watchdog) accepts on it too. Such a worker inherits the socket, and closes the copy a
   leftover datagram brings.
@@ -124,3 +127,68 @@ class ThreadWorker(_TakesOver, gthread.ThreadWorker):
                 import selectors
                 self.poller.register(lst, selectors.EVENT_READ, self.accept)
         self.method_queue.defer(add)
+
+
+def _gevent_worker():
+    """GeventWorker, made on first use: gevent is imported only by a spare that runs it (sync and
+    gthread spares need no gevent in the app's interpreter)."""
+    import ultrascale_gevent   # beside this file, on the instances' PYTHONPATH
+
+    class GeventWorker(_TakesOver, ultrascale_gevent.GeventWorker):
+        """The orphan-safe gevent worker (ultrascale_gevent.py) with a takeover: the channel is read
+        by a greenlet once gevent has patched the process, and a handed socket gets a StreamServer
+        of its own beside run()'s servers (built as run() builds them), which stops accepting when
+        the worker stops and has its requests finished within --graceful-timeout as run()'s have."""
+
+        def init_process(self):
+            super(_TakesOver, self).init_process()   # no OS thread here: gevent patches in there
+
+        def run(self):
+            import gevent
+            self._extra = []
+            chan = _channel()
+            if chan is not None:
+                gevent.spawn(self._worker_thread, chan)
+            try:
+                super().run()
+            finally:
+                self._drain_extra()
+
+        def notify(self):
+            super().notify()
+            if not self.alive:
+                for server in getattr(self, "_extra", ()):
+                    server.close()   # stop accepting with run()'s servers
+
+        def _add_listener(self, lst):
+            from functools import partial
+
+            from gevent.pool import Pool
+            from gevent.server import StreamServer
+            lst.setblocking(1)
+            server = StreamServer(lst, handle=partial(self.handle, lst), spawn=Pool(self.worker_connections))
+            if self.cfg.workers > 1:
+                server.max_accept = 1
+            server.start()
+            self.sockets.append(lst)
+            self._extra.append(server)
+
+        def _drain_extra(self):
+            import gevent
+            extra = getattr(self, "_extra", ())
+            for server in extra:
+                server.close()
+            deadline = time.time() + self.cfg.graceful_timeout
+            while time.time() < deadline and any(s.pool.free_count() != s.pool.size for s in extra):
+                gevent.sleep(0.1)
+            for server in extra:
+                server.stop(timeout=1)
+
+    return GeventWorker
+
+
+def __getattr__(name):   # gunicorn loads `ultrascale_spare.GeventWorker` with getattr
+    if name == "GeventWorker":
+        cls = globals()["GeventWorker"] = _gevent_worker()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -65,7 +65,7 @@ class InstancesSection:
                           "counted as capacity, but counted in every budget. A crash, a failed "
                           "health check, a memory replacement or a scale-up hands the port's socket "
                           "to a ready spare at once (docs/spares.md). Needs gunicorn.worker_class "
-                          "sync or gthread.", min=0, max=16)
+                          "sync, gthread or gevent.", min=0, max=16)
 
 
 @dataclass(frozen=True)

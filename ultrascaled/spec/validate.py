@@ -734,7 +734,7 @@ def plan_urls_errors(urls: list[str], where: str) -> list[str]:
             f"{show_value(u)}" for u in urls if not _HTTP_PATH.match(u)]
 
 
-SPARE_WORKER_CLASSES = ("sync", "gthread")   # ultrascaled/shims/ultrascale_spare.py takes a socket in these
+SPARE_WORKER_CLASSES = ("sync", "gthread", "gevent")   # ultrascaled/shims/ultrascale_spare.py takes a socket in these
 
 
 def spare_errors(spec, where, ok) -> list[str]:

@@ -32,7 +32,8 @@ from ultrascaled.core.states import State
 
 S = State
 SPARES_MAX = 16        # instances.spares' bound (spec/schema.py)
-SPARE_WORKER_CLASSES = {"sync": "ultrascale_spare.SyncWorker", "gthread": "ultrascale_spare.ThreadWorker"}
+SPARE_WORKER_CLASSES = {"sync": "ultrascale_spare.SyncWorker", "gthread": "ultrascale_spare.ThreadWorker",
+                        "gevent": "ultrascale_spare.GeventWorker"}
 
 
 @dataclass
