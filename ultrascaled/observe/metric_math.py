@@ -12,6 +12,7 @@ source (``history.MetricsTraffic``) and the autoscaler.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
@@ -65,10 +66,17 @@ def bucket_deltas(prev: Flat, cur: Flat, name: str = LATENCY_BUCKET,
     buckets: dict[float, float] = {} if into is None else into
     before = prev.get(name, {})
     for key, value in cur.get(name, {}).items():
-        le = float(dict(key).get("le", "inf"))
+        le = _le(key)
         old = before.get(key)
         buckets[le] = buckets.get(le, 0.0) + (value - old if old is not None and value >= old else value)
     return buckets
+
+
+@functools.lru_cache(maxsize=8192)
+def _le(key: frozenset) -> float:
+    """A bucket series' upper bound, parsed once per series (an idle daemon's alert evaluation
+    spent most of its time here: every series of every instance, at each evaluation)."""
+    return float(dict(key).get("le", "inf"))
 
 
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> Optional[float]:

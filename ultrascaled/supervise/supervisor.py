@@ -308,7 +308,8 @@ class Supervisor:
         self.guard.start("reconciler", rec.run, interval=rec.HEARTBEAT)
         self.guard.start("deployer", lambda: self.deployer.run(lambda: self.guard.beat("deployer")),
                          interval=10.0)
-        self.guard.start("sampler", self._sample_loop, interval=self.spec.memory.sample_interval)
+        self.guard.start("sampler", self._sample_loop,
+                         interval=max(self.spec.memory.sample_interval, self.spec.memory.relaxed_interval))
         self.workers.load()
         self.workers.adopt()   # what a killed daemon left running: no second set beside it
         self.jobs.load()       # and its job runs going (adopted there)
@@ -364,8 +365,10 @@ class Supervisor:
         return self.jobs.run_now(name)
 
     async def _sample_loop(self) -> None:
+        # The next round when it is due: memory.relaxed_interval while every process is far from
+        # its limit and the autoscaler is off, else memory.sample_interval (core.memwatch).
         while True:
-            await asyncio.sleep(self.spec.memory.sample_interval)
+            await asyncio.sleep(self.rec.sample_delay(autoscaling=self.autoscaler.enabled))
             self.rec.sample_all()
             self.guard.beat("sampler")
 

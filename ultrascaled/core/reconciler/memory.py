@@ -105,6 +105,25 @@ class MemoryWatch:
             inst.recycles[r.pid] = self.clock.now() + self.spec.gunicorn.graceful_timeout + 5
             self.events.emit("watchdog.recycled", level="warning", action="SIGTERM to worker", **fields)
 
+    def sample_delay(self, autoscaling: bool = False) -> float:
+        """Seconds until the next round of samples (core.memwatch.sample_delay): relaxed while
+        every running process was last seen far under its limit."""
+        mem = self.spec.memory
+        largest, unknown, pinned = 0, False, autoscaling or bool(self.streaks)
+        for inst in self.instances.values():
+            if inst.handle is None or inst.state is not S.RUNNING:
+                continue
+            if inst.master_mem is None:   # not sampled yet
+                unknown = True
+                continue
+            pinned = pinned or bool(inst.recycles)   # the plan watches which recycled workers live
+            for m in [inst.master_mem] + inst.workers:
+                largest = max(largest, _metric(m, mem.metric))
+        total = sum(i.rss for i in self.instances.values())
+        return memwatch.sample_delay(None if unknown else largest, mem.worker_limit_mb * MB, total,
+                                     mem.fleet_budget_mb * MB, base=mem.sample_interval,
+                                     relaxed=mem.relaxed_interval, below=mem.relaxed_below, pinned=pinned)
+
     def sample_all(self) -> None:
         """One round of memory samples (the sampler task calls this every sample_interval). On
         the loop: a round of /proc reads takes ~1 ms per instance, and a hop to a thread cost
