@@ -13,6 +13,7 @@ measurement: the suite, and each figure of docs/benchmarks.md by its own subcomm
     python -m bench deploy [--help]     restarts, deploys and bad releases (scripts/bench-deploy)
     python -m bench listeners [--help]  how a port changes hands at the socket level (scripts/bench-listeners)
     python -m bench plan [--help]       plan --measure against a real fleet at that size (scripts/bench-plan)
+    python -m bench idle [--help]       the daemon's idle cost from 4 to 64 instances (bench/idle.py)
     python -m bench.dashboard           the dashboard's memory and CPU (scripts/bench-dashboard)
     python -m bench.screenshots         the dashboard screenshots in docs/ (scripts/screenshots)
 """
@@ -94,7 +95,8 @@ def _on_term(signum, frame):
 # Measurements with their own options, run as `python -m bench NAME [options]`.
 SUBCOMMANDS = {"fleet": "bench.figures", "chaos": "bench.chaos", "accesslog": "bench.accesslog",
                "redis-failover": "bench.redis_failover", "autoscale": "bench.autoscale",
-               "deploy": "bench.deploys", "listeners": "bench.listeners", "plan": "bench.plan"}
+               "deploy": "bench.deploys", "listeners": "bench.listeners", "plan": "bench.plan",
+               "idle": "bench.idle"}
 
 
 def main(argv: list[str] | None = None) -> int:
