@@ -45,7 +45,10 @@ def delta(prev: Flat, cur: Flat, name: str, where: Callable[[dict], bool] | None
     a series that went down counts its current value (restarted)."""
     total = 0.0
     before = prev.get(name, {})
-    for key, value in cur.get(name, {}).items():
+    series = cur.get(name, {})
+    if series == before:      # nothing moved (an idle fleet): every delta is 0
+        return total
+    for key, value in series.items():
         if where is not None and not where(dict(key)):
             continue
         old = before.get(key)
@@ -65,7 +68,12 @@ def bucket_deltas(prev: Flat, cur: Flat, name: str = LATENCY_BUCKET,
     summed over its series (into ``into``, to add several instances); restarts as in :func:`delta`."""
     buckets: dict[float, float] = {} if into is None else into
     before = prev.get(name, {})
-    for key, value in cur.get(name, {}).items():
+    series = cur.get(name, {})
+    if series == before:      # nothing moved: each bound gains 0
+        for key in series:
+            buckets.setdefault(_le(key), 0.0)
+        return buckets
+    for key, value in series.items():
         le = _le(key)
         old = before.get(key)
         buckets[le] = buckets.get(le, 0.0) + (value - old if old is not None and value >= old else value)
