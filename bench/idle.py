@@ -9,7 +9,7 @@
 
     python -m bench idle [--counts 4,8,16,32,64] [--idle 30] [--before main] [--write docs/benchmarks.md]
 
-CPU is read from /proc/PID/stat (utime + stime) at the start and end of the window, RSS from
+CPU is read from /proc/PID/task/*/schedstat (ns on CPU) at the start and end of the window, RSS from
 /proc/PID/status every 5 s (the largest); nothing else touches the daemon meanwhile. The
 host's CPU over each window is reported beside it (other programs on a shared machine show
 there). Everything runs on 127.0.0.1, bounded in time; every process started is ended by pid.
@@ -37,13 +37,20 @@ from support.harness import Daemon, free_port_block, http_get, tool
 from ultrascaled.spec import parse_spec
 
 BEGIN, END = "<!-- idle-figures:begin -->", "<!-- idle-figures:end -->"
-HZ = os.sysconf("SC_CLK_TCK")
 BUDGET_MB = 262144     # the fleet budget never refuses the larger counts (the bench measures idle cost)
 
 
-def cpu_ticks(pid: int) -> int:
-    f = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
-    return int(f[11]) + int(f[12])
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of `pid`, in ns (/proc/PID/task/*/schedstat: on-CPU time at the
+    scheduler's resolution; utime + stime count whole clock ticks of 10 ms, too coarse here).
+    A thread that ended meanwhile is not counted: the daemon's threads live as long as it does."""
+    total = 0
+    for t in os.scandir(f"/proc/{pid}/task"):
+        try:
+            total += int(Path(f"{t.path}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 def rss_kib(pid: int) -> int:
@@ -59,13 +66,13 @@ def host_busy() -> tuple[int, int]:
 
 
 def window(pid: int, seconds: float) -> dict:
-    c0, h0, t0 = cpu_ticks(pid), host_busy(), time.monotonic()
+    c0, h0, t0 = cpu_ns(pid), host_busy(), time.monotonic()
     rss = [rss_kib(pid)]
     while time.monotonic() - t0 < seconds:
         time.sleep(min(5.0, max(0.0, seconds - (time.monotonic() - t0))))
         rss.append(rss_kib(pid))
-    c1, h1, wall = cpu_ticks(pid), host_busy(), time.monotonic() - t0
-    return {"cpu_pct": round(100 * (c1 - c0) / HZ / wall, 3), "rss_mib": round(max(rss) / 1024, 1),
+    c1, h1, wall = cpu_ns(pid), host_busy(), time.monotonic() - t0
+    return {"cpu_pct": round(100 * (c1 - c0) / 1e9 / wall, 3), "rss_mib": round(max(rss) / 1024, 1),
             "seconds": round(wall, 1),
             "host_busy_pct": round(100 * (h1[0] - h0[0]) / max(1, h1[1] - h0[1]), 1)}
 
@@ -234,7 +241,7 @@ def render(res: dict) -> str:
     out = [BEGIN, "", f"Measured {res['date']} on {res['machine']}; command: `{res['command']}`. "
            f"Idle window {res['idle_s']:g} s per cell after {res['settle_s']:g} s of settling, nginx off, "
            "1 sync worker per instance; supervisord, before and after interleaved per count. "
-           "CPU: % of one core (utime + stime over the window); RSS: the largest of the window. "
+           "CPU: % of one core (on-CPU time of all its threads, schedstat, over the window); RSS: the largest of the window. "
            "Host busy: the whole machine's CPU over the same window (other programs included).", ""]
     keys = [k for k in ("supervisord", "before", "after") if all(k in rows[n] for n in counts)]
     out.append("| instances | " + " | ".join(f"{labels[k]} CPU | {labels[k]} RSS" for k in keys) +

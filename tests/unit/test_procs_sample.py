@@ -65,3 +65,21 @@ def test_signal_worker_signals_only_the_process_it_saw():
         p.wait()
         procs.forget_pids([p.pid, child])
     assert os.getpid() not in procs._STARTS
+
+
+def test_without_the_kernels_children_file_one_pass_over_proc_serves_the_round(monkeypatch):
+    p, child = _group()
+    scans = []
+    real = procs.children_map
+    monkeypatch.setattr(procs, "children_of", lambda pid: None)
+    monkeypatch.setattr(procs, "children_map", lambda: scans.append(1) or real())
+    monkeypatch.setattr(procs, "_ROUND_MAP", (-1.0, {}))
+    try:
+        for _ in range(3):                      # three instances of one round
+            _, workers = procs.sample_group(p.pid)
+            assert [w.pid for w in workers] == [child]
+        assert len(scans) == 1
+    finally:
+        p.kill()
+        p.wait()
+        procs.forget_pids([p.pid, child])

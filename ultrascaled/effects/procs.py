@@ -14,6 +14,7 @@ import signal
 import socket
 import struct
 import subprocess
+import time
 from typing import Callable
 
 import psutil
@@ -299,14 +300,36 @@ def children_of(pid: int) -> list[int] | None:
         return []
 
 
+def children_map() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from one pass over /proc (what psutil's children() does on
+    every call)."""
+    kids: dict[int, list[int]] = {}
+    for pid, _, ppid, _ in proc_stats():
+        kids.setdefault(ppid, []).append(pid)
+    return kids
+
+
+_ROUND_MAP: tuple[float, dict[int, list[int]]] = (-1.0, {})
+
+
+def _round_children_map(max_age: float = 0.5) -> dict[int, list[int]]:
+    """children_map() shared by the instances of one round of samples (a kernel without
+    /proc/PID/task/PID/children otherwise costs a pass over /proc per instance per round)."""
+    global _ROUND_MAP
+    now = time.monotonic()
+    if now - _ROUND_MAP[0] > max_age:
+        _ROUND_MAP = (now, children_map())
+    return _ROUND_MAP[1]
+
+
 def sample_group(master_pid: int, metric: str = "rss") -> tuple[ProcMem | None, list[ProcMem]]:
     """Memory and CPU of a master and its workers; processes that vanish meanwhile are skipped."""
     master = _read_mem(master_pid, metric)
     if master is None:
         return None, []
     kids = children_of(master_pid)
-    if kids is None:  # no children file in this kernel: one pass over /proc
-        kids = children_map().get(master_pid, [])
+    if kids is None:  # no children file in this kernel: one pass over /proc for the whole round
+        kids = _round_children_map().get(master_pid, [])
     workers = [m for m in (_read_mem(pid, metric) for pid in kids) if m is not None]
     return master, workers
 

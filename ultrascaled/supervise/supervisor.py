@@ -116,8 +116,10 @@ class Supervisor:
 
     def _make_alerts(self, spec: Spec) -> alerting.AlertManager:
         """Alert rules evaluated over two scrapes of the fleet's own metrics (no HTTP involved)."""
-        sampler = alerting.Sampler(lambda: metrics.families_async(
-            self.snapshot(), self.upstream.status(), self.counters, self.metrics_dirs()), traffic=self.traffic)
+        from ultrascaled.observe.alert_rules import SAMPLE_SERIES
+        sampler = alerting.Sampler(lambda: metrics.families_async(   # only the series the rules read
+            self.snapshot(), self.upstream.status(), self.counters, self.metrics_dirs(), only=SAMPLE_SERIES),
+            traffic=self.traffic)
         return alerting.AlertManager(spec.alerts, sampler, self.events.emit, fleet=spec.name,
                                      db_connection_budget=spec.mongodb.connection_budget)
 
