@@ -55,7 +55,7 @@ def test_budget_crossing_fires_once_and_resolves_once():
 
 # ---- how often to sample: relaxed while everything is far from its limit ---------------------
 
-from ultrascaled.core.memwatch import sample_delay, worst_reaction  # noqa: E402
+from ultrascaled.core.memwatch import relaxed_interval, sample_delay, worst_reaction  # noqa: E402
 
 MIB = 2**20
 KW = dict(base=1.0, relaxed=5.0, below=0.5)
@@ -87,3 +87,10 @@ def test_a_relaxed_interval_of_zero_or_below_the_base_turns_relaxing_off():
 def test_worst_case_reaction_is_one_relaxed_interval_then_k_minus_one_base_ones():
     assert worst_reaction(1.0, 5.0, 3) == 7.0
     assert worst_reaction(1.0, 0.0, 3) == 3.0     # relaxing off: K x base, as before
+
+
+def test_the_relaxed_interval_never_outlasts_the_log_size_checks_cadence():
+    assert relaxed_interval(1.0, 5.0) == 5.0
+    assert relaxed_interval(0.1, 5.0) == 0.5 and worst_reaction(0.1, 5.0, 3) == 0.7
+    assert relaxed_interval(3.0, 60.0) == 10.0
+    assert relaxed_interval(1.0, 0.0) == 1.0

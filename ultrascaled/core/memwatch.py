@@ -64,9 +64,15 @@ def sample_delay(largest: int | None, limit: int, total: int, budget: int, *, ba
     return base
 
 
+def relaxed_interval(base: float, relaxed: float) -> float:
+    """The relaxed interval in force: at most the log-size check's cadence (every 5 samples, at
+    most every 10 s: logs rotate as soon as before) and never under the base interval."""
+    return max(base, min(relaxed, 10.0, 5 * base))
+
+
 def worst_reaction(base: float, relaxed: float, k: int) -> float:
     """Worst-case seconds from a process crossing its limit to its recycle (see sample_delay)."""
-    return max(base, relaxed) + (k - 1) * base
+    return relaxed_interval(base, relaxed) + (k - 1) * base
 
 
 def budget_crossed(total: int, budget: int, was_over: bool) -> bool | None:

@@ -114,7 +114,8 @@ class MemoryWatch:
         largest, total = getattr(self, "_round", (None, 0))
         pinned = autoscaling or bool(self.streaks) or any(i.recycles for i in self.instances.values())
         return memwatch.sample_delay(largest, mem.worker_limit_mb * MB, total, mem.fleet_budget_mb * MB,
-                                     base=mem.sample_interval, relaxed=mem.relaxed_interval,
+                                     base=mem.sample_interval,
+                                     relaxed=memwatch.relaxed_interval(mem.sample_interval, mem.relaxed_interval),
                                      below=mem.relaxed_below, pinned=pinned)
 
     def sample_all(self) -> None:
