@@ -238,10 +238,11 @@ def find_leftovers(fleet: str) -> list[Leftover]:
 
 
 # Memory and CPU of the pids the daemon already knows, read straight from /proc/PID/statm and
-# /proc/PID/stat (what psutil reads for memory_info() and cpu_times()) instead of through psutil:
-# measured 2026-12-07 with py-spy on an idle daemon with 16 instances, psutil's Process objects and
-# wrappers were 35 % of its CPU, and the two direct reads cost about a quarter of that (docs/benchmarks.md,
-# "The daemon's idle cost"). uss and pss still come from psutil (they need /proc/PID/smaps_rollup parsed).
+# /proc/PID/stat (the files psutil reads for memory_info() and cpu_times()) instead of through
+# psutil: measured 2026-12-07 on the 2-core bench machine, 50 us per process against psutil's 80 us
+# (its Process objects, wrappers and buffered opens; py-spy put the psutil sampler at 35 % of an
+# idle daemon's CPU with 16 instances; docs/benchmarks.md, "The daemon's idle cost"). uss and pss
+# still come from psutil (they need /proc/PID/smaps_rollup parsed).
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _HZ = os.sysconf("SC_CLK_TCK")
 _STARTS: dict[int, bytes] = {}    # pid -> its start time (stat field 22) when first seen
