@@ -30,6 +30,16 @@ import structlog
 
 log = structlog.get_logger("app.wsgi")
 
+# A slow boot, for measuring what the daemon does with one (docs/spares.md): seconds slept at
+# import, as a Django project or a service importing pandas spends them. Default 0.
+_BOOT_DELAY = os.environ.get("ULTRASCALE_BOOT_DELAY", "")
+if _BOOT_DELAY:
+    import time as _time
+    try:
+        _time.sleep(max(0.0, float(_BOOT_DELAY)))
+    except ValueError:
+        pass
+
 IO_MAX_MS = 10_000
 ALLOC_MAX_MB = 8_192
 KEY_MAX_LEN = 200

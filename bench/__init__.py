@@ -8,6 +8,7 @@ Modules:
   figures    the fleet figures (scripts/bench-fleet)
   chaos      random kill -9 under load (scripts/chaos)
   redis_failover  a Redis primary killed under load, three topologies (scripts/redis-failover)
+  queue      a queue burst: a worker type autoscaled on its depth vs one worker (scripts/bench-queue)
 
 The daemon is launched the way the tests launch it, by `support.harness` (tests/support/):
 appended to sys.path here so that `python -m bench` works from the checkout's root.

@@ -12,7 +12,11 @@ measurement: the suite, and each figure of docs/benchmarks.md by its own subcomm
     python -m bench accesslog [--help]  the cost of nginx's traffic log (scripts/bench-accesslog)
     python -m bench deploy [--help]     restarts, deploys and bad releases (scripts/bench-deploy)
     python -m bench listeners [--help]  how a port changes hands at the socket level (scripts/bench-listeners)
+    python -m bench jobs [--help]       how late a scheduled job starts, against a sleep loop (scripts/bench-jobs)
+    python -m bench processes [--help]  RQ jobs through a deploy; the daemon's idle cost with workers (scripts/bench-processes)
     python -m bench plan [--help]       plan --measure against a real fleet at that size (scripts/bench-plan)
+    python -m bench queue [--help]      a queue burst: autoscaled worker type vs one (scripts/bench-queue)
+    python -m bench spares [--help]     warm spares against none, with a slow boot (scripts/bench-spares)
     python -m bench idle [--help]       the daemon's idle cost from 4 to 64 instances (bench/idle.py)
     python -m bench.dashboard           the dashboard's memory and CPU (scripts/bench-dashboard)
     python -m bench.screenshots         the dashboard screenshots in docs/ (scripts/screenshots)
@@ -96,6 +100,8 @@ def _on_term(signum, frame):
 SUBCOMMANDS = {"fleet": "bench.figures", "chaos": "bench.chaos", "accesslog": "bench.accesslog",
                "redis-failover": "bench.redis_failover", "autoscale": "bench.autoscale",
                "deploy": "bench.deploys", "listeners": "bench.listeners", "plan": "bench.plan",
+               "jobs": "bench.jobs", "processes": "bench.processes", "queue": "bench.queue",
+               "spares": "bench.spares",
                "idle": "bench.idle"}
 
 

@@ -89,6 +89,19 @@ class FakeFleet:
         previous, self.workers = self.workers, n
         return {"process": name, "desired": n, "previous": previous}
 
+    def restart_process(self, name: str) -> dict:
+        if name == "web":
+            return {"process": "web", "restarting": self.restart()}
+        if name != "worker":
+            raise ScaleRefused("not_found", f"no worker type {name!r} (worker types: worker)")
+        self.calls.append(("restart_process", name))
+        return {"process": name, "restarting": list(range(self.workers))}
+
+    def process_metric_families(self) -> list:
+        from ultrascaled.observe.metrics import process_families
+        return process_families(self.processes(), {"nightly": {"outcomes": {"succeeded": 3}, "last_success": 1.7e9,
+                                                               "last_duration": 2.5, "next_run": 1.7e9 + 86400}})
+
     job_running = False   # the fake's one job, `nightly` (concurrency: forbid)
 
     def _job(self) -> dict:

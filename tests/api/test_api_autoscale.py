@@ -109,3 +109,40 @@ def test_pause_and_resume_need_the_token_like_every_mutation(make_api, fleet, au
 def test_metrics_carry_the_autoscalers_families(api, auto):
     status, body, _ = api.req("GET", "/metrics")
     assert status == 200 and b"ultrascale_autoscale_recommendation 5.0" in body
+
+
+class FakeQueues:
+    """What the handlers use of ultrascaled.supervise.queue_scale_loop.QueueScaler."""
+
+    def __init__(self):
+        self.resumed: list[str] = []
+
+    def status(self) -> dict:
+        return {"worker": {"queue": {"redis": "redis://:***@127.0.0.1:6379/0", "list": "rq:queue:default"},
+                           "target": 50.0, "min": 1, "max": 8, "current": 2, "queue_depth": 120,
+                           "reachable": True, "paused": not self.resumed, "last": None}}
+
+    def resume(self, name: str) -> dict:
+        if name != "worker":
+            raise KeyError(name)
+        self.resumed.append(name)
+        return self.status()["worker"]
+
+
+def test_status_shows_each_worker_type_on_its_queue(api, auto, fleet):
+    fleet.queues = FakeQueues()
+    status, body, _ = api.req("GET", "/autoscale")
+    assert status == 200 and body["processes"]["worker"]["queue_depth"] == 120
+
+
+def test_resume_of_a_worker_type_resumes_it_alone(api, auto, fleet):
+    fleet.queues = FakeQueues()
+    status, body, _ = api.req("POST", "/autoscale/resume", json={"process": "worker"})
+    assert status == 200 and fleet.queues.resumed == ["worker"] and body["processes"]["worker"]["paused"] is False
+    assert ("resume",) not in auto.calls        # the web autoscaler is left as it was
+    status, body, _ = api.req("POST", "/autoscale/resume", json={"process": "other"})
+    assert status == 404 and "processes.NAME.autoscale" in body["error"]["message"]
+    status, body, _ = api.req("POST", "/autoscale/resume", json={"process": "../x"})
+    assert status == 400
+    status, body, _ = api.req("POST", "/autoscale/resume", json={"process": "web"})
+    assert status == 200 and auto.calls[-1] == ("resume",)

@@ -33,3 +33,14 @@ def test_a_refused_scale_names_why_and_changes_nothing(api, fleet, path, payload
     got, body, _ = api.req("POST", path, json=payload)
     assert (got, body["error"]["code"]) == (status, code)
     assert fleet.calls == [] and fleet.workers == 1 and fleet.count == 2
+
+
+def test_restarting_a_worker_type_and_web_through_the_processes_route(api, fleet):
+    status, body, _ = api.req("POST", "/processes/worker/restart")
+    assert status == 202 and body == {"process": "worker", "restarting": [0]}
+    status, body, _ = api.req("POST", "/processes/web/restart")
+    assert status == 202 and body["process"] == "web" and body["restarting"] == sorted(fleet.instances)
+    status, body, _ = api.req("POST", "/processes/nope/restart")
+    assert (status, body["error"]["code"]) == (404, "not_found")
+    status, body, _ = api.req("POST", "/processes/a.b/restart")
+    assert (status, body["error"]["code"]) == (400, "bad_request")

@@ -13,7 +13,8 @@ from ultrascaled.surface import cli
     (["autoscale", "pause"], {"action": "pause", "duration": None, "reason": "operator"}),
     (["autoscale", "pause", "--for", "30m", "--reason", "load test"],
      {"action": "pause", "duration": "30m", "reason": "load test"}),
-    (["autoscale", "resume", "--json"], {"action": "resume", "json": True}),
+    (["autoscale", "resume", "--json"], {"action": "resume", "json": True, "process": None}),
+    (["autoscale", "resume", "worker"], {"action": "resume", "process": "worker"}),
 ])
 def test_autoscale_actions_parse(argv, attrs):
     args = cli.parse_args(argv)
@@ -62,3 +63,19 @@ def test_status_shows_signals_targets_and_reasons():
     assert "recommendation: 4" in out and "hold" in out
     out = cli.render_autoscale({**st, "fleet_cpu_percent": 21.6})
     assert "host CPU 63% (the fleet's own 22%)" in out
+
+
+def test_status_shows_each_worker_type_on_its_queue():
+    st = {"enabled": False, "paused": False, "min_replicas": 1, "max_replicas": 8, "current": 2, "ready": 2,
+          "targets": {}, "signals": {}, "decisions": [],
+          "processes": {"worker": {"queue": {"redis": "redis://:***@h:6379/0", "list": "rq:queue:default"},
+                                   "target": 50.0, "min": 1, "max": 8, "current": 5, "running": 4,
+                                   "queue_depth": 480, "reachable": False, "paused": True,
+                                   "paused_reason": "manual scale to 5",
+                                   "last": {"action": "hold", "current": 5, "desired": 5,
+                                            "reason": "paused until resumed (manual scale to 5)"}}}}
+    out = cli.render_autoscale(st)
+    assert ("worker: autoscale PAUSED (manual scale to 5), queue rq:queue:default at "
+            "redis://:***@h:6379/0 (UNREACHABLE): depth 480, target 50 per process, processes 5 "
+            "(running 4), 1..8") in out
+    assert "  last: hold 5 paused until resumed (manual scale to 5)" in out

@@ -9,7 +9,7 @@ import signal
 from dataclasses import dataclass, field
 
 from ultrascaled.observe.events import EventLog
-from ultrascaled.core.seams import Leftover, PortHolder, ProbeResult, ProcMem
+from ultrascaled.core.seams import CheckResult, Leftover, PortHolder, ProbeResult, ProcMem
 from ultrascaled.spec import parse_spec
 from ultrascaled.effects import logfiles
 from ultrascaled.supervise.supervisor import FROM_SPEC, Supervisor
@@ -88,12 +88,17 @@ class FakeRunner:
         self.exit_on_spawn: dict[int, int | None] = {}   # port -> rc its next masters exit with at once
         self.deaf: set[int] = set()                # ports whose masters ignore SIGTERM (a boot in C code)
         self.deaf_labels: set[str] = set()         # worker processes (fleet/name/index) that ignore their stop signal
+        self.rotations: dict[str, tuple | None] = {}   # log path -> the rotate= it was last spawned with
         self.start_times: dict[int, float] = {}    # pid -> start time (a test changes one: the pid was reused)
         self.clock: FakeClock | None = None        # a worker's start time is the clock's wall time at spawn
+        self.listening: set[tuple[str, int]] = set()   # (host, port) accepting connections (tcp_check)
+        self.check_rcs: dict[str, int] = {}        # a readiness command's argv[0] -> its exit code (default 1)
+        self.checks: list[tuple] = []              # ("tcp", host, port) / ("command", argv, cwd)
 
     # -- processes
-    def spawn(self, argv, env, cwd, log_path, pass_fds=()):
+    def spawn(self, argv, env, cwd, log_path, pass_fds=(), rotate=None):
         self.calls.append(("spawn", argv))
+        self.rotations[log_path] = rotate
         if self.spawn_error is not None:
             raise self.spawn_error
         if "--name" not in argv:   # a worker type's process (supervise/workers_loop.py)
@@ -131,6 +136,15 @@ class FakeRunner:
     def gates(self) -> dict[int, bool]:
         """Port -> gate open, for the sockets the daemon still holds."""
         return {s.addr[1]: s.gate_open for s in self.sockets if not s.closed and s.addr[1] < 40000}
+
+    def takeover_channel(self):
+        self.next_fd += 2
+        return FakeSocket(self.next_fd - 1, ("chan", 0)), FakeSocket(self.next_fd, ("chan", 0))
+
+    def hand_over(self, chan, sock, copies):
+        """A spare's workers take `sock` (tests/component/test_spares.py)."""
+        self.calls.append(("hand_over", sock.addr[1], copies))
+        return copies
 
     def take_listener(self, pid, host, port):
         if pid in self.not_holding:
@@ -221,6 +235,14 @@ class FakeRunner:
         return (ProcMem(pid, self.rss.get(pid, 10 << 20), cpu=self.cpu.get(pid, 0.0)),
                 [ProcMem(w, self.rss.get(w, 20 << 20), cpu=self.cpu.get(w, 0.0)) for w in p.workers])
 
+    def sample_tree(self, pid, metric):
+        """A worker type's process and its children (`FakeProc.workers`: e.g. a Celery pool)."""
+        self.calls.append(("sample_tree", pid))
+        p = self.procs.get(pid)
+        if p is None or not p.alive:
+            return []
+        return [ProcMem(x, self.rss.get(x, 10 << 20), cpu=self.cpu.get(x, 0.0)) for x in [pid, *p.workers]]
+
     def forget(self, pids):
         pass
 
@@ -240,6 +262,17 @@ class FakeRunner:
         port = self.probe_ports.get(port, port)
         self.probes.append(port)
         return self.answers.get(port, ProbeResult(200, "HTTP 200"))
+
+    async def tcp_check(self, host, port, timeout):
+        self.checks.append(("tcp", host, port))
+        if (host, port) in self.listening:
+            return CheckResult(True, "connected")
+        return CheckResult(False, "connection refused")
+
+    async def run_check(self, argv, env, cwd, timeout):
+        self.checks.append(("command", list(argv), cwd, env.get("ULTRASCALE_PROCESS")))
+        rc = self.check_rcs.get(argv[0], 1)
+        return CheckResult(rc == 0, "exit 0" if rc == 0 else f"{argv[0]} exited {rc}")
 
     def prepare_metrics_dir(self, path):
         pass
@@ -337,8 +370,10 @@ nginx: {{mode: "off"}}
 
 class Harness:
     def __init__(self, tmp_path, extra: str = "", traffic=FROM_SPEC, autoscale=None, *,
-                 runner: FakeRunner | None = None, clock: FakeClock | None = None, locks: FakeLocks | None = None):
-        """`runner`, `clock`, `locks`: an earlier Harness's, for a daemon restarted on the same host."""
+                 runner: FakeRunner | None = None, clock: FakeClock | None = None, locks: FakeLocks | None = None,
+                 queue_depth=None):
+        """`runner`, `clock`, `locks`: an earlier Harness's, for a daemon restarted on the same host.
+        `queue_depth`: the worker types' queue read (tests/component/test_queue_scale.py's fake)."""
         self.tmp_path = tmp_path
         self.spec = parse_spec(SPEC.format(dir=tmp_path, extra=extra), base_dir=tmp_path)
         self._extra = extra
@@ -350,7 +385,8 @@ class Harness:
         self.events = EventLog(clock=self.clock.wall)
         self.sup = Supervisor(self.spec, self.events, self.upstream, runner=self.runner, clock=self.clock,
                               lock=False,  # tests/component/test_fleetlock.py tests the lock
-                              traffic=traffic, autoscale=autoscale, job_locks=self.locks)
+                              traffic=traffic, autoscale=autoscale, job_locks=self.locks,
+                              queue_depth=queue_depth)
         self.rec = self.sup.rec
         self.sup.guard.BACKOFF_INITIAL = 0.001
 
@@ -412,7 +448,7 @@ class Harness:
             await self.settle()
 
     async def sample(self):
-        self.rec.sample_all()
+        self.sup.sample_all()   # the web instances', then the worker processes' (one pass)
         await self.settle()
 
     def states(self) -> dict[int, str]:

@@ -109,6 +109,12 @@ async def test_replace_stops_the_run_going_then_starts_the_new_one(tmp_path):
     (second,) = runs_alive(h)
     assert second.label == "comp/tick/2"
     assert h.sup.job_runs("tick")[-1]["outcome"] == "replaced"
+    h.runner.deaf_labels.add(second.label)
+    assert h.sup.run_job("tick")["action"] == "replace"     # run now under replace: the same way
+    await h.settle()
+    h.runner.exit_proc(second, -15)
+    await h.settle()
+    assert [e["why"] for e in h.events_named("job.started")][-1] == "operator"
 
 
 @component
@@ -273,9 +279,76 @@ async def test_workers_and_jobs_each_see_only_their_kind(tmp_path):
     h = await up(tmp_path, job() + """  worker:
     command: [rq, worker]
     count: 1
+    max: 2
 """)
     assert set(h.sup.workers.spec.processes) == {"worker"} and set(h.sup.jobs.spec.processes) == {"tick"}
     procs = h.sup.processes()
     assert (procs["worker"]["kind"], procs["tick"]["kind"]) == ("worker", "job")
     await h.advance(2.0)
     assert h.runner.workers_alive() == ["comp/tick/1", "comp/worker/0"]
+
+
+@component
+async def test_the_metrics_count_runs_by_outcome_and_say_the_last_success(tmp_path):
+    h = await up(tmp_path, job() + "  worker:\n    command: [rq, worker]\n    count: 2\n    max: 2\n")
+    await h.advance(2.0)
+    await finish(h, 0)
+    await h.advance(2.0)
+    await finish(h, 1)
+    fams = {f.name: f for f in h.sup.process_metric_families()}
+    runs = {s.labels["outcome"]: s.value for s in fams["ultrascale_job_runs"].samples if s.name.endswith("_total")}
+    assert runs == {"succeeded": 1, "failed": 1}
+    (last,) = fams["ultrascale_job_last_success_timestamp_seconds"].samples
+    assert last.labels == {"job": "tick"} and abs(last.value - (h.clock.wall() - 2.0)) < 0.5
+    desired = {s.labels["type"]: s.value for s in fams["ultrascale_process_desired"].samples}
+    assert desired == {"tick": 0, "worker": 2}
+
+
+@component
+async def test_a_jobs_log_is_rotated_between_runs_never_under_one(tmp_path):
+    h = await up(tmp_path, job(extra="    concurrency: allow\n"))
+    log = str(tmp_path / "logs" / "job-tick.log")
+    h.runner.log_sizes[log] = 60 << 20                      # over logs.max_bytes (50 MiB)
+    await h.advance(2.0)
+    assert h.runner.rotated == [log] and h.sup.jobs.live["tick"][1].log_offset == 0
+    h.runner.log_sizes[log] = 60 << 20
+    await h.advance(2.0)                                    # run 1 still writes: not now
+    assert h.runner.rotated == [log] and h.sup.jobs.live["tick"][2].log_offset == 60 << 20
+
+
+@component
+async def test_worker_logs_are_written_through_a_rotating_pipe(tmp_path):
+    h = await up(tmp_path, "processes:\n  worker:\n    command: [rq, worker]\n    max: 2\n")
+    assert h.runner.rotations[str(tmp_path / "logs" / "worker-0.log")] == (50 * 1024 * 1024, 5)
+    web = [r for path, r in h.runner.rotations.items() if "instance-" in path]
+    assert web and all(r is None for r in web)              # gunicorn reopens its own on SIGUSR1
+
+
+@component
+async def test_a_wall_clock_that_goes_back_neither_runs_a_job_twice_nor_stalls_it(tmp_path):
+    h = await up(tmp_path, job(every="10s"))
+    await h.advance(10.0)
+    await finish(h, 0)
+    assert started(h) == [1]
+    wall = h.clock.wall
+    h.clock.wall = lambda: wall() - 5.0                     # back by less than the period
+    await h.advance(10.0)                                   # the due time that ran is not run again
+    assert started(h) == [1] and h.events_named("job.clock_back") == []
+    await h.advance(5.0)
+    await finish(h, 0)
+    assert started(h) == [1, 2]
+    h.clock.wall = lambda: wall() - 3600.0                  # back by an hour: from now, not in an hour
+    await h.advance(10.0)
+    assert h.events_named("job.clock_back") and started(h) == [1, 2, 3]
+
+
+@component
+async def test_a_history_that_cannot_be_written_is_said_and_the_run_still_goes_singly(tmp_path):
+    h = await up(tmp_path)
+    state = tmp_path / "state" / "jobs.json"
+    state.unlink()
+    state.mkdir()                                           # what a full disk or a bad folder does to the write
+    await h.advance(2.0)
+    assert started(h) == [1] and h.events_named("state.write_failed")
+    await h.advance(2.0)                                    # the lock still keeps it single
+    assert started(h) == [1] and len(runs_alive(h)) == 1

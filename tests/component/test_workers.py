@@ -262,16 +262,19 @@ async def test_a_reload_starts_added_types_stops_removed_ones_and_restarts_a_cha
     text = h.spec.source
     new = parse_spec(
         __import__("fakes").SPEC.format(dir=tmp_path, extra=WORKER.format(dir=tmp_path, count=1).replace(
-            "worker]", "worker, --burst]") + "  mailer:\n    command: [python, mail.py]\n"),
+            "worker]", "worker, --burst]") + "  mailer:\n    command: [python, mail.py]\n    max: 2\n"),
         base_dir=tmp_path)
     web_spawns = sum(1 for c in h.runner.calls if c[0] == "spawn" and "--name" in c[1])
     result = h.sup.reload_spec(new)
-    assert result["changed"] == ["processes"] and result["restarting"] == []
-    await h.settle()
-    assert sum(1 for c in h.runner.calls if c[0] == "spawn" and "--name" in c[1]) == web_spawns
+    # the mailer's processes hold MongoDB pools too: the pool each process gets shrinks, and the
+    # web instances restart (one at a time, replaced in place) to take it
+    assert new.mongo_pool_per_process() < h.spec.mongo_pool_per_process()
+    assert result["changed"] == ["processes"] and result["restarting"] == [8001, 8002]
+    await h.advance(5)
+    assert sum(1 for c in h.runner.calls if c[0] == "spawn" and "--name" in c[1]) == web_spawns + 2
     assert not old.alive and h.runner.worker("comp/worker/0").argv[-1] == "--burst"
     assert "comp/mailer/0" in h.runner.workers_alive()
-    assert h.states() == {8001: "running", 8002: "running"}   # the web fleet was not restarted
+    assert h.states() == {8001: "running", 8002: "running"}
     gone = parse_spec(__import__("fakes").SPEC.format(dir=tmp_path, extra=""), base_dir=tmp_path)
     h.sup.reload_spec(gone)
     await h.settle()
@@ -439,7 +442,7 @@ async def test_a_recorded_pid_that_another_process_took_over_or_that_is_gone_is_
 
 @component
 async def test_adopted_workers_follow_the_new_spec_removed_type_stopped_extra_index_stopped_changed_rolled(tmp_path):
-    mailer = "  mailer:\n    command: [python, mail.py]\n    stop_signal: INT\n    graceful_timeout: 3\n"
+    mailer = "  mailer:\n    command: [python, mail.py]\n    max: 2\n    stop_signal: INT\n    graceful_timeout: 3\n"
     h = await up(tmp_path, extra=mailer)
     await h.advance(2)
     old = {**{f"worker/{i}": p for i, p in pids(h).items()}, "mailer/0": pids(h, "mailer")[0]}
@@ -489,3 +492,27 @@ async def test_a_spec_without_processes_still_stops_the_workers_a_killed_daemon_
     again = h.restarted(extra="")
     await again.start()
     assert not left.alive and again.sup.processes().keys() == {"web"}
+
+
+@component
+async def test_restart_of_a_type_rolls_its_processes_one_at_a_time_and_leaves_the_others(tmp_path):
+    h = await up(tmp_path, extra="  other:\n    command: [sleep, '1000']\n    count: 1\n    max: 2\n")
+    await h.advance(1.0)
+    before = {k: h.runner.worker(f"comp/{k[0]}/{k[1]}").pid for k in h.sup.workers.slots}
+    with pytest.raises(ScaleRefused) as exc:
+        h.sup.restart_process("nope")
+    assert exc.value.code == "not_found"
+    assert h.sup.restart_process("worker") == {"process": "worker", "restarting": [0, 1]}
+    await h.settle()
+    assert h.runner.worker("comp/worker/0").pid != before[("worker", 0)] and states(h)["worker/0"] == "starting"
+    assert h.runner.worker("comp/worker/1").pid == before[("worker", 1)]   # the second waits for the first
+    for _ in range(8):
+        await h.advance(0.5)
+    after = {k: h.runner.worker(f"comp/{k[0]}/{k[1]}").pid for k in h.sup.workers.slots}
+    assert after[("worker", 0)] != before[("worker", 0)] and after[("worker", 1)] != before[("worker", 1)]
+    assert after[("other", 0)] == before[("other", 0)]
+    assert states(h) == {"other/0": "running", "worker/0": "running", "worker/1": "running"}
+    reasons = [e.get("reason") for e in h.events_named("process.state") if e["state"] == "stopping"]
+    assert reasons == ["restart requested"] * 2
+    await h.advance(5.0)
+    assert {k: h.runner.worker(f"comp/{k[0]}/{k[1]}").pid for k in h.sup.workers.slots} == after   # once

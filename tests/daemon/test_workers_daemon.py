@@ -11,6 +11,8 @@ import time
 import psutil
 import pytest
 
+from support.process_types import gone, marked, pid_of, processes, running, wait_processes  # noqa: F401
+
 pytestmark = pytest.mark.integration
 
 LOOP = textwrap.dedent("""\
@@ -31,43 +33,14 @@ LOOP = textwrap.dedent("""\
 """)
 
 
-def processes(d) -> dict:
-    status, body = d.api("GET", "/processes")
-    assert status == 200, body
-    return body
 
 
-def wait_processes(d, cond, timeout=20, what="processes"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = processes(d)
-        if cond(last):
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last /processes: {last}\n{d.log_tail()}")
 
 
-def running(body, name, n):
-    t = body.get(name)
-    return t is not None and len(t["instances"]) == n and t["ready"] == n and \
-        all(i["state"] == "running" for i in t["instances"])
 
 
-def pid_of(body, name, index):
-    return next(i["pid"] for i in body[name]["instances"] if i["index"] == index)
 
 
-def gone(pid, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def notes(path) -> list[list[str]]:
@@ -155,22 +128,6 @@ def test_workers_restart_scale_down_with_sigterm_sigkill_at_deadline_and_stop_wi
     assert ["term", str(worker_pid)] in [n[:2] for n in notes(out)]
 
 
-def marked(fleet: str) -> set[int]:
-    """The live processes whose environment says they are this fleet's worker processes
-    (ULTRASCALE_PROCESS=<fleet>/<name>/<index>), from /proc/*/environ (a zombie's reads empty)."""
-    prefix = f"ULTRASCALE_PROCESS={fleet}/".encode()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if any(v.startswith(prefix) for v in env.split(b"\0")):
-            found.add(int(entry))
-    return found
 
 
 def test_regression_a_sigkilled_or_detached_daemons_workers_are_adopted_by_the_next_not_run_twice(

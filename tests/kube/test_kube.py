@@ -20,7 +20,7 @@ import yaml
 from ultrascaled.surface import cli
 from ultrascaled.export import kube
 from ultrascaled.spec import iter_settings, load_spec, parse_spec
-from ultrascaled.spec.schema import ProcessType
+from ultrascaled.spec.schema import JOB_ONLY, ProcessType, QueueAutoscale, QueueSource
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -359,6 +359,18 @@ def changed(value):
     raise AssertionError(f"no change for {value!r}")
 
 
+def changed_at(section, path: list[str]):
+    """`section` with the key at `path` (nested sections: processes.NAME.autoscale.queue.redis) changed."""
+    head, rest = path[0], path[1:]
+    value = getattr(section, head)
+    return dataclasses.replace(section, **{head: changed_at(value, rest) if rest else changed(value)})
+
+
+JOB_CHANGES = {"schedule": {"schedule": "0 4 * * *"}, "every": {"schedule": None, "every": "10m"},
+               "concurrency": {"concurrency": "replace"}, "timeout": {"timeout": 60.0},
+               "catch_up": {"catch_up": True}, "history": {"history": 5}}
+
+
 def test_a_carried_key_changes_the_manifests_and_one_not_carried_leaves_them_alone():
     base = load("fleet")
     wrong = []
@@ -369,11 +381,26 @@ def test_a_carried_key_changes_the_manifests_and_one_not_carried_leaves_them_alo
         for k, v in pre.items():
             before = set_key(before, k, v)
         if key.startswith("processes.NAME."):   # a key of a `processes:` entry: one worker type `w`
-            entry = ProcessType(command=["python", "w.py"])
-            field = key.rsplit(".", 1)[1]
-            before = set_key(before, "processes", {"w": entry})
-            after = set_key(before, "processes", {"w": dataclasses.replace(
-                entry, **{field: changed(getattr(entry, field))})})
+            path = key.split(".")[2:]
+            if path[0] in JOB_ONLY:              # or one job `w`
+                entry = ProcessType(kind="job", command=["python", "w.py"], schedule="0 3 * * *")
+                before = set_key(before, "processes", {"w": entry})
+                after = set_key(before, "processes", {"w": dataclasses.replace(entry, **JOB_CHANGES[path[0]])})
+            else:
+                entry = ProcessType(command=["python", "w.py"])
+                if path[0] == "autoscale":        # a type autoscaled on its queue: one name of it set
+                    named = path[2] if path[1] == "queue" and path[2] != "redis" else "rq"
+                    entry = dataclasses.replace(entry, max=4, autoscale=QueueAutoscale(queue=QueueSource(
+                        redis="redis://127.0.0.1:6379/0", **{named: "default"})))
+                before = set_key(before, "processes", {"w": entry})
+                if path[:3] == ["autoscale", "behavior", "scale_down"] and path[3] == "pods_period_seconds":
+                    # as for the web HPA: a period without a Pods policy is in no manifest
+                    down = dataclasses.replace(entry.autoscale.behavior.scale_down, pods_value=2)
+                    entry = dataclasses.replace(entry, autoscale=dataclasses.replace(entry.autoscale, behavior=(
+                        dataclasses.replace(entry.autoscale.behavior, scale_down=down))))
+                bound = {"min": 2, "max": 3}.get(path[1]) if path[0] == "autoscale" and len(path) == 2 else None
+                after = set_key(before, "processes", {"w": dataclasses.replace(entry, autoscale=dataclasses.replace(
+                    entry.autoscale, **{path[1]: bound})) if bound else changed_at(entry, path)})
         else:
             after = set_key(before, key, value if key in MUTATIONS else changed(get_key(before, key)))
         differs = kube.export(before).manifests != kube.export(after).manifests

@@ -32,11 +32,12 @@ processes:
   celery_worker:
     command: [celery, -A, shop, worker, --loglevel, INFO]
     count: 3
+    max: 3                     # each type at its max fits memory.fleet_budget_mb (spec/budget.py)
     env: {QUEUE: emails, C_FORCE_ROOT: "0"}
     stop_signal: INT
     graceful_timeout: 45.5
     start_seconds: 2.2
-  rq: {command: [rq, worker, high, low]}
+  rq: {command: [rq, worker, high, low], max: 4}
 """
 
 
@@ -207,8 +208,8 @@ def test_two_types_that_become_one_name_are_refused_naming_both_keys():
 
 def test_the_command_refuses_a_name_clash_with_exit_2_and_writes_nothing(tmp_path, capsys):
     spec = tmp_path / "fleet.yaml"
-    spec.write_text("processes:\n  mail_worker: {command: [python, a.py]}\n"
-                    "  Mail-Worker: {command: [python, b.py]}\n")
+    spec.write_text("processes:\n  mail_worker: {command: [python, a.py], max: 2}\n"
+                    "  Mail-Worker: {command: [python, b.py], max: 2}\n")
     out_dir = tmp_path / "out"
     assert cli.main(["export", "kubernetes", "--spec", str(spec), "-o", str(out_dir)]) == 2
     err = capsys.readouterr().err
@@ -242,7 +243,16 @@ def test_a_spec_without_processes_exports_only_the_web_fleet(name):
     spec = set_key(load(name), "processes", {"celery": ProcessType(command=["celery", "worker"]),
                                              "rq": ProcessType(command=["rq", "worker"])})
     more = kube.export(spec, CASES[name])
-    assert [m for m in more.manifests if m not in worker_deployments(more)] == ex.manifests
+
+    def but_the_pool(ms):   # each worker process holds a MongoDB pool too: the shared one shrinks
+        ms = json.loads(json.dumps(ms))
+        for m in ms:
+            m.get("data", {}).pop("MONGO_MAX_POOL_SIZE", None)
+            m.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).pop(kube.ENV_HASH, None)
+        return ms
+    assert but_the_pool([m for m in more.manifests if m not in worker_deployments(more)]) == but_the_pool(ex.manifests)
+    pools = [int(m["data"]["MONGO_MAX_POOL_SIZE"]) for m in (ex.manifests[0], more.manifests[0])]
+    assert pools[1] <= pools[0], pools
     assert len(worker_deployments(more)) == 2
     assert not any("not exported yet" in w for w in more.warnings)
 

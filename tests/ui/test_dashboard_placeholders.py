@@ -34,6 +34,20 @@ class Released(FakeFleet):
         return snap
 
 
+class WithJob(Released):
+    """The fake fleet with a job `nightly` beside its worker type, one run going."""
+    def processes(self) -> dict:
+        job = {"kind": "job", "desired": 0, "ready": 1, "min": 0, "max": 0, "schedule": "30 3 * * *",
+               "every": None, "concurrency": "forbid", "next_run": 1_700_086_200.0,
+               "instances": [{"index": 4, "run": 4, "pid": 4200, "state": "running", "uptime": 2.0, "restarts": 0}]}
+        return {**super().processes(), "nightly": job}
+
+    def job_runs(self, name: str) -> list:
+        failed = {**super().job_runs(name)[0], "run": 2, "outcome": "failed", "returncode": 3}
+        return [{"run": 4, "outcome": "running", "started": 1_700_000_300.0, "duration": 2.0, "why": "operator"},
+                *super().job_runs(name), failed]
+
+
 class Quiet:
     def window(self, port, seconds):
         return TrafficWindow(seconds=seconds)
@@ -42,7 +56,7 @@ class Quiet:
 @pytest.fixture
 def served(tmp_path):
     needs.browser()
-    fleet = Released(tmp_path)
+    fleet = WithJob(tmp_path)
     targets = iter([3, 3, 4, 4, 5] + [5] * 100)
     import time
     walls = iter([time.time() - 5 + n for n in range(5)])  # a second apart, as the loop would take them
@@ -90,3 +104,16 @@ def test_the_process_types_beside_the_web_fleet_are_shown_with_their_processes(s
     assert "pid 4000 running" in cells[3] and "restarts 0" in cells[3], cells
     # the web type is the fleet table's, not a row here
     assert not drv.find_elements("css selector", '#processes-body tr[data-type="web"]')
+
+
+def test_a_job_shows_its_schedule_next_run_and_recent_runs(served):
+    drv, url = served
+    open_page(drv, url)
+    wait(lambda: drv.find_elements("css selector", '#processes-body tr[data-type="nightly"] .run'), 20, "the job's runs")
+    row = drv.find_element("css selector", '#processes-body tr[data-type="nightly"]')
+    cells = [c.text for c in row.find_elements("css selector", "td")]
+    assert cells[:3] == ["nightly", "job", "1 running"], cells
+    assert "schedule 30 3 * * *, forbid; next " in cells[3], cells
+    runs = [r.get_attribute("data-outcome") for r in row.find_elements("css selector", ".run")]
+    assert runs == ["running", "succeeded", "failed"], runs
+    assert "run 2 failed" in cells[3] and "exit 3" in cells[3] and "operator" in cells[3], cells

@@ -181,15 +181,21 @@ def test_check_finds_a_worker_types_missing_program_and_folder(tmp_path):
     (tmp_path / "run.sh").chmod(0o755)
     spec = parse_spec("processes:\n"
                       "  ok: {command: [python, w.py]}\n"
-                      "  script: {command: [./run.sh]}\n"
-                      "  gone: {command: [no-such-program-here], directory: nowhere}\n"
-                      "  lost: {command: [./missing.sh]}\n", base_dir=tmp_path)
+                      "  script: {command: [./run.sh], max: 1}\n"
+                      "  gone: {command: [no-such-program-here], directory: nowhere, max: 1}\n"
+                      "  lost: {command: [./missing.sh], max: 1}\n"
+                      "  probed: {command: [python, w.py], ready: {command: [no-such-check, ping]}}\n"
+                      "  job: {kind: job, command: [no-such-job], every: 1m}\n", base_dir=tmp_path)
     spec = spec.__class__(**{**spec.__dict__, "app": spec.app.__class__(directory=str(tmp_path))})
     assert process_problems(spec) == [
         f"processes.gone.directory: {tmp_path / 'nowhere'} does not exist",
         "processes.gone.command: 'no-such-program-here' is not an executable file on the PATH it "
         "starts with (app.python's folder, then the daemon's PATH)",
-        "processes.lost.command: './missing.sh' is not an executable file"]
+        "processes.job.command: 'no-such-job' is not an executable file on the PATH it starts with "
+        "(app.python's folder, then the daemon's PATH)",
+        "processes.lost.command: './missing.sh' is not an executable file",
+        "processes.probed.ready.command: 'no-such-check' is not an executable file on the PATH it "
+        "starts with (app.python's folder, then the daemon's PATH)"]
 
 
 # ---- adoption across a daemon restart ------------------------------------------------------------
@@ -245,3 +251,69 @@ def test_an_adopted_process_started_otherwise_than_the_spec_would_is_rolled(then
 
 def test_the_record_holds_a_digest_of_the_fingerprint_not_its_env_values():
     assert "fp" not in json.dumps(wp.records_json([REC])) and len(REC.fingerprint) == 64
+
+
+# ---- readiness and start order ------------------------------------------------------------------
+
+CHECKED = WorkerPolicy(start_seconds=1.0, ready_check=True, ready_timeout=10.0, ready_interval=0.5)
+
+
+@pytest.mark.parametrize("slot_fields, now, expected", [
+    ({}, 100.0, [wp.Check(("w", 0))]),                                   # checked from the spawn
+    ({"checking": True}, 100.4, []),                                     # one check at a time
+    ({"next_check": 100.5, "check_detail": "connection refused"}, 100.4, []),
+    ({"next_check": 100.5}, 100.5, [wp.Check(("w", 0))]),                # every ready_interval
+    ({"checked": True}, 100.5, []),                                      # passed, start_seconds not over
+    ({"checked": True}, 101.0, [Promote(("w", 0))]),                     # both: RUNNING
+    ({"next_check": 109.0}, 101.0, []),                                  # alive 1 s, not ready: STARTING
+    ({"check_detail": "HTTP 503", "next_check": 111.0}, 110.0, [wp.NotReady(("w", 0), "HTTP 503")]),
+    ({"not_ready": True}, 120.0, []),                                    # SIGKILLed: its exit decides
+])
+def test_a_checked_type_is_promoted_only_once_the_check_passed_and_start_seconds_are_over(slot_fields, now, expected):
+    slot = Slot("w", 0, S.STARTING, started_at=100.0, spawns=1, **slot_fields)
+    assert wp.plan({slot.key: slot}, {"w": 1}, {"w": CHECKED}, now) == expected
+
+
+def test_not_ready_then_exit_is_a_start_failure_naming_the_last_answer():
+    slot = wp.not_ready(Slot("w", 0, S.STARTING, started_at=100.0, spawns=1), "connection refused")
+    after, _ = wp.on_exit(slot, -9, CHECKED, 110.0)
+    assert after.state is S.BACKOFF and after.start_failures == 1 and not after.not_ready
+    assert after.reason.startswith("not ready within ready_timeout (10s): connection refused; SIGKILLed")
+
+
+def test_next_wakeup_of_a_checked_slot_is_its_next_check_or_its_ready_timeout():
+    slot = Slot("w", 0, S.STARTING, started_at=100.0, next_check=100.5)
+    assert wp.next_wakeup({slot.key: slot}, {"w": CHECKED}) == 100.5
+    busy = dataclasses.replace(slot, checking=True)
+    assert wp.next_wakeup({slot.key: busy}, {"w": CHECKED}) == 110.0
+
+
+def test_a_held_type_spawns_nothing_but_keeps_what_it_runs():
+    live = Slot("w", 0, S.RUNNING, started_at=0.0, spawns=1)
+    backoff = Slot("w", 1, S.BACKOFF, next_start=0.0, spawns=1)
+    assert wp.plan({live.key: live, backoff.key: backoff}, {"w": 3}, {}, 10.0, held={"w"}) == []
+    assert wp.plan({live.key: live}, {"w": 0}, {}, 10.0, held={"w"})[0] == \
+        Stop(("w", 0), int(signal.SIGTERM), 40.0, "scaled down")
+
+
+@pytest.mark.parametrize("after, ready, requires, up, expected", [
+    (["web"], {"web": True}, [], {}, []),
+    (["web"], {"web": False}, [], {}, ["web"]),
+    ([], {"web": False}, [], {}, []),
+    (["web", "a"], {"web": True, "a": False}, ["tcp://h:1"], {}, ["a", "tcp://h:1"]),
+    (["a"], {"a": True}, ["tcp://h:1", "tcp://h:2"], {"tcp://h:1": True}, ["tcp://h:2"]),
+])
+def test_start_blockers(after, ready, requires, up, expected):
+    assert wp.start_blockers(after, ready, requires, up) == expected
+
+
+def test_type_ready_is_every_wanted_process_running():
+    slots = {("a", 0): Slot("a", 0, S.RUNNING), ("a", 1): Slot("a", 1, S.STARTING)}
+    assert not wp.type_ready(slots, "a", 2) and wp.type_ready(slots, "a", 1) and wp.type_ready({}, "a", 0)
+
+
+def test_waiting_is_said_first_on_a_change_and_every_10s():
+    assert wp.announce_waiting(None, ["web"], 0.0)
+    assert not wp.announce_waiting((0.0, ("web",)), ["web"], 9.9)
+    assert wp.announce_waiting((0.0, ("web",)), ["web"], 10.0)
+    assert wp.announce_waiting((0.0, ("web", "a")), ["a"], 1.0)

@@ -7,7 +7,8 @@ differs and why:
 
 1. Each followed signal gives `desired = ceil(ready x observed / target)`, or the current
    count while `observed / target` is within 1 +- tolerance. `ready` counts only instances
-   that serve: one that is still starting is not capacity.
+   that serve: one that is still starting is not capacity. A total with a per-process target
+   (TOTALS: a worker type's queue depth) gives `ceil(total / target)` instead.
 2. The largest recommendation of all signals wins. No fresh signal at all: hold (never "scale
    to min"). Some signals missing: a step up on the others goes ahead, a step down is held;
    a signal never measured since it was first followed is left out of that rule after
@@ -33,9 +34,16 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Optional
 
-SIGNALS = ("cpu_utilization", "cpu_wait_percent", "in_flight_per_worker", "p95_latency_seconds")
+SIGNALS = ("cpu_utilization", "cpu_wait_percent", "in_flight_per_worker", "p95_latency_seconds",
+           "queue_depth")
 UNITS = {"cpu_utilization": "%", "cpu_wait_percent": "%", "in_flight_per_worker": "",
-         "p95_latency_seconds": "s"}
+         "p95_latency_seconds": "s", "queue_depth": ""}
+# Signals whose value is a total for the whole type and whose target is per process: the HPA's
+# External metric with an `AverageValue` target (GetExternalMetricReplicas): desired =
+# ceil(total / target), judged against the current count, so no process needs to be ready to
+# give it. A worker type's queue depth (supervise/queue_scale_loop.py) is one: it can start
+# the first process of a type scaled to 0, which the HPA leaves to KEDA.
+TOTALS = frozenset({"queue_depth"})
 # What the app itself must export for a signal (prometheus_client, multiprocess, into the
 # PROMETHEUS_MULTIPROC_DIR the daemon sets per instance; app/monitoring.py does): the names the
 # loop reads, and the names to look for in an app's source (the namespace `ultrascale` and the
@@ -156,7 +164,7 @@ def _fmt(name: str, v: float) -> str:
 def targets_of(policy) -> dict[str, float]:
     """The followed signals and their targets (`policy` is spec.AutoscaleSection)."""
     t = policy.target
-    return {name: getattr(t, name) for name in SIGNALS if getattr(t, name) is not None}
+    return {name: getattr(t, name) for name in SIGNALS if getattr(t, name, None) is not None}
 
 
 def never_seen_grace(policy) -> float:
@@ -211,6 +219,9 @@ def signal_views(obs: Observation, policy, now: float, current: int,
             out.append(SignalView(name, None, target, None, None,
                                   f"stale ({age:.0f}s old, over {policy.stale_after_seconds:g}s)"))
             continue
+        if name in TOTALS:
+            out.append(_total_view(name, s.value, target, current, policy.tolerance))
+            continue
         ratio = s.value / target
         if obs.ready <= 0:
             out.append(SignalView(name, s.value, target, ratio, None, "no ready instance"))
@@ -221,6 +232,18 @@ def signal_views(obs: Observation, policy, now: float, current: int,
             out.append(SignalView(name, s.value, target, ratio,
                                   math.ceil(round(obs.ready * ratio, 6))))
     return tuple(out)
+
+
+def _total_view(name: str, value: float, target: float, current: int, tolerance: float) -> SignalView:
+    """Step 1 for a TOTALS signal: usage ratio against the current count, desired from the total."""
+    if current <= 0:
+        if value <= 0:
+            return SignalView(name, value, target, None, 0, "nothing queued, nothing running")
+        return SignalView(name, value, target, None, math.ceil(round(value / target, 6)))
+    ratio = value / (target * current)
+    if abs(ratio - 1.0) <= tolerance:
+        return SignalView(name, value, target, ratio, current, "within tolerance")
+    return SignalView(name, value, target, ratio, math.ceil(round(value / target, 6)))
 
 
 def stabilize(history: tuple[tuple[float, int], ...], recommendation: int, current: int,

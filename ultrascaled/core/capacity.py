@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ultrascaled.spec.budget import DAEMON_FDS_PER_PROCESS, worker_types
 from ultrascaled.spec.budget import (DAEMON_BASE_FDS, DAEMON_FDS_PER_INSTANCE, GUNICORN_WORKER_BASE_FDS, MIB, MONGO_MONITOR_PER_SERVER, NGINX_WORKER_BASE_FDS, TARGET_MAX_ERROR_RATE_PCT, TARGET_P99_MS, TYPICAL_INSTANCE_RSS_MIB, TYPICAL_PROCESS_RSS_MIB, TYPICAL_RSS_SOURCE, fmt_number, budget_problems, daemon_fds, gunicorn_worker_fds, mongo_connections_per_process, mongo_pool_that_fits, nginx_worker_count, open_connections_per_worker, requests_per_worker)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -308,6 +309,17 @@ class CapacityPlan:
     measurement: Measurement | None = None  # plan --measure
     measured: list[str] = field(default_factory=list)  # what --measure measured ...
     assumed: list[str] = field(default_factory=list)   # ... and what the plan assumes
+    spares: int = 0                       # instances.spares: warm masters, not capacity (docs/spares.md)
+    spares_memory_mib: float = 0.0        # what they hold, expected (in memory_expected_mib too)
+    spares_memory_worst_mib: int = 0      # worst case (in memory_worst_mib too)
+    process_types: list[dict] = field(default_factory=list)   # each worker type at its max
+
+    @staticmethod
+    def type_line(t: dict) -> tuple[str, str, str]:
+        """A worker type's row: its counts, its memory at max, the daemon's fds for it."""
+        return (f"worker type {t['name']}", f"{t['count']}..{t['max']}",
+                f"memory at max {t['max']} x {t['limit_mib']} MiB = {t['memory_at_max_mib']} MiB "
+                f"({t['limit_key']}); daemon fds {t['max']} x {DAEMON_FDS_PER_PROCESS} = {t['fds_daemon']}")
 
     @property
     def fits(self) -> bool:
@@ -317,6 +329,8 @@ class CapacityPlan:
         d = dataclasses.asdict(self)
         d["fits"] = self.fits
         d["throughput_measured"] = self.throughput_rps is not None
+        if not self.process_types:   # a spec without processes: the JSON it always had
+            del d["process_types"]
         return d
 
 
@@ -434,9 +448,21 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
     budget = spec.memory.fleet_budget_mb
     mem_total_mib = mem_total_bytes // MIB
     worst = instances * (w + 1) * limit
-    ar.append(f"memory worst case = instances x (workers + 1 master) x memory.worker_limit_mb = "
-              f"{instances} x ({w} + 1) x {limit} MiB = {worst} MiB (budget {budget} MiB, "
-              f"host {mem_total_mib} MiB)")
+    types = worker_types(spec)
+    process_types = [{"name": name, "count": spec.processes[name].count, "min": spec.processes[name].min,
+                      "max": m, "limit_mib": lim, "limit_key": key, "memory_at_max_mib": m * lim,
+                      "fds_daemon": m * DAEMON_FDS_PER_PROCESS} for name, m, lim, key in types]
+    if not types:
+        ar.append(f"memory worst case = instances x (workers + 1 master) x memory.worker_limit_mb = "
+                  f"{instances} x ({w} + 1) x {limit} MiB = {worst} MiB (budget {budget} MiB, "
+                  f"host {mem_total_mib} MiB)")
+    else:   # and every worker type at its max, each process (tree) at its limit
+        web = worst
+        worst += sum(t["memory_at_max_mib"] for t in process_types)
+        ar.append(f"memory worst case = instances x (workers + 1 master) x memory.worker_limit_mb + "
+                  f"each worker type's max x its limit = {instances} x ({w} + 1) x {limit} MiB + "
+                  + " + ".join(f"{t['max']} x {t['limit_mib']} MiB ({t['name']})" for t in process_types)
+                  + f" = {web} + {worst - web} = {worst} MiB (budget {budget} MiB, host {mem_total_mib} MiB)")
     if cal is not None and cal.rss_per_instance_bytes:
         per = cal.rss_per_instance_bytes / MIB
         expected = instances * per
@@ -451,12 +477,20 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
         ar.append(f"memory expected = instances x {fmt_number(TYPICAL_PROCESS_RSS_MIB)} MiB per process x "
                   f"(workers + 1) = {instances} x {fmt_number(TYPICAL_PROCESS_RSS_MIB)} x ({w} + 1) = "
                   f"{fmt_number(expected)} MiB (typical, {TYPICAL_RSS_SOURCE})")
+    k = getattr(inst, "spares", 0)
+    spare_worst, spare_expected = k * (w + 1) * limit, k * per
+    if k:   # a spare holds what an instance holds and serves nothing
+        worst, expected = worst + spare_worst, expected + spare_expected
+        ar.append(f"spares (instances.spares) = {k} x (memory of an instance): worst {k} x ({w} + 1) x "
+                  f"{limit} MiB = {spare_worst} MiB, expected {k} x {fmt_number(per)} MiB = "
+                  f"{fmt_number(spare_expected)} MiB; both in the totals above")
     if worst > mem_total_mib:
-        problems.append(f"memory.worker_limit_mb: worst case {instances} x ({w} + 1) x {limit} MiB ="
+        problems.append(f"memory.worker_limit_mb: worst case {instances}{f' + {k} spares' if k else ''} x ({w} + 1) x {limit} MiB"
+                        + (" + the worker types at their max" if types else "") + " ="
                         f" {worst} MiB exceeds this host's memory of {mem_total_mib} MiB by "
                         f"{worst - mem_total_mib} MiB")
     if expected > budget:
-        problems.append(f"memory.fleet_budget_mb: expected {instances} x {fmt_number(per)} MiB = "
+        problems.append(f"memory.fleet_budget_mb: expected {instances}{f' + {k} spares' if k else ''} x {fmt_number(per)} MiB = "
                         f"{fmt_number(expected)} MiB exceeds the budget of {budget} MiB")
 
     # File descriptors.
@@ -472,10 +506,17 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
         ar.append(f"fds per nginx worker = nginx.worker_connections + other = "
                   f"{spec.nginx.worker_connections} + {NGINX_WORKER_BASE_FDS} = {fds_n} "
                   f"(nofile {ng_nofile})")
-    fds_d = daemon_fds(inst.max)
-    ar.append(f"fds of the daemon = {DAEMON_BASE_FDS} + instances.max x {DAEMON_FDS_PER_INSTANCE} = "
-              f"{DAEMON_BASE_FDS} + {inst.max} x {DAEMON_FDS_PER_INSTANCE} = {fds_d} "
-              f"(nofile {nofile_limit})")
+    procs = sum(t["max"] for t in process_types)
+    fds_d = daemon_fds(inst.max, procs)
+    if not types:
+        ar.append(f"fds of the daemon = {DAEMON_BASE_FDS} + instances.max x {DAEMON_FDS_PER_INSTANCE} = "
+                  f"{DAEMON_BASE_FDS} + {inst.max} x {DAEMON_FDS_PER_INSTANCE} = {fds_d} "
+                  f"(nofile {nofile_limit})")
+    else:
+        ar.append(f"fds of the daemon = {DAEMON_BASE_FDS} + instances.max x {DAEMON_FDS_PER_INSTANCE} + "
+                  f"worker-type processes at their max x {DAEMON_FDS_PER_PROCESS} = {DAEMON_BASE_FDS} + "
+                  f"{inst.max} x {DAEMON_FDS_PER_INSTANCE} + {procs} x {DAEMON_FDS_PER_PROCESS} = {fds_d} "
+                  f"(nofile {nofile_limit})")
 
     problems.extend(p for p in budget_problems(spec, instances, nofile_limit=nofile_limit,
                                                mongo_servers=mongo_servers, cpu_count=cpu_count)
@@ -558,7 +599,8 @@ def plan_for(spec: "Spec", users: int, *, calibration: Mapping[str, Any] | Calib
         nofile_limit=nofile_limit, nofile_nginx=ng_nofile, throughput_rps=throughput, verdict=verdict,
         arithmetic=ar, problems=problems, notes=notes, calibration=cal,
         worker_class=spec.gunicorn.worker_class, requests_per_worker=rw,
-        measurement=measurement, measured=measured, assumed=assumed)
+        measurement=measurement, measured=measured, assumed=assumed, process_types=process_types,
+        spares=k, spares_memory_mib=round(spare_expected, 1), spares_memory_worst_mib=spare_worst)
 
 
 # ---- output -------------------------------------------------------------------------------
@@ -582,6 +624,9 @@ def render(plan: CapacityPlan) -> str:
         ("memory, worst case", mib(plan.memory_worst_mib), f"budget {mib(plan.memory_budget_mib)}, "
          f"host {mib(plan.mem_total_mib)}"),
         ("memory, expected", mib(plan.memory_expected_mib), plan.memory_expected_source),
+        *([("memory of the spares", mib(plan.spares_memory_mib),
+            f"{plan.spares} warm spare{'s' if plan.spares != 1 else ''} (instances.spares), in both totals; "
+            f"worst {mib(plan.spares_memory_worst_mib)}")] if plan.spares else []),
         ("fds per gunicorn worker", str(plan.fds_gunicorn_worker), f"nofile {plan.nofile_limit}"),
     ]
     if plan.fds_nginx_worker is not None:
@@ -592,6 +637,7 @@ def render(plan: CapacityPlan) -> str:
     rows.append(("throughput", "not measured" if plan.throughput_rps is None
                  else f"{fmt_number(plan.throughput_rps)} req/s", f"target p99 < {fmt_number(target)} ms: "
                  f"{plan.verdict}"))
+    rows += [plan.type_line(t) for t in plan.process_types]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     out = [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]

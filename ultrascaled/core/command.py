@@ -83,14 +83,18 @@ def python_first(spec: Spec, env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def mongo_env(spec: Spec) -> dict[str, str]:
+    return {"MONGO_MAX_POOL_SIZE": str(spec.mongo_pool_per_process()),
+            "MONGO_MIN_POOL_SIZE": str(spec.mongodb.min_pool_size),
+            "MONGO_MAX_CONNECTING": str(spec.mongodb.max_connecting)}
+
+
 def instance_env(spec: Spec, index: int, port: int, metrics_dir: str) -> dict[str, str]:
     env = app_env(spec)
+    env.update(mongo_env(spec))
     env.update({
         "PORT": str(port), "ULTRASCALE_PORT": str(port), "ULTRASCALE_INSTANCE": str(index),
         "ULTRASCALE_FLEET": spec.name, "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
-        "MONGO_MAX_POOL_SIZE": str(spec.mongo_pool_per_process()),
-        "MONGO_MIN_POOL_SIZE": str(spec.mongodb.min_pool_size),
-        "MONGO_MAX_CONNECTING": str(spec.mongodb.max_connecting),
         "PYTHONUNBUFFERED": "1",
     })
     if spec.gunicorn.worker_class in WORKER_CLASSES:   # after the app's own entries
@@ -150,6 +154,7 @@ def process_env(spec: Spec, name: str, index: int) -> dict[str, str]:
     ptype = spec.processes[name]
     env = python_first(spec, app_env(spec))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(mongo_env(spec))   # the pool the MongoDB budget gives each process (spec/budget.py)
     env.update(ptype.env)
     env.update({"ULTRASCALE_FLEET": spec.name, "ULTRASCALE_PROCESS": process_label(spec, name, index)})
     return env

@@ -52,6 +52,14 @@ class AutoscaleControl(Protocol):
     def metric_families(self) -> list: ...
 
 
+class QueueAutoscaleControl(Protocol):
+    """The worker types' autoscaling on queue depth (`ultrascaled.supervise.queue_scale_loop.
+    QueueScaler`): `GET /autoscale`'s `processes`, `POST /autoscale/resume {"process": NAME}`."""
+
+    def status(self) -> dict[str, Any]: ...
+    def resume(self, name: str) -> dict[str, Any]: ...   # KeyError: not such a type
+
+
 class FleetControl(Protocol):
     """Everything the API handlers use. Handlers change wanted state; they never spawn, signal
     or stop anything themselves."""
@@ -59,6 +67,7 @@ class FleetControl(Protocol):
     events: EventSource
     upstream: UpstreamStatus
     autoscaler: AutoscaleControl | None
+    queues: QueueAutoscaleControl           # worker types on their queue's depth (may be absent in a fake)
     traffic: Any                            # core.traffic's TrafficSource, or None (no traffic log)
     count: int
     counters: dict[str, Any]
@@ -78,6 +87,10 @@ class FleetControl(Protocol):
     # `GET /processes`: type name -> kind, desired, ready, instances (web first, then the workers)
     def scale_process(self, name: str, n: int, source: str = "operator") -> dict[str, Any]: ...
     # raises ScaleRefused (not_found for an unknown type, out_of_range); `web` is scale()
+    def restart_process(self, name: str) -> dict[str, Any]: ...
+    # `POST /processes/{name}/restart`: raises ScaleRefused (not_found, a job); `web` is restart()
+    def process_metric_families(self) -> list: ...
+    # /metrics: the worker and job types (observe/metrics.py process_families)
     def jobs_listing(self) -> dict[str, Any]: ...
     # `GET /jobs`: job name -> schedule, concurrency, next_run, last_run, running
     def job_runs(self, name: str) -> list[dict[str, Any]]: ...

@@ -89,3 +89,59 @@ def recycle_storm(history: tuple[float, ...], now: float, most: int, window: flo
     needs to boot), and recycling it again would only loop."""
     recent = tuple(t for t in history if now - t < window) + (now,)
     return recent, len(recent) > most
+
+
+# ---- worker types (`processes:` of kind worker; supervise/workers_loop.py samples them) ---------
+
+@dataclass(frozen=True)
+class TreeSample:
+    """One worker type's process with its whole tree (a Celery parent and its pool children),
+    summed: the limit is per tree, since that is what one process of the type costs, what a
+    restart frees and what the budget counts (`max` x the limit)."""
+    key: tuple[str, int]    # (type name, index)
+    pid: int                # the tree's root: the process the daemon started
+    value: int              # bytes, the sum of the tree's processes in the spec's metric
+    limit: int              # bytes: processes.NAME.memory_limit_mb, else memory.worker_limit_mb
+    processes: int = 1      # processes in the tree
+
+
+@dataclass(frozen=True)
+class TreeRecycle:
+    key: tuple[str, int]
+    pid: int
+    value: int
+    limit: int
+    samples: int
+
+
+def decide_trees(streaks: dict[int, int], samples: list[TreeSample], k: int,
+                 recycling: frozenset[int] = frozenset()) -> tuple[dict[int, int], list[TreeRecycle]]:
+    """`decide` for worker types: each tree against its own limit. Counts are per root pid (a
+    replacement starts from zero); a pid already being restarted is not asked again; a sample
+    at or under its limit ends its streak."""
+    new: dict[int, int] = {}
+    due: list[TreeRecycle] = []
+    for s in samples:
+        if s.value <= s.limit:
+            continue
+        n = streaks.get(s.pid, 0) + 1
+        if n >= k and s.pid not in recycling:
+            due.append(TreeRecycle(s.key, s.pid, s.value, s.limit, n))
+            continue
+        new[s.pid] = n
+    return new, due
+
+
+def worker_scale_refusal(name: str, n: int, per_process: int, per_source: str, rest: int,
+                         budget: int) -> str | None:
+    """Why scaling worker type `name` to `n` would break memory.fleet_budget_mb, or None: `n`
+    processes at `per_process` bytes each (its measured average, or its limit when none of it
+    runs: `per_source` says which) beside `rest`, what the rest of the fleet measures now (the
+    web instances and the other types), all in bytes."""
+    need = n * per_process + rest
+    if need <= budget:
+        return None
+    mb = 1024 * 1024
+    return (f"{name}={n}: {n} x {per_process / mb:.0f} MiB ({per_source}) + {rest / mb:.0f} MiB "
+            f"measured of the rest of the fleet (web instances, other worker types) = "
+            f"{need / mb:.0f} MiB exceeds memory.fleet_budget_mb {budget // mb} MiB")

@@ -210,9 +210,10 @@ def probe_delay(elapsed: float, policy: Policy) -> float:
 
 def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, InstanceView],
          upstream: UpstreamView | frozenset[int], policy: Policy, now: float,
-         keep_serving: int | None = None) -> Plan:
+         keep_serving: int | None = None, hold_restarts: bool = False) -> Plan:
     """`keep_serving`: never drain an unwanted instance if that leaves fewer serving (defaults to
-    the wanted count; 0 on shutdown)."""
+    the wanted count; 0 on shutdown). `hold_restarts`: no replacement starts now (the spares are
+    being made current, core/spares.py hold_restarts)."""
     if not isinstance(upstream, UpstreamView):
         upstream = UpstreamView(applied=frozenset(upstream))
     applied = upstream.applied
@@ -272,6 +273,8 @@ def plan(wanted: tuple[int, ...] | frozenset[int], instances: dict[int, Instance
                 still_serving -= serving(port)
             elif v.successor is not None:
                 _successor(v, now, policy, actions, timers)
+                _probe(v, now, policy, actions, timers)
+            elif v.restart_requested and v.handoff and hold_restarts:
                 _probe(v, now, policy, actions, timers)
             elif v.restart_requested and v.handoff and not rolling and others_serving(port):
                 if now >= v.replace_retry_at:

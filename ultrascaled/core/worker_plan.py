@@ -9,7 +9,7 @@ here reads a clock or touches a process: `ultrascaled/supervise/workers_loop.py`
 The states are the web instances' (`core/states.py`), without DRAINING (a worker serves no
 upstream):
 
-    (none) ─spawn─► STARTING ─alive start_seconds─► RUNNING ─scale down / shutdown─► STOPPING ─exit─► STOPPED
+    (none) ─spawn─► STARTING ─alive start_seconds (and `ready` passed)─► RUNNING ─scale down / shutdown─► STOPPING ─exit─► STOPPED
                       │                               │                        (SIGKILL to the group
                       │ exit: start failure           │ exit: crash             at graceful_timeout)
                       ▼                               ▼
@@ -17,6 +17,12 @@ upstream):
                       ▲   start failures in a row
                       └── wait (the first restart is immediate, then backoff_initial, doubling,
                           up to backoff_max), then spawn again
+
+A type with a `ready` check stays STARTING until the check passed and start_seconds are over;
+the loop runs the check (`Check`) every `ready_interval` from the spawn, and a process that has
+not passed it at `ready_timeout` is SIGKILLed (`NotReady`): its exit is a start failure. The
+start order between types (`after`, `requires`) is `start_blockers`: a type held back spawns
+nothing (what it already runs, adopted from an earlier daemon, is kept).
 """
 from __future__ import annotations
 
@@ -43,6 +49,9 @@ class WorkerPolicy:
     backoff_max: float = 30.0
     fatal_crashes: int = 5
     fatal_window: float = 60.0
+    ready_check: bool = False           # the type has a `ready` check
+    ready_timeout: float = 60.0
+    ready_interval: float = 0.5         # READY_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -62,10 +71,19 @@ class Slot:
     fingerprint: str = ""               # what its process was started with
     folder: str = ""                    # where it was started (a release a deploy must keep)
     reason: str = ""
+    checked: bool = False               # its process passed the type's `ready` check
+    checking: bool = False              # a check of it is under way
+    next_check: float = 0.0             # STARTING: the next check at this time
+    check_detail: str = ""              # what the last failed check said
+    not_ready: bool = False             # SIGKILLed at ready_timeout: its exit is a start failure
 
     @property
     def key(self) -> Key:
         return (self.name, self.index)
+
+
+READY_INTERVAL = 0.5        # seconds between two readiness checks of a starting process
+WAITING_REPEAT = 10.0       # a type still waiting to start says so again after this long
 
 
 # ---- actions -----------------------------------------------------------------------------------
@@ -80,6 +98,19 @@ class Spawn:
 class Promote:
     """Alive for start_seconds: RUNNING."""
     key: Key
+
+
+@dataclass(frozen=True)
+class Check:
+    """Run the type's `ready` check of this process now."""
+    key: Key
+
+
+@dataclass(frozen=True)
+class NotReady:
+    """Not ready at ready_timeout: SIGKILL to its process group; the exit is a start failure."""
+    key: Key
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -103,16 +134,25 @@ class Forget:
     key: Key
 
 
-Action = Spawn | Promote | Stop | Kill | Forget
+Action = Spawn | Promote | Check | NotReady | Stop | Kill | Forget
 
 
 def plan(slots: Mapping[Key, Slot], desired: Mapping[str, int], policies: Mapping[str, WorkerPolicy],
-         now: float, fingerprints: Mapping[str, str] | None = None) -> list[Action]:
+         now: float, fingerprints: Mapping[str, str] | None = None,
+         restart_before: Mapping[str, float] | None = None,
+         held: frozenset[str] | set[str] = frozenset(),
+         recycle: Mapping[Key, str] | None = None) -> list[Action]:
     """The actions for this instant. `desired`: type name -> count (a type not in it, e.g.
     removed by a reload or everything at shutdown, is wanted at 0); `fingerprints`: type name ->
     what its processes would be started with now (a live process started otherwise is
-    restarted)."""
+    restarted); `restart_before`: type name -> a time its processes started before are restarted
+    (`ultrascalectl restart NAME`), as a changed one is; `held`: types that may not start yet
+    (`start_blockers`): no process of theirs is spawned, the ones they run are kept; `recycle`:
+    slot -> why its live process is to be restarted now (the memory watchdog: stop_signal,
+    SIGKILL at graceful_timeout, then a new one), not rolled one at a time."""
     fingerprints = fingerprints or {}
+    restart_before = restart_before or {}
+    recycle = recycle or {}
     actions: list[Action] = []
     # a changed command, environment or folder (a reload, a deploy) restarts a type's live
     # processes one at a time: the next only once none of that type is stopping, stopped and
@@ -124,29 +164,42 @@ def plan(slots: Mapping[Key, Slot], desired: Mapping[str, int], policies: Mappin
         name, index = key
         policy = policies.get(name, WorkerPolicy())
         wanted = index < desired.get(name, 0)
-        stale = name in fingerprints and slot.fingerprint != fingerprints[name]
+        changed = name in fingerprints and slot.fingerprint != fingerprints[name]
+        asked = name in restart_before and slot.started_at is not None and slot.started_at < restart_before[name]
+        stale = changed or asked
         if slot.state is S.STOPPING:
             if not slot.killed and slot.stop_deadline is not None and now >= slot.stop_deadline:
                 actions.append(Kill(key))
         elif slot.state in (S.STARTING, S.RUNNING):
             if not wanted:
                 actions.append(Stop(key, policy.stop_signal, now + policy.graceful_timeout, "scaled down"))
+            elif key in recycle:
+                actions.append(Stop(key, policy.stop_signal, now + policy.graceful_timeout, recycle[key]))
             elif stale and slot.state is S.RUNNING and name not in rolling:
                 actions.append(Stop(key, policy.stop_signal, now + policy.graceful_timeout,
-                                    "its command, environment or folder changed"))
+                                    "its command, environment or folder changed" if changed else
+                                    "restart requested"))
                 rolling.add(name)
-            elif slot.state is S.STARTING and slot.started_at is not None and \
-                    now - slot.started_at >= policy.start_seconds:
-                actions.append(Promote(key))
+            elif slot.state is S.STARTING and slot.started_at is not None and not slot.not_ready:
+                age = now - slot.started_at
+                if policy.ready_check and not slot.checked:
+                    if age >= policy.ready_timeout:
+                        actions.append(NotReady(key, slot.check_detail or "no check answered"))
+                    elif not slot.checking and now >= slot.next_check:
+                        actions.append(Check(key))
+                elif age >= policy.start_seconds:
+                    actions.append(Promote(key))
         elif not wanted:
             actions.append(Forget(key))
+        elif name in held:
+            continue
         elif slot.state is S.STOPPED:
             actions.append(Spawn(key, "restart after its stop" if slot.spawns else "wanted"))
         elif slot.state is S.BACKOFF and now >= slot.next_start:
             actions.append(Spawn(key, "restart after backoff"))
     for name, count in sorted(desired.items()):
         for index in range(count):
-            if (name, index) not in slots:
+            if (name, index) not in slots and name not in held:
                 actions.append(Spawn((name, index), "wanted"))
     return actions
 
@@ -159,7 +212,8 @@ def on_exit(slot: Slot, returncode: int | None, policy: WorkerPolicy, now: float
     counted in a row, FATAL at `fatal_crashes`; while RUNNING, a crash: backoff by the crashes
     within `fatal_window`."""
     what = describe_exit(returncode)
-    done = dict(started_at=None, stop_deadline=None, killed=False)
+    done = dict(started_at=None, stop_deadline=None, killed=False, checked=False, checking=False,
+                next_check=0.0, check_detail="", not_ready=False)
     if slot.state is S.STOPPING:
         how = "SIGKILLed at graceful_timeout" if slot.killed else "stopped"
         return dataclasses.replace(slot, state=S.STOPPED, reason=f"{how} ({what})", **done), False
@@ -167,6 +221,11 @@ def on_exit(slot: Slot, returncode: int | None, policy: WorkerPolicy, now: float
         failures = slot.start_failures + 1
         lived = now - slot.started_at if slot.started_at is not None else 0.0
         why = f"{what} after {lived:.3g}s, before start_seconds ({policy.start_seconds:g}s)"
+        if slot.not_ready:
+            why = f"not ready within ready_timeout ({policy.ready_timeout:g}s): {slot.check_detail}; SIGKILLed"
+        elif policy.ready_check and not slot.checked:
+            why = f"{what} after {lived:.3g}s, before its ready check passed" + \
+                (f" (last: {slot.check_detail})" if slot.check_detail else "")
         if failures >= policy.fatal_crashes:
             return dataclasses.replace(slot, state=S.FATAL, start_failures=failures,
                                        reason=f"{why}; failed to start {failures} times in a row",
@@ -204,7 +263,26 @@ def spawned(slot: Slot, now: float, fingerprint: str, folder: str = "") -> Slot:
     """The slot once its process was started (in `folder`)."""
     return dataclasses.replace(slot, state=S.STARTING, started_at=now, spawns=slot.spawns + 1,
                                restarts=slot.restarts + (1 if slot.spawns else 0), folder=folder,
-                               fingerprint=fingerprint, stop_deadline=None, killed=False, reason="")
+                               fingerprint=fingerprint, stop_deadline=None, killed=False, reason="",
+                               checked=False, checking=False, next_check=now, check_detail="",
+                               not_ready=False)
+
+
+def check_started(slot: Slot) -> Slot:
+    return dataclasses.replace(slot, checking=True)
+
+
+def check_done(slot: Slot, ok: bool, detail: str, policy: WorkerPolicy, now: float) -> Slot:
+    """The slot once a readiness check answered: passed, or the next one after the interval."""
+    if ok:
+        return dataclasses.replace(slot, checking=False, checked=True, check_detail="")
+    return dataclasses.replace(slot, checking=False, next_check=now + policy.ready_interval,
+                               check_detail=detail)
+
+
+def not_ready(slot: Slot, detail: str) -> Slot:
+    return dataclasses.replace(slot, not_ready=True, check_detail=detail,
+                               reason=f"not ready at ready_timeout: {detail}")
 
 
 def promoted(slot: Slot) -> Slot:
@@ -228,13 +306,41 @@ def next_wakeup(slots: Mapping[Key, Slot], policies: Mapping[str, WorkerPolicy])
     times = []
     for slot in slots.values():
         policy = policies.get(slot.name, WorkerPolicy())
-        if slot.state is S.STARTING and slot.started_at is not None:
-            times.append(slot.started_at + policy.start_seconds)
+        if slot.state is S.STARTING and slot.started_at is not None and not slot.not_ready:
+            if policy.ready_check and not slot.checked:
+                times.append(slot.started_at + policy.ready_timeout)
+                if not slot.checking:
+                    times.append(slot.next_check)
+            else:
+                times.append(slot.started_at + policy.start_seconds)
         elif slot.state is S.BACKOFF:
             times.append(slot.next_start)
         elif slot.state is S.STOPPING and not slot.killed and slot.stop_deadline is not None:
             times.append(slot.stop_deadline)
     return min(times) if times else None
+
+
+# ---- start order between types (`after`, `requires`) -----------------------------------------
+
+def type_ready(slots: Mapping[Key, Slot], name: str, desired: int) -> bool:
+    """A worker type another one starts after: all its `desired` processes RUNNING (past their
+    `ready` check)."""
+    running = sum(1 for (n, _), s in slots.items() if n == name and s.state is S.RUNNING)
+    return running >= desired
+
+
+def start_blockers(after: tuple[str, ...] | list[str], ready: Mapping[str, bool],
+                   requires: tuple[str, ...] | list[str], up: Mapping[str, bool]) -> list[str]:
+    """What a type that has not started yet still waits for, in order: the types of `after`
+    not ready (`ready`: name -> bool, `web` the web fleet), then the `requires` addresses not
+    known to accept connections (`up`); [] = it may start."""
+    return [n for n in after if not ready.get(n, False)] + [a for a in requires if not up.get(a, False)]
+
+
+def announce_waiting(last: tuple[float, tuple[str, ...]] | None, awaits: list[str], now: float) -> bool:
+    """Whether a type still waiting says so (`processes.waiting`): the first time, when what it
+    awaits changed, and at most every WAITING_REPEAT seconds otherwise."""
+    return last is None or tuple(awaits) != last[1] or now - last[0] >= WAITING_REPEAT
 
 
 # ---- adoption across a daemon restart ----------------------------------------------------------

@@ -120,7 +120,7 @@ def _class_problems(wc: str, python: str, probe) -> list[str]:
 
 
 def process_problems(spec: Spec) -> list[str]:
-    """Each worker type's folder exists and its program is found: a path, or a name on the PATH
+    """Each worker type's folder exists and its program (and its `ready` command's) is found: a path, or a name on the PATH
     it starts with (the one its processes get: app.python's folder first, then the daemon's
     PATH, unless app.env or its env sets PATH)."""
     problems = []
@@ -130,18 +130,20 @@ def process_problems(spec: Spec) -> list[str]:
         if t.directory and not os.path.isdir(folder):
             why = "is not a folder" if os.path.exists(folder) else "does not exist"
             problems.append(f"{key}.directory: {folder} {why}")
-        program = t.command[0] if t.command else ""
-        if not program:
-            continue
-        if os.sep in program:
-            where = program if os.path.isabs(program) else os.path.join(folder, program)
-            found = where if os.path.isfile(where) and os.access(where, os.X_OK) else None
-        else:
-            found = shutil.which(program, path=process_env(spec, name, 0)["PATH"])
-        if not found:
-            problems.append(f"{key}.command: {program!r} is not an executable file"
-                            + ("" if os.sep in program else " on the PATH it starts with (app.python's "
-                               "folder, then the daemon's PATH)"))
+        ready = (t.ready or {}).get("command") if t.kind == "worker" else None
+        for what, argv in (("command", t.command), ("ready.command", ready)):
+            program = argv[0] if argv else ""
+            if not program:
+                continue
+            if os.sep in program:
+                where = program if os.path.isabs(program) else os.path.join(folder, program)
+                found = where if os.path.isfile(where) and os.access(where, os.X_OK) else None
+            else:
+                found = shutil.which(program, path=process_env(spec, name, 0)["PATH"])
+            if not found:
+                problems.append(f"{key}.{what}: {program!r} is not an executable file"
+                                + ("" if os.sep in program else " on the PATH it starts with (app.python's "
+                                   "folder, then the daemon's PATH)"))
     return problems
 
 

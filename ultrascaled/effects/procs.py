@@ -14,6 +14,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -147,11 +148,37 @@ async def wait_group_gone(pgid: int, timeout: float = 5.0) -> bool:
     return True
 
 
-def spawn(argv: list[str], env: dict[str, str], cwd: str, log_path: str, pass_fds: tuple[int, ...] = ()) -> Proc:
+LOGPIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shims",
+                       "ultrascale_logpipe.py")
+
+
+def log_pipe(log_path: str, max_bytes: int, backups: int) -> int:
+    """The write end of a pipe whose reader appends to `log_path` and rotates it itself
+    (shims/ultrascale_logpipe.py, in a session of its own): for a process that cannot be told
+    to reopen its log, as gunicorn is with SIGUSR1. The caller closes the fd once it is handed on."""
+    # the checks an open here makes (a symlink planted there, no folder) fail now, not in the reader
+    os.close(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640))
+    r, w = os.pipe()
+    try:
+        subprocess.Popen([sys.executable, "-S", "-I", LOGPIPE, log_path, str(max_bytes), str(backups)],
+                         stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, close_fds=True)
+    except BaseException:
+        os.close(w)
+        raise
+    finally:
+        os.close(r)
+    return w
+
+
+def spawn(argv: list[str], env: dict[str, str], cwd: str, log_path: str, pass_fds: tuple[int, ...] = (),
+          rotate: tuple[int, int] | None = None) -> Proc:
     """Start a master in its own session, its output appended to `log_path` (never through a
     symlink planted there). `pass_fds`: listening sockets the master inherits under the same
-    numbers (`--bind fd://N`); every other fd of the daemon is closed in the child."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    numbers (`--bind fd://N`); every other fd of the daemon is closed in the child. `rotate`:
+    (max_bytes, backups) for a log rotated by a pipe's reader instead (:func:`log_pipe`)."""
+    fd = log_pipe(log_path, *rotate) if rotate else \
+        os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     try:
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
                                  cwd=cwd, env=env, start_new_session=True, close_fds=True,
@@ -339,6 +366,32 @@ def _remember(pid: int) -> None:
     fields = _stat_fields(pid)
     if fields is not None and len(fields) >= 20:
         _STARTS.setdefault(pid, fields[19])
+
+
+def sample_tree(root_pid: int, metric: str = "rss") -> list[ProcMem]:
+    """Memory and CPU of a process and all its descendants (a worker type's process: a Celery
+    parent, its pool children and theirs), root first; [] when the root is gone. One small read
+    of /proc/PID/task/PID/children per process of the tree, a pass over /proc without it."""
+    root = _read_mem(root_pid, metric)
+    if root is None:
+        return []
+    out, todo, seen = [root], [root_pid], {root_pid}
+    every: dict[int, list[int]] | None = None
+    while todo:
+        pid = todo.pop()
+        kids = children_of(pid)
+        if kids is None:
+            every = every if every is not None else children_map()
+            kids = every.get(pid, [])
+        for kid in kids:
+            if kid in seen:
+                continue
+            seen.add(kid)
+            m = _read_mem(kid, metric)
+            if m is not None:
+                out.append(m)
+                todo.append(kid)
+    return out
 
 
 def signal_worker(pid: int, sig: int) -> bool:

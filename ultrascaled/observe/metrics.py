@@ -300,6 +300,33 @@ class _Families:
         return self._fams
 
 
+def process_families(types: Mapping[str, Any], jobs: Mapping[str, Any]) -> list[Metric]:
+    """The process types beside the web fleet (`GET /processes` without `web`) and the jobs'
+    own figures (`JobsLoop.figures()`): counts per type, and per job its runs by outcome since
+    the daemon started, the last success, the last run's duration and the next due time."""
+    desired = _g("process_desired", "Processes a worker type should run", ["type", "kind"])
+    ready = _g("process_ready", "Processes of a type running (a job: its runs going)", ["type", "kind"])
+    restarts = _g("process_restarts", "Restarts of a worker type's live processes", ["type"])
+    for name, t in types.items():
+        if name == "web":
+            continue
+        desired.add_metric([name, t["kind"]], t.get("desired", 0) or 0)
+        ready.add_metric([name, t["kind"]], t.get("ready", 0) or 0)
+        if t["kind"] == "worker":
+            restarts.add_metric([name], sum(i.get("restarts", 0) or 0 for i in t.get("instances", [])))
+    runs = _c("job_runs", "Runs of a job that ended, by outcome, since the daemon started", ["job", "outcome"])
+    success = _g("job_last_success_timestamp_seconds", "When a job's last successful run ended", ["job"])
+    took = _g("job_last_duration_seconds", "How long a job's last run took", ["job"])
+    due = _g("job_next_run_timestamp_seconds", "When a job is next due", ["job"])
+    for name, j in jobs.items():
+        for outcome, n in sorted(j.get("outcomes", {}).items()):
+            runs.add_metric([name, outcome], n)
+        for fam, key in ((success, "last_success"), (took, "last_duration"), (due, "next_run")):
+            if j.get(key) is not None:
+                fam.add_metric([name], j[key])
+    return [f for f in (desired, ready, restarts, runs, success, took, due) if f.samples]
+
+
 class Renderer:
     """Holds the per-directory cache; :func:`render` uses a module default instance."""
 

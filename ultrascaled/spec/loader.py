@@ -12,6 +12,7 @@ import yaml
 
 from ultrascaled.spec import envfile
 from ultrascaled.spec.errors import SpecError
+from ultrascaled.spec.queue import mask_url
 from ultrascaled.spec.schema import MB, Spec, resolve_auto_workers
 from ultrascaled.spec.validate import _build, _cross_checks, _sorted
 from ultrascaled.spec.yaml_reader import MAX_SPEC_BYTES, _compose, _Reader, _Refused, _text_problem, decode_spec
@@ -156,6 +157,9 @@ def shown_spec(spec: Spec) -> dict:
     """The resolved spec as plain values for `--check`: app.env_file's values as `***`."""
     data = dataclasses.asdict(spec)
     data["app"]["file_env"] = spec.app.file_env.shown()
+    for entry in data.get("processes", {}).values():   # a queue's Redis URL: its password as ***
+        q = entry["autoscale"]["queue"]
+        q["redis"] = mask_url(q["redis"]) if q["redis"] else q["redis"]
     return data
 
 

@@ -32,6 +32,8 @@ def iter_settings(cls: type = Spec, prefix: str = ""):
 def _describe_type(fld: dataclasses.Field, tp: Any) -> str:
     if fld.name == "workers":
         return "int or `auto`"
+    if fld.metadata.get("keys") == "ready":
+        return "mapping (one of tcp, http, command) or null"
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]

@@ -60,6 +60,12 @@ class InstancesSection:
     base_port: int = setting(8001, "Port of instance 0; instance i listens on base_port + i.",
                              min=1024, max=65535)
     host: str = setting("127.0.0.1", "Address the instances bind.")
+    spares: int = setting(0, "Warm spares: masters of the current release booted ahead on ports just "
+                          "past the range (base_port + max + j), never in nginx's upstream and not "
+                          "counted as capacity, but counted in every budget. A crash, a failed "
+                          "health check, a memory replacement or a scale-up hands the port's socket "
+                          "to a ready spare at once (docs/spares.md). Needs gunicorn.worker_class "
+                          "sync or gthread.", min=0, max=16)
 
 
 @dataclass(frozen=True)
@@ -277,9 +283,11 @@ class AlertsSection:
 @dataclass(frozen=True)
 class LogsSection:
     max_bytes: int = setting(50 * 1024 * 1024, "Size at which an instance's log file is rotated "
-                             "(renamed to `.1`, then gunicorn reopens it on SIGUSR1: no line is lost).", min=4096)
-    backups: int = setting(5, "Rotated files kept per instance (`instance-PORT.log.1` .. `.N`).",
-                           min=0, max=100)
+                             "(renamed to `.1`, then gunicorn reopens it on SIGUSR1: no line is lost); "
+                             "a worker process's is rotated by the pipe it writes into, a job's "
+                             "between runs (docs/processes.md#logs).", min=4096)
+    backups: int = setting(5, "Rotated files kept per instance, worker process or job "
+                           "(`instance-PORT.log.1` .. `.N`).", min=0, max=100)
 
 
 # ---- autoscale: the fleet follows its load (ultrascaled/core/autoscale.py decides) --------------
@@ -469,9 +477,52 @@ class DashboardSection:
 
 # ---- process types beside the web fleet (`processes:`; ultrascaled/core/worker_plan.py decides) --
 
+# ---- a worker type's autoscaling on its queue's depth (spec/queue.py checks it, docs/processes.md)
+
+@dataclass(frozen=True)
+class QueueSource:
+    redis: Optional[str] = setting(None, "URL of the Redis broker whose list is the queue: "
+                                   "`redis://[[user]:password@]host:port/db`, `rediss://` for "
+                                   "TLS, `unix:///path.sock?db=0`; required to autoscale. Its "
+                                   "password is shown as `***` everywhere. The daemon reads it "
+                                   "with redis-py (`pip install 'redis>=5'`).")
+    list: Optional[str] = setting(None, "The Redis list whose length (LLEN) is the queue depth; "
+                                  "or one of `rq` and `celery`.")
+    rq: Optional[str] = setting(None, "An RQ queue's name: the list `rq:queue:<name>`.")
+    celery: Optional[str] = setting(None, "A Celery queue's name on its Redis broker: the list "
+                                    "of that name (Celery's default queue is `celery`).")
+
+
+@dataclass(frozen=True)
+class QueueAutoscale:
+    queue: QueueSource = field(default_factory=QueueSource)
+    target: float = setting(50.0, "Queued items per process: the type runs ceil(depth / target) "
+                            "processes (the HPA's External metric with an AverageValue "
+                            "target), within min..max.", min=0.001, max=1e9)
+    min: Optional[int] = setting(None, "Fewest processes the autoscaler keeps; null = the "
+                                 "type's `min`. Within the type's min..max.", min=0, max=256)
+    max: Optional[int] = setting(None, "Most processes the autoscaler asks for; null = the "
+                                 "type's `max`. Within the type's min..max.", min=1, max=256)
+    interval: float = setting(5.0, "Seconds between two reads of the queue's depth (each one "
+                              "a decision).", min=0.5, max=300)
+    tolerance: float = setting(0.1, "No change while depth / (target x processes) is within "
+                               "1 +- this (the HPA's 10 %).", min=0, max=1)
+    behavior: AutoscaleBehavior = field(default_factory=AutoscaleBehavior)
+
+    @property
+    def enabled(self) -> bool:
+        return self.queue.redis is not None
+
+    def bounds(self, t: "ProcessType") -> tuple[int, int]:
+        """(min, max) the autoscaler keeps the type's count within."""
+        return (t.min if self.min is None else self.min, t.max if self.max is None else self.max)
+
+
 PROCESS_KINDS = ("worker", "job", "web")
 BUILT_KINDS = ("worker", "job")
-WORKER_ONLY = ("count", "min", "max", "start_seconds")   # refused on a job: it runs when due
+WORKER_ONLY = ("count", "min", "max", "start_seconds",   # refused on a job: it runs when due,
+               "ready", "ready_timeout", "after",         # and its run is bounded by its timeout
+               "memory_limit_mb")
 JOB_ONLY = ("schedule", "every", "concurrency", "timeout", "catch_up", "history")
 
 
@@ -489,7 +540,9 @@ class ProcessType:
     count: int = setting(1, "Processes of this type to run when no scale was requested.",
                          min=0, max=256)
     min: int = setting(0, "Lowest count `scale NAME=N` accepts.", min=0, max=256)
-    max: int = setting(8, "Highest count `scale NAME=N` accepts.", min=1, max=256)
+    max: Optional[int] = setting(None, "Highest count `scale NAME=N` accepts; null = `count` (a "
+                                 "type scales past its count only as far as the spec says). The "
+                                 "memory budget counts each worker type at its max.", min=1, max=256)
     env: dict = setting({}, "Environment for this type, over `app.env_file` and `app.env`; "
                         "`ULTRASCALE_PROCESS=<fleet>/<name>/<index>` is set by the daemon.")
     directory: Optional[str] = setting(None, "Folder the command runs in; null = `app.directory` "
@@ -505,6 +558,36 @@ class ProcessType:
                                     "(RUNNING); an exit sooner is a start failure "
                                     "(`restart.fatal_crashes` in a row make it FATAL).",
                                     min=0, max=3600)
+    ready: Optional[dict] = field(default=None, hash=False, metadata={"keys": "ready", "help": (
+        "A worker's readiness check, one of: `{tcp: PORT}` (a TCP connect to 127.0.0.1:PORT "
+        "succeeds), `{http: URL}` (a GET on a loopback URL such as `http://127.0.0.1:9101/"
+        "health` answers 2xx), `{command: [argv]}` (exits 0 within 5 s; no shell: `[sh, -c, "
+        "'...']` to expand `$HOSTNAME`; run in the process's folder with its environment). Tried "
+        "every 0.5 s from the spawn; the process is STARTING until it passed and `start_seconds` "
+        "are over. null = alive `start_seconds` is enough (docs/processes.md#start-order-and-"
+        "readiness).")})
+    ready_timeout: float = setting(60.0, "Seconds a worker's process may take to pass its `ready` "
+                                   "check; then its process group is SIGKILLed and it counts as "
+                                   "a start failure (backoff, FATAL at `restart.fatal_crashes` "
+                                   "in a row).", min=0.5, max=86400)
+    after: list = setting(["web"], "Types a worker type starts after: `web` (the web fleet "
+                          "ready, the default) and other worker types (all their processes "
+                          "running, each past its `ready` check). `[]` = at once, with the "
+                          "daemon, before the web fleet. Only the first start waits: a restart "
+                          "later does not. Cycles and unknown names are refused.")
+    requires: list = setting([], "Addresses `tcp://HOST:PORT` that must accept a TCP connection: "
+                             "a worker type's processes first start once all do (a "
+                             "`processes.waiting` event names what is awaited, every 10 s; "
+                             "status shows `waiting for`); a job's run that is due while one "
+                             "does not is skipped (`job.skipped` says which). [] = none.")
+    # the memory watchdog of a worker (docs/processes.md#memory; issue 22)
+    memory_limit_mb: Optional[int] = setting(None, "MiB a worker process may use with its whole "
+                                             "process tree (a Celery parent and its children), "
+                                             "in `memory.metric`; `memory.samples_over` samples "
+                                             "in a row over it restart the process gracefully. "
+                                             "null = `memory.worker_limit_mb`.", min=16,
+                                             max=1048576)
+    autoscale: QueueAutoscale = field(default_factory=QueueAutoscale)   # a worker's, on its queue
     # a job's keys (kind: job); ultrascaled/spec/jobs.py reads the schedule
     schedule: Optional[str] = setting(None, "A job's cron schedule, five fields in the host's "
                                       "local time (`*/15 * * * *`, `30 3 * * *`) or `@hourly`, "
@@ -526,6 +609,10 @@ class ProcessType:
                              "what was missed).")
     history: int = setting(20, "Runs of a job kept in `GET /jobs/NAME/runs` and `<paths."
                            "state_dir>/jobs.json`.", min=1, max=1000)
+
+    def __post_init__(self) -> None:
+        if self.max is None:   # null: the type's count (one process at least, as `max` is >= 1)
+            object.__setattr__(self, "max", max(self.count, 1))
 
 
 @dataclass(frozen=True)

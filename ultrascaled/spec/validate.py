@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ultrascaled.spec import nginx as nginx_checks
-from ultrascaled.spec import path_rule
+from ultrascaled.spec import path_rule, readiness
+from ultrascaled.spec import queue as queue_checks
 from ultrascaled.spec import workers as worker_classes
 from ultrascaled.spec.budget import (TYPICAL_PROCESS_RSS_MIB, WORKER_LIMIT_FLOOR_MIB, budget_problems,
                                      requests_per_worker)
@@ -51,6 +52,9 @@ def _check_value(fld: dataclasses.Field, tp: Any, value: Any) -> tuple[Any, str 
         return (None, None) if optional else (value, "must not be empty")
     if _has_nul(value):
         return value, "must not contain a NUL character"
+    if meta.get("keys") == "ready":   # processes.NAME.ready: checked in spec/readiness.py
+        checked, problem = readiness.check_ready(value)
+        return (value, problem) if problem else (checked, None)
     if fld.name == "workers":  # int or "auto"
         if value == "auto":
             return value, None
@@ -222,6 +226,15 @@ def _build_map(cls: type, data: Any, path: str, lines: dict[str, int], errors: l
         elif key not in bad and not section.command[0]:
             errors.append(f"{where(key)}: its first item (the program) must not be empty")
             bad.add(key)
+        if f"{sub}.requires" not in bad:
+            errors += readiness.requires_errors(section.requires, where(f"{sub}.requires"))
+        if isinstance(entry, dict) and "autoscale" in entry:   # a worker's, on its queue (spec/queue.py)
+            for key, message in queue_checks.errors(kind, entry, section, sub, bad):
+                near = key   # the line of the key, else of its nearest section written
+                while near and near not in lines:
+                    near = near.rpartition(".")[0]
+                errors.append(f"{key} (line {lines[near]}): {message}" if near else f"{where(key)}: {message}")
+                bad.add(key)
         lo, hi, n = section.min, section.max, section.count
         if kind == "job":
             out[name] = section
@@ -232,7 +245,17 @@ def _build_map(cls: type, data: Any, path: str, lines: dict[str, int], errors: l
             errors.append(f"{where(sub + '.count')}: must be within {sub}.min..max ({lo}..{hi}), "
                           f"got {n}")
         out[name] = section
+    errors += readiness.after_errors(out, where)   # a bad `after` is left at its default
     return out
+
+
+_NOT_ON_A_JOB = {   # why a worker's start-order key is refused on a job
+    "ready": "a job's run is not awaited, it runs to its end (readiness is for workers)",
+    "ready_timeout": "a job's run is not awaited, it runs to its end (readiness is for workers)",
+    "after": "a job's schedule starts with the web fleet; `requires` skips its runs while a "
+             "service is down",
+    "memory_limit_mb": "a job's run is bounded by its `timeout`; the memory watchdog watches workers",
+}
 
 
 def _check_kind_keys(kind: str, entry: dict, sub: str, where: Any, errors: list[str],
@@ -247,7 +270,8 @@ def _check_kind_keys(kind: str, entry: dict, sub: str, where: Any, errors: list[
         if kind == "job" else (JOB_ONLY, "only a job (`kind: job`) has it")
     for key in foreign:
         if key in entry:
-            errors.append(f"{where(f'{sub}.{key}')}: not a key of a {kind}: {what}")
+            why = _NOT_ON_A_JOB.get(key, what) if kind == "job" else what
+            errors.append(f"{where(f'{sub}.{key}')}: not a key of a {kind}: {why}")
             bad.add(f"{sub}.{key}")
     entry = {k: v for k, v in entry.items() if k not in foreign}
     if kind != "job":
@@ -329,7 +353,7 @@ _HTTP_PATH = re.compile(r"/[\x21-\x7e]*\Z")
 # The inputs of each budget message (by the key it names): a budget is not judged when one of
 # them could not be read (it would be judged on a default the file did not ask for).
 _BUDGET_INPUTS = {
-    "memory.fleet_budget_mb": ("instances.count", "gunicorn.workers", "memory"),
+    "memory.fleet_budget_mb": ("instances.count", "gunicorn.workers", "memory", "processes"),
     "mongodb.connection_budget": ("instances.max", "gunicorn.workers", "mongodb"),
     "mongodb.min_pool_size": ("instances.max", "gunicorn.workers", "mongodb"),
     "mongodb.max_connecting": ("instances.max", "gunicorn.workers", "mongodb"),
@@ -340,7 +364,7 @@ _BUDGET_INPUTS = {
     "gunicorn.concurrency": ("gunicorn.worker_connections", "gunicorn.workers",
                              "gunicorn.worker_class", "gunicorn.concurrency", "instances.max",
                              "mongodb"),
-    "instances.max": ("instances.max",),
+    "instances.max": ("instances.max", "processes"),
 }
 
 
@@ -430,6 +454,8 @@ def _cross_checks(spec: Spec, lines: dict[str, int], bad: set[str],
     if instance_ports and ok("api.port") and spec.api.port in ports:
         errors.append(f"{where('api.port')}: {spec.api.port} is inside the instance ports "
                       f"{inst.base_port}..{last}")
+    if instance_ports and ok("instances.spares") and inst.spares:
+        errors += spare_errors(spec, where, ok)
     ng = spec.nginx
     nginx_ports = [] if ng.mode == "off" or not ok("nginx.mode") else (
         [("nginx.listen", ng.listen)] + ([("nginx.tls_listen", ng.tls_listen)] if ng.tls_enabled else []))
@@ -706,3 +732,30 @@ def plan_urls_errors(urls: list[str], where: str) -> list[str]:
     return [f"{where}: each must be a path starting with / (no scheme or host: the load goes to "
             f"one instance on a loopback port) and hold no spaces or control characters, got "
             f"{show_value(u)}" for u in urls if not _HTTP_PATH.match(u)]
+
+
+SPARE_WORKER_CLASSES = ("sync", "gthread")   # ultrascaled/shims/ultrascale_spare.py takes a socket in these
+
+
+def spare_errors(spec, where, ok) -> list[str]:
+    """instances.spares: the spares' ports (base_port + max .. + spares - 1, just past the range
+    nginx lists) must exist and be free of the API's and nginx's; their workers must be able to
+    take a serving port's socket (docs/spares.md)."""
+    inst, errors = spec.instances, []
+    first, last = inst.base_port + inst.max, inst.base_port + inst.max + inst.spares - 1
+    if last > 65535:
+        errors.append(f"{where('instances.spares')}: the spares' ports {first}..{last} (base_port + max + j) "
+                      "are past 65535")
+    taken = [("api.port", spec.api.port)]
+    if spec.nginx.mode != "off":
+        taken.append(("nginx.listen", spec.nginx.listen))
+        if spec.nginx.tls_enabled:
+            taken.append(("nginx.tls_listen", spec.nginx.tls_listen))
+    for key, port in taken:
+        if ok(key) and first <= port <= last:
+            errors.append(f"{where('instances.spares')}: the spares' ports {first}..{last} hold {key} ({port})")
+    if ok("gunicorn.worker_class") and spec.gunicorn.worker_class not in SPARE_WORKER_CLASSES:
+        errors.append(f"{where('instances.spares')}: spares need gunicorn.worker_class "
+                      f"{' or '.join(SPARE_WORKER_CLASSES)} (a spare's workers take over a serving port's "
+                      f"socket), got {spec.gunicorn.worker_class}")
+    return errors

@@ -361,6 +361,10 @@ class Autoscaler:
         current = self.sup.count
         bounds = self.policy.bounds(spec.instances)
         decision, state = core.decide(self.state, obs, current, self.policy, bounds, self.budgets, now)
+        # a step up that ready warm spares serve is immediate: they take the new ports at once
+        # (docs/spares.md); the rest boots as usual
+        spares_ready = sum(1 for s in self.sup.rec.spares.values() if s.ready)
+        from_spares = min(max(decision.desired - current, 0), spares_ready) if decision.action == "scale_up" else 0
         if decision.action != "hold":
             try:
                 self.sup.scale(decision.desired, source="autoscale")
@@ -377,6 +381,8 @@ class Autoscaler:
         self.state, self.last, self.last_obs = state, decision, obs
         self.counts[decision.action] += 1
         record = {"time": round(self.clock.wall(), 3), **decision.to_dict(), "ready": obs.ready,
+                  **({"from_spares": from_spares, "immediate": from_spares == decision.desired - current}
+                     if decision.action == "scale_up" else {}),
                   "host_cpu_percent": (None if obs.host_cpu_percent is None
                                        else round(obs.host_cpu_percent, 1)),
                   "fleet_cpu_percent": (None if obs.fleet_cpu_percent is None

@@ -11,6 +11,9 @@ records each live run (pid and process start time), so a next daemon adopts a ru
 and never starts a second beside it, even when the record was lost. Runs missed while no daemon
 ran are counted in an event and run once at start only with `catch_up: true`.
 
+A job with `requires` has each address connected to when a run is due (in parallel): a run due
+while one does not accept is skipped, with a `job.skipped` naming it.
+
 A daemon that stops stops the runs (stop_signal, SIGKILL at graceful_timeout); one that detaches
 for an upgrade leaves them to the next. A reload that removes a job lets its runs finish.
 """
@@ -25,12 +28,13 @@ from typing import Any, Callable
 
 from ultrascaled.core import command, job_plan as jp
 from ultrascaled.core.control import ScaleRefused
-from ultrascaled.core.seams import Clock, Handle, Runner
+from ultrascaled.core.seams import CheckResult, Clock, Handle, Runner
 from ultrascaled.effects import joblock
 from ultrascaled.effects.files import write_atomic
-from ultrascaled.spec import Spec
+from ultrascaled.spec import Spec, readiness
 
 IDLE_WAIT = 5.0        # the loop looks again at least this often (and beats)
+CONNECT_TIMEOUT = 1.0  # seconds a `requires` address may take to accept a connection
 STATE_VERSION = 1
 
 
@@ -86,6 +90,10 @@ class JobsLoop:
         self.started = False
         self.shutting_down = False
         self._wake = asyncio.Event()
+        self.outcomes: dict[str, dict[str, int]] = {}   # job -> outcome -> runs ended, since start (/metrics)
+        self.last_success: dict[str, float] = {}
+        self.down: dict[str, list[str]] = {}     # a job -> its `requires` not connecting at its last due time
+        self._checks: set[asyncio.Task] = set()  # those connects under way
 
     @property
     def spec(self) -> Spec:
@@ -228,6 +236,7 @@ class JobsLoop:
                 continue
             if name not in self.last_due:
                 self._follow(name, wall)
+            self._clock_back(name, policy, wall)
             due = policy.next_due(self.last_due[name])
             if due <= wall:
                 n, latest = jp.missed(policy, self.last_due[name], wall)
@@ -235,21 +244,67 @@ class JobsLoop:
                     self.events.emit("job.missed", level="warning", process=name, missed=n - 1,
                                      latest=round(latest, 3), note="skipped: the loop ran late")
                 self.last_due[name] = latest if latest is not None else due
-                self._due(name, policy, self.last_due[name], "schedule")
+                self._when_met(name, policy, self.last_due[name], "schedule")
             if name in self.requested:
-                self._due(name, policy, None, self.requested.pop(name))
+                why = self.requested.pop(name)
+                if why == "replace_waiting":
+                    self._due(name, policy, None, why)
+                else:
+                    self._when_met(name, policy, None, why)
             waits.append(policy.next_due(self.last_due[name]) - wall)
             wake = jp.next_wakeup(policy, [r.live() for r in self.live.get(name, {}).values()])
             if wake is not None:
                 waits.append(wake - now)
         return min(waits)
 
+    def _when_met(self, name: str, policy: jp.JobPolicy, due: float | None, why: str) -> None:
+        """A run that is due: at once for a job without `requires`; else once each address
+        accepted a TCP connection (connected at the due time, in parallel), or skipped with a
+        `job.skipped` naming the ones that did not."""
+        t = self.spec.processes.get(name)
+        if t is None or not t.requires:
+            self._due(name, policy, due, why)
+            return
+
+        async def check() -> None:
+            async def one(address: str) -> tuple[str, CheckResult]:
+                host, port = readiness.tcp_address(address)
+                try:
+                    return address, await self.runner.tcp_check(host, port, CONNECT_TIMEOUT)
+                except OSError as exc:
+                    return address, CheckResult(False, exc.strerror or str(exc))
+            answers = await asyncio.gather(*(one(a) for a in t.requires))
+            if self.shutting_down or name not in self.spec.processes:
+                return
+            down = [f"{a} ({r.detail})" for a, r in answers if not r.ok]
+            self.down[name] = [a for a, r in answers if not r.ok]
+            if down:
+                self.events.emit("job.skipped", level="warning", process=name, due=due, why=why,
+                                 reason="requires " + ", ".join(down), waiting_for=self.down[name])
+                self._save()
+            else:
+                self._due(name, policy, due, why)
+            self.wake()
+        task = asyncio.get_running_loop().create_task(check(), name=f"jobs-requires-{name}")
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    def _clock_back(self, name: str, policy: jp.JobPolicy, wall: float) -> None:
+        """The wall clock went back (an NTP step, a restored VM): by less than the job's period,
+        its next run stays where it was (nothing runs twice); by more, the schedule starts again
+        from now, instead of waiting for the clock to come back to the last due time."""
+        last = self.last_due[name]
+        if last - wall > max(1.0, policy.next_due(last) - last):
+            self.events.emit("job.clock_back", level="warning", process=name, by=round(last - wall, 3),
+                             note="the wall clock went back past the last due time: scheduling from now")
+            self.last_due[name] = wall
+
     def _due(self, name: str, policy: jp.JobPolicy, due: float | None, why: str) -> None:
         live = self.live.get(name, {})
         elsewhere = policy.singleton and not live and self.locks.held(self.lock_path(name))
-        if why == "replace_waiting":   # a replaced run was stopped: start the new one once it is gone
+        if why.startswith("replace_waiting:"):   # a replaced run was stopped: start the new one once it is gone
             if not live and not elsewhere:
-                self._start(name, policy, due, "schedule")
+                self._start(name, policy, due, why.split(":", 1)[1])
             else:
                 self.requested[name] = why
             return
@@ -259,7 +314,7 @@ class JobsLoop:
         elif action == "replace":
             for r in list(live.values()):
                 self._stop(r, policy, "replaced", reason)
-            self.requested[name] = "replace_waiting"
+            self.requested[name] = f"replace_waiting:{why}"
         else:
             self.events.emit("job.skipped", level="warning", process=name, due=due, why=why, reason=reason)
             self._save()
@@ -279,6 +334,9 @@ class JobsLoop:
                                      reason="a run holds the job's lock")
                     return
             offset = self.runner.log_size(log)
+            if offset >= spec.logs.max_bytes and not self.live.get(name):   # between runs: no writer
+                self.runner.rotate_log(log, spec.logs.backups)
+                offset = 0
             handle = self.runner.spawn(list(t.command), command.process_env(spec, name, run), cwd, log,
                                        pass_fds=(fd,) if fd is not None else ())
         except OSError as exc:
@@ -302,7 +360,7 @@ class JobsLoop:
         self.handles[(name, run)] = handle
         self.runner.watch(handle, lambda rc, n=name, k=run, h=handle: self._exited(n, k, h, rc))
         late = None if due is None else round(r.started_wall - due, 3)
-        self.events.emit("job.started", process=name, run=run, pid=handle.pid, why=why, late=late, log=log)
+        self.events.emit("job.started", process=name, run=run, pid=handle.pid, why=why, due=due, late=late, log=log)
         self._save()
 
     def _stop(self, r: Run, policy: jp.JobPolicy, reason: str, detail: str) -> None:
@@ -366,6 +424,10 @@ class JobsLoop:
         self.wake()
 
     def _remember(self, name: str, entry: dict[str, Any]) -> None:
+        counts = self.outcomes.setdefault(name, {})
+        counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+        if entry["outcome"] == "succeeded":
+            self.last_success[name] = self.clock.wall()
         keep = self.policy(name).history
         self.history[name] = (self.history.get(name, []) + [entry])[-keep:]
 
@@ -409,6 +471,8 @@ class JobsLoop:
 
     def begin_shutdown(self) -> None:
         self.shutting_down = True
+        for task in list(self._checks):
+            task.cancel()
         self.wake()
 
     async def stop_all(self, margin: float = 5.0) -> None:
@@ -442,7 +506,7 @@ class JobsLoop:
         for name in sorted(set(self.spec.processes) | set(self.live)):
             runs = [self._live_view(r, now) for _, r in sorted(self.live.get(name, {}).items())]
             out[name] = {"kind": "job", "desired": 0, "ready": len(runs), "min": 0, "max": 0,
-                         "instances": runs, **self._summary(name)}
+                         "waiting_for": list(self.down.get(name, [])), "instances": runs, **self._summary(name)}
         return out
 
     def _summary(self, name: str) -> dict[str, Any]:
@@ -460,6 +524,15 @@ class JobsLoop:
         return {name: {**self._summary(name), "running": [self._live_view(r, now) for _, r in
                                                          sorted(self.live.get(name, {}).items())]}
                 for name in sorted(set(self.spec.processes) | set(self.live))}
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """What /metrics says of each job (observe/metrics.py process_families)."""
+        out = {}
+        for name in sorted(set(self.spec.processes) | set(self.outcomes)):
+            last = (self.history.get(name) or [{}])[-1]
+            out[name] = {"outcomes": dict(self.outcomes.get(name, {})), "last_success": self.last_success.get(name),
+                         "last_duration": last.get("duration"), "next_run": self._summary(name)["next_run"]}
+        return out
 
     def runs(self, name: str) -> list[dict[str, Any]]:
         """`GET /jobs/{name}/runs`: the runs going, then the history, newest first."""

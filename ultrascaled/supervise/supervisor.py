@@ -32,6 +32,7 @@ from ultrascaled.spec import MB, Spec
 from ultrascaled.supervise import views
 from ultrascaled.supervise.autoscale_loop import Autoscaler
 from ultrascaled.supervise.jobs_loop import JobsLoop
+from ultrascaled.supervise.queue_scale_loop import QueueScaler
 from ultrascaled.supervise.rollout_loop import Deployer
 from ultrascaled.supervise.tasks import TaskGuard
 from ultrascaled.supervise.workers_loop import WorkersLoop
@@ -64,12 +65,13 @@ class Supervisor:
     `alerts`: True for the alert rules over the fleet's own metrics (the daemon), False for
     events only (component tests). `traffic`: the per-port traffic source, by default the
     spec's nginx traffic log (None when off). `autoscale`: the autoscaler's measurement seams
-    (host_cpu, app_families, cores, ...), for tests."""
+    (host_cpu, app_families, cores, ...), for tests. `queue_depth`: how the worker types that
+    autoscale on a queue read its depth (effects/queue_depth.py's RedisDepth; a fake in tests)."""
 
     def __init__(self, spec: Spec, events: EventLog, upstream: Upstream | None = None, *,
                  runner: Runner | None = None, clock: Clock | None = None, lock: bool = True,
                  alerts: bool = False, traffic: Any = FROM_SPEC, autoscale: dict[str, Any] | None = None,
-                 nofile_limit: int | None = None, job_locks: Any = None):
+                 nofile_limit: int | None = None, job_locks: Any = None, queue_depth: Any = None):
         self.events = events
         self.clock = clock or Clock()
         upstream = upstream or NoUpstream()
@@ -84,11 +86,13 @@ class Supervisor:
                                  folders_in_use=lambda: self.workers.folders_in_use() | self.jobs.folders_in_use())
         # p95 from nginx's traffic log when it is on (it sees queueing the app's own histogram cannot)
         self.autoscaler = Autoscaler(self, nofile_limit=nofile_limit, traffic=self.traffic, **(autoscale or {}))
-        # the `processes:` worker types: their own loop, started once the web fleet is ready
+        # the `processes:` worker types: their own loop, each type in its start order (`after`)
         current = lambda: release_layout.directory_of(self.rec.spec, self.rec.releases.current)  # noqa: E731
         self.workers = WorkersLoop(KindView(lambda: self.rec.spec, "worker"), events, self.rec.runner,
                                    self.clock, self.alerts, directory=current, log_dir=self.rec.log_dir,
-                                   state_dir=self.rec.state_dir, beat=lambda: self.guard.beat("workers"))
+                                   state_dir=self.rec.state_dir, beat=lambda: self.guard.beat("workers"),
+                                   web_ready=self.rec.ready_event.is_set,
+                                   web_memory=lambda: sum(i.rss for i in self.rec.instances.values()))
         # the `kind: job` types: started with the workers, once the web fleet is ready
         self.jobs = JobsLoop(KindView(lambda: self.rec.spec, "job"), events, self.rec.runner, self.clock,
                              self.alerts, directory=current, log_dir=self.rec.log_dir,
@@ -96,6 +100,10 @@ class Supervisor:
                              **({"locks": job_locks} if job_locks is not None else {}))
         self._workers_running = False
         self._jobs_running = False
+        # worker types that autoscale on their queue's depth (`queue_depth`: the read, for tests)
+        self.queues = QueueScaler(self.workers, events, self.clock, self.alerts, self.rec.state_dir,
+                                  depth=queue_depth)
+        self._queues_running = False
 
     # ---- traffic measured at nginx (accesslog.py), and the alerts over the fleet's metrics ---------
 
@@ -204,9 +212,12 @@ class Supervisor:
         if not sizes:
             return None
         avg = sum(sizes) / len(sizes)
-        need = avg * n
+        workers = self.workers.measured_memory()   # the worker types' trees share the budget
+        k = self.spec.instances.spares   # a spare holds as much as an instance
+        need = avg * (n + k) + workers
         if need > budget:
-            return (f"{n} instances x {avg / MB:.0f} MiB measured average = {need / MB:.0f} "
+            beside = f" + {workers / MB:.0f} MiB measured of the worker types" if workers else ""
+            return (f"{n} instances{f' + {k} spares' if k else ''} x {avg / MB:.0f} MiB measured average{beside} = {need / MB:.0f} "
                     f"MiB exceeds memory.fleet_budget_mb {self.spec.memory.fleet_budget_mb} MiB")
         return None
 
@@ -330,6 +341,11 @@ class Supervisor:
         if not self._jobs_running and (self.jobs.spec.processes or self.jobs.live):
             self._jobs_running = True
             self.guard.start("jobs", lambda: self.jobs.run(self.rec.ready_event), interval=10.0)
+        if not self._queues_running and self.queues.autoscaled():
+            self._queues_running = True
+            self.guard.start("queue-autoscaler",
+                             lambda: self.queues.run(lambda: self.guard.beat("queue-autoscaler")),
+                             interval=10.0)
 
     def processes(self) -> dict[str, Any]:
         """`GET /processes`: the web type, then each worker type."""
@@ -339,7 +355,11 @@ class Supervisor:
                       "serving": i["serving"]} for i in snap["instances"]]
         web = {"kind": "web", "desired": snap["desired"], "ready": snap["ready"],
                "min": self.spec.instances.min, "max": self.spec.instances.max, "instances": instances}
-        return {"web": web, **self.workers.snapshot(), **self.jobs.snapshot()}
+        workers = self.workers.snapshot()
+        for name, st in self.queues.status().items():   # its last decision on queue depth
+            if name in workers:
+                workers[name]["autoscale"] = {k: v for k, v in st.items() if k != "decisions"}
+        return {"web": web, **workers, **self.jobs.snapshot()}
 
     def scale_process(self, name: str, n: int, source: str = "operator") -> dict[str, Any]:
         """`POST /processes/{name}/scale`: `web` is the web fleet's scale; any other name a
@@ -355,7 +375,25 @@ class Supervisor:
             raise ScaleRefused("out_of_range", f"{name} is a job: it runs on its schedule, one run "
                                f"at a time unless its concurrency allows more; `ultrascalectl jobs "
                                f"{name} --run` runs it now")
-        return self.workers.scale(name, n, source)
+        out = self.workers.scale(name, n, source)
+        note = self.queues.manual_scale(name, n) if source == "operator" else None
+        if note:
+            out["autoscale"] = note
+        return out
+
+    def restart_process(self, name: str) -> dict[str, Any]:
+        """`POST /processes/{name}/restart`: `web` is the fleet's rolling restart, a worker type
+        restarts one process at a time (raises ScaleRefused)."""
+        if name == "web":
+            return {"process": "web", "restarting": self.restart()}
+        if name in self.jobs.spec.processes:
+            raise ScaleRefused("out_of_range", f"{name} is a job: it has no process to restart "
+                               f"between runs; `ultrascalectl jobs {name} --run` runs it now")
+        return self.workers.restart(name)
+
+    def process_metric_families(self) -> list:
+        """/metrics: the worker and job types' counts and the jobs' runs."""
+        return metrics.process_families(self.processes(), self.jobs.figures())
 
     def jobs_listing(self) -> dict[str, Any]:
         return self.jobs.listing()
@@ -367,12 +405,21 @@ class Supervisor:
         return self.jobs.run_now(name)
 
     async def _sample_loop(self) -> None:
-        # The next round when it is due: memory.relaxed_interval while every process is far from
-        # its limit and the autoscaler is off, else memory.sample_interval (core.memwatch).
+        # The next round when it is due (core.memwatch.sample_delay): memory.relaxed_interval while
+        # every web process is far from its limit, the autoscaler is off and no worker type runs
+        # (their watchdog keeps its timing), else memory.sample_interval.
         while True:
-            await asyncio.sleep(self.rec.sample_delay(autoscaling=self.autoscaler.enabled))
-            self.rec.sample_all()
+            await asyncio.sleep(self.rec.sample_delay(
+                autoscaling=self.autoscaler.enabled or bool(self.workers.handles)))
+            self.sample_all()
             self.guard.beat("sampler")
+
+    def sample_all(self) -> None:
+        """One round of memory samples: the web instances', then in the same pass the worker
+        processes' (one timer for both; the memory watchdog of each decides)."""
+        self.rec.sample_all()
+        if self.workers.handles:
+            self.workers.sample_memory()
 
     def start_guarded(self, name: str, factory, interval: float | None = None) -> None:
         """Other loops of the daemon (alerts, the systemd watchdog) under the same guard."""
@@ -401,6 +448,7 @@ class Supervisor:
             if task is not None:
                 await task
         await self.guard.stop()
+        self.queues.close()
         await rec.cancel_tasks()
         await rec.upstream.stop()
         if self.lock is not None:
@@ -413,6 +461,7 @@ class Supervisor:
         the runs from jobs.json and their locks)."""
         self.jobs.begin_shutdown()
         await self.guard.stop()
+        self.queues.close()
         self.workers.detach()
         await self.rec.cancel_tasks()
         self.rec.detach()

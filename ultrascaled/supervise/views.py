@@ -51,6 +51,8 @@ def fleet(rec: Reconciler) -> dict[str, Any]:
                    "worker_limit_bytes": spec.memory.worker_limit_mb * MB},
         "upstream": {"servers": sorted(rec.applied), "ok": rec.upstream_ok, "error": rec.upstream_error},
         "instances": items,
+        # warm spares (docs/spares.md): not capacity, never in the upstream, not in `ready`
+        "spares": rec.spares_status(),
     }
 
 

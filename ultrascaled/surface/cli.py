@@ -159,7 +159,22 @@ def render_status(fleet: dict) -> str:
         head += f"\nupstream update FAILED: {up.get('error')}"
     notes = [f"  {i['port']}: {i['reason']}" for i in fleet["instances"]
              if i["state"] in ("backoff", "fatal") and i.get("reason")]
-    return "\n".join([head, *lines] + (["reasons:", *notes] if notes else []))
+    return "\n".join([head, *lines] + render_spares(fleet.get("spares") or [])
+                      + (["reasons:", *notes] if notes else []))
+
+
+def render_spares(spares: list[dict]) -> list[str]:
+    """Warm spares, apart from the serving instances (docs/spares.md): never in the upstream."""
+    if not spares:
+        return []
+    rows = [("SPARE", "PID", "STATE", "READY", "RELEASE", "NOTE")]
+    for s in spares:
+        rows.append((str(s["port"]), str(s.get("pid") or "-"), s["state"], "yes" if s.get("ready") else "no",
+                     s.get("release") or "app.directory", s.get("reason") or ""))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    ready = sum(1 for s in spares if s.get("ready"))
+    return [f"spares: {ready}/{len(spares)} ready (not capacity; a takeover hands one a serving port)",
+            *("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)]
 
 
 def wait_until(api: Api, done, timeout: float, show, failed=None, *, fatal_fails: bool = True,
@@ -257,17 +272,20 @@ def render_workers(types: dict) -> str:
     out, now = [], time.time()
     for name, t in types.items():
         if t["kind"] == "job":
-            out.append(job_line(name, t, now))
+            out.append(job_line(name, t, now) + (f"; runs skipped: waiting for {', '.join(t['waiting_for'])}"
+                                                 if t.get("waiting_for") else ""))
             if not t["instances"]:
                 continue
             rows = [("RUN", "PID", "STATE", "UPTIME", "REASON")]
             rows += [(str(i.get("run", i.get("index", "-"))), str(i["pid"] or "-"), i["state"],
                       fmt_uptime(i.get("uptime")), i.get("reason") or "") for i in t["instances"]]
         else:
-            out.append(f"{name} ({t['kind']}): {t['ready']}/{t['desired']} running")
-            rows = [("INDEX", "PID", "STATE", "UPTIME", "RESTARTS", "REASON")]
+            waiting = t.get("waiting_for") or []
+            out.append(f"{name} ({t['kind']}): {t['ready']}/{t['desired']} running"
+                       + (f", waiting for {', '.join(waiting)}" if waiting else ""))
+            rows = [("INDEX", "PID", "STATE", "UPTIME", "RSS", "RESTARTS", "REASON")]   # RSS: its process tree
             rows += [(str(i.get("index", "-")), str(i["pid"] or "-"), i["state"], fmt_uptime(i.get("uptime")),
-                      str(i["restarts"]), i.get("reason") or "") for i in t["instances"]]
+                      fmt_bytes(i.get("rss")), str(i["restarts"]), i.get("reason") or "") for i in t["instances"]]
         out += table(rows)
     return "\n".join(out)
 
@@ -321,7 +339,9 @@ def cmd_scale(api: Api, args) -> int:
         if isinstance(answer, dict) and answer.get("autoscale"):
             print(f"note: {answer['autoscale']}", file=sys.stderr)
     for name, n in workers.items():
-        api.request("POST", f"/processes/{name}/scale", {"instances": n})
+        answer = api.request("POST", f"/processes/{name}/scale", {"instances": n})
+        if isinstance(answer, dict) and answer.get("autoscale"):   # the type's queue autoscaling paused
+            print(f"note: {answer['autoscale']}", file=sys.stderr)
     if args.no_wait:
         said = ([f"desired instances: {args.instances}"] if args.instances is not None else []) + \
             [f"desired {name}: {n}" for name, n in workers.items()]
@@ -351,7 +371,44 @@ def restarted(fleet: dict, ports: list[int], before: dict[int, int | None]) -> b
                for p in ports)
 
 
+def port_or_type(text: str) -> int | str:
+    """`restart`'s target: a port (digits) or a process type's name."""
+    if text.isdigit():
+        return count(text)
+    if 0 < len(text) <= 64 and all(c.isascii() and (c.isalnum() or c in "-_") for c in text):
+        return text
+    raise argparse.ArgumentTypeError(f"must be a port or a process type name, got {text[:40]!r}")
+
+
+def restart_type(api: Api, args) -> int:
+    """`restart NAME`: a worker type one process at a time; wait until each runs a new pid."""
+    before = {i["index"]: i["pid"] for i in api.request("GET", "/processes").get(args.port, {}).get("instances", [])}
+    answer = api.request("POST", f"/processes/{args.port}/restart")
+    if args.no_wait:
+        print(f"{answer['process']}: restarting {', '.join(map(str, answer['restarting'])) or 'nothing'}")
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while True:
+        t = api.request("GET", "/processes").get(args.port, {})
+        insts = t.get("instances", [])
+        fatal = [i for i in insts if i["state"] == "fatal"]
+        if fatal:
+            raise CtlError(f"{args.port} process {fatal[0]['index']} is FATAL: {fatal[0].get('reason')}", EXIT_FAILED)
+        done = [i for i in insts if i["state"] == "running" and i["pid"] != before.get(i["index"])]
+        if len(done) == len(insts) == t.get("desired", -1):
+            print(f"{args.port}: restarted {len(done)} processes")
+            return 0
+        if time.monotonic() > deadline:
+            raise CtlError(f"{args.port}: {len(done)} of {t.get('desired')} processes restarted "
+                           f"after {args.timeout:g}s", EXIT_FAILED)
+        time.sleep(0.2)
+
+
 def cmd_restart(api: Api, args) -> int:
+    if args.port == "web":   # the web type: the fleet's rolling restart
+        args.all, args.port = True, None
+    if isinstance(args.port, str):
+        return restart_type(api, args)
     path = "/fleet/restart" if args.all else f"/instances/{args.port}/restart"
     before = {} if args.no_wait else pids(api.request("GET", "/fleet"))
     ports = api.request("POST", path).get("restarting", [])
@@ -778,6 +835,18 @@ def render_autoscale(st: dict) -> str:
         t = time.strftime("%H:%M:%S", time.localtime(d["time"]))
         move = f"{d['current']} -> {d['desired']}" if d["desired"] != d["current"] else str(d["current"])
         lines.append(f"  {t} {d['action']:10} {move:8} {d['reason']}")
+    for name, q in (st.get("processes") or {}).items():   # worker types on their queue's depth
+        state = "PAUSED (" + (q.get("paused_reason") or "operator") + ")" if q["paused"] else "on"
+        depth = q["queue_depth"] if q["queue_depth"] is not None else "-"
+        lines.append(f"{name}: autoscale {state}, queue {q['queue']['list']} at {q['queue']['redis']}"
+                     f"{'' if q['reachable'] else ' (UNREACHABLE)'}: depth {depth}, target "
+                     f"{q['target']:g} per process, processes {q['current']} "
+                     f"(running {q.get('running', '-')}), {q['min']}..{q['max']}")
+        last = q.get("last")
+        if last:
+            move = f"{last['current']} -> {last['desired']}" if last["desired"] != last["current"] \
+                else str(last["current"])
+            lines.append(f"  last: {last['action']} {move} {last['reason']}")
     return "\n".join(lines)
 
 
@@ -790,7 +859,8 @@ def cmd_autoscale(api: Api, args) -> int:
             body["for"] = args.duration
         st = api.request("POST", "/autoscale/pause", body)
     else:
-        st = api.request("POST", "/autoscale/resume")
+        st = api.request("POST", "/autoscale/resume",
+                         {"process": args.process} if args.process else None)
     print(json.dumps(st, indent=2) if args.json else render_autoscale(st))
     return 0
 
@@ -817,6 +887,8 @@ def build_autoscale(p: argparse.ArgumentParser) -> None:
     pause.add_argument("--reason", default="operator", help="said in the event and the status")
     add_json(pause)
     resume = sub.add_parser("resume", help="let the autoscaler decide again", formatter_class=Formatter)
+    resume.add_argument("process", nargs="?", default=None, metavar="NAME",
+                        help="a worker type's autoscaling on its queue (default: the web fleet's)")
     add_json(resume)
 
 
@@ -913,7 +985,8 @@ def build_scale(p: argparse.ArgumentParser) -> None:
 
 def build_restart(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("port", nargs="?", type=count, metavar="PORT", help="the instance to restart")
+    which.add_argument("port", nargs="?", type=port_or_type, metavar="PORT|TYPE",
+                       help="the instance on PORT, or every process of a worker TYPE one at a time")
     which.add_argument("--all", action="store_true", help="every instance, one at a time")
     add_wait(p, 300.0)
 
@@ -971,7 +1044,8 @@ COMMANDS: dict[str, tuple] = {
     "status": (cmd_status, "the fleet as a table (exit 1 unless every instance serves)", add_json),
     "scale": (cmd_scale, "set the number of instances (or of a process type's: worker=3) and wait "
                          "until they serve", build_scale),
-    "restart": (cmd_restart, "restart one instance (PORT), or --all one at a time, and wait", build_restart),
+    "restart": (cmd_restart, "restart one instance (PORT), --all one at a time, or a worker TYPE's "
+                             "processes one at a time, and wait", build_restart),
     "reload": (cmd_reload, "re-read the spec file; --wait for the restarts it starts", build_reload),
     "diff": (cmd_diff, "what a reload (to --spec FILE) would change, restart and reload, and "
              "nothing done (exit 0 nothing, 1 changes, 2 refused)", build_diff),

@@ -6,6 +6,7 @@ import signal
 
 from ultrascaled.core import command, release_layout
 from ultrascaled.core.reconciler.records import (Instance)
+from ultrascaled.core.reconciler.spares import SPARES_MAX
 from ultrascaled.core.states import State
 from ultrascaled.spec import Spec
 
@@ -25,6 +26,10 @@ class Adoption:
         keep = self._masters_to_keep(leftovers)
         leftovers.sort(key=lambda lo: lo.pid != keep.get(lo.port, lo.pid))   # the one kept comes first
         for lo in leftovers:
+            if hi_port < lo.port <= hi_port + SPARES_MAX:   # a spare's marker (docs/spares.md)
+                lo = self._spare_leftover(lo)
+                if lo is None:
+                    continue
             if not lo_port <= lo.port <= hi_port:
                 self.events.emit("adopt.ignored", level="warning", pid=lo.pid, port=lo.port,
                                  reason=f"port outside this fleet's range {lo_port}..{hi_port}")

@@ -24,6 +24,7 @@ from ultrascaled.core.plan import (Drain, ReloadDiff, ExitDecision, Forget, Hand
 from ultrascaled.core.reconciler.adoption import Adoption
 from ultrascaled.core.reconciler.memory import MemoryWatch
 from ultrascaled.core.reconciler.replacement import Replacement
+from ultrascaled.core.reconciler.spares import Spares
 from ultrascaled.core.reconciler.upstream_sync import UpstreamSync
 from ultrascaled.core.reconciler.records import (Exited, GroupGone, Instance, Message, Probed, Releases, Reload,
                                                  Restart, Sampled, SamplesDone, Scale, Shutdown, UpstreamDone,
@@ -35,7 +36,7 @@ from ultrascaled.spec import Spec
 S = State
 
 
-class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
+class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption, Spares):
     HEARTBEAT = 5.0   # the loop wakes at least this often, so a stall is visible
 
     def __init__(self, spec: Spec, events: EventSource, runner: Runner, upstream, alerts: AlertSink, *,
@@ -87,6 +88,12 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
         # `nginx.upstream_servers: range` a port takes new connections only while it is published.
         self.gates: dict[int, bool | None] = {}
         self.taken_ports: frozenset[int] = frozenset()   # ports of the range another program holds
+        # Warm spares (core/reconciler/spares.py): slot port -> record, and the sockets held for
+        # the slots (gates closed, never published; kept across the spares booted there).
+        self.spares: dict[int, Any] = {}
+        self.spare_listeners: dict[int, Any] = {}
+        self.spare_home: dict[int, int] = {}     # a spare's master pid -> the port it took over
+        self._spare_wake: float | None = None
         self.republish = False
 
     # ---- what is wanted ---------------------------------------------------------------------
@@ -177,12 +184,15 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
                 self._internal_error(f"while handling {type(msg).__name__}", exc)
         now = self.clock.now()
         self._housekeeping(now)
+        if self.spares or self.spare_slots():   # before the plan: a deploy's spares are made current first
+            self._spare_wake = self._spares_step(now)
         if not self._dirty and (self._wake_at is None or now < self._wake_at):
             return self._timers(self._wake_at, now)  # nothing the plan reads has changed: skip it
         self._dirty = False
         for _ in range(20):
             result = plan(self.wanted, {p: i.view() for p, i in self.instances.items()}, self._upstream_view(),
-                          self.policy(), now, keep_serving=None if not self.shutting_down else 0)
+                          self.policy(), now, keep_serving=None if not self.shutting_down else 0,
+                          hold_restarts=bool(self.spares) and self.spares_hold_restarts())
             if not result.actions:
                 break
             for action in result.actions:
@@ -198,7 +208,9 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
             self.ready_event.set()
             self.events.emit("fleet.ready", instances=len(self.instances), ports=sorted(self.instances))
         self._wake_at = result.wake_at
-        return self._timers(result.wake_at, now)
+        if self._spare_wake is not None:
+            self._wake_at = self._spare_wake if self._wake_at is None else min(self._wake_at, self._spare_wake)
+        return self._timers(self._wake_at, now)
 
     def _timers(self, plan_wake_at: float | None, now: float) -> float | None:
         # The next nginx check is a timer only while it lies ahead: while one is in flight (or a
@@ -214,9 +226,11 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
     def fold(self, msg: Message | Wanted) -> Any:
         match msg:
             case Exited(port, handle, rc):
-                self._exited(port, handle, rc)
+                if not (self.spares and self._spare_exited(port, handle, rc)):
+                    self._exited(port, handle, rc)
             case Probed(port, handle, result):
-                self._probed(port, handle, result)
+                if not (self.spares and self._spare_probed(port, handle, result)):
+                    self._probed(port, handle, result)
             case GroupGone(port, _):
                 inst = self.instances.get(port)
                 if inst is not None:
@@ -298,6 +312,8 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
             return
         if inst.successor is not None:   # the serving master died while its replacement booted
             self._drop_successor(inst, "the master it was to replace exited")
+        if self.spares and self._take_over_crashed(inst, handle, rc):
+            return
         now = self.clock.now()
         was_running = inst.state is S.RUNNING
         why = inst.kill_reason if inst.kill_sent else ""
@@ -403,11 +419,15 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
         inst = self.instances.get(action.port)
         match action:
             case Spawn(port, reason):
+                if self.spares and self._take_over_spawn(inst, port, reason):
+                    return
                 if inst is None:
                     inst = self.instances[port] = Instance(index=port - self.spec.instances.base_port, port=port,
                                                            since=self.clock.now(), since_wall=self.clock.wall())
                 self._spawn(inst, reason)
             case Drain(port, reason, restart):
+                if restart and self.spares and self._take_over_live(inst, reason):
+                    return
                 if inst.successor is not None:
                     self._drop_successor(inst, reason)
                 self.change_state(inst, S.DRAINING, reason)
@@ -451,6 +471,8 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
                 self.publishing = True  # (plan publishes only when not in flight; see _upstream_view)
                 self._start_task("upstream-publisher", self._publish(frozenset(servers)))
             case Replace(port, reason):
+                if self.spares and self._take_over_live(inst, self._restart_why(inst, reason)):
+                    return
                 self._replace(inst, reason)
             case ProbeSuccessor(port):
                 s = inst.successor
@@ -633,6 +655,7 @@ class Reconciler(UpstreamSync, MemoryWatch, Replacement, Adoption):
         self.post(GroupGone(port, pgid))
 
     def detach(self) -> None:
+        self._kill_spares()
         for inst in self.instances.values():
             if inst.handle is not None:
                 self.runner.unwatch(inst.handle)

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 from ultrascaled.export.kube.checks import (check_ingress, check_int32, check_options, k8s_name,
                                             worker_names)
-from ultrascaled.export.kube.manifests import (configmap, controller_settings, deployment, hpa,
-                                               ingress, ingress_hosts, pdb, release_job, service,
-                                               worker_deployment)
+from ultrascaled.export.kube.manifests import (configmap, controller_settings, cronjob, deployment,
+                                               hpa, ingress, ingress_hosts, pdb, queue_hpa,
+                                               release_job, service, worker_deployment)
 from ultrascaled.export.kube.model import Export, Options
 from ultrascaled.export.kube.notes import budgets, warnings_for
 from ultrascaled.export.kube.tables import NO_EQUIVALENT
@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def export(spec: "Spec", opts: Options = Options()) -> Export:
     """The manifests for `spec`, in the order `kubectl apply` wants them (the ConfigMap before
-    the Deployments that read it; one per `kind: worker` type after the web one), with the
+    the Deployments that read it; one per `kind: worker` type after the web one, then a CronJob
+    per `kind: job`), with the
     budgets' verdict and what is not carried."""
     check_options(opts)
     name = k8s_name(spec.name)
@@ -32,11 +33,14 @@ def export(spec: "Spec", opts: Options = Options()) -> Export:
         objs.append(release_job(spec, name, opts))
     objs.append(deployment(spec, name, opts))
     objs += [worker_deployment(spec, name, opts, key, part) for key, part in workers.items()]
+    objs += [cronjob(spec, name, opts, key, part) for key, part in worker_names(spec, name, "job").items()]
     objs.append(service(spec, name, opts))
     if spec.nginx.socketio:
         objs.append(service(spec, name, opts, "-socketio"))
     if spec.autoscale.enabled:
         objs.append(hpa(spec, name, opts))
+    objs += [queue_hpa(spec, name, opts, key, part) for key, part in workers.items()
+             if spec.processes[key].autoscale.enabled]
     objs += [pdb(spec, name, opts), ingress(spec, name, opts)]
     if spec.nginx.socketio:
         objs.append(ingress(spec, name, opts, socketio=True))

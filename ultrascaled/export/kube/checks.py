@@ -31,30 +31,32 @@ def k8s_name(spec_name: str) -> str:
     return name
 
 
-def worker_names(spec: "Spec", fleet: str) -> dict[str, str]:
-    """Each `kind: worker` type's sanitized name (lower case, `_` as `-`, as :func:`k8s_name`
-    does for the fleet), by its key in `processes:`, in key order. Its Deployment is
+def worker_names(spec: "Spec", fleet: str, kind: str = "worker") -> dict[str, str]:
+    """Each `kind` type's sanitized name (lower case, `_` as `-`, as :func:`k8s_name` does for
+    the fleet), by its key in `processes:`, in key order. Its Deployment (a job's CronJob) is
     `FLEET-TYPE` and the sanitized name is its label value: it must be a DNS-1123 label (at most
-    63 characters with the fleet's name), and two types must not become one name."""
+    63 characters with the fleet's name; 52 for a CronJob, whose Jobs add 11), and no two types
+    of any kind may become one name."""
     out: dict[str, str] = {}
     taken: dict[str, str] = {}
     for key in sorted(spec.processes):
-        if spec.processes[key].kind != "worker":
-            continue
+        what = "CronJob" if spec.processes[key].kind == "job" else "Deployment"
         part = key.lower().replace("_", "-")
         full = f"{fleet}-{part}"
-        if not _DNS1123_LABEL.match(part) or len(full) > 63:
+        longest = 52 if what == "CronJob" else 63
+        if not _DNS1123_LABEL.match(part) or len(full) > longest:
             raise ExportError(
-                f"processes.{key}: {key!r} cannot name a Kubernetes Deployment: it becomes "
+                f"processes.{key}: {key!r} cannot name a Kubernetes {what}: it becomes "
                 f"{full!r}, which must be a DNS-1123 label (letters, digits and `-`, starting and "
-                f"ending with a letter or digit, at most 63 characters: {63 - len(fleet) - 1} "
-                "for the type beside this fleet's name); rename the type")
+                f"ending with a letter or digit, at most {longest} characters: "
+                f"{longest - len(fleet) - 1} for the type beside this fleet's name); rename the type")
         if full in taken:
             raise ExportError(
-                f"processes.{taken[full]} and processes.{key}: both become Deployment {full!r} "
+                f"processes.{taken[full]} and processes.{key}: both become {full!r} "
                 "(names are lower case with `_` as `-` in Kubernetes); rename one of them")
         taken[full] = key
-        out[key] = part
+        if spec.processes[key].kind == kind:
+            out[key] = part
     return out
 
 

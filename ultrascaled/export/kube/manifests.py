@@ -1,6 +1,7 @@
 """The fleet's Kubernetes objects, built from its spec as plain dicts.
 
-ConfigMap, Deployment, one Deployment per worker type, Services, HorizontalPodAutoscaler, PodDisruptionBudget and Ingresses, and
+ConfigMap, Deployment, one Deployment per worker type (and its HorizontalPodAutoscaler on its
+queue's depth), one CronJob per job, Services, HorizontalPodAutoscaler, PodDisruptionBudget and Ingresses, and
 the ingress-nginx controller settings that are told alongside them, never applied.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ultrascaled.spec.nginx import parse_time
 from ultrascaled.export.kube.checks import cpu_millis, k8s_name
 from ultrascaled.export.kube.model import (ANNOTATION, ENV_HASH, HPA_DEFAULT_CPU_UTILIZATION,
                                            INGRESS_CLASS, METRICS_DIR, PROCESS_TYPE, RAISE_NOFILE,
-                                           Options)
+                                           ExportError, Options)
 from ultrascaled.spec.budget import mongo_pool_that_fits
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,7 +68,7 @@ def app_environment(spec: "Spec", mongo_servers: int = 1) -> dict[str, str]:
     pod still needs (the MongoDB pool sizes, the fleet name, the metrics folder)."""
     env = dict(sorted(spec.app.env.items()))
     env.update({
-        "MONGO_MAX_POOL_SIZE": str(max(mongo_pool_that_fits(spec, mongo_servers), 1)),
+        "MONGO_MAX_POOL_SIZE": str(max(mongo_pool_that_fits(spec, mongo_servers, spares=False), 1)),
         "MONGO_MIN_POOL_SIZE": str(spec.mongodb.min_pool_size),
         "MONGO_MAX_CONNECTING": str(spec.mongodb.max_connecting),
         "ULTRASCALE_FLEET": spec.name,
@@ -225,17 +226,13 @@ def stop_hook(signal_name: str) -> dict:
         "sh", "-c", f"kill -s {signal_name} 1; while kill -0 1 2>/dev/null; do sleep 1; done"]}}
 
 
-def worker_deployment(spec: "Spec", name: str, opts: Options, type_key: str, part: str) -> dict:
-    """A `kind: worker` type as Deployment NAME-TYPE: the web pods' image, environment
-    (envFrom) and security, the type's own env over them, its argv as the command, `count`
-    replicas replaced one at a time like the daemon's roll (stop, then start), its
-    graceful_timeout as the grace period, its start_seconds as minReadySeconds. No port, no
-    probe and no Service: a worker serves nothing; its pods' labels are their own, so that no web
-    Service, PDB or Deployment selects them."""
+def process_container(spec: "Spec", name: str, opts: Options, type_key: str, part: str) -> dict:
+    """A process type's container: the web pods' image, environment (envFrom), mounts and
+    security, the type's own env over them, its argv as the command (entering its folder when
+    that is inside app.directory) and a preStop hook for a stop signal other than TERM."""
     t = spec.processes[type_key]
     web = deployment(spec, name, opts)["spec"]["template"]["spec"]["containers"][0]
-    obj_name = f"{name}-{part}"
-    mem = f"{spec.memory.worker_limit_mb}Mi"
+    mem = f"{t.memory_limit_mb or spec.memory.worker_limit_mb}Mi"
     container: dict[str, Any] = {"name": part, "image": web["image"]}
     folder = worker_folder(spec, type_key)
     if folder is not None and not folder.startswith("/"):
@@ -259,6 +256,18 @@ def worker_deployment(spec: "Spec", name: str, opts: Options, type_key: str, par
         container["lifecycle"] = {"preStop": stop_hook(t.stop_signal)}
     container.update({"volumeMounts": web["volumeMounts"],
                       "securityContext": web["securityContext"]})
+    return container
+
+
+def worker_deployment(spec: "Spec", name: str, opts: Options, type_key: str, part: str) -> dict:
+    """A `kind: worker` type as Deployment NAME-TYPE: its container (:func:`process_container`),
+    `count` replicas replaced one at a time like the daemon's roll (stop, then start), its
+    graceful_timeout as the grace period, its start_seconds as minReadySeconds. No port, no
+    probe and no Service: a worker serves nothing; its pods' labels are their own, so that no web
+    Service, PDB or Deployment selects them."""
+    t = spec.processes[type_key]
+    obj_name = f"{name}-{part}"
+    container = process_container(spec, name, opts, type_key, part)
     pod_labels = {**labels(obj_name), PROCESS_TYPE: part}
     match = {**selector(obj_name), PROCESS_TYPE: part}
     meta = _meta(obj_name, opts, name)
@@ -289,6 +298,62 @@ def worker_deployment(spec: "Spec", name: str, opts: Options, type_key: str, par
             },
         },
     }
+
+
+CONCURRENCY_POLICY = {"forbid": "Forbid", "replace": "Replace", "allow": "Allow"}
+JOBS_KEPT_MAX = 10       # Job objects a CronJob keeps of each outcome (each keeps its pod)
+MISSED_DEADLINE = 60     # catch_up: false: a run more than this late is skipped, not caught up
+
+
+def cron_of(spec: "Spec", type_key: str) -> str:
+    """A job's schedule as a CronJob's: `schedule` as it is (Kubernetes takes the same five
+    fields and the @ macros), an `every` period only when cron can say it (a CronJob runs at most
+    once a minute, on the clock's minutes)."""
+    from ultrascaled.spec.jobs import every_seconds
+
+    t = spec.processes[type_key]
+    if t.schedule:
+        return t.schedule.strip()
+    seconds = every_seconds(t.every or "")
+    minutes = seconds / 60
+    if minutes == int(minutes) and minutes < 60 and 60 % minutes == 0:
+        return "* * * * *" if minutes == 1 else f"*/{int(minutes)} * * * *"
+    hours = minutes / 60
+    if hours == int(hours) and 1 <= hours <= 24 and 24 % hours == 0:
+        return {1: "0 * * * *", 24: "0 0 * * *"}.get(int(hours), f"0 */{int(hours)} * * *")
+    raise ExportError(f"processes.{type_key}.every {t.every}: a CronJob runs on cron's schedule, "
+                      "at most once a minute and on periods that divide an hour or a day; "
+                      "write a `schedule` for it (e.g. '*/5 * * * *'), or run it as a worker")
+
+
+def cronjob(spec: "Spec", name: str, opts: Options, type_key: str, part: str) -> dict:
+    """A `kind: job` type as CronJob NAME-TYPE: its container (:func:`process_container`), its
+    schedule, `concurrency` as concurrencyPolicy, `timeout` as the Job's activeDeadlineSeconds,
+    no retry (the daemon does not retry a run either), `catch_up: false` as a starting deadline
+    past which a missed run is skipped, `history` as the Jobs kept (at most JOBS_KEPT_MAX)."""
+    t = spec.processes[type_key]
+    obj_name = f"{name}-{part}"
+    meta = _meta(obj_name, opts, name)
+    meta["labels"][PROCESS_TYPE] = part
+    job: dict[str, Any] = {"backoffLimit": 0}
+    if t.timeout is not None:
+        job["activeDeadlineSeconds"] = _seconds(t.timeout)
+    job["template"] = {
+        "metadata": {"labels": {**labels(obj_name), PROCESS_TYPE: part},
+                     "annotations": {ENV_HASH: env_hash(spec, opts)}},
+        "spec": {"restartPolicy": "Never",
+                 "terminationGracePeriodSeconds": _seconds(t.graceful_timeout),
+                 "containers": [process_container(spec, name, opts, type_key, part)],
+                 "volumes": [{"name": "metrics", "emptyDir": {}}]}}
+    cron: dict[str, Any] = {"schedule": cron_of(spec, type_key),
+                            "concurrencyPolicy": CONCURRENCY_POLICY[t.concurrency]}
+    if not t.catch_up:
+        cron["startingDeadlineSeconds"] = MISSED_DEADLINE
+    kept = min(t.history, JOBS_KEPT_MAX)
+    cron.update({"successfulJobsHistoryLimit": kept, "failedJobsHistoryLimit": kept,
+                 "jobTemplate": {"metadata": {"labels": {**labels(obj_name), PROCESS_TYPE: part}},
+                                 "spec": job}})
+    return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta, "spec": cron}
 
 
 def service(spec: "Spec", name: str, opts: Options, suffix: str = "") -> dict:
@@ -369,6 +434,36 @@ def hpa_spec(spec: "Spec", name: str, opts: Options) -> dict:
 def hpa(spec: "Spec", name: str, opts: Options) -> dict:
     return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
             "metadata": _meta(name, opts, name), "spec": hpa_spec(spec, name, opts)}
+
+
+QUEUE_METRIC = "ultrascale_queue_depth"   # the External metric a metrics adapter serves (notes.py)
+
+
+def queue_list(t: Any) -> str:
+    """The Redis list a worker type's autoscaling reads (spec/queue.py's names)."""
+    q = t.autoscale.queue
+    return q.list or (f"rq:queue:{q.rq}" if q.rq else q.celery or "")
+
+
+def queue_hpa(spec: "Spec", name: str, opts: Options, type_key: str, part: str) -> dict:
+    """A worker type's queue-depth autoscaling as HorizontalPodAutoscaler NAME-TYPE on its
+    Deployment: the same decision the daemon makes (ceil(depth / target) pods, its tolerance and
+    behavior) on an External metric, the Redis list's length, with an AverageValue target. A
+    metrics adapter must serve that metric; notes.py says which."""
+    t = spec.processes[type_key]
+    a = t.autoscale
+    lo, hi = a.bounds(t)
+    obj_name = f"{name}-{part}"
+    meta = _meta(obj_name, opts, name)
+    meta["labels"][PROCESS_TYPE] = part
+    metric = {"type": "External", "external": {
+        "metric": {"name": QUEUE_METRIC, "selector": {"matchLabels": {"queue": queue_list(t).replace(":", "_")}}},
+        "target": {"type": "AverageValue", "averageValue": quantity(a.target)}}}
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta,
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": obj_name},
+                     "minReplicas": max(1, lo), "maxReplicas": hi, "metrics": [metric],
+                     "behavior": {"scaleUp": _rules(a.behavior.scale_up, a.tolerance),
+                                  "scaleDown": _rules(a.behavior.scale_down, a.tolerance)}}}
 
 
 def pdb(spec: "Spec", name: str, opts: Options) -> dict:

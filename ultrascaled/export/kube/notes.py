@@ -31,7 +31,7 @@ def budgets(spec: "Spec", opts: Options) -> tuple[list[str], list[str]]:
     imax, w, servers = spec.instances.max, spec.workers, opts.mongo_servers
     # maxPoolSize per process that keeps instances.max pods within mongodb.connection_budget
     # when each client connects to `servers` servers (a replica set's members)
-    pool = mongo_pool_that_fits(spec, servers)
+    pool = mongo_pool_that_fits(spec, servers, spares=False)
     per = mongo_connections_per_process(max(pool, 0), servers)
     limit, budget = spec.memory.worker_limit_mb, spec.memory.fleet_budget_mb
     mem = imax * memory_limit_mib(spec)
@@ -142,8 +142,9 @@ def worker_warnings(spec: "Spec", name: str) -> list[str]:
                    f"process of its type, with a memory limit of memory.worker_limit_mb ({limit} "
                    "MiB) for the whole container (a Celery prefork pool's children included: "
                    "the kernel OOM-kills the pod at it, which the daemon never does to a worker "
-                   "type). Their memory and MongoDB connections (the ConfigMap's "
-                   "MONGO_MAX_POOL_SIZE) are not counted in the export's budgets, as on the daemon")
+                   "type). Their memory is not counted in the export's budgets; their MongoDB "
+                   "pools are: the ConfigMap's MONGO_MAX_POOL_SIZE is shared by every process at "
+                   "its max, as on the daemon")
     for key, part in workers.items():
         t = spec.processes[key]
         where = f"processes.{key}"
@@ -169,7 +170,23 @@ def worker_warnings(spec: "Spec", name: str) -> list[str]:
             if looks_secret(env_key):
                 out.append(f"{where}.env.{env_key} looks like a secret: Deployment "
                            f"{name}-{part} holds it in clear; move it to a Secret")
-    others = sorted(k for k, t in spec.processes.items() if t.kind != "worker")
-    if others:
-        out.append(f"processes ({', '.join(others)}): only `kind: worker` types are exported")
+    scaled = [(key, part) for key, part in workers.items() if spec.processes[key].autoscale.enabled]
+    if scaled:
+        hpas = ", ".join(f"{name}-{part}" for _, part in scaled)
+        out.append(f"processes: HorizontalPodAutoscalers {hpas} scale their worker Deployments on the "
+                   "External metric ultrascale_queue_depth (selector queue: the Redis list, `:` as "
+                   "`_`), which a metrics adapter must serve: e.g. prometheus-adapter over "
+                   "redis_exporter's key-size metric for the list, or use KEDA's Redis list scaler "
+                   "(a ScaledObject) in place of these HPAs; without an adapter they hold minReplicas")
+    jobs = worker_names(spec, name, "job")
+    if jobs:
+        crons = ", ".join(f"{name}-{part}" for part in jobs.values())
+        out.append(f"processes: the jobs run as CronJobs {crons}. Their schedules are in the "
+                   "daemon host's local time; a CronJob's are in the kube-controller-manager's "
+                   "time zone unless you set its spec.timeZone (e.g. Etc/UTC). A Job run is "
+                   "not retried (backoffLimit 0), as the daemon does not retry a run; with "
+                   "catch_up: false a run more than 60 s late is skipped (startingDeadlineSeconds), "
+                   "with catch_up: true Kubernetes starts one missed run, as the daemon does. "
+                   "concurrencyPolicy Forbid keeps one run at a time in the cluster, as the "
+                   "job's lock does on one host")
     return out

@@ -35,10 +35,10 @@ CARRIED: dict[str, str] = {
     "deploy.release_command": "Job NAME-release (its container command, the Deployment's image "
                               "and environment), to run to completion before the Deployment rolls",
     "deploy.release_timeout": "Job NAME-release activeDeadlineSeconds",
-    "processes": "one Deployment NAME-TYPE per `kind: worker` type (TYPE lower case, `_` as "
-                 "`-`; two types that become one name are refused), labelled "
-                 "ultrascale/process-type: TYPE; no Service, PDB or HPA",
-    "processes.NAME.kind": "`worker`: a Deployment NAME-TYPE (other kinds are not exported here)",
+    "processes": "one Deployment NAME-TYPE per `kind: worker` type and one CronJob NAME-TYPE per "
+                 "`kind: job` (TYPE lower case, `_` as `-`; two types that become one name are "
+                 "refused), labelled ultrascale/process-type: TYPE; no Service, PDB or HPA",
+    "processes.NAME.kind": "`worker`: a Deployment NAME-TYPE; `job`: a CronJob NAME-TYPE",
     "processes.NAME.command": "Deployment NAME-TYPE container command (args after a `cd` with a "
                               "directory inside app.directory)",
     "processes.NAME.count": "Deployment NAME-TYPE spec.replicas; strategy Recreate at 1 (never "
@@ -54,6 +54,25 @@ CARRIED: dict[str, str] = {
     "processes.NAME.graceful_timeout": "Deployment NAME-TYPE terminationGracePeriodSeconds "
                                        "(whole seconds, >= 1)",
     "processes.NAME.start_seconds": "Deployment NAME-TYPE minReadySeconds (whole seconds)",
+    # a worker type's autoscaling on its queue's depth: HorizontalPodAutoscaler NAME-TYPE
+    "processes.NAME.autoscale.queue.list": "HPA NAME-TYPE External metric ultrascale_queue_depth, selector queue: LIST (`:` as `_`)",
+    "processes.NAME.autoscale.queue.rq": "as queue.list, the list rq:queue:NAME",
+    "processes.NAME.autoscale.queue.celery": "as queue.list, the list NAME",
+    "processes.NAME.autoscale.target": "HPA NAME-TYPE External metric target averageValue",
+    "processes.NAME.autoscale.min": "HPA NAME-TYPE minReplicas (at least 1)",
+    "processes.NAME.autoscale.max": "HPA NAME-TYPE maxReplicas",
+    "processes.NAME.autoscale.tolerance": "HPA NAME-TYPE behavior scaleUp/scaleDown tolerance",
+    "processes.NAME.max": "counted in MONGO_MAX_POOL_SIZE (each process at its max holds a pool); "
+                          "`kubectl scale` has no upper bound",
+    "processes.NAME.memory_limit_mb": "the worker pod's (or job pod's) container memory request and "
+                                      "limit, in place of memory.worker_limit_mb; the kernel "
+                                      "OOM-kills the pod at it, where the daemon restarts gracefully",
+    "processes.NAME.schedule": "CronJob NAME-TYPE spec.schedule (cron's five fields and @ macros, as the daemon reads them)",
+    "processes.NAME.every": "CronJob NAME-TYPE spec.schedule when cron can say it (a whole number of minutes or hours dividing an hour or a day; shorter or odd periods are refused)",
+    "processes.NAME.concurrency": "CronJob NAME-TYPE spec.concurrencyPolicy (Forbid, Replace, Allow)",
+    "processes.NAME.timeout": "the Job's activeDeadlineSeconds (whole seconds)",
+    "processes.NAME.catch_up": "false: CronJob startingDeadlineSeconds 60 (a later run is skipped); true: unset (one missed run starts)",
+    "processes.NAME.history": "CronJob successfulJobsHistoryLimit and failedJobsHistoryLimit (at most 10: each kept Job keeps its pod)",
     "health.path": "startupProbe, readinessProbe, livenessProbe httpGet.path",
     "health.start_timeout": "startupProbe failureThreshold (periodSeconds 1)",
     "health.interval": "readinessProbe and livenessProbe periodSeconds (whole seconds, >= 1)",
@@ -113,6 +132,8 @@ NOT_CARRIED: dict[str, str] = {
     "app.directory": "the image's working directory is the app's folder; build the image so",
     "app.python": "the image's `python` runs gunicorn",
     "instances.host": "gunicorn binds 0.0.0.0 in the pod; the pod's IP is its address",
+    "instances.spares": "no warm pod takes over a port: a Deployment's extra replicas serve; "
+                        "readiness gates the Service instead (docs/spares.md)",
     "gunicorn.concurrency": "no gunicorn option: the export's open-files check per worker "
                             "counts with it, as the daemon's budgets do",
     "health.probe_interval": "Kubernetes probes at most once a second (startupProbe period 1 s)",
@@ -195,13 +216,13 @@ NOT_CARRIED: dict[str, str] = {
     "plan.urls": "what `ultrascalectl plan --measure` loads, before any deployment: nothing runs it in a cluster",
     "processes.NAME.min": "the lowest count `ultrascalectl scale` takes: `kubectl scale` has no "
                           "bounds",
-    "processes.NAME.max": "the highest count `ultrascalectl scale` takes (see processes.NAME.min)",
-    "processes.NAME.schedule": "a job (kind: job) is not exported yet",
-    "processes.NAME.every": "a job (kind: job) is not exported yet",
-    "processes.NAME.concurrency": "a job (kind: job) is not exported yet",
-    "processes.NAME.timeout": "a job (kind: job) is not exported yet",
-    "processes.NAME.catch_up": "a job (kind: job) is not exported yet",
-    "processes.NAME.history": "a job (kind: job) is not exported yet",
+    "processes.NAME.ready": "not exported yet: a worker's readiness probe (tcpSocket, httpGet, exec) would be its equivalent",
+    "processes.NAME.ready_timeout": "with processes.NAME.ready: not exported yet",
+    "processes.NAME.after": "Kubernetes starts Deployments in no order; an init container that waits would be its equivalent",
+    "processes.NAME.requires": "not exported yet: an init container that waits for the addresses (a job: a check before its command) would be its equivalent",
+    "processes.NAME.autoscale.queue.redis": "not in the HPA: the metrics adapter reads Redis (the export's warning says how)",
+    "processes.NAME.autoscale.interval": "the HPA controller's sync period (kube-controller-manager "
+                                         "--horizontal-pod-autoscaler-sync-period, 15 s), not per object",
     "api.tls_cert": "ultrascaled's control API",
     "api.tls_key": "ultrascaled's control API",
     "api.allowed_hosts": "ultrascaled's control API",
@@ -259,6 +280,16 @@ NOT_CARRIED: dict[str, str] = {
 }
 
 # Said in every export's header: what the daemon does that no manifest field can.
+# A queue-autoscaled worker type's HPA takes its behavior as the web HPA takes autoscale.behavior:
+# each key is carried where the web's is.
+for _d in ("scale_up", "scale_down"):
+    for _b in ("stabilization_window_seconds", "select_policy", "pods_value", "pods_period_seconds",
+               "percent_value", "percent_period_seconds"):
+        _web = f"autoscale.behavior.{_d}.{_b}"
+        (CARRIED if _web in CARRIED else NOT_CARRIED)[f"processes.NAME.autoscale.behavior.{_d}.{_b}"] = \
+            f"as {_web} for the web: HPA NAME-TYPE behavior"
+
+
 NO_EQUIVALENT = [
     "per-worker memory recycling (memory.worker_limit_mb watched per worker, K samples over): "
     "carried as gunicorn --max-requests with --max-requests-jitter, and a container memory "

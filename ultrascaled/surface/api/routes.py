@@ -141,6 +141,13 @@ async def scale(request: web.Request) -> web.Response:
 PROCESS_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+def name_param(request: web.Request, what: str = "a process type name") -> str:
+    name = request.match_info["name"]
+    if not PROCESS_NAME_RE.fullmatch(name):
+        raise ApiError(Code.bad_request, f"{what} is 1-64 letters, digits, - and _, got {name[:40]!r}")
+    return name
+
+
 @routes.get("/processes")
 async def processes(request: web.Request) -> web.Response:
     return web.json_response(fleet_of(request).processes())
@@ -148,10 +155,7 @@ async def processes(request: web.Request) -> web.Response:
 
 @routes.post("/processes/{name}/scale")
 async def scale_process(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    if not PROCESS_NAME_RE.fullmatch(name):
-        raise ApiError(Code.bad_request, f"a process type name is 1-64 letters, digits, - and _, "
-                       f"got {name[:40]!r}")
+    name = name_param(request)
     data = await json_body(request, ("instances",))
     n = data.get("instances")
     if isinstance(n, bool) or not isinstance(n, int):
@@ -163,11 +167,19 @@ async def scale_process(request: web.Request) -> web.Response:
     return web.json_response(answer, status=202)
 
 
+@routes.post("/processes/{name}/restart")
+async def restart_process(request: web.Request) -> web.Response:
+    await json_body(request, ())
+    name = name_param(request)
+    try:
+        answer = fleet_of(request).restart_process(name)
+    except ScaleRefused as exc:
+        raise refused(exc)
+    return web.json_response(answer, status=202)
+
+
 def job_param(request: web.Request) -> str:
-    name = request.match_info["name"]
-    if not PROCESS_NAME_RE.fullmatch(name):
-        raise ApiError(Code.bad_request, f"a job name is 1-64 letters, digits, - and _, got {name[:40]!r}")
-    return name
+    return name_param(request, "a job name")
 
 
 @routes.get("/jobs")
@@ -300,6 +312,7 @@ async def metrics(request: web.Request) -> web.Response:
     auto = sup.autoscaler
     extra = list(sup.traffic.families()) if sup.traffic is not None else []
     extra += auto.metric_families() if auto is not None else []
+    extra += sup.process_metric_families()
     body = await m.render_async(sup.snapshot(), sup.upstream.status(), counters, sup.metrics_dirs(),
                                 extra=extra)
     return web.Response(body=body, headers={"Content-Type": m.CONTENT_TYPE})
@@ -340,9 +353,15 @@ def autoscaler_of(request: web.Request) -> AutoscaleControl:
     return auto
 
 
+def with_processes(request: web.Request, status: dict) -> dict:
+    """The web autoscaler's status and each worker type's on its queue (`processes`)."""
+    queues = getattr(fleet_of(request), "queues", None)
+    return {**status, "processes": queues.status() if queues is not None else {}}
+
+
 @routes.get("/autoscale")
 async def autoscale_status(request: web.Request) -> web.Response:
-    return web.json_response(autoscaler_of(request).status())
+    return web.json_response(with_processes(request, autoscaler_of(request).status()))
 
 
 @routes.post("/autoscale/pause")
@@ -372,8 +391,22 @@ async def autoscale_pause(request: web.Request) -> web.Response:
 
 @routes.post("/autoscale/resume")
 async def autoscale_resume(request: web.Request) -> web.Response:
-    await json_body(request, ())
-    return web.json_response(autoscaler_of(request).resume())
+    data = await json_body(request, ("process",))
+    if "process" in data:   # a worker type's autoscaling on its queue (supervise/queue_scale_loop.py)
+        name = data["process"]
+        if not isinstance(name, str) or not PROCESS_NAME_RE.fullmatch(name):
+            raise ApiError(Code.bad_request, "`process` must be a process type name (1-64 letters, "
+                           f"digits, - and _), got {str(name)[:40]!r}")
+        if name == "web":
+            return web.json_response(with_processes(request, autoscaler_of(request).resume()))
+        queues = getattr(fleet_of(request), "queues", None)
+        try:
+            queues.resume(name)
+        except (KeyError, AttributeError):
+            raise ApiError(Code.not_found, f"{name} is not a worker type that autoscales on its "
+                           "queue (processes.NAME.autoscale)")
+        return web.json_response(with_processes(request, autoscaler_of(request).status()))
+    return web.json_response(with_processes(request, autoscaler_of(request).resume()))
 
 
 MAX_LINES = 10_000

@@ -222,13 +222,37 @@
         f.gunicorn.worker_class + " per instance." : "") + " Upstream: " +
       ((f.upstream.servers || []).join(", ") || "empty") +
       (f.upstream.ok === false ? " (last update FAILED: " + f.upstream.error + ")" : "");
+    // warm spares (docs/spares.md): apart from the instances, never capacity nor in the upstream
+    const sp = f.spares || [];
+    $("spares").hidden = !sp.length;
+    $("spares").textContent = sp.length ? "Warm spares (not capacity, never in the upstream): " + sp.map((s) =>
+      s.port + " " + (s.pid === null ? "-" : "pid " + s.pid) + " " + s.state +
+      (s.reason ? " (" + s.reason + ")" : "")).join("; ") + "." : "";
     const n = $("scale-n");
     n.min = String(f.min); n.max = String(f.max);
     if (document.activeElement !== n && !n.dataset.touched) n.value = String(f.desired);
   }
 
   // The types beside the web fleet (`processes:`), one row each; the web type is the table above.
-  function renderProcesses(p) {
+  function renderRuns(td, t, runs) {
+    // a job: when it is due next, then its recent runs (GET /jobs/NAME/runs), newest first
+    const when = t.schedule ? "schedule " + t.schedule : "every " + t.every;
+    td.appendChild(el("div", { "class": "muted" }, when + ", " + (t.concurrency || "forbid") +
+      (t.next_run ? "; next " + clock(t.next_run) : "")));
+    if (!runs.length) td.appendChild(el("div", { "class": "muted" }, "no run yet"));
+    for (const r of runs) {
+      const ok = r.outcome === "succeeded" || r.outcome === "running";
+      const d = el("div", { "class": "run", "data-outcome": r.outcome });
+      d.appendChild(el("span", { "class": "state state-" + (ok ? "running" : "fatal") },
+        "run " + r.run + " " + r.outcome.replace("_", " ")));
+      d.appendChild(el("span", { "class": "muted" }, " " + (r.started ? clock(r.started) : "-") + ", " +
+        duration(r.duration) + (r.returncode === null || r.returncode === undefined ? "" : ", exit " + r.returncode) +
+        (r.why && r.why !== "schedule" ? ", " + r.why.replace("_", " ") : "")));
+      td.appendChild(d);
+    }
+  }
+
+  function renderProcesses(p, runs) {
     const names = Object.keys(p || {}).filter((n) => p[n].kind !== "web");
     $("processes").hidden = !names.length;
     const body = $("processes-body");
@@ -238,9 +262,16 @@
       const tr = el("tr", { "data-type": name });
       tr.appendChild(el("td", {}, name));
       tr.appendChild(el("td", {}, t.kind));
-      tr.appendChild(el("td", {}, (t.ready === undefined ? "-" : t.ready) + " / " +
+      tr.appendChild(el("td", {}, t.kind === "job" ? t.ready + " running" :
+                                  (t.ready === undefined ? "-" : t.ready) + " / " +
                                   (t.desired === undefined ? "-" : t.desired)));
       const td = el("td", {});
+      if (t.kind === "job") {
+        renderRuns(td, t, (runs || {})[name] || []);
+        tr.appendChild(td);
+        body.appendChild(tr);
+        continue;
+      }
       if (!(t.instances || []).length) td.textContent = "none running";
       for (const i of t.instances || []) {
         const d = el("div", { "class": "process", "data-state": i.state });
@@ -284,6 +315,7 @@
     }
   }
 
+  const JOB_RUNS_SHOWN = 5;
   let refreshing = null;
   async function refresh() {
     if (refreshing) return refreshing;
@@ -291,7 +323,12 @@
       try {
         const [f, h, a, p] = await Promise.all([api("GET", "/fleet"), api("GET", "/health", undefined, [503]),
                                                 api("GET", "/alerts"), api("GET", "/processes")]);
-        renderFleet(f); renderHealth(h); renderAlerts(a); renderProcesses(p);
+        const jobs = Object.keys(p || {}).filter((n) => p[n].kind === "job");
+        const runs = {};   // each job's last runs, for the process types table
+        await Promise.all(jobs.map(async (n) => {
+          runs[n] = (await api("GET", "/jobs/" + encodeURIComponent(n) + "/runs?limit=" + JOB_RUNS_SHOWN)).runs;
+        }));
+        renderFleet(f); renderHealth(h); renderAlerts(a); renderProcesses(p, runs);
       } catch (e) {
         $("summary").textContent = "Cannot read the fleet: " + e.message;
       } finally {
