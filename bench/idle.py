@@ -22,6 +22,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -137,8 +138,9 @@ nginx: {{mode: "off"}}
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if getattr(self, "proc", None) and self.proc.poll() is None:
             stop_pid(self.proc.pid, signal.SIGTERM, timeout=90)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def export(ref: str, into: Path) -> tuple[str, str]:
@@ -321,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.chart:
         chart(res["rows"], Path(a.chart), labels)
         res["chart"] = a.chart
+    if before_src:
+        shutil.rmtree(before_src, ignore_errors=True)
     Path(a.json).write_text(json.dumps(res, indent=2))
     md = render(res)
     print(md)
