@@ -17,6 +17,7 @@ measurement: the suite, and each figure of docs/benchmarks.md by its own subcomm
     python -m bench plan [--help]       plan --measure against a real fleet at that size (scripts/bench-plan)
     python -m bench queue [--help]      a queue burst: autoscaled worker type vs one (scripts/bench-queue)
     python -m bench spares [--help]     warm spares against none, with a slow boot (scripts/bench-spares)
+    python -m bench idle [--help]       the daemon's idle cost from 4 to 64 instances (bench/idle.py)
     python -m bench.dashboard           the dashboard's memory and CPU (scripts/bench-dashboard)
     python -m bench.screenshots         the dashboard screenshots in docs/ (scripts/screenshots)
 """
@@ -100,7 +101,8 @@ SUBCOMMANDS = {"fleet": "bench.figures", "chaos": "bench.chaos", "accesslog": "b
                "redis-failover": "bench.redis_failover", "autoscale": "bench.autoscale",
                "deploy": "bench.deploys", "listeners": "bench.listeners", "plan": "bench.plan",
                "jobs": "bench.jobs", "processes": "bench.processes", "queue": "bench.queue",
-               "spares": "bench.spares"}
+               "spares": "bench.spares",
+               "idle": "bench.idle"}
 
 
 def main(argv: list[str] | None = None) -> int:

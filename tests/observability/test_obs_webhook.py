@@ -252,3 +252,26 @@ def test_sampler_over_real_metric_folders_fires_the_error_rate_rule(tmp_path):
         await mgr.tick()
         assert ("alert.firing", "error_rate") in events
     asyncio.run(main())
+
+
+def test_the_alerts_subset_of_the_families_gives_the_same_sample_as_every_family(tmp_path):
+    """metrics.families(only=SAMPLE_SERIES), what the alerts read, against the whole exposition."""
+    from ultrascaled.observe.alert_rules import SAMPLE_SERIES, sample_from
+    d = tmp_path / "8001"
+    write_many([d], workers=2, requests=100)
+    snap = {"fleet": "shop", "memory": {"total_rss_bytes": 7, "budget_bytes": 10, "worker_limit_bytes": 3},
+            "instances": [{"port": 8001, "state": "running", "cpu_seconds": 1.5, "master_rss": 5,
+                           "workers": [{"pid": 11, "rss": 2, "cpu_seconds": 0.5}]}]}
+    renderer = metrics.Renderer(cache_ttl=0)
+    full0 = renderer.families(snap, {}, {"alerts_fired": 1}, {8001: str(d)})
+    part0 = renderer.families(snap, {}, {"alerts_fired": 1}, {8001: str(d)}, only=SAMPLE_SERIES)
+    write_many([d], workers=2, requests=100, errors_per_100=10)
+    snap["instances"][0]["cpu_seconds"] = 2.5
+    full1 = renderer.families(snap, {}, {"alerts_fired": 1}, {8001: str(d)})
+    part1 = renderer.families(snap, {}, {"alerts_fired": 1}, {8001: str(d)}, only=SAMPLE_SERIES)
+    assert len(part1) < len(full1)
+    whole, subset = sample_from(full0, full1, 5.0, 2), sample_from(part0, part1, 5.0, 2)
+    assert whole == subset
+    assert subset.requests == 200 and subset.errors_5xx == 20 and subset.cpu_seconds == 1.0
+    assert subset.memory_bytes == 7 and subset.memory_budget_bytes == 10
+    assert metrics.Renderer(cache_ttl=0).render(snap, {}, {}, {8001: str(d)}).count(b"instance_state{") == 7

@@ -51,3 +51,46 @@ def test_budget_crossing_fires_once_and_resolves_once():
     assert budget_crossed(130, 100, was_over=True) is None
     assert budget_crossed(90, 100, was_over=True) is False
     assert budget_crossed(90, 100, was_over=False) is None
+
+
+# ---- how often to sample: relaxed while everything is far from its limit ---------------------
+
+from ultrascaled.core.memwatch import relaxed_interval, sample_delay, worst_reaction  # noqa: E402
+
+MIB = 2**20
+KW = dict(base=1.0, relaxed=5.0, below=0.5)
+
+
+def test_far_under_the_limit_and_the_budget_samples_at_the_relaxed_interval():
+    assert sample_delay(100 * MIB, 500 * MIB, 2000 * MIB, 8192 * MIB, **KW) == 5.0
+
+
+def test_a_process_over_half_its_limit_brings_back_the_base_interval():
+    assert sample_delay(250 * MIB, 500 * MIB, 2000 * MIB, 8192 * MIB, **KW) == 1.0
+    assert sample_delay(600 * MIB, 500 * MIB, 2000 * MIB, 8192 * MIB, **KW) == 1.0
+
+
+def test_a_fleet_near_its_budget_brings_back_the_base_interval():
+    assert sample_delay(100 * MIB, 500 * MIB, 5000 * MIB, 8192 * MIB, **KW) == 1.0
+
+
+def test_an_unsampled_process_or_a_pin_keeps_the_base_interval():
+    assert sample_delay(None, 500 * MIB, 0, 8192 * MIB, **KW) == 1.0
+    assert sample_delay(1 * MIB, 500 * MIB, 0, 8192 * MIB, pinned=True, **KW) == 1.0
+
+
+def test_a_relaxed_interval_of_zero_or_below_the_base_turns_relaxing_off():
+    assert sample_delay(1 * MIB, 500 * MIB, 0, 8192 * MIB, base=1.0, relaxed=0.0, below=0.5) == 1.0
+    assert sample_delay(1 * MIB, 500 * MIB, 0, 8192 * MIB, base=2.0, relaxed=1.0, below=0.5) == 2.0
+
+
+def test_worst_case_reaction_is_one_relaxed_interval_then_k_minus_one_base_ones():
+    assert worst_reaction(1.0, 5.0, 3) == 7.0
+    assert worst_reaction(1.0, 0.0, 3) == 3.0     # relaxing off: K x base, as before
+
+
+def test_the_relaxed_interval_never_outlasts_the_log_size_checks_cadence():
+    assert relaxed_interval(1.0, 5.0) == 5.0
+    assert relaxed_interval(0.1, 5.0) == 0.5 and worst_reaction(0.1, 5.0, 3) == 0.7
+    assert relaxed_interval(3.0, 60.0) == 10.0
+    assert relaxed_interval(1.0, 0.0) == 1.0

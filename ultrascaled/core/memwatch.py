@@ -46,6 +46,35 @@ def decide(streaks: dict[int, int], samples: list[MemSample], limit: int, k: int
     return new, due
 
 
+def sample_delay(largest: int | None, limit: int, total: int, budget: int, *, base: float,
+                 relaxed: float, below: float, pinned: bool = False) -> float:
+    """Seconds until the next round of memory samples: `relaxed` while every process (`largest`,
+    the biggest one last sampled) and the fleet (`total`) are under `below` of their limit and
+    budget, else `base`. `largest` None (a process not sampled yet) or `pinned` (a recycle in
+    flight, or the autoscaler reading the samples' CPU) keeps `base`.
+
+    The watchdog's guarantee holds either way: a process over its limit is sampled again after
+    `base`, so it is recycled at its K-th consecutive sample over the limit, and the worst case
+    from crossing the limit to the recycle is `relaxed + (K - 1) * base` seconds (it crossed just
+    after a relaxed round) instead of `K * base`."""
+    if relaxed <= base or pinned or largest is None:
+        return base
+    if largest < below * limit and total < below * budget:
+        return relaxed
+    return base
+
+
+def relaxed_interval(base: float, relaxed: float) -> float:
+    """The relaxed interval in force: at most the log-size check's cadence (every 5 samples, at
+    most every 10 s: logs rotate as soon as before) and never under the base interval."""
+    return max(base, min(relaxed, 10.0, 5 * base))
+
+
+def worst_reaction(base: float, relaxed: float, k: int) -> float:
+    """Worst-case seconds from a process crossing its limit to its recycle (see sample_delay)."""
+    return relaxed_interval(base, relaxed) + (k - 1) * base
+
+
 def budget_crossed(total: int, budget: int, was_over: bool) -> bool | None:
     """True when the fleet has just gone over its budget, False when just back under, else None."""
     over = total > budget

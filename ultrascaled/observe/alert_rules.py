@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Union
 
 from ultrascaled.core.traffic import TrafficSource, TrafficWindow
-from ultrascaled.observe.metric_math import (CACHE_HITS, CACHE_MISSES, DB_CONNECTIONS, FLEET_BUDGET,
+from ultrascaled.observe.metric_math import (CACHE_HITS, CACHE_MISSES, DB_CONNECTIONS, FLEET_BUDGET, LATENCY_BUCKET,
                                              FLEET_MEMORY, MASTER_CPU, REQUESTS, WORKER_CPU, Flat,
                                              bucket_deltas, current, delta, flatten, histogram_quantile)
 from ultrascaled.spec import AlertsSection
@@ -265,6 +265,12 @@ def parse_key(key: str) -> tuple[str, dict]:
 
 
 # ---- samples from metric families ----------------------------------------------------------
+
+# Every series sample_from reads: all an evaluation needs from the fleet's metric families
+# (metrics.families(only=...) builds just those).
+SAMPLE_SERIES = frozenset({REQUESTS, LATENCY_BUCKET, WORKER_CPU, MASTER_CPU, FLEET_MEMORY, FLEET_BUDGET,
+                           CACHE_HITS, CACHE_MISSES, DB_CONNECTIONS})
+
 
 def sample_from(prev: Union[Iterable[Any], Flat], cur: Union[Iterable[Any], Flat], interval: float,
                 cpu_count: Optional[int] = None) -> MetricSample:

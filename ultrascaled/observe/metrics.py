@@ -115,8 +115,44 @@ def _c(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFam
     return CounterMetricFamily(PREFIX + name, doc, labels=labels)
 
 
-def supervisor_families(snapshot: Mapping[str, Any]) -> list[Metric]:
+def wanted(fam: Metric, only: frozenset[str] | None) -> bool:
+    """Whether family `fam` holds one of the sample names in `only` (None: every family)."""
+    return only is None or any(n == fam.name or n.startswith(fam.name + "_") for n in only)
+
+
+def _memory_families(snapshot: Mapping[str, Any]) -> list[Metric]:
+    fams: list[Metric] = []
+    mem = snapshot.get("memory") or {}
+    for key, name, doc in (
+            ("total_rss_bytes", "fleet_memory_bytes", "Memory of every instance process (masters and workers)"),
+            ("budget_bytes", "fleet_memory_budget_bytes", "Memory budget of the whole fleet"),
+            ("worker_limit_bytes", "worker_memory_limit_bytes", "Per-worker memory limit")):
+        if mem.get(key) is not None:
+            f = _g(name, doc)
+            f.add_metric([], mem[key])
+            fams.append(f)
+    return fams
+
+
+def _cpu_families(insts: list) -> tuple[Metric, Metric]:
+    m_cpu = _c("master_cpu_seconds", "CPU seconds (user+system) of the instance's master", ["port"])
+    w_cpu = _c("worker_cpu_seconds", "CPU seconds (user+system) of one worker", ["port", "pid"])
+    for inst in insts:
+        port = str(inst.get("port"))
+        if inst.get("cpu_seconds") is not None:
+            m_cpu.add_metric([port], inst["cpu_seconds"])
+        for w in inst.get("workers") or []:
+            if w.get("cpu_seconds") is not None:
+                w_cpu.add_metric([port, str(w.get("pid"))], w["cpu_seconds"])
+    return m_cpu, w_cpu
+
+
+def supervisor_families(snapshot: Mapping[str, Any], only: frozenset[str] | None = None) -> list[Metric]:
+    """The daemon's own families; `only`: just those holding these sample names, built alone
+    (the alerts' evaluation needs the fleet's memory and CPU, not every instance's state)."""
     insts = snapshot.get("instances") or []
+    if only is not None:
+        return [f for f in _memory_families(snapshot) + list(_cpu_families(insts)) if wanted(f, only)]
     info = _g("fleet_info", "Fleet name (always 1)", ["fleet"])
     info.add_metric([str(snapshot.get("fleet", ""))], 1)
     desired = _g("fleet_desired_instances", "Instances the fleet should run")
@@ -129,15 +165,7 @@ def supervisor_families(snapshot: Mapping[str, Any]) -> list[Metric]:
     hi.add_metric([], snapshot.get("max", 0) or 0)
     fams: list[Metric] = [info, desired, ready, lo, hi]
 
-    mem = snapshot.get("memory") or {}
-    for key, name, doc in (
-            ("total_rss_bytes", "fleet_memory_bytes", "Memory of every instance process (masters and workers)"),
-            ("budget_bytes", "fleet_memory_budget_bytes", "Memory budget of the whole fleet"),
-            ("worker_limit_bytes", "worker_memory_limit_bytes", "Per-worker memory limit")):
-        if mem.get(key) is not None:
-            f = _g(name, doc)
-            f.add_metric([], mem[key])
-            fams.append(f)
+    fams += _memory_families(snapshot)
     up = snapshot.get("upstream") or {}
     servers = _g("upstream_servers", "Instances in the applied nginx upstream")
     servers.add_metric([], len(up.get("servers") or []))
@@ -153,9 +181,8 @@ def supervisor_families(snapshot: Mapping[str, Any]) -> list[Metric]:
     in_up = _g("instance_in_upstream", "1 if the instance is in the applied nginx upstream", ["port"])
     m_rss = _g("master_rss_bytes", "Memory of the instance's gunicorn master", ["port"])
     i_rss = _g("instance_memory_bytes", "Memory of the instance: master plus workers", ["port"])
-    m_cpu = _c("master_cpu_seconds", "CPU seconds (user+system) of the instance's master", ["port"])
+    m_cpu, w_cpu = _cpu_families(insts)
     w_rss = _g("worker_rss_bytes", "Memory of one worker", ["port", "pid"])
-    w_cpu = _c("worker_cpu_seconds", "CPU seconds (user+system) of one worker", ["port", "pid"])
     workers = _g("instance_workers", "Worker processes of the instance", ["port"])
     for inst in insts:
         port = str(inst.get("port"))
@@ -172,16 +199,11 @@ def supervisor_families(snapshot: Mapping[str, Any]) -> list[Metric]:
             m_rss.add_metric([port], inst["master_rss"])
         if inst.get("rss_total") is not None:
             i_rss.add_metric([port], inst["rss_total"])
-        if inst.get("cpu_seconds") is not None:
-            m_cpu.add_metric([port], inst["cpu_seconds"])
         ws = inst.get("workers") or []
         workers.add_metric([port], len(ws))
         for w in ws:
-            pid = str(w.get("pid"))
             if w.get("rss") is not None:
-                w_rss.add_metric([port, pid], w["rss"])
-            if w.get("cpu_seconds") is not None:
-                w_cpu.add_metric([port, pid], w["cpu_seconds"])
+                w_rss.add_metric([port, str(w.get("pid"))], w["rss"])
     fams += [state, restarts, uptime, in_up, m_rss, i_rss, m_cpu, workers, w_rss, w_cpu]
     fams += deploy_families(snapshot)
     return fams
@@ -314,15 +336,19 @@ class Renderer:
 
     def families(self, snapshot: Mapping[str, Any], nginx_status: Mapping[str, Any] | None,
                  counters: Mapping[str, Any] | None,
-                 instance_dirs: Mapping[int, str] | None, extra: Iterable[Metric] = ()) -> list[Metric]:
-        """``extra``: families built elsewhere (the traffic figures of accesslog.py)."""
+                 instance_dirs: Mapping[int, str] | None, extra: Iterable[Metric] = (),
+                 only: frozenset[str] | None = None) -> list[Metric]:
+        """``extra``: families built elsewhere (the traffic figures of accesslog.py). ``only``:
+        just the families holding these sample names (the same values; what the alerts read)."""
         t0 = time.perf_counter()
         dirs = dict(instance_dirs or {})
-        app = merge_instances({port: self.reader.families(path) for port, path in dirs.items()})
+        app = merge_instances({port: [f for f in self.reader.families(path) if wanted(f, only)]
+                               for port, path in dirs.items()})
         self.reader.forget(dirs.values())
         self.last_app_read_seconds = time.perf_counter() - t0
-        own = supervisor_families(snapshot) + nginx_families(nginx_status) + counter_families(counters)
-        own += [f for f in extra if f.name not in {o.name for o in own}]
+        own = supervisor_families(snapshot, only) + [
+            f for f in nginx_families(nginx_status) + counter_families(counters) if wanted(f, only)]
+        own += [f for f in extra if f.name not in {o.name for o in own} and wanted(f, only)]
         taken = {f.name for f in own}
         return own + [f for f in app if f.name not in taken]
 
@@ -342,9 +368,10 @@ def render(snapshot: dict, nginx_status: dict | None, counters: dict | None,
 
 
 def families(snapshot: dict, nginx_status: dict | None, counters: dict | None,
-             instance_dirs: dict[int, str] | None) -> list[Metric]:
-    """The same metrics as families (what :class:`ultrascaled.observe.alerts.Sampler` consumes)."""
-    return _default.families(snapshot, nginx_status, counters, instance_dirs)
+             instance_dirs: dict[int, str] | None, only: frozenset[str] | None = None) -> list[Metric]:
+    """The same metrics as families (what :class:`ultrascaled.observe.alerts.Sampler` consumes);
+    ``only``: the families holding these sample names."""
+    return _default.families(snapshot, nginx_status, counters, instance_dirs, only=only)
 
 
 def app_families(path: str) -> list[Metric]:
@@ -364,10 +391,10 @@ async def render_async(snapshot: dict, nginx_status: dict | None, counters: dict
 
 
 async def families_async(snapshot: dict, nginx_status: dict | None, counters: dict | None,
-                         instance_dirs: dict[int, str] | None) -> list[Metric]:
+                         instance_dirs: dict[int, str] | None, only: frozenset[str] | None = None) -> list[Metric]:
     import asyncio
     return await asyncio.to_thread(families, snapshot, nginx_status, _copy(counters),
-                                   dict(instance_dirs or {}))
+                                   dict(instance_dirs or {}), only)
 
 
 def _copy(counters: Mapping[str, Any] | None) -> dict:

@@ -165,6 +165,18 @@ class MemorySection:
     metric: str = setting("rss", "Memory measure: rss, uss or pss.", choices=("rss", "uss", "pss"))
     sample_interval: float = setting(1.0, "Seconds between memory samples.", min=0.1, max=300)
     samples_over: int = setting(3, "Consecutive samples over the limit before a recycle.", min=1)
+    relaxed_interval: float = setting(5.0, "Seconds between memory samples while every process is "
+                                      "under memory.relaxed_below of memory.worker_limit_mb (and the "
+                                      "fleet under that share of its budget), and the autoscaler is "
+                                      "off; at most 5 x sample_interval and 10 s (the log-size check's "
+                                      "cadence, so logs rotate as soon as before). One over it is sampled every memory.sample_interval again. "
+                                      "Worst case from a process crossing its limit to its recycle: "
+                                      "relaxed_interval + (samples_over - 1) x sample_interval (7 s "
+                                      "with the defaults; 0 or at most sample_interval: always "
+                                      "samples_over x sample_interval).", min=0, max=300)
+    relaxed_below: float = setting(0.5, "Share of memory.worker_limit_mb (and of fleet_budget_mb) "
+                                   "under which memory is sampled every memory.relaxed_interval.",
+                                   min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)

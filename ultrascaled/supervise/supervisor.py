@@ -124,8 +124,10 @@ class Supervisor:
 
     def _make_alerts(self, spec: Spec) -> alerting.AlertManager:
         """Alert rules evaluated over two scrapes of the fleet's own metrics (no HTTP involved)."""
-        sampler = alerting.Sampler(lambda: metrics.families_async(
-            self.snapshot(), self.upstream.status(), self.counters, self.metrics_dirs()), traffic=self.traffic)
+        from ultrascaled.observe.alert_rules import SAMPLE_SERIES
+        sampler = alerting.Sampler(lambda: metrics.families_async(   # only the series the rules read
+            self.snapshot(), self.upstream.status(), self.counters, self.metrics_dirs(), only=SAMPLE_SERIES),
+            traffic=self.traffic)
         return alerting.AlertManager(spec.alerts, sampler, self.events.emit, fleet=spec.name,
                                      db_connection_budget=spec.mongodb.connection_budget)
 
@@ -319,7 +321,8 @@ class Supervisor:
         self.guard.start("reconciler", rec.run, interval=rec.HEARTBEAT)
         self.guard.start("deployer", lambda: self.deployer.run(lambda: self.guard.beat("deployer")),
                          interval=10.0)
-        self.guard.start("sampler", self._sample_loop, interval=self.spec.memory.sample_interval)
+        self.guard.start("sampler", self._sample_loop,
+                         interval=max(self.spec.memory.sample_interval, self.spec.memory.relaxed_interval))
         self.workers.load()
         self.workers.adopt()   # what a killed daemon left running: no second set beside it
         self.jobs.load()       # and its job runs going (adopted there)
@@ -402,8 +405,12 @@ class Supervisor:
         return self.jobs.run_now(name)
 
     async def _sample_loop(self) -> None:
+        # The next round when it is due (core.memwatch.sample_delay): memory.relaxed_interval while
+        # every web process is far from its limit, the autoscaler is off and no worker type runs
+        # (their watchdog keeps its timing), else memory.sample_interval.
         while True:
-            await asyncio.sleep(self.spec.memory.sample_interval)
+            await asyncio.sleep(self.rec.sample_delay(
+                autoscaling=self.autoscaler.enabled or bool(self.workers.handles)))
             self.sample_all()
             self.guard.beat("sampler")
 

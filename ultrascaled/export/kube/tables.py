@@ -148,6 +148,8 @@ NOT_CARRIED: dict[str, str] = {
     "memory.sample_interval": "no per-worker RSS watchdog in a pod: gunicorn max_requests with "
                               "jitter recycles workers, the memory limit OOM-kills the container",
     "memory.samples_over": "no per-worker RSS watchdog in a pod (see memory.sample_interval)",
+    "memory.relaxed_interval": "no per-worker RSS watchdog in a pod (see memory.sample_interval)",
+    "memory.relaxed_below": "no per-worker RSS watchdog in a pod (see memory.sample_interval)",
     "logs.max_bytes": "containers log to stdout; the kubelet rotates (containerLogMaxSize)",
     "logs.backups": "the kubelet keeps containerLogMaxFiles rotated logs",
     "paths.state_dir": "no daemon state: the Deployment and the HPA hold the desired count",
