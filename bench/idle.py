@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = {"supervisord": "supervisord", "after": "ultrascaled (this tree)"}
     if a.before:
         before_src, commit = export(a.before, Path(tempfile.mkdtemp(prefix="ultrascale-idle-before-")))
-        labels["before"] = f"ultrascaled before ({a.before} {commit})"
+        labels["before"] = f"ultrascaled before ({a.before})" if commit.startswith(a.before) else \
+            f"ultrascaled before ({a.before} {commit})"
     res["labels"] = labels
     res["rows"] = scaling(counts, a.idle, a.settle, before_src)
     if a.reaction_trials:
