@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.util import REPO, Tracker, machine_line, write_section
+from bench.util import Tracker, machine_line, publish
 from support.harness import Daemon
 
 BEGIN, END = "<!-- job-drift:begin -->", "<!-- job-drift:end -->"
@@ -107,11 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in rows.items():
         lines.append(f"| {name} | {r['runs']} | {r['p50'] * 1000:.0f} ms | {r['p99'] * 1000:.0f} ms "
                      f"| {r['max'] * 1000:.0f} ms | {r['skipped']} |")
-    lines.append(END)
-    block = "\n".join(lines)
-    print(block)
-    if args.write:
-        write_section(REPO / "docs" / "benchmarks.md", block, BEGIN, END)
+    publish(lines, BEGIN, END, args.write)
     return 0
 
 

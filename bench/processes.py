@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.util import REPO, Tracker, log, machine_line, write_section
+from bench.util import REPO, Tracker, log, machine_line, publish
 from support.harness import Daemon, free_port_block
 from support.redis_servers import Node, command
 
@@ -180,11 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"| {r['cpu_percent']:.2f} % of a core | {r['rss_mib']:.1f} MiB |")
     finally:
         tracker.cleanup(grace=5)
-    lines.append(END)
-    block = "\n".join(lines)
-    print(block)
-    if args.write:
-        write_section(REPO / "docs" / "benchmarks.md", block, BEGIN, END)
+    publish(lines, BEGIN, END, args.write)
     return 0
 
 

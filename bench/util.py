@@ -442,6 +442,15 @@ class OthersSampler:
         return out
 
 
+def publish(lines: list[str], begin: str, end: str, write: bool) -> None:
+    """A bench's section: `lines` (which start with `begin`) closed with `end`, printed, and put
+    into docs/benchmarks.md in place of the section between the markers when `write`."""
+    block = "\n".join([*lines, end])
+    print(block)
+    if write:
+        write_section(REPO / "docs" / "benchmarks.md", block, begin, end)
+
+
 def write_section(path, block: str, begin: str, end: str, fallback: str = "") -> None:
     """Put `block` (which starts with `begin` and ends with `end`) in place of the section
     between those markers in the document at `path`, or append it; written atomically."""

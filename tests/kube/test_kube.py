@@ -172,6 +172,15 @@ def test_the_export_with_every_optional_part_on_validates(validate):
     assert ex.controller["ssl-protocols"] == "TLSv1.2 TLSv1.3"
 
 
+def assert_valid(ex, validate) -> None:
+    """Every object of the export against the two newest schemas and the API server's rules."""
+    for version in newest_minor_versions():
+        for m in ex.manifests:
+            assert validate(m, version) == version, (m["kind"], m["metadata"]["name"], version)
+    for m in ex.manifests:
+        assert api_server_rules(m) == [], (m["kind"], m["metadata"]["name"])
+
+
 def api_server_rules(m: dict) -> list[str]:
     """Rules the API server enforces that the OpenAPI schemas do not state (from Kubernetes'
     validation code: names, ports, probe and HPA bounds)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_kube import api_server_rules, newest_minor_versions, validate  # noqa: F401 (a fixture)
+from test_kube import assert_valid, validate  # noqa: F401 (validate is a fixture)
 from ultrascaled.export import kube
 from ultrascaled.spec import parse_spec
 
@@ -88,11 +88,7 @@ def test_a_cronjob_name_leaves_room_for_its_jobs_names():
 
 def test_every_object_with_jobs_validates_against_the_two_newest_schemas(validate):
     ex = export()
-    for version in newest_minor_versions():
-        for m in ex.manifests:
-            assert validate(m, version) == version, (m["kind"], m["metadata"]["name"], version)
-    for m in ex.manifests:
-        assert api_server_rules(m) == [], (m["kind"], m["metadata"]["name"])
+    assert_valid(ex, validate)
 
 
 def test_the_export_says_where_the_time_zone_and_the_retries_differ():
