@@ -77,3 +77,16 @@ def test_a_log_path_through_a_symlink_is_refused_at_the_spawn(tmp_path):
         procs.spawn([sys.executable, "-c", "pass"], dict(os.environ), str(tmp_path), str(tmp_path / "w.log"),
                     rotate=(4096, 1))
     assert not target.exists()
+
+
+def test_a_log_that_cannot_be_written_drops_output_and_never_the_worker(tmp_path):
+    """A full disk (/dev/full: every write is ENOSPC): the reader drops what it cannot write and
+    goes on reading, so the worker never gets EPIPE (SIGPIPE) and ends as it would have."""
+    p = procs.spawn([sys.executable, "-c", WRITE.format(n=2000)], dict(os.environ), str(tmp_path), "/dev/full",
+                    rotate=(1 << 40, 1))
+    try:
+        assert p.popen.wait(20) == 0
+        assert wait_gone("/dev/full")
+    finally:
+        for r in readers("/dev/full"):
+            r.kill()

@@ -31,14 +31,28 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)   # drain until the writers are gone
     fd = os.open(path, FLAGS, 0o640)
-    size = os.fstat(fd).st_size
+    size, dropped = os.fstat(fd).st_size, 0
     while True:
         data = os.read(0, 65536)
         if not data:
             return 0
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:   # a full disk: drop this output, never the worker (it would get EPIPE)
+            dropped += len(data)
+            if dropped == len(data):
+                print(f"ultrascale_logpipe: cannot write {path}: {exc}; dropping output until it can",
+                      file=sys.stderr)
+            continue
+        if dropped:
+            note = f"[ultrascale_logpipe: {dropped} bytes of output dropped: the log could not be written]\n"
+            dropped = 0
+            try:
+                os.write(fd, note.encode())
+            except OSError:
+                pass
         size += len(data)
         if size >= limit:
             os.close(fd)
