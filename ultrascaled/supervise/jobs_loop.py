@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ultrascaled.core import command, job_plan as jp
+from ultrascaled.core.worker_plan import START_TIME_SLACK   # the workers' rule for "the same process"
 from ultrascaled.core.control import ScaleRefused
 from ultrascaled.core.seams import CheckResult, Clock, Handle, Runner
 from ultrascaled.effects import joblock
@@ -145,7 +146,7 @@ class JobsLoop:
         pid, recorded = int(rec["pid"]), rec.get("start_time")
         actual = self.runner.start_time(pid)
         run = int(rec["run"])
-        if actual is None or recorded is None or abs(actual - float(recorded)) > 1.0:
+        if actual is None or recorded is None or abs(actual - float(recorded)) > START_TIME_SLACK:
             why = "its process is gone" if actual is None else "its pid is another process now"
             self._remember(name, {**rec, "outcome": "unknown", "returncode": None, "duration": None,
                                   "note": f"ended while no daemon watched it ({why})"})
