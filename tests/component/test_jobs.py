@@ -66,7 +66,7 @@ async def test_a_job_first_runs_at_its_next_due_time_not_at_start_with_its_env_f
     (p,) = runs_alive(h)
     assert p.argv == ["python", "-m", "myapp.clean"] and p.env["JOBVAR"] == "yes"
     assert p.env["ULTRASCALE_PROCESS"] == "comp/tick/1" and p.cwd == str(tmp_path)
-    assert p.log_path == str(tmp_path / "logs" / "job-tick.log")
+    assert p.log_path == str(tmp_path / "logs" / "comp-job-tick.log")
     assert h.events_named("job.started")[0]["late"] <= 0.25
     await finish(h, 0)
     (r,) = h.sup.job_runs("tick")
@@ -147,7 +147,7 @@ async def test_a_run_past_its_timeout_is_stopped_then_killed_and_fires_job_faile
 @component
 async def test_a_failed_run_fires_job_failed_naming_its_log_offset(tmp_path):
     h = await up(tmp_path)
-    h.runner.log_sizes[str(tmp_path / "logs" / "job-tick.log")] = 1234
+    h.runner.log_sizes[str(tmp_path / "logs" / "comp-job-tick.log")] = 1234
     await h.advance(2.0)
     await finish(h, 3)
     (r,) = h.sup.job_runs("tick")
@@ -307,7 +307,7 @@ async def test_the_metrics_count_runs_by_outcome_and_say_the_last_success(tmp_pa
 @component
 async def test_a_jobs_log_is_rotated_between_runs_never_under_one(tmp_path):
     h = await up(tmp_path, job(extra="    concurrency: allow\n"))
-    log = str(tmp_path / "logs" / "job-tick.log")
+    log = str(tmp_path / "logs" / "comp-job-tick.log")
     h.runner.log_sizes[log] = 60 << 20                      # over logs.max_bytes (50 MiB)
     await h.advance(2.0)
     assert h.runner.rotated == [log] and h.sup.jobs.live["tick"][1].log_offset == 0
@@ -319,7 +319,7 @@ async def test_a_jobs_log_is_rotated_between_runs_never_under_one(tmp_path):
 @component
 async def test_worker_logs_are_written_through_a_rotating_pipe(tmp_path):
     h = await up(tmp_path, "processes:\n  worker:\n    command: [rq, worker]\n    max: 2\n")
-    assert h.runner.rotations[str(tmp_path / "logs" / "worker-0.log")] == (50 * 1024 * 1024, 5)
+    assert h.runner.rotations[str(tmp_path / "logs" / "comp-worker-0.log")] == (50 * 1024 * 1024, 5)
     web = [r for path, r in h.runner.rotations.items() if "instance-" in path]
     assert web and all(r is None for r in web)              # gunicorn reopens its own on SIGUSR1
 
@@ -352,3 +352,31 @@ async def test_a_history_that_cannot_be_written_is_said_and_the_run_still_goes_s
     assert started(h) == [1] and h.events_named("state.write_failed")
     await h.advance(2.0)                                    # the lock still keeps it single
     assert started(h) == [1] and len(runs_alive(h)) == 1
+
+
+@component
+async def test_file_descriptors_exhausted_at_a_due_run_fail_that_run_alone(tmp_path):
+    h = await up(tmp_path)
+    take = h.locks.take
+
+    def no_fds(path):
+        raise OSError(24, "Too many open files")            # EMFILE while taking the run's lock
+    h.locks.take = no_fds
+    await h.advance(2.0)
+    (r,) = h.sup.job_runs("tick")
+    assert r["outcome"] == "spawn_failed" and "Too many open files" in r["note"] and runs_alive(h) == []
+    h.locks.take = take                                     # the daemon has fds again: the next due run goes
+    await h.advance(2.0)
+    assert started(h) == [2] and len(runs_alive(h)) == 1 and not h.locks.taken
+
+
+@component
+async def test_two_fleets_sharing_a_log_folder_write_their_own_worker_and_job_logs(tmp_path):
+    """The default paths.log_dir is one folder for every fleet of the host: a `worker` type and a
+    `tick` job in each of two fleets must not write (and rotate) one file."""
+    h = await up(tmp_path, job() + "  worker:\n    command: [rq, worker]\n")
+    other = __import__("dataclasses").replace(h.spec, name="other")
+    assert h.sup.workers.log_path(h.spec, "worker", 0) != h.sup.workers.log_path(other, "worker", 0)
+    assert h.runner.worker("comp/worker/0").log_path.endswith("/comp-worker-0.log")
+    await h.advance(2.0)
+    assert h.runner.worker("comp/tick/1").log_path.endswith("/comp-job-tick.log")

@@ -72,7 +72,7 @@ async def test_workers_start_after_the_web_fleet_with_their_argv_env_folder_and_
     p = h.runner.worker("comp/worker/1")
     assert p.env["ULTRASCALE_PROCESS"] == "comp/worker/1" and p.env["ULTRASCALE_FLEET"] == "comp"
     assert (p.env["OVER"], p.env["QUEUE"]) == ("type", "default")
-    assert p.cwd == str(tmp_path) and p.log_path == str(tmp_path / "logs" / "worker-1.log")
+    assert p.cwd == str(tmp_path) and p.log_path == str(tmp_path / "logs" / "comp-worker-1.log")
     assert states(h) == {"worker/0": "starting", "worker/1": "starting"}
     await h.advance(0.75)
     assert states(h)["worker/0"] == "starting"

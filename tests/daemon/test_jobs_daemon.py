@@ -134,7 +134,7 @@ def test_a_failing_run_fires_job_failed_and_the_cli_shows_the_history(make_daemo
     runs_seen.update(n[2] for n in notes(out))
     r = d.ctl("jobs", "report")
     assert r.returncode == 0 and "operator" in r.stdout and "failed" in r.stdout, r.stdout
-    assert str(tmp_path / "log" / "job-report.log") + ":0" in r.stdout
+    assert str(tmp_path / "log" / f"{d.name}-job-report.log") + ":0" in r.stdout
     r = d.ctl("jobs")
     assert r.returncode == 1 and "report (job, schedule 0 0 1 1 *, forbid)" in r.stdout, r.stdout
     assert "last run 1 failed" in r.stdout

@@ -80,7 +80,7 @@ def test_workers_restart_scale_down_with_sigterm_sigkill_at_deadline_and_stop_wi
     assert body["web"]["kind"] == "web" and body["web"]["ready"] == 2 and body["worker"]["kind"] == "worker"
     first = pid_of(body, "worker", 0)
     assert [n[:3] for n in notes(out) if n[1] == str(first)] == [["start", str(first), f"{d.name}/worker/0"]]
-    assert "worker up " + f"{d.name}/worker/0 default" in (tmp_path / "log" / "worker-0.log").read_text()
+    assert "worker up " + f"{d.name}/worker/0 default" in (tmp_path / "log" / f"{d.name}-worker-0.log").read_text()
     assert os.getpgid(first) == first   # its own process group
 
     # kill -9 from outside: restarted at once (the first restart), a new pid, restarts 1

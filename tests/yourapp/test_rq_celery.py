@@ -205,7 +205,7 @@ def test_flask_rq_a_stream_of_jobs_survives_kill_9_of_an_rq_worker(make_daemon, 
     # its worker sees the horse die and fails the job, which Retry(max=3) puts back at once
     wait_for_value(lambda: redis_int(redis_port, "SCARD", "shipped") >= 2 * n // 3, True, timeout=30,
                    what="two thirds shipped")
-    worker1_log = tmp_path / "log" / "worker-1.log"
+    worker1_log = tmp_path / "log" / f"{d.name}-worker-1.log"
     horse_job = horse = None
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and "terminated unexpectedly" not in worker1_log.read_text():
@@ -346,7 +346,7 @@ def test_django_celery_tasks_survive_kill_9_of_the_worker_and_the_job_runs_every
     wait_for_value(lambda: len(tick_runs()) >= 5, True, timeout=15, what="5 runs of tick")
     ran_for = time.monotonic() - started
     succeeded = tick_runs()
-    ticks = [line for line in (tmp_path / "log" / "job-tick.log").read_text().splitlines()
+    ticks = [line for line in (tmp_path / "log" / f"{d.name}-job-tick.log").read_text().splitlines()
              if line.startswith("tick ") and f" {d.name}/tick/" in line]
     print(f"tick: {len(succeeded)} runs succeeded in {ran_for:.0f} s, {len(ticks)} lines")
     assert len(succeeded) >= max(5, ran_for / 2 - 4), succeeded   # every 2 s from the fleet's ready

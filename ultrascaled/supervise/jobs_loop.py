@@ -2,7 +2,7 @@
 
 One writer for the job runs, as the workers loop is for the workers: the API's "run now" asks
 and wakes it; only this loop spawns, signals or kills. A run is a process in its own session,
-its output appended to `<paths.log_dir>/job-<name>.log` (each run's offset in its history), its
+its output appended to `<paths.log_dir>/<fleet>-job-<name>.log` (each run's offset in its history), its
 number in `ULTRASCALE_PROCESS=<fleet>/<name>/<run>`.
 
 A `forbid` or `replace` job is a singleton on the host through the daemon's own death: the run
@@ -110,7 +110,7 @@ class JobsLoop:
         return str(self.state_dir / f"job-{name}.lock")
 
     def log_path(self, name: str) -> str:
-        return str(self.log_dir / f"job-{name}.log")
+        return str(self.log_dir / f"{self.spec.name}-job-{name}.log")   # log_dir may be shared by fleets
 
     # ---- what the last daemon left ------------------------------------------------------------
 

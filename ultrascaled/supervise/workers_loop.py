@@ -3,7 +3,7 @@
 One writer for the worker processes, as the reconciler is for the web instances: the API's
 `scale` changes the wanted count and wakes it; only this loop spawns, signals or kills. Each
 process runs in its own session (the runner's spawn), its output written through a pipe whose
-reader appends it to `<paths.log_dir>/<name>-<index>.log` and rotates it at logs.max_bytes
+reader appends it to `<paths.log_dir>/<fleet>-<name>-<index>.log` and rotates it at logs.max_bytes
 (shims/ultrascale_logpipe.py); every state change is a `process.state` event. Each type
 starts in its own order (`after`: the web fleet ready, the default, or other worker types all
 running; `requires`: addresses that accept a TCP connection, probed every READY_INTERVAL while it
@@ -434,6 +434,11 @@ class WorkersLoop:
             self.recycle_history.pop(key, None)
             self.alerts.resolve("worker_crash_loop", process=key[0], index=key[1])
 
+    def log_path(self, spec: Spec, name: str, index: int) -> str:
+        """`<paths.log_dir>/<fleet>-<name>-<index>.log`: the fleet's name keeps two fleets that
+        share a log_dir (the default's) out of each other's files."""
+        return str(self.log_dir / f"{spec.name}-{name}-{index}.log")
+
     def folder(self, spec: Spec, name: str) -> str:
         """Where a process of type `name` starts: its own `directory`, or the current release's."""
         return spec.processes[name].directory or self.directory()
@@ -446,7 +451,7 @@ class WorkersLoop:
         name, index = slot.key
         t = spec.processes[name]
         cwd = self.folder(spec, name)
-        log_path = str(self.log_dir / f"{name}-{index}.log")
+        log_path = self.log_path(spec, name, index)
         now = self.clock.now()
         try:
             env = command.process_env(spec, name, index)
@@ -792,7 +797,7 @@ class WorkersLoop:
                               "uptime": round(now - slot.started_at, 3) if alive else None,
                               "restarts": slot.restarts, "reason": slot.reason,
                               "rss": self._rss_of((n, index)) if alive else None,
-                              "log": str(self.log_dir / f"{name}-{index}.log")})
+                              "log": self.log_path(spec, name, index)})
             out[name] = {"kind": "worker", "desired": 0 if t is None else self.desired.get(name, t.count),
                          "ready": sum(1 for i in insts if i["state"] == "running"),
                          "min": 0 if t is None else t.min, "max": 0 if t is None else t.max,
