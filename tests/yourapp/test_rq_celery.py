@@ -293,7 +293,7 @@ def test_django_celery_tasks_survive_kill_9_of_the_worker_and_the_job_runs_every
     main = pids(body, "celery")[0]
     web = d.fleet()["instances"][0]["port"]
     assert http_get(web, "/health")[0] == 200
-    celery_log = tmp_path / "log" / "celery-0.log"
+    celery_log = tmp_path / "log" / f"{d.name}-celery-0.log"
     wait_for_value(lambda: "ready." in celery_log.read_text(errors="replace"), True, timeout=30,
                    what="celery ready")
 
